@@ -1,0 +1,45 @@
+// The numeric-only ABI of the WebAssembly core. Every export takes and returns i32/u32/f64
+// (no i64 crosses the boundary); src/abi.ts mirrors this list as a typed interface.
+import { LAYOUT_BASE, H_LANE_FLAGS, L_RESULT, L_SCRATCH, L_DOORBELL } from "./layout";
+import {
+  configure, attach, slotStrideFor, recordStrideFor, slotsOffset, lanesOffset, tablesOffset,
+  slotAddr, laneAddr, laneCount, recordStride, ringCapacity,
+} from "./config";
+
+export { configure, attach } from "./config";
+export { select, selectBatch, tableBuildAddress, tablePublish } from "./select";
+export {
+  recordEventOnly, recordLatencySample, recordPush, recordFlush, recordBufferLen, bufferLen,
+  setDraining, isDraining, pushesSinceDrainStart, capacityOf, collectAndReset, total,
+} from "./metrics";
+export {
+  push, pushBatch, ringLen, ringClaim, ringAck, ringRewind, ringClose, ringIsClosed,
+  ringAllPublished, ringSetDoorbell, slotInit, unroutedTotal,
+} from "./ring";
+
+// ---- layout queries (pure: usable before the memory is configured) -----------------------
+export function layoutSlotStride(ringCap: u32, maxPayload: u32): f64 { return slotStrideFor(ringCap, maxPayload); }
+export function layoutRecordStride(maxPayload: u32): u32 { return recordStrideFor(maxPayload); }
+export function layoutSlotsOffset(tableCap: u32, lanes: u32, laneBytes: u32): f64 { return <f64>slotsOffset(tableCap, lanes, laneBytes); }
+export function layoutLanesOffset(tableCap: u32): f64 { return <f64>lanesOffset(tableCap); }
+export function layoutTablesOffset(): f64 { return <f64>tablesOffset(); }
+
+// ---- addresses (after attach) -------------------------------------------------------------
+export function slotAddress(slot: u32): u32 { return <u32>slotAddr(slot); }
+export function laneScratchAddress(lane: u32): u32 { return <u32>(laneAddr(lane) + L_SCRATCH); }
+export function laneResultAddress(lane: u32): u32 { return <u32>(laneAddr(lane) + L_RESULT); }
+export function laneDoorbellAddress(lane: u32): u32 { return <u32>(laneAddr(lane) + L_DOORBELL); }
+export function recordStrideBytes(): u32 { return recordStride; }
+export function ringCapacityRecords(): u32 { return ringCapacity; }
+
+// ---- lanes: one per attached thread, claimed with a CAS ---------------------------------
+export function laneClaim(): i32 {
+  for (let i: u32 = 0; i < laneCount; i++) {
+    const flag = <usize>LAYOUT_BASE + H_LANE_FLAGS + (<usize>i << 2);
+    if (atomic.cmpxchg<u32>(flag, 0, 1) == 0) return <i32>i;
+  }
+  return -1;
+}
+export function laneRelease(lane: u32): void {
+  atomic.store<u32>(<usize>LAYOUT_BASE + H_LANE_FLAGS + (<usize>lane << 2), 0);
+}

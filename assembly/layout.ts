@@ -1,0 +1,98 @@
+// The one memory layout of shard-mapper's shared linear memory.
+//
+// Everything both sides need to agree on lives here. AssemblyScript reads these constants
+// directly; TypeScript reads the static ones from src/layout.generated.ts (generated from
+// this file by scripts/build.mjs) and the dynamic ones by calling the exported functions
+// of assembly/index.ts, so no offset is ever written twice.
+//
+// Memory map (addresses grow downwards):
+//   [0, LAYOUT_BASE)                 AssemblyScript's own static region (kept empty; the
+//                                    build checks the module has no data segments)
+//   HEADER      at LAYOUT_BASE       config words, selection-table generation, counters
+//   TABLES      2 × tableCapacity u32 double-buffered selection tables
+//   LANES       laneCount × laneBytes per-thread scratch (payload staging, results)
+//   SLOTS       slotCount × slotStride per-shard metrics + ring (grown on demand)
+//
+// Hot words written by different threads sit on separate 128-byte lines (two 64-byte lines,
+// so the adjacent-line prefetcher does not pair them either).
+
+export const CACHE_LINE: i32 = 128;
+export const LAYOUT_BASE: i32 = 1024;
+
+// ---- header (offsets from LAYOUT_BASE) --------------------------------------------------
+export const H_MAGIC: i32 = 0;            // u32, MAGIC once configured
+export const H_TABLE_CAPACITY: i32 = 4;   // u32, entries per selection table
+export const H_SLOT_COUNT: i32 = 8;       // u32, maximum number of slots
+export const H_RING_CAPACITY: i32 = 12;   // u32, records per ring (power of two, or 0)
+export const H_MAX_PAYLOAD: i32 = 16;     // u32, bytes
+export const H_LANE_COUNT: i32 = 20;      // u32
+export const H_LANE_BYTES: i32 = 24;      // u32
+export const H_BACKPRESSURE: i32 = 28;    // u32, BP_* mode
+export const H_SAMPLE_RATE: i32 = 32;     // u32, keep 1 in N once past the threshold
+export const H_SAMPLE_FILL: i32 = 40;     // f64, fill ratio where sampling starts
+// second line: written by the mapper thread whenever the selection table changes
+export const H_TABLE_GEN: i32 = 128;      // u32, generation; table (gen & 1) is live
+export const H_TABLE_COUNT0: i32 = 132;   // u32, entries in table 0
+export const H_TABLE_COUNT1: i32 = 136;   // u32, entries in table 1
+// third line: counters bumped by every producer thread
+export const H_UNROUTED: i32 = 256;       // i64, pushes made while no shard was Active
+export const H_LANE_FLAGS: i32 = 384;     // u32 × MAX_LANES, 1 = lane claimed
+export const MAX_LANES: i32 = 256;
+export const HEADER_BYTES: i32 = 384 + 256 * 4; // = H_LANE_FLAGS + MAX_LANES * 4
+
+export const MAGIC: u32 = 0x53484d31;    // "SHM1"
+
+// ---- one lane (per-thread scratch) ------------------------------------------------------
+export const L_DOORBELL: i32 = 0;         // i32, 1 while this lane's consumer sleeps
+export const L_RESULT: i32 = 64;          // u32 × 16, results written by batch calls
+export const L_SCRATCH: i32 = 128;        // staging area, up to laneBytes
+export const LANE_HEADER_BYTES: i32 = 128;
+
+// ---- one slot: metrics + ring (offsets from the slot base) ------------------------------
+// line 0: written by producers
+export const M_LATENCY: i32 = 0;          // i64, (count << 32) | sum, one atomic word
+export const M_EVENTS: i32 = 8;           // u32, events in the current window (low half of an i64)
+export const M_DRAIN_PUSHES: i32 = 12;    // u32, pushes since drain start (high half of that i64)
+export const M_BUFFER_LEN: i32 = 16;      // u32, last recorded ring length
+export const M_SAMPLE_COUNTER: i32 = 20;  // u32, sample-mode counter
+export const M_PUSHED: i32 = 24;          // i64, accepted events
+export const M_DROPPED_NEWEST: i32 = 32;  // i64, refused because the ring was full
+export const M_DROPPED_SAMPLED: i32 = 40; // i64, shed by sample mode
+export const M_REFUSED: i32 = 48;         // i64, refused under failProducer
+export const M_EVICTED: i32 = 56;         // i64, evicted by dropOldest
+// line 1: written by the consumer / the mapper thread
+export const M_FLUSH: i32 = 128;          // i64, (count << 32) | sum
+export const M_DELIVERED: i32 = 136;      // i64, records acknowledged by the consumer
+export const M_DRAINING: i32 = 144;       // u32, 1 while draining
+export const M_CAPACITY: i32 = 148;       // u32, capacity the fill ratio divides by
+// line 2: ring tail, written by producers
+export const R_TAIL: i32 = 256;           // i64, low 32 bits: next index; bit 32: closed
+// line 3: ring head side, written by the consumer
+export const R_HEAD: i32 = 384;           // u32, first index not yet acknowledged
+export const R_CLAIMED: i32 = 388;        // u32, first index not yet handed to the consumer
+export const R_DOORBELL: i32 = 392;       // u32, address of the consumer's doorbell, 0 = none
+export const R_RECORDS: i32 = 512;        // first record
+export const SLOT_HEADER_BYTES: i32 = 512;
+
+// ---- one record -------------------------------------------------------------------------
+export const REC_SEQ: i32 = 0;            // u32, index + 1 once published; index + capacity once free
+export const REC_LEN: i32 = 4;            // u32, payload bytes
+export const REC_PAYLOAD: i32 = 8;
+export const RECORD_HEADER_BYTES: i32 = 8;
+
+// ---- codes ------------------------------------------------------------------------------
+export const NO_SHARD: i32 = 0xffff;
+export const BP_DROP_NEWEST: i32 = 0;
+export const BP_DROP_OLDEST: i32 = 1;
+export const BP_FAIL_PRODUCER: i32 = 2;
+export const BP_SAMPLE: i32 = 3;
+// push results (≥ 0 is the shard id that accepted the event)
+export const PUSH_UNROUTED: i32 = -1;
+export const PUSH_FULL: i32 = -2;
+export const PUSH_SAMPLED: i32 = -3;
+export const PUSH_REFUSED: i32 = -4;
+export const PUSH_CLOSED: i32 = -5;      // internal: ring closed, select again
+// Push-latency samples measure contention: each failed reservation attempt counts this
+// many nanoseconds (about one contended cache-line transfer). An uncontended push is 0 ns.
+export const CONTENTION_NS_PER_RETRY: i32 = 50;
+export const LATENCY_SAMPLE_MASK: u32 = 63; // 1 sample in 64 pushes

@@ -1,0 +1,92 @@
+// Per-shard collector counters. A (count, sum) pair is one 64-bit word updated with a
+// compare-and-swap, so a reader that swaps it out always gets a sum with its own count.
+// Both halves saturate at 2^32 - 1 instead of wrapping.
+import {
+  M_LATENCY, M_EVENTS, M_DRAIN_PUSHES, M_BUFFER_LEN, M_FLUSH, M_DRAINING, M_CAPACITY,
+  M_PUSHED, M_DELIVERED, M_DROPPED_NEWEST, M_DROPPED_SAMPLED, M_REFUSED, M_EVICTED,
+  CACHE_LINE,
+} from "./layout";
+import { slotAddr } from "./config";
+
+const U32_MAX: u64 = 0xffffffff;
+
+@inline export function addToPair(addr: usize, sample: u32): void {
+  let old = atomic.load<u64>(addr);
+  while (true) {
+    let count = (old >>> 32) + 1;
+    let sum = (old & U32_MAX) + <u64>sample;
+    if (count > U32_MAX) count = U32_MAX;
+    if (sum > U32_MAX) sum = U32_MAX;
+    const seen = atomic.cmpxchg<u64>(addr, old, (count << 32) | sum);
+    if (seen == old) return;
+    old = seen;
+  }
+}
+
+// Events-in-window (low half) and pushes-since-drain-start (high half) share one 64-bit
+// word, so a push bumps both with a single atomic add. Returns the previous event count.
+const EVENT_AND_DRAIN_PUSH: u64 = 0x0000000100000001;
+const LOW_HALF: u64 = 0x00000000ffffffff;
+const HIGH_HALF: u64 = 0xffffffff00000000;
+
+@inline export function eventOnlyAt(base: usize): u32 {
+  return <u32>atomic.add<u64>(base + M_EVENTS, EVENT_AND_DRAIN_PUSH);
+}
+
+export function recordEventOnly(slot: u32): void { eventOnlyAt(slotAddr(slot)); }
+export function recordLatencySample(slot: u32, ns: u32): void { addToPair(slotAddr(slot) + M_LATENCY, ns); }
+export function recordPush(slot: u32, ns: u32): void {
+  const base = slotAddr(slot);
+  eventOnlyAt(base);
+  addToPair(base + M_LATENCY, ns);
+}
+export function recordFlush(slot: u32, us: u32): void { addToPair(slotAddr(slot) + M_FLUSH, us); }
+export function recordBufferLen(slot: u32, len: u32): void { atomic.store<u32>(slotAddr(slot) + M_BUFFER_LEN, len); }
+export function bufferLen(slot: u32): u32 { return atomic.load<u32>(slotAddr(slot) + M_BUFFER_LEN); }
+
+// Zero the drain counter before publishing the flag, so a push that sees the flag is
+// always counted after the reset.
+export function setDraining(slot: u32, on: i32): void {
+  const base = slotAddr(slot);
+  if (on) atomic.and<u64>(base + M_EVENTS, LOW_HALF); // zero the drain half only
+  atomic.store<u32>(base + M_DRAINING, on ? 1 : 0);
+}
+export function isDraining(slot: u32): i32 { return atomic.load<u32>(slotAddr(slot) + M_DRAINING) != 0 ? 1 : 0; }
+export function pushesSinceDrainStart(slot: u32): u32 { return atomic.load<u32>(slotAddr(slot) + M_DRAIN_PUSHES); }
+export function capacityOf(slot: u32): u32 { return load<u32>(slotAddr(slot) + M_CAPACITY); }
+
+// Swap the window counters to zero and write
+// [bufferLen, events, latencyCount, latencySum, flushCount, flushSum] as u32 at `out`.
+export function collectAndReset(slot: u32, out: usize): void {
+  const base = slotAddr(slot);
+  const latency = atomic.xchg<u64>(base + M_LATENCY, 0);
+  const flush = atomic.xchg<u64>(base + M_FLUSH, 0);
+  store<u32>(out, atomic.load<u32>(base + M_BUFFER_LEN));
+  store<u32>(out + 4, <u32>atomic.and<u64>(base + M_EVENTS, HIGH_HALF)); // take and zero events
+  store<u32>(out + 8, <u32>(latency >>> 32));
+  store<u32>(out + 12, <u32>latency);
+  store<u32>(out + 16, <u32>(flush >>> 32));
+  store<u32>(out + 20, <u32>flush);
+}
+
+// Totals since the slot was initialised, as f64 (exact below 2^53):
+// which = 0 pushed, 1 delivered, 2 dropped newest, 3 sampled out, 4 refused, 5 evicted.
+export function total(slot: u32, which: i32): f64 {
+  const base = slotAddr(slot);
+  let off: usize = M_PUSHED;
+  switch (which) {
+    case 1: off = M_DELIVERED; break;
+    case 2: off = M_DROPPED_NEWEST; break;
+    case 3: off = M_DROPPED_SAMPLED; break;
+    case 4: off = M_REFUSED; break;
+    case 5: off = M_EVICTED; break;
+  }
+  return <f64>atomic.load<u64>(base + off);
+}
+
+// Zero every metrics word of a slot (the two metric lines) and set its capacity.
+export function initMetrics(slot: u32, capacity: u32): void {
+  const base = slotAddr(slot);
+  memory.fill(base, 0, 2 * CACHE_LINE);
+  store<u32>(base + M_CAPACITY, capacity);
+}

@@ -1,0 +1,240 @@
+// Per-shard ring of fixed-size record slots, many producers and one consumer.
+//
+// Reservation follows the per-slot sequence scheme: record i of the ring carries a
+// sequence word; a producer may take index t only while seq == t, takes it with one CAS on
+// the tail, copies the payload and publishes with seq = t + 1. The consumer claims
+// published records in order, reads them in place, and on acknowledgement frees each with
+// seq = t + capacity (so the slot is ready for index t + capacity). Every record is
+// contiguous, so consumers get zero-copy views.
+//
+// The tail word also carries a "closed" bit, flipped when a shard starts draining: a
+// producer's CAS then fails, it selects again from the (already rebuilt) table, and no
+// reservation can land in a ring after it was closed.
+import {
+  R_TAIL, R_HEAD, R_CLAIMED, R_DOORBELL, REC_SEQ, REC_LEN, REC_PAYLOAD, LAYOUT_BASE, H_UNROUTED,
+  M_PUSHED, M_DELIVERED, M_DROPPED_NEWEST, M_DROPPED_SAMPLED, M_REFUSED, M_EVICTED,
+  M_LATENCY, M_BUFFER_LEN, M_SAMPLE_COUNTER, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE,
+  PUSH_UNROUTED, PUSH_FULL, PUSH_SAMPLED, PUSH_REFUSED, PUSH_CLOSED, L_SCRATCH, L_RESULT,
+  CONTENTION_NS_PER_RETRY, LATENCY_SAMPLE_MASK,
+} from "./layout";
+import {
+  slotAddr, laneAddr, recordAddr, ringCapacity, maxPayload, backpressure, sampleRate, sampleFill,
+} from "./config";
+import { addToPair, eventOnlyAt, initMetrics } from "./metrics";
+import { selectEntry, NO_ENTRY } from "./select";
+
+const CLOSED: u64 = 1 << 32;
+const MAX_RESELECT: i32 = 1000;
+
+@inline function lenAt(base: usize): u32 {
+  return <u32>atomic.load<u64>(base + R_TAIL) - atomic.load<u32>(base + R_HEAD);
+}
+
+// Wake the consumer if it is parked on its doorbell.
+@inline function ring(base: usize): void {
+  const bell = <usize>load<u32>(base + R_DOORBELL);
+  if (bell != 0 && atomic.load<i32>(bell) != 0) {
+    atomic.store<i32>(bell, 0);
+    atomic.notify(bell, 1);
+  }
+}
+
+// dropOldest: free the oldest unclaimed record. Only when no batch is in flight with the
+// consumer (head == claimed), so records being read in place are never overwritten.
+function evictOldest(base: usize): bool {
+  const head = atomic.load<u32>(base + R_HEAD);
+  const claimed = atomic.load<u32>(base + R_CLAIMED);
+  if (head != claimed) return false;
+  const rec = recordAddr(base, claimed);
+  if (atomic.load<u32>(rec + REC_SEQ) != claimed + 1) return false; // still being written
+  if (atomic.cmpxchg<u32>(base + R_CLAIMED, claimed, claimed + 1) != claimed) return true; // raced: retry
+  atomic.store<u32>(rec + REC_SEQ, claimed + ringCapacity);
+  atomic.cmpxchg<u32>(base + R_HEAD, claimed, claimed + 1);
+  atomic.add<u64>(base + M_EVICTED, 1);
+  return true;
+}
+
+// Append `len` bytes from `src` to the ring at `base`. Returns 0 or a PUSH_* code.
+export function pushAt(base: usize, src: usize, len: u32): i32 {
+  if (backpressure == BP_SAMPLE && <f64>lenAt(base) > sampleFill * <f64>ringCapacity) {
+    if (atomic.add<u32>(base + M_SAMPLE_COUNTER, 1) % sampleRate != 0) {
+      atomic.add<u64>(base + M_DROPPED_SAMPLED, 1);
+      return PUSH_SAMPLED;
+    }
+  }
+  let retries: u32 = 0;
+  let tail = atomic.load<u64>(base + R_TAIL);
+  let index: u32 = 0;
+  while (true) {
+    if (tail & CLOSED) return PUSH_CLOSED;
+    index = <u32>tail;
+    const seq = atomic.load<u32>(recordAddr(base, index) + REC_SEQ);
+    const diff = <i32>(seq - index);
+    if (diff == 0) {
+      const seen = atomic.cmpxchg<u64>(base + R_TAIL, tail, <u64>(index + 1));
+      if (seen == tail) break;
+      tail = seen;
+      retries++;
+    } else if (diff < 0) { // full: the slot still holds index - capacity
+      if (backpressure == BP_DROP_OLDEST && evictOldest(base)) {
+        retries++;
+        tail = atomic.load<u64>(base + R_TAIL);
+        continue;
+      }
+      if (backpressure == BP_FAIL_PRODUCER) {
+        atomic.add<u64>(base + M_REFUSED, 1);
+        return PUSH_REFUSED;
+      }
+      atomic.add<u64>(base + M_DROPPED_NEWEST, 1);
+      return PUSH_FULL;
+    } else { // another producer took this index first
+      retries++;
+      tail = atomic.load<u64>(base + R_TAIL);
+    }
+  }
+  const rec = recordAddr(base, index);
+  memory.copy(rec + REC_PAYLOAD, src, len);
+  store<u32>(rec + REC_LEN, len);
+  atomic.store<u32>(rec + REC_SEQ, index + 1); // publish
+  const nth = eventOnlyAt(base);
+  atomic.add<u64>(base + M_PUSHED, 1);
+  if ((nth & LATENCY_SAMPLE_MASK) == 0) addToPair(base + M_LATENCY, retries * CONTENTION_NS_PER_RETRY);
+  atomic.store<u32>(base + M_BUFFER_LEN, lenAt(base));
+  ring(base);
+  return 0;
+}
+
+// Route by hash and append. Returns the shard id (≥ 0) or a PUSH_* code.
+function routeAndPush(hash: u32, src: usize, len: u32): i32 {
+  for (let attempt = 0; attempt < MAX_RESELECT; attempt++) {
+    const entry = selectEntry(hash);
+    if (entry == NO_ENTRY) break;
+    const r = pushAt(slotAddr(entry >>> 16), src, len);
+    if (r == 0) return <i32>(entry & 0xffff);
+    if (r != PUSH_CLOSED) return r;
+  }
+  atomic.add<u64>(<usize>LAYOUT_BASE + H_UNROUTED, 1);
+  return PUSH_UNROUTED;
+}
+
+// One event staged at the lane's scratch.
+export function push(lane: u32, hash: u32, len: u32): i32 {
+  if (len > maxPayload) return PUSH_REFUSED;
+  return routeAndPush(hash, laneAddr(lane) + L_SCRATCH, len);
+}
+
+// Many events staged at the lane's scratch as [hash u32][len u32][bytes, padded to 4].
+// Writes [accepted, unrouted, full, sampled, refused] at the lane's result words and
+// returns how many events it consumed (it stops right before an event refused under
+// failProducer, which is then reported with refused = 1).
+export function pushBatch(lane: u32, count: u32): u32 {
+  const lb = laneAddr(lane);
+  let p = lb + L_SCRATCH;
+  let accepted: u32 = 0, unrouted: u32 = 0, full: u32 = 0, sampled: u32 = 0, refused: u32 = 0;
+  let i: u32 = 0;
+  for (; i < count; i++) {
+    const hash = load<u32>(p);
+    const len = load<u32>(p + 4);
+    const r = len > maxPayload ? PUSH_REFUSED : routeAndPush(hash, p + 8, len);
+    if (r >= 0) accepted++;
+    else if (r == PUSH_UNROUTED) unrouted++;
+    else if (r == PUSH_FULL) full++;
+    else if (r == PUSH_SAMPLED) sampled++;
+    else { refused = 1; break; }
+    p += 8 + ((<usize>len + 3) & ~3);
+  }
+  const out = lb + L_RESULT;
+  store<u32>(out, accepted);
+  store<u32>(out + 4, unrouted);
+  store<u32>(out + 8, full);
+  store<u32>(out + 12, sampled);
+  store<u32>(out + 16, refused);
+  return i;
+}
+
+export function ringLen(slot: u32): u32 { return lenAt(slotAddr(slot)); }
+
+// Hand up to `max` published records to the consumer. Writes the first index at `out`
+// and returns how many; the consumer reads them in place and then calls ringAck.
+export function ringClaim(slot: u32, max: u32, out: usize): u32 {
+  const base = slotAddr(slot);
+  while (true) {
+    const start = atomic.load<u32>(base + R_CLAIMED);
+    let n: u32 = 0;
+    while (n < max && atomic.load<u32>(recordAddr(base, start + n) + REC_SEQ) == start + n + 1) n++;
+    if (n == 0) return 0;
+    if (atomic.cmpxchg<u32>(base + R_CLAIMED, start, start + n) == start) {
+      store<u32>(out, start);
+      return n;
+    }
+  }
+}
+
+// Acknowledge records [start, start + n): free their slots, move the head, count them.
+export function ringAck(slot: u32, start: u32, n: u32): void {
+  const base = slotAddr(slot);
+  for (let i: u32 = 0; i < n; i++) {
+    atomic.store<u32>(recordAddr(base, start + i) + REC_SEQ, start + i + ringCapacity);
+  }
+  const end = start + n;
+  let head = atomic.load<u32>(base + R_HEAD);
+  while (<i32>(end - head) > 0) {
+    const seen = atomic.cmpxchg<u32>(base + R_HEAD, head, end);
+    if (seen == head) break;
+    head = seen;
+  }
+  atomic.add<u64>(base + M_DELIVERED, <u64>n);
+  atomic.store<u32>(base + M_BUFFER_LEN, lenAt(base));
+}
+
+// Forget a claim that was never acknowledged (its consumer died): the records will be
+// handed out again from the last acknowledgement.
+export function ringRewind(slot: u32): void {
+  const base = slotAddr(slot);
+  atomic.store<u32>(base + R_CLAIMED, atomic.load<u32>(base + R_HEAD));
+}
+
+export function ringClose(slot: u32): void {
+  const base = slotAddr(slot);
+  let tail = atomic.load<u64>(base + R_TAIL);
+  while (!(tail & CLOSED)) {
+    const seen = atomic.cmpxchg<u64>(base + R_TAIL, tail, tail | CLOSED);
+    if (seen == tail) return;
+    tail = seen;
+  }
+}
+
+export function ringIsClosed(slot: u32): i32 {
+  return (atomic.load<u64>(slotAddr(slot) + R_TAIL) & CLOSED) != 0 ? 1 : 0;
+}
+
+// 1 when every reserved record has been published (no producer is mid-write).
+export function ringAllPublished(slot: u32): i32 {
+  const base = slotAddr(slot);
+  const tail = <u32>atomic.load<u64>(base + R_TAIL);
+  for (let i = atomic.load<u32>(base + R_HEAD); i != tail; i++) {
+    const seq = atomic.load<u32>(recordAddr(base, i) + REC_SEQ);
+    if (seq != i + 1) return 0;
+  }
+  return 1;
+}
+
+export function ringSetDoorbell(slot: u32, addr: u32): void {
+  atomic.store<u32>(slotAddr(slot) + R_DOORBELL, addr);
+}
+
+// Prepare a slot for a new shard: metrics zeroed, ring empty and open.
+export function slotInit(slot: u32, capacity: u32): void {
+  const base = slotAddr(slot);
+  atomic.store<u64>(base + R_TAIL, CLOSED); // keep stale producers out while resetting
+  initMetrics(slot, capacity);
+  for (let i: u32 = 0; i < ringCapacity; i++) atomic.store<u32>(recordAddr(base, i) + REC_SEQ, i);
+  atomic.store<u32>(base + R_HEAD, 0);
+  atomic.store<u32>(base + R_CLAIMED, 0);
+  atomic.store<u32>(base + R_DOORBELL, 0);
+  atomic.store<u64>(base + R_TAIL, 0); // open
+}
+
+export function unroutedTotal(): f64 {
+  return <f64>atomic.load<u64>(<usize>LAYOUT_BASE + H_UNROUTED);
+}

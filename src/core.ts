@@ -1,0 +1,198 @@
+// SharedCore: one WebAssembly memory laid out by assembly/layout.ts, one instance of the
+// core per thread, typed-array views that follow memory growth, this thread's lane, and
+// (on the owning thread) the slot pool that gives every live shard its metrics and ring.
+import type { Abi } from './abi.js';
+import { compileAsync, compileSync, instantiate, type MemoryKind } from './wasm.js';
+import { MAX_LANES, L_SCRATCH } from './layout.generated.js';
+
+const PAGE = 65536;
+const MAX_PAGES = 65536; // wasm32: 4 GiB
+
+export interface CoreConfig {
+  kind: MemoryKind;
+  /** Entries per selection table: the most shards that can be Active at once. */
+  tableCapacity: number;
+  /** Slots the memory may ever hold (live shards of any state, including draining ones). */
+  maxSlots: number;
+  /** Slots to provision memory for up front. */
+  initialSlots: number;
+  /** Records per ring (a power of two), or 0 for collectors only. */
+  ringCapacity: number;
+  maxPayload: number;
+  lanes: number;
+  laneBytes: number;
+  backpressure: number;
+  sampleRate: number;
+  sampleFill: number;
+}
+
+/** What another thread needs to attach: structured-cloneable. */
+export interface CoreHandle {
+  memory: WebAssembly.Memory;
+  kind: MemoryKind;
+}
+
+export class SharedCore {
+  readonly abi: Abi;
+  readonly memory: WebAssembly.Memory;
+  readonly kind: MemoryKind;
+  /** This thread's lane: scratch for staging payloads and batch results. */
+  readonly lane: number;
+  readonly scratch: number;
+  readonly scratchBytes: number;
+  readonly result: number;
+  readonly slotStride: number;
+  readonly recordStride: number;
+  readonly ringCapacity: number;
+  u8: Uint8Array;
+  u16: Uint16Array;
+  u32: Uint32Array;
+  i32: Int32Array;
+
+  // Slot pool, used only by the thread that owns the mapper.
+  #maxSlots = 0;
+  #nextFresh = 0;
+  readonly #free: number[] = [];
+  readonly #refs = new Map<number, number>();
+
+  private constructor(abi: Abi, memory: WebAssembly.Memory, kind: MemoryKind, maxSlots: number) {
+    this.abi = abi;
+    this.memory = memory;
+    this.kind = kind;
+    this.#maxSlots = maxSlots;
+    if (abi.attach() !== 0) throw new Error('shard-mapper: the shared memory was never configured');
+    const lane = abi.laneClaim();
+    if (lane < 0) throw new Error(`shard-mapper: every lane of the shared memory is taken (at most ${MAX_LANES} attached threads; detach() the ones you no longer use)`);
+    this.lane = lane;
+    this.scratch = abi.laneScratchAddress(lane);
+    this.result = abi.laneResultAddress(lane);
+    this.slotStride = abi.slotAddress(1) - abi.slotAddress(0);
+    this.recordStride = abi.recordStrideBytes();
+    this.ringCapacity = abi.ringCapacityRecords();
+    this.scratchBytes = abi.laneScratchAddress(1) - abi.laneScratchAddress(0) - L_SCRATCH;
+    this.u8 = new Uint8Array(memory.buffer);
+    this.u16 = new Uint16Array(memory.buffer);
+    this.u32 = new Uint32Array(memory.buffer);
+    this.i32 = new Int32Array(memory.buffer);
+  }
+
+  static #plan(config: CoreConfig, abi: Abi) {
+    const stride = abi.layoutSlotStride(config.ringCapacity, config.maxPayload);
+    const slotsOffset = abi.layoutSlotsOffset(config.tableCapacity, config.lanes, config.laneBytes);
+    const fit = Math.floor((MAX_PAGES * PAGE - slotsOffset) / stride);
+    const maxSlots = Math.max(0, Math.min(config.maxSlots, fit));
+    if (maxSlots < 1) throw new RangeError(`shard-mapper: one shard needs ${stride} bytes of ring, more than a 4 GiB memory can hold; lower ringBufferCapacity or maxPayloadBytes`);
+    const maximum = Math.min(MAX_PAGES, Math.ceil((slotsOffset + maxSlots * stride) / PAGE));
+    const initial = Math.min(maximum, Math.ceil((slotsOffset + Math.min(maxSlots, Math.max(1, config.initialSlots)) * stride) / PAGE));
+    return { maxSlots, maximum, initial };
+  }
+
+  static #build(module: WebAssembly.Module, config: CoreConfig): SharedCore {
+    // A probe instance over a one-page memory answers the layout questions (pure functions),
+    // so the sizes below come from assembly/layout.ts and nowhere else.
+    const probeMemory = new WebAssembly.Memory({ initial: 1, maximum: 1, shared: config.kind === 'shared' } as WebAssembly.MemoryDescriptor);
+    const plan = SharedCore.#plan(config, instantiate(module, probeMemory));
+    const memory = new WebAssembly.Memory({ initial: plan.initial, maximum: plan.maximum, shared: config.kind === 'shared' } as WebAssembly.MemoryDescriptor);
+    const abi = instantiate(module, memory);
+    abi.configure(config.tableCapacity, plan.maxSlots, config.ringCapacity, config.maxPayload,
+      Math.min(config.lanes, MAX_LANES), config.laneBytes, config.backpressure, config.sampleRate, config.sampleFill);
+    return new SharedCore(abi, memory, config.kind, plan.maxSlots);
+  }
+
+  static createSync(config: CoreConfig): SharedCore {
+    return SharedCore.#build(compileSync(config.kind), config);
+  }
+
+  static async create(config: CoreConfig): Promise<SharedCore> {
+    return SharedCore.#build(await compileAsync(config.kind), config);
+  }
+
+  /** Attach from another thread (or again from this one) to an existing memory. */
+  static async attach(handle: CoreHandle): Promise<SharedCore> {
+    const module = await compileAsync(handle.kind);
+    return new SharedCore(instantiate(module, handle.memory), handle.memory, handle.kind, 0);
+  }
+
+  static attachSync(handle: CoreHandle): SharedCore {
+    return new SharedCore(instantiate(compileSync(handle.kind), handle.memory), handle.memory, handle.kind, 0);
+  }
+
+  handle(): CoreHandle {
+    return { memory: this.memory, kind: this.kind };
+  }
+
+  /** Give the lane back; the core must not be used afterwards. */
+  detach(): void {
+    this.abi.laneRelease(this.lane);
+  }
+
+  /**
+   * Growth protocol: memory only grows, and only on the owning thread. Every thread calls
+   * this before touching an address beyond its views; shared views stay valid (just short),
+   * a non-shared buffer is replaced, so views are re-made from `memory.buffer`.
+   */
+  refreshViews(): void {
+    const buffer = this.memory.buffer;
+    if (this.u8.buffer !== buffer || this.u8.length !== buffer.byteLength) {
+      this.u8 = new Uint8Array(buffer);
+      this.u16 = new Uint16Array(buffer);
+      this.u32 = new Uint32Array(buffer);
+      this.i32 = new Int32Array(buffer);
+    }
+  }
+
+  get maxSlots(): number {
+    return this.#maxSlots;
+  }
+
+  /** Slots in use or waiting to be released (owning thread only). */
+  get slotsInUse(): number {
+    return this.#refs.size;
+  }
+
+  /** Whether `count` more slots can be allocated right now. */
+  canAllocate(count: number): boolean {
+    return this.#free.length + (this.#maxSlots - this.#nextFresh) >= count;
+  }
+
+  /** A slot for a new shard, initialised, with one reference; -1 when the pool is exhausted. */
+  allocSlot(capacity: number): number {
+    let slot = this.#free.shift();
+    if (slot === undefined) {
+      if (this.#nextFresh >= this.#maxSlots) return -1;
+      slot = this.#nextFresh++;
+      const end = this.abi.slotAddress(slot) + this.slotStride;
+      const have = this.memory.buffer.byteLength;
+      if (end > have) {
+        // Grow by a quarter at least, so a burst of scale-ups does not grow page by page;
+        // fall back to the exact need when the maximum is close.
+        try {
+          this.memory.grow(Math.ceil((Math.max(end, have * 1.25) - have) / PAGE));
+        } catch {
+          this.memory.grow(Math.ceil((end - have) / PAGE));
+        }
+        this.refreshViews();
+      }
+    }
+    this.abi.slotInit(slot, capacity >>> 0);
+    this.#refs.set(slot, 1);
+    return slot;
+  }
+
+  /** Hold a slot for one more user (e.g. a consumer that still reads it). */
+  retainSlot(slot: number): void {
+    const n = this.#refs.get(slot);
+    if (n !== undefined) this.#refs.set(slot, n + 1);
+  }
+
+  /** Drop one reference; the last one returns the slot to the pool for reuse. */
+  releaseSlot(slot: number): void {
+    const n = this.#refs.get(slot);
+    if (n === undefined) return;
+    if (n > 1) this.#refs.set(slot, n - 1);
+    else {
+      this.#refs.delete(slot);
+      this.#free.push(slot);
+    }
+  }
+}

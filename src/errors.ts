@@ -1,0 +1,44 @@
+export type ScalingErrorKind = 'InvalidPolicy' | 'AtMaxShards' | 'AtMinShards' | 'InCooldown' | 'ShardCreationFailed';
+
+/** A scaling call that was refused. Nothing was changed when one is thrown. */
+export class ScalingError extends Error {
+  readonly kind: ScalingErrorKind;
+  constructor(kind: ScalingErrorKind, message: string) {
+    super(message);
+    this.name = 'ScalingError';
+    this.kind = kind;
+  }
+}
+
+/** A push refused under the `failProducer` backpressure mode: the target ring was full. */
+export class BackpressureError extends Error {
+  readonly shardId: number;
+  /** For `pushBatch`: how many events of the batch were accepted before this one. */
+  readonly accepted: number;
+  constructor(message: string, shardId: number, accepted = 0) {
+    super(message);
+    this.name = 'BackpressureError';
+    this.shardId = shardId;
+    this.accepted = accepted;
+  }
+}
+
+/** Shorthand for an argument error (kind InvalidPolicy), which always names the argument. */
+export function invalid(message: string): ScalingError {
+  return new ScalingError('InvalidPolicy', message);
+}
+
+export function describe(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value);
+  if (typeof value === 'bigint') return `${value}n`;
+  if (value === null || value === undefined || typeof value === 'number' || typeof value === 'boolean') return String(value);
+  return `a ${Array.isArray(value) ? 'array' : typeof value}`;
+}
+
+/** An integer count or id in [min, max], or a ScalingError naming `name`. */
+export function checkInteger(name: string, value: unknown, min: number, max: number): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    throw invalid(`${name} must be an integer in [${min}, ${max}], got ${describe(value)}`);
+  }
+  return value;
+}

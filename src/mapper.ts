@@ -1,0 +1,525 @@
+// ShardMapper: shard table, lifecycle, scaling decisions and the selection table.
+// Runs on one thread (the owner); the selection table and collectors it maintains live in
+// shared memory, so producers on other threads route through the same table.
+import { SharedCore } from './core.js';
+import { ScalingError, checkInteger, describe, invalid } from './errors.js';
+import { hashKey } from './hash.js';
+import { ShardMetricsCollector, type ShardMetrics } from './metrics.js';
+import { ScalingPolicy, completePolicy } from './policy.js';
+import { compileAsync, sharedMemorySupported, type MemoryKind } from './wasm.js';
+
+export const NO_SHARD = 0xffff;
+/** The highest shard id that is ever allocated. */
+export const MAX_SHARD_ID = 0xfffe;
+
+export const ShardState = {
+  Provisioning: 'provisioning',
+  Active: 'active',
+  Draining: 'draining',
+  Stopped: 'stopped',
+} as const;
+export type ShardState = (typeof ShardState)[keyof typeof ShardState];
+
+export type ScalingDecision = { kind: 'none' } | { kind: 'scaleUp'; count: number } | { kind: 'scaleDown'; count: number };
+
+export interface ShardMapperOptions {
+  /** Monotonic milliseconds; the only time source the mapper reads. Default performance.now(). */
+  clock?: () => number;
+  /** How long a drained shard must stay empty before finalizeDraining stops it (ms, default 100). */
+  drainGraceMs?: number;
+  /** 'shared' (default where SharedArrayBuffer works) or 'single' (one thread, no sharing). */
+  memory?: MemoryKind;
+}
+
+/** @internal How ShardManager builds a mapper over its own memory and follows its lifecycle. */
+export interface MapperWiring {
+  core: SharedCore;
+  /** A shard got a slot (any state): give it a consumer before anything can route to it. */
+  onAllocated(id: number, slot: number): void;
+  /** A shard left the selection table for Draining: close its ring. */
+  onDraining(id: number, slot: number): void;
+  /** A Stopped shard left the table, or a Provisioning one was rolled back. */
+  onRemoved(id: number, slot: number): void;
+}
+export const WIRING = Symbol('shard-mapper wiring');
+
+interface MappedShard {
+  id: number;
+  slot: number;
+  state: ShardState;
+  collector: ShardMetricsCollector;
+  weight: number;
+  lastMetrics: ShardMetrics | undefined;
+  activatedAt: number;
+  drainStartedAt: number;
+  /** clock() of the first collection of the current idle streak. */
+  idleSince: number | undefined;
+}
+
+const NONE: ScalingDecision = Object.freeze({ kind: 'none' });
+const TWO_POW_MINUS_32 = 2 ** -32;
+/** Candidates are the Active shards whose weight is within this of the lowest. */
+const WEIGHT_TOLERANCE = 0.1;
+
+/**
+ * Which of `weights` are routing candidates: within 0.1 of the lowest; all of them when
+ * that leaves none (NaN weights). Exported for tests.
+ */
+export function candidateIndexes(weights: readonly number[]): number[] {
+  let min = Infinity;
+  for (const w of weights) if (w < min) min = w;
+  const out: number[] = [];
+  weights.forEach((w, i) => { if (w - min <= WEIGHT_TOLERANCE) out.push(i); });
+  return out.length > 0 ? out : weights.map((_, i) => i);
+}
+
+export class ShardMapper {
+  readonly #core: SharedCore;
+  readonly #policy: Readonly<ScalingPolicy>;
+  readonly #clock: () => number;
+  readonly #drainGraceMs: number;
+  readonly #capacity: number;
+  readonly #wiring: MapperWiring | undefined;
+  readonly #shards: MappedShard[] = [];
+  readonly #byId = new Map<number, MappedShard>();
+  #activeCount = 0;
+  #nextId = 0;
+  #lastScalingAt = -Infinity;
+  #onCreated: ((id: number) => void) | undefined;
+  #onRemoved: ((id: number) => void) | undefined;
+  // The live selection table, mirrored in this thread's heap for the fastest selectShard.
+  readonly #candidates: Uint16Array;
+  #candidateCount = 0;
+
+  /**
+   * Synchronous constructor: compiles the WebAssembly module synchronously the first time
+   * (fine in Node and workers; in a browser main thread prefer `await ShardMapper.create`).
+   */
+  constructor(initialShards: number, ringBufferCapacity: number, policy?: Partial<ScalingPolicy>, options: ShardMapperOptions = {}) {
+    checkInteger('initialShards', initialShards, 0, MAX_SHARD_ID + 1);
+    checkInteger('ringBufferCapacity', ringBufferCapacity, 0, 0xffffffff);
+    if (typeof options !== 'object' || options === null) throw invalid(`options must be an object, got ${describe(options)}`);
+    const clock = options.clock ?? (() => performance.now());
+    if (typeof clock !== 'function') throw invalid(`options.clock must be a function, got ${describe(clock)}`);
+    const grace = options.drainGraceMs ?? 100;
+    if (typeof grace !== 'number' || !Number.isFinite(grace) || grace < 0) {
+      throw invalid(`options.drainGraceMs must be a finite number >= 0, got ${describe(grace)}`);
+    }
+    const full = ScalingPolicy.normalize(completePolicy(policy));
+    if (typeof full.maxShards === 'number' && full.maxShards < initialShards) full.maxShards = initialShards;
+    ScalingPolicy.validate(full);
+
+    const wiring = (options as { [WIRING]?: MapperWiring })[WIRING];
+    const kind = options.memory ?? (sharedMemorySupported() ? 'shared' : 'single');
+    if (kind !== 'shared' && kind !== 'single') throw invalid(`options.memory must be 'shared' or 'single', got ${describe(kind)}`);
+    this.#wiring = wiring;
+    this.#core = wiring?.core ?? SharedCore.createSync({
+      kind, tableCapacity: full.maxShards, maxSlots: MAX_SHARD_ID + 1, initialSlots: initialShards,
+      ringCapacity: 0, maxPayload: 0, lanes: 1, laneBytes: 65536, backpressure: 0, sampleRate: 1, sampleFill: 1,
+    });
+    this.#policy = Object.freeze(full);
+    this.#clock = clock;
+    this.#drainGraceMs = grace;
+    this.#capacity = ringBufferCapacity;
+    this.#candidates = new Uint16Array(full.maxShards);
+    if (!this.#core.canAllocate(initialShards)) {
+      throw new ScalingError('ShardCreationFailed', `cannot provision ${initialShards} initial shards: the memory holds ${this.#core.maxSlots}`);
+    }
+    // Initial shards count as activated long ago: no warm-up skip.
+    this.#allocate(initialShards, ShardState.Active, -Infinity);
+    this.#rebuild();
+  }
+
+  /** Create a mapper; compiles the WebAssembly module without blocking the thread. */
+  static async create(initialShards: number, ringBufferCapacity: number, policy?: Partial<ScalingPolicy>, options: ShardMapperOptions = {}): Promise<ShardMapper> {
+    const kind = options?.memory ?? (sharedMemorySupported() ? 'shared' : 'single');
+    if (kind === 'shared' || kind === 'single') await compileAsync(kind);
+    return new ShardMapper(initialShards, ringBufferCapacity, policy, options);
+  }
+
+  // ---- callbacks ------------------------------------------------------------------------
+
+  setOnShardCreated(callback: ((id: number) => void) | undefined): void {
+    if (callback !== undefined && typeof callback !== 'function') throw invalid(`onShardCreated must be a function, got ${describe(callback)}`);
+    this.#onCreated = callback;
+  }
+
+  setOnShardRemoved(callback: ((id: number) => void) | undefined): void {
+    if (callback !== undefined && typeof callback !== 'function') throw invalid(`onShardRemoved must be a function, got ${describe(callback)}`);
+    this.#onRemoved = callback;
+  }
+
+  /** Runs after the state change is complete; every id gets its call even if one throws,
+   *  then the first error is rethrown to the caller (the mapper itself stays consistent). */
+  #fire(callback: ((id: number) => void) | undefined, ids: readonly number[]): void {
+    if (!callback || ids.length === 0) return;
+    let failed = false;
+    let first: unknown;
+    for (const id of ids) {
+      try {
+        callback(id);
+      } catch (error) {
+        if (!failed) { failed = true; first = error; }
+      }
+    }
+    if (failed) throw first;
+  }
+
+  // ---- queries --------------------------------------------------------------------------
+
+  metricsCollector(id: number): ShardMetricsCollector | undefined {
+    return this.#byId.get(id)?.collector;
+  }
+
+  activeShardCount(): number {
+    return this.#activeCount;
+  }
+
+  totalShardCount(): number {
+    return this.#shards.length;
+  }
+
+  shardState(id: number): ShardState | undefined {
+    return this.#byId.get(id)?.state;
+  }
+
+  activeShardIds(): number[] {
+    return this.#shards.filter((s) => s.state === ShardState.Active).map((s) => s.id);
+  }
+
+  allShardIds(): number[] {
+    return this.#shards.filter((s) => s.state !== ShardState.Stopped).map((s) => s.id);
+  }
+
+  policy(): Readonly<ScalingPolicy> {
+    return this.#policy;
+  }
+
+  /** @internal The slot that holds a shard's metrics and ring. */
+  slotOf(id: number): number | undefined {
+    return this.#byId.get(id)?.slot;
+  }
+
+  /** The last metrics collectMetrics stored for a shard. */
+  lastMetrics(id: number): ShardMetrics | undefined {
+    return this.#byId.get(id)?.lastMetrics;
+  }
+
+  // ---- selection (hot path) -------------------------------------------------------------
+
+  /** The shard for a uint32 hash (other numbers are reduced with `>>> 0`), or NO_SHARD. */
+  selectShard(hash: number): number {
+    if (typeof hash !== 'number') throw new TypeError(`selectShard: hash must be a number, got ${typeof hash}`);
+    const n = this.#candidateCount;
+    if (n === 0) return NO_SHARD;
+    return this.#candidates[((hash >>> 0) * n * TWO_POW_MINUS_32) | 0]!;
+  }
+
+  /** The shard for a u64 hash (reduced modulo 2^64). */
+  selectShardBig(hash: bigint): number {
+    if (typeof hash !== 'bigint') throw new TypeError(`selectShardBig: hash must be a bigint, got ${typeof hash}`);
+    const n = this.#candidateCount;
+    if (n === 0) return NO_SHARD;
+    return this.#candidates[Number((BigInt.asUintN(64, hash) * BigInt(n)) >> 64n)]!;
+  }
+
+  /** Batch form of selectShard: one WebAssembly call per chunk of the scratch size. */
+  selectShards(hashes: Uint32Array, out?: Uint16Array): Uint16Array {
+    if (!(hashes instanceof Uint32Array)) throw new TypeError(`selectShards: hashes must be a Uint32Array, got ${describe(hashes)}`);
+    const n = hashes.length;
+    if (out === undefined) out = new Uint16Array(n);
+    else if (!(out instanceof Uint16Array)) throw new TypeError(`selectShards: out must be a Uint16Array, got ${describe(out)}`);
+    else if (out.length < n) throw new RangeError(`selectShards: out has ${out.length} entries, needs ${n}`);
+    if (this.#candidateCount === 0) {
+      out.fill(NO_SHARD, 0, n);
+      return out;
+    }
+    const core = this.#core;
+    const chunk = Math.floor(core.scratchBytes / 6) & ~7;
+    const src = core.scratch;
+    const dst = src + chunk * 4;
+    for (let i = 0; i < n; i += chunk) {
+      const m = Math.min(chunk, n - i);
+      core.u32.set(hashes.subarray(i, i + m), src >>> 2);
+      core.abi.selectBatch(src, dst, m);
+      out.set(core.u16.subarray(dst >>> 1, (dst >>> 1) + m), i);
+    }
+    return out;
+  }
+
+  selectShardForKey(key: string | Uint8Array): number {
+    return this.selectShard(hashKey(key));
+  }
+
+  /** Rebuild the selection table (JS mirror and shared copy) from states and weights. */
+  #rebuild(): void {
+    const active = this.#shards.filter((s) => s.state === ShardState.Active);
+    const chosen = candidateIndexes(active.map((s) => s.weight));
+    const core = this.#core;
+    const base = core.abi.tableBuildAddress() >>> 2;
+    const table = core.u32;
+    for (let i = 0; i < chosen.length; i++) {
+      const shard = active[chosen[i]!]!;
+      this.#candidates[i] = shard.id;
+      table[base + i] = (shard.id | (shard.slot << 16)) >>> 0;
+    }
+    this.#candidateCount = chosen.length;
+    core.abi.tablePublish(chosen.length);
+  }
+
+  // ---- metrics and decisions ------------------------------------------------------------
+
+  collectMetrics(): ShardMetrics[] {
+    const out: ShardMetrics[] = [];
+    const { underutilizedThreshold } = this.#policy;
+    for (const shard of this.#shards) {
+      const m = shard.collector.collectAndReset();
+      shard.lastMetrics = m;
+      shard.weight = m.weight;
+      if (m.fillRatio < underutilizedThreshold && m.eventRate === 0) shard.idleSince ??= m.lastUpdated;
+      else shard.idleSince = undefined;
+      out.push(m);
+    }
+    this.#rebuild();
+    return out;
+  }
+
+  #inCooldown(now: number): boolean {
+    return now - this.#lastScalingAt < this.#policy.cooldownMs;
+  }
+
+  evaluateScaling(): ScalingDecision {
+    const p = this.#policy;
+    if (!p.autoScale) return NONE;
+    const now = this.#clock();
+    if (this.#inCooldown(now)) return NONE;
+    let overloaded = 0;
+    let underutilized = 0;
+    for (const shard of this.#shards) {
+      if (shard.state !== ShardState.Active || now - shard.activatedAt < p.cooldownMs) continue; // warm-up
+      const m = shard.lastMetrics;
+      if (!m) continue;
+      if (m.fillRatio > p.fillRatioThreshold || m.avgPushLatencyNs > p.pushLatencyThresholdNs || m.avgFlushLatencyUs > p.flushLatencyThresholdUs) {
+        overloaded++;
+      }
+      if (m.fillRatio < p.underutilizedThreshold && m.eventRate === 0 && shard.idleSince !== undefined && now - shard.idleSince >= p.scaleDownDelayMs) {
+        underutilized++;
+      }
+    }
+    const a = this.#activeCount;
+    const half = Math.floor(a / 2);
+    if (overloaded > half && a < p.maxShards) {
+      return { kind: 'scaleUp', count: Math.min(Math.max(Math.floor(overloaded / 2), 1), p.maxShards - a) };
+    }
+    if (underutilized > half && a > p.minShards) {
+      return { kind: 'scaleDown', count: Math.min(Math.max(Math.floor(underutilized / 2), 1), a - p.minShards) };
+    }
+    return NONE;
+  }
+
+  // ---- scaling up -----------------------------------------------------------------------
+
+  #checkScaleUp(count: number, honourCooldown: boolean, now: number): void {
+    const p = this.#policy;
+    if (this.#activeCount + count > p.maxShards) {
+      throw new ScalingError('AtMaxShards', `cannot add ${count} shard(s): ${this.#activeCount} active + ${count} would exceed maxShards ${p.maxShards}`);
+    }
+    if (this.#nextId + count - 1 > MAX_SHARD_ID) {
+      throw new ScalingError('AtMaxShards', `cannot add ${count} shard(s): ids would pass ${MAX_SHARD_ID} (next id ${this.#nextId}; ids are never reused)`);
+    }
+    if (honourCooldown && this.#inCooldown(now)) {
+      throw new ScalingError('InCooldown', `cannot scale: the last scaling was ${now - this.#lastScalingAt} ms ago, cooldownMs is ${p.cooldownMs}`);
+    }
+    if (!this.#core.canAllocate(count)) {
+      throw new ScalingError('ShardCreationFailed', `cannot add ${count} shard(s): all ${this.#core.maxSlots} shard slots of the memory are in use (draining or stopped shards not yet removed)`);
+    }
+  }
+
+  #allocate(count: number, state: ShardState, activatedAt: number): number[] {
+    const ids: number[] = [];
+    const made: MappedShard[] = [];
+    try {
+      for (let i = 0; i < count; i++) {
+        const slot = this.#core.allocSlot(this.#capacity);
+        if (slot < 0) throw new Error('no free slot');
+        const id = this.#nextId + i;
+        const shard: MappedShard = {
+          id, slot, state, collector: new ShardMetricsCollector(this.#core, slot, id, this.#clock),
+          weight: 0, lastMetrics: undefined, activatedAt, drainStartedAt: 0, idleSince: undefined,
+        };
+        made.push(shard);
+      }
+    } catch (error) {
+      for (const s of made) this.#core.releaseSlot(s.slot);
+      throw new ScalingError('ShardCreationFailed', `cannot add ${count} shard(s): ${(error as Error).message}`);
+    }
+    this.#nextId += count;
+    for (const shard of made) {
+      this.#shards.push(shard);
+      this.#byId.set(shard.id, shard);
+      if (state === ShardState.Active) this.#activeCount++;
+      ids.push(shard.id);
+      this.#wiring?.onAllocated(shard.id, shard.slot);
+    }
+    return ids;
+  }
+
+  /** Add `count` Active shards, routable at once. */
+  scaleUp(count: number): number[] {
+    checkInteger('count', count, 0, MAX_SHARD_ID + 1);
+    if (count === 0) return [];
+    const now = this.#clock();
+    this.#checkScaleUp(count, true, now);
+    const ids = this.#allocate(count, ShardState.Active, now);
+    this.#lastScalingAt = now;
+    this.#rebuild();
+    this.#fire(this.#onCreated, ids);
+    return ids;
+  }
+
+  /** Add `count` Provisioning shards: ids and collectors, not routable until activate(). */
+  scaleUpProvisioning(count: number): number[] {
+    return this.#provision(count, true);
+  }
+
+  /** As scaleUpProvisioning, without the cooldown gate (operator calls); the budget applies. */
+  scaleUpProvisioningForce(count: number): number[] {
+    return this.#provision(count, false);
+  }
+
+  #provision(count: number, honourCooldown: boolean): number[] {
+    checkInteger('count', count, 0, MAX_SHARD_ID + 1);
+    if (count === 0) return [];
+    const now = this.#clock();
+    this.#checkScaleUp(count, honourCooldown, now);
+    const ids = this.#allocate(count, ShardState.Provisioning, 0);
+    this.#lastScalingAt = now;
+    return ids;
+  }
+
+  /** Provisioning → Active. `false` if it was already Active. */
+  activate(id: number): boolean {
+    const shard = this.#shardForCall('activate', id);
+    if (shard.state === ShardState.Active) return false;
+    if (shard.state !== ShardState.Provisioning) {
+      throw invalid(`activate: shard ${id} is ${shard.state}; only a provisioning shard can be activated`);
+    }
+    if (this.#activeCount >= this.#policy.maxShards) {
+      throw new ScalingError('AtMaxShards', `activate: shard ${id} would make ${this.#activeCount + 1} active shards, maxShards is ${this.#policy.maxShards}`);
+    }
+    shard.state = ShardState.Active;
+    shard.activatedAt = this.#clock();
+    this.#activeCount++;
+    this.#rebuild();
+    this.#fire(this.#onCreated, [id]);
+    return true;
+  }
+
+  #shardForCall(method: string, id: number): MappedShard {
+    if (typeof id !== 'number' || !Number.isInteger(id)) throw invalid(`${method}: shard id must be an integer, got ${describe(id)}`);
+    const shard = this.#byId.get(id);
+    if (!shard) throw invalid(`${method}: unknown shard ${id}`);
+    return shard;
+  }
+
+  // ---- scaling down ---------------------------------------------------------------------
+
+  drainSpecific(id: number): void {
+    if (this.#activeCount <= this.#policy.minShards) {
+      throw new ScalingError('AtMinShards', `drainSpecific: cannot drain shard ${id}: ${this.#activeCount} active shard(s), minShards is ${this.#policy.minShards}`);
+    }
+    const shard = this.#shardForCall('drainSpecific', id);
+    if (shard.state === ShardState.Draining) return;
+    if (shard.state !== ShardState.Active) throw invalid(`drainSpecific: shard ${id} is ${shard.state}; only an active shard can be drained`);
+    const now = this.#clock();
+    this.#startDrain([shard], now);
+    this.#lastScalingAt = now;
+  }
+
+  #startDrain(shards: MappedShard[], now: number): void {
+    for (const shard of shards) {
+      shard.state = ShardState.Draining;
+      shard.drainStartedAt = now;
+      shard.collector.setDraining(true);
+      this.#activeCount--;
+    }
+    this.#rebuild(); // routing stops before the rings close
+    for (const shard of shards) this.#wiring?.onDraining(shard.id, shard.slot);
+  }
+
+  /** Drain up to `count` of the least-loaded Active shards, keeping minShards. */
+  scaleDown(count: number): number[] {
+    checkInteger('count', count, 0, MAX_SHARD_ID + 1);
+    if (count === 0) return [];
+    const p = this.#policy;
+    if (this.#activeCount <= p.minShards) {
+      throw new ScalingError('AtMinShards', `scaleDown: ${this.#activeCount} active shard(s), minShards is ${p.minShards}`);
+    }
+    const now = this.#clock();
+    if (this.#inCooldown(now)) {
+      throw new ScalingError('InCooldown', `cannot scale: the last scaling was ${now - this.#lastScalingAt} ms ago, cooldownMs is ${p.cooldownMs}`);
+    }
+    const n = Math.min(count, this.#activeCount - p.minShards);
+    const byWeight = this.#shards
+      .filter((s) => s.state === ShardState.Active)
+      .sort((a, b) => weightOrder(a.weight) - weightOrder(b.weight)); // stable: ties keep table order
+    const chosen = byWeight.slice(0, n);
+    this.#startDrain(chosen, now);
+    this.#lastScalingAt = now;
+    return chosen.map((s) => s.id);
+  }
+
+  /** Stop every Draining shard that is empty, saw no push since its drain, and is past the grace. */
+  finalizeDraining(): number[] {
+    const now = this.#clock();
+    const stopped: number[] = [];
+    for (const shard of this.#shards) {
+      if (shard.state !== ShardState.Draining) continue;
+      const c = shard.collector;
+      if (c.bufferLen() === 0 && c.pushesSinceDrainStart() === 0 && now - shard.drainStartedAt > this.#drainGraceMs) {
+        shard.state = ShardState.Stopped;
+        stopped.push(shard.id);
+      }
+    }
+    this.#fire(this.#onRemoved, stopped);
+    return stopped;
+  }
+
+  removeSpecificStoppedShard(id: number): boolean {
+    const shard = this.#byId.get(id);
+    if (!shard || shard.state !== ShardState.Stopped) return false;
+    this.#remove([shard]);
+    return true;
+  }
+
+  removeStoppedShards(): number[] {
+    const stopped = this.#shards.filter((s) => s.state === ShardState.Stopped);
+    this.#remove(stopped);
+    return stopped.map((s) => s.id);
+  }
+
+  /** @internal Roll back a Provisioning shard (ShardManager.removeShard). */
+  discardProvisioning(id: number): boolean {
+    const shard = this.#byId.get(id);
+    if (!shard || shard.state !== ShardState.Provisioning) return false;
+    this.#remove([shard]);
+    return true;
+  }
+
+  #remove(shards: MappedShard[]): void {
+    if (shards.length === 0) return;
+    const gone = new Set(shards);
+    for (let i = this.#shards.length - 1; i >= 0; i--) if (gone.has(this.#shards[i]!)) this.#shards.splice(i, 1);
+    for (const shard of shards) {
+      this.#byId.delete(shard.id);
+      shard.collector.retire();
+      this.#wiring?.onRemoved(shard.id, shard.slot);
+      this.#core.releaseSlot(shard.slot);
+    }
+  }
+}
+
+/** NaN weights sort last. */
+function weightOrder(w: number): number {
+  return Number.isNaN(w) ? Infinity : w;
+}

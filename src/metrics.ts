@@ -1,0 +1,142 @@
+// ShardMetricsCollector: a thin handle on one shard's counters in the shared memory. All
+// counting happens inside WebAssembly with atomics, so any attached thread may call it.
+import type { SharedCore, CoreHandle } from './core.js';
+import { SharedCore as Core } from './core.js';
+
+export interface ShardMetrics {
+  shardId: number;
+  /** Ring length at the last push/acknowledgement (or recordBufferLen). */
+  bufferLen: number;
+  capacity: number;
+  /** bufferLen / capacity (0 when capacity is 0). */
+  fillRatio: number;
+  /** Integer average of the latency samples in the window (ns); 0 without samples. */
+  avgPushLatencyNs: number;
+  /** Integer average of the consumer batch times in the window (µs); 0 without samples. */
+  avgFlushLatencyUs: number;
+  /** Events recorded in the window. */
+  eventRate: number;
+  /** clock() when collected. */
+  lastUpdated: number;
+  /** Routing weight: lower is preferred; Number.MAX_VALUE while draining. */
+  weight: number;
+}
+
+/** What another thread needs to attach to one collector: structured-cloneable. */
+export interface CollectorHandle {
+  core: CoreHandle;
+  slot: number;
+  shardId: number;
+}
+
+const U32_MAX = 4294967295;
+
+function sample(name: string, value: unknown): number {
+  if (typeof value !== 'number' || Number.isNaN(value) || value < 0) {
+    throw new RangeError(`${name} must be a number >= 0, got ${typeof value === 'number' ? value : typeof value}`);
+  }
+  return value >= U32_MAX ? U32_MAX : Math.floor(value);
+}
+
+export class ShardMetricsCollector {
+  readonly shardId: number;
+  readonly #core: SharedCore;
+  readonly #slot: number;
+  readonly #clock: () => number;
+  /** The capacity the fill ratio divides by. */
+  readonly capacity: number;
+  #retired = false;
+
+  /** @internal Collectors come from `ShardMapper.metricsCollector(id)` or `attach`. */
+  constructor(core: SharedCore, slot: number, shardId: number, clock: () => number) {
+    this.#core = core;
+    this.#slot = slot;
+    this.shardId = shardId;
+    this.#clock = clock;
+    this.capacity = core.abi.capacityOf(slot) >>> 0;
+  }
+
+  /** Attach to a collector from another thread (worker_threads, Web Workers). */
+  static async attach(handle: CollectorHandle, clock: () => number = () => performance.now()): Promise<ShardMetricsCollector> {
+    const core = await Core.attach(handle.core);
+    return new ShardMetricsCollector(core, handle.slot, handle.shardId, clock);
+  }
+
+  handle(): CollectorHandle {
+    return { core: this.#core.handle(), slot: this.#slot, shardId: this.shardId };
+  }
+
+  recordBufferLen(len: number): void {
+    if (!this.#retired) this.#core.abi.recordBufferLen(this.#slot, sample('len', len));
+  }
+
+  /** One event and one latency sample (ns). */
+  recordPush(latencyNs: number): void {
+    if (!this.#retired) this.#core.abi.recordPush(this.#slot, sample('latencyNs', latencyNs));
+  }
+
+  /** Bumps events-in-window and pushes-since-drain-start. */
+  recordEventOnly(): void {
+    if (!this.#retired) this.#core.abi.recordEventOnly(this.#slot);
+  }
+
+  recordLatencySample(latencyNs: number): void {
+    if (!this.#retired) this.#core.abi.recordLatencySample(this.#slot, sample('latencyNs', latencyNs));
+  }
+
+  /** One consumer batch that took `us` microseconds. */
+  recordFlush(us: number): void {
+    if (!this.#retired) this.#core.abi.recordFlush(this.#slot, sample('us', us));
+  }
+
+  setDraining(draining: boolean): void {
+    if (typeof draining !== 'boolean') throw new TypeError(`draining must be a boolean, got ${typeof draining}`);
+    if (!this.#retired) this.#core.abi.setDraining(this.#slot, draining ? 1 : 0);
+  }
+
+  isDraining(): boolean {
+    return !this.#retired && this.#core.abi.isDraining(this.#slot) !== 0;
+  }
+
+  pushesSinceDrainStart(): number {
+    return this.#retired ? 0 : this.#core.abi.pushesSinceDrainStart(this.#slot) >>> 0;
+  }
+
+  bufferLen(): number {
+    return this.#retired ? 0 : this.#core.abi.bufferLen(this.#slot) >>> 0;
+  }
+
+  /** Read the window and start a new one. */
+  collectAndReset(): ShardMetrics {
+    const core = this.#core;
+    if (this.#retired) {
+      return { shardId: this.shardId, bufferLen: 0, capacity: 0, fillRatio: 0, avgPushLatencyNs: 0,
+        avgFlushLatencyUs: 0, eventRate: 0, lastUpdated: this.#clock(), weight: 0 };
+    }
+    core.abi.collectAndReset(this.#slot, core.result);
+    const r = core.result >>> 2;
+    const u32 = core.u32;
+    const bufferLen = u32[r]!;
+    const eventRate = u32[r + 1]!;
+    const latencyCount = u32[r + 2]!;
+    const latencySum = u32[r + 3]!;
+    const flushCount = u32[r + 4]!;
+    const flushSum = u32[r + 5]!;
+    const capacity = this.capacity;
+    const fillRatio = capacity === 0 ? 0 : bufferLen / capacity;
+    const avgPushLatencyNs = latencyCount === 0 ? 0 : Math.floor(latencySum / latencyCount);
+    const avgFlushLatencyUs = flushCount === 0 ? 0 : Math.floor(flushSum / flushCount);
+    const weight = this.isDraining()
+      ? Number.MAX_VALUE
+      : fillRatio * 100 + avgPushLatencyNs / 10 + eventRate / 1e6;
+    return {
+      shardId: this.shardId, bufferLen, capacity, fillRatio, avgPushLatencyNs, avgFlushLatencyUs,
+      eventRate, lastUpdated: this.#clock(), weight,
+    };
+  }
+
+  /** @internal The shard was removed: later recordings are ignored (its slot may be reused). */
+  retire(): void {
+    this.#retired = true;
+  }
+}

@@ -1,0 +1,10 @@
+/** The little a manager needs from a worker, in Node (worker_threads) and in browsers. */
+export interface SpawnedWorker {
+  postMessage(message: unknown): void;
+  onMessage(fn: (message: any) => void): void;
+  onError(fn: (error: Error) => void): void;
+  onExit(fn: (code: number) => void): void;
+  terminate(): Promise<void>;
+  ref(): void;
+  unref(): void;
+}

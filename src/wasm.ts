@@ -1,0 +1,40 @@
+// Loading the WebAssembly core: module bytes (inlined), compile (sync or async), and
+// instantiation over a caller-supplied memory. No Node built-ins, so bundlers take it as is.
+import type { Abi } from './abi.js';
+import { WASM_SHARED_BASE64, WASM_SINGLE_BASE64 } from './wasm-bytes.generated.js';
+
+export type MemoryKind = 'shared' | 'single';
+
+const modules: Partial<Record<MemoryKind, WebAssembly.Module>> = {};
+
+function bytesOf(kind: MemoryKind): Uint8Array {
+  const text = atob(kind === 'shared' ? WASM_SHARED_BASE64 : WASM_SINGLE_BASE64);
+  const bytes = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
+  return bytes;
+}
+
+/** True where a shared WebAssembly memory can be created and posted to workers. */
+export function sharedMemorySupported(): boolean {
+  if (typeof SharedArrayBuffer === 'undefined') return false;
+  const isolated = (globalThis as { crossOriginIsolated?: boolean }).crossOriginIsolated;
+  return isolated === undefined || isolated === true;
+}
+
+/** Compile once per kind, synchronously (fine in Node and in workers; the module is small). */
+export function compileSync(kind: MemoryKind): WebAssembly.Module {
+  return (modules[kind] ??= new WebAssembly.Module(bytesOf(kind) as BufferSource));
+}
+
+/** Compile once per kind without blocking (the browser main thread's path). */
+export async function compileAsync(kind: MemoryKind): Promise<WebAssembly.Module> {
+  const cached = modules[kind];
+  if (cached) return cached;
+  const compiled = await WebAssembly.compile(bytesOf(kind) as BufferSource);
+  return (modules[kind] ??= compiled);
+}
+
+export function instantiate(module: WebAssembly.Module, memory: WebAssembly.Memory): Abi {
+  const instance = new WebAssembly.Instance(module, { env: { memory } });
+  return instance.exports as unknown as Abi;
+}
