@@ -95,7 +95,8 @@ export function completePolicy(partial: Partial<ScalingPolicy> | undefined, cpus
     throw new ScalingError('InvalidPolicy', `policy must be an object, got ${describe(partial)}`);
   }
   for (const key of Object.keys(partial)) {
-    if (!(key in FIELD_CHECKS)) throw new ScalingError('InvalidPolicy', `policy.${key} is not a policy field (known: ${POLICY_FIELDS.join(', ')})`);
+    // own keys only: 'constructor', 'toString'... are found by `in` on the prototype
+    if (!Object.hasOwn(FIELD_CHECKS, key)) throw new ScalingError('InvalidPolicy', `policy.${key} is not a policy field (known: ${POLICY_FIELDS.join(', ')})`);
   }
   const out = defaultForCpus(cpus) as unknown as Record<string, unknown>;
   for (const [key, value] of Object.entries(partial)) if (value !== undefined) out[key] = value;
