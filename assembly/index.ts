@@ -14,7 +14,7 @@ export {
 } from "./metrics";
 export {
   push, pushBatch, ringLen, ringClaim, ringAck, ringRewind, ringClose, ringIsClosed,
-  ringAllPublished, ringSetDoorbell, slotInit, unroutedTotal,
+  ringAllPublished, ringSetDoorbell, slotInit, unroutedTotal, stopPushes,
 } from "./ring";
 
 // ---- layout queries (pure: usable before the memory is configured) -----------------------

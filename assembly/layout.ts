@@ -34,6 +34,7 @@ export const H_SAMPLE_FILL: i32 = 40;     // f64, fill ratio where sampling star
 export const H_TABLE_GEN: i32 = 128;      // u32, generation; table (gen & 1) is live
 export const H_TABLE_COUNT0: i32 = 132;   // u32, entries in table 0
 export const H_TABLE_COUNT1: i32 = 136;   // u32, entries in table 1
+export const H_STOPPED: i32 = 140;        // u32, 1 once the manager closed: pushes are refused
 // third line: counters bumped by every producer thread
 export const H_UNROUTED: i32 = 256;       // i64, pushes made while no shard was Active
 export const H_LANE_FLAGS: i32 = 384;     // u32 × MAX_LANES, 1 = lane claimed
@@ -92,6 +93,8 @@ export const PUSH_FULL: i32 = -2;
 export const PUSH_SAMPLED: i32 = -3;
 export const PUSH_REFUSED: i32 = -4;
 export const PUSH_CLOSED: i32 = -5;      // internal: ring closed, select again
+export const PUSH_STOPPED: i32 = -6;     // the manager is closed
+export const L_FAILED_SHARD: i32 = 96;    // u32 in the lane: shard id of the last refused push
 // Push-latency samples measure contention: each failed reservation attempt counts this
 // many nanoseconds (about one contended cache-line transfer). An uncontended push is 0 ns.
 export const CONTENTION_NS_PER_RETRY: i32 = 50;

@@ -14,7 +14,8 @@ import {
   R_TAIL, R_HEAD, R_CLAIMED, R_DOORBELL, REC_SEQ, REC_LEN, REC_PAYLOAD, LAYOUT_BASE, H_UNROUTED,
   M_PUSHED, M_DELIVERED, M_DROPPED_NEWEST, M_DROPPED_SAMPLED, M_REFUSED, M_EVICTED,
   M_LATENCY, M_BUFFER_LEN, M_SAMPLE_COUNTER, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE,
-  PUSH_UNROUTED, PUSH_FULL, PUSH_SAMPLED, PUSH_REFUSED, PUSH_CLOSED, L_SCRATCH, L_RESULT,
+  PUSH_UNROUTED, PUSH_FULL, PUSH_SAMPLED, PUSH_REFUSED, PUSH_CLOSED, PUSH_STOPPED, L_SCRATCH, L_RESULT,
+  L_FAILED_SHARD, H_STOPPED,
   CONTENTION_NS_PER_RETRY, LATENCY_SAMPLE_MASK,
 } from "./layout";
 import {
@@ -104,14 +105,19 @@ export function pushAt(base: usize, src: usize, len: u32): i32 {
   return 0;
 }
 
-// Route by hash and append. Returns the shard id (≥ 0) or a PUSH_* code.
-function routeAndPush(hash: u32, src: usize, len: u32): i32 {
+// Route by hash and append. Returns the shard id (≥ 0) or a PUSH_* code; on a refusal the
+// shard id is left in the lane's L_FAILED_SHARD word.
+function routeAndPush(lane: usize, hash: u32, src: usize, len: u32): i32 {
+  if (atomic.load<u32>(<usize>LAYOUT_BASE + H_STOPPED) != 0) return PUSH_STOPPED;
   for (let attempt = 0; attempt < MAX_RESELECT; attempt++) {
     const entry = selectEntry(hash);
     if (entry == NO_ENTRY) break;
     const r = pushAt(slotAddr(entry >>> 16), src, len);
     if (r == 0) return <i32>(entry & 0xffff);
-    if (r != PUSH_CLOSED) return r;
+    if (r != PUSH_CLOSED) {
+      store<u32>(lane + L_FAILED_SHARD, entry & 0xffff);
+      return r;
+    }
   }
   atomic.add<u64>(<usize>LAYOUT_BASE + H_UNROUTED, 1);
   return PUSH_UNROUTED;
@@ -119,14 +125,15 @@ function routeAndPush(hash: u32, src: usize, len: u32): i32 {
 
 // One event staged at the lane's scratch.
 export function push(lane: u32, hash: u32, len: u32): i32 {
+  const lb = laneAddr(lane);
   if (len > maxPayload) return PUSH_REFUSED;
-  return routeAndPush(hash, laneAddr(lane) + L_SCRATCH, len);
+  return routeAndPush(lb, hash, lb + L_SCRATCH, len);
 }
 
 // Many events staged at the lane's scratch as [hash u32][len u32][bytes, padded to 4].
-// Writes [accepted, unrouted, full, sampled, refused] at the lane's result words and
-// returns how many events it consumed (it stops right before an event refused under
-// failProducer, which is then reported with refused = 1).
+// Writes [accepted, unrouted, full, sampled, stop] at the lane's result words and returns
+// how many events it consumed. It stops right before an event refused under failProducer
+// (stop = 1) or when the manager is closed (stop = 2).
 export function pushBatch(lane: u32, count: u32): u32 {
   const lb = laneAddr(lane);
   let p = lb + L_SCRATCH;
@@ -135,12 +142,12 @@ export function pushBatch(lane: u32, count: u32): u32 {
   for (; i < count; i++) {
     const hash = load<u32>(p);
     const len = load<u32>(p + 4);
-    const r = len > maxPayload ? PUSH_REFUSED : routeAndPush(hash, p + 8, len);
+    const r = len > maxPayload ? PUSH_REFUSED : routeAndPush(lb, hash, p + 8, len);
     if (r >= 0) accepted++;
     else if (r == PUSH_UNROUTED) unrouted++;
     else if (r == PUSH_FULL) full++;
     else if (r == PUSH_SAMPLED) sampled++;
-    else { refused = 1; break; }
+    else { refused = r == PUSH_STOPPED ? 2 : 1; break; }
     p += 8 + ((<usize>len + 3) & ~3);
   }
   const out = lb + L_RESULT;
@@ -233,6 +240,11 @@ export function slotInit(slot: u32, capacity: u32): void {
   atomic.store<u32>(base + R_CLAIMED, 0);
   atomic.store<u32>(base + R_DOORBELL, 0);
   atomic.store<u64>(base + R_TAIL, 0); // open
+}
+
+// Refuse every later push (ShardManager.close).
+export function stopPushes(): void {
+  atomic.store<u32>(<usize>LAYOUT_BASE + H_STOPPED, 1);
 }
 
 export function unroutedTotal(): f64 {

@@ -48,6 +48,7 @@ export interface Abi {
   ringSetDoorbell(slot: number, addr: number): void;
   slotInit(slot: number, capacity: number): void;
   unroutedTotal(): number;
+  stopPushes(): void;
 }
 
 /** Which totals `Abi.total` reads. */

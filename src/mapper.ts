@@ -5,7 +5,7 @@ import { SharedCore } from './core.js';
 import { ScalingError, checkInteger, describe, invalid } from './errors.js';
 import { hashKey } from './hash.js';
 import { ShardMetricsCollector, type ShardMetrics } from './metrics.js';
-import { ScalingPolicy, completePolicy } from './policy.js';
+import { resolvePolicy, type ScalingPolicy } from './policy.js';
 import { compileAsync, sharedMemorySupported, type MemoryKind } from './wasm.js';
 
 export const NO_SHARD = 0xffff;
@@ -38,6 +38,10 @@ export interface MapperWiring {
   onAllocated(id: number, slot: number): void;
   /** A shard left the selection table for Draining: close its ring. */
   onDraining(id: number, slot: number): void;
+  /** A shard became routable (created Active, or activated). */
+  onActivated(id: number): void;
+  /** A Draining shard became Stopped. */
+  onStopped(id: number): void;
   /** A Stopped shard left the table, or a Provisioning one was rolled back. */
   onRemoved(id: number, slot: number): void;
 }
@@ -105,9 +109,7 @@ export class ShardMapper {
     if (typeof grace !== 'number' || !Number.isFinite(grace) || grace < 0) {
       throw invalid(`options.drainGraceMs must be a finite number >= 0, got ${describe(grace)}`);
     }
-    const full = ScalingPolicy.normalize(completePolicy(policy));
-    if (typeof full.maxShards === 'number' && full.maxShards < initialShards) full.maxShards = initialShards;
-    ScalingPolicy.validate(full);
+    const full = resolvePolicy(policy, initialShards);
 
     const wiring = (options as { [WIRING]?: MapperWiring })[WIRING];
     const kind = options.memory ?? (sharedMemorySupported() ? 'shared' : 'single');
@@ -373,6 +375,7 @@ export class ShardMapper {
     const ids = this.#allocate(count, ShardState.Active, now);
     this.#lastScalingAt = now;
     this.#rebuild();
+    for (const id of ids) this.#wiring?.onActivated(id);
     this.#fire(this.#onCreated, ids);
     return ids;
   }
@@ -411,6 +414,7 @@ export class ShardMapper {
     shard.activatedAt = this.#clock();
     this.#activeCount++;
     this.#rebuild();
+    this.#wiring?.onActivated(id);
     this.#fire(this.#onCreated, [id]);
     return true;
   }
@@ -481,8 +485,23 @@ export class ShardMapper {
         stopped.push(shard.id);
       }
     }
+    for (const id of stopped) this.#wiring?.onStopped(id);
     this.#fire(this.#onRemoved, stopped);
     return stopped;
+  }
+
+  /**
+   * @internal Stop one Draining shard without the grace period. ShardManager calls it once
+   * the shard's ring is closed and every record in it is acknowledged: closing makes late
+   * pushes impossible, which is what the grace period guards against.
+   */
+  stopDrained(id: number): boolean {
+    const shard = this.#byId.get(id);
+    if (!shard || shard.state !== ShardState.Draining) return false;
+    shard.state = ShardState.Stopped;
+    this.#wiring?.onStopped(id);
+    this.#fire(this.#onRemoved, [id]);
+    return true;
   }
 
   removeSpecificStoppedShard(id: number): boolean {

@@ -1,5 +1,5 @@
 // Browser side of the platform seam (package.json "imports" → "#platform", default).
-import type { SpawnedWorker } from './platform-types.js';
+import type { SpawnedWorker, WorkerEndpoint } from './platform-types.js';
 
 export const platformName = 'browser' as const;
 
@@ -24,4 +24,40 @@ export function spawnWorker(url: URL, workerData: unknown): SpawnedWorker {
     ref: () => {},
     unref: () => {},
   };
+}
+
+/** A consumer module given as a URL, or a path resolved against the page. */
+export function moduleUrl(module: string | URL): string {
+  const base = (globalThis as { location?: { href: string } }).location?.href;
+  return new URL(String(module), base).href;
+}
+
+export function workerEndpoint(): Promise<WorkerEndpoint> {
+  const scope = globalThis as unknown as {
+    addEventListener(t: 'message', fn: (e: MessageEvent) => void): void;
+    removeEventListener(t: 'message', fn: (e: MessageEvent) => void): void;
+    postMessage(m: unknown): void;
+  };
+  return new Promise((resolveEndpoint) => {
+    const first = (e: MessageEvent) => {
+      if (e.data?.type !== 'init') return;
+      scope.removeEventListener('message', first);
+      resolveEndpoint({
+        data: e.data.workerData,
+        post: (m) => scope.postMessage(m),
+        onMessage: (fn) => scope.addEventListener('message', (ev) => fn(ev.data)),
+      });
+    };
+    scope.addEventListener('message', first);
+  });
+}
+
+const channel = typeof MessageChannel === 'undefined' ? undefined : new MessageChannel();
+const waiting: (() => void)[] = [];
+if (channel) channel.port1.onmessage = () => waiting.shift()?.();
+
+/** Let queued messages run (a MessageChannel round trip avoids setTimeout's clamping). */
+export function yieldToEventLoop(): Promise<void> {
+  if (!channel) return new Promise((r) => setTimeout(r, 0));
+  return new Promise((r) => { waiting.push(r); channel.port2.postMessage(0); });
 }

@@ -1,7 +1,9 @@
 // Node side of the platform seam (package.json "imports" → "#platform", condition "node").
 import { availableParallelism } from 'node:os';
-import { Worker } from 'node:worker_threads';
-import type { SpawnedWorker } from './platform-types.js';
+import { resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { Worker, parentPort, workerData } from 'node:worker_threads';
+import type { SpawnedWorker, WorkerEndpoint } from './platform-types.js';
 
 export const platformName = 'node' as const;
 
@@ -21,4 +23,22 @@ export function spawnWorker(url: URL, workerData: unknown): SpawnedWorker {
     ref: () => worker.ref(),
     unref: () => worker.unref(),
   };
+}
+
+/** A consumer module given as a path (relative to the working directory) or a URL. */
+export function moduleUrl(module: string | URL): string {
+  if (module instanceof URL) return module.href;
+  if (/^(file|data|https?|node):/i.test(module)) return module;
+  return pathToFileURL(resolve(module)).href;
+}
+
+export async function workerEndpoint(): Promise<WorkerEndpoint> {
+  if (!parentPort) throw new Error('shard-mapper: the consumer worker must run in a worker thread');
+  const port = parentPort;
+  return { data: workerData, post: (m) => port.postMessage(m), onMessage: (fn) => void port.on('message', fn) };
+}
+
+/** Let queued messages run: setImmediate is a macrotask without setTimeout's 1 ms floor. */
+export function yieldToEventLoop(): Promise<void> {
+  return new Promise((r) => setImmediate(r));
 }

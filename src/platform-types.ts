@@ -8,3 +8,10 @@ export interface SpawnedWorker {
   ref(): void;
   unref(): void;
 }
+
+/** The worker side of the same seam: its start-up data and its channel to the manager. */
+export interface WorkerEndpoint {
+  data: unknown;
+  post(message: unknown): void;
+  onMessage(fn: (message: any) => void): void;
+}

@@ -150,3 +150,12 @@ export const ScalingPolicy = {
   /** Throws ScalingError('InvalidPolicy') naming the first field that is wrong. */
   validate,
 };
+
+/** The policy a mapper runs with: defaults filled in, normalized, maxShards raised to
+ *  initialShards, validated. */
+export function resolvePolicy(partial: Partial<ScalingPolicy> | undefined, initialShards: number): ScalingPolicy {
+  const full = normalize(completePolicy(partial));
+  if (isNum(full.maxShards) && full.maxShards < initialShards) full.maxShards = initialShards;
+  validate(full);
+  return full;
+}

@@ -1,0 +1,172 @@
+// ConsumerPool: the manager's side of the consumer threads. Spawns them, gives each shard
+// exactly one owner, moves a dead worker's shards (rewound to their last acknowledgement)
+// to a fresh worker, and stops them all on close.
+import type { SharedCore } from './core.js';
+import type { SpawnedWorker } from './platform-types.js';
+import type { ConsumerInit } from './consumer-worker.js';
+import { spawnWorker, moduleUrl } from '#platform';
+
+export interface ConsumerOptions {
+  /** Path or URL of a module whose default export is `(records, shardId) => void | Promise<void>`. */
+  module: string | URL;
+  /** Most worker threads to run (default: CPU count). A worker may own several shards. */
+  threads?: number;
+  /** Most records handed to one call (default 256). */
+  batchSize?: number;
+}
+
+interface WorkerState {
+  index: number;
+  worker: SpawnedWorker;
+  ready: Promise<void>;
+  lane: number;
+  doorbell: number;
+  shards: Map<number, number>; // shardId → slot
+  releasing: Map<number, () => void>;
+  exited: boolean;
+  stopping: boolean;
+}
+
+export interface PoolEvents {
+  onError(error: Error, shardId: number): void;
+  onWorkerExit(index: number, code: number): void;
+}
+
+export class ConsumerPool {
+  readonly #core: SharedCore;
+  readonly #init: Omit<ConsumerInit, 'core'>;
+  readonly #events: PoolEvents;
+  readonly #workers: WorkerState[] = [];
+  readonly #owner = new Map<number, WorkerState>();
+  #closing = false;
+  #spawned = 0;
+
+  private constructor(core: SharedCore, init: Omit<ConsumerInit, 'core'>, events: PoolEvents) {
+    this.#core = core;
+    this.#init = init;
+    this.#events = events;
+  }
+
+  static async start(core: SharedCore, options: ConsumerOptions, threads: number, batchSize: number, events: PoolEvents): Promise<ConsumerPool> {
+    const pool = new ConsumerPool(core, { module: moduleUrl(options.module), batchSize }, events);
+    for (let i = 0; i < threads; i++) pool.#workers.push(pool.#spawn());
+    await Promise.all(pool.#workers.map((w) => w.ready));
+    return pool;
+  }
+
+  #spawn(): WorkerState {
+    const init: ConsumerInit = { core: this.#core.handle(), ...this.#init };
+    const worker = spawnWorker(new URL('./consumer-worker.js', import.meta.url), init);
+    let resolveReady!: () => void;
+    let rejectReady!: (e: Error) => void;
+    const state: WorkerState = {
+      index: this.#spawned++, worker, lane: -1, doorbell: 0, shards: new Map(), releasing: new Map(),
+      exited: false, stopping: false,
+      ready: new Promise<void>((res, rej) => { resolveReady = res; rejectReady = rej; }),
+    };
+    worker.onMessage((msg: { type: string; shardId: number; lane: number; doorbell: number; message: string; stack?: string }) => {
+      switch (msg.type) {
+        case 'ready':
+          state.lane = msg.lane;
+          state.doorbell = msg.doorbell;
+          resolveReady();
+          break;
+        case 'fatal':
+          rejectReady(Object.assign(new Error(`consumer worker failed to start: ${msg.message}`), { stack: msg.stack }));
+          break;
+        case 'error':
+          this.#events.onError(Object.assign(new Error(msg.message), { stack: msg.stack }), msg.shardId);
+          break;
+        case 'released': {
+          const done = state.releasing.get(msg.shardId);
+          state.releasing.delete(msg.shardId);
+          done?.();
+          break;
+        }
+      }
+    });
+    worker.onError((error) => rejectReady(error));
+    worker.onExit((code) => this.#onExit(state, code));
+    return state;
+  }
+
+  /** Give a shard to the least-loaded live worker. */
+  assign(shardId: number, slot: number): void {
+    const live = this.#workers.filter((w) => !w.exited && !w.stopping);
+    if (live.length === 0) throw new Error('shard-mapper: no consumer worker is running');
+    const target = live.reduce((a, b) => (b.shards.size < a.shards.size ? b : a));
+    this.#core.retainSlot(slot); // the worker reads the slot until it confirms the release
+    this.#give(target, shardId, slot);
+  }
+
+  #give(target: WorkerState, shardId: number, slot: number): void {
+    target.shards.set(shardId, slot);
+    this.#owner.set(shardId, target);
+    const send = () => {
+      this.#core.abi.ringSetDoorbell(slot, target.doorbell);
+      target.worker.postMessage({ type: 'assign', shardId, slot });
+    };
+    if (target.lane >= 0) send();
+    else void target.ready.then(send, () => {});
+  }
+
+  /** The shard is gone and its ring empty: the owner lets go, then the slot is freed. */
+  release(shardId: number): void {
+    const owner = this.#owner.get(shardId);
+    if (!owner) return;
+    const slot = owner.shards.get(shardId)!;
+    this.#owner.delete(shardId);
+    owner.shards.delete(shardId);
+    const free = () => this.#core.releaseSlot(slot);
+    if (owner.exited) { free(); return; }
+    owner.releasing.set(shardId, free);
+    owner.worker.postMessage({ type: 'release', shardId });
+  }
+
+  owns(shardId: number): boolean {
+    return this.#owner.has(shardId);
+  }
+
+  /** Workers and the shards each owns (for operators and tests). */
+  describe(): { index: number; shards: number[]; alive: boolean }[] {
+    return this.#workers.map((w) => ({ index: w.index, shards: [...w.shards.keys()], alive: !w.exited }));
+  }
+
+  /** Kill one worker as a crash would; its shards move on as after any crash. */
+  async terminateWorker(index: number): Promise<void> {
+    const w = this.#workers.find((x) => x.index === index && !x.exited);
+    if (w) await w.worker.terminate();
+  }
+
+  #onExit(state: WorkerState, code: number): void {
+    state.exited = true;
+    for (const done of state.releasing.values()) done(); // it reads nothing any more
+    state.releasing.clear();
+    if (state.lane >= 0) this.#core.abi.laneRelease(state.lane);
+    if (this.#closing || state.stopping) return;
+    this.#events.onWorkerExit(state.index, code);
+    // A crash: records it had claimed but not acknowledged are handed out again.
+    const replacement = this.#spawn();
+    this.#workers.push(replacement);
+    for (const [shardId, slot] of state.shards) {
+      this.#core.abi.ringRewind(slot);
+      this.#give(replacement, shardId, slot);
+    }
+    state.shards.clear();
+    const index = this.#workers.indexOf(state);
+    if (index >= 0) this.#workers.splice(index, 1);
+  }
+
+  /** Ask every worker to finish what it has and stop, then end the threads. */
+  async close(): Promise<void> {
+    this.#closing = true;
+    const live = this.#workers.filter((w) => !w.exited);
+    await Promise.all(live.map((w) => new Promise<void>((resolve) => {
+      w.stopping = true;
+      w.worker.onMessage((msg: { type: string }) => { if (msg.type === 'stopped') resolve(); });
+      w.worker.onExit(() => resolve());
+      w.worker.postMessage({ type: 'stop' });
+    })));
+    await Promise.all(live.map((w) => w.worker.terminate()));
+  }
+}

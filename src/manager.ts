@@ -1,0 +1,517 @@
+// ShardManager: the runtime around a ShardMapper. Owns one ring per shard in the shared
+// memory, routes pushes through the mapper's table, runs the scaling loop, and moves a
+// shard through Provisioning → Active → Draining → Stopped → removed without losing or
+// duplicating an accepted event.
+import { SharedCore } from './core.js';
+import { ConsumerPool, type ConsumerOptions } from './consumer-pool.js';
+import { ScalingError, checkInteger, describe, invalid } from './errors.js';
+import { ShardMapper, ShardState, WIRING, type MapperWiring, type ScalingDecision } from './mapper.js';
+import { resolvePolicy, type ScalingPolicy } from './policy.js';
+import { ShardProducer, ManagerClosedError, type EventKey, type EventPayload, type ProducerHandle } from './producer.js';
+import { Total } from './abi.js';
+import { sharedMemorySupported, compileAsync, type MemoryKind } from './wasm.js';
+import { cpuCount } from '#platform';
+import {
+  BP_DROP_NEWEST, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE, R_RECORDS, REC_LEN, REC_PAYLOAD, MAX_LANES,
+} from './layout.generated.js';
+
+export type BackpressureMode =
+  | { kind: 'dropNewest' }
+  | { kind: 'dropOldest' }
+  | { kind: 'failProducer' }
+  | { kind: 'sample'; rate: number };
+
+export const BackpressureMode = {
+  DropNewest: Object.freeze({ kind: 'dropNewest' }) as BackpressureMode,
+  DropOldest: Object.freeze({ kind: 'dropOldest' }) as BackpressureMode,
+  FailProducer: Object.freeze({ kind: 'failProducer' }) as BackpressureMode,
+  /** Past the fill threshold keep 1 event in `rate`; when full, drop the newest. */
+  sample: (rate: number): BackpressureMode => ({ kind: 'sample', rate }),
+};
+
+/** A lifecycle or scaling event, for logs, metrics and tracing. */
+export type ManagerEvent =
+  | { type: 'shardProvisioned' | 'shardActivated' | 'shardDraining' | 'shardStopped' | 'shardRemoved'; shardId: number; at: number }
+  | { type: 'scalingDecision'; decision: ScalingDecision; at: number }
+  | { type: 'consumerError'; shardId: number; error: Error; at: number }
+  | { type: 'consumerRestarted'; worker: number; exitCode: number; at: number };
+
+export interface ShardManagerOptions {
+  initialShards: number;
+  /** Records per shard ring; rounded up to a power of two (see `manager.ringCapacity`). */
+  ringBufferCapacity: number;
+  policy?: Partial<ScalingPolicy>;
+  /** Default failProducer: nothing accepted is evicted unless you choose dropOldest. */
+  backpressure?: BackpressureMode;
+  clock?: () => number;
+  drainGraceMs?: number;
+  /** Largest event payload in bytes (default 256); each ring record reserves this much. */
+  maxPayloadBytes?: number;
+  /** Run consumers in worker threads; without it the application consumes with poll(). */
+  consumer?: ConsumerOptions;
+  onConsumerError?: (error: Error, shardId: number) => void;
+  /** Lifecycle and scaling events (OpenTelemetry-friendly hook). */
+  onEvent?: (event: ManagerEvent) => void;
+  /** Most shard slots alive at once, draining ones included (default max(2·maxShards, maxShards + 16)). */
+  maxSlots?: number;
+  /** 'shared' (default where possible) or 'single' (no SharedArrayBuffer: one thread). */
+  memory?: MemoryKind;
+}
+
+export interface ShardStats {
+  id: number;
+  state: ShardState;
+  length: number;
+  pushed: number;
+  delivered: number;
+  dropped: number;
+}
+
+export interface ManagerStats {
+  /** Events accepted into a ring. */
+  pushed: number;
+  /** Events acknowledged by a consumer (or returned by poll). */
+  delivered: number;
+  /** Events not delivered because of backpressure: refused, shed, or evicted. */
+  dropped: number;
+  /** Pushes made while no shard was Active (never counted as backpressure). */
+  unrouted: number;
+  drops: { newest: number; oldest: number; sampled: number; refused: number };
+  /** Accepted events still in rings (pushed − delivered − evicted). */
+  inFlight: number;
+  shards: ShardStats[];
+}
+
+const DEFAULT_MAX_PAYLOAD = 256;
+const MAX_PAYLOAD_LIMIT = 16 * 1024 * 1024;
+const MAX_RING_CAPACITY = 1 << 24;
+const WAIT_STEP_MS = 2;
+const NONE: ScalingDecision = Object.freeze({ kind: 'none' });
+
+function backpressureCode(mode: BackpressureMode): { code: number; rate: number } {
+  if (typeof mode !== 'object' || mode === null) throw invalid(`options.backpressure must be a BackpressureMode, got ${describe(mode)}`);
+  switch (mode.kind) {
+    case 'dropNewest': return { code: BP_DROP_NEWEST, rate: 1 };
+    case 'dropOldest': return { code: BP_DROP_OLDEST, rate: 1 };
+    case 'failProducer': return { code: BP_FAIL_PRODUCER, rate: 1 };
+    case 'sample': return { code: BP_SAMPLE, rate: checkInteger('options.backpressure.rate', mode.rate, 1, 0xffffffff) };
+    default: throw invalid(`options.backpressure.kind must be dropNewest, dropOldest, failProducer or sample, got ${describe((mode as { kind: unknown }).kind)}`);
+  }
+}
+
+const nextPowerOfTwo = (n: number) => 2 ** Math.ceil(Math.log2(Math.max(1, n)));
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+interface Parts {
+  options: ShardManagerOptions;
+  core: SharedCore;
+  pool: ConsumerPool | undefined;
+  policy: ScalingPolicy;
+  initialShards: number;
+  ringCapacity: number;
+  maxPayload: number;
+  backpressure: BackpressureMode;
+  kind: MemoryKind;
+}
+
+export class ShardManager {
+  readonly mapper: ShardMapper;
+  /** Records per ring (ringBufferCapacity rounded up to a power of two). */
+  readonly ringCapacity: number;
+  readonly maxPayloadBytes: number;
+  readonly backpressure: BackpressureMode;
+  /** 'shared' when worker threads can attach; 'single' in the one-thread fallback. */
+  readonly memoryKind: MemoryKind;
+
+  readonly #core: SharedCore;
+  readonly #producer: ShardProducer;
+  readonly #clock: () => number;
+  readonly #onEvent: ((e: ManagerEvent) => void) | undefined;
+  readonly #onConsumerError: ((e: Error, id: number) => void) | undefined;
+  readonly #pool: ConsumerPool | undefined;
+  readonly #slots = new Map<number, number>(); // live shard id → slot
+  readonly #retired = [0, 0, 0, 0, 0, 0]; // totals of removed shards, indexed by Total
+  #timer: ReturnType<typeof setInterval> | undefined;
+  #closed = false;
+  #closing: Promise<void> | undefined;
+
+  private constructor(parts: Parts) {
+    const { options, core, pool } = parts;
+    this.#core = core;
+    this.#pool = pool;
+    this.#clock = options.clock ?? (() => performance.now());
+    this.#onEvent = options.onEvent;
+    this.#onConsumerError = options.onConsumerError;
+    this.ringCapacity = parts.ringCapacity;
+    this.maxPayloadBytes = parts.maxPayload;
+    this.backpressure = Object.freeze({ ...parts.backpressure });
+    this.memoryKind = parts.kind;
+    this.#producer = new ShardProducer(core, parts.maxPayload, false);
+    const wiring: MapperWiring = {
+      core,
+      onAllocated: (id, slot) => {
+        // The consumer is in place before the shard can be routed to (Active comes later,
+        // or, for scaleUp's Active shards, right after this returns).
+        this.#slots.set(id, slot);
+        this.#pool?.assign(id, slot);
+        this.#emit({ type: 'shardProvisioned', shardId: id, at: this.#clock() });
+      },
+      onActivated: (id) => this.#emit({ type: 'shardActivated', shardId: id, at: this.#clock() }),
+      onDraining: (id, slot) => {
+        core.abi.ringClose(slot); // the table was rebuilt first: producers re-select
+        this.#emit({ type: 'shardDraining', shardId: id, at: this.#clock() });
+      },
+      onStopped: (id) => this.#emit({ type: 'shardStopped', shardId: id, at: this.#clock() }),
+      onRemoved: (id, slot) => {
+        for (let k = 0; k < this.#retired.length; k++) this.#retired[k]! += core.abi.total(slot, k);
+        this.#slots.delete(id);
+        this.#pool?.release(id);
+        this.#emit({ type: 'shardRemoved', shardId: id, at: this.#clock() });
+      },
+    };
+    this.mapper = new ShardMapper(parts.initialShards, parts.ringCapacity, parts.policy, {
+      clock: this.#clock, drainGraceMs: options.drainGraceMs, memory: parts.kind, [WIRING]: wiring,
+    } as ConstructorParameters<typeof ShardMapper>[3]);
+  }
+
+  /** Create a manager (and its consumer threads, when `options.consumer` is given). */
+  static async create(options: ShardManagerOptions): Promise<ShardManager> {
+    if (typeof options !== 'object' || options === null) throw invalid(`options must be an object, got ${describe(options)}`);
+    const initialShards = checkInteger('options.initialShards', options.initialShards, 0, 0xffff);
+    const requested = checkInteger('options.ringBufferCapacity', options.ringBufferCapacity, 1, MAX_RING_CAPACITY);
+    const maxPayload = checkInteger('options.maxPayloadBytes', options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD, 1, MAX_PAYLOAD_LIMIT);
+    const backpressure = options.backpressure ?? BackpressureMode.FailProducer;
+    const bp = backpressureCode(backpressure);
+    const policy = resolvePolicy(options.policy, initialShards);
+    const defaultSlots = Math.min(0xffff, Math.max(2 * policy.maxShards, policy.maxShards + 16, initialShards));
+    const maxSlots = checkInteger('options.maxSlots', options.maxSlots ?? defaultSlots, Math.max(1, initialShards), 0xffff);
+    const kind = options.memory ?? (sharedMemorySupported() ? 'shared' : 'single');
+    if (kind !== 'shared' && kind !== 'single') throw invalid(`options.memory must be 'shared' or 'single', got ${describe(kind)}`);
+    if (options.clock !== undefined && typeof options.clock !== 'function') throw invalid(`options.clock must be a function, got ${describe(options.clock)}`);
+    if (options.drainGraceMs !== undefined && (typeof options.drainGraceMs !== 'number' || !Number.isFinite(options.drainGraceMs) || options.drainGraceMs < 0)) {
+      throw invalid(`options.drainGraceMs must be a finite number >= 0, got ${describe(options.drainGraceMs)}`);
+    }
+    for (const name of ['onEvent', 'onConsumerError'] as const) {
+      if (options[name] !== undefined && typeof options[name] !== 'function') throw invalid(`options.${name} must be a function, got ${describe(options[name])}`);
+    }
+    let threads = 0;
+    let batchSize = 0;
+    if (options.consumer !== undefined) {
+      const c = options.consumer;
+      if (typeof c !== 'object' || c === null || (typeof c.module !== 'string' && !(c.module instanceof URL))) {
+        throw invalid(`options.consumer.module must be a path or URL, got ${describe((c as { module?: unknown } | null)?.module)}`);
+      }
+      if (kind !== 'shared') throw invalid('options.consumer needs shared memory (SharedArrayBuffer); in the single-thread fallback consume with poll()');
+      threads = checkInteger('options.consumer.threads', c.threads ?? cpuCount(), 1, MAX_LANES - 2);
+      batchSize = checkInteger('options.consumer.batchSize', c.batchSize ?? 256, 1, MAX_RING_CAPACITY);
+    }
+    const ringCapacity = nextPowerOfTwo(requested);
+    await compileAsync(kind);
+    const core = SharedCore.createSync({
+      kind, tableCapacity: policy.maxShards, maxSlots, initialSlots: initialShards, ringCapacity, maxPayload,
+      lanes: MAX_LANES, laneBytes: Math.max(65536, 2 * (maxPayload + 64)), backpressure: bp.code,
+      sampleRate: bp.rate, sampleFill: policy.fillRatioThreshold,
+    });
+    let self: ShardManager | undefined;
+    const pool = threads > 0
+      ? await ConsumerPool.start(core, options.consumer!, threads, batchSize, {
+        onError: (error, shardId) => { if (self) self.#consumerError(error, shardId); },
+        onWorkerExit: (worker, exitCode) => { if (self) self.#emit({ type: 'consumerRestarted', worker, exitCode, at: self.#clock() }); },
+      })
+      : undefined;
+    self = new ShardManager({ options, core, pool, policy, initialShards, ringCapacity, maxPayload, backpressure, kind });
+    return self;
+  }
+
+  #emit(event: ManagerEvent): void {
+    if (!this.#onEvent) return;
+    try {
+      this.#onEvent(event);
+    } catch (error) {
+      console.error('shard-mapper: onEvent threw', error);
+    }
+  }
+
+  #consumerError(error: Error, shardId: number): void {
+    this.#emit({ type: 'consumerError', shardId, error, at: this.#clock() });
+    if (this.#onConsumerError) this.#onConsumerError(error, shardId);
+    else console.error(`shard-mapper: consumer of shard ${shardId} threw; the batch will be retried:`, error);
+  }
+
+  #assertOpen(method: string): void {
+    if (this.#closed) throw new ManagerClosedError(method);
+  }
+
+  #slotFor(method: string, id: number): number {
+    if (typeof id !== 'number' || !Number.isInteger(id)) throw invalid(`${method}: shard id must be an integer, got ${describe(id)}`);
+    const slot = this.#slots.get(id);
+    if (slot === undefined) throw invalid(`${method}: unknown shard ${id}`);
+    return slot;
+  }
+
+  // ---- producing ------------------------------------------------------------------------
+
+  /**
+   * Route an event (a uint32 hash, or a string/bytes key hashed with hashKey) and append it
+   * to that shard's ring, in one WebAssembly call. `true` when accepted; `false` when dropped
+   * by backpressure or unrouted (no Active shard). Throws BackpressureError under
+   * failProducer when the ring is full, and ManagerClosedError after close().
+   */
+  push(key: EventKey, payload: EventPayload): boolean {
+    return this.#producer.push(key, payload);
+  }
+
+  /** Push many events; returns how many were accepted (see ShardProducer.pushBatch). */
+  pushBatch(keys: ArrayLike<EventKey>, payloads: ArrayLike<EventPayload>): number {
+    return this.#producer.pushBatch(keys, payloads);
+  }
+
+  /** What a worker thread passes to `ShardProducer.attach` to push into these rings. */
+  producerHandle(): ProducerHandle {
+    if (this.memoryKind !== 'shared') throw new Error('producerHandle: the single-thread fallback cannot share its memory with workers');
+    return { core: this.#core.handle(), maxPayloadBytes: this.maxPayloadBytes };
+  }
+
+  // ---- consuming ------------------------------------------------------------------------
+
+  /** Take up to `max` records of a shard, in push order (copies; they count as delivered). */
+  poll(shardId: number, max: number = this.ringCapacity): Uint8Array[] {
+    const slot = this.#slotFor('poll', shardId);
+    checkInteger('max', max, 1, Number.MAX_SAFE_INTEGER);
+    if (this.#pool?.owns(shardId)) throw new Error(`poll: shard ${shardId} is consumed by worker threads (options.consumer); a ring has one consumer at a time`);
+    const core = this.#core;
+    const out: Uint8Array[] = [];
+    const base = core.abi.slotAddress(slot);
+    const mask = this.ringCapacity - 1;
+    const stride = core.recordStride;
+    while (out.length < max) {
+      const n = core.abi.ringClaim(slot, Math.min(max - out.length, this.ringCapacity), core.result);
+      if (n === 0) break;
+      const start = core.u32[core.result >>> 2]!;
+      core.refreshViews();
+      for (let k = 0; k < n; k++) {
+        const at = base + R_RECORDS + ((start + k) & mask) * stride;
+        const len = core.u32[(at + REC_LEN) >>> 2]!;
+        out.push(core.u8.slice(at + REC_PAYLOAD, at + REC_PAYLOAD + len));
+      }
+      core.abi.ringAck(slot, start, n);
+    }
+    return out;
+  }
+
+  /** Records in a shard's ring (accepted, not yet acknowledged). */
+  ringLength(shardId: number): number {
+    return this.#core.abi.ringLen(this.#slotFor('ringLength', shardId)) >>> 0;
+  }
+
+  /** Totals since creation (they never go down when shards are removed) and per-shard figures. */
+  stats(): ManagerStats {
+    const abi = this.#core.abi;
+    const totals = [...this.#retired];
+    const shards: ShardStats[] = [];
+    for (const [id, slot] of this.#slots) {
+      const t = [0, 1, 2, 3, 4, 5].map((k) => abi.total(slot, k));
+      for (let k = 0; k < totals.length; k++) totals[k]! += t[k]!;
+      shards.push({
+        id, state: this.mapper.shardState(id)!, length: abi.ringLen(slot) >>> 0,
+        pushed: t[Total.Pushed]!, delivered: t[Total.Delivered]!,
+        dropped: t[Total.DroppedNewest]! + t[Total.Sampled]! + t[Total.Refused]! + t[Total.Evicted]!,
+      });
+    }
+    const drops = {
+      newest: totals[Total.DroppedNewest]!, oldest: totals[Total.Evicted]!,
+      sampled: totals[Total.Sampled]!, refused: totals[Total.Refused]!,
+    };
+    return {
+      pushed: totals[Total.Pushed]!, delivered: totals[Total.Delivered]!,
+      dropped: drops.newest + drops.oldest + drops.sampled + drops.refused,
+      unrouted: abi.unroutedTotal(), drops,
+      inFlight: totals[Total.Pushed]! - totals[Total.Delivered]! - drops.oldest,
+      shards,
+    };
+  }
+
+  /** Consumer threads and the shards each owns ([] without options.consumer). */
+  consumers(): { index: number; shards: number[]; alive: boolean }[] {
+    return this.#pool?.describe() ?? [];
+  }
+
+  /** End one consumer thread abruptly (as a crash would). A fresh thread takes its shards
+   *  over from their last acknowledgement. */
+  async terminateConsumer(index: number): Promise<void> {
+    await this.#pool?.terminateWorker(index);
+  }
+
+  // ---- the scaling loop -----------------------------------------------------------------
+
+  /**
+   * One pass: collectMetrics → evaluateScaling → act (scale-up: Provisioning, consumer
+   * wired, then activate; scale-down: drain) → finalizeDraining → remove Stopped shards
+   * whose ring is empty and acknowledged. Returns the decision. Synchronous.
+   */
+  tick(): ScalingDecision {
+    if (this.#closed) return NONE;
+    const mapper = this.mapper;
+    mapper.collectMetrics();
+    const decision = mapper.evaluateScaling();
+    if (decision.kind !== 'none') this.#emit({ type: 'scalingDecision', decision, at: this.#clock() });
+    try {
+      if (decision.kind === 'scaleUp') {
+        for (const id of mapper.scaleUpProvisioning(decision.count)) mapper.activate(id);
+      } else if (decision.kind === 'scaleDown') {
+        mapper.scaleDown(decision.count);
+      }
+    } finally {
+      this.#settleDraining();
+    }
+    return decision;
+  }
+
+  /** A closed ring whose every reservation is published and acknowledged. */
+  #drained(slot: number): boolean {
+    const abi = this.#core.abi;
+    return abi.ringIsClosed(slot) !== 0 && abi.ringAllPublished(slot) !== 0 && abi.ringLen(slot) === 0;
+  }
+
+  #settleDraining(): void {
+    const mapper = this.mapper;
+    for (const [id, slot] of this.#slots) {
+      const state = mapper.shardState(id);
+      // A push that reserved before the ring closed may be counted after the drain reset
+      // the counter; once the ring is closed and fully published none can follow.
+      if (state === ShardState.Draining && mapper.metricsCollector(id)!.pushesSinceDrainStart() > 0 &&
+        this.#core.abi.ringIsClosed(slot) !== 0 && this.#core.abi.ringAllPublished(slot) !== 0) {
+        mapper.metricsCollector(id)!.setDraining(true);
+      }
+    }
+    mapper.finalizeDraining();
+    for (const [id, slot] of [...this.#slots]) {
+      if (mapper.shardState(id) === ShardState.Stopped && this.#core.abi.ringLen(slot) === 0) mapper.removeSpecificStoppedShard(id);
+    }
+  }
+
+  /** Run tick() every policy.metricsWindowMs (the timer does not keep Node alive). */
+  start(): void {
+    this.#assertOpen('start');
+    if (this.#timer !== undefined) return;
+    this.#timer = setInterval(() => {
+      try {
+        this.tick();
+      } catch (error) {
+        this.#emit({ type: 'consumerError', shardId: -1, error: error as Error, at: this.#clock() });
+      }
+    }, this.mapper.policy().metricsWindowMs);
+    (this.#timer as { unref?: () => void }).unref?.();
+  }
+
+  stop(): void {
+    if (this.#timer !== undefined) clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+
+  // ---- operator calls -------------------------------------------------------------------
+
+  /** Add one shard now (no cooldown: an operator's call); resolves to its id. */
+  async addShard(): Promise<number> {
+    return (await this.manualScaleUp(1))[0]!;
+  }
+
+  /** Add n shards with one forced provisioning call, then wire and activate each. */
+  async manualScaleUp(n: number): Promise<number[]> {
+    this.#assertOpen('manualScaleUp');
+    checkInteger('n', n, 0, 0xffff);
+    const ids = this.mapper.scaleUpProvisioningForce(n);
+    for (const id of ids) this.mapper.activate(id);
+    return ids;
+  }
+
+  /** Start draining a shard: it stops receiving events at once; its ring is delivered. */
+  async drainShard(id: number): Promise<void> {
+    this.#assertOpen('drainShard');
+    this.mapper.drainSpecific(id);
+  }
+
+  /** Remove a shard: an Active one is drained first; resolves once it is gone and every
+   *  event it accepted has been delivered. A Provisioning shard is rolled back. */
+  async removeShard(id: number): Promise<void> {
+    this.#assertOpen('removeShard');
+    this.#slotFor('removeShard', id);
+    const state = this.mapper.shardState(id);
+    if (state === ShardState.Provisioning) {
+      this.mapper.discardProvisioning(id);
+      return;
+    }
+    if (state === ShardState.Active) this.mapper.drainSpecific(id);
+    await this.#awaitRemoval([id]);
+  }
+
+  /** Drain the n least-loaded Active shards (no cooldown: an operator's call) and resolve
+   *  to their ids once all are removed. Refuses (AtMinShards) to go below minShards. */
+  async manualScaleDown(n: number): Promise<number[]> {
+    this.#assertOpen('manualScaleDown');
+    checkInteger('n', n, 0, 0xffff);
+    if (n === 0) return [];
+    const p = this.mapper.policy();
+    const active = this.mapper.activeShardCount();
+    if (active - n < p.minShards) {
+      throw new ScalingError('AtMinShards', `manualScaleDown: ${active} active - ${n} would go below minShards ${p.minShards}`);
+    }
+    const ids = this.mapper.activeShardIds()
+      .map((id) => ({ id, w: this.mapper.lastMetrics(id)?.weight ?? 0 }))
+      .sort((a, b) => a.w - b.w)
+      .slice(0, n)
+      .map((x) => x.id);
+    for (const id of ids) this.mapper.drainSpecific(id);
+    await this.#awaitRemoval(ids);
+    return ids;
+  }
+
+  async #awaitRemoval(ids: number[]): Promise<void> {
+    const pending = new Set(ids);
+    while (pending.size > 0) {
+      for (const id of [...pending]) {
+        const slot = this.#slots.get(id);
+        if (slot === undefined) { pending.delete(id); continue; }
+        const state = this.mapper.shardState(id);
+        if (state === ShardState.Draining && this.#drained(slot)) this.mapper.stopDrained(id);
+        if (this.mapper.shardState(id) === ShardState.Stopped && this.#core.abi.ringLen(slot) === 0) {
+          this.mapper.removeSpecificStoppedShard(id);
+          pending.delete(id);
+        }
+      }
+      if (pending.size > 0) await sleep(WAIT_STEP_MS);
+    }
+  }
+
+  // ---- shutting down --------------------------------------------------------------------
+
+  /**
+   * Stop accepting pushes, let the consumer threads take every accepted event, stop the
+   * timer and the threads. Without consumer threads it resolves at once and what is left
+   * in the rings can still be poll()ed.
+   */
+  close(): Promise<void> {
+    if (this.#closing) return this.#closing;
+    this.#closed = true;
+    this.stop();
+    this.#core.abi.stopPushes();
+    this.#closing = (async () => {
+      const pool = this.#pool;
+      if (!pool) return;
+      for (;;) {
+        let busy = false;
+        for (const slot of this.#slots.values()) {
+          if (this.#core.abi.ringLen(slot) !== 0) { busy = true; break; }
+        }
+        if (!busy) break;
+        await sleep(WAIT_STEP_MS);
+      }
+      await pool.close();
+    })();
+    return this.#closing;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

@@ -1,0 +1,177 @@
+// Producer: stages an event in this thread's lane and makes the one WebAssembly call that
+// routes it, appends it to the shard's ring and feeds the collector. ShardManager uses one
+// on its own thread; worker threads get theirs with `ShardProducer.attach(handle)`.
+import { BackpressureError } from './errors.js';
+import { hashKey } from './hash.js';
+import { SharedCore, type CoreHandle } from './core.js';
+import {
+  PUSH_UNROUTED, PUSH_FULL, PUSH_SAMPLED, PUSH_REFUSED, PUSH_STOPPED, L_FAILED_SHARD, L_RESULT, L_SCRATCH,
+} from './layout.generated.js';
+
+export type EventKey = number | string | Uint8Array;
+export type EventPayload = Uint8Array | string;
+
+/** What a worker thread needs to produce into a manager's rings. */
+export interface ProducerHandle {
+  core: CoreHandle;
+  maxPayloadBytes: number;
+}
+
+const encoder = new TextEncoder();
+
+export class ManagerClosedError extends Error {
+  constructor(method = 'push') {
+    super(`shard-mapper: ${method}: the manager is closed`);
+    this.name = 'ManagerClosedError';
+  }
+}
+
+function keyHash(key: EventKey): number {
+  if (typeof key === 'number') return key >>> 0;
+  if (typeof key === 'string' || key instanceof Uint8Array) return hashKey(key);
+  throw new TypeError(`push: key must be a uint32 hash, a string or a Uint8Array, got ${key === null ? 'null' : typeof key}`);
+}
+
+export class ShardProducer {
+  readonly maxPayloadBytes: number;
+  readonly #core: SharedCore;
+  #scratch: Uint8Array;
+  readonly #owned: boolean;
+
+  /** @internal */
+  constructor(core: SharedCore, maxPayloadBytes: number, owned: boolean) {
+    this.#core = core;
+    this.maxPayloadBytes = maxPayloadBytes;
+    this.#owned = owned;
+    this.#scratch = core.u8.subarray(core.scratch, core.scratch + core.scratchBytes);
+  }
+
+  /** Attach from a worker thread; call `detach()` when done to free the lane. */
+  static async attach(handle: ProducerHandle): Promise<ShardProducer> {
+    return new ShardProducer(await SharedCore.attach(handle.core), handle.maxPayloadBytes, true);
+  }
+
+  detach(): void {
+    if (this.#owned) this.#core.detach();
+  }
+
+  /** The lane's scratch, re-made if a non-shared memory grew (its buffer is replaced). */
+  #view(): Uint8Array {
+    const core = this.#core;
+    if (this.#scratch.buffer !== core.memory.buffer) {
+      core.refreshViews();
+      this.#scratch = core.u8.subarray(core.scratch, core.scratch + core.scratchBytes);
+    }
+    return this.#scratch;
+  }
+
+  /** Copy a payload to `at` in the scratch; returns its byte length. Throws, writing nothing
+   *  to any ring, if the payload is empty, too large or not bytes/string. */
+  #stage(payload: EventPayload, at: number, room: number): number {
+    const scratch = this.#view();
+    const max = this.maxPayloadBytes;
+    if (payload instanceof Uint8Array) {
+      const len = payload.length;
+      if (len === 0) throw new RangeError('push: payload is empty');
+      if (len > max) throw new RangeError(`push: payload is ${len} bytes, the maximum is maxPayloadBytes = ${max}`);
+      if (len > room) return -1;
+      if (len <= 16) for (let i = 0; i < len; i++) scratch[at + i] = payload[i]!;
+      else scratch.set(payload, at);
+      return len;
+    }
+    if (typeof payload === 'string') {
+      if (payload.length === 0) throw new RangeError('push: payload is empty');
+      const limit = Math.min(max, room);
+      const r = encoder.encodeInto(payload, scratch.subarray(at, at + limit));
+      if (r.read < payload.length) {
+        const bytes = encoder.encode(payload).length;
+        if (bytes > max) throw new RangeError(`push: payload is ${bytes} bytes as UTF-8, the maximum is maxPayloadBytes = ${max}`);
+        return -1; // fits the limit, not the room left in this batch
+      }
+      return r.written;
+    }
+    throw new TypeError(`push: payload must be a Uint8Array or a string, got ${payload === null ? 'null' : typeof payload}`);
+  }
+
+  /**
+   * Route one event and append it. `true`: accepted. `false`: dropped (dropNewest, sample,
+   * or no Active shard: counted as unrouted). Throws BackpressureError under failProducer.
+   */
+  push(key: EventKey, payload: EventPayload): boolean {
+    const hash = keyHash(key);
+    const core = this.#core;
+    const len = this.#stage(payload, 0, core.scratchBytes);
+    const r = core.abi.push(core.lane, hash, len);
+    if (r >= 0) return true;
+    if (r === PUSH_UNROUTED || r === PUSH_FULL || r === PUSH_SAMPLED) return false;
+    return this.#fail(r, 0);
+  }
+
+  #fail(code: number, accepted: number): never {
+    if (code === PUSH_STOPPED) throw new ManagerClosedError();
+    if (code === PUSH_REFUSED) {
+      const core = this.#core;
+      const shard = core.u32[(core.scratch - L_SCRATCH + L_FAILED_SHARD) >>> 2]!;
+      throw new BackpressureError(`push refused: shard ${shard}'s ring is full (backpressure failProducer)`, shard, accepted);
+    }
+    throw new Error(`shard-mapper: unexpected push result ${code}`);
+  }
+
+  /**
+   * Push many events with one WebAssembly call per scratch-full. Returns how many were
+   * accepted. Every payload is checked before anything is written; under failProducer a
+   * full ring throws BackpressureError whose `accepted` counts the events before it.
+   */
+  pushBatch(keys: ArrayLike<EventKey>, payloads: ArrayLike<EventPayload>): number {
+    const n = keys.length;
+    if (payloads.length !== n) throw new RangeError(`pushBatch: ${n} keys but ${payloads.length} payloads`);
+    for (let i = 0; i < n; i++) {
+      const p = payloads[i];
+      if (!(p instanceof Uint8Array) && typeof p !== 'string') {
+        throw new TypeError(`pushBatch: payloads[${i}] must be a Uint8Array or a string, got ${p === null ? 'null' : typeof p}`);
+      }
+      if (p.length === 0) throw new RangeError(`pushBatch: payloads[${i}] is empty`);
+      if (p instanceof Uint8Array && p.length > this.maxPayloadBytes) {
+        throw new RangeError(`pushBatch: payloads[${i}] is ${p.length} bytes, the maximum is maxPayloadBytes = ${this.maxPayloadBytes}`);
+      }
+      if (typeof p === 'string' && p.length * 3 > this.maxPayloadBytes && encoder.encode(p).length > this.maxPayloadBytes) {
+        throw new RangeError(`pushBatch: payloads[${i}] is longer than maxPayloadBytes = ${this.maxPayloadBytes} as UTF-8`);
+      }
+    }
+    const hashes = new Uint32Array(n);
+    for (let i = 0; i < n; i++) hashes[i] = keyHash(keys[i]!);
+
+    const core = this.#core;
+    const room = core.scratchBytes;
+    let accepted = 0;
+    let i = 0;
+    while (i < n) {
+      const words = this.#view();
+      let at = 0;
+      let count = 0;
+      for (; i < n; i++, count++) {
+        if (at + 8 > room) break;
+        const len = this.#stage(payloads[i]!, at + 8, room - at - 8);
+        if (len < 0) break;
+        writeU32(words, at, hashes[i]!);
+        writeU32(words, at + 4, len);
+        at += 8 + ((len + 3) & ~3);
+      }
+      if (count === 0) throw new RangeError('pushBatch: an event does not fit the lane scratch');
+      const consumed = core.abi.pushBatch(core.lane, count);
+      const result = (core.scratch - L_SCRATCH + L_RESULT) >>> 2;
+      accepted += core.u32[result]!;
+      const stop = core.u32[result + 4]!;
+      if (stop !== 0) this.#fail(stop === 2 ? PUSH_STOPPED : PUSH_REFUSED, accepted);
+      if (consumed !== count) throw new Error('shard-mapper: pushBatch consumed fewer events than staged');
+    }
+    return accepted;
+  }
+}
+
+function writeU32(b: Uint8Array, at: number, v: number): void {
+  b[at] = v & 0xff;
+  b[at + 1] = (v >>> 8) & 0xff;
+  b[at + 2] = (v >>> 16) & 0xff;
+  b[at + 3] = v >>> 24;
+}
