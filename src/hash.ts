@@ -56,7 +56,12 @@ function utf8Into(s: string): number {
 
 /** xxHash32 (seed 0) of a string (as UTF-8) or of bytes, as a uint32. */
 export function hashKey(key: string | Uint8Array): number {
-  if (typeof key === 'string') return xxh32(buffer, utf8Into(key));
+  if (typeof key === 'string') {
+    // Encode first: utf8Into may replace `buffer` with a larger one, so it must not be read
+    // before the call (as an argument evaluated ahead of it would be).
+    const len = utf8Into(key);
+    return xxh32(buffer, len);
+  }
   if (key instanceof Uint8Array) return xxh32(key, key.length);
   throw new TypeError(`hashKey: key must be a string or a Uint8Array, got ${key === null ? 'null' : typeof key}`);
 }
