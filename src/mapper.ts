@@ -7,6 +7,7 @@ import { hashKey } from './hash.js';
 import { ShardMetricsCollector, type ShardMetrics } from './metrics.js';
 import { resolvePolicy, type ScalingPolicy } from './policy.js';
 import { compileAsync, sharedMemorySupported, type MemoryKind } from './wasm.js';
+import { MAX_LANES } from './layout.generated.js';
 
 export const NO_SHARD = 0xffff;
 /** The highest shard id that is ever allocated. */
@@ -116,8 +117,10 @@ export class ShardMapper {
     if (kind !== 'shared' && kind !== 'single') throw invalid(`options.memory must be 'shared' or 'single', got ${describe(kind)}`);
     this.#wiring = wiring;
     this.#core = wiring?.core ?? SharedCore.createSync({
+      // A lane for every thread that may attach (collectors in workers); untouched lanes cost
+      // no resident memory.
       kind, tableCapacity: full.maxShards, maxSlots: MAX_SHARD_ID + 1, initialSlots: initialShards,
-      ringCapacity: 0, maxPayload: 0, lanes: 1, laneBytes: 65536, backpressure: 0, sampleRate: 1, sampleFill: 1,
+      ringCapacity: 0, maxPayload: 0, lanes: MAX_LANES, laneBytes: 65536, backpressure: 0, sampleRate: 1, sampleFill: 1,
     });
     this.#policy = Object.freeze(full);
     this.#clock = clock;
