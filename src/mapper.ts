@@ -131,8 +131,9 @@ export class ShardMapper {
       throw new ScalingError('ShardCreationFailed', `cannot provision ${initialShards} initial shards: the memory holds ${this.#core.maxSlots}`);
     }
     // Initial shards count as activated long ago: no warm-up skip.
-    this.#allocate(initialShards, ShardState.Active, -Infinity);
+    const initial = this.#allocate(initialShards, ShardState.Active, -Infinity);
     this.#rebuild();
+    for (const id of initial) this.#wiring?.onActivated(id);
   }
 
   /** Create a mapper; compiles the WebAssembly module without blocking the thread. */
