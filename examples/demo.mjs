@@ -1,0 +1,170 @@
+#!/usr/bin/env node
+// npm start: a live demo of shard-mapper routing and autoscaling on real worker threads.
+// Producer threads ramp their load up and down; consumer threads simulate a downstream
+// write per batch; the manager scales out while rings fill and back in when they idle.
+import { parseArgs } from 'node:util';
+import { Worker } from 'node:worker_threads';
+import { availableParallelism } from 'node:os';
+import logUpdate from 'log-update';
+import asciichart from 'asciichart';
+import pc from 'picocolors';
+import { ShardManager } from 'shard-mapper';
+
+const { values: args } = parseArgs({
+  options: {
+    duration: { type: 'string', default: '30' },
+    producers: { type: 'string', default: '2' },
+    payload: { type: 'string', default: '64' },
+    peak: { type: 'string', default: '150000' },
+    'max-shards': { type: 'string', default: '4' },
+    help: { type: 'boolean', default: false },
+  },
+});
+if (args.help) {
+  console.log(`usage: npm start -- [--duration s] [--producers n] [--payload bytes] [--peak events/s] [--max-shards n]
+  --duration    seconds to run (default 30)
+  --producers   producer threads (default 2)
+  --payload     bytes per event, at least 8 (default 64)
+  --peak        total events/s at the top of the ramp (default 150000)
+  --max-shards  upper bound for autoscaling (default 4)`);
+  process.exit(0);
+}
+const num = (name, min, max) => {
+  const v = Number(args[name]);
+  if (!Number.isFinite(v) || v < min || v > max) { console.error(`--${name} must be a number in [${min}, ${max}]`); process.exit(2); }
+  return v;
+};
+const durationS = num('duration', 5, 3600);
+const producers = Math.round(num('producers', 1, 16));
+const payloadBytes = Math.round(num('payload', 8, 4096));
+const peak = num('peak', 1000, 10_000_000);
+const maxShards = Math.round(num('max-shards', 1, 64));
+const LOW = Math.min(2000, peak / 10);
+
+// Load profile as a fraction of the run: quiet, ramp up, peak, ramp down, idle.
+function targetRate(f) {
+  if (f < 0.12) return LOW;
+  if (f < 0.45) return LOW + ((f - 0.12) / 0.33) * (peak - LOW);
+  if (f < 0.6) return peak;
+  if (f < 0.7) return peak - ((f - 0.6) / 0.1) * (peak - LOW);
+  if (f < 0.72) return LOW;
+  return 0;
+}
+
+const decisions = [];
+const started = performance.now();
+const elapsed = () => (performance.now() - started) / 1000;
+const manager = await ShardManager.create({
+  initialShards: 1,
+  ringBufferCapacity: 4096,
+  maxPayloadBytes: Math.max(payloadBytes, 64),
+  policy: { minShards: 1, maxShards, fillRatioThreshold: 0.5, cooldownMs: 1500, scaleDownDelayMs: 3000, metricsWindowMs: 250 },
+  consumer: { module: new URL('./demo-consumer.mjs', import.meta.url), threads: maxShards, batchSize: 128 },
+  onEvent: (e) => {
+    if (e.type === 'scalingDecision') decisions.push(`${elapsed().toFixed(1)}s ${e.decision.kind}(${e.decision.count})`);
+  },
+});
+manager.start();
+
+let consumed = 0;
+let outOfOrder = 0;
+const channel = new BroadcastChannel('shard-mapper-demo');
+channel.onmessage = (e) => { consumed += e.data.consumed; outOfOrder += e.data.outOfOrder; };
+
+const control = new SharedArrayBuffer(8);
+const ctl = new Int32Array(control);
+const counters = new SharedArrayBuffer(16 * producers);
+const counts = new Float64Array(counters);
+const threads = Array.from({ length: producers }, (_, producer) => new Worker(new URL('./demo-producer.mjs', import.meta.url), {
+  workerData: { handle: manager.producerHandle(), producer, payloadBytes, control, counters },
+}));
+const finished = threads.map((w) => new Promise((resolve, reject) => { w.on('message', resolve); w.on('error', reject); }));
+
+// ---- the live view ---------------------------------------------------------------------
+const tty = process.stdout.isTTY;
+const history = { pushed: [], delivered: [], shards: [] };
+let lastPushed = 0;
+let lastDelivered = 0;
+let lastAt = performance.now();
+const stateColour = { active: pc.green, provisioning: pc.cyan, draining: pc.yellow, stopped: pc.gray };
+const bar = (ratio, width = 24) => {
+  const full = Math.round(Math.min(1, ratio) * width);
+  const colour = ratio > 0.5 ? pc.red : ratio > 0.2 ? pc.yellow : pc.green;
+  return colour('█'.repeat(full)) + pc.gray('░'.repeat(width - full));
+};
+const fmt = (n) => Math.round(n).toLocaleString('en-US');
+
+function sample() {
+  const now = performance.now();
+  const s = manager.stats();
+  const dt = (now - lastAt) / 1000;
+  const pushRate = (s.pushed - lastPushed) / dt;
+  const deliverRate = (s.delivered - lastDelivered) / dt;
+  lastPushed = s.pushed; lastDelivered = s.delivered; lastAt = now;
+  for (const [k, v] of [['pushed', pushRate], ['delivered', deliverRate], ['shards', manager.mapper.activeShardCount()]]) {
+    history[k].push(v);
+    if (history[k].length > 72) history[k].shift();
+  }
+  return { s, pushRate, deliverRate };
+}
+
+function render({ s, pushRate, deliverRate }) {
+  const f = Math.min(1, elapsed() / durationS);
+  const lines = [
+    pc.bold('shard-mapper live demo') + pc.gray(`  ${elapsed().toFixed(1)} s / ${durationS} s   ${producers} producer threads, ${maxShards} consumer threads, ${payloadBytes}-byte events`),
+    `target ${fmt(targetRate(f))} ev/s   pushed ${pc.bold(fmt(pushRate))} ev/s   delivered ${pc.bold(fmt(deliverRate))} ev/s   active shards ${pc.bold(String(manager.mapper.activeShardCount()))} / ${maxShards}`,
+    '',
+    pc.gray('  id  state          fill                              ring     delivered'),
+  ];
+  for (const sh of s.shards) {
+    const colour = stateColour[sh.state] ?? ((x) => x);
+    const ratio = sh.length / manager.ringCapacity;
+    lines.push(`  ${String(sh.id).padStart(2)}  ${colour(sh.state.padEnd(13))}  ${bar(ratio)} ${(ratio * 100).toFixed(0).padStart(3)}%  ${String(sh.length).padStart(6)}  ${fmt(sh.delivered).padStart(12)}`);
+  }
+  lines.push('', pc.gray(`events/s — ${pc.cyan('pushed')} ${pc.magenta('delivered')}`));
+  if (history.pushed.length > 1) {
+    lines.push(asciichart.plot([history.pushed, history.delivered], {
+      height: 10, colors: [asciichart.cyan, asciichart.magenta], format: (x) => fmt(x).padStart(9),
+    }));
+  }
+  lines.push('', pc.gray(`scaling: ${decisions.slice(-6).join('  ') || 'none yet'}`));
+  logUpdate(lines.join('\n'));
+}
+
+let lastPlain = 0;
+const timer = setInterval(() => {
+  const f = elapsed() / durationS;
+  Atomics.store(ctl, 0, Math.round(targetRate(Math.min(1, f)) / producers));
+  const snap = sample();
+  if (tty) render(snap);
+  else if (elapsed() - lastPlain >= 1) {
+    lastPlain = elapsed();
+    console.log(`${elapsed().toFixed(1)}s target=${fmt(targetRate(f))}/s pushed=${fmt(snap.pushRate)}/s delivered=${fmt(snap.deliverRate)}/s shards=${snap.s.shards.map((x) => `${x.id}:${x.state[0]}:${x.length}`).join(' ')}`);
+  }
+}, 250);
+
+await new Promise((r) => setTimeout(r, durationS * 1000));
+Atomics.store(ctl, 1, 1); // producers stop
+const produced = await Promise.all(finished);
+clearInterval(timer);
+if (tty) logUpdate.done();
+await manager.close(); // consumers take every accepted event first
+for (let waited = 0; consumed < manager.stats().delivered && waited < 3000; waited += 20) await new Promise((r) => setTimeout(r, 20));
+channel.close();
+
+const s = manager.stats();
+const accepted = produced.reduce((a, p) => a + p.accepted, 0);
+const retried = produced.reduce((a, p) => a + p.refused, 0);
+const lost = accepted - s.delivered - s.drops.oldest;
+const row = (k, v, note = '') => console.log(`  ${k.padEnd(22)} ${fmt(v).padStart(12)}  ${pc.gray(note)}`);
+console.log(pc.bold('\nsummary'));
+row('pushed (accepted)', s.pushed, `producers counted ${fmt(accepted)}`);
+row('delivered', s.delivered, `consumers counted ${fmt(consumed)}`);
+row('dropped', s.drops.newest + s.drops.oldest + s.drops.sampled, 'backpressure is failProducer: nothing is dropped');
+row('refused, then retried', retried, 'full rings pushed back on the producers');
+row('unrouted', s.unrouted);
+row('lost', lost, lost === 0 ? 'none' : 'LOST EVENTS');
+row('out of order', outOfOrder, 'per shard and producer');
+console.log(pc.gray(`  scaling decisions: ${decisions.join(', ') || 'none'}`));
+console.log(pc.gray(`  peak shards ${Math.max(...history.shards, 1)}, final shards ${manager.mapper.activeShardCount()}, ${availableParallelism()} CPUs`));
+process.exit(lost === 0 && outOfOrder === 0 && consumed === s.delivered ? 0 : 1);
