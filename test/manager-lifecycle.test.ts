@@ -97,6 +97,17 @@ describe('ShardManager lifecycle (injected clock, poll consumers)', () => {
     expect(text(m.poll(id!))).toEqual(['now routed']);
   });
 
+  it('pushBatch takes (keys, payloads), [key, payload] pairs or { key, payload } objects', async () => {
+    const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 16 });
+    expect(m.pushBatch(new Uint32Array([1, 2]), ['a', new Uint8Array([98])])).toBe(2);
+    expect(m.pushBatch([['k1', 'c'], [3, 'd']])).toBe(2);
+    expect(m.pushBatch([{ key: 'k2', payload: 'e' }, { hash: 4, payload: 'f' }])).toBe(2);
+    expect(text(m.poll(0))).toEqual(['a', 'b', 'c', 'd', 'e', 'f']);
+    expect(() => m.pushBatch([1, 2], ['only one'])).toThrow(/2 keys but 1 payloads/);
+    expect(() => m.pushBatch([{ nope: 1 }] as never)).toThrow(/events\[0\]/);
+    expect(m.stats().pushed).toBe(6);
+  });
+
   it('keeps totals when shards are removed', async () => {
     const m = await ShardManager.create({ initialShards: 3, ringBufferCapacity: 8, policy: { maxShards: 3 }, backpressure: { kind: 'dropNewest' } });
     for (let i = 0; i < 30; i++) m.push(i * 143165576, `e${i}`); // spread over 3 shards
