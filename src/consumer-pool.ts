@@ -3,12 +3,29 @@
 // to a fresh worker, and stops them all on close.
 import type { SharedCore } from './core.js';
 import type { SpawnedWorker } from './platform-types.js';
-import type { ConsumerInit } from './consumer-worker.js';
-import { spawnWorker, moduleUrl } from '#platform';
+import type { ConsumerInit } from './consumer-runtime.js';
+import { adoptWorker, moduleUrl } from '#platform';
+import { spawnConsumerWorker } from '#spawn';
+
+/** A worker the application started: a Web Worker, or a Node `worker_threads` Worker. */
+export interface ConsumerWorker {
+  postMessage(message: any): void;
+  terminate(): unknown;
+}
 
 export interface ConsumerOptions {
-  /** Path or URL of a module whose default export is `(records, shardId) => void | Promise<void>`. */
-  module: string | URL;
+  /**
+   * Path or URL of a module whose default export is `(records, shardId) => void | Promise<void>`,
+   * loaded by the package's own worker. Give this or `worker`.
+   */
+  module?: string | URL;
+  /**
+   * Start one consumer worker yourself; the module it runs calls `serveConsumer(fn)` from
+   * 'shard-mapper/worker' at its top level. This is the bundler-friendly form: write it as
+   * `() => new Worker(new URL('./consumer.worker.js', import.meta.url), { type: 'module' })`
+   * so Vite/webpack bundle the worker. Called once per thread (and again after a crash).
+   */
+  worker?: () => ConsumerWorker;
   /** Most worker threads to run (default: CPU count). A worker may own several shards. */
   threads?: number;
   /** Most records handed to one call (default 256). */
@@ -36,19 +53,22 @@ export class ConsumerPool {
   readonly #core: SharedCore;
   readonly #init: Omit<ConsumerInit, 'core'>;
   readonly #events: PoolEvents;
+  readonly #factory: (() => ConsumerWorker) | undefined;
   readonly #workers: WorkerState[] = [];
   readonly #owner = new Map<number, WorkerState>();
   #closing = false;
   #spawned = 0;
 
-  private constructor(core: SharedCore, init: Omit<ConsumerInit, 'core'>, events: PoolEvents) {
+  private constructor(core: SharedCore, init: Omit<ConsumerInit, 'core'>, events: PoolEvents, factory?: () => ConsumerWorker) {
     this.#core = core;
+    this.#factory = factory;
     this.#init = init;
     this.#events = events;
   }
 
   static async start(core: SharedCore, options: ConsumerOptions, threads: number, batchSize: number, events: PoolEvents): Promise<ConsumerPool> {
-    const pool = new ConsumerPool(core, { module: moduleUrl(options.module), batchSize }, events);
+    const module = options.worker ? '' : moduleUrl(options.module!);
+    const pool = new ConsumerPool(core, { module, batchSize }, events, options.worker);
     for (let i = 0; i < threads; i++) pool.#workers.push(pool.#spawn());
     await Promise.all(pool.#workers.map((w) => w.ready));
     return pool;
@@ -56,7 +76,7 @@ export class ConsumerPool {
 
   #spawn(): WorkerState {
     const init: ConsumerInit = { core: this.#core.handle(), ...this.#init };
-    const worker = spawnWorker(new URL('./consumer-worker.js', import.meta.url), init);
+    const worker = this.#factory ? adoptWorker(this.#factory(), init) : spawnConsumerWorker(init);
     let resolveReady!: () => void;
     let rejectReady!: (e: Error) => void;
     const state: WorkerState = {

@@ -1,133 +1,14 @@
-// The consumer thread: attaches to the manager's memory, loads the user's module and feeds
-// it batches read in place from the rings of the shards it owns. A batch is acknowledged
-// (its records freed and counted as delivered) only after the user function returns or its
-// promise resolves; a throw rewinds the ring so the same records come again.
-import { SharedCore, type CoreHandle } from './core.js';
-import { workerEndpoint, yieldToEventLoop } from '#platform';
-import { R_RECORDS, REC_LEN, REC_PAYLOAD } from './layout.generated.js';
+// The consumer thread the manager starts for `options.consumer.module`: loads the user's
+// module (its default export is the consumer function) and runs the consumer loop.
+// Workers that bring their own function use `serveConsumer` from 'shard-mapper/worker'.
+import { runConsumer, type ConsumerFunction, type ConsumerInit } from './consumer-runtime.js';
 
-export interface ConsumerInit {
-  core: CoreHandle;
-  module: string;
-  batchSize: number;
-}
+export type { ConsumerFunction, ConsumerInit };
 
-export type ConsumerFunction = (records: Uint8Array[], shardId: number) => void | Promise<void>;
-
-interface Owned { shardId: number; slot: number }
-
-const PARK_TIMEOUT_MS = 50;
-const RETRY_BACKOFF_MS = 10;
-const YIELD_EVERY_BATCHES = 32;
-
-const endpoint = await workerEndpoint();
-const init = endpoint.data as ConsumerInit;
-const core = await SharedCore.attach(init.core);
-const bell = core.abi.laneDoorbellAddress(core.lane) >>> 2;
-const owned = new Map<number, Owned>();
-const releases: number[] = [];
-let order: Owned[] = [];
-let running = true;
-
-function wake(): void {
-  Atomics.store(core.i32, bell, 0);
-  Atomics.notify(core.i32, bell);
-}
-
-endpoint.onMessage((msg: { type: string; shardId: number; slot: number }) => {
-  if (msg.type === 'assign') {
-    owned.set(msg.shardId, { shardId: msg.shardId, slot: msg.slot });
-    order = [...owned.values()];
-    wake();
-  } else if (msg.type === 'release') {
-    releases.push(msg.shardId); // applied between batches, never under one
-    wake();
-  } else if (msg.type === 'stop') {
-    running = false;
-    wake();
-  }
-});
-
-let consume: ConsumerFunction;
-try {
-  const mod = (await import(init.module)) as { default?: unknown };
+void runConsumer(async (init) => {
+  const mod = (await import(/* @vite-ignore */ /* webpackIgnore: true */ init.module)) as { default?: unknown };
   if (typeof mod.default !== 'function') throw new TypeError(`consumer module ${init.module} must default-export a function (records, shardId) => void | Promise<void>`);
-  consume = mod.default as ConsumerFunction;
-} catch (error) {
-  endpoint.post({ type: 'fatal', message: (error as Error).message, stack: (error as Error).stack });
-  throw error;
-}
-endpoint.post({ type: 'ready', lane: core.lane, doorbell: bell << 2 });
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-type WaitAsync = (a: Int32Array, i: number, v: number, t: number) => { async: boolean; value: Promise<string> | string };
-const waitAsync = (Atomics as unknown as { waitAsync?: WaitAsync }).waitAsync;
-
-async function park(): Promise<void> {
-  Atomics.store(core.i32, bell, 1); // producers that see 1 will notify
-  for (const s of order) if (core.abi.ringLen(s.slot) !== 0) { Atomics.store(core.i32, bell, 0); return; }
-  if (releases.length > 0 || !running) { Atomics.store(core.i32, bell, 0); return; }
-  if (waitAsync) {
-    const w = waitAsync(core.i32, bell, 1, PARK_TIMEOUT_MS);
-    if (w.async) await w.value;
-  } else {
-    await sleep(1); // engines without Atomics.waitAsync: poll
-  }
-  Atomics.store(core.i32, bell, 0);
-}
-
-function applyReleases(): void {
-  if (releases.length === 0) return;
-  for (const id of releases.splice(0)) {
-    owned.delete(id);
-    endpoint.post({ type: 'released', shardId: id });
-  }
-  order = [...owned.values()];
-}
-
-async function consumeOne(s: Owned): Promise<number> {
-  const n = core.abi.ringClaim(s.slot, init.batchSize, core.result);
-  if (n === 0) return 0;
-  const start = core.u32[core.result >>> 2]!;
-  const base = core.abi.slotAddress(s.slot);
-  const mask = core.ringCapacity - 1;
-  if (base + R_RECORDS + core.ringCapacity * core.recordStride > core.u8.length) core.refreshViews();
-  const u8 = core.u8;
-  const u32 = core.u32;
-  const records: Uint8Array[] = new Array(n);
-  for (let k = 0; k < n; k++) {
-    const at = base + R_RECORDS + ((start + k) & mask) * core.recordStride;
-    const len = u32[(at + REC_LEN) >>> 2]!;
-    records[k] = u8.subarray(at + REC_PAYLOAD, at + REC_PAYLOAD + len);
-  }
-  const began = performance.now(); // worker-local timing: a clock function cannot cross threads
-  try {
-    const r = consume(records, s.shardId);
-    if (r && typeof (r as Promise<void>).then === 'function') await r;
-  } catch (error) {
-    core.abi.ringRewind(s.slot);
-    endpoint.post({ type: 'error', shardId: s.shardId, message: (error as Error)?.message ?? String(error), stack: (error as Error)?.stack });
-    await sleep(RETRY_BACKOFF_MS);
-    return 0;
-  }
-  const us = Math.round((performance.now() - began) * 1000);
-  core.abi.ringAck(s.slot, start, n);
-  core.abi.recordFlush(s.slot, Math.min(us, 0xffffffff));
-  return n;
-}
-
-let batches = 0;
-while (true) {
-  applyReleases();
-  let moved = 0;
-  for (const s of order) moved += await consumeOne(s);
-  if (moved === 0) {
-    if (!running) break;
-    await park();
-  } else if (++batches % YIELD_EVERY_BATCHES === 0) {
-    await yieldToEventLoop(); // let assign/release/stop messages in while busy
-  }
-}
-applyReleases();
-core.detach();
-endpoint.post({ type: 'stopped' });
+  return mod.default as ConsumerFunction;
+});
+// A failure to start was already posted as 'fatal'; the rejection then ends a Node worker
+// thread with an error, as an uncaught top-level throw did.

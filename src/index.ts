@@ -4,10 +4,10 @@ export { ShardMetricsCollector, type ShardMetrics, type CollectorHandle } from '
 export { ScalingPolicy } from './policy.js';
 export { ScalingError, BackpressureError, type ScalingErrorKind } from './errors.js';
 export { hashKey } from './hash.js';
-export { sharedMemorySupported } from './wasm.js';
+export { sharedMemorySupported, type MemoryKind } from './wasm.js';
 export {
   ShardManager, BackpressureMode, type ShardManagerOptions, type ManagerStats, type ShardStats, type ManagerEvent,
 } from './manager.js';
 export { ShardProducer, ManagerClosedError, type ProducerHandle, type EventKey, type EventPayload } from './producer.js';
-export type { ConsumerOptions } from './consumer-pool.js';
-export type { ConsumerFunction } from './consumer-worker.js';
+export type { ConsumerOptions, ConsumerWorker } from './consumer-pool.js';
+export type { ConsumerFunction } from './consumer-runtime.js';

@@ -198,8 +198,11 @@ export class ShardManager {
     let batchSize = 0;
     if (options.consumer !== undefined) {
       const c = options.consumer;
-      if (typeof c !== 'object' || c === null || (typeof c.module !== 'string' && !(c.module instanceof URL))) {
+      if (typeof c !== 'object' || c === null || (c.worker === undefined && typeof c.module !== 'string' && !(c.module instanceof URL))) {
         throw invalid(`options.consumer.module must be a path or URL, got ${describe((c as { module?: unknown } | null)?.module)}`);
+      }
+      if (c.worker !== undefined && (typeof c.worker !== 'function' || c.module !== undefined)) {
+        throw invalid(`options.consumer.worker must be a function returning a Worker, given instead of options.consumer.module, got ${describe(c.worker)}`);
       }
       if (kind !== 'shared') throw invalid('options.consumer needs shared memory (SharedArrayBuffer); in the single-thread fallback consume with poll()');
       threads = checkInteger('options.consumer.threads', c.threads ?? cpuCount(), 1, MAX_LANES - 2);

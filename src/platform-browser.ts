@@ -9,7 +9,15 @@ export function cpuCount(): number {
 }
 
 export function spawnWorker(url: URL, workerData: unknown): SpawnedWorker {
-  const worker = new Worker(url, { type: 'module' });
+  return adoptWorker(new Worker(url, { type: 'module' }), workerData);
+}
+
+/** Wrap a Web Worker the caller started (options.consumer.worker) and send it its start-up data. */
+export function adoptWorker(candidate: unknown, workerData: unknown): SpawnedWorker {
+  if (typeof Worker === 'undefined' || !(candidate instanceof Worker)) {
+    throw new TypeError('options.consumer.worker must return a Web Worker (new Worker(url, { type: \'module\' }))');
+  }
+  const worker = candidate;
   const exitListeners: ((code: number) => void)[] = [];
   worker.postMessage({ type: 'init', workerData });
   return {

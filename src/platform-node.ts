@@ -12,7 +12,17 @@ export function cpuCount(): number {
 }
 
 export function spawnWorker(url: URL, workerData: unknown): SpawnedWorker {
-  const worker = new Worker(url, { workerData });
+  return wrap(new Worker(url, { workerData }));
+}
+
+/** Wrap a worker thread the caller started (options.consumer.worker) and send it its start-up data. */
+export function adoptWorker(candidate: unknown, workerData: unknown): SpawnedWorker {
+  if (!(candidate instanceof Worker)) throw new TypeError('options.consumer.worker must return a worker_threads Worker');
+  candidate.postMessage({ type: 'init', workerData });
+  return wrap(candidate);
+}
+
+function wrap(worker: Worker): SpawnedWorker {
   worker.unref(); // a consumer thread never keeps the process alive on its own
   return {
     postMessage: (message) => worker.postMessage(message),
@@ -35,7 +45,18 @@ export function moduleUrl(module: string | URL): string {
 export async function workerEndpoint(): Promise<WorkerEndpoint> {
   if (!parentPort) throw new Error('shard-mapper: the consumer worker must run in a worker thread');
   const port = parentPort;
-  return { data: workerData, post: (m) => port.postMessage(m), onMessage: (fn) => void port.on('message', fn) };
+  const endpoint = (data: unknown): WorkerEndpoint => ({ data, post: (m) => port.postMessage(m), onMessage: (fn) => void port.on('message', fn) });
+  const wd = workerData as { core?: unknown; batchSize?: unknown } | null | undefined;
+  if (typeof wd === 'object' && wd !== null && 'core' in wd && 'batchSize' in wd) return endpoint(wd);
+  // Started by the application (options.consumer.worker): the data comes as a first message.
+  return new Promise((resolveEndpoint) => {
+    const first = (m: { type?: string; workerData?: unknown } | undefined) => {
+      if (m?.type !== 'init') return;
+      port.off('message', first);
+      resolveEndpoint(endpoint(m.workerData));
+    };
+    port.on('message', first);
+  });
 }
 
 /** Let queued messages run: setImmediate is a macrotask without setTimeout's 1 ms floor. */

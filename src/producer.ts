@@ -19,6 +19,18 @@ export interface ProducerHandle {
 
 const encoder = new TextEncoder();
 
+/** Chrome's TextEncoder.encodeInto refuses views of shared memory (Node's accepts them):
+ *  there, strings are encoded into a private buffer and copied in. */
+const ENCODE_INTO_SHARED = (() => {
+  if (typeof SharedArrayBuffer === 'undefined') return true; // no shared views to refuse
+  try {
+    encoder.encodeInto('a', new Uint8Array(new SharedArrayBuffer(4)));
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
 export class ManagerClosedError extends Error {
   constructor(method = 'push') {
     super(`shard-mapper: ${method}: the manager is closed`);
@@ -36,6 +48,7 @@ export class ShardProducer {
   readonly maxPayloadBytes: number;
   readonly #core: SharedCore;
   #scratch: Uint8Array;
+  #bounce: Uint8Array | undefined;
   readonly #owned: boolean;
 
   /** @internal */
@@ -82,7 +95,7 @@ export class ShardProducer {
     if (typeof payload === 'string') {
       if (payload.length === 0) throw new RangeError('push: payload is empty');
       const limit = Math.min(max, room);
-      const r = encoder.encodeInto(payload, scratch.subarray(at, at + limit));
+      const r = this.#encode(payload, scratch.subarray(at, at + limit));
       if (r.read < payload.length) {
         const bytes = encoder.encode(payload).length;
         if (bytes > max) throw new RangeError(`push: payload is ${bytes} bytes as UTF-8, the maximum is maxPayloadBytes = ${max}`);
@@ -91,6 +104,14 @@ export class ShardProducer {
       return r.written;
     }
     throw new TypeError(`push: payload must be a Uint8Array or a string, got ${payload === null ? 'null' : typeof payload}`);
+  }
+
+  #encode(text: string, target: Uint8Array): { read: number; written: number } {
+    if (ENCODE_INTO_SHARED || !(target.buffer instanceof SharedArrayBuffer)) return encoder.encodeInto(text, target);
+    if (this.#bounce === undefined || this.#bounce.length < target.length) this.#bounce = new Uint8Array(target.length);
+    const r = encoder.encodeInto(text, this.#bounce.subarray(0, target.length));
+    target.set(this.#bounce.subarray(0, r.written));
+    return r;
   }
 
   /**

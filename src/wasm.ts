@@ -21,13 +21,33 @@ export function sharedMemorySupported(): boolean {
   return isolated === undefined || isolated === true;
 }
 
+let fallbackWarned = false;
+
+/**
+ * The single-thread fallback says so once per page (or process), however many mappers and
+ * managers are made: a page that is not cross-origin isolated has no SharedArrayBuffer.
+ * An explicit `memory: 'single'` where shared memory works is a choice, not a fallback.
+ */
+function noteFallback(kind: MemoryKind): void {
+  if (kind !== 'single' || fallbackWarned || sharedMemorySupported()) return;
+  fallbackWarned = true;
+  console.warn(
+    "shard-mapper: SharedArrayBuffer is unavailable (the page is not cross-origin isolated), so it fell back to " +
+    "single-thread mode (memory: 'single'): routing and scaling work on this thread, but worker consumers and " +
+    'producers cannot attach. Serve the page with Cross-Origin-Opener-Policy: same-origin and ' +
+    'Cross-Origin-Embedder-Policy: require-corp to share memory with Web Workers.',
+  );
+}
+
 /** Compile once per kind, synchronously (fine in Node and in workers; the module is small). */
 export function compileSync(kind: MemoryKind): WebAssembly.Module {
+  noteFallback(kind);
   return (modules[kind] ??= new WebAssembly.Module(bytesOf(kind) as BufferSource));
 }
 
 /** Compile once per kind without blocking (the browser main thread's path). */
 export async function compileAsync(kind: MemoryKind): Promise<WebAssembly.Module> {
+  noteFallback(kind);
   const cached = modules[kind];
   if (cached) return cached;
   const compiled = await WebAssembly.compile(bytesOf(kind) as BufferSource);

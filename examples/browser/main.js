@@ -1,0 +1,203 @@
+// shard-mapper in a browser page. Cross-origin isolated (COOP/COEP): events routed here are
+// consumed by Web Workers over the shared WebAssembly memory. Not isolated: the single-thread
+// fallback routes, scales (driven by an injected clock) and is consumed with poll().
+// The outcome is shown on the page and left on globalThis.__shardMapperExample for tests.
+import { ShardManager, ShardMapper, BackpressureError, sharedMemorySupported } from 'shard-mapper';
+
+const logEl = document.getElementById('log');
+const lines = [];
+function log(line) {
+  lines.push(line);
+  if (logEl) logEl.textContent = lines.join('\n');
+}
+
+const EVENTS = 20_000;
+const expectedSum = (n) => (n * (n - 1)) / 2;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Listen to what the consumer workers report (BroadcastChannel: no Worker reference needed). */
+function reports(from) {
+  const channel = new BroadcastChannel('shard-mapper-example');
+  const seen = { count: 0, sum: 0, bad: 0, shards: new Set() };
+  channel.onmessage = (e) => {
+    if (e.data.from !== from) return;
+    seen.count += e.data.count;
+    seen.sum += e.data.sum;
+    seen.bad += e.data.bad;
+    seen.shards.add(e.data.shardId);
+  };
+  return {
+    seen,
+    async until(n, ms = 10_000) {
+      const end = performance.now() + ms;
+      while (seen.count < n && performance.now() < end) await sleep(5);
+      channel.close();
+      return { count: seen.count, sum: seen.sum, bad: seen.bad, shards: [...seen.shards].sort((a, b) => a - b) };
+    },
+  };
+}
+
+let retries = 0;
+
+/** Push events "event:0".."event:n-1", waiting whenever a ring is full (failProducer). */
+async function pushAll(mgr, from, to, between) {
+  for (let i = from; i < to; i++) {
+    if (between) await between(i);
+    for (;;) {
+      try {
+        if (mgr.push(`key-${i}`, `event:${i}`)) break;
+        throw new Error(`push ${i} was not accepted (unrouted?)`);
+      } catch (error) {
+        if (!(error instanceof BackpressureError)) throw error;
+        retries++;
+        await sleep(0); // the consumers catch up
+      }
+    }
+  }
+}
+
+async function runShared() {
+  // 1. The bundler-friendly form: the page starts the workers, each runs serveConsumer().
+  const fromWorkers = reports('worker');
+  const events = [];
+  const mgr = await ShardManager.create({
+    initialShards: 2,
+    ringBufferCapacity: 1024,
+    policy: { maxShards: 4 }, // the default is navigator.hardwareConcurrency
+    consumer: {
+      worker: () => new Worker(new URL('./consumer.worker.js', import.meta.url), { type: 'module' }),
+      threads: 2,
+    },
+    onEvent: (e) => events.push(e.type),
+  });
+  log(`memory: ${mgr.memoryKind}, consumer workers: ${mgr.consumers().length}`);
+  let added = -1;
+  retries = 0;
+  await pushAll(mgr, 0, EVENTS, async (i) => {
+    // Change the shard set while events flow: add one, then remove shard 0 (drained first).
+    if (i === EVENTS / 4) added = await mgr.addShard();
+    if (i === EVENTS / 2) await mgr.removeShard(0);
+  });
+  await mgr.close(); // resolves once the workers took every accepted event
+  const stats = mgr.stats();
+  const firstRetries = retries;
+  const seen = await fromWorkers.until(stats.pushed);
+  log(`serveConsumer workers: pushed ${stats.pushed}, delivered ${stats.delivered}, workers saw ${seen.count} on shards ${seen.shards}`);
+
+  // 2. options.consumer.module: the package's own worker (bundled by Vite out of the
+  //    dependency) imports a consumer module by URL.
+  const fromModule = reports('module');
+  const mgr2 = await ShardManager.create({
+    initialShards: 2,
+    ringBufferCapacity: 1024,
+    consumer: { module: new URL('./consumer-module.js', import.meta.url), threads: 1 },
+  });
+  const n2 = 2_000;
+  await pushAll(mgr2, 0, n2);
+  await mgr2.close();
+  const stats2 = mgr2.stats();
+  const seen2 = await fromModule.until(stats2.pushed);
+  log(`consumer module: pushed ${stats2.pushed}, delivered ${stats2.delivered}, module saw ${seen2.count}`);
+
+  return {
+    mode: 'shared',
+    crossOriginIsolated: globalThis.crossOriginIsolated === true,
+    sharedMemorySupported: sharedMemorySupported(),
+    memoryKind: mgr.memoryKind,
+    pushed: stats.pushed,
+    delivered: stats.delivered,
+    drops: stats.drops,
+    retries: firstRetries,
+    unrouted: stats.unrouted,
+    consumed: seen,
+    expectedSum: expectedSum(EVENTS),
+    events: EVENTS,
+    added,
+    lifecycle: events,
+    module: { pushed: stats2.pushed, delivered: stats2.delivered, consumed: seen2, expectedSum: expectedSum(n2), events: n2 },
+  };
+}
+
+async function runFallback() {
+  let now = 0; // an injected clock: scaling is driven by tick(), not by wall time
+  const decisions = [];
+  const policy = {
+    minShards: 1, maxShards: 4, fillRatioThreshold: 0.5, cooldownMs: 100, scaleDownDelayMs: 500, metricsWindowMs: 100,
+  };
+  const mgr = await ShardManager.create({
+    initialShards: 1,
+    ringBufferCapacity: 64,
+    policy,
+    backpressure: { kind: 'dropNewest' },
+    clock: () => now,
+    drainGraceMs: 50,
+    onEvent: (e) => { if (e.type === 'scalingDecision') decisions.push(`${e.decision.kind}(${e.decision.count})`); },
+  });
+  log(`memory: ${mgr.memoryKind} (SharedArrayBuffer: ${typeof SharedArrayBuffer}, crossOriginIsolated: ${globalThis.crossOriginIsolated})`);
+
+  let consumerRefused = '';
+  try {
+    await ShardManager.create({ initialShards: 1, ringBufferCapacity: 8, consumer: { module: './nowhere.js' } });
+  } catch (error) {
+    consumerRefused = error.message;
+  }
+  // Another mapper: the fallback warning is printed once per page, not once per instance.
+  const mapper = await ShardMapper.create(2, 16, { maxShards: 2 });
+
+  let pushed = 0;
+  let delivered = 0;
+  const drain = () => { for (const id of mgr.mapper.allShardIds()) delivered += mgr.poll(id).length; };
+  // Overload: fill the only ring past the threshold, then let the scaling loop see it.
+  for (let i = 0; i < 60; i++) if (mgr.push(`key-${i}`, `event:${i}`)) pushed++;
+  let maxActive = mgr.mapper.activeShardCount();
+  for (let k = 0; k < 6; k++) {
+    now += 150;
+    mgr.tick();
+    maxActive = Math.max(maxActive, mgr.mapper.activeShardCount());
+    for (let i = 0; i < 60; i++) if (mgr.push(`key-${k}-${i}`, `event:${i}`)) pushed++;
+  }
+  const scaledUpTo = maxActive;
+  drain();
+  // Idle: after scaleDownDelayMs of empty windows the loop drains shards back to minShards.
+  for (let k = 0; k < 40 && (mgr.mapper.activeShardCount() > 1 || mgr.mapper.totalShardCount() > 1); k++) {
+    now += 150;
+    mgr.tick();
+    drain();
+  }
+  const routedAfter = mgr.push('after', 'event:after');
+  if (routedAfter) pushed++;
+  drain();
+  const stats = mgr.stats();
+  log(`decisions: ${decisions.join(', ')}; shards: up to ${scaledUpTo}, now ${mgr.mapper.activeShardCount()} active`);
+  log(`pushed ${stats.pushed}, delivered ${stats.delivered}, dropped ${stats.dropped}`);
+  return {
+    mode: 'single',
+    crossOriginIsolated: globalThis.crossOriginIsolated === true,
+    sharedMemorySupported: sharedMemorySupported(),
+    sharedArrayBuffer: typeof SharedArrayBuffer,
+    memoryKind: mgr.memoryKind,
+    consumerRefused,
+    mapperActive: mapper.activeShardCount(),
+    decisions,
+    scaledUpTo,
+    activeAtEnd: mgr.mapper.activeShardCount(),
+    totalAtEnd: mgr.mapper.totalShardCount(),
+    routedAfter,
+    pushed: stats.pushed,
+    countedPushed: pushed,
+    delivered: stats.delivered,
+    polled: delivered,
+    dropped: stats.dropped,
+  };
+}
+
+(sharedMemorySupported() ? runShared() : runFallback()).then(
+  (result) => {
+    globalThis.__shardMapperExample = { ok: true, ...result };
+    log('done');
+  },
+  (error) => {
+    globalThis.__shardMapperExample = { ok: false, error: String(error?.stack ?? error) };
+    log(`failed: ${error?.stack ?? error}`);
+  },
+);

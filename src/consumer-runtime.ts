@@ -1,0 +1,151 @@
+// The consumer thread's loop: attaches to the manager's memory and feeds a consumer function
+// batches read in place from the rings of the shards it owns. A batch is acknowledged (its
+// records freed and counted as delivered) only after the function returns or its promise
+// resolves; a throw rewinds the ring so the same records come again.
+//
+// No top-level await here or in the entries that start it: bundlers emit workers as classic
+// scripts by default (Vite's worker.format is 'iife'), where top-level await does not parse.
+import { SharedCore, type CoreHandle } from './core.js';
+import { workerEndpoint, yieldToEventLoop } from '#platform';
+import { R_RECORDS, REC_LEN, REC_PAYLOAD } from './layout.generated.js';
+
+/** What the manager sends a consumer worker when it starts. @internal */
+export interface ConsumerInit {
+  core: CoreHandle;
+  /** URL of the consumer module ('' when the worker brings its own function: serveConsumer). */
+  module: string;
+  batchSize: number;
+}
+
+/**
+ * A consumer: called with a batch of records of one shard, in push order. Returning (or the
+ * promise resolving) acknowledges the batch; throwing retries it.
+ *
+ * The records are views into the shared memory, valid only during the call: copy what you
+ * keep (`record.slice()`). Browsers' `TextDecoder.decode` refuses views of shared memory,
+ * so decode a copy: `decoder.decode(record.slice())`.
+ */
+export type ConsumerFunction = (records: Uint8Array[], shardId: number) => void | Promise<void>;
+
+interface Owned { shardId: number; slot: number }
+
+const PARK_TIMEOUT_MS = 50;
+const RETRY_BACKOFF_MS = 10;
+const YIELD_EVERY_BATCHES = 32;
+
+/** Run the consumer loop in this worker until the manager says stop. @internal */
+export async function runConsumer(resolve: (init: ConsumerInit) => ConsumerFunction | Promise<ConsumerFunction>): Promise<void> {
+  const endpoint = await workerEndpoint();
+  const init = endpoint.data as ConsumerInit;
+  const owned = new Map<number, Owned>();
+  const releases: number[] = [];
+  let order: Owned[] = [];
+  let running = true;
+  let wake = (): void => {};
+
+  // Listen before anything is awaited, so an early 'assign' is never missed.
+  endpoint.onMessage((msg: { type: string; shardId: number; slot: number }) => {
+    if (msg.type === 'assign') {
+      owned.set(msg.shardId, { shardId: msg.shardId, slot: msg.slot });
+      order = [...owned.values()];
+      wake();
+    } else if (msg.type === 'release') {
+      releases.push(msg.shardId); // applied between batches, never under one
+      wake();
+    } else if (msg.type === 'stop') {
+      running = false;
+      wake();
+    }
+  });
+
+  let core: SharedCore;
+  let consume: ConsumerFunction;
+  try {
+    core = await SharedCore.attach(init.core);
+    const fn = await resolve(init);
+    if (typeof fn !== 'function') throw new TypeError('the consumer must be a function (records, shardId) => void | Promise<void>');
+    consume = fn;
+  } catch (error) {
+    endpoint.post({ type: 'fatal', message: (error as Error)?.message ?? String(error), stack: (error as Error)?.stack });
+    throw error;
+  }
+  const bell = core.abi.laneDoorbellAddress(core.lane) >>> 2;
+  wake = () => {
+    Atomics.store(core.i32, bell, 0);
+    Atomics.notify(core.i32, bell);
+  };
+  endpoint.post({ type: 'ready', lane: core.lane, doorbell: bell << 2 });
+
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  type WaitAsync = (a: Int32Array, i: number, v: number, t: number) => { async: boolean; value: Promise<string> | string };
+  const waitAsync = (Atomics as unknown as { waitAsync?: WaitAsync }).waitAsync;
+
+  async function park(): Promise<void> {
+    Atomics.store(core.i32, bell, 1); // producers that see 1 will notify
+    for (const s of order) if (core.abi.ringLen(s.slot) !== 0) { Atomics.store(core.i32, bell, 0); return; }
+    if (releases.length > 0 || !running) { Atomics.store(core.i32, bell, 0); return; }
+    if (waitAsync) {
+      const w = waitAsync(core.i32, bell, 1, PARK_TIMEOUT_MS);
+      if (w.async) await w.value;
+    } else {
+      await sleep(1); // engines without Atomics.waitAsync: poll
+    }
+    Atomics.store(core.i32, bell, 0);
+  }
+
+  function applyReleases(): void {
+    if (releases.length === 0) return;
+    for (const id of releases.splice(0)) {
+      owned.delete(id);
+      endpoint.post({ type: 'released', shardId: id });
+    }
+    order = [...owned.values()];
+  }
+
+  async function consumeOne(s: Owned): Promise<number> {
+    const n = core.abi.ringClaim(s.slot, init.batchSize, core.result);
+    if (n === 0) return 0;
+    const start = core.u32[core.result >>> 2]!;
+    const base = core.abi.slotAddress(s.slot);
+    const mask = core.ringCapacity - 1;
+    if (base + R_RECORDS + core.ringCapacity * core.recordStride > core.u8.length) core.refreshViews();
+    const u8 = core.u8;
+    const u32 = core.u32;
+    const records: Uint8Array[] = new Array(n);
+    for (let k = 0; k < n; k++) {
+      const at = base + R_RECORDS + ((start + k) & mask) * core.recordStride;
+      const len = u32[(at + REC_LEN) >>> 2]!;
+      records[k] = u8.subarray(at + REC_PAYLOAD, at + REC_PAYLOAD + len);
+    }
+    const began = performance.now(); // worker-local timing: a clock function cannot cross threads
+    try {
+      const r = consume(records, s.shardId);
+      if (r && typeof (r as Promise<void>).then === 'function') await r;
+    } catch (error) {
+      core.abi.ringRewind(s.slot);
+      endpoint.post({ type: 'error', shardId: s.shardId, message: (error as Error)?.message ?? String(error), stack: (error as Error)?.stack });
+      await sleep(RETRY_BACKOFF_MS);
+      return 0;
+    }
+    const us = Math.round((performance.now() - began) * 1000);
+    core.abi.ringAck(s.slot, start, n);
+    core.abi.recordFlush(s.slot, Math.min(us, 0xffffffff));
+    return n;
+  }
+
+  let batches = 0;
+  while (true) {
+    applyReleases();
+    let moved = 0;
+    for (const s of order) moved += await consumeOne(s);
+    if (moved === 0) {
+      if (!running) break;
+      await park();
+    } else if (++batches % YIELD_EVERY_BATCHES === 0) {
+      await yieldToEventLoop(); // let assign/release/stop messages in while busy
+    }
+  }
+  applyReleases();
+  core.detach();
+  endpoint.post({ type: 'stopped' });
+}

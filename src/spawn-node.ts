@@ -1,0 +1,8 @@
+// Node side of "#spawn" (package.json "imports", condition "node"): the package's own
+// consumer worker as a worker_threads Worker.
+import { spawnWorker } from './platform-node.js';
+import type { SpawnedWorker } from './platform-types.js';
+
+export function spawnConsumerWorker(workerData: unknown): SpawnedWorker {
+  return spawnWorker(new URL('./consumer-worker.js', import.meta.url), workerData);
+}

@@ -1,0 +1,208 @@
+// shard-mapper in a real browser: examples/browser bundled by Vite and by esbuild (each a page
+// that imports 'shard-mapper' by name), served from 127.0.0.1 with and without COOP/COEP,
+// driven in Debian's headless Chromium through playwright-core.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { chromium, type Browser, type ConsoleMessage } from 'playwright-core';
+import { build as esbuild, type Metafile } from 'esbuild';
+import { builtinModules } from 'node:module';
+import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+// @ts-expect-error: a plain .mjs script without type declarations
+import { buildExample, serveExample } from '../examples/browser/server.mjs';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const example = join(root, 'examples/browser');
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+// The flags this machine needs: no sandbox as root, and no background connections that the
+// closed network would refuse. playwright gives every launch a fresh, empty profile.
+const CHROMIUM_ARGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
+  '--no-first-run', '--disable-component-update', '--disable-sync',
+];
+
+const nodeBuiltin = (id: string) => id.startsWith('node:') || builtinModules.includes(id.split('/')[0]!);
+
+const work = mkdtempSync(join(tmpdir(), 'shard-mapper-browser-'));
+const viteOut = join(work, 'vite');
+const esbuildOut = join(work, 'esbuild');
+const viteRequested: string[] = [];
+let esbuildMeta: Metafile;
+let browser: Browser;
+let viteServer: Server;
+let esbuildServer: Server;
+
+const urlOf = (server: Server, path: string) => `http://127.0.0.1:${(server.address() as AddressInfo).port}${path}`;
+
+interface PageRun {
+  result: Record<string, any>;
+  console: { type: string; text: string }[];
+  errors: string[];
+  failedRequests: string[];
+}
+
+async function runPage(url: string): Promise<PageRun> {
+  const page = await browser.newPage();
+  const run: PageRun = { result: {}, console: [], errors: [], failedRequests: [] };
+  page.on('console', (m: ConsoleMessage) => run.console.push({ type: m.type(), text: m.text() }));
+  page.on('pageerror', (e) => run.errors.push(e.message));
+  page.on('response', (r) => { if (r.status() >= 400) run.failedRequests.push(`${r.status()} ${r.url()}`); });
+  try {
+    await page.goto(url);
+    await page.waitForFunction(() => (globalThis as { __shardMapperExample?: unknown }).__shardMapperExample, null, { timeout: 45_000 });
+    run.result = await page.evaluate(() => (globalThis as { __shardMapperExample?: Record<string, unknown> }).__shardMapperExample!);
+  } finally {
+    await page.close();
+  }
+  return run;
+}
+
+beforeAll(async () => {
+  if (!existsSync(CHROMIUM)) throw new Error(`no Chromium at ${CHROMIUM}: apt-get install -y chromium (or set CHROMIUM_PATH)`);
+  // Vite: the example exactly as a user builds it, plus a plugin that sees every import the
+  // page and its workers resolve.
+  await buildExample(viteOut, {
+    plugins: [{ name: 'record-imports', enforce: 'pre', resolveId(id: string) { viteRequested.push(id); return null; } }],
+  });
+  // esbuild for the browser platform: the page, the page's consumer worker, and the
+  // package's own consumer worker next to the bundle (for options.consumer.module).
+  const result = await esbuild({
+    absWorkingDir: root,
+    entryPoints: {
+      main: join(example, 'main.js'),
+      'consumer.worker': join(example, 'consumer.worker.js'),
+      'consumer-worker': 'shard-mapper/consumer-worker',
+    },
+    outdir: esbuildOut,
+    bundle: true,
+    format: 'esm',
+    platform: 'browser',
+    target: 'es2022',
+    metafile: true,
+    logLevel: 'silent',
+  });
+  esbuildMeta = result.metafile;
+  for (const file of ['index.html', 'consumer-module.js']) copyFileSync(join(example, file), join(esbuildOut, file));
+
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  viteServer = await serveExample(viteOut, { port: 0 });
+  esbuildServer = await serveExample(esbuildOut, { port: 0 });
+});
+
+afterAll(async () => {
+  await browser?.close();
+  viteServer?.close();
+  esbuildServer?.close();
+  rmSync(work, { recursive: true, force: true });
+});
+
+function expectNoNodeCode(dir: string): void {
+  for (const name of readdirSync(dir, { recursive: true }) as string[]) {
+    if (!name.endsWith('.js')) continue;
+    const code = readFileSync(join(dir, name), 'utf8');
+    const imports = [...code.matchAll(/\bfrom\s*["']([^"']+)["']|\bimport\s*\(\s*["']([^"']+)["']|\brequire\(\s*["']([^"']+)["']/g)]
+      .map((m) => m[1] ?? m[2] ?? m[3]!);
+    expect(imports.filter(nodeBuiltin), `${name} imports Node built-ins`).toEqual([]);
+    expect(code.includes('__vite-browser-external'), `${name} holds Vite's stub of a Node built-in`).toBe(false);
+  }
+}
+
+describe('browser bundles', () => {
+  it('Vite builds the example page (which imports shard-mapper by name) and its workers without any Node built-in', () => {
+    expect(viteRequested).toContain('shard-mapper');
+    expect(viteRequested).toContain('shard-mapper/worker');
+    expect(viteRequested).toContain('#platform');
+    expect(viteRequested.filter(nodeBuiltin)).toEqual([]);
+    const files = readdirSync(join(viteOut, 'assets'));
+    // The page, the page's worker, and the package's own consumer worker bundled out of the dependency.
+    expect(files.some((f) => f.startsWith('consumer.worker-'))).toBe(true);
+    expect(files.some((f) => f.startsWith('consumer-worker-'))).toBe(true);
+    expect(files.filter((f) => f.endsWith('.wasm'))).toEqual([]); // inlined: no asset to find
+    expectNoNodeCode(viteOut);
+  });
+
+  it('esbuild bundles the example for the browser platform without any Node built-in', () => {
+    const inputs = Object.keys(esbuildMeta.inputs);
+    expect(inputs.some((f) => f.endsWith('dist/platform-browser.js'))).toBe(true);
+    expect(inputs.some((f) => f.endsWith('dist/spawn-browser.js'))).toBe(true);
+    expect(inputs.filter((f) => /platform-node|spawn-node/.test(f) || nodeBuiltin(f))).toEqual([]);
+    for (const output of Object.values(esbuildMeta.outputs)) {
+      expect(output.imports.filter((i) => nodeBuiltin(i.path))).toEqual([]);
+    }
+    expectNoNodeCode(esbuildOut);
+  });
+});
+
+describe.each([
+  ['Vite build', () => viteServer],
+  ['esbuild bundle', () => esbuildServer],
+])('cross-origin isolated page (%s)', (_name, server) => {
+  it('shares the memory with Web Workers that consume every event routed on the main thread, exactly once', async () => {
+    const run = await runPage(urlOf(server(), '/'));
+    expect(run.errors).toEqual([]);
+    expect(run.failedRequests).toEqual([]);
+    const r = run.result;
+    expect(r.ok, r.error).toBe(true);
+    expect(r.crossOriginIsolated).toBe(true);
+    expect(r.sharedMemorySupported).toBe(true);
+    expect(r.memoryKind).toBe('shared');
+    // options.consumer.worker + serveConsumer: 20 000 events while a shard is added and one removed.
+    expect(r.pushed).toBe(r.events);
+    expect(r.delivered).toBe(r.pushed);
+    // failProducer refusals count as drops; the page retried each, so nothing was lost.
+    expect(r.drops).toEqual({ newest: 0, oldest: 0, sampled: 0, refused: r.retries });
+    expect(r.unrouted).toBe(0);
+    expect(r.consumed.count).toBe(r.pushed);
+    expect(r.consumed.sum).toBe(r.expectedSum); // every event once: none lost, none twice
+    expect(r.consumed.bad).toBe(0);
+    expect(r.consumed.shards).toEqual([0, 1, 2]);
+    expect(r.added).toBe(2);
+    expect(r.lifecycle).toEqual([
+      'shardProvisioned', 'shardProvisioned', 'shardActivated', 'shardActivated',
+      'shardProvisioned', 'shardActivated', 'shardDraining', 'shardStopped', 'shardRemoved',
+    ]);
+    // options.consumer.module: the package's own worker loads the module by URL.
+    expect(r.module.pushed).toBe(r.module.events);
+    expect(r.module.delivered).toBe(r.module.pushed);
+    expect(r.module.consumed.count).toBe(r.module.pushed);
+    expect(r.module.consumed.sum).toBe(r.module.expectedSum);
+    // No fallback here, so no warning.
+    expect(run.console.filter((m) => /fell back/.test(m.text))).toEqual([]);
+  });
+});
+
+describe('page without COOP/COEP (Vite build)', () => {
+  it('falls back to one thread, still routes and scales under an injected clock, and warns exactly once', async () => {
+    const run = await runPage(urlOf(viteServer, '/fallback/'));
+    expect(run.errors).toEqual([]);
+    expect(run.failedRequests).toEqual([]);
+    const r = run.result;
+    expect(r.ok, r.error).toBe(true);
+    expect(r.crossOriginIsolated).toBe(false);
+    expect(r.sharedArrayBuffer).toBe('undefined');
+    expect(r.sharedMemorySupported).toBe(false);
+    expect(r.memoryKind).toBe('single');
+    expect(r.consumerRefused).toMatch(/needs shared memory/);
+    expect(r.mapperActive).toBe(2); // a second instance (a ShardMapper) works too...
+    const warnings = run.console.filter((m) => /fell back/.test(m.text));
+    expect(warnings).toHaveLength(1); // ...and does not warn again
+    expect(warnings[0]!.type).toBe('warning');
+    expect(warnings[0]!.text).toMatch(/single-thread/);
+    expect(warnings[0]!.text).toMatch(/Cross-Origin-Opener-Policy: same-origin/);
+    // Scaled up while overloaded, then back down to minShards once idle.
+    expect(r.decisions[0]).toBe('scaleUp(1)');
+    expect(r.decisions.some((d: string) => d.startsWith('scaleDown'))).toBe(true);
+    expect(r.scaledUpTo).toBeGreaterThanOrEqual(3);
+    expect(r.activeAtEnd).toBe(1);
+    expect(r.totalAtEnd).toBe(1);
+    expect(r.routedAfter).toBe(true);
+    expect(r.pushed).toBe(r.countedPushed);
+    expect(r.delivered).toBe(r.pushed);
+    expect(r.polled).toBe(r.pushed);
+    expect(r.dropped).toBeGreaterThan(0); // dropNewest while every ring was full
+    expect(run.console.filter((m) => m.type === 'error')).toEqual([]);
+  });
+});
