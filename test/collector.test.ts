@@ -252,7 +252,7 @@ describe('bad samples', () => {
 
   it('setDraining refuses a non-boolean (TypeError) and keeps its flag', async () => {
     const { c } = await collectorOf();
-    for (const v of [1, 0, 'true', undefined]) expect(() => c.setDraining(v as boolean)).toThrow(TypeError);
+    for (const v of [1, 0, 'true', undefined]) expect(() => c.setDraining(v as unknown as boolean)).toThrow(TypeError);
     expect(c.isDraining()).toBe(false);
   });
 });
