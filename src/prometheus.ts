@@ -1,0 +1,216 @@
+// 'shard-mapper/prometheus': publish a ShardManager's figures to a prom-client Registry.
+//
+// prom-client is an optional peer dependency: only this subpath imports it, never the
+// package root. Gauges and totals are read when the registry is scraped (prom-client
+// `collect()` callbacks), so every scrape sees fresh values and nothing runs between scrapes.
+// Scraping only reads: it never calls collectMetrics(), so it does not disturb the scaling
+// windows. Lifecycle and scaling events are counted as they happen, through `onEvent`.
+import { Counter, Gauge, register as defaultRegistry, type Registry } from 'prom-client';
+import type { ManagerEvent, ShardManager } from './manager.js';
+
+export interface PrometheusOptions {
+  /** Where to register (default: prom-client's global `register`). */
+  registry?: Registry;
+  /** Prefix of every metric name (default `shard_mapper_`). */
+  prefix?: string;
+  /** Constant labels added to every series, e.g. `{ manager: 'ingest' }`. */
+  labels?: Record<string, string>;
+  /** The manager to read; or call `observe(manager)` later (the manager wants `onEvent` first). */
+  manager?: ShardManager;
+}
+
+export interface ShardManagerMetrics {
+  /**
+   * Counts lifecycle transitions, scaling decisions, consumer errors and restarts. Pass it
+   * as (or call it from) the manager's `options.onEvent`.
+   */
+  readonly onEvent: (event: ManagerEvent) => void;
+  /** Read this manager at every scrape (replaces a manager observed before). */
+  observe(manager: ShardManager): void;
+  /** Remove every metric this call registered from the registry. */
+  unregister(): void;
+  /** The full names of the registered metrics. */
+  readonly names: readonly string[];
+}
+
+const STATES = ['provisioning', 'active', 'draining', 'stopped'] as const;
+const DROP_REASONS = ['newest', 'oldest', 'sampled', 'refused'] as const;
+const TRANSITIONS: Record<string, string> = {
+  shardProvisioned: 'provisioned',
+  shardActivated: 'activated',
+  shardDraining: 'draining',
+  shardStopped: 'stopped',
+  shardRemoved: 'removed',
+};
+
+/**
+ * Register gauges and counters for a ShardManager on a prom-client registry.
+ *
+ * ```ts
+ * import { Registry } from 'prom-client';
+ * import { registerShardManagerMetrics } from 'shard-mapper/prometheus';
+ * const registry = new Registry();
+ * const metrics = registerShardManagerMetrics({ registry });
+ * const manager = await ShardManager.create({ initialShards: 2, ringBufferCapacity: 1024, onEvent: metrics.onEvent });
+ * metrics.observe(manager);
+ * // GET /metrics → await registry.metrics()
+ * ```
+ *
+ * Series (with the default prefix `shard_mapper_`):
+ * - per shard, label `shard`: `shard_state{state}` (1 for the current state, 0 for the
+ *   others), `shard_ring_length`, `shard_fill_ratio` (ring length / capacity at scrape time),
+ *   `shard_event_rate` (events in the last metrics window), `shard_avg_push_latency_ns`,
+ *   `shard_avg_flush_latency_us`, `shard_weight` (the last collected window's figures, once
+ *   the scaling loop has collected one), `shard_pushed_total`, `shard_delivered_total`,
+ *   `shard_dropped_total`
+ * - `shards{state}`, `shards_min`, `shards_max` (policy bounds), `ring_capacity`
+ * - `events_pushed_total`, `events_delivered_total`, `events_unrouted_total`,
+ *   `events_dropped_total{reason=newest|oldest|sampled|refused}`, `events_in_flight`
+ * - from `onEvent`: `scaling_decisions_total{decision=scaleUp|scaleDown}`,
+ *   `scaling_shards_total{decision}` (shards asked for), `shard_transitions_total{transition}`,
+ *   `consumer_errors_total`, `consumer_restarts_total`
+ *
+ * One manager per call; for several, use one registry each (or distinct `prefix`/`labels`
+ * on separate registries merged with `Registry.merge`).
+ */
+export function registerShardManagerMetrics(options: PrometheusOptions = {}): ShardManagerMetrics {
+  const registry = options.registry ?? defaultRegistry;
+  const prefix = options.prefix ?? 'shard_mapper_';
+  const constant = { ...(options.labels ?? {}) };
+  const constantNames = Object.keys(constant);
+  let manager: ShardManager | undefined = options.manager;
+  const names: string[] = [];
+
+  const labelled = <T extends Record<string, string | number>>(labels: T) => ({ ...constant, ...labels });
+
+  function gauge(name: string, help: string, labelNames: string[], collect: (g: Gauge<string>, m: ShardManager) => void): Gauge<string> {
+    const full = prefix + name;
+    names.push(full);
+    return new Gauge({
+      name: full, help, labelNames: [...constantNames, ...labelNames], registers: [registry],
+      collect() {
+        this.reset(); // shards come and go: drop series of removed shards
+        if (manager) collect(this, manager);
+      },
+    });
+  }
+
+  /** A counter mirroring a monotonic total the manager keeps (set at every scrape). */
+  function mirror(name: string, help: string, labelNames: string[], collect: (set: (labels: Record<string, string>, v: number) => void, m: ShardManager) => void): Counter<string> {
+    const full = prefix + name;
+    names.push(full);
+    return new Counter({
+      name: full, help, labelNames: [...constantNames, ...labelNames], registers: [registry],
+      collect() {
+        this.reset();
+        if (manager) collect((labels, v) => this.inc(labelled(labels), v), manager);
+      },
+    });
+  }
+
+  function counter(name: string, help: string, labelNames: string[]): Counter<string> {
+    const full = prefix + name;
+    names.push(full);
+    return new Counter({ name: full, help, labelNames: [...constantNames, ...labelNames], registers: [registry] });
+  }
+
+  // Per shard: live figures from stats(), window figures from the last collection.
+  gauge('shard_state', 'Shard lifecycle state (1 for the current state).', ['shard', 'state'], (g, m) => {
+    for (const s of m.stats().shards) {
+      for (const state of STATES) g.set(labelled({ shard: String(s.id), state }), s.state === state ? 1 : 0);
+    }
+  });
+  gauge('shard_ring_length', 'Records in the shard ring (accepted, not yet acknowledged).', ['shard'], (g, m) => {
+    for (const s of m.stats().shards) g.set(labelled({ shard: String(s.id) }), s.length);
+  });
+  gauge('shard_fill_ratio', 'Ring length / ring capacity at scrape time.', ['shard'], (g, m) => {
+    for (const s of m.stats().shards) g.set(labelled({ shard: String(s.id) }), s.length / m.ringCapacity);
+  });
+  const windowGauge = (name: string, help: string, pick: (x: NonNullable<ReturnType<ShardManager['mapper']['lastMetrics']>>) => number) =>
+    gauge(name, help, ['shard'], (g, m) => {
+      for (const s of m.stats().shards) {
+        const last = m.mapper.lastMetrics(s.id);
+        if (last) g.set(labelled({ shard: String(s.id) }), pick(last));
+      }
+    });
+  windowGauge('shard_event_rate', 'Events recorded in the last metrics window.', (x) => x.eventRate);
+  windowGauge('shard_avg_push_latency_ns', 'Average sampled push latency in the last metrics window (ns).', (x) => x.avgPushLatencyNs);
+  windowGauge('shard_avg_flush_latency_us', 'Average consumer batch time in the last metrics window (µs).', (x) => x.avgFlushLatencyUs);
+  windowGauge('shard_weight', 'Routing weight at the last collection (lower is preferred).', (x) => (x.weight === Number.MAX_VALUE ? Infinity : x.weight));
+  mirror('shard_pushed_total', 'Events accepted into this shard.', ['shard'], (set, m) => {
+    for (const s of m.stats().shards) set({ shard: String(s.id) }, s.pushed);
+  });
+  mirror('shard_delivered_total', 'Events of this shard acknowledged by a consumer.', ['shard'], (set, m) => {
+    for (const s of m.stats().shards) set({ shard: String(s.id) }, s.delivered);
+  });
+  mirror('shard_dropped_total', 'Events this shard dropped under backpressure.', ['shard'], (set, m) => {
+    for (const s of m.stats().shards) set({ shard: String(s.id) }, s.dropped);
+  });
+
+  // Shard counts and bounds.
+  gauge('shards', 'Shards in each lifecycle state.', ['state'], (g, m) => {
+    const counts: Record<string, number> = { provisioning: 0, active: 0, draining: 0, stopped: 0 };
+    for (const s of m.stats().shards) counts[s.state] = (counts[s.state] ?? 0) + 1;
+    for (const state of STATES) g.set(labelled({ state }), counts[state]!);
+  });
+  gauge('shards_min', 'policy.minShards.', [], (g, m) => g.set(labelled({}), m.mapper.policy().minShards));
+  gauge('shards_max', 'policy.maxShards.', [], (g, m) => g.set(labelled({}), m.mapper.policy().maxShards));
+  gauge('ring_capacity', 'Records per shard ring.', [], (g, m) => g.set(labelled({}), m.ringCapacity));
+
+  // Totals since the manager was created (they never go down when shards are removed).
+  mirror('events_pushed_total', 'Events accepted into a ring.', [], (set, m) => set({}, m.stats().pushed));
+  mirror('events_delivered_total', 'Events acknowledged by a consumer (or returned by poll).', [], (set, m) => set({}, m.stats().delivered));
+  mirror('events_unrouted_total', 'Pushes made while no shard was Active.', [], (set, m) => set({}, m.stats().unrouted));
+  mirror('events_dropped_total', 'Events dropped by backpressure, by reason.', ['reason'], (set, m) => {
+    const drops = m.stats().drops;
+    for (const reason of DROP_REASONS) set({ reason }, drops[reason]);
+  });
+  gauge('events_in_flight', 'Accepted events still in rings.', [], (g, m) => g.set(labelled({}), m.stats().inFlight));
+
+  // Counted as they happen.
+  const decisions = counter('scaling_decisions_total', 'Scaling decisions other than none, by kind.', ['decision']);
+  const decidedShards = counter('scaling_shards_total', 'Shards asked for by scaling decisions, by kind.', ['decision']);
+  const transitions = counter('shard_transitions_total', 'Shard lifecycle transitions.', ['transition']);
+  const consumerErrors = counter('consumer_errors_total', 'Consumer batches that threw (each is retried).', []);
+  const consumerRestarts = counter('consumer_restarts_total', 'Consumer workers replaced after they exited.', []);
+  for (const decision of ['scaleUp', 'scaleDown']) {
+    decisions.inc(labelled({ decision }), 0);
+    decidedShards.inc(labelled({ decision }), 0);
+  }
+  for (const transition of Object.values(TRANSITIONS)) transitions.inc(labelled({ transition }), 0);
+  consumerErrors.inc(labelled({}), 0);
+  consumerRestarts.inc(labelled({}), 0);
+
+  const onEvent = (event: ManagerEvent): void => {
+    switch (event.type) {
+      case 'scalingDecision':
+        if (event.decision.kind !== 'none') {
+          decisions.inc(labelled({ decision: event.decision.kind }));
+          decidedShards.inc(labelled({ decision: event.decision.kind }), event.decision.count);
+        }
+        break;
+      case 'consumerError':
+        consumerErrors.inc(labelled({}));
+        break;
+      case 'consumerRestarted':
+        consumerRestarts.inc(labelled({}));
+        break;
+      default: {
+        const transition = TRANSITIONS[event.type];
+        if (transition) transitions.inc(labelled({ transition }));
+      }
+    }
+  };
+
+  return {
+    onEvent,
+    names,
+    observe(m: ShardManager): void {
+      manager = m;
+    },
+    unregister(): void {
+      for (const name of names) registry.removeSingleMetric(name);
+      manager = undefined;
+    },
+  };
+}
