@@ -56,7 +56,6 @@ export const M_EVENTS: i32 = 8;           // u32, events in the current window (
 export const M_DRAIN_PUSHES: i32 = 12;    // u32, pushes since drain start (high half of that i64)
 export const M_BUFFER_LEN: i32 = 16;      // u32, last recorded ring length
 export const M_SAMPLE_COUNTER: i32 = 20;  // u32, sample-mode counter
-export const M_PUSHED: i32 = 24;          // i64, accepted events
 export const M_DROPPED_NEWEST: i32 = 32;  // i64, refused because the ring was full
 export const M_DROPPED_SAMPLED: i32 = 40; // i64, shed by sample mode
 export const M_REFUSED: i32 = 48;         // i64, refused under failProducer
@@ -67,7 +66,7 @@ export const M_DELIVERED: i32 = 136;      // i64, records acknowledged by the co
 export const M_DRAINING: i32 = 144;       // u32, 1 while draining
 export const M_CAPACITY: i32 = 148;       // u32, capacity the fill ratio divides by
 // line 2: ring tail, written by producers
-export const R_TAIL: i32 = 256;           // i64, low 32 bits: next index; bit 32: closed
+export const R_TAIL: i32 = 256;           // i64, bits 0-62: records ever reserved (= accepted; low 32 bits index the ring); bit 63: closed
 // line 3: ring head side, written by the consumer
 export const R_HEAD: i32 = 384;           // u32, first index not yet acknowledged
 export const R_CLAIMED: i32 = 388;        // u32, first index not yet handed to the consumer

@@ -3,10 +3,11 @@
 // Both halves saturate at 2^32 - 1 instead of wrapping.
 import {
   M_LATENCY, M_EVENTS, M_DRAIN_PUSHES, M_BUFFER_LEN, M_FLUSH, M_DRAINING, M_CAPACITY,
-  M_PUSHED, M_DELIVERED, M_DROPPED_NEWEST, M_DROPPED_SAMPLED, M_REFUSED, M_EVICTED,
+  M_DELIVERED, M_DROPPED_NEWEST, M_DROPPED_SAMPLED, M_REFUSED, M_EVICTED,
   CACHE_LINE,
 } from "./layout";
 import { slotAddr } from "./config";
+import { pushedTotal } from "./ring";
 
 const U32_MAX: u64 = 0xffffffff;
 
@@ -70,12 +71,13 @@ export function collectAndReset(slot: u32, out: usize): void {
 }
 
 // Totals since the slot was initialised, as f64 (exact below 2^53):
-// which = 0 pushed, 1 delivered, 2 dropped newest, 3 sampled out, 4 refused, 5 evicted.
+// which = 1 delivered, 2 dropped newest, 3 sampled out, 4 refused, 5 evicted
+// (0, pushed, is the ring's tail: see ring.ts pushedTotal).
 export function total(slot: u32, which: i32): f64 {
   const base = slotAddr(slot);
-  let off: usize = M_PUSHED;
+  let off: usize = M_DELIVERED;
   switch (which) {
-    case 1: off = M_DELIVERED; break;
+    case 0: return pushedTotal(slot);
     case 2: off = M_DROPPED_NEWEST; break;
     case 3: off = M_DROPPED_SAMPLED; break;
     case 4: off = M_REFUSED; break;

@@ -12,7 +12,7 @@
 // reservation can land in a ring after it was closed.
 import {
   R_TAIL, R_HEAD, R_CLAIMED, R_DOORBELL, REC_SEQ, REC_LEN, REC_PAYLOAD, LAYOUT_BASE, H_UNROUTED,
-  M_PUSHED, M_DELIVERED, M_DROPPED_NEWEST, M_DROPPED_SAMPLED, M_REFUSED, M_EVICTED,
+  M_DELIVERED, M_DROPPED_NEWEST, M_DROPPED_SAMPLED, M_REFUSED, M_EVICTED,
   M_LATENCY, M_BUFFER_LEN, M_SAMPLE_COUNTER, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE,
   PUSH_UNROUTED, PUSH_FULL, PUSH_SAMPLED, PUSH_REFUSED, PUSH_CLOSED, PUSH_STOPPED, L_SCRATCH, L_RESULT,
   L_FAILED_SHARD, H_STOPPED,
@@ -24,7 +24,10 @@ import {
 import { addToPair, eventOnlyAt, initMetrics } from "./metrics";
 import { selectEntry, NO_ENTRY } from "./select";
 
-const CLOSED: u64 = 1 << 32;
+// Bit 63 of the tail word. The other 63 bits count every reservation ever made, so the
+// tail doubles as the shard's accepted-events total (no separate counter on the hot path).
+const CLOSED: u64 = 1 << 63;
+const COUNT: u64 = ~CLOSED;
 const MAX_RESELECT: i32 = 1000;
 
 @inline function lenAt(base: usize): u32 {
@@ -72,7 +75,7 @@ export function pushAt(base: usize, src: usize, len: u32): i32 {
     const seq = atomic.load<u32>(recordAddr(base, index) + REC_SEQ);
     const diff = <i32>(seq - index);
     if (diff == 0) {
-      const seen = atomic.cmpxchg<u64>(base + R_TAIL, tail, <u64>(index + 1));
+      const seen = atomic.cmpxchg<u64>(base + R_TAIL, tail, tail + 1);
       if (seen == tail) break;
       tail = seen;
       retries++;
@@ -98,9 +101,8 @@ export function pushAt(base: usize, src: usize, len: u32): i32 {
   store<u32>(rec + REC_LEN, len);
   atomic.store<u32>(rec + REC_SEQ, index + 1); // publish
   const nth = eventOnlyAt(base);
-  atomic.add<u64>(base + M_PUSHED, 1);
   if ((nth & LATENCY_SAMPLE_MASK) == 0) addToPair(base + M_LATENCY, retries * CONTENTION_NS_PER_RETRY);
-  atomic.store<u32>(base + M_BUFFER_LEN, lenAt(base));
+  store<u32>(base + M_BUFFER_LEN, lenAt(base)); // a hint for the collector: a plain store will do
   ring(base);
   return 0;
 }
@@ -191,7 +193,7 @@ export function ringAck(slot: u32, start: u32, n: u32): void {
     head = seen;
   }
   atomic.add<u64>(base + M_DELIVERED, <u64>n);
-  atomic.store<u32>(base + M_BUFFER_LEN, lenAt(base));
+  store<u32>(base + M_BUFFER_LEN, lenAt(base));
 }
 
 // Forget a claim that was never acknowledged (its consumer died): the records will be
@@ -245,6 +247,11 @@ export function slotInit(slot: u32, capacity: u32): void {
 // Refuse every later push (ShardManager.close).
 export function stopPushes(): void {
   atomic.store<u32>(<usize>LAYOUT_BASE + H_STOPPED, 1);
+}
+
+// Events the ring ever accepted (reservations, including any still being written).
+export function pushedTotal(slot: u32): f64 {
+  return <f64>(atomic.load<u64>(slotAddr(slot) + R_TAIL) & COUNT);
 }
 
 export function unroutedTotal(): f64 {

@@ -131,6 +131,15 @@ export class SharedCore {
    * this before touching an address beyond its views; shared views stay valid (just short),
    * a non-shared buffer is replaced, so views are re-made from `memory.buffer`.
    */
+  /**
+   * Cheap guard for hot paths: re-make the views only when they are detached (a non-shared
+   * memory grew) or shorter than `end`. Reading `memory.buffer` costs tens of nanoseconds on
+   * a shared memory, so it is not done per call.
+   */
+  ensureViews(end = 0): void {
+    if (this.u8.length === 0 || end > this.u8.length) this.refreshViews();
+  }
+
   refreshViews(): void {
     const buffer = this.memory.buffer;
     if (this.u8.buffer !== buffer || this.u8.length !== buffer.byteLength) {

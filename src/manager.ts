@@ -7,7 +7,7 @@ import { ConsumerPool, type ConsumerOptions } from './consumer-pool.js';
 import { ScalingError, checkInteger, describe, invalid } from './errors.js';
 import { ShardMapper, ShardState, WIRING, type MapperWiring, type ScalingDecision } from './mapper.js';
 import { resolvePolicy, type ScalingPolicy } from './policy.js';
-import { ShardProducer, ManagerClosedError, type EventKey, type EventPayload, type ProducerHandle } from './producer.js';
+import { ShardProducer, ManagerClosedError, type BatchEvent, type EventKey, type EventPayload, type ProducerHandle } from './producer.js';
 import { Total } from './abi.js';
 import { sharedMemorySupported, compileAsync, type MemoryKind } from './wasm.js';
 import { cpuCount } from '#platform';
@@ -56,6 +56,9 @@ export interface ShardManagerOptions {
   maxSlots?: number;
   /** 'shared' (default where possible) or 'single' (no SharedArrayBuffer: one thread). */
   memory?: MemoryKind;
+  /** Threads that may attach at once, this one and consumer threads included (default
+   *  max(64, consumer threads + 8), at most 256). Each costs a 16 KiB staging lane. */
+  maxThreads?: number;
 }
 
 export interface ShardStats {
@@ -85,6 +88,8 @@ export interface ManagerStats {
 const DEFAULT_MAX_PAYLOAD = 256;
 const MAX_PAYLOAD_LIMIT = 16 * 1024 * 1024;
 const MAX_RING_CAPACITY = 1 << 24;
+const DEFAULT_MAX_THREADS = 64;
+const LANE_BYTES = 16 * 1024;
 const WAIT_STEP_MS = 2;
 const NONE: ScalingDecision = Object.freeze({ kind: 'none' });
 
@@ -208,11 +213,15 @@ export class ShardManager {
       threads = checkInteger('options.consumer.threads', c.threads ?? cpuCount(), 1, MAX_LANES - 2);
       batchSize = checkInteger('options.consumer.batchSize', c.batchSize ?? 256, 1, MAX_RING_CAPACITY);
     }
-    const ringCapacity = nextPowerOfTwo(requested);
+    // One lane per attached thread: this one, each consumer thread, each producer thread.
+    const maxThreads = checkInteger('options.maxThreads', options.maxThreads ?? Math.max(DEFAULT_MAX_THREADS, threads + 8), threads + 1, MAX_LANES);
+    // At least 2: with one record the sequence word of a published record (index + 1)
+    // equals the free mark of the next index, so a second push would overwrite the first.
+    const ringCapacity = nextPowerOfTwo(Math.max(2, requested));
     await compileAsync(kind);
     const core = SharedCore.createSync({
       kind, tableCapacity: policy.maxShards, maxSlots, initialSlots: initialShards, ringCapacity, maxPayload,
-      lanes: MAX_LANES, laneBytes: Math.max(65536, 2 * (maxPayload + 64)), backpressure: bp.code,
+      lanes: maxThreads, laneBytes: Math.max(LANE_BYTES, 2 * (maxPayload + 64)), backpressure: bp.code,
       sampleRate: bp.rate, sampleFill: policy.fillRatioThreshold,
     });
     let self: ShardManager | undefined;
@@ -265,8 +274,13 @@ export class ShardManager {
   }
 
   /** Push many events; returns how many were accepted (see ShardProducer.pushBatch). */
-  pushBatch(keys: ArrayLike<EventKey>, payloads: ArrayLike<EventPayload>): number {
-    return this.#producer.pushBatch(keys, payloads);
+  pushBatch(keys: ArrayLike<EventKey>, payloads: ArrayLike<EventPayload>): number;
+  /** The same with events as `[key, payload]` pairs or `{ key, payload }` objects. */
+  pushBatch(events: ArrayLike<BatchEvent>): number;
+  pushBatch(keysOrEvents: ArrayLike<EventKey> | ArrayLike<BatchEvent>, payloads?: ArrayLike<EventPayload>): number {
+    return payloads === undefined
+      ? this.#producer.pushBatch(keysOrEvents as ArrayLike<BatchEvent>)
+      : this.#producer.pushBatch(keysOrEvents as ArrayLike<EventKey>, payloads);
   }
 
   /** What a worker thread passes to `ShardProducer.attach` to push into these rings. */
@@ -291,7 +305,7 @@ export class ShardManager {
       const n = core.abi.ringClaim(slot, Math.min(max - out.length, this.ringCapacity), core.result);
       if (n === 0) break;
       const start = core.u32[core.result >>> 2]!;
-      core.refreshViews();
+      core.ensureViews(base + R_RECORDS + this.ringCapacity * stride);
       for (let k = 0; k < n; k++) {
         const at = base + R_RECORDS + ((start + k) & mask) * stride;
         const len = core.u32[(at + REC_LEN) >>> 2]!;

@@ -10,6 +10,7 @@ import {
 
 export type EventKey = number | string | Uint8Array;
 export type EventPayload = Uint8Array | string;
+export type BatchEvent = readonly [EventKey, EventPayload] | { key?: EventKey; hash?: EventKey; payload: EventPayload };
 
 /** What a worker thread needs to produce into a manager's rings. */
 export interface ProducerHandle {
@@ -71,7 +72,7 @@ export class ShardProducer {
   /** The lane's scratch, re-made if a non-shared memory grew (its buffer is replaced). */
   #view(): Uint8Array {
     const core = this.#core;
-    if (this.#scratch.buffer !== core.memory.buffer) {
+    if (this.#scratch.length === 0) { // detached: only a non-shared memory's growth does that
       core.refreshViews();
       this.#scratch = core.u8.subarray(core.scratch, core.scratch + core.scratchBytes);
     }
@@ -93,7 +94,19 @@ export class ShardProducer {
       return len;
     }
     if (typeof payload === 'string') {
-      if (payload.length === 0) throw new RangeError('push: payload is empty');
+      const n = payload.length;
+      if (n === 0) throw new RangeError('push: payload is empty');
+      if (n <= room && n <= max) {
+        // Short ASCII strings (the common case) are copied char by char: cheaper than
+        // encodeInto plus a subarray per push. The first non-ASCII char hands over.
+        let i = 0;
+        for (; i < n; i++) {
+          const c = payload.charCodeAt(i);
+          if (c >= 0x80) break;
+          scratch[at + i] = c;
+        }
+        if (i === n) return n;
+      }
       const limit = Math.min(max, room);
       const r = this.#encode(payload, scratch.subarray(at, at + limit));
       if (r.read < payload.length) {
@@ -143,7 +156,15 @@ export class ShardProducer {
    * accepted. Every payload is checked before anything is written; under failProducer a
    * full ring throws BackpressureError whose `accepted` counts the events before it.
    */
-  pushBatch(keys: ArrayLike<EventKey>, payloads: ArrayLike<EventPayload>): number {
+  pushBatch(keys: ArrayLike<EventKey>, payloads: ArrayLike<EventPayload>): number;
+  /** The same with events as `[key, payload]` pairs or `{ key, payload }` objects. */
+  pushBatch(events: ArrayLike<BatchEvent>): number;
+  pushBatch(keysOrEvents: ArrayLike<EventKey> | ArrayLike<BatchEvent>, maybePayloads?: ArrayLike<EventPayload>): number {
+    let keys = keysOrEvents as ArrayLike<EventKey>;
+    let payloads = maybePayloads as ArrayLike<EventPayload>;
+    if (maybePayloads === undefined) [keys, payloads] = splitEvents(keysOrEvents as ArrayLike<BatchEvent>);
+    if (keys === null || typeof keys !== 'object' || typeof keys.length !== 'number') throw new TypeError('pushBatch: keys must be an array or a Uint32Array');
+    if (payloads === null || typeof payloads !== 'object' || typeof payloads.length !== 'number') throw new TypeError('pushBatch: payloads must be an array');
     const n = keys.length;
     if (payloads.length !== n) throw new RangeError(`pushBatch: ${n} keys but ${payloads.length} payloads`);
     for (let i = 0; i < n; i++) {
@@ -188,6 +209,24 @@ export class ShardProducer {
     }
     return accepted;
   }
+}
+
+function splitEvents(events: ArrayLike<BatchEvent>): [EventKey[], EventPayload[]] {
+  if (events === null || typeof events !== 'object' || typeof events.length !== 'number') {
+    throw new TypeError('pushBatch: expected (keys, payloads) or an array of [key, payload] / { key, payload } events');
+  }
+  const keys: EventKey[] = new Array(events.length);
+  const payloads: EventPayload[] = new Array(events.length);
+  for (let i = 0; i < events.length; i++) {
+    const e = events[i] as unknown;
+    if (Array.isArray(e) && e.length === 2) { keys[i] = e[0]; payloads[i] = e[1]; }
+    else if (e !== null && typeof e === 'object' && 'payload' in e) {
+      const o = e as { key?: EventKey; hash?: EventKey; payload: EventPayload };
+      keys[i] = (o.key ?? o.hash)!;
+      payloads[i] = o.payload;
+    } else throw new TypeError(`pushBatch: events[${i}] must be [key, payload] or { key, payload }`);
+  }
+  return [keys, payloads];
 }
 
 function writeU32(b: Uint8Array, at: number, v: number): void {
