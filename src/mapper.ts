@@ -63,8 +63,9 @@ interface MappedShard {
 
 const NONE: ScalingDecision = Object.freeze({ kind: 'none' });
 const TWO_POW_MINUS_32 = 2 ** -32;
-/** Candidates are the Active shards whose weight is within this of the lowest. */
-const WEIGHT_TOLERANCE = 0.1;
+/** Candidates are the Active shards whose weight is within this of the lowest (plus a
+ *  hair, so 1.1 vs 1.0 counts as within 0.1 despite binary floating point). */
+const WEIGHT_TOLERANCE = 0.1 + 1e-9;
 
 /**
  * Which of `weights` are routing candidates: within 0.1 of the lowest; all of them when
@@ -120,7 +121,7 @@ export class ShardMapper {
       // A lane for every thread that may attach (collectors in workers); untouched lanes cost
       // no resident memory.
       kind, tableCapacity: full.maxShards, maxSlots: MAX_SHARD_ID + 1, initialSlots: initialShards,
-      ringCapacity: 0, maxPayload: 0, lanes: MAX_LANES, laneBytes: 65536, backpressure: 0, sampleRate: 1, sampleFill: 1,
+      ringCapacity: 0, maxPayload: 0, lanes: MAX_LANES, laneBytes: 16384, backpressure: 0, sampleRate: 1, sampleFill: 1,
     });
     this.#policy = Object.freeze(full);
     this.#clock = clock;

@@ -993,6 +993,8 @@ describe('selection', () => {
 describe('candidateIndexes (internal)', () => {
   it('within 0.1 of the minimum, in order', () => {
     expect(candidateIndexes([0, 0.1, 0.2, 0.05])).toEqual([0, 1, 3]);
+    // 1.1 - 1.0 is 0.10000000000000009 in binary floating point: still within 0.1
+    expect(candidateIndexes([1.0, 1.1, 1.2])).toEqual([0, 1]);
     expect(candidateIndexes([5, 1, 1.05, 3])).toEqual([1, 2]);
     expect(candidateIndexes([])).toEqual([]);
     expect(candidateIndexes([Number.MAX_VALUE, 2])).toEqual([1]);
