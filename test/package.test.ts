@@ -1,0 +1,111 @@
+// The published shape of the package: what `npm pack` ships, types for every export,
+// publint and arethetypeswrong clean. Runs against dist/ (npm test builds first).
+import { describe, expect, it } from 'vitest';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import ts from 'typescript';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
+const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
+
+/** Subpaths a user imports (consumer-worker is a worker entry: importing it starts a worker loop). */
+const IMPORTABLE = ['.', './worker', './prometheus'];
+
+describe('npm pack', () => {
+  const packed = JSON.parse(execFileSync(npm, ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }));
+  const files: string[] = packed[0].files.map((f: { path: string }) => f.path);
+
+  it('ships the built JavaScript, its declarations and the inlined WebAssembly', () => {
+    for (const name of ['index', 'worker', 'prometheus', 'consumer-worker', 'consumer-runtime', 'wasm', 'wasm-bytes.generated',
+      'platform-browser', 'platform-node', 'spawn-browser', 'spawn-node', 'manager', 'mapper']) {
+      expect(files).toContain(`dist/${name}.js`);
+      expect(files).toContain(`dist/${name}.d.ts`);
+    }
+    expect(files).toContain('package.json');
+    expect(files).toContain('README.md');
+    // Every file an export or import condition names is in the tarball.
+    const targets = [
+      ...Object.values(pkg.exports as Record<string, string | Record<string, string>>),
+      ...Object.values(pkg.imports as Record<string, Record<string, string>>),
+    ].flatMap((t) => (typeof t === 'string' ? [t] : Object.values(t)));
+    for (const target of targets) expect(files).toContain(target.replace(/^\.\//, ''));
+  });
+
+  it('leaves out tests, sources, the AssemblyScript, benchmarks, examples and build scripts', () => {
+    const stray = files.filter((f) => /^(test|src|assembly|bench|examples|scripts|build|docs|node_modules)\//.test(f)
+      || (f.endsWith('.ts') && !f.endsWith('.d.ts')) || f.endsWith('.tgz'));
+    expect(stray).toEqual([]);
+    expect(files.every((f) => f.startsWith('dist/') || ['package.json', 'README.md', 'LICENSE'].includes(f))).toBe(true);
+  });
+
+  it('carries both WebAssembly modules inlined in dist/wasm-bytes.generated.js (no .wasm file to locate)', async () => {
+    expect(files.filter((f) => f.endsWith('.wasm'))).toEqual([]);
+    const bytes = await import(join(root, 'dist/wasm-bytes.generated.js'));
+    for (const name of ['WASM_SHARED_BASE64', 'WASM_SINGLE_BASE64']) {
+      const wasm = Buffer.from(bytes[name], 'base64');
+      expect(wasm.subarray(0, 4)).toEqual(Buffer.from([0, 0x61, 0x73, 0x6d])); // \0asm
+      expect(WebAssembly.validate(wasm)).toBe(true);
+    }
+  });
+});
+
+describe('types', () => {
+  // Type-check a virtual file inside the package (so 'shard-mapper' resolves to itself, as it
+  // does for a user) that imports every subpath, with the user's view: dist/*.d.ts.
+  const file = join(root, 'test', '__types_check__.ts');
+  const source = IMPORTABLE.map((sub, i) => `import * as m${i} from '${sub === '.' ? 'shard-mapper' : `shard-mapper/${sub.slice(2)}`}';\nexport { m${i} };`).join('\n');
+  const options: ts.CompilerOptions = {
+    module: ts.ModuleKind.NodeNext, moduleResolution: ts.ModuleResolutionKind.NodeNext, target: ts.ScriptTarget.ES2022,
+    lib: ['lib.es2022.d.ts', 'lib.dom.d.ts'], types: ['node'], strict: true, noEmit: true, skipLibCheck: false,
+  };
+  const host = ts.createCompilerHost(options);
+  const { getSourceFile, fileExists, readFile } = host;
+  host.getSourceFile = (name, lang, ...rest) => (name === file ? ts.createSourceFile(name, source, lang) : getSourceFile.call(host, name, lang, ...rest));
+  host.fileExists = (name) => name === file || fileExists.call(host, name);
+  host.readFile = (name) => (name === file ? source : readFile.call(host, name));
+  const program = ts.createProgram([file], options, host);
+  const checker = program.getTypeChecker();
+
+  it('dist declarations type-check for a consumer (skipLibCheck off)', () => {
+    const diagnostics = ts.getPreEmitDiagnostics(program)
+      .filter((d) => !d.file || d.file.fileName === file || d.file.fileName.startsWith(join(root, 'dist')));
+    expect(diagnostics.map((d) => ts.flattenDiagnosticMessageText(d.messageText, '\n'))).toEqual([]);
+  });
+
+  it.each(IMPORTABLE)('every runtime export of %s has a declaration, resolved through the "types" condition', async (sub) => {
+    const spec = sub === '.' ? 'shard-mapper' : `shard-mapper/${sub.slice(2)}`;
+    const runtime = Object.keys(await import(spec)).sort();
+    expect(runtime.length).toBeGreaterThan(0);
+    const resolved = ts.resolveModuleName(spec, file, options, host).resolvedModule;
+    expect(resolved?.resolvedFileName).toBe(join(root, pkg.exports[sub].types));
+    const moduleSymbol = checker.getSymbolAtLocation(program.getSourceFile(resolved!.resolvedFileName)!)!;
+    const declared = checker.getExportsOfModule(moduleSymbol).map((s) => s.name);
+    expect(runtime.filter((name) => !declared.includes(name))).toEqual([]);
+  });
+
+  it('the root declares every name of the contract (SPEC §1), values and types', () => {
+    const resolved = ts.resolveModuleName('shard-mapper', file, options, host).resolvedModule!;
+    const moduleSymbol = checker.getSymbolAtLocation(program.getSourceFile(resolved.resolvedFileName)!)!;
+    const declared = checker.getExportsOfModule(moduleSymbol).map((s) => s.name);
+    for (const name of ['ShardMapper', 'ShardMetricsCollector', 'ShardState', 'ScalingPolicy', 'ScalingError', 'ScalingDecision',
+      'ShardMetrics', 'NO_SHARD', 'hashKey', 'ShardManager', 'BackpressureMode', 'BackpressureError', 'sharedMemorySupported']) {
+      expect(declared).toContain(name);
+    }
+  });
+});
+
+describe('package linters', () => {
+  it('publint --strict and arethetypeswrong (attw --pack, ESM-only profile) report no problem', () => {
+    const run = spawnSync(npm, ['run', '--silent', 'lint:package'], { cwd: root, encoding: 'utf8', timeout: 180_000 });
+    const output = `${run.stdout}\n${run.stderr}`;
+    expect(run.status, output).toBe(0);
+    expect(output).toMatch(/All good!/); // publint
+    // attw marks problems with emoji; node10 and CJS-require lines are shown but ignored by
+    // the ESM-only profile (the package is ESM, Node >= 20).
+    const counted = output.split('\n').filter((line) => !line.includes('(ignored'));
+    expect(counted.filter((line) => /💀|❌|🥴|🐛|🎭|❗️|⚠️/.test(line))).toEqual([]);
+  }, 180_000);
+});
