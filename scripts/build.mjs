@@ -3,7 +3,7 @@
 //   src/wasm-bytes.generated.ts  the module bytes inlined as base64, so Node, Vite, webpack
 //                                and esbuild all load it with no asset configuration
 import { execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync, mkdirSync, rmSync } from 'node:fs';
+import { readFileSync, writeFileSync, mkdirSync, rmSync, renameSync, existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -50,6 +50,14 @@ writeFileSync(join(root, 'src/wasm-bytes.generated.ts'),
   `export const WASM_SHARED_BASE64 =\n  '${wasm.toString('base64')}';\n` +
   `export const WASM_SINGLE_BASE64 =\n  '${wasmSingle.toString('base64')}';\n`);
 
-rmSync(join(root, 'dist'), { recursive: true, force: true });
-run(bin('tsc'), ['-p', 'tsconfig.json']);
+// Compile next to dist/ and swap it in at the end, so a test run (or a second build)
+// never sees a half-written or missing dist/.
+const next = join(root, 'dist.next');
+const old = join(root, 'dist.old');
+rmSync(next, { recursive: true, force: true });
+rmSync(old, { recursive: true, force: true });
+run(bin('tsc'), ['-p', 'tsconfig.json', '--outDir', 'dist.next']);
+if (existsSync(join(root, 'dist'))) renameSync(join(root, 'dist'), old);
+renameSync(next, join(root, 'dist'));
+rmSync(old, { recursive: true, force: true });
 console.log(`build: wasm ${wasm.length} bytes, ${lines.length} layout constants, dist/ written`);
