@@ -348,6 +348,12 @@ export class ShardManager {
     };
   }
 
+  /** Bytes of the WebAssembly memory right now (it grows as shards are added; freed
+   *  shard slots are reused before it grows again). */
+  get memoryBytes(): number {
+    return this.#core.memory.buffer.byteLength;
+  }
+
   /** Consumer threads and the shards each owns ([] without options.consumer). */
   consumers(): { index: number; shards: number[]; alive: boolean }[] {
     return this.#pool?.describe() ?? [];

@@ -64,6 +64,28 @@ describe('ShardManager on worker threads', () => {
     expect(log.outOfOrder).toEqual([]);
   });
 
+  it('grows the shared memory for shards added after start-up, and every attached thread uses them', async () => {
+    log = new DeliveryLog();
+    const m = await ShardManager.create({
+      initialShards: 1, ringBufferCapacity: 2048, maxPayloadBytes: 512, policy: { minShards: 1, maxShards: 8 },
+      consumer: { module: consumerModule, threads: 2, batchSize: 64 },
+    });
+    const producer = new Worker(producerModule, { workerData: { handle: m.producerHandle(), producer: 1, count: 20_000, payloadBytes: 300 } });
+    const producerDone = new Promise<void>((resolve, reject) => { producer.on('message', () => resolve()); producer.on('error', reject); });
+    const before = m.memoryBytes;
+    const added = await m.manualScaleUp(7); // 7 × ~1 MiB of rings: far past the initial memory
+    expect(m.memoryBytes).toBeGreaterThan(before + 7 * 2048 * 512);
+    for (let seq = 0; seq < 20_000; seq++) await pushWithRetry(m, seq * 2654435761, seqPayload(0, seq, 300));
+    await producerDone;
+    const perShard = m.stats().shards;
+    for (const id of added) expect(perShard.find((s) => s.id === id)!.pushed, `shard ${id}`).toBeGreaterThan(0);
+    await m.close();
+    await producer.terminate();
+    await log.waitFor(40_000);
+    expect(log.problems(2, 20_000)).toEqual({ missing: 0, duplicated: 0 }); // main thread (0) and the producer thread (1)
+    expect(log.outOfOrder).toEqual([]);
+  });
+
   it('takes events from 4 producer threads concurrently without corrupting a ring or losing one', async () => {
     log = new DeliveryLog();
     const m = await ShardManager.create({
