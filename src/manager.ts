@@ -34,7 +34,9 @@ export type ManagerEvent =
   | { type: 'shardProvisioned' | 'shardActivated' | 'shardDraining' | 'shardStopped' | 'shardRemoved'; shardId: number; at: number }
   | { type: 'scalingDecision'; decision: ScalingDecision; at: number }
   | { type: 'consumerError'; shardId: number; error: Error; at: number }
-  | { type: 'consumerRestarted'; worker: number; exitCode: number; at: number };
+  | { type: 'consumerRestarted'; worker: number; exitCode: number; at: number }
+  /** A tick() run by start()'s timer threw (e.g. ShardCreationFailed); the loop goes on. */
+  | { type: 'tickError'; error: Error; at: number };
 
 export interface ShardManagerOptions {
   initialShards: number;
@@ -421,7 +423,8 @@ export class ShardManager {
       try {
         this.tick();
       } catch (error) {
-        this.#emit({ type: 'consumerError', shardId: -1, error: error as Error, at: this.#clock() });
+        if (this.#onEvent) this.#emit({ type: 'tickError', error: error as Error, at: this.#clock() });
+        else console.error('shard-mapper: the scaling loop failed; it keeps running:', error);
       }
     }, this.mapper.policy().metricsWindowMs);
     (this.#timer as { unref?: () => void }).unref?.();

@@ -108,6 +108,22 @@ describe('ShardManager lifecycle (injected clock, poll consumers)', () => {
     expect(m.stats().pushed).toBe(6);
   });
 
+  it('start() runs tick on a timer and reports a failing tick as a tickError event', async () => {
+    const events: ManagerEvent[] = [];
+    const m = await ShardManager.create({
+      initialShards: 1, ringBufferCapacity: 4, maxSlots: 1, onEvent: (e) => events.push(e),
+      policy: { maxShards: 2, metricsWindowMs: 5 },
+    });
+    for (let i = 0; i < 4; i++) m.push(i, 'full'); // overloaded: wants a shard it has no slot for
+    m.start();
+    for (let i = 0; i < 100 && !events.some((e) => e.type === 'tickError'); i++) await new Promise((r) => setTimeout(r, 5));
+    m.stop();
+    const failure = events.find((e) => e.type === 'tickError') as { error: { kind?: string; message: string } } | undefined;
+    expect(failure?.error.kind).toBe('ShardCreationFailed');
+    expect(failure?.error.message).toMatch(/slots/);
+    expect(m.mapper.totalShardCount()).toBe(1); // nothing half-made
+  });
+
   it('keeps totals when shards are removed', async () => {
     const m = await ShardManager.create({ initialShards: 3, ringBufferCapacity: 8, policy: { maxShards: 3 }, backpressure: { kind: 'dropNewest' } });
     for (let i = 0; i < 30; i++) m.push(i * 143165576, `e${i}`); // spread over 3 shards
