@@ -41,6 +41,16 @@ describe('npm pack', () => {
     expect(files.every((f) => f.startsWith('dist/') || ['package.json', 'README.md', 'LICENSE'].includes(f))).toBe(true);
   });
 
+  it('ships source maps that carry their sources (src/ is not shipped) and no declaration maps pointing at it', () => {
+    const maps = files.filter((f) => f.endsWith('.js.map'));
+    expect(maps.length).toBeGreaterThan(5);
+    for (const map of maps) {
+      const json = JSON.parse(readFileSync(join(root, map), 'utf8'));
+      expect(json.sourcesContent?.length, `${map} has no sourcesContent`).toBe(json.sources.length);
+    }
+    expect(files.filter((f) => f.endsWith('.d.ts.map'))).toEqual([]);
+  });
+
   it('carries both WebAssembly modules inlined in dist/wasm-bytes.generated.js (no .wasm file to locate)', async () => {
     expect(files.filter((f) => f.endsWith('.wasm'))).toEqual([]);
     const bytes = await import(join(root, 'dist/wasm-bytes.generated.js'));
