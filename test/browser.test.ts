@@ -74,6 +74,7 @@ beforeAll(async () => {
     entryPoints: {
       main: join(example, 'main.js'),
       'consumer.worker': join(example, 'consumer.worker.js'),
+      'producer.worker': join(example, 'producer.worker.js'),
       'consumer-worker': 'shard-mapper/consumer-worker',
     },
     outdir: esbuildOut,
@@ -164,6 +165,12 @@ describe.each([
       'shardProvisioned', 'shardProvisioned', 'shardActivated', 'shardActivated',
       'shardProvisioned', 'shardActivated', 'shardDraining', 'shardStopped', 'shardRemoved',
     ]);
+    // A producer Web Worker (ShardProducer.attach(manager.producerHandle())) and the page push together.
+    expect(r.producer.inWorker).toBe(r.producer.events / 2);
+    expect(r.producer.pushed).toBe(r.producer.events);
+    expect(r.producer.delivered).toBe(r.producer.events);
+    expect(r.producer.consumed.count).toBe(r.producer.events);
+    expect(r.producer.consumed.sum).toBe(r.producer.expectedSum);
     // options.consumer.module: the package's own worker loads the module by URL.
     expect(r.module.pushed).toBe(r.module.events);
     expect(r.module.delivered).toBe(r.module.pushed);

@@ -99,6 +99,32 @@ async function runShared() {
   const seen2 = await fromModule.until(stats2.pushed);
   log(`consumer module: pushed ${stats2.pushed}, delivered ${stats2.delivered}, module saw ${seen2.count}`);
 
+  // 3. A producer Web Worker pushes through ShardProducer.attach(manager.producerHandle())
+  //    while the page pushes too; consumer workers take both streams.
+  const fromProducers = reports('worker');
+  const mgr3 = await ShardManager.create({
+    initialShards: 2,
+    ringBufferCapacity: 1024,
+    consumer: {
+      worker: () => new Worker(new URL('./consumer.worker.js', import.meta.url), { type: 'module' }),
+      threads: 1,
+    },
+  });
+  const n3 = 10_000;
+  const producer = new Worker(new URL('./producer.worker.js', import.meta.url), { type: 'module' });
+  const produced = new Promise((resolve, reject) => {
+    producer.onmessage = (e) => resolve(e.data);
+    producer.onerror = (e) => reject(new Error(`producer worker: ${e.message}`));
+  });
+  producer.postMessage({ handle: mgr3.producerHandle(), from: n3 / 2, to: n3 });
+  await pushAll(mgr3, 0, n3 / 2);
+  const fromWorker = await produced;
+  producer.terminate();
+  await mgr3.close();
+  const stats3 = mgr3.stats();
+  const seen3 = await fromProducers.until(n3);
+  log(`producer worker: pushed ${fromWorker.pushed} there + ${n3 / 2} here, delivered ${stats3.delivered}, consumers saw ${seen3.count}`);
+
   return {
     mode: 'shared',
     crossOriginIsolated: globalThis.crossOriginIsolated === true,
@@ -114,6 +140,7 @@ async function runShared() {
     events: EVENTS,
     added,
     lifecycle: events,
+    producer: { pushed: stats3.pushed, delivered: stats3.delivered, inWorker: fromWorker.pushed, consumed: seen3, expectedSum: expectedSum(n3), events: n3 },
     module: { pushed: stats2.pushed, delivered: stats2.delivered, consumed: seen2, expectedSum: expectedSum(n2), events: n2 },
   };
 }
