@@ -2,7 +2,8 @@
 // publint and arethetypeswrong clean. Runs against dist/ (npm test builds first).
 import { describe, expect, it } from 'vitest';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
@@ -105,6 +106,22 @@ describe('types', () => {
       expect(declared).toContain(name);
     }
   });
+});
+
+describe('API reference', () => {
+  it('npm run docs (TypeDoc) documents the three entry points', () => {
+    const out = mkdtempSync(join(tmpdir(), 'shard-mapper-docs-'));
+    try {
+      const run = spawnSync(process.execPath, [join(root, 'node_modules/typedoc/bin/typedoc'), '--out', out, '--logLevel', 'Error'], { cwd: root, encoding: 'utf8', timeout: 180_000 });
+      expect(run.status, `${run.stdout}\n${run.stderr}`).toBe(0);
+      const index = readFileSync(join(out, 'index.html'), 'utf8');
+      for (const name of ['index', 'worker', 'prometheus']) expect(index).toContain(name);
+      const pages = (readdirSync(out, { recursive: true }) as string[]).join('\n');
+      for (const name of ['ShardManager', 'ShardMapper', 'ScalingPolicy', 'serveConsumer', 'registerShardManagerMetrics']) expect(pages).toContain(name);
+    } finally {
+      rmSync(out, { recursive: true, force: true });
+    }
+  }, 180_000);
 });
 
 describe('package linters', () => {
