@@ -68,7 +68,7 @@ const TRANSITIONS: Record<string, string> = {
  *   `events_dropped_total{reason=newest|oldest|sampled|refused}`, `events_in_flight`
  * - from `onEvent`: `scaling_decisions_total{decision=scaleUp|scaleDown}`,
  *   `scaling_shards_total{decision}` (shards asked for), `shard_transitions_total{transition}`,
- *   `consumer_errors_total`, `consumer_restarts_total`
+ *   `consumer_errors_total`, `consumer_restarts_total`, `tick_errors_total`
  *
  * One manager per call; for several, use one registry each (or distinct `prefix`/`labels`
  * on separate registries merged with `Registry.merge`).
@@ -173,6 +173,7 @@ export function registerShardManagerMetrics(options: PrometheusOptions = {}): Sh
   const transitions = counter('shard_transitions_total', 'Shard lifecycle transitions.', ['transition']);
   const consumerErrors = counter('consumer_errors_total', 'Consumer batches that threw (each is retried).', []);
   const consumerRestarts = counter('consumer_restarts_total', 'Consumer workers replaced after they exited.', []);
+  const tickErrors = counter('tick_errors_total', 'Passes of the scaling loop run by start() that threw.', []);
   for (const decision of ['scaleUp', 'scaleDown']) {
     decisions.inc(labelled({ decision }), 0);
     decidedShards.inc(labelled({ decision }), 0);
@@ -180,6 +181,7 @@ export function registerShardManagerMetrics(options: PrometheusOptions = {}): Sh
   for (const transition of Object.values(TRANSITIONS)) transitions.inc(labelled({ transition }), 0);
   consumerErrors.inc(labelled({}), 0);
   consumerRestarts.inc(labelled({}), 0);
+  tickErrors.inc(labelled({}), 0);
 
   const onEvent = (event: ManagerEvent): void => {
     switch (event.type) {
@@ -194,6 +196,9 @@ export function registerShardManagerMetrics(options: PrometheusOptions = {}): Sh
         break;
       case 'consumerRestarted':
         consumerRestarts.inc(labelled({}));
+        break;
+      case 'tickError':
+        tickErrors.inc(labelled({}));
         break;
       default: {
         const transition = TRANSITIONS[event.type];

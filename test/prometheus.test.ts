@@ -99,6 +99,8 @@ describe('shard-mapper/prometheus', () => {
     expect(series(s, 'shard_mapper_shards', { state: 'active' })).toBe(3);
     expect(series(s, 'shard_mapper_shard_transitions_total', { transition: 'provisioned' })).toBe(3);
     expect(series(s, 'shard_mapper_shard_transitions_total', { transition: 'activated' })).toBe(3);
+    expect(series(s, 'shard_mapper_consumer_errors_total')).toBe(0);
+    expect(series(s, 'shard_mapper_tick_errors_total')).toBe(0);
     for (const id of [0, 1]) {
       const last = manager.mapper.lastMetrics(id)!;
       expect(series(s, 'shard_mapper_shard_event_rate', { shard: String(id) })).toBe(last.eventRate);
@@ -144,6 +146,18 @@ describe('shard-mapper/prometheus', () => {
     expect(series(s, 'shard_mapper_events_unrouted_total')).toBe(2);
     expect(series(s, 'shard_mapper_events_pushed_total')).toBe(0);
     expect(series(s, 'shard_mapper_shards', { state: 'active' })).toBe(0);
+  });
+
+  it('counts consumer errors, consumer restarts and tick errors from onEvent', async () => {
+    const { metrics, scrape } = await setup();
+    metrics.onEvent({ type: 'consumerError', shardId: 0, error: new Error('boom'), at: 1 });
+    metrics.onEvent({ type: 'consumerError', shardId: 1, error: new Error('boom'), at: 2 });
+    metrics.onEvent({ type: 'consumerRestarted', worker: 0, exitCode: 1, at: 3 });
+    metrics.onEvent({ type: 'tickError', error: new Error('tick'), at: 4 });
+    const s = await scrape();
+    expect(series(s, 'shard_mapper_consumer_errors_total')).toBe(2);
+    expect(series(s, 'shard_mapper_consumer_restarts_total')).toBe(1);
+    expect(series(s, 'shard_mapper_tick_errors_total')).toBe(1);
   });
 
   it('honours prefix and constant labels, and unregisters cleanly', async () => {
