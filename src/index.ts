@@ -9,6 +9,6 @@ export { sharedMemorySupported, type MemoryKind } from './wasm.js';
 export {
   ShardManager, BackpressureMode, type ShardManagerOptions, type ManagerStats, type ShardStats, type ManagerEvent,
 } from './manager.js';
-export { ShardProducer, ManagerClosedError, type ProducerHandle, type EventKey, type EventPayload } from './producer.js';
+export { ShardProducer, ManagerClosedError, type ProducerHandle, type EventKey, type EventPayload, type BatchEvent } from './producer.js';
 export type { ConsumerOptions, ConsumerWorker } from './consumer-pool.js';
 export type { ConsumerFunction } from './consumer-runtime.js';
