@@ -1,7 +1,36 @@
 // Receives what the seq-consumer fixture reports and checks exactly-once, in-order delivery.
+// Sized for millions of events: delivery counts live in one Uint8Array per producer
+// (indexed by seq, saturating at 255), not in a Map of boxed keys.
+const SEQ_LIMIT = 2 ** 24; // keys are producer · 2^24 + seq
+
+/** Times each (producer, seq) was delivered, grown on demand. */
+class DeliveryCounts {
+  readonly #byProducer: Uint8Array[] = [];
+
+  bump(producer: number, seq: number): void {
+    let a = this.#byProducer[producer];
+    if (a === undefined || seq >= a.length) {
+      const grown = new Uint8Array(Math.min(SEQ_LIMIT, Math.max(1024, 2 ** Math.ceil(Math.log2(seq + 1)))));
+      if (a) grown.set(a);
+      this.#byProducer[producer] = a = grown;
+    }
+    if (a[seq]! < 255) a[seq]!++;
+  }
+
+  count(producer: number, seq: number): number {
+    return this.#byProducer[producer]?.[seq] ?? 0;
+  }
+
+  /** Map-like read by key (`producer * 2^24 + seq`): undefined when never delivered. */
+  get(key: number): number | undefined {
+    const n = this.count(Math.floor(key / SEQ_LIMIT), key % SEQ_LIMIT);
+    return n === 0 ? undefined : n;
+  }
+}
+
 export class DeliveryLog {
   readonly #channel = new BroadcastChannel('shard-mapper-test');
-  readonly counts = new Map<number, number>(); // key → times delivered
+  readonly counts = new DeliveryCounts(); // key → times delivered
   readonly lastSeq = new Map<string, number>(); // `${shard}:${producer}` → last seq seen
   received = 0;
   outOfOrder: string[] = [];
@@ -9,17 +38,29 @@ export class DeliveryLog {
   constructor() {
     this.#channel.onmessage = (e: MessageEvent) => {
       const { shardId, pairs } = e.data as { shardId: number; pairs: Uint32Array };
+      let lane = '';
+      let laneProducer = -1;
+      let last = -1;
       for (let i = 0; i < pairs.length; i += 2) {
         const producer = pairs[i]!;
         const seq = pairs[i + 1]!;
-        const key = producer * 2 ** 24 + seq;
-        this.counts.set(key, (this.counts.get(key) ?? 0) + 1);
-        const lane = `${shardId}:${producer}`;
-        const last = this.lastSeq.get(lane) ?? -1;
+        if (producer >= 256 || seq >= SEQ_LIMIT) {
+          if (this.outOfOrder.length < 10) this.outOfOrder.push(`shard ${shardId}: corrupt record (producer ${producer}, seq ${seq})`);
+          this.received++;
+          continue;
+        }
+        this.counts.bump(producer, seq);
+        if (producer !== laneProducer) {
+          if (laneProducer >= 0) this.lastSeq.set(lane, last);
+          laneProducer = producer;
+          lane = `${shardId}:${producer}`;
+          last = this.lastSeq.get(lane) ?? -1;
+        }
         if (seq <= last && this.outOfOrder.length < 10) this.outOfOrder.push(`shard ${shardId} producer ${producer}: ${seq} after ${last}`);
-        this.lastSeq.set(lane, seq);
+        last = seq;
         this.received++;
       }
+      if (laneProducer >= 0) this.lastSeq.set(lane, last);
     };
   }
 
@@ -33,7 +74,7 @@ export class DeliveryLog {
     let duplicated = 0;
     for (let p = 0; p < producers; p++) {
       for (let s = 0; s < perProducer; s++) {
-        const n = this.counts.get(p * 2 ** 24 + s) ?? 0;
+        const n = this.counts.count(p, s);
         if (n === 0) missing++;
         else if (n > 1) duplicated++;
       }
