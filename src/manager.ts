@@ -108,6 +108,8 @@ function backpressureCode(mode: BackpressureMode): { code: number; rate: number 
 
 const nextPowerOfTwo = (n: number) => 2 ** Math.ceil(Math.log2(Math.max(1, n)));
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+/** An option's value, or the default when it is absent (null is a value, and is refused by the checks). */
+const given = <T>(value: T | undefined, fallback: T): T => (value === undefined ? fallback : value);
 
 interface Parts {
   options: ShardManagerOptions;
@@ -156,6 +158,7 @@ export class ShardManager {
     this.#producer = new ShardProducer(core, parts.maxPayload, false);
     const wiring: MapperWiring = {
       core,
+      assertOpen: (method) => this.#assertOpen(method), // scale-ups through manager.mapper after close()
       onAllocated: (id, slot) => {
         // The consumer is in place before the shard can be routed to (Active comes later,
         // or, for scaleUp's Active shards, right after this returns).
@@ -186,12 +189,12 @@ export class ShardManager {
     if (typeof options !== 'object' || options === null) throw invalid(`options must be an object, got ${describe(options)}`);
     const initialShards = checkInteger('options.initialShards', options.initialShards, 0, 0xffff);
     const requested = checkInteger('options.ringBufferCapacity', options.ringBufferCapacity, 1, MAX_RING_CAPACITY);
-    const maxPayload = checkInteger('options.maxPayloadBytes', options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD, 1, MAX_PAYLOAD_LIMIT);
-    const backpressure = options.backpressure ?? BackpressureMode.FailProducer;
+    const maxPayload = checkInteger('options.maxPayloadBytes', given(options.maxPayloadBytes, DEFAULT_MAX_PAYLOAD), 1, MAX_PAYLOAD_LIMIT);
+    const backpressure = given(options.backpressure, BackpressureMode.FailProducer);
     const bp = backpressureCode(backpressure);
     const policy = resolvePolicy(options.policy, initialShards);
     const defaultSlots = Math.min(0xffff, Math.max(2 * policy.maxShards, policy.maxShards + 16, initialShards));
-    const maxSlots = checkInteger('options.maxSlots', options.maxSlots ?? defaultSlots, Math.max(1, initialShards), 0xffff);
+    const maxSlots = checkInteger('options.maxSlots', given(options.maxSlots, defaultSlots), Math.max(1, initialShards), 0xffff);
     const kind = options.memory ?? (sharedMemorySupported() ? 'shared' : 'single');
     if (kind !== 'shared' && kind !== 'single') throw invalid(`options.memory must be 'shared' or 'single', got ${describe(kind)}`);
     if (options.clock !== undefined && typeof options.clock !== 'function') throw invalid(`options.clock must be a function, got ${describe(options.clock)}`);
@@ -212,11 +215,11 @@ export class ShardManager {
         throw invalid(`options.consumer.worker must be a function returning a Worker, given instead of options.consumer.module, got ${describe(c.worker)}`);
       }
       if (kind !== 'shared') throw invalid('options.consumer needs shared memory (SharedArrayBuffer); in the single-thread fallback consume with poll()');
-      threads = checkInteger('options.consumer.threads', c.threads ?? cpuCount(), 1, MAX_LANES - 2);
-      batchSize = checkInteger('options.consumer.batchSize', c.batchSize ?? 256, 1, MAX_RING_CAPACITY);
+      threads = checkInteger('options.consumer.threads', given(c.threads, cpuCount()), 1, MAX_LANES - 2);
+      batchSize = checkInteger('options.consumer.batchSize', given(c.batchSize, 256), 1, MAX_RING_CAPACITY);
     }
     // One lane per attached thread: this one, each consumer thread, each producer thread.
-    const maxThreads = checkInteger('options.maxThreads', options.maxThreads ?? Math.max(DEFAULT_MAX_THREADS, threads + 8), threads + 1, MAX_LANES);
+    const maxThreads = checkInteger('options.maxThreads', given(options.maxThreads, Math.max(DEFAULT_MAX_THREADS, threads + 8)), threads + 1, MAX_LANES);
     // At least 2: with one record the sequence word of a published record (index + 1)
     // equals the free mark of the next index, so a second push would overwrite the first.
     const ringCapacity = nextPowerOfTwo(Math.max(2, requested));

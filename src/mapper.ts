@@ -35,6 +35,8 @@ export interface ShardMapperOptions {
 /** @internal How ShardManager builds a mapper over its own memory and follows its lifecycle. */
 export interface MapperWiring {
   core: SharedCore;
+  /** Throws if shards may no longer be added (the manager is closed); called before any change. */
+  assertOpen?(method: string): void;
   /** A shard got a slot (any state): give it a consumer before anything can route to it. */
   onAllocated(id: number, slot: number): void;
   /** A shard left the selection table for Draining: close its ring. */
@@ -375,6 +377,7 @@ export class ShardMapper {
   scaleUp(count: number): number[] {
     checkInteger('count', count, 0, MAX_SHARD_ID + 1);
     if (count === 0) return [];
+    this.#wiring?.assertOpen?.('scaleUp');
     const now = this.#clock();
     this.#checkScaleUp(count, true, now);
     const ids = this.#allocate(count, ShardState.Active, now);
@@ -398,6 +401,7 @@ export class ShardMapper {
   #provision(count: number, honourCooldown: boolean): number[] {
     checkInteger('count', count, 0, MAX_SHARD_ID + 1);
     if (count === 0) return [];
+    this.#wiring?.assertOpen?.(honourCooldown ? 'scaleUpProvisioning' : 'scaleUpProvisioningForce');
     const now = this.#clock();
     this.#checkScaleUp(count, honourCooldown, now);
     const ids = this.#allocate(count, ShardState.Provisioning, 0);

@@ -1,7 +1,7 @@
 // Producer: stages an event in this thread's lane and makes the one WebAssembly call that
 // routes it, appends it to the shard's ring and feeds the collector. ShardManager uses one
 // on its own thread; worker threads get theirs with `ShardProducer.attach(handle)`.
-import { BackpressureError } from './errors.js';
+import { BackpressureError, describe } from './errors.js';
 import { hashKey } from './hash.js';
 import { SharedCore, type CoreHandle } from './core.js';
 import {
@@ -62,6 +62,10 @@ export class ShardProducer {
 
   /** Attach from a worker thread; call `detach()` when done to free the lane. */
   static async attach(handle: ProducerHandle): Promise<ShardProducer> {
+    if (typeof handle !== 'object' || handle === null || typeof handle.core !== 'object' || handle.core === null ||
+      !(handle.core.memory instanceof WebAssembly.Memory) || typeof handle.maxPayloadBytes !== 'number') {
+      throw new TypeError(`ShardProducer.attach: handle must be what manager.producerHandle() returns, got ${describe(handle)}`);
+    }
     return new ShardProducer(await SharedCore.attach(handle.core), handle.maxPayloadBytes, true);
   }
 
@@ -141,8 +145,8 @@ export class ShardProducer {
     return this.#fail(r, 0);
   }
 
-  #fail(code: number, accepted: number): never {
-    if (code === PUSH_STOPPED) throw new ManagerClosedError();
+  #fail(code: number, accepted: number, method = 'push'): never {
+    if (code === PUSH_STOPPED) throw new ManagerClosedError(method);
     if (code === PUSH_REFUSED) {
       const core = this.#core;
       const shard = core.u32[(core.scratch - L_SCRATCH + L_FAILED_SHARD) >>> 2]!;
@@ -181,7 +185,13 @@ export class ShardProducer {
       }
     }
     const hashes = new Uint32Array(n);
-    for (let i = 0; i < n; i++) hashes[i] = keyHash(keys[i]!);
+    for (let i = 0; i < n; i++) {
+      const key = keys[i];
+      if (typeof key !== 'number' && typeof key !== 'string' && !(key instanceof Uint8Array)) {
+        throw new TypeError(`pushBatch: keys[${i}] must be a uint32 hash, a string or a Uint8Array, got ${key === null ? 'null' : typeof key}`);
+      }
+      hashes[i] = keyHash(key);
+    }
 
     const core = this.#core;
     const room = core.scratchBytes;
@@ -204,7 +214,7 @@ export class ShardProducer {
       const result = (core.scratch - L_SCRATCH + L_RESULT) >>> 2;
       accepted += core.u32[result]!;
       const stop = core.u32[result + 4]!;
-      if (stop !== 0) this.#fail(stop === 2 ? PUSH_STOPPED : PUSH_REFUSED, accepted);
+      if (stop !== 0) this.#fail(stop === 2 ? PUSH_STOPPED : PUSH_REFUSED, accepted, 'pushBatch');
       if (consumed !== count) throw new Error('shard-mapper: pushBatch consumed fewer events than staged');
     }
     return accepted;
