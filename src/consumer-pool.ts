@@ -70,7 +70,15 @@ export class ConsumerPool {
     const module = options.worker ? '' : moduleUrl(options.module!);
     const pool = new ConsumerPool(core, { module, batchSize }, events, options.worker);
     for (let i = 0; i < threads; i++) pool.#workers.push(pool.#spawn());
-    await Promise.all(pool.#workers.map((w) => w.ready));
+    try {
+      await Promise.all(pool.#workers.map((w) => w.ready));
+    } catch (error) {
+      // A worker that cannot start (a module that fails to load) is not a crash to recover
+      // from: restart none, end them all, and let create() reject.
+      pool.#closing = true;
+      await Promise.all(pool.#workers.map((w) => w.worker.terminate()));
+      throw error;
+    }
     return pool;
   }
 

@@ -385,7 +385,7 @@ export class ShardManager {
     if (decision.kind !== 'none') this.#emit({ type: 'scalingDecision', decision, at: this.#clock() });
     try {
       if (decision.kind === 'scaleUp') {
-        for (const id of mapper.scaleUpProvisioning(decision.count)) mapper.activate(id);
+        this.#activateAll(mapper.scaleUpProvisioning(decision.count));
       } else if (decision.kind === 'scaleDown') {
         mapper.scaleDown(decision.count);
       }
@@ -412,10 +412,30 @@ export class ShardManager {
         mapper.metricsCollector(id)!.setDraining(true);
       }
     }
-    mapper.finalizeDraining();
+    let callbackError: { error: unknown } | undefined;
+    try {
+      mapper.finalizeDraining();
+    } catch (error) {
+      callbackError = { error }; // onShardRemoved threw: the shards are Stopped all the same
+    }
     for (const [id, slot] of [...this.#slots]) {
       if (mapper.shardState(id) === ShardState.Stopped && this.#core.abi.ringLen(slot) === 0) mapper.removeSpecificStoppedShard(id);
     }
+    if (callbackError) throw callbackError.error;
+  }
+
+  /** Activate every id even if a callback throws on one (none is left Provisioning), then
+   *  rethrow the first callback error. */
+  #activateAll(ids: readonly number[]): void {
+    let callbackError: { error: unknown } | undefined;
+    for (const id of ids) {
+      try {
+        this.mapper.activate(id);
+      } catch (error) {
+        callbackError ??= { error };
+      }
+    }
+    if (callbackError) throw callbackError.error;
   }
 
   /** Run tick() every policy.metricsWindowMs (the timer does not keep Node alive). */
@@ -450,7 +470,7 @@ export class ShardManager {
     this.#assertOpen('manualScaleUp');
     checkInteger('n', n, 0, 0xffff);
     const ids = this.mapper.scaleUpProvisioningForce(n);
-    for (const id of ids) this.mapper.activate(id);
+    this.#activateAll(ids);
     return ids;
   }
 
@@ -497,12 +517,19 @@ export class ShardManager {
 
   async #awaitRemoval(ids: number[]): Promise<void> {
     const pending = new Set(ids);
+    let callbackError: { error: unknown } | undefined;
     while (pending.size > 0) {
       for (const id of [...pending]) {
         const slot = this.#slots.get(id);
         if (slot === undefined) { pending.delete(id); continue; }
         const state = this.mapper.shardState(id);
-        if (state === ShardState.Draining && this.#drained(slot)) this.mapper.stopDrained(id);
+        if (state === ShardState.Draining && this.#drained(slot)) {
+          try {
+            this.mapper.stopDrained(id);
+          } catch (error) {
+            callbackError ??= { error }; // onShardRemoved threw: finish the removal, then report it
+          }
+        }
         if (this.mapper.shardState(id) === ShardState.Stopped && this.#core.abi.ringLen(slot) === 0) {
           this.mapper.removeSpecificStoppedShard(id);
           pending.delete(id);
@@ -510,6 +537,7 @@ export class ShardManager {
       }
       if (pending.size > 0) await sleep(WAIT_STEP_MS);
     }
+    if (callbackError) throw callbackError.error;
   }
 
   // ---- shutting down --------------------------------------------------------------------
