@@ -42,7 +42,17 @@ interface WorkerState {
   releasing: Map<number, () => void>;
   exited: boolean;
   stopping: boolean;
+  /** It reported 'ready' (its module loaded). */
+  started: boolean;
+  /** Ended by terminateWorker (an operator's kill is not a failed start). */
+  killed: boolean;
+  /** Dead, its replacement waiting out a restart backoff; shards given to it meanwhile
+   *  go to the replacement. */
+  respawnPending: boolean;
 }
+
+/** Restarts of threads that died before they were ready back off up to this long. */
+const MAX_RESTART_DELAY_MS = 5000;
 
 export interface PoolEvents {
   onError(error: Error, shardId: number): void;
@@ -58,6 +68,8 @@ export class ConsumerPool {
   readonly #owner = new Map<number, WorkerState>();
   #closing = false;
   #spawned = 0;
+  /** Replacements in a row that died before becoming ready (a module that stopped loading). */
+  #failedStarts = 0;
 
   private constructor(core: SharedCore, init: Omit<ConsumerInit, 'core'>, events: PoolEvents, factory?: () => ConsumerWorker) {
     this.#core = core;
@@ -89,12 +101,15 @@ export class ConsumerPool {
     let rejectReady!: (e: Error) => void;
     const state: WorkerState = {
       index: this.#spawned++, worker, lane: -1, doorbell: 0, shards: new Map(), releasing: new Map(),
-      exited: false, stopping: false,
+      exited: false, stopping: false, started: false, killed: false, respawnPending: false,
       ready: new Promise<void>((res, rej) => { resolveReady = res; rejectReady = rej; }),
     };
+    state.ready.catch(() => {}); // a replacement nobody awaits must not become an unhandled rejection
     worker.onMessage((msg: { type: string; shardId: number; lane: number; doorbell: number; message: string; stack?: string }) => {
       switch (msg.type) {
         case 'ready':
+          state.started = true;
+          this.#failedStarts = 0;
           state.lane = msg.lane;
           state.doorbell = msg.doorbell;
           resolveReady();
@@ -121,7 +136,14 @@ export class ConsumerPool {
   /** Give a shard to the least-loaded live worker. */
   assign(shardId: number, slot: number): void {
     const live = this.#workers.filter((w) => !w.exited && !w.stopping);
-    if (live.length === 0) throw new Error('shard-mapper: no consumer worker is running');
+    if (live.length === 0) {
+      const waiting = this.#workers.find((w) => w.respawnPending);
+      if (!waiting) throw new Error('shard-mapper: no consumer worker is running');
+      this.#core.retainSlot(slot);
+      waiting.shards.set(shardId, slot); // handed over when its replacement starts
+      this.#owner.set(shardId, waiting);
+      return;
+    }
     const target = live.reduce((a, b) => (b.shards.size < a.shards.size ? b : a));
     this.#core.retainSlot(slot); // the worker reads the slot until it confirms the release
     this.#give(target, shardId, slot);
@@ -163,7 +185,9 @@ export class ConsumerPool {
   /** Kill one worker as a crash would; its shards move on as after any crash. */
   async terminateWorker(index: number): Promise<void> {
     const w = this.#workers.find((x) => x.index === index && !x.exited);
-    if (w) await w.worker.terminate();
+    if (!w) throw new RangeError(`terminateConsumer: no running consumer thread ${index} (running: ${this.#workers.filter((x) => !x.exited).map((x) => x.index).join(', ') || 'none'})`);
+    w.killed = true;
+    await w.worker.terminate();
   }
 
   #onExit(state: WorkerState, code: number): void {
@@ -173,16 +197,27 @@ export class ConsumerPool {
     if (state.lane >= 0) this.#core.abi.laneRelease(state.lane);
     if (this.#closing || state.stopping) return;
     this.#events.onWorkerExit(state.index, code);
-    // A crash: records it had claimed but not acknowledged are handed out again.
-    const replacement = this.#spawn();
-    this.#workers.push(replacement);
-    for (const [shardId, slot] of state.shards) {
-      this.#core.abi.ringRewind(slot);
-      this.#give(replacement, shardId, slot);
+    // A crash: records it had claimed but not acknowledged are handed out again. Its shards
+    // wait (their rings keep accepting up to capacity) until the replacement is up; a thread
+    // that keeps dying before it is ready is restarted with exponential backoff.
+    for (const slot of state.shards.values()) this.#core.abi.ringRewind(slot);
+    if (!state.started && !state.killed) this.#failedStarts++;
+    const delay = this.#failedStarts === 0 || state.killed ? 0 : Math.min(MAX_RESTART_DELAY_MS, 50 * 2 ** this.#failedStarts);
+    const respawn = () => {
+      state.respawnPending = false;
+      const index = this.#workers.indexOf(state);
+      if (index >= 0) this.#workers.splice(index, 1);
+      if (this.#closing) return;
+      const replacement = this.#spawn();
+      this.#workers.push(replacement);
+      for (const [shardId, slot] of state.shards) this.#give(replacement, shardId, slot);
+      state.shards.clear();
+    };
+    if (delay === 0) respawn();
+    else {
+      state.respawnPending = true;
+      (setTimeout(respawn, delay) as { unref?: () => void }).unref?.();
     }
-    state.shards.clear();
-    const index = this.#workers.indexOf(state);
-    if (index >= 0) this.#workers.splice(index, 1);
   }
 
   /** Ask every worker to finish what it has and stop, then end the threads. */

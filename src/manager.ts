@@ -367,7 +367,9 @@ export class ShardManager {
   /** End one consumer thread abruptly (as a crash would). A fresh thread takes its shards
    *  over from their last acknowledgement. */
   async terminateConsumer(index: number): Promise<void> {
-    await this.#pool?.terminateWorker(index);
+    this.#assertOpen('terminateConsumer');
+    if (!this.#pool) throw new RangeError('terminateConsumer: this manager has no consumer threads (options.consumer)');
+    await this.#pool.terminateWorker(index);
   }
 
   // ---- the scaling loop -----------------------------------------------------------------

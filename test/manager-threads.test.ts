@@ -1,6 +1,9 @@
 // ShardManager with consumers (and producers) on real worker threads.
 import { afterEach, describe, expect, it } from 'vitest';
 import { Worker } from 'node:worker_threads';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { BackpressureError, ShardManager } from 'shard-mapper';
 import { DeliveryLog, seqPayload, sleep } from './helpers/delivery.js';
 
@@ -140,6 +143,43 @@ describe('ShardManager on worker threads', () => {
     const { missing } = log.problems(1, total);
     expect(missing).toBe(0); // records claimed but never acknowledged come again: at-least-once across a crash
     expect(m.stats().delivered).toBe(total); // acknowledged exactly once each
+  });
+
+  it('backs off restarting a consumer thread that keeps dying before it is ready, and recovers without loss', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sm-fragile-'));
+    const flag = join(dir, 'fail');
+    process.env.SM_TEST_FAIL_FLAG = flag;
+    try {
+      log = new DeliveryLog();
+      const restarts: number[] = [];
+      const m = await ShardManager.create({
+        initialShards: 1, ringBufferCapacity: 4096, consumer: { module: new URL('./fixtures/fragile-load-consumer.mjs', import.meta.url), threads: 1 },
+        onEvent: (e) => { if (e.type === 'consumerRestarted') restarts.push(e.worker); },
+      });
+      for (let seq = 0; seq < 1000; seq++) await pushWithRetry(m, seq, seqPayload(0, seq));
+      writeFileSync(flag, '');
+      await m.terminateConsumer(m.consumers()[0]!.index);
+      for (let seq = 1000; seq < 3000; seq++) await pushWithRetry(m, seq, seqPayload(0, seq)); // waits in the ring
+      await sleep(700);
+      // Without backoff a failing restart loops in milliseconds; with it, a handful in 0.7 s.
+      expect(restarts.length).toBeGreaterThanOrEqual(2);
+      expect(restarts.length).toBeLessThan(8);
+      rmSync(flag);
+      await m.close(); // waits for a replacement to start and drain the ring
+      await log.waitFor(3000);
+      expect(log.problems(1, 3000).missing).toBe(0);
+      expect(m.stats().delivered).toBe(3000);
+      await expect(m.terminateConsumer(0)).rejects.toThrow(/closed/);
+    } finally {
+      delete process.env.SM_TEST_FAIL_FLAG;
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses to terminate a consumer thread that does not exist', async () => {
+    const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 64, consumer: { module: consumerModule, threads: 1 } });
+    await expect(m.terminateConsumer(42)).rejects.toThrow(/no running consumer thread 42/);
+    await m.close();
   });
 
   it('retries a batch whose consumer threw, reports the error, and delivers it once acknowledged', async () => {
