@@ -1,0 +1,359 @@
+// Scenario 4 — across threads: one producer (the main thread) and 1 or 2 consumer worker
+// threads, 16- and 256-byte payloads. shard-mapper's routed push (ShardManager with
+// worker-thread consumers) against ringbuf.js over a SharedArrayBuffer (one SPSC ring per
+// consumer, routed by the same hash), postMessage per event, postMessage of batches
+// (transferred), and the physical limit: a plain Uint8Array.set copy of the same bytes.
+//
+// One run = N events, timed from the first event produced to the last one consumed (the
+// consumers publish their counts; the main thread checks every 1 ms). Within a table the
+// implementations' runs are interleaved (A B C D E, A B C D E, …) and the median run is
+// reported. A full ring makes the producer retry (counted as "stalls"): no event is lost.
+import { Worker } from 'node:worker_threads';
+import { RingBuffer } from 'ringbuf.js';
+import { ShardManager, BackpressureError } from 'shard-mapper';
+import { randomHashes } from './baselines.mjs';
+import { measureOps, summarizeRuns, withRatios, row, goal, consume, check, sleep, fmtRatio, fmtNs, fmtRate } from './lib.mjs';
+
+export const id = 's4';
+export const title = '4. Across threads: one producer, 1–2 consumer workers';
+
+const RING_EVENTS = 1 << 16; // ring capacity in events, for shard-mapper and ringbuf.js alike
+const POOL = 1024;
+const HMASK = (1 << 16) - 1;
+const BATCH = 256; // events per pushBatch call / per postMessage batch / per consumer pop
+const TWO_POW_MINUS_32 = 2 ** -32;
+const dbg = process.env.BENCH_DEBUG ? (...a) => console.error('[s4]', ...a) : () => {};
+const workerUrl = (name) => new URL(`./workers/${name}`, import.meta.url);
+
+function startWorker(name, workerData) {
+  const w = new Worker(workerUrl(name), { workerData });
+  const ready = new Promise((resolve, reject) => {
+    w.once('error', reject);
+    w.on('message', (m) => { if (m?.type === 'ready') resolve(); });
+  });
+  return { w, ready };
+}
+
+/** Stop consumer threads: listen first, then signal (a thread may finish at once). */
+function stopWorkers(workers, ctl) {
+  const done = workers.map((w) => new Promise((resolve) => {
+    let checksum = 0;
+    w.on('message', (m) => { if (m?.type === 'done') { checksum = m.checksum; void w.terminate(); } });
+    w.once('exit', () => resolve(checksum));
+  }));
+  if (ctl) { Atomics.store(ctl, 0, 1); Atomics.add(ctl, 1, 1); Atomics.notify(ctl, 1); }
+  else for (const w of workers) w.postMessage({ type: 'stop' });
+  return Promise.all(done);
+}
+
+async function waitCount(read, target) {
+  while (read() < target) await sleep(1);
+}
+
+// ---- the implementations: setup() → { once(n), teardown() } ---------------------------------
+
+function smPush(size, consumers, payloads, hashes) {
+  return {
+    id: 'sm-push', name: 'shard-mapper push (routed, per event)', ref: true,
+    async setup() {
+      const mgr = await ShardManager.create({
+        initialShards: consumers, ringBufferCapacity: RING_EVENTS, maxPayloadBytes: size,
+        backpressure: { kind: 'dropNewest' }, policy: { autoScale: false, maxShards: consumers },
+        consumer: { module: workerUrl('sm-consumer.mjs'), threads: consumers },
+      });
+      return {
+        async once(n) {
+          const before = mgr.stats().delivered;
+          let stalls = 0;
+          const t0 = performance.now();
+          for (let i = 0; i < n; i++) {
+            const h = hashes[i & HMASK];
+            const p = payloads[i & (POOL - 1)];
+            while (!mgr.push(h, p)) stalls++; // dropNewest: false = ring full, retry
+          }
+          await waitCount(() => mgr.stats().delivered - before, n);
+          return { ms: performance.now() - t0, events: n, bytes: n * size, extra: { stalls } };
+        },
+        async teardown() {
+          const s = mgr.stats();
+          check(s.pushed === s.delivered && s.unrouted === 0, `shard-mapper delivered every accepted event (${s.pushed} pushed, ${s.delivered} delivered)`);
+          consume(s.delivered);
+          await mgr.close();
+        },
+      };
+    },
+  };
+}
+
+function smPushBatch(size, consumers, payloads, hashes) {
+  return {
+    id: 'sm-pushBatch', name: `shard-mapper pushBatch(${BATCH})`,
+    async setup() {
+      const mgr = await ShardManager.create({
+        initialShards: consumers, ringBufferCapacity: RING_EVENTS, maxPayloadBytes: size,
+        backpressure: { kind: 'failProducer' }, policy: { autoScale: false, maxShards: consumers },
+        consumer: { module: workerUrl('sm-consumer.mjs'), threads: consumers },
+      });
+      const keys = new Array(BATCH);
+      const data = new Array(BATCH);
+      return {
+        async once(n) {
+          const before = mgr.stats().delivered;
+          let stalls = 0;
+          const t0 = performance.now();
+          for (let i = 0; i < n; i += BATCH) {
+            const m = Math.min(BATCH, n - i);
+            for (let k = 0; k < m; k++) { keys[k] = hashes[(i + k) & HMASK]; data[k] = payloads[(i + k) & (POOL - 1)]; }
+            keys.length = m; data.length = m;
+            let done = 0;
+            while (done < m) {
+              try {
+                done += mgr.pushBatch(done === 0 ? keys : keys.slice(done), done === 0 ? data : data.slice(done));
+              } catch (error) {
+                if (!(error instanceof BackpressureError)) throw error;
+                done += error.accepted; // the events before the full ring went in, in order
+                stalls++;
+              }
+            }
+          }
+          await waitCount(() => mgr.stats().delivered - before, n);
+          return { ms: performance.now() - t0, events: n, bytes: n * size, extra: { stalls } };
+        },
+        async teardown() {
+          const s = mgr.stats();
+          check(s.pushed === s.delivered && s.unrouted === 0, `shard-mapper (batch) delivered every accepted event (${s.pushed} pushed, ${s.delivered} delivered)`);
+          consume(s.delivered);
+          await mgr.close();
+        },
+      };
+    },
+  };
+}
+
+function ringbuf(size, consumers, payloads, hashes) {
+  return {
+    id: 'ringbuf', name: 'ringbuf.js (SPSC ring per consumer)', note: 'empty ring polled, then 1 ms sleeps',
+    async setup() {
+      const ctl = new Int32Array(new SharedArrayBuffer(64));
+      const rings = [];
+      const workers = [];
+      for (let c = 0; c < consumers; c++) {
+        const sab = RingBuffer.getStorageForCapacity(RING_EVENTS * size, Uint8Array);
+        rings.push(new RingBuffer(sab, Uint8Array));
+        const { w, ready } = startWorker('ringbuf-consumer.mjs', { sab, ctlSab: ctl.buffer, index: c, size, batch: BATCH });
+        workers.push(w);
+        await ready;
+      }
+      const consumed = () => { let s = 0; for (let c = 0; c < consumers; c++) s += Atomics.load(ctl, 2 + c); return s; };
+      return {
+        async once(n) {
+          const before = consumed();
+          let stalls = 0;
+          Atomics.add(ctl, 1, 1); Atomics.notify(ctl, 1); // wake sleeping consumers: a run starts
+          const t0 = performance.now();
+          for (let i = 0; i < n; i++) {
+            const h = hashes[i & HMASK];
+            const r = rings[(h * consumers * TWO_POW_MINUS_32) | 0];
+            while (r.available_write() < size) stalls++; // whole events only
+            r.push(payloads[i & (POOL - 1)]);
+          }
+          await waitCount(() => consumed() - before, n);
+          return { ms: performance.now() - t0, events: n, bytes: n * size, extra: { stalls } };
+        },
+        async teardown() {
+          for (const c of await stopWorkers(workers, ctl)) consume(c);
+        },
+      };
+    },
+  };
+}
+
+function postMessageEach(size, consumers, payloads, hashes) {
+  return {
+    id: 'pm-event', name: 'postMessage per event', note: 'structured clone of each Uint8Array', perEvent: true,
+    async setup() {
+      const ctl = new Int32Array(new SharedArrayBuffer(64));
+      const workers = [];
+      for (let c = 0; c < consumers; c++) {
+        const { w, ready } = startWorker('pm-consumer.mjs', { ctlSab: ctl.buffer, index: c });
+        workers.push(w);
+        await ready;
+      }
+      const consumed = () => { let s = 0; for (let c = 0; c < consumers; c++) s += Atomics.load(ctl, 2 + c); return s; };
+      return {
+        async once(n) {
+          const before = consumed();
+          const t0 = performance.now();
+          for (let i = 0; i < n; i++) {
+            const h = hashes[i & HMASK];
+            workers[(h * consumers * TWO_POW_MINUS_32) | 0].postMessage(payloads[i & (POOL - 1)]);
+          }
+          await waitCount(() => consumed() - before, n);
+          return { ms: performance.now() - t0, events: n, bytes: n * size };
+        },
+        async teardown() {
+          for (const c of await stopWorkers(workers)) consume(c);
+        },
+      };
+    },
+  };
+}
+
+function postMessageBatch(size, consumers, payloads, hashes) {
+  return {
+    id: 'pm-batch', name: `postMessage of ${BATCH}-event batches`, note: 'events copied into a buffer, transferred',
+    async setup() {
+      const ctl = new Int32Array(new SharedArrayBuffer(64));
+      const workers = [];
+      for (let c = 0; c < consumers; c++) {
+        const { w, ready } = startWorker('pm-consumer.mjs', { ctlSab: ctl.buffer, index: c });
+        workers.push(w);
+        await ready;
+      }
+      const consumed = () => { let s = 0; for (let c = 0; c < consumers; c++) s += Atomics.load(ctl, 2 + c); return s; };
+      return {
+        async once(n) {
+          const before = consumed();
+          const t0 = performance.now();
+          const bufs = workers.map(() => new Uint8Array(BATCH * size));
+          const fill = workers.map(() => 0);
+          for (let i = 0; i < n; i++) {
+            const h = hashes[i & HMASK];
+            const c = (h * consumers * TWO_POW_MINUS_32) | 0;
+            bufs[c].set(payloads[i & (POOL - 1)], fill[c] * size);
+            if (++fill[c] === BATCH) {
+              workers[c].postMessage({ type: 'batch', n: BATCH, size, buf: bufs[c].buffer }, [bufs[c].buffer]);
+              bufs[c] = new Uint8Array(BATCH * size);
+              fill[c] = 0;
+            }
+          }
+          for (let c = 0; c < consumers; c++) {
+            if (fill[c] > 0) workers[c].postMessage({ type: 'batch', n: fill[c], size, buf: bufs[c].buffer }, [bufs[c].buffer]);
+          }
+          await waitCount(() => consumed() - before, n);
+          return { ms: performance.now() - t0, events: n, bytes: n * size };
+        },
+        async teardown() {
+          for (const c of await stopWorkers(workers)) consume(c);
+        },
+      };
+    },
+  };
+}
+
+// ---- the copy limit ---------------------------------------------------------------------------
+
+async function copyLimit(profile, size, payloads) {
+  const dst = new Uint8Array(RING_EVENTS * size);
+  const EMASK = RING_EVENTS - 1;
+  const OPS = 4096;
+  const cur = { at: 0 };
+  const big = new Uint8Array(BATCH * size * 16);
+  big.fill(3);
+  const bigDst = new Uint8Array(dst.buffer, 0, big.length);
+  const BIG_EVENTS = big.length / size;
+  const E = { dst, payloads, cur, big, bigDst, OPS, POOL, EMASK, size }; // see lib.fresh
+  const rows = await measureOps(profile, [
+    { id: 'copy-event', name: 'copy limit: Uint8Array.set per event', ops: OPS, note: `one thread, into a ${RING_EVENTS}-event buffer`, env: E, fn: () => {
+      const at = cur.at;
+      for (let i = 0; i < OPS; i++) dst.set(payloads[i & (POOL - 1)], ((at + i) & EMASK) * size);
+      cur.at = (at + OPS) & EMASK;
+      return dst[cur.at * size];
+    } },
+    { id: 'copy-bulk', name: `bulk memcpy: one set of ${BIG_EVENTS} events`, ops: BIG_EVENTS, note: 'memory bandwidth, not per-event', env: E, fn: () => {
+      bigDst.set(big);
+      return bigDst[bigDst.length - 1];
+    } },
+  ]);
+  for (const r of rows) r.gbPerSec = size / r.ns;
+  return rows;
+}
+
+// ---- the scenario -----------------------------------------------------------------------------
+
+export async function run(profile) {
+  const scale = profile.scale;
+  const nBig = Math.max(2048, Math.round(2_000_000 * scale));
+  const nPm = Math.max(512, Math.round(200_000 * scale));
+  // Thread scheduling on a shared 2-core machine is the noisiest part of the suite: more runs.
+  const reps = profile.name === 'full' ? 9 : profile.rounds;
+  const warm = profile.name === 'tiny' ? 0 : 1;
+  const hashes = randomHashes(HMASK + 1, 11);
+  const tables = [];
+  const rowsBy = {};
+  for (const size of [16, 256]) {
+    const payloads = Array.from({ length: POOL }, (_, i) => new Uint8Array(size).fill((i % 251) + 1));
+    const copyRows = await copyLimit(profile, size, payloads);
+    for (const consumers of [1, 2]) {
+      const impls = [smPush, smPushBatch, ringbuf, postMessageEach, postMessageBatch].map((f) => f(size, consumers, payloads, hashes));
+      const live = [];
+      for (const impl of impls) { dbg('setup', impl.id, size, consumers); live.push(await impl.setup()); }
+      // Warm every implementation, then interleave the measured runs.
+      const runs = impls.map(() => []);
+      const counts = impls.map((impl) => (impl.perEvent ? nPm : nBig));
+      for (let w = 0; w < warm; w++) for (let k = 0; k < impls.length; k++) await live[k].once(Math.min(counts[k], 100_000));
+      for (let r = 0; r < reps; r++) for (let k = 0; k < impls.length; k++) { dbg('run', impls[k].id); runs[k].push(await live[k].once(counts[k])); }
+      for (let k = 0; k < impls.length; k++) { dbg('teardown', impls[k].id); await live[k].teardown(); }
+      const rows = [];
+      for (let k = 0; k < impls.length; k++) {
+        const m = summarizeRuns(runs[k]);
+        const stalls = m.extra?.stalls;
+        rows.push({
+          id: impls[k].id, name: impls[k].name, ref: !!impls[k].ref, ...m,
+          note: [impls[k].note, stalls ? `${stalls.toLocaleString('en-US')} full-ring retries` : ''].filter(Boolean).join('; '),
+          events: counts[k],
+        });
+      }
+      rows.push(...copyRows.map((r) => ({ ...r })));
+      withRatios(rows);
+      rowsBy[`${size}-${consumers}`] = rows;
+      tables.push({
+        id: `s4-${size}-${consumers}`, title: `4. ${size}-byte payloads, 1 producer → ${consumers} consumer thread${consumers > 1 ? 's' : ''} (${nBig.toLocaleString('en-US')} events per run; postMessage per event ${nPm.toLocaleString('en-US')})`,
+        unit: 'event', rows, columns: columns(),
+      });
+    }
+  }
+
+  const goals = [];
+  for (const consumers of [1, 2]) {
+    const rows = rowsBy[`16-${consumers}`];
+    const sm = row(rows, 'sm-push');
+    goals.push(goal({ id: `cross-thread-vs-postMessage-${consumers}`, issue: '#3, #5', text: `routed cross-thread push ≥ 100× postMessage per event (16 B, ${consumers} consumer${consumers > 1 ? 's' : ''})`,
+      value: row(rows, 'pm-event').ns / sm.ns, target: 100, op: '>=',
+      detail: `${(sm.opsPerSec / 1e6).toFixed(2)} M/s vs ${(row(rows, 'pm-event').opsPerSec / 1e6).toFixed(2)} M/s; pushBatch ${fmtRatio(row(rows, 'pm-event').ns / row(rows, 'sm-pushBatch').ns)}` }));
+  }
+  for (const size of [16, 256]) {
+    for (const consumers of [1, 2]) {
+      const rows = rowsBy[`${size}-${consumers}`];
+      const sm = row(rows, 'sm-push');
+      goals.push(goal({ id: `cross-thread-vs-ringbuf-${size}-${consumers}`, issue: '#5', text: `routed cross-thread push ≥ ringbuf.js (${size} B, ${consumers} consumer${consumers > 1 ? 's' : ''})`,
+        value: row(rows, 'ringbuf').ns / sm.ns, target: 1, op: '>=',
+        detail: `${(sm.opsPerSec / 1e6).toFixed(2)} M/s vs ${(row(rows, 'ringbuf').opsPerSec / 1e6).toFixed(2)} M/s; pushBatch ${fmtRatio(row(rows, 'ringbuf').ns / row(rows, 'sm-pushBatch').ns)}` }));
+    }
+  }
+  for (const consumers of [1, 2]) {
+    const rows = rowsBy[`256-${consumers}`];
+    const sm = row(rows, 'sm-push');
+    const limit = row(rows, 'copy-event');
+    goals.push(goal({ id: `copy-limit-256-${consumers}`, issue: '#5', text: `≥ 50 % of the copy limit on 256-byte payloads (${consumers} consumer${consumers > 1 ? 's' : ''})`,
+      value: (100 * sm.opsPerSec) / limit.opsPerSec, target: 50, op: '>=', unit: '%',
+      detail: `${(sm.opsPerSec / 1e6).toFixed(2)} M/s (${sm.gbPerSec.toFixed(2)} GB/s) vs per-event copy ${(limit.opsPerSec / 1e6).toFixed(1)} M/s (${limit.gbPerSec.toFixed(1)} GB/s); pushBatch ${((100 * row(rows, 'sm-pushBatch').opsPerSec) / limit.opsPerSec).toFixed(1)} %` }));
+  }
+  return {
+    tables, goals,
+    intro: `One run moves N events from the main thread to the consumer thread(s) and is timed from the first event produced to the last one consumed (consumers publish their counts; the main thread looks every 1 ms). The implementations' runs are interleaved (A B C D E, A B C D E, …), ${reps} run${reps > 1 ? "s" : ""} each${warm ? " after a warm-up run" : ""}; a row is the median run, ± half the min–max range. A full ring makes the producer retry (counted). With 2 consumers, 3 busy threads share 2 cores.`,
+  };
+}
+
+function columns() {
+  return [
+    { head: 'implementation', get: (r) => (r.ref ? `**${r.name}**` : r.name) },
+    { head: 'ns/event', get: (r) => fmtNs(r.ns), align: 'right' },
+    { head: 'events/s', get: (r) => fmtRate(r.opsPerSec), align: 'right' },
+    { head: 'GB/s', get: (r) => (r.gbPerSec === undefined ? '' : r.gbPerSec.toFixed(r.gbPerSec < 1 ? 3 : 2)), align: 'right' },
+    { head: 'time ÷ shard-mapper', get: (r) => fmtRatio(r.ratio), align: 'right' },
+    { head: '±', get: (r) => `${r.spreadPct.toFixed(1)}%`, align: 'right' },
+    { head: 'note', get: (r) => r.note ?? '' },
+  ];
+}
+
