@@ -54,7 +54,7 @@ export const LANE_HEADER_BYTES: i32 = 128;
 export const M_LATENCY: i32 = 0;          // i64, (count << 32) | sum, one atomic word
 export const M_EVENTS: i32 = 8;           // u32, events in the current window (low half of an i64)
 export const M_DRAIN_PUSHES: i32 = 12;    // u32, pushes since drain start (high half of that i64)
-export const M_BUFFER_LEN: i32 = 16;      // u32, last recorded ring length
+export const M_BUFFER_LEN: i32 = 16;      // u32, recorded length (collectors without a ring; a ring reports its own)
 export const M_SAMPLE_COUNTER: i32 = 20;  // u32, sample-mode counter
 export const M_DROPPED_NEWEST: i32 = 32;  // i64, refused because the ring was full
 export const M_DROPPED_SAMPLED: i32 = 40; // i64, shed by sample mode
@@ -67,10 +67,11 @@ export const M_DRAINING: i32 = 144;       // u32, 1 while draining
 export const M_CAPACITY: i32 = 148;       // u32, capacity the fill ratio divides by
 // line 2: ring tail, written by producers
 export const R_TAIL: i32 = 256;           // i64, bits 0-62: records ever reserved (= accepted; low 32 bits index the ring); bit 63: closed
+export const R_DOORBELL: i32 = 264;       // u32, address of the consumer's doorbell, 0 = none
+                                          //   (read by every push: kept off the consumer's line)
 // line 3: ring head side, written by the consumer
 export const R_HEAD: i32 = 384;           // u32, first index not yet acknowledged
 export const R_CLAIMED: i32 = 388;        // u32, first index not yet handed to the consumer
-export const R_DOORBELL: i32 = 392;       // u32, address of the consumer's doorbell, 0 = none
 export const R_RECORDS: i32 = 512;        // first record
 export const SLOT_HEADER_BYTES: i32 = 512;
 

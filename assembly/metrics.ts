@@ -4,9 +4,9 @@
 import {
   M_LATENCY, M_EVENTS, M_DRAIN_PUSHES, M_BUFFER_LEN, M_FLUSH, M_DRAINING, M_CAPACITY,
   M_DELIVERED, M_DROPPED_NEWEST, M_DROPPED_SAMPLED, M_REFUSED, M_EVICTED,
-  CACHE_LINE,
+  CACHE_LINE, R_TAIL, R_HEAD,
 } from "./layout";
-import { slotAddr } from "./config";
+import { slotAddr, ringCapacity } from "./config";
 import { pushedTotal } from "./ring";
 
 const U32_MAX: u64 = 0xffffffff;
@@ -43,7 +43,15 @@ export function recordPush(slot: u32, ns: u32): void {
 }
 export function recordFlush(slot: u32, us: u32): void { addToPair(slotAddr(slot) + M_FLUSH, us); }
 export function recordBufferLen(slot: u32, len: u32): void { atomic.store<u32>(slotAddr(slot) + M_BUFFER_LEN, len); }
-export function bufferLen(slot: u32): u32 { return atomic.load<u32>(slotAddr(slot) + M_BUFFER_LEN); }
+
+// A shard with a ring reports the ring's true length (reserved, not yet acknowledged):
+// pushes and acknowledgements then need not store it, which keeps the consumer off the
+// producers' line. Collectors without a ring report what recordBufferLen stored.
+@inline function bufferLenAt(base: usize): u32 {
+  if (ringCapacity == 0) return atomic.load<u32>(base + M_BUFFER_LEN);
+  return <u32>atomic.load<u64>(base + R_TAIL) - atomic.load<u32>(base + R_HEAD);
+}
+export function bufferLen(slot: u32): u32 { return bufferLenAt(slotAddr(slot)); }
 
 // Zero the drain counter before publishing the flag, so a push that sees the flag is
 // always counted after the reset.
@@ -62,7 +70,7 @@ export function collectAndReset(slot: u32, out: usize): void {
   const base = slotAddr(slot);
   const latency = atomic.xchg<u64>(base + M_LATENCY, 0);
   const flush = atomic.xchg<u64>(base + M_FLUSH, 0);
-  store<u32>(out, atomic.load<u32>(base + M_BUFFER_LEN));
+  store<u32>(out, bufferLenAt(base));
   store<u32>(out + 4, <u32>atomic.and<u64>(base + M_EVENTS, HIGH_HALF)); // take and zero events
   store<u32>(out + 8, <u32>(latency >>> 32));
   store<u32>(out + 12, <u32>latency);

@@ -13,7 +13,7 @@
 import {
   R_TAIL, R_HEAD, R_CLAIMED, R_DOORBELL, REC_SEQ, REC_LEN, REC_PAYLOAD, LAYOUT_BASE, H_UNROUTED,
   M_DELIVERED, M_DROPPED_NEWEST, M_DROPPED_SAMPLED, M_REFUSED, M_EVICTED,
-  M_LATENCY, M_BUFFER_LEN, M_SAMPLE_COUNTER, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE,
+  M_LATENCY, M_SAMPLE_COUNTER, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE,
   PUSH_UNROUTED, PUSH_FULL, PUSH_SAMPLED, PUSH_REFUSED, PUSH_CLOSED, PUSH_STOPPED, L_SCRATCH, L_RESULT,
   L_FAILED_SHARD, H_STOPPED,
   CONTENTION_NS_PER_RETRY, LATENCY_SAMPLE_MASK,
@@ -102,8 +102,8 @@ export function pushAt(base: usize, src: usize, len: u32): i32 {
   atomic.store<u32>(rec + REC_SEQ, index + 1); // publish
   const nth = eventOnlyAt(base);
   if ((nth & LATENCY_SAMPLE_MASK) == 0) addToPair(base + M_LATENCY, retries * CONTENTION_NS_PER_RETRY);
-  store<u32>(base + M_BUFFER_LEN, lenAt(base)); // a hint for the collector: a plain store will do
-  ring(base);
+  ring(base); // the ring length is not stored: collectors read it from tail and head
+
   return 0;
 }
 
@@ -193,7 +193,6 @@ export function ringAck(slot: u32, start: u32, n: u32): void {
     head = seen;
   }
   atomic.add<u64>(base + M_DELIVERED, <u64>n);
-  store<u32>(base + M_BUFFER_LEN, lenAt(base));
 }
 
 // Forget a claim that was never acknowledged (its consumer died): the records will be

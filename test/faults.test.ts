@@ -126,7 +126,7 @@ describe('faults: consumer threads', () => {
       initialShards: 3, ringBufferCapacity: 256, policy: { maxShards: 6, autoScale: false },
       consumer: { module: seqConsumer, threads: 2, batchSize: 32 },
     });
-    const producers = startProducers(m, 2, 80_000);
+    const producers = startProducers(m, 2, 200_000);
     const random = prng(11);
     let kills = 0;
     const removals: Promise<void>[] = [];
@@ -139,19 +139,20 @@ describe('faults: consumer threads', () => {
         removals.push(m.removeShard(victim));
         // kill the thread that owns the shard being removed, half the time
         const owner = m.consumers().find((c) => c.alive && c.shards.includes(victim));
-        if (owner && random() < 0.5) { await m.terminateConsumer(owner.index); kills++; }
+        // the first three times for sure (so the run exercises it however fast pushes are), then half the time
+        if (owner && (kills < 3 || random() < 0.5)) { await m.terminateConsumer(owner.index); kills++; }
       }
       expectConsistent(m.mapper);
     }
     await producers.done;
     await Promise.all(removals);
     await m.close();
-    await log.waitFor(160_000);
+    await log.waitFor(400_000);
     await Promise.all(producers.workers.map((w) => w.terminate()));
     expect(kills).toBeGreaterThan(2);
     // at-least-once across a crash: a batch handed to a killed thread comes again
-    expect(log.problems(2, 80_000).missing).toBe(0);
-    expect(m.stats()).toMatchObject({ pushed: 160_000, delivered: 160_000, inFlight: 0 }); // acknowledged once each
+    expect(log.problems(2, 200_000).missing).toBe(0);
+    expect(m.stats()).toMatchObject({ pushed: 400_000, delivered: 400_000, inFlight: 0 }); // acknowledged once each
   });
 
   it('a consumer module that fails to load: create() rejects with its error, no thread is restarted, nothing is left unhandled', async () => {

@@ -82,12 +82,14 @@ describe('memory under 10^4 scale-up/remove cycles', () => {
       m.push(0xffffffff, 'to the newest shard');
       await m.removeShard(id);
       await sleep(0); // the consumer confirms the release before the slot is free again
-      if (i === 200) { warm = m.memoryBytes; heapWarm = heapUsed(); }
+      // How many slots wait for a release confirmation at once depends on thread timing, so
+      // the plateau is reached at a varying point: measure growth over the second half only.
+      if (i === cycles / 2) { warm = m.memoryBytes; heapWarm = heapUsed(); }
     }
     for (let i = 0; i < 100 && m.stats().inFlight > 0; i++) await sleep(5);
     const end = m.memoryBytes;
     const heapEnd = heapUsed();
-    console.log(`manager + 2 consumer threads: memory ${MiB(warm)} after 200 cycles, ${MiB(end)} after ${cycles}; heap ${MiB(heapWarm)} → ${MiB(heapEnd)}`);
+    console.log(`manager + 2 consumer threads: memory ${MiB(warm)} after ${cycles / 2} cycles, ${MiB(end)} after ${cycles}; heap ${MiB(heapWarm)} → ${MiB(heapEnd)}`);
     expect(end).toBe(warm);
     expect(heapEnd - heapWarm).toBeLessThan(2 * 2 ** 20);
     expect(m.stats()).toMatchObject({ pushed: cycles, delivered: cycles });
