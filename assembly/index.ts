@@ -13,7 +13,7 @@ export {
   setDraining, isDraining, pushesSinceDrainStart, capacityOf, collectAndReset, total,
 } from "./metrics";
 export {
-  push, pushBatch, ringLen, ringClaim, ringAck, ringRewind, ringClose, ringIsClosed,
+  push, pushBatch, pushFixedBatch, ringLen, ringClaim, ringAck, ringRewind, ringClose, ringIsClosed,
   ringAllPublished, ringSetDoorbell, slotInit, unroutedTotal, stopPushes,
 } from "./ring";
 

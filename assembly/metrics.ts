@@ -34,6 +34,11 @@ const HIGH_HALF: u64 = 0xffffffff00000000;
   return <u32>atomic.add<u64>(base + M_EVENTS, EVENT_AND_DRAIN_PUSH);
 }
 
+// `n` events at once (a batch run): one atomic add for both halves.
+@inline export function eventsAt(base: usize, n: u32): u32 {
+  return <u32>atomic.add<u64>(base + M_EVENTS, EVENT_AND_DRAIN_PUSH * <u64>n);
+}
+
 export function recordEventOnly(slot: u32): void { eventOnlyAt(slotAddr(slot)); }
 export function recordLatencySample(slot: u32, ns: u32): void { addToPair(slotAddr(slot) + M_LATENCY, ns); }
 export function recordPush(slot: u32, ns: u32): void {

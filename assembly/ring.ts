@@ -21,7 +21,7 @@ import {
 import {
   slotAddr, laneAddr, recordAddr, ringCapacity, maxPayload, backpressure, sampleRate, sampleFill,
 } from "./config";
-import { addToPair, eventOnlyAt, initMetrics } from "./metrics";
+import { addToPair, eventOnlyAt, eventsAt, initMetrics } from "./metrics";
 import { selectEntry, NO_ENTRY } from "./select";
 
 // Bit 63 of the tail word. The other 63 bits count every reservation ever made, so the
@@ -132,33 +132,124 @@ export function push(lane: u32, hash: u32, len: u32): i32 {
   return routeAndPush(lb, hash, lb + L_SCRATCH, len);
 }
 
-// Many events staged at the lane's scratch as [hash u32][len u32][bytes, padded to 4].
+// ---- batches ------------------------------------------------------------------------------
+// Consecutive events of a batch that route to the same shard form a run. A run is reserved
+// with one CAS on the tail (as many records as are free from the tail on, each slot checked:
+// under dropOldest an evictor may free an older slot after the consumer freed a newer one),
+// copied and published record by record, counted with one atomic add, and rings the
+// doorbell once. Whatever a run cannot take (full or closed ring, sample mode, no shard)
+// goes through the single-event path, which applies backpressure exactly as push does.
+
+const MAX_RUN: u32 = 1024;
+let runFirst: u32 = 0;   // first index reserved by the last reserveRun
+let runRetries: u32 = 0; // failed CAS attempts of the last reserveRun
+
+function reserveRun(base: usize, k: u32): u32 {
+  runRetries = 0;
+  for (let attempt = 0; attempt < 16; attempt++) {
+    const tail = atomic.load<u64>(base + R_TAIL);
+    if (tail & CLOSED) return 0;
+    const t = <u32>tail;
+    let free: u32 = 0;
+    while (free < k && atomic.load<u32>(recordAddr(base, t + free) + REC_SEQ) == t + free) free++;
+    if (free == 0) return 0;
+    if (atomic.cmpxchg<u64>(base + R_TAIL, tail, tail + <u64>free) == tail) {
+      runFirst = t;
+      return free;
+    }
+    runRetries++;
+  }
+  return 0;
+}
+
+// Two ways a batch is staged in the lane's scratch:
+//   variable (pushBatch):      [hash u32][len u32][bytes, padded to 4], event after event
+//   fixed (pushFixedBatch):    count hashes (u32), then count records of `fixedSize` bytes
+// The loop below reads events through these helpers: in fixed mode `p` is unused.
+let fixedSize: u32 = 0;
+let fixedHashes: usize = 0;
+let fixedRecords: usize = 0;
+
+@inline function evHash(p: usize, i: u32): u32 { return fixedSize ? load<u32>(fixedHashes + (<usize>i << 2)) : load<u32>(p); }
+@inline function evLen(p: usize): u32 { return fixedSize ? fixedSize : load<u32>(p + 4); }
+@inline function evData(p: usize, i: u32): usize { return fixedSize ? fixedRecords + <usize>i * fixedSize : p + 8; }
+@inline function evNext(p: usize): usize { return fixedSize ? p : p + 8 + ((<usize>load<u32>(p + 4) + 3) & ~3); }
+
 // Writes [accepted, unrouted, full, sampled, stop] at the lane's result words and returns
 // how many events it consumed. It stops right before an event refused under failProducer
 // (stop = 1) or when the manager is closed (stop = 2).
-export function pushBatch(lane: u32, count: u32): u32 {
+function batchLoop(lane: u32, count: u32): u32 {
   const lb = laneAddr(lane);
   let p = lb + L_SCRATCH;
-  let accepted: u32 = 0, unrouted: u32 = 0, full: u32 = 0, sampled: u32 = 0, refused: u32 = 0;
+  let accepted: u32 = 0, unrouted: u32 = 0, full: u32 = 0, sampled: u32 = 0, stop: u32 = 0;
   let i: u32 = 0;
-  for (; i < count; i++) {
-    const hash = load<u32>(p);
-    const len = load<u32>(p + 4);
-    const r = len > maxPayload ? PUSH_REFUSED : routeAndPush(lb, hash, p + 8, len);
+  while (i < count) {
+    if (atomic.load<u32>(<usize>LAYOUT_BASE + H_STOPPED) != 0) { stop = 2; break; }
+    const entry = selectEntry(evHash(p, i));
+    if (entry != NO_ENTRY && backpressure != BP_SAMPLE && evLen(p) <= maxPayload) {
+      let k: u32 = 1;
+      let q = evNext(p);
+      while (i + k < count && k < MAX_RUN && evLen(q) <= maxPayload && selectEntry(evHash(q, i + k)) == entry) {
+        q = evNext(q);
+        k++;
+      }
+      const base = slotAddr(entry >>> 16);
+      const got = reserveRun(base, k);
+      if (got > 0) {
+        for (let j: u32 = 0; j < got; j++) {
+          const len = evLen(p);
+          const rec = recordAddr(base, runFirst + j);
+          memory.copy(rec + REC_PAYLOAD, evData(p, i + j), len);
+          store<u32>(rec + REC_LEN, len);
+          atomic.store<u32>(rec + REC_SEQ, runFirst + j + 1); // publish
+          p = evNext(p);
+        }
+        const before = eventsAt(base, got);
+        // one latency sample when the run passes a multiple of 64 events, as single pushes do
+        if (((before + LATENCY_SAMPLE_MASK) & ~LATENCY_SAMPLE_MASK) - before < got) {
+          addToPair(base + M_LATENCY, runRetries * CONTENTION_NS_PER_RETRY);
+        }
+        ring(base);
+        accepted += got;
+        i += got;
+        if (got == k) continue;
+      }
+    }
+    // the single-event path for event i
+    const len = evLen(p);
+    const r = len > maxPayload ? PUSH_REFUSED : routeAndPush(lb, evHash(p, i), evData(p, i), len);
     if (r >= 0) accepted++;
     else if (r == PUSH_UNROUTED) unrouted++;
     else if (r == PUSH_FULL) full++;
     else if (r == PUSH_SAMPLED) sampled++;
-    else { refused = r == PUSH_STOPPED ? 2 : 1; break; }
-    p += 8 + ((<usize>len + 3) & ~3);
+    else { stop = r == PUSH_STOPPED ? 2 : 1; break; }
+    p = evNext(p);
+    i++;
   }
   const out = lb + L_RESULT;
   store<u32>(out, accepted);
   store<u32>(out + 4, unrouted);
   store<u32>(out + 8, full);
   store<u32>(out + 12, sampled);
-  store<u32>(out + 16, refused);
+  store<u32>(out + 16, stop);
   return i;
+}
+
+// Events staged in the variable format (see above).
+export function pushBatch(lane: u32, count: u32): u32 {
+  fixedSize = 0;
+  return batchLoop(lane, count);
+}
+
+// `count` records of `size` bytes: hashes at the scratch, records at scratch + recordsOffset.
+export function pushFixedBatch(lane: u32, count: u32, size: u32, recordsOffset: u32): u32 {
+  const scratch = laneAddr(lane) + L_SCRATCH;
+  fixedSize = size == 0 ? 1 : size;
+  fixedHashes = scratch;
+  fixedRecords = scratch + recordsOffset;
+  const n = batchLoop(lane, count);
+  fixedSize = 0;
+  return n;
 }
 
 export function ringLen(slot: u32): u32 { return lenAt(slotAddr(slot)); }

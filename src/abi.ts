@@ -38,6 +38,7 @@ export interface Abi {
 
   push(lane: number, hash: number, len: number): number;
   pushBatch(lane: number, count: number): number;
+  pushFixedBatch(lane: number, count: number, size: number, recordsOffset: number): number;
   ringLen(slot: number): number;
   ringClaim(slot: number, max: number, out: number): number;
   ringAck(slot: number, start: number, n: number): void;

@@ -288,6 +288,11 @@ export class ShardManager {
       : this.#producer.pushBatch(keysOrEvents as ArrayLike<EventKey>, payloads);
   }
 
+  /** Push fixed-size binary records in bulk, the fastest path (see ShardProducer.pushFixed). */
+  pushFixed(hashes: Uint32Array, records: Uint8Array, recordSize: number): number {
+    return this.#producer.pushFixed(hashes, records, recordSize);
+  }
+
   /** What a worker thread passes to `ShardProducer.attach` to push into these rings. */
   producerHandle(): ProducerHandle {
     if (this.memoryKind !== 'shared') throw new Error('producerHandle: the single-thread fallback cannot share its memory with workers');

@@ -49,6 +49,8 @@ export class ShardProducer {
   readonly maxPayloadBytes: number;
   readonly #core: SharedCore;
   #scratch: Uint8Array;
+  /** Reused by pushBatch for the hashes of non-numeric keys. */
+  #hashes = new Uint32Array(256);
   #bounce: Uint8Array | undefined;
   readonly #owned: boolean;
 
@@ -85,13 +87,13 @@ export class ShardProducer {
 
   /** Copy a payload to `at` in the scratch; returns its byte length. Throws, writing nothing
    *  to any ring, if the payload is empty, too large or not bytes/string. */
-  #stage(payload: EventPayload, at: number, room: number): number {
+  #stage(payload: EventPayload, at: number, room: number, index = -1): number {
     const scratch = this.#view();
     const max = this.maxPayloadBytes;
     if (payload instanceof Uint8Array) {
       const len = payload.length;
-      if (len === 0) throw new RangeError('push: payload is empty');
-      if (len > max) throw new RangeError(`push: payload is ${len} bytes, the maximum is maxPayloadBytes = ${max}`);
+      if (len === 0) throw new RangeError(`${label(index)} is empty`);
+      if (len > max) throw new RangeError(`${label(index)} is ${len} bytes, the maximum is maxPayloadBytes = ${max}`);
       if (len > room) return -1;
       if (len <= 16) for (let i = 0; i < len; i++) scratch[at + i] = payload[i]!;
       else scratch.set(payload, at);
@@ -99,7 +101,7 @@ export class ShardProducer {
     }
     if (typeof payload === 'string') {
       const n = payload.length;
-      if (n === 0) throw new RangeError('push: payload is empty');
+      if (n === 0) throw new RangeError(`${label(index)} is empty`);
       if (n <= room && n <= max) {
         // Short ASCII strings (the common case) are copied char by char: cheaper than
         // encodeInto plus a subarray per push. The first non-ASCII char hands over.
@@ -115,12 +117,12 @@ export class ShardProducer {
       const r = this.#encode(payload, scratch.subarray(at, at + limit));
       if (r.read < payload.length) {
         const bytes = encoder.encode(payload).length;
-        if (bytes > max) throw new RangeError(`push: payload is ${bytes} bytes as UTF-8, the maximum is maxPayloadBytes = ${max}`);
+        if (bytes > max) throw new RangeError(`${label(index)} is ${bytes} bytes as UTF-8, the maximum is maxPayloadBytes = ${max}`);
         return -1; // fits the limit, not the room left in this batch
       }
       return r.written;
     }
-    throw new TypeError(`push: payload must be a Uint8Array or a string, got ${payload === null ? 'null' : typeof payload}`);
+    throw new TypeError(`${label(index)} must be a Uint8Array or a string, got ${payload === null ? 'null' : typeof payload}`);
   }
 
   #encode(text: string, target: Uint8Array): { read: number; written: number } {
@@ -171,7 +173,16 @@ export class ShardProducer {
     if (payloads === null || typeof payloads !== 'object' || typeof payloads.length !== 'number') throw new TypeError('pushBatch: payloads must be an array');
     const n = keys.length;
     if (payloads.length !== n) throw new RangeError(`pushBatch: ${n} keys but ${payloads.length} payloads`);
+    // Nothing may be written if any event is bad. A batch sure to fit one staging chunk is
+    // checked by the staging itself before the one WebAssembly call; a longer one is checked
+    // here first, as its first chunks are pushed before its last ones are staged.
+    let bound = 0; // staged bytes at most (a string's UTF-8 is at most 3 bytes a unit)
     for (let i = 0; i < n; i++) {
+      const p = payloads[i] as { length?: number } | null | undefined;
+      bound += 11 + (typeof p === 'string' ? 3 * (p as string).length : (p?.length ?? Infinity));
+    }
+    const oneChunk = bound <= this.#core.scratchBytes; // false for anything odd: checked below
+    for (let i = 0; i < n && !oneChunk; i++) {
       const p = payloads[i];
       if (!(p instanceof Uint8Array) && typeof p !== 'string') {
         throw new TypeError(`pushBatch: payloads[${i}] must be a Uint8Array or a string, got ${p === null ? 'null' : typeof p}`);
@@ -180,17 +191,23 @@ export class ShardProducer {
       if (p instanceof Uint8Array && p.length > this.maxPayloadBytes) {
         throw new RangeError(`pushBatch: payloads[${i}] is ${p.length} bytes, the maximum is maxPayloadBytes = ${this.maxPayloadBytes}`);
       }
-      if (typeof p === 'string' && p.length * 3 > this.maxPayloadBytes && encoder.encode(p).length > this.maxPayloadBytes) {
-        throw new RangeError(`pushBatch: payloads[${i}] is longer than maxPayloadBytes = ${this.maxPayloadBytes} as UTF-8`);
+      if (typeof p === 'string' && p.length * 3 > this.maxPayloadBytes) {
+        const bytes = encoder.encode(p).length;
+        if (bytes > this.maxPayloadBytes) throw new RangeError(`${label(i)} is ${bytes} bytes as UTF-8, the maximum is maxPayloadBytes = ${this.maxPayloadBytes}`);
       }
     }
-    const hashes = new Uint32Array(n);
-    for (let i = 0; i < n; i++) {
-      const key = keys[i];
-      if (typeof key !== 'number' && typeof key !== 'string' && !(key instanceof Uint8Array)) {
-        throw new TypeError(`pushBatch: keys[${i}] must be a uint32 hash, a string or a Uint8Array, got ${key === null ? 'null' : typeof key}`);
+    let hashes: Uint32Array;
+    if (keys instanceof Uint32Array) hashes = keys; // already hashes: no pass over them
+    else {
+      if (this.#hashes.length < n) this.#hashes = new Uint32Array(Math.max(n, 2 * this.#hashes.length));
+      hashes = this.#hashes;
+      for (let i = 0; i < n; i++) {
+        const key = keys[i];
+        if (typeof key !== 'number' && typeof key !== 'string' && !(key instanceof Uint8Array)) {
+          throw new TypeError(`pushBatch: keys[${i}] must be a uint32 hash, a string or a Uint8Array, got ${key === null ? 'null' : typeof key}`);
+        }
+        hashes[i] = keyHash(key);
       }
-      hashes[i] = keyHash(key);
     }
 
     const core = this.#core;
@@ -198,15 +215,17 @@ export class ShardProducer {
     let accepted = 0;
     let i = 0;
     while (i < n) {
-      const words = this.#view();
+      this.#view(); // re-makes the core's views too if a non-shared memory grew
+      const words = core.u32;
+      const base = core.scratch >>> 2; // the scratch and every staged header are 4-byte aligned
       let at = 0;
       let count = 0;
       for (; i < n; i++, count++) {
         if (at + 8 > room) break;
-        const len = this.#stage(payloads[i]!, at + 8, room - at - 8);
+        const len = this.#stage(payloads[i]!, at + 8, room - at - 8, i);
         if (len < 0) break;
-        writeU32(words, at, hashes[i]!);
-        writeU32(words, at + 4, len);
+        words[base + (at >>> 2)] = hashes[i]!;
+        words[base + (at >>> 2) + 1] = len;
         at += 8 + ((len + 3) & ~3);
       }
       if (count === 0) throw new RangeError('pushBatch: an event does not fit the lane scratch');
@@ -219,6 +238,48 @@ export class ShardProducer {
     }
     return accepted;
   }
+
+  /**
+   * Push fixed-size binary records: `records` holds `hashes.length` records of `recordSize`
+   * bytes back to back. The fastest path: two bulk copies into this thread's lane per
+   * scratch-full and one WebAssembly call, with no per-event JavaScript. Returns how many were
+   * accepted; under failProducer a full ring throws BackpressureError (with `accepted`, the
+   * records before it stay pushed).
+   */
+  pushFixed(hashes: Uint32Array, records: Uint8Array, recordSize: number): number {
+    if (!(hashes instanceof Uint32Array)) throw new TypeError(`pushFixed: hashes must be a Uint32Array, got ${hashes === null ? 'null' : typeof hashes}`);
+    if (!(records instanceof Uint8Array)) throw new TypeError(`pushFixed: records must be a Uint8Array, got ${records === null ? 'null' : typeof records}`);
+    if (typeof recordSize !== 'number' || !Number.isInteger(recordSize) || recordSize < 1 || recordSize > this.maxPayloadBytes) {
+      throw new RangeError(`pushFixed: recordSize must be an integer in [1, ${this.maxPayloadBytes}] (maxPayloadBytes), got ${String(recordSize)}`);
+    }
+    const n = hashes.length;
+    if (records.length !== n * recordSize) {
+      throw new RangeError(`pushFixed: records has ${records.length} bytes, ${n} hashes × recordSize ${recordSize} needs ${n * recordSize}`);
+    }
+    const core = this.#core;
+    // per event: a 4-byte hash and the record; the records start 8-aligned after the hashes
+    const chunk = Math.max(1, Math.floor((core.scratchBytes - 8) / (4 + recordSize)));
+    let accepted = 0;
+    for (let i = 0; i < n; i += chunk) {
+      const c = Math.min(chunk, n - i);
+      const recordsOffset = (c * 4 + 7) & ~7;
+      this.#view(); // re-makes the core's views too if a non-shared memory grew
+      core.u32.set(hashes.subarray(i, i + c), core.scratch >>> 2);
+      core.u8.set(records.subarray(i * recordSize, (i + c) * recordSize), core.scratch + recordsOffset);
+      const consumed = core.abi.pushFixedBatch(core.lane, c, recordSize, recordsOffset);
+      const result = core.result >>> 2;
+      accepted += core.u32[result]!;
+      const stop = core.u32[result + 4]!;
+      if (stop !== 0) this.#fail(stop === 2 ? PUSH_STOPPED : PUSH_REFUSED, accepted, 'pushFixed');
+      if (consumed !== c) throw new Error('shard-mapper: pushFixed consumed fewer events than staged');
+    }
+    return accepted;
+  }
+}
+
+/** How an error names the payload: push's argument, or pushBatch's payloads[index]. */
+function label(index: number): string {
+  return index < 0 ? 'push: payload' : `pushBatch: payloads[${index}]`;
 }
 
 function splitEvents(events: ArrayLike<BatchEvent>): [EventKey[], EventPayload[]] {
@@ -239,9 +300,3 @@ function splitEvents(events: ArrayLike<BatchEvent>): [EventKey[], EventPayload[]
   return [keys, payloads];
 }
 
-function writeU32(b: Uint8Array, at: number, v: number): void {
-  b[at] = v & 0xff;
-  b[at + 1] = (v >>> 8) & 0xff;
-  b[at + 2] = (v >>> 16) & 0xff;
-  b[at + 3] = v >>> 24;
-}

@@ -221,6 +221,58 @@ describe('backpressure at a full ring', () => {
     expect(s.drops.newest).toBeGreaterThan(0);
   });
 
+  it('pushBatch takes what fits as one run and applies the mode to the rest, in order', async () => {
+    const batch = (m: ShardManager, from: number, n: number) =>
+      m.pushBatch(Array.from({ length: n }, () => 7), Array.from({ length: n }, (_, i) => `r${from + i}`));
+    const newest = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 8, backpressure: { kind: 'dropNewest' } });
+    expect(batch(newest, 0, 5)).toBe(5);
+    expect(batch(newest, 5, 6)).toBe(3); // 3 fit, 3 dropped
+    expect(newest.stats().drops.newest).toBe(3);
+    expect(text(newest.poll(0))).toEqual(['r0', 'r1', 'r2', 'r3', 'r4', 'r5', 'r6', 'r7']);
+
+    const oldest = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 8, backpressure: { kind: 'dropOldest' } });
+    expect(batch(oldest, 0, 5)).toBe(5);
+    expect(batch(oldest, 5, 6)).toBe(6); // 3 in the run, 3 more by evicting r0..r2
+    expect(oldest.stats().drops.oldest).toBe(3);
+    expect(text(oldest.poll(0))).toEqual(['r3', 'r4', 'r5', 'r6', 'r7', 'r8', 'r9', 'r10']);
+
+    const fail = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 8 });
+    expect(batch(fail, 0, 6)).toBe(6);
+    expect(() => batch(fail, 6, 4)).toThrow(expect.objectContaining({ name: 'BackpressureError', accepted: 2 }));
+    expect(text(fail.poll(0))).toEqual(['r0', 'r1', 'r2', 'r3', 'r4', 'r5', 'r6', 'r7']);
+    expect(fail.stats()).toMatchObject({ pushed: 8, delivered: 8 });
+  });
+
+  it('pushFixed pushes fixed-size records in bulk, in order, across scratch chunks, with every mode', async () => {
+    const records = (from: number, n: number, size = 12) => {
+      const out = new Uint8Array(n * size);
+      const v = new DataView(out.buffer);
+      for (let i = 0; i < n; i++) v.setUint32(i * size, from + i, true);
+      return out;
+    };
+    const seqs = (rs: Uint8Array[]) => rs.map((r) => new DataView(r.buffer, r.byteOffset).getUint32(0, true));
+    const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 4096, maxPayloadBytes: 12 });
+    expect(m.pushFixed(new Uint32Array(3000).fill(9), records(0, 3000), 12)).toBe(3000); // > one 16 KiB chunk
+    const got = m.poll(0);
+    expect(got.every((r) => r.length === 12)).toBe(true);
+    expect(seqs(got)).toEqual(Array.from({ length: 3000 }, (_, i) => i));
+
+    const newest = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 8, maxPayloadBytes: 12, backpressure: { kind: 'dropNewest' } });
+    expect(newest.pushFixed(new Uint32Array(11), records(0, 11), 12)).toBe(8);
+    expect(newest.stats().drops.newest).toBe(3);
+    const oldest = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 8, maxPayloadBytes: 12, backpressure: { kind: 'dropOldest' } });
+    expect(oldest.pushFixed(new Uint32Array(11), records(0, 11), 12)).toBe(11);
+    expect(seqs(oldest.poll(0))).toEqual([3, 4, 5, 6, 7, 8, 9, 10]);
+    const fail = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 8, maxPayloadBytes: 12 });
+    expect(() => fail.pushFixed(new Uint32Array(11), records(0, 11), 12)).toThrow(expect.objectContaining({ name: 'BackpressureError', accepted: 8 }));
+    expect(seqs(fail.poll(0))).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
+
+    expect(() => m.pushFixed([1] as never, records(0, 1), 12)).toThrow(/hashes must be a Uint32Array/);
+    expect(() => m.pushFixed(new Uint32Array(2), records(0, 1), 12)).toThrow(/records has 12 bytes, 2 hashes × recordSize 12 needs 24/);
+    expect(() => m.pushFixed(new Uint32Array(1), new Uint8Array(13), 13)).toThrow(/recordSize must be an integer in \[1, 12\]/);
+    expect(m.stats().pushed).toBe(3000);
+  });
+
   it('refuses bad backpressure modes', async () => {
     await expect(ShardManager.create({ initialShards: 1, ringBufferCapacity: 4, backpressure: { kind: 'sample', rate: 0 } })).rejects.toThrow(/rate/);
     await expect(ShardManager.create({ initialShards: 1, ringBufferCapacity: 4, backpressure: { kind: 'nope' } as never })).rejects.toThrow(/backpressure.kind/);

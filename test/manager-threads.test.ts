@@ -124,6 +124,38 @@ describe('ShardManager on worker threads', () => {
     expect(log.outOfOrder).toEqual([]);
   });
 
+  it.each([['pushBatch', false], ['pushFixed', true]])('takes %s runs from 4 producer threads concurrently: exactly once, in order, while shards change', async (_name, fixed) => {
+    log = new DeliveryLog();
+    const m = await ShardManager.create({
+      initialShards: 2, ringBufferCapacity: 512, policy: { minShards: 1, maxShards: 6 },
+      consumer: { module: consumerModule, threads: 2, batchSize: 128 },
+    });
+    const perProducer = 50_000;
+    const producers = [0, 1, 2, 3].map((producer) => new Worker(producerModule, {
+      workerData: { handle: m.producerHandle(), producer, count: perProducer, payloadBytes: 16, batch: 200, fixed },
+    }));
+    const done = Promise.all(producers.map((w) => new Promise<void>((resolve, reject) => { w.on('message', () => resolve()); w.on('error', reject); })));
+    let finished = false;
+    void done.then(() => { finished = true; });
+    const random = prng(7);
+    const removals: Promise<void>[] = [];
+    while (!finished) {
+      await sleep(3);
+      m.mapper.collectMetrics(); // weights move, so runs go to different shards over time
+      const active = m.mapper.activeShardIds();
+      if (random() < 0.5 && active.length < 6) await m.addShard();
+      else if (active.length > 2) removals.push(m.removeShard(active[Math.floor(random() * active.length)]!));
+    }
+    await done;
+    await Promise.all(removals);
+    await m.close();
+    await Promise.all(producers.map((w) => w.terminate()));
+    await log.waitFor(4 * perProducer);
+    expect(m.stats()).toMatchObject({ pushed: 4 * perProducer, delivered: 4 * perProducer, inFlight: 0 });
+    expect(log.problems(4, perProducer)).toEqual({ missing: 0, duplicated: 0 });
+    expect(log.outOfOrder).toEqual([]);
+  });
+
   it('hands a terminated consumer\'s shards to a fresh thread from the last acknowledgement', async () => {
     log = new DeliveryLog();
     const restarted: number[] = [];
