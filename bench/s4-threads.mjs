@@ -50,6 +50,26 @@ async function waitCount(read, target) {
   while (read() < target) await sleep(1);
 }
 
+/**
+ * Push m events with a batch call that may stop at a full ring (failProducer): resume after
+ * the accepted prefix until all are in. `push(done)` pushes events done…m-1. Returns the
+ * number of full-ring retries.
+ */
+function pushAllWithRetry(m, push) {
+  let done = 0;
+  let stalls = 0;
+  while (done < m) {
+    try {
+      done += push(done);
+    } catch (error) {
+      if (!(error instanceof BackpressureError)) throw error;
+      done += error.accepted; // the events before the full ring went in, in order
+      stalls++;
+    }
+  }
+  return stalls;
+}
+
 // ---- the implementations: setup() → { once(n), teardown() } ---------------------------------
 
 function smPush(size, consumers, payloads, hashes) {
@@ -105,16 +125,7 @@ function smPushBatch(size, consumers, payloads, hashes) {
             const m = Math.min(BATCH, n - i);
             for (let k = 0; k < m; k++) { keys[k] = hashes[(i + k) & HMASK]; data[k] = payloads[(i + k) & (POOL - 1)]; }
             keys.length = m; data.length = m;
-            let done = 0;
-            while (done < m) {
-              try {
-                done += mgr.pushBatch(done === 0 ? keys : keys.slice(done), done === 0 ? data : data.slice(done));
-              } catch (error) {
-                if (!(error instanceof BackpressureError)) throw error;
-                done += error.accepted; // the events before the full ring went in, in order
-                stalls++;
-              }
-            }
+            stalls += pushAllWithRetry(m, (done) => mgr.pushBatch(done === 0 ? keys : keys.slice(done), done === 0 ? data : data.slice(done)));
           }
           await waitCount(() => mgr.stats().delivered - before, n);
           return { ms: performance.now() - t0, events: n, bytes: n * size, extra: { stalls } };
@@ -157,16 +168,7 @@ function smPushFixed(size, consumers, payloads, hashes) {
             const m = Math.min(BATCH, n - i);
             const h = hashes.subarray(i & HMASK, (i & HMASK) + m);
             const block = blocks[(i & (POOL - 1)) / BATCH].subarray(0, m * size);
-            let done = 0;
-            while (done < m) {
-              try {
-                done += mgr.pushFixed(done === 0 ? h : h.subarray(done), done === 0 ? block : block.subarray(done * size), size);
-              } catch (error) {
-                if (!(error instanceof BackpressureError)) throw error;
-                done += error.accepted;
-                stalls++;
-              }
-            }
+            stalls += pushAllWithRetry(m, (done) => mgr.pushFixed(h.subarray(done), block.subarray(done * size), size));
           }
           await waitCount(() => mgr.stats().delivered - before, n);
           return { ms: performance.now() - t0, events: n, bytes: n * size, extra: { stalls } };

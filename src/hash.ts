@@ -13,6 +13,18 @@ const encoder = new TextEncoder();
 const rotl = (x: number, r: number) => (x << r) | (x >>> (32 - r));
 const round = (acc: number, lane: number) => Math.imul(rotl((acc + Math.imul(lane, P2)) | 0, 13), P1);
 const u32At = (b: Uint8Array, i: number) => b[i]! | (b[i + 1]! << 8) | (b[i + 2]! << 16) | (b[i + 3]! << 24);
+const merge = (v1: number, v2: number, v3: number, v4: number) => (rotl(v1, 1) + rotl(v2, 7) + rotl(v3, 12) + rotl(v4, 18)) | 0;
+const step4 = (h: number, word: number) => Math.imul(rotl((h + Math.imul(word, P3)) | 0, 17), P4);
+const step1 = (h: number, byte: number) => Math.imul(rotl((h + Math.imul(byte, P5)) | 0, 11), P1);
+
+function avalanche(h: number): number {
+  h ^= h >>> 15;
+  h = Math.imul(h, P2);
+  h ^= h >>> 13;
+  h = Math.imul(h, P3);
+  h ^= h >>> 16;
+  return h >>> 0;
+}
 
 function xxh32(b: Uint8Array, len: number): number {
   let i = 0;
@@ -28,19 +40,14 @@ function xxh32(b: Uint8Array, len: number): number {
       v3 = round(v3, u32At(b, i + 8));
       v4 = round(v4, u32At(b, i + 12));
     }
-    h = (rotl(v1, 1) + rotl(v2, 7) + rotl(v3, 12) + rotl(v4, 18)) | 0;
+    h = merge(v1, v2, v3, v4);
   } else {
     h = P5;
   }
   h = (h + len) | 0;
-  for (; i + 4 <= len; i += 4) h = Math.imul(rotl((h + Math.imul(u32At(b, i), P3)) | 0, 17), P4);
-  for (; i < len; i++) h = Math.imul(rotl((h + Math.imul(b[i]!, P5)) | 0, 11), P1);
-  h ^= h >>> 15;
-  h = Math.imul(h, P2);
-  h ^= h >>> 13;
-  h = Math.imul(h, P3);
-  h ^= h >>> 16;
-  return h >>> 0;
+  for (; i + 4 <= len; i += 4) h = step4(h, u32At(b, i));
+  for (; i < len; i++) h = step1(h, b[i]!);
+  return avalanche(h);
 }
 
 /**
@@ -68,7 +75,7 @@ function xxh32Ascii(s: string): number {
       v3 = round(v3, c0 | (c1 << 8) | (c2 << 16) | (c3 << 24));
       v4 = round(v4, d0 | (d1 << 8) | (d2 << 16) | (d3 << 24));
     }
-    h = (rotl(v1, 1) + rotl(v2, 7) + rotl(v3, 12) + rotl(v4, 18)) | 0;
+    h = merge(v1, v2, v3, v4);
   } else {
     h = P5;
   }
@@ -76,19 +83,14 @@ function xxh32Ascii(s: string): number {
   for (; i + 4 <= len; i += 4) {
     const a = s.charCodeAt(i), b = s.charCodeAt(i + 1), c = s.charCodeAt(i + 2), d = s.charCodeAt(i + 3);
     if ((a | b | c | d) >= 0x80) return -1;
-    h = Math.imul(rotl((h + Math.imul(a | (b << 8) | (c << 16) | (d << 24), P3)) | 0, 17), P4);
+    h = step4(h, a | (b << 8) | (c << 16) | (d << 24));
   }
   for (; i < len; i++) {
     const c = s.charCodeAt(i);
     if (c >= 0x80) return -1;
-    h = Math.imul(rotl((h + Math.imul(c, P5)) | 0, 11), P1);
+    h = step1(h, c);
   }
-  h ^= h >>> 15;
-  h = Math.imul(h, P2);
-  h ^= h >>> 13;
-  h = Math.imul(h, P3);
-  h ^= h >>> 16;
-  return h >>> 0;
+  return avalanche(h);
 }
 
 function utf8Into(s: string): number {

@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BackpressureError, ShardManager } from 'shard-mapper';
-import { DeliveryLog, seqPayload, sleep } from './helpers/delivery.js';
+import { DeliveryLog, seqPayload, sleep, pushWithRetry } from './helpers/delivery.js';
 
 const consumerModule = new URL('./fixtures/seq-consumer.mjs', import.meta.url);
 const flakyModule = new URL('./fixtures/flaky-consumer.mjs', import.meta.url);
@@ -17,17 +17,6 @@ function prng(seed: number) {
   return () => ((s = (Math.imul(s ^ (s >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0) / 2 ** 32);
 }
 
-async function pushWithRetry(m: ShardManager, hash: number, payload: Uint8Array): Promise<void> {
-  for (;;) {
-    try {
-      if (m.push(hash, payload)) return;
-      throw new Error('unexpected drop');
-    } catch (e) {
-      if (!(e instanceof BackpressureError)) throw e;
-      await sleep(0);
-    }
-  }
-}
 
 let log: DeliveryLog | undefined;
 afterEach(() => log?.close());

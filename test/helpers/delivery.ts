@@ -1,4 +1,5 @@
 // Receives what the seq-consumer fixture reports and checks exactly-once, in-order delivery.
+import { BackpressureError, type ShardManager } from 'shard-mapper';
 // Sized for millions of events: delivery counts live in one Uint8Array per producer
 // (indexed by seq, saturating at 255), not in a Map of boxed keys.
 const SEQ_LIMIT = 2 ** 24; // keys are producer · 2^24 + seq
@@ -29,13 +30,19 @@ class DeliveryCounts {
 }
 
 export class DeliveryLog {
-  readonly #channel = new BroadcastChannel('shard-mapper-test');
+  static #made = 0;
+  /** A channel of this log's own: consumer threads started after it was made report here
+   *  (seq-consumer reads SM_TEST_CHANNEL), so a test never counts another test's records. */
+  readonly channelName = `shard-mapper-test-${process.pid}-${++DeliveryLog.#made}`;
+  readonly #channel: BroadcastChannel;
   readonly counts = new DeliveryCounts(); // key → times delivered
   readonly lastSeq = new Map<string, number>(); // `${shard}:${producer}` → last seq seen
   received = 0;
   outOfOrder: string[] = [];
 
   constructor() {
+    process.env.SM_TEST_CHANNEL = this.channelName;
+    this.#channel = new BroadcastChannel(this.channelName);
     this.#channel.onmessage = (e: MessageEvent) => {
       const { shardId, pairs } = e.data as { shardId: number; pairs: Uint32Array };
       let lane = '';
@@ -96,3 +103,16 @@ export function seqPayload(producer: number, seq: number, bytes = 16): Uint8Arra
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Push one event, yielding to the event loop and retrying while backpressure refuses it. */
+export async function pushWithRetry(m: ShardManager, hash: number, payload: Uint8Array): Promise<void> {
+  for (;;) {
+    try {
+      if (m.push(hash, payload)) return;
+      throw new Error('unexpected drop');
+    } catch (e) {
+      if (!(e instanceof BackpressureError)) throw e;
+      await sleep(0);
+    }
+  }
+}
