@@ -68,6 +68,7 @@ export const M_CAPACITY: i32 = 148;       // u32, capacity the fill ratio divide
 // line 2: ring tail, written by producers
 export const R_TAIL: i32 = 256;           // i64, bits 0-62: records ever reserved (= accepted; low 32 bits index the ring); bit 63: closed
 export const R_DOORBELL: i32 = 264;       // u32, address of the consumer's doorbell, 0 = none
+export const R_BASE: i32 = 272;           // i64, the tail count when this shard got the slot
                                           //   (read by every push: kept off the consumer's line)
 // line 3: ring head side, written by the consumer
 export const R_HEAD: i32 = 384;           // u32, first index not yet acknowledged

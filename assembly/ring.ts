@@ -11,7 +11,7 @@
 // producer's CAS then fails, it selects again from the (already rebuilt) table, and no
 // reservation can land in a ring after it was closed.
 import {
-  R_TAIL, R_HEAD, R_CLAIMED, R_DOORBELL, REC_SEQ, REC_LEN, REC_PAYLOAD, LAYOUT_BASE, H_UNROUTED,
+  R_TAIL, R_HEAD, R_CLAIMED, R_DOORBELL, R_BASE, REC_SEQ, REC_LEN, REC_PAYLOAD, LAYOUT_BASE, H_UNROUTED,
   M_DELIVERED, M_DROPPED_NEWEST, M_DROPPED_SAMPLED, M_REFUSED, M_EVICTED,
   M_LATENCY, M_SAMPLE_COUNTER, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE,
   PUSH_UNROUTED, PUSH_FULL, PUSH_SAMPLED, PUSH_REFUSED, PUSH_CLOSED, PUSH_STOPPED, L_SCRATCH, L_RESULT,
@@ -323,15 +323,25 @@ export function ringSetDoorbell(slot: u32, addr: u32): void {
 }
 
 // Prepare a slot for a new shard: metrics zeroed, ring empty and open.
+//
+// The ring's counts go on from where the slot's previous shard left them (the tail count
+// never goes back), so a producer that read the old tail before a long stall cannot win its
+// CAS against a reused slot with a stale value: either the tail moved on and the CAS fails,
+// or it did not, and the index it reserves is free in the new ring too (its sequence word
+// is laid out below for exactly these indexes). The shard's pushed total is counted from
+// R_BASE.
 export function slotInit(slot: u32, capacity: u32): void {
   const base = slotAddr(slot);
-  atomic.store<u64>(base + R_TAIL, CLOSED); // keep stale producers out while resetting
+  const start = atomic.load<u64>(base + R_TAIL) & COUNT; // 0 for a never-used slot
+  atomic.store<u64>(base + R_TAIL, start | CLOSED); // keep stale producers out while resetting
   initMetrics(slot, capacity);
-  for (let i: u32 = 0; i < ringCapacity; i++) atomic.store<u32>(recordAddr(base, i) + REC_SEQ, i);
-  atomic.store<u32>(base + R_HEAD, 0);
-  atomic.store<u32>(base + R_CLAIMED, 0);
+  const first = <u32>start;
+  for (let i: u32 = 0; i < ringCapacity; i++) atomic.store<u32>(recordAddr(base, first + i) + REC_SEQ, first + i);
+  store<u64>(base + R_BASE, start);
+  atomic.store<u32>(base + R_HEAD, first);
+  atomic.store<u32>(base + R_CLAIMED, first);
   atomic.store<u32>(base + R_DOORBELL, 0);
-  atomic.store<u64>(base + R_TAIL, 0); // open
+  atomic.store<u64>(base + R_TAIL, start); // open
 }
 
 // Refuse every later push (ShardManager.close).
@@ -339,9 +349,10 @@ export function stopPushes(): void {
   atomic.store<u32>(<usize>LAYOUT_BASE + H_STOPPED, 1);
 }
 
-// Events the ring ever accepted (reservations, including any still being written).
+// Events this shard's ring accepted (reservations, including any still being written).
 export function pushedTotal(slot: u32): f64 {
-  return <f64>(atomic.load<u64>(slotAddr(slot) + R_TAIL) & COUNT);
+  const base = slotAddr(slot);
+  return <f64>((atomic.load<u64>(base + R_TAIL) & COUNT) - load<u64>(base + R_BASE));
 }
 
 export function unroutedTotal(): f64 {

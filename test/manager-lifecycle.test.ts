@@ -124,6 +124,22 @@ describe('ShardManager lifecycle (injected clock, poll consumers)', () => {
     expect(m.mapper.totalShardCount()).toBe(1); // nothing half-made
   });
 
+  it('a shard in a reused slot starts its own counts, and gets exactly its own events', async () => {
+    const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 4, policy: { maxShards: 2 }, backpressure: { kind: 'dropNewest' } });
+    let firstSlot: number | undefined;
+    for (let lap = 0; lap < 3; lap++) {
+      const id = await m.addShard();
+      const slot = m.mapper.slotOf(id);
+      for (let i = 0; i < 7; i++) m.push(0xffffffff, `s${id}-${i}`); // the newest shard: weight 0, last candidate
+      expect(m.stats().shards.find((x) => x.id === id)).toMatchObject({ pushed: 4, dropped: 3, length: 4 });
+      expect(text(m.poll(id))).toEqual([0, 1, 2, 3].map((i) => `s${id}-${i}`));
+      await m.removeShard(id);
+      if (lap > 0) expect(slot).toBe(firstSlot); // the freed slot is reused ...
+      firstSlot ??= slot;
+    }
+    expect(m.stats()).toMatchObject({ pushed: 12, delivered: 12, dropped: 9 }); // ... and totals add up
+  });
+
   it('keeps totals when shards are removed', async () => {
     const m = await ShardManager.create({ initialShards: 3, ringBufferCapacity: 8, policy: { maxShards: 3 }, backpressure: { kind: 'dropNewest' } });
     for (let i = 0; i < 30; i++) m.push(i * 143165576, `e${i}`); // spread over 3 shards
