@@ -2,8 +2,7 @@
 // (no i64 crosses the boundary); src/abi.ts mirrors this list as a typed interface.
 import { LAYOUT_BASE, H_LANE_FLAGS, L_RESULT, L_SCRATCH, L_DOORBELL } from "./layout";
 import {
-  configure, attach, slotStrideFor, recordStrideFor, slotsOffset, lanesOffset, tablesOffset,
-  slotAddr, laneAddr, laneCount, recordStride, ringCapacity,
+  slotStrideFor, slotsOffset, slotAddr, laneAddr, laneCount, recordStride, ringCapacity,
 } from "./config";
 
 export { configure, attach } from "./config";
@@ -19,10 +18,7 @@ export {
 
 // ---- layout queries (pure: usable before the memory is configured) -----------------------
 export function layoutSlotStride(ringCap: u32, maxPayload: u32): f64 { return slotStrideFor(ringCap, maxPayload); }
-export function layoutRecordStride(maxPayload: u32): u32 { return recordStrideFor(maxPayload); }
 export function layoutSlotsOffset(tableCap: u32, lanes: u32, laneBytes: u32): f64 { return <f64>slotsOffset(tableCap, lanes, laneBytes); }
-export function layoutLanesOffset(tableCap: u32): f64 { return <f64>lanesOffset(tableCap); }
-export function layoutTablesOffset(): f64 { return <f64>tablesOffset(); }
 
 // ---- addresses (after attach) -------------------------------------------------------------
 export function slotAddress(slot: u32): u32 { return <u32>slotAddr(slot); }

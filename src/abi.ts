@@ -5,10 +5,7 @@ export interface Abi {
     laneBytes: number, mode: number, sampleRate: number, sampleFill: number): void;
   attach(): number;
   layoutSlotStride(ringCap: number, maxPayload: number): number;
-  layoutRecordStride(maxPayload: number): number;
   layoutSlotsOffset(tableCap: number, lanes: number, laneBytes: number): number;
-  layoutLanesOffset(tableCap: number): number;
-  layoutTablesOffset(): number;
   slotAddress(slot: number): number;
   laneScratchAddress(lane: number): number;
   laneResultAddress(lane: number): number;

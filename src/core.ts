@@ -154,11 +154,6 @@ export class SharedCore {
     return this.#maxSlots;
   }
 
-  /** Slots in use or waiting to be released (owning thread only). */
-  get slotsInUse(): number {
-    return this.#refs.size;
-  }
-
   /** Whether `count` more slots can be allocated right now. */
   canAllocate(count: number): boolean {
     return this.#free.length + (this.#maxSlots - this.#nextFresh) >= count;
