@@ -72,15 +72,28 @@ function pushAllWithRetry(m, push) {
 
 // ---- the implementations: setup() → { once(n), teardown() } ---------------------------------
 
+/** The manager every shard-mapper row uses: one shard and one consumer thread per consumer. */
+function smManager(size, consumers, backpressure) {
+  return ShardManager.create({
+    initialShards: consumers, ringBufferCapacity: RING_EVENTS, maxPayloadBytes: size,
+    backpressure: { kind: backpressure }, policy: { autoScale: false, maxShards: consumers },
+    consumer: { module: workerUrl('sm-consumer.mjs'), threads: consumers },
+  });
+}
+
+/** Check the row really delivered every accepted event, then close the manager. */
+async function smTeardown(mgr, label) {
+  const s = mgr.stats();
+  check(s.pushed === s.delivered && s.unrouted === 0, `${label} delivered every accepted event (${s.pushed} pushed, ${s.delivered} delivered)`);
+  consume(s.delivered);
+  await mgr.close();
+}
+
 function smPush(size, consumers, payloads, hashes) {
   return {
     id: 'sm-push', name: 'shard-mapper push (routed, per event)', ref: true,
     async setup() {
-      const mgr = await ShardManager.create({
-        initialShards: consumers, ringBufferCapacity: RING_EVENTS, maxPayloadBytes: size,
-        backpressure: { kind: 'dropNewest' }, policy: { autoScale: false, maxShards: consumers },
-        consumer: { module: workerUrl('sm-consumer.mjs'), threads: consumers },
-      });
+      const mgr = await smManager(size, consumers, 'dropNewest');
       return {
         async once(n) {
           const before = mgr.stats().delivered;
@@ -94,12 +107,7 @@ function smPush(size, consumers, payloads, hashes) {
           await waitCount(() => mgr.stats().delivered - before, n);
           return { ms: performance.now() - t0, events: n, bytes: n * size, extra: { stalls } };
         },
-        async teardown() {
-          const s = mgr.stats();
-          check(s.pushed === s.delivered && s.unrouted === 0, `shard-mapper delivered every accepted event (${s.pushed} pushed, ${s.delivered} delivered)`);
-          consume(s.delivered);
-          await mgr.close();
-        },
+        teardown: () => smTeardown(mgr, 'shard-mapper'),
       };
     },
   };
@@ -109,11 +117,7 @@ function smPushBatch(size, consumers, payloads, hashes) {
   return {
     id: 'sm-pushBatch', name: `shard-mapper pushBatch(${BATCH})`,
     async setup() {
-      const mgr = await ShardManager.create({
-        initialShards: consumers, ringBufferCapacity: RING_EVENTS, maxPayloadBytes: size,
-        backpressure: { kind: 'failProducer' }, policy: { autoScale: false, maxShards: consumers },
-        consumer: { module: workerUrl('sm-consumer.mjs'), threads: consumers },
-      });
+      const mgr = await smManager(size, consumers, 'failProducer');
       const keys = new Array(BATCH);
       const data = new Array(BATCH);
       return {
@@ -130,12 +134,7 @@ function smPushBatch(size, consumers, payloads, hashes) {
           await waitCount(() => mgr.stats().delivered - before, n);
           return { ms: performance.now() - t0, events: n, bytes: n * size, extra: { stalls } };
         },
-        async teardown() {
-          const s = mgr.stats();
-          check(s.pushed === s.delivered && s.unrouted === 0, `shard-mapper (batch) delivered every accepted event (${s.pushed} pushed, ${s.delivered} delivered)`);
-          consume(s.delivered);
-          await mgr.close();
-        },
+        teardown: () => smTeardown(mgr, 'shard-mapper (batch)'),
       };
     },
   };
@@ -145,11 +144,7 @@ function smPushFixed(size, consumers, payloads, hashes) {
   return {
     id: 'sm-pushFixed', name: `shard-mapper pushFixed(${BATCH})`, note: 'records already contiguous (the API\'s premise)',
     async setup() {
-      const mgr = await ShardManager.create({
-        initialShards: consumers, ringBufferCapacity: RING_EVENTS, maxPayloadBytes: size,
-        backpressure: { kind: 'failProducer' }, policy: { autoScale: false, maxShards: consumers },
-        consumer: { module: workerUrl('sm-consumer.mjs'), threads: consumers },
-      });
+      const mgr = await smManager(size, consumers, 'failProducer');
       // The same events as the other rows, laid out as pushFixed takes them: for every batch
       // offset in the payload pool, BATCH records back to back (built before timing: a user
       // of pushFixed already holds its records in one buffer).
@@ -173,12 +168,7 @@ function smPushFixed(size, consumers, payloads, hashes) {
           await waitCount(() => mgr.stats().delivered - before, n);
           return { ms: performance.now() - t0, events: n, bytes: n * size, extra: { stalls } };
         },
-        async teardown() {
-          const s = mgr.stats();
-          check(s.pushed === s.delivered && s.unrouted === 0, `shard-mapper (fixed) delivered every accepted event (${s.pushed} pushed, ${s.delivered} delivered)`);
-          consume(s.delivered);
-          await mgr.close();
-        },
+        teardown: () => smTeardown(mgr, 'shard-mapper (fixed)'),
       };
     },
   };

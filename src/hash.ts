@@ -13,6 +13,11 @@ const encoder = new TextEncoder();
 const rotl = (x: number, r: number) => (x << r) | (x >>> (32 - r));
 const round = (acc: number, lane: number) => Math.imul(rotl((acc + Math.imul(lane, P2)) | 0, 13), P1);
 const u32At = (b: Uint8Array, i: number) => b[i]! | (b[i + 1]! << 8) | (b[i + 2]! << 16) | (b[i + 3]! << 24);
+// The four lanes' starting values for seed 0.
+const V1 = (P1 + P2) | 0;
+const V2 = P2 | 0;
+const V3 = 0;
+const V4 = -P1 | 0;
 const merge = (v1: number, v2: number, v3: number, v4: number) => (rotl(v1, 1) + rotl(v2, 7) + rotl(v3, 12) + rotl(v4, 18)) | 0;
 const step4 = (h: number, word: number) => Math.imul(rotl((h + Math.imul(word, P3)) | 0, 17), P4);
 const step1 = (h: number, byte: number) => Math.imul(rotl((h + Math.imul(byte, P5)) | 0, 11), P1);
@@ -30,10 +35,7 @@ function xxh32(b: Uint8Array, len: number): number {
   let i = 0;
   let h: number;
   if (len >= 16) {
-    let v1 = (P1 + P2) | 0;
-    let v2 = P2 | 0;
-    let v3 = 0;
-    let v4 = -P1 | 0;
+    let v1 = V1, v2 = V2, v3 = V3, v4 = V4;
     for (const limit = len - 16; i <= limit; i += 16) {
       v1 = round(v1, u32At(b, i));
       v2 = round(v2, u32At(b, i + 4));
@@ -60,10 +62,7 @@ function xxh32Ascii(s: string): number {
   let i = 0;
   let h: number;
   if (len >= 16) {
-    let v1 = (P1 + P2) | 0;
-    let v2 = P2 | 0;
-    let v3 = 0;
-    let v4 = -P1 | 0;
+    let v1 = V1, v2 = V2, v3 = V3, v4 = V4;
     for (const limit = len - 16; i <= limit; i += 16) {
       const a0 = s.charCodeAt(i), a1 = s.charCodeAt(i + 1), a2 = s.charCodeAt(i + 2), a3 = s.charCodeAt(i + 3);
       const b0 = s.charCodeAt(i + 4), b1 = s.charCodeAt(i + 5), b2 = s.charCodeAt(i + 6), b3 = s.charCodeAt(i + 7);

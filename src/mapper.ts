@@ -472,14 +472,23 @@ export class ShardMapper {
     if (this.#inCooldown(now)) {
       throw new ScalingError('InCooldown', `cannot scale: the last scaling was ${now - this.#lastScalingAt} ms ago, cooldownMs is ${p.cooldownMs}`);
     }
-    const n = Math.min(count, this.#activeCount - p.minShards);
-    const byWeight = this.#shards
-      .filter((s) => s.state === ShardState.Active)
-      .sort((a, b) => weightOrder(a.weight) - weightOrder(b.weight)); // stable: ties keep table order
-    const chosen = byWeight.slice(0, n);
+    const chosen = this.#leastLoaded(Math.min(count, this.#activeCount - p.minShards));
     this.#startDrain(chosen, now);
     this.#lastScalingAt = now;
     return chosen.map((s) => s.id);
+  }
+
+  /** The n Active shards with the lowest last weight (stable: ties keep table order). */
+  #leastLoaded(n: number): MappedShard[] {
+    return this.#shards
+      .filter((s) => s.state === ShardState.Active)
+      .sort((a, b) => weightOrder(a.weight) - weightOrder(b.weight))
+      .slice(0, n);
+  }
+
+  /** @internal The ids scaleDown(n) would drain now, for operator calls that skip its gates. */
+  leastLoadedIds(n: number): number[] {
+    return this.#leastLoaded(n).map((s) => s.id);
   }
 
   /** Stop every Draining shard that is empty, saw no push since its drain, and is past the grace. */

@@ -68,6 +68,12 @@ export function routable(mapper: ShardMapper, samples = 1 << 12): number[] {
   return seen;
 }
 
+/** Deterministic PRNG: floats in [0, 1), so a failing run can be replayed from its seed. */
+export function prng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => ((s = (Math.imul(s ^ (s >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0) / 2 ** 32);
+}
+
 /** Deterministic PRNG (mulberry32): uint32 values. */
 export function rng(seed: number): () => number {
   let a = seed >>> 0;

@@ -6,16 +6,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BackpressureError, ShardManager } from 'shard-mapper';
 import { DeliveryLog, seqPayload, sleep, pushWithRetry } from './helpers/delivery.js';
+import { prng } from './helpers.js';
 
 const consumerModule = new URL('./fixtures/seq-consumer.mjs', import.meta.url);
 const flakyModule = new URL('./fixtures/flaky-consumer.mjs', import.meta.url);
 const producerModule = new URL('./fixtures/seq-producer.mjs', import.meta.url);
 
-/** Deterministic PRNG so a failing run can be replayed. */
-function prng(seed: number) {
-  let s = seed >>> 0;
-  return () => ((s = (Math.imul(s ^ (s >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0) / 2 ** 32);
-}
 
 
 let log: DeliveryLog | undefined;

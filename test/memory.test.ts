@@ -6,6 +6,7 @@ import v8 from 'node:v8';
 import vm from 'node:vm';
 import { ShardManager, ShardMapper } from 'shard-mapper';
 import { sleep } from './helpers/delivery.js';
+import { prng } from './helpers.js';
 
 // global.gc without a command-line flag: expose it, then fetch it from a fresh context.
 v8.setFlagsFromString('--expose-gc');
@@ -19,10 +20,6 @@ function heapUsed(): number {
 const MiB = (n: number) => `${(n / 2 ** 20).toFixed(2)} MiB`;
 const CYCLES = 10_000;
 
-function prng(seed: number) {
-  let s = seed >>> 0;
-  return () => ((s = (Math.imul(s ^ (s >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0) / 2 ** 32);
-}
 
 describe('memory under 10^4 scale-up/remove cycles', () => {
   it('ShardManager (poll consumers): the WebAssembly memory stops growing once warm and the JS heap stays flat', async () => {

@@ -6,16 +6,12 @@ import { Worker } from 'node:worker_threads';
 import { ShardManager, ShardMapper } from 'shard-mapper';
 import { SharedCore } from '../dist/core.js';
 import { DeliveryLog, sleep } from './helpers/delivery.js';
+import { prng } from './helpers.js';
 
 const consumerModule = new URL('./fixtures/seq-consumer.mjs', import.meta.url);
 const producerModule = new URL('./fixtures/seq-producer.mjs', import.meta.url);
 const hammerModule = new URL('./fixtures/collector-hammer.mjs', import.meta.url);
 
-/** Deterministic PRNG so a failing run can be replayed (STRESS_SEED=...). */
-function prng(seed: number) {
-  let s = seed >>> 0;
-  return () => ((s = (Math.imul(s ^ (s >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0) / 2 ** 32);
-}
 
 function startWorker(url: URL, workerData: unknown): { worker: Worker; message: Promise<unknown> } {
   const worker = new Worker(url, { workerData });
