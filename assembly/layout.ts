@@ -62,7 +62,6 @@ export const M_REFUSED: i32 = 48;         // i64, refused under failProducer
 export const M_EVICTED: i32 = 56;         // i64, evicted by dropOldest
 // line 1: written by the consumer / the mapper thread
 export const M_FLUSH: i32 = 128;          // i64, (count << 32) | sum
-export const M_DELIVERED: i32 = 136;      // i64, records acknowledged by the consumer
 export const M_DRAINING: i32 = 144;       // u32, 1 while draining
 export const M_CAPACITY: i32 = 148;       // u32, capacity the fill ratio divides by
 // line 2: ring tail, written by producers
@@ -71,8 +70,9 @@ export const R_DOORBELL: i32 = 264;       // u32, address of the consumer's door
 export const R_BASE: i32 = 272;           // i64, the tail count when this shard got the slot
                                           //   (read by every push: kept off the consumer's line)
 // line 3: ring head side, written by the consumer
-export const R_HEAD: i32 = 384;           // u32, first index not yet acknowledged
-export const R_CLAIMED: i32 = 388;        // u32, first index not yet handed to the consumer
+export const R_HEAD: i32 = 384;           // i64, records ever acknowledged or evicted (low 32 bits: first index
+                                          //   not yet acknowledged); one CAS on it commits an acknowledgement
+export const R_CLAIMED: i32 = 392;        // u32, first index not yet handed to the consumer
 export const R_RECORDS: i32 = 512;        // first record
 export const SLOT_HEADER_BYTES: i32 = 512;
 

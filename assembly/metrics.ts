@@ -3,11 +3,11 @@
 // Both halves saturate at 2^32 - 1 instead of wrapping.
 import {
   M_LATENCY, M_EVENTS, M_DRAIN_PUSHES, M_BUFFER_LEN, M_FLUSH, M_DRAINING, M_CAPACITY,
-  M_DELIVERED, M_DROPPED_NEWEST, M_DROPPED_SAMPLED, M_REFUSED, M_EVICTED,
+  M_DROPPED_NEWEST, M_DROPPED_SAMPLED, M_REFUSED, M_EVICTED,
   CACHE_LINE, R_TAIL, R_HEAD,
 } from "./layout";
 import { slotAddr, ringCapacity } from "./config";
-import { pushedTotal } from "./ring";
+import { pushedTotal, deliveredTotal } from "./ring";
 
 const U32_MAX: u64 = 0xffffffff;
 
@@ -30,20 +30,16 @@ const EVENT_AND_DRAIN_PUSH: u64 = 0x0000000100000001;
 const LOW_HALF: u64 = 0x00000000ffffffff;
 const HIGH_HALF: u64 = 0xffffffff00000000;
 
-@inline export function eventOnlyAt(base: usize): u32 {
-  return <u32>atomic.add<u64>(base + M_EVENTS, EVENT_AND_DRAIN_PUSH);
-}
-
-// `n` events at once (a batch run): one atomic add for both halves.
+// `n` events at once (one push, or a batch run): one atomic add for both halves.
 @inline export function eventsAt(base: usize, n: u32): u32 {
   return <u32>atomic.add<u64>(base + M_EVENTS, EVENT_AND_DRAIN_PUSH * <u64>n);
 }
 
-export function recordEventOnly(slot: u32): void { eventOnlyAt(slotAddr(slot)); }
+export function recordEventOnly(slot: u32): void { eventsAt(slotAddr(slot), 1); }
 export function recordLatencySample(slot: u32, ns: u32): void { addToPair(slotAddr(slot) + M_LATENCY, ns); }
 export function recordPush(slot: u32, ns: u32): void {
   const base = slotAddr(slot);
-  eventOnlyAt(base);
+  eventsAt(base, 1);
   addToPair(base + M_LATENCY, ns);
 }
 export function recordFlush(slot: u32, us: u32): void { addToPair(slotAddr(slot) + M_FLUSH, us); }
@@ -88,9 +84,10 @@ export function collectAndReset(slot: u32, out: usize): void {
 // (0, pushed, is the ring's tail: see ring.ts pushedTotal).
 export function total(slot: u32, which: i32): f64 {
   const base = slotAddr(slot);
-  let off: usize = M_DELIVERED;
+  let off: usize = M_EVICTED;
   switch (which) {
     case 0: return pushedTotal(slot);
+    case 1: return deliveredTotal(slot);
     case 2: off = M_DROPPED_NEWEST; break;
     case 3: off = M_DROPPED_SAMPLED; break;
     case 4: off = M_REFUSED; break;

@@ -12,7 +12,7 @@
 // reservation can land in a ring after it was closed.
 import {
   R_TAIL, R_HEAD, R_CLAIMED, R_DOORBELL, R_BASE, REC_SEQ, REC_LEN, REC_PAYLOAD, LAYOUT_BASE, H_UNROUTED,
-  M_DELIVERED, M_DROPPED_NEWEST, M_DROPPED_SAMPLED, M_REFUSED, M_EVICTED,
+  M_DROPPED_NEWEST, M_DROPPED_SAMPLED, M_REFUSED, M_EVICTED,
   M_LATENCY, M_SAMPLE_COUNTER, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE,
   PUSH_UNROUTED, PUSH_FULL, PUSH_SAMPLED, PUSH_REFUSED, PUSH_CLOSED, PUSH_STOPPED, L_SCRATCH, L_RESULT,
   L_FAILED_SHARD, H_STOPPED,
@@ -21,7 +21,7 @@ import {
 import {
   slotAddr, laneAddr, recordAddr, ringCapacity, maxPayload, backpressure, sampleRate, sampleFill,
 } from "./config";
-import { addToPair, eventOnlyAt, eventsAt, initMetrics } from "./metrics";
+import { addToPair, eventsAt, initMetrics } from "./metrics";
 import { selectEntry, NO_ENTRY } from "./select";
 
 // Bit 63 of the tail word. The other 63 bits count every reservation ever made, so the
@@ -53,8 +53,8 @@ function evictOldest(base: usize): bool {
   if (atomic.load<u32>(rec + REC_SEQ) != claimed + 1) return false; // still being written
   if (atomic.cmpxchg<u32>(base + R_CLAIMED, claimed, claimed + 1) != claimed) return true; // raced: retry
   atomic.store<u32>(rec + REC_SEQ, claimed + ringCapacity);
-  atomic.cmpxchg<u32>(base + R_HEAD, claimed, claimed + 1);
-  atomic.add<u64>(base + M_EVICTED, 1);
+  atomic.add<u64>(base + M_EVICTED, 1); // before the head moves: delivered = head - evicted never overshoots
+  advanceHead(base, claimed + 1); // unless an acknowledgement already moved past it
   return true;
 }
 
@@ -100,7 +100,7 @@ export function pushAt(base: usize, src: usize, len: u32): i32 {
   memory.copy(rec + REC_PAYLOAD, src, len);
   store<u32>(rec + REC_LEN, len);
   atomic.store<u32>(rec + REC_SEQ, index + 1); // publish
-  const nth = eventOnlyAt(base);
+  const nth = eventsAt(base, 1);
   if ((nth & LATENCY_SAMPLE_MASK) == 0) addToPair(base + M_LATENCY, retries * CONTENTION_NS_PER_RETRY);
   ring(base); // the ring length is not stored: collectors read it from tail and head
 
@@ -273,24 +273,37 @@ export function ringClaim(slot: u32, max: u32, out: usize): u32 {
 // Acknowledge records [start, start + n): free their slots, move the head, count them.
 export function ringAck(slot: u32, start: u32, n: u32): void {
   const base = slotAddr(slot);
+  // Free the slots in order, then commit with one CAS on the head (which also counts them:
+  // delivered is derived from the head). A consumer thread terminated in between leaves a
+  // freed prefix behind the head; ringRewind completes it.
   for (let i: u32 = 0; i < n; i++) {
     atomic.store<u32>(recordAddr(base, start + i) + REC_SEQ, start + i + ringCapacity);
   }
-  const end = start + n;
-  let head = atomic.load<u32>(base + R_HEAD);
-  while (<i32>(end - head) > 0) {
-    const seen = atomic.cmpxchg<u32>(base + R_HEAD, head, end);
-    if (seen == head) break;
+  advanceHead(base, start + n);
+}
+
+// Move the 64-bit head forward to ring index `end` (never back), with a CAS.
+function advanceHead(base: usize, end: u32): void {
+  let head = atomic.load<u64>(base + R_HEAD);
+  while (<i32>(end - <u32>head) > 0) {
+    const seen = atomic.cmpxchg<u64>(base + R_HEAD, head, head + <u64>(end - <u32>head));
+    if (seen == head) return;
     head = seen;
   }
-  atomic.add<u64>(base + M_DELIVERED, <u64>n);
 }
 
 // Forget a claim that was never acknowledged (its consumer died): the records will be
 // handed out again from the last acknowledgement.
 export function ringRewind(slot: u32): void {
   const base = slotAddr(slot);
-  atomic.store<u32>(base + R_CLAIMED, atomic.load<u32>(base + R_HEAD));
+  // A consumer stopped inside ringAck (a thread terminated from outside) may have freed a
+  // prefix of its batch without committing it. Those records were consumed (ringAck runs
+  // after the consumer returned): commit them, then hand out the rest again.
+  const claimed = atomic.load<u32>(base + R_CLAIMED);
+  let h = <u32>atomic.load<u64>(base + R_HEAD);
+  while (h != claimed && atomic.load<u32>(recordAddr(base, h) + REC_SEQ) == h + ringCapacity) h++;
+  advanceHead(base, h);
+  atomic.store<u32>(base + R_CLAIMED, <u32>atomic.load<u64>(base + R_HEAD));
 }
 
 export function ringClose(slot: u32): void {
@@ -338,7 +351,7 @@ export function slotInit(slot: u32, capacity: u32): void {
   const first = <u32>start;
   for (let i: u32 = 0; i < ringCapacity; i++) atomic.store<u32>(recordAddr(base, first + i) + REC_SEQ, first + i);
   store<u64>(base + R_BASE, start);
-  atomic.store<u32>(base + R_HEAD, first);
+  atomic.store<u64>(base + R_HEAD, start);
   atomic.store<u32>(base + R_CLAIMED, first);
   atomic.store<u32>(base + R_DOORBELL, 0);
   atomic.store<u64>(base + R_TAIL, start); // open
@@ -353,6 +366,12 @@ export function stopPushes(): void {
 export function pushedTotal(slot: u32): f64 {
   const base = slotAddr(slot);
   return <f64>((atomic.load<u64>(base + R_TAIL) & COUNT) - load<u64>(base + R_BASE));
+}
+
+// Records this shard's consumers acknowledged: the head's advance, less evictions.
+export function deliveredTotal(slot: u32): f64 {
+  const base = slotAddr(slot);
+  return <f64>(atomic.load<u64>(base + R_HEAD) - load<u64>(base + R_BASE) - atomic.load<u64>(base + M_EVICTED));
 }
 
 export function unroutedTotal(): f64 {

@@ -61,7 +61,7 @@ export interface PoolEvents {
 
 export class ConsumerPool {
   readonly #core: SharedCore;
-  readonly #init: Omit<ConsumerInit, 'core'>;
+  readonly #init: Omit<ConsumerInit, 'core' | 'lane'>;
   readonly #events: PoolEvents;
   readonly #factory: (() => ConsumerWorker) | undefined;
   readonly #workers: WorkerState[] = [];
@@ -71,7 +71,7 @@ export class ConsumerPool {
   /** Replacements in a row that died before becoming ready (a module that stopped loading). */
   #failedStarts = 0;
 
-  private constructor(core: SharedCore, init: Omit<ConsumerInit, 'core'>, events: PoolEvents, factory?: () => ConsumerWorker) {
+  private constructor(core: SharedCore, init: Omit<ConsumerInit, 'core' | 'lane'>, events: PoolEvents, factory?: () => ConsumerWorker) {
     this.#core = core;
     this.#factory = factory;
     this.#init = init;
@@ -95,12 +95,22 @@ export class ConsumerPool {
   }
 
   #spawn(): WorkerState {
-    const init: ConsumerInit = { core: this.#core.handle(), ...this.#init };
-    const worker = this.#factory ? adoptWorker(this.#factory(), init) : spawnConsumerWorker(init);
+    // The lane is claimed here, not by the thread: a thread killed before it says 'ready'
+    // would otherwise leak the lane it took, and enough such kills starve every replacement.
+    const lane = this.#core.abi.laneClaim();
+    if (lane < 0) throw new Error('shard-mapper: no free lane for a consumer thread (raise options.maxThreads)');
+    const init: ConsumerInit = { core: this.#core.handle(), ...this.#init, lane };
+    let worker: SpawnedWorker;
+    try {
+      worker = this.#factory ? adoptWorker(this.#factory(), init) : spawnConsumerWorker(init);
+    } catch (error) {
+      this.#core.abi.laneRelease(lane);
+      throw error;
+    }
     let resolveReady!: () => void;
     let rejectReady!: (e: Error) => void;
     const state: WorkerState = {
-      index: this.#spawned++, worker, lane: -1, doorbell: 0, shards: new Map(), releasing: new Map(),
+      index: this.#spawned++, worker, lane, doorbell: 0, shards: new Map(), releasing: new Map(),
       exited: false, stopping: false, started: false, killed: false, respawnPending: false,
       ready: new Promise<void>((res, rej) => { resolveReady = res; rejectReady = rej; }),
     };
@@ -110,7 +120,6 @@ export class ConsumerPool {
         case 'ready':
           state.started = true;
           this.#failedStarts = 0;
-          state.lane = msg.lane;
           state.doorbell = msg.doorbell;
           resolveReady();
           break;
@@ -128,7 +137,9 @@ export class ConsumerPool {
         }
       }
     });
-    worker.onError((error) => rejectReady(error));
+    // A module that fails to load may surface as this error event before its 'fatal' message:
+    // word both the same way.
+    worker.onError((error) => rejectReady(Object.assign(new Error(`consumer worker failed to start: ${error.message}`), { stack: error.stack })));
     worker.onExit((code) => this.#onExit(state, code));
     return state;
   }
@@ -156,7 +167,7 @@ export class ConsumerPool {
       this.#core.abi.ringSetDoorbell(slot, target.doorbell);
       target.worker.postMessage({ type: 'assign', shardId, slot });
     };
-    if (target.lane >= 0) send();
+    if (target.started) send();
     else void target.ready.then(send, () => {});
   }
 
@@ -194,7 +205,7 @@ export class ConsumerPool {
     state.exited = true;
     for (const done of state.releasing.values()) done(); // it reads nothing any more
     state.releasing.clear();
-    if (state.lane >= 0) this.#core.abi.laneRelease(state.lane);
+    this.#core.abi.laneRelease(state.lane); // claimed for it in #spawn: released whatever it got to do
     if (this.#closing || state.stopping) return;
     this.#events.onWorkerExit(state.index, code);
     // A crash: records it had claimed but not acknowledged are handed out again. Its shards

@@ -7,7 +7,7 @@
 // scripts by default (Vite's worker.format is 'iife'), where top-level await does not parse.
 import { SharedCore, type CoreHandle } from './core.js';
 import { workerEndpoint, yieldToEventLoop } from '#platform';
-import { R_RECORDS, REC_LEN, REC_PAYLOAD } from './layout.generated.js';
+import { REC_LEN, REC_PAYLOAD } from './layout.generated.js';
 
 /** What the manager sends a consumer worker when it starts. @internal */
 export interface ConsumerInit {
@@ -15,6 +15,8 @@ export interface ConsumerInit {
   /** URL of the consumer module ('' when the worker brings its own function: serveConsumer). */
   module: string;
   batchSize: number;
+  /** The lane the manager claimed for this thread (and releases when the thread exits). */
+  lane: number;
 }
 
 /**
@@ -61,7 +63,7 @@ export async function runConsumer(resolve: (init: ConsumerInit) => ConsumerFunct
   let core: SharedCore;
   let consume: ConsumerFunction;
   try {
-    core = await SharedCore.attach(init.core);
+    core = await SharedCore.attach(init.core, init.lane);
     const fn = await resolve(init);
     if (typeof fn !== 'function') throw new TypeError('the consumer must be a function (records, shardId) => void | Promise<void>');
     consume = fn;
@@ -107,13 +109,12 @@ export async function runConsumer(resolve: (init: ConsumerInit) => ConsumerFunct
     if (n === 0) return 0;
     const start = core.u32[core.result >>> 2]!;
     const base = core.abi.slotAddress(s.slot);
-    const mask = core.ringCapacity - 1;
-    if (base + R_RECORDS + core.ringCapacity * core.recordStride > core.u8.length) core.refreshViews();
+    core.ensureViews(core.recordsEnd(base)); // the slot may lie past this thread's views (growth)
     const buffer = core.u8.buffer;
     const u32 = core.u32;
     const records: Uint8Array[] = new Array(n);
     for (let k = 0; k < n; k++) {
-      const at = base + R_RECORDS + ((start + k) & mask) * core.recordStride;
+      const at = core.recordAt(base, start + k);
       const len = u32[(at + REC_LEN) >>> 2]!;
       // The constructor is ~15 ns cheaper per record than u8.subarray (no species lookup).
       records[k] = new Uint8Array(buffer, at + REC_PAYLOAD, len);

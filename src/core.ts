@@ -3,7 +3,7 @@
 // (on the owning thread) the slot pool that gives every live shard its metrics and ring.
 import type { Abi } from './abi.js';
 import { compileAsync, compileSync, instantiate, type MemoryKind } from './wasm.js';
-import { MAX_LANES, L_SCRATCH } from './layout.generated.js';
+import { MAX_LANES, L_SCRATCH, R_RECORDS } from './layout.generated.js';
 
 const PAGE = 65536;
 const MAX_PAGES = 65536; // wasm32: 4 GiB
@@ -49,19 +49,23 @@ export class SharedCore {
   u32: Uint32Array;
   i32: Int32Array;
 
+  /** False when the lane was claimed for this thread by another (see attach). */
+  readonly #ownsLane: boolean;
+
   // Slot pool, used only by the thread that owns the mapper.
   #maxSlots = 0;
   #nextFresh = 0;
   readonly #free: number[] = [];
   readonly #refs = new Map<number, number>();
 
-  private constructor(abi: Abi, memory: WebAssembly.Memory, kind: MemoryKind, maxSlots: number) {
+  private constructor(abi: Abi, memory: WebAssembly.Memory, kind: MemoryKind, maxSlots: number, givenLane?: number) {
     this.abi = abi;
     this.memory = memory;
     this.kind = kind;
     this.#maxSlots = maxSlots;
     if (abi.attach() !== 0) throw new Error('shard-mapper: the shared memory was never configured');
-    const lane = abi.laneClaim();
+    this.#ownsLane = givenLane === undefined;
+    const lane = givenLane ?? abi.laneClaim();
     if (lane < 0) throw new Error(`shard-mapper: every lane of the shared memory is taken (at most ${MAX_LANES} attached threads; detach() the ones you no longer use)`);
     this.lane = lane;
     this.scratch = abi.laneScratchAddress(lane);
@@ -107,10 +111,14 @@ export class SharedCore {
     return SharedCore.#build(await compileAsync(config.kind), config);
   }
 
-  /** Attach from another thread (or again from this one) to an existing memory. */
-  static async attach(handle: CoreHandle): Promise<SharedCore> {
+  /**
+   * Attach from another thread (or again from this one) to an existing memory. With `lane`,
+   * use that lane, claimed for this thread by its owner (who also releases it, even if the
+   * thread dies before it could say which lane it took).
+   */
+  static async attach(handle: CoreHandle, lane?: number): Promise<SharedCore> {
     const module = await compileAsync(handle.kind);
-    return new SharedCore(instantiate(module, handle.memory), handle.memory, handle.kind, 0);
+    return new SharedCore(instantiate(module, handle.memory), handle.memory, handle.kind, 0, lane);
   }
 
   static attachSync(handle: CoreHandle): SharedCore {
@@ -123,7 +131,7 @@ export class SharedCore {
 
   /** Give the lane back; the core must not be used afterwards. */
   detach(): void {
-    this.abi.laneRelease(this.lane);
+    if (this.#ownsLane) this.abi.laneRelease(this.lane);
   }
 
   /**
@@ -131,6 +139,16 @@ export class SharedCore {
    * this before touching an address beyond its views; shared views stay valid (just short),
    * a non-shared buffer is replaced, so views are re-made from `memory.buffer`.
    */
+  /** Byte address of ring record `index` (its header; the payload follows) in the slot at `slotBase`. */
+  recordAt(slotBase: number, index: number): number {
+    return slotBase + R_RECORDS + (index & (this.ringCapacity - 1)) * this.recordStride;
+  }
+
+  /** The end of the slot's records: views must reach this far before records are read. */
+  recordsEnd(slotBase: number): number {
+    return slotBase + R_RECORDS + this.ringCapacity * this.recordStride;
+  }
+
   /**
    * Cheap guard for hot paths: re-make the views only when they are detached (a non-shared
    * memory grew) or shorter than `end`. Reading `memory.buffer` costs tens of nanoseconds on

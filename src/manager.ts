@@ -12,7 +12,7 @@ import { Total } from './abi.js';
 import { sharedMemorySupported, compileAsync, type MemoryKind } from './wasm.js';
 import { cpuCount } from '#platform';
 import {
-  BP_DROP_NEWEST, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE, R_RECORDS, REC_LEN, REC_PAYLOAD, MAX_LANES,
+  BP_DROP_NEWEST, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE, REC_LEN, REC_PAYLOAD, MAX_LANES,
 } from './layout.generated.js';
 
 export type BackpressureMode =
@@ -309,15 +309,13 @@ export class ShardManager {
     const core = this.#core;
     const out: Uint8Array[] = [];
     const base = core.abi.slotAddress(slot);
-    const mask = this.ringCapacity - 1;
-    const stride = core.recordStride;
     while (out.length < max) {
       const n = core.abi.ringClaim(slot, Math.min(max - out.length, this.ringCapacity), core.result);
       if (n === 0) break;
       const start = core.u32[core.result >>> 2]!;
-      core.ensureViews(base + R_RECORDS + this.ringCapacity * stride);
+      core.ensureViews(core.recordsEnd(base));
       for (let k = 0; k < n; k++) {
-        const at = base + R_RECORDS + ((start + k) & mask) * stride;
+        const at = core.recordAt(base, start + k);
         const len = core.u32[(at + REC_LEN) >>> 2]!;
         out.push(core.u8.slice(at + REC_PAYLOAD, at + REC_PAYLOAD + len));
       }
@@ -403,9 +401,14 @@ export class ShardManager {
   }
 
   /** A closed ring whose every reservation is published and acknowledged. */
+  /** Closed, and every reservation published: no push can still change this ring. */
+  #quiescent(slot: number): boolean {
+    return this.#core.abi.ringIsClosed(slot) !== 0 && this.#core.abi.ringAllPublished(slot) !== 0;
+  }
+
+  /** Quiescent and fully acknowledged. */
   #drained(slot: number): boolean {
-    const abi = this.#core.abi;
-    return abi.ringIsClosed(slot) !== 0 && abi.ringAllPublished(slot) !== 0 && abi.ringLen(slot) === 0;
+    return this.#quiescent(slot) && this.#core.abi.ringLen(slot) === 0;
   }
 
   #settleDraining(): void {
@@ -414,8 +417,7 @@ export class ShardManager {
       const state = mapper.shardState(id);
       // A push that reserved before the ring closed may be counted after the drain reset
       // the counter; once the ring is closed and fully published none can follow.
-      if (state === ShardState.Draining && mapper.metricsCollector(id)!.pushesSinceDrainStart() > 0 &&
-        this.#core.abi.ringIsClosed(slot) !== 0 && this.#core.abi.ringAllPublished(slot) !== 0) {
+      if (state === ShardState.Draining && mapper.metricsCollector(id)!.pushesSinceDrainStart() > 0 && this.#quiescent(slot)) {
         mapper.metricsCollector(id)!.setDraining(true);
       }
     }
@@ -512,11 +514,7 @@ export class ShardManager {
     if (active - n < p.minShards) {
       throw new ScalingError('AtMinShards', `manualScaleDown: ${active} active - ${n} would go below minShards ${p.minShards}`);
     }
-    const ids = this.mapper.activeShardIds()
-      .map((id) => ({ id, w: this.mapper.lastMetrics(id)?.weight ?? 0 }))
-      .sort((a, b) => a.w - b.w)
-      .slice(0, n)
-      .map((x) => x.id);
+    const ids = this.mapper.leastLoadedIds(n);
     for (const id of ids) this.mapper.drainSpecific(id);
     await this.#awaitRemoval(ids);
     return ids;
