@@ -1,6 +1,6 @@
 // The numeric-only ABI of the WebAssembly core. Every export takes and returns i32/u32/f64
 // (no i64 crosses the boundary); src/abi.ts mirrors this list as a typed interface.
-import { LAYOUT_BASE, H_LANE_FLAGS, L_RESULT, L_SCRATCH, L_DOORBELL } from "./layout";
+import { LAYOUT_BASE, H_LANE_FLAGS, L_RESULT, L_SCRATCH, L_DOORBELL, L_OWNER } from "./layout";
 import {
   slotStrideFor, slotsOffset, slotAddr, laneAddr, laneCount, recordStride, ringCapacity,
 } from "./config";
@@ -9,11 +9,11 @@ export { configure, attach } from "./config";
 export { select, selectBatch, tableBuildAddress, tablePublish } from "./select";
 export {
   recordEventOnly, recordLatencySample, recordPush, recordFlush, recordBufferLen, bufferLen,
-  setDraining, isDraining, pushesSinceDrainStart, capacityOf, collectAndReset, total,
+  setDraining, isDraining, pushesSinceDrainStart, capacityOf, collectAndReset,
 } from "./metrics";
 export {
   push, pushBatch, pushFixedBatch, ringLen, ringClaim, ringAck, ringRewind, ringClose, ringIsClosed,
-  ringAllPublished, ringSetDoorbell, slotInit, unroutedTotal, stopPushes,
+  ringAllPublished, ringSetDoorbell, ringStalledAt, ringSkipStalled, slotInit, total, unroutedTotal, stopPushes,
 } from "./ring";
 
 // ---- layout queries (pure: usable before the memory is configured) -----------------------
@@ -37,5 +37,14 @@ export function laneClaim(): i32 {
   return -1;
 }
 export function laneRelease(lane: u32): void {
+  atomic.store<u32>(laneAddr(lane) + L_OWNER, 0);
   atomic.store<u32>(<usize>LAYOUT_BASE + H_LANE_FLAGS + (<usize>lane << 2), 0);
 }
+export function laneIsClaimed(lane: u32): i32 {
+  return atomic.load<u32>(<usize>LAYOUT_BASE + H_LANE_FLAGS + (<usize>lane << 2)) != 0 ? 1 : 0;
+}
+// Who holds a lane: 1 + its worker_threads threadId (0 = not said), so the thread that owns
+// the memory can give back the lanes of threads that exited without detach().
+export function laneSetOwner(lane: u32, owner: u32): void { atomic.store<u32>(laneAddr(lane) + L_OWNER, owner); }
+export function laneOwner(lane: u32): u32 { return atomic.load<u32>(laneAddr(lane) + L_OWNER); }
+export function laneCountConfigured(): u32 { return laneCount; }

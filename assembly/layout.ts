@@ -39,15 +39,16 @@ export const H_STOPPED: i32 = 140;        // u32, 1 once the manager closed: pus
 export const H_UNROUTED: i32 = 256;       // i64, pushes made while no shard was Active
 export const H_LANE_FLAGS: i32 = 384;     // u32 × MAX_LANES, 1 = lane claimed
 export const MAX_LANES: i32 = 256;
-export const HEADER_BYTES: i32 = 384 + 256 * 4; // = H_LANE_FLAGS + MAX_LANES * 4
+export const HEADER_BYTES: i32 = H_LANE_FLAGS + MAX_LANES * 4;
 
 export const MAGIC: u32 = 0x53484d31;    // "SHM1"
 
 // ---- one lane (per-thread scratch) ------------------------------------------------------
 export const L_DOORBELL: i32 = 0;         // i32, 1 while this lane's consumer sleeps
+export const L_OWNER: i32 = 4;            // u32, 1 + the worker_threads threadId that holds the lane (0: unknown)
 export const L_RESULT: i32 = 64;          // u32 × 16, results written by batch calls
 export const L_SCRATCH: i32 = 128;        // staging area, up to laneBytes
-export const LANE_HEADER_BYTES: i32 = 128;
+export const LANE_HEADER_BYTES: i32 = L_SCRATCH;
 
 // ---- one slot: metrics + ring (offsets from the slot base) ------------------------------
 // line 0: written by producers
@@ -64,23 +65,30 @@ export const M_EVICTED: i32 = 56;         // i64, evicted by dropOldest
 export const M_FLUSH: i32 = 128;          // i64, (count << 32) | sum
 export const M_DRAINING: i32 = 144;       // u32, 1 while draining
 export const M_CAPACITY: i32 = 148;       // u32, capacity the fill ratio divides by
+export const M_SKIPPED: i32 = 152;        // i64, reserved records never written (their producer died or stalled)
 // line 2: ring tail, written by producers
 export const R_TAIL: i32 = 256;           // i64, bits 0-62: records ever reserved (= accepted; low 32 bits index the ring); bit 63: closed
 export const R_DOORBELL: i32 = 264;       // u32, address of the consumer's doorbell, 0 = none
 export const R_BASE: i32 = 272;           // i64, the tail count when this shard got the slot
                                           //   (read by every push: kept off the consumer's line)
-// line 3: ring head side, written by the consumer
-export const R_HEAD: i32 = 384;           // i64, records ever acknowledged or evicted (low 32 bits: first index
-                                          //   not yet acknowledged); one CAS on it commits an acknowledgement
-export const R_CLAIMED: i32 = 392;        // u32, first index not yet handed to the consumer
+// line 3: ring head side, written by the consumer (and by evictors under dropOldest)
+export const R_CURSOR: i32 = 384;         // u64, head index (low 32 bits: first record not yet acknowledged or
+                                          //   evicted) | claimed index << 32 (first record not yet handed out);
+                                          //   one word, so claim, acknowledge, evict and rewind are each one atomic step
+export const M_DELIVERED: i32 = 392;      // i64, records acknowledged by a consumer (skipped ones excluded)
 export const R_RECORDS: i32 = 512;        // first record
-export const SLOT_HEADER_BYTES: i32 = 512;
+export const SLOT_HEADER_BYTES: i32 = R_RECORDS;
 
 // ---- one record -------------------------------------------------------------------------
-export const REC_SEQ: i32 = 0;            // u32, index + 1 once published; index + capacity once free
+// The sequence word says what the slot holds for the index i it serves: i (free, may be
+// reserved for i), i + SEQ_WRITING (a producer is copying into it), i + 1 (published),
+// i + SEQ_SKIPPED (reserved but never written: padding), i + capacity (free for the next lap).
+export const REC_SEQ: i32 = 0;            // u32, see above
 export const REC_LEN: i32 = 4;            // u32, payload bytes
 export const REC_PAYLOAD: i32 = 8;
-export const RECORD_HEADER_BYTES: i32 = 8;
+export const RECORD_HEADER_BYTES: i32 = REC_PAYLOAD;
+export const SEQ_WRITING: i32 = 0x40000000;
+export const SEQ_SKIPPED: i32 = 0x20000000;
 
 // ---- codes ------------------------------------------------------------------------------
 export const NO_SHARD: i32 = 0xffff;
@@ -96,6 +104,27 @@ export const PUSH_REFUSED: i32 = -4;
 export const PUSH_CLOSED: i32 = -5;      // internal: ring closed, select again
 export const PUSH_STOPPED: i32 = -6;     // the manager is closed
 export const L_FAILED_SHARD: i32 = 96;    // u32 in the lane: shard id of the last refused push
+// batch results, u32 words at the lane's L_RESULT
+export const BATCH_ACCEPTED: i32 = 0;
+export const BATCH_UNROUTED: i32 = 4;
+export const BATCH_FULL: i32 = 8;
+export const BATCH_SAMPLED: i32 = 12;
+export const BATCH_STOP: i32 = 16;        // STOP_* below
+export const STOP_NONE: i32 = 0;
+export const STOP_REFUSED: i32 = 1;       // stopped before an event refused under failProducer
+export const STOP_CLOSED: i32 = 2;        // the manager was closed
+// totals readable with total(slot, which)
+export const TOTAL_PUSHED: i32 = 0;
+export const TOTAL_DELIVERED: i32 = 1;
+export const TOTAL_DROPPED_NEWEST: i32 = 2;
+export const TOTAL_SAMPLED: i32 = 3;
+export const TOTAL_REFUSED: i32 = 4;
+export const TOTAL_EVICTED: i32 = 5;
+export const TOTAL_SKIPPED: i32 = 6;
+export const TOTAL_COUNT: i32 = 7;
+// ringClaim's output, u32 words at `out`
+export const CLAIM_START: i32 = 0;        // first index of the batch
+export const CLAIM_SKIPPED: i32 = 4;      // 1: the batch is padding (skipped records), acknowledge it unread
 // Push-latency samples measure contention: each failed reservation attempt counts this
 // many nanoseconds (about one contended cache-line transfer). An uncontended push is 0 ns.
 export const CONTENTION_NS_PER_RETRY: i32 = 50;

@@ -3,11 +3,9 @@
 // Both halves saturate at 2^32 - 1 instead of wrapping.
 import {
   M_LATENCY, M_EVENTS, M_DRAIN_PUSHES, M_BUFFER_LEN, M_FLUSH, M_DRAINING, M_CAPACITY,
-  M_DROPPED_NEWEST, M_DROPPED_SAMPLED, M_REFUSED, M_EVICTED,
-  CACHE_LINE, R_TAIL, R_HEAD,
+  CACHE_LINE, R_TAIL, R_CURSOR,
 } from "./layout";
 import { slotAddr, ringCapacity } from "./config";
-import { pushedTotal, deliveredTotal } from "./ring";
 
 const U32_MAX: u64 = 0xffffffff;
 
@@ -50,7 +48,7 @@ export function recordBufferLen(slot: u32, len: u32): void { atomic.store<u32>(s
 // producers' line. Collectors without a ring report what recordBufferLen stored.
 @inline function bufferLenAt(base: usize): u32 {
   if (ringCapacity == 0) return atomic.load<u32>(base + M_BUFFER_LEN);
-  return <u32>atomic.load<u64>(base + R_TAIL) - atomic.load<u32>(base + R_HEAD);
+  return <u32>atomic.load<u64>(base + R_TAIL) - <u32>atomic.load<u64>(base + R_CURSOR); // tail − head
 }
 export function bufferLen(slot: u32): u32 { return bufferLenAt(slotAddr(slot)); }
 
@@ -77,23 +75,6 @@ export function collectAndReset(slot: u32, out: usize): void {
   store<u32>(out + 12, <u32>latency);
   store<u32>(out + 16, <u32>(flush >>> 32));
   store<u32>(out + 20, <u32>flush);
-}
-
-// Totals since the slot was initialised, as f64 (exact below 2^53):
-// which = 1 delivered, 2 dropped newest, 3 sampled out, 4 refused, 5 evicted
-// (0, pushed, is the ring's tail: see ring.ts pushedTotal).
-export function total(slot: u32, which: i32): f64 {
-  const base = slotAddr(slot);
-  let off: usize = M_EVICTED;
-  switch (which) {
-    case 0: return pushedTotal(slot);
-    case 1: return deliveredTotal(slot);
-    case 2: off = M_DROPPED_NEWEST; break;
-    case 3: off = M_DROPPED_SAMPLED; break;
-    case 4: off = M_REFUSED; break;
-    case 5: off = M_EVICTED; break;
-  }
-  return <f64>atomic.load<u64>(base + off);
 }
 
 // Zero every metrics word of a slot (the two metric lines) and set its capacity.

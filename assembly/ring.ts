@@ -2,20 +2,35 @@
 //
 // Reservation follows the per-slot sequence scheme: record i of the ring carries a
 // sequence word; a producer may take index t only while seq == t, takes it with one CAS on
-// the tail, copies the payload and publishes with seq = t + 1. The consumer claims
-// published records in order, reads them in place, and on acknowledgement frees each with
-// seq = t + capacity (so the slot is ready for index t + capacity). Every record is
-// contiguous, so consumers get zero-copy views.
+// the tail, marks it as being written (a CAS: see "stalled reservations"), copies the
+// payload and publishes with seq = t + 1. The consumer claims published records in order,
+// reads them in place, and acknowledges them: one store of the cursor commits the batch,
+// then each slot is freed with seq = t + capacity (ready for index t + capacity). Every
+// record is contiguous, so consumers get zero-copy views.
 //
-// The tail word also carries a "closed" bit, flipped when a shard starts draining: a
-// producer's CAS then fails, it selects again from the (already rebuilt) table, and no
-// reservation can land in a ring after it was closed.
+// The tail word also carries a "closed" bit, flipped when a shard starts draining (or the
+// manager closes): a producer's CAS then fails, it selects again from the (already rebuilt)
+// table, and no reservation can land in a ring after it was closed.
+//
+// Threads die at the wrong moment (worker.terminate() stops WebAssembly at a function entry
+// or a loop back-edge, never inside straight-line code). The protocol is built around that:
+//  - a commit (reserve, publish, claim, acknowledge, evict, rewind) is one atomic step, with
+//    the counters it implies updated in the same straight-line code;
+//  - a producer that dies between reserving and writing leaves records in the "free" state
+//    behind the tail. The manager's watchdog turns such a stalled reservation into padding
+//    with a CAS (free → skipped) that a live-but-slow producer's own CAS (free → writing)
+//    excludes: whoever wins owns the record, and a producer that loses pushes its event again.
+//  - an acknowledgement commits first and frees the slots after, so a consumer that dies in
+//    between leaves slots behind the head that nobody has freed yet; the rewind frees them.
 import {
-  R_TAIL, R_HEAD, R_CLAIMED, R_DOORBELL, R_BASE, REC_SEQ, REC_LEN, REC_PAYLOAD, LAYOUT_BASE, H_UNROUTED,
-  M_DROPPED_NEWEST, M_DROPPED_SAMPLED, M_REFUSED, M_EVICTED,
+  R_TAIL, R_CURSOR, R_DOORBELL, R_BASE, REC_SEQ, REC_LEN, REC_PAYLOAD, LAYOUT_BASE, H_UNROUTED,
+  M_DROPPED_NEWEST, M_DROPPED_SAMPLED, M_REFUSED, M_EVICTED, M_DELIVERED, M_SKIPPED,
   M_LATENCY, M_SAMPLE_COUNTER, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE,
   PUSH_UNROUTED, PUSH_FULL, PUSH_SAMPLED, PUSH_REFUSED, PUSH_CLOSED, PUSH_STOPPED, L_SCRATCH, L_RESULT,
-  L_FAILED_SHARD, H_STOPPED,
+  L_FAILED_SHARD, H_STOPPED, SEQ_WRITING, SEQ_SKIPPED,
+  BATCH_ACCEPTED, BATCH_UNROUTED, BATCH_FULL, BATCH_SAMPLED, BATCH_STOP, STOP_NONE, STOP_REFUSED, STOP_CLOSED,
+  CLAIM_START, CLAIM_SKIPPED, TOTAL_PUSHED, TOTAL_DELIVERED, TOTAL_DROPPED_NEWEST, TOTAL_SAMPLED,
+  TOTAL_REFUSED, TOTAL_EVICTED, TOTAL_SKIPPED,
   CONTENTION_NS_PER_RETRY, LATENCY_SAMPLE_MASK,
 } from "./layout";
 import {
@@ -25,17 +40,22 @@ import { addToPair, eventsAt, initMetrics } from "./metrics";
 import { selectEntry, NO_ENTRY } from "./select";
 
 // Bit 63 of the tail word. The other 63 bits count every reservation ever made, so the
-// tail doubles as the shard's accepted-events total (no separate counter on the hot path).
+// tail doubles as the shard's reservation total (no separate counter on the hot path).
 const CLOSED: u64 = 1 << 63;
 const COUNT: u64 = ~CLOSED;
 const MAX_RESELECT: i32 = 1000;
 
+// ---- the cursor: head (low half) and claimed (high half) in one word ----------------------
+@inline function headOf(cursor: u64): u32 { return <u32>cursor; }
+@inline function claimedOf(cursor: u64): u32 { return <u32>(cursor >>> 32); }
+@inline function cursorOf(head: u32, claimed: u32): u64 { return <u64>head | (<u64>claimed << 32); }
+
 @inline function lenAt(base: usize): u32 {
-  return <u32>atomic.load<u64>(base + R_TAIL) - atomic.load<u32>(base + R_HEAD);
+  return <u32>atomic.load<u64>(base + R_TAIL) - headOf(atomic.load<u64>(base + R_CURSOR));
 }
 
 // Wake the consumer if it is parked on its doorbell.
-@inline function ring(base: usize): void {
+@inline function ringDoorbell(base: usize): void {
   const bell = <usize>load<u32>(base + R_DOORBELL);
   if (bell != 0 && atomic.load<i32>(bell) != 0) {
     atomic.store<i32>(bell, 0);
@@ -43,19 +63,47 @@ const MAX_RESELECT: i32 = 1000;
   }
 }
 
-// dropOldest: free the oldest unclaimed record. Only when no batch is in flight with the
-// consumer (head == claimed), so records being read in place are never overwritten.
+// dropOldest: evict the oldest record not handed out. Only possible while no batch is in
+// flight with the consumer (head == claimed): the slot a new record needs is the head's,
+// and a record being read in place is never overwritten. Returns true when the caller
+// should look at the tail again (evicted, or raced).
 function evictOldest(base: usize): bool {
-  const head = atomic.load<u32>(base + R_HEAD);
-  const claimed = atomic.load<u32>(base + R_CLAIMED);
-  if (head != claimed) return false;
-  const rec = recordAddr(base, claimed);
-  if (atomic.load<u32>(rec + REC_SEQ) != claimed + 1) return false; // still being written
-  if (atomic.cmpxchg<u32>(base + R_CLAIMED, claimed, claimed + 1) != claimed) return true; // raced: retry
-  atomic.store<u32>(rec + REC_SEQ, claimed + ringCapacity);
-  atomic.add<u64>(base + M_EVICTED, 1); // before the head moves: delivered = head - evicted never overshoots
-  advanceHead(base, claimed + 1); // unless an acknowledgement already moved past it
+  const cursor = atomic.load<u64>(base + R_CURSOR);
+  const c = claimedOf(cursor);
+  if (headOf(cursor) != c) return false;
+  const rec = recordAddr(base, c);
+  const seq = atomic.load<u32>(rec + REC_SEQ);
+  const published = seq == c + 1;
+  if (!published && seq != c + <u32>SEQ_SKIPPED) return false; // still being written
+  // Counted before the commit (and taken back if it fails), so the totals never miss an
+  // eviction that already happened.
+  if (published) atomic.add<u64>(base + M_EVICTED, 1);
+  if (atomic.cmpxchg<u64>(base + R_CURSOR, cursor, cursorOf(c + 1, c + 1)) != cursor) {
+    if (published) atomic.sub<u64>(base + M_EVICTED, 1);
+    return true;
+  }
+  freeBehindHead(rec, c, seq);
   return true;
+}
+
+// Free a slot the head has passed, if it still holds `seq` for `index`. A CAS, because
+// two threads may free the same slot (an evictor that was descheduled, and a rewind), and
+// the later one must not clobber a producer that already took the slot for the next lap.
+@inline function freeBehindHead(rec: usize, index: u32, seq: u32): void {
+  atomic.cmpxchg<u32>(rec + REC_SEQ, seq, index + ringCapacity);
+}
+
+// Take record `index` for writing. False when the watchdog skipped it first.
+@inline function beginWrite(rec: usize, index: u32): bool {
+  return atomic.cmpxchg<u32>(rec + REC_SEQ, index, index + <u32>SEQ_WRITING) == index;
+}
+
+// Copy and publish record `index` (taken with beginWrite). Straight-line: no thread stops
+// between the mark and the publish.
+@inline function writeRecord(rec: usize, index: u32, src: usize, len: u32): void {
+  memory.copy(rec + REC_PAYLOAD, src, len);
+  store<u32>(rec + REC_LEN, len);
+  atomic.store<u32>(rec + REC_SEQ, index + 1); // publish
 }
 
 // Append `len` bytes from `src` to the ring at `base`. Returns 0 or a PUSH_* code.
@@ -68,15 +116,29 @@ export function pushAt(base: usize, src: usize, len: u32): i32 {
   }
   let retries: u32 = 0;
   let tail = atomic.load<u64>(base + R_TAIL);
-  let index: u32 = 0;
   while (true) {
     if (tail & CLOSED) return PUSH_CLOSED;
-    index = <u32>tail;
-    const seq = atomic.load<u32>(recordAddr(base, index) + REC_SEQ);
+    const index = <u32>tail;
+    const rec = recordAddr(base, index);
+    const seq = atomic.load<u32>(rec + REC_SEQ);
     const diff = <i32>(seq - index);
     if (diff == 0) {
       const seen = atomic.cmpxchg<u64>(base + R_TAIL, tail, tail + 1);
-      if (seen == tail) break;
+      if (seen == tail) {
+        // reserved: from here to the publish is straight-line code
+        if (beginWrite(rec, index)) {
+          writeRecord(rec, index, src, len);
+          const nth = eventsAt(base, 1);
+          if ((nth & LATENCY_SAMPLE_MASK) == 0) addToPair(base + M_LATENCY, retries * CONTENTION_NS_PER_RETRY);
+          ringDoorbell(base); // the ring length is not stored: collectors read it from tail and head
+          return 0;
+        }
+        // We stalled long enough for the watchdog to turn the reservation into padding:
+        // nothing was written, so push again.
+        retries++;
+        tail = atomic.load<u64>(base + R_TAIL);
+        continue;
+      }
       tail = seen;
       retries++;
     } else if (diff < 0) { // full: the slot still holds index - capacity
@@ -96,22 +158,16 @@ export function pushAt(base: usize, src: usize, len: u32): i32 {
       tail = atomic.load<u64>(base + R_TAIL);
     }
   }
-  const rec = recordAddr(base, index);
-  memory.copy(rec + REC_PAYLOAD, src, len);
-  store<u32>(rec + REC_LEN, len);
-  atomic.store<u32>(rec + REC_SEQ, index + 1); // publish
-  const nth = eventsAt(base, 1);
-  if ((nth & LATENCY_SAMPLE_MASK) == 0) addToPair(base + M_LATENCY, retries * CONTENTION_NS_PER_RETRY);
-  ring(base); // the ring length is not stored: collectors read it from tail and head
-
-  return 0;
+  return PUSH_FULL; // not reached
 }
 
 // Route by hash and append. Returns the shard id (≥ 0) or a PUSH_* code; on a refusal the
 // shard id is left in the lane's L_FAILED_SHARD word.
 function routeAndPush(lane: usize, hash: u32, src: usize, len: u32): i32 {
-  if (atomic.load<u32>(<usize>LAYOUT_BASE + H_STOPPED) != 0) return PUSH_STOPPED;
   for (let attempt = 0; attempt < MAX_RESELECT; attempt++) {
+    // Read on every attempt: close() closes every ring after setting the flag, so a push
+    // whose reservation failed on a closed ring learns here that the manager is closed.
+    if (atomic.load<u32>(<usize>LAYOUT_BASE + H_STOPPED) != 0) return PUSH_STOPPED;
     const entry = selectEntry(hash);
     if (entry == NO_ENTRY) break;
     const r = pushAt(slotAddr(entry >>> 16), src, len);
@@ -136,9 +192,15 @@ export function push(lane: u32, hash: u32, len: u32): i32 {
 // Consecutive events of a batch that route to the same shard form a run. A run is reserved
 // with one CAS on the tail (as many records as are free from the tail on, each slot checked:
 // under dropOldest an evictor may free an older slot after the consumer freed a newer one),
-// copied and published record by record, counted with one atomic add, and rings the
+// written and published record by record, counted with one atomic add, and rings the
 // doorbell once. Whatever a run cannot take (full or closed ring, sample mode, no shard)
 // goes through the single-event path, which applies backpressure exactly as push does.
+//
+// A run is the one place where a thread can be stopped between reserving and publishing
+// (at the back-edge of the copy loop): the records it had not reached stay reserved and
+// unwritten until the watchdog skips them. If this thread was only slow and finds one of
+// its records skipped, it gives up the rest of the run (skipping them itself, so its events
+// keep their order) and pushes those events again.
 
 const MAX_RUN: u32 = 1024;
 let runFirst: u32 = 0;   // first index reserved by the last reserveRun
@@ -162,6 +224,33 @@ function reserveRun(base: usize, k: u32): u32 {
   return 0;
 }
 
+// Skip reserved, unwritten records from `index` on (at most `max`, never past the tail):
+// each becomes padding unless its producer marked it first. Returns how many it skipped.
+function skipFrom(base: usize, index: u32, max: u32): u32 {
+  const tail = <u32>atomic.load<u64>(base + R_TAIL);
+  let n: u32 = 0;
+  while (n < max && <i32>(tail - (index + n)) > 0) {
+    const i = index + n;
+    if (atomic.cmpxchg<u32>(recordAddr(base, i) + REC_SEQ, i, i + <u32>SEQ_SKIPPED) != i) break;
+    n++;
+  }
+  if (n > 0) {
+    atomic.add<u64>(base + M_SKIPPED, n);
+    ringDoorbell(base);
+  }
+  return n;
+}
+
+// Skip this thread's own reserved records [from, end) (some may be skipped already).
+function abandonRun(base: usize, from: u32, end: u32): void {
+  let n: u32 = 0;
+  for (let i = from; i != end; i++) {
+    if (atomic.cmpxchg<u32>(recordAddr(base, i) + REC_SEQ, i, i + <u32>SEQ_SKIPPED) == i) n++;
+  }
+  atomic.add<u64>(base + M_SKIPPED, n);
+  ringDoorbell(base);
+}
+
 // Two ways a batch is staged in the lane's scratch:
 //   variable (pushBatch):      [hash u32][len u32][bytes, padded to 4], event after event
 //   fixed (pushFixedBatch):    count hashes (u32), then count records of `fixedSize` bytes
@@ -175,16 +264,16 @@ let fixedRecords: usize = 0;
 @inline function evData(p: usize, i: u32): usize { return fixedSize ? fixedRecords + <usize>i * fixedSize : p + 8; }
 @inline function evNext(p: usize): usize { return fixedSize ? p : p + 8 + ((<usize>load<u32>(p + 4) + 3) & ~3); }
 
-// Writes [accepted, unrouted, full, sampled, stop] at the lane's result words and returns
-// how many events it consumed. It stops right before an event refused under failProducer
-// (stop = 1) or when the manager is closed (stop = 2).
+// Writes [accepted, unrouted, full, sampled, stop] at the lane's result words (BATCH_*) and
+// returns how many events it consumed. It stops right before an event refused under
+// failProducer (STOP_REFUSED) or when the manager is closed (STOP_CLOSED).
 function batchLoop(lane: u32, count: u32): u32 {
   const lb = laneAddr(lane);
   let p = lb + L_SCRATCH;
-  let accepted: u32 = 0, unrouted: u32 = 0, full: u32 = 0, sampled: u32 = 0, stop: u32 = 0;
+  let accepted: u32 = 0, unrouted: u32 = 0, full: u32 = 0, sampled: u32 = 0, stop: u32 = STOP_NONE;
   let i: u32 = 0;
   while (i < count) {
-    if (atomic.load<u32>(<usize>LAYOUT_BASE + H_STOPPED) != 0) { stop = 2; break; }
+    if (atomic.load<u32>(<usize>LAYOUT_BASE + H_STOPPED) != 0) { stop = STOP_CLOSED; break; }
     const entry = selectEntry(evHash(p, i));
     if (entry != NO_ENTRY && backpressure != BP_SAMPLE && evLen(p) <= maxPayload) {
       let k: u32 = 1;
@@ -194,22 +283,26 @@ function batchLoop(lane: u32, count: u32): u32 {
         k++;
       }
       const base = slotAddr(entry >>> 16);
-      const got = reserveRun(base, k);
-      if (got > 0) {
-        for (let j: u32 = 0; j < got; j++) {
-          const len = evLen(p);
-          const rec = recordAddr(base, runFirst + j);
-          memory.copy(rec + REC_PAYLOAD, evData(p, i + j), len);
-          store<u32>(rec + REC_LEN, len);
-          atomic.store<u32>(rec + REC_SEQ, runFirst + j + 1); // publish
-          p = evNext(p);
+      const reserved = reserveRun(base, k);
+      let got: u32 = 0;
+      while (got < reserved) {
+        const index = runFirst + got;
+        const rec = recordAddr(base, index);
+        if (!beginWrite(rec, index)) { // skipped by the watchdog: give up the rest of the run
+          abandonRun(base, index + 1, runFirst + reserved);
+          break;
         }
+        writeRecord(rec, index, evData(p, i + got), evLen(p));
+        p = evNext(p);
+        got++;
+      }
+      if (got > 0) {
         const before = eventsAt(base, got);
         // one latency sample when the run passes a multiple of 64 events, as single pushes do
         if (((before + LATENCY_SAMPLE_MASK) & ~LATENCY_SAMPLE_MASK) - before < got) {
           addToPair(base + M_LATENCY, runRetries * CONTENTION_NS_PER_RETRY);
         }
-        ring(base);
+        ringDoorbell(base);
         accepted += got;
         i += got;
         if (got == k) continue;
@@ -222,16 +315,16 @@ function batchLoop(lane: u32, count: u32): u32 {
     else if (r == PUSH_UNROUTED) unrouted++;
     else if (r == PUSH_FULL) full++;
     else if (r == PUSH_SAMPLED) sampled++;
-    else { stop = r == PUSH_STOPPED ? 2 : 1; break; }
+    else { stop = r == PUSH_STOPPED ? STOP_CLOSED : STOP_REFUSED; break; }
     p = evNext(p);
     i++;
   }
   const out = lb + L_RESULT;
-  store<u32>(out, accepted);
-  store<u32>(out + 4, unrouted);
-  store<u32>(out + 8, full);
-  store<u32>(out + 12, sampled);
-  store<u32>(out + 16, stop);
+  store<u32>(out + BATCH_ACCEPTED, accepted);
+  store<u32>(out + BATCH_UNROUTED, unrouted);
+  store<u32>(out + BATCH_FULL, full);
+  store<u32>(out + BATCH_SAMPLED, sampled);
+  store<u32>(out + BATCH_STOP, stop);
   return i;
 }
 
@@ -254,56 +347,89 @@ export function pushFixedBatch(lane: u32, count: u32, size: u32, recordsOffset: 
 
 export function ringLen(slot: u32): u32 { return lenAt(slotAddr(slot)); }
 
-// Hand up to `max` published records to the consumer. Writes the first index at `out`
-// and returns how many; the consumer reads them in place and then calls ringAck.
+// ---- the consumer side ----------------------------------------------------------------------
+
+// Hand up to `max` records to the consumer: writes the first index (CLAIM_START) and whether
+// they are padding (CLAIM_SKIPPED) at `out`, and returns how many. A batch is all published
+// records or all skipped ones, never a mix. The consumer reads them in place, then ringAck.
 export function ringClaim(slot: u32, max: u32, out: usize): u32 {
   const base = slotAddr(slot);
   while (true) {
-    const start = atomic.load<u32>(base + R_CLAIMED);
-    let n: u32 = 0;
-    while (n < max && atomic.load<u32>(recordAddr(base, start + n) + REC_SEQ) == start + n + 1) n++;
-    if (n == 0) return 0;
-    if (atomic.cmpxchg<u32>(base + R_CLAIMED, start, start + n) == start) {
-      store<u32>(out, start);
+    const cursor = atomic.load<u64>(base + R_CURSOR);
+    const start = claimedOf(cursor);
+    const first = atomic.load<u32>(recordAddr(base, start) + REC_SEQ) - start;
+    if (first != 1 && first != <u32>SEQ_SKIPPED) return 0;
+    let n: u32 = 1;
+    while (n < max && atomic.load<u32>(recordAddr(base, start + n) + REC_SEQ) == start + n + first) n++;
+    if (atomic.cmpxchg<u64>(base + R_CURSOR, cursor, cursorOf(headOf(cursor), start + n)) == cursor) {
+      store<u32>(out + CLAIM_START, start);
+      store<u32>(out + CLAIM_SKIPPED, first == <u32>SEQ_SKIPPED ? 1 : 0);
       return n;
     }
   }
 }
 
-// Acknowledge records [start, start + n): free their slots, move the head, count them.
-export function ringAck(slot: u32, start: u32, n: u32): void {
+// Acknowledge records [start, start + n), the oldest claimed batch (`delivered` of them
+// count as delivered: 0 for padding). Commit, then free the slots.
+export function ringAck(slot: u32, start: u32, n: u32, delivered: u32): void {
   const base = slotAddr(slot);
-  // Free the slots in order, then commit with one CAS on the head (which also counts them:
-  // delivered is derived from the head). A consumer thread terminated in between leaves a
-  // freed prefix behind the head; ringRewind completes it.
+  // Nothing else moves the cursor while a batch is in flight (evictors wait for head ==
+  // claimed, rewinds run only where this consumer cannot), so a store commits. The count
+  // goes first, in the same straight-line code: a reader that sees the head move sees it.
+  atomic.add<u64>(base + M_DELIVERED, delivered);
+  const claimed = claimedOf(atomic.load<u64>(base + R_CURSOR));
+  atomic.store<u64>(base + R_CURSOR, cursorOf(start + n, claimed));
   for (let i: u32 = 0; i < n; i++) {
     atomic.store<u32>(recordAddr(base, start + i) + REC_SEQ, start + i + ringCapacity);
   }
-  advanceHead(base, start + n);
 }
 
-// Move the 64-bit head forward to ring index `end` (never back), with a CAS.
-function advanceHead(base: usize, end: u32): void {
-  let head = atomic.load<u64>(base + R_HEAD);
-  while (<i32>(end - <u32>head) > 0) {
-    const seen = atomic.cmpxchg<u64>(base + R_HEAD, head, head + <u64>(end - <u32>head));
-    if (seen == head) return;
-    head = seen;
-  }
-}
-
-// Forget a claim that was never acknowledged (its consumer died): the records will be
-// handed out again from the last acknowledgement.
-export function ringRewind(slot: u32): void {
+// The consumer went away (its thread died, or its function threw): every record it had
+// claimed and not acknowledged is handed out again from the head. Slots behind the head
+// that a dying acknowledgement did not get to free are freed here. Returns how many
+// records were handed back.
+export function ringRewind(slot: u32): u32 {
   const base = slotAddr(slot);
-  // A consumer stopped inside ringAck (a thread terminated from outside) may have freed a
-  // prefix of its batch without committing it. Those records were consumed (ringAck runs
-  // after the consumer returned): commit them, then hand out the rest again.
-  const claimed = atomic.load<u32>(base + R_CLAIMED);
-  let h = <u32>atomic.load<u64>(base + R_HEAD);
-  while (h != claimed && atomic.load<u32>(recordAddr(base, h) + REC_SEQ) == h + ringCapacity) h++;
-  advanceHead(base, h);
-  atomic.store<u32>(base + R_CLAIMED, <u32>atomic.load<u64>(base + R_HEAD));
+  let cursor = atomic.load<u64>(base + R_CURSOR);
+  let back: u32 = 0;
+  while (true) {
+    const h = headOf(cursor);
+    back = claimedOf(cursor) - h;
+    if (back == 0) break;
+    const seen = atomic.cmpxchg<u64>(base + R_CURSOR, cursor, cursorOf(h, h));
+    if (seen == cursor) break;
+    cursor = seen;
+  }
+  // Free, newest first, what lies behind the head still marked published or skipped.
+  const h = headOf(atomic.load<u64>(base + R_CURSOR));
+  for (let i: u32 = 1; i <= ringCapacity; i++) {
+    const index = h - i;
+    const rec = recordAddr(base, index);
+    const seq = atomic.load<u32>(rec + REC_SEQ);
+    if (seq != index + 1 && seq != index + <u32>SEQ_SKIPPED) break;
+    freeBehindHead(rec, index, seq);
+  }
+  return back;
+}
+
+// ---- the watchdog -------------------------------------------------------------------------
+
+// The index the consumer waits on when it is reserved but unwritten (a producer died or
+// stalled inside a reservation), else -1. The manager calls this periodically and, when the
+// same index is still stalled after a while, ringSkipStalled.
+export function ringStalledAt(slot: u32): f64 {
+  const base = slotAddr(slot);
+  const c = claimedOf(atomic.load<u64>(base + R_CURSOR));
+  const tail = <u32>atomic.load<u64>(base + R_TAIL);
+  if (<i32>(tail - c) <= 0) return -1;
+  if (atomic.load<u32>(recordAddr(base, c) + REC_SEQ) != c) return -1;
+  return <f64>c;
+}
+
+// Turn the stalled reservation at `index` (and the unwritten ones right after it) into
+// padding. Returns how many records were skipped.
+export function ringSkipStalled(slot: u32, index: u32): u32 {
+  return skipFrom(slotAddr(slot), index, ringCapacity);
 }
 
 export function ringClose(slot: u32): void {
@@ -320,13 +446,13 @@ export function ringIsClosed(slot: u32): i32 {
   return (atomic.load<u64>(slotAddr(slot) + R_TAIL) & CLOSED) != 0 ? 1 : 0;
 }
 
-// 1 when every reserved record has been published (no producer is mid-write).
+// 1 when every reserved record has been published or skipped (no producer is mid-write).
 export function ringAllPublished(slot: u32): i32 {
   const base = slotAddr(slot);
   const tail = <u32>atomic.load<u64>(base + R_TAIL);
-  for (let i = atomic.load<u32>(base + R_HEAD); i != tail; i++) {
+  for (let i = headOf(atomic.load<u64>(base + R_CURSOR)); i != tail; i++) {
     const seq = atomic.load<u32>(recordAddr(base, i) + REC_SEQ);
-    if (seq != i + 1) return 0;
+    if (seq != i + 1 && seq != i + <u32>SEQ_SKIPPED) return 0;
   }
   return 1;
 }
@@ -351,27 +477,42 @@ export function slotInit(slot: u32, capacity: u32): void {
   const first = <u32>start;
   for (let i: u32 = 0; i < ringCapacity; i++) atomic.store<u32>(recordAddr(base, first + i) + REC_SEQ, first + i);
   store<u64>(base + R_BASE, start);
-  atomic.store<u64>(base + R_HEAD, start);
-  atomic.store<u32>(base + R_CLAIMED, first);
+  atomic.store<u64>(base + M_DELIVERED, 0);
+  atomic.store<u64>(base + R_CURSOR, cursorOf(first, first));
   atomic.store<u32>(base + R_DOORBELL, 0);
   atomic.store<u64>(base + R_TAIL, start); // open
 }
 
-// Refuse every later push (ShardManager.close).
+// Refuse every later push (ShardManager.close; the manager then closes every ring).
 export function stopPushes(): void {
   atomic.store<u32>(<usize>LAYOUT_BASE + H_STOPPED, 1);
 }
 
-// Events this shard's ring accepted (reservations, including any still being written).
+// Events this shard's ring accepted: reservations, less the ones skipped as padding
+// (including any still being written).
 export function pushedTotal(slot: u32): f64 {
   const base = slotAddr(slot);
-  return <f64>((atomic.load<u64>(base + R_TAIL) & COUNT) - load<u64>(base + R_BASE));
+  return <f64>((atomic.load<u64>(base + R_TAIL) & COUNT) - load<u64>(base + R_BASE) - atomic.load<u64>(base + M_SKIPPED));
 }
 
-// Records this shard's consumers acknowledged: the head's advance, less evictions.
+// Records this shard's consumers acknowledged.
 export function deliveredTotal(slot: u32): f64 {
+  return <f64>atomic.load<u64>(slotAddr(slot) + M_DELIVERED);
+}
+
+// Totals since the slot was initialised, as f64 (exact below 2^53), by TOTAL_* code.
+export function total(slot: u32, which: i32): f64 {
   const base = slotAddr(slot);
-  return <f64>(atomic.load<u64>(base + R_HEAD) - load<u64>(base + R_BASE) - atomic.load<u64>(base + M_EVICTED));
+  switch (which) {
+    case TOTAL_PUSHED: return pushedTotal(slot);
+    case TOTAL_DELIVERED: return deliveredTotal(slot);
+    case TOTAL_DROPPED_NEWEST: return <f64>atomic.load<u64>(base + M_DROPPED_NEWEST);
+    case TOTAL_SAMPLED: return <f64>atomic.load<u64>(base + M_DROPPED_SAMPLED);
+    case TOTAL_REFUSED: return <f64>atomic.load<u64>(base + M_REFUSED);
+    case TOTAL_EVICTED: return <f64>atomic.load<u64>(base + M_EVICTED);
+    case TOTAL_SKIPPED: return <f64>atomic.load<u64>(base + M_SKIPPED);
+  }
+  return 0;
 }
 
 export function unroutedTotal(): f64 {

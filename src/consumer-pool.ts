@@ -56,7 +56,10 @@ const MAX_RESTART_DELAY_MS = 5000;
 
 export interface PoolEvents {
   onError(error: Error, shardId: number): void;
-  onWorkerExit(index: number, code: number): void;
+  /** A thread exited unasked; `rewound` records it held unacknowledged will come again. */
+  onWorkerExit(index: number, code: number, rewound: number): void;
+  /** A replacement thread could not be started (e.g. no free lane); it is tried again. */
+  onRestartFailed(error: Error): void;
 }
 
 export class ConsumerPool {
@@ -98,7 +101,9 @@ export class ConsumerPool {
     // The lane is claimed here, not by the thread: a thread killed before it says 'ready'
     // would otherwise leak the lane it took, and enough such kills starve every replacement.
     const lane = this.#core.abi.laneClaim();
-    if (lane < 0) throw new Error('shard-mapper: no free lane for a consumer thread (raise options.maxThreads)');
+    if (lane < 0) {
+      throw new Error(`shard-mapper: no free lane for a consumer thread (all ${this.#core.abi.laneCountConfigured()} are taken: raise options.maxThreads, or detach() producers you no longer use)`);
+    }
     const init: ConsumerInit = { core: this.#core.handle(), ...this.#init, lane };
     let worker: SpawnedWorker;
     try {
@@ -207,19 +212,33 @@ export class ConsumerPool {
     state.releasing.clear();
     this.#core.abi.laneRelease(state.lane); // claimed for it in #spawn: released whatever it got to do
     if (this.#closing || state.stopping) return;
-    this.#events.onWorkerExit(state.index, code);
     // A crash: records it had claimed but not acknowledged are handed out again. Its shards
     // wait (their rings keep accepting up to capacity) until the replacement is up; a thread
     // that keeps dying before it is ready is restarted with exponential backoff.
-    for (const slot of state.shards.values()) this.#core.abi.ringRewind(slot);
+    let rewound = 0;
+    for (const slot of state.shards.values()) rewound += this.#core.abi.ringRewind(slot);
+    this.#events.onWorkerExit(state.index, code, rewound);
     if (!state.started && !state.killed) this.#failedStarts++;
     const delay = this.#failedStarts === 0 || state.killed ? 0 : Math.min(MAX_RESTART_DELAY_MS, 50 * 2 ** this.#failedStarts);
+    this.#scheduleRespawn(state, delay);
+  }
+
+  /** Start a replacement for `state` after `delay` ms. One that cannot start (no free lane,
+   *  a spawn error) is tried again with backoff: its shards are kept, never dropped. */
+  #scheduleRespawn(state: WorkerState, delay: number): void {
     const respawn = () => {
       state.respawnPending = false;
+      if (this.#closing) return;
+      let replacement: WorkerState;
+      try {
+        replacement = this.#spawn();
+      } catch (error) {
+        this.#events.onRestartFailed(error as Error);
+        this.#scheduleRespawn(state, Math.min(MAX_RESTART_DELAY_MS, Math.max(50, 2 * delay)));
+        return;
+      }
       const index = this.#workers.indexOf(state);
       if (index >= 0) this.#workers.splice(index, 1);
-      if (this.#closing) return;
-      const replacement = this.#spawn();
       this.#workers.push(replacement);
       for (const [shardId, slot] of state.shards) this.#give(replacement, shardId, slot);
       state.shards.clear();

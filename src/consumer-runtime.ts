@@ -7,7 +7,7 @@
 // scripts by default (Vite's worker.format is 'iife'), where top-level await does not parse.
 import { SharedCore, type CoreHandle } from './core.js';
 import { workerEndpoint, yieldToEventLoop } from '#platform';
-import { REC_LEN, REC_PAYLOAD } from './layout.generated.js';
+import { CLAIM_SKIPPED, CLAIM_START, REC_LEN, REC_PAYLOAD } from './layout.generated.js';
 
 /** What the manager sends a consumer worker when it starts. @internal */
 export interface ConsumerInit {
@@ -107,7 +107,11 @@ export async function runConsumer(resolve: (init: ConsumerInit) => ConsumerFunct
   async function consumeOne(s: Owned): Promise<number> {
     const n = core.abi.ringClaim(s.slot, init.batchSize, core.result);
     if (n === 0) return 0;
-    const start = core.u32[core.result >>> 2]!;
+    const start = core.u32[(core.result + CLAIM_START) >>> 2]!;
+    if (core.u32[(core.result + CLAIM_SKIPPED) >>> 2] !== 0) { // padding left by a dead producer
+      core.abi.ringAck(s.slot, start, n, 0);
+      return n;
+    }
     const base = core.abi.slotAddress(s.slot);
     core.ensureViews(core.recordsEnd(base)); // the slot may lie past this thread's views (growth)
     const buffer = core.u8.buffer;
@@ -130,7 +134,7 @@ export async function runConsumer(resolve: (init: ConsumerInit) => ConsumerFunct
       return 0;
     }
     const us = Math.round((performance.now() - began) * 1000);
-    core.abi.ringAck(s.slot, start, n);
+    core.abi.ringAck(s.slot, start, n, n);
     core.abi.recordFlush(s.slot, Math.min(us, 0xffffffff));
     return n;
   }

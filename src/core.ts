@@ -4,6 +4,7 @@
 import type { Abi } from './abi.js';
 import { compileAsync, compileSync, instantiate, type MemoryKind } from './wasm.js';
 import { MAX_LANES, L_SCRATCH, R_RECORDS } from './layout.generated.js';
+import { currentThreadId } from '#platform';
 
 const PAGE = 65536;
 const MAX_PAGES = 65536; // wasm32: 4 GiB
@@ -66,7 +67,13 @@ export class SharedCore {
     if (abi.attach() !== 0) throw new Error('shard-mapper: the shared memory was never configured');
     this.#ownsLane = givenLane === undefined;
     const lane = givenLane ?? abi.laneClaim();
-    if (lane < 0) throw new Error(`shard-mapper: every lane of the shared memory is taken (at most ${MAX_LANES} attached threads; detach() the ones you no longer use)`);
+    if (lane < 0) {
+      throw new Error(`shard-mapper: every lane of the shared memory is taken (${abi.laneCountConfigured()} threads may attach at once, options.maxThreads; ` +
+        'detach() the producers and collectors you no longer use; a worker thread that exits gives its lane back by itself)');
+    }
+    // Say who holds it, so the owning thread can take it back if this thread exits
+    // without detach(). A lane claimed for a thread by its owner (consumers) says nothing.
+    if (this.#ownsLane) abi.laneSetOwner(lane, currentThreadId() + 1);
     this.lane = lane;
     this.scratch = abi.laneScratchAddress(lane);
     this.result = abi.laneResultAddress(lane);
@@ -134,11 +141,19 @@ export class SharedCore {
     if (this.#ownsLane) this.abi.laneRelease(this.lane);
   }
 
-  /**
-   * Growth protocol: memory only grows, and only on the owning thread. Every thread calls
-   * this before touching an address beyond its views; shared views stay valid (just short),
-   * a non-shared buffer is replaced, so views are re-made from `memory.buffer`.
-   */
+  /** Give back every lane the exited worker thread `threadId` had claimed for itself. */
+  releaseLanesOf(threadId: number): number {
+    const abi = this.abi;
+    let released = 0;
+    for (let lane = 0; lane < abi.laneCountConfigured(); lane++) {
+      if (abi.laneIsClaimed(lane) && abi.laneOwner(lane) === threadId + 1) {
+        abi.laneRelease(lane);
+        released++;
+      }
+    }
+    return released;
+  }
+
   /** Byte address of ring record `index` (its header; the payload follows) in the slot at `slotBase`. */
   recordAt(slotBase: number, index: number): number {
     return slotBase + R_RECORDS + (index & (this.ringCapacity - 1)) * this.recordStride;
@@ -150,6 +165,10 @@ export class SharedCore {
   }
 
   /**
+   * Growth protocol: memory only grows, and only on the owning thread. Every thread calls
+   * this before touching an address beyond its views; shared views stay valid (just short),
+   * a non-shared buffer is replaced, so views are re-made from `memory.buffer`.
+   *
    * Cheap guard for hot paths: re-make the views only when they are detached (a non-shared
    * memory grew) or shorter than `end`. Reading `memory.buffer` costs tens of nanoseconds on
    * a shared memory, so it is not done per call.

@@ -8,11 +8,12 @@ import { ScalingError, checkInteger, describe, invalid } from './errors.js';
 import { ShardMapper, ShardState, WIRING, type MapperWiring, type ScalingDecision } from './mapper.js';
 import { resolvePolicy, type ScalingPolicy } from './policy.js';
 import { ShardProducer, ManagerClosedError, type BatchEvent, type EventKey, type EventPayload, type ProducerHandle } from './producer.js';
-import { Total } from './abi.js';
+import { Total, TOTALS } from './abi.js';
+import { StallWatchdog } from './stall-watchdog.js';
 import { sharedMemorySupported, compileAsync, type MemoryKind } from './wasm.js';
-import { cpuCount } from '#platform';
+import { cpuCount, onThreadExit } from '#platform';
 import {
-  BP_DROP_NEWEST, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE, REC_LEN, REC_PAYLOAD, MAX_LANES,
+  BP_DROP_NEWEST, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE, REC_LEN, REC_PAYLOAD, MAX_LANES, CLAIM_START, CLAIM_SKIPPED,
 } from './layout.generated.js';
 
 export type BackpressureMode =
@@ -34,7 +35,11 @@ export type ManagerEvent =
   | { type: 'shardProvisioned' | 'shardActivated' | 'shardDraining' | 'shardStopped' | 'shardRemoved'; shardId: number; at: number }
   | { type: 'scalingDecision'; decision: ScalingDecision; at: number }
   | { type: 'consumerError'; shardId: number; error: Error; at: number }
-  | { type: 'consumerRestarted'; worker: number; exitCode: number; at: number }
+  /** A consumer thread exited unasked; `rewound` records it held unacknowledged are handed out again. */
+  | { type: 'consumerRestarted'; worker: number; exitCode: number; rewound: number; at: number }
+  /** `records` reserved by a producer that never wrote them (its thread died or stalled
+   *  inside pushBatch/pushFixed) were skipped so the shard's later records flow again. */
+  | { type: 'producerStallSkipped'; shardId: number; records: number; at: number }
   /** A tick() run by start()'s timer threw (e.g. ShardCreationFailed); the loop goes on. */
   | { type: 'tickError'; error: Error; at: number };
 
@@ -47,6 +52,11 @@ export interface ShardManagerOptions {
   backpressure?: BackpressureMode;
   clock?: () => number;
   drainGraceMs?: number;
+  /** How long (ms, by `clock`) a consumer may wait on a record a producer reserved and never
+   *  wrote before it is skipped (default 1000). Only a producer thread that died or stalled
+   *  inside pushBatch/pushFixed leaves one; a slow producer that finds its record skipped
+   *  pushes the event again, so this is a latency knob, not a safety one. */
+  producerStallMs?: number;
   /** Largest event payload in bytes (default 256); each ring record reserves this much. */
   maxPayloadBytes?: number;
   /** Run consumers in worker threads; without it the application consumes with poll(). */
@@ -84,6 +94,9 @@ export interface ManagerStats {
   drops: { newest: number; oldest: number; sampled: number; refused: number };
   /** Accepted events still in rings (pushed − delivered − evicted). */
   inFlight: number;
+  /** Records reserved by a producer that never wrote them (its thread was terminated inside
+   *  pushBatch/pushFixed): skipped as padding; their push never returned, so none was accepted. */
+  skipped: number;
   shards: ShardStats[];
 }
 
@@ -91,6 +104,7 @@ const DEFAULT_MAX_PAYLOAD = 256;
 const MAX_PAYLOAD_LIMIT = 16 * 1024 * 1024;
 const MAX_RING_CAPACITY = 1 << 24;
 const DEFAULT_MAX_THREADS = 64;
+const DEFAULT_PRODUCER_STALL_MS = 1000;
 const LANE_BYTES = 16 * 1024;
 const WAIT_STEP_MS = 2;
 const NONE: ScalingDecision = Object.freeze({ kind: 'none' });
@@ -121,6 +135,7 @@ interface Parts {
   maxPayload: number;
   backpressure: BackpressureMode;
   kind: MemoryKind;
+  producerStallMs: number;
 }
 
 export class ShardManager {
@@ -139,7 +154,9 @@ export class ShardManager {
   readonly #onConsumerError: ((e: Error, id: number) => void) | undefined;
   readonly #pool: ConsumerPool | undefined;
   readonly #slots = new Map<number, number>(); // live shard id → slot
-  readonly #retired = [0, 0, 0, 0, 0, 0]; // totals of removed shards, indexed by Total
+  readonly #retired: number[] = new Array(TOTALS).fill(0); // totals of removed shards, indexed by Total
+  readonly #watchdog: StallWatchdog;
+  readonly #stopWatchingThreads: () => void;
   #timer: ReturnType<typeof setInterval> | undefined;
   #closed = false;
   #closing: Promise<void> | undefined;
@@ -156,6 +173,9 @@ export class ShardManager {
     this.backpressure = Object.freeze({ ...parts.backpressure });
     this.memoryKind = parts.kind;
     this.#producer = new ShardProducer(core, parts.maxPayload, false);
+    this.#watchdog = new StallWatchdog(core.abi, this.#clock, parts.producerStallMs);
+    // Lanes of producer and collector threads that exit without detach() come back.
+    this.#stopWatchingThreads = onThreadExit((threadId) => core.releaseLanesOf(threadId));
     const wiring: MapperWiring = {
       core,
       assertOpen: (method) => this.#assertOpen(method), // scale-ups through manager.mapper after close()
@@ -175,6 +195,7 @@ export class ShardManager {
       onRemoved: (id, slot) => {
         for (let k = 0; k < this.#retired.length; k++) this.#retired[k]! += core.abi.total(slot, k);
         this.#slots.delete(id);
+        this.#watchdog.forget(slot);
         this.#pool?.release(id);
         this.#emit({ type: 'shardRemoved', shardId: id, at: this.#clock() });
       },
@@ -200,6 +221,10 @@ export class ShardManager {
     if (options.clock !== undefined && typeof options.clock !== 'function') throw invalid(`options.clock must be a function, got ${describe(options.clock)}`);
     if (options.drainGraceMs !== undefined && (typeof options.drainGraceMs !== 'number' || !Number.isFinite(options.drainGraceMs) || options.drainGraceMs < 0)) {
       throw invalid(`options.drainGraceMs must be a finite number >= 0, got ${describe(options.drainGraceMs)}`);
+    }
+    const producerStallMs = given(options.producerStallMs, DEFAULT_PRODUCER_STALL_MS);
+    if (typeof producerStallMs !== 'number' || !Number.isFinite(producerStallMs) || producerStallMs < 0) {
+      throw invalid(`options.producerStallMs must be a finite number >= 0, got ${describe(producerStallMs)}`);
     }
     for (const name of ['onEvent', 'onConsumerError'] as const) {
       if (options[name] !== undefined && typeof options[name] !== 'function') throw invalid(`options.${name} must be a function, got ${describe(options[name])}`);
@@ -233,10 +258,11 @@ export class ShardManager {
     const pool = threads > 0
       ? await ConsumerPool.start(core, options.consumer!, threads, batchSize, {
         onError: (error, shardId) => { if (self) self.#consumerError(error, shardId); },
-        onWorkerExit: (worker, exitCode) => { if (self) self.#emit({ type: 'consumerRestarted', worker, exitCode, at: self.#clock() }); },
+        onWorkerExit: (worker, exitCode, rewound) => { if (self) self.#emit({ type: 'consumerRestarted', worker, exitCode, rewound, at: self.#clock() }); },
+        onRestartFailed: (error) => { if (self) self.#emit({ type: 'tickError', error, at: self.#clock() }); else console.error(error); },
       })
       : undefined;
-    self = new ShardManager({ options, core, pool, policy, initialShards, ringCapacity, maxPayload, backpressure, kind });
+    self = new ShardManager({ options, core, pool, policy, initialShards, ringCapacity, maxPayload, backpressure, kind, producerStallMs });
     return self;
   }
 
@@ -309,17 +335,22 @@ export class ShardManager {
     const core = this.#core;
     const out: Uint8Array[] = [];
     const base = core.abi.slotAddress(slot);
+    this.#watchStalls();
     while (out.length < max) {
       const n = core.abi.ringClaim(slot, Math.min(max - out.length, this.ringCapacity), core.result);
       if (n === 0) break;
-      const start = core.u32[core.result >>> 2]!;
+      const start = core.u32[(core.result + CLAIM_START) >>> 2]!;
+      if (core.u32[(core.result + CLAIM_SKIPPED) >>> 2] !== 0) { // padding left by a dead producer
+        core.abi.ringAck(slot, start, n, 0);
+        continue;
+      }
       core.ensureViews(core.recordsEnd(base));
       for (let k = 0; k < n; k++) {
         const at = core.recordAt(base, start + k);
         const len = core.u32[(at + REC_LEN) >>> 2]!;
         out.push(core.u8.slice(at + REC_PAYLOAD, at + REC_PAYLOAD + len));
       }
-      core.abi.ringAck(slot, start, n);
+      core.abi.ringAck(slot, start, n, n);
     }
     return out;
   }
@@ -335,7 +366,7 @@ export class ShardManager {
     const totals = [...this.#retired];
     const shards: ShardStats[] = [];
     for (const [id, slot] of this.#slots) {
-      const t = [0, 1, 2, 3, 4, 5].map((k) => abi.total(slot, k));
+      const t = Array.from({ length: TOTALS }, (_, k) => abi.total(slot, k));
       for (let k = 0; k < totals.length; k++) totals[k]! += t[k]!;
       shards.push({
         id, state: this.mapper.shardState(id)!, length: abi.ringLen(slot) >>> 0,
@@ -352,6 +383,7 @@ export class ShardManager {
       dropped: drops.newest + drops.oldest + drops.sampled + drops.refused,
       unrouted: abi.unroutedTotal(), drops,
       inFlight: totals[Total.Pushed]! - totals[Total.Delivered]! - drops.oldest,
+      skipped: totals[Total.Skipped]!,
       shards,
     };
   }
@@ -384,6 +416,7 @@ export class ShardManager {
    */
   tick(): ScalingDecision {
     if (this.#closed) return NONE;
+    this.#watchStalls();
     const mapper = this.mapper;
     mapper.collectMetrics();
     const decision = mapper.evaluateScaling();
@@ -540,7 +573,10 @@ export class ShardManager {
           pending.delete(id);
         }
       }
-      if (pending.size > 0) await sleep(WAIT_STEP_MS);
+      if (pending.size > 0) {
+        await sleep(WAIT_STEP_MS);
+        this.#watchStalls();
+      }
     }
     if (callbackError) throw callbackError.error;
   }
@@ -556,14 +592,22 @@ export class ShardManager {
     if (this.#closing) return this.#closing;
     this.#closed = true;
     this.stop();
-    this.#core.abi.stopPushes();
+    this.#stopWatchingThreads();
+    const abi = this.#core.abi;
+    // The flag first, then every ring closed: a producer that read the flag before it was
+    // set and reserves afterwards finds its ring closed, reads the flag again and gets
+    // ManagerClosedError. So every push that returned true reserved before its ring closed,
+    // and the wait below sees its record.
+    abi.stopPushes();
+    for (const slot of this.#slots.values()) abi.ringClose(slot);
     this.#closing = (async () => {
       const pool = this.#pool;
       if (!pool) return;
       for (;;) {
+        this.#watchStalls();
         let busy = false;
         for (const slot of this.#slots.values()) {
-          if (this.#core.abi.ringLen(slot) !== 0) { busy = true; break; }
+          if (!this.#drained(slot)) { busy = true; break; }
         }
         if (!busy) break;
         await sleep(WAIT_STEP_MS);
@@ -571,6 +615,14 @@ export class ShardManager {
       await pool.close();
     })();
     return this.#closing;
+  }
+
+  /** Skip reservations that producers left unwritten for producerStallMs (see StallWatchdog). */
+  #watchStalls(): void {
+    for (const { slot, records } of this.#watchdog.check(this.#slots.values())) {
+      const id = [...this.#slots].find(([, s]) => s === slot)![0];
+      this.#emit({ type: 'producerStallSkipped', shardId: id, records, at: this.#clock() });
+    }
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -46,6 +46,8 @@ export class ShardMetricsCollector {
   /** The capacity the fill ratio divides by. */
   readonly capacity: number;
   #retired = false;
+  /** Made by attach(): it holds a lane of its own. */
+  #attached = false;
 
   /** @internal Collectors come from `ShardMapper.metricsCollector(id)` or `attach`. */
   constructor(core: SharedCore, slot: number, shardId: number, clock: () => number) {
@@ -59,7 +61,18 @@ export class ShardMetricsCollector {
   /** Attach to a collector from another thread (worker_threads, Web Workers). */
   static async attach(handle: CollectorHandle, clock: () => number = () => performance.now()): Promise<ShardMetricsCollector> {
     const core = await Core.attach(handle.core);
-    return new ShardMetricsCollector(core, handle.slot, handle.shardId, clock);
+    const collector = new ShardMetricsCollector(core, handle.slot, handle.shardId, clock);
+    collector.#attached = true;
+    return collector;
+  }
+
+  /** Give back the lane an attached collector holds (one per thread that may attach at
+   *  once, options.maxThreads); it ignores recordings afterwards. A no-op for the mapper's own. */
+  detach(): void {
+    if (!this.#attached) return;
+    this.#attached = false;
+    this.#retired = true;
+    this.#core.detach();
   }
 
   handle(): CollectorHandle {

@@ -1,7 +1,15 @@
 // Browser side of the platform seam (package.json "imports" → "#platform", default).
 import type { SpawnedWorker, WorkerEndpoint } from './platform-types.js';
 
-export const platformName = 'browser' as const;
+/** Web Workers have no thread id a page can watch: lanes are given back by detach(). */
+export function currentThreadId(): number {
+  return 0;
+}
+
+/** Browsers tell a page nothing when a Web Worker it did not start ends: never called. */
+export function onThreadExit(_listener: (threadId: number) => void): () => void {
+  return () => {};
+}
 
 export function cpuCount(): number {
   const n = (globalThis as { navigator?: { hardwareConcurrency?: number } }).navigator?.hardwareConcurrency;

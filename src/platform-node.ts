@@ -2,10 +2,27 @@
 import { availableParallelism } from 'node:os';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { Worker, parentPort, workerData } from 'node:worker_threads';
+import { Worker, parentPort, workerData, threadId } from 'node:worker_threads';
 import type { SpawnedWorker, WorkerEndpoint } from './platform-types.js';
 
-export const platformName = 'node' as const;
+/** This thread's worker_threads id (0 on the main thread). */
+export function currentThreadId(): number {
+  return threadId;
+}
+
+// Every worker thread started in this thread after the package was loaded: when one exits,
+// its id goes to the listeners (the managers, which give back the lanes it held).
+const exitListeners = new Set<(threadId: number) => void>();
+process.on('worker', (worker: Worker) => {
+  const id = worker.threadId; // read now: it reads -1 once the thread is gone
+  worker.once('exit', () => { for (const listener of exitListeners) listener(id); });
+});
+
+/** Call `listener` with the id of each worker thread (started here) that exits; returns an unsubscribe. */
+export function onThreadExit(listener: (threadId: number) => void): () => void {
+  exitListeners.add(listener);
+  return () => exitListeners.delete(listener);
+}
 
 export function cpuCount(): number {
   return availableParallelism();

@@ -5,7 +5,8 @@ import { BackpressureError, describe } from './errors.js';
 import { hashKey } from './hash.js';
 import { SharedCore, type CoreHandle } from './core.js';
 import {
-  PUSH_UNROUTED, PUSH_FULL, PUSH_SAMPLED, PUSH_REFUSED, PUSH_STOPPED, L_FAILED_SHARD, L_RESULT, L_SCRATCH,
+  PUSH_UNROUTED, PUSH_FULL, PUSH_SAMPLED, PUSH_REFUSED, PUSH_STOPPED, L_FAILED_SHARD, L_SCRATCH,
+  BATCH_ACCEPTED, BATCH_STOP, STOP_NONE, STOP_CLOSED,
 } from './layout.generated.js';
 
 export type EventKey = number | string | Uint8Array;
@@ -147,6 +148,15 @@ export class ShardProducer {
     return this.#fail(r, 0);
   }
 
+  /** Read a batch call's result words: how many it accepted; throws if it stopped early. */
+  #batchAccepted(acceptedBefore: number, method: string): number {
+    const core = this.#core;
+    const accepted = core.u32[(core.result + BATCH_ACCEPTED) >>> 2]!;
+    const stop = core.u32[(core.result + BATCH_STOP) >>> 2]!;
+    if (stop !== STOP_NONE) this.#fail(stop === STOP_CLOSED ? PUSH_STOPPED : PUSH_REFUSED, acceptedBefore + accepted, method);
+    return accepted;
+  }
+
   #fail(code: number, accepted: number, method = 'push'): never {
     if (code === PUSH_STOPPED) throw new ManagerClosedError(method);
     if (code === PUSH_REFUSED) {
@@ -230,10 +240,7 @@ export class ShardProducer {
       }
       if (count === 0) throw new RangeError('pushBatch: an event does not fit the lane scratch');
       const consumed = core.abi.pushBatch(core.lane, count);
-      const result = (core.scratch - L_SCRATCH + L_RESULT) >>> 2;
-      accepted += core.u32[result]!;
-      const stop = core.u32[result + 4]!;
-      if (stop !== 0) this.#fail(stop === 2 ? PUSH_STOPPED : PUSH_REFUSED, accepted, 'pushBatch');
+      accepted += this.#batchAccepted(accepted, 'pushBatch');
       if (consumed !== count) throw new Error('shard-mapper: pushBatch consumed fewer events than staged');
     }
     return accepted;
@@ -267,10 +274,7 @@ export class ShardProducer {
       core.u32.set(hashes.subarray(i, i + c), core.scratch >>> 2);
       core.u8.set(records.subarray(i * recordSize, (i + c) * recordSize), core.scratch + recordsOffset);
       const consumed = core.abi.pushFixedBatch(core.lane, c, recordSize, recordsOffset);
-      const result = core.result >>> 2;
-      accepted += core.u32[result]!;
-      const stop = core.u32[result + 4]!;
-      if (stop !== 0) this.#fail(stop === 2 ? PUSH_STOPPED : PUSH_REFUSED, accepted, 'pushFixed');
+      accepted += this.#batchAccepted(accepted, 'pushFixed');
       if (consumed !== c) throw new Error('shard-mapper: pushFixed consumed fewer events than staged');
     }
     return accepted;

@@ -13,6 +13,7 @@ import {
 import { DeliveryLog, seqPayload, sleep, pushWithRetry } from './helpers/delivery.js';
 import { prng } from './helpers.js';
 import { SharedCore } from '../dist/core.js';
+import { CLAIM_START, M_DELIVERED, R_CURSOR } from '../dist/layout.generated.js';
 
 const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url);
 const seqConsumer = fixture('seq-consumer.mjs');
@@ -107,21 +108,63 @@ describe('faults: consumer threads', () => {
     }
   });
 
-  it('a consumer thread terminated inside its acknowledgement: the rewind commits what it freed, nothing is stuck or counted twice', async () => {
+  it('a consumer thread terminated inside its acknowledgement, on a full ring whose freed slots producers reuse: the rewind frees the rest, nothing is stuck or counted twice', async () => {
     // What worker.terminate() can leave when it stops the thread inside ringAck (WASM stops
-    // at a loop back-edge): the first records of the batch freed, the head not yet moved.
+    // at a loop back-edge): the batch committed (cursor and delivered count move together,
+    // in straight-line code), only its first slots freed. Producers on the full ring reuse
+    // the freed slots at once; the rest stay taken until the rewind frees them.
     const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 16 });
-    for (let i = 0; i < 10; i++) m.push(0, `r${i}`);
+    const cap = m.ringCapacity;
+    for (let i = 0; i < cap; i++) expect(m.push(0, `a${i}`)).toBe(true);
+    expect(() => m.push(0, 'full')).toThrow(BackpressureError);
     const core = SharedCore.attachSync(m.producerHandle().core);
     const slot = m.mapper.slotOf(0)!;
     const base = core.abi.slotAddress(slot);
-    expect(core.abi.ringClaim(slot, 10, core.result)).toBe(10);
-    const start = core.u32[core.result >>> 2]!;
-    for (let i = 0; i < 6; i++) core.u32[core.recordAt(base, start + i) >>> 2] = start + i + core.ringCapacity; // freed, not committed
-    core.abi.ringRewind(slot); // what the pool does when the thread's exit is seen
-    expect(m.poll(0).map((r) => new TextDecoder().decode(r))).toEqual(['r6', 'r7', 'r8', 'r9']);
-    expect(m.stats()).toMatchObject({ pushed: 10, delivered: 10, inFlight: 0 });
+    expect(core.abi.ringClaim(slot, cap, core.result)).toBe(cap);
+    const start = core.u32[(core.result + CLAIM_START) >>> 2]!;
+    // ringAck's commit: delivered += cap, then head = claimed = start + cap ...
+    const delivered = (base + M_DELIVERED) >>> 2;
+    core.u32[delivered] = core.u32[delivered]! + cap;
+    core.u32[(base + R_CURSOR) >>> 2] = (start + cap) >>> 0;
+    core.u32[((base + R_CURSOR) >>> 2) + 1] = (start + cap) >>> 0;
+    // ... then the first 6 slots freed, and the thread stops
+    for (let i = 0; i < 6; i++) core.u32[core.recordAt(base, start + i) >>> 2] = (start + i + cap) >>> 0;
+    for (let i = 0; i < 6; i++) expect(m.push(0, `b${i}`)).toBe(true); // reuse the freed slots
+    expect(() => m.push(0, 'b6')).toThrow(BackpressureError); // the unfreed ones are not free yet
+    expect(core.abi.ringRewind(slot)).toBe(0); // what the pool does when the thread's exit is seen: nothing was in flight
+    for (let i = 6; i < cap; i++) expect(m.push(0, `b${i}`)).toBe(true);
+    expect(m.poll(0).map((r) => new TextDecoder().decode(r))).toEqual(Array.from({ length: cap }, (_, i) => `b${i}`));
+    expect(m.stats()).toMatchObject({ pushed: 2 * cap, delivered: 2 * cap, inFlight: 0 });
     expect(m.ringLength(0)).toBe(0);
+    core.detach();
+  });
+
+  it('a consumer that dies holding a batch on a full ring whose slots producers keep reusing: the rewind hands the batch out again and the ring keeps flowing', async () => {
+    // The reviewer's case: a rewind that expected one exact sequence value in a freed slot
+    // stopped when a producer had already reused it. Here the batch is rewound after several
+    // laps of reuse of every other slot.
+    const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 8 });
+    const core = SharedCore.attachSync(m.producerHandle().core);
+    const slot = m.mapper.slotOf(0)!;
+    const got: string[] = [];
+    let pushed = 0;
+    const pushUntilFull = () => { for (;;) { try { m.push(0, `e${pushed}`); pushed++; } catch { return; } } };
+    pushUntilFull();
+    for (let lap = 0; lap < 5; lap++) {
+      // take 3 and acknowledge them (as poll does), producers refill
+      for (const r of m.poll(0, 3)) got.push(new TextDecoder().decode(r));
+      pushUntilFull();
+    }
+    // a consumer claims 5 and dies before acknowledging
+    expect(core.abi.ringClaim(slot, 5, core.result)).toBe(5);
+    expect(core.abi.ringRewind(slot)).toBe(5);
+    for (let round = 0; round < 10; round++) {
+      for (const r of m.poll(0, 3)) got.push(new TextDecoder().decode(r));
+      pushUntilFull();
+    }
+    for (const r of m.poll(0)) got.push(new TextDecoder().decode(r));
+    expect(got).toEqual(Array.from({ length: pushed }, (_, i) => `e${i}`));
+    expect(m.stats()).toMatchObject({ pushed, delivered: pushed, inFlight: 0 });
     core.detach();
   });
 

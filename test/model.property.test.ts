@@ -765,6 +765,7 @@ class ManagerModel extends CoreModel {
       pushed: t.pushed, delivered: t.delivered, dropped: t.newest + t.sampled + t.refused + t.evicted, unrouted: this.unrouted,
       drops: { newest: t.newest, oldest: t.evicted, sampled: t.sampled, refused: t.refused },
       inFlight: t.pushed - t.delivered - t.evicted,
+      skipped: 0, // one thread, nobody dies mid-batch: no reservation is ever left unwritten
       shards: this.shards.map((s) => ({
         id: s.id, state: s.state, length: s.ring.length, pushed: s.pushed, delivered: s.delivered,
         dropped: s.newest + s.sampled + s.refused + s.evicted,
