@@ -194,8 +194,8 @@ export class ConsumerPool {
   }
 
   /** Workers and the shards each owns (for operators and tests). */
-  describe(): { index: number; shards: number[]; alive: boolean }[] {
-    return this.#workers.map((w) => ({ index: w.index, shards: [...w.shards.keys()], alive: !w.exited }));
+  describe(): { index: number; shards: number[]; alive: boolean; ready: boolean }[] {
+    return this.#workers.map((w) => ({ index: w.index, shards: [...w.shards.keys()], alive: !w.exited, ready: w.started && !w.exited }));
   }
 
   /** Kill one worker as a crash would; its shards move on as after any crash. */

@@ -394,8 +394,9 @@ export class ShardManager {
     return this.#core.memory.buffer.byteLength;
   }
 
-  /** Consumer threads and the shards each owns ([] without options.consumer). */
-  consumers(): { index: number; shards: number[]; alive: boolean }[] {
+  /** Consumer threads and the shards each owns ([] without options.consumer); `ready`: its
+   *  module loaded and it consumes (a replacement is alive before it is ready). */
+  consumers(): { index: number; shards: number[]; alive: boolean; ready: boolean }[] {
     return this.#pool?.describe() ?? [];
   }
 

@@ -412,25 +412,75 @@ describe('faults: producers racing drain and removal', () => {
     }
   });
 
-  it('a drain that races pushes on the main thread: the push either lands before the close (and is delivered) or is re-routed', async () => {
-    const m = await ShardManager.create({ initialShards: 2, ringBufferCapacity: 64, policy: { maxShards: 3, autoScale: false }, backpressure: { kind: 'dropNewest' } });
-    const got: string[] = [];
-    for (let round = 0; round < 200; round++) {
-      const id = await m.addShard();
-      m.push(0xffffffff, `before ${round}`); // the top of the hash range: the newest shard (last in table order)
-      await m.drainShard(id);
-      expect(m.push(0xffffffff, `after ${round}`)).toBe(true); // re-routed to an Active shard
-      const drained = m.poll(id).map((r) => new TextDecoder().decode(r));
-      expect(drained).toEqual([`before ${round}`]);
-      got.push(...drained);
-      await m.removeShard(id);
-      for (const a of m.mapper.activeShardIds()) got.push(...m.poll(a).map((r) => new TextDecoder().decode(r)));
+  it('a drain that races a producer thread: every push that returned true lands before the ring closes (and is delivered once) or is re-routed', async () => {
+    const m = await ShardManager.create({
+      initialShards: 2, ringBufferCapacity: 1 << 16, policy: { maxShards: 3, autoScale: false }, backpressure: { kind: 'dropNewest' },
+    });
+    const count = 8_000_000;
+    const accepted = new Uint8Array(new SharedArrayBuffer(count));
+    const progress = new Int32Array(new SharedArrayBuffer(12));
+    const producer = new Worker(fixture('kill-producer.mjs'), {
+      // the top of the hash range: the newest shard while it is a candidate (last in table order)
+      workerData: { handle: m.producerHandle(), producer: 0, mode: 'push', count, payloadBytes: 16, batch: 1, hash: 0xffffffff, progress: progress.buffer, accepted: accepted.buffer, exact: true },
+    });
+    const exited = new Promise((resolve) => producer.once('exit', resolve));
+    await new Promise((resolve) => producer.once('message', resolve)); // attached, pushing
+    const delivered = new Uint8Array(count);
+    const take = (id: number) => {
+      let n = 0;
+      for (const r of m.poll(id)) {
+        const seq = r[4]! | (r[5]! << 8) | (r[6]! << 16) | (r[7]! << 24);
+        delivered[seq]!++;
+        n++;
+      }
+      return n;
+    };
+    let rounds = 0;
+    let racedDrains = 0; // the drained shard took events right up to its drain, while others got the rest
+    while (rounds < 60) {
+      const id = await m.addShard(); // weight 0: every push goes to it until the next collection
+      await sleep(1);
+      const before = Atomics.load(progress, 1); // accepted so far
+      await m.drainShard(id); // closes its ring while the thread pushes
+      let inVictim = take(id);
+      const removal = m.removeShard(id); // resolves once its ring is closed, published and empty
+      while (m.mapper.shardState(id) !== undefined) { inVictim += take(id); await sleep(1); }
+      for (const other of m.mapper.activeShardIds()) take(other);
+      await removal;
+      if (inVictim > 0 && Atomics.load(progress, 1) > before) racedDrains++;
+      expect(m.mapper.shardState(id)).toBeUndefined();
       expectConsistent(m.mapper);
       m.mapper.collectMetrics();
+      rounds++;
     }
-    expect(got).toHaveLength(400);
-    expect(new Set(got).size).toBe(400);
-    expect(m.stats()).toMatchObject({ pushed: 400, delivered: 400, dropped: 0, unrouted: 0 });
-    expect(m.mapper.totalShardCount()).toBe(2);
+    await producer.terminate(); // a single push is one straight-line step: it ends before or after one
+    await exited;
+    for (const id of m.mapper.activeShardIds()) take(id);
+    const mark = Atomics.load(progress, 0); // every push below it had returned
+    const problems: string[] = [];
+    let taken = 0;
+    for (let seq = 0; seq < count; seq++) {
+      taken += delivered[seq]!;
+      if (delivered[seq]! > 1) problems.push(`seq ${seq}: delivered ${delivered[seq]} times`);
+      if (seq >= mark) continue;
+      if (accepted[seq] && delivered[seq] !== 1) problems.push(`seq ${seq}: returned true, never delivered`);
+      if (!accepted[seq] && delivered[seq] !== 0) problems.push(`seq ${seq}: dropped, yet delivered`);
+    }
+    expect(problems.slice(0, 5)).toEqual([]);
+    expect(racedDrains).toBeGreaterThan(20);
+    expect(m.stats()).toMatchObject({ pushed: taken, delivered: taken, inFlight: 0, unrouted: 0 });
+  });
+
+  it('close() closes every ring after the stopped flag: a reservation after close() can only fail', async () => {
+    const m = await ShardManager.create({ initialShards: 3, ringBufferCapacity: 64 });
+    const core = SharedCore.attachSync(m.producerHandle().core);
+    for (const id of m.mapper.allShardIds()) expect(core.abi.ringIsClosed(m.mapper.slotOf(id)!)).toBe(0);
+    m.push(1, 'in');
+    await m.close();
+    for (const id of m.mapper.allShardIds()) expect(core.abi.ringIsClosed(m.mapper.slotOf(id)!)).toBe(1);
+    expect(() => m.push(1, 'late')).toThrow(ManagerClosedError);
+    expect(m.stats()).toMatchObject({ pushed: 1, inFlight: 1 }); // no consumer threads: poll() takes it
+    expect(m.poll(m.mapper.allShardIds().find((id) => m.ringLength(id) === 1)!)).toHaveLength(1);
+    core.detach();
   });
 });

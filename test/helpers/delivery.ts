@@ -44,6 +44,7 @@ export class DeliveryLog {
     process.env.SM_TEST_CHANNEL = this.channelName;
     this.#channel = new BroadcastChannel(this.channelName);
     this.#channel.onmessage = (e: MessageEvent) => {
+      this.#lastReportAt = performance.now();
       const { shardId, pairs } = e.data as { shardId: number; pairs: Uint32Array };
       let lane = '';
       let laneProducer = -1;
@@ -71,8 +72,23 @@ export class DeliveryLog {
     };
   }
 
-  async waitFor(total: number, timeoutMs = 30000): Promise<void> {
+  /** Time of the last report (for settle). */
+  #lastReportAt = performance.now();
+
+  /**
+   * Wait until `total` records were reported (or `timeoutMs`), then keep listening until
+   * no report has come for `quietMs`: a late duplicate arrives within that and fails the
+   * test's exactly-once check instead of slipping past it.
+   */
+  async waitFor(total: number, timeoutMs = 30000, quietMs = 250): Promise<void> {
     for (let waited = 0; this.received < total && waited < timeoutMs; waited += 10) await new Promise((r) => setTimeout(r, 10));
+    await this.settle(quietMs);
+  }
+
+  /** Resolve once no report has come for `quietMs`. */
+  async settle(quietMs = 250): Promise<void> {
+    this.#lastReportAt = Math.max(this.#lastReportAt, performance.now() - quietMs / 2);
+    while (performance.now() - this.#lastReportAt < quietMs) await new Promise((r) => setTimeout(r, 10));
   }
 
   /** Keys delivered other than exactly once, among producer × [0, perProducer). */

@@ -1,0 +1,364 @@
+// Kill tests with real threads (issue: dead threads must not wedge a ring). Producer threads
+// are terminated at random moments inside push, pushBatch and pushFixed loops; consumer
+// threads are terminated while they hold batches of a full ring whose slots producers keep
+// reusing; close() runs while producer threads are still pushing. Under every backpressure
+// mode. After each: every push that returned true is delivered exactly once (at least once
+// across a consumer crash), the rings drain, removeShard and close resolve, and each test
+// checks that its fault really hit the state it aims at.
+import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
+import { Worker } from 'node:worker_threads';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ShardManager, ShardMetricsCollector, ShardProducer, type BackpressureMode, type ManagerEvent } from 'shard-mapper';
+import { DeliveryLog, seqPayload, sleep } from './helpers/delivery.js';
+import { prng } from './helpers.js';
+
+const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url);
+const seqConsumer = fixture('seq-consumer.mjs');
+
+type Mode = 'push' | 'batch' | 'fixed';
+
+const MODES: [string, BackpressureMode][] = [
+  ['failProducer', { kind: 'failProducer' }],
+  ['dropNewest', { kind: 'dropNewest' }],
+  ['dropOldest', { kind: 'dropOldest' }],
+  ['sample', { kind: 'sample', rate: 3 }],
+];
+
+let log: DeliveryLog | undefined;
+afterEach(() => { log?.close(); log = undefined; });
+
+/** One producer thread of test/fixtures/kill-producer.mjs, with what it has said in shared memory. */
+class KillableProducer {
+  readonly worker: Worker;
+  readonly progress = new Int32Array(new SharedArrayBuffer(12));
+  readonly accepted: Uint8Array;
+  readonly started: Promise<void>;
+  readonly exited: Promise<number>;
+
+  constructor(m: ShardManager, readonly producer: number, readonly mode: Mode, readonly count: number, readonly exact: boolean,
+    shape: { payloadBytes: number; batch: number } = { payloadBytes: 16, batch: 512 }) {
+    this.accepted = new Uint8Array(new SharedArrayBuffer(count));
+    this.worker = new Worker(fixture('kill-producer.mjs'), {
+      workerData: {
+        handle: m.producerHandle(), producer, mode, count, ...shape,
+        progress: this.progress.buffer, accepted: this.accepted.buffer, exact,
+      },
+    });
+    this.started = new Promise((resolve, reject) => {
+      this.worker.once('message', () => resolve());
+      this.worker.once('error', reject);
+    });
+    this.exited = new Promise((resolve) => this.worker.once('exit', resolve));
+  }
+
+  /** Every event below it belongs to a call that returned. */
+  get watermark(): number { return Atomics.load(this.progress, 0); }
+  get acceptedCount(): number { return Atomics.load(this.progress, 1); }
+  get stoppedByClose(): boolean { return Atomics.load(this.progress, 2) === 2; }
+}
+
+/**
+ * Check one producer's events against the log. `exact`: the accepted bitmap names every
+ * accepted event of the returned calls. `evictions`: dropOldest may drop accepted events.
+ */
+function checkProducer(p: KillableProducer, log: DeliveryLog, evictions: boolean): { delivered: number } {
+  const mark = p.watermark;
+  let delivered = 0;
+  let deliveredConfirmed = 0;
+  const problems: string[] = [];
+  for (let seq = 0; seq < p.count; seq++) {
+    const n = log.counts.count(p.producer, seq);
+    delivered += n;
+    if (n > 1) problems.push(`seq ${seq} delivered ${n} times`);
+    if (seq >= mark) continue; // the call in progress when it died: at most once
+    deliveredConfirmed += n;
+    if (!p.exact) continue;
+    if (p.accepted[seq] === 1 && n === 0 && !evictions) problems.push(`seq ${seq} returned true and was never delivered`);
+    if (p.accepted[seq] === 0 && n > 0) problems.push(`seq ${seq} was not accepted but was delivered`);
+  }
+  // Accepted by the calls that returned: all delivered (dropOldest: at most all).
+  if (evictions) expect(deliveredConfirmed).toBeLessThanOrEqual(p.acceptedCount);
+  else expect(deliveredConfirmed, `producer ${p.producer} (${p.mode})`).toBe(p.acceptedCount);
+  expect(problems.slice(0, 5), `producer ${p.producer} (${p.mode})`).toEqual([]);
+  return { delivered };
+}
+
+/** Tick (the watchdog runs in tick) until every ring is empty. */
+async function drain(m: ShardManager, timeoutMs = 20_000): Promise<void> {
+  const until = performance.now() + timeoutMs;
+  for (;;) {
+    m.tick();
+    if (m.mapper.allShardIds().every((id) => m.ringLength(id) === 0)) return;
+    if (performance.now() > until) throw new Error(`rings did not drain: ${m.mapper.allShardIds().map((id) => `${id}:${m.ringLength(id)}`).join(' ')}`);
+    await sleep(5);
+  }
+}
+
+describe('kills: producer threads terminated mid-call', () => {
+  for (const [name, backpressure] of MODES) {
+    it(`${name}: producers killed at random moments inside push, pushBatch and pushFixed loops; a killed run never wedges its ring`, async () => {
+      log = new DeliveryLog();
+      const events: ManagerEvent[] = [];
+      // Large rings (rarely full) and 64-byte records: producers spend most of their time
+      // inside runs, where a kill leaves reserved records unwritten.
+      const m = await ShardManager.create({
+        initialShards: 2, ringBufferCapacity: 1 << 15, maxPayloadBytes: 64, backpressure, producerStallMs: 20,
+        policy: { minShards: 1, maxShards: 3, autoScale: false },
+        consumer: { module: seqConsumer, threads: 2, batchSize: 256 },
+        onEvent: (e) => events.push(e),
+      });
+      const random = prng(name.length * 7919);
+      const producers: KillableProducer[] = [];
+      const stalledBy = new Map<Mode, number>([['push', 0], ['batch', 0], ['fixed', 0]]);
+      const kills = new Map<Mode, number>([['push', 0], ['batch', 0], ['fixed', 0]]);
+      // Batches report exactly which events they accepted only under failProducer (a prefix).
+      const exactBatches = backpressure.kind === 'failProducer';
+      // Sample mode sends batches event by event (it decides per event), so it has no runs.
+      const runs = backpressure.kind !== 'sample';
+      // Kill each kind of producer a few times; keep killing batch and fixed producers until
+      // a kill lands inside a run (the state this test aims at), 60 times at most each.
+      for (let round = 0; round < 180; round++) {
+        const mode: Mode = (['push', 'batch', 'fixed'] as const)[round % 3]!;
+        if (round >= 9 && (!runs || mode === 'push' || stalledBy.get(mode)! > 0)) continue;
+        const p = new KillableProducer(m, producers.length, mode, 4_000_000, mode === 'push' || exactBatches, { payloadBytes: 64, batch: 200 });
+        producers.push(p);
+        await p.started;
+        await sleep(2 + Math.floor(random() * 30));
+        const skippedBefore = m.stats().skipped;
+        await p.worker.terminate();
+        kills.set(mode, kills.get(mode)! + 1);
+        await drain(m);
+        if (m.stats().skipped > skippedBefore) stalledBy.set(mode, stalledBy.get(mode)! + 1);
+      }
+      // The faults hit what they aim at: a kill inside a run left reserved, unwritten records
+      // (skipped by the watchdog) for pushBatch and for pushFixed; a single push is one
+      // straight-line step and never does.
+      if (runs) {
+        expect(stalledBy.get('batch'), 'a pushBatch producer killed inside a run').toBeGreaterThan(0);
+        expect(stalledBy.get('fixed'), 'a pushFixed producer killed inside a run').toBeGreaterThan(0);
+        expect(events.some((e) => e.type === 'producerStallSkipped')).toBe(true);
+      } else {
+        expect(m.stats().skipped).toBe(0);
+      }
+      expect(stalledBy.get('push')).toBe(0);
+      // The rings still work: a shard with a dead producer's padding drains and is removed.
+      const victim = m.mapper.activeShardIds()[0]!;
+      await m.removeShard(victim);
+      await m.close();
+      await log.settle(300);
+      const evictions = backpressure.kind === 'dropOldest';
+      let delivered = 0;
+      for (const p of producers) delivered += checkProducer(p, log, evictions).delivered;
+      expect(log.outOfOrder).toEqual([]);
+      const s = m.stats();
+      expect(s.inFlight).toBe(0);
+      expect(s.delivered).toBe(delivered);
+      expect(s.pushed).toBe(s.delivered + s.drops.oldest);
+      if (!evictions) expect(s.drops.oldest).toBe(0);
+      expect(producers.reduce((a, p) => a + p.acceptedCount, 0)).toBeGreaterThan(1000);
+    });
+  }
+});
+
+describe('kills: consumer threads terminated while holding batches', () => {
+  for (const [name, backpressure] of MODES) {
+    it(`${name}: consumers killed while producers keep a full ring's slots in reuse; each killed thread held an unacknowledged batch`, async () => {
+      process.env.SM_TEST_SLOW_MS = '2'; // consumers hold each batch a while: the ring stays full
+      try {
+        log = new DeliveryLog();
+        const restarts: Extract<ManagerEvent, { type: 'consumerRestarted' }>[] = [];
+        const m = await ShardManager.create({
+          initialShards: 2, ringBufferCapacity: 64, backpressure, producerStallMs: 20,
+          policy: { minShards: 1, maxShards: 3, autoScale: false },
+          consumer: { module: seqConsumer, threads: 2, batchSize: 16 },
+          onEvent: (e) => { if (e.type === 'consumerRestarted') restarts.push(e); },
+        });
+        const exact = backpressure.kind === 'failProducer';
+        const producers = [0, 1].map((i) => new KillableProducer(m, i, i === 0 ? 'push' : 'fixed', 4_000_000, i === 0 || exact));
+        await Promise.all(producers.map((p) => p.started));
+        const random = prng(name.length * 104729);
+        let kills = 0;
+        let full = 0;
+        while (kills < 8) {
+          await sleep(5 + Math.floor(random() * 15));
+          const lengths = m.mapper.allShardIds().map((id) => m.ringLength(id));
+          if (lengths.some((n) => n === m.ringCapacity)) full++;
+          // a thread that is up and consuming (a replacement still loading holds nothing)
+          const live = m.consumers().filter((c) => c.ready && c.shards.length > 0);
+          if (live.length === 0) continue;
+          await m.terminateConsumer(live[Math.floor(random() * live.length)]!.index);
+          kills++;
+          // let the replacement load and take its shards before the next kill
+          while (!m.consumers().every((c) => c.ready)) await sleep(2);
+        }
+        await Promise.all(producers.map((p) => p.worker.terminate()));
+        await drain(m);
+        await m.close();
+        await log.settle(300);
+        // The state aimed at: rings were full while consumers died, and the killed threads held
+        // records they had not acknowledged (handed out again by the rewind).
+        expect(full).toBeGreaterThan(0);
+        expect(restarts).toHaveLength(kills);
+        expect(restarts.filter((r) => r.rewound > 0).length).toBeGreaterThan(kills / 2);
+        const rewound = restarts.reduce((a, r) => a + r.rewound, 0);
+        // At least once across a consumer crash: nothing accepted is missing; a repeat is only
+        // ever a record of a rewound batch; each record is acknowledged once.
+        let repeats = 0;
+        for (const p of producers) {
+          const mark = p.watermark;
+          for (let seq = 0; seq < p.count; seq++) {
+            const n = log.counts.count(p.producer, seq);
+            if (n > 1) repeats += n - 1;
+            if (seq < mark && p.exact && p.accepted[seq] === 1 && backpressure.kind !== 'dropOldest') expect(n, `producer ${p.producer} seq ${seq}`).toBeGreaterThan(0);
+          }
+        }
+        expect(repeats).toBeLessThanOrEqual(rewound);
+        const s = m.stats();
+        expect(s.inFlight).toBe(0);
+        expect(s.pushed).toBe(s.delivered + s.drops.oldest);
+        if (backpressure.kind === 'dropOldest') {
+          // a batch a thread reported and died before acknowledging may be evicted before it
+          // comes again: reported once, counted as evicted, not delivered
+          expect(log.received - repeats).toBeGreaterThanOrEqual(s.delivered);
+          expect(log.received - repeats).toBeLessThanOrEqual(s.delivered + s.drops.oldest);
+        } else {
+          expect(s.delivered).toBe(log.received - repeats);
+        }
+      } finally {
+        delete process.env.SM_TEST_SLOW_MS;
+      }
+    });
+  }
+});
+
+describe('kills: close() while producer threads push', () => {
+  for (const [name, backpressure] of MODES) {
+    it(`${name}: after close() resolves no push returns true, and every true before it is delivered exactly once`, async () => {
+      process.env.SM_TEST_SLOW_MS = '1'; // consumers lag: close() has a backlog to wait for
+      onTestFinished(() => { delete process.env.SM_TEST_SLOW_MS; });
+      log = new DeliveryLog();
+      const m = await ShardManager.create({
+        initialShards: 2, ringBufferCapacity: 128, backpressure, producerStallMs: 20,
+        policy: { autoScale: false },
+        consumer: { module: seqConsumer, threads: 2, batchSize: 32 },
+      });
+      const exact = backpressure.kind === 'failProducer';
+      const producers = (['push', 'push', 'batch', 'fixed'] as const).map((mode, i) => new KillableProducer(m, i, mode, 2_000_000, mode === 'push' || exact));
+      await Promise.all(producers.map((p) => p.started));
+      await sleep(30);
+      const before = producers.map((p) => p.acceptedCount);
+      await sleep(15);
+      const justBefore = producers.map((p) => p.acceptedCount);
+      const inRings = m.mapper.allShardIds().reduce((a, id) => a + m.ringLength(id), 0);
+      await m.close();
+      const atClose = producers.map((p) => p.acceptedCount);
+      // The race was real: producers were accepting events right up to close(), and close()
+      // had accepted events to wait for.
+      expect(justBefore.some((n, i) => n > before[i]!)).toBe(true);
+      expect(inRings).toBeGreaterThan(0);
+      const codes = await Promise.all(producers.map((p) => p.exited));
+      expect(codes).toEqual([0, 0, 0, 0]); // each stopped on ManagerClosedError, nothing else
+      for (const p of producers) expect(p.stoppedByClose).toBe(true);
+      // Nothing was accepted after close() resolved.
+      expect(producers.map((p) => p.acceptedCount)).toEqual(atClose);
+      await log.settle(300);
+      let delivered = 0;
+      for (const p of producers) delivered += checkProducer(p, log, backpressure.kind === 'dropOldest').delivered;
+      expect(log.outOfOrder).toEqual([]);
+      const s = m.stats();
+      expect(s).toMatchObject({ inFlight: 0, delivered });
+      expect(s.pushed).toBe(s.delivered + s.drops.oldest);
+    });
+  }
+});
+
+describe('lanes come back', () => {
+  const attachAndExit = fixture('attach-and-exit.mjs');
+  const runThread = (workerData: object) => new Promise<void>((resolve, reject) => {
+    const w = new Worker(attachAndExit, { workerData });
+    let attached = false;
+    w.once('message', () => { attached = true; });
+    w.once('error', reject);
+    w.once('exit', (code) => (attached && code === 0 ? resolve() : reject(new Error(`thread exited with ${code} before attaching`))));
+  });
+
+  it('producer and collector threads that exit without detach() give their lanes back (maxThreads: 4, 30 threads)', async () => {
+    const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 1024, maxThreads: 4 });
+    const collector = m.mapper.metricsCollector(0)!.handle();
+    for (let round = 0; round < 10; round++) {
+      // three at once: with this thread's lane, every lane is taken while they live
+      await Promise.all([
+        runThread({ handle: m.producerHandle(), hash: round }),
+        runThread({ handle: m.producerHandle(), hash: round + 1, holdMs: 5 }),
+        runThread({ collector }),
+      ]);
+    }
+    expect(m.poll(0)).toHaveLength(20);
+    // and the limit is still the limit, with an error that names it
+    const held = await Promise.all([0, 1, 2].map(() => ShardProducer.attach(m.producerHandle())));
+    await expect(ShardProducer.attach(m.producerHandle())).rejects.toThrow(/4 threads may attach at once, options\.maxThreads/);
+    held[0]!.detach();
+    const again = await ShardProducer.attach(m.producerHandle());
+    again.detach();
+    for (const p of held.slice(1)) p.detach();
+    await m.close();
+  });
+
+  it('ShardMetricsCollector.detach() gives an attached collector\'s lane back; later recordings are ignored', async () => {
+    const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 64, maxThreads: 2 });
+    const handle = m.mapper.metricsCollector(0)!.handle();
+    const c = await ShardMetricsCollector.attach(handle);
+    await expect(ShardMetricsCollector.attach(handle)).rejects.toThrow(/2 threads may attach at once/);
+    c.recordPush(3);
+    c.detach();
+    c.recordPush(5); // ignored: the lane is gone
+    const d = await ShardMetricsCollector.attach(handle);
+    expect(d.collectAndReset()).toMatchObject({ eventRate: 1, avgPushLatencyNs: 3 });
+    d.detach();
+    m.mapper.metricsCollector(0)!.detach(); // the mapper's own: a no-op
+    expect(m.mapper.metricsCollector(0)!.isDraining()).toBe(false);
+    await m.close();
+  });
+
+  it('a consumer replacement that finds no free lane is retried (a tickError event), never thrown inside a timer; its shard is delivered once a lane frees', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'shard-mapper-lanes-'));
+    const flag = join(dir, 'fail');
+    process.env.SM_TEST_FAIL_FLAG = flag;
+    const uncaught: unknown[] = [];
+    const onUncaught = (e: unknown) => uncaught.push(e);
+    process.on('uncaughtException', onUncaught);
+    try {
+      log = new DeliveryLog();
+      const tickErrors: Error[] = [];
+      // lanes: this thread, one consumer thread, one spare
+      const m = await ShardManager.create({
+        initialShards: 1, ringBufferCapacity: 4096, maxThreads: 3,
+        consumer: { module: fixture('fragile-load-consumer.mjs'), threads: 1 },
+        onEvent: (e) => { if (e.type === 'tickError') tickErrors.push(e.error); },
+      });
+      writeFileSync(flag, '');
+      await m.terminateConsumer(m.consumers()[0]!.index); // its replacement fails to load, then waits out a backoff
+      while (m.consumers().some((c) => c.alive)) await sleep(2);
+      // meanwhile two producers take every free lane
+      const producers = await Promise.all([0, 1].map(() => ShardProducer.attach(m.producerHandle())));
+      for (let seq = 0; seq < 500; seq++) expect(producers[seq % 2]!.push(seq, seqPayload(0, seq))).toBe(true);
+      const until = performance.now() + 20_000;
+      while (tickErrors.length === 0 && performance.now() < until) await sleep(10);
+      expect(tickErrors[0]?.message).toMatch(/no free lane for a consumer thread \(all 3 are taken/);
+      rmSync(flag);
+      producers[0]!.detach(); // a lane frees: the next retry starts a consumer that loads
+      while (!m.consumers().some((c) => c.ready)) await sleep(10);
+      await log.waitFor(500);
+      expect(log.problems(1, 500)).toEqual({ missing: 0, duplicated: 0 });
+      producers[1]!.detach();
+      await m.close();
+      expect(uncaught).toEqual([]);
+    } finally {
+      process.off('uncaughtException', onUncaught);
+      delete process.env.SM_TEST_FAIL_FLAG;
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
