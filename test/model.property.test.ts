@@ -784,11 +784,14 @@ const payloadArb = fc.oneof(
   { weight: 8, arbitrary: fc.record({ kind: fc.constantFrom('bytes', 'string', 'utf8'), len: fc.integer({ min: 1, max: 70 }) }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constantFrom('empty', 'number', 'null'), len: fc.constant(0) }) },
 );
-type PayloadSpec = { kind: string; len: number };
+type PayloadSpec = { kind: string; len: number; fit?: boolean };
+
+/** How often the manager model reached the states worth reaching (checked after the runs). */
+const reached = { removalWithEvents: 0, batchOverChunks: 0, batchSplitIntoRuns: 0, ringWrapped: 0 };
 let payloadCounter = 0;
 /** A payload of the requested kind; lengths are folded into [1, max + 2] so "too big" happens. */
 function makePayload(spec: PayloadSpec, max: number): unknown {
-  const n = ((spec.len - 1) % (max + 2)) + 1;
+  const n = ((spec.len - 1) % (spec.fit ? max : max + 2)) + 1; // fit: never over maxPayloadBytes
   const c = payloadCounter++;
   switch (spec.kind) {
     case 'bytes': return Uint8Array.from({ length: n }, (_, i) => (c * 31 + i) & 0xff);
@@ -800,9 +803,15 @@ function makePayload(spec: PayloadSpec, max: number): unknown {
   }
 }
 
+// Keys that route the same way for runs of events (a few distinct values), and payloads
+// that are all valid, so a large batch is not refused as a whole.
+const goodKeyArb = fc.oneof({ weight: 3, arbitrary: fc.constantFrom(0, 1 << 30, 2 ** 31, 2 ** 32 - 1) }, { weight: 1, arbitrary: fc.nat({ max: U32 }) });
+const goodPayloadArb = fc.record({ kind: fc.constantFrom('bytes', 'string'), len: fc.integer({ min: 1, max: 70 }), fit: fc.constant(true) });
 const managerOpArb = fc.oneof(
   { weight: 14, arbitrary: fc.record({ op: fc.constant('push' as const), key: keyArb, payload: payloadArb }) },
   { weight: 4, arbitrary: fc.record({ op: fc.constant('pushBatch' as const), items: fc.array(fc.record({ key: keyArb, payload: payloadArb }), { maxLength: 6 }) }) },
+  // Batches large enough to span several staging chunks (16 KiB) and to split into runs.
+  { weight: 1, arbitrary: fc.record({ op: fc.constant('pushBatch' as const), items: fc.array(fc.record({ key: goodKeyArb, payload: goodPayloadArb }), { minLength: 150, maxLength: 500 }) }) },
   { weight: 6, arbitrary: fc.record({ op: fc.constant('poll' as const), pick: pickArb, max: fc.option(fc.integer({ min: 1, max: 10 }), { nil: undefined }) }) },
   { weight: 7, arbitrary: fc.record({ op: fc.constant('tick' as const) }) },
   { weight: 7, arbitrary: fc.record({ op: fc.constant('advance' as const), by: advanceArb }) },
@@ -856,6 +865,7 @@ async function runManager(policy: ScalingPolicy, initial: number, requested: num
   const check = () => {
     checkMapper(m.mapper, model, collectors);
     const s = m.stats();
+    if (s.shards.some((sh) => sh.pushed > 2 * cap)) reached.ringWrapped++;
     expect(s).toEqual(model.stats());
     expect(s.pushed).toBe(s.delivered + s.inFlight + s.drops.oldest);
     for (const sh of model.shards) expect(m.ringLength(sh.id), `ringLength(${sh.id})`).toBe(sh.ring.length);
@@ -893,6 +903,10 @@ async function runManager(policy: ScalingPolicy, initial: number, requested: num
       case 'pushBatch': {
         const payloads = op.items.map((it) => makePayload(it.payload, maxPayload));
         const keys = op.items.map((it) => it.key);
+        // staged as [hash][len][bytes padded to 4] in a lane of at least 16 KiB
+        const staged = payloads.reduce<number>((a, pl) => a + 8 + ((((pl as { length?: number })?.length ?? 0) * 2 + 3) & ~3), 0);
+        if (staged > 16 * 1024) reached.batchOverChunks++;
+        if (model.active >= 2 && new Set(keys.map((k) => (typeof k === 'number' ? k : -1))).size > 1 && payloads.length > 100) reached.batchSplitIntoRuns++;
         let refusedAt = -1;
         want = predict(() => {
           const bytes = payloads.map((pl) => model.payloadBytes(pl)); // all checked before any write
@@ -972,9 +986,26 @@ async function runManager(policy: ScalingPolicy, initial: number, requested: num
       case 'removeShard': {
         const id = model.pickId(op.pick);
         const s = model.byId(id);
-        // Only removals the model can see completing now (an empty ring); one that must
-        // wait for a poll is left out, as it would wait for this very loop.
-        if (s && s.state !== 'provisioning' && s.ring.length > 0 && !(s.state === 'active' && model.active <= p.minShards)) continue;
+        if (s && s.state !== 'provisioning' && s.ring.length > 0 && !(s.state === 'active' && model.active <= p.minShards)) {
+          // Events still in the ring: the removal waits until a poll has taken them all.
+          want = predict(() => {
+            if (s.state === 'active') model.drainSpecific(id);
+            const out = s.ring.splice(0);
+            s.delivered += out.length;
+            s.bufferLen = 0;
+            model.stop([s]);
+            model.removeShardModel(s);
+            return out;
+          });
+          reached.removalWithEvents++;
+          got = await actual(async () => {
+            const removal = m.removeShard(id);
+            const out = m.poll(id);
+            await Promise.race([removal, timeout(2000, `removeShard(${id}) after poll`)]);
+            return out;
+          });
+          break;
+        }
         want = predict(() => {
           if (!s) throw new Predicted('InvalidPolicy');
           if (s.state === 'provisioning') { model.removeShardModel(s); return; }
@@ -1051,12 +1082,20 @@ describe('model-based: ShardManager (poll consumers, injected clock) under rando
   it(`agrees with the model after every step (${NUM_RUNS} runs)`, async () => {
     await fc.assert(
       fc.asyncProperty(
-        policyArb, fc.integer({ min: 0, max: 4 }), fc.constantFrom(1, 3, 4, 8), fc.constantFrom(0, 10, 100), bpArb,
-        fc.constantFrom(4, 8, 24), fc.constantFrom(0, 0, 1, 2, 6),
-        fc.array(managerOpArb, { minLength: 1, maxLength: 50, size: 'max' }),
+        // capacities from 1 (rounded to 2) to 512, and enough operations (batches of hundreds)
+        // for ring indexes to wrap around the ring many times
+        policyArb, fc.integer({ min: 0, max: 4 }), fc.constantFrom(1, 3, 4, 8, 8, 64, 512), fc.constantFrom(0, 10, 100), bpArb,
+        fc.constantFrom(4, 8, 24, 70), fc.constantFrom(0, 0, 1, 2, 6),
+        fc.array(managerOpArb, { minLength: 1, maxLength: 80, size: 'max' }),
         (policy, initial, capacity, grace, bp, maxPayload, slack, ops) => runManager(policy, initial, capacity, grace, bp, maxPayload, slack, ops),
       ),
       runParams(),
     );
+    // The runs went where the bugs would be: removals that wait for a poll, batches over
+    // several staging chunks and over several shards (runs), rings wrapped around.
+    expect(reached.removalWithEvents).toBeGreaterThan(20);
+    expect(reached.batchOverChunks).toBeGreaterThan(20);
+    expect(reached.batchSplitIntoRuns).toBeGreaterThan(20);
+    expect(reached.ringWrapped).toBeGreaterThan(20);
   }, 120_000);
 });
