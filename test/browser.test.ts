@@ -1,11 +1,11 @@
 // shard-mapper in a real browser: examples/browser bundled by Vite and by esbuild (each a page
 // that imports 'shard-mapper' by name), served from 127.0.0.1 with and without COOP/COEP,
-// driven in Debian's headless Chromium through playwright-core.
+// driven in headless Chromium through playwright-core (test/helpers/find-chromium.ts picks it).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chromium, type Browser, type ConsoleMessage } from 'playwright-core';
 import { build as esbuild, type Metafile } from 'esbuild';
 import { builtinModules } from 'node:module';
-import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,10 +13,10 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 // @ts-expect-error: a plain .mjs script without type declarations
 import { buildExample, serveExample } from '../examples/browser/server.mjs';
+import { findChromium } from './helpers/find-chromium.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const example = join(root, 'examples/browser');
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 // The flags this machine needs: no sandbox as root, and no background connections that the
 // closed network would refuse. playwright gives every launch a fresh, empty profile.
 const CHROMIUM_ARGS = [
@@ -61,7 +61,8 @@ async function runPage(url: string): Promise<PageRun> {
 }
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`no Chromium at ${CHROMIUM}: apt-get install -y chromium (or set CHROMIUM_PATH)`);
+  const chromiumFound = await findChromium();
+  console.info(`browser tests: ${chromiumFound.source} Chromium at ${chromiumFound.executablePath}`);
   // Vite: the example exactly as a user builds it, plus a plugin that sees every import the
   // page and its workers resolve.
   await buildExample(viteOut, {
@@ -91,7 +92,7 @@ beforeAll(async () => {
   esbuildMeta = result.metafile;
   for (const file of ['index.html', 'consumer-module.js']) copyFileSync(join(example, file), join(esbuildOut, file));
 
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  browser = await chromium.launch({ executablePath: chromiumFound.executablePath, headless: true, args: CHROMIUM_ARGS });
   viteServer = await serveExample(viteOut, { port: 0 });
   esbuildServer = await serveExample(esbuildOut, { port: 0 });
 });
