@@ -76,6 +76,7 @@ beforeAll(async () => {
       main: join(example, 'main.js'),
       'consumer.worker': join(example, 'consumer.worker.js'),
       'producer.worker': join(example, 'producer.worker.js'),
+      'dashboard.worker': join(example, 'dashboard.worker.js'),
       'consumer-worker': 'shard-mapper/consumer-worker',
     },
     outdir: esbuildOut,
@@ -215,5 +216,50 @@ describe('page without COOP/COEP (Vite build)', () => {
     expect(r.polled).toBe(r.pushed);
     expect(r.dropped).toBeGreaterThan(0); // dropNewest while every ring was full
     expect(run.console.filter((m) => m.type === 'error')).toEqual([]);
+  });
+});
+
+describe('live view of the example page (Vite build)', () => {
+  it.each([['cross-origin isolated', '/'], ['fallback', '/fallback/']])('%s: draws the events/s chart, a row per shard with its fill and share, and the scaling log', async (_name, path) => {
+    const page = await browser.newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (e) => errors.push(e.message));
+    try {
+      await page.goto(urlOf(viteServer, path));
+      // The live view starts once the self-check is done; wait for a few samples of it.
+      await page.waitForFunction(() => Number(document.getElementById('tile-pushed')?.textContent?.replace(/,/g, '')) > 0, null, { timeout: 30_000 });
+      const view = await page.evaluate(() => {
+        const canvas = document.getElementById('chart') as HTMLCanvasElement;
+        const pixels = canvas.getContext('2d')!.getImageData(0, 0, canvas.width, canvas.height).data;
+        let drawn = 0;
+        for (let i = 3; i < pixels.length; i += 4) if (pixels[i]! > 0) drawn++;
+        const rows = [...document.querySelectorAll('#shards tr')].map((tr) => ({
+          state: tr.querySelector('.state')?.textContent, bars: tr.querySelectorAll('.bar').length,
+          figures: [...tr.querySelectorAll('.num')].map((n) => n.textContent),
+        }));
+        return {
+          visible: !(document.getElementById('live') as HTMLElement).hidden,
+          chartSize: [canvas.width, canvas.height], drawn,
+          legend: document.querySelector('.legend')?.textContent ?? '',
+          rows, decisions: document.querySelectorAll('#decisions li').length,
+          shards: document.getElementById('tile-shards')?.textContent,
+        };
+      });
+      expect(errors).toEqual([]);
+      expect(view.visible).toBe(true);
+      expect(view.chartSize[0]).toBeGreaterThan(300);
+      expect(view.drawn).toBeGreaterThan(1000); // axes, labels and at least the first samples
+      expect(view.legend).toMatch(/pushed.*solid.*delivered.*dashed/s);
+      expect(view.rows.length).toBeGreaterThanOrEqual(1);
+      for (const row of view.rows) {
+        expect(row.state).toMatch(/^(provisioning|active|draining|stopped)$/);
+        expect(row.bars).toBe(2); // ring fill and share of traffic
+        expect(row.figures.filter((f) => /^\d+%$/.test(f ?? ''))).toHaveLength(2);
+      }
+      expect(view.decisions).toBeGreaterThanOrEqual(1); // "none yet" or the decisions themselves
+      expect(view.shards).toMatch(/^\d \/ 4$/);
+    } finally {
+      await page.close();
+    }
   });
 });

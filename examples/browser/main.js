@@ -1,8 +1,10 @@
 // shard-mapper in a browser page. Cross-origin isolated (COOP/COEP): events routed here are
 // consumed by Web Workers over the shared WebAssembly memory. Not isolated: the single-thread
 // fallback routes, scales (driven by an injected clock) and is consumed with poll().
-// The outcome is shown on the page and left on globalThis.__shardMapperExample for tests.
+// The outcome is shown on the page and left on globalThis.__shardMapperExample for tests;
+// then dashboard.js runs the live view (chart, shards, autoscaling).
 import { ShardManager, ShardMapper, BackpressureError, sharedMemorySupported } from 'shard-mapper';
+import { startDashboard } from './dashboard.js';
 
 const logEl = document.getElementById('log');
 const lines = [];
@@ -222,6 +224,8 @@ async function runFallback() {
   (result) => {
     globalThis.__shardMapperExample = { ok: true, ...result };
     log('done');
+    // Then the live view, on a manager of its own (the checks above are finished by now).
+    startDashboard({ shared: result.mode === 'shared' }).catch((error) => log(`live view failed: ${error?.stack ?? error}`));
   },
   (error) => {
     globalThis.__shardMapperExample = { ok: false, error: String(error?.stack ?? error) };
