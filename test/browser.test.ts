@@ -183,6 +183,7 @@ describe.each([
     expect(r.module.consumed.sum).toBe(r.module.expectedSum);
     // No fallback here, so no warning.
     expect(run.console.filter((m) => /fell back/.test(m.text))).toEqual([]);
+    expectStreams(r.streams);
   });
 });
 
@@ -216,8 +217,18 @@ describe('page without COOP/COEP (Vite build)', () => {
     expect(r.polled).toBe(r.pushed);
     expect(r.dropped).toBeGreaterThan(0); // dropNewest while every ring was full
     expect(run.console.filter((m) => m.type === 'error')).toEqual([]);
+    expectStreams(r.streams);
   });
 });
+
+/** manager.writableStream() and manager.batches() in the page (main.js runStreams). */
+function expectStreams(s: Record<string, any>): void {
+  expect(s.received).toBe(s.events); // nothing lost through a 16-record ring
+  expect(s.pushed).toBe(s.events);
+  expect(s.inOrder).toBe(true);
+  expect(s.refused).toBeGreaterThan(0); // the ring pushed back and the stream waited
+  expect(s.nodeWritable).toMatch(/Node streams .* not available here; in a browser use manager.writableStream\(\)/);
+}
 
 describe('live view of the example page (Vite build)', () => {
   it.each([['cross-origin isolated', '/'], ['fallback', '/fallback/']])('%s: draws the events/s chart, a row per shard with its fill and share, and the scaling log', async (_name, path) => {
