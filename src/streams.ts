@@ -66,11 +66,14 @@ function tryPush(manager: ShardManager, record: ManagerRecord): number | undefin
   }
 }
 
-/** Still full? Read the ring's length rather than pushing again, so a stall costs one
- *  refusal in stats() instead of one per retry. A removed shard reads as not full. */
-function stillFull(manager: ShardManager, shardId: number): boolean {
+/** Would a push of this record still meet the same full ring? Reads the route and the ring's
+ *  length instead of pushing again, so a stall costs one refusal in stats(), not one per
+ *  retry. A route that moved elsewhere, or a removed shard, reads as not full. */
+function stillFull(manager: ShardManager, record: ManagerRecord, shardId: number): boolean {
   try {
-    return manager.ringLength(shardId) >= manager.ringCapacity;
+    const key = record.key;
+    const route = typeof key === 'number' ? manager.mapper.selectShard(key) : manager.mapper.selectShardForKey(key);
+    return route === shardId && manager.ringLength(shardId) >= manager.ringCapacity;
   } catch {
     return false;
   }
@@ -86,7 +89,7 @@ async function pushWhenRoom(
     await sleep(wait);
     if (cancelled()) return false;
     wait = nextWait(wait, retryMs);
-    if (!isClosed() && stillFull(manager, full)) continue;
+    if (!isClosed() && stillFull(manager, record, full)) continue;
     const refusedBy = tryPush(manager, record);
     if (refusedBy === undefined) return true;
     full = refusedBy;

@@ -52,6 +52,28 @@ describe('manager.writable()', () => {
     expect(m.stats().pushed).toBe(firstFalse + 1);
   });
 
+  it('a held write follows the routing when it moves away from the full ring', async () => {
+    const m = await manager({ initialShards: 2 });
+    const stream = m.writable({ highWaterMark: 2 });
+    const key = 7; // below 2^31: shard 0 of the two
+    expect(m.mapper.selectShard(key)).toBe(0);
+    for (let i = 0; i < m.ringCapacity; i++) stream.write({ key, payload: `e${i}` });
+    let written = false;
+    const held = new Promise<void>((resolve, reject) => {
+      stream.write({ key, payload: `e${m.ringCapacity}` }, (error) => { if (error) reject(error); else { written = true; resolve(); } });
+    });
+    expect(m.ringLength(0)).toBe(m.ringCapacity);
+    expect(m.ringLength(1)).toBe(0);
+    await new Promise((r) => setTimeout(r, 20)); // shard 0 is full and still routed to: it waits
+    expect(written).toBe(false);
+    await m.drainShard(0); // nobody consumes shard 0, but new pushes now go to shard 1
+    await held;
+    stream.end();
+    await once(stream, 'finish');
+    expect(pollAll(m, 1)).toEqual([`e${m.ringCapacity}`]);
+    expect(pollAll(m, 0)).toEqual(names(m.ringCapacity));
+  });
+
   it('carries a pipeline end to end with a slow consumer: every record once, in push order per shard', async () => {
     const m = await manager({ initialShards: 2, ringBufferCapacity: 16 });
     const N = 2_000;
