@@ -45,7 +45,7 @@ export async function startDashboard({ shared }) {
 
   const manager = await ShardManager.create({
     initialShards: 1,
-    ringBufferCapacity: 4096,
+    ringBufferCapacity: 16384,
     maxPayloadBytes: 64,
     backpressure: { kind: 'dropNewest' }, // a full ring sheds load; the loop scales out instead
     policy: {
@@ -56,7 +56,7 @@ export async function startDashboard({ shared }) {
       consumer: {
         worker: () => new Worker(new URL('./dashboard.worker.js', import.meta.url), { type: 'module' }),
         threads: MAX_SHARDS,
-        batchSize: 128,
+        batchSize: 64,
       },
     } : {}),
     onEvent: (e) => {
