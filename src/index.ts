@@ -12,3 +12,4 @@ export {
 export { ShardProducer, ManagerClosedError, type ProducerHandle, type EventKey, type EventPayload, type BatchEvent } from './producer.js';
 export type { ConsumerOptions, ConsumerWorker } from './consumer-pool.js';
 export type { ConsumerFunction } from './consumer-runtime.js';
+export type { ManagerRecord, WritableOptions, BatchesOptions } from './streams.js';

@@ -12,6 +12,8 @@ import { Total, TOTALS } from './abi.js';
 import { StallWatchdog } from './stall-watchdog.js';
 import { sharedMemorySupported, compileAsync, type MemoryKind } from './wasm.js';
 import { cpuCount, onThreadExit } from '#platform';
+import type { Writable } from 'node:stream';
+import { createWritable, createWritableStream, shardBatches, type BatchesOptions, type ManagerRecord, type WritableOptions } from './streams.js';
 import {
   BP_DROP_NEWEST, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE, REC_LEN, REC_PAYLOAD, MAX_LANES, CLAIM_START, CLAIM_SKIPPED,
 } from './layout.generated.js';
@@ -628,5 +630,31 @@ export class ShardManager {
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
+  }
+
+  // ---- streams (src/streams.ts) ---------------------------------------------------------
+
+  /**
+   * A Node Writable in object mode taking `{ key, payload }` records. While a ring is full
+   * (failProducer) a write waits for room instead of failing, so `write()` returns false once
+   * `highWaterMark` records are held and 'drain' follows when there is room again:
+   * `stream.pipeline(source, manager.writable())` gets backpressure. Records dropped by
+   * dropNewest/sample or unrouted are counted as push() counts them. Node only.
+   */
+  writable(options?: WritableOptions): Writable {
+    return createWritable(this, () => this.#closed, options);
+  }
+
+  /** The same as a WHATWG WritableStream (browsers, Deno, Node): a write's promise settles
+   *  once the record is in a ring, and the writer's `ready` waits while the queue is full. */
+  writableStream(options?: WritableOptions): WritableStream<ManagerRecord> {
+    return createWritableStream(this, () => this.#closed, options);
+  }
+
+  /** `for await (const batch of manager.batches(id))`: the shard's records in push order, as
+   *  poll() takes them (they count as delivered). Ends once the manager is closed or the
+   *  shard drained, after every record it accepted was yielded. */
+  batches(shardId: number, options?: BatchesOptions): AsyncIterableIterator<Uint8Array[]> {
+    return shardBatches(this, shardId, () => this.#closed, options);
   }
 }

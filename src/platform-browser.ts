@@ -77,3 +77,8 @@ export function yieldToEventLoop(): Promise<void> {
   if (!channel) return new Promise((r) => setTimeout(r, 0));
   return new Promise((r) => { waiting.push(r); channel.port2.postMessage(0); });
 }
+
+/** No Node streams in a browser: manager.writable() says so; manager.writableStream() is the browser's. */
+export function nodeWritable(): undefined {
+  return undefined;
+}

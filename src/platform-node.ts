@@ -2,6 +2,7 @@
 import { availableParallelism } from 'node:os';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { Writable } from 'node:stream';
 import { Worker, parentPort, workerData, threadId } from 'node:worker_threads';
 import type { SpawnedWorker, WorkerEndpoint } from './platform-types.js';
 
@@ -79,4 +80,9 @@ export async function workerEndpoint(): Promise<WorkerEndpoint> {
 /** Let queued messages run: setImmediate is a macrotask without setTimeout's 1 ms floor. */
 export function yieldToEventLoop(): Promise<void> {
   return new Promise((r) => setImmediate(r));
+}
+
+/** Node's Writable, for manager.writable() (src/streams.ts); browser bundles never load node:stream. */
+export function nodeWritable(): typeof Writable | undefined {
+  return Writable;
 }

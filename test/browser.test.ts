@@ -1,11 +1,11 @@
 // shard-mapper in a real browser: examples/browser bundled by Vite and by esbuild (each a page
 // that imports 'shard-mapper' by name), served from 127.0.0.1 with and without COOP/COEP,
-// driven in Debian's headless Chromium through playwright-core.
+// driven in headless Chromium through playwright-core (test/helpers/find-chromium.ts picks it).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chromium, type Browser, type ConsoleMessage } from 'playwright-core';
 import { build as esbuild, type Metafile } from 'esbuild';
 import { builtinModules } from 'node:module';
-import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,10 +13,10 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 // @ts-expect-error: a plain .mjs script without type declarations
 import { buildExample, serveExample } from '../examples/browser/server.mjs';
+import { findChromium } from './helpers/find-chromium.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const example = join(root, 'examples/browser');
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 // The flags this machine needs: no sandbox as root, and no background connections that the
 // closed network would refuse. playwright gives every launch a fresh, empty profile.
 const CHROMIUM_ARGS = [
@@ -61,7 +61,8 @@ async function runPage(url: string): Promise<PageRun> {
 }
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`no Chromium at ${CHROMIUM}: apt-get install -y chromium (or set CHROMIUM_PATH)`);
+  const chromiumFound = await findChromium();
+  console.info(`browser tests: ${chromiumFound.source} Chromium at ${chromiumFound.executablePath}`);
   // Vite: the example exactly as a user builds it, plus a plugin that sees every import the
   // page and its workers resolve.
   await buildExample(viteOut, {
@@ -75,6 +76,7 @@ beforeAll(async () => {
       main: join(example, 'main.js'),
       'consumer.worker': join(example, 'consumer.worker.js'),
       'producer.worker': join(example, 'producer.worker.js'),
+      'dashboard.worker': join(example, 'dashboard.worker.js'),
       'consumer-worker': 'shard-mapper/consumer-worker',
     },
     outdir: esbuildOut,
@@ -91,7 +93,7 @@ beforeAll(async () => {
   esbuildMeta = result.metafile;
   for (const file of ['index.html', 'consumer-module.js']) copyFileSync(join(example, file), join(esbuildOut, file));
 
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  browser = await chromium.launch({ executablePath: chromiumFound.executablePath, headless: true, args: CHROMIUM_ARGS });
   viteServer = await serveExample(viteOut, { port: 0 });
   esbuildServer = await serveExample(esbuildOut, { port: 0 });
 });
@@ -181,6 +183,7 @@ describe.each([
     expect(r.module.consumed.sum).toBe(r.module.expectedSum);
     // No fallback here, so no warning.
     expect(run.console.filter((m) => /fell back/.test(m.text))).toEqual([]);
+    expectStreams(r.streams);
   });
 });
 
@@ -214,5 +217,60 @@ describe('page without COOP/COEP (Vite build)', () => {
     expect(r.polled).toBe(r.pushed);
     expect(r.dropped).toBeGreaterThan(0); // dropNewest while every ring was full
     expect(run.console.filter((m) => m.type === 'error')).toEqual([]);
+    expectStreams(r.streams);
+  });
+});
+
+/** manager.writableStream() and manager.batches() in the page (main.js runStreams). */
+function expectStreams(s: Record<string, any>): void {
+  expect(s.received).toBe(s.events); // nothing lost through a 16-record ring
+  expect(s.pushed).toBe(s.events);
+  expect(s.inOrder).toBe(true);
+  expect(s.refused).toBeGreaterThan(0); // the ring pushed back and the stream waited
+  expect(s.nodeWritable).toMatch(/Node streams .* not available here; in a browser use manager.writableStream\(\)/);
+}
+
+describe('live view of the example page (Vite build)', () => {
+  it.each([['cross-origin isolated', '/'], ['fallback', '/fallback/']])('%s: draws the events/s chart, a row per shard with its fill and share, and the scaling log', async (_name, path) => {
+    const page = await browser.newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (e) => errors.push(e.message));
+    try {
+      await page.goto(urlOf(viteServer, path));
+      // The live view starts once the self-check is done; wait for a few samples of it.
+      await page.waitForFunction(() => Number(document.getElementById('tile-pushed')?.textContent?.replace(/,/g, '')) > 0, null, { timeout: 30_000 });
+      const view = await page.evaluate(() => {
+        const canvas = document.getElementById('chart') as HTMLCanvasElement;
+        const pixels = canvas.getContext('2d')!.getImageData(0, 0, canvas.width, canvas.height).data;
+        let drawn = 0;
+        for (let i = 3; i < pixels.length; i += 4) if (pixels[i]! > 0) drawn++;
+        const rows = [...document.querySelectorAll('#shards tr')].map((tr) => ({
+          state: tr.querySelector('.state')?.textContent, bars: tr.querySelectorAll('.bar').length,
+          figures: [...tr.querySelectorAll('.num')].map((n) => n.textContent),
+        }));
+        return {
+          visible: !(document.getElementById('live') as HTMLElement).hidden,
+          chartSize: [canvas.width, canvas.height], drawn,
+          legend: document.querySelector('.legend')?.textContent ?? '',
+          rows, decisions: document.querySelectorAll('#decisions li').length,
+          shards: document.getElementById('tile-shards')?.textContent,
+        };
+      });
+      expect(errors).toEqual([]);
+      expect(view.visible).toBe(true);
+      expect(view.chartSize[0]).toBeGreaterThan(300);
+      expect(view.drawn).toBeGreaterThan(1000); // axes, labels and at least the first samples
+      expect(view.legend).toMatch(/pushed.*solid.*delivered.*dashed/s);
+      expect(view.rows.length).toBeGreaterThanOrEqual(1);
+      for (const row of view.rows) {
+        expect(row.state).toMatch(/^(provisioning|active|draining|stopped)$/);
+        expect(row.bars).toBe(2); // ring fill and share of traffic
+        expect(row.figures.filter((f) => /^\d+%$/.test(f ?? ''))).toHaveLength(2);
+      }
+      expect(view.decisions).toBeGreaterThanOrEqual(1); // "none yet" or the decisions themselves
+      expect(view.shards).toMatch(/^\d \/ 4$/);
+    } finally {
+      await page.close();
+    }
   });
 });

@@ -1,8 +1,10 @@
 // shard-mapper in a browser page. Cross-origin isolated (COOP/COEP): events routed here are
 // consumed by Web Workers over the shared WebAssembly memory. Not isolated: the single-thread
 // fallback routes, scales (driven by an injected clock) and is consumed with poll().
-// The outcome is shown on the page and left on globalThis.__shardMapperExample for tests.
+// The outcome is shown on the page and left on globalThis.__shardMapperExample for tests;
+// then dashboard.js runs the live view (chart, shards, autoscaling).
 import { ShardManager, ShardMapper, BackpressureError, sharedMemorySupported } from 'shard-mapper';
+import { startDashboard } from './dashboard.js';
 
 const logEl = document.getElementById('log');
 const lines = [];
@@ -54,6 +56,37 @@ async function pushAll(mgr, from, to, between) {
       }
     }
   }
+}
+
+/** Streams in a page: a WHATWG ReadableStream piped into manager.writableStream() fills a
+ *  small ring (failProducer: each write waits while it is full) while manager.batches() takes
+ *  the records out; manager.writable() (Node streams) explains that it is not for browsers. */
+async function runStreams() {
+  const mgr = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 16 });
+  const events = 500;
+  const source = new ReadableStream({
+    start(controller) {
+      for (let i = 0; i < events; i++) controller.enqueue({ key: i, payload: `s:${i}` });
+      controller.close();
+    },
+  });
+  const decoder = new TextDecoder();
+  const received = [];
+  const taking = (async () => {
+    for await (const batch of mgr.batches(0, { max: 7 })) for (const r of batch) received.push(Number(decoder.decode(r).slice(2)));
+  })();
+  await source.pipeTo(mgr.writableStream());
+  await mgr.close(); // batches() ends once it has taken what is left
+  await taking;
+  let nodeWritable = '';
+  try {
+    mgr.writable();
+  } catch (error) {
+    nodeWritable = error.message;
+  }
+  const stats = mgr.stats();
+  log(`streams: piped ${events} records through writableStream(), batches() took ${received.length} in order: ${received.every((v, i) => v === i)}`);
+  return { events, received: received.length, inOrder: received.every((v, i) => v === i), pushed: stats.pushed, refused: stats.drops.refused, nodeWritable };
 }
 
 async function runShared() {
@@ -219,9 +252,12 @@ async function runFallback() {
 }
 
 (sharedMemorySupported() ? runShared() : runFallback()).then(
-  (result) => {
-    globalThis.__shardMapperExample = { ok: true, ...result };
+  async (result) => {
+    const streams = await runStreams();
+    globalThis.__shardMapperExample = { ok: true, ...result, streams };
     log('done');
+    // Then the live view, on a manager of its own (the checks above are finished by now).
+    startDashboard({ shared: result.mode === 'shared' }).catch((error) => log(`live view failed: ${error?.stack ?? error}`));
   },
   (error) => {
     globalThis.__shardMapperExample = { ok: false, error: String(error?.stack ?? error) };

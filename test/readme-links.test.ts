@@ -1,0 +1,66 @@
+// The README (and the contract it points to) stand alone: every link is to a file in this
+// repository that exists, every #anchor names a heading of its target, nothing points outside
+// (no ../ escaping the repo, no URL), and tables have their header rows.
+import { describe, expect, it } from 'vitest';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { dirname, join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const DOCS = ['README.md', 'docs/CONTRACT.md', 'examples/browser/README.md'];
+
+/** GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens, -1, -2… for repeats. */
+function anchors(markdown: string): Set<string> {
+  const seen = new Map<string, number>();
+  const out = new Set<string>();
+  let fenced = false;
+  for (const line of markdown.split('\n')) {
+    if (line.startsWith('```')) fenced = !fenced;
+    const m = !fenced && /^#{1,6}\s+(.*)$/.exec(line);
+    if (!m) continue;
+    const base = m[1]!.trim().toLowerCase().replace(/[^\p{L}\p{N} _-]/gu, '').replace(/ /g, '-');
+    const n = seen.get(base) ?? 0;
+    seen.set(base, n + 1);
+    out.add(n === 0 ? base : `${base}-${n}`);
+  }
+  return out;
+}
+
+/** [text](target) links outside code spans and fenced blocks. */
+function links(markdown: string): string[] {
+  const prose = markdown.replace(/```[\s\S]*?```/g, '').replace(/`[^`\n]*`/g, '');
+  return [...prose.matchAll(/\[[^\]]*\]\(([^)\s]+)\)/g)].map((m) => m[1]!);
+}
+
+describe.each(DOCS)('%s', (doc) => {
+  const text = readFileSync(join(root, doc), 'utf8');
+
+  it('links only to files of this repository that exist, and to headings they have', () => {
+    const found = links(text);
+    if (doc === 'README.md') expect(found.length).toBeGreaterThan(5); // the parser finds the README's links
+    for (const link of found) {
+      expect(link, `${doc} links outside the repository`).not.toMatch(/^[a-z][a-z0-9+.-]*:/i);
+      const [path, anchor] = link.split('#') as [string, string | undefined];
+      const target = path === '' ? join(root, doc) : join(root, dirname(doc), decodeURI(path));
+      expect(relative(root, target).startsWith('..'), `${doc}: ${link} leaves the repository`).toBe(false);
+      expect(existsSync(target), `${doc}: ${link} does not exist`).toBe(true);
+      if (anchor !== undefined) {
+        expect(statSync(target).isFile(), `${doc}: ${link} has an anchor but is a folder`).toBe(true);
+        expect([...anchors(readFileSync(target, 'utf8'))], `${doc}: ${link}`).toContain(anchor);
+      }
+    }
+  });
+
+  it('names nothing outside the repository', () => {
+    expect(text).not.toMatch(/\.\.\/shared|SPEC\.md|SPEC §/);
+    expect(text).not.toMatch(/https?:\/\/(?!127\.0\.0\.1[:/])/); // the example's own server is fine
+  });
+
+  it('gives every table a header row (a |---| line right after its first row)', () => {
+    const lines = text.replace(/```[\s\S]*?```/g, '').split('\n');
+    for (let i = 0; i < lines.length; i++) {
+      const startsTable = lines[i]!.startsWith('|') && !lines[i - 1]?.startsWith('|');
+      if (startsTable) expect(lines[i + 1], `${doc}: the table at "${lines[i]!.slice(0, 60)}" has no header row`).toMatch(/^\|\s*:?-{3,}/);
+    }
+  });
+});
