@@ -209,6 +209,7 @@ const OPTION_CASES: [option: string, inputs: [string, unknown][], message: RegEx
   ['maxSlots', [['0', 0], ['-1', -1], ['1.5', 1.5], ['NaN', NaN], ['70000', 70000], ['"8"', '8'], ['null', null]], /options\.maxSlots must be an integer in \[1, 65535\], got /, 'options.maxSlots must be an integer in [1, 65535], got 0'],
   ['maxThreads', [['0', 0], ['1.5', 1.5], ['1000', 1000], ['NaN', NaN], ['null', null]], /options\.maxThreads must be an integer in \[1, 256\], got /, 'options.maxThreads must be an integer in [1, 256], got 0'],
   ['drainGraceMs', [['-1', -1], ['NaN', NaN], ['Infinity', Infinity], ['"5"', '5'], ['null', null]], /options\.drainGraceMs must be a finite number >= 0, got /, 'options.drainGraceMs must be a finite number >= 0, got -1'],
+  ['producerStallMs', [['-1', -1], ['NaN', NaN], ['Infinity', Infinity], ['"5"', '5'], ['null', null]], /options\.producerStallMs must be a finite number >= 0, got /, 'options.producerStallMs must be a finite number >= 0, got -1'],
   ['clock', [['5', 5], ['"now"', 'now'], ['null', null]], /options\.clock must be a function, got /, 'options.clock must be a function, got 5'],
   ['memory', [['"huge"', 'huge'], ['5', 5]], /options\.memory must be 'shared' or 'single', got /, "options.memory must be 'shared' or 'single', got \"huge\""],
   ['onEvent', [['5', 5], ['"log"', 'log']], /options\.onEvent must be a function, got /, 'options.onEvent must be a function, got 5'],
