@@ -166,6 +166,7 @@ export function registerShardManagerMetrics(options: PrometheusOptions = {}): Sh
     for (const reason of DROP_REASONS) set({ reason }, drops[reason]);
   });
   gauge('events_in_flight', 'Accepted events still in rings.', [], (g, m) => g.set(labelled({}), m.stats().inFlight));
+  mirror('records_skipped_total', 'Records a producer reserved and never wrote (its thread died inside a batch), skipped as padding.', [], (set, m) => set({}, m.stats().skipped));
 
   // Counted as they happen.
   const decisions = counter('scaling_decisions_total', 'Scaling decisions other than none, by kind.', ['decision']);
@@ -173,6 +174,7 @@ export function registerShardManagerMetrics(options: PrometheusOptions = {}): Sh
   const transitions = counter('shard_transitions_total', 'Shard lifecycle transitions.', ['transition']);
   const consumerErrors = counter('consumer_errors_total', 'Consumer batches that threw (each is retried).', []);
   const consumerRestarts = counter('consumer_restarts_total', 'Consumer workers replaced after they exited.', []);
+  const rewound = counter('consumer_records_rewound_total', 'Records handed out again because their consumer thread died holding them.', []);
   const tickErrors = counter('tick_errors_total', 'Passes of the scaling loop run by start() that threw.', []);
   for (const decision of ['scaleUp', 'scaleDown']) {
     decisions.inc(labelled({ decision }), 0);
@@ -181,6 +183,7 @@ export function registerShardManagerMetrics(options: PrometheusOptions = {}): Sh
   for (const transition of Object.values(TRANSITIONS)) transitions.inc(labelled({ transition }), 0);
   consumerErrors.inc(labelled({}), 0);
   consumerRestarts.inc(labelled({}), 0);
+  rewound.inc(labelled({}), 0);
   tickErrors.inc(labelled({}), 0);
 
   const onEvent = (event: ManagerEvent): void => {
@@ -196,6 +199,7 @@ export function registerShardManagerMetrics(options: PrometheusOptions = {}): Sh
         break;
       case 'consumerRestarted':
         consumerRestarts.inc(labelled({}));
+        rewound.inc(labelled({}), event.rewound ?? 0);
         break;
       case 'tickError':
         tickErrors.inc(labelled({}));

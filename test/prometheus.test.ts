@@ -152,11 +152,13 @@ describe('shard-mapper/prometheus', () => {
     const { metrics, scrape } = await setup();
     metrics.onEvent({ type: 'consumerError', shardId: 0, error: new Error('boom'), at: 1 });
     metrics.onEvent({ type: 'consumerError', shardId: 1, error: new Error('boom'), at: 2 });
-    metrics.onEvent({ type: 'consumerRestarted', worker: 0, exitCode: 1, at: 3 });
+    metrics.onEvent({ type: 'consumerRestarted', worker: 0, exitCode: 1, rewound: 12, at: 3 });
+    metrics.onEvent({ type: 'producerStallSkipped', shardId: 0, records: 3, at: 3 });
     metrics.onEvent({ type: 'tickError', error: new Error('tick'), at: 4 });
     const s = await scrape();
     expect(series(s, 'shard_mapper_consumer_errors_total')).toBe(2);
     expect(series(s, 'shard_mapper_consumer_restarts_total')).toBe(1);
+    expect(series(s, 'shard_mapper_consumer_records_rewound_total')).toBe(12);
     expect(series(s, 'shard_mapper_tick_errors_total')).toBe(1);
   });
 
