@@ -76,16 +76,21 @@ export async function connect(option: RedisOption, what: string): Promise<Connec
   }
   const where = hidePassword(option);
   const client = new Redis(option, OWN_CLIENT);
-  client.on('error', () => { /* reported through the failing commands; ioredis reconnects */ });
+  let cause = '';
+  const onError = (e: Error) => { cause = e.message; }; // ioredis rejects with "Connection is closed"; the cause comes here
+  client.on('error', onError);
   try {
     await client.connect();
     await client.ping();
   } catch (error) {
     client.disconnect();
-    const message = (error as Error).message;
+    const raw = (error as Error).message;
+    const message = cause && cause !== raw ? `${cause} (${raw})` : raw;
     const hint = /WRONGPASS|NOAUTH|invalid password|AUTH/i.test(message) ? ' (authentication refused: check the user and password in the URL)' : '';
     throw new Error(`shard-mapper/redis: ${what}: cannot use Redis at ${where}: ${message}${hint}`);
   }
+  client.off('error', onError);
+  client.on('error', () => { /* reported through the failing commands; ioredis reconnects */ });
   return { client: defineScripts(client), owned: true, cluster: false, where };
 }
 

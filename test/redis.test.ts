@@ -1,0 +1,388 @@
+// shard-mapper/redis against a real redis-server (started here on 127.0.0.1, random port,
+// temporary directory, append-only file with fsync always). One process: correctness of
+// nodes, the controller and consumers. Scaling decisions run on an injected clock, driven
+// with node.tick(); waits are for conditions (events consumed), never for logic.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Redis } from 'ioredis';
+import { BackpressureError, ShardManager } from 'shard-mapper';
+import { DedupFilter, RedisShardManager, serveShardConsumers, type RedisManagerEvent, type ShardConsumers, type ShardRecord } from 'shard-mapper/redis';
+import { RedisTestServer, redisAvailable } from './helpers/redis-server.js';
+
+const available = redisAvailable();
+let server: RedisTestServer;
+let nsCounter = 0;
+const ns = () => `t${process.pid}-${++nsCounter}`;
+
+beforeAll(async () => { if (available) server = await RedisTestServer.start(); });
+afterAll(async () => { await server?.dispose(); });
+
+/** Wait (bounded) until `done()` holds. */
+async function until(done: () => boolean, what: string, limitMs = 20_000): Promise<void> {
+  const start = performance.now();
+  while (!done()) {
+    if (performance.now() - start > limitMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** A consumer that records every delivery: shard, payload text, dedup id. */
+async function collector(namespace: string, extra: { leaseMs?: number; consume?: (r: ShardRecord[], s: number) => void | Promise<void> } = {}) {
+  const got: { shard: number; text: string; id: string }[] = [];
+  const consumers = await serveShardConsumers({
+    redis: server.url, namespace, leaseMs: extra.leaseMs ?? 1000, idleMs: 5,
+    consume: async (records, shard) => {
+      if (extra.consume) await extra.consume(records, shard);
+      for (const r of records) got.push({ shard, text: r.payload.toString(), id: r.dedupId });
+    },
+  });
+  return { got, consumers };
+}
+
+/** Per shard, the texts `p:<seq>` of each producer must rise. */
+function checkOrder(got: { shard: number; text: string }[]): string[] {
+  const last = new Map<string, number>();
+  const bad: string[] = [];
+  for (const g of got) {
+    const [producer, seq] = g.text.split(':');
+    const key = `${g.shard}/${producer}`;
+    const n = Number(seq);
+    if ((last.get(key) ?? -1) >= n) bad.push(`${key}: ${n} after ${last.get(key)}`);
+    last.set(key, n);
+  }
+  return bad;
+}
+
+describe.skipIf(!available)('RedisShardManager: one node, consumers, one process', () => {
+  it('stores every accepted event and consumers get each once, in push order per shard, with unique dedup ids', async () => {
+    const namespace = ns();
+    const node = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 3, policy: { maxShards: 4, metricsWindowMs: 60_000 } });
+    let accepted = 0;
+    for (let i = 0; i < 5000; i++) if (node.push(`key-${i % 97}`, `a:${i}`)) accepted++;
+    accepted += node.pushBatch(Array.from({ length: 2000 }, (_, i) => [i * 7919, `a:${5000 + i}`] as const));
+    await node.flush();
+    expect(accepted).toBe(7000);
+    expect(node.stats()).toMatchObject({ pushed: 7000, stored: 7000, buffered: 0, dropped: 0, unrouted: 0 });
+    const { got, consumers } = await collector(namespace);
+    await until(() => got.length >= 7000, '7000 deliveries');
+    await consumers.close();
+    await node.close();
+    expect(got.length).toBe(7000);
+    expect(new Set(got.map((g) => g.text)).size).toBe(7000);
+    expect(new Set(got.map((g) => g.id)).size).toBe(7000);
+    expect(checkOrder(got)).toEqual([]);
+    expect(new Set(got.map((g) => g.shard))).toEqual(new Set([0, 1, 2]));
+    // Every stream entry was acknowledged and deleted.
+    for (const id of [0, 1, 2]) expect(server.cli('XLEN', `${namespace}:shard:{${namespace}:${id}}`)).toBe('0');
+  });
+
+  it('routes with the WebAssembly selection over the table: a key goes where the route says', async () => {
+    const namespace = ns();
+    const node = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 4, policy: { maxShards: 4, metricsWindowMs: 60_000 } });
+    expect(node.table().route).toEqual([0, 1, 2, 3]);
+    // floor(hash · 4 / 2^32): hashes 0, 2^30, 2^31, 3·2^30 land on shards 0..3.
+    for (let s = 0; s < 4; s++) node.push(s * 2 ** 30, `h:${s}`);
+    await node.flush();
+    const { got, consumers } = await collector(namespace);
+    await until(() => got.length >= 4, '4 deliveries');
+    await consumers.close();
+    await node.close();
+    expect(got.map((g) => [g.text, g.shard]).sort()).toEqual([['h:0', 0], ['h:1', 1], ['h:2', 2], ['h:3', 3]]);
+  });
+
+  it('keeps accepting while redis-server restarts, and flush resolves once everything is stored (append-only file)', async () => {
+    const restartable = await RedisTestServer.start();
+    try {
+      const namespace = ns();
+      const node = await RedisShardManager.create({ redis: restartable.url, namespace, initialShards: 2, ringBufferCapacity: 100_000, policy: { metricsWindowMs: 60_000 } });
+      for (let i = 0; i < 1000; i++) expect(node.push(i, `r:${i}`)).toBe(true);
+      await node.flush();
+      await restartable.stop();
+      for (let i = 1000; i < 3000; i++) expect(node.push(i, `r:${i}`)).toBe(true); // Redis is away
+      let flushed = false;
+      const flushing = node.flush().then(() => { flushed = true; });
+      await new Promise((r) => setTimeout(r, 200));
+      expect(flushed).toBe(false);
+      expect(node.stats().buffered).toBe(2000);
+      await restartable.restart();
+      await flushing;
+      expect(node.stats()).toMatchObject({ pushed: 3000, stored: 3000, buffered: 0 });
+      expect(node.stats().retries).toBeGreaterThan(0);
+      const got: string[] = [];
+      const consumers = await serveShardConsumers({ redis: restartable.url, namespace, idleMs: 5, consume: (records) => { for (const r of records) got.push(r.payload.toString()); } });
+      await until(() => got.length >= 3000, '3000 deliveries');
+      await consumers.close();
+      await node.close();
+      expect(new Set(got).size).toBe(3000);
+      expect(got.length).toBe(3000); // no timeout happened mid-XADD here, so no repeat either
+    } finally {
+      await restartable.dispose();
+    }
+  });
+
+  it('applies the backpressure modes to the local send buffer while Redis is away', async () => {
+    const restartable = await RedisTestServer.start();
+    try {
+      const namespace = ns();
+      const make = (backpressure: ConstructorParameters<typeof Object>[0]) => RedisShardManager.create({
+        redis: restartable.url, namespace, initialShards: 1, ringBufferCapacity: 10, backpressure, policy: { metricsWindowMs: 60_000 },
+      } as Parameters<typeof RedisShardManager.create>[0]);
+      const fail = await make({ kind: 'failProducer' });
+      const newest = await make({ kind: 'dropNewest' });
+      const oldest = await make({ kind: 'dropOldest' });
+      await restartable.stop();
+      for (let i = 0; i < 10; i++) { fail.push(1, `f:${i}`); newest.push(1, `n:${i}`); oldest.push(1, `o:${i}`); }
+      expect(() => fail.push(1, 'f:10')).toThrow(BackpressureError);
+      expect(() => fail.push(1, 'f:10')).toThrow(/send buffer is full/);
+      expect(newest.push(1, 'n:10')).toBe(false);
+      expect(oldest.push(1, 'o:10')).toBe(true);
+      expect(fail.stats().drops.refused).toBe(2);
+      expect(newest.stats().drops.newest).toBe(1);
+      expect(oldest.stats().drops.oldest).toBe(1);
+      await restartable.restart();
+      await Promise.all([fail.close(), newest.close(), oldest.close()]);
+      const got: string[] = [];
+      const consumers = await serveShardConsumers({ redis: restartable.url, namespace, idleMs: 5, consume: (records) => { for (const r of records) got.push(r.payload.toString()); } });
+      await until(() => got.length >= 30, '30 deliveries');
+      await consumers.close();
+      const sorted = got.sort();
+      expect(sorted.filter((t) => t.startsWith('f:'))).toHaveLength(10);
+      expect(sorted.filter((t) => t.startsWith('n:'))).toEqual(Array.from({ length: 10 }, (_, i) => `n:${i}`).sort());
+      // dropOldest evicted the oldest not-yet-sent event; o:10 was kept. (A frame already in
+      // flight when Redis went away cannot be evicted, so the evicted one is o:0 or a later one.)
+      expect(sorted.filter((t) => t.startsWith('o:'))).toHaveLength(10);
+      expect(sorted).toContain('o:10');
+    } finally {
+      await restartable.dispose();
+    }
+  });
+
+  it('the controller scales up on backlog, then drains, stops and removes idle shards; ids are never reused; every node gets the table', async () => {
+    const namespace = ns();
+    const clock = { t: 0 };
+    const events: RedisManagerEvent[] = [];
+    const policy = { minShards: 1, maxShards: 4, fillRatioThreshold: 0.5, cooldownMs: 1000, scaleDownDelayMs: 2000, metricsWindowMs: 60_000 };
+    const a = await RedisShardManager.create({
+      redis: server.url, namespace, initialShards: 2, ringBufferCapacity: 100, policy, drainGraceMs: 500,
+      clock: () => clock.t, onEvent: (e) => events.push(e),
+    });
+    const b = await RedisShardManager.create({ redis: server.url, namespace, controller: false, clock: () => clock.t });
+    for (let i = 0; i < 400; i++) {
+      expect(a.push(i * 10_737_418, `s:${i}`)).toBe(true);
+      if (i % 50 === 49) await a.flush(); // the local send buffer holds 100 per shard
+    }
+    await a.tick(); // takes the lease, reports 400 stored, backlog 200 per shard > 0.5 × 100
+    expect(a.isController).toBe(true);
+    expect(events.filter((e) => e.type === 'scalingDecision')).toEqual([{ type: 'scalingDecision', decision: { kind: 'scaleUp', count: 1 }, at: 0 }]);
+    expect(a.table().shards).toEqual([{ id: 0, state: 'active' }, { id: 1, state: 'active' }, { id: 2, state: 'active' }]);
+    await a.tick(); // in cooldown
+    expect(a.table().shards).toHaveLength(3);
+    clock.t = 1000;
+    await a.tick(); // 0 and 1 overloaded, 2 not: 2 > ⌊3/2⌋ → one more
+    expect(a.table().shards.map((s) => s.id)).toEqual([0, 1, 2, 3]);
+    await b.tick();
+    expect(b.table()).toEqual(a.table());
+
+    // Consume everything: the shards go idle; after scaleDownDelayMs they are drained one by one.
+    const { got, consumers } = await collector(namespace);
+    await until(() => got.length >= 400, '400 deliveries');
+    const seen: number[] = [];
+    for (let step = 0; step < 60 && a.table().shards.length > 1; step++) {
+      clock.t += 700;
+      await a.tick();
+      for (const s of a.table().shards) if (!seen.includes(s.id)) seen.push(s.id);
+    }
+    expect(a.table().shards).toHaveLength(1);
+    const types = events.map((e) => e.type);
+    for (const t of ['shardDraining', 'shardStopped', 'shardRemoved']) expect(types).toContain(t);
+    // Per shard, the transitions come in lifecycle order.
+    for (const id of [0, 1, 2, 3]) {
+      const life = events.filter((e) => 'shardId' in e && e.shardId === id).map((e) => e.type);
+      const order = ['shardProvisioned', 'shardActivated', 'shardDraining', 'shardStopped', 'shardRemoved'];
+      expect(life).toEqual(order.filter((t) => life.includes(t as never)));
+    }
+    const survivor = a.table().shards[0]!.id;
+    // Removed streams are gone; the survivor's is there.
+    for (const id of [0, 1, 2, 3]) {
+      expect(server.cli('EXISTS', `${namespace}:shard:{${namespace}:${id}}`)).toBe(id === survivor ? '1' : '0');
+    }
+    // Scale up again (no consumer: a backlog builds): a fresh id, never one used before.
+    await consumers.close();
+    for (let i = 0; i < 300; i++) {
+      a.push(i, `t:${i}`);
+      if (i % 50 === 49) await a.flush();
+    }
+    clock.t += 5000;
+    await a.tick();
+    expect(a.table().shards.map((s) => s.id)).toEqual([survivor, 4]);
+    expect(a.table().nextId).toBe(5);
+    const more = await collector(namespace);
+    await until(() => more.got.length >= 300, '300 more deliveries');
+    got.push(...more.got);
+    await b.tick();
+    expect(b.table()).toEqual(a.table());
+    await more.consumers.close();
+    await Promise.all([a.close(), b.close()]);
+    expect(new Set(got.map((g) => g.text)).size).toBe(700);
+  });
+
+  it('fences the table: a controller whose lease was taken cannot write, and another node takes over', async () => {
+    const namespace = ns();
+    const events: RedisManagerEvent[] = [];
+    const a = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 1, policy: { metricsWindowMs: 60_000 }, onEvent: (e) => events.push(e) });
+    const b = await RedisShardManager.create({ redis: server.url, namespace });
+    await a.tick();
+    expect(a.isController).toBe(true);
+    await b.tick();
+    expect(b.isController).toBe(false);
+    // A stalls past its lease and B's lease replaces it.
+    const lease = `{${namespace}}:controller`;
+    server.cli('DEL', lease);
+    await b.tick();
+    expect(b.isController).toBe(true);
+    const before = server.cli('HGET', `{${namespace}}:table`, 'version');
+    // Any write with A's old token is refused by the script, whatever A believes.
+    const client = new Redis(server.url);
+    const token = 'not-the-holder';
+    await expect(client.eval(
+      `if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('SMFENCED') end return 1`, 1, lease, token,
+    )).rejects.toThrow(/SMFENCED/);
+    await a.tick(); // renewal fails: A steps down without writing
+    expect(a.isController).toBe(false);
+    expect(events.filter((e) => e.type === 'controller').map((e) => (e as { acquired: boolean }).acquired)).toEqual([true, false]);
+    expect(server.cli('HGET', `{${namespace}}:table`, 'version')).toBe(before);
+    client.disconnect();
+    await Promise.all([a.close(), b.close()]);
+  });
+
+  it('a consumer that stops responding loses its shards after leaseMs; the next owner re-delivers its pending entries with the same dedup ids', async () => {
+    const namespace = ns();
+    const node = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 1, policy: { metricsWindowMs: 60_000 } });
+    for (let i = 0; i < 50; i++) node.push(1, `c:${i}`);
+    await node.flush();
+    let hang: (() => void) | undefined;
+    const first: ShardRecord[] = [];
+    const stuck = await serveShardConsumers({
+      redis: server.url, namespace, leaseMs: 300, idleMs: 5, batchSize: 1,
+      consume: (records) => { first.push(...records); return new Promise<void>((r) => { hang = r; }); }, // never returns (until released below)
+    });
+    await until(() => first.length > 0, 'the first delivery');
+    const { got, consumers } = await collector(namespace, { leaseMs: 300 });
+    await until(() => got.length >= 50, '50 deliveries by the second consumer');
+    const filter = new DedupFilter();
+    const again = got.filter((g) => first.some((f) => f.dedupId === g.id));
+    expect(again.length).toBe(first.length); // the stuck batch came again, same ids
+    expect(got.map((g) => g.text)).toEqual(Array.from({ length: 50 }, (_, i) => `c:${i}`)); // in order, once each here
+    // DedupFilter drops a repeat of what it has seen.
+    const records = first.map((r) => ({ ...r }));
+    expect(filter.filter(records, 0)).toHaveLength(records.length);
+    expect(filter.filter(records, 0)).toHaveLength(0);
+    hang?.();
+    await Promise.all([stuck.close(), consumers.close(), node.close()]);
+  });
+});
+
+describe.skipIf(!available)('RedisShardManager: bad input is refused clearly and changes nothing', () => {
+  it('bad URLs, namespaces and options', async () => {
+    const bad: [unknown, RegExp][] = [
+      [{ redis: 'http://127.0.0.1:1', namespace: 'x' }, /options\.redis must be a redis:\/\/ or rediss:\/\/ URL, got protocol "http:"/],
+      [{ redis: 'not a url', namespace: 'x' }, /options\.redis must be a redis:\/\/ or rediss:\/\/ URL, got "not a url" \(not a URL\)/],
+      [{ redis: 5, namespace: 'x' }, /options\.redis must be a redis:\/\/ URL or an ioredis Redis \/ Cluster instance, got 5/],
+      [{ redis: server.url, namespace: '' }, /options\.namespace must be 1 to 64 characters/],
+      [{ redis: server.url, namespace: 'a b' }, /options\.namespace must be/],
+      [{ redis: server.url, namespace: '{x}' }, /options\.namespace must be/],
+      [{ redis: server.url, namespace: 'a:b' }, /options\.namespace must be/],
+      [{ redis: server.url, namespace: 'x'.repeat(65) }, /options\.namespace must be/],
+      [{ redis: server.url, namespace: 7 }, /options\.namespace must be .*got 7/],
+      [{ redis: server.url, namespace: 'x', routing: 'random' }, /options\.routing must be 'leastLoaded', 'balanced' or 'affinity', got "random"/],
+      [{ redis: server.url, namespace: 'x', routing: 'affinity', loadBound: 0 }, /options\.loadBound must be a finite number > 0, got 0/],
+      [{ redis: server.url, namespace: 'x', policy: { maxShards: 'many' } }, /policy\.maxShards must be an integer >= 1, got "many"/],
+      [{ redis: server.url, namespace: 'x', backpressure: { kind: 'nope' } }, /options\.backpressure\.kind must be dropNewest, dropOldest, failProducer or sample, got "nope"/],
+      [{ redis: server.url, namespace: 'x', maxFrameBytes: 1 }, /options\.maxFrameBytes must be an integer in \[64, /],
+      [{ redis: server.url, namespace: 'x', leaseMs: 50, policy: { metricsWindowMs: 100 } }, /options\.leaseMs must be longer than policy\.metricsWindowMs/],
+      [{ redis: server.url, namespace: 'x', ringBufferCapacity: 0 }, /options\.ringBufferCapacity must be an integer in \[1, /],
+      [null, /options must be an object, got null/],
+    ];
+    for (const [options, message] of bad) {
+      await expect(RedisShardManager.create(options as never), JSON.stringify(options)).rejects.toThrow(message);
+    }
+    expect(server.cli('EXISTS', '{x}:table')).toBe('0'); // nothing was created
+    await expect(serveShardConsumers({ redis: server.url, namespace: 'x', consume: 5 } as never)).rejects.toThrow(/options\.consume must be a function, got 5/);
+    await expect(serveShardConsumers({ redis: server.url, namespace: 'never-created', consume: () => {} })).rejects.toThrow(/namespace "never-created" has no shard table yet/);
+  });
+
+  it('a server that is not there, and one that refuses the password', async () => {
+    const { freePort } = await import('./helpers/redis-server.js');
+    const port = await freePort();
+    await expect(RedisShardManager.create({ redis: `redis://127.0.0.1:${port}`, namespace: 'x' })).rejects.toThrow(new RegExp(`cannot use Redis at redis://127.0.0.1:${port}.*ECONNREFUSED`));
+    const locked = await RedisTestServer.start({ config: { requirepass: 'right' } });
+    try {
+      await expect(RedisShardManager.create({ redis: `redis://:wrong@127.0.0.1:${locked.port}`, namespace: 'x' }))
+        .rejects.toThrow(/authentication refused.*|WRONGPASS/);
+      await expect(RedisShardManager.create({ redis: `redis://:wrong@127.0.0.1:${locked.port}`, namespace: 'x' }))
+        .rejects.toThrow(/redis:\/\/:\*\*\*@127\.0\.0\.1/); // the password is not repeated in the message
+      const ok = await RedisShardManager.create({ redis: `redis://:right@127.0.0.1:${locked.port}`, namespace: 'x', initialShards: 1 });
+      await ok.close();
+    } finally {
+      await locked.dispose();
+    }
+  });
+
+  it('a key of another type where the table goes, and a foreign hash', async () => {
+    const namespace = ns();
+    server.cli('SET', `{${namespace}}:table`, 'somebody else');
+    await expect(RedisShardManager.create({ redis: server.url, namespace })).rejects.toThrow(new RegExp(`the key \\{${namespace}\\}:table holds a string, not a shard table: another application uses namespace "${namespace}"`));
+    expect(server.cli('GET', `{${namespace}}:table`)).toBe('somebody else');
+    const other = ns();
+    server.cli('HSET', `{${other}}:table`, 'field', 'value');
+    await expect(RedisShardManager.create({ redis: server.url, namespace: other })).rejects.toThrow(/is not a shard-mapper table/);
+    expect(server.cli('HGETALL', `{${other}}:table`)).toBe('field\nvalue');
+  });
+
+  it('two nodes with different policies on one namespace: the second is refused, the table is unchanged', async () => {
+    const namespace = ns();
+    const a = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 2, policy: { maxShards: 8, metricsWindowMs: 60_000 } });
+    const before = server.cli('HGETALL', `{${namespace}}:table`);
+    const nodesBefore = server.cli('GET', `{${namespace}}:nodes`);
+    await expect(RedisShardManager.create({ redis: server.url, namespace, policy: { maxShards: 16, metricsWindowMs: 60_000 } }))
+      .rejects.toThrow(new RegExp(`namespace "${namespace}" already runs with another policy: maxShards 8 \\(stored\\) vs 16 \\(given\\)`));
+    await expect(RedisShardManager.create({ redis: server.url, namespace, routing: 'balanced' })).rejects.toThrow(/already routes with 'leastLoaded', this node was given 'balanced'/);
+    expect(server.cli('HGETALL', `{${namespace}}:table`)).toBe(before);
+    expect(server.cli('GET', `{${namespace}}:nodes`)).toBe(nodesBefore);
+    // Without a policy, a node adopts the stored one.
+    const b = await RedisShardManager.create({ redis: server.url, namespace });
+    expect(b.policy().maxShards).toBe(8);
+    await Promise.all([a.close(), b.close()]);
+  });
+
+  it('push and pushBatch refuse bad input with the same errors as ShardManager, and add nothing', async () => {
+    const namespace = ns();
+    const node = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 1, maxPayloadBytes: 16, policy: { metricsWindowMs: 60_000 } });
+    const local = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 16, maxPayloadBytes: 16 });
+    const message = (fn: () => unknown): string => { try { fn(); return 'no error'; } catch (e) { return `${(e as Error).name}: ${(e as Error).message}`; } };
+    const cases: [string, (m: { push: ShardManager['push']; pushBatch: ShardManager['pushBatch'] }) => unknown][] = [
+      ['empty', (m) => m.push(1, '')],
+      ['empty bytes', (m) => m.push(1, new Uint8Array(0))],
+      ['17 bytes', (m) => m.push(1, new Uint8Array(17))],
+      ['utf-8', (m) => m.push(1, 'é'.repeat(9))],
+      ['number payload', (m) => m.push(1, 42 as never)],
+      ['null key', (m) => m.push(null as never, 'x')],
+      ['bigint key', (m) => m.push(1n as never, 'x')],
+      ['batch lengths', (m) => m.pushBatch([1, 2], ['x'])],
+      ['batch payload', (m) => m.pushBatch([1, 2], ['x', 5 as never])],
+      ['batch empty payload', (m) => m.pushBatch([1, 2], ['x', ''])],
+      ['batch key', (m) => m.pushBatch([1, null as never], ['x', 'y'])],
+      ['batch events', (m) => m.pushBatch([5] as never)],
+    ];
+    for (const [name, call] of cases) {
+      const expected = message(() => call(local));
+      expect(expected, name).not.toBe('no error');
+      expect(message(() => call(node as never)), name).toBe(expected);
+    }
+    expect(node.stats()).toMatchObject({ pushed: 0, buffered: 0 });
+    await node.close();
+    expect(() => node.push(1, 'x')).toThrow(/push: the manager is closed/);
+    await local.close();
+  });
+});
+
+export type { ShardConsumers };
