@@ -3,7 +3,6 @@
 // nodes, the controller and consumers. Scaling decisions run on an injected clock, driven
 // with node.tick(); waits are for conditions (events consumed), never for logic.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Redis } from 'ioredis';
 import { BackpressureError, ShardManager } from 'shard-mapper';
 import { DedupFilter, RedisShardManager, serveShardConsumers, type RedisManagerEvent, type ShardConsumers, type ShardRecord } from 'shard-mapper/redis';
 import { RedisTestServer, redisAvailable } from './helpers/redis-server.js';
@@ -240,17 +239,24 @@ describe.skipIf(!available)('RedisShardManager: one node, consumers, one process
     await b.tick();
     expect(b.isController).toBe(true);
     const before = server.cli('HGET', `{${namespace}}:table`, 'version');
-    // Any write with A's old token is refused by the script, whatever A believes.
-    const client = new Redis(server.url);
-    const token = 'not-the-holder';
-    await expect(client.eval(
-      `if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('SMFENCED') end return 1`, 1, lease, token,
-    )).rejects.toThrow(/SMFENCED/);
+    // A write with a token that does not hold the lease (A's, from before) is refused by the
+    // table script itself, whatever the writer believes.
+    const { connect, closeConnection } = await import('../dist/redis/connection.js');
+    const { keysFor } = await import('../dist/redis/keys.js');
+    const { readTable, writeTable } = await import('../dist/redis/table.js');
+    const conn = await connect(server.url, 'test');
+    const keys = keysFor(namespace);
+    const current = await readTable(conn.client, keys);
+    const stale = { ...current.doc, nextId: current.doc.nextId + 100 };
+    await expect(writeTable(conn.client, keys, 'a-token-that-lost-its-lease', current.version, stale)).rejects.toThrow(/SMFENCED/);
+    // The holder's token, but over an old version: refused too.
+    const holder = server.cli('GET', lease);
+    await expect(writeTable(conn.client, keys, holder, current.version - 1, stale)).rejects.toThrow(/SMSTALE/);
+    await closeConnection(conn);
     await a.tick(); // renewal fails: A steps down without writing
     expect(a.isController).toBe(false);
     expect(events.filter((e) => e.type === 'controller').map((e) => (e as { acquired: boolean }).acquired)).toEqual([true, false]);
     expect(server.cli('HGET', `{${namespace}}:table`, 'version')).toBe(before);
-    client.disconnect();
     await Promise.all([a.close(), b.close()]);
   });
 

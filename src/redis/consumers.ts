@@ -256,6 +256,9 @@ class ConsumerRunner implements ShardConsumers {
       ]);
       return true;
     } catch (error) {
+      // Whatever failed (a read, or the acknowledgement of a consumed batch while Redis was
+      // away), our pending entries are read again before anything new: they come again.
+      held.history = true;
       if (/NOGROUP|no such key/i.test((error as Error).message)) return false; // removed, or not created yet
       throw error;
     }
