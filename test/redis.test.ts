@@ -224,6 +224,32 @@ describe.skipIf(!available)('RedisShardManager: one node, consumers, one process
     expect(new Set(got.map((g) => g.text)).size).toBe(700);
   });
 
+  it('a node whose table is stale sends to a shard removed meanwhile: XADD NOMKSTREAM refuses, the node catches up and routes those events again', async () => {
+    const namespace = ns();
+    const node = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 2, policy: { metricsWindowMs: 60_000 } });
+    // What a controller does while this node misses the notification: shard 1 leaves the
+    // table and its stream is deleted (written here behind the node's back: no PUBLISH).
+    const table = `{${namespace}}:table`;
+    const doc = JSON.parse(server.cli('HGET', table, 'doc'));
+    doc.shards = [{ id: 0, state: 'active' }];
+    doc.route = [0];
+    server.cli('HSET', table, 'version', '2', 'doc', JSON.stringify(doc));
+    server.cli('DEL', `${namespace}:shard:{${namespace}:1}`);
+    expect(node.table().route).toEqual([0, 1]); // still the old table
+    for (let i = 0; i < 1000; i++) expect(node.push(i * 4_294_967, `x:${i}`)).toBe(true);
+    await node.flush();
+    expect(node.table()).toMatchObject({ version: 2, route: [0] });
+    expect(node.stats().rerouted).toBeGreaterThan(0);
+    expect(node.stats()).toMatchObject({ pushed: 1000, stored: 1000, buffered: 0 });
+    expect(server.cli('EXISTS', `${namespace}:shard:{${namespace}:1}`)).toBe('0'); // not re-created
+    const { got, consumers } = await collector(namespace);
+    await until(() => got.length >= 1000, '1000 deliveries');
+    await consumers.close();
+    await node.close();
+    expect(new Set(got.map((g) => g.text)).size).toBe(1000);
+    expect(got.every((g) => g.shard === 0)).toBe(true);
+  });
+
   it('fences the table: a controller whose lease was taken cannot write, and another node takes over', async () => {
     const namespace = ns();
     const events: RedisManagerEvent[] = [];
