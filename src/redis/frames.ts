@@ -2,13 +2,15 @@
 // little-endian u32 byte length followed by its bytes. A frame is the unit of XADD, of
 // acknowledgement and of dedup (node number + frame sequence; an event adds its index).
 
-/** A frame being filled: event bytes, plus each event's hash and global accept index
- *  (kept so a frame refused by a removed shard can be routed again, and for flush()). */
+/** A frame being filled: event bytes, each event's hash (so a frame refused by a removed
+ *  shard can be routed again) and the oldest accept index in it (for flush()). */
 export class FrameBuilder {
   buf: Buffer;
   bytes = 0;
   hashes: number[] = [];
-  indexes: number[] = [];
+  /** The oldest accept index in the frame. Evicting an event (dropOldest) leaves it as it
+   *  was: lower than the truth, so flush() can only wait longer, never resolve early. */
+  minIndex = Infinity;
 
   constructor(initialBytes: number) {
     this.buf = Buffer.allocUnsafe(initialBytes);
@@ -31,7 +33,7 @@ export class FrameBuilder {
     else this.buf.set(payload, this.bytes + 4);
     this.bytes = need;
     this.hashes.push(hash);
-    this.indexes.push(index);
+    if (index < this.minIndex) this.minIndex = index;
   }
 
   /** Drop the oldest event (backpressure dropOldest). */
@@ -40,13 +42,10 @@ export class FrameBuilder {
     this.buf.copy(this.buf, 0, 4 + len, this.bytes);
     this.bytes -= 4 + len;
     this.hashes.shift();
-    this.indexes.shift();
   }
 
   close(shard: number, seq: number): Frame {
-    let min = Infinity;
-    for (const i of this.indexes) if (i < min) min = i;
-    return { shard, seq, data: this.buf.subarray(0, this.bytes), hashes: this.hashes, indexes: this.indexes, minIndex: min };
+    return { shard, seq, data: this.buf.subarray(0, this.bytes), hashes: this.hashes, minIndex: this.minIndex };
   }
 }
 
@@ -56,8 +55,7 @@ export interface Frame {
   seq: number;
   data: Buffer;
   hashes: number[];
-  indexes: number[];
-  /** The oldest accept index in the frame (flush waits for it). */
+  /** The oldest accept index in the frame, or lower (flush waits for it). */
   minIndex: number;
 }
 
@@ -80,8 +78,4 @@ export function dropFirstOfFrame(frame: Frame): void {
   const len = frame.data.readUInt32LE(0);
   frame.data = frame.data.subarray(4 + len);
   frame.hashes.shift();
-  frame.indexes.shift();
-  let min = Infinity;
-  for (const i of frame.indexes) if (i < min) min = i;
-  frame.minIndex = min;
 }

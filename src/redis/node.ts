@@ -438,7 +438,9 @@ export class RedisShardManager {
       q.frames.push(open.close(q.id, ++this.#frameSeq));
       open = undefined;
     }
-    if (!open) q.open = open = new FrameBuilder(Math.min(this.#maxFrameBytes, Math.max(FIRST_FRAME_BYTES, 4 + bytes)));
+    // Under load (frames already waiting) the next frame will fill up: allocate it whole.
+    const size = q.frames.length > 0 ? this.#maxFrameBytes : FIRST_FRAME_BYTES;
+    if (!open) q.open = open = new FrameBuilder(Math.max(size, 4 + bytes));
     open.add(hash, index, payload, bytes);
     q.events++;
     this.#buffered++;
@@ -555,7 +557,8 @@ export class RedisShardManager {
     for (const frame of frames) {
       const events = decodeFrame(frame.data);
       // Still counted in #buffered: as orphans now, then by their new queue.
-      for (let k = 0; k < events.length; k++) this.#orphans.push({ hash: frame.hashes[k]!, index: frame.indexes[k]!, bytes: Buffer.from(events[k]!) });
+      // Each keeps the frame's oldest accept index: flush() waits for them as for the oldest.
+      for (let k = 0; k < events.length; k++) this.#orphans.push({ hash: frame.hashes[k]!, index: frame.minIndex, bytes: Buffer.from(events[k]!) });
       this.#rerouted += events.length;
     }
     this.#placeOrphans();
@@ -579,7 +582,7 @@ export class RedisShardManager {
     for (const q of this.#queues.values()) {
       if (q.inflight && q.inflight.minIndex < min) min = q.inflight.minIndex;
       for (const f of q.frames) if (f.minIndex < min) min = f.minIndex;
-      if (q.open) for (const i of q.open.indexes) if (i < min) min = i;
+      if (q.open && q.open.minIndex < min) min = q.open.minIndex;
     }
     for (const o of this.#orphans) if (o.index < min) min = o.index;
     return min;
