@@ -3,7 +3,9 @@
 // nodes, the controller and consumers. Scaling decisions run on an injected clock, driven
 // with node.tick(); waits are for conditions (events consumed), never for logic.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Registry } from 'prom-client';
 import { BackpressureError, ShardManager } from 'shard-mapper';
+import { registerShardManagerMetrics } from 'shard-mapper/prometheus';
 import { DedupFilter, RedisShardManager, serveShardConsumers, type RedisManagerEvent, type ShardConsumers, type ShardRecord } from 'shard-mapper/redis';
 import { RedisTestServer, redisAvailable } from './helpers/redis-server.js';
 
@@ -159,10 +161,12 @@ describe.skipIf(!available)('RedisShardManager: one node, consumers, one process
     const namespace = ns();
     const clock = { t: 0 };
     const events: RedisManagerEvent[] = [];
+    const registry = new Registry();
+    const metrics = registerShardManagerMetrics({ registry }); // its onEvent counts the controller's transitions
     const policy = { minShards: 1, maxShards: 4, fillRatioThreshold: 0.5, cooldownMs: 1000, scaleDownDelayMs: 2000, metricsWindowMs: 60_000 };
     const a = await RedisShardManager.create({
       redis: server.url, namespace, initialShards: 2, ringBufferCapacity: 100, policy, drainGraceMs: 500,
-      clock: () => clock.t, onEvent: (e) => events.push(e),
+      clock: () => clock.t, onEvent: (e) => { events.push(e); metrics.onEvent(e); },
     });
     const b = await RedisShardManager.create({ redis: server.url, namespace, controller: false, clock: () => clock.t });
     for (let i = 0; i < 400; i++) {
@@ -221,6 +225,8 @@ describe.skipIf(!available)('RedisShardManager: one node, consumers, one process
     expect(b.table()).toEqual(a.table());
     await more.consumers.close();
     await Promise.all([a.close(), b.close()]);
+    const removed = events.filter((e) => e.type === 'shardRemoved').length;
+    expect(await registry.getSingleMetricAsString('shard_mapper_shard_transitions_total')).toContain(`transition="removed"} ${removed}`);
     expect(new Set(got.map((g) => g.text)).size).toBe(700);
   });
 
@@ -253,7 +259,7 @@ describe.skipIf(!available)('RedisShardManager: one node, consumers, one process
   it('fences the table: a controller whose lease was taken cannot write, and another node takes over', async () => {
     const namespace = ns();
     const events: RedisManagerEvent[] = [];
-    const a = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 1, policy: { metricsWindowMs: 60_000 }, onEvent: (e) => events.push(e) });
+    const a = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 1, policy: { metricsWindowMs: 60_000 }, onRedisEvent: (e) => events.push(e) });
     const b = await RedisShardManager.create({ redis: server.url, namespace });
     await a.tick();
     expect(a.isController).toBe(true);

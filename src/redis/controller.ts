@@ -15,11 +15,13 @@ import { GROUP, type Keys } from './keys.js';
 import { sendAll, type Connection, type Reply } from './connection.js';
 import { activeIds, buildRoute, readTable, writeTable, type Table, type TableDoc } from './table.js';
 
-/** Events of the distributed mode: ShardManager's, plus the controller lease and Redis errors. */
-export type RedisManagerEvent =
-  | ManagerEvent
+/** What only the distributed mode reports (options.onRedisEvent): the controller lease
+ *  changing hands on this node, and Redis failures (each kind once until it clears). */
+export type RedisNodeEvent =
   | { type: 'controller'; acquired: boolean; nodeId: string; at: number }
   | { type: 'redisError'; error: Error; at: number };
+/** Everything a node reports: ShardManager's events (options.onEvent) and RedisNodeEvent. */
+export type RedisManagerEvent = ManagerEvent | RedisNodeEvent;
 
 export interface ControllerHost {
   conn: Connection;

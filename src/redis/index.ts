@@ -4,5 +4,6 @@
 export { RedisShardManager, type RedisShardManagerOptions, type RedisManagerStats } from './node.js';
 export { serveShardConsumers, type ServeShardConsumersOptions, type ShardConsumers, type ShardRecord } from './consumers.js';
 export { DedupFilter } from './dedup.js';
-export type { RedisManagerEvent } from './controller.js';
+export type { RedisManagerEvent, RedisNodeEvent } from './controller.js';
+export type { RedisOption } from './connection.js';
 export type { RoutingMode, TableState } from './table.js';

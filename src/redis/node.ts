@@ -10,7 +10,8 @@ import { POLICY_FIELDS, resolvePolicy, type ScalingPolicy } from '../policy.js';
 import { ManagerClosedError, type BatchEvent, type EventKey, type EventPayload } from '../producer.js';
 import { checkNamespace, keysFor, type Keys } from './keys.js';
 import { closeConnection, connect, sendAll, subscriber, type Command, type Connection, type RedisClient, type RedisOption } from './connection.js';
-import { Controller, createGroups, type RedisManagerEvent } from './controller.js';
+import { Controller, createGroups, type RedisManagerEvent, type RedisNodeEvent } from './controller.js';
+import type { ManagerEvent } from '../manager.js';
 import { FrameBuilder, decodeFrame, dropFirstOfFrame, type Frame } from './frames.js';
 import { RouteTable } from './route.js';
 import { checkRouting, initTable, readTable, readVersion, type RoutingMode, type Table, type TableDoc, type TableState } from './table.js';
@@ -44,7 +45,12 @@ export interface RedisShardManagerOptions {
   /** Whether this node may become the controller (default true). */
   controller?: boolean;
   clock?: () => number;
-  onEvent?: (event: RedisManagerEvent) => void;
+  /** Lifecycle transitions and scaling decisions (emitted by the node that is the controller
+   *  when they happen), exactly ShardManager's ManagerEvent: the Prometheus exporter's
+   *  `onEvent` counts them. */
+  onEvent?: (event: ManagerEvent) => void;
+  /** The controller lease changing hands on this node, and Redis failures. */
+  onRedisEvent?: (event: RedisNodeEvent) => void;
 }
 
 export interface RedisManagerStats {
@@ -150,7 +156,8 @@ export class RedisShardManager {
   readonly #keys: Keys;
   readonly #route: RouteTable;
   readonly #clock: () => number;
-  readonly #onEvent: ((e: RedisManagerEvent) => void) | undefined;
+  readonly #onEvent: ((e: ManagerEvent) => void) | undefined;
+  readonly #onRedisEvent: ((e: RedisNodeEvent) => void) | undefined;
   readonly #maxFrameBytes: number;
   readonly #lingerMs: number;
   readonly #controller: Controller | undefined;
@@ -182,7 +189,8 @@ export class RedisShardManager {
   private constructor(parts: {
     conn: Connection; sub: RedisClient; keys: Keys; table: Table; nodeId: string; maxPayload: number; capacity: number;
     backpressure: BackpressureMode; maxFrameBytes: number; lingerMs: number; leaseMs: number; drainGraceMs: number;
-    controller: boolean; clock: () => number; onEvent: ((e: RedisManagerEvent) => void) | undefined;
+    controller: boolean; clock: () => number; onEvent: ((e: ManagerEvent) => void) | undefined;
+    onRedisEvent: ((e: RedisNodeEvent) => void) | undefined;
   }) {
     this.#conn = parts.conn;
     this.#sub = parts.sub;
@@ -196,6 +204,7 @@ export class RedisShardManager {
     this.#lingerMs = parts.lingerMs;
     this.#clock = parts.clock;
     this.#onEvent = parts.onEvent;
+    this.#onRedisEvent = parts.onRedisEvent;
     this.#table = parts.table;
     this.#route = new RouteTable(parts.table.doc.policy.maxShards);
     this.#route.load(parts.table.doc.route);
@@ -229,7 +238,9 @@ export class RedisShardManager {
     if (typeof controller !== 'boolean') throw invalid(`options.controller must be a boolean, got ${describe(controller)}`);
     const clock = given(options.clock, () => performance.now());
     if (typeof clock !== 'function') throw invalid(`options.clock must be a function, got ${describe(clock)}`);
-    if (options.onEvent !== undefined && typeof options.onEvent !== 'function') throw invalid(`options.onEvent must be a function, got ${describe(options.onEvent)}`);
+    for (const name of ['onEvent', 'onRedisEvent'] as const) {
+      if (options[name] !== undefined && typeof options[name] !== 'function') throw invalid(`options.${name} must be a function, got ${describe(options[name])}`);
+    }
 
     const keys = keysFor(ns);
     const conn = await connect(options.redis, `namespace "${ns}"`);
@@ -261,7 +272,7 @@ export class RedisShardManager {
       await sub.subscribe(keys.changes);
       const node = new RedisShardManager({
         conn, sub, keys, table: { version: table.version, doc: table.doc }, nodeId: `${nodeId}`, maxPayload, capacity,
-        backpressure, maxFrameBytes, lingerMs, leaseMs, drainGraceMs, controller, clock, onEvent: options.onEvent,
+        backpressure, maxFrameBytes, lingerMs, leaseMs, drainGraceMs, controller, clock, onEvent: options.onEvent, onRedisEvent: options.onRedisEvent,
       });
       sub.on('message', () => { void node.#refresh(); });
       node.#start(table.doc.policy.metricsWindowMs);
@@ -279,9 +290,9 @@ export class RedisShardManager {
   }
 
   #emit(event: RedisManagerEvent): void {
-    if (!this.#onEvent) return;
     try {
-      this.#onEvent(event);
+      if (event.type === 'controller' || event.type === 'redisError') this.#onRedisEvent?.(event);
+      else this.#onEvent?.(event);
     } catch (error) {
       console.error('shard-mapper/redis: onEvent threw', error);
     }
