@@ -317,6 +317,44 @@ describe.skipIf(!available)('RedisShardManager: one node, consumers, one process
     hang?.();
     await Promise.all([stuck.close(), consumers.close(), node.close()]);
   });
+
+  it('consumers share the shards fairly and rebalance as one joins and one leaves; a shard has one consumer at a time, so order holds', async () => {
+    const namespace = ns();
+    const node = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 4, policy: { maxShards: 4, metricsWindowMs: 60_000 } });
+    const log: { shard: number; text: string; who: string }[] = [];
+    const active = new Map<number, string>(); // shard → the consumer inside consume() right now
+    const overlaps: string[] = [];
+    const make = (who: string) => serveShardConsumers({
+      redis: server.url, namespace, leaseMs: 300, idleMs: 5, batchSize: 2, name: who,
+      consume: async (records, shard) => {
+        const other = active.get(shard);
+        if (other !== undefined) overlaps.push(`shard ${shard}: ${who} while ${other}`);
+        active.set(shard, who);
+        await new Promise((r) => setTimeout(r, 2));
+        for (const r of records) log.push({ shard, text: r.payload.toString(), who });
+        active.delete(shard);
+      },
+    });
+    const first = await make('first');
+    let seq = 0;
+    const pushSome = async (n: number) => { for (let i = 0; i < n; i++, seq++) node.push(seq * 2_654_435_761, `r:${seq}`); await node.flush(); };
+    await pushSome(400);
+    await until(() => first.owned().length === 4, 'the first consumer holding all 4 shards');
+    const second = await make('second');
+    await until(() => first.owned().length === 2 && second.owned().length === 2, 'two shards each');
+    await pushSome(400);
+    await until(() => log.length >= 800, '800 deliveries');
+    await first.close();
+    await until(() => second.owned().length === 4, 'the second consumer taking all 4 shards after the first left');
+    await pushSome(400);
+    await until(() => log.length >= 1200, '1200 deliveries');
+    await second.close();
+    await node.close();
+    expect(overlaps).toEqual([]);
+    expect(new Set(log.map((l) => l.text)).size).toBe(1200);
+    expect(checkOrder(log.map((l) => ({ shard: l.shard, text: l.text })))).toEqual([]);
+    expect(new Set(log.map((l) => l.who))).toEqual(new Set(['first', 'second']));
+  });
 });
 
 describe.skipIf(!available)('RedisShardManager: bad input is refused clearly and changes nothing', () => {

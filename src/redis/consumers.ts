@@ -56,6 +56,8 @@ export interface ShardConsumers {
 }
 
 interface Held {
+  /** performance.now() of the last successful acquisition or renewal of the lease. */
+  renewedAt: number;
   /** Pending entries of a previous owner must be claimed before reading on. */
   claim: boolean;
   /** Re-read this consumer's own pending entries (after a take-over or a failed batch). */
@@ -195,8 +197,10 @@ class ConsumerRunner implements ShardConsumers {
     // Renew what we hold (and drop what we lost, or what left the table).
     const held = [...this.#held.keys()];
     for (const id of held) {
+      const before = performance.now();
       const ok = shards.includes(id) && Number(await client.smRenew(keys.owner(id), this.name, this.#leaseMs)) === 1;
       if (!ok) this.#held.delete(id);
+      else this.#held.get(id)!.renewedAt = before;
     }
     // Too many: give back the highest ids (nothing of ours is pending after a batch returns).
     while (this.#held.size > fair) {
@@ -208,7 +212,8 @@ class ConsumerRunner implements ShardConsumers {
     for (const id of shards) {
       if (this.#held.size >= fair) break;
       if (this.#held.has(id)) continue;
-      if ((await client.set(keys.owner(id), this.name, 'PX', this.#leaseMs, 'NX')) === 'OK') this.#held.set(id, { claim: true, history: true });
+      const before = performance.now();
+      if ((await client.set(keys.owner(id), this.name, 'PX', this.#leaseMs, 'NX')) === 'OK') this.#held.set(id, { renewedAt: before, claim: true, history: true });
     }
   }
 
@@ -219,6 +224,16 @@ class ConsumerRunner implements ShardConsumers {
     const client = this.#conn.client;
     const stream = this.#keys.stream(id);
     try {
+      // A consume call that ran long (a stall) may have outlived the lease: another consumer
+      // may own the shard now. Renew (or let go) before reading anything more from it.
+      if (performance.now() - held.renewedAt > this.#leaseMs / 3) {
+        const before = performance.now();
+        if (Number(await client.smRenew(this.#keys.owner(id), this.name, this.#leaseMs)) !== 1) {
+          this.#held.delete(id);
+          return false;
+        }
+        held.renewedAt = before;
+      }
       if (held.claim) {
         // The previous owner's pending entries become ours, in id order, before anything new.
         let cursor = '0-0';
