@@ -8,13 +8,14 @@
 // A run is timed from the first push to flush() resolving (every event stored). Runs are
 // interleaved; a row is the median run with its min–max range. Skipped (with a message) when
 // redis-server is not installed.
-import { spawn, spawnSync } from 'node:child_process';
+import { fork, spawn, spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
-import { RedisShardManager } from 'shard-mapper/redis';
+import { RedisShardManager, serveShardConsumers } from 'shard-mapper/redis';
 import { summarizeRuns, withRatios, row, goal, consume, check, fmtRate, fmtRatio } from './lib.mjs';
 
 export const id = 's8';
@@ -145,6 +146,16 @@ export async function run(profile) {
   const st = node.stats();
   check(st.stored === st.pushed && st.pushed === reps * n + 2000, `the node stored every event (${st.stored} of ${st.pushed})`);
   await node.close();
+  const e2eRows = [];
+  for (const procs of [1, 3]) {
+    const runsE2e = [];
+    for (let r = 0; r < Math.max(3, Math.min(reps, 3)); r++) runsE2e.push(await endToEnd(url, procs, n, `e2e${procs}-${r}`));
+    const m = summarizeRuns(runsE2e);
+    const rates = runsE2e.map((x) => (x.events / x.ms) * 1000);
+    e2eRows.push({ id: `e2e-${procs}`, name: `${procs} node process${procs > 1 ? 'es' : ''} → Redis → 1 consumer process (acknowledged)`, ...m, min: Math.min(...rates), max: Math.max(...rates), events: n });
+  }
+  const reactions = [];
+  for (let r = 0; r < 3; r++) reactions.push(await reaction(url, `react-${r}`));
   await server.stop();
 
   const rows = impls.map((impl, k) => {
@@ -163,6 +174,21 @@ export async function run(profile) {
   return {
     intro: `${n.toLocaleString('en-US')} events of ${SIZE} bytes per run over ${SHARDS} streams (${nAwait.toLocaleString('en-US')} for (b)), local redis-server ${serverVersion()} without persistence, ioredis; ${reps} interleaved runs after a warm-up; median run, min–max range. shard-mapper/redis is timed from the first push to flush() resolving; its frames close at 64 KiB (or when the sender is free), one frame per shard in flight.`,
     tables: [{
+      id: 's8-e2e', title: `8b. End to end, ${n.toLocaleString('en-US')} 64-byte events: node processes → Redis → consumer, acknowledged`, unit: 'event', rows: e2eRows,
+      columns: [
+        { head: 'setup', get: (r) => r.name },
+        { head: 'events/s (median)', get: (r) => fmtRate(r.opsPerSec), align: 'right' },
+        { head: 'range', get: (r) => `${fmtRate(r.min)} – ${fmtRate(r.max)}`, align: 'right' },
+      ],
+    }, {
+      id: 's8-reaction', title: '8c. Threshold crossed → new shard in the route of every node (2 nodes, metricsWindowMs 50)', unit: 'op',
+      rows: [{ id: 'reaction', name: 'backlog over fillRatioThreshold on every shard → new shard routable on both nodes', ns: median(reactions) * 1e6, reactions }],
+      columns: [
+        { head: 'what', get: (r) => r.name },
+        { head: 'ms (median)', get: (r) => median(r.reactions).toFixed(0), align: 'right' },
+        { head: 'runs (ms)', get: (r) => r.reactions.map((x) => x.toFixed(0)).join(', '), align: 'right' },
+      ],
+    }, {
       id: 's8', title: `8. 64-byte events into Redis Streams, ${SHARDS} streams`, unit: 'event', rows,
       columns: [
         { head: 'implementation', get: (r) => (r.ref ? `**${r.name}**` : r.name) },
@@ -174,6 +200,62 @@ export async function run(profile) {
     }],
     goals,
   };
+}
+
+const nodeWorker = fileURLToPath(new URL('./workers/redis-node.mjs', import.meta.url));
+
+/** `procs` node processes push n events in all; one consumer (here, its own connection)
+ *  acknowledges them. Timed from 'go' to the last acknowledgement. */
+async function endToEnd(url, procs, n, namespace) {
+  const creator = await RedisShardManager.create({ redis: url, namespace, initialShards: SHARDS, controller: false, policy: { minShards: SHARDS, maxShards: SHARDS, autoScale: false, metricsWindowMs: 1000 } });
+  await creator.close();
+  let consumed = 0;
+  const consumers = await serveShardConsumers({ redis: url, namespace, batchSize: 64, idleMs: 2, consume: (records) => { consumed += records.length; } });
+  await new Promise((r) => setTimeout(r, 300)); // the consumer takes its leases
+  const children = [];
+  for (let k = 0; k < procs; k++) {
+    const per = Math.floor(n / procs) + (k < n % procs ? 1 : 0);
+    const child = fork(nodeWorker, [url, namespace, String(per)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    await new Promise((resolve) => child.once('message', resolve));
+    children.push(child);
+  }
+  const t0 = performance.now();
+  const done = children.map((c) => new Promise((resolve) => c.on('message', (m) => { if (m.type === 'done') resolve(m); })));
+  for (const c of children) c.send('go');
+  await Promise.all(done);
+  const limit = performance.now() + 120_000;
+  while (consumed < n && performance.now() < limit) await new Promise((r) => setTimeout(r, 1));
+  const ms = performance.now() - t0;
+  check(consumed === n, `end to end: ${consumed} of ${n} acknowledged`);
+  await Promise.all(children.map((c) => new Promise((r) => { if (c.exitCode !== null) r(); else c.once('exit', r); })));
+  await consumers.close();
+  consume(consumed);
+  return { ms, events: n };
+}
+
+/** Time from a backlog crossing the fill threshold on every shard (no consumer) to the new
+ *  shard being in the route of both nodes (the controller and another). */
+async function reaction(url, namespace) {
+  const policy = { minShards: 2, maxShards: 4, fillRatioThreshold: 0.5, cooldownMs: 200, metricsWindowMs: 50 };
+  const a = await RedisShardManager.create({ redis: url, namespace, initialShards: 2, ringBufferCapacity: 1000, policy });
+  const b = await RedisShardManager.create({ redis: url, namespace, controller: false });
+  await new Promise((r) => setTimeout(r, 300)); // a holds the lease, a few quiet windows pass
+  const payload = new Uint8Array(64);
+  for (let i = 0; i < 1200; i++) a.push(i * 3_579_139, payload); // 600 per shard > 0.5 × 1000
+  await a.flush();
+  const t0 = performance.now();
+  const limit = t0 + 10_000;
+  const has = (node) => node.table().route.some((id) => id >= 2);
+  while (!(has(a) && has(b)) && performance.now() < limit) await new Promise((r) => setTimeout(r, 1));
+  const ms = performance.now() - t0;
+  check(has(a) && has(b), 'the new shard reached both nodes');
+  await Promise.all([a.close(), b.close()]);
+  return ms;
+}
+
+function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
 function serverVersion() {
