@@ -256,6 +256,52 @@ describe.skipIf(!available)('RedisShardManager: one node, consumers, one process
     expect(got.every((g) => g.shard === 0)).toBe(true);
   });
 
+  it('a late append to a stopped shard (a node with a stale table) delays its removal until the event is consumed', async () => {
+    const namespace = ns();
+    const clock = { t: 0 };
+    const events: RedisManagerEvent[] = [];
+    const node = await RedisShardManager.create({
+      redis: server.url, namespace, initialShards: 2, drainGraceMs: 500, clock: () => clock.t, onEvent: (e) => events.push(e),
+      policy: { minShards: 1, maxShards: 2, cooldownMs: 100, scaleDownDelayMs: 1000, metricsWindowMs: 60_000 },
+    });
+    const { got, consumers } = await collector(namespace);
+    await node.tick(); // the lease; both shards start an idle streak
+    clock.t = 1000;
+    await node.tick(); // scaleDown(1)
+    const draining = node.table().shards.find((s) => s.state === 'draining')!.id;
+    clock.t = 1600;
+    await node.tick(); // empty and quiet for the grace: stopped
+    expect(node.table().shards.find((s) => s.id === draining)!.state).toBe('stopped');
+    // A node that still routes to it appends a frame (one event) — exactly what a node's XADD looks like.
+    const stream = `${namespace}:shard:{${namespace}:${draining}}`;
+    const frame = Buffer.concat([Buffer.from([4, 0, 0, 0]), Buffer.from('late')]);
+    const client = new (await import('ioredis')).Redis(server.url);
+    await client.xadd(stream, 'NOMKSTREAM', '*', 'n', '999', 's', '1', 'c', '1', 'd', frame);
+    clock.t = 2200;
+    await node.tick(); // the last id moved: not removed
+    expect(node.table().shards.some((s) => s.id === draining)).toBe(true);
+    await until(() => got.some((g) => g.text === 'late'), 'the late event delivered');
+    expect(got.find((g) => g.text === 'late')).toMatchObject({ shard: draining, id: '999:1:0' });
+    clock.t = 2800;
+    await node.tick(); // consumed, quiet again for the grace: removed
+    expect(node.table().shards.some((s) => s.id === draining)).toBe(false);
+    expect(await client.exists(stream)).toBe(0);
+    expect(events.filter((e) => e.type === 'shardRemoved')).toEqual([{ type: 'shardRemoved', shardId: draining, at: 2800 }]);
+    // The removal script itself refuses a stream whose last id is not the one the controller saw.
+    const other = `${namespace}:shard:{${namespace}:other}`;
+    const first = await client.xadd(other, '*', 'd', 'x');
+    await client.xdel(other, first!);
+    await client.xadd(other, '*', 'd', 'y').then((id) => client.xdel(other, id!));
+    const { connect, closeConnection } = await import('../dist/redis/connection.js');
+    const conn = await connect(server.url, 'test');
+    expect(Number(await conn.client.smDeleteIfQuiet(other, first!))).toBe(0); // empty, but appended to since
+    expect(await client.exists(other)).toBe(1);
+    await closeConnection(conn);
+    client.disconnect();
+    await consumers.close();
+    await node.close();
+  });
+
   it('fences the table: a controller whose lease was taken cannot write, and another node takes over', async () => {
     const namespace = ns();
     const events: RedisManagerEvent[] = [];
