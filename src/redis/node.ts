@@ -632,6 +632,7 @@ export class RedisShardManager {
 
   /** Run one metrics window now (table check, push counts, controller); for tests and tools. */
   async tick(): Promise<void> {
+    if (this.#closed) return;
     while (this.#stepping) await sleep(1);
     await this.#window();
   }
