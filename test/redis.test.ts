@@ -169,6 +169,7 @@ describe.skipIf(!available)('RedisShardManager: one node, consumers, one process
       clock: () => clock.t, onEvent: (e) => { events.push(e); metrics.onEvent(e); },
     });
     const b = await RedisShardManager.create({ redis: server.url, namespace, controller: false, clock: () => clock.t });
+    metrics.observe(a.metricsView()); // the exporter's gauges read this node's figures
     for (let i = 0; i < 400; i++) {
       expect(a.push(i * 10_737_418, `s:${i}`)).toBe(true);
       if (i % 50 === 49) await a.flush(); // the local send buffer holds 100 per shard
@@ -184,6 +185,11 @@ describe.skipIf(!available)('RedisShardManager: one node, consumers, one process
     expect(a.table().shards.map((s) => s.id)).toEqual([0, 1, 2, 3]);
     await b.tick();
     expect(b.table()).toEqual(a.table());
+    const scrape = await registry.metrics();
+    expect(scrape).toContain('shard_mapper_events_pushed_total 400');
+    expect(scrape).toContain('shard_mapper_shards{state="active"} 4');
+    expect(scrape).toMatch(/shard_mapper_shard_fill_ratio\{shard="3"\} 0/);
+    expect(scrape).toMatch(/shard_mapper_shard_weight\{shard="0"\} [0-9.]+/); // the controller's last window
 
     // Consume everything: the shards go idle; after scaleDownDelayMs they are drained one by one.
     const { got, consumers } = await collector(namespace);

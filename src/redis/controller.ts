@@ -11,6 +11,7 @@
 import { randomUUID } from 'node:crypto';
 import { ShardMapper } from '../mapper.js';
 import type { ManagerEvent } from '../manager.js';
+import type { ShardMetrics } from '../metrics.js';
 import { GROUP, type Keys } from './keys.js';
 import { sendAll, type Connection, type Reply } from './connection.js';
 import { activeIds, buildRoute, readTable, writeTable, type Table, type TableDoc } from './table.js';
@@ -94,6 +95,14 @@ export class Controller {
 
   get leader(): boolean {
     return this.#leader;
+  }
+
+  /** The metrics of an Active shard in the last window this controller collected (with the
+   *  namespace's shard id), or undefined (not the controller, or not Active). */
+  lastMetrics(shardId: number): ShardMetrics | undefined {
+    const local = this.#toLocal.get(shardId);
+    const m = local === undefined ? undefined : this.#mapper?.lastMetrics(local);
+    return m ? { ...m, shardId } : undefined;
   }
 
   /** One metrics window: take or renew the lease, then (as the controller) one pass. */

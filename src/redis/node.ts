@@ -11,7 +11,8 @@ import { ManagerClosedError, type BatchEvent, type EventKey, type EventPayload }
 import { checkNamespace, keysFor, type Keys } from './keys.js';
 import { closeConnection, connect, sendAll, subscriber, type Command, type Connection, type RedisClient, type RedisOption } from './connection.js';
 import { Controller, createGroups, type RedisManagerEvent, type RedisNodeEvent } from './controller.js';
-import type { ManagerEvent } from '../manager.js';
+import type { ManagerEvent, ManagerStats } from '../manager.js';
+import type { ShardMetrics } from '../metrics.js';
 import { FrameBuilder, decodeFrame, dropFirstOfFrame, type Frame } from './frames.js';
 import { RouteTable } from './route.js';
 import { checkRouting, initTable, readTable, readVersion, type RoutingMode, type Table, type TableDoc, type TableState } from './table.js';
@@ -170,6 +171,8 @@ export class RedisShardManager {
   #stored = 0;
   #storedDelta = new Map<number, number>();
   #drops = { newest: 0, oldest: 0, sampled: 0, refused: 0 };
+  /** Per shard: events this node accepted for it, stored in it, dropped from it. */
+  #perShard = new Map<number, { pushed: number; stored: number; dropped: number }>();
   #unrouted = 0;
   #rerouted = 0;
   #retries = 0;
@@ -430,17 +433,25 @@ export class RedisShardManager {
     const cap = this.ringBufferCapacity;
     const mode = this.backpressure;
     if (mode.kind === 'sample' && q.events < cap && q.events / cap > this.#table.doc.policy.fillRatioThreshold) {
-      if (++q.sampleTick % mode.rate !== 0) { this.#drops.sampled++; return false; }
+      if (++q.sampleTick % mode.rate !== 0) { this.#drops.sampled++; this.#count(shard).dropped++; return false; }
     }
     if (q.events >= cap) {
       if (mode.kind === 'failProducer') {
         this.#drops.refused++;
+        this.#count(shard).dropped++;
         throw new BackpressureError(`push refused: shard ${shard}'s send buffer is full (${cap} events not yet stored in Redis; backpressure failProducer)`, shard, acceptedBefore);
       }
-      if (mode.kind !== 'dropOldest' || !this.#evictOldest(q)) { this.#drops.newest++; return false; }
+      if (mode.kind !== 'dropOldest' || !this.#evictOldest(q)) { this.#drops.newest++; this.#count(shard).dropped++; return false; }
     }
     this.#append(q, hash, ++this.#accepted, payload, bytes);
+    this.#count(shard).pushed++;
     return true;
+  }
+
+  #count(shard: number): { pushed: number; stored: number; dropped: number } {
+    let c = this.#perShard.get(shard);
+    if (!c) this.#perShard.set(shard, c = { pushed: 0, stored: 0, dropped: 0 });
+    return c;
   }
 
   #append(q: ShardQueue, hash: number, index: number, payload: EventPayload | Buffer, bytes: number): void {
@@ -469,6 +480,7 @@ export class RedisShardManager {
     q.events--;
     this.#buffered--;
     this.#drops.oldest++;
+    this.#count(q.id).dropped++;
     return true;
   }
 
@@ -518,6 +530,7 @@ export class RedisShardManager {
             q.events -= n;
             this.#buffered -= n;
             this.#stored += n;
+            this.#count(frame.shard).stored += n;
             this.#storedDelta.set(frame.shard, (this.#storedDelta.get(frame.shard) ?? 0) + n);
             if (q.events === 0 && !q.open && q.frames.length === 0 && !this.#inTable(q.id)) this.#queues.delete(q.id);
           }
@@ -627,6 +640,30 @@ export class RedisShardManager {
       dropped: drops.newest + drops.oldest + drops.sampled + drops.refused, drops,
       unrouted: this.#unrouted, rerouted: this.#rerouted, retries: this.#retries,
       shards: this.#table.doc.shards.map((s) => ({ id: s.id, state: states.get(s.id)!, buffered: this.#queues.get(s.id)?.events ?? 0 })),
+    };
+  }
+
+  /**
+   * This node's figures in the shape the Prometheus exporter reads
+   * (`registerShardManagerMetrics(...).observe(node.metricsView())`), per node: `pushed` =
+   * events this node accepted, `delivered` = events it stored in Redis, `inFlight` and a
+   * shard's `length` = its send buffer; shards are the table's. Window figures
+   * (`lastMetrics`) exist on the node that is the controller.
+   */
+  metricsView(): { stats(): ManagerStats; readonly ringCapacity: number; readonly mapper: { lastMetrics(id: number): ShardMetrics | undefined; policy(): Readonly<ScalingPolicy> } } {
+    return {
+      stats: () => {
+        const s = this.stats();
+        return {
+          pushed: s.pushed, delivered: s.stored, dropped: s.dropped, unrouted: s.unrouted, drops: s.drops, inFlight: s.buffered,
+          shards: s.shards.map((x) => {
+            const c = this.#perShard.get(x.id);
+            return { id: x.id, state: x.state, length: x.buffered, pushed: c?.pushed ?? 0, delivered: c?.stored ?? 0, dropped: c?.dropped ?? 0 };
+          }),
+        };
+      },
+      ringCapacity: this.ringBufferCapacity,
+      mapper: { lastMetrics: (id) => this.#controller?.lastMetrics(id), policy: () => this.policy() },
     };
   }
 
