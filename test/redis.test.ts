@@ -157,6 +157,30 @@ describe.skipIf(!available)('RedisShardManager: one node, consumers, one process
     }
   });
 
+  it('dropOldest never evicts from a frame that was sent once (Redis may have stored it): it drops the newest instead', async () => {
+    const restartable = await RedisTestServer.start();
+    try {
+      const namespace = ns();
+      const node = await RedisShardManager.create({
+        redis: restartable.url, namespace, initialShards: 1, ringBufferCapacity: 10, backpressure: { kind: 'dropOldest' }, policy: { metricsWindowMs: 60_000 },
+      });
+      await restartable.stop();
+      for (let i = 0; i < 10; i++) expect(node.push(1, `o:${i}`)).toBe(true);
+      await until(() => node.stats().retries > 0, 'a failed send of the frame'); // o:0..o:9 went out once
+      expect(node.push(1, 'o:10')).toBe(false);
+      expect(node.stats().drops).toMatchObject({ oldest: 0, newest: 1 });
+      await restartable.restart();
+      await node.close();
+      const got: string[] = [];
+      const consumers = await serveShardConsumers({ redis: restartable.url, namespace, idleMs: 5, consume: (records) => { for (const r of records) got.push(r.payload.toString()); } });
+      await until(() => got.length >= 10, '10 deliveries');
+      await consumers.close();
+      expect(got).toEqual(Array.from({ length: 10 }, (_, i) => `o:${i}`));
+    } finally {
+      await restartable.dispose();
+    }
+  });
+
   it('the controller scales up on backlog, then drains, stops and removes idle shards; ids are never reused; every node gets the table', async () => {
     const namespace = ns();
     const clock = { t: 0 };

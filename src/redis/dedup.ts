@@ -2,7 +2,8 @@
 // network error or timeout after Redis had stored the frame, and the node sent it again, or
 // (2) when a consumer took over a shard whose previous owner had consumed entries without
 // acknowledging them (it crashed, stalled past its lease, or its consume threw). Both
-// repeat whole frames with the same dedup id. A node's frames reach one shard with rising
+// repeat whole frames with the same dedup id on the same shard. (The README names one rarer
+// case, a removed shard, where a repeat gets a new id on another shard; this cannot see it.) A node's frames reach one shard with rising
 // frame numbers, so "at or below the last (frame, index) seen from this node on this shard"
 // is exactly "seen before".
 import type { ShardRecord } from './consumers.js';

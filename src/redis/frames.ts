@@ -45,7 +45,7 @@ export class FrameBuilder {
   }
 
   close(shard: number, seq: number): Frame {
-    return { shard, seq, data: this.buf.subarray(0, this.bytes), hashes: this.hashes, minIndex: this.minIndex };
+    return { shard, seq, data: this.buf.subarray(0, this.bytes), hashes: this.hashes, minIndex: this.minIndex, attempted: false };
   }
 }
 
@@ -57,6 +57,9 @@ export interface Frame {
   hashes: number[];
   /** The oldest accept index in the frame, or lower (flush waits for it). */
   minIndex: number;
+  /** Sent at least once. Redis may have stored it (a timeout hides the answer), so it is
+   *  never changed again: a retry must carry the same events under the same dedup ids. */
+  attempted: boolean;
 }
 
 /** The events of a frame, as views of `data`. */

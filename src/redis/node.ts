@@ -469,12 +469,14 @@ export class RedisShardManager {
     this.#kick();
   }
 
-  /** dropOldest: the oldest event not in flight. */
+  /** dropOldest: the oldest event never sent (a frame sent once, even if it failed, may be
+   *  stored already and keeps its events). */
   #evictOldest(q: ShardQueue): boolean {
-    const first = q.frames[0];
+    const at = q.frames.findIndex((f) => !f.attempted);
+    const first = at < 0 ? undefined : q.frames[at]!;
     if (first) {
       dropFirstOfFrame(first);
-      if (first.hashes.length === 0) q.frames.shift();
+      if (first.hashes.length === 0) q.frames.splice(at, 1);
     } else if (q.open && q.open.count > 0) q.open.dropFirst();
     else return false;
     q.events--;
@@ -509,7 +511,7 @@ export class RedisShardManager {
             q.open = undefined;
           }
           const frame = q.frames.shift();
-          if (frame) { q.inflight = frame; batch.push(frame); }
+          if (frame) { q.inflight = frame; frame.attempted = true; batch.push(frame); }
         }
         if (batch.length === 0) break;
         const replies = await sendAll(this.#conn.client, batch.map((f): Command => [
