@@ -332,6 +332,59 @@ describe.skipIf(!available)('RedisShardManager: one node, consumers, one process
     await node.close();
   });
 
+  it('operator calls from any node go through the controller: addShard, manualScaleUp, drainShard, removeShard, manualScaleDown', async () => {
+    const namespace = ns();
+    const clock = { t: 0 };
+    const events: RedisManagerEvent[] = [];
+    const a = await RedisShardManager.create({
+      redis: server.url, namespace, initialShards: 2, drainGraceMs: 100, clock: () => clock.t, onEvent: (e) => events.push(e),
+      policy: { minShards: 1, maxShards: 5, cooldownMs: 10_000, metricsWindowMs: 60_000, autoScale: false },
+    });
+    const b = await RedisShardManager.create({ redis: server.url, namespace, controller: false });
+    await a.tick(); // a holds the lease
+    const { got, consumers } = await collector(namespace);
+    const ops = `{${namespace}}:ops`;
+    /** Start an operator call on b, then run controller windows (advancing the clock) until it settles. */
+    const drive = async <T>(call: () => Promise<T>): Promise<T> => {
+      let settled = false;
+      const p = call().finally(() => { settled = true; });
+      p.catch(() => {});
+      await until(() => server.cli('LLEN', ops) === '1' || settled, 'the request queued');
+      for (let i = 0; i < 200 && !settled; i++) {
+        clock.t += 60;
+        await a.tick();
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      return p;
+    };
+    expect(await drive(() => b.addShard())).toBe(2); // no cooldown for an operator's call
+    expect(await drive(() => b.manualScaleUp(2))).toEqual([3, 4]);
+    expect(b.table().shards.map((s) => [s.id, s.state])).toEqual([[0, 'active'], [1, 'active'], [2, 'active'], [3, 'active'], [4, 'active']]);
+    await expect(drive(() => b.manualScaleUp(1))).rejects.toMatchObject({ name: 'ScalingError', kind: 'AtMaxShards' });
+    for (let i = 0; i < 500; i++) b.push(i * 8_589_934, `op:${i}`);
+    await b.flush();
+    await drive(() => b.drainShard(1));
+    expect(b.table().shards.find((s) => s.id === 1)!.state).not.toBe('active');
+    expect(b.table().route).not.toContain(1);
+    await drive(() => b.removeShard(0)); // drained, consumed, stopped, removed
+    expect(b.table().shards.some((s) => s.id === 0)).toBe(false);
+    const down = await drive(() => b.manualScaleDown(2));
+    expect(down).toHaveLength(2);
+    expect(b.table().shards.filter((s) => s.state === 'active')).toHaveLength(1);
+    await expect(drive(() => b.manualScaleDown(1))).rejects.toMatchObject({ kind: 'AtMinShards' });
+    // Bad input is refused on the calling node, before anything is queued.
+    await expect(b.drainShard(99)).rejects.toThrow(/drainSpecific: unknown shard 99/);
+    await expect(b.removeShard(1.5)).rejects.toThrow(/removeShard: shard id must be an integer, got 1.5/);
+    await expect(b.manualScaleUp(-1)).rejects.toThrow(/n must be an integer in \[0, 65535\], got -1/);
+    expect(server.cli('LLEN', ops)).toBe('0');
+    await until(() => got.length >= 500, '500 deliveries');
+    expect(new Set(got.map((g) => g.text)).size).toBe(500);
+    expect(events.filter((e) => e.type === 'shardRemoved').length).toBeGreaterThanOrEqual(3);
+    await consumers.close();
+    await Promise.all([a.close(), b.close()]);
+    await expect(b.addShard()).rejects.toThrow(/manualScaleUp: the manager is closed/);
+  });
+
   it('fences the table: a controller whose lease was taken cannot write, and another node takes over', async () => {
     const namespace = ns();
     const events: RedisManagerEvent[] = [];

@@ -10,6 +10,7 @@
 // thresholds, warm-up, idle streaks and cooldowns are exactly ShardManager's.
 import { randomUUID } from 'node:crypto';
 import { ShardMapper } from '../mapper.js';
+import { ScalingError } from '../errors.js';
 import type { ManagerEvent } from '../manager.js';
 import type { ShardMetrics } from '../metrics.js';
 import { GROUP, type Keys } from './keys.js';
@@ -23,6 +24,13 @@ export type RedisNodeEvent =
   | { type: 'redisError'; error: Error; at: number };
 /** Everything a node reports: ShardManager's events (options.onEvent) and RedisNodeEvent. */
 export type RedisManagerEvent = ManagerEvent | RedisNodeEvent;
+
+/** An operator call a node queued for the controller ({ns}:ops). */
+export type OperatorRequest = { reqId: string } & (
+  | { op: 'scaleUp' | 'scaleDown'; n: number }
+  | { op: 'drain' | 'remove'; id: number });
+/** The controller's answer ({ns}:op:<reqId>, kept a minute). */
+export type OperatorAnswer = { ok: true; ids: number[] } | { ok: false; kind: string; message: string };
 
 export interface ControllerHost {
   conn: Connection;
@@ -197,6 +205,95 @@ export class Controller {
     return next;
   }
 
+  /** New shards for local ids the mapper just provisioned: ids from the table's counter,
+   *  provisioning written, streams and groups created, then active (routable). */
+  async #grow(table: Table, locals: number[], weights: Map<number, number>): Promise<Table> {
+    const doc = clone(table.doc);
+    const ids = locals.map((_, i) => doc.nextId + i);
+    doc.nextId += ids.length;
+    for (const id of ids) doc.shards.push({ id, state: 'provisioning' });
+    table = await this.#write(table, doc);
+    locals.forEach((local, i) => { this.#toLocal.set(ids[i]!, local); this.#toShard.set(local, ids[i]!); });
+    for (const id of ids) this.#emit('shardProvisioned', id);
+    table = await this.#activate(table, ids, weights);
+    for (const local of locals) this.#mapper!.activate(local);
+    return table;
+  }
+
+  /** Shards the local mapper just drained: out of the route, draining in the table, watched. */
+  async #drainLocals(table: Table, locals: number[], weights: Map<number, number>, now: number): Promise<Table> {
+    const ids = locals.map((l) => this.#toShard.get(l)!);
+    const doc = clone(table.doc);
+    for (const s of doc.shards) if (ids.includes(s.id)) s.state = 'draining';
+    doc.route = buildRoute(activeIds(doc).map((id) => ({ id, weight: weights.get(id) ?? 0 })), doc.routing);
+    table = await this.#write(table, doc);
+    for (const id of ids) {
+      this.#emit('shardDraining', id);
+      this.#drains.set(id, { since: now, lastId: undefined, quietSince: now });
+    }
+    for (const local of locals) {
+      // The local mapper only mirrors Active shards: the drain itself is watched in Redis.
+      this.#mapper!.stopDrained(local);
+      this.#mapper!.removeSpecificStoppedShard(local);
+      this.#toShard.delete(local);
+    }
+    for (const id of ids) this.#toLocal.delete(id);
+    return table;
+  }
+
+  /** Run the queued operator requests (at most 16 a window) and post each one's answer. */
+  async #operatorRequests(table: Table, mapper: ShardMapper, weights: Map<number, number>, now: number): Promise<Table> {
+    const { conn, keys } = this.#host;
+    for (let k = 0; k < 16; k++) {
+      const raw = await conn.client.rpop(keys.ops);
+      if (raw === null) break;
+      let parsed: OperatorRequest;
+      try {
+        parsed = JSON.parse(raw) as OperatorRequest;
+      } catch {
+        continue; // not ours
+      }
+      const request = parsed;
+      let answer: OperatorAnswer;
+      try {
+        let ids: number[] = [];
+        if (request.op === 'scaleUp') {
+          const locals = mapper.scaleUpProvisioningForce(request.n);
+          ids = locals.map((_, i) => table.doc.nextId + i);
+          table = await this.#grow(table, locals, weights);
+        } else if (request.op === 'scaleDown') {
+          const active = mapper.activeShardCount();
+          const min = mapper.policy().minShards;
+          if (active - request.n < min) throw new ScalingError('AtMinShards', `manualScaleDown: ${active} active - ${request.n} would go below minShards ${min}`);
+          const locals = mapper.leastLoadedIds(request.n);
+          for (const local of locals) mapper.drainSpecific(local);
+          ids = locals.map((l) => this.#toShard.get(l)!);
+          table = await this.#drainLocals(table, locals, weights, now);
+        } else {
+          const id = (request as { id: number }).id;
+          const state = table.doc.shards.find((s) => s.id === id)?.state;
+          const method = request.op === 'drain' ? 'drainSpecific' : 'removeShard';
+          if (state === undefined) throw new ScalingError('InvalidPolicy', `${method}: unknown shard ${id}`);
+          if (state === 'active') {
+            const local = this.#toLocal.get(id)!;
+            mapper.drainSpecific(local); // AtMinShards, as ShardManager
+            table = await this.#drainLocals(table, [local], weights, now);
+          } else if (state === 'provisioning' || (state === 'stopped' && request.op === 'drain')) {
+            throw new ScalingError('InvalidPolicy', `drainSpecific: shard ${id} is ${state}; only an active shard can be drained`);
+          } // draining (or stopped, for remove): already on its way
+          ids = [id];
+        }
+        answer = { ok: true, ids };
+      } catch (error) {
+        const e = error as Error & { kind?: string };
+        if (!(error instanceof ScalingError)) throw error; // Redis failed: the pass starts again
+        answer = { ok: false, kind: e.kind ?? 'InvalidPolicy', message: e.message };
+      }
+      await conn.client.set(keys.opAnswer(request.reqId), JSON.stringify(answer), 'PX', 60_000);
+    }
+    return table;
+  }
+
   async #pass(): Promise<void> {
     const { conn, keys, clock, drainGraceMs } = this.#host;
     const client = conn.client;
@@ -247,36 +344,11 @@ export class Controller {
     const decision = mapper.evaluateScaling();
     const now = clock();
     if (decision.kind !== 'none') this.#host.emit({ type: 'scalingDecision', decision, at: now });
-    if (decision.kind === 'scaleUp') {
-      const locals = mapper.scaleUpProvisioning(decision.count);
-      const doc = clone(table.doc);
-      const ids = locals.map((_, i) => doc.nextId + i);
-      doc.nextId += ids.length;
-      for (const id of ids) doc.shards.push({ id, state: 'provisioning' });
-      table = await this.#write(table, doc);
-      locals.forEach((local, i) => { this.#toLocal.set(ids[i]!, local); this.#toShard.set(local, ids[i]!); });
-      for (const id of ids) this.#emit('shardProvisioned', id);
-      table = await this.#activate(table, ids, weights);
-      for (const local of locals) mapper.activate(local);
-    } else if (decision.kind === 'scaleDown') {
-      const locals = mapper.scaleDown(decision.count);
-      const ids = locals.map((l) => this.#toShard.get(l)!);
-      const doc = clone(table.doc);
-      for (const s of doc.shards) if (ids.includes(s.id)) s.state = 'draining';
-      doc.route = buildRoute(activeIds(doc).map((id) => ({ id, weight: weights.get(id) ?? 0 })), doc.routing);
-      table = await this.#write(table, doc);
-      for (const id of ids) {
-        this.#emit('shardDraining', id);
-        this.#drains.set(id, { since: now, lastId: undefined, quietSince: now });
-      }
-      for (const local of locals) {
-        // The local mapper only mirrors Active shards: the drain itself is watched in Redis.
-        mapper.stopDrained(local);
-        mapper.removeSpecificStoppedShard(local);
-        this.#toShard.delete(local);
-      }
-      for (const id of ids) this.#toLocal.delete(id);
-    }
+    if (decision.kind === 'scaleUp') table = await this.#grow(table, mapper.scaleUpProvisioning(decision.count), weights);
+    else if (decision.kind === 'scaleDown') table = await this.#drainLocals(table, mapper.scaleDown(decision.count), weights, now);
+
+    // Operator requests (node.addShard, drainShard, removeShard, manualScaleUp/Down) queued by any node.
+    table = await this.#operatorRequests(table, mapper, weights, now);
 
     // The route follows the weights of this window.
     const route = buildRoute(activeIds(table.doc).map((id) => ({ id, weight: weights.get(id) ?? 0 })), table.doc.routing);

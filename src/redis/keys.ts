@@ -38,6 +38,10 @@ export interface Keys {
   readonly flush: string;
   /** Sorted set: consumer name → lease expiry (Redis time, ms). */
   readonly consumers: string;
+  /** List: operator requests for the controller (LPUSH by any node, RPOP by the controller). */
+  readonly ops: string;
+  /** String: the controller's answer to one request (kept a minute). */
+  opAnswer(reqId: string): string;
   stream(id: number): string;
   /** String: the consumer that owns a shard (SET NX PX). */
   owner(id: number): string;
@@ -55,6 +59,8 @@ export function keysFor(ns: string): Keys {
     acked: `${tag}:acked`,
     flush: `${tag}:flush`,
     consumers: `${tag}:consumers`,
+    ops: `${tag}:ops`,
+    opAnswer: (reqId) => `${tag}:op:${reqId}`,
     stream: (id) => `${ns}:shard:{${ns}:${id}}`,
     owner: (id) => `${tag}:owner:${id}`,
   };

@@ -2,7 +2,8 @@
 // the namespace's one table and appends to a per-shard frame in a bounded local send buffer;
 // a sender sends each shard's frames in order with pipelined XADD (one frame per shard in
 // flight), retrying on errors, so nothing accepted is lost while Redis is away.
-import { BackpressureError, checkInteger, describe, invalid } from '../errors.js';
+import { randomUUID } from 'node:crypto';
+import { BackpressureError, ScalingError, checkInteger, describe, invalid, type ScalingErrorKind } from '../errors.js';
 import { hashKey } from '../hash.js';
 import { NO_SHARD } from '../mapper.js';
 import type { BackpressureMode } from '../manager.js';
@@ -10,7 +11,7 @@ import { POLICY_FIELDS, resolvePolicy, type ScalingPolicy } from '../policy.js';
 import { ManagerClosedError, type BatchEvent, type EventKey, type EventPayload } from '../producer.js';
 import { checkNamespace, keysFor, type Keys } from './keys.js';
 import { closeConnection, connect, sendAll, subscriber, type Command, type Connection, type RedisClient, type RedisOption } from './connection.js';
-import { Controller, createGroups, type RedisManagerEvent, type RedisNodeEvent } from './controller.js';
+import { Controller, createGroups, type OperatorAnswer, type OperatorRequest, type RedisManagerEvent, type RedisNodeEvent } from './controller.js';
 import type { ManagerEvent, ManagerStats } from '../manager.js';
 import type { ShardMetrics } from '../metrics.js';
 import { FrameBuilder, decodeFrame, dropFirstOfFrame, type Frame } from './frames.js';
@@ -674,6 +675,93 @@ export class RedisShardManager {
     if (this.#closed) return;
     while (this.#stepping) await sleep(1);
     await this.#window();
+  }
+
+  // ---- operator calls -------------------------------------------------------------------
+  // Queued in Redis for the controller (whichever node holds the lease), which runs them in
+  // its next window through its mapper's own calls, as ShardManager's operator calls do.
+
+  /** Add one shard now (no cooldown: an operator's call); resolves to its id once this node routes to it. */
+  async addShard(): Promise<number> {
+    return (await this.manualScaleUp(1))[0]!;
+  }
+
+  /** Add n shards (scaleUpProvisioningForce: the budget applies, the cooldown does not);
+   *  resolves to their ids once they are Active in this node's table. */
+  async manualScaleUp(n: number): Promise<number[]> {
+    if (this.#closed) throw new ManagerClosedError('manualScaleUp');
+    checkInteger('n', n, 0, 0xffff);
+    if (n === 0) return [];
+    const ids = await this.#request({ op: 'scaleUp', n });
+    await this.#untilTable(() => ids.every((id) => this.#stateOf(id) !== 'provisioning'));
+    return ids;
+  }
+
+  /** Start draining a shard (it leaves every node's route); resolves once draining began. */
+  async drainShard(id: number): Promise<void> {
+    if (this.#closed) throw new ManagerClosedError('drainShard');
+    this.#checkShard('drainSpecific', id);
+    await this.#request({ op: 'drain', id });
+    await this.#untilTable(() => this.#stateOf(id) !== 'active');
+  }
+
+  /** Drain a shard and resolve once it is removed: its stream emptied, acknowledged, deleted. */
+  async removeShard(id: number): Promise<void> {
+    if (this.#closed) throw new ManagerClosedError('removeShard');
+    this.#checkShard('removeShard', id);
+    await this.#request({ op: 'remove', id });
+    await this.#untilTable(() => this.#stateOf(id) === undefined);
+  }
+
+  /** Drain the n least-loaded Active shards (refused below minShards: AtMinShards) and
+   *  resolve to their ids once all are removed. */
+  async manualScaleDown(n: number): Promise<number[]> {
+    if (this.#closed) throw new ManagerClosedError('manualScaleDown');
+    checkInteger('n', n, 0, 0xffff);
+    if (n === 0) return [];
+    const ids = await this.#request({ op: 'scaleDown', n });
+    await this.#untilTable(() => ids.every((id) => this.#stateOf(id) === undefined));
+    return ids;
+  }
+
+  #stateOf(id: number): TableState | undefined {
+    return this.#table.doc.shards.find((s) => s.id === id)?.state;
+  }
+
+  #checkShard(method: string, id: number): void {
+    if (typeof id !== 'number' || !Number.isInteger(id)) throw invalid(`${method}: shard id must be an integer, got ${describe(id)}`);
+    if (!this.#inTable(id)) throw invalid(`${method}: unknown shard ${id}`);
+  }
+
+  /** Queue a request for the controller and wait for its answer (a ScalingError is rethrown). */
+  async #request(body: { op: 'scaleUp' | 'scaleDown'; n: number } | { op: 'drain' | 'remove'; id: number }): Promise<number[]> {
+    const reqId = `${this.nodeId}:${randomUUID()}`;
+    const client = this.#conn.client;
+    await client.lpush(this.#keys.ops, JSON.stringify({ reqId, ...body } as OperatorRequest));
+    const key = this.#keys.opAnswer(reqId);
+    const policy = this.#table.doc.policy;
+    const limitMs = Math.max(30_000, 20 * policy.metricsWindowMs);
+    const until = performance.now() + limitMs;
+    for (;;) {
+      const raw = await client.get(key).catch(() => null); // Redis away: keep asking until the limit
+      if (raw !== null) {
+        await client.del(key).catch(() => 0);
+        const answer = JSON.parse(raw) as OperatorAnswer;
+        if (answer.ok) return answer.ids;
+        throw new ScalingError(answer.kind as ScalingErrorKind, answer.message);
+      }
+      if (performance.now() > until) {
+        throw new Error(`shard-mapper/redis: ${body.op}: no controller answered within ${limitMs} ms (namespace "${this.namespace}": is a node that may be the controller running?)`);
+      }
+      await sleep(10);
+    }
+  }
+
+  async #untilTable(done: () => boolean): Promise<void> {
+    while (!done()) {
+      await this.#refresh();
+      if (!done()) await sleep(10);
+    }
   }
 
   // ---- shutting down --------------------------------------------------------------------
