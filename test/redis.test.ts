@@ -486,6 +486,27 @@ describe.skipIf(!available)('RedisShardManager: one node, consumers, one process
   });
 });
 
+describe.skipIf(!available)('serveShardConsumers housekeeping', () => {
+  it('a consumer taking a shard over forgets group members that are gone (nothing pending, idle two lease periods)', async () => {
+    const namespace = ns();
+    const node = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 1, policy: { metricsWindowMs: 60_000 } });
+    node.push(1, 'x');
+    await node.flush();
+    const stream = `${namespace}:shard:{${namespace}:0}`;
+    const old = await serveShardConsumers({ redis: server.url, namespace, name: 'old', leaseMs: 100, idleMs: 5, consume: () => {} });
+    await until(() => old.consumed === 1, 'the first consumer at work');
+    await old.close();
+    expect(server.cli('XINFO', 'CONSUMERS', stream, 'shard-mapper')).toContain('old');
+    await new Promise((r) => setTimeout(r, 250)); // > 2 × leaseMs idle
+    const fresh = await serveShardConsumers({ redis: server.url, namespace, name: 'fresh', leaseMs: 100, idleMs: 5, consume: () => {} });
+    await until(() => fresh.owned().length === 1, 'the take-over');
+    await until(() => !server.cli('XINFO', 'CONSUMERS', stream, 'shard-mapper').includes('old'), 'the gone consumer forgotten');
+    expect(server.cli('XINFO', 'CONSUMERS', stream, 'shard-mapper')).toContain('fresh');
+    await fresh.close();
+    await node.close();
+  });
+});
+
 describe.skipIf(!available)('RedisShardManager: bad input is refused clearly and changes nothing', () => {
   it('bad URLs, namespaces and options', async () => {
     const bad: [unknown, RegExp][] = [

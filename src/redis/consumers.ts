@@ -241,6 +241,7 @@ class ConsumerRunner implements ShardConsumers {
           const reply = (await client.callBuffer('XAUTOCLAIM', stream, GROUP, this.name, '0', cursor, 'COUNT', String(Math.max(100, this.#batch)), 'JUSTID')) as [Buffer, unknown];
           cursor = reply[0].toString();
         } while (cursor !== '0-0');
+        await this.#forgetIdleConsumers(stream);
         held.claim = false;
         held.history = true;
       }
@@ -276,6 +277,26 @@ class ConsumerRunner implements ShardConsumers {
       held.history = true;
       if (/NOGROUP|no such key/i.test((error as Error).message)) return false; // removed, or not created yet
       throw error;
+    }
+  }
+
+  /** The group remembers every consumer name it ever saw; on a take-over, forget those with
+   *  nothing pending that have been idle for two lease periods (dead processes). */
+  async #forgetIdleConsumers(stream: string): Promise<void> {
+    const client = this.#conn.client;
+    let list: unknown[][];
+    try {
+      list = (await client.call('XINFO', 'CONSUMERS', stream, GROUP)) as unknown[][];
+    } catch {
+      return; // housekeeping only: never in the way of consuming
+    }
+    for (const c of list) {
+      const info = new Map<string, unknown>();
+      for (let i = 0; i + 1 < c.length; i += 2) info.set(String(c[i]), c[i + 1]);
+      const name = String(info.get('name'));
+      if (name !== this.name && Number(info.get('pending')) === 0 && Number(info.get('idle')) > 2 * this.#leaseMs) {
+        await client.call('XGROUP', 'DELCONSUMER', stream, GROUP, name).catch(() => 0);
+      }
     }
   }
 
