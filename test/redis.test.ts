@@ -76,6 +76,67 @@ describe.skipIf(!available)('RedisShardManager: one node, consumers, one process
     for (const id of [0, 1, 2]) expect(server.cli('XLEN', `${namespace}:shard:{${namespace}:${id}}`)).toBe('0');
   });
 
+  it('a consume call that throws is retried with the same records (same dedup ids, same order) and reported to onError', async () => {
+    const namespace = ns();
+    const node = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 2, policy: { metricsWindowMs: 60_000 } });
+    for (let i = 0; i < 3000; i++) {
+      node.push(i * 1_431_655, `t:${i}`);
+      if (i % 100 === 99) await node.flush(); // many frames, so many consume calls
+    }
+    const deliveries: { shard: number; text: string; id: string }[] = [];
+    const errors: string[] = [];
+    let calls = 0;
+    const consumers = await serveShardConsumers({
+      redis: server.url, namespace, idleMs: 5, batchSize: 1,
+      consume: (records, shard) => {
+        for (const r of records) deliveries.push({ shard, text: r.payload.toString(), id: r.dedupId });
+        if (++calls % 3 === 0) throw new Error(`flaky downstream (call ${calls})`);
+      },
+      onError: (e, shard) => errors.push(`${shard}: ${e.message}`),
+    });
+    const firstOf = () => new Map(deliveries.map((d) => [d.text, d] as const));
+    await until(() => firstOf().size >= 3000, 'every event at least once');
+    await consumers.close();
+    await node.close();
+    expect(errors.length).toBeGreaterThan(0);
+    expect(errors[0]).toMatch(/flaky downstream/);
+    // Every repeat carries the id of its first delivery.
+    const ids = new Map<string, Set<string>>();
+    for (const d of deliveries) { let set = ids.get(d.text); if (!set) ids.set(d.text, set = new Set()); set.add(d.id); }
+    expect([...ids.values()].every((set) => set.size === 1)).toBe(true);
+    expect(deliveries.length).toBeGreaterThan(3000); // the failed batches came again
+    // DedupFilter-style view: drop what was seen, then per shard the order is the push order.
+    const seen = new Set<string>();
+    const once = deliveries.filter((d) => (seen.has(d.id) ? false : (seen.add(d.id), true)));
+    expect(once).toHaveLength(3000);
+    expect(checkOrder(once)).toEqual([]);
+  });
+
+  it('pushBatch under failProducer: a full send buffer stops the batch with BackpressureError.accepted; the accepted prefix is stored', async () => {
+    const restartable = await RedisTestServer.start();
+    try {
+      const namespace = ns();
+      const node = await RedisShardManager.create({ redis: restartable.url, namespace, initialShards: 1, ringBufferCapacity: 5, policy: { metricsWindowMs: 60_000 } });
+      await restartable.stop();
+      let caught: unknown;
+      try {
+        node.pushBatch([1, 1, 1, 1, 1, 1, 1, 1], ['b:0', 'b:1', 'b:2', 'b:3', 'b:4', 'b:5', 'b:6', 'b:7']);
+      } catch (e) { caught = e; }
+      expect(caught).toBeInstanceOf(BackpressureError);
+      expect(caught).toMatchObject({ accepted: 5, shardId: 0 });
+      expect(node.stats()).toMatchObject({ pushed: 5, buffered: 5, drops: { refused: 1 } });
+      await restartable.restart();
+      await node.close();
+      const got: string[] = [];
+      const consumers = await serveShardConsumers({ redis: restartable.url, namespace, idleMs: 5, consume: (records) => { for (const r of records) got.push(r.payload.toString()); } });
+      await until(() => got.length >= 5, '5 deliveries');
+      await consumers.close();
+      expect(got).toEqual(['b:0', 'b:1', 'b:2', 'b:3', 'b:4']);
+    } finally {
+      await restartable.dispose();
+    }
+  });
+
   it('routes with the WebAssembly selection over the table: a key goes where the route says', async () => {
     const namespace = ns();
     const node = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 4, policy: { maxShards: 4, metricsWindowMs: 60_000 } });
