@@ -59,6 +59,7 @@ if (!url) {
   const dir = mkdtempSync(join(tmpdir(), 'shard-mapper-demo-redis-'));
   const child = spawn('redis-server', ['--bind', '127.0.0.1', '--port', String(port), '--dir', dir, '--appendonly', 'yes', '--appendfsync', 'everysec', '--save', ''], { stdio: 'ignore' });
   local = { child, dir };
+  process.on('exit', () => { if (child.exitCode === null) child.kill('SIGTERM'); }); // never leave it running
   url = `redis://127.0.0.1:${port}`;
   const probe = new Redis(url, { lazyConnect: true, retryStrategy: () => 20 });
   probe.on('error', () => {});
