@@ -7,6 +7,7 @@ const [role, url, namespace, indexArg, maxShardsArg] = process.argv.slice(2);
 const index = Number(indexArg);
 const send = (m) => new Promise((resolve) => process.send(m, resolve));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+process.on('disconnect', () => process.exit(1)); // the demo is gone: so are we
 
 if (role === 'node') {
   const decisions = [];

@@ -8,6 +8,7 @@ const [url, namespace, count] = process.argv.slice(2);
 const n = Number(count);
 const node = await RedisShardManager.create({ redis: url, namespace, controller: false });
 const payload = new Uint8Array(64).fill(7);
+process.on('disconnect', () => process.exit(1)); // the parent is gone: so are we
 process.on('message', async (m) => {
   if (m !== 'go') return;
   let refused = 0;
