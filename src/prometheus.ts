@@ -8,6 +8,12 @@
 import { Counter, Gauge, register as defaultRegistry, type Registry } from 'prom-client';
 import type { ManagerEvent, ShardManager } from './manager.js';
 
+/** What the exporter reads: a ShardManager, or anything with the same figures (a
+ *  shard-mapper/redis node's `metricsView()`). */
+export type ObservedManager = Pick<ShardManager, 'stats' | 'ringCapacity'> & {
+  readonly mapper: Pick<ShardManager['mapper'], 'lastMetrics' | 'policy'>;
+};
+
 export interface PrometheusOptions {
   /** Where to register (default: prom-client's global `register`). */
   registry?: Registry;
@@ -16,7 +22,7 @@ export interface PrometheusOptions {
   /** Constant labels added to every series, e.g. `{ manager: 'ingest' }`. */
   labels?: Record<string, string>;
   /** The manager to read; or call `observe(manager)` later (the manager wants `onEvent` first). */
-  manager?: ShardManager;
+  manager?: ObservedManager;
 }
 
 export interface ShardManagerMetrics {
@@ -26,7 +32,7 @@ export interface ShardManagerMetrics {
    */
   readonly onEvent: (event: ManagerEvent) => void;
   /** Read this manager at every scrape (replaces a manager observed before). */
-  observe(manager: ShardManager): void;
+  observe(manager: ObservedManager): void;
   /** Remove every metric this call registered from the registry. */
   unregister(): void;
   /** The full names of the registered metrics. */
@@ -78,12 +84,12 @@ export function registerShardManagerMetrics(options: PrometheusOptions = {}): Sh
   const prefix = options.prefix ?? 'shard_mapper_';
   const constant = { ...(options.labels ?? {}) };
   const constantNames = Object.keys(constant);
-  let manager: ShardManager | undefined = options.manager;
+  let manager: ObservedManager | undefined = options.manager;
   const names: string[] = [];
 
   const labelled = <T extends Record<string, string | number>>(labels: T) => ({ ...constant, ...labels });
 
-  function gauge(name: string, help: string, labelNames: string[], collect: (g: Gauge<string>, m: ShardManager) => void): Gauge<string> {
+  function gauge(name: string, help: string, labelNames: string[], collect: (g: Gauge<string>, m: ObservedManager) => void): Gauge<string> {
     const full = prefix + name;
     names.push(full);
     return new Gauge({
@@ -96,7 +102,7 @@ export function registerShardManagerMetrics(options: PrometheusOptions = {}): Sh
   }
 
   /** A counter mirroring a monotonic total the manager keeps (set at every scrape). */
-  function mirror(name: string, help: string, labelNames: string[], collect: (set: (labels: Record<string, string>, v: number) => void, m: ShardManager) => void): Counter<string> {
+  function mirror(name: string, help: string, labelNames: string[], collect: (set: (labels: Record<string, string>, v: number) => void, m: ObservedManager) => void): Counter<string> {
     const full = prefix + name;
     names.push(full);
     return new Counter({
@@ -126,7 +132,7 @@ export function registerShardManagerMetrics(options: PrometheusOptions = {}): Sh
   gauge('shard_fill_ratio', 'Ring length / ring capacity at scrape time.', ['shard'], (g, m) => {
     for (const s of m.stats().shards) g.set(labelled({ shard: String(s.id) }), s.length / m.ringCapacity);
   });
-  const windowGauge = (name: string, help: string, pick: (x: NonNullable<ReturnType<ShardManager['mapper']['lastMetrics']>>) => number) =>
+  const windowGauge = (name: string, help: string, pick: (x: NonNullable<ReturnType<ObservedManager['mapper']['lastMetrics']>>) => number) =>
     gauge(name, help, ['shard'], (g, m) => {
       for (const s of m.stats().shards) {
         const last = m.mapper.lastMetrics(s.id);
@@ -214,7 +220,7 @@ export function registerShardManagerMetrics(options: PrometheusOptions = {}): Sh
   return {
     onEvent,
     names,
-    observe(m: ShardManager): void {
+    observe(m: ObservedManager): void {
       manager = m;
     },
     unregister(): void {

@@ -47,13 +47,14 @@ describe('bench scenarios run (tiny profile)', () => {
   const scenarios = SCENARIOS as Scenario[];
 
   it('lists the six scenarios of issue #5', () => {
-    expect(scenarios.map((s) => s.id)).toEqual(['s1', 's2', 's3', 's4', 's5', 's6']);
+    expect(scenarios.map((s) => s.id)).toEqual(['s1', 's2', 's3', 's4', 's5', 's6', 's8']);
   });
 
   for (const scenario of scenarios) {
     it(`${scenario.id}: ${scenario.title}`, async () => {
       const before = sink().folds;
       const result = await scenario.run(PROFILES.tiny);
+      if (scenario.id === 's8' && result.tables.length === 0) return; // no redis-server here: s8 said SKIPPED loudly (under CI=true it throws)
       expect(result.tables.length).toBeGreaterThan(0);
       for (const table of result.tables) {
         expect(table.rows.length).toBeGreaterThan(0);

@@ -13,7 +13,7 @@ const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
 const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
 
 /** Subpaths a user imports (consumer-worker is a worker entry: importing it starts a worker loop). */
-const IMPORTABLE = ['.', './worker', './prometheus'];
+const IMPORTABLE = ['.', './worker', './prometheus', './redis'];
 
 describe('npm pack', () => {
   const packed = JSON.parse(execFileSync(npm, ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }));

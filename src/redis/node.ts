@@ -1,0 +1,810 @@
+// RedisShardManager: a node of a namespace. push() routes with the WebAssembly selection over
+// the namespace's one table and appends to a per-shard frame in a bounded local send buffer;
+// a sender sends each shard's frames in order with pipelined XADD (one frame per shard in
+// flight), retrying on errors, so nothing accepted is lost while Redis is away.
+import { randomUUID } from 'node:crypto';
+import { BackpressureError, ScalingError, checkInteger, describe, invalid, type ScalingErrorKind } from '../errors.js';
+import { hashKey } from '../hash.js';
+import { NO_SHARD } from '../mapper.js';
+import type { BackpressureMode } from '../manager.js';
+import { POLICY_FIELDS, resolvePolicy, type ScalingPolicy } from '../policy.js';
+import { ManagerClosedError, type BatchEvent, type EventKey, type EventPayload } from '../producer.js';
+import { checkNamespace, keysFor, type Keys } from './keys.js';
+import { closeConnection, connect, sendAll, subscriber, type Command, type Connection, type RedisClient, type RedisOption } from './connection.js';
+import { Controller, createGroups, type OperatorAnswer, type OperatorRequest, type RedisManagerEvent, type RedisNodeEvent } from './controller.js';
+import type { ManagerEvent, ManagerStats } from '../manager.js';
+import type { ShardMetrics } from '../metrics.js';
+import { FrameBuilder, decodeFrame, dropFirstOfFrame, type Frame } from './frames.js';
+import { RouteTable } from './route.js';
+import { checkRouting, initTable, readTable, readVersion, type RoutingMode, type Table, type TableDoc, type TableState } from './table.js';
+
+export interface RedisShardManagerOptions {
+  /** A redis:// URL (the node opens its own connections), or an ioredis Redis / Cluster instance. */
+  redis: RedisOption;
+  /** Names the shard table, its streams and counters: nodes and consumers of one namespace work together. */
+  namespace: string;
+  /** Shards created with the namespace (default 1). Ignored when the namespace exists. */
+  initialShards?: number;
+  /** The namespace's policy. Given to a node joining an existing namespace, it must equal the stored one. */
+  policy?: Partial<ScalingPolicy>;
+  routing?: RoutingMode;
+  loadBound?: number;
+  /** What push does when a shard's local send buffer is full (default failProducer). */
+  backpressure?: BackpressureMode;
+  /** Largest event payload (default 256 bytes, at most 16 MiB). */
+  maxPayloadBytes?: number;
+  /** Events per shard this node holds before they are stored (the local send buffer, default
+   *  65536); also, for a new namespace, the backlog that counts as a full shard. */
+  ringBufferCapacity?: number;
+  /** A frame is closed when it reaches this many bytes (default 65536). */
+  maxFrameBytes?: number;
+  /** How long the first event of an idle node waits for company before it is sent (ms, default 1). */
+  lingerMs?: number;
+  /** Controller lease (ms, default max(1000, 5 × metricsWindowMs)); renewed every metricsWindowMs. */
+  leaseMs?: number;
+  /** A draining shard must see no append for this long before it stops (ms, default 1000). */
+  drainGraceMs?: number;
+  /** Whether this node may become the controller (default true). */
+  controller?: boolean;
+  clock?: () => number;
+  /** Lifecycle transitions and scaling decisions (emitted by the node that is the controller
+   *  when they happen), exactly ShardManager's ManagerEvent: the Prometheus exporter's
+   *  `onEvent` counts them. */
+  onEvent?: (event: ManagerEvent) => void;
+  /** The controller lease changing hands on this node, and Redis failures. */
+  onRedisEvent?: (event: RedisNodeEvent) => void;
+}
+
+export interface RedisManagerStats {
+  /** Events accepted by push/pushBatch. */
+  pushed: number;
+  /** Events stored in Redis (XADD confirmed). A retried frame counts once. */
+  stored: number;
+  /** Accepted events not yet stored (the local send buffer, in flight included). */
+  buffered: number;
+  dropped: number;
+  drops: { newest: number; oldest: number; sampled: number; refused: number };
+  /** Pushes made while no shard was Active. */
+  unrouted: number;
+  /** Accepted events sent to a shard that had been removed meanwhile, routed again. */
+  rerouted: number;
+  /** XADD rounds that failed (Redis away, timeouts) and were retried. */
+  retries: number;
+  shards: { id: number; state: TableState; buffered: number }[];
+}
+
+const DEFAULT_MAX_PAYLOAD = 256;
+const MAX_PAYLOAD_LIMIT = 16 * 1024 * 1024;
+const FIRST_FRAME_BYTES = 4096;
+const BACKOFF_MIN_MS = 20;
+const BACKOFF_MAX_MS = 1000;
+
+interface ShardQueue {
+  id: number;
+  /** Closed frames, oldest first (not in flight). */
+  frames: Frame[];
+  open: FrameBuilder | undefined;
+  inflight: Frame | undefined;
+  /** Events here: frames, open and in flight. */
+  events: number;
+  sampleTick: number;
+}
+
+interface Orphan {
+  hash: number;
+  index: number;
+  bytes: Buffer;
+}
+
+const given = <T>(value: T | undefined, fallback: T): T => (value === undefined ? fallback : value);
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+function checkBackpressure(mode: unknown): BackpressureMode {
+  if (typeof mode !== 'object' || mode === null) throw invalid(`options.backpressure must be a BackpressureMode, got ${describe(mode)}`);
+  const m = mode as { kind: unknown; rate?: unknown };
+  switch (m.kind) {
+    case 'dropNewest': case 'dropOldest': case 'failProducer': return { kind: m.kind };
+    case 'sample': return { kind: 'sample', rate: checkInteger('options.backpressure.rate', m.rate, 1, 0xffffffff) };
+    default: throw invalid(`options.backpressure.kind must be dropNewest, dropOldest, failProducer or sample, got ${describe(m.kind)}`);
+  }
+}
+
+function checkFinite(name: string, value: unknown, fallback: number, min: number, open: boolean): number {
+  const v = given(value, fallback);
+  if (typeof v !== 'number' || !Number.isFinite(v) || (open ? v <= min : v < min)) {
+    throw invalid(`options.${name} must be a finite number ${open ? '>' : '>='} ${min}, got ${describe(value)}`);
+  }
+  return v;
+}
+
+function keyHash(key: EventKey, method: string, index = -1): number {
+  if (typeof key === 'number') return key >>> 0;
+  if (typeof key === 'string' || key instanceof Uint8Array) return hashKey(key);
+  const what = key === null ? 'null' : typeof key;
+  throw new TypeError(index < 0 ? `${method}: key must be a uint32 hash, a string or a Uint8Array, got ${what}` : `${method}: keys[${index}] must be a uint32 hash, a string or a Uint8Array, got ${what}`);
+}
+
+/** Byte length of a payload, or the same errors as ShardManager.push / pushBatch. */
+function payloadBytes(payload: unknown, max: number, index: number): number {
+  const label = index < 0 ? 'push: payload' : `pushBatch: payloads[${index}]`;
+  if (payload instanceof Uint8Array) {
+    if (payload.length === 0) throw new RangeError(`${label} is empty`);
+    if (payload.length > max) throw new RangeError(`${label} is ${payload.length} bytes, the maximum is maxPayloadBytes = ${max}`);
+    return payload.length;
+  }
+  if (typeof payload === 'string') {
+    if (payload.length === 0) throw new RangeError(`${label} is empty`);
+    const n = Buffer.byteLength(payload, 'utf8');
+    if (n > max) throw new RangeError(`${label} is ${n} bytes as UTF-8, the maximum is maxPayloadBytes = ${max}`);
+    return n;
+  }
+  throw new TypeError(`${label} must be a Uint8Array or a string, got ${payload === null ? 'null' : typeof payload}`);
+}
+
+function policyDiff(a: ScalingPolicy, b: ScalingPolicy): string[] {
+  return POLICY_FIELDS.filter((f) => a[f] !== b[f]).map((f) => `${f} ${String(a[f])} (stored) vs ${String(b[f])} (given)`);
+}
+
+export class RedisShardManager {
+  readonly namespace: string;
+  /** This node's number in the namespace (the first half of every dedup id). */
+  readonly nodeId: string;
+  readonly maxPayloadBytes: number;
+  readonly ringBufferCapacity: number;
+  readonly backpressure: BackpressureMode;
+
+  readonly #conn: Connection;
+  readonly #sub: RedisClient;
+  readonly #keys: Keys;
+  readonly #route: RouteTable;
+  readonly #clock: () => number;
+  readonly #onEvent: ((e: ManagerEvent) => void) | undefined;
+  readonly #onRedisEvent: ((e: RedisNodeEvent) => void) | undefined;
+  readonly #maxFrameBytes: number;
+  readonly #lingerMs: number;
+  readonly #controller: Controller | undefined;
+  readonly #queues = new Map<number, ShardQueue>();
+  #table: Table;
+  #orphans: Orphan[] = [];
+  #accepted = 0; // global accept index of the last accepted event
+  #frameSeq = 0;
+  #buffered = 0;
+  #stored = 0;
+  #storedDelta = new Map<number, number>();
+  #drops = { newest: 0, oldest: 0, sampled: 0, refused: 0 };
+  /** Per shard: events this node accepted for it, stored in it, dropped from it. */
+  #perShard = new Map<number, { pushed: number; stored: number; dropped: number }>();
+  #unrouted = 0;
+  #rerouted = 0;
+  #retries = 0;
+  #sending = false;
+  #sendTimer: ReturnType<typeof setTimeout> | undefined;
+  #windowTimer: ReturnType<typeof setInterval> | undefined;
+  #stepping = false;
+  #refreshing: Promise<void> | undefined;
+  #refreshAgain = false;
+  #waiters: { target: number; resolve: () => void }[] = [];
+  #closed = false;
+  #closing: Promise<void> | undefined;
+  #lastError: string | undefined;
+  #hashes = new Uint32Array(256);
+  #shards = new Uint16Array(256);
+
+  private constructor(parts: {
+    conn: Connection; sub: RedisClient; keys: Keys; table: Table; nodeId: string; maxPayload: number; capacity: number;
+    backpressure: BackpressureMode; maxFrameBytes: number; lingerMs: number; leaseMs: number; drainGraceMs: number;
+    controller: boolean; clock: () => number; onEvent: ((e: ManagerEvent) => void) | undefined;
+    onRedisEvent: ((e: RedisNodeEvent) => void) | undefined;
+  }) {
+    this.#conn = parts.conn;
+    this.#sub = parts.sub;
+    this.#keys = parts.keys;
+    this.namespace = parts.keys.ns;
+    this.nodeId = parts.nodeId;
+    this.maxPayloadBytes = parts.maxPayload;
+    this.ringBufferCapacity = parts.capacity;
+    this.backpressure = Object.freeze({ ...parts.backpressure });
+    this.#maxFrameBytes = parts.maxFrameBytes;
+    this.#lingerMs = parts.lingerMs;
+    this.#clock = parts.clock;
+    this.#onEvent = parts.onEvent;
+    this.#onRedisEvent = parts.onRedisEvent;
+    this.#table = parts.table;
+    this.#route = new RouteTable(parts.table.doc.policy.maxShards);
+    this.#route.load(parts.table.doc.route);
+    this.#controller = parts.controller ? new Controller({
+      conn: parts.conn, keys: parts.keys, nodeId: parts.nodeId, leaseMs: parts.leaseMs, drainGraceMs: parts.drainGraceMs,
+      clock: parts.clock, emit: (e) => this.#emit(e), applyTable: (t) => this.#apply(t),
+    }) : undefined;
+  }
+
+  /**
+   * Join (or create) a namespace. Checks every option, connects, creates the table if the
+   * namespace is new (initialShards Active shards) or checks that a given policy and routing
+   * equal the stored ones, subscribes to table changes, and starts the metrics window loop
+   * (table version check, push counts, the controller lease and scaling loop).
+   */
+  static async create(options: RedisShardManagerOptions): Promise<RedisShardManager> {
+    if (typeof options !== 'object' || options === null) throw invalid(`options must be an object, got ${describe(options)}`);
+    const ns = checkNamespace(options.namespace);
+    const initialShards = checkInteger('options.initialShards', given(options.initialShards, 1), 0, 0xfffe);
+    const policy = resolvePolicy(options.policy, initialShards);
+    const { routing, loadBound } = checkRouting(options.routing, options.loadBound);
+    const backpressure = checkBackpressure(given(options.backpressure, { kind: 'failProducer' }));
+    const maxPayload = checkInteger('options.maxPayloadBytes', given(options.maxPayloadBytes, DEFAULT_MAX_PAYLOAD), 1, MAX_PAYLOAD_LIMIT);
+    const capacity = checkInteger('options.ringBufferCapacity', given(options.ringBufferCapacity, 65536), 1, 1 << 24);
+    const maxFrameBytes = checkInteger('options.maxFrameBytes', given(options.maxFrameBytes, 65536), 64, 64 * 1024 * 1024);
+    const lingerMs = checkFinite('lingerMs', options.lingerMs, 1, 0, false);
+    const leaseMs = checkFinite('leaseMs', options.leaseMs, Math.max(1000, 5 * policy.metricsWindowMs), 0, true);
+    if (leaseMs <= policy.metricsWindowMs) throw invalid(`options.leaseMs must be longer than policy.metricsWindowMs (${policy.metricsWindowMs}): the lease is renewed once a window, got ${leaseMs}`);
+    const drainGraceMs = checkFinite('drainGraceMs', options.drainGraceMs, 1000, 0, false);
+    const controller = given(options.controller, true);
+    if (typeof controller !== 'boolean') throw invalid(`options.controller must be a boolean, got ${describe(controller)}`);
+    const clock = given(options.clock, () => performance.now());
+    if (typeof clock !== 'function') throw invalid(`options.clock must be a function, got ${describe(clock)}`);
+    for (const name of ['onEvent', 'onRedisEvent'] as const) {
+      if (options[name] !== undefined && typeof options[name] !== 'function') throw invalid(`options.${name} must be a function, got ${describe(options[name])}`);
+    }
+
+    const keys = keysFor(ns);
+    const conn = await connect(options.redis, `namespace "${ns}"`);
+    let sub: RedisClient | undefined;
+    try {
+      const fresh: TableDoc = {
+        nextId: initialShards, policy, routing, loadBound, shardCapacity: capacity,
+        shards: Array.from({ length: initialShards }, (_, id) => ({ id, state: 'active' as const })),
+        route: Array.from({ length: initialShards }, (_, id) => id),
+      };
+      const table = await initTable(conn.client, keys, fresh);
+      if (table.created) await createGroups(conn, keys, fresh.shards.map((s) => s.id));
+      if (!table.created) {
+        // A node that states a policy or routing must agree with the namespace's.
+        if (options.policy !== undefined) {
+          const diff = policyDiff(table.doc.policy, policy);
+          if (diff.length > 0) throw invalid(`namespace "${ns}" already runs with another policy: ${diff.join('; ')}. Give the same policy, or none to adopt the stored one`);
+        }
+        if (options.routing !== undefined && table.doc.routing !== routing) {
+          throw invalid(`namespace "${ns}" already routes with '${table.doc.routing}', this node was given '${routing}'`);
+        }
+        if (options.loadBound !== undefined && table.doc.loadBound !== loadBound) {
+          throw invalid(`namespace "${ns}" already has loadBound ${table.doc.loadBound}, this node was given ${loadBound}`);
+        }
+      }
+      // Node numbers come from Redis, so dedup ids are unique across machines and restarts.
+      const nodeId = String(await conn.client.incr(keys.nodes));
+      sub = subscriber(conn);
+      await sub.subscribe(keys.changes);
+      const node = new RedisShardManager({
+        conn, sub, keys, table: { version: table.version, doc: table.doc }, nodeId: `${nodeId}`, maxPayload, capacity,
+        backpressure, maxFrameBytes, lingerMs, leaseMs, drainGraceMs, controller, clock, onEvent: options.onEvent, onRedisEvent: options.onRedisEvent,
+      });
+      sub.on('message', () => { void node.#refresh(); });
+      node.#start(table.doc.policy.metricsWindowMs);
+      return node;
+    } catch (error) {
+      if (sub) sub.disconnect();
+      await closeConnection(conn);
+      throw error;
+    }
+  }
+
+  #start(windowMs: number): void {
+    this.#windowTimer = setInterval(() => { void this.#window(); }, windowMs);
+    (this.#windowTimer as { unref?: () => void }).unref?.();
+  }
+
+  #emit(event: RedisManagerEvent): void {
+    try {
+      if (event.type === 'controller' || event.type === 'redisError') this.#onRedisEvent?.(event);
+      else this.#onEvent?.(event);
+    } catch (error) {
+      console.error('shard-mapper/redis: onEvent threw', error);
+    }
+  }
+
+  #redisError(error: unknown): void {
+    const e = error instanceof Error ? error : new Error(String(error));
+    if (e.message === this.#lastError) return; // once per kind of failure, not once per retry
+    this.#lastError = e.message;
+    this.#emit({ type: 'redisError', error: e, at: this.#clock() });
+  }
+
+  // ---- the table ------------------------------------------------------------------------
+
+  /** The table this node routes with: version, shards and their states, the route. */
+  table(): { version: number; shards: { id: number; state: TableState }[]; route: number[]; nextId: number } {
+    const { version, doc } = this.#table;
+    return { version, shards: doc.shards.map((s) => ({ ...s })), route: [...doc.route], nextId: doc.nextId };
+  }
+
+  /** The namespace's policy (from Redis). */
+  policy(): Readonly<ScalingPolicy> {
+    return Object.freeze({ ...this.#table.doc.policy });
+  }
+
+  /** Whether this node holds the controller lease right now. */
+  get isController(): boolean {
+    return this.#controller?.leader ?? false;
+  }
+
+  #refresh(): Promise<void> {
+    if (this.#refreshing) {
+      this.#refreshAgain = true;
+      return this.#refreshing;
+    }
+    this.#refreshing = (async () => {
+      try {
+        do {
+          this.#refreshAgain = false;
+          this.#apply(await readTable(this.#conn.client, this.#keys));
+        } while (this.#refreshAgain);
+      } catch (error) {
+        this.#redisError(error);
+      } finally {
+        this.#refreshing = undefined;
+      }
+    })();
+    return this.#refreshing;
+  }
+
+  #apply(table: Table): void {
+    if (table.version <= this.#table.version) return;
+    this.#table = table;
+    this.#route.load(table.doc.route);
+    const present = new Set(table.doc.shards.map((s) => s.id));
+    // Events queued for a shard that was removed meanwhile go to the shards of the new table.
+    for (const q of [...this.#queues.values()]) if (!present.has(q.id) && !q.inflight) this.#requeue(q, []);
+    if (this.#orphans.length > 0) this.#placeOrphans();
+    if (this.#buffered > 0) this.#kick();
+  }
+
+  /** One metrics window: catch up with the table, report push counts, run the controller. */
+  async #window(): Promise<void> {
+    if (this.#stepping) return;
+    this.#stepping = true;
+    try {
+      if ((await readVersion(this.#conn.client, this.#keys)) !== this.#table.version) await this.#refresh();
+      if (this.#storedDelta.size > 0) {
+        const delta = this.#storedDelta;
+        this.#storedDelta = new Map();
+        const replies = await sendAll(this.#conn.client, [...delta].map(([id, n]): Command => ['hincrby', this.#keys.stored, String(id), n]));
+        replies.forEach(([error], i) => { // not counted: report again next window
+          if (error) { const [id, n] = [...delta][i]!; this.#storedDelta.set(id, (this.#storedDelta.get(id) ?? 0) + n); }
+        });
+      }
+      if (this.#controller && !this.#closed) await this.#controller.step();
+    } catch (error) {
+      this.#redisError(error);
+    } finally {
+      this.#stepping = false;
+    }
+  }
+
+  // ---- producing ------------------------------------------------------------------------
+
+  /**
+   * Route an event and add it to its shard's send buffer. `true`: accepted (it will be stored
+   * in Redis; flush() waits for that). `false`: dropped by backpressure, or unrouted (no
+   * Active shard). Throws BackpressureError under failProducer when the shard's send buffer
+   * is full, ManagerClosedError after close(), and the ShardManager.push errors for bad input.
+   */
+  push(key: EventKey, payload: EventPayload): boolean {
+    if (this.#closed) throw new ManagerClosedError('push');
+    const hash = keyHash(key, 'push');
+    const bytes = payloadBytes(payload, this.maxPayloadBytes, -1);
+    return this.#accept(hash, this.#route.select(hash), payload, bytes, 0);
+  }
+
+  /** Push many events; returns how many were accepted. Every event is checked before any is
+   *  added; under failProducer a full buffer throws BackpressureError with `accepted`. */
+  pushBatch(keys: ArrayLike<EventKey>, payloads: ArrayLike<EventPayload>): number;
+  pushBatch(events: ArrayLike<BatchEvent>): number;
+  pushBatch(keysOrEvents: ArrayLike<EventKey> | ArrayLike<BatchEvent>, maybePayloads?: ArrayLike<EventPayload>): number {
+    if (this.#closed) throw new ManagerClosedError('pushBatch');
+    let keys = keysOrEvents as ArrayLike<EventKey>;
+    let payloads = maybePayloads as ArrayLike<EventPayload>;
+    if (maybePayloads === undefined) [keys, payloads] = splitEvents(keysOrEvents as ArrayLike<BatchEvent>);
+    if (keys === null || typeof keys !== 'object' || typeof keys.length !== 'number') throw new TypeError('pushBatch: keys must be an array or a Uint32Array');
+    if (payloads === null || typeof payloads !== 'object' || typeof payloads.length !== 'number') throw new TypeError('pushBatch: payloads must be an array');
+    const n = keys.length;
+    if (payloads.length !== n) throw new RangeError(`pushBatch: ${n} keys but ${payloads.length} payloads`);
+    const lengths = new Array<number>(n);
+    for (let i = 0; i < n; i++) lengths[i] = payloadBytes(payloads[i], this.maxPayloadBytes, i);
+    if (this.#hashes.length < n) { this.#hashes = new Uint32Array(n); this.#shards = new Uint16Array(n); }
+    const hashes = this.#hashes;
+    for (let i = 0; i < n; i++) hashes[i] = keyHash(keys[i]!, 'pushBatch', i);
+    this.#route.selectMany(hashes, n, this.#shards);
+    let accepted = 0;
+    for (let i = 0; i < n; i++) if (this.#accept(hashes[i]!, this.#shards[i]!, payloads[i]!, lengths[i]!, accepted)) accepted++;
+    return accepted;
+  }
+
+  #queue(id: number): ShardQueue {
+    let q = this.#queues.get(id);
+    if (!q) this.#queues.set(id, q = { id, frames: [], open: undefined, inflight: undefined, events: 0, sampleTick: 0 });
+    return q;
+  }
+
+  #accept(hash: number, shard: number, payload: EventPayload, bytes: number, acceptedBefore: number): boolean {
+    if (shard === NO_SHARD) {
+      this.#unrouted++;
+      return false;
+    }
+    const q = this.#queue(shard);
+    const cap = this.ringBufferCapacity;
+    const mode = this.backpressure;
+    if (mode.kind === 'sample' && q.events < cap && q.events / cap > this.#table.doc.policy.fillRatioThreshold) {
+      if (++q.sampleTick % mode.rate !== 0) { this.#drops.sampled++; this.#count(shard).dropped++; return false; }
+    }
+    if (q.events >= cap) {
+      if (mode.kind === 'failProducer') {
+        this.#drops.refused++;
+        this.#count(shard).dropped++;
+        throw new BackpressureError(`push refused: shard ${shard}'s send buffer is full (${cap} events not yet stored in Redis; backpressure failProducer)`, shard, acceptedBefore);
+      }
+      if (mode.kind !== 'dropOldest' || !this.#evictOldest(q)) { this.#drops.newest++; this.#count(shard).dropped++; return false; }
+    }
+    this.#append(q, hash, ++this.#accepted, payload, bytes);
+    this.#count(shard).pushed++;
+    return true;
+  }
+
+  #count(shard: number): { pushed: number; stored: number; dropped: number } {
+    let c = this.#perShard.get(shard);
+    if (!c) this.#perShard.set(shard, c = { pushed: 0, stored: 0, dropped: 0 });
+    return c;
+  }
+
+  #append(q: ShardQueue, hash: number, index: number, payload: EventPayload | Buffer, bytes: number): void {
+    let open = q.open;
+    if (open && open.count > 0 && open.bytes + 4 + bytes > this.#maxFrameBytes) {
+      q.frames.push(open.close(q.id, ++this.#frameSeq));
+      open = undefined;
+    }
+    // Under load (frames already waiting) the next frame will fill up: allocate it whole.
+    const size = q.frames.length > 0 ? this.#maxFrameBytes : FIRST_FRAME_BYTES;
+    if (!open) q.open = open = new FrameBuilder(Math.max(size, 4 + bytes));
+    open.add(hash, index, payload, bytes);
+    q.events++;
+    this.#buffered++;
+    this.#kick();
+  }
+
+  /** dropOldest: the oldest event never sent (a frame sent once, even if it failed, may be
+   *  stored already and keeps its events). */
+  #evictOldest(q: ShardQueue): boolean {
+    const at = q.frames.findIndex((f) => !f.attempted);
+    const first = at < 0 ? undefined : q.frames[at]!;
+    if (first) {
+      dropFirstOfFrame(first);
+      if (first.hashes.length === 0) q.frames.splice(at, 1);
+    } else if (q.open && q.open.count > 0) q.open.dropFirst();
+    else return false;
+    q.events--;
+    this.#buffered--;
+    this.#drops.oldest++;
+    this.#count(q.id).dropped++;
+    return true;
+  }
+
+  // ---- sending --------------------------------------------------------------------------
+
+  #kick(): void {
+    if (this.#sending || this.#sendTimer !== undefined) return;
+    this.#sendTimer = setTimeout(() => {
+      this.#sendTimer = undefined;
+      void this.#send();
+    }, this.#lingerMs);
+  }
+
+  /** Rounds of one pipelined XADD per shard with data, until every buffer is empty. */
+  async #send(): Promise<void> {
+    if (this.#sending) return;
+    this.#sending = true;
+    let backoff = BACKOFF_MIN_MS;
+    try {
+      for (;;) {
+        const batch: Frame[] = [];
+        for (const q of this.#queues.values()) {
+          if (q.inflight) continue;
+          if (q.frames.length === 0 && q.open && q.open.count > 0) {
+            q.frames.push(q.open.close(q.id, ++this.#frameSeq));
+            q.open = undefined;
+          }
+          const frame = q.frames.shift();
+          if (frame) { q.inflight = frame; frame.attempted = true; batch.push(frame); }
+        }
+        if (batch.length === 0) break;
+        const replies = await sendAll(this.#conn.client, batch.map((f): Command => [
+          'xadd', this.#keys.stream(f.shard), 'NOMKSTREAM', '*', 'n', this.nodeId, 's', f.seq, 'c', f.hashes.length, 'd', f.data,
+        ]));
+        let failed: Error | undefined;
+        const refused: Frame[] = [];
+        batch.forEach((frame, i) => {
+          const q = this.#queues.get(frame.shard)!;
+          const [error, id] = replies[i]!;
+          if (id === null && !error) { refused.push(frame); return; } // stays in flight until #refused decides
+          q.inflight = undefined;
+          if (error) {
+            failed ??= error;
+            q.frames.unshift(frame); // sent again first: per-shard order holds, same dedup id
+          } else {
+            const n = frame.hashes.length;
+            q.events -= n;
+            this.#buffered -= n;
+            this.#stored += n;
+            this.#count(frame.shard).stored += n;
+            this.#storedDelta.set(frame.shard, (this.#storedDelta.get(frame.shard) ?? 0) + n);
+            if (q.events === 0 && !q.open && q.frames.length === 0 && !this.#inTable(q.id)) this.#queues.delete(q.id);
+          }
+        });
+        if (refused.length > 0) await this.#refused(refused);
+        if (failed) {
+          this.#retries++;
+          this.#redisError(failed);
+          await sleep(backoff);
+          backoff = Math.min(BACKOFF_MAX_MS, backoff * 2);
+        } else {
+          backoff = BACKOFF_MIN_MS;
+          if (refused.length === 0) this.#lastError = undefined; // the next failure is news again
+        }
+        this.#settleWaiters();
+      }
+    } finally {
+      this.#sending = false;
+      this.#settleWaiters();
+      if (this.#buffered > this.#orphans.length) this.#kick();
+    }
+  }
+
+  #inTable(id: number): boolean {
+    return this.#table.doc.shards.some((s) => s.id === id);
+  }
+
+  /** XADD NOMKSTREAM found no stream: the shard was removed (route the events again), or the
+   *  stream is missing under a shard the table still has (keep them and retry). */
+  async #refused(frames: Frame[]): Promise<void> {
+    await this.#refresh(); // the shard's queue is in flight: #apply left it for us
+    for (const frame of frames) {
+      const q = this.#queues.get(frame.shard)!;
+      q.inflight = undefined;
+      if (this.#inTable(frame.shard)) {
+        q.frames.unshift(frame);
+        this.#redisError(new Error(`shard-mapper/redis: the stream of shard ${frame.shard} is missing though the table lists it; retrying`));
+        await sleep(BACKOFF_MIN_MS);
+      } else this.#requeue(q, [frame]);
+    }
+  }
+
+  /** Take every event of a removed shard's queue (refused frames first, in order) and route it again. */
+  #requeue(q: ShardQueue, refused: Frame[]): void {
+    const frames = [...refused, ...q.frames];
+    if (q.open && q.open.count > 0) frames.push(q.open.close(q.id, 0));
+    this.#queues.delete(q.id);
+    for (const frame of frames) {
+      const events = decodeFrame(frame.data);
+      // Still counted in #buffered: as orphans now, then by their new queue.
+      // Each keeps the frame's oldest accept index: flush() waits for them as for the oldest.
+      for (let k = 0; k < events.length; k++) this.#orphans.push({ hash: frame.hashes[k]!, index: frame.minIndex, bytes: Buffer.from(events[k]!) });
+      this.#rerouted += events.length;
+    }
+    this.#placeOrphans();
+  }
+
+  /** Route held events again (already accepted: the send buffer bound does not refuse them). */
+  #placeOrphans(): void {
+    const waiting = this.#orphans;
+    this.#orphans = [];
+    for (const o of waiting) {
+      const shard = this.#route.select(o.hash);
+      if (shard === NO_SHARD) { this.#orphans.push(o); continue; }
+      this.#buffered--; // #append counts it again
+      this.#append(this.#queue(shard), o.hash, o.index, o.bytes, o.bytes.length);
+    }
+  }
+
+  /** The oldest accept index not yet stored (Infinity when everything is). */
+  #oldestUnstored(): number {
+    let min = Infinity;
+    for (const q of this.#queues.values()) {
+      if (q.inflight && q.inflight.minIndex < min) min = q.inflight.minIndex;
+      for (const f of q.frames) if (f.minIndex < min) min = f.minIndex;
+      if (q.open && q.open.minIndex < min) min = q.open.minIndex;
+    }
+    for (const o of this.#orphans) if (o.index < min) min = o.index;
+    return min;
+  }
+
+  #settleWaiters(): void {
+    if (this.#waiters.length === 0) return;
+    const oldest = this.#oldestUnstored();
+    this.#waiters = this.#waiters.filter((w) => {
+      if (oldest > w.target) { w.resolve(); return false; }
+      return true;
+    });
+  }
+
+  /** Resolves once every event accepted before the call is stored in Redis (it waits
+   *  through Redis outages: the send buffer retries until Redis answers). */
+  flush(): Promise<void> {
+    const target = this.#accepted;
+    return new Promise<void>((resolve) => {
+      this.#waiters.push({ target, resolve });
+      this.#settleWaiters();
+      if (this.#buffered > 0) this.#kick();
+    });
+  }
+
+  stats(): RedisManagerStats {
+    const states = new Map(this.#table.doc.shards.map((s) => [s.id, s.state] as const));
+    const drops = { ...this.#drops };
+    return {
+      pushed: this.#accepted, stored: this.#stored, buffered: this.#buffered,
+      dropped: drops.newest + drops.oldest + drops.sampled + drops.refused, drops,
+      unrouted: this.#unrouted, rerouted: this.#rerouted, retries: this.#retries,
+      shards: this.#table.doc.shards.map((s) => ({ id: s.id, state: states.get(s.id)!, buffered: this.#queues.get(s.id)?.events ?? 0 })),
+    };
+  }
+
+  /**
+   * This node's figures in the shape the Prometheus exporter reads
+   * (`registerShardManagerMetrics(...).observe(node.metricsView())`), per node: `pushed` =
+   * events this node accepted, `delivered` = events it stored in Redis, `inFlight` and a
+   * shard's `length` = its send buffer; shards are the table's. Window figures
+   * (`lastMetrics`) exist on the node that is the controller.
+   */
+  metricsView(): { stats(): ManagerStats; readonly ringCapacity: number; readonly mapper: { lastMetrics(id: number): ShardMetrics | undefined; policy(): Readonly<ScalingPolicy> } } {
+    return {
+      stats: () => {
+        const s = this.stats();
+        return {
+          pushed: s.pushed, delivered: s.stored, dropped: s.dropped, unrouted: s.unrouted, drops: s.drops, inFlight: s.buffered,
+          shards: s.shards.map((x) => {
+            const c = this.#perShard.get(x.id);
+            return { id: x.id, state: x.state, length: x.buffered, pushed: c?.pushed ?? 0, delivered: c?.stored ?? 0, dropped: c?.dropped ?? 0 };
+          }),
+        };
+      },
+      ringCapacity: this.ringBufferCapacity,
+      mapper: { lastMetrics: (id) => this.#controller?.lastMetrics(id), policy: () => this.policy() },
+    };
+  }
+
+  /** Run one metrics window now (table check, push counts, controller); for tests and tools. */
+  async tick(): Promise<void> {
+    if (this.#closed) return;
+    while (this.#stepping) await sleep(1);
+    await this.#window();
+  }
+
+  // ---- operator calls -------------------------------------------------------------------
+  // Queued in Redis for the controller (whichever node holds the lease), which runs them in
+  // its next window through its mapper's own calls, as ShardManager's operator calls do.
+
+  /** Add one shard now (no cooldown: an operator's call); resolves to its id once this node routes to it. */
+  async addShard(): Promise<number> {
+    return (await this.manualScaleUp(1))[0]!;
+  }
+
+  /** Add n shards (scaleUpProvisioningForce: the budget applies, the cooldown does not);
+   *  resolves to their ids once they are Active in this node's table. */
+  async manualScaleUp(n: number): Promise<number[]> {
+    if (this.#closed) throw new ManagerClosedError('manualScaleUp');
+    checkInteger('n', n, 0, 0xffff);
+    if (n === 0) return [];
+    const ids = await this.#request({ op: 'scaleUp', n });
+    await this.#untilTable(() => ids.every((id) => this.#stateOf(id) !== 'provisioning'));
+    return ids;
+  }
+
+  /** Start draining a shard (it leaves every node's route); resolves once draining began. */
+  async drainShard(id: number): Promise<void> {
+    if (this.#closed) throw new ManagerClosedError('drainShard');
+    this.#checkShard('drainSpecific', id);
+    await this.#request({ op: 'drain', id });
+    await this.#untilTable(() => this.#stateOf(id) !== 'active');
+  }
+
+  /** Drain a shard and resolve once it is removed: its stream emptied, acknowledged, deleted. */
+  async removeShard(id: number): Promise<void> {
+    if (this.#closed) throw new ManagerClosedError('removeShard');
+    this.#checkShard('removeShard', id);
+    await this.#request({ op: 'remove', id });
+    await this.#untilTable(() => this.#stateOf(id) === undefined);
+  }
+
+  /** Drain the n least-loaded Active shards (refused below minShards: AtMinShards) and
+   *  resolve to their ids once all are removed. */
+  async manualScaleDown(n: number): Promise<number[]> {
+    if (this.#closed) throw new ManagerClosedError('manualScaleDown');
+    checkInteger('n', n, 0, 0xffff);
+    if (n === 0) return [];
+    const ids = await this.#request({ op: 'scaleDown', n });
+    await this.#untilTable(() => ids.every((id) => this.#stateOf(id) === undefined));
+    return ids;
+  }
+
+  #stateOf(id: number): TableState | undefined {
+    return this.#table.doc.shards.find((s) => s.id === id)?.state;
+  }
+
+  #checkShard(method: string, id: number): void {
+    if (typeof id !== 'number' || !Number.isInteger(id)) throw invalid(`${method}: shard id must be an integer, got ${describe(id)}`);
+    if (!this.#inTable(id)) throw invalid(`${method}: unknown shard ${id}`);
+  }
+
+  /** Queue a request for the controller and wait for its answer (a ScalingError is rethrown). */
+  async #request(body: { op: 'scaleUp' | 'scaleDown'; n: number } | { op: 'drain' | 'remove'; id: number }): Promise<number[]> {
+    const reqId = `${this.nodeId}:${randomUUID()}`;
+    const client = this.#conn.client;
+    await client.lpush(this.#keys.ops, JSON.stringify({ reqId, ...body } as OperatorRequest));
+    const key = this.#keys.opAnswer(reqId);
+    const policy = this.#table.doc.policy;
+    const limitMs = Math.max(30_000, 20 * policy.metricsWindowMs);
+    const until = performance.now() + limitMs;
+    for (;;) {
+      const raw = await client.get(key).catch(() => null); // Redis away: keep asking until the limit
+      if (raw !== null) {
+        await client.del(key).catch(() => 0);
+        const answer = JSON.parse(raw) as OperatorAnswer;
+        if (answer.ok) return answer.ids;
+        throw new ScalingError(answer.kind as ScalingErrorKind, answer.message);
+      }
+      if (performance.now() > until) {
+        throw new Error(`shard-mapper/redis: ${body.op}: no controller answered within ${limitMs} ms (namespace "${this.namespace}": is a node that may be the controller running?)`);
+      }
+      await sleep(10);
+    }
+  }
+
+  async #untilTable(done: () => boolean): Promise<void> {
+    while (!done()) {
+      await this.#refresh();
+      if (!done()) await sleep(10);
+    }
+  }
+
+  // ---- shutting down --------------------------------------------------------------------
+
+  /** Stop accepting pushes, store every accepted event, give up the controller lease, close
+   *  the connections this node opened. Waits through Redis outages. */
+  close(): Promise<void> {
+    if (this.#closing) return this.#closing;
+    this.#closed = true;
+    this.#closing = (async () => {
+      await this.flush();
+      if (this.#windowTimer !== undefined) clearInterval(this.#windowTimer);
+      while (this.#stepping) await sleep(2);
+      if (this.#storedDelta.size > 0) {
+        await sendAll(this.#conn.client, [...this.#storedDelta].map(([id, n]): Command => ['hincrby', this.#keys.stored, String(id), n]));
+      }
+      await this.#controller?.release();
+      this.#sub.disconnect();
+      await closeConnection(this.#conn);
+    })();
+    return this.#closing;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+function splitEvents(events: ArrayLike<BatchEvent>): [EventKey[], EventPayload[]] {
+  if (events === null || typeof events !== 'object' || typeof events.length !== 'number') {
+    throw new TypeError('pushBatch: expected (keys, payloads) or an array of [key, payload] / { key, payload } events');
+  }
+  const keys: EventKey[] = new Array(events.length);
+  const payloads: EventPayload[] = new Array(events.length);
+  for (let i = 0; i < events.length; i++) {
+    const e = events[i] as unknown;
+    if (Array.isArray(e) && e.length === 2) { keys[i] = e[0]; payloads[i] = e[1]; }
+    else if (e !== null && typeof e === 'object' && 'payload' in e) {
+      const o = e as { key?: EventKey; hash?: EventKey; payload: EventPayload };
+      keys[i] = (o.key ?? o.hash)!;
+      payloads[i] = o.payload;
+    } else throw new TypeError(`pushBatch: events[${i}] must be [key, payload] or { key, payload }`);
+  }
+  return [keys, payloads];
+}
+

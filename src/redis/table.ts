@@ -1,0 +1,114 @@
+// The shard table of a namespace, as it lives in Redis: one hash (format, version, doc),
+// written only by the controller through a script that checks its lease token.
+import { candidateIndexes } from '../mapper.js';
+import { describe, invalid } from '../errors.js';
+import type { ScalingPolicy } from '../policy.js';
+import type { Keys } from './keys.js';
+import { TABLE_FORMAT } from './keys.js';
+import type { ScriptedClient } from './connection.js';
+
+export type RoutingMode = 'leastLoaded' | 'balanced' | 'affinity';
+export const ROUTING_MODES: readonly RoutingMode[] = ['leastLoaded', 'balanced', 'affinity'];
+
+export function checkRouting(routing: unknown, loadBound: unknown): { routing: RoutingMode; loadBound: number } {
+  const r = routing === undefined ? 'leastLoaded' : routing;
+  if (!ROUTING_MODES.includes(r as RoutingMode)) {
+    throw invalid(`options.routing must be 'leastLoaded', 'balanced' or 'affinity', got ${describe(routing)}`);
+  }
+  const e = loadBound === undefined ? 0.25 : loadBound;
+  if (typeof e !== 'number' || !Number.isFinite(e) || e <= 0) throw invalid(`options.loadBound must be a finite number > 0, got ${describe(loadBound)}`);
+  return { routing: r as RoutingMode, loadBound: e };
+}
+
+/** A shard's state in the table. Removed shards leave the table. */
+export type TableState = 'provisioning' | 'active' | 'draining' | 'stopped';
+
+export interface TableShard {
+  id: number;
+  state: TableState;
+}
+
+export interface TableDoc {
+  /** The next shard id: monotonic, never reused, across nodes and restarts. */
+  nextId: number;
+  policy: ScalingPolicy;
+  routing: RoutingMode;
+  loadBound: number;
+  /** The backlog (events stored, not acknowledged) that counts as a full shard. */
+  shardCapacity: number;
+  shards: TableShard[];
+  /** The selection table every node loads: shard ids, picked by floor(hash · n / 2^32). */
+  route: number[];
+}
+
+export interface Table {
+  version: number;
+  doc: TableDoc;
+}
+
+export function activeIds(doc: TableDoc): number[] {
+  return doc.shards.filter((s) => s.state === 'active').map((s) => s.id);
+}
+
+/**
+ * The route for the Active shards and their last weights: the candidates within 0.1 of the
+ * lowest weight, in table order — ShardMapper's 'leastLoaded' selection table.
+ * 'balanced' and 'affinity' are validated and stored, but until the routing table builders
+ * (src/routing.ts) are merged they route as 'leastLoaded' here.
+ */
+export function buildRoute(active: readonly { id: number; weight: number }[], _routing: RoutingMode): number[] {
+  return candidateIndexes(active.map((s) => s.weight)).map((i) => active[i]!.id);
+}
+
+function parseDoc(json: string, where: string): TableDoc {
+  try {
+    const doc = JSON.parse(json) as TableDoc;
+    if (typeof doc.nextId !== 'number' || !Array.isArray(doc.shards) || !Array.isArray(doc.route)) throw new Error('missing fields');
+    return doc;
+  } catch (error) {
+    throw new Error(`shard-mapper/redis: the shard table at ${where} is corrupt: ${(error as Error).message}`);
+  }
+}
+
+/** Redis error replies of our scripts, in words. */
+export function explainTableError(error: Error, keys: Keys): Error {
+  const m = error.message;
+  if (m.includes('SMWRONGTYPE') || m.includes('WRONGTYPE')) {
+    const type = /SMWRONGTYPE (\w+)/.exec(m)?.[1] ?? 'another type';
+    return new Error(`shard-mapper/redis: the key ${keys.table} holds a ${type}, not a shard table: another application uses namespace "${keys.ns}"; choose another namespace`);
+  }
+  if (m.includes('SMNOTATABLE')) {
+    return new Error(`shard-mapper/redis: the hash ${keys.table} is not a shard-mapper table (format ${/SMNOTATABLE (.*)/.exec(m)?.[1]}): another application uses namespace "${keys.ns}"; choose another namespace`);
+  }
+  return error;
+}
+
+/** Create the table if absent; returns it and whether this call created it. */
+export async function initTable(client: ScriptedClient, keys: Keys, doc: TableDoc): Promise<Table & { created: boolean }> {
+  let reply: [string, string, string];
+  try {
+    reply = (await client.smInitTable(keys.table, JSON.stringify(doc), TABLE_FORMAT)) as [string, string, string];
+  } catch (error) {
+    throw explainTableError(error as Error, keys);
+  }
+  return { created: reply[0] === 'created', doc: parseDoc(reply[1], keys.table), version: Number(reply[2]) };
+}
+
+export async function readTable(client: ScriptedClient, keys: Keys): Promise<Table> {
+  const [format, version, json] = await client.hmget(keys.table, 'format', 'version', 'doc');
+  if (format !== TABLE_FORMAT || version === null || json === null) {
+    throw new Error(`shard-mapper/redis: the shard table ${keys.table} is gone or not ours (format ${String(format)})`);
+  }
+  return { version: Number(version), doc: parseDoc(json, keys.table) };
+}
+
+/** Just the version (the cheap check every metrics window). */
+export async function readVersion(client: ScriptedClient, keys: Keys): Promise<number> {
+  const v = await client.hget(keys.table, 'version');
+  return v === null ? -1 : Number(v);
+}
+
+/** The fenced write: only with the current lease token, only over `expected`. */
+export async function writeTable(client: ScriptedClient, keys: Keys, token: string, expected: number, doc: TableDoc): Promise<number> {
+  return Number(await client.smWriteTable(keys.lease, keys.table, token, String(expected), JSON.stringify(doc), keys.changes));
+}
