@@ -659,6 +659,7 @@ export class RedisShardManager {
         const s = this.stats();
         return {
           pushed: s.pushed, delivered: s.stored, dropped: s.dropped, unrouted: s.unrouted, drops: s.drops, inFlight: s.buffered,
+          skipped: 0, // no ring here: a node's send buffer is written whole or not at all
           shards: s.shards.map((x) => {
             const c = this.#perShard.get(x.id);
             return { id: x.id, state: x.state, length: x.buffered, pushed: c?.pushed ?? 0, delivered: c?.stored ?? 0, dropped: c?.dropped ?? 0 };
