@@ -32,8 +32,7 @@ export const H_SAMPLE_RATE: i32 = 32;     // u32, keep 1 in N once past the thre
 export const H_SAMPLE_FILL: i32 = 40;     // f64, fill ratio where sampling starts
 // second line: written by the mapper thread whenever the selection table changes
 export const H_TABLE_GEN: i32 = 128;      // u32, generation; table (gen & 1) is live
-export const H_TABLE_COUNT0: i32 = 132;   // u32, entries in table 0
-export const H_TABLE_COUNT1: i32 = 136;   // u32, entries in table 1
+export const H_TABLE_COUNT0: i32 = 132;   // u32 × 2, entries in table 0 and in table 1
 export const H_STOPPED: i32 = 140;        // u32, 1 once the manager closed: pushes are refused
 // third line: counters bumped by every producer thread
 export const H_UNROUTED: i32 = 256;       // i64, pushes made while no shard was Active
@@ -44,6 +43,7 @@ export const HEADER_BYTES: i32 = H_LANE_FLAGS + MAX_LANES * 4;
 export const MAGIC: u32 = 0x53484d31;    // "SHM1"
 
 // ---- one lane (per-thread scratch) ------------------------------------------------------
+export const DEFAULT_LANE_BYTES: i32 = 16384; // a lane's size unless payloads need more
 export const L_DOORBELL: i32 = 0;         // i32, 1 while this lane's consumer sleeps
 export const L_OWNER: i32 = 4;            // u32, 1 + the worker_threads threadId that holds the lane (0: unknown)
 export const L_RESULT: i32 = 64;          // u32 × 16, results written by batch calls
@@ -122,6 +122,13 @@ export const TOTAL_REFUSED: i32 = 4;
 export const TOTAL_EVICTED: i32 = 5;
 export const TOTAL_SKIPPED: i32 = 6;
 export const TOTAL_COUNT: i32 = 7;
+// collectAndReset's output, u32 words at `out`
+export const COLLECT_BUFFER_LEN: i32 = 0;
+export const COLLECT_EVENTS: i32 = 4;
+export const COLLECT_LATENCY_COUNT: i32 = 8;
+export const COLLECT_LATENCY_SUM: i32 = 12;
+export const COLLECT_FLUSH_COUNT: i32 = 16;
+export const COLLECT_FLUSH_SUM: i32 = 20;
 // ringClaim's output, u32 words at `out`
 export const CLAIM_START: i32 = 0;        // first index of the batch
 export const CLAIM_SKIPPED: i32 = 4;      // 1: the batch is padding (skipped records), acknowledge it unread

@@ -3,7 +3,8 @@
 // Both halves saturate at 2^32 - 1 instead of wrapping.
 import {
   M_LATENCY, M_EVENTS, M_DRAIN_PUSHES, M_BUFFER_LEN, M_FLUSH, M_DRAINING, M_CAPACITY,
-  CACHE_LINE, R_TAIL, R_CURSOR,
+  CACHE_LINE, R_TAIL, R_CURSOR, COLLECT_BUFFER_LEN, COLLECT_EVENTS, COLLECT_LATENCY_COUNT, COLLECT_LATENCY_SUM,
+  COLLECT_FLUSH_COUNT, COLLECT_FLUSH_SUM,
 } from "./layout";
 import { slotAddr, ringCapacity } from "./config";
 
@@ -63,18 +64,17 @@ export function isDraining(slot: u32): i32 { return atomic.load<u32>(slotAddr(sl
 export function pushesSinceDrainStart(slot: u32): u32 { return atomic.load<u32>(slotAddr(slot) + M_DRAIN_PUSHES); }
 export function capacityOf(slot: u32): u32 { return load<u32>(slotAddr(slot) + M_CAPACITY); }
 
-// Swap the window counters to zero and write
-// [bufferLen, events, latencyCount, latencySum, flushCount, flushSum] as u32 at `out`.
+// Swap the window counters to zero and write the window (COLLECT_* words) at `out`.
 export function collectAndReset(slot: u32, out: usize): void {
   const base = slotAddr(slot);
   const latency = atomic.xchg<u64>(base + M_LATENCY, 0);
   const flush = atomic.xchg<u64>(base + M_FLUSH, 0);
-  store<u32>(out, bufferLenAt(base));
-  store<u32>(out + 4, <u32>atomic.and<u64>(base + M_EVENTS, HIGH_HALF)); // take and zero events
-  store<u32>(out + 8, <u32>(latency >>> 32));
-  store<u32>(out + 12, <u32>latency);
-  store<u32>(out + 16, <u32>(flush >>> 32));
-  store<u32>(out + 20, <u32>flush);
+  store<u32>(out + COLLECT_BUFFER_LEN, bufferLenAt(base));
+  store<u32>(out + COLLECT_EVENTS, <u32>atomic.and<u64>(base + M_EVENTS, HIGH_HALF)); // take and zero events
+  store<u32>(out + COLLECT_LATENCY_COUNT, <u32>(latency >>> 32));
+  store<u32>(out + COLLECT_LATENCY_SUM, <u32>latency);
+  store<u32>(out + COLLECT_FLUSH_COUNT, <u32>(flush >>> 32));
+  store<u32>(out + COLLECT_FLUSH_SUM, <u32>flush);
 }
 
 // Zero every metrics word of a slot (the two metric lines) and set its capacity.

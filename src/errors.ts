@@ -42,3 +42,11 @@ export function checkInteger(name: string, value: unknown, min: number, max: num
   }
   return value;
 }
+
+/** A push or an operator call on a ShardManager (or Redis node) after close(). */
+export class ManagerClosedError extends Error {
+  constructor(method = 'push') {
+    super(`shard-mapper: ${method}: the manager is closed`);
+    this.name = 'ManagerClosedError';
+  }
+}

@@ -3,13 +3,13 @@ export { ShardMapper, ShardState, NO_SHARD, type ScalingDecision, type ShardMapp
 export { ShardMetricsCollector, type ShardMetrics, type CollectorHandle } from './metrics.js';
 export type { CoreHandle } from './core.js';
 export { ScalingPolicy } from './policy.js';
-export { ScalingError, BackpressureError, type ScalingErrorKind } from './errors.js';
+export { ScalingError, BackpressureError, ManagerClosedError, type ScalingErrorKind } from './errors.js';
 export { hashKey } from './hash.js';
 export { sharedMemorySupported, type MemoryKind } from './wasm.js';
 export {
   ShardManager, BackpressureMode, type ShardManagerOptions, type ManagerStats, type ShardStats, type ManagerEvent,
 } from './manager.js';
-export { ShardProducer, ManagerClosedError, type ProducerHandle, type EventKey, type EventPayload, type BatchEvent } from './producer.js';
+export { ShardProducer, type ProducerHandle, type EventKey, type EventPayload, type BatchEvent } from './producer.js';
 export type { ConsumerOptions, ConsumerWorker } from './consumer-pool.js';
 export type { ConsumerFunction } from './consumer-runtime.js';
 export type { ManagerRecord, WritableOptions, BatchesOptions } from './streams.js';

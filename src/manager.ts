@@ -4,10 +4,10 @@
 // duplicating an accepted event.
 import { SharedCore } from './core.js';
 import { ConsumerPool, type ConsumerOptions } from './consumer-pool.js';
-import { ScalingError, checkInteger, describe, invalid } from './errors.js';
+import { ManagerClosedError, ScalingError, checkInteger, describe, invalid } from './errors.js';
 import { ShardMapper, ShardState, WIRING, type MapperWiring, type ScalingDecision } from './mapper.js';
 import { resolvePolicy, type ScalingPolicy } from './policy.js';
-import { ShardProducer, ManagerClosedError, type BatchEvent, type EventKey, type EventPayload, type ProducerHandle } from './producer.js';
+import { ShardProducer, type BatchEvent, type EventKey, type EventPayload, type ProducerHandle } from './producer.js';
 import { Total, TOTALS } from './abi.js';
 import { StallWatchdog } from './stall-watchdog.js';
 import { sharedMemorySupported, compileAsync, type MemoryKind } from './wasm.js';
@@ -15,7 +15,7 @@ import { cpuCount, onThreadExit } from '#platform';
 import type { Writable } from 'node:stream';
 import { createWritable, createWritableStream, shardBatches, type BatchesOptions, type ManagerRecord, type WritableOptions } from './streams.js';
 import {
-  BP_DROP_NEWEST, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE, REC_LEN, REC_PAYLOAD, MAX_LANES, CLAIM_START, CLAIM_SKIPPED,
+  BP_DROP_NEWEST, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE, REC_LEN, REC_PAYLOAD, MAX_LANES, CLAIM_START, CLAIM_SKIPPED, DEFAULT_LANE_BYTES,
 } from './layout.generated.js';
 
 export type BackpressureMode =
@@ -107,7 +107,6 @@ const MAX_PAYLOAD_LIMIT = 16 * 1024 * 1024;
 const MAX_RING_CAPACITY = 1 << 24;
 const DEFAULT_MAX_THREADS = 64;
 const DEFAULT_PRODUCER_STALL_MS = 1000;
-const LANE_BYTES = 16 * 1024;
 const WAIT_STEP_MS = 2;
 const NONE: ScalingDecision = Object.freeze({ kind: 'none' });
 
@@ -253,7 +252,7 @@ export class ShardManager {
     await compileAsync(kind);
     const core = SharedCore.createSync({
       kind, tableCapacity: policy.maxShards, maxSlots, initialSlots: initialShards, ringCapacity, maxPayload,
-      lanes: maxThreads, laneBytes: Math.max(LANE_BYTES, 2 * (maxPayload + 64)), backpressure: bp.code,
+      lanes: maxThreads, laneBytes: Math.max(DEFAULT_LANE_BYTES, 2 * (maxPayload + 64)), backpressure: bp.code,
       sampleRate: bp.rate, sampleFill: policy.fillRatioThreshold,
     });
     let self: ShardManager | undefined;
@@ -436,8 +435,7 @@ export class ShardManager {
     return decision;
   }
 
-  /** A closed ring whose every reservation is published and acknowledged. */
-  /** Closed, and every reservation published: no push can still change this ring. */
+  /** Closed, and every reservation published or skipped: no push can still change this ring. */
   #quiescent(slot: number): boolean {
     return this.#core.abi.ringIsClosed(slot) !== 0 && this.#core.abi.ringAllPublished(slot) !== 0;
   }

@@ -37,8 +37,6 @@ export function adoptWorker(candidate: unknown, workerData: unknown): SpawnedWor
       worker.terminate();
       for (const fn of exitListeners) fn(1);
     },
-    ref: () => {},
-    unref: () => {},
   };
 }
 

@@ -48,8 +48,6 @@ function wrap(worker: Worker): SpawnedWorker {
     onError: (fn) => void worker.on('error', fn),
     onExit: (fn) => void worker.on('exit', fn),
     terminate: async () => void (await worker.terminate()),
-    ref: () => worker.ref(),
-    unref: () => worker.unref(),
   };
 }
 

@@ -5,8 +5,6 @@ export interface SpawnedWorker {
   onError(fn: (error: Error) => void): void;
   onExit(fn: (code: number) => void): void;
   terminate(): Promise<void>;
-  ref(): void;
-  unref(): void;
 }
 
 /** The worker side of the same seam: its start-up data and its channel to the manager. */

@@ -1,7 +1,7 @@
 // Producer: stages an event in this thread's lane and makes the one WebAssembly call that
 // routes it, appends it to the shard's ring and feeds the collector. ShardManager uses one
 // on its own thread; worker threads get theirs with `ShardProducer.attach(handle)`.
-import { BackpressureError, describe } from './errors.js';
+import { BackpressureError, ManagerClosedError, describe } from './errors.js';
 import { hashKey } from './hash.js';
 import { SharedCore, type CoreHandle } from './core.js';
 import {
@@ -32,13 +32,6 @@ const ENCODE_INTO_SHARED = (() => {
     return false;
   }
 })();
-
-export class ManagerClosedError extends Error {
-  constructor(method = 'push') {
-    super(`shard-mapper: ${method}: the manager is closed`);
-    this.name = 'ManagerClosedError';
-  }
-}
 
 function keyHash(key: EventKey): number {
   if (typeof key === 'number') return key >>> 0;
