@@ -1,6 +1,6 @@
 // The numeric-only ABI of the WebAssembly core. Every export takes and returns i32/u32/f64
 // (no i64 crosses the boundary); src/abi.ts mirrors this list as a typed interface.
-import { LAYOUT_BASE, H_LANE_FLAGS, L_RESULT, L_SCRATCH, L_DOORBELL, L_OWNER } from "./layout";
+import { LAYOUT_BASE, H_LANE_FLAGS, L_RESULT, L_SCRATCH, L_DOORBELL, L_OWNER, L_HEARTBEAT } from "./layout";
 import {
   slotStrideFor, slotsOffset, slotAddr, laneAddr, laneCount, recordStride, ringCapacity,
 } from "./config";
@@ -25,6 +25,7 @@ export function slotAddress(slot: u32): u32 { return <u32>slotAddr(slot); }
 export function laneScratchAddress(lane: u32): u32 { return <u32>(laneAddr(lane) + L_SCRATCH); }
 export function laneResultAddress(lane: u32): u32 { return <u32>(laneAddr(lane) + L_RESULT); }
 export function laneDoorbellAddress(lane: u32): u32 { return <u32>(laneAddr(lane) + L_DOORBELL); }
+export function laneHeartbeatAddress(lane: u32): u32 { return <u32>(laneAddr(lane) + L_HEARTBEAT); }
 export function recordStrideBytes(): u32 { return recordStride; }
 export function ringCapacityRecords(): u32 { return ringCapacity; }
 

@@ -46,6 +46,7 @@ export const MAGIC: u32 = 0x53484d31;    // "SHM1"
 export const DEFAULT_LANE_BYTES: i32 = 16384; // a lane's size unless payloads need more
 export const L_DOORBELL: i32 = 0;         // i32, 1 while this lane's consumer sleeps
 export const L_OWNER: i32 = 4;            // u32, 1 + the worker_threads threadId that holds the lane (0: unknown)
+export const L_HEARTBEAT: i32 = 8;        // u32, bumped by a consumer thread's timer while its event loop runs
 export const L_RESULT: i32 = 64;          // u32 × 16, results written by batch calls
 export const L_SCRATCH: i32 = 128;        // staging area, up to laneBytes
 export const LANE_HEADER_BYTES: i32 = L_SCRATCH;

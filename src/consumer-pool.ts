@@ -30,11 +30,20 @@ export interface ConsumerOptions {
   threads?: number;
   /** Most records handed to one call (default 256). */
   batchSize?: number;
+  /**
+   * A thread whose heartbeat (a timer in its event loop, every 100 ms) has not moved for this
+   * long, by the manager's clock, while its shards have records, is ended and replaced, like a
+   * thread that exited (default 10 000 ms). It catches Web Workers that died (browsers send no
+   * exit event) and threads stuck in a synchronous consumer function. Checked by `tick()`.
+   */
+  stallMs?: number;
 }
 
 interface WorkerState {
   index: number;
   worker: SpawnedWorker;
+  /** The heartbeat value seen last, and when (manager clock) it was first seen. */
+  beat: { value: number; since: number } | undefined;
   ready: Promise<void>;
   lane: number;
   doorbell: number;
@@ -60,6 +69,8 @@ export interface PoolEvents {
   onWorkerExit(index: number, code: number, rewound: number): void;
   /** A replacement thread could not be started (e.g. no free lane); it is tried again. */
   onRestartFailed(error: Error): void;
+  /** A thread's heartbeat stopped while it had work: it is ended and replaced. */
+  onStalled(index: number): void;
 }
 
 export class ConsumerPool {
@@ -115,7 +126,7 @@ export class ConsumerPool {
     let resolveReady!: () => void;
     let rejectReady!: (e: Error) => void;
     const state: WorkerState = {
-      index: this.#spawned++, worker, lane, doorbell: 0, shards: new Map(), releasing: new Map(),
+      index: this.#spawned++, worker, lane, doorbell: 0, shards: new Map(), releasing: new Map(), beat: undefined,
       exited: false, stopping: false, started: false, killed: false, respawnPending: false,
       ready: new Promise<void>((res, rej) => { resolveReady = res; rejectReady = rej; }),
     };
@@ -206,7 +217,33 @@ export class ConsumerPool {
     await w.worker.terminate();
   }
 
+  /**
+   * Replace every ready thread whose heartbeat has not moved for `stallMs` while one of its
+   * shards has records (an idle thread's timer still beats; a stopped one does not). Returns
+   * the indexes of the threads it ended.
+   */
+  checkHeartbeats(now: number, stallMs: number): number[] {
+    const ended: number[] = [];
+    const abi = this.#core.abi;
+    for (const w of [...this.#workers]) {
+      if (w.exited || w.stopping || !w.started || w.killed) continue;
+      const value = Atomics.load(this.#core.i32, abi.laneHeartbeatAddress(w.lane) >>> 2);
+      const busy = [...w.shards.values()].some((slot) => abi.ringLen(slot) !== 0);
+      if (w.beat === undefined || w.beat.value !== value || !busy) { w.beat = { value, since: now }; continue; }
+      if (now - w.beat.since < stallMs) continue;
+      ended.push(w.index);
+      this.#events.onStalled(w.index);
+      w.killed = true;
+      // Rewind and replace only once the thread has really stopped: a thread that was only
+      // slow must not acknowledge a batch that was handed out again. Browsers send no exit
+      // event (terminate() stops a Web Worker at once); in Node 'exit' may come first.
+      void w.worker.terminate().then(() => this.#onExit(w, -1), () => this.#onExit(w, -1));
+    }
+    return ended;
+  }
+
   #onExit(state: WorkerState, code: number): void {
+    if (state.exited) return;
     state.exited = true;
     for (const done of state.releasing.values()) done(); // it reads nothing any more
     state.releasing.clear();

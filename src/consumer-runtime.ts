@@ -32,6 +32,8 @@ export type ConsumerFunction = (records: Uint8Array[], shardId: number) => void 
 interface Owned { shardId: number; slot: number }
 
 const PARK_TIMEOUT_MS = 50;
+/** How often the thread bumps its heartbeat (ConsumerPool replaces a thread whose heartbeat stops). */
+const HEARTBEAT_MS = 100;
 const RETRY_BACKOFF_MS = 10;
 const YIELD_EVERY_BATCHES = 32;
 
@@ -72,6 +74,12 @@ export async function runConsumer(resolve: (init: ConsumerInit) => ConsumerFunct
     throw error;
   }
   const bell = core.abi.laneDoorbellAddress(core.lane) >>> 2;
+  // A timer, not the loop: it runs while a consumer function awaits, and stops when the
+  // thread dies or its event loop is blocked — the two things the pool must notice. In
+  // browsers, where a Web Worker that dies tells the page nothing, it is the only signal.
+  const heartbeat = core.abi.laneHeartbeatAddress(core.lane) >>> 2;
+  const beat = setInterval(() => Atomics.add(core.i32, heartbeat, 1), HEARTBEAT_MS);
+  (beat as { unref?: () => void }).unref?.();
   wake = () => {
     Atomics.store(core.i32, bell, 0);
     Atomics.notify(core.i32, bell);
@@ -152,6 +160,7 @@ export async function runConsumer(resolve: (init: ConsumerInit) => ConsumerFunct
     }
   }
   applyReleases();
+  clearInterval(beat);
   core.detach();
   endpoint.post({ type: 'stopped' });
 }

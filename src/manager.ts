@@ -37,6 +37,9 @@ export type ManagerEvent =
   | { type: 'shardProvisioned' | 'shardActivated' | 'shardDraining' | 'shardStopped' | 'shardRemoved'; shardId: number; at: number }
   | { type: 'scalingDecision'; decision: ScalingDecision; at: number }
   | { type: 'consumerError'; shardId: number; error: Error; at: number }
+  /** A consumer thread's heartbeat stopped while it had records to take (a dead Web Worker, or
+   *  a thread stuck in a synchronous consumer): it is ended, then consumerRestarted follows. */
+  | { type: 'consumerStalled'; worker: number; at: number }
   /** A consumer thread exited unasked; `rewound` records it held unacknowledged are handed out again. */
   | { type: 'consumerRestarted'; worker: number; exitCode: number; rewound: number; at: number }
   /** `records` reserved by a producer that never wrote them (its thread died or stalled
@@ -107,6 +110,7 @@ const MAX_PAYLOAD_LIMIT = 16 * 1024 * 1024;
 const MAX_RING_CAPACITY = 1 << 24;
 const DEFAULT_MAX_THREADS = 64;
 const DEFAULT_PRODUCER_STALL_MS = 1000;
+const DEFAULT_CONSUMER_STALL_MS = 10_000;
 const WAIT_STEP_MS = 2;
 const NONE: ScalingDecision = Object.freeze({ kind: 'none' });
 
@@ -137,6 +141,7 @@ interface Parts {
   backpressure: BackpressureMode;
   kind: MemoryKind;
   producerStallMs: number;
+  consumerStallMs: number;
 }
 
 export class ShardManager {
@@ -157,6 +162,7 @@ export class ShardManager {
   readonly #slots = new Map<number, number>(); // live shard id → slot
   readonly #retired: number[] = new Array(TOTALS).fill(0); // totals of removed shards, indexed by Total
   readonly #watchdog: StallWatchdog;
+  readonly #consumerStallMs: number;
   readonly #stopWatchingThreads: () => void;
   #timer: ReturnType<typeof setInterval> | undefined;
   #closed = false;
@@ -175,6 +181,7 @@ export class ShardManager {
     this.memoryKind = parts.kind;
     this.#producer = new ShardProducer(core, parts.maxPayload, false);
     this.#watchdog = new StallWatchdog(core.abi, this.#clock, parts.producerStallMs);
+    this.#consumerStallMs = parts.consumerStallMs;
     // Lanes of producer and collector threads that exit without detach() come back.
     this.#stopWatchingThreads = onThreadExit((threadId) => core.releaseLanesOf(threadId));
     const wiring: MapperWiring = {
@@ -232,6 +239,7 @@ export class ShardManager {
     }
     let threads = 0;
     let batchSize = 0;
+    let consumerStallMs = DEFAULT_CONSUMER_STALL_MS;
     if (options.consumer !== undefined) {
       const c = options.consumer;
       if (typeof c !== 'object' || c === null || (c.worker === undefined && typeof c.module !== 'string' && !(c.module instanceof URL))) {
@@ -243,6 +251,10 @@ export class ShardManager {
       if (kind !== 'shared') throw invalid('options.consumer needs shared memory (SharedArrayBuffer); in the single-thread fallback consume with poll()');
       threads = checkInteger('options.consumer.threads', given(c.threads, cpuCount()), 1, MAX_LANES - 2);
       batchSize = checkInteger('options.consumer.batchSize', given(c.batchSize, 256), 1, MAX_RING_CAPACITY);
+      consumerStallMs = given(c.stallMs, DEFAULT_CONSUMER_STALL_MS);
+      if (typeof consumerStallMs !== 'number' || !Number.isFinite(consumerStallMs) || consumerStallMs <= 0) {
+        throw invalid(`options.consumer.stallMs must be a finite number > 0, got ${describe(consumerStallMs)}`);
+      }
     }
     // One lane per attached thread: this one, each consumer thread, each producer thread.
     const maxThreads = checkInteger('options.maxThreads', given(options.maxThreads, Math.max(DEFAULT_MAX_THREADS, threads + 8)), threads + 1, MAX_LANES);
@@ -261,9 +273,10 @@ export class ShardManager {
         onError: (error, shardId) => { if (self) self.#consumerError(error, shardId); },
         onWorkerExit: (worker, exitCode, rewound) => { if (self) self.#emit({ type: 'consumerRestarted', worker, exitCode, rewound, at: self.#clock() }); },
         onRestartFailed: (error) => { if (self) self.#emit({ type: 'tickError', error, at: self.#clock() }); else console.error(error); },
+        onStalled: (worker) => { if (self) self.#emit({ type: 'consumerStalled', worker, at: self.#clock() }); },
       })
       : undefined;
-    self = new ShardManager({ options, core, pool, policy, initialShards, ringCapacity, maxPayload, backpressure, kind, producerStallMs });
+    self = new ShardManager({ options, core, pool, policy, initialShards, ringCapacity, maxPayload, backpressure, kind, producerStallMs, consumerStallMs });
     return self;
   }
 
@@ -419,6 +432,7 @@ export class ShardManager {
   tick(): ScalingDecision {
     if (this.#closed) return NONE;
     this.#watchStalls();
+    this.#pool?.checkHeartbeats(this.#clock(), this.#consumerStallMs);
     const mapper = this.mapper;
     mapper.collectMetrics();
     const decision = mapper.evaluateScaling();

@@ -373,3 +373,70 @@ describe('lanes come back', () => {
     }
   });
 });
+
+describe('consumer heartbeats', () => {
+  it('a consumer thread stuck in a synchronous consumer is ended and replaced once its heartbeat stops (stallMs by the manager clock); nothing lost', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'shard-mapper-hang-'));
+    process.env.SM_TEST_HANG_MARKER = join(dir, 'hung');
+    process.env.SM_TEST_HANG_AFTER = '3';
+    try {
+      log = new DeliveryLog();
+      const clock = { t: 0 };
+      const events: ManagerEvent[] = [];
+      const m = await ShardManager.create({
+        initialShards: 2, ringBufferCapacity: 4096, clock: () => clock.t, policy: { autoScale: false },
+        consumer: { module: fixture('hang-once-consumer.mjs'), threads: 2, batchSize: 16, stallMs: 1000 },
+        onEvent: (e) => { if (e.type.startsWith('consumer')) events.push(e); },
+      });
+      const total = 3000;
+      for (let seq = 0; seq < total; seq++) expect(m.push(seq * 2654435761, seqPayload(0, seq))).toBe(true);
+      // one thread hangs on its third batch: its shard stops moving
+      await log.settle(400);
+      expect(log.received).toBeLessThan(total);
+      m.tick(); // heartbeats seen
+      await sleep(300); // the live thread's timer beats; the stuck one's cannot
+      clock.t += 999;
+      m.tick();
+      expect(events).toEqual([]); // not yet: under stallMs
+      clock.t += 2;
+      m.tick();
+      expect(events[0]).toMatchObject({ type: 'consumerStalled' });
+      await log.waitFor(total, 20_000);
+      expect(events.map((e) => e.type)).toEqual(['consumerStalled', 'consumerRestarted']);
+      expect((events[1] as { rewound: number }).rewound).toBeGreaterThan(0); // it died holding its batch
+      expect(log.problems(1, total)).toEqual({ missing: 0, duplicated: 0 }); // it hung before reporting
+      await m.close();
+      expect(m.stats()).toMatchObject({ pushed: total, delivered: total, inFlight: 0 });
+    } finally {
+      delete process.env.SM_TEST_HANG_MARKER;
+      delete process.env.SM_TEST_HANG_AFTER;
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a consumer that is only slow (awaiting inside its function) keeps beating and is never replaced', async () => {
+    process.env.SM_TEST_SLOW_MS = '600';
+    try {
+      log = new DeliveryLog();
+      const clock = { t: 0 };
+      const events: ManagerEvent[] = [];
+      const m = await ShardManager.create({
+        initialShards: 1, ringBufferCapacity: 64, clock: () => clock.t, policy: { autoScale: false },
+        consumer: { module: seqConsumer, threads: 1, batchSize: 4, stallMs: 1000 },
+        onEvent: (e) => { if (e.type.startsWith('consumer')) events.push(e); },
+      });
+      for (let seq = 0; seq < 12; seq++) m.push(seq, seqPayload(0, seq));
+      for (let i = 0; i < 6; i++) { // 6 × 20 s of manager clock while batches take 600 ms each
+        m.tick();
+        await sleep(250);
+        clock.t += 20_000;
+      }
+      expect(events).toEqual([]);
+      await log.waitFor(12, 10_000);
+      await m.close();
+      expect(log.problems(1, 12)).toEqual({ missing: 0, duplicated: 0 });
+    } finally {
+      delete process.env.SM_TEST_SLOW_MS;
+    }
+  });
+});
