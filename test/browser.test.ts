@@ -181,6 +181,16 @@ describe.each([
     expect(r.module.delivered).toBe(r.module.pushed);
     expect(r.module.consumed.count).toBe(r.module.pushed);
     expect(r.module.consumed.sum).toBe(r.module.expectedSum);
+    // A consumer Web Worker terminated from the page (no exit event) is replaced through its
+    // heartbeat; its shard is consumed again and nothing is lost (at least once: a batch it
+    // reported before dying may come again).
+    expect(r.replaced.events).toEqual(['consumerStalled', 'consumerRestarted']);
+    expect(r.replaced.workersStarted).toBe(2);
+    expect(r.replaced.pushed).toBe(r.replaced.events4);
+    expect(r.replaced.delivered).toBe(r.replaced.events4);
+    expect(r.replaced.inFlight).toBe(0);
+    expect(r.replaced.consumed.count).toBeGreaterThanOrEqual(r.replaced.events4);
+    expect(r.replaced.consumed.bad).toBe(0);
     // No fallback here, so no warning.
     expect(run.console.filter((m) => /fell back/.test(m.text))).toEqual([]);
     expectStreams(r.streams);

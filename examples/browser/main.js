@@ -158,6 +158,43 @@ async function runShared() {
   const seen3 = await fromProducers.until(n3);
   log(`producer worker: pushed ${fromWorker.pushed} there + ${n3 / 2} here, delivered ${stats3.delivered}, consumers saw ${seen3.count}`);
 
+  // 4. A consumer Web Worker that dies sends the page no event. Its heartbeat stops, and
+  //    tick() ends and replaces it after consumer.stallMs (by the manager's clock, injected
+  //    here): the shard is consumed again, nothing is lost.
+  const fromReplaced = reports('worker');
+  let now4 = 0;
+  const spawned4 = [];
+  const events4 = [];
+  const mgr4 = await ShardManager.create({
+    initialShards: 2,
+    ringBufferCapacity: 4096,
+    clock: () => now4,
+    policy: { autoScale: false },
+    consumer: {
+      worker: () => {
+        const w = new Worker(new URL('./consumer.worker.js', import.meta.url), { type: 'module' });
+        spawned4.push(w);
+        return w;
+      },
+      threads: 1,
+      stallMs: 1000,
+    },
+    onEvent: (e) => { if (e.type === 'consumerStalled' || e.type === 'consumerRestarted') events4.push(e.type); },
+  });
+  const n4 = 4000;
+  await pushAll(mgr4, 0, n4 / 2);
+  while (mgr4.stats().delivered < n4 / 2) await sleep(5);
+  spawned4[0].terminate(); // dies silently: no exit event reaches the page
+  await pushAll(mgr4, n4 / 2, n4); // waits in the rings
+  mgr4.tick(); // heartbeats seen
+  await sleep(300);
+  now4 += 1001;
+  mgr4.tick(); // unchanged for stallMs while its shards have records: replaced
+  await mgr4.close();
+  const stats4 = mgr4.stats();
+  const seen4 = await fromReplaced.until(n4);
+  log(`dead consumer worker replaced: ${events4.join(' → ')}; delivered ${stats4.delivered} of ${n4}`);
+
   return {
     mode: 'shared',
     crossOriginIsolated: globalThis.crossOriginIsolated === true,
@@ -175,6 +212,7 @@ async function runShared() {
     lifecycle: events,
     producer: { pushed: stats3.pushed, delivered: stats3.delivered, inWorker: fromWorker.pushed, consumed: seen3, expectedSum: expectedSum(n3), events: n3 },
     module: { pushed: stats2.pushed, delivered: stats2.delivered, consumed: seen2, expectedSum: expectedSum(n2), events: n2 },
+    replaced: { events: events4, workersStarted: spawned4.length, pushed: stats4.pushed, delivered: stats4.delivered, inFlight: stats4.inFlight, consumed: seen4, events4: n4 },
   };
 }
 
