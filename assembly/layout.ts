@@ -47,7 +47,8 @@ export const DEFAULT_LANE_BYTES: i32 = 16384; // a lane's size unless payloads n
 export const L_DOORBELL: i32 = 0;         // i32, 1 while this lane's consumer sleeps
 export const L_OWNER: i32 = 4;            // u32, 1 + the worker_threads threadId that holds the lane (0: unknown)
 export const L_HEARTBEAT: i32 = 8;        // u32, bumped by a consumer thread's timer while its event loop runs
-export const L_RESULT: i32 = 64;          // u32 × 16, results written by batch calls
+export const L_RESULT: i32 = 64;          // 32 bytes of call results: BATCH_*, CLAIM_* or COLLECT_* words (below)
+export const L_FAILED_SHARD: i32 = L_RESULT + 32; // u32: shard id of the last push refused under failProducer
 export const L_SCRATCH: i32 = 128;        // staging area, up to laneBytes
 export const LANE_HEADER_BYTES: i32 = L_SCRATCH;
 
@@ -104,7 +105,6 @@ export const PUSH_SAMPLED: i32 = -3;
 export const PUSH_REFUSED: i32 = -4;
 export const PUSH_CLOSED: i32 = -5;      // internal: ring closed, select again
 export const PUSH_STOPPED: i32 = -6;     // the manager is closed
-export const L_FAILED_SHARD: i32 = 96;    // u32 in the lane: shard id of the last refused push
 // batch results, u32 words at the lane's L_RESULT
 export const BATCH_ACCEPTED: i32 = 0;
 export const BATCH_UNROUTED: i32 = 4;
