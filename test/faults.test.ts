@@ -418,7 +418,9 @@ describe('faults: producers racing drain and removal', () => {
     });
     const count = 8_000_000;
     const accepted = new Uint8Array(new SharedArrayBuffer(count));
-    const progress = new Int32Array(new SharedArrayBuffer(12));
+    const progress = new Int32Array(new SharedArrayBuffer(16)); // see kill-producer.mjs
+    const packed = new BigInt64Array(progress.buffer, 0, 1);
+    const acceptedSoFar = () => Number(Atomics.load(packed, 0) & 0xffffffffn);
     const producer = new Worker(fixture('kill-producer.mjs'), {
       // the top of the hash range: the newest shard while it is a candidate (last in table order)
       workerData: { handle: m.producerHandle(), producer: 0, mode: 'push', count, payloadBytes: 16, batch: 1, hash: 0xffffffff, progress: progress.buffer, accepted: accepted.buffer, exact: true },
@@ -440,14 +442,14 @@ describe('faults: producers racing drain and removal', () => {
     while (rounds < 60) {
       const id = await m.addShard(); // weight 0: every push goes to it until the next collection
       await sleep(1);
-      const before = Atomics.load(progress, 1); // accepted so far
+      const before = acceptedSoFar();
       await m.drainShard(id); // closes its ring while the thread pushes
       let inVictim = take(id);
       const removal = m.removeShard(id); // resolves once its ring is closed, published and empty
       while (m.mapper.shardState(id) !== undefined) { inVictim += take(id); await sleep(1); }
       for (const other of m.mapper.activeShardIds()) take(other);
       await removal;
-      if (inVictim > 0 && Atomics.load(progress, 1) > before) racedDrains++;
+      if (inVictim > 0 && acceptedSoFar() > before) racedDrains++;
       expect(m.mapper.shardState(id)).toBeUndefined();
       expectConsistent(m.mapper);
       m.mapper.collectMetrics();
@@ -456,7 +458,7 @@ describe('faults: producers racing drain and removal', () => {
     await producer.terminate(); // a single push is one straight-line step: it ends before or after one
     await exited;
     for (const id of m.mapper.activeShardIds()) take(id);
-    const mark = Atomics.load(progress, 0); // every push below it had returned
+    const mark = Number(Atomics.load(packed, 0) >> 32n); // every push below it had returned
     const problems: string[] = [];
     let taken = 0;
     for (let seq = 0; seq < count; seq++) {

@@ -34,7 +34,8 @@ afterEach(() => { log?.close(); log = undefined; });
 /** One producer thread of test/fixtures/kill-producer.mjs, with what it has said in shared memory. */
 class KillableProducer {
   readonly worker: Worker;
-  readonly progress = new Int32Array(new SharedArrayBuffer(12));
+  readonly progress = new Int32Array(new SharedArrayBuffer(16)); // see kill-producer.mjs
+  readonly #packed = new BigInt64Array(this.progress.buffer, 0, 1);
   readonly accepted: Uint8Array;
   readonly started: Promise<void>;
   readonly exited: Promise<number>;
@@ -56,8 +57,9 @@ class KillableProducer {
   }
 
   /** Every event below it belongs to a call that returned. */
-  get watermark(): number { return Atomics.load(this.progress, 0); }
-  get acceptedCount(): number { return Atomics.load(this.progress, 1); }
+  get watermark(): number { return Number(Atomics.load(this.#packed, 0) >> 32n); }
+  /** Events accepted by the calls below the watermark. */
+  get acceptedCount(): number { return Number(Atomics.load(this.#packed, 0) & 0xffffffffn); }
   get stoppedByClose(): boolean { return Atomics.load(this.progress, 2) === 2; }
 }
 
