@@ -279,7 +279,8 @@ function label(index: number): string {
   return index < 0 ? 'push: payload' : `pushBatch: payloads[${index}]`;
 }
 
-function splitEvents(events: ArrayLike<BatchEvent>): [EventKey[], EventPayload[]] {
+/** pushBatch's one-array form: `[key, payload]` pairs or `{ key, payload }` objects, split in two. */
+export function splitEvents(events: ArrayLike<BatchEvent>): [EventKey[], EventPayload[]] {
   if (events === null || typeof events !== 'object' || typeof events.length !== 'number') {
     throw new TypeError('pushBatch: expected (keys, payloads) or an array of [key, payload] / { key, payload } events');
   }

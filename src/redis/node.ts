@@ -8,7 +8,7 @@ import { hashKey } from '../hash.js';
 import { NO_SHARD } from '../mapper.js';
 import type { BackpressureMode } from '../manager.js';
 import { POLICY_FIELDS, resolvePolicy, type ScalingPolicy } from '../policy.js';
-import { type BatchEvent, type EventKey, type EventPayload } from '../producer.js';
+import { splitEvents, type BatchEvent, type EventKey, type EventPayload } from '../producer.js';
 import { ManagerClosedError } from '../errors.js';
 import { checkNamespace, keysFor, type Keys } from './keys.js';
 import { closeConnection, connect, sendAll, subscriber, type Command, type Connection, type RedisClient, type RedisOption } from './connection.js';
@@ -790,23 +790,5 @@ export class RedisShardManager {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
-}
-
-function splitEvents(events: ArrayLike<BatchEvent>): [EventKey[], EventPayload[]] {
-  if (events === null || typeof events !== 'object' || typeof events.length !== 'number') {
-    throw new TypeError('pushBatch: expected (keys, payloads) or an array of [key, payload] / { key, payload } events');
-  }
-  const keys: EventKey[] = new Array(events.length);
-  const payloads: EventPayload[] = new Array(events.length);
-  for (let i = 0; i < events.length; i++) {
-    const e = events[i] as unknown;
-    if (Array.isArray(e) && e.length === 2) { keys[i] = e[0]; payloads[i] = e[1]; }
-    else if (e !== null && typeof e === 'object' && 'payload' in e) {
-      const o = e as { key?: EventKey; hash?: EventKey; payload: EventPayload };
-      keys[i] = (o.key ?? o.hash)!;
-      payloads[i] = o.payload;
-    } else throw new TypeError(`pushBatch: events[${i}] must be [key, payload] or { key, payload }`);
-  }
-  return [keys, payloads];
 }
 
