@@ -248,7 +248,7 @@ describe('kills: consumer threads terminated while holding batches', () => {
 
 describe('kills: close() while producer threads push', () => {
   for (const [name, backpressure] of MODES) {
-    it(`${name}: after close() resolves no push returns true, and every true before it is delivered exactly once`, async () => {
+    it(`${name}: close() racing producer threads: nothing is accepted once it resolved, and every true is delivered exactly once`, async () => {
       process.env.SM_TEST_SLOW_MS = '1'; // consumers lag: close() has a backlog to wait for
       onTestFinished(() => { delete process.env.SM_TEST_SLOW_MS; });
       log = new DeliveryLog();
@@ -258,7 +258,8 @@ describe('kills: close() while producer threads push', () => {
         consumer: { module: seqConsumer, threads: 2, batchSize: 32 },
       });
       const exact = backpressure.kind === 'failProducer';
-      const producers = (['push', 'push', 'batch', 'fixed'] as const).map((mode, i) => new KillableProducer(m, i, mode, 2_000_000, mode === 'push' || exact));
+      // enough events that no producer runs out before close() (sample mode sheds fast)
+      const producers = (['push', 'push', 'batch', 'fixed'] as const).map((mode, i) => new KillableProducer(m, i, mode, 16_000_000, mode === 'push' || exact));
       await Promise.all(producers.map((p) => p.started));
       await sleep(30);
       const before = producers.map((p) => p.acceptedCount);
@@ -266,7 +267,7 @@ describe('kills: close() while producer threads push', () => {
       const justBefore = producers.map((p) => p.acceptedCount);
       const inRings = m.mapper.allShardIds().reduce((a, id) => a + m.ringLength(id), 0);
       await m.close();
-      const atClose = producers.map((p) => p.acceptedCount);
+      const pushedAtClose = m.stats().pushed;
       // The race was real: producers were accepting events right up to close(), and close()
       // had accepted events to wait for.
       expect(justBefore.some((n, i) => n > before[i]!)).toBe(true);
@@ -274,8 +275,10 @@ describe('kills: close() while producer threads push', () => {
       const codes = await Promise.all(producers.map((p) => p.exited));
       expect(codes).toEqual([0, 0, 0, 0]); // each stopped on ManagerClosedError, nothing else
       for (const p of producers) expect(p.stoppedByClose).toBe(true);
-      // Nothing was accepted after close() resolved.
-      expect(producers.map((p) => p.acceptedCount)).toEqual(atClose);
+      // Nothing was accepted after close() resolved. (A call may *return* later — its thread
+      // can be descheduled between reserving and returning — but what it accepted was reserved
+      // before the rings closed, and close() waited for it: checked just below.)
+      expect(m.stats().pushed).toBe(pushedAtClose);
       await log.settle(300);
       let delivered = 0;
       for (const p of producers) delivered += checkProducer(p, log, backpressure.kind === 'dropOldest').delivered;
