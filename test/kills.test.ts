@@ -122,17 +122,21 @@ describe('kills: producer threads terminated mid-call', () => {
       // Sample mode sends batches event by event (it decides per event), so it has no runs.
       const runs = backpressure.kind !== 'sample';
       // Kill each kind of producer a few times; keep killing batch and fixed producers until
-      // a kill lands inside a run (the state this test aims at), 60 times at most each.
-      for (let round = 0; round < 180; round++) {
+      // a kill lands inside a run (the state this test aims at): three at a time, up to 50
+      // rounds of each (how often a kill lands inside a run depends on the machine's load).
+      for (let round = 0; round < 150; round++) {
         const mode: Mode = (['push', 'batch', 'fixed'] as const)[round % 3]!;
         if (round >= 9 && (!runs || mode === 'push' || stalledBy.get(mode)! > 0)) continue;
-        const p = new KillableProducer(m, producers.length, mode, 4_000_000, mode === 'push' || exactBatches, { payloadBytes: 64, batch: 200 });
-        producers.push(p);
-        await p.started;
+        const group = Array.from({ length: mode === 'push' ? 1 : 3 }, () => {
+          const p = new KillableProducer(m, producers.length, mode, 1_000_000, mode === 'push' || exactBatches, { payloadBytes: 64, batch: 200 });
+          producers.push(p);
+          return p;
+        });
+        await Promise.all(group.map((p) => p.started));
         await sleep(2 + Math.floor(random() * 30));
         const skippedBefore = m.stats().skipped;
-        await p.worker.terminate();
-        kills.set(mode, kills.get(mode)! + 1);
+        await Promise.all(group.map(async (p) => { await sleep(Math.floor(random() * 3)); await p.worker.terminate(); }));
+        kills.set(mode, kills.get(mode)! + group.length);
         await drain(m);
         if (m.stats().skipped > skippedBefore) stalledBy.set(mode, stalledBy.get(mode)! + 1);
       }
