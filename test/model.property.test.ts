@@ -194,7 +194,7 @@ class CoreModel {
       s.weight = weight;
       if (fillRatio < this.p.underutilizedThreshold && eventRate === 0) s.idleSince ??= this.t;
       else s.idleSince = undefined;
-      out.push({ shardId: s.id, bufferLen: s.bufferLen, capacity: this.capacity, fillRatio, avgPushLatencyNs, avgFlushLatencyUs, eventRate, lastUpdated: this.t, weight });
+      out.push({ shardId: s.id, bufferLen: s.bufferLen, capacity: this.capacity, fillRatio, avgPushLatencyNs, avgFlushLatencyUs, eventRate, lastUpdated: this.t, draining: s.draining, weight });
     }
     return out;
   }
