@@ -236,7 +236,7 @@ export class BalancedTable {
           known.len = m.bufferLen;
         }
       }
-      const rate = this.#drain.get(s.id)!.rate;
+      const rate = this.#drain.get(s.id)?.rate ?? Infinity; // not measured yet: no cap
       if (!Number.isFinite(rate) || events <= 0) return Infinity;
       return (rate * Math.max(0, CAP_HEADROOM - (BACKLOG_PULL * m.fillRatio) / thr)) / events;
     });
@@ -304,8 +304,8 @@ interface AffinityShardState {
  * hash's shard depends on the Active set alone. Bounded load: a shard whose fill is above the
  * threshold (and not falling), or whose share of the window's events is above (1 + ε)/n,
  * spills slots to their next choice until it is back under (1 + ε/2)/n; a spilled slot
- * returns once its home can take it and stay under that mark, and not before it has been
- * away for a hold time that doubles when a shard flaps.
+ * returns once its home can take it without going over (1 + ε)/n again, and not before it has
+ * been away for a hold time that doubles when a shard flaps.
  */
 export class AffinityTable {
   readonly slots: number;
@@ -317,6 +317,9 @@ export class AffinityTable {
   #route: Uint16Array = new Uint16Array(0);
   /** Window a slot was spilled in (for the hold time); meaningful where route != home. */
   readonly #spilledAt: Int32Array;
+  /** A spilled slot's load estimate (its home's events per slot when it left), so its
+   *  return is weighed by what it carried rather than by its host's average. */
+  readonly #spilledLoad: Float64Array;
   #ids: number[] = [];
   #state = new Map<number, AffinityShardState>();
   #window = 0;
@@ -328,6 +331,7 @@ export class AffinityTable {
     this.#threshold = fillRatioThreshold;
     this.#bound = loadBound;
     this.#spilledAt = new Int32Array(slots);
+    this.#spilledLoad = new Float64Array(slots);
   }
 
   /** The current table (ids), or undefined with no Active shard. */
@@ -487,7 +491,7 @@ export class AffinityTable {
         const s = mine[k]!;
         const to = this.#nextChoice(s, canTake);
         if (to < 0) break;
-        if (homes[s] === id) { this.#spilledAt[s] = this.#window; this.#spilled++; }
+        if (homes[s] === id) { this.#spilledAt[s] = this.#window; this.#spilledLoad[s] = unit; this.#spilled++; }
         else if (homes[s] === to) this.#spilled--;
         move(s, id, to, unit);
         want--;
@@ -503,8 +507,10 @@ export class AffinityTable {
         const st = this.#state.get(home)!;
         if (this.#window - this.#spilledAt[s]! < st.hold) continue;
         if (fill.get(home)! > thr / 2 || fillOver(home) || shareOver(home)) continue;
-        const unit = perSlot(host);
-        if (total > 0 && load.get(home)! + unit > settleAt) continue;
+        // Home again only if that does not overload it: once nothing is overloaded, every slot
+        // is back where the Active set alone puts it.
+        const unit = Math.max(perSlot(host), this.#spilledLoad[s]!);
+        if (total > 0 && load.get(home)! + unit > spillAbove) continue;
         move(s, host, home, unit);
         this.#spilled--;
         st.returnedAt = this.#window;

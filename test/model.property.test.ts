@@ -835,6 +835,7 @@ async function runManager(policy: ScalingPolicy, initial: number, requested: num
   const m = await ShardManager.create({
     initialShards: initial, ringBufferCapacity: requested, policy, backpressure: bp, clock: () => clock.t,
     drainGraceMs: grace, maxPayloadBytes: maxPayload, maxSlots,
+    routing: 'leastLoaded', // the model routes by SPEC §5 (ShardManager's default is 'balanced')
     onEvent: (e: ManagerEvent) => {
       events.push(e.type === 'scalingDecision'
         ? `scalingDecision:${e.decision.kind}${'count' in e.decision ? e.decision.count : ''}`
