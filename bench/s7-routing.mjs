@@ -258,14 +258,28 @@ async function collectCost(profile, shards) {
   for (const mode of MODES) {
     mappers[mode] = await ShardMapper.create(shards, 1024, { minShards: 1, maxShards: shards, autoScale: false }, { routing: mode });
   }
-  // Some traffic so every window has events to weigh (and affinity has loads to check).
+  // Every window some shards see traffic and a backlog (a rotating 1/64 of them), so the
+  // load-aware tables really change from one window to the next: the cost of a rebuild,
+  // not of an unchanged table.
+  const env = (mode) => {
+    const m = mappers[mode];
+    const collectors = m.activeShardIds().map((id) => m.metricsCollector(id));
+    return { collectors, m, round: 0 };
+  };
+  const state = Object.fromEntries(MODES.map((mode) => [mode, env(mode)]));
   const tasks = MODES.map((mode) => ({
     id: mode, name: `collectMetrics() at ${shards} shards, ${mode}`, ops: 1, ref: mode === 'leastLoaded',
     fn: () => {
-      const m = mappers[mode];
-      const c = m.metricsCollector(1);
-      c.recordEventOnly();
-      return m.collectMetrics().length;
+      const st = state[mode];
+      const n = st.collectors.length;
+      const busy = Math.max(1, n >> 6);
+      const r = st.round++;
+      for (let k = 0; k < busy; k++) {
+        const c = st.collectors[(r * busy + k) % n];
+        for (let e = 0; e < 8; e++) c.recordEventOnly();
+        c.recordBufferLen((r * 37 + k * 11) % 800);
+      }
+      return st.m.collectMetrics().length;
     },
   }));
   const short = { ...profile, time: Math.max(profile.time, profile.name === 'tiny' ? 0 : 300) };

@@ -110,6 +110,10 @@ export class ShardMapper {
   readonly #loadBound: number;
   readonly #balanced: BalancedTable | undefined;
   readonly #affinity: AffinityTable | undefined;
+  /** balanced / affinity: id → its table entry (id | slot << 16), filled at each rebuild. */
+  #entryOf: Uint32Array | undefined;
+  /** balanced: the table last published (the builder returns the same object when unchanged). */
+  #published: Uint16Array | undefined;
 
   /**
    * Synchronous constructor: compiles the WebAssembly module synchronously the first time
@@ -318,6 +322,8 @@ export class ShardMapper {
     let ids: Uint16Array | undefined;
     if (this.#balanced) {
       ids = this.#balanced.build(input, fresh);
+      if (ids !== undefined && ids === this.#published && this.#candidateCount === ids.length) return; // unchanged
+      this.#published = ids;
     } else {
       const affinity = this.#affinity!;
       // An unchanged table needs no publish: readers keep the live one.
@@ -330,18 +336,12 @@ export class ShardMapper {
       core.abi.tablePublish(0);
       return;
     }
-    const slotOf = new Map<number, number>();
-    for (const s of active) slotOf.set(s.id, s.slot);
+    const entryOf = this.#entryOf ??= new Uint32Array(MAX_SHARD_ID + 1);
+    for (const s of active) entryOf[s.id] = (s.id | (s.slot << 16)) >>> 0;
     const base = core.abi.tableBuildAddress() >>> 2;
     const table = core.u32;
-    let lastId = -1;
-    let entry = 0;
-    for (let i = 0; i < ids.length; i++) {
-      const id = ids[i]!;
-      if (id !== lastId) { lastId = id; entry = (id | (slotOf.get(id)! << 16)) >>> 0; }
-      this.#candidates[i] = id;
-      table[base + i] = entry;
-    }
+    this.#candidates.set(ids);
+    for (let i = 0; i < ids.length; i++) table[base + i] = entryOf[ids[i]!]!;
     this.#candidateCount = ids.length;
     core.abi.tablePublish(ids.length);
   }

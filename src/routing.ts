@@ -122,12 +122,37 @@ export function slotCounts(shares: readonly number[], slots: number): number[] {
   if (n === 0) return [];
   if (n > slots) throw new RangeError(`slotCounts: ${n} shards do not fit in ${slots} slots`);
   const free = slots - n; // one slot each is reserved
-  const exact = shares.map((s) => s * free);
-  const counts = exact.map((e) => Math.floor(e));
-  let left = free - counts.reduce((a, b) => a + b, 0);
-  const order = exact.map((e, i) => i).sort((a, b) => (exact[b]! - counts[b]!) - (exact[a]! - counts[a]!) || a - b);
-  for (let k = 0; left > 0; k = (k + 1) % n, left--) counts[order[k]!]!++;
-  return counts.map((c) => c + 1);
+  const counts = new Array<number>(n);
+  const rest = new Float64Array(n);
+  let left = free;
+  for (let i = 0; i < n; i++) {
+    const exact = shares[i]! * free;
+    counts[i] = Math.floor(exact);
+    rest[i] = exact - counts[i]!;
+    left -= counts[i]!;
+  }
+  // The `left` largest remainders get one more (ties: the earlier shard). Bucket them first
+  // (linear), then order exactly only the bucket where the cut falls.
+  if (left > 0) {
+    const B = 1024;
+    const bucketOf = (r: number) => Math.min(B - 1, Math.floor(r * B));
+    const perBucket = new Int32Array(B);
+    for (let i = 0; i < n; i++) perBucket[bucketOf(rest[i]!)]!++;
+    let cut = B - 1;
+    let above = 0; // shards in buckets above `cut`
+    while (cut > 0 && above + perBucket[cut]! < left) above += perBucket[cut--]!;
+    const edge: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const b = bucketOf(rest[i]!);
+      if (b > cut) counts[i]!++;
+      else if (b === cut) edge.push(i);
+    }
+    edge.sort((a, b) => rest[b]! - rest[a]! || a - b);
+    let more = left - above;
+    for (let k = 0; more > 0 && edge.length > 0; k = (k + 1) % edge.length, more--) counts[edge[k]!]!++;
+  }
+  for (let i = 0; i < n; i++) counts[i]!++;
+  return counts;
 }
 
 /**
@@ -137,21 +162,28 @@ export function slotCounts(shares: readonly number[], slots: number): number[] {
  */
 export function reassignSlots(previous: Uint16Array | undefined, ids: readonly number[], counts: readonly number[], slots: number): Uint16Array {
   const out = new Uint16Array(slots);
-  const index = new Map<number, number>();
-  ids.forEach((id, i) => index.set(id, i));
-  const kept = new Array<number>(ids.length).fill(0);
-  const free: number[] = [];
+  const index = idIndex;
+  ids.forEach((id, i) => { index[id] = i; });
+  const kept = new Int32Array(ids.length);
+  if (freeScratch.length < slots) freeScratch = new Int32Array(slots);
+  const free = freeScratch;
+  let freeCount = 0;
   for (let s = 0; s < slots; s++) {
-    const i = previous ? index.get(previous[s]!) : undefined;
-    if (i !== undefined && kept[i]! < counts[i]!) { kept[i]!++; out[s] = ids[i]!; }
-    else free.push(s);
+    const i = previous ? index[previous[s]!]! : -1;
+    if (i >= 0 && kept[i]! < counts[i]!) { kept[i]!++; out[s] = ids[i]!; }
+    else free[freeCount++] = s;
   }
+  for (const id of ids) index[id] = -1;
   let f = 0;
   for (let i = 0; i < ids.length; i++) {
     for (let k = kept[i]!; k < counts[i]!; k++) out[free[f++]!] = ids[i]!;
   }
   return out;
 }
+
+let freeScratch = new Int32Array(0);
+/** id → position scratch for reassignSlots (ids are uint16); -1 everywhere between calls. */
+const idIndex = new Int32Array(65536).fill(-1);
 
 /**
  * Shares proportional to `weights`, none above its cap; what a capped shard may not take goes
@@ -194,9 +226,15 @@ export class BalancedTable {
   readonly slots: number;
   readonly #threshold: number;
   #table: Uint16Array | undefined;
-  #shares = new Map<number, number>();
-  /** Per shard: its ring length at the last window, and the rate it is known to drain at. */
-  #drain = new Map<number, { len: number; rate: number }>();
+  // Per Active shard, at the positions of #ids (the order of the last build's input):
+  // its smoothed share, its ring length at the last window, and the rate it is known to
+  // drain at (Infinity until a window shows it; NaN share: a shard not seen before).
+  #ids: number[] = [];
+  #share = new Float64Array(0);
+  #len = new Float64Array(0);
+  #rate = new Float64Array(0);
+  /** Slot counts of the current table, at the positions of #ids. */
+  #counts: number[] = [];
 
   constructor(slots: number, fillRatioThreshold: number) {
     this.slots = slots;
@@ -207,7 +245,29 @@ export class BalancedTable {
   get table(): Uint16Array | undefined { return this.#table; }
 
   /** The smoothed share of the hash space each shard was given by the last build. */
-  shares(): Map<number, number> { return new Map(this.#shares); }
+  shares(): Map<number, number> { return new Map(this.#ids.map((id, i) => [id, this.#share[i]!])); }
+
+  /** Line the per-shard state up with `active` (cheap when the order is unchanged). */
+  #align(active: readonly RoutedShard[]): void {
+    const ids = this.#ids;
+    if (active.length === ids.length && active.every((s, i) => s.id === ids[i])) return;
+    const n = active.length;
+    const share = new Float64Array(n).fill(NaN);
+    const len = new Float64Array(n).fill(NaN);
+    const rate = new Float64Array(n).fill(Infinity);
+    const index = idIndex;
+    ids.forEach((id, i) => { index[id] = i; });
+    active.forEach((s, i) => {
+      const j = index[s.id]!;
+      if (j >= 0) { share[i] = this.#share[j]!; len[i] = this.#len[j]!; rate[i] = this.#rate[j]!; }
+    });
+    for (const id of ids) index[id] = -1;
+    this.#ids = active.map((s) => s.id);
+    this.#counts = []; // positions changed: the next table is built afresh
+    this.#share = share;
+    this.#len = len;
+    this.#rate = rate;
+  }
 
   /**
    * This window's target shares: spare capacity below the fill threshold, except that a
@@ -218,31 +278,28 @@ export class BalancedTable {
    */
   #targets(active: readonly RoutedShard[], fresh: boolean): number[] {
     const thr = this.#threshold;
-    const weights = active.map((s) => spareWeight(s.metrics, thr));
+    const n = active.length;
+    const weights = new Array<number>(n);
+    const caps = new Array<number>(n);
     let events = 0;
-    for (const s of active) events += s.metrics?.eventRate ?? 0;
-    const caps = active.map((s) => {
-      const m = s.metrics;
-      if (!m || m.bufferLen === undefined) return Infinity;
-      const known = this.#drain.get(s.id);
+    for (let i = 0; i < n; i++) events += active[i]!.metrics?.eventRate ?? 0;
+    for (let i = 0; i < n; i++) {
+      const m = active[i]!.metrics;
+      weights[i] = spareWeight(m, thr);
+      caps[i] = Infinity;
+      if (!m || m.bufferLen === undefined) continue;
       if (fresh) {
-        if (known === undefined) {
-          this.#drain.set(s.id, { len: m.bufferLen, rate: Infinity });
-        } else {
-          const drained = Math.max(0, m.eventRate - (m.bufferLen - known.len));
+        const before = this.#len[i]!;
+        if (!Number.isNaN(before)) {
+          const drained = Math.max(0, m.eventRate - (m.bufferLen - before));
           // With a backlog the consumer was busy all window: that is its rate. Without one
           // it could have taken more: let the estimate grow.
-          known.rate = m.fillRatio >= BACKLOG_FILL ? drained : Math.max(drained, known.rate * CAP_HEADROOM);
-          known.len = m.bufferLen;
+          this.#rate[i] = m.fillRatio >= BACKLOG_FILL ? drained : Math.max(drained, this.#rate[i]! * CAP_HEADROOM);
         }
+        this.#len[i] = m.bufferLen;
       }
-      const rate = this.#drain.get(s.id)?.rate ?? Infinity; // not measured yet: no cap
-      if (!Number.isFinite(rate) || events <= 0) return Infinity;
-      return (rate * Math.max(0, CAP_HEADROOM - (BACKLOG_PULL * m.fillRatio) / thr)) / events;
-    });
-    if (this.#drain.size > active.length) {
-      const live = new Set(active.map((s) => s.id));
-      for (const id of [...this.#drain.keys()]) if (!live.has(id)) this.#drain.delete(id);
+      const rate = this.#rate[i]!; // Infinity: not measured yet, no cap
+      if (Number.isFinite(rate) && events > 0) caps[i] = (rate * Math.max(0, CAP_HEADROOM - (BACKLOG_PULL * m.fillRatio) / thr)) / events;
     }
     return waterFill(weights, caps);
   }
@@ -253,30 +310,38 @@ export class BalancedTable {
    * shares of the shards that stay are kept.
    */
   build(active: readonly RoutedShard[], fresh: boolean): Uint16Array | undefined {
-    if (active.length === 0) {
+    this.#align(active);
+    const n = active.length;
+    if (n === 0) {
       this.#table = undefined;
-      this.#shares.clear();
-      this.#drain.clear();
       return undefined;
     }
     const targets = this.#targets(active, fresh);
     // Shards that stay move toward their target (when the window is new); a newcomer starts
     // at its target and the others make room in proportion to what they had.
+    const share = this.#share;
     let newcomers = 0;
-    const kept = active.map((s, i) => {
-      const prev = this.#shares.get(s.id);
-      if (prev === undefined) { newcomers += targets[i]!; return NaN; }
-      return fresh ? prev + BALANCED_SMOOTHING * (targets[i]! - prev) : prev;
-    });
-    const keptSum = kept.reduce((a, k) => (Number.isNaN(k) ? a : a + k), 0);
+    let keptSum = 0;
+    for (let i = 0; i < n; i++) {
+      const prev = share[i]!;
+      if (Number.isNaN(prev)) { newcomers += targets[i]!; continue; }
+      share[i] = fresh ? prev + BALANCED_SMOOTHING * (targets[i]! - prev) : prev;
+      keptSum += share[i]!;
+    }
     const room = 1 - Math.min(newcomers, 1);
-    const shares = kept.map((k, i) => {
-      if (Number.isNaN(k)) return targets[i]!;
-      return keptSum > 0 ? (k / keptSum) * room : room / (active.length || 1);
-    });
-    this.#shares = new Map(active.map((s, i) => [s.id, shares[i]!]));
-    const ids = active.map((s) => s.id);
-    this.#table = reassignSlots(this.#table, ids, slotCounts(shares, this.slots), this.slots);
+    const out = new Array<number>(n);
+    for (let i = 0; i < n; i++) {
+      if (Number.isNaN(share[i]!)) share[i] = targets[i]!;
+      else share[i] = keptSum > 0 ? (share[i]! / keptSum) * room : room / n;
+      out[i] = share[i]!;
+    }
+    const counts = slotCounts(out, this.slots);
+    // Same counts for the same shards: the table stands as it is (the caller can tell by
+    // identity and skip publishing it again).
+    const last = this.#counts;
+    if (this.#table && last.length === n && counts.every((c, i) => c === last[i])) return this.#table;
+    this.#counts = counts;
+    this.#table = reassignSlots(this.#table, this.#ids, counts, this.slots);
     return this.#table;
   }
 }
@@ -285,6 +350,8 @@ export class BalancedTable {
 
 /** Windows a spilled slot stays away before it may return home (doubles while it flaps). */
 const MIN_HOLD = 4;
+/** With more than twice this many shards, a spilled slot looks at this many hashed candidates. */
+const SPILL_PROBES = 16;
 const MAX_HOLD = 64;
 
 interface AffinityShardState {
@@ -320,11 +387,20 @@ export class AffinityTable {
   /** A spilled slot's load estimate (its home's events per slot when it left), so its
    *  return is weighed by what it carried rather than by its host's average. */
   readonly #spilledLoad: Float64Array;
+  /** The Active ids, ascending, and their state at the same positions. */
   #ids: number[] = [];
-  #state = new Map<number, AffinityShardState>();
+  #states: AffinityShardState[] = [];
+  /** id → position in #ids (-1: not Active). */
+  readonly #index = new Int32Array(65536).fill(-1);
   #window = 0;
   /** Slots currently away from home. */
   #spilled = 0;
+  /** Slots that went away from home (may include some back home since: skipped, then dropped). */
+  #away: number[] = [];
+  /** Which slots are in #away (so a slot is listed once). */
+  readonly #listed: Uint8Array;
+  /** Slots routed to each shard, at the positions of #ids; kept up to date by every move. */
+  #count = new Int32Array(0);
 
   constructor(slots: number, fillRatioThreshold: number, loadBound: number) {
     this.slots = slots;
@@ -332,6 +408,7 @@ export class AffinityTable {
     this.#bound = loadBound;
     this.#spilledAt = new Int32Array(slots);
     this.#spilledLoad = new Float64Array(slots);
+    this.#listed = new Uint8Array(slots);
   }
 
   /** The current table (ids), or undefined with no Active shard. */
@@ -357,9 +434,9 @@ export class AffinityTable {
   }
 
   #membership(ids: number[]): boolean {
-    const next = [...ids].sort((a, b) => a - b);
     const prev = this.#ids;
-    if (next.length === prev.length && next.every((id, i) => id === prev[i])) return false;
+    if (ids.length === prev.length && ids.every((id) => this.#index[id]! >= 0)) return false; // same set
+    const next = [...ids].sort((a, b) => a - b);
     const slots = this.slots;
     const oldHomes = this.#homes;
     let homes: Uint16Array;
@@ -400,129 +477,178 @@ export class AffinityTable {
     // Routes: a spilled slot stays where it is while its host is Active and its home did not
     // change; every other slot routes to its home.
     const nextSet = new Set(next);
-    const old = this.#route;
+    const prevRoute = this.#route;
     const route = new Uint16Array(next.length === 0 ? 0 : slots);
     let spilled = 0;
+    const away: number[] = [];
+    this.#listed.fill(0);
     for (let s = 0; s < route.length; s++) {
       const home = homes[s]!;
-      const host = old.length === slots ? old[s]! : home;
-      const keep = old.length === slots && oldHomes.length === slots && host !== oldHomes[s] && oldHomes[s] === home && nextSet.has(host);
+      const host = prevRoute.length === slots ? prevRoute[s]! : home;
+      const keep = prevRoute.length === slots && oldHomes.length === slots && host !== oldHomes[s] && oldHomes[s] === home && nextSet.has(host);
       route[s] = keep ? host : home;
-      if (keep) spilled++;
+      if (keep) { spilled++; away.push(s); this.#listed[s] = 1; }
     }
+    this.#away = away;
     this.#homes = homes;
     this.#route = route;
     this.#spilled = spilled;
-    const state = new Map<number, AffinityShardState>();
-    for (const id of next) state.set(id, this.#state.get(id) ?? { key: idKey(id), lastFill: 0, hold: MIN_HOLD, returnedAt: -Infinity, over: false });
-    this.#state = state;
+    const old = new Map(this.#ids.map((id, k) => [id, this.#states[k]!]));
+    this.#states = next.map((id) => old.get(id) ?? { key: idKey(id), lastFill: 0, hold: MIN_HOLD, returnedAt: -Infinity, over: false });
+    for (const id of this.#ids) this.#index[id] = -1;
+    next.forEach((id, k) => { this.#index[id] = k; });
     this.#ids = next;
+    const count = new Int32Array(next.length);
+    for (let s = 0; s < route.length; s++) count[this.#index[route[s]!]!]!++;
+    this.#count = count;
     return true;
   }
 
-  /** The best-scoring shard for slot s among `eligible` ids (NO choice: -1). */
-  #nextChoice(s: number, eligible: (id: number) => boolean): number {
+  /**
+   * Where slot s spills: the position (in #ids) of the best-scoring eligible shard, or -1.
+   * With many shards only a few candidates picked by hashing the slot are scored (a spill is
+   * temporary, and scoring every shard for every spilled slot would make a window of
+   * overloads cost slots × shards); all of them when none of those can take it.
+   */
+  #nextChoice(s: number, eligible: (k: number) => boolean): number {
     const sk = slotKey(s);
+    const ids = this.#ids;
+    const states = this.#states;
+    const n = ids.length;
     let best = -1;
     let bestId = -1;
-    for (const id of this.#ids) {
-      if (!eligible(id)) continue;
-      const v = score(sk, this.#state.get(id)!.key);
-      if (beats(v, id, best, bestId)) { best = v; bestId = id; }
+    let bestK = -1;
+    const consider = (k: number) => {
+      if (!eligible(k)) return;
+      const v = score(sk, states[k]!.key);
+      if (beats(v, ids[k]!, best, bestId)) { best = v; bestId = ids[k]!; bestK = k; }
+    };
+    if (n > SPILL_PROBES * 2) {
+      for (let j = 0; j < SPILL_PROBES; j++) consider(fmix32((sk + Math.imul(j + 1, 0x9e3779b9)) >>> 0) % n);
+      if (bestK >= 0) return bestK;
     }
-    return bestId;
+    for (let k = 0; k < n; k++) consider(k);
+    return bestK;
   }
 
   #balance(active: readonly RoutedShard[]): boolean {
-    const n = active.length;
+    const ids = this.#ids;
+    const n = ids.length;
     const slots = this.slots;
     const route = this.#route;
     const homes = this.#homes;
-    const load = new Map<number, number>();
-    const count = new Map<number, number>();
-    const fill = new Map<number, number>();
+    const at = this.#index; // id → position in ids (dense arrays below)
+    const states = this.#states;
+    const load = new Float64Array(n);
+    const count = this.#count;
+    const fill = new Float64Array(n);
     let total = 0;
     for (const s of active) {
+      const k = at[s.id]!;
       const rate = s.metrics?.eventRate ?? 0;
-      load.set(s.id, rate);
-      count.set(s.id, 0);
-      fill.set(s.id, s.metrics?.fillRatio ?? 0);
+      load[k] = rate;
+      fill[k] = s.metrics?.fillRatio ?? 0;
       total += rate;
     }
-    for (let s = 0; s < slots; s++) count.set(route[s]!, count.get(route[s]!)! + 1);
     const mean = total / n;
     const spillAbove = (1 + this.#bound) * mean;
     const settleAt = (1 + this.#bound / 2) * mean;
+    // A share over the bound by less than the window's counting noise (about √ of the
+    // events) is not an overload: a window of a handful of events says nothing.
+    const noise = 2 * Math.sqrt(spillAbove);
     const thr = this.#threshold;
-    const perSlot = (id: number) => { const c = count.get(id)!; return c === 0 ? 0 : load.get(id)! / c; };
-    const fillOver = (id: number) => fill.get(id)! > thr && fill.get(id)! >= this.#state.get(id)!.lastFill;
-    const shareOver = (id: number) => total > 0 && load.get(id)! > spillAbove;
+    const perSlot = (k: number) => (count[k] === 0 ? 0 : load[k]! / count[k]!);
+    const fillOver = (k: number) => fill[k]! > thr && fill[k]! >= states[k]!.lastFill;
+    const shareOver = (k: number) => total > 0 && load[k]! > spillAbove + noise;
     let changed = false;
 
     const move = (s: number, from: number, to: number, unit: number) => {
-      route[s] = to;
-      count.set(from, count.get(from)! - 1);
-      count.set(to, count.get(to)! + 1);
-      load.set(from, load.get(from)! - unit);
-      load.set(to, load.get(to)! + unit);
+      route[s] = ids[to]!;
+      count[from]!--;
+      count[to]!++;
+      load[from]! -= unit;
+      load[to]! += unit;
       changed = true;
     };
 
     // Spill: each overloaded shard sheds slots (those that are guests on it first) to the
     // slot's best-scoring shard that can take them and stay under the settle mark.
-    const overloaded = this.#ids.filter((id) => fillOver(id) || shareOver(id));
-    const overloadedSet = new Set(overloaded);
-    for (const id of overloaded) {
-      const cnt = count.get(id)!;
+    const over = new Uint8Array(n);
+    let overCount = 0;
+    let minLoad = Infinity;
+    for (let k = 0; k < n; k++) {
+      if (fillOver(k) || shareOver(k)) { over[k] = 1; overCount++; }
+      if (load[k]! < minLoad) minLoad = load[k]!;
+    }
+    // overloaded shard → the slots routed to it (one pass over the table for all of them)
+    const slotsOf: (number[] | undefined)[] = new Array(n);
+    if (overCount > 0) {
+      // Only shards that can shed: some shard could take one of their slots and stay under
+      // the settle mark (slot loads are estimated as the shard's mean per slot).
+      let shedding = 0;
+      for (let k = 0; k < n; k++) {
+        if (over[k] && count[k]! > 1 && (total === 0 || minLoad + perSlot(k) <= settleAt)) { slotsOf[k] = []; shedding++; }
+      }
+      if (shedding > 0) for (let s = 0; s < slots; s++) slotsOf[at[route[s]!]!]?.push(s);
+    }
+    for (let k = 0; k < n; k++) {
+      if (!over[k]) continue;
+      const id = ids[k]!;
+      const cnt = count[k]!;
       if (cnt <= 1) continue;
-      const unit = perSlot(id);
-      let want = shareOver(id) && unit > 0 ? Math.ceil((load.get(id)! - settleAt) / unit) : 0;
-      if (fillOver(id)) want = Math.max(want, Math.ceil(cnt / 4));
+      const unit = perSlot(k);
+      let want = shareOver(k) && unit > 0 ? Math.ceil((load[k]! - settleAt) / unit) : 0;
+      if (fillOver(k)) want = Math.max(want, Math.ceil(cnt / 4));
       want = Math.min(want, cnt - 1);
-      const st = this.#state.get(id)!;
+      const st = states[k]!;
       // Overloaded again soon after getting slots back: it flapped, so they stay away longer.
       if (!st.over && this.#window - st.returnedAt <= st.hold) st.hold = Math.min(MAX_HOLD, st.hold * 2);
-      const canTake = (other: number) => other !== id && fill.get(other)! <= thr / 2 && !fillOver(other)
-        && (total === 0 || load.get(other)! + unit <= settleAt);
-      const mine: number[] = [];
-      for (let s = 0; s < slots; s++) if (route[s] === id) mine.push(s);
+      const canTake = (j: number) => j !== k && fill[j]! <= thr / 2 && !fillOver(j)
+        && (total === 0 || load[j]! + unit <= settleAt);
+      const mine = slotsOf[k];
+      if (!mine) continue;
       mine.sort((a, b) => Number(homes[a] === id) - Number(homes[b] === id) || b - a); // guests first
-      for (let k = 0; k < mine.length && want > 0; k++) {
-        const s = mine[k]!;
+      for (let m = 0; m < mine.length && want > 0; m++) {
+        const s = mine[m]!;
         const to = this.#nextChoice(s, canTake);
         if (to < 0) break;
-        if (homes[s] === id) { this.#spilledAt[s] = this.#window; this.#spilledLoad[s] = unit; this.#spilled++; }
-        else if (homes[s] === to) this.#spilled--;
-        move(s, id, to, unit);
+        if (homes[s] === id) { this.#spilledAt[s] = this.#window; this.#spilledLoad[s] = unit; this.#spilled++; if (!this.#listed[s]) { this.#listed[s] = 1; this.#away.push(s); } }
+        else if (homes[s] === ids[to]) this.#spilled--;
+        move(s, k, to, unit);
         want--;
       }
     }
 
     // Return: a slot away long enough goes home when its home is calm and stays under the mark.
     if (this.#spilled > 0) {
-      for (let s = 0; s < slots; s++) {
-        const home = homes[s]!;
-        const host = route[s]!;
-        if (host === home) continue;
-        const st = this.#state.get(home)!;
+      const stillAway: number[] = [];
+      for (const s of this.#away) {
+        const home = at[homes[s]!]!;
+        const host = at[route[s]!]!;
+        if (host === home) { this.#listed[s] = 0; continue; } // came home by another way
+        stillAway.push(s);
+        const st = states[home]!;
         if (this.#window - this.#spilledAt[s]! < st.hold) continue;
-        if (fill.get(home)! > thr / 2 || fillOver(home) || shareOver(home)) continue;
+        if (fill[home]! > thr / 2 || fillOver(home) || shareOver(home)) continue;
         // Home again only if that does not overload it: once nothing is overloaded, every slot
         // is back where the Active set alone puts it.
         const unit = Math.max(perSlot(host), this.#spilledLoad[s]!);
-        if (total > 0 && load.get(home)! + unit > spillAbove) continue;
+        if (total > 0 && load[home]! + unit > spillAbove) continue;
         move(s, host, home, unit);
+        stillAway.pop();
+        this.#listed[s] = 0;
         this.#spilled--;
         st.returnedAt = this.#window;
       }
+      this.#away = stillAway;
     }
 
-    for (const s of active) {
-      const st = this.#state.get(s.id)!;
-      st.over = overloadedSet.has(s.id);
-      st.lastFill = fill.get(s.id)!;
+    for (let k = 0; k < n; k++) {
+      const st = states[k]!;
+      st.over = over[k] === 1;
+      st.lastFill = fill[k]!;
       // A shard that stayed calm for a whole hold time earns a shorter one back.
-      if (!fillOver(s.id) && !shareOver(s.id) && this.#window - st.returnedAt > st.hold) st.hold = Math.max(MIN_HOLD, st.hold >> 1);
+      if (!fillOver(k) && !shareOver(k) && this.#window - st.returnedAt > st.hold) st.hold = Math.max(MIN_HOLD, st.hold >> 1);
     }
     return changed;
   }
