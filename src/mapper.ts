@@ -112,8 +112,8 @@ export class ShardMapper {
   readonly #affinity: AffinityTable | undefined;
   /** balanced / affinity: id → its table entry (id | slot << 16), filled at each rebuild. */
   #entryOf: Uint32Array | undefined;
-  /** balanced: the table last published (the builder returns the same object when unchanged). */
-  #published: Uint16Array | undefined;
+  /** balanced / affinity: u32 index of the table this mapper published last (-1: none). */
+  #liveTable = -1;
 
   /**
    * Synchronous constructor: compiles the WebAssembly module synchronously the first time
@@ -320,30 +320,44 @@ export class ShardMapper {
   #rebuildSlots(active: MappedShard[], fresh: boolean): void {
     const input: RoutedShard[] = active.map((s) => ({ id: s.id, metrics: s.lastMetrics }));
     let ids: Uint16Array | undefined;
+    let changed: readonly number[] | null;
     if (this.#balanced) {
       ids = this.#balanced.build(input, fresh);
-      if (ids !== undefined && ids === this.#published && this.#candidateCount === ids.length) return; // unchanged
-      this.#published = ids;
+      changed = this.#balanced.changedSlots();
     } else {
-      const affinity = this.#affinity!;
-      // An unchanged table needs no publish: readers keep the live one.
-      if (!affinity.build(input, fresh) && this.#candidateCount === (affinity.table?.length ?? 0)) return;
-      ids = affinity.table;
+      this.#affinity!.build(input, fresh);
+      ids = this.#affinity!.table;
+      changed = this.#affinity!.changedSlots();
     }
     const core = this.#core;
     if (!ids || active.length === 0) {
       this.#candidateCount = 0;
+      this.#liveTable = -1;
       core.abi.tablePublish(0);
       return;
     }
+    const patch = changed !== null && this.#liveTable >= 0 && this.#candidateCount === ids.length ? changed : null;
+    if (patch !== null && patch.length === 0) return; // the live table stands: nothing to publish
     const entryOf = this.#entryOf ??= new Uint32Array(MAX_SHARD_ID + 1);
     for (const s of active) entryOf[s.id] = (s.id | (s.slot << 16)) >>> 0;
-    const base = core.abi.tableBuildAddress() >>> 2;
+    const build = core.abi.tableBuildAddress() >>> 2;
     const table = core.u32;
-    this.#candidates.set(ids);
-    for (let i = 0; i < ids.length; i++) table[base + i] = entryOf[ids[i]!]!;
+    if (patch !== null) {
+      // The build buffer is two publishes old: copy the live table into it, then change only
+      // the slots that moved (the live one, this thread's last publish, is never written).
+      table.copyWithin(build, this.#liveTable, this.#liveTable + ids.length);
+      for (const s of patch) {
+        const id = ids[s]!;
+        this.#candidates[s] = id;
+        table[build + s] = entryOf[id]!;
+      }
+    } else {
+      this.#candidates.set(ids);
+      for (let i = 0; i < ids.length; i++) table[build + i] = entryOf[ids[i]!]!;
+    }
     this.#candidateCount = ids.length;
     core.abi.tablePublish(ids.length);
+    this.#liveTable = build;
   }
 
   // ---- metrics and decisions ------------------------------------------------------------

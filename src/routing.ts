@@ -233,8 +233,12 @@ export class BalancedTable {
   #share = new Float64Array(0);
   #len = new Float64Array(0);
   #rate = new Float64Array(0);
-  /** Slot counts of the current table, at the positions of #ids. */
-  #counts: number[] = [];
+  /** The slots each shard owns (at the positions of #ids), last taken first when it shrinks. */
+  #owned: number[][] = [];
+  /** Slots whose owner left and that nobody took yet. */
+  #orphans: number[] = [];
+  /** Slots the last build changed; null when it built the table afresh. */
+  #changed: number[] | null = null;
 
   constructor(slots: number, fillRatioThreshold: number) {
     this.slots = slots;
@@ -243,6 +247,9 @@ export class BalancedTable {
 
   /** The current table (ids), or undefined before the first build or with no Active shard. */
   get table(): Uint16Array | undefined { return this.#table; }
+
+  /** The slots the last build changed (empty: the table stands), or null: all of them. */
+  changedSlots(): readonly number[] | null { return this.#changed; }
 
   /** The smoothed share of the hash space each shard was given by the last build. */
   shares(): Map<number, number> { return new Map(this.#ids.map((id, i) => [id, this.#share[i]!])); }
@@ -255,18 +262,21 @@ export class BalancedTable {
     const share = new Float64Array(n).fill(NaN);
     const len = new Float64Array(n).fill(NaN);
     const rate = new Float64Array(n).fill(Infinity);
+    const owned: number[][] = active.map(() => []);
     const index = idIndex;
-    ids.forEach((id, i) => { index[id] = i; });
-    active.forEach((s, i) => {
-      const j = index[s.id]!;
-      if (j >= 0) { share[i] = this.#share[j]!; len[i] = this.#len[j]!; rate[i] = this.#rate[j]!; }
+    ids.forEach((id, i) => { index[id] = -1; });
+    active.forEach((s, i) => { index[s.id] = i; });
+    ids.forEach((id, j) => {
+      const i = index[id]!;
+      if (i >= 0) { share[i] = this.#share[j]!; len[i] = this.#len[j]!; rate[i] = this.#rate[j]!; owned[i] = this.#owned[j]!; }
+      else this.#orphans.push(...(this.#owned[j] ?? []));
     });
-    for (const id of ids) index[id] = -1;
+    for (const s of active) index[s.id] = -1;
     this.#ids = active.map((s) => s.id);
-    this.#counts = []; // positions changed: the next table is built afresh
     this.#share = share;
     this.#len = len;
     this.#rate = rate;
+    this.#owned = owned;
   }
 
   /**
@@ -314,6 +324,8 @@ export class BalancedTable {
     const n = active.length;
     if (n === 0) {
       this.#table = undefined;
+      this.#orphans = [];
+      this.#changed = null;
       return undefined;
     }
     const targets = this.#targets(active, fresh);
@@ -336,13 +348,41 @@ export class BalancedTable {
       out[i] = share[i]!;
     }
     const counts = slotCounts(out, this.slots);
-    // Same counts for the same shards: the table stands as it is (the caller can tell by
-    // identity and skip publishing it again).
-    const last = this.#counts;
-    if (this.#table && last.length === n && counts.every((c, i) => c === last[i])) return this.#table;
-    this.#counts = counts;
-    this.#table = reassignSlots(this.#table, this.#ids, counts, this.slots);
+    this.#table = this.#moveSlots(counts);
     return this.#table;
+  }
+
+  /**
+   * Give shard i exactly counts[i] slots, moving the fewest: shards over their count give up
+   * their most recently taken slots, which (with the slots of shards that left) go to the
+   * shards under theirs. Linear in the slots that move, not in the table.
+   */
+  #moveSlots(counts: readonly number[]): Uint16Array {
+    const ids = this.#ids;
+    const owned = this.#owned;
+    if (!this.#table) {
+      // First table: contiguous ranges in input order.
+      const table = new Uint16Array(this.slots);
+      let s = 0;
+      ids.forEach((id, i) => { for (let k = 0; k < counts[i]!; k++, s++) { table[s] = id; owned[i]!.push(s); } });
+      this.#orphans = [];
+      this.#changed = null;
+      return table;
+    }
+    const table = this.#table;
+    const free = this.#orphans;
+    for (let i = 0; i < ids.length; i++) {
+      const mine = owned[i]!;
+      while (mine.length > counts[i]!) free.push(mine.pop()!);
+    }
+    const changed = free.slice();
+    for (let i = 0; i < ids.length; i++) {
+      const mine = owned[i]!;
+      while (mine.length < counts[i]!) { const s = free.pop()!; table[s] = ids[i]!; mine.push(s); }
+    }
+    this.#orphans = free; // empty: the counts add up to the table
+    this.#changed = changed;
+    return table;
   }
 }
 
@@ -395,6 +435,8 @@ export class AffinityTable {
   #window = 0;
   /** Slots currently away from home. */
   #spilled = 0;
+  /** Slots the last build moved; null when the Active set changed (everything may have). */
+  #changed: number[] | null = [];
   /** Slots that went away from home (may include some back home since: skipped, then dropped). */
   #away: number[] = [];
   /** Which slots are in #away (so a slot is listed once). */
@@ -420,6 +462,9 @@ export class AffinityTable {
   /** How many slots route away from their home. */
   spilledSlots(): number { return this.#spilled; }
 
+  /** The slots the last build changed (empty: the table stands), or null: all of them. */
+  changedSlots(): readonly number[] | null { return this.#changed; }
+
   /**
    * Rebuild for these Active shards. Homes change only when the set of ids does (added ids
    * take over the slots they win, removed ids' slots go to their next choice); `fresh` says
@@ -427,7 +472,9 @@ export class AffinityTable {
    * table changed.
    */
   build(active: readonly RoutedShard[], fresh: boolean): boolean {
+    this.#changed = [];
     let changed = this.#membership(active.map((s) => s.id));
+    if (changed) this.#changed = null;
     if (fresh && active.length > 1) changed = this.#balance(active) || changed;
     if (fresh) this.#window++;
     return changed;
@@ -562,8 +609,10 @@ export class AffinityTable {
     const shareOver = (k: number) => total > 0 && load[k]! > spillAbove + noise;
     let changed = false;
 
+    const moved = this.#changed;
     const move = (s: number, from: number, to: number, unit: number) => {
       route[s] = ids[to]!;
+      moved?.push(s);
       count[from]!--;
       count[to]!++;
       load[from]! -= unit;
