@@ -258,9 +258,9 @@ async function collectCost(profile, shards) {
   for (const mode of MODES) {
     mappers[mode] = await ShardMapper.create(shards, 1024, { minShards: 1, maxShards: shards, autoScale: false }, { routing: mode });
   }
-  // Every window some shards see traffic and a backlog (a rotating 1/64 of them), so the
-  // load-aware tables really change from one window to the next: the cost of a rebuild,
-  // not of an unchanged table.
+  // Every window a rotating 1/64 of the shards see traffic and a backlog (some over the fill
+  // threshold) and the previous window's busy shards have caught up, so the load-aware tables
+  // really change from one window to the next: the cost of a rebuild, not of an unchanged table.
   const env = (mode) => {
     const m = mappers[mode];
     const collectors = m.activeShardIds().map((id) => m.metricsCollector(id));
@@ -275,9 +275,10 @@ async function collectCost(profile, shards) {
       const busy = Math.max(1, n >> 6);
       const r = st.round++;
       for (let k = 0; k < busy; k++) {
+        st.collectors[((r - 1) * busy + k + n) % n].recordBufferLen(0); // last window's busy shards caught up
         const c = st.collectors[(r * busy + k) % n];
         for (let e = 0; e < 8; e++) c.recordEventOnly();
-        c.recordBufferLen((r * 37 + k * 11) % 800);
+        c.recordBufferLen((r * 37 + k * 11) % 800); // fill up to 0.78: some cross the 0.7 threshold
       }
       return st.m.collectMetrics().length;
     },

@@ -443,6 +443,10 @@ export class AffinityTable {
   readonly #listed: Uint8Array;
   /** Slots routed to each shard, at the positions of #ids; kept up to date by every move. */
   #count = new Int32Array(0);
+  // Per-window scratch at the positions of #ids: events, fill, overloaded.
+  #load = new Float64Array(0);
+  #fill = new Float64Array(0);
+  #over = new Uint8Array(0);
 
   constructor(slots: number, fillRatioThreshold: number, loadBound: number) {
     this.slots = slots;
@@ -586,9 +590,14 @@ export class AffinityTable {
     const homes = this.#homes;
     const at = this.#index; // id → position in ids (dense arrays below)
     const states = this.#states;
-    const load = new Float64Array(n);
+    if (this.#load.length !== n) { this.#load = new Float64Array(n); this.#fill = new Float64Array(n); this.#over = new Uint8Array(n); }
+    const load = this.#load;
     const count = this.#count;
-    const fill = new Float64Array(n);
+    const fill = this.#fill;
+    const over = this.#over;
+    load.fill(0);
+    fill.fill(0);
+    over.fill(0);
     let total = 0;
     for (const s of active) {
       const k = at[s.id]!;
@@ -622,7 +631,6 @@ export class AffinityTable {
 
     // Spill: each overloaded shard sheds slots (those that are guests on it first) to the
     // slot's best-scoring shard that can take them and stay under the settle mark.
-    const over = new Uint8Array(n);
     let overCount = 0;
     let minLoad = Infinity;
     for (let k = 0; k < n; k++) {
