@@ -9,8 +9,7 @@ import { resolvePolicy, type ScalingPolicy } from './policy.js';
 import { compileAsync, sharedMemorySupported, type MemoryKind } from './wasm.js';
 import { MAX_LANES } from './layout.generated.js';
 import {
-  AffinityTable, BalancedTable, checkLoadBound, checkRouting, routingSlots, tableCapacity,
-  type RoutedShard, type RoutingMode,
+  checkLoadBound, checkRouting, createTableBuilder, tableCapacity, type RoutedShard, type RoutingMode, type TableBuilder,
 } from './routing.js';
 
 export const NO_SHARD = 0xffff;
@@ -108,8 +107,8 @@ export class ShardMapper {
   #candidateCount = 0;
   readonly #routing: RoutingMode;
   readonly #loadBound: number;
-  readonly #balanced: BalancedTable | undefined;
-  readonly #affinity: AffinityTable | undefined;
+  /** balanced / affinity: builds the slot table (undefined for leastLoaded). */
+  readonly #builder: TableBuilder | undefined;
   /** balanced / affinity: id → its table entry (id | slot << 16), filled at each rebuild. */
   #entryOf: Uint32Array | undefined;
   /** balanced / affinity: u32 index of the table this mapper published last (-1: none). */
@@ -151,8 +150,9 @@ export class ShardMapper {
     this.#candidates = new Uint16Array(capacity);
     this.#routing = routing;
     this.#loadBound = loadBound;
-    if (routing === 'balanced') this.#balanced = new BalancedTable(routingSlots(full.maxShards), full.fillRatioThreshold);
-    if (routing === 'affinity') this.#affinity = new AffinityTable(routingSlots(full.maxShards), full.fillRatioThreshold, loadBound);
+    if (routing !== 'leastLoaded') {
+      this.#builder = createTableBuilder(routing, { maxShards: full.maxShards, fillRatioThreshold: full.fillRatioThreshold, loadBound });
+    }
     if (!this.#core.canAllocate(initialShards)) {
       throw new ScalingError('ShardCreationFailed', `cannot provision ${initialShards} initial shards: the memory holds ${this.#core.maxSlots}`);
     }
@@ -319,16 +319,8 @@ export class ShardMapper {
   /** balanced / affinity: a table of slots, many of them naming the same shard. */
   #rebuildSlots(active: MappedShard[], fresh: boolean): void {
     const input: RoutedShard[] = active.map((s) => ({ id: s.id, metrics: s.lastMetrics }));
-    let ids: Uint16Array | undefined;
-    let changed: readonly number[] | null;
-    if (this.#balanced) {
-      ids = this.#balanced.build(input, fresh);
-      changed = this.#balanced.changedSlots();
-    } else {
-      this.#affinity!.build(input, fresh);
-      ids = this.#affinity!.table;
-      changed = this.#affinity!.changedSlots();
-    }
+    const ids = this.#builder!.build(input, fresh);
+    const changed = this.#builder!.changedSlots();
     const core = this.#core;
     if (!ids || active.length === 0) {
       this.#candidateCount = 0;

@@ -1,8 +1,8 @@
 // Routing modes beyond the SPEC's least-loaded rule. Each builds a table of a fixed number of
 // slots that may name a shard many times; selection reads table[floor(hash · T / 2^32)], the
 // same single read as the least-loaded candidate list. Everything here is plain data in,
-// plain data out (no memory, no clock), so a distributed node can build the same table from
-// the same active ids and metrics.
+// plain data out (no shared memory, no clock, no randomness), so a distributed node builds
+// the same table as its peers from the same inputs: see createTableBuilder.
 import { describe, invalid } from './errors.js';
 
 export type RoutingMode = 'leastLoaded' | 'balanced' | 'affinity';
@@ -709,4 +709,50 @@ export class AffinityTable {
     }
     return changed;
   }
+}
+
+// ---- one entry point for both builders ---------------------------------------------------------
+
+/** A 'balanced' or 'affinity' table builder, as ShardMapper uses it. */
+export interface TableBuilder {
+  readonly mode: 'balanced' | 'affinity';
+  /** Entries of every table it builds. */
+  readonly slots: number;
+  /**
+   * Rebuild for these Active shards (in the mapper's table order) and return the table: the
+   * shard id of every slot, or undefined when none is Active. `fresh` says their metrics are
+   * a new window (collectMetrics); false for a change of the Active set only. The returned
+   * array may be the builder's own and change at the next call: copy what you keep.
+   */
+  build(active: readonly RoutedShard[], fresh: boolean): Uint16Array | undefined;
+  /** The slots the last build changed (empty: the table stands), or null: any may have. */
+  changedSlots(): readonly number[] | null;
+}
+
+export interface TableBuilderOptions {
+  /** Sizes the table: routingSlots(maxShards) slots. */
+  maxShards: number;
+  fillRatioThreshold: number;
+  /** ε of 'affinity' (default DEFAULT_LOAD_BOUND). */
+  loadBound?: number;
+}
+
+/**
+ * A builder for 'balanced' or 'affinity' tables. Builders are deterministic: the same
+ * sequence of build calls (same ids in the same order, same metrics, same `fresh` flags)
+ * gives the same tables anywhere, so nodes that see the same windows agree; 'affinity's
+ * table with nothing overloaded is affinityHomes(the Active ids) whatever the history.
+ */
+export function createTableBuilder(mode: 'balanced' | 'affinity', options: TableBuilderOptions): TableBuilder {
+  const slots = routingSlots(options.maxShards);
+  if (mode === 'balanced') {
+    const table = new BalancedTable(slots, options.fillRatioThreshold);
+    return { mode, slots, build: (active, fresh) => table.build(active, fresh), changedSlots: () => table.changedSlots() };
+  }
+  const table = new AffinityTable(slots, options.fillRatioThreshold, options.loadBound ?? DEFAULT_LOAD_BOUND);
+  return {
+    mode, slots,
+    build: (active, fresh) => { table.build(active, fresh); return table.table; },
+    changedSlots: () => table.changedSlots(),
+  };
 }

@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { NO_SHARD, ScalingError, ShardManager, ShardMapper, type RoutingMode } from 'shard-mapper';
 import {
-  AffinityTable, BalancedTable, affinityHomes, reassignSlots, routingSlots, slotCounts, tableCapacity, waterFill,
+  AffinityTable, BalancedTable, affinityHomes, createTableBuilder, reassignSlots, routingSlots, slotCounts, tableCapacity, waterFill,
   type RoutedShard,
 } from '../dist/routing.js';
 import { scalingError } from './helpers.js';
@@ -439,5 +439,29 @@ describe("'affinity'", () => {
     expect(c.activeShardIds()).toEqual([0, 2, 3, 5]);
     expect(a.selectShards(hashes)).toEqual(c.selectShards(hashes));
     expect(a.selectShards(hashes)).not.toEqual(b.selectShards(hashes));
+  });
+});
+
+describe('createTableBuilder (what a distributed node reuses)', () => {
+  it('two builders fed the same windows build the same tables, step by step', () => {
+    const step = fc.record({
+      ids: idsArb(1, 10),
+      fresh: fc.boolean(),
+      rates: fc.array(fc.nat({ max: 5000 }), { minLength: 10, maxLength: 10 }),
+      fills: fc.array(fillArb, { minLength: 10, maxLength: 10 }),
+    });
+    fc.assert(fc.property(fc.constantFrom('balanced' as const, 'affinity' as const), fc.array(step, { minLength: 1, maxLength: 15 }), (mode, steps) => {
+      const a = createTableBuilder(mode, { maxShards: 16, fillRatioThreshold: 0.7 });
+      const b = createTableBuilder(mode, { maxShards: 16, fillRatioThreshold: 0.7 });
+      expect(a.slots).toBe(routingSlots(16));
+      for (const { ids, fresh, rates, fills } of steps) {
+        const active = ids.map((id, i) => ({ id, metrics: { fillRatio: fills[i]!, eventRate: rates[i]!, bufferLen: Math.round(fills[i]! * 1000) } }));
+        const ta = a.build(active, fresh)!.slice();
+        const tb = b.build(active.map((x) => ({ ...x })), fresh)!;
+        expect(tb).toEqual(ta);
+        const live = new Set(ids);
+        expect(ta.every((id) => live.has(id))).toBe(true);
+      }
+    }), runs(60));
   });
 });
