@@ -150,6 +150,8 @@ export function slotCounts(shares: readonly number[], slots: number): number[] {
     edge.sort((a, b) => rest[b]! - rest[a]! || a - b);
     let more = left - above;
     for (let k = 0; more > 0 && edge.length > 0; k = (k + 1) % edge.length, more--) counts[edge[k]!]!++;
+    // (Only if the shares did not add up to 1: spread what is left so the counts still do.)
+    for (let i = 0; more > 0; i = (i + 1) % n, more--) counts[i]!++;
   }
   for (let i = 0; i < n; i++) counts[i]!++;
   return counts;
