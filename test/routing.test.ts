@@ -465,3 +465,85 @@ describe('createTableBuilder (what a distributed node reuses)', () => {
     }), runs(60));
   });
 });
+
+// ---- every mode: nothing accepted is lost, per-shard order kept (poll consumers) ---------------
+
+type DeliveryOp =
+  | { op: 'push'; n: number; seed: number }
+  | { op: 'poll'; pick: number; max: number }
+  | { op: 'tick' }
+  | { op: 'add' }
+  | { op: 'drain'; pick: number }
+  | { op: 'remove'; pick: number };
+
+const deliveryOpArb: fc.Arbitrary<DeliveryOp> = fc.oneof(
+  { weight: 4, arbitrary: fc.record({ op: fc.constant('push' as const), n: fc.integer({ min: 1, max: 60 }), seed: fc.nat() }) },
+  { weight: 3, arbitrary: fc.record({ op: fc.constant('poll' as const), pick: fc.nat(), max: fc.integer({ min: 1, max: 40 }) }) },
+  { weight: 2, arbitrary: fc.record({ op: fc.constant('tick' as const) }) },
+  { weight: 1, arbitrary: fc.record({ op: fc.constant('add' as const) }) },
+  { weight: 1, arbitrary: fc.record({ op: fc.constant('drain' as const), pick: fc.nat() }) },
+  { weight: 1, arbitrary: fc.record({ op: fc.constant('remove' as const), pick: fc.nat() }) },
+);
+
+describe('ShardManager under every mode: each accepted event is polled exactly once, in push order per shard', () => {
+  for (const routing of MODES) {
+    it(routing, async () => {
+      await fc.assert(fc.asyncProperty(fc.array(deliveryOpArb, { minLength: 1, maxLength: 40 }), async (ops) => {
+        const clock = { t: 0 };
+        const m = await ShardManager.create({
+          routing, initialShards: 2, ringBufferCapacity: 32, maxPayloadBytes: 8, clock: () => clock.t, drainGraceMs: 0,
+          backpressure: { kind: 'dropNewest' }, policy: { minShards: 1, maxShards: 5, cooldownMs: 100, metricsWindowMs: 100 },
+        });
+        let seq = 0;
+        const accepted = new Set<number>();
+        const seen = new Set<number>();
+        const lastOf = new Map<number, number>(); // shard → last sequence polled from it
+        const problems: string[] = [];
+        const take = (id: number, max?: number) => {
+          if (m.mapper.shardState(id) === undefined) return; // already removed
+          for (const r of m.poll(id, max)) {
+            const v = new DataView(r.buffer, r.byteOffset, r.byteLength).getUint32(0, true);
+            if (seen.has(v)) problems.push(`${v} twice`);
+            seen.add(v);
+            if ((lastOf.get(id) ?? -1) > v) problems.push(`shard ${id}: ${v} after ${lastOf.get(id)}`);
+            lastOf.set(id, v);
+          }
+        };
+        const removals: Promise<void>[] = [];
+        for (const o of ops) {
+          clock.t += 25;
+          const live = m.mapper.allShardIds();
+          const active = m.mapper.activeShardIds();
+          if (o.op === 'push') {
+            let h = o.seed;
+            for (let i = 0; i < o.n; i++) {
+              h = (Math.imul(h, 1664525) + 1013904223) >>> 0;
+              const payload = new Uint8Array(4);
+              new DataView(payload.buffer).setUint32(0, seq, true);
+              if (m.push(h, payload)) accepted.add(seq);
+              seq++;
+            }
+          } else if (o.op === 'poll' && live.length > 0) take(live[o.pick % live.length]!, o.max);
+          else if (o.op === 'tick') m.tick();
+          else if (o.op === 'add' && active.length < 5) await m.addShard();
+          else if (o.op === 'drain' && active.length > 1) await m.drainShard(active[o.pick % active.length]!);
+          else if (o.op === 'remove' && active.length > 1) {
+            const id = active[o.pick % active.length]!;
+            removals.push(m.removeShard(id));
+            take(id); // its consumer takes what is left, so the removal can finish
+          }
+        }
+        for (let round = 0; round < 5; round++) for (const id of m.mapper.allShardIds()) take(id);
+        await Promise.all(removals);
+        expect(problems).toEqual([]);
+        expect(seen.size).toBe(accepted.size);
+        for (const v of accepted) if (!seen.has(v)) problems.push(`${v} lost`);
+        expect(problems).toEqual([]);
+        const st = m.stats();
+        expect(st.pushed).toBe(accepted.size);
+        expect(st.delivered).toBe(accepted.size);
+        await m.close();
+      }), runs(25));
+    }, 120_000);
+  }
+});
