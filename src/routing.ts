@@ -103,7 +103,7 @@ const BACKLOG_FILL = 0.02;
 const CAP_HEADROOM = 1.1;
 const BACKLOG_PULL = 0.3;
 /** How far a window's target moves the shares (the rest is the previous window's). */
-const BALANCED_SMOOTHING = 0.6;
+const BALANCED_SMOOTHING = 0.7;
 
 /** A shard's desired weight: a floor plus its spare capacity below the fill threshold. */
 export function spareWeight(metrics: RoutedShard['metrics'], fillRatioThreshold: number): number {
