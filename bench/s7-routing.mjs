@@ -345,7 +345,7 @@ export async function run(profile) {
   }
 
   // b. throughput on threads
-  const reps = tiny ? 0 : quick ? 1 : 3;
+  const reps = tiny ? 0 : quick ? 1 : 5;
   const seconds = quick ? 2 : 4;
   if (reps > 0) {
     const rows = [];
