@@ -1,6 +1,8 @@
-// Weighted shard selection. The mapper thread builds the candidate list (Active shards
-// within 0.1 of the lowest weight) into the table that is not live, then flips the
-// generation. Readers on any thread use the generation as a seqlock: read it, read the
+// Weighted shard selection. The mapper thread builds the table into the buffer that is not
+// live, then flips the generation. Under 'leastLoaded' routing the table is the candidate
+// list (Active shards within 0.1 of the lowest weight); under 'balanced' and 'affinity' it
+// is a fixed number of slots that name shards many times (src/routing.ts). Either way a
+// hash picks entry floor(hash · n / 2^32): one read, whatever the mode. Readers on any thread use the generation as a seqlock: read it, read the
 // table it names, read it again; a changed generation means a rebuild raced the read and
 // the reader tries again. Readers never block the writer and never allocate.
 import { LAYOUT_BASE, H_TABLE_GEN, H_TABLE_COUNT0, NO_SHARD } from "./layout";

@@ -15,9 +15,10 @@ import * as s3 from './s3-ring.mjs';
 import * as s4 from './s4-threads.mjs';
 import * as s5 from './s5-scaling.mjs';
 import * as s6 from './s6-growth.mjs';
+import * as s7 from './s7-routing.mjs';
 import * as s8 from './s8-redis.mjs';
 
-export const SCENARIOS = [s1, s2, s3, s4, s5, s6, s8];
+export const SCENARIOS = [s1, s2, s3, s4, s5, s6, s7, s8];
 
 function parseArgs(argv) {
   const args = { profile: 'full', only: undefined, list: false };

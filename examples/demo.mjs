@@ -17,16 +17,18 @@ const { values: args } = parseArgs({
     payload: { type: 'string', default: '64' },
     peak: { type: 'string', default: '150000' },
     'max-shards': { type: 'string', default: '4' },
+    routing: { type: 'string' },
     help: { type: 'boolean', default: false },
   },
 });
 if (args.help) {
-  console.log(`usage: npm start -- [--duration s] [--producers n] [--payload bytes] [--peak events/s] [--max-shards n]
+  console.log(`usage: npm start -- [--duration s] [--producers n] [--payload bytes] [--peak events/s] [--max-shards n] [--routing mode]
   --duration    seconds to run (default 30)
   --producers   producer threads (default 2)
   --payload     bytes per event, at least 8 (default 64)
   --peak        total events/s at the top of the ramp (default 150000)
-  --max-shards  upper bound for autoscaling (default 4)`);
+  --max-shards  upper bound for autoscaling (default 4)
+  --routing     leastLoaded, balanced or affinity (default: ShardManager's, balanced)`);
   process.exit(0);
 }
 const num = (name, min, max) => {
@@ -40,6 +42,11 @@ const payloadBytes = Math.round(num('payload', 8, 4096));
 const peak = num('peak', 1000, 10_000_000);
 const maxShards = Math.round(num('max-shards', 1, 64));
 const LOW = Math.min(2000, peak / 10);
+const ROUTINGS = ['leastLoaded', 'balanced', 'affinity'];
+if (args.routing !== undefined && !ROUTINGS.includes(args.routing)) {
+  console.error(`--routing must be one of ${ROUTINGS.join(', ')}, got ${args.routing}`);
+  process.exit(2);
+}
 
 // Load profile as a fraction of the run: quiet, ramp up, peak, ramp down, idle.
 function targetRate(f) {
@@ -57,6 +64,7 @@ const elapsed = () => (performance.now() - started) / 1000;
 const manager = await ShardManager.create({
   initialShards: 1,
   ringBufferCapacity: 4096,
+  routing: args.routing, // undefined: ShardManager's default
   maxPayloadBytes: Math.max(payloadBytes, 64),
   policy: { minShards: 1, maxShards, fillRatioThreshold: 0.5, cooldownMs: 1500, scaleDownDelayMs: 3000, metricsWindowMs: 250 },
   consumer: { module: new URL('./demo-consumer.mjs', import.meta.url), threads: maxShards, batchSize: 128 },
@@ -85,6 +93,8 @@ const tty = process.stdout.isTTY;
 const history = { pushed: [], delivered: [], shards: [] };
 let lastPushed = 0;
 let lastDelivered = 0;
+const lastShardPushed = new Map(); // shard id → its pushed count at the last sample
+let shareOf = new Map(); // shard id → its share of the events pushed since the last sample
 let lastAt = performance.now();
 const stateColour = { active: pc.green, provisioning: pc.cyan, draining: pc.yellow, stopped: pc.gray };
 const bar = (ratio, width = 24) => {
@@ -93,6 +103,31 @@ const bar = (ratio, width = 24) => {
   return colour('█'.repeat(full)) + pc.gray('░'.repeat(width - full));
 };
 const fmt = (n) => Math.round(n).toLocaleString('en-US');
+const shareBar = (share, width = 10) => {
+  const full = Math.round(Math.min(1, share) * width);
+  return '▮'.repeat(full) + pc.gray('·'.repeat(width - full));
+};
+
+// Two series on one scale, told apart by their glyphs (not only by colour): the first is
+// drawn with box-drawing lines, the second with dots on top of it.
+const DOTS = ['┼', '┤', '•', '•', '•', '•', '•', '•', '•', '•'];
+function twoSeriesChart(first, second) {
+  const max = Math.max(1, ...first, ...second);
+  const cfg = { height: 10, min: 0, max, format: (x) => fmt(x).padStart(9) };
+  const a = asciichart.plot(first, cfg).split('\n');
+  const b = asciichart.plot(second, { ...cfg, symbols: DOTS }).split('\n');
+  return a.map((row, r) => {
+    const other = b[r] ?? '';
+    const axis = Math.max(row.search(/[┤┼]/), 0) + 1;
+    let out = row.slice(0, axis);
+    for (let i = axis; i < Math.max(row.length, other.length); i++) {
+      const dot = other[i] ?? ' ';
+      const line = row[i] ?? ' ';
+      out += dot !== ' ' ? pc.magenta(dot) : line !== ' ' ? pc.cyan(line) : ' ';
+    }
+    return out;
+  }).join('\n');
+}
 
 function sample() {
   const now = performance.now();
@@ -101,6 +136,12 @@ function sample() {
   const pushRate = (s.pushed - lastPushed) / dt;
   const deliverRate = (s.delivered - lastDelivered) / dt;
   lastPushed = s.pushed; lastDelivered = s.delivered; lastAt = now;
+  // Each shard's share of the traffic since the last sample: what the routing mode decides.
+  const deltas = s.shards.map((sh) => [sh.id, sh.pushed - (lastShardPushed.get(sh.id) ?? 0)]);
+  const sum = deltas.reduce((a, [, d]) => a + d, 0);
+  shareOf = new Map(deltas.map(([id, d]) => [id, sum > 0 ? d / sum : 0]));
+  lastShardPushed.clear();
+  for (const sh of s.shards) lastShardPushed.set(sh.id, sh.pushed);
   for (const [k, v] of [['pushed', pushRate], ['delivered', deliverRate], ['shards', manager.mapper.activeShardCount()]]) {
     history[k].push(v);
     if (history[k].length > 72) history[k].shift();
@@ -114,19 +155,17 @@ function render({ s, pushRate, deliverRate }) {
     pc.bold('shard-mapper live demo') + pc.gray(`  ${elapsed().toFixed(1)} s / ${durationS} s   ${producers} producer threads, ${maxShards} consumer threads, ${payloadBytes}-byte events`),
     `target ${fmt(targetRate(f))} ev/s   pushed ${pc.bold(fmt(pushRate))} ev/s   delivered ${pc.bold(fmt(deliverRate))} ev/s   active shards ${pc.bold(String(manager.mapper.activeShardCount()))} / ${maxShards}`,
     '',
-    pc.gray('  id  state          fill                              ring     delivered'),
+    pc.gray(`  routing ${manager.mapper.routing}`),
+    pc.gray('  id  state          fill                              ring  share of traffic     delivered'),
   ];
   for (const sh of s.shards) {
     const colour = stateColour[sh.state] ?? ((x) => x);
     const ratio = sh.length / manager.ringCapacity;
-    lines.push(`  ${String(sh.id).padStart(2)}  ${colour(sh.state.padEnd(13))}  ${bar(ratio)} ${(ratio * 100).toFixed(0).padStart(3)}%  ${String(sh.length).padStart(6)}  ${fmt(sh.delivered).padStart(12)}`);
+    const share = shareOf.get(sh.id) ?? 0;
+    lines.push(`  ${String(sh.id).padStart(2)}  ${colour(sh.state.padEnd(13))}  ${bar(ratio)} ${(ratio * 100).toFixed(0).padStart(3)}%  ${String(sh.length).padStart(6)}  ${shareBar(share)} ${(share * 100).toFixed(0).padStart(3)}%  ${fmt(sh.delivered).padStart(12)}`);
   }
-  lines.push('', pc.gray(`events/s — ${pc.cyan('pushed')} ${pc.magenta('delivered')}`));
-  if (history.pushed.length > 1) {
-    lines.push(asciichart.plot([history.pushed, history.delivered], {
-      height: 10, colors: [asciichart.cyan, asciichart.magenta], format: (x) => fmt(x).padStart(9),
-    }));
-  }
+  lines.push('', `events/s — ${pc.cyan('─ pushed')}   ${pc.magenta('• delivered')} ${pc.gray('(• drawn over ─ where they meet)')}`);
+  if (history.pushed.length > 1) lines.push(twoSeriesChart(history.pushed, history.delivered));
   lines.push('', pc.gray(`scaling: ${decisions.slice(-6).join('  ') || 'none yet'}`));
   logUpdate(lines.join('\n'));
 }
@@ -139,7 +178,7 @@ const timer = setInterval(() => {
   if (tty) render(snap);
   else if (elapsed() - lastPlain >= 1) {
     lastPlain = elapsed();
-    console.log(`${elapsed().toFixed(1)}s target=${fmt(targetRate(f))}/s pushed=${fmt(snap.pushRate)}/s delivered=${fmt(snap.deliverRate)}/s shards=${snap.s.shards.map((x) => `${x.id}:${x.state[0]}:${x.length}`).join(' ')}`);
+    console.log(`${elapsed().toFixed(1)}s target=${fmt(targetRate(f))}/s pushed=${fmt(snap.pushRate)}/s delivered=${fmt(snap.deliverRate)}/s shards=${snap.s.shards.map((x) => `${x.id}:${x.state[0]}:${x.length}:${((shareOf.get(x.id) ?? 0) * 100).toFixed(0)}%`).join(' ')}`);
   }
 }, 250);
 
@@ -166,5 +205,5 @@ row('unrouted', s.unrouted);
 row('lost', lost, lost === 0 ? 'none' : 'LOST EVENTS');
 row('out of order', outOfOrder, 'per shard and producer');
 console.log(pc.gray(`  scaling decisions: ${decisions.join(', ') || 'none'}`));
-console.log(pc.gray(`  peak shards ${Math.max(...history.shards, 1)}, final shards ${manager.mapper.activeShardCount()}, ${availableParallelism()} CPUs`));
+console.log(pc.gray(`  routing ${manager.mapper.routing}, peak shards ${Math.max(...history.shards, 1)}, final shards ${manager.mapper.activeShardCount()}, ${availableParallelism()} CPUs`));
 process.exit(lost === 0 && outOfOrder === 0 && consumed === s.delivered ? 0 : 1);

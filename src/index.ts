@@ -1,5 +1,6 @@
 // Public exports of shard-mapper.
 export { ShardMapper, ShardState, NO_SHARD, type ScalingDecision, type ShardMapperOptions } from './mapper.js';
+export type { RoutingMode } from './routing.js';
 export { ShardMetricsCollector, type ShardMetrics, type CollectorHandle } from './metrics.js';
 export type { CoreHandle } from './core.js';
 export { ScalingPolicy } from './policy.js';

@@ -7,6 +7,7 @@ import { ConsumerPool, type ConsumerOptions } from './consumer-pool.js';
 import { ManagerClosedError, ScalingError, checkInteger, describe, invalid } from './errors.js';
 import { ShardMapper, ShardState, WIRING, type MapperWiring, type ScalingDecision } from './mapper.js';
 import { resolvePolicy, type ScalingPolicy } from './policy.js';
+import { checkLoadBound, checkRouting, tableCapacity, type RoutingMode } from './routing.js';
 import { ShardProducer, type BatchEvent, type EventKey, type EventPayload, type ProducerHandle } from './producer.js';
 import { Total, TOTALS } from './abi.js';
 import { StallWatchdog } from './stall-watchdog.js';
@@ -76,7 +77,14 @@ export interface ShardManagerOptions {
   /** Threads that may attach at once, this one and consumer threads included (default
    *  max(64, consumer threads + 8), at most 256). Each costs a 16 KiB staging lane. */
   maxThreads?: number;
+  /** How hashes are spread over Active shards (default: see MANAGER_DEFAULT_ROUTING). */
+  routing?: RoutingMode;
+  /** ε of 'affinity' routing (default 0.25). */
+  loadBound?: number;
 }
+
+/** The routing mode ShardManager uses when `options.routing` is not given (README: Routing modes). */
+export const MANAGER_DEFAULT_ROUTING: RoutingMode = 'balanced';
 
 export interface ShardStats {
   id: number;
@@ -142,6 +150,8 @@ interface Parts {
   kind: MemoryKind;
   producerStallMs: number;
   consumerStallMs: number;
+  routing: RoutingMode;
+  loadBound: number;
 }
 
 export class ShardManager {
@@ -210,6 +220,7 @@ export class ShardManager {
     };
     this.mapper = new ShardMapper(parts.initialShards, parts.ringCapacity, parts.policy, {
       clock: this.#clock, drainGraceMs: options.drainGraceMs, memory: parts.kind, [WIRING]: wiring,
+      routing: parts.routing, loadBound: parts.loadBound,
     } as ConstructorParameters<typeof ShardMapper>[3]);
   }
 
@@ -222,6 +233,8 @@ export class ShardManager {
     const backpressure = given(options.backpressure, BackpressureMode.FailProducer);
     const bp = backpressureCode(backpressure);
     const policy = resolvePolicy(options.policy, initialShards);
+    const routing = options.routing === undefined ? MANAGER_DEFAULT_ROUTING : checkRouting('options.routing', options.routing);
+    const loadBound = checkLoadBound('options.loadBound', options.loadBound);
     const defaultSlots = Math.min(0xffff, Math.max(2 * policy.maxShards, policy.maxShards + 16, initialShards));
     const maxSlots = checkInteger('options.maxSlots', given(options.maxSlots, defaultSlots), Math.max(1, initialShards), 0xffff);
     const kind = options.memory ?? (sharedMemorySupported() ? 'shared' : 'single');
@@ -263,7 +276,7 @@ export class ShardManager {
     const ringCapacity = nextPowerOfTwo(Math.max(2, requested));
     await compileAsync(kind);
     const core = SharedCore.createSync({
-      kind, tableCapacity: policy.maxShards, maxSlots, initialSlots: initialShards, ringCapacity, maxPayload,
+      kind, tableCapacity: tableCapacity(routing, policy.maxShards), maxSlots, initialSlots: initialShards, ringCapacity, maxPayload,
       lanes: maxThreads, laneBytes: Math.max(DEFAULT_LANE_BYTES, 2 * (maxPayload + 64)), backpressure: bp.code,
       sampleRate: bp.rate, sampleFill: policy.fillRatioThreshold,
     });
@@ -276,7 +289,7 @@ export class ShardManager {
         onStalled: (worker) => { if (self) self.#emit({ type: 'consumerStalled', worker, at: self.#clock() }); },
       })
       : undefined;
-    self = new ShardManager({ options, core, pool, policy, initialShards, ringCapacity, maxPayload, backpressure, kind, producerStallMs, consumerStallMs });
+    self = new ShardManager({ options, core, pool, policy, initialShards, ringCapacity, maxPayload, backpressure, kind, producerStallMs, consumerStallMs, routing, loadBound });
     return self;
   }
 

@@ -8,6 +8,9 @@ import { ShardMetricsCollector, type ShardMetrics } from './metrics.js';
 import { resolvePolicy, type ScalingPolicy } from './policy.js';
 import { compileAsync, sharedMemorySupported, type MemoryKind } from './wasm.js';
 import { MAX_LANES } from './layout.generated.js';
+import {
+  checkLoadBound, checkRouting, createTableBuilder, tableCapacity, type RoutedShard, type RoutingMode, type TableBuilder,
+} from './routing.js';
 
 export const NO_SHARD = 0xffff;
 /** The highest shard id that is ever allocated. */
@@ -30,6 +33,10 @@ export interface ShardMapperOptions {
   drainGraceMs?: number;
   /** 'shared' (default where SharedArrayBuffer works) or 'single' (one thread, no sharing). */
   memory?: MemoryKind;
+  /** How hashes are spread over Active shards (default 'leastLoaded', the SPEC §5 rule). */
+  routing?: RoutingMode;
+  /** ε of 'affinity': a shard above (1 + ε)/n of the window's events spills (default 0.25). */
+  loadBound?: number;
 }
 
 /** @internal How ShardManager builds a mapper over its own memory and follows its lifecycle. */
@@ -98,6 +105,14 @@ export class ShardMapper {
   // The live selection table, mirrored in this thread's heap for the fastest selectShard.
   readonly #candidates: Uint16Array;
   #candidateCount = 0;
+  readonly #routing: RoutingMode;
+  readonly #loadBound: number;
+  /** balanced / affinity: builds the slot table (undefined for leastLoaded). */
+  readonly #builder: TableBuilder | undefined;
+  /** balanced / affinity: id → its table entry (id | slot << 16), filled at each rebuild. */
+  #entryOf: Uint32Array | undefined;
+  /** balanced / affinity: u32 index of the table this mapper published last (-1: none). */
+  #liveTable = -1;
 
   /**
    * Synchronous constructor: compiles the WebAssembly module synchronously the first time
@@ -113,7 +128,10 @@ export class ShardMapper {
     if (typeof grace !== 'number' || !Number.isFinite(grace) || grace < 0) {
       throw invalid(`options.drainGraceMs must be a finite number >= 0, got ${describe(grace)}`);
     }
+    const routing = checkRouting('options.routing', options.routing);
+    const loadBound = checkLoadBound('options.loadBound', options.loadBound);
     const full = resolvePolicy(policy, initialShards);
+    const capacity = tableCapacity(routing, full.maxShards);
 
     const wiring = (options as { [WIRING]?: MapperWiring })[WIRING];
     const kind = options.memory ?? (sharedMemorySupported() ? 'shared' : 'single');
@@ -122,14 +140,19 @@ export class ShardMapper {
     this.#core = wiring?.core ?? SharedCore.createSync({
       // A lane for every thread that may attach (collectors in workers); untouched lanes cost
       // no resident memory.
-      kind, tableCapacity: full.maxShards, maxSlots: MAX_SHARD_ID + 1, initialSlots: initialShards,
+      kind, tableCapacity: capacity, maxSlots: MAX_SHARD_ID + 1, initialSlots: initialShards,
       ringCapacity: 0, maxPayload: 0, lanes: MAX_LANES, laneBytes: 16384, backpressure: 0, sampleRate: 1, sampleFill: 1,
     });
     this.#policy = Object.freeze(full);
     this.#clock = clock;
     this.#drainGraceMs = grace;
     this.#capacity = ringBufferCapacity;
-    this.#candidates = new Uint16Array(full.maxShards);
+    this.#candidates = new Uint16Array(capacity);
+    this.#routing = routing;
+    this.#loadBound = loadBound;
+    if (routing !== 'leastLoaded') {
+      this.#builder = createTableBuilder(routing, { maxShards: full.maxShards, fillRatioThreshold: full.fillRatioThreshold, loadBound });
+    }
     if (!this.#core.canAllocate(initialShards)) {
       throw new ScalingError('ShardCreationFailed', `cannot provision ${initialShards} initial shards: the memory holds ${this.#core.maxSlots}`);
     }
@@ -204,6 +227,16 @@ export class ShardMapper {
     return this.#policy;
   }
 
+  /** The routing mode chosen at creation. */
+  get routing(): RoutingMode {
+    return this.#routing;
+  }
+
+  /** ε of 'affinity' routing (the option's value, or its default, in every mode). */
+  get loadBound(): number {
+    return this.#loadBound;
+  }
+
   /** @internal The slot that holds a shard's metrics and ring. */
   slotOf(id: number): number | undefined {
     return this.#byId.get(id)?.slot;
@@ -260,9 +293,16 @@ export class ShardMapper {
     return this.selectShard(hashKey(key));
   }
 
-  /** Rebuild the selection table (JS mirror and shared copy) from states and weights. */
-  #rebuild(): void {
+  /**
+   * Rebuild the selection table (JS mirror and shared copy) from states and weights.
+   * `fresh`: the last metrics are a new window (collectMetrics), not just a state change.
+   */
+  #rebuild(fresh = false): void {
     const active = this.#shards.filter((s) => s.state === ShardState.Active);
+    if (this.#routing !== 'leastLoaded') {
+      this.#rebuildSlots(active, fresh);
+      return;
+    }
     const chosen = candidateIndexes(active.map((s) => s.weight));
     const core = this.#core;
     const base = core.abi.tableBuildAddress() >>> 2;
@@ -274,6 +314,42 @@ export class ShardMapper {
     }
     this.#candidateCount = chosen.length;
     core.abi.tablePublish(chosen.length);
+  }
+
+  /** balanced / affinity: a table of slots, many of them naming the same shard. */
+  #rebuildSlots(active: MappedShard[], fresh: boolean): void {
+    const input: RoutedShard[] = active.map((s) => ({ id: s.id, metrics: s.lastMetrics }));
+    const ids = this.#builder!.build(input, fresh);
+    const changed = this.#builder!.changedSlots();
+    const core = this.#core;
+    if (!ids || active.length === 0) {
+      this.#candidateCount = 0;
+      this.#liveTable = -1;
+      core.abi.tablePublish(0);
+      return;
+    }
+    const patch = changed !== null && this.#liveTable >= 0 && this.#candidateCount === ids.length ? changed : null;
+    if (patch !== null && patch.length === 0) return; // the live table stands: nothing to publish
+    const entryOf = this.#entryOf ??= new Uint32Array(MAX_SHARD_ID + 1);
+    for (const s of active) entryOf[s.id] = (s.id | (s.slot << 16)) >>> 0;
+    const build = core.abi.tableBuildAddress() >>> 2;
+    const table = core.u32;
+    if (patch !== null) {
+      // The build buffer is two publishes old: copy the live table into it, then change only
+      // the slots that moved (the live one, this thread's last publish, is never written).
+      table.copyWithin(build, this.#liveTable, this.#liveTable + ids.length);
+      for (const s of patch) {
+        const id = ids[s]!;
+        this.#candidates[s] = id;
+        table[build + s] = entryOf[id]!;
+      }
+    } else {
+      this.#candidates.set(ids);
+      for (let i = 0; i < ids.length; i++) table[build + i] = entryOf[ids[i]!]!;
+    }
+    this.#candidateCount = ids.length;
+    core.abi.tablePublish(ids.length);
+    this.#liveTable = build;
   }
 
   // ---- metrics and decisions ------------------------------------------------------------
@@ -289,7 +365,7 @@ export class ShardMapper {
       else shard.idleSince = undefined;
       out.push(m);
     }
-    this.#rebuild();
+    this.#rebuild(true);
     return out;
   }
 

@@ -18,6 +18,8 @@ export interface ShardMetrics {
   eventRate: number;
   /** clock() when collected. */
   lastUpdated: number;
+  /** The shard was draining when collected (its weight is then Number.MAX_VALUE). */
+  draining: boolean;
   /** Routing weight: lower is preferred; Number.MAX_VALUE while draining. */
   weight: number;
 }
@@ -124,7 +126,7 @@ export class ShardMetricsCollector {
     const core = this.#core;
     if (this.#retired) {
       return { shardId: this.shardId, bufferLen: 0, capacity: 0, fillRatio: 0, avgPushLatencyNs: 0,
-        avgFlushLatencyUs: 0, eventRate: 0, lastUpdated: this.#clock(), weight: 0 };
+        avgFlushLatencyUs: 0, eventRate: 0, lastUpdated: this.#clock(), draining: false, weight: 0 };
     }
     core.abi.collectAndReset(this.#slot, core.result);
     const r = core.result >>> 2;
@@ -139,12 +141,13 @@ export class ShardMetricsCollector {
     const fillRatio = capacity === 0 ? 0 : bufferLen / capacity;
     const avgPushLatencyNs = latencyCount === 0 ? 0 : Math.floor(latencySum / latencyCount);
     const avgFlushLatencyUs = flushCount === 0 ? 0 : Math.floor(flushSum / flushCount);
-    const weight = this.isDraining()
+    const draining = this.isDraining();
+    const weight = draining
       ? Number.MAX_VALUE
       : fillRatio * 100 + avgPushLatencyNs / 10 + eventRate / 1e6;
     return {
       shardId: this.shardId, bufferLen, capacity, fillRatio, avgPushLatencyNs, avgFlushLatencyUs,
-      eventRate, lastUpdated: this.#clock(), weight,
+      eventRate, lastUpdated: this.#clock(), draining, weight,
     };
   }
 

@@ -156,6 +156,10 @@ add({ call: 'ShardMapper.create(…, ringBufferCapacity)', inputs: [['-1', -1], 
   expect: S('InvalidPolicy', /ringBufferCapacity must be an integer in \[0, 4294967295\], got /), excerpt: 'ringBufferCapacity must be an integer in [0, 4294967295], got -1' });
 add({ call: 'ShardMapper.create(…, options.drainGraceMs)', inputs: [['-1', -1], ['NaN', NaN], ['Infinity', Infinity], ['"5"', '5']], fixture: 'none', run: (_, v) => ShardMapper.create(1, 16, {}, { drainGraceMs: v }),
   expect: S('InvalidPolicy', /options.drainGraceMs must be a finite number >= 0, got /), excerpt: 'options.drainGraceMs must be a finite number >= 0, got NaN' });
+add({ call: 'ShardMapper.create(…, options.routing)', inputs: [['"random"', 'random'], ['"LeastLoaded"', 'LeastLoaded'], ['5', 5], ['null', null]], fixture: 'none', run: (_, v) => ShardMapper.create(1, 16, {}, { routing: v }),
+  expect: S('InvalidPolicy', /options.routing must be 'leastLoaded', 'balanced' or 'affinity', got /), excerpt: "options.routing must be 'leastLoaded', 'balanced' or 'affinity', got \"random\"" });
+add({ call: 'ShardMapper.create(…, options.loadBound)', inputs: [['0', 0], ['-0.5', -0.5], ['NaN', NaN], ['Infinity', Infinity], ['"0.25"', '0.25'], ['null', null]], fixture: 'none', run: (_, v) => ShardMapper.create(1, 16, {}, { routing: 'affinity', loadBound: v }),
+  expect: S('InvalidPolicy', /options.loadBound must be a finite number > 0, got /), excerpt: 'options.loadBound must be a finite number > 0, got 0' });
 add({ call: 'ShardMapper.create(…, options.clock)', inputs: [['5', 5], ['"now"', 'now']], fixture: 'none', run: (_, v) => ShardMapper.create(1, 16, {}, { clock: v }),
   expect: S('InvalidPolicy', /options.clock must be a function, got /), excerpt: 'options.clock must be a function, got 5' });
 
@@ -211,6 +215,8 @@ const OPTION_CASES: [option: string, inputs: [string, unknown][], message: RegEx
   ['drainGraceMs', [['-1', -1], ['NaN', NaN], ['Infinity', Infinity], ['"5"', '5'], ['null', null]], /options\.drainGraceMs must be a finite number >= 0, got /, 'options.drainGraceMs must be a finite number >= 0, got -1'],
   ['producerStallMs', [['-1', -1], ['NaN', NaN], ['Infinity', Infinity], ['"5"', '5'], ['null', null]], /options\.producerStallMs must be a finite number >= 0, got /, 'options.producerStallMs must be a finite number >= 0, got -1'],
   ['clock', [['5', 5], ['"now"', 'now'], ['null', null]], /options\.clock must be a function, got /, 'options.clock must be a function, got 5'],
+  ['routing', [['"random"', 'random'], ['5', 5], ['null', null]], /options\.routing must be 'leastLoaded', 'balanced' or 'affinity', got /, "options.routing must be 'leastLoaded', 'balanced' or 'affinity', got \"random\""],
+  ['loadBound', [['0', 0], ['-1', -1], ['NaN', NaN], ['"0.25"', '0.25'], ['null', null]], /options\.loadBound must be a finite number > 0, got /, 'options.loadBound must be a finite number > 0, got 0'],
   ['memory', [['"huge"', 'huge'], ['5', 5]], /options\.memory must be 'shared' or 'single', got /, "options.memory must be 'shared' or 'single', got \"huge\""],
   ['onEvent', [['5', 5], ['"log"', 'log']], /options\.onEvent must be a function, got /, 'options.onEvent must be a function, got 5'],
   ['onConsumerError', [['5', 5]], /options\.onConsumerError must be a function, got /, 'options.onConsumerError must be a function, got 5'],

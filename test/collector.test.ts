@@ -12,7 +12,7 @@ async function collectorOf(capacity = 100): Promise<{ c: ShardMetricsCollector; 
   return { c: mapper.metricsCollector(0)!, clock, mapper };
 }
 
-const ZERO_WINDOW = { bufferLen: 0, fillRatio: 0, avgPushLatencyNs: 0, avgFlushLatencyUs: 0, eventRate: 0, weight: 0 };
+const ZERO_WINDOW = { bufferLen: 0, fillRatio: 0, avgPushLatencyNs: 0, avgFlushLatencyUs: 0, eventRate: 0, draining: false, weight: 0 };
 
 /** Read a (count, sum) word of a collector straight from the shared memory. */
 function withPairWord<T>(c: ShardMetricsCollector, offset: number, fn: (word: BigUint64Array, index: number) => T): T {
@@ -56,6 +56,7 @@ describe('window counters and collectAndReset', () => {
       avgFlushLatencyUs: 10,
       eventRate: 3,
       lastUpdated: 1234.5,
+      draining: false,
       weight: expect.any(Number),
     });
   });

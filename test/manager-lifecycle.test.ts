@@ -9,11 +9,25 @@ function clock() {
   return c;
 }
 
-describe('ShardManager lifecycle (injected clock, poll consumers)', () => {
+const ROUTING_MODES = ['leastLoaded', 'balanced', 'affinity'] as const;
+
+/** The k-th hash from the top of the space that the manager routes to shard `id` now. Under
+ *  leastLoaded right after a scale-up the newest shard is the last candidate, so it is
+ *  0xffffffff - k there; the other modes spread slots, so look. */
+function hashTo(m: ShardManager, id: number, k = 0): number {
+  for (let h = 0xffffffff, found = 0; h > 0; h -= 0x10000) {
+    if (m.mapper.selectShard(h) === id && found++ === k) return h;
+  }
+  throw new Error(`no hash routes to shard ${id}`);
+}
+
+// Every test runs under each routing mode: lifecycle and delivery must not depend on it.
+describe.each(ROUTING_MODES)('ShardManager lifecycle (injected clock, poll consumers, routing %s)', (routing) => {
   it('scales up under load, routes new events to the new shard, and each poll sees exactly its events', async () => {
     const c = clock();
     const events: ManagerEvent[] = [];
     const m = await ShardManager.create({
+      routing,
       initialShards: 1, ringBufferCapacity: 16, clock: c.now, onEvent: (e) => events.push(e),
       policy: { minShards: 1, maxShards: 4, cooldownMs: 1000, scaleDownDelayMs: 5000 },
     });
@@ -24,8 +38,9 @@ describe('ShardManager lifecycle (injected clock, poll consumers)', () => {
     expect(m.mapper.activeShardIds()).toEqual([0, 1]);
     expect(events.filter((e) => e.type === 'shardProvisioned' || e.type === 'shardActivated').map((e) => [e.type, (e as { shardId: number }).shardId]))
       .toEqual([['shardProvisioned', 0], ['shardActivated', 0], ['shardProvisioned', 1], ['shardActivated', 1]]);
-    // Shard 1 (weight 0) is the only candidate now: every hash goes there.
-    for (let i = 0; i < 5; i++) m.push(0xffffffff - i, `b${i}`);
+    // leastLoaded: shard 1 (weight 0) is the only candidate now, every hash goes there; the
+    // other modes give it part of the space: push where it routes.
+    for (let i = 0; i < 5; i++) m.push(hashTo(m, 1, i), `b${i}`);
     expect(text(m.poll(0))).toEqual(Array.from({ length: 12 }, (_, i) => `a${i}`));
     expect(text(m.poll(1))).toEqual(['b0', 'b1', 'b2', 'b3', 'b4']);
     // No oscillation: right after the scale-up the cooldown holds every decision.
@@ -38,6 +53,7 @@ describe('ShardManager lifecycle (injected clock, poll consumers)', () => {
     const c = clock();
     const events: ManagerEvent[] = [];
     const m = await ShardManager.create({
+      routing,
       initialShards: 2, ringBufferCapacity: 8, clock: c.now, drainGraceMs: 50, backpressure: { kind: 'dropNewest' }, onEvent: (e) => events.push(e),
       policy: { minShards: 1, maxShards: 2, cooldownMs: 1000, scaleDownDelayMs: 5000 },
     });
@@ -70,7 +86,7 @@ describe('ShardManager lifecycle (injected clock, poll consumers)', () => {
   it('with the default policy a lightly loaded manager stays at minShards; a saturated one scales out', async () => {
     const c = clock();
     const cpus = Math.max(2, ScalingPolicy.default().maxShards);
-    const light = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 1024, clock: c.now, policy: { maxShards: cpus } });
+    const light = await ShardManager.create({ routing, initialShards: 1, ringBufferCapacity: 1024, clock: c.now, policy: { maxShards: cpus } });
     for (let round = 0; round < 300; round++) {
       for (let i = 0; i < 50; i++) light.push(round * 50 + i, 'light event');
       light.poll(0);
@@ -78,7 +94,7 @@ describe('ShardManager lifecycle (injected clock, poll consumers)', () => {
       light.tick();
       expect(light.mapper.activeShardCount()).toBe(1);
     }
-    const heavy = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 1024, clock: c.now, policy: { maxShards: cpus }, backpressure: { kind: 'dropNewest' } });
+    const heavy = await ShardManager.create({ routing, initialShards: 1, ringBufferCapacity: 1024, clock: c.now, policy: { maxShards: cpus }, backpressure: { kind: 'dropNewest' } });
     for (let round = 0; round < 40 && heavy.mapper.activeShardCount() < cpus; round++) {
       for (let i = 0; i < 2000; i++) heavy.push(i * 2654435761, 'heavy event'); // nobody consumes
       c.t += 1100;
@@ -88,7 +104,7 @@ describe('ShardManager lifecycle (injected clock, poll consumers)', () => {
   });
 
   it('counts pushes with no Active shard as unrouted, never as backpressure', async () => {
-    const m = await ShardManager.create({ initialShards: 0, ringBufferCapacity: 8 });
+    const m = await ShardManager.create({ routing, initialShards: 0, ringBufferCapacity: 8 });
     expect(m.push(1, 'lost in space')).toBe(false);
     expect(m.pushBatch([1, 2], ['a', 'b'])).toBe(0);
     expect(m.stats()).toMatchObject({ pushed: 0, dropped: 0, unrouted: 3 });
@@ -98,7 +114,7 @@ describe('ShardManager lifecycle (injected clock, poll consumers)', () => {
   });
 
   it('pushBatch takes (keys, payloads), [key, payload] pairs or { key, payload } objects', async () => {
-    const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 16 });
+    const m = await ShardManager.create({ routing, initialShards: 1, ringBufferCapacity: 16 });
     expect(m.pushBatch(new Uint32Array([1, 2]), ['a', new Uint8Array([98])])).toBe(2);
     expect(m.pushBatch([['k1', 'c'], [3, 'd']])).toBe(2);
     expect(m.pushBatch([{ key: 'k2', payload: 'e' }, { hash: 4, payload: 'f' }])).toBe(2);
@@ -111,6 +127,7 @@ describe('ShardManager lifecycle (injected clock, poll consumers)', () => {
   it('start() runs tick on a timer and reports a failing tick as a tickError event', async () => {
     const events: ManagerEvent[] = [];
     const m = await ShardManager.create({
+      routing,
       initialShards: 1, ringBufferCapacity: 4, maxSlots: 1, onEvent: (e) => events.push(e),
       policy: { maxShards: 2, metricsWindowMs: 5 },
     });
@@ -125,12 +142,12 @@ describe('ShardManager lifecycle (injected clock, poll consumers)', () => {
   });
 
   it('a shard in a reused slot starts its own counts, and gets exactly its own events', async () => {
-    const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 4, policy: { maxShards: 2 }, backpressure: { kind: 'dropNewest' } });
+    const m = await ShardManager.create({ routing, initialShards: 1, ringBufferCapacity: 4, policy: { maxShards: 2 }, backpressure: { kind: 'dropNewest' } });
     let firstSlot: number | undefined;
     for (let lap = 0; lap < 3; lap++) {
       const id = await m.addShard();
       const slot = m.mapper.slotOf(id);
-      for (let i = 0; i < 7; i++) m.push(0xffffffff, `s${id}-${i}`); // the newest shard: weight 0, last candidate
+      for (let i = 0; i < 7; i++) m.push(hashTo(m, id), `s${id}-${i}`); // the newest shard (leastLoaded: weight 0, last candidate)
       expect(m.stats().shards.find((x) => x.id === id)).toMatchObject({ pushed: 4, dropped: 3, length: 4 });
       expect(text(m.poll(id))).toEqual([0, 1, 2, 3].map((i) => `s${id}-${i}`));
       await m.removeShard(id);
@@ -141,7 +158,7 @@ describe('ShardManager lifecycle (injected clock, poll consumers)', () => {
   });
 
   it('keeps totals when shards are removed', async () => {
-    const m = await ShardManager.create({ initialShards: 3, ringBufferCapacity: 8, policy: { maxShards: 3 }, backpressure: { kind: 'dropNewest' } });
+    const m = await ShardManager.create({ routing, initialShards: 3, ringBufferCapacity: 8, policy: { maxShards: 3 }, backpressure: { kind: 'dropNewest' } });
     for (let i = 0; i < 30; i++) m.push(i * 143165576, `e${i}`); // spread over 3 shards
     const before = m.stats();
     for (const id of [0, 1, 2]) m.poll(id);
@@ -154,11 +171,11 @@ describe('ShardManager lifecycle (injected clock, poll consumers)', () => {
   });
 
   it('removeShard rolls back a Provisioning shard, and waits for an Active one to be drained by poll', async () => {
-    const m = await ShardManager.create({ initialShards: 2, ringBufferCapacity: 8, policy: { maxShards: 3 } });
+    const m = await ShardManager.create({ routing, initialShards: 2, ringBufferCapacity: 8, policy: { maxShards: 3 } });
     const [p] = m.mapper.scaleUpProvisioning(1);
     await m.removeShard(p!);
     expect(m.mapper.shardState(p!)).toBeUndefined();
-    m.push(0, 'pending');
+    m.push(hashTo(m, 0), 'pending');
     let removed = false;
     const removal = m.removeShard(0).then(() => { removed = true; });
     await new Promise((r) => setTimeout(r, 20));
@@ -172,7 +189,7 @@ describe('ShardManager lifecycle (injected clock, poll consumers)', () => {
 
   it('manualScaleUp allocates all n in one forced call, even during cooldown', async () => {
     const c = clock();
-    const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 8, clock: c.now, policy: { maxShards: 5, cooldownMs: 30000 } });
+    const m = await ShardManager.create({ routing, initialShards: 1, ringBufferCapacity: 8, clock: c.now, policy: { maxShards: 5, cooldownMs: 30000 } });
     m.mapper.scaleUp(1); // starts a cooldown
     expect(() => m.mapper.scaleUp(1)).toThrow(expect.objectContaining({ kind: 'InCooldown' }));
     expect(await m.manualScaleUp(3)).toEqual([2, 3, 4]);

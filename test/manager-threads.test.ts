@@ -8,6 +8,8 @@ import { BackpressureError, ShardManager } from 'shard-mapper';
 import { DeliveryLog, seqPayload, sleep, pushWithRetry } from './helpers/delivery.js';
 import { prng } from './helpers.js';
 
+const ROUTING_MODES = ['leastLoaded', 'balanced', 'affinity'] as const;
+
 const consumerModule = new URL('./fixtures/seq-consumer.mjs', import.meta.url);
 const flakyModule = new URL('./fixtures/flaky-consumer.mjs', import.meta.url);
 const producerModule = new URL('./fixtures/seq-producer.mjs', import.meta.url);
@@ -17,12 +19,15 @@ const producerModule = new URL('./fixtures/seq-producer.mjs', import.meta.url);
 let log: DeliveryLog | undefined;
 afterEach(() => log?.close());
 
-describe('ShardManager on worker threads', () => {
+// Every test runs under each routing mode: delivery (exactly once, in order per shard) must
+// not depend on how hashes are spread.
+describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (routing) => {
   it('delivers 100k sequenced events exactly once, in push order per shard, while shards are added, drained and removed at random', async () => {
     const seed = 0x5eed0001;
     const random = prng(seed);
     log = new DeliveryLog();
     const m = await ShardManager.create({
+      routing,
       initialShards: 2, ringBufferCapacity: 512, policy: { minShards: 1, maxShards: 6 },
       consumer: { module: consumerModule, threads: 2, batchSize: 64 },
     });
@@ -55,6 +60,7 @@ describe('ShardManager on worker threads', () => {
   it('grows the shared memory for shards added after start-up, and every attached thread uses them', async () => {
     log = new DeliveryLog();
     const m = await ShardManager.create({
+      routing,
       initialShards: 1, ringBufferCapacity: 2048, maxPayloadBytes: 512, policy: { minShards: 1, maxShards: 8 },
       consumer: { module: consumerModule, threads: 2, batchSize: 64 },
     });
@@ -77,6 +83,7 @@ describe('ShardManager on worker threads', () => {
   it('takes events from 4 producer threads concurrently without corrupting a ring or losing one', async () => {
     log = new DeliveryLog();
     const m = await ShardManager.create({
+      routing,
       initialShards: 3, ringBufferCapacity: 256, policy: { minShards: 1, maxShards: 6 },
       consumer: { module: consumerModule, threads: 2, batchSize: 128 },
     });
@@ -112,6 +119,7 @@ describe('ShardManager on worker threads', () => {
   it.each([['pushBatch', false], ['pushFixed', true]])('takes %s runs from 4 producer threads concurrently: exactly once, in order, while shards change', async (_name, fixed) => {
     log = new DeliveryLog();
     const m = await ShardManager.create({
+      routing,
       initialShards: 2, ringBufferCapacity: 512, policy: { minShards: 1, maxShards: 6 },
       consumer: { module: consumerModule, threads: 2, batchSize: 128 },
     });
@@ -145,6 +153,7 @@ describe('ShardManager on worker threads', () => {
     log = new DeliveryLog();
     const restarted: number[] = [];
     const m = await ShardManager.create({
+      routing,
       initialShards: 2, ringBufferCapacity: 1024, consumer: { module: consumerModule, threads: 2, batchSize: 32 },
       onEvent: (e) => { if (e.type === 'consumerRestarted') restarted.push(e.worker); },
     });
@@ -170,6 +179,7 @@ describe('ShardManager on worker threads', () => {
       log = new DeliveryLog();
       const restarts: number[] = [];
       const m = await ShardManager.create({
+      routing,
         initialShards: 1, ringBufferCapacity: 4096, consumer: { module: new URL('./fixtures/fragile-load-consumer.mjs', import.meta.url), threads: 1 },
         onEvent: (e) => { if (e.type === 'consumerRestarted') restarts.push(e.worker); },
       });
@@ -194,7 +204,7 @@ describe('ShardManager on worker threads', () => {
   });
 
   it('refuses to terminate a consumer thread that does not exist', async () => {
-    const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 64, consumer: { module: consumerModule, threads: 1 } });
+    const m = await ShardManager.create({ routing, initialShards: 1, ringBufferCapacity: 64, consumer: { module: consumerModule, threads: 1 } });
     await expect(m.terminateConsumer(42)).rejects.toThrow(/no running consumer thread 42/);
     await m.close();
   });
@@ -203,6 +213,7 @@ describe('ShardManager on worker threads', () => {
     log = new DeliveryLog();
     const errors: [string, number][] = [];
     const m = await ShardManager.create({
+      routing,
       initialShards: 2, ringBufferCapacity: 64, consumer: { module: flakyModule, threads: 1 },
       onConsumerError: (e, id) => errors.push([e.message, id]),
     });
@@ -221,6 +232,7 @@ describe('ShardManager on worker threads', () => {
       log = new DeliveryLog();
       let t = 0;
       const m = await ShardManager.create({
+      routing,
         initialShards: 1, ringBufferCapacity: 64, clock: () => t, consumer: { module: consumerModule, threads: 1, batchSize: 8 },
       });
       for (let seq = 0; seq < 64; seq++) await pushWithRetry(m, seq, seqPayload(0, seq));

@@ -194,7 +194,7 @@ class CoreModel {
       s.weight = weight;
       if (fillRatio < this.p.underutilizedThreshold && eventRate === 0) s.idleSince ??= this.t;
       else s.idleSince = undefined;
-      out.push({ shardId: s.id, bufferLen: s.bufferLen, capacity: this.capacity, fillRatio, avgPushLatencyNs, avgFlushLatencyUs, eventRate, lastUpdated: this.t, weight });
+      out.push({ shardId: s.id, bufferLen: s.bufferLen, capacity: this.capacity, fillRatio, avgPushLatencyNs, avgFlushLatencyUs, eventRate, lastUpdated: this.t, draining: s.draining, weight });
     }
     return out;
   }
@@ -845,6 +845,7 @@ async function runManager(policy: ScalingPolicy, initial: number, requested: num
   const m = await ShardManager.create({
     initialShards: initial, ringBufferCapacity: requested, policy, backpressure: bp, clock: () => clock.t,
     drainGraceMs: grace, maxPayloadBytes: maxPayload, maxSlots,
+    routing: 'leastLoaded', // the model routes by SPEC §5 (ShardManager's default is 'balanced')
     onEvent: (e: ManagerEvent) => {
       events.push(e.type === 'scalingDecision'
         ? `scalingDecision:${e.decision.kind}${'count' in e.decision ? e.decision.count : ''}`
