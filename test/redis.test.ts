@@ -8,6 +8,7 @@ import { BackpressureError, ShardManager } from 'shard-mapper';
 import { registerShardManagerMetrics } from 'shard-mapper/prometheus';
 import { DedupFilter, RedisShardManager, serveShardConsumers, type RedisManagerEvent, type ShardConsumers, type ShardRecord } from 'shard-mapper/redis';
 import { RedisTestServer, redisAvailable } from './helpers/redis-server.js';
+import { affinityHomes, routingSlots } from '../dist/routing.js';
 
 const available = redisAvailable();
 let server: RedisTestServer;
@@ -239,6 +240,48 @@ describe.skipIf(!available)('RedisShardManager: one node, consumers, one process
       expect(got).toEqual(Array.from({ length: 10 }, (_, i) => `o:${i}`));
     } finally {
       await restartable.dispose();
+    }
+  });
+
+  it('routing modes: affinity routes by the namespace\'s shard ids (the same slot table a ShardMapper builds for those ids), balanced gives every shard a share; every node loads the same route', async () => {
+    for (const routing of ['affinity', 'balanced'] as const) {
+      const namespace = ns();
+      const policy = { maxShards: 8, metricsWindowMs: 60_000 };
+      const a = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 3, policy, routing });
+      const b = await RedisShardManager.create({ redis: server.url, namespace, controller: false, routing });
+      const route = a.table().route;
+      expect(route.length).toBe(routingSlots(8));
+      expect(new Set(route)).toEqual(new Set([0, 1, 2]));
+      if (routing === 'affinity') expect(route).toEqual(Array.from(affinityHomes([0, 1, 2], route.length)));
+      await a.tick(); // the controller's first window: the route follows the metrics
+      const added = a.addShard(); // id 3, queued for the controller's next window
+      await a.tick();
+      expect(await added).toBe(3); // affinity moves about a quarter of the slots, all to it
+      const after = a.table().route;
+      expect(new Set(after)).toEqual(new Set([0, 1, 2, 3]));
+      if (routing === 'affinity') {
+        const moved = after.filter((id, i) => id !== route[i]);
+        expect(moved.every((id) => id === 3)).toBe(true);
+        expect(moved.length / after.length).toBeGreaterThan(0.15);
+        expect(moved.length / after.length).toBeLessThan(0.35);
+      }
+      await b.tick();
+      expect(b.table()).toEqual(a.table());
+      // a key goes where the route says, on either node
+      for (let s = 0; s < 16; s++) {
+        const hash = Math.floor((s + 0.5) * 2 ** 28);
+        a.push(hash, `k:${s}`);
+      }
+      await a.flush();
+      const { got, consumers } = await collector(namespace);
+      await until(() => got.length >= 16, '16 deliveries');
+      await consumers.close();
+      for (const g of got) {
+        const s = Number(g.text.slice(2));
+        expect(g.shard).toBe(after[Math.floor(((s + 0.5) * 2 ** 28 * after.length) / 2 ** 32)]);
+      }
+      await b.close();
+      await a.close();
     }
   });
 

@@ -15,7 +15,7 @@ import type { ManagerEvent } from '../manager.js';
 import type { ShardMetrics } from '../metrics.js';
 import { GROUP, type Keys } from './keys.js';
 import { sendAll, type Connection, type Reply } from './connection.js';
-import { activeIds, buildRoute, readTable, writeTable, type Table, type TableDoc } from './table.js';
+import { activeIds, readTable, RouteBuilder, writeTable, type Table, type TableDoc } from './table.js';
 
 /** What only the distributed mode reports (options.onRedisEvent): the controller lease
  *  changing hands on this node, and Redis failures (each kind once until it clears). */
@@ -91,6 +91,7 @@ export class Controller {
   #token = '';
   #leader = false;
   #mapper: ShardMapper | undefined;
+  #routes: RouteBuilder | undefined;
   #toLocal = new Map<number, number>();
   #toShard = new Map<number, number>();
   #prevStored = new Map<string, number>();
@@ -166,6 +167,11 @@ export class Controller {
 
   /** A fresh local mapper whose Active shards are the table's (activated long ago: no
    *  warm-up). A new controller starts with no cooldown stamp and fresh idle streaks. */
+  /** This controller's route builder (the namespace's routing mode and policy never change). */
+  #route(doc: TableDoc): RouteBuilder {
+    return (this.#routes ??= new RouteBuilder(doc));
+  }
+
   #buildMapper(doc: TableDoc): ShardMapper {
     const ids = activeIds(doc);
     const mapper = new ShardMapper(ids.length, doc.shardCapacity, doc.policy, {
@@ -195,11 +201,11 @@ export class Controller {
   }
 
   /** Provisioning → Active for `ids`, with the route rebuilt. */
-  async #activate(table: Table, ids: number[], weights: Map<number, number>): Promise<Table> {
+  async #activate(table: Table, ids: number[], windows: ReadonlyMap<number, ShardMetrics | undefined>): Promise<Table> {
     await this.#createGroups(ids);
     const doc = clone(table.doc);
     for (const s of doc.shards) if (ids.includes(s.id)) s.state = 'active';
-    doc.route = buildRoute(activeIds(doc).map((id) => ({ id, weight: weights.get(id) ?? 0 })), doc.routing);
+    doc.route = this.#route(doc).build(activeIds(doc), windows, false);
     const next = await this.#write(table, doc);
     for (const id of ids) this.#emit('shardActivated', id);
     return next;
@@ -207,7 +213,7 @@ export class Controller {
 
   /** New shards for local ids the mapper just provisioned: ids from the table's counter,
    *  provisioning written, streams and groups created, then active (routable). */
-  async #grow(table: Table, locals: number[], weights: Map<number, number>): Promise<Table> {
+  async #grow(table: Table, locals: number[], windows: ReadonlyMap<number, ShardMetrics | undefined>): Promise<Table> {
     const doc = clone(table.doc);
     const ids = locals.map((_, i) => doc.nextId + i);
     doc.nextId += ids.length;
@@ -215,17 +221,17 @@ export class Controller {
     table = await this.#write(table, doc);
     locals.forEach((local, i) => { this.#toLocal.set(ids[i]!, local); this.#toShard.set(local, ids[i]!); });
     for (const id of ids) this.#emit('shardProvisioned', id);
-    table = await this.#activate(table, ids, weights);
+    table = await this.#activate(table, ids, windows);
     for (const local of locals) this.#mapper!.activate(local);
     return table;
   }
 
   /** Shards the local mapper just drained: out of the route, draining in the table, watched. */
-  async #drainLocals(table: Table, locals: number[], weights: Map<number, number>, now: number): Promise<Table> {
+  async #drainLocals(table: Table, locals: number[], windows: ReadonlyMap<number, ShardMetrics | undefined>, now: number): Promise<Table> {
     const ids = locals.map((l) => this.#toShard.get(l)!);
     const doc = clone(table.doc);
     for (const s of doc.shards) if (ids.includes(s.id)) s.state = 'draining';
-    doc.route = buildRoute(activeIds(doc).map((id) => ({ id, weight: weights.get(id) ?? 0 })), doc.routing);
+    doc.route = this.#route(doc).build(activeIds(doc), windows, false);
     table = await this.#write(table, doc);
     for (const id of ids) {
       this.#emit('shardDraining', id);
@@ -242,7 +248,7 @@ export class Controller {
   }
 
   /** Run the queued operator requests (at most 16 a window) and post each one's answer. */
-  async #operatorRequests(table: Table, mapper: ShardMapper, weights: Map<number, number>, now: number): Promise<Table> {
+  async #operatorRequests(table: Table, mapper: ShardMapper, windows: ReadonlyMap<number, ShardMetrics | undefined>, now: number): Promise<Table> {
     const { conn, keys } = this.#host;
     for (let k = 0; k < 16; k++) {
       const raw = await conn.client.rpop(keys.ops);
@@ -260,7 +266,7 @@ export class Controller {
         if (request.op === 'scaleUp') {
           const locals = mapper.scaleUpProvisioningForce(request.n);
           ids = locals.map((_, i) => table.doc.nextId + i);
-          table = await this.#grow(table, locals, weights);
+          table = await this.#grow(table, locals, windows);
         } else if (request.op === 'scaleDown') {
           const active = mapper.activeShardCount();
           const min = mapper.policy().minShards;
@@ -268,7 +274,7 @@ export class Controller {
           const locals = mapper.leastLoadedIds(request.n);
           for (const local of locals) mapper.drainSpecific(local);
           ids = locals.map((l) => this.#toShard.get(l)!);
-          table = await this.#drainLocals(table, locals, weights, now);
+          table = await this.#drainLocals(table, locals, windows, now);
         } else {
           const id = (request as { id: number }).id;
           const state = table.doc.shards.find((s) => s.id === id)?.state;
@@ -277,7 +283,7 @@ export class Controller {
           if (state === 'active') {
             const local = this.#toLocal.get(id)!;
             mapper.drainSpecific(local); // AtMinShards, as ShardManager
-            table = await this.#drainLocals(table, [local], weights, now);
+            table = await this.#drainLocals(table, [local], windows, now);
           } else if (state === 'provisioning' || (state === 'stopped' && request.op === 'drain')) {
             throw new ScalingError('InvalidPolicy', `drainSpecific: shard ${id} is ${state}; only an active shard can be drained`);
           } // draining (or stopped, for remove): already on its way
@@ -337,21 +343,21 @@ export class Controller {
     this.#prevStored = stored;
     this.#prevFlush = flush;
     mapper.collectMetrics();
-    const weights = new Map<number, number>();
-    for (const [id, local] of this.#toLocal) weights.set(id, mapper.lastMetrics(local)?.weight ?? 0);
+    const windows = new Map<number, ShardMetrics | undefined>();
+    for (const [id, local] of this.#toLocal) windows.set(id, mapper.lastMetrics(local));
 
     // The same decision ShardManager.tick() would take.
     const decision = mapper.evaluateScaling();
     const now = clock();
     if (decision.kind !== 'none') this.#host.emit({ type: 'scalingDecision', decision, at: now });
-    if (decision.kind === 'scaleUp') table = await this.#grow(table, mapper.scaleUpProvisioning(decision.count), weights);
-    else if (decision.kind === 'scaleDown') table = await this.#drainLocals(table, mapper.scaleDown(decision.count), weights, now);
+    if (decision.kind === 'scaleUp') table = await this.#grow(table, mapper.scaleUpProvisioning(decision.count), windows);
+    else if (decision.kind === 'scaleDown') table = await this.#drainLocals(table, mapper.scaleDown(decision.count), windows, now);
 
     // Operator requests (node.addShard, drainShard, removeShard, manualScaleUp/Down) queued by any node.
-    table = await this.#operatorRequests(table, mapper, weights, now);
+    table = await this.#operatorRequests(table, mapper, windows, now);
 
-    // The route follows the weights of this window.
-    const route = buildRoute(activeIds(table.doc).map((id) => ({ id, weight: weights.get(id) ?? 0 })), table.doc.routing);
+    // The route follows this window's metrics.
+    const route = this.#route(table.doc).build(activeIds(table.doc), windows, true);
     if (route.length !== table.doc.route.length || route.some((id, i) => id !== table.doc.route[i])) {
       const doc = clone(table.doc);
       doc.route = route;

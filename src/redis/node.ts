@@ -17,7 +17,7 @@ import type { ManagerEvent, ManagerStats } from '../manager.js';
 import type { ShardMetrics } from '../metrics.js';
 import { FrameBuilder, decodeFrame, dropFirstOfFrame, type Frame } from './frames.js';
 import { RouteTable } from './route.js';
-import { checkRouting, initTable, readTable, readVersion, type RoutingMode, type Table, type TableDoc, type TableState } from './table.js';
+import { checkRoutingOptions, initTable, RouteBuilder, readTable, readVersion, type RoutingMode, type Table, type TableDoc, type TableState } from './table.js';
 
 export interface RedisShardManagerOptions {
   /** A redis:// URL (the node opens its own connections), or an ioredis Redis / Cluster instance. */
@@ -230,7 +230,7 @@ export class RedisShardManager {
     const ns = checkNamespace(options.namespace);
     const initialShards = checkInteger('options.initialShards', given(options.initialShards, 1), 0, 0xfffe);
     const policy = resolvePolicy(options.policy, initialShards);
-    const { routing, loadBound } = checkRouting(options.routing, options.loadBound);
+    const { routing, loadBound } = checkRoutingOptions(options.routing, options.loadBound);
     const backpressure = checkBackpressure(given(options.backpressure, { kind: 'failProducer' }));
     const maxPayload = checkInteger('options.maxPayloadBytes', given(options.maxPayloadBytes, DEFAULT_MAX_PAYLOAD), 1, MAX_PAYLOAD_LIMIT);
     const capacity = checkInteger('options.ringBufferCapacity', given(options.ringBufferCapacity, 65536), 1, 1 << 24);
@@ -254,7 +254,7 @@ export class RedisShardManager {
       const fresh: TableDoc = {
         nextId: initialShards, policy, routing, loadBound, shardCapacity: capacity,
         shards: Array.from({ length: initialShards }, (_, id) => ({ id, state: 'active' as const })),
-        route: Array.from({ length: initialShards }, (_, id) => id),
+        route: new RouteBuilder({ routing, loadBound, policy }).build(Array.from({ length: initialShards }, (_, id) => id), new Map(), false),
       };
       const table = await initTable(conn.client, keys, fresh);
       if (table.created) await createGroups(conn, keys, fresh.shards.map((s) => s.id));

@@ -2,22 +2,18 @@
 // written only by the controller through a script that checks its lease token.
 import { candidateIndexes } from '../mapper.js';
 import { describe, invalid } from '../errors.js';
+import type { ShardMetrics } from '../metrics.js';
+import { checkLoadBound, checkRouting, createTableBuilder, type RoutingMode, type TableBuilder } from '../routing.js';
 import type { ScalingPolicy } from '../policy.js';
 import type { Keys } from './keys.js';
 import { TABLE_FORMAT } from './keys.js';
 import type { ScriptedClient } from './connection.js';
 
-export type RoutingMode = 'leastLoaded' | 'balanced' | 'affinity';
-export const ROUTING_MODES: readonly RoutingMode[] = ['leastLoaded', 'balanced', 'affinity'];
+export type { RoutingMode };
 
-export function checkRouting(routing: unknown, loadBound: unknown): { routing: RoutingMode; loadBound: number } {
-  const r = routing === undefined ? 'leastLoaded' : routing;
-  if (!ROUTING_MODES.includes(r as RoutingMode)) {
-    throw invalid(`options.routing must be 'leastLoaded', 'balanced' or 'affinity', got ${describe(routing)}`);
-  }
-  const e = loadBound === undefined ? 0.25 : loadBound;
-  if (typeof e !== 'number' || !Number.isFinite(e) || e <= 0) throw invalid(`options.loadBound must be a finite number > 0, got ${describe(loadBound)}`);
-  return { routing: r as RoutingMode, loadBound: e };
+/** The routing options of a node, checked as ShardMapper checks them. */
+export function checkRoutingOptions(routing: unknown, loadBound: unknown): { routing: RoutingMode; loadBound: number } {
+  return { routing: checkRouting('options.routing', routing), loadBound: checkLoadBound('options.loadBound', loadBound) };
 }
 
 /** A shard's state in the table. Removed shards leave the table. */
@@ -51,13 +47,30 @@ export function activeIds(doc: TableDoc): number[] {
 }
 
 /**
- * The route for the Active shards and their last weights: the candidates within 0.1 of the
- * lowest weight, in table order — ShardMapper's 'leastLoaded' selection table.
- * 'balanced' and 'affinity' are validated and stored, but until the routing table builders
- * (src/routing.ts) are merged they route as 'leastLoaded' here.
+ * Builds the route the controller publishes: for 'leastLoaded', the candidates within 0.1 of
+ * the lowest weight in table order (ShardMapper's table); for 'balanced' and 'affinity', a
+ * slot table from the same builders ShardMapper uses (src/routing.ts), fed with the
+ * namespace's shard ids, so 'affinity' routes by those ids whichever node is the controller.
+ * A balanced builder carries its smoothing from window to window; a new controller starts
+ * a fresh one (its first table is the balanced table of that window).
  */
-export function buildRoute(active: readonly { id: number; weight: number }[], _routing: RoutingMode): number[] {
-  return candidateIndexes(active.map((s) => s.weight)).map((i) => active[i]!.id);
+export class RouteBuilder {
+  readonly #builder: TableBuilder | undefined;
+
+  constructor(doc: Pick<TableDoc, 'routing' | 'loadBound' | 'policy'>) {
+    this.#builder = doc.routing === 'leastLoaded' ? undefined : createTableBuilder(doc.routing, {
+      maxShards: doc.policy.maxShards, fillRatioThreshold: doc.policy.fillRatioThreshold, loadBound: doc.loadBound,
+    });
+  }
+
+  /** The route for these Active ids (table order) and their last metrics; `fresh`: a new window. */
+  build(ids: readonly number[], metrics: ReadonlyMap<number, ShardMetrics | undefined>, fresh: boolean): number[] {
+    if (this.#builder === undefined) {
+      return candidateIndexes(ids.map((id) => metrics.get(id)?.weight ?? 0)).map((i) => ids[i]!);
+    }
+    const table = this.#builder.build(ids.map((id) => ({ id, metrics: metrics.get(id) })), fresh);
+    return table === undefined ? [] : Array.from(table);
+  }
 }
 
 function parseDoc(json: string, where: string): TableDoc {
