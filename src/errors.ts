@@ -43,6 +43,24 @@ export function checkInteger(name: string, value: unknown, min: number, max: num
   return value;
 }
 
+/** An option's value, or `fallback` when it is absent (null is a value, refused by the checks). */
+export function given<T>(value: T | undefined, fallback: T): T {
+  return value === undefined ? fallback : value;
+}
+
+/** A finite number ≥ min (or > min when `exclusive`), as options of durations are. */
+export function checkFinite(name: string, value: unknown, min: number, exclusive = false): number {
+  if (typeof value !== 'number' || !Number.isFinite(value) || (exclusive ? value <= min : value < min)) {
+    throw invalid(`${name} must be a finite number ${exclusive ? '>' : '>='} ${min}, got ${describe(value)}`);
+  }
+  return value;
+}
+
+export function checkFunction<F>(name: string, value: F): F {
+  if (typeof value !== 'function') throw invalid(`${name} must be a function, got ${describe(value)}`);
+  return value;
+}
+
 /** A push or an operator call on a ShardManager (or Redis node) after close(). */
 export class ManagerClosedError extends Error {
   constructor(method = 'push') {

@@ -4,14 +4,14 @@
 // duplicating an accepted event.
 import { SharedCore } from './core.js';
 import { ConsumerPool, type ConsumerOptions } from './consumer-pool.js';
-import { ManagerClosedError, ScalingError, checkInteger, describe, invalid } from './errors.js';
+import { ManagerClosedError, ScalingError, checkFinite, checkFunction, checkInteger, describe, given, invalid } from './errors.js';
 import { ShardMapper, ShardState, WIRING, type MapperWiring, type ScalingDecision } from './mapper.js';
 import { resolvePolicy, type ScalingPolicy } from './policy.js';
 import { checkLoadBound, checkRouting, tableCapacity, type RoutingMode } from './routing.js';
 import { ShardProducer, type BatchEvent, type EventKey, type EventPayload, type ProducerHandle } from './producer.js';
 import { Total, TOTALS } from './abi.js';
 import { StallWatchdog } from './stall-watchdog.js';
-import { sharedMemorySupported, compileAsync, type MemoryKind } from './wasm.js';
+import { checkMemoryKind, compileAsync, type MemoryKind } from './wasm.js';
 import { cpuCount, onThreadExit } from '#platform';
 import type { Writable } from 'node:stream';
 import { createWritable, createWritableStream, shardBatches, type BatchesOptions, type ManagerRecord, type WritableOptions } from './streams.js';
@@ -136,7 +136,6 @@ function backpressureCode(mode: BackpressureMode): { code: number; rate: number 
 const nextPowerOfTwo = (n: number) => 2 ** Math.ceil(Math.log2(Math.max(1, n)));
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 /** An option's value, or the default when it is absent (null is a value, and is refused by the checks). */
-const given = <T>(value: T | undefined, fallback: T): T => (value === undefined ? fallback : value);
 
 interface Parts {
   options: ShardManagerOptions;
@@ -237,18 +236,12 @@ export class ShardManager {
     const loadBound = checkLoadBound('options.loadBound', options.loadBound);
     const defaultSlots = Math.min(0xffff, Math.max(2 * policy.maxShards, policy.maxShards + 16, initialShards));
     const maxSlots = checkInteger('options.maxSlots', given(options.maxSlots, defaultSlots), Math.max(1, initialShards), 0xffff);
-    const kind = options.memory ?? (sharedMemorySupported() ? 'shared' : 'single');
-    if (kind !== 'shared' && kind !== 'single') throw invalid(`options.memory must be 'shared' or 'single', got ${describe(kind)}`);
-    if (options.clock !== undefined && typeof options.clock !== 'function') throw invalid(`options.clock must be a function, got ${describe(options.clock)}`);
-    if (options.drainGraceMs !== undefined && (typeof options.drainGraceMs !== 'number' || !Number.isFinite(options.drainGraceMs) || options.drainGraceMs < 0)) {
-      throw invalid(`options.drainGraceMs must be a finite number >= 0, got ${describe(options.drainGraceMs)}`);
-    }
-    const producerStallMs = given(options.producerStallMs, DEFAULT_PRODUCER_STALL_MS);
-    if (typeof producerStallMs !== 'number' || !Number.isFinite(producerStallMs) || producerStallMs < 0) {
-      throw invalid(`options.producerStallMs must be a finite number >= 0, got ${describe(producerStallMs)}`);
-    }
+    const kind = checkMemoryKind(options.memory);
+    if (options.clock !== undefined) checkFunction('options.clock', options.clock);
+    if (options.drainGraceMs !== undefined) checkFinite('options.drainGraceMs', options.drainGraceMs, 0);
+    const producerStallMs = checkFinite('options.producerStallMs', given(options.producerStallMs, DEFAULT_PRODUCER_STALL_MS), 0);
     for (const name of ['onEvent', 'onConsumerError'] as const) {
-      if (options[name] !== undefined && typeof options[name] !== 'function') throw invalid(`options.${name} must be a function, got ${describe(options[name])}`);
+      if (options[name] !== undefined) checkFunction(`options.${name}`, options[name]);
     }
     let threads = 0;
     let batchSize = 0;
@@ -264,10 +257,7 @@ export class ShardManager {
       if (kind !== 'shared') throw invalid('options.consumer needs shared memory (SharedArrayBuffer); in the single-thread fallback consume with poll()');
       threads = checkInteger('options.consumer.threads', given(c.threads, cpuCount()), 1, MAX_LANES - 2);
       batchSize = checkInteger('options.consumer.batchSize', given(c.batchSize, 256), 1, MAX_RING_CAPACITY);
-      consumerStallMs = given(c.stallMs, DEFAULT_CONSUMER_STALL_MS);
-      if (typeof consumerStallMs !== 'number' || !Number.isFinite(consumerStallMs) || consumerStallMs <= 0) {
-        throw invalid(`options.consumer.stallMs must be a finite number > 0, got ${describe(consumerStallMs)}`);
-      }
+      consumerStallMs = checkFinite('options.consumer.stallMs', given(c.stallMs, DEFAULT_CONSUMER_STALL_MS), 0, true);
     }
     // One lane per attached thread: this one, each consumer thread, each producer thread.
     const maxThreads = checkInteger('options.maxThreads', given(options.maxThreads, Math.max(DEFAULT_MAX_THREADS, threads + 8)), threads + 1, MAX_LANES);

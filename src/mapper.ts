@@ -2,17 +2,21 @@
 // Runs on one thread (the owner); the selection table and collectors it maintains live in
 // shared memory, so producers on other threads route through the same table.
 import { SharedCore } from './core.js';
-import { ScalingError, checkInteger, describe, invalid } from './errors.js';
+import { ScalingError, checkFinite, checkFunction, checkInteger, describe, given, invalid } from './errors.js';
 import { hashKey } from './hash.js';
 import { ShardMetricsCollector, type ShardMetrics } from './metrics.js';
 import { resolvePolicy, type ScalingPolicy } from './policy.js';
-import { compileAsync, sharedMemorySupported, type MemoryKind } from './wasm.js';
-import { MAX_LANES } from './layout.generated.js';
+import { checkMemoryKind, compileAsync, sharedMemorySupported, type MemoryKind } from './wasm.js';
+import { DEFAULT_LANE_BYTES, MAX_LANES, NO_SHARD as LAYOUT_NO_SHARD } from './layout.generated.js';
+
+/** How long a drained shard must stay empty before finalizeDraining stops it (ms). */
+const DEFAULT_DRAIN_GRACE_MS = 100;
 import {
   checkLoadBound, checkRouting, createTableBuilder, tableCapacity, type RoutedShard, type RoutingMode, type TableBuilder,
 } from './routing.js';
 
-export const NO_SHARD = 0xffff;
+/** The "no shard" sentinel (65535), never allocated: selectShard's answer when no shard is Active. */
+export const NO_SHARD: number = LAYOUT_NO_SHARD;
 /** The highest shard id that is ever allocated. */
 export const MAX_SHARD_ID = 0xfffe;
 
@@ -122,26 +126,21 @@ export class ShardMapper {
     checkInteger('initialShards', initialShards, 0, MAX_SHARD_ID + 1);
     checkInteger('ringBufferCapacity', ringBufferCapacity, 0, 0xffffffff);
     if (typeof options !== 'object' || options === null) throw invalid(`options must be an object, got ${describe(options)}`);
-    const clock = options.clock ?? (() => performance.now());
-    if (typeof clock !== 'function') throw invalid(`options.clock must be a function, got ${describe(clock)}`);
-    const grace = options.drainGraceMs ?? 100;
-    if (typeof grace !== 'number' || !Number.isFinite(grace) || grace < 0) {
-      throw invalid(`options.drainGraceMs must be a finite number >= 0, got ${describe(grace)}`);
-    }
+    const clock = checkFunction('options.clock', given(options.clock, () => performance.now()));
+    const grace = checkFinite('options.drainGraceMs', given(options.drainGraceMs, DEFAULT_DRAIN_GRACE_MS), 0);
     const routing = checkRouting('options.routing', options.routing);
     const loadBound = checkLoadBound('options.loadBound', options.loadBound);
     const full = resolvePolicy(policy, initialShards);
     const capacity = tableCapacity(routing, full.maxShards);
 
     const wiring = (options as { [WIRING]?: MapperWiring })[WIRING];
-    const kind = options.memory ?? (sharedMemorySupported() ? 'shared' : 'single');
-    if (kind !== 'shared' && kind !== 'single') throw invalid(`options.memory must be 'shared' or 'single', got ${describe(kind)}`);
+    const kind = checkMemoryKind(options.memory);
     this.#wiring = wiring;
     this.#core = wiring?.core ?? SharedCore.createSync({
       // A lane for every thread that may attach (collectors in workers); untouched lanes cost
       // no resident memory.
       kind, tableCapacity: capacity, maxSlots: MAX_SHARD_ID + 1, initialSlots: initialShards,
-      ringCapacity: 0, maxPayload: 0, lanes: MAX_LANES, laneBytes: 16384, backpressure: 0, sampleRate: 1, sampleFill: 1,
+      ringCapacity: 0, maxPayload: 0, lanes: MAX_LANES, laneBytes: DEFAULT_LANE_BYTES, backpressure: 0, sampleRate: 1, sampleFill: 1,
     });
     this.#policy = Object.freeze(full);
     this.#clock = clock;

@@ -2,10 +2,14 @@
 // counting happens inside WebAssembly with atomics, so any attached thread may call it.
 import type { SharedCore, CoreHandle } from './core.js';
 import { SharedCore as Core } from './core.js';
+import {
+  COLLECT_BUFFER_LEN, COLLECT_EVENTS, COLLECT_LATENCY_COUNT, COLLECT_LATENCY_SUM, COLLECT_FLUSH_COUNT, COLLECT_FLUSH_SUM,
+} from './layout.generated.js';
 
 export interface ShardMetrics {
   shardId: number;
-  /** Ring length at the last push/acknowledgement (or recordBufferLen). */
+  /** Records in the ring when the window was collected (a standalone mapper's collectors:
+   *  what recordBufferLen last stored). */
   bufferLen: number;
   capacity: number;
   /** bufferLen / capacity (0 when capacity is 0). */
@@ -129,14 +133,14 @@ export class ShardMetricsCollector {
         avgFlushLatencyUs: 0, eventRate: 0, lastUpdated: this.#clock(), draining: false, weight: 0 };
     }
     core.abi.collectAndReset(this.#slot, core.result);
-    const r = core.result >>> 2;
     const u32 = core.u32;
-    const bufferLen = u32[r]!;
-    const eventRate = u32[r + 1]!;
-    const latencyCount = u32[r + 2]!;
-    const latencySum = u32[r + 3]!;
-    const flushCount = u32[r + 4]!;
-    const flushSum = u32[r + 5]!;
+    const word = (offset: number) => u32[(core.result + offset) >>> 2]!;
+    const bufferLen = word(COLLECT_BUFFER_LEN);
+    const eventRate = word(COLLECT_EVENTS);
+    const latencyCount = word(COLLECT_LATENCY_COUNT);
+    const latencySum = word(COLLECT_LATENCY_SUM);
+    const flushCount = word(COLLECT_FLUSH_COUNT);
+    const flushSum = word(COLLECT_FLUSH_SUM);
     const capacity = this.capacity;
     const fillRatio = capacity === 0 ? 0 : bufferLen / capacity;
     const avgPushLatencyNs = latencyCount === 0 ? 0 : Math.floor(latencySum / latencyCount);

@@ -1,9 +1,17 @@
 // Loading the WebAssembly core: module bytes (inlined), compile (sync or async), and
 // instantiation over a caller-supplied memory. No Node built-ins, so bundlers take it as is.
 import type { Abi } from './abi.js';
+import { describe, invalid } from './errors.js';
 import { WASM_SHARED_BASE64, WASM_SINGLE_BASE64 } from './wasm-bytes.generated.js';
 
 export type MemoryKind = 'shared' | 'single';
+
+/** options.memory: 'shared' or 'single'; absent, shared where SharedArrayBuffer works. */
+export function checkMemoryKind(value: unknown): MemoryKind {
+  const kind = value === undefined ? (sharedMemorySupported() ? 'shared' : 'single') : value;
+  if (kind !== 'shared' && kind !== 'single') throw invalid(`options.memory must be 'shared' or 'single', got ${describe(kind)}`);
+  return kind;
+}
 
 const modules: Partial<Record<MemoryKind, WebAssembly.Module>> = {};
 
