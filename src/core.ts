@@ -187,6 +187,20 @@ export class SharedCore {
     }
   }
 
+  /** Select the shard of `n` hashes into `out` through the live table: one WebAssembly call
+   *  per chunk of this thread's scratch (4 bytes in and 2 out per hash). */
+  selectBatch(hashes: Uint32Array, n: number, out: Uint16Array): void {
+    const chunk = Math.floor(this.scratchBytes / 6) & ~7;
+    const src = this.scratch;
+    const dst = src + chunk * 4;
+    for (let i = 0; i < n; i += chunk) {
+      const m = Math.min(chunk, n - i);
+      this.u32.set(hashes.subarray(i, i + m), src >>> 2);
+      this.abi.selectBatch(src, dst, m);
+      out.set(this.u16.subarray(dst >>> 1, (dst >>> 1) + m), i);
+    }
+  }
+
   get maxSlots(): number {
     return this.#maxSlots;
   }

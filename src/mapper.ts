@@ -275,16 +275,7 @@ export class ShardMapper {
       out.fill(NO_SHARD, 0, n);
       return out;
     }
-    const core = this.#core;
-    const chunk = Math.floor(core.scratchBytes / 6) & ~7;
-    const src = core.scratch;
-    const dst = src + chunk * 4;
-    for (let i = 0; i < n; i += chunk) {
-      const m = Math.min(chunk, n - i);
-      core.u32.set(hashes.subarray(i, i + m), src >>> 2);
-      core.abi.selectBatch(src, dst, m);
-      out.set(core.u16.subarray(dst >>> 1, (dst >>> 1) + m), i);
-    }
+    this.#core.selectBatch(hashes, n, out);
     return out;
   }
 
