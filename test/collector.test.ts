@@ -3,7 +3,7 @@ import { describe, it, expect } from 'vitest';
 import { ShardMapper, ShardMetricsCollector } from 'shard-mapper';
 import { SharedCore } from '../dist/core.js';
 import { M_LATENCY, M_FLUSH } from '../dist/layout.generated.js';
-import { setup } from './helpers.js';
+import { setup } from './helpers/index.js';
 
 const U32_MAX = 2 ** 32 - 1;
 

@@ -11,7 +11,7 @@ import {
   BackpressureError, ManagerClosedError, ShardManager, ShardMapper, type ManagerEvent,
 } from 'shard-mapper';
 import { DeliveryLog, seqPayload, sleep, pushWithRetry } from './helpers/delivery.js';
-import { prng } from './helpers.js';
+import { prng } from './helpers/index.js';
 import { SharedCore } from '../dist/core.js';
 import { CLAIM_START, M_DELIVERED, R_CURSOR } from '../dist/layout.generated.js';
 

@@ -2,7 +2,7 @@
 import { describe, it, expect, beforeAll } from 'vitest';
 import xxhash from 'xxhash-wasm';
 import { hashKey } from 'shard-mapper';
-import { rng } from './helpers.js';
+import { rng } from './helpers/index.js';
 
 type XX = Awaited<ReturnType<typeof xxhash>>;
 let xx: XX;

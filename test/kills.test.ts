@@ -14,7 +14,7 @@ import { ShardManager, ShardMetricsCollector, ShardProducer, type BackpressureMo
 import { DeliveryLog, seqPayload, sleep } from './helpers/delivery.js';
 import { SharedCore } from '../dist/core.js';
 import { R_CURSOR } from '../dist/layout.generated.js';
-import { prng } from './helpers.js';
+import { prng } from './helpers/index.js';
 
 const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url);
 const seqConsumer = fixture('seq-consumer.mjs');

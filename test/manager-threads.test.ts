@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BackpressureError, ShardManager } from 'shard-mapper';
 import { DeliveryLog, seqPayload, sleep, pushWithRetry } from './helpers/delivery.js';
-import { prng } from './helpers.js';
+import { prng } from './helpers/index.js';
 
 const ROUTING_MODES = ['leastLoaded', 'balanced', 'affinity'] as const;
 

@@ -4,7 +4,7 @@ import { describe, it, expect } from 'vitest';
 import { ShardMapper, ScalingError, NO_SHARD, hashKey, ShardState, ShardMetricsCollector } from 'shard-mapper';
 import { candidateIndexes, WIRING, ShardMapper as InternalMapper } from '../dist/mapper.js';
 import { SharedCore } from '../dist/core.js';
-import { setup, scalingError, routable, rng } from './helpers.js';
+import { setup, scalingError, routable, rng } from './helpers/index.js';
 
 const TWO32 = 2 ** 32;
 

@@ -6,7 +6,7 @@ import v8 from 'node:v8';
 import vm from 'node:vm';
 import { ShardManager, ShardMapper } from 'shard-mapper';
 import { sleep } from './helpers/delivery.js';
-import { prng } from './helpers.js';
+import { prng } from './helpers/index.js';
 
 // global.gc without a command-line flag: expose it, then fetch it from a fresh context.
 v8.setFlagsFromString('--expose-gc');

@@ -2,7 +2,7 @@
 import { availableParallelism } from 'node:os';
 import { describe, it, expect } from 'vitest';
 import { ShardMapper, ScalingPolicy, ScalingError } from 'shard-mapper';
-import { scalingError, scalingRejection } from './helpers.js';
+import { scalingError, scalingRejection } from './helpers/index.js';
 
 const CPUS = availableParallelism();
 type Policy = ReturnType<typeof ScalingPolicy.default>;

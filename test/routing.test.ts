@@ -7,7 +7,7 @@ import {
   AffinityTable, BalancedTable, affinityHomes, createTableBuilder, reassignSlots, routingSlots, slotCounts, tableCapacity, waterFill,
   type RoutedShard,
 } from '../dist/routing.js';
-import { scalingError } from './helpers.js';
+import { scalingError } from './helpers/index.js';
 
 const MODES: RoutingMode[] = ['leastLoaded', 'balanced', 'affinity'];
 const SLOTS = 4096;

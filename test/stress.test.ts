@@ -6,7 +6,7 @@ import { Worker } from 'node:worker_threads';
 import { ShardManager, ShardMapper } from 'shard-mapper';
 import { SharedCore } from '../dist/core.js';
 import { DeliveryLog, sleep } from './helpers/delivery.js';
-import { prng } from './helpers.js';
+import { prng } from './helpers/index.js';
 
 const consumerModule = new URL('./fixtures/seq-consumer.mjs', import.meta.url);
 const producerModule = new URL('./fixtures/seq-producer.mjs', import.meta.url);

@@ -1,4 +1,5 @@
-// Shared helpers for the test files (not a test file itself).
+// Shared helpers for the test files (not a test file itself); test/helpers/ is their one home:
+// delivery.ts (the delivery checker), find-chromium.ts, redis-server.ts, and this file.
 import { expect } from 'vitest';
 import { ShardMapper, ScalingError, type ScalingPolicy } from 'shard-mapper';
 
@@ -68,12 +69,6 @@ export function routable(mapper: ShardMapper, samples = 1 << 12): number[] {
   return seen;
 }
 
-/** Deterministic PRNG: floats in [0, 1), so a failing run can be replayed from its seed. */
-export function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => ((s = (Math.imul(s ^ (s >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0) / 2 ** 32);
-}
-
 /** Deterministic PRNG (mulberry32): uint32 values. */
 export function rng(seed: number): () => number {
   let a = seed >>> 0;
@@ -84,4 +79,10 @@ export function rng(seed: number): () => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return (t ^ (t >>> 14)) >>> 0;
   };
+}
+
+/** The same generator as floats in [0, 1), so a failing run can be replayed from its seed. */
+export function prng(seed: number): () => number {
+  const next = rng(seed);
+  return () => next() / 2 ** 32;
 }
