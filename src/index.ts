@@ -11,5 +11,6 @@ export {
 } from './manager.js';
 export { ShardProducer, ManagerClosedError, type ProducerHandle, type EventKey, type EventPayload, type BatchEvent } from './producer.js';
 export type { ConsumerOptions, ConsumerWorker } from './consumer-pool.js';
-export type { ConsumerFunction } from './consumer-runtime.js';
+export type { ConsumerFunction, BatchConsumerFunction } from './consumer-runtime.js';
+export { RecordBatch, type BatchRegion } from './record-batch.js';
 export type { ManagerRecord, WritableOptions, BatchesOptions } from './streams.js';
