@@ -99,14 +99,23 @@ function evictOldest(base: usize): bool {
 }
 
 // memory.copy on a shared memory costs a call out of the generated code (tens of ns for a
-// 16-byte event, more than the rest of a push): short payloads are copied here, 8 bytes at a
-// time, rounded up to whole words. That stays inside the record's slot (its payload area is
-// maxPayload rounded up to 8) and reads at most 7 bytes past the source, still inside the
-// lane's scratch; the bytes past `len` are never read back.
-const INLINE_COPY_MAX: u32 = 64;
+// 16-byte event, more than the rest of a push): payloads up to 32 bytes are copied here, 8
+// bytes at a time, rounded up to whole words. That stays inside the record's slot (its
+// payload area is maxPayload rounded up to 8) and reads at most 7 bytes past the source,
+// still inside the lane's scratch; the bytes past `len` are never read back. No loop: this
+// runs between a record's mark and its publish, which must stay straight-line code (a
+// terminated thread stops at loop back-edges).
+const INLINE_COPY_MAX: u32 = 32;
 @inline function copyPayload(dst: usize, src: usize, len: u32): void {
   if (len <= INLINE_COPY_MAX) {
-    for (let i: usize = 0; i < <usize>len; i += 8) store<u64>(dst + i, load<u64>(src + i));
+    store<u64>(dst, load<u64>(src));
+    if (len > 8) {
+      store<u64>(dst, load<u64>(src, 8), 8);
+      if (len > 16) {
+        store<u64>(dst, load<u64>(src, 16), 16);
+        if (len > 24) store<u64>(dst, load<u64>(src, 24), 24);
+      }
+    }
   } else {
     memory.copy(dst, src, len);
   }
