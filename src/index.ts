@@ -4,7 +4,7 @@ export { ShardMetricsCollector, type ShardMetrics, type CollectorHandle } from '
 export type { CoreHandle } from './core.js';
 export { ScalingPolicy } from './policy.js';
 export { ScalingError, BackpressureError, type ScalingErrorKind } from './errors.js';
-export { hashKey } from './hash.js';
+export { hashKey, hashKeys } from './hash.js';
 export { sharedMemorySupported, type MemoryKind } from './wasm.js';
 export {
   ShardManager, BackpressureMode, type ShardManagerOptions, type ManagerStats, type ShardStats, type ManagerEvent,
