@@ -151,9 +151,25 @@ export class ShardProducer {
    * or no Active shard: counted as unrouted). Throws BackpressureError under failProducer.
    */
   push(key: EventKey, payload: EventPayload): boolean {
-    const hash = keyHash(key);
+    const hash = typeof key === 'number' ? key >>> 0 : keyHash(key);
     const core = this.#core;
-    const len = this.#stage(payload, 0, core.scratchBytes);
+    let len: number;
+    if (payload instanceof Uint8Array && (len = payload.length) <= 32 && len !== 0 && len <= this.maxPayloadBytes &&
+      LITTLE_ENDIAN && this.#scratch.length !== 0) {
+      // The common small binary event, staged right here (the general path is #stage): four
+      // bytes per store into the lane's scratch, which is 4-aligned.
+      const words = core.u32;
+      let w = core.scratch >>> 2;
+      let k = 0;
+      for (; k + 4 <= len; k += 4) words[w++] = payload[k]! | (payload[k + 1]! << 8) | (payload[k + 2]! << 16) | (payload[k + 3]! << 24);
+      if (k < len) {
+        let last = 0;
+        for (let b = 0; k + b < len; b++) last |= payload[k + b]! << (8 * b);
+        words[w] = last;
+      }
+    } else {
+      len = this.#stage(payload, 0, core.scratchBytes);
+    }
     const r = core.abi.push(core.lane, hash, len);
     if (r >= 0) return true;
     if (r === PUSH_UNROUTED || r === PUSH_FULL || r === PUSH_SAMPLED) return false;

@@ -230,6 +230,32 @@ describe('pollInto: records copied into the caller\'s buffer', () => {
     expect(m.stats()).toMatchObject({ pushed: 13, delivered: 13, inFlight: 0 });
   });
 
+  it('gives back every payload byte for byte, lengths 1 … 40 (push stages short payloads by word), strings and batches too', async () => {
+    const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 128, maxPayloadBytes: 40, policy: { maxShards: 1 } });
+    const id = m.mapper.activeShardIds()[0]!;
+    const sent: Uint8Array[] = [];
+    for (let len = 1; len <= 40; len++) {
+      const p = Uint8Array.from({ length: len }, (_, i) => (len * 31 + i * 7 + 1) & 0xff);
+      sent.push(p);
+      m.push(len, new Uint8Array(p.buffer, 0, len)); // a view at offset 0 of a longer-lived buffer
+      const offset = new Uint8Array(len + 3);
+      offset.set(p, 3);
+      sent.push(p);
+      m.push(len, offset.subarray(3)); // an unaligned view
+    }
+    m.push(1, 'héllo'); sent.push(new TextEncoder().encode('héllo'));
+    m.pushBatch([1, 2], [sent[0]!, sent[5]!]); sent.push(sent[0]!, sent[5]!);
+    const target = new Uint8Array(4096);
+    const lengths = new Uint32Array(128);
+    expect(m.pollInto(id, target, lengths)).toBe(sent.length);
+    let at = 0;
+    sent.forEach((p, i) => {
+      expect(lengths[i], `record ${i}`).toBe(p.length);
+      expect([...target.subarray(at, at + p.length)], `record ${i}`).toEqual([...p]);
+      at += p.length;
+    });
+  });
+
   it('a target too small for the next record throws and takes nothing; zero-length targets and bad types are refused', async () => {
     const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 8, policy: { maxShards: 1 } });
     const id = m.mapper.activeShardIds()[0]!;
