@@ -51,6 +51,7 @@ interface Owned { shardId: number; slot: number }
 const PARK_TIMEOUT_MS = 50;
 const RETRY_BACKOFF_MS = 10;
 const YIELD_EVERY_BATCHES = 32;
+const PARK_SPINS = 64;
 
 /** Run the consumer loop in this worker until the manager says stop. @internal */
 export async function runConsumer(
@@ -105,6 +106,12 @@ export async function runConsumer(
   const waitAsync = (Atomics as unknown as { waitAsync?: WaitAsync }).waitAsync;
 
   async function park(): Promise<void> {
+    // Look again a few times first: records that arrive within a microsecond or two are
+    // taken without sleeping, and the producer is spared the wake-up (a futex call) it
+    // makes for a sleeping consumer.
+    for (let spin = 0; spin < PARK_SPINS; spin++) {
+      for (const s of order) if (core.abi.ringLen(s.slot) !== 0) return;
+    }
     Atomics.store(core.i32, bell, 1); // producers that see 1 will notify
     for (const s of order) if (core.abi.ringLen(s.slot) !== 0) { Atomics.store(core.i32, bell, 0); return; }
     if (releases.length > 0 || !running) { Atomics.store(core.i32, bell, 0); return; }
@@ -128,7 +135,9 @@ export async function runConsumer(
 
   let batch: RecordBatch | undefined; // one per thread, refilled for every batch
 
-  async function consumeOne(s: Owned): Promise<number> {
+  /** Take, hand over and acknowledge one batch of `s`; a number when the consumer was
+   *  synchronous, a promise when it returned one (or threw). */
+  function consumeOne(s: Owned): number | Promise<number> {
     const n = core.abi.ringClaim(s.slot, init.batchSize, core.result);
     if (n === 0) return 0;
     const start = core.u32[(core.result + CLAIM_START) >>> 2]!;
@@ -154,26 +163,42 @@ export async function runConsumer(
       }
     }
     const began = performance.now(); // worker-local timing: a clock function cannot cross threads
+    let r: void | Promise<void>;
     try {
-      const r = consumeBatch ? consumeBatch(batch!, s.shardId) : consume(records!, s.shardId);
-      if (r && typeof (r as Promise<void>).then === 'function') await r;
+      r = consumeBatch ? consumeBatch(batch!, s.shardId) : consume(records!, s.shardId);
     } catch (error) {
-      core.abi.ringRewind(s.slot);
-      endpoint.post({ type: 'error', shardId: s.shardId, message: (error as Error)?.message ?? String(error), stack: (error as Error)?.stack });
-      await sleep(RETRY_BACKOFF_MS);
-      return 0;
+      return failed(s, error);
     }
+    // A synchronous consumer is acknowledged right here: no promise, no microtask per batch.
+    if (r && typeof (r as Promise<void>).then === 'function') {
+      return (r as Promise<void>).then(() => acknowledge(s, start, n, began), (error: unknown) => failed(s, error));
+    }
+    return acknowledge(s, start, n, began);
+  }
+
+  function acknowledge(s: Owned, start: number, n: number, began: number): number {
     const us = Math.round((performance.now() - began) * 1000);
     core.abi.ringAck(s.slot, start, n, n);
     core.abi.recordFlush(s.slot, Math.min(us, 0xffffffff));
     return n;
   }
 
+  // The batch comes again: rewound at once (before anything is awaited), then a pause.
+  async function failed(s: Owned, error: unknown): Promise<number> {
+    core.abi.ringRewind(s.slot);
+    endpoint.post({ type: 'error', shardId: s.shardId, message: (error as Error)?.message ?? String(error), stack: (error as Error)?.stack });
+    await sleep(RETRY_BACKOFF_MS);
+    return 0;
+  }
+
   let batches = 0;
   while (true) {
     applyReleases();
     let moved = 0;
-    for (const s of order) moved += await consumeOne(s);
+    for (const s of order) {
+      const r = consumeOne(s);
+      moved += typeof r === 'number' ? r : await r;
+    }
     if (moved === 0) {
       if (!running) break;
       await park();
