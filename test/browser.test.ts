@@ -194,6 +194,16 @@ describe.each([
     expect(r.batch.repeated).toBeLessThanOrEqual(r.batch.rewound);
     expect(r.batch.seen).toBe(r.batch.events + r.batch.repeated);
     expect(r.batch.wrapped).toBeGreaterThan(0);
+    // dropOldest under a batch consumer that cannot keep up: evictions happened, what was
+    // delivered arrived once and in order, and delivered + evicted = accepted.
+    const d = r.batch.dropOldest;
+    expect(d.evicted).toBeGreaterThan(0);
+    expect(d.pushed).toBe(d.accepted);
+    expect(d.delivered + d.evicted).toBe(d.accepted);
+    expect(d.seen).toBe(d.delivered);
+    expect(d.repeated).toBe(0);
+    expect(d.outOfOrder).toBe(0);
+    expect(d.bad).toBe(0);
     // No fallback here, so no warning.
     expect(run.console.filter((m) => /fell back/.test(m.text))).toEqual([]);
     expectStreams(r.streams);

@@ -161,6 +161,7 @@ async function runShared() {
   // 4. A batch consumer (serveConsumer(fn, { batch: true })): one RecordBatch per call, while a
   //    shard is added, one removed, and a consumer worker killed (its batch comes again).
   const batchRun = await runBatchConsumer();
+  batchRun.dropOldest = await runBatchDropOldest();
   log(`batch consumer: pushed ${batchRun.pushed}, delivered ${batchRun.delivered}, seen ${batchRun.seen}, missing ${batchRun.missing}, repeated ${batchRun.repeated}, wrapped batches ${batchRun.wrapped}`);
 
   return {
@@ -184,8 +185,8 @@ async function runShared() {
   };
 }
 
-async function runBatchConsumer() {
-  const n = 10_000;
+/** Collect what batch-consumer workers report: per-number counts, per-shard order. */
+function batchReports(n) {
   const counts = new Uint8Array(n);
   const last = new Map(); // shard → last number seen
   const seen = { records: 0, bad: 0, outOfOrder: 0, wrapped: 0 };
@@ -197,12 +198,52 @@ async function runBatchConsumer() {
     if (wrapped) seen.wrapped++;
     for (const seq of seqs) {
       seen.records++;
-      // a repeat after the killed worker is its rewound batch; a first delivery must be in order
+      // a repeat after a killed worker is its rewound batch; a first delivery must be in order
       if (counts[seq] === 0 && seq < (last.get(shardId) ?? -1)) seen.outOfOrder++;
       counts[seq]++;
       last.set(shardId, Math.max(seq, last.get(shardId) ?? -1));
     }
   };
+  return {
+    async until(total) {
+      const end = performance.now() + 10_000;
+      while (seen.records < total && performance.now() < end) await sleep(5);
+      await sleep(50); // a late repeat would arrive now
+      channel.close();
+      let missing = 0;
+      let repeated = 0;
+      for (const c of counts) { if (c === 0) missing++; else repeated += c - 1; }
+      return { seen: seen.records, missing, repeated, outOfOrder: seen.outOfOrder, bad: seen.bad, wrapped: seen.wrapped };
+    },
+  };
+}
+
+/** dropOldest with a batch consumer that cannot keep up: what arrives is in order and once. */
+async function runBatchDropOldest() {
+  const n = 20_000;
+  const reports = batchReports(n);
+  const mgr = await ShardManager.create({
+    initialShards: 1,
+    ringBufferCapacity: 64,
+    backpressure: { kind: 'dropOldest' },
+    policy: { maxShards: 1 },
+    consumer: {
+      worker: () => new Worker(new URL('./batch-consumer.worker.js', import.meta.url), { type: 'module' }),
+      threads: 1,
+      batchSize: 24,
+    },
+  });
+  let accepted = 0;
+  for (let i = 0; i < n; i++) if (mgr.push(7, `event:${i}`)) accepted++; // no pause: the ring overflows
+  await mgr.close();
+  const stats = mgr.stats();
+  const r = await reports.until(stats.delivered);
+  return { events: n, accepted, pushed: stats.pushed, delivered: stats.delivered, evicted: stats.drops.oldest, ...r };
+}
+
+async function runBatchConsumer() {
+  const n = 10_000;
+  const reports = batchReports(n);
   const restarts = [];
   const mgr = await ShardManager.create({
     initialShards: 2,
@@ -222,16 +263,10 @@ async function runBatchConsumer() {
   });
   await mgr.close();
   const stats = mgr.stats();
-  const end = performance.now() + 10_000;
-  while (seen.records < stats.delivered && performance.now() < end) await sleep(5);
-  await sleep(50); // a late repeat would arrive now
-  channel.close();
-  let missing = 0;
-  let repeated = 0;
-  for (const c of counts) { if (c === 0) missing++; else repeated += c - 1; }
+  const r = await reports.until(stats.delivered);
   return {
-    events: n, pushed: stats.pushed, delivered: stats.delivered, seen: seen.records, missing, repeated,
-    rewound: restarts.reduce((a, b) => a + b, 0), restarts: restarts.length, outOfOrder: seen.outOfOrder, bad: seen.bad, wrapped: seen.wrapped,
+    events: n, pushed: stats.pushed, delivered: stats.delivered, ...r,
+    rewound: restarts.reduce((a, b) => a + b, 0), restarts: restarts.length,
   };
 }
 
