@@ -68,6 +68,9 @@ export const M_FLUSH: i32 = 128;          // i64, (count << 32) | sum
 export const M_DRAINING: i32 = 144;       // u32, 1 while draining
 export const M_CAPACITY: i32 = 148;       // u32, capacity the fill ratio divides by
 export const M_SKIPPED: i32 = 152;        // i64, reserved records never written (their producer died or stalled)
+export const M_WINDOW_TAIL: i32 = 160;    // u64, the tail count when the current metrics window began (ring shards
+                                          //   count their window's events as tail − this: no counter bumped per push)
+export const M_DRAIN_TAIL: i32 = 168;     // u64, the tail count when draining started (pushes since = tail − this)
 // line 2: ring tail, written by producers
 export const R_TAIL: i32 = 256;           // i64, bits 0-62: records ever reserved (= accepted; low 32 bits index the ring); bit 63: closed
 export const R_DOORBELL: i32 = 264;       // u32, address of the consumer's doorbell, 0 = none

@@ -3,8 +3,8 @@
 // Both halves saturate at 2^32 - 1 instead of wrapping.
 import {
   M_LATENCY, M_EVENTS, M_DRAIN_PUSHES, M_BUFFER_LEN, M_FLUSH, M_DRAINING, M_CAPACITY,
-  CACHE_LINE, R_TAIL, R_CURSOR, COLLECT_BUFFER_LEN, COLLECT_EVENTS, COLLECT_LATENCY_COUNT, COLLECT_LATENCY_SUM,
-  COLLECT_FLUSH_COUNT, COLLECT_FLUSH_SUM,
+  CACHE_LINE, R_TAIL, R_CURSOR, M_WINDOW_TAIL, M_DRAIN_TAIL, COLLECT_BUFFER_LEN, COLLECT_EVENTS, COLLECT_LATENCY_COUNT,
+  COLLECT_LATENCY_SUM, COLLECT_FLUSH_COUNT, COLLECT_FLUSH_SUM,
 } from "./layout";
 import { slotAddr, ringCapacity } from "./config";
 
@@ -24,7 +24,12 @@ const U32_MAX: u64 = 0xffffffff;
 }
 
 // Events-in-window (low half) and pushes-since-drain-start (high half) share one 64-bit
-// word, so a push bumps both with a single atomic add. Returns the previous event count.
+// word, so a recorded event bumps both with a single atomic add. Returns the previous event
+// count. A ring's pushes do not come through here: the ring's tail already counts every
+// reservation, so a window's events are the tail's progress since the window began
+// (M_WINDOW_TAIL) and the drain's pushes its progress since draining began (M_DRAIN_TAIL):
+// one locked instruction fewer per push. Both are added to what this word holds (events
+// recorded by hand through a collector).
 const EVENT_AND_DRAIN_PUSH: u64 = 0x0000000100000001;
 const LOW_HALF: u64 = 0x00000000ffffffff;
 const HIGH_HALF: u64 = 0xffffffff00000000;
@@ -53,15 +58,26 @@ export function recordBufferLen(slot: u32, len: u32): void { atomic.store<u32>(s
 }
 export function bufferLen(slot: u32): u32 { return bufferLenAt(slotAddr(slot)); }
 
+// The ring's reservation count (0 for collectors without a ring).
+@inline function tailCount(base: usize): u64 {
+  return ringCapacity == 0 ? 0 : atomic.load<u64>(base + R_TAIL) & ~(<u64>1 << 63);
+}
+
 // Zero the drain counter before publishing the flag, so a push that sees the flag is
 // always counted after the reset.
 export function setDraining(slot: u32, on: i32): void {
   const base = slotAddr(slot);
-  if (on) atomic.and<u64>(base + M_EVENTS, LOW_HALF); // zero the drain half only
+  if (on) {
+    atomic.and<u64>(base + M_EVENTS, LOW_HALF); // zero the drain half only
+    atomic.store<u64>(base + M_DRAIN_TAIL, tailCount(base));
+  }
   atomic.store<u32>(base + M_DRAINING, on ? 1 : 0);
 }
 export function isDraining(slot: u32): i32 { return atomic.load<u32>(slotAddr(slot) + M_DRAINING) != 0 ? 1 : 0; }
-export function pushesSinceDrainStart(slot: u32): u32 { return atomic.load<u32>(slotAddr(slot) + M_DRAIN_PUSHES); }
+export function pushesSinceDrainStart(slot: u32): u32 {
+  const base = slotAddr(slot);
+  return atomic.load<u32>(base + M_DRAIN_PUSHES) + <u32>(tailCount(base) - atomic.load<u64>(base + M_DRAIN_TAIL));
+}
 export function capacityOf(slot: u32): u32 { return load<u32>(slotAddr(slot) + M_CAPACITY); }
 
 // Swap the window counters to zero and write the window (COLLECT_* words) at `out`.
@@ -70,7 +86,10 @@ export function collectAndReset(slot: u32, out: usize): void {
   const latency = atomic.xchg<u64>(base + M_LATENCY, 0);
   const flush = atomic.xchg<u64>(base + M_FLUSH, 0);
   store<u32>(out + COLLECT_BUFFER_LEN, bufferLenAt(base));
-  store<u32>(out + COLLECT_EVENTS, <u32>atomic.and<u64>(base + M_EVENTS, HIGH_HALF)); // take and zero events
+  const tail = tailCount(base);
+  const ringEvents = <u32>(tail - atomic.load<u64>(base + M_WINDOW_TAIL));
+  atomic.store<u64>(base + M_WINDOW_TAIL, tail);
+  store<u32>(out + COLLECT_EVENTS, <u32>atomic.and<u64>(base + M_EVENTS, HIGH_HALF) + ringEvents); // take and zero events
   store<u32>(out + COLLECT_LATENCY_COUNT, <u32>(latency >>> 32));
   store<u32>(out + COLLECT_LATENCY_SUM, <u32>latency);
   store<u32>(out + COLLECT_FLUSH_COUNT, <u32>(flush >>> 32));

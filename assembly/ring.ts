@@ -29,14 +29,14 @@ import {
   PUSH_UNROUTED, PUSH_FULL, PUSH_SAMPLED, PUSH_REFUSED, PUSH_CLOSED, PUSH_STOPPED, L_SCRATCH, L_RESULT,
   L_FAILED_SHARD, H_STOPPED, SEQ_WRITING, SEQ_SKIPPED,
   BATCH_ACCEPTED, BATCH_UNROUTED, BATCH_FULL, BATCH_SAMPLED, BATCH_STOP, STOP_NONE, STOP_REFUSED, STOP_CLOSED,
-  CLAIM_START, CLAIM_SKIPPED, TOTAL_PUSHED, TOTAL_DELIVERED, TOTAL_DROPPED_NEWEST, TOTAL_SAMPLED,
+  CLAIM_START, CLAIM_SKIPPED, M_WINDOW_TAIL, M_DRAIN_TAIL, M_EVENTS, TOTAL_PUSHED, TOTAL_DELIVERED, TOTAL_DROPPED_NEWEST, TOTAL_SAMPLED,
   TOTAL_REFUSED, TOTAL_EVICTED, TOTAL_SKIPPED,
   CONTENTION_NS_PER_RETRY, LATENCY_SAMPLE_MASK,
 } from "./layout";
 import {
   slotAddr, laneAddr, recordAddr, ringCapacity, maxPayload, backpressure, sampleRate, sampleFill,
 } from "./config";
-import { addToPair, eventsAt, initMetrics } from "./metrics";
+import { addToPair, initMetrics } from "./metrics";
 import { selectEntry, NO_ENTRY } from "./select";
 
 // Bit 63 of the tail word. The other 63 bits count every reservation ever made, so the
@@ -98,12 +98,42 @@ function evictOldest(base: usize): bool {
   return atomic.cmpxchg<u32>(rec + REC_SEQ, index, index + <u32>SEQ_WRITING) == index;
 }
 
+// memory.copy on a shared memory costs a call out of the generated code (tens of ns for a
+// 16-byte event, more than the rest of a push): payloads up to 32 bytes are copied here, 8
+// bytes at a time, rounded up to whole words. That stays inside the record's slot (its
+// payload area is maxPayload rounded up to 8) and reads at most 7 bytes past the source,
+// still inside the lane's scratch; the bytes past `len` are never read back. No loop: this
+// runs between a record's mark and its publish, which must stay straight-line code (a
+// terminated thread stops at loop back-edges).
+const INLINE_COPY_MAX: u32 = 32;
+@inline function copyPayload(dst: usize, src: usize, len: u32): void {
+  if (len <= INLINE_COPY_MAX) {
+    store<u64>(dst, load<u64>(src));
+    if (len > 8) {
+      store<u64>(dst, load<u64>(src, 8), 8);
+      if (len > 16) {
+        store<u64>(dst, load<u64>(src, 16), 16);
+        if (len > 24) store<u64>(dst, load<u64>(src, 24), 24);
+      }
+    }
+  } else {
+    memory.copy(dst, src, len);
+  }
+}
+
 // Copy and publish record `index` (taken with beginWrite). Straight-line: no thread stops
 // between the mark and the publish.
 @inline function writeRecord(rec: usize, index: u32, src: usize, len: u32): void {
-  memory.copy(rec + REC_PAYLOAD, src, len);
+  copyPayload(rec + REC_PAYLOAD, src, len);
   store<u32>(rec + REC_LEN, len);
   atomic.store<u32>(rec + REC_SEQ, index + 1); // publish
+}
+
+// This window's events before the one reserved at `index`: the tail's progress since the
+// window began, plus events recorded by hand through the collector (plain reads: it only
+// picks which pushes carry a latency sample).
+@inline function eventsBefore(base: usize, index: u32): u32 {
+  return index - <u32>load<u64>(base + M_WINDOW_TAIL) + load<u32>(base + M_EVENTS);
 }
 
 // Append `len` bytes from `src` to the ring at `base`. Returns 0 or a PUSH_* code.
@@ -128,8 +158,8 @@ export function pushAt(base: usize, src: usize, len: u32): i32 {
         // reserved: from here to the publish is straight-line code
         if (beginWrite(rec, index)) {
           writeRecord(rec, index, src, len);
-          const nth = eventsAt(base, 1);
-          if ((nth & LATENCY_SAMPLE_MASK) == 0) addToPair(base + M_LATENCY, retries * CONTENTION_NS_PER_RETRY);
+          // No event counter to bump: the collector counts a ring's events from its tail.
+          if ((eventsBefore(base, index) & LATENCY_SAMPLE_MASK) == 0) addToPair(base + M_LATENCY, retries * CONTENTION_NS_PER_RETRY);
           ringDoorbell(base); // the ring length is not stored: collectors read it from tail and head
           return 0;
         }
@@ -297,7 +327,7 @@ function batchLoop(lane: u32, count: u32): u32 {
         got++;
       }
       if (got > 0) {
-        const before = eventsAt(base, got);
+        const before = eventsBefore(base, runFirst); // events are counted from the tail (see pushAt)
         // one latency sample when the run passes a multiple of 64 events, as single pushes do
         if (((before + LATENCY_SAMPLE_MASK) & ~LATENCY_SAMPLE_MASK) - before < got) {
           addToPair(base + M_LATENCY, runRetries * CONTENTION_NS_PER_RETRY);
@@ -477,6 +507,8 @@ export function slotInit(slot: u32, capacity: u32): void {
   const first = <u32>start;
   for (let i: u32 = 0; i < ringCapacity; i++) atomic.store<u32>(recordAddr(base, first + i) + REC_SEQ, first + i);
   store<u64>(base + R_BASE, start);
+  store<u64>(base + M_WINDOW_TAIL, start); // the metrics windows count from here (initMetrics zeroed them)
+  store<u64>(base + M_DRAIN_TAIL, start);
   atomic.store<u64>(base + M_DELIVERED, 0);
   atomic.store<u64>(base + R_CURSOR, cursorOf(first, first));
   atomic.store<u32>(base + R_DOORBELL, 0);

@@ -73,11 +73,13 @@ function pushAllWithRetry(m, push) {
 // ---- the implementations: setup() → { once(n), teardown() } ---------------------------------
 
 /** The manager every shard-mapper row uses: one shard and one consumer thread per consumer. */
-function smManager(size, consumers, backpressure) {
+function smManager(size, consumers, backpressure, batch = false) {
   return ShardManager.create({
     initialShards: consumers, ringBufferCapacity: RING_EVENTS, maxPayloadBytes: size,
     backpressure: { kind: backpressure }, policy: { autoScale: false, maxShards: consumers },
-    consumer: { module: workerUrl('sm-consumer.mjs'), threads: consumers },
+    consumer: batch
+      ? { module: workerUrl('sm-batch-consumer.mjs'), threads: consumers, batch: true }
+      : { module: workerUrl('sm-consumer.mjs'), threads: consumers },
   });
 }
 
@@ -89,11 +91,13 @@ async function smTeardown(mgr, label) {
   await mgr.close();
 }
 
-function smPush(size, consumers, payloads, hashes) {
+function smPush(size, consumers, payloads, hashes, batch = false) {
   return {
-    id: 'sm-push', name: 'shard-mapper push (routed, per event)', ref: true,
+    id: batch ? 'sm-push-rb' : 'sm-push', ref: !batch,
+    name: batch ? 'shard-mapper push → batch consumer' : 'shard-mapper push (routed, per event)',
+    note: batch ? 'consumer takes a RecordBatch (options.consumer.batch)' : 'consumer takes Uint8Array[]',
     async setup() {
-      const mgr = await smManager(size, consumers, 'dropNewest');
+      const mgr = await smManager(size, consumers, 'dropNewest', batch);
       return {
         async once(n) {
           const before = mgr.stats().delivered;
@@ -140,11 +144,13 @@ function smPushBatch(size, consumers, payloads, hashes) {
   };
 }
 
-function smPushFixed(size, consumers, payloads, hashes) {
+function smPushFixed(size, consumers, payloads, hashes, batch = false) {
   return {
-    id: 'sm-pushFixed', name: `shard-mapper pushFixed(${BATCH})`, note: 'records already contiguous (the API\'s premise)',
+    id: batch ? 'sm-pushFixed-rb' : 'sm-pushFixed',
+    name: batch ? `shard-mapper pushFixed(${BATCH}) → batch consumer` : `shard-mapper pushFixed(${BATCH})`,
+    note: `records already contiguous (the API's premise); consumer takes ${batch ? 'a RecordBatch' : 'Uint8Array[]'}`,
     async setup() {
-      const mgr = await smManager(size, consumers, 'failProducer');
+      const mgr = await smManager(size, consumers, 'failProducer', batch);
       // The same events as the other rows, laid out as pushFixed takes them: for every batch
       // offset in the payload pool, BATCH records back to back (built before timing: a user
       // of pushFixed already holds its records in one buffer).
@@ -330,6 +336,8 @@ export async function run(profile) {
     const copyRows = await copyLimit(profile, size, payloads);
     for (const consumers of [1, 2]) {
       const impls = [smPush, smPushBatch, smPushFixed, ringbuf, postMessageEach, postMessageBatch].map((f) => f(size, consumers, payloads, hashes));
+      impls.splice(1, 0, smPush(size, consumers, payloads, hashes, true));
+      impls.splice(4, 0, smPushFixed(size, consumers, payloads, hashes, true));
       const live = [];
       for (const impl of impls) { dbg('setup', impl.id, size, consumers); live.push(await impl.setup()); }
       // Warm every implementation, then interleave the measured runs.
@@ -358,34 +366,49 @@ export async function run(profile) {
     }
   }
 
+  // Issue #12's goals. The rows named in a goal are the batch-consumer rows (the API this
+  // issue adds); the detail gives the Uint8Array[]-consumer rows of the same run beside them.
   const goals = [];
+  const ratio = (a, b) => fmtRatio(a.ns / b.ns);
+  const rate = (r) => `${(r.opsPerSec / 1e6).toFixed(2)} M/s`;
   for (const consumers of [1, 2]) {
     const rows = rowsBy[`16-${consumers}`];
-    const sm = row(rows, 'sm-push');
-    goals.push(goal({ id: `cross-thread-vs-postMessage-${consumers}`, issue: '#3, #5', text: `routed cross-thread push ≥ 100× postMessage per event (16 B, ${consumers} consumer${consumers > 1 ? 's' : ''})`,
-      value: row(rows, 'pm-event').ns / sm.ns, target: 100, op: '>=',
-      detail: `${(sm.opsPerSec / 1e6).toFixed(2)} M/s vs ${(row(rows, 'pm-event').opsPerSec / 1e6).toFixed(2)} M/s; pushBatch ${fmtRatio(row(rows, 'pm-event').ns / row(rows, 'sm-pushBatch').ns)}; pushFixed ${fmtRatio(row(rows, 'pm-event').ns / row(rows, 'sm-pushFixed').ns)}` }));
+    const pm = row(rows, 'pm-event');
+    const c = `${consumers} consumer${consumers > 1 ? 's' : ''}`;
+    goals.push(goal({ id: `push-vs-postMessage-${consumers}`, issue: '#12', text: `routed push 16 B → ${c} (batch consumer) ≥ 40× postMessage per event`,
+      value: pm.ns / row(rows, 'sm-push-rb').ns, target: 40, op: '>=',
+      detail: `${rate(row(rows, 'sm-push-rb'))} vs ${rate(pm)}; Uint8Array[] consumer ${ratio(pm, row(rows, 'sm-push'))}; pushBatch ${ratio(pm, row(rows, 'sm-pushBatch'))}` }));
+    goals.push(goal({ id: `pushFixed-vs-postMessage-${consumers}`, issue: '#12', text: `routed pushFixed 16 B → ${c} (batch consumer) ≥ 100× postMessage per event`,
+      value: pm.ns / row(rows, 'sm-pushFixed-rb').ns, target: 100, op: '>=',
+      detail: `${rate(row(rows, 'sm-pushFixed-rb'))} vs ${rate(pm)}; Uint8Array[] consumer ${ratio(pm, row(rows, 'sm-pushFixed'))}` }));
   }
+  const SM_ROWS = ['sm-push-rb', 'sm-pushFixed-rb', 'sm-push', 'sm-pushBatch', 'sm-pushFixed'];
   for (const size of [16, 256]) {
     for (const consumers of [1, 2]) {
       const rows = rowsBy[`${size}-${consumers}`];
-      const sm = row(rows, 'sm-push');
-      goals.push(goal({ id: `cross-thread-vs-ringbuf-${size}-${consumers}`, issue: '#5', text: `routed cross-thread push ≥ ringbuf.js (${size} B, ${consumers} consumer${consumers > 1 ? 's' : ''})`,
-        value: row(rows, 'ringbuf').ns / sm.ns, target: 1, op: '>=',
-        detail: `${(sm.opsPerSec / 1e6).toFixed(2)} M/s vs ${(row(rows, 'ringbuf').opsPerSec / 1e6).toFixed(2)} M/s; pushBatch ${fmtRatio(row(rows, 'ringbuf').ns / row(rows, 'sm-pushBatch').ns)}; pushFixed ${fmtRatio(row(rows, 'ringbuf').ns / row(rows, 'sm-pushFixed').ns)}` }));
+      const rb = row(rows, 'ringbuf');
+      const ratios = SM_ROWS.map((id) => [id, rb.ns / row(rows, id).ns]);
+      const worst = ratios.reduce((a, b) => (b[1] < a[1] ? b : a));
+      goals.push(goal({ id: `vs-ringbuf-${size}-${consumers}`, issue: '#12', text: `every shard-mapper row ≥ 1.5× ringbuf.js (${size} B, ${consumers} consumer${consumers > 1 ? 's' : ''}; the slowest row counts)`,
+        value: worst[1], target: 1.5, op: '>=',
+        detail: `ringbuf.js ${rate(rb)}; ${ratios.map(([id, v]) => `${id.replace('sm-', '')} ${fmtRatio(v)}`).join(', ')}` }));
     }
   }
   for (const consumers of [1, 2]) {
     const rows = rowsBy[`256-${consumers}`];
-    const sm = row(rows, 'sm-push');
     const limit = row(rows, 'copy-event');
-    goals.push(goal({ id: `copy-limit-256-${consumers}`, issue: '#5', text: `≥ 50 % of the copy limit on 256-byte payloads (${consumers} consumer${consumers > 1 ? 's' : ''})`,
-      value: (100 * sm.opsPerSec) / limit.opsPerSec, target: 50, op: '>=', unit: '%',
-      detail: `${(sm.opsPerSec / 1e6).toFixed(2)} M/s (${sm.gbPerSec.toFixed(2)} GB/s) vs per-event copy ${(limit.opsPerSec / 1e6).toFixed(1)} M/s (${limit.gbPerSec.toFixed(1)} GB/s); pushBatch ${((100 * row(rows, 'sm-pushBatch').opsPerSec) / limit.opsPerSec).toFixed(1)} %; pushFixed ${((100 * row(rows, 'sm-pushFixed').opsPerSec) / limit.opsPerSec).toFixed(1)} %` }));
+    const pct = (id) => (100 * row(rows, id).opsPerSec) / limit.opsPerSec;
+    const c = `${consumers} consumer${consumers > 1 ? 's' : ''}`;
+    goals.push(goal({ id: `copy-limit-push-256-${consumers}`, issue: '#12', text: `push 256 B → ${c} (batch consumer) ≥ 35 % of the per-event copy limit`,
+      value: pct('sm-push-rb'), target: 35, op: '>=', unit: '%',
+      detail: `${rate(row(rows, 'sm-push-rb'))} vs per-event copy ${rate(limit)} (${limit.gbPerSec.toFixed(1)} GB/s); Uint8Array[] consumer ${pct('sm-push').toFixed(1)} %` }));
+    goals.push(goal({ id: `copy-limit-pushFixed-256-${consumers}`, issue: '#12', text: `pushFixed 256 B → ${c} (batch consumer) ≥ 50 % of the per-event copy limit`,
+      value: pct('sm-pushFixed-rb'), target: 50, op: '>=', unit: '%',
+      detail: `${rate(row(rows, 'sm-pushFixed-rb'))}; Uint8Array[] consumer ${pct('sm-pushFixed').toFixed(1)} %` }));
   }
   return {
     tables, goals,
-    intro: `One run moves N events from the main thread to the consumer thread(s) and is timed from the first event produced to the last one consumed (consumers publish their counts; the main thread looks every 1 ms). The implementations' runs are interleaved (A B C D E, A B C D E, …), ${reps} run${reps > 1 ? "s" : ""} each${warm ? " after a warm-up run" : ""}; a row is the median run, ± half the min–max range. A full ring makes the producer retry (counted). With 2 consumers, 3 busy threads share 2 cores.`,
+    intro: `One run moves N events from the main thread to the consumer thread(s) and is timed from the first event produced to the last one consumed (consumers publish their counts; the main thread looks every 1 ms). The implementations' runs are interleaved (A B C D E, A B C D E, …), ${reps} run${reps > 1 ? "s" : ""} each${warm ? " after a warm-up run" : ""}; a row is the median run, with the slowest and fastest run as its range. A full ring makes the producer retry (counted). With 2 consumers, 3 busy threads share 2 cores.`,
   };
 }
 
@@ -396,7 +419,7 @@ function columns() {
     { head: 'events/s', get: (r) => fmtRate(r.opsPerSec), align: 'right' },
     { head: 'GB/s', get: (r) => (r.gbPerSec === undefined ? '' : r.gbPerSec.toFixed(r.gbPerSec < 1 ? 3 : 2)), align: 'right' },
     { head: 'time ÷ shard-mapper', get: (r) => fmtRatio(r.ratio), align: 'right' },
-    { head: '±', get: (r) => `${r.spreadPct.toFixed(1)}%`, align: 'right' },
+    { head: 'range (events/s)', get: (r) => (r.loPerSec === undefined ? '' : `${fmtRate(r.loPerSec)} – ${fmtRate(r.hiPerSec)}`), align: 'right' },
     { head: 'note', get: (r) => r.note ?? '' },
   ];
 }

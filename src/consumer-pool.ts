@@ -37,6 +37,12 @@ export interface ConsumerOptions {
    * exit event) and threads stuck in a synchronous consumer function. Checked by `tick()`.
    */
   stallMs?: number;
+  /**
+   * true: the consumer function takes one `RecordBatch` per call (offsets and lengths in
+   * typed arrays, no view per record) instead of `Uint8Array[]`. Default false, so existing
+   * modules keep working. A worker started with `serveConsumer(fn, { batch })` decides itself.
+   */
+  batch?: boolean;
 }
 
 interface WorkerState {
@@ -94,7 +100,7 @@ export class ConsumerPool {
 
   static async start(core: SharedCore, options: ConsumerOptions, threads: number, batchSize: number, events: PoolEvents): Promise<ConsumerPool> {
     const module = options.worker ? '' : moduleUrl(options.module!);
-    const pool = new ConsumerPool(core, { module, batchSize }, events, options.worker);
+    const pool = new ConsumerPool(core, { module, batchSize, batch: options.batch === true }, events, options.worker);
     for (let i = 0; i < threads; i++) pool.#workers.push(pool.#spawn());
     try {
       await Promise.all(pool.#workers.map((w) => w.ready));

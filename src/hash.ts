@@ -8,6 +8,8 @@ const P4 = 668265263;
 const P5 = 374761393;
 
 let buffer = new Uint8Array(256);
+let joinedBytes = new Uint8Array(4096); // hashKeys' staging: a batch's keys as one byte run
+let joinedWords = new DataView(joinedBytes.buffer); // the same bytes, read 4 at a time (one unaligned load)
 const encoder = new TextEncoder();
 
 const rotl = (x: number, r: number) => (x << r) | (x >>> (32 - r));
@@ -116,4 +118,77 @@ export function hashKey(key: string | Uint8Array): number {
   }
   if (key instanceof Uint8Array) return xxh32(key, key.length);
   throw new TypeError(`hashKey: key must be a string or a Uint8Array, got ${key === null ? 'null' : typeof key}`);
+}
+
+/** Batches at least this long are hashed from one joined copy (shorter ones key by key). */
+const JOIN_MIN = 16;
+
+/**
+ * hashKey of every key, written to `out` (made when absent) and returned. For a batch of
+ * ASCII strings the keys are joined and encoded with one call, then hashed from bytes:
+ * reading a byte from a Uint8Array is several times cheaper than `charCodeAt`, which is what
+ * bounds hashKey on one string. Any other batch (a non-ASCII string, a Uint8Array key) is
+ * hashed key by key. The results are hashKey's, key for key.
+ */
+export function hashKeys(keys: ArrayLike<string | Uint8Array>, out?: Uint32Array): Uint32Array {
+  if (keys === null || typeof keys !== 'object' || typeof keys.length !== 'number') {
+    throw new TypeError(`hashKeys: keys must be an array of strings or Uint8Arrays, got ${keys === null ? 'null' : typeof keys}`);
+  }
+  const n = keys.length;
+  if (out === undefined) out = new Uint32Array(n);
+  else if (!(out instanceof Uint32Array)) throw new TypeError('hashKeys: out must be a Uint32Array');
+  else if (out.length < n) throw new RangeError(`hashKeys: out has ${out.length} entries, needs ${n}`);
+  let total = 0;
+  let allStrings = n >= JOIN_MIN;
+  for (let i = 0; i < n && allStrings; i++) {
+    const k = keys[i];
+    if (typeof k !== 'string') allStrings = false;
+    else total += k.length;
+  }
+  if (allStrings) {
+    const joined = Array.prototype.join.call(keys, '');
+    if (joinedBytes.length < total + 4) {
+      joinedBytes = new Uint8Array(Math.max(total + 4, 2 * joinedBytes.length));
+      joinedWords = new DataView(joinedBytes.buffer);
+    }
+    const r = encoder.encodeInto(joined, joinedBytes);
+    if (r.read === total && r.written === total) { // every unit ASCII: one byte per unit
+      let at = 0;
+      for (let i = 0; i < n; i++) {
+        const len = (keys[i] as string).length;
+        out[i] = xxh32At(joinedWords, joinedBytes, at, len);
+        at += len;
+      }
+      return out;
+    }
+  }
+  for (let i = 0; i < n; i++) {
+    const k = keys[i];
+    if (typeof k !== 'string' && !(k instanceof Uint8Array)) throw new TypeError(`hashKeys: keys[${i}] must be a string or a Uint8Array, got ${k === null ? 'null' : typeof k}`);
+    out[i] = hashKey(k);
+  }
+  return out;
+}
+
+/** xxh32 of `len` bytes of `b` (also viewed as `w`) from `at`. */
+function xxh32At(w: DataView, b: Uint8Array, at: number, len: number): number {
+  let i = at;
+  const end = at + len;
+  let h: number;
+  if (len >= 16) {
+    let v1 = V1, v2 = V2, v3 = V3, v4 = V4;
+    for (const limit = end - 16; i <= limit; i += 16) {
+      v1 = round(v1, w.getUint32(i, true));
+      v2 = round(v2, w.getUint32(i + 4, true));
+      v3 = round(v3, w.getUint32(i + 8, true));
+      v4 = round(v4, w.getUint32(i + 12, true));
+    }
+    h = merge(v1, v2, v3, v4);
+  } else {
+    h = P5;
+  }
+  h = (h + len) | 0;
+  for (; i + 4 <= end; i += 4) h = step4(h, w.getUint32(i, true));
+  for (; i < end; i++) h = step1(h, b[i]!);
+  return avalanche(h);
 }

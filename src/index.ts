@@ -5,12 +5,13 @@ export { ShardMetricsCollector, type ShardMetrics, type CollectorHandle } from '
 export type { CoreHandle } from './core.js';
 export { ScalingPolicy } from './policy.js';
 export { ScalingError, BackpressureError, ManagerClosedError, type ScalingErrorKind } from './errors.js';
-export { hashKey } from './hash.js';
+export { hashKey, hashKeys } from './hash.js';
 export { sharedMemorySupported, type MemoryKind } from './wasm.js';
 export {
   ShardManager, BackpressureMode, type ShardManagerOptions, type ManagerStats, type ShardStats, type ManagerEvent,
 } from './manager.js';
 export { ShardProducer, type ProducerHandle, type EventKey, type EventPayload, type BatchEvent } from './producer.js';
 export type { ConsumerOptions, ConsumerWorker } from './consumer-pool.js';
-export type { ConsumerFunction } from './consumer-runtime.js';
+export type { ConsumerFunction, BatchConsumerFunction } from './consumer-runtime.js';
+export { RecordBatch, type BatchRegion } from './record-batch.js';
 export type { ManagerRecord, WritableOptions, BatchesOptions } from './streams.js';

@@ -11,6 +11,7 @@ import { checkLoadBound, checkRouting, tableCapacity, type RoutingMode } from '.
 import { ShardProducer, type BatchEvent, type EventKey, type EventPayload, type ProducerHandle } from './producer.js';
 import { Total, TOTALS } from './abi.js';
 import { StallWatchdog } from './stall-watchdog.js';
+import { RecordBatch } from './record-batch.js';
 import { checkMemoryKind, compileAsync, type MemoryKind } from './wasm.js';
 import { cpuCount, onThreadExit } from '#platform';
 import type { Writable } from 'node:stream';
@@ -176,6 +177,8 @@ export class ShardManager {
   #timer: ReturnType<typeof setInterval> | undefined;
   #closed = false;
   #closing: Promise<void> | undefined;
+  /** Reused by pollBatch. */
+  #pollBatch: RecordBatch | undefined;
 
   private constructor(parts: Parts) {
     const { options, core, pool } = parts;
@@ -258,6 +261,7 @@ export class ShardManager {
       threads = checkInteger('options.consumer.threads', given(c.threads, cpuCount()), 1, MAX_LANES - 2);
       batchSize = checkInteger('options.consumer.batchSize', given(c.batchSize, 256), 1, MAX_RING_CAPACITY);
       consumerStallMs = checkFinite('options.consumer.stallMs', given(c.stallMs, DEFAULT_CONSUMER_STALL_MS), 0, true);
+      if (c.batch !== undefined && typeof c.batch !== 'boolean') throw invalid(`options.consumer.batch must be a boolean, got ${describe(c.batch)}`);
     }
     // One lane per attached thread: this one, each consumer thread, each producer thread.
     const maxThreads = checkInteger('options.maxThreads', given(options.maxThreads, Math.max(DEFAULT_MAX_THREADS, threads + 8)), threads + 1, MAX_LANES);
@@ -370,6 +374,105 @@ export class ShardManager {
       core.abi.ringAck(slot, start, n, n);
     }
     return out;
+  }
+
+  /**
+   * Copy up to `lengths.length` records of a shard, in push order, back to back into
+   * `target` (record i's length in `lengths[i]`), and return how many it took (0: the ring
+   * is empty). What it returns counts as delivered. It takes as many whole records as fit;
+   * if not even the next record fits it throws a RangeError and takes nothing. Allocates
+   * nothing for records up to 64 bytes (larger ones are copied through one short-lived view).
+   */
+  pollInto(shardId: number, target: Uint8Array, lengths: Uint32Array): number {
+    const slot = this.#slotFor('pollInto', shardId);
+    if (!(target instanceof Uint8Array)) throw invalid(`pollInto: target must be a Uint8Array, got ${describe(target)}`);
+    if (!(lengths instanceof Uint32Array)) throw invalid(`pollInto: lengths must be a Uint32Array, got ${describe(lengths)}`);
+    if (target.length === 0) throw new RangeError('pollInto: target is empty (0 bytes): it must hold at least one record');
+    if (lengths.length === 0) throw new RangeError('pollInto: lengths is empty: its length is the most records to take, so at least 1');
+    if (this.#pool?.owns(shardId)) throw new Error(`pollInto: shard ${shardId} is consumed by worker threads (options.consumer); a ring has one consumer at a time`);
+    const core = this.#core;
+    const abi = core.abi;
+    const base = abi.slotAddress(slot);
+    this.#watchStalls();
+    let count = 0;
+    let at = 0;
+    while (count < lengths.length) {
+      const n = abi.ringClaim(slot, Math.min(lengths.length - count, this.ringCapacity), core.result);
+      if (n === 0) break;
+      const start = core.u32[(core.result + CLAIM_START) >>> 2]!;
+      if (core.u32[(core.result + CLAIM_SKIPPED) >>> 2] !== 0) { // padding left by a dead producer
+        abi.ringAck(slot, start, n, 0);
+        continue;
+      }
+      core.ensureViews(core.recordsEnd(base));
+      const u8 = core.u8;
+      const u32 = core.u32;
+      let k = 0;
+      for (; k < n; k++) {
+        const rec = core.recordAt(base, start + k);
+        const len = u32[(rec + REC_LEN) >>> 2]!;
+        if (at + len > target.length) break;
+        const from = rec + REC_PAYLOAD;
+        if (len <= 64) for (let b = 0; b < len; b++) target[at + b] = u8[from + b]!;
+        else target.set(u8.subarray(from, from + len), at);
+        lengths[count + k] = len;
+        at += len;
+      }
+      if (k > 0) abi.ringAck(slot, start, k, k);
+      count += k;
+      if (k < n) {
+        abi.ringRewind(slot); // the records that did not fit go back, first in line
+        if (count === 0) {
+          const need = u32[(core.recordAt(base, start) + REC_LEN) >>> 2]!;
+          throw new RangeError(`pollInto: target has ${target.length} bytes, the next record of shard ${shardId} needs ${need}; nothing was taken`);
+        }
+        break;
+      }
+    }
+    return count;
+  }
+
+  /**
+   * Hand the next batch of a shard's records (at most `max`) to `consume` as one RecordBatch
+   * read in place, and acknowledge it when `consume` returns; returns how many records it
+   * delivered (0: the ring was empty; `consume` is not called). `consume` must be
+   * synchronous and must not keep the batch; if it throws, the records stay first in line
+   * and the error is rethrown.
+   */
+  pollBatch(shardId: number, consume: (batch: RecordBatch, shardId: number) => void, max: number = this.ringCapacity): number {
+    const slot = this.#slotFor('pollBatch', shardId);
+    if (typeof consume !== 'function') throw invalid(`pollBatch: consume must be a function (batch, shardId) => void, got ${describe(consume)}`);
+    checkInteger('max', max, 1, Number.MAX_SAFE_INTEGER);
+    if (this.#pool?.owns(shardId)) throw new Error(`pollBatch: shard ${shardId} is consumed by worker threads (options.consumer); a ring has one consumer at a time`);
+    const core = this.#core;
+    const abi = core.abi;
+    const base = abi.slotAddress(slot);
+    this.#watchStalls();
+    for (;;) {
+      const n = abi.ringClaim(slot, Math.min(max, this.ringCapacity), core.result);
+      if (n === 0) return 0;
+      const start = core.u32[(core.result + CLAIM_START) >>> 2]!;
+      if (core.u32[(core.result + CLAIM_SKIPPED) >>> 2] !== 0) {
+        abi.ringAck(slot, start, n, 0);
+        continue;
+      }
+      core.ensureViews(core.recordsEnd(base));
+      const batch = (this.#pollBatch ??= new RecordBatch(Math.min(max, this.ringCapacity), core.recordStride, core.recordStride - REC_PAYLOAD));
+      batch.fill(shardId, core.u8, core.u32, base, this.ringCapacity, start, n);
+      let result: unknown;
+      try {
+        result = consume(batch, shardId);
+      } catch (error) {
+        abi.ringRewind(slot);
+        throw error;
+      }
+      if (result !== null && typeof result === 'object' && typeof (result as { then?: unknown }).then === 'function') {
+        abi.ringRewind(slot);
+        throw new TypeError('pollBatch: consume returned a promise; it must be synchronous (the batch is only valid during the call). The records were not taken; use options.consumer for asynchronous consumers');
+      }
+      abi.ringAck(slot, start, n, n);
+      return n;
+    }
   }
 
   /** Records in a shard's ring (accepted, not yet acknowledged). */

@@ -3,7 +3,7 @@
 // shared memory, so producers on other threads route through the same table.
 import { SharedCore } from './core.js';
 import { ScalingError, checkFinite, checkFunction, checkInteger, describe, given, invalid } from './errors.js';
-import { hashKey } from './hash.js';
+import { hashKey, hashKeys } from './hash.js';
 import { ShardMetricsCollector, type ShardMetrics } from './metrics.js';
 import { resolvePolicy, type ScalingPolicy } from './policy.js';
 import { checkMemoryKind, compileAsync, sharedMemorySupported, type MemoryKind } from './wasm.js';
@@ -117,6 +117,8 @@ export class ShardMapper {
   #entryOf: Uint32Array | undefined;
   /** balanced / affinity: u32 index of the table this mapper published last (-1: none). */
   #liveTable = -1;
+  /** Reused by selectShardsForKeys. */
+  #keyHashes = new Uint32Array(256);
 
   /**
    * Synchronous constructor: compiles the WebAssembly module synchronously the first time
@@ -281,6 +283,20 @@ export class ShardMapper {
 
   selectShardForKey(key: string | Uint8Array): number {
     return this.selectShard(hashKey(key));
+  }
+
+  /** Batch form of selectShardForKey: `out[i]` is the shard for `keys[i]` (see hashKeys). */
+  selectShardsForKeys(keys: ArrayLike<string | Uint8Array>, out?: Uint16Array): Uint16Array {
+    if (keys === null || typeof keys !== 'object' || typeof keys.length !== 'number') throw new TypeError(`selectShardsForKeys: keys must be an array of strings or Uint8Arrays, got ${describe(keys)}`);
+    if (out !== undefined && !(out instanceof Uint16Array)) throw new TypeError(`selectShardsForKeys: out must be a Uint16Array, got ${describe(out)}`);
+    if (out !== undefined && out.length < keys.length) throw new RangeError(`selectShardsForKeys: out has ${out.length} entries, needs ${keys.length}`);
+    if (this.#keyHashes.length < keys.length) this.#keyHashes = new Uint32Array(Math.max(keys.length, 2 * this.#keyHashes.length));
+    const hashes = hashKeys(keys, this.#keyHashes).subarray(0, keys.length);
+    if (out === undefined) out = new Uint16Array(keys.length);
+    const n = this.#candidateCount;
+    const table = this.#candidates;
+    for (let i = 0; i < hashes.length; i++) out[i] = n === 0 ? NO_SHARD : table[(hashes[i]! * n * TWO_POW_MINUS_32) | 0]!;
+    return out;
   }
 
   /**

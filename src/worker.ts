@@ -6,16 +6,30 @@
 //   serveConsumer((records, shardId) => { ... });
 //
 // and on the page: ShardManager.create({ ..., consumer: { worker: () => new Worker(...), threads } }).
-import { runConsumer, type ConsumerFunction } from './consumer-runtime.js';
+import { runConsumer, type ConsumerFunction, type BatchConsumerFunction } from './consumer-runtime.js';
 
-export type { ConsumerFunction };
+export type { ConsumerFunction, BatchConsumerFunction };
+export { RecordBatch, type BatchRegion } from './record-batch.js';
+
+export interface ServeConsumerOptions {
+  /** true: `consume` takes one RecordBatch per batch; false: an array of views. Default: what
+   *  the manager's `options.consumer.batch` says (false unless set). */
+  batch?: boolean;
+}
 
 /**
  * Serve `consume` as a consumer of a ShardManager's rings from this worker (a Web Worker or
  * a Node worker thread started by `options.consumer.worker`). Resolves when the manager
  * stops the worker (`manager.close()`); rejects if the worker cannot attach.
  */
-export function serveConsumer(consume: ConsumerFunction): Promise<void> {
+export function serveConsumer(consume: ConsumerFunction): Promise<void>;
+/** The same with a batch consumer: `serveConsumer((batch, shardId) => { ... }, { batch: true })`. */
+export function serveConsumer(consume: BatchConsumerFunction, options: { batch: true }): Promise<void>;
+export function serveConsumer(consume: ConsumerFunction | BatchConsumerFunction, options?: ServeConsumerOptions): Promise<void>;
+export function serveConsumer(consume: ConsumerFunction | BatchConsumerFunction, options: ServeConsumerOptions = {}): Promise<void> {
   if (typeof consume !== 'function') throw new TypeError('serveConsumer: consume must be a function (records, shardId) => void | Promise<void>');
-  return runConsumer(() => consume);
+  if (typeof options !== 'object' || options === null || (options.batch !== undefined && typeof options.batch !== 'boolean')) {
+    throw new TypeError(`serveConsumer: options.batch must be a boolean, got ${typeof options === 'object' && options !== null ? typeof options.batch : String(options)}`);
+  }
+  return runConsumer(() => consume, { batch: options.batch });
 }

@@ -77,6 +77,7 @@ beforeAll(async () => {
       'consumer.worker': join(example, 'consumer.worker.js'),
       'producer.worker': join(example, 'producer.worker.js'),
       'dashboard.worker': join(example, 'dashboard.worker.js'),
+      'batch-consumer.worker': join(example, 'batch-consumer.worker.js'),
       'consumer-worker': 'shard-mapper/consumer-worker',
     },
     outdir: esbuildOut,
@@ -191,6 +192,28 @@ describe.each([
     expect(r.replaced.inFlight).toBe(0);
     expect(r.replaced.consumed.count).toBeGreaterThanOrEqual(r.replaced.events4);
     expect(r.replaced.consumed.bad).toBe(0);
+    // A batch consumer worker (serveConsumer(fn, { batch: true })) through a shard added, one
+    // removed and a consumer worker killed: nothing lost, in order, a repeat only from the
+    // batch the killed worker held (handed out again), and some batches wrapped the ring.
+    expect(r.batch.pushed).toBe(r.batch.events);
+    expect(r.batch.delivered).toBe(r.batch.events);
+    expect(r.batch.missing).toBe(0);
+    expect(r.batch.outOfOrder).toBe(0);
+    expect(r.batch.bad).toBe(0);
+    expect(r.batch.restarts).toBe(1);
+    expect(r.batch.repeated).toBeLessThanOrEqual(r.batch.rewound);
+    expect(r.batch.seen).toBe(r.batch.events + r.batch.repeated);
+    expect(r.batch.wrapped).toBeGreaterThan(0);
+    // dropOldest under a batch consumer that cannot keep up: evictions happened, what was
+    // delivered arrived once and in order, and delivered + evicted = accepted.
+    const d = r.batch.dropOldest;
+    expect(d.evicted).toBeGreaterThan(0);
+    expect(d.pushed).toBe(d.accepted);
+    expect(d.delivered + d.evicted).toBe(d.accepted);
+    expect(d.seen).toBe(d.delivered);
+    expect(d.repeated).toBe(0);
+    expect(d.outOfOrder).toBe(0);
+    expect(d.bad).toBe(0);
     // No fallback here, so no warning.
     expect(run.console.filter((m) => /fell back/.test(m.text))).toEqual([]);
     expectStreams(r.streams);

@@ -194,8 +194,14 @@ async function runShared() {
   const stats4 = mgr4.stats();
   const seen4 = await fromReplaced.until(n4);
   log(`dead consumer worker replaced: ${events4.join(' → ')}; delivered ${stats4.delivered} of ${n4}`);
+  // 5. A batch consumer (serveConsumer(fn, { batch: true })): one RecordBatch per call, while a
+  //    shard is added, one removed, and a consumer worker killed (its batch comes again).
+  const batchRun = await runBatchConsumer();
+  batchRun.dropOldest = await runBatchDropOldest();
+  log(`batch consumer: pushed ${batchRun.pushed}, delivered ${batchRun.delivered}, seen ${batchRun.seen}, missing ${batchRun.missing}, repeated ${batchRun.repeated}, wrapped batches ${batchRun.wrapped}`);
 
   return {
+    batch: batchRun,
     mode: 'shared',
     crossOriginIsolated: globalThis.crossOriginIsolated === true,
     sharedMemorySupported: sharedMemorySupported(),
@@ -213,6 +219,91 @@ async function runShared() {
     producer: { pushed: stats3.pushed, delivered: stats3.delivered, inWorker: fromWorker.pushed, consumed: seen3, expectedSum: expectedSum(n3), events: n3 },
     module: { pushed: stats2.pushed, delivered: stats2.delivered, consumed: seen2, expectedSum: expectedSum(n2), events: n2 },
     replaced: { events: events4, workersStarted: spawned4.length, pushed: stats4.pushed, delivered: stats4.delivered, inFlight: stats4.inFlight, consumed: seen4, events4: n4 },
+  };
+}
+
+/** Collect what batch-consumer workers report: per-number counts, per-shard order. */
+function batchReports(n) {
+  const counts = new Uint8Array(n);
+  const last = new Map(); // shard → last number seen
+  const seen = { records: 0, bad: 0, outOfOrder: 0, wrapped: 0 };
+  const channel = new BroadcastChannel('shard-mapper-example');
+  channel.onmessage = (e) => {
+    if (e.data.from !== 'batch') return;
+    const { shardId, seqs, bad, wrapped } = e.data;
+    seen.bad += bad;
+    if (wrapped) seen.wrapped++;
+    for (const seq of seqs) {
+      seen.records++;
+      // a repeat after a killed worker is its rewound batch; a first delivery must be in order
+      if (counts[seq] === 0 && seq < (last.get(shardId) ?? -1)) seen.outOfOrder++;
+      counts[seq]++;
+      last.set(shardId, Math.max(seq, last.get(shardId) ?? -1));
+    }
+  };
+  return {
+    async until(total) {
+      const end = performance.now() + 10_000;
+      while (seen.records < total && performance.now() < end) await sleep(5);
+      await sleep(50); // a late repeat would arrive now
+      channel.close();
+      let missing = 0;
+      let repeated = 0;
+      for (const c of counts) { if (c === 0) missing++; else repeated += c - 1; }
+      return { seen: seen.records, missing, repeated, outOfOrder: seen.outOfOrder, bad: seen.bad, wrapped: seen.wrapped };
+    },
+  };
+}
+
+/** dropOldest with a batch consumer that cannot keep up: what arrives is in order and once. */
+async function runBatchDropOldest() {
+  const n = 20_000;
+  const reports = batchReports(n);
+  const mgr = await ShardManager.create({
+    initialShards: 1,
+    ringBufferCapacity: 64,
+    backpressure: { kind: 'dropOldest' },
+    policy: { maxShards: 1 },
+    consumer: {
+      worker: () => new Worker(new URL('./batch-consumer.worker.js', import.meta.url), { type: 'module' }),
+      threads: 1,
+      batchSize: 24,
+    },
+  });
+  let accepted = 0;
+  for (let i = 0; i < n; i++) if (mgr.push(7, `event:${i}`)) accepted++; // no pause: the ring overflows
+  await mgr.close();
+  const stats = mgr.stats();
+  const r = await reports.until(stats.delivered);
+  return { events: n, accepted, pushed: stats.pushed, delivered: stats.delivered, evicted: stats.drops.oldest, ...r };
+}
+
+async function runBatchConsumer() {
+  const n = 10_000;
+  const reports = batchReports(n);
+  const restarts = [];
+  const mgr = await ShardManager.create({
+    initialShards: 2,
+    ringBufferCapacity: 256,
+    policy: { maxShards: 4 },
+    consumer: {
+      worker: () => new Worker(new URL('./batch-consumer.worker.js', import.meta.url), { type: 'module' }),
+      threads: 2,
+      batchSize: 100, // does not divide the ring: batches wrap past its end
+    },
+    onEvent: (e) => { if (e.type === 'consumerRestarted') restarts.push(e.rewound); },
+  });
+  await pushAll(mgr, 0, n, async (i) => {
+    if (i === n / 4) await mgr.addShard();
+    if (i === n / 2) await mgr.removeShard(0);
+    if (i === (3 * n) / 4) await mgr.terminateConsumer(mgr.consumers()[0].index);
+  });
+  await mgr.close();
+  const stats = mgr.stats();
+  const r = await reports.until(stats.delivered);
+  return {
+    events: n, pushed: stats.pushed, delivered: stats.delivered, ...r,
+    rewound: restarts.reduce((a, b) => a + b, 0), restarts: restarts.length,
   };
 }
 

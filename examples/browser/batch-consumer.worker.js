@@ -1,0 +1,22 @@
+// A batch consumer Web Worker (serveConsumer(fn, { batch: true })): each call gets one
+// RecordBatch — the shard's records as offsets and lengths into the shared memory, no view per
+// record. Reads the number out of each "event:<n>" payload straight from the bytes (no
+// TextDecoder, which refuses shared memory in Chrome) and reports the numbers in batch order.
+import { serveConsumer } from 'shard-mapper/worker';
+
+const report = new BroadcastChannel('shard-mapper-example');
+const PREFIX = 'event:'.length;
+
+serveConsumer((batch, shardId) => {
+  const { bytes, offsets, lengths, length } = batch;
+  const seqs = new Uint32Array(length);
+  let bad = 0;
+  for (let i = 0; i < length; i++) {
+    let n = 0;
+    const o = offsets[i];
+    if (bytes[o] !== 0x65 /* e */ || lengths[i] <= PREFIX) bad++;
+    for (let k = o + PREFIX; k < o + lengths[i]; k++) n = n * 10 + (bytes[k] - 0x30);
+    seqs[i] = n;
+  }
+  report.postMessage({ from: 'batch', shardId, seqs, bad, wrapped: batch.regionCount === 2 });
+}, { batch: true });
