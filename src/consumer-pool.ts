@@ -4,6 +4,7 @@
 import type { SharedCore } from './core.js';
 import type { SpawnedWorker } from './platform-types.js';
 import type { ConsumerInit } from './consumer-runtime.js';
+import type { FromConsumer, ToConsumer } from './consumer-messages.js';
 import { adoptWorker, moduleUrl } from '#platform';
 import { spawnConsumerWorker } from '#spawn';
 
@@ -137,7 +138,7 @@ export class ConsumerPool {
       ready: new Promise<void>((res, rej) => { resolveReady = res; rejectReady = rej; }),
     };
     state.ready.catch(() => {}); // a replacement nobody awaits must not become an unhandled rejection
-    worker.onMessage((msg: { type: string; shardId: number; lane: number; doorbell: number; message: string; stack?: string }) => {
+    worker.onMessage((msg: FromConsumer) => {
       switch (msg.type) {
         case 'ready':
           state.started = true;
@@ -185,12 +186,12 @@ export class ConsumerPool {
   #give(target: WorkerState, shardId: number, slot: number): void {
     target.shards.set(shardId, slot);
     this.#owner.set(shardId, target);
-    const send = () => {
+    const assign = () => {
       this.#core.abi.ringSetDoorbell(slot, target.doorbell);
-      target.worker.postMessage({ type: 'assign', shardId, slot });
+      send(target.worker, { type: 'assign', shardId, slot });
     };
-    if (target.started) send();
-    else void target.ready.then(send, () => {});
+    if (target.started) assign();
+    else void target.ready.then(assign, () => {});
   }
 
   /** The shard is gone and its ring empty: the owner lets go, then the slot is freed. */
@@ -203,7 +204,7 @@ export class ConsumerPool {
     const free = () => this.#core.releaseSlot(slot);
     if (owner.exited) { free(); return; }
     owner.releasing.set(shardId, free);
-    owner.worker.postMessage({ type: 'release', shardId });
+    send(owner.worker, { type: 'release', shardId });
   }
 
   owns(shardId: number): boolean {
@@ -299,10 +300,14 @@ export class ConsumerPool {
     const live = this.#workers.filter((w) => !w.exited);
     await Promise.all(live.map((w) => new Promise<void>((resolve) => {
       w.stopping = true;
-      w.worker.onMessage((msg: { type: string }) => { if (msg.type === 'stopped') resolve(); });
+      w.worker.onMessage((msg: FromConsumer) => { if (msg.type === 'stopped') resolve(); });
       w.worker.onExit(() => resolve());
-      w.worker.postMessage({ type: 'stop' });
+      send(w.worker, { type: 'stop' });
     })));
     await Promise.all(live.map((w) => w.worker.terminate()));
   }
+}
+
+function send(worker: SpawnedWorker, message: ToConsumer): void {
+  worker.postMessage(message);
 }

@@ -6,6 +6,7 @@
 // No top-level await here or in the entries that start it: bundlers emit workers as classic
 // scripts by default (Vite's worker.format is 'iife'), where top-level await does not parse.
 import { SharedCore, type CoreHandle } from './core.js';
+import type { FromConsumer, ToConsumer } from './consumer-messages.js';
 import { workerEndpoint, yieldToEventLoop } from '#platform';
 import { CLAIM_SKIPPED, CLAIM_START, REC_LEN, REC_PAYLOAD } from './layout.generated.js';
 import { RecordBatch } from './record-batch.js';
@@ -61,6 +62,7 @@ export async function runConsumer(
   shape: ConsumerShape = {},
 ): Promise<void> {
   const endpoint = await workerEndpoint();
+  const post = (message: FromConsumer) => endpoint.post(message);
   const init = endpoint.data as ConsumerInit;
   const owned = new Map<number, Owned>();
   const releases: number[] = [];
@@ -69,7 +71,7 @@ export async function runConsumer(
   let wake = (): void => {};
 
   // Listen before anything is awaited, so an early 'assign' is never missed.
-  endpoint.onMessage((msg: { type: string; shardId: number; slot: number }) => {
+  endpoint.onMessage((msg: ToConsumer) => {
     if (msg.type === 'assign') {
       owned.set(msg.shardId, { shardId: msg.shardId, slot: msg.slot });
       order = [...owned.values()];
@@ -93,7 +95,7 @@ export async function runConsumer(
     if (shape.batch ?? init.batch ?? false) consumeBatch = fn as BatchConsumerFunction;
     consume = fn as ConsumerFunction;
   } catch (error) {
-    endpoint.post({ type: 'fatal', message: (error as Error)?.message ?? String(error), stack: (error as Error)?.stack });
+    post({ type: 'fatal', message: (error as Error)?.message ?? String(error), stack: (error as Error)?.stack });
     throw error;
   }
   const bell = core.abi.laneDoorbellAddress(core.lane) >>> 2;
@@ -107,7 +109,7 @@ export async function runConsumer(
     Atomics.store(core.i32, bell, 0);
     Atomics.notify(core.i32, bell);
   };
-  endpoint.post({ type: 'ready', lane: core.lane, doorbell: bell << 2 });
+  post({ type: 'ready', lane: core.lane, doorbell: bell << 2 });
 
   const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
   type WaitAsync = (a: Int32Array, i: number, v: number, t: number) => { async: boolean; value: Promise<string> | string };
@@ -136,7 +138,7 @@ export async function runConsumer(
     if (releases.length === 0) return;
     for (const id of releases.splice(0)) {
       owned.delete(id);
-      endpoint.post({ type: 'released', shardId: id });
+      post({ type: 'released', shardId: id });
     }
     order = [...owned.values()];
   }
@@ -194,7 +196,7 @@ export async function runConsumer(
   // The batch comes again: rewound at once (before anything is awaited), then a pause.
   async function failed(s: Owned, error: unknown): Promise<number> {
     core.abi.ringRewind(s.slot);
-    endpoint.post({ type: 'error', shardId: s.shardId, message: (error as Error)?.message ?? String(error), stack: (error as Error)?.stack });
+    post({ type: 'error', shardId: s.shardId, message: (error as Error)?.message ?? String(error), stack: (error as Error)?.stack });
     await sleep(RETRY_BACKOFF_MS);
     return 0;
   }
@@ -217,5 +219,5 @@ export async function runConsumer(
   applyReleases();
   clearInterval(beat);
   core.detach();
-  endpoint.post({ type: 'stopped' });
+  post({ type: 'stopped' });
 }
