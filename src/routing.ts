@@ -266,7 +266,7 @@ export class BalancedTable {
     const rate = new Float64Array(n).fill(Infinity);
     const owned: number[][] = active.map(() => []);
     const index = idIndex;
-    ids.forEach((id, i) => { index[id] = -1; });
+    ids.forEach((id) => { index[id] = -1; });
     active.forEach((s, i) => { index[s.id] = i; });
     ids.forEach((id, j) => {
       const i = index[id]!;

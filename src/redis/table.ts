@@ -1,7 +1,6 @@
 // The shard table of a namespace, as it lives in Redis: one hash (format, version, doc),
 // written only by the controller through a script that checks its lease token.
 import { candidateIndexes } from '../mapper.js';
-import { describe, invalid } from '../errors.js';
 import type { ShardMetrics } from '../metrics.js';
 import { checkLoadBound, checkRouting, createTableBuilder, type RoutingMode, type TableBuilder } from '../routing.js';
 import type { ScalingPolicy } from '../policy.js';
