@@ -197,13 +197,8 @@ export class ShardProducer {
   /** The same with events as `[key, payload]` pairs or `{ key, payload }` objects. */
   pushBatch(events: ArrayLike<BatchEvent>): number;
   pushBatch(keysOrEvents: ArrayLike<EventKey> | ArrayLike<BatchEvent>, maybePayloads?: ArrayLike<EventPayload>): number {
-    let keys = keysOrEvents as ArrayLike<EventKey>;
-    let payloads = maybePayloads as ArrayLike<EventPayload>;
-    if (maybePayloads === undefined) [keys, payloads] = splitEvents(keysOrEvents as ArrayLike<BatchEvent>);
-    if (keys === null || typeof keys !== 'object' || typeof keys.length !== 'number') throw new TypeError('pushBatch: keys must be an array or a Uint32Array');
-    if (payloads === null || typeof payloads !== 'object' || typeof payloads.length !== 'number') throw new TypeError('pushBatch: payloads must be an array');
+    const [keys, payloads] = batchArguments(keysOrEvents, maybePayloads);
     const n = keys.length;
-    if (payloads.length !== n) throw new RangeError(`pushBatch: ${n} keys but ${payloads.length} payloads`);
     // Nothing may be written if any event is bad. A batch sure to fit one staging chunk is
     // checked by the staging itself before the one WebAssembly call; a longer one is checked
     // here first, as its first chunks are pushed before its last ones are staged.
@@ -307,8 +302,19 @@ function label(index: number): string {
   return index < 0 ? 'push: payload' : `pushBatch: payloads[${index}]`;
 }
 
+/** pushBatch's arguments, either form, as (keys, payloads) of equal length; throws on bad shapes. */
+export function batchArguments(keysOrEvents: ArrayLike<EventKey> | ArrayLike<BatchEvent>, maybePayloads?: ArrayLike<EventPayload>): [ArrayLike<EventKey>, ArrayLike<EventPayload>] {
+  let keys = keysOrEvents as ArrayLike<EventKey>;
+  let payloads = maybePayloads as ArrayLike<EventPayload>;
+  if (maybePayloads === undefined) [keys, payloads] = splitEvents(keysOrEvents as ArrayLike<BatchEvent>);
+  if (keys === null || typeof keys !== 'object' || typeof keys.length !== 'number') throw new TypeError('pushBatch: keys must be an array or a Uint32Array');
+  if (payloads === null || typeof payloads !== 'object' || typeof payloads.length !== 'number') throw new TypeError('pushBatch: payloads must be an array');
+  if (payloads.length !== keys.length) throw new RangeError(`pushBatch: ${keys.length} keys but ${payloads.length} payloads`);
+  return [keys, payloads];
+}
+
 /** pushBatch's one-array form: `[key, payload]` pairs or `{ key, payload }` objects, split in two. */
-export function splitEvents(events: ArrayLike<BatchEvent>): [EventKey[], EventPayload[]] {
+function splitEvents(events: ArrayLike<BatchEvent>): [EventKey[], EventPayload[]] {
   if (events === null || typeof events !== 'object' || typeof events.length !== 'number') {
     throw new TypeError('pushBatch: expected (keys, payloads) or an array of [key, payload] / { key, payload } events');
   }

@@ -8,7 +8,7 @@ import { hashKey } from '../hash.js';
 import { NO_SHARD } from '../mapper.js';
 import type { BackpressureMode } from '../manager.js';
 import { POLICY_FIELDS, resolvePolicy, type ScalingPolicy } from '../policy.js';
-import { splitEvents, type BatchEvent, type EventKey, type EventPayload } from '../producer.js';
+import { batchArguments, type BatchEvent, type EventKey, type EventPayload } from '../producer.js';
 import { ManagerClosedError } from '../errors.js';
 import { checkNamespace, keysFor, type Keys } from './keys.js';
 import { closeConnection, connect, sendAll, subscriber, type Command, type Connection, type RedisClient, type RedisOption } from './connection.js';
@@ -402,13 +402,8 @@ export class RedisShardManager {
   pushBatch(events: ArrayLike<BatchEvent>): number;
   pushBatch(keysOrEvents: ArrayLike<EventKey> | ArrayLike<BatchEvent>, maybePayloads?: ArrayLike<EventPayload>): number {
     if (this.#closed) throw new ManagerClosedError('pushBatch');
-    let keys = keysOrEvents as ArrayLike<EventKey>;
-    let payloads = maybePayloads as ArrayLike<EventPayload>;
-    if (maybePayloads === undefined) [keys, payloads] = splitEvents(keysOrEvents as ArrayLike<BatchEvent>);
-    if (keys === null || typeof keys !== 'object' || typeof keys.length !== 'number') throw new TypeError('pushBatch: keys must be an array or a Uint32Array');
-    if (payloads === null || typeof payloads !== 'object' || typeof payloads.length !== 'number') throw new TypeError('pushBatch: payloads must be an array');
+    const [keys, payloads] = batchArguments(keysOrEvents, maybePayloads);
     const n = keys.length;
-    if (payloads.length !== n) throw new RangeError(`pushBatch: ${n} keys but ${payloads.length} payloads`);
     const lengths = new Array<number>(n);
     for (let i = 0; i < n; i++) lengths[i] = payloadBytes(payloads[i], this.maxPayloadBytes, i);
     if (this.#hashes.length < n) { this.#hashes = new Uint32Array(n); this.#shards = new Uint16Array(n); }
