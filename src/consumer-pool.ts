@@ -187,6 +187,10 @@ export class ConsumerPool {
     target.shards.set(shardId, slot);
     this.#owner.set(shardId, target);
     const assign = () => {
+      // Sent once the thread is ready: by then the shard may have been released (removed) or
+      // moved on, its slot freed and reused by another shard. Assigning it then would put a
+      // second consumer on that ring.
+      if (this.#owner.get(shardId) !== target || target.shards.get(shardId) !== slot) return;
       this.#core.abi.ringSetDoorbell(slot, target.doorbell);
       send(target.worker, { type: 'assign', shardId, slot });
     };

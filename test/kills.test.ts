@@ -386,6 +386,38 @@ describe('lanes come back', () => {
   });
 });
 
+describe('consumer assignment races', () => {
+  it('a shard removed while its new consumer thread is still loading is never assigned to it afterwards (its slot may already serve another shard)', async () => {
+    log = new DeliveryLog();
+    const seenShards = new Set<number>();
+    const tap = new BroadcastChannel(log.channelName);
+    tap.onmessage = (e: MessageEvent) => { seenShards.add((e.data as { shardId: number }).shardId); };
+    try {
+      const m = await ShardManager.create({
+        initialShards: 2, ringBufferCapacity: 64, routing: 'leastLoaded', policy: { minShards: 1, maxShards: 3, autoScale: false },
+        consumer: { module: seqConsumer, threads: 2, batchSize: 8 },
+      });
+      const owner = m.consumers().find((c) => c.shards.includes(1))!;
+      await m.terminateConsumer(owner.index); // its replacement starts loading, and owns shard 1
+      const replacement = m.consumers().find((c) => c.shards.includes(1))!;
+      expect(replacement.ready).toBe(false); // the state this test aims at
+      await m.removeShard(1); // empty ring: removed at once, released while the thread loads
+      while (!m.consumers().every((c) => c.ready)) await sleep(2);
+      const added = await m.addShard(); // takes the freed slot
+      expect(added).toBe(2);
+      const hashes: number[] = [];
+      for (let h = 0; hashes.length < 200; h += 0x01000193) if (m.mapper.selectShard(h >>> 0) === 2) hashes.push(h >>> 0);
+      for (let seq = 0; seq < hashes.length; seq++) expect(m.push(hashes[seq]!, seqPayload(0, seq))).toBe(true);
+      await log.waitFor(hashes.length, 10_000);
+      await m.close();
+      expect(log.problems(1, hashes.length)).toEqual({ missing: 0, duplicated: 0 });
+      expect([...seenShards]).toEqual([2]); // never reported under the removed shard's id
+    } finally {
+      tap.close();
+    }
+  });
+});
+
 describe('consumer heartbeats', () => {
   it('a consumer thread stuck in a synchronous consumer is ended and replaced once its heartbeat stops (stallMs by the manager clock); nothing lost', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'shard-mapper-hang-'));
