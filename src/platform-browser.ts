@@ -35,6 +35,9 @@ export function adoptWorker(candidate: unknown, workerData: unknown): SpawnedWor
     onExit: (fn) => void exitListeners.push(fn),
     terminate: async () => {
       worker.terminate();
+      // A Web Worker sends no exit event: report it here, from a task of its own, once the
+      // terminated worker is gone (not from inside the caller's terminate()).
+      await new Promise((resolve) => setTimeout(resolve, 0));
       for (const fn of exitListeners) fn(1);
     },
   };

@@ -52,7 +52,13 @@ async function runPage(url: string): Promise<PageRun> {
   page.on('response', (r) => { if (r.status() >= 400) run.failedRequests.push(`${r.status()} ${r.url()}`); });
   try {
     await page.goto(url);
-    await page.waitForFunction(() => (globalThis as { __shardMapperExample?: unknown }).__shardMapperExample, null, { timeout: 45_000 });
+    try {
+      await page.waitForFunction(() => (globalThis as { __shardMapperExample?: unknown }).__shardMapperExample, null, { timeout: 45_000 });
+    } catch (error) {
+      // Say how far the page got: its log lines.
+      const progress = await page.evaluate(() => document.getElementById('log')?.textContent ?? '').catch(() => '');
+      throw new Error(`${(error as Error).message}\npage log so far:\n${progress}\nconsole: ${JSON.stringify(run.console.slice(-10))}\nerrors: ${JSON.stringify(run.errors)}`);
+    }
     run.result = await page.evaluate(() => (globalThis as { __shardMapperExample?: Record<string, unknown> }).__shardMapperExample!);
   } finally {
     await page.close();
@@ -271,7 +277,11 @@ describe('live view of the example page (Vite build)', () => {
     try {
       await page.goto(urlOf(viteServer, path));
       // The live view starts once the self-check is done; wait for a few samples of it.
-      await page.waitForFunction(() => Number(document.getElementById('tile-pushed')?.textContent?.replace(/,/g, '')) > 0, null, { timeout: 30_000 });
+      await page.waitForFunction(() => Number(document.getElementById('tile-pushed')?.textContent?.replace(/,/g, '')) > 0, null, { timeout: 30_000 })
+        .catch(async (error: Error) => {
+          const progress = await page.evaluate(() => document.getElementById('log')?.textContent ?? '').catch(() => '');
+          throw new Error(`${error.message}\npage log so far:\n${progress}`);
+        });
       const view = await page.evaluate(() => {
         const canvas = document.getElementById('chart') as HTMLCanvasElement;
         const pixels = canvas.getContext('2d')!.getImageData(0, 0, canvas.width, canvas.height).data;

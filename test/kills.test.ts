@@ -394,7 +394,7 @@ describe('consumer assignment races', () => {
     tap.onmessage = (e: MessageEvent) => { seenShards.add((e.data as { shardId: number }).shardId); };
     try {
       const m = await ShardManager.create({
-        initialShards: 2, ringBufferCapacity: 64, routing: 'leastLoaded', policy: { minShards: 1, maxShards: 3, autoScale: false },
+        initialShards: 2, ringBufferCapacity: 256, routing: 'leastLoaded', policy: { minShards: 1, maxShards: 3, autoScale: false },
         consumer: { module: seqConsumer, threads: 2, batchSize: 8 },
       });
       const owner = m.consumers().find((c) => c.shards.includes(1))!;
