@@ -120,8 +120,10 @@ export async function throughput(mode, seconds, peak = PEAKS[0]) {
   const control = new SharedArrayBuffer(8);
   const ctl = new Int32Array(control);
   Atomics.store(ctl, 0, Math.round(peak / T.producers));
-  const workers = Array.from({ length: T.producers }, (_, producer) => new Worker(new URL('./workers/routing-producer.mjs', import.meta.url), {
-    workerData: { handle: mgr.producerHandle(), producer, payloadBytes: T.payload, control, batchMs: T.batchMs },
+  // The demo's own producer thread (its per-producer counters are not needed here).
+  const counters = new SharedArrayBuffer(16 * T.producers);
+  const workers = Array.from({ length: T.producers }, (_, producer) => new Worker(new URL('../examples/demo-producer.mjs', import.meta.url), {
+    workerData: { handle: mgr.producerHandle(), producer, payloadBytes: T.payload, control, counters },
   }));
   const done = workers.map((w) => new Promise((resolve, reject) => { w.once('message', resolve); w.once('error', reject); }));
   // Warm-up of one second (threads start, the first windows are collected), then measure.

@@ -14,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 import logUpdate from 'log-update';
 import pc from 'picocolors';
 import { Redis } from 'ioredis';
+import { numberFlag, targetRate as loadAt } from './demo-shared.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -36,11 +37,7 @@ if (args.help) {
   --max-shards  upper bound for autoscaling (default 6)`);
   process.exit(0);
 }
-const num = (name, min, max) => {
-  const v = Number(args[name]);
-  if (!Number.isFinite(v) || v < min || v > max) { console.error(`--${name} must be a number in [${min}, ${max}]`); process.exit(2); }
-  return v;
-};
+const num = (name, min, max) => numberFlag(args, name, min, max);
 const durationS = num('duration', 5, 3600);
 const nodes = Math.round(num('nodes', 1, 16));
 const consumerCount = Math.round(num('consumers', 1, 16));
@@ -112,15 +109,7 @@ for (let i = 0; i < nodes; i++) { nodeProcs.push(start('node', i)); if (i === 0)
 const consumerProcs = Array.from({ length: consumerCount }, (_, i) => start('consumer', i));
 
 // Load profile over the run: quiet, ramp up, peak, ramp down, idle.
-function targetRate(f) {
-  const low = Math.min(1000, peak / 10);
-  if (f < 0.12) return low;
-  if (f < 0.45) return low + ((f - 0.12) / 0.33) * (peak - low);
-  if (f < 0.6) return peak;
-  if (f < 0.7) return peak - ((f - 0.6) / 0.1) * (peak - low);
-  if (f < 0.72) return low;
-  return 0;
-}
+const targetRate = (f) => loadAt(f, peak, Math.min(1000, peak / 10));
 
 // ---- the live view ------------------------------------------------------------------------
 const tty = process.stdout.isTTY;

@@ -9,6 +9,7 @@ import logUpdate from 'log-update';
 import asciichart from 'asciichart';
 import pc from 'picocolors';
 import { ShardManager } from 'shard-mapper';
+import { numberFlag, targetRate as loadAt } from './demo-shared.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -31,11 +32,7 @@ if (args.help) {
   --routing     leastLoaded, balanced or affinity (default: ShardManager's, balanced)`);
   process.exit(0);
 }
-const num = (name, min, max) => {
-  const v = Number(args[name]);
-  if (!Number.isFinite(v) || v < min || v > max) { console.error(`--${name} must be a number in [${min}, ${max}]`); process.exit(2); }
-  return v;
-};
+const num = (name, min, max) => numberFlag(args, name, min, max);
 const durationS = num('duration', 5, 3600);
 const producers = Math.round(num('producers', 1, 16));
 const payloadBytes = Math.round(num('payload', 8, 4096));
@@ -49,14 +46,7 @@ if (args.routing !== undefined && !ROUTINGS.includes(args.routing)) {
 }
 
 // Load profile as a fraction of the run: quiet, ramp up, peak, ramp down, idle.
-function targetRate(f) {
-  if (f < 0.12) return LOW;
-  if (f < 0.45) return LOW + ((f - 0.12) / 0.33) * (peak - LOW);
-  if (f < 0.6) return peak;
-  if (f < 0.7) return peak - ((f - 0.6) / 0.1) * (peak - LOW);
-  if (f < 0.72) return LOW;
-  return 0;
-}
+const targetRate = (f) => loadAt(f, peak, LOW);
 
 const decisions = [];
 const started = performance.now();
