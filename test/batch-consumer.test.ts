@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ShardManager, RecordBatch, type ManagerEvent } from 'shard-mapper';
-import { DeliveryLog, seqPayload, pushWithRetry, sleep } from './helpers/delivery.js';
+import { churnShards, DeliveryLog, seqPayload, pushWithRetry, sleep } from './helpers/delivery.js';
 import { prng } from './helpers/index.js';
 
 const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url);
@@ -44,12 +44,7 @@ describe('batch consumers on worker threads (options.consumer.batch: true)', () 
         // mixed sizes (16 and 24 bytes), so some batches have a recordSize and some do not
         await pushWithRetry(m, Math.floor(random() * 2 ** 32), seqPayload(0, seq, (seq >> 9) % 2 === 0 ? 16 : 24));
         if (seq % 3000 === 2999) {
-          const active = m.mapper.activeShardIds();
-          const r = random();
-          if (r < 0.4 && active.length < 5) { await m.addShard(); ops++; }
-          else if (r < 0.7 && active.length > 1) { removals.push(m.removeShard(active[Math.floor(random() * active.length)]!)); ops++; }
-          else if (active.length > 1) { await m.drainShard(active[0]!); ops++; }
-          m.tick();
+          ops += await churnShards(m, random, 5, removals);
         }
       }
       await Promise.all(removals);

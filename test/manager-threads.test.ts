@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BackpressureError, ShardManager } from 'shard-mapper';
-import { DeliveryLog, seqPayload, sleep, pushWithRetry } from './helpers/delivery.js';
+import { churnShards, DeliveryLog, seqPayload, sleep, pushWithRetry } from './helpers/delivery.js';
 import { prng } from './helpers/index.js';
 
 const ROUTING_MODES = ['leastLoaded', 'balanced', 'affinity'] as const;
@@ -37,12 +37,7 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
     for (let seq = 0; seq < total; seq++) {
       await pushWithRetry(m, Math.floor(random() * 2 ** 32), seqPayload(0, seq));
       if (seq % 2500 === 2499) {
-        const active = m.mapper.activeShardIds();
-        const r = random();
-        if (r < 0.4 && active.length < 6) { await m.addShard(); ops++; }
-        else if (r < 0.7 && active.length > 1) { removals.push(m.removeShard(active[Math.floor(random() * active.length)]!)); ops++; }
-        else if (active.length > 1) { await m.drainShard(active[0]!); ops++; }
-        m.tick();
+        ops += await churnShards(m, random, 6, removals);
       }
     }
     await Promise.all(removals);

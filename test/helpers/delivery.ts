@@ -132,3 +132,19 @@ export async function pushWithRetry(m: ShardManager, hash: number, payload: Uint
     }
   }
 }
+
+/**
+ * One random operator call of the kind the delivery tests interleave with pushes: add a
+ * shard (while fewer than `maxActive` are Active), remove one (its promise goes to
+ * `removals`), or drain the first; then a tick. Returns 1 if it changed something.
+ */
+export async function churnShards(m: ShardManager, random: () => number, maxActive: number, removals: Promise<void>[]): Promise<number> {
+  const active = m.mapper.activeShardIds();
+  const r = random();
+  let ops = 0;
+  if (r < 0.4 && active.length < maxActive) { await m.addShard(); ops++; }
+  else if (r < 0.7 && active.length > 1) { removals.push(m.removeShard(active[Math.floor(random() * active.length)]!)); ops++; }
+  else if (active.length > 1) { await m.drainShard(active[0]!); ops++; }
+  m.tick();
+  return ops;
+}

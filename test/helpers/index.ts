@@ -2,6 +2,8 @@
 // delivery.ts (the delivery checker), find-chromium.ts, redis-server.ts, and this file.
 import { expect } from 'vitest';
 import { ShardMapper, ScalingError, type ScalingPolicy } from 'shard-mapper';
+// @ts-expect-error: a plain .mjs module without type declarations
+import { rng as benchRng } from '../../bench/baselines.mjs';
 
 export interface TestClock {
   t: number;
@@ -69,17 +71,8 @@ export function routable(mapper: ShardMapper, samples = 1 << 12): number[] {
   return seen;
 }
 
-/** Deterministic PRNG (mulberry32): uint32 values. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-}
+/** Deterministic PRNG (mulberry32): uint32 values; the benchmarks' own generator. */
+export const rng: (seed: number) => () => number = benchRng;
 
 /** The same generator as floats in [0, 1), so a failing run can be replayed from its seed. */
 export function prng(seed: number): () => number {
