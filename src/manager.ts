@@ -356,7 +356,7 @@ export class ShardManager {
     const core = this.#core;
     const out: Uint8Array[] = [];
     const base = core.abi.slotAddress(slot);
-    this.#watchStalls();
+    this.#watchStalls([slot]);
     while (out.length < max) {
       const n = core.abi.ringClaim(slot, Math.min(max - out.length, this.ringCapacity), core.result);
       if (n === 0) break;
@@ -393,7 +393,7 @@ export class ShardManager {
     const core = this.#core;
     const abi = core.abi;
     const base = abi.slotAddress(slot);
-    this.#watchStalls();
+    this.#watchStalls([slot]);
     let count = 0;
     let at = 0;
     while (count < lengths.length) {
@@ -447,7 +447,7 @@ export class ShardManager {
     const core = this.#core;
     const abi = core.abi;
     const base = abi.slotAddress(slot);
-    this.#watchStalls();
+    this.#watchStalls([slot]);
     for (;;) {
       const n = abi.ringClaim(slot, Math.min(max, this.ringCapacity), core.result);
       if (n === 0) return 0;
@@ -696,7 +696,7 @@ export class ShardManager {
       }
       if (pending.size > 0) {
         await sleep(WAIT_STEP_MS);
-        this.#watchStalls();
+        this.#watchStalls([...pending].flatMap((id) => this.#slots.get(id) ?? []));
       }
     }
     if (callbackError) throw callbackError.error;
@@ -739,8 +739,9 @@ export class ShardManager {
   }
 
   /** Skip reservations that producers left unwritten for producerStallMs (see StallWatchdog). */
-  #watchStalls(): void {
-    for (const { slot, records } of this.#watchdog.check(this.#slots.values())) {
+  /** The poll calls look only at the ring they take from; tick, removal and close at all. */
+  #watchStalls(slots: Iterable<number> = this.#slots.values()): void {
+    for (const { slot, records } of this.#watchdog.check(slots)) {
       const id = [...this.#slots].find(([, s]) => s === slot)![0];
       this.#emit({ type: 'producerStallSkipped', shardId: id, records, at: this.#clock() });
     }
