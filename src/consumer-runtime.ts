@@ -8,7 +8,7 @@
 import { SharedCore, type CoreHandle } from './core.js';
 import type { FromConsumer, ToConsumer } from './consumer-messages.js';
 import { workerEndpoint, yieldToEventLoop } from '#platform';
-import { CLAIM_SKIPPED, CLAIM_START, REC_LEN, REC_PAYLOAD } from './layout.generated.js';
+import { REC_LEN, REC_PAYLOAD } from './layout.generated.js';
 import { RecordBatch } from './record-batch.js';
 
 /** What the manager sends a consumer worker when it starts. @internal */
@@ -148,13 +148,9 @@ export async function runConsumer(
   /** Take, hand over and acknowledge one batch of `s`; a number when the consumer was
    *  synchronous, a promise when it returned one (or threw). */
   function consumeOne(s: Owned): number | Promise<number> {
-    const n = core.abi.ringClaim(s.slot, init.batchSize, core.result);
+    const n = core.claim(s.slot, init.batchSize);
     if (n === 0) return 0;
-    const start = core.u32[(core.result + CLAIM_START) >>> 2]!;
-    if (core.u32[(core.result + CLAIM_SKIPPED) >>> 2] !== 0) { // padding left by a dead producer
-      core.abi.ringAck(s.slot, start, n, 0);
-      return n;
-    }
+    const start = core.claimStart;
     const base = core.abi.slotAddress(s.slot);
     core.ensureViews(core.recordsEnd(base)); // the slot may lie past this thread's views (growth)
     let records: Uint8Array[] | undefined;

@@ -3,7 +3,7 @@
 // (on the owning thread) the slot pool that gives every live shard its metrics and ring.
 import type { Abi } from './abi.js';
 import { compileAsync, compileSync, instantiate, type MemoryKind } from './wasm.js';
-import { MAX_LANES, L_SCRATCH, R_RECORDS } from './layout.generated.js';
+import { CLAIM_SKIPPED, CLAIM_START, MAX_LANES, L_SCRATCH, R_RECORDS } from './layout.generated.js';
 import { currentThreadId } from '#platform';
 
 const PAGE = 65536;
@@ -42,6 +42,8 @@ export class SharedCore {
   readonly scratch: number;
   readonly scratchBytes: number;
   readonly result: number;
+  /** The first ring index of the records the last claim() handed out. */
+  claimStart = 0;
   readonly slotStride: number;
   readonly recordStride: number;
   readonly ringCapacity: number;
@@ -134,6 +136,22 @@ export class SharedCore {
 
   handle(): CoreHandle {
     return { memory: this.memory, kind: this.kind };
+  }
+
+  /**
+   * Take up to `max` published records of a slot's ring for this thread (its one consumer):
+   * returns how many, from ring index `claimStart`; read them in place, then acknowledge with
+   * `abi.ringAck`. Padding a dead producer left (see StallWatchdog) is acknowledged unread on
+   * the way, so callers only ever see records.
+   */
+  claim(slot: number, max: number): number {
+    for (;;) {
+      const n = this.abi.ringClaim(slot, max, this.result);
+      if (n === 0) return 0;
+      this.claimStart = this.u32[(this.result + CLAIM_START) >>> 2]!;
+      if (this.u32[(this.result + CLAIM_SKIPPED) >>> 2] === 0) return n;
+      this.abi.ringAck(slot, this.claimStart, n, 0);
+    }
   }
 
   /** Give the lane back; the core must not be used afterwards. */

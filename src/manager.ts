@@ -17,7 +17,7 @@ import { cpuCount, onThreadExit } from '#platform';
 import type { Writable } from 'node:stream';
 import { createWritable, createWritableStream, shardBatches, type BatchesOptions, type ManagerRecord, type WritableOptions } from './streams.js';
 import {
-  BP_DROP_NEWEST, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE, REC_LEN, REC_PAYLOAD, MAX_LANES, CLAIM_START, CLAIM_SKIPPED, DEFAULT_LANE_BYTES,
+  BP_DROP_NEWEST, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE, REC_LEN, REC_PAYLOAD, MAX_LANES, DEFAULT_LANE_BYTES,
 } from './layout.generated.js';
 
 export type BackpressureMode =
@@ -358,13 +358,9 @@ export class ShardManager {
     const base = core.abi.slotAddress(slot);
     this.#watchStalls([slot]);
     while (out.length < max) {
-      const n = core.abi.ringClaim(slot, Math.min(max - out.length, this.ringCapacity), core.result);
+      const n = core.claim(slot, Math.min(max - out.length, this.ringCapacity));
       if (n === 0) break;
-      const start = core.u32[(core.result + CLAIM_START) >>> 2]!;
-      if (core.u32[(core.result + CLAIM_SKIPPED) >>> 2] !== 0) { // padding left by a dead producer
-        core.abi.ringAck(slot, start, n, 0);
-        continue;
-      }
+      const start = core.claimStart;
       core.ensureViews(core.recordsEnd(base));
       for (let k = 0; k < n; k++) {
         const at = core.recordAt(base, start + k);
@@ -397,13 +393,9 @@ export class ShardManager {
     let count = 0;
     let at = 0;
     while (count < lengths.length) {
-      const n = abi.ringClaim(slot, Math.min(lengths.length - count, this.ringCapacity), core.result);
+      const n = core.claim(slot, Math.min(lengths.length - count, this.ringCapacity));
       if (n === 0) break;
-      const start = core.u32[(core.result + CLAIM_START) >>> 2]!;
-      if (core.u32[(core.result + CLAIM_SKIPPED) >>> 2] !== 0) { // padding left by a dead producer
-        abi.ringAck(slot, start, n, 0);
-        continue;
-      }
+      const start = core.claimStart;
       core.ensureViews(core.recordsEnd(base));
       const u8 = core.u8;
       const u32 = core.u32;
@@ -448,31 +440,25 @@ export class ShardManager {
     const abi = core.abi;
     const base = abi.slotAddress(slot);
     this.#watchStalls([slot]);
-    for (;;) {
-      const n = abi.ringClaim(slot, Math.min(max, this.ringCapacity), core.result);
-      if (n === 0) return 0;
-      const start = core.u32[(core.result + CLAIM_START) >>> 2]!;
-      if (core.u32[(core.result + CLAIM_SKIPPED) >>> 2] !== 0) {
-        abi.ringAck(slot, start, n, 0);
-        continue;
-      }
-      core.ensureViews(core.recordsEnd(base));
-      const batch = (this.#pollBatch ??= new RecordBatch(Math.min(max, this.ringCapacity), core.recordStride, core.recordStride - REC_PAYLOAD));
-      batch.fill(shardId, core.u8, core.u32, base, this.ringCapacity, start, n);
-      let result: unknown;
-      try {
-        result = consume(batch, shardId);
-      } catch (error) {
-        abi.ringRewind(slot);
-        throw error;
-      }
-      if (result !== null && typeof result === 'object' && typeof (result as { then?: unknown }).then === 'function') {
-        abi.ringRewind(slot);
-        throw new TypeError('pollBatch: consume returned a promise; it must be synchronous (the batch is only valid during the call). The records were not taken; use options.consumer for asynchronous consumers');
-      }
-      abi.ringAck(slot, start, n, n);
-      return n;
+    const n = core.claim(slot, Math.min(max, this.ringCapacity));
+    if (n === 0) return 0;
+    const start = core.claimStart;
+    core.ensureViews(core.recordsEnd(base));
+    const batch = (this.#pollBatch ??= new RecordBatch(Math.min(max, this.ringCapacity), core.recordStride, core.recordStride - REC_PAYLOAD));
+    batch.fill(shardId, core.u8, core.u32, base, this.ringCapacity, start, n);
+    let result: unknown;
+    try {
+      result = consume(batch, shardId);
+    } catch (error) {
+      abi.ringRewind(slot);
+      throw error;
     }
+    if (result !== null && typeof result === 'object' && typeof (result as { then?: unknown }).then === 'function') {
+      abi.ringRewind(slot);
+      throw new TypeError('pollBatch: consume returned a promise; it must be synchronous (the batch is only valid during the call). The records were not taken; use options.consumer for asynchronous consumers');
+    }
+    abi.ringAck(slot, start, n, n);
+    return n;
   }
 
   /** Records in a shard's ring (accepted, not yet acknowledged). */
