@@ -230,9 +230,11 @@ export class ConsumerPool {
 
   /**
    * Replace every ready thread whose heartbeat has not moved for `stallMs` while one of its
-   * shards has records (an idle thread's timer still beats; a stopped one does not).
+   * shards has records (an idle thread's timer still beats; a stopped one does not). Returns
+   * the indexes of the threads it ended.
    */
-  checkHeartbeats(now: number, stallMs: number): void {
+  checkHeartbeats(now: number, stallMs: number): number[] {
+    const ended: number[] = [];
     const abi = this.#core.abi;
     for (const w of [...this.#workers]) {
       if (w.exited || w.stopping || !w.started || w.killed) continue;
@@ -240,13 +242,15 @@ export class ConsumerPool {
       const busy = [...w.shards.values()].some((slot) => abi.ringLen(slot) !== 0);
       if (w.beat === undefined || w.beat.value !== value || !busy) { w.beat = { value, since: now }; continue; }
       if (now - w.beat.since < stallMs) continue;
+      ended.push(w.index);
       this.#events.onStalled(w.index);
       w.killed = true;
-      // Its exit (Node's 'exit' event, or the Web Worker wrapper's report after terminate())
-      // rewinds and replaces it, once the thread has really stopped: a thread that was only
-      // slow must not acknowledge a batch that was handed out again.
-      void w.worker.terminate();
+      // Rewind and replace only once the thread has really stopped: a thread that was only
+      // slow must not acknowledge a batch that was handed out again. Browsers send no exit
+      // event (terminate() stops a Web Worker at once); in Node 'exit' may come first.
+      void w.worker.terminate().then(() => this.#onExit(w, -1), () => this.#onExit(w, -1));
     }
+    return ended;
   }
 
   #onExit(state: WorkerState, code: number): void {
