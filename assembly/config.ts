@@ -4,7 +4,7 @@
 import {
   LAYOUT_BASE, HEADER_BYTES, CACHE_LINE, MAGIC, H_MAGIC, H_TABLE_CAPACITY, H_SLOT_COUNT,
   H_RING_CAPACITY, H_MAX_PAYLOAD, H_LANE_COUNT, H_LANE_BYTES, H_BACKPRESSURE, H_SAMPLE_RATE,
-  H_SAMPLE_FILL, SLOT_HEADER_BYTES, RECORD_HEADER_BYTES, LANE_HEADER_BYTES, MAX_LANES,
+  H_SAMPLE_FILL, H_RING_BYTES, SLOT_HEADER_BYTES, RECORD_BYTES, LANE_HEADER_BYTES, MAX_LANES,
 } from "./layout";
 
 export let tableCapacity: u32 = 0;
@@ -17,7 +17,9 @@ export let laneBytes: u32 = 0;
 export let backpressure: i32 = 0;
 export let sampleRate: u32 = 1;
 export let sampleFill: f64 = 1.0;
-export let recordStride: u32 = 0;
+export let ringBytes: u32 = 0;    // payload area of each ring
+export let ringSpan: u32 = 0;     // byte positions run modulo this (2 × ringBytes, see layout.ts)
+export let payloadOffset: u32 = 0; // from a slot's base to its payload area
 export let slotStride: u32 = 0;
 export let tablesBase: usize = 0;
 export let lanesBase: usize = 0;
@@ -25,13 +27,8 @@ export let slotsBase: usize = 0;
 
 @inline function alignUp(n: u64, a: u64): u64 { return (n + a - 1) & ~(a - 1); }
 
-export function recordStrideFor(maxPayloadBytes: u32): u32 {
-  return <u32>alignUp(<u64>RECORD_HEADER_BYTES + maxPayloadBytes, 8);
-}
-
-export function slotStrideFor(ringCap: u32, maxPayloadBytes: u32): f64 {
-  const records = ringCap == 0 ? <u64>0 : <u64>ringCap * recordStrideFor(maxPayloadBytes);
-  return <f64>alignUp(<u64>SLOT_HEADER_BYTES + records, CACHE_LINE);
+export function slotStrideFor(ringCap: u32, ringBytesEach: u32): f64 {
+  return <f64>alignUp(<u64>SLOT_HEADER_BYTES + <u64>ringCap * RECORD_BYTES + ringBytesEach, CACHE_LINE);
 }
 
 // Byte offsets of the regions after the header; slots come last so they can grow.
@@ -44,13 +41,14 @@ export function slotsOffset(tableCap: u32, lanes: u32, laneSize: u32): u64 {
 }
 
 export function configure(
-  tableCap: u32, slots: u32, ringCap: u32, maxPayloadBytes: u32, lanes: u32, laneSize: u32,
+  tableCap: u32, slots: u32, ringCap: u32, ringBytesEach: u32, maxPayloadBytes: u32, lanes: u32, laneSize: u32,
   mode: i32, rate: u32, fill: f64,
 ): void {
   const h = <usize>LAYOUT_BASE;
   store<u32>(h + H_TABLE_CAPACITY, tableCap);
   store<u32>(h + H_SLOT_COUNT, slots);
   store<u32>(h + H_RING_CAPACITY, ringCap);
+  store<u32>(h + H_RING_BYTES, ringBytesEach);
   store<u32>(h + H_MAX_PAYLOAD, maxPayloadBytes);
   store<u32>(h + H_LANE_COUNT, lanes < <u32>MAX_LANES ? lanes : <u32>MAX_LANES);
   store<u32>(h + H_LANE_BYTES, laneSize);
@@ -74,8 +72,10 @@ export function attach(): i32 {
   backpressure = load<i32>(h + H_BACKPRESSURE);
   sampleRate = load<u32>(h + H_SAMPLE_RATE);
   sampleFill = load<f64>(h + H_SAMPLE_FILL);
-  recordStride = recordStrideFor(maxPayload);
-  slotStride = <u32>slotStrideFor(ringCapacity, maxPayload);
+  ringBytes = load<u32>(h + H_RING_BYTES);
+  ringSpan = ringBytes << 1;
+  payloadOffset = <u32>SLOT_HEADER_BYTES + ringCapacity * <u32>RECORD_BYTES;
+  slotStride = <u32>slotStrideFor(ringCapacity, ringBytes);
   tablesBase = <usize>tablesOffset();
   lanesBase = <usize>lanesOffset(tableCapacity);
   slotsBase = <usize>slotsOffset(tableCapacity, laneCount, laneBytes);
@@ -89,5 +89,8 @@ export function attach(): i32 {
   return lanesBase + <usize>lane * laneBytes;
 }
 @inline export function recordAddr(slotBase: usize, index: u32): usize {
-  return slotBase + SLOT_HEADER_BYTES + <usize>(index & ringMask) * recordStride;
+  return slotBase + SLOT_HEADER_BYTES + (<usize>(index & ringMask) << 4); // RECORD_BYTES = 16
+}
+@inline export function payloadAddr(slotBase: usize): usize {
+  return slotBase + payloadOffset;
 }

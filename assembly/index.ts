@@ -2,7 +2,7 @@
 // (no i64 crosses the boundary); src/abi.ts mirrors this list as a typed interface.
 import { LAYOUT_BASE, H_LANE_FLAGS, L_RESULT, L_SCRATCH, L_DOORBELL, L_OWNER, L_HEARTBEAT } from "./layout";
 import {
-  slotStrideFor, slotsOffset, slotAddr, laneAddr, laneCount, recordStride, ringCapacity,
+  slotStrideFor, slotsOffset, slotAddr, laneAddr, laneCount, payloadOffset, ringCapacity, ringBytes,
 } from "./config";
 
 export { configure, attach } from "./config";
@@ -13,11 +13,11 @@ export {
 } from "./metrics";
 export {
   push, pushBatch, pushFixedBatch, ringLen, ringClaim, ringAck, ringRewind, ringClose, ringIsClosed,
-  ringAllPublished, ringSetDoorbell, ringStalledAt, ringSkipStalled, slotInit, total, unroutedTotal, stopPushes,
+  ringAllPublished, ringSetDoorbell, ringStalledAt, ringSkipStalled, ringBytesUsed, slotInit, total, unroutedTotal, stopPushes,
 } from "./ring";
 
 // ---- layout queries (pure: usable before the memory is configured) -----------------------
-export function layoutSlotStride(ringCap: u32, maxPayload: u32): f64 { return slotStrideFor(ringCap, maxPayload); }
+export function layoutSlotStride(ringCap: u32, ringBytesEach: u32): f64 { return slotStrideFor(ringCap, ringBytesEach); }
 export function layoutSlotsOffset(tableCap: u32, lanes: u32, laneBytes: u32): f64 { return <f64>slotsOffset(tableCap, lanes, laneBytes); }
 
 // ---- addresses (after attach) -------------------------------------------------------------
@@ -26,7 +26,8 @@ export function laneScratchAddress(lane: u32): u32 { return <u32>(laneAddr(lane)
 export function laneResultAddress(lane: u32): u32 { return <u32>(laneAddr(lane) + L_RESULT); }
 export function laneDoorbellAddress(lane: u32): u32 { return <u32>(laneAddr(lane) + L_DOORBELL); }
 export function laneHeartbeatAddress(lane: u32): u32 { return <u32>(laneAddr(lane) + L_HEARTBEAT); }
-export function recordStrideBytes(): u32 { return recordStride; }
+export function ringPayloadOffset(): u32 { return payloadOffset; }
+export function ringBytesEach(): u32 { return ringBytes; }
 export function ringCapacityRecords(): u32 { return ringCapacity; }
 
 // ---- lanes: one per attached thread, claimed with a CAS ---------------------------------

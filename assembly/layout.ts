@@ -13,6 +13,10 @@
 //   LANES       laneCount × laneBytes per-thread scratch (payload staging, results)
 //   SLOTS       slotCount × slotStride per-shard metrics + ring (grown on demand)
 //
+// One slot: SLOT_HEADER_BYTES of counters and ring words, then ringCapacity record
+// descriptors (RECORD_BYTES each), then the ring's payload area (ringBytes bytes), in which
+// payloads lie one after another (each rounded up to 8 bytes, none crossing the end).
+//
 // Hot words written by different threads sit on separate 128-byte lines (two 64-byte lines,
 // so the adjacent-line prefetcher does not pair them either).
 
@@ -29,6 +33,7 @@ export const H_LANE_COUNT: i32 = 20;      // u32
 export const H_LANE_BYTES: i32 = 24;      // u32
 export const H_BACKPRESSURE: i32 = 28;    // u32, BP_* mode
 export const H_SAMPLE_RATE: i32 = 32;     // u32, keep 1 in N once past the threshold
+export const H_RING_BYTES: i32 = 36;      // u32, bytes of each ring's payload area (a multiple of 8, or 0)
 export const H_SAMPLE_FILL: i32 = 40;     // f64, fill ratio where sampling starts
 // second line: written by the mapper thread whenever the selection table changes
 export const H_TABLE_GEN: i32 = 128;      // u32, generation; table (gen & 1) is live
@@ -72,26 +77,39 @@ export const M_WINDOW_TAIL: i32 = 160;    // u64, the tail count when the curren
                                           //   count their window's events as tail − this: no counter bumped per push)
 export const M_DRAIN_TAIL: i32 = 168;     // u64, the tail count when draining started (pushes since = tail − this)
 // line 2: ring tail, written by producers
-export const R_TAIL: i32 = 256;           // i64, bits 0-62: records ever reserved (= accepted; low 32 bits index the ring); bit 63: closed
+export const R_TAIL: i32 = 256;           // u64, bits 0-31: records ever reserved, mod 2^32 (they index the descriptors);
+                                          //   bits 32-62: the byte position after the last reservation (see BYTE POSITIONS);
+                                          //   bit 63: closed. One word, so one CAS reserves records and bytes together.
 export const R_DOORBELL: i32 = 264;       // u32, address of the consumer's doorbell, 0 = none
-export const R_BASE: i32 = 272;           // i64, the tail count when this shard got the slot
+export const R_BASE: i32 = 272;           // u32, the tail's record count when this shard got the slot
                                           //   (read by every push: kept off the consumer's line)
 // line 3: ring head side, written by the consumer (and by evictors under dropOldest)
 export const R_CURSOR: i32 = 384;         // u64, head index (low 32 bits: first record not yet acknowledged or
                                           //   evicted) | claimed index << 32 (first record not yet handed out);
                                           //   one word, so claim, acknowledge, evict and rewind are each one atomic step
 export const M_DELIVERED: i32 = 392;      // i64, records acknowledged by a consumer (skipped ones excluded)
+export const R_BYTE_HEAD: i32 = 400;      // u64, low half: a byte position before which every payload byte is free again;
+                                          //   high half: the head index it was taken at (later indexes win: it never goes back)
 export const R_RECORDS: i32 = 512;        // first record
 export const SLOT_HEADER_BYTES: i32 = R_RECORDS;
 
-// ---- one record -------------------------------------------------------------------------
-// The sequence word says what the slot holds for the index i it serves: i (free, may be
+// ---- one record descriptor --------------------------------------------------------------
+// The sequence word says what the descriptor holds for the index i it serves: i (free, may be
 // reserved for i), i + SEQ_WRITING (a producer is copying into it), i + 1 (published),
 // i + SEQ_SKIPPED (reserved but never written: padding), i + capacity (free for the next lap).
+// The payload itself lies in the slot's payload area, REC_OFF bytes from its start.
 export const REC_SEQ: i32 = 0;            // u32, see above
 export const REC_LEN: i32 = 4;            // u32, payload bytes
-export const REC_PAYLOAD: i32 = 8;
-export const RECORD_HEADER_BYTES: i32 = REC_PAYLOAD;
+export const REC_OFF: i32 = 8;            // u32, payload offset in the payload area (a multiple of 8)
+export const REC_END: i32 = 12;           // u32, byte position right after this record (its wrap padding included)
+export const RECORD_BYTES: i32 = 16;
+// BYTE POSITIONS count payload bytes modulo 2 × ringBytes: position p is offset p mod ringBytes
+// of the payload area, and the extra lap bit tells a full area from an empty one. A record
+// of e bytes (its length rounded up to 8) that would cross the end starts at the next lap's
+// offset 0 instead; the bytes it skips count as its own. So a record never wraps, and may be
+// at most a quarter of the area (then the padding costs at most a quarter too).
+export const PAYLOAD_ALIGN: i32 = 8;
+export const MAX_RING_BYTES: i32 = 0x40000000; // 1 GiB: twice it must fit the tail's 31 position bits
 export const SEQ_WRITING: i32 = 0x40000000;
 export const SEQ_SKIPPED: i32 = 0x20000000;
 
@@ -133,6 +151,7 @@ export const COLLECT_LATENCY_COUNT: i32 = 8;
 export const COLLECT_LATENCY_SUM: i32 = 12;
 export const COLLECT_FLUSH_COUNT: i32 = 16;
 export const COLLECT_FLUSH_SUM: i32 = 20;
+export const COLLECT_BYTES_USED: i32 = 24; // payload bytes the ring holds (its byte fill's numerator)
 // ringClaim's output, u32 words at `out`
 export const CLAIM_START: i32 = 0;        // first index of the batch
 export const CLAIM_SKIPPED: i32 = 4;      // 1: the batch is padding (skipped records), acknowledge it unread

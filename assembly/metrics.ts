@@ -4,9 +4,10 @@
 import {
   M_LATENCY, M_EVENTS, M_DRAIN_PUSHES, M_BUFFER_LEN, M_FLUSH, M_DRAINING, M_CAPACITY,
   CACHE_LINE, R_TAIL, R_CURSOR, M_WINDOW_TAIL, M_DRAIN_TAIL, COLLECT_BUFFER_LEN, COLLECT_EVENTS, COLLECT_LATENCY_COUNT,
-  COLLECT_LATENCY_SUM, COLLECT_FLUSH_COUNT, COLLECT_FLUSH_SUM,
+  COLLECT_LATENCY_SUM, COLLECT_FLUSH_COUNT, COLLECT_FLUSH_SUM, COLLECT_BYTES_USED,
 } from "./layout";
 import { slotAddr, ringCapacity } from "./config";
+import { bytesUsedAt, tailRecords } from "./positions";
 
 const U32_MAX: u64 = 0xffffffff;
 
@@ -58,9 +59,10 @@ export function recordBufferLen(slot: u32, len: u32): void { atomic.store<u32>(s
 }
 export function bufferLen(slot: u32): u32 { return bufferLenAt(slotAddr(slot)); }
 
-// The ring's reservation count (0 for collectors without a ring).
+// The ring's reservation count mod 2^32 (0 for collectors without a ring): only differences
+// of it are used.
 @inline function tailCount(base: usize): u64 {
-  return ringCapacity == 0 ? 0 : atomic.load<u64>(base + R_TAIL) & ~(<u64>1 << 63);
+  return ringCapacity == 0 ? 0 : <u64>tailRecords(atomic.load<u64>(base + R_TAIL));
 }
 
 // Zero the drain counter before publishing the flag, so a push that sees the flag is
@@ -86,6 +88,7 @@ export function collectAndReset(slot: u32, out: usize): void {
   const latency = atomic.xchg<u64>(base + M_LATENCY, 0);
   const flush = atomic.xchg<u64>(base + M_FLUSH, 0);
   store<u32>(out + COLLECT_BUFFER_LEN, bufferLenAt(base));
+  store<u32>(out + COLLECT_BYTES_USED, ringCapacity == 0 ? 0 : bytesUsedAt(base));
   const tail = tailCount(base);
   const ringEvents = <u32>(tail - atomic.load<u64>(base + M_WINDOW_TAIL));
   atomic.store<u64>(base + M_WINDOW_TAIL, tail);

@@ -1,12 +1,21 @@
-// Per-shard ring of fixed-size record slots, many producers and one consumer.
+// Per-shard ring: many producers, one consumer. Records are reserved by index in a ring of
+// fixed-size descriptors, and their payloads by bytes in the slot's payload area, both with
+// one compare-and-swap on the tail word (index and byte position share it).
 //
-// Reservation follows the per-slot sequence scheme: record i of the ring carries a
-// sequence word; a producer may take index t only while seq == t, takes it with one CAS on
-// the tail, marks it as being written (a CAS: see "stalled reservations"), copies the
-// payload and publishes with seq = t + 1. The consumer claims published records in order,
-// reads them in place, and acknowledges them: one store of the cursor commits the batch,
-// then each slot is freed with seq = t + capacity (ready for index t + capacity). Every
-// record is contiguous, so consumers get zero-copy views.
+// Reservation follows the per-slot sequence scheme: descriptor i carries a sequence word; a
+// producer may take index t only while seq == t and the payload's bytes fit before the byte
+// head, takes both with one CAS on the tail, marks the record as being written (a CAS: see
+// "stalled reservations"), copies the payload and publishes with seq = t + 1. The consumer
+// claims published records in order, reads them in place, and acknowledges them: one store
+// of the cursor commits the batch, then each descriptor is freed with seq = t + capacity
+// (ready for index t + capacity) and the byte head moves past the batch's payloads. Every
+// payload is contiguous (none crosses the end of the area), so consumers get zero-copy views.
+//
+// The byte head only ever moves to positions known for sure: the end a published record
+// wrote into its descriptor, or the tail's position when every reserved record has been
+// acknowledged. A skipped record's extent is unknown (its producer died holding it), so
+// acknowledging one moves the byte head only when it was the last reservation; otherwise the
+// next published record's end covers its bytes.
 //
 // The tail word also carries a "closed" bit, flipped when a shard starts draining (or the
 // manager closes): a producer's CAS then fails, it selects again from the (already rebuilt)
@@ -20,10 +29,11 @@
 //    behind the tail. The manager's watchdog turns such a stalled reservation into padding
 //    with a CAS (free → skipped) that a live-but-slow producer's own CAS (free → writing)
 //    excludes: whoever wins owns the record, and a producer that loses pushes its event again.
-//  - an acknowledgement commits first and frees the slots after, so a consumer that dies in
-//    between leaves slots behind the head that nobody has freed yet; the rewind frees them.
+//  - an acknowledgement commits first and frees the descriptors and bytes after, so a
+//    consumer that dies in between leaves records behind the head that nobody has freed yet;
+//    the rewind frees them. A byte head left behind is only conservative (less room).
 import {
-  R_TAIL, R_CURSOR, R_DOORBELL, R_BASE, REC_SEQ, REC_LEN, REC_PAYLOAD, LAYOUT_BASE, H_UNROUTED,
+  R_TAIL, R_CURSOR, R_DOORBELL, R_BASE, R_BYTE_HEAD, REC_SEQ, REC_LEN, REC_OFF, REC_END, LAYOUT_BASE, H_UNROUTED,
   M_DROPPED_NEWEST, M_DROPPED_SAMPLED, M_REFUSED, M_EVICTED, M_DELIVERED, M_SKIPPED,
   M_LATENCY, M_SAMPLE_COUNTER, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE,
   PUSH_UNROUTED, PUSH_FULL, PUSH_SAMPLED, PUSH_REFUSED, PUSH_CLOSED, PUSH_STOPPED, L_SCRATCH, L_RESULT,
@@ -34,16 +44,54 @@ import {
   CONTENTION_NS_PER_RETRY, LATENCY_SAMPLE_MASK,
 } from "./layout";
 import {
-  slotAddr, laneAddr, recordAddr, ringCapacity, maxPayload, backpressure, sampleRate, sampleFill,
+  slotAddr, laneAddr, recordAddr, payloadAddr, ringCapacity, ringBytes, maxPayload, backpressure,
+  sampleRate, sampleFill,
 } from "./config";
 import { addToPair, initMetrics } from "./metrics";
+import {
+  tailRecords, tailPosition, tailOf, positionAdd, offsetOf, extentOf, byteHeadOf, bytesFit, bytesUsedAt,
+} from "./positions";
 import { selectEntry, NO_ENTRY } from "./select";
 
-// Bit 63 of the tail word. The other 63 bits count every reservation ever made, so the
-// tail doubles as the shard's reservation total (no separate counter on the hot path).
 const CLOSED: u64 = 1 << 63;
-const COUNT: u64 = ~CLOSED;
 const MAX_RESELECT: i32 = 1000;
+
+// Where a payload of `extent` bytes goes when the last reservation ended at `position`: its
+// offset in the payload area and the position after it, in these two globals (per thread).
+let placedOffset: u32 = 0;
+let placedEnd: u32 = 0;
+@inline function place(position: u32, extent: u32): void {
+  let off = offsetOf(position);
+  let start = position;
+  if (off + extent > ringBytes) { // would cross the end: pad to the next lap's offset 0
+    start = positionAdd(position, ringBytes - off);
+    off = 0;
+  }
+  placedOffset = off;
+  placedEnd = positionAdd(start, extent);
+}
+
+// Move the byte head to `position`, as of head index `index`; an older index never wins (a
+// descheduled evictor must not move it back).
+@inline function advanceByteHead(base: usize, position: u32, index: u32): void {
+  let old = atomic.load<u64>(base + R_BYTE_HEAD);
+  while (<i32>(index - <u32>(old >>> 32)) > 0) {
+    const seen = atomic.cmpxchg<u64>(base + R_BYTE_HEAD, old, <u64>position | (<u64>index << 32));
+    if (seen == old) return;
+    old = seen;
+  }
+}
+
+// The head just passed to `head`: its last record was published (its end is known) or skipped
+// (then only an empty ring tells where the bytes end: at the tail's position).
+@inline function settleByteHead(base: usize, head: u32, published: bool, end: u32): void {
+  if (published) {
+    advanceByteHead(base, end, head);
+  } else {
+    const tail = atomic.load<u64>(base + R_TAIL);
+    if (tailRecords(tail) == head) advanceByteHead(base, tailPosition(tail), head);
+  }
+}
 
 // ---- the cursor: head (low half) and claimed (high half) in one word ----------------------
 @inline function headOf(cursor: u64): u32 { return <u32>cursor; }
@@ -51,7 +99,7 @@ const MAX_RESELECT: i32 = 1000;
 @inline function cursorOf(head: u32, claimed: u32): u64 { return <u64>head | (<u64>claimed << 32); }
 
 @inline function lenAt(base: usize): u32 {
-  return <u32>atomic.load<u64>(base + R_TAIL) - headOf(atomic.load<u64>(base + R_CURSOR));
+  return tailRecords(atomic.load<u64>(base + R_TAIL)) - headOf(atomic.load<u64>(base + R_CURSOR));
 }
 
 // Wake the consumer if it is parked on its doorbell.
@@ -64,9 +112,8 @@ const MAX_RESELECT: i32 = 1000;
 }
 
 // dropOldest: evict the oldest record not handed out. Only possible while no batch is in
-// flight with the consumer (head == claimed): the slot a new record needs is the head's,
-// and a record being read in place is never overwritten. Returns true when the caller
-// should look at the tail again (evicted, or raced).
+// flight with the consumer (head == claimed): a record being read in place is never
+// overwritten. Returns true when the caller should look at the tail again (evicted, or raced).
 function evictOldest(base: usize): bool {
   const cursor = atomic.load<u64>(base + R_CURSOR);
   const c = claimedOf(cursor);
@@ -74,7 +121,8 @@ function evictOldest(base: usize): bool {
   const rec = recordAddr(base, c);
   const seq = atomic.load<u32>(rec + REC_SEQ);
   const published = seq == c + 1;
-  if (!published && seq != c + <u32>SEQ_SKIPPED) return false; // still being written
+  if (!published && seq != c + <u32>SEQ_SKIPPED) return false; // still being written, or nothing there
+  const end = load<u32>(rec + REC_END); // stays put while the record is published and unclaimed
   // Counted before the commit (and taken back if it fails), so the totals never miss an
   // eviction that already happened.
   if (published) atomic.add<u64>(base + M_EVICTED, 1);
@@ -83,12 +131,13 @@ function evictOldest(base: usize): bool {
     return true;
   }
   freeBehindHead(rec, c, seq);
+  settleByteHead(base, c + 1, published, end);
   return true;
 }
 
-// Free a slot the head has passed, if it still holds `seq` for `index`. A CAS, because
-// two threads may free the same slot (an evictor that was descheduled, and a rewind), and
-// the later one must not clobber a producer that already took the slot for the next lap.
+// Free a descriptor the head has passed, if it still holds `seq` for `index`. A CAS, because
+// two threads may free the same one (an evictor that was descheduled, and a rewind), and
+// the later one must not clobber a producer that already took it for the next lap.
 @inline function freeBehindHead(rec: usize, index: u32, seq: u32): void {
   atomic.cmpxchg<u32>(rec + REC_SEQ, seq, index + ringCapacity);
 }
@@ -100,14 +149,15 @@ function evictOldest(base: usize): bool {
 
 // memory.copy on a shared memory costs a call out of the generated code (tens of ns for a
 // 16-byte event, more than the rest of a push): payloads up to 32 bytes are copied here, 8
-// bytes at a time, rounded up to whole words. That stays inside the record's slot (its
-// payload area is maxPayload rounded up to 8) and reads at most 7 bytes past the source,
-// still inside the lane's scratch; the bytes past `len` are never read back. No loop: this
-// runs between a record's mark and its publish, which must stay straight-line code (a
-// terminated thread stops at loop back-edges).
+// bytes at a time, rounded up to whole words. That stays inside the record's extent (its
+// length rounded up to 8) and reads at most 7 bytes past the source, still inside the lane's
+// scratch; the bytes past `len` are never read back. No loop: this runs between a record's
+// mark and its publish, which must stay straight-line code (a terminated thread stops at
+// loop back-edges).
 const INLINE_COPY_MAX: u32 = 32;
 @inline function copyPayload(dst: usize, src: usize, len: u32): void {
   if (len <= INLINE_COPY_MAX) {
+    if (len == 0) return; // an empty payload has no extent: not even one word is its own
     store<u64>(dst, load<u64>(src));
     if (len > 8) {
       store<u64>(dst, load<u64>(src, 8), 8);
@@ -121,11 +171,14 @@ const INLINE_COPY_MAX: u32 = 32;
   }
 }
 
-// Copy and publish record `index` (taken with beginWrite). Straight-line: no thread stops
-// between the mark and the publish.
-@inline function writeRecord(rec: usize, index: u32, src: usize, len: u32): void {
-  copyPayload(rec + REC_PAYLOAD, src, len);
+// Copy and publish record `index` (taken with beginWrite): its payload at `off` in the
+// payload area, ending at byte position `end`. Straight-line: no thread stops between the
+// mark and the publish.
+@inline function writeRecord(base: usize, rec: usize, index: u32, src: usize, len: u32, off: u32, end: u32): void {
+  copyPayload(payloadAddr(base) + off, src, len);
   store<u32>(rec + REC_LEN, len);
+  store<u32>(rec + REC_OFF, off);
+  store<u32>(rec + REC_END, end);
   atomic.store<u32>(rec + REC_SEQ, index + 1); // publish
 }
 
@@ -136,57 +189,71 @@ const INLINE_COPY_MAX: u32 = 32;
   return index - <u32>load<u64>(base + M_WINDOW_TAIL) + load<u32>(base + M_EVENTS);
 }
 
+// Sample mode sheds load once the ring's fill passes the threshold: by records or by bytes.
+@inline function pastSampleFill(base: usize): bool {
+  return <f64>lenAt(base) > sampleFill * <f64>ringCapacity || <f64>bytesUsedAt(base) > sampleFill * <f64>ringBytes;
+}
+
 // Append `len` bytes from `src` to the ring at `base`. Returns 0 or a PUSH_* code.
 export function pushAt(base: usize, src: usize, len: u32): i32 {
-  if (backpressure == BP_SAMPLE && <f64>lenAt(base) > sampleFill * <f64>ringCapacity) {
+  if (backpressure == BP_SAMPLE && pastSampleFill(base)) {
     if (atomic.add<u32>(base + M_SAMPLE_COUNTER, 1) % sampleRate != 0) {
       atomic.add<u64>(base + M_DROPPED_SAMPLED, 1);
       return PUSH_SAMPLED;
     }
   }
+  const extent = extentOf(len);
   let retries: u32 = 0;
   let tail = atomic.load<u64>(base + R_TAIL);
   while (true) {
     if (tail & CLOSED) return PUSH_CLOSED;
-    const index = <u32>tail;
+    const index = tailRecords(tail);
     const rec = recordAddr(base, index);
     const seq = atomic.load<u32>(rec + REC_SEQ);
     const diff = <i32>(seq - index);
-    if (diff == 0) {
-      const seen = atomic.cmpxchg<u64>(base + R_TAIL, tail, tail + 1);
-      if (seen == tail) {
-        // reserved: from here to the publish is straight-line code
-        if (beginWrite(rec, index)) {
-          writeRecord(rec, index, src, len);
-          // No event counter to bump: the collector counts a ring's events from its tail.
-          if ((eventsBefore(base, index) & LATENCY_SAMPLE_MASK) == 0) addToPair(base + M_LATENCY, retries * CONTENTION_NS_PER_RETRY);
-          ringDoorbell(base); // the ring length is not stored: collectors read it from tail and head
-          return 0;
-        }
-        // We stalled long enough for the watchdog to turn the reservation into padding:
-        // nothing was written, so push again.
-        retries++;
-        tail = atomic.load<u64>(base + R_TAIL);
-        continue;
-      }
-      tail = seen;
-      retries++;
-    } else if (diff < 0) { // full: the slot still holds index - capacity
-      if (backpressure == BP_DROP_OLDEST && evictOldest(base)) {
-        retries++;
-        tail = atomic.load<u64>(base + R_TAIL);
-        continue;
-      }
-      if (backpressure == BP_FAIL_PRODUCER) {
-        atomic.add<u64>(base + M_REFUSED, 1);
-        return PUSH_REFUSED;
-      }
-      atomic.add<u64>(base + M_DROPPED_NEWEST, 1);
-      return PUSH_FULL;
-    } else { // another producer took this index first
+    if (diff > 0) { // another producer took this index first
       retries++;
       tail = atomic.load<u64>(base + R_TAIL);
+      continue;
     }
+    if (diff == 0) {
+      place(tailPosition(tail), extent);
+      if (bytesFit(placedEnd, byteHeadOf(base))) {
+        const off = placedOffset;
+        const end = placedEnd;
+        const seen = atomic.cmpxchg<u64>(base + R_TAIL, tail, tailOf(index + 1, end));
+        if (seen == tail) {
+          // reserved: from here to the publish is straight-line code
+          if (beginWrite(rec, index)) {
+            writeRecord(base, rec, index, src, len, off, end);
+            // No event counter to bump: the collector counts a ring's events from its tail.
+            if ((eventsBefore(base, index) & LATENCY_SAMPLE_MASK) == 0) addToPair(base + M_LATENCY, retries * CONTENTION_NS_PER_RETRY);
+            ringDoorbell(base); // the ring length is not stored: collectors read it from tail and head
+            return 0;
+          }
+          // We stalled long enough for the watchdog to turn the reservation into padding:
+          // nothing was written, so push again.
+          retries++;
+          tail = atomic.load<u64>(base + R_TAIL);
+          continue;
+        }
+        tail = seen;
+        retries++;
+        continue;
+      }
+    }
+    // full: the descriptor still holds index - capacity, or the payload does not fit
+    if (backpressure == BP_DROP_OLDEST && evictOldest(base)) {
+      retries++;
+      tail = atomic.load<u64>(base + R_TAIL);
+      continue;
+    }
+    if (backpressure == BP_FAIL_PRODUCER) {
+      atomic.add<u64>(base + M_REFUSED, 1);
+      return PUSH_REFUSED;
+    }
+    atomic.add<u64>(base + M_DROPPED_NEWEST, 1);
+    return PUSH_FULL;
   }
   return PUSH_FULL; // not reached
 }
@@ -220,8 +287,9 @@ export function push(lane: u32, hash: u32, len: u32): i32 {
 
 // ---- batches ------------------------------------------------------------------------------
 // Consecutive events of a batch that route to the same shard form a run. A run is reserved
-// with one CAS on the tail (as many records as are free from the tail on, each slot checked:
-// under dropOldest an evictor may free an older slot after the consumer freed a newer one),
+// with one CAS on the tail (as many records as are free from the tail on and fit in bytes,
+// each descriptor checked: under dropOldest an evictor may free an older one after the
+// consumer freed a newer one),
 // written and published record by record, counted with one atomic add, and rings the
 // doorbell once. Whatever a run cannot take (full or closed ring, sample mode, no shard)
 // goes through the single-event path, which applies backpressure exactly as push does.
@@ -231,28 +299,6 @@ export function push(lane: u32, hash: u32, len: u32): i32 {
 // unwritten until the watchdog skips them. If this thread was only slow and finds one of
 // its records skipped, it gives up the rest of the run (skipping them itself, so its events
 // keep their order) and pushes those events again.
-
-const MAX_RUN: u32 = 1024;
-let runFirst: u32 = 0;   // first index reserved by the last reserveRun
-let runRetries: u32 = 0; // failed CAS attempts of the last reserveRun
-
-function reserveRun(base: usize, k: u32): u32 {
-  runRetries = 0;
-  for (let attempt = 0; attempt < 16; attempt++) {
-    const tail = atomic.load<u64>(base + R_TAIL);
-    if (tail & CLOSED) return 0;
-    const t = <u32>tail;
-    let free: u32 = 0;
-    while (free < k && atomic.load<u32>(recordAddr(base, t + free) + REC_SEQ) == t + free) free++;
-    if (free == 0) return 0;
-    if (atomic.cmpxchg<u64>(base + R_TAIL, tail, tail + <u64>free) == tail) {
-      runFirst = t;
-      return free;
-    }
-    runRetries++;
-  }
-  return 0;
-}
 
 // Skip reserved, unwritten records from `index` on (at most `max`, never past the tail):
 // each becomes padding unless its producer marked it first. Returns how many it skipped.
@@ -294,6 +340,41 @@ let fixedRecords: usize = 0;
 @inline function evData(p: usize, i: u32): usize { return fixedSize ? fixedRecords + <usize>i * fixedSize : p + 8; }
 @inline function evNext(p: usize): usize { return fixedSize ? p : p + 8 + ((<usize>load<u32>(p + 4) + 3) & ~3); }
 
+const MAX_RUN: u32 = 1024;
+let runFirst: u32 = 0;    // first index reserved by the last reserveRun
+let runPosition: u32 = 0; // byte position its first payload is placed from
+let runRetries: u32 = 0;  // failed CAS attempts of the last reserveRun
+
+// Reserve up to `k` records for the events from `p`: as many as have a free
+// descriptor and whose payloads fit before the byte head, with one CAS. Returns how many.
+function reserveRun(base: usize, k: u32, p: usize): u32 {
+  runRetries = 0;
+  for (let attempt = 0; attempt < 16; attempt++) {
+    const tail = atomic.load<u64>(base + R_TAIL);
+    if (tail & CLOSED) return 0;
+    const t = tailRecords(tail);
+    const byteHead = byteHeadOf(base);
+    let position = tailPosition(tail);
+    let free: u32 = 0;
+    let q = p;
+    while (free < k && atomic.load<u32>(recordAddr(base, t + free) + REC_SEQ) == t + free) {
+      place(position, extentOf(evLen(q)));
+      if (!bytesFit(placedEnd, byteHead)) break;
+      position = placedEnd;
+      q = evNext(q);
+      free++;
+    }
+    if (free == 0) return 0;
+    if (atomic.cmpxchg<u64>(base + R_TAIL, tail, tailOf(t + free, position)) == tail) {
+      runFirst = t;
+      runPosition = tailPosition(tail);
+      return free;
+    }
+    runRetries++;
+  }
+  return 0;
+}
+
 // Writes [accepted, unrouted, full, sampled, stop] at the lane's result words (BATCH_*) and
 // returns how many events it consumed. It stops right before an event refused under
 // failProducer (STOP_REFUSED) or when the manager is closed (STOP_CLOSED).
@@ -313,8 +394,9 @@ function batchLoop(lane: u32, count: u32): u32 {
         k++;
       }
       const base = slotAddr(entry >>> 16);
-      const reserved = reserveRun(base, k);
+      const reserved = reserveRun(base, k, p);
       let got: u32 = 0;
+      let position = runPosition;
       while (got < reserved) {
         const index = runFirst + got;
         const rec = recordAddr(base, index);
@@ -322,7 +404,10 @@ function batchLoop(lane: u32, count: u32): u32 {
           abandonRun(base, index + 1, runFirst + reserved);
           break;
         }
-        writeRecord(rec, index, evData(p, i + got), evLen(p));
+        const len = evLen(p);
+        place(position, extentOf(len)); // the same placement reserveRun made
+        position = placedEnd;
+        writeRecord(base, rec, index, evData(p, i + got), len, placedOffset, placedEnd);
         p = evNext(p);
         got++;
       }
@@ -400,9 +485,15 @@ export function ringClaim(slot: u32, max: u32, out: usize): u32 {
 }
 
 // Acknowledge records [start, start + n), the oldest claimed batch (`delivered` of them
-// count as delivered: 0 for padding). Commit, then free the slots.
+// count as delivered: 0 for padding). Commit, then free the descriptors, then the bytes.
 export function ringAck(slot: u32, start: u32, n: u32, delivered: u32): void {
+  if (n == 0) return;
   const base = slotAddr(slot);
+  // What the byte head needs is read before anything is freed (a producer may reuse a freed
+  // descriptor at once).
+  const last = recordAddr(base, start + n - 1);
+  const published = atomic.load<u32>(last + REC_SEQ) == start + n;
+  const end = load<u32>(last + REC_END);
   // Nothing else moves the cursor while a batch is in flight (evictors wait for head ==
   // claimed, rewinds run only where this consumer cannot), so a store commits. The count
   // goes first, in the same straight-line code: a reader that sees the head move sees it.
@@ -412,12 +503,13 @@ export function ringAck(slot: u32, start: u32, n: u32, delivered: u32): void {
   for (let i: u32 = 0; i < n; i++) {
     atomic.store<u32>(recordAddr(base, start + i) + REC_SEQ, start + i + ringCapacity);
   }
+  settleByteHead(base, start + n, published, end);
 }
 
 // The consumer went away (its thread died, or its function threw): every record it had
-// claimed and not acknowledged is handed out again from the head. Slots behind the head
-// that a dying acknowledgement did not get to free are freed here. Returns how many
-// records were handed back.
+// claimed and not acknowledged is handed out again from the head. Records behind the head
+// that a dying acknowledgement did not get to free are freed here, and the byte head is
+// brought up to the head. Returns how many records were handed back.
 export function ringRewind(slot: u32): u32 {
   const base = slotAddr(slot);
   let cursor = atomic.load<u64>(base + R_CURSOR);
@@ -430,8 +522,12 @@ export function ringRewind(slot: u32): u32 {
     if (seen == cursor) break;
     cursor = seen;
   }
-  // Free, newest first, what lies behind the head still marked published or skipped.
   const h = headOf(atomic.load<u64>(base + R_CURSOR));
+  // The record right behind the head still published: its end is where the bytes start.
+  const previous = recordAddr(base, h - 1);
+  const previousPublished = atomic.load<u32>(previous + REC_SEQ) == h;
+  settleByteHead(base, h, previousPublished, load<u32>(previous + REC_END));
+  // Free, newest first, what lies behind the head still marked published or skipped.
   for (let i: u32 = 1; i <= ringCapacity; i++) {
     const index = h - i;
     const rec = recordAddr(base, index);
@@ -493,24 +589,25 @@ export function ringSetDoorbell(slot: u32, addr: u32): void {
 
 // Prepare a slot for a new shard: metrics zeroed, ring empty and open.
 //
-// The ring's counts go on from where the slot's previous shard left them (the tail count
-// never goes back), so a producer that read the old tail before a long stall cannot win its
-// CAS against a reused slot with a stale value: either the tail moved on and the CAS fails,
-// or it did not, and the index it reserves is free in the new ring too (its sequence word
-// is laid out below for exactly these indexes). The shard's pushed total is counted from
-// R_BASE.
+// The ring's counts and byte position go on from where the slot's previous shard left them
+// (the tail never goes back), so a producer that read the old tail before a long stall
+// cannot win its CAS against a reused slot with a stale value: either the tail moved on and
+// the CAS fails, or it did not, and the index it reserves is free in the new ring too (its
+// sequence word is laid out below for exactly these indexes) and its bytes lie past the new
+// byte head. The shard's pushed total is counted from R_BASE.
 export function slotInit(slot: u32, capacity: u32): void {
   const base = slotAddr(slot);
-  const start = atomic.load<u64>(base + R_TAIL) & COUNT; // 0 for a never-used slot
+  const start = atomic.load<u64>(base + R_TAIL) & ~CLOSED; // 0 for a never-used slot
   atomic.store<u64>(base + R_TAIL, start | CLOSED); // keep stale producers out while resetting
   initMetrics(slot, capacity);
-  const first = <u32>start;
+  const first = tailRecords(start);
   for (let i: u32 = 0; i < ringCapacity; i++) atomic.store<u32>(recordAddr(base, first + i) + REC_SEQ, first + i);
-  store<u64>(base + R_BASE, start);
-  store<u64>(base + M_WINDOW_TAIL, start); // the metrics windows count from here (initMetrics zeroed them)
-  store<u64>(base + M_DRAIN_TAIL, start);
+  store<u32>(base + R_BASE, first);
+  store<u64>(base + M_WINDOW_TAIL, first); // the metrics windows count from here (initMetrics zeroed them)
+  store<u64>(base + M_DRAIN_TAIL, first);
   atomic.store<u64>(base + M_DELIVERED, 0);
   atomic.store<u64>(base + R_CURSOR, cursorOf(first, first));
+  atomic.store<u64>(base + R_BYTE_HEAD, <u64>tailPosition(start) | (<u64>first << 32)); // empty: all free
   atomic.store<u32>(base + R_DOORBELL, 0);
   atomic.store<u64>(base + R_TAIL, start); // open
 }
@@ -521,11 +618,21 @@ export function stopPushes(): void {
 }
 
 // Events this shard's ring accepted: reservations, less the ones skipped as padding
-// (including any still being written).
+// (including any still being written). The tail keeps the record count mod 2^32 only; the
+// full count is the one congruent to it nearest the records that already left the ring or
+// were skipped (delivered + evicted + skipped, read first: that sum never runs ahead of the
+// reservations by more than an eviction being counted, nor behind by more than a ring).
 export function pushedTotal(slot: u32): f64 {
   const base = slotAddr(slot);
-  return <f64>((atomic.load<u64>(base + R_TAIL) & COUNT) - load<u64>(base + R_BASE) - atomic.load<u64>(base + M_SKIPPED));
+  const skipped = atomic.load<u64>(base + M_SKIPPED);
+  const gone = atomic.load<u64>(base + M_DELIVERED) + atomic.load<u64>(base + M_EVICTED) + skipped;
+  const reserved32 = tailRecords(atomic.load<u64>(base + R_TAIL)) - load<u32>(base + R_BASE);
+  const reserved = gone + <u64><i64><i32>(reserved32 - <u32>gone);
+  return <f64>(reserved - skipped);
 }
+
+// Payload bytes this shard's ring holds (reserved, not yet freed).
+export function ringBytesUsed(slot: u32): u32 { return bytesUsedAt(slotAddr(slot)); }
 
 // Records this shard's consumers acknowledged.
 export function deliveredTotal(slot: u32): f64 {

@@ -3,7 +3,7 @@
 // (on the owning thread) the slot pool that gives every live shard its metrics and ring.
 import type { Abi } from './abi.js';
 import { compileAsync, compileSync, instantiate, type MemoryKind } from './wasm.js';
-import { CLAIM_SKIPPED, CLAIM_START, MAX_LANES, L_SCRATCH, R_RECORDS } from './layout.generated.js';
+import { CLAIM_SKIPPED, CLAIM_START, MAX_LANES, L_SCRATCH, R_RECORDS, RECORD_BYTES, REC_LEN, REC_OFF } from './layout.generated.js';
 import { currentThreadId } from '#platform';
 
 const PAGE = 65536;
@@ -19,6 +19,8 @@ export interface CoreConfig {
   initialSlots: number;
   /** Records per ring (a power of two), or 0 for collectors only. */
   ringCapacity: number;
+  /** Bytes of each ring's payload area (a multiple of 8), or 0 for collectors only. */
+  ringBytes: number;
   maxPayload: number;
   lanes: number;
   laneBytes: number;
@@ -45,8 +47,11 @@ export class SharedCore {
   /** The first ring index of the records the last claim() handed out. */
   claimStart = 0;
   readonly slotStride: number;
-  readonly recordStride: number;
   readonly ringCapacity: number;
+  /** Bytes of each ring's payload area. */
+  readonly ringBytes: number;
+  /** From a slot's base to its payload area. */
+  readonly payloadOffset: number;
   u8: Uint8Array;
   u16: Uint16Array;
   u32: Uint32Array;
@@ -80,8 +85,9 @@ export class SharedCore {
     this.scratch = abi.laneScratchAddress(lane);
     this.result = abi.laneResultAddress(lane);
     this.slotStride = abi.slotAddress(1) - abi.slotAddress(0);
-    this.recordStride = abi.recordStrideBytes();
     this.ringCapacity = abi.ringCapacityRecords();
+    this.ringBytes = abi.ringBytesEach();
+    this.payloadOffset = abi.ringPayloadOffset();
     this.scratchBytes = abi.laneScratchAddress(1) - abi.laneScratchAddress(0) - L_SCRATCH;
     this.u8 = new Uint8Array(memory.buffer);
     this.u16 = new Uint16Array(memory.buffer);
@@ -90,11 +96,11 @@ export class SharedCore {
   }
 
   static #plan(config: CoreConfig, abi: Abi) {
-    const stride = abi.layoutSlotStride(config.ringCapacity, config.maxPayload);
+    const stride = abi.layoutSlotStride(config.ringCapacity, config.ringBytes);
     const slotsOffset = abi.layoutSlotsOffset(config.tableCapacity, config.lanes, config.laneBytes);
     const fit = Math.floor((MAX_PAGES * PAGE - slotsOffset) / stride);
     const maxSlots = Math.max(0, Math.min(config.maxSlots, fit));
-    if (maxSlots < 1) throw new RangeError(`shard-mapper: one shard needs ${stride} bytes of ring, more than a 4 GiB memory can hold; lower ringBufferCapacity or maxPayloadBytes`);
+    if (maxSlots < 1) throw new RangeError(`shard-mapper: one shard needs ${stride} bytes of ring, more than a 4 GiB memory can hold; lower ringBufferCapacity or ringBufferBytes`);
     const maximum = Math.min(MAX_PAGES, Math.ceil((slotsOffset + maxSlots * stride) / PAGE));
     const initial = Math.min(maximum, Math.ceil((slotsOffset + Math.min(maxSlots, Math.max(1, config.initialSlots)) * stride) / PAGE));
     return { maxSlots, maximum, initial };
@@ -107,7 +113,7 @@ export class SharedCore {
     const plan = SharedCore.#plan(config, instantiate(module, probeMemory));
     const memory = new WebAssembly.Memory({ initial: plan.initial, maximum: plan.maximum, shared: config.kind === 'shared' } as WebAssembly.MemoryDescriptor);
     const abi = instantiate(module, memory);
-    abi.configure(config.tableCapacity, plan.maxSlots, config.ringCapacity, config.maxPayload,
+    abi.configure(config.tableCapacity, plan.maxSlots, config.ringCapacity, config.ringBytes, config.maxPayload,
       Math.min(config.lanes, MAX_LANES), config.laneBytes, config.backpressure, config.sampleRate, config.sampleFill);
     return new SharedCore(abi, memory, config.kind, plan.maxSlots);
   }
@@ -172,14 +178,24 @@ export class SharedCore {
     return released;
   }
 
-  /** Byte address of ring record `index` (its header; the payload follows) in the slot at `slotBase`. */
+  /** Byte address of ring record `index`'s descriptor (REC_* words) in the slot at `slotBase`. */
   recordAt(slotBase: number, index: number): number {
-    return slotBase + R_RECORDS + (index & (this.ringCapacity - 1)) * this.recordStride;
+    return slotBase + R_RECORDS + (index & (this.ringCapacity - 1)) * RECORD_BYTES;
   }
 
-  /** The end of the slot's records: views must reach this far before records are read. */
+  /** Byte address of the payload of the record whose descriptor is at `rec`, in the slot at `slotBase`. */
+  payloadAt(slotBase: number, rec: number): number {
+    return slotBase + this.payloadOffset + this.u32[(rec + REC_OFF) >>> 2]!;
+  }
+
+  /** Payload length of the record whose descriptor is at `rec`. */
+  lengthAt(rec: number): number {
+    return this.u32[(rec + REC_LEN) >>> 2]!;
+  }
+
+  /** The end of the slot's ring (descriptors and payloads): views must reach this far before records are read. */
   recordsEnd(slotBase: number): number {
-    return slotBase + R_RECORDS + this.ringCapacity * this.recordStride;
+    return slotBase + this.payloadOffset + this.ringBytes;
   }
 
   /**

@@ -17,7 +17,7 @@ import { cpuCount, onThreadExit } from '#platform';
 import type { Writable } from 'node:stream';
 import { createWritable, createWritableStream, shardBatches, type BatchesOptions, type ManagerRecord, type WritableOptions } from './streams.js';
 import {
-  BP_DROP_NEWEST, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE, REC_LEN, REC_PAYLOAD, MAX_LANES, DEFAULT_LANE_BYTES,
+  BP_DROP_NEWEST, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE, MAX_LANES, DEFAULT_LANE_BYTES, PAYLOAD_ALIGN, MAX_RING_BYTES,
 } from './layout.generated.js';
 
 export type BackpressureMode =
@@ -64,8 +64,13 @@ export interface ShardManagerOptions {
    *  inside pushBatch/pushFixed leaves one; a slow producer that finds its record skipped
    *  pushes the event again, so this is a latency knob, not a safety one. */
   producerStallMs?: number;
-  /** Largest event payload in bytes (default 256); each ring record reserves this much. */
+  /** Largest event payload in bytes (default 256); at most a quarter of ringBufferBytes. */
   maxPayloadBytes?: number;
+  /** Bytes of each shard ring's payload area (rounded up to a multiple of 8). Payloads take
+   *  their own length rounded up to 8, so memory follows the events, not the largest one.
+   *  Default: (ringCapacity + 1) × maxPayloadBytes (rounded up to 8): every ring holds its
+   *  ringBufferCapacity records of any sizes, as before byte rings. */
+  ringBufferBytes?: number;
   /** Run consumers in worker threads; without it the application consumes with poll(). */
   consumer?: ConsumerOptions;
   onConsumerError?: (error: Error, shardId: number) => void;
@@ -135,6 +140,24 @@ function backpressureCode(mode: BackpressureMode): { code: number; rate: number 
 }
 
 const nextPowerOfTwo = (n: number) => 2 ** Math.ceil(Math.log2(Math.max(1, n)));
+const payloadExtent = (bytes: number) => Math.ceil(bytes / PAYLOAD_ALIGN) * PAYLOAD_ALIGN;
+
+/** Each ring's payload area: `options.ringBufferBytes` (rounded up to 8), or room for
+ *  ringCapacity payloads of the largest size plus one more: a payload never wraps, and the
+ *  padding in front of one that would have crossed the end is shorter than a payload, so
+ *  ringCapacity records of any sizes always fit, as they did before byte rings. The largest
+ *  payload may be at most a quarter of the area (its padding then costs at most a quarter too). */
+function ringBytesFor(requested: unknown, ringCapacity: number, maxPayload: number): number {
+  const extent = payloadExtent(maxPayload);
+  const ringBytes = requested === undefined
+    ? Math.min(MAX_RING_BYTES, Math.max((ringCapacity + 1) * extent, 4 * extent))
+    : payloadExtent(checkInteger('options.ringBufferBytes', requested, 1, MAX_RING_BYTES));
+  if (4 * extent > ringBytes) {
+    throw invalid(`options.maxPayloadBytes (${maxPayload}) may be at most a quarter of options.ringBufferBytes (${ringBytes}): ` +
+      `raise ringBufferBytes to at least ${4 * extent} or lower maxPayloadBytes to ${Math.floor(ringBytes / 4 / PAYLOAD_ALIGN) * PAYLOAD_ALIGN}`);
+  }
+  return ringBytes;
+}
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 /** An option's value, or the default when it is absent (null is a value, and is refused by the checks). */
 
@@ -232,6 +255,10 @@ export class ShardManager {
     const initialShards = checkInteger('options.initialShards', options.initialShards, 0, 0xffff);
     const requested = checkInteger('options.ringBufferCapacity', options.ringBufferCapacity, 1, MAX_RING_CAPACITY);
     const maxPayload = checkInteger('options.maxPayloadBytes', given(options.maxPayloadBytes, DEFAULT_MAX_PAYLOAD), 1, MAX_PAYLOAD_LIMIT);
+    // At least 2: with one record the sequence word of a published record (index + 1)
+    // equals the free mark of the next index, so a second push would overwrite the first.
+    const ringCapacity = nextPowerOfTwo(Math.max(2, requested));
+    const ringBytes = ringBytesFor(options.ringBufferBytes, ringCapacity, maxPayload);
     const backpressure = given(options.backpressure, BackpressureMode.FailProducer);
     const bp = backpressureCode(backpressure);
     const policy = resolvePolicy(options.policy, initialShards);
@@ -265,12 +292,9 @@ export class ShardManager {
     }
     // One lane per attached thread: this one, each consumer thread, each producer thread.
     const maxThreads = checkInteger('options.maxThreads', given(options.maxThreads, Math.max(DEFAULT_MAX_THREADS, threads + 8)), threads + 1, MAX_LANES);
-    // At least 2: with one record the sequence word of a published record (index + 1)
-    // equals the free mark of the next index, so a second push would overwrite the first.
-    const ringCapacity = nextPowerOfTwo(Math.max(2, requested));
     await compileAsync(kind);
     const core = SharedCore.createSync({
-      kind, tableCapacity: tableCapacity(routing, policy.maxShards), maxSlots, initialSlots: initialShards, ringCapacity, maxPayload,
+      kind, tableCapacity: tableCapacity(routing, policy.maxShards), maxSlots, initialSlots: initialShards, ringCapacity, ringBytes, maxPayload,
       lanes: maxThreads, laneBytes: Math.max(DEFAULT_LANE_BYTES, 2 * (maxPayload + 64)), backpressure: bp.code,
       sampleRate: bp.rate, sampleFill: policy.fillRatioThreshold,
     });
@@ -363,9 +387,9 @@ export class ShardManager {
       const start = core.claimStart;
       core.ensureViews(core.recordsEnd(base));
       for (let k = 0; k < n; k++) {
-        const at = core.recordAt(base, start + k);
-        const len = core.u32[(at + REC_LEN) >>> 2]!;
-        out.push(core.u8.slice(at + REC_PAYLOAD, at + REC_PAYLOAD + len));
+        const rec = core.recordAt(base, start + k);
+        const at = core.payloadAt(base, rec);
+        out.push(core.u8.slice(at, at + core.lengthAt(rec)));
       }
       core.abi.ringAck(slot, start, n, n);
     }
@@ -402,9 +426,9 @@ export class ShardManager {
       let k = 0;
       for (; k < n; k++) {
         const rec = core.recordAt(base, start + k);
-        const len = u32[(rec + REC_LEN) >>> 2]!;
+        const len = core.lengthAt(rec);
         if (at + len > target.length) break;
-        const from = rec + REC_PAYLOAD;
+        const from = core.payloadAt(base, rec);
         if (len <= 64) for (let b = 0; b < len; b++) target[at + b] = u8[from + b]!;
         else target.set(u8.subarray(from, from + len), at);
         lengths[count + k] = len;
@@ -415,7 +439,7 @@ export class ShardManager {
       if (k < n) {
         abi.ringRewind(slot); // the records that did not fit go back, first in line
         if (count === 0) {
-          const need = u32[(core.recordAt(base, start) + REC_LEN) >>> 2]!;
+          const need = core.lengthAt(core.recordAt(base, start));
           throw new RangeError(`pollInto: target has ${target.length} bytes, the next record of shard ${shardId} needs ${need}; nothing was taken`);
         }
         break;
@@ -444,8 +468,8 @@ export class ShardManager {
     if (n === 0) return 0;
     const start = core.claimStart;
     core.ensureViews(core.recordsEnd(base));
-    const batch = (this.#pollBatch ??= new RecordBatch(Math.min(max, this.ringCapacity), core.recordStride, core.recordStride - REC_PAYLOAD));
-    batch.fill(shardId, core.u8, core.u32, base, this.ringCapacity, start, n);
+    const batch = (this.#pollBatch ??= new RecordBatch(Math.min(max, this.ringCapacity)));
+    batch.fill(shardId, core.u8, core.u32, base, this.ringCapacity, base + core.payloadOffset, start, n);
     let result: unknown;
     try {
       result = consume(batch, shardId);
@@ -492,6 +516,11 @@ export class ShardManager {
       skipped: totals[Total.Skipped]!,
       shards,
     };
+  }
+
+  /** Bytes of each shard ring's payload area (options.ringBufferBytes, rounded up to 8, or its default). */
+  get ringBufferBytes(): number {
+    return this.#core.ringBytes;
   }
 
   /** Bytes of the WebAssembly memory right now (it grows as shards are added; freed

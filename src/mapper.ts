@@ -142,7 +142,7 @@ export class ShardMapper {
       // A lane for every thread that may attach (collectors in workers); untouched lanes cost
       // no resident memory.
       kind, tableCapacity: capacity, maxSlots: MAX_SHARD_ID + 1, initialSlots: initialShards,
-      ringCapacity: 0, maxPayload: 0, lanes: MAX_LANES, laneBytes: DEFAULT_LANE_BYTES, backpressure: 0, sampleRate: 1, sampleFill: 1,
+      ringCapacity: 0, ringBytes: 0, maxPayload: 0, lanes: MAX_LANES, laneBytes: DEFAULT_LANE_BYTES, backpressure: 0, sampleRate: 1, sampleFill: 1,
     });
     this.#policy = Object.freeze(full);
     this.#clock = clock;

@@ -3,7 +3,7 @@
 import type { SharedCore, CoreHandle } from './core.js';
 import { SharedCore as Core } from './core.js';
 import {
-  COLLECT_BUFFER_LEN, COLLECT_EVENTS, COLLECT_LATENCY_COUNT, COLLECT_LATENCY_SUM, COLLECT_FLUSH_COUNT, COLLECT_FLUSH_SUM,
+  COLLECT_BUFFER_LEN, COLLECT_BYTES_USED, COLLECT_EVENTS, COLLECT_LATENCY_COUNT, COLLECT_LATENCY_SUM, COLLECT_FLUSH_COUNT, COLLECT_FLUSH_SUM,
 } from './layout.generated.js';
 
 export interface ShardMetrics {
@@ -12,7 +12,8 @@ export interface ShardMetrics {
    *  what recordBufferLen last stored). */
   bufferLen: number;
   capacity: number;
-  /** bufferLen / capacity (0 when capacity is 0). */
+  /** bufferLen / capacity (0 when capacity is 0), or the ring's byte fill (payload bytes held
+   *  / ringBufferBytes) when that is larger. */
   fillRatio: number;
   /** Integer average of the latency samples in the window (ns); 0 without samples. */
   avgPushLatencyNs: number;
@@ -142,7 +143,10 @@ export class ShardMetricsCollector {
     const flushCount = word(COLLECT_FLUSH_COUNT);
     const flushSum = word(COLLECT_FLUSH_SUM);
     const capacity = this.capacity;
-    const fillRatio = capacity === 0 ? 0 : bufferLen / capacity;
+    // A ring fills by records or by payload bytes, whichever is nearer full: a ring of a few
+    // large events must trigger a scale-up as surely as one of many small ones.
+    const byteFill = core.ringBytes === 0 ? 0 : word(COLLECT_BYTES_USED) / core.ringBytes;
+    const fillRatio = Math.max(capacity === 0 ? 0 : bufferLen / capacity, byteFill);
     const avgPushLatencyNs = latencyCount === 0 ? 0 : Math.floor(latencySum / latencyCount);
     const avgFlushLatencyUs = flushCount === 0 ? 0 : Math.floor(flushSum / flushCount);
     const draining = this.isDraining();

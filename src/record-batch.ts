@@ -1,17 +1,20 @@
 // RecordBatch: one shard's claimed records, read in place, described without a view per
-// record. The ring keeps records at a fixed stride, so a batch is one run of record slots,
-// or two when it wraps past the ring's end: `regions`. Each record's payload offset (into
-// `bytes`, the whole memory) and length sit in typed arrays the batch reuses from one batch
-// to the next, so filling a batch allocates nothing per record.
-import { R_RECORDS, REC_LEN, REC_PAYLOAD } from './layout.generated.js';
+// record. A ring's payloads lie one after another in its payload area (each rounded up to 8
+// bytes), so a batch is one contiguous run of payloads, or two when it wraps past the area's
+// end: `regions`. Each record's payload offset (into `bytes`, the whole memory) and length sit
+// in typed arrays the batch reuses from one batch to the next, so filling a batch allocates
+// nothing per record.
+import { R_RECORDS, RECORD_BYTES, REC_LEN, REC_OFF, PAYLOAD_ALIGN } from './layout.generated.js';
 
-/** One run of consecutive record slots: record k's payload starts at `k * stride` in `bytes`. */
+/** One contiguous run of payloads. */
 export interface BatchRegion {
-  /** From the first record's payload to the end of the last record's payload slot. */
+  /** From the region's first payload to the end of its last one. */
   readonly bytes: Uint8Array;
   /** Records in this region. */
   readonly count: number;
 }
+
+const extentOf = (len: number) => (len + PAYLOAD_ALIGN - 1) & ~(PAYLOAD_ALIGN - 1);
 
 /**
  * A batch of one shard's records, in push order, valid only until the consumer function
@@ -22,8 +25,9 @@ export interface BatchRegion {
  *   `bytes.subarray(offsets[i], offsets[i] + lengths[i])`. The arrays are longer than
  *   `length` and reused: read only the first `length` entries.
  * - `recordSize`: every record's length when they all have the same one, else 0. Then
- *   record k of a region is `region.bytes.subarray(k * stride, k * stride + recordSize)`:
- *   a fixed-size layout to read records from without looking at `lengths`.
+ *   `stride` is that length rounded up to 8 and record k of a region is
+ *   `region.bytes.subarray(k * stride, k * stride + recordSize)`: a fixed-size layout to read
+ *   records from without looking at `lengths`.
  * - Iterating (`for (const record of batch)`) or `toArray()` gives one `Uint8Array` view per
  *   record, as consumers without `batch: true` get them.
  */
@@ -38,65 +42,61 @@ export class RecordBatch implements Iterable<Uint8Array> {
   offsets: Uint32Array;
   /** Payload length of each record in bytes (first `length` entries). */
   lengths: Uint32Array;
-  /** Bytes from one record's payload to the next one's within a region. */
-  readonly stride: number;
+  /** With `recordSize` > 0, the bytes from one record's payload to the next within a region
+   *  (recordSize rounded up to 8); 0 when the records' lengths differ (use `offsets`). */
+  stride = 0;
   /** The common length of every record when they are all the same, else 0. */
   recordSize = 0;
-  /** 1, or 2 when the batch wraps past the end of the ring. */
+  /** 1, or 2 when the batch wraps past the end of the ring's payload area. */
   regionCount = 0;
   /** Records in the first region (the rest are in the second). */
   #firstRegionRecords = 0;
-  /** The slot's payload capacity per record: how far the last record of a region reaches. */
-  readonly #maxPayload: number;
 
   /** @internal */
-  constructor(capacity: number, stride: number, maxPayload: number) {
+  constructor(capacity: number) {
     this.offsets = new Uint32Array(Math.max(1, capacity));
     this.lengths = new Uint32Array(Math.max(1, capacity));
-    this.stride = stride;
-    this.#maxPayload = maxPayload;
   }
 
   /**
    * Fill the batch with records [start, start + n) of the ring whose slot starts at
-   * `slotBase` (`ringCapacity` records, a power of two). `u32` views the same memory as `u8`.
+   * `slotBase` (`ringCapacity` descriptors, a power of two; payloads from `payloadBase`).
+   * `u32` views the same memory as `u8`.
    * @internal
    */
-  fill(shardId: number, u8: Uint8Array, u32: Uint32Array, slotBase: number, ringCapacity: number, start: number, n: number): void {
+  fill(shardId: number, u8: Uint8Array, u32: Uint32Array, slotBase: number, ringCapacity: number, payloadBase: number, start: number, n: number): void {
     if (this.offsets.length < n) {
       this.offsets = new Uint32Array(n);
       this.lengths = new Uint32Array(n);
     }
     const offsets = this.offsets;
     const lengths = this.lengths;
-    const stride = this.stride;
-    const first = slotBase + R_RECORDS + REC_PAYLOAD;
+    const descriptors = slotBase + R_RECORDS;
     const mask = ringCapacity - 1;
-    let at = first + (start & mask) * stride;
-    const size = n > 0 ? u32[(at - REC_PAYLOAD + REC_LEN) >>> 2]! : 0;
+    const size = n > 0 ? u32[(descriptors + (start & mask) * RECORD_BYTES + REC_LEN) >>> 2]! : 0;
     let same = true;
-    const wrapAt = first + ringCapacity * stride;
     let inFirst = n;
+    let next = -1; // where the next payload starts if it follows on without wrapping
     for (let k = 0; k < n; k++) {
-      if (at === wrapAt) {
-        at = first;
-        inFirst = k;
-      }
-      const len = u32[(at - REC_PAYLOAD + REC_LEN) >>> 2]!;
+      const rec = descriptors + ((start + k) & mask) * RECORD_BYTES;
+      const len = u32[(rec + REC_LEN) >>> 2]!;
+      const at = payloadBase + u32[(rec + REC_OFF) >>> 2]!;
+      if (at !== next && k > 0 && inFirst === n) inFirst = k; // wrapped to the area's start
       offsets[k] = at;
       lengths[k] = len;
       if (len !== size) same = false;
-      at += stride;
+      next = at + extentOf(len);
     }
     this.shardId = shardId;
     this.length = n;
     this.bytes = u8;
     this.recordSize = same ? size : 0;
+    this.stride = same ? extentOf(size) : 0;
     this.#firstRegionRecords = inFirst;
     this.regionCount = n === 0 ? 0 : inFirst < n ? 2 : 1;
   }
 
-  /** The batch as one or two runs of record slots (two views, made on each call). */
+  /** The batch as one or two contiguous runs of payloads (two views, made on each call). */
   get regions(): BatchRegion[] {
     const out: BatchRegion[] = [];
     if (this.length === 0) return out;
@@ -105,7 +105,8 @@ export class RecordBatch implements Iterable<Uint8Array> {
     let k = 0;
     for (const count of counts) {
       const from = this.offsets[k]!;
-      const end = from + (count - 1) * this.stride + this.#maxPayload;
+      const last = k + count - 1;
+      const end = this.offsets[last]! + this.lengths[last]!;
       out.push({ bytes: new Uint8Array(this.bytes.buffer, this.bytes.byteOffset + from, end - from), count });
       k += count;
     }

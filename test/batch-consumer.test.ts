@@ -150,11 +150,13 @@ describe('batch consumers on worker threads (options.consumer.batch: true)', () 
 
 describe('pollBatch: a RecordBatch read in place on this thread', () => {
   it('gives records in push order as offsets and lengths, one region, or two when the batch wraps the ring', async () => {
-    const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 8, backpressure: { kind: 'failProducer' }, policy: { maxShards: 1 } });
+    // 8 records of at most 24 bytes in a 192-byte payload area
+    const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 8, maxPayloadBytes: 24, ringBufferBytes: 192, backpressure: { kind: 'failProducer' }, policy: { maxShards: 1 } });
+    expect(m.ringBufferBytes).toBe(192);
     const id = m.mapper.activeShardIds()[0]!;
     let next = 0;
     const seen: number[] = [];
-    const shapes: { length: number; regions: number[]; recordSize: number }[] = [];
+    const shapes: { length: number; regions: number[]; regionBytes: number[]; recordSize: number; stride: number }[] = [];
     const take = (max: number) => m.pollBatch(id, (batch, shardId) => {
       expect(batch).toBeInstanceOf(RecordBatch);
       expect(shardId).toBe(id);
@@ -163,22 +165,32 @@ describe('pollBatch: a RecordBatch read in place on this thread', () => {
         viaOffsets.push(new DataView(batch.bytes.buffer, batch.bytes.byteOffset + batch.offsets[i]!, batch.lengths[i]).getUint32(4, true));
       }
       const viaRegions: number[] = [];
-      for (const r of batch.regions) for (let k = 0; k < r.count; k++) viaRegions.push(seqOf(r.bytes.subarray(k * batch.stride)));
+      let k = 0;
+      for (const r of batch.regions) {
+        const first = batch.offsets[k]!;
+        for (let j = 0; j < r.count; j++, k++) viaRegions.push(seqOf(r.bytes.subarray(batch.offsets[k]! - first)));
+      }
       expect(viaRegions).toEqual(viaOffsets);
       expect([...batch].map(seqOf)).toEqual(viaOffsets);
       expect(batch.toArray().map((r) => r.length)).toEqual(Array.from(batch.lengths.subarray(0, batch.length)));
-      shapes.push({ length: batch.length, regions: batch.regions.map((r) => r.count), recordSize: batch.recordSize });
+      shapes.push({
+        length: batch.length, regions: batch.regions.map((r) => r.count), regionBytes: batch.regions.map((r) => r.bytes.length),
+        recordSize: batch.recordSize, stride: batch.stride,
+      });
       seen.push(...viaOffsets);
     }, max);
-    for (let i = 0; i < 6; i++) m.push(1, seqPayload(0, next++));
+    for (let i = 0; i < 6; i++) m.push(1, seqPayload(0, next++)); // 16 bytes each: bytes 0-96
     expect(take(5)).toBe(5); // indexes 0-4
-    for (let i = 0; i < 6; i++) m.push(1, seqPayload(0, next++, i < 3 ? 16 : 20)); // indexes 6-11: wraps at 8
-    expect(take(100)).toBe(7); // index 5 (last of lap 0) … 11
+    // 6-8: 16 bytes (96-144); 9, 10: 20 bytes in 24 (144-168, 168-192: exactly up to the end);
+    // 11: does not fit before the end, so it starts the next lap at offset 0
+    for (let i = 0; i < 6; i++) m.push(1, seqPayload(0, next++, i < 3 ? 16 : 20));
+    expect(take(100)).toBe(7); // index 5 … 11
     expect(take(100)).toBe(0);
     expect(seen).toEqual(Array.from({ length: 12 }, (_, i) => i));
     expect(shapes).toEqual([
-      { length: 5, regions: [5], recordSize: 16 },
-      { length: 7, regions: [3, 4], recordSize: 0 }, // records 5, 6, 7 | 8 … 11; sizes 16 and 20
+      { length: 5, regions: [5], regionBytes: [4 * 16 + 16], recordSize: 16, stride: 16 },
+      // records 5 … 10 from byte 80 to 188 | record 11 at 0; sizes 16 and 20
+      { length: 7, regions: [6, 1], regionBytes: [188 - 80, 20], recordSize: 0, stride: 0 },
     ]);
     expect(m.stats()).toMatchObject({ pushed: 12, delivered: 12 });
   });

@@ -415,6 +415,10 @@ describe('faults: producers racing drain and removal', () => {
   it('a drain that races a producer thread: every push that returned true lands before the ring closes (and is delivered once) or is re-routed', async () => {
     const m = await ShardManager.create({
       initialShards: 2, ringBufferCapacity: 1 << 16, policy: { maxShards: 3, autoScale: false }, backpressure: { kind: 'dropNewest' },
+      // leastLoaded: a new shard (weight 0) takes every push until the next collection, so
+      // each drain closes a ring the producer is pushing into (balanced would share the load
+      // by the others' last metrics and could leave the new shard idle)
+      routing: 'leastLoaded',
     });
     const count = 8_000_000;
     const accepted = new Uint8Array(new SharedArrayBuffer(count));

@@ -26,7 +26,7 @@ describe('memory under 10^4 scale-up/remove cycles', () => {
     const m = await ShardManager.create({
       initialShards: 2, ringBufferCapacity: 1024, maxPayloadBytes: 256, policy: { minShards: 1, maxShards: 8, autoScale: false },
     });
-    const perShard = 512 + 1024 * (8 + 256); // slot header + records × stride (align8(8 + maxPayloadBytes))
+    const perShard = 512 + 1024 * 16 + 1025 * 256; // slot header + descriptors + payload area (default: (1024 + 1) × maxPayloadBytes)
     const created = m.memoryBytes;
     const random = prng(1);
     const extra: number[] = [];

@@ -16,7 +16,7 @@ export class RouteTable {
 
   static #make(tableCapacity: number): SharedCore {
     return SharedCore.createSync({
-      kind: 'single', tableCapacity, maxSlots: 1, initialSlots: 0, ringCapacity: 0, maxPayload: 0,
+      kind: 'single', tableCapacity, maxSlots: 1, initialSlots: 0, ringCapacity: 0, ringBytes: 0, maxPayload: 0,
       lanes: 1, laneBytes: 16384, backpressure: 0, sampleRate: 1, sampleFill: 1,
     });
   }
