@@ -4,10 +4,11 @@
 // with node.tick(); waits are for conditions (events consumed), never for logic.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Registry } from 'prom-client';
-import { BackpressureError, ShardManager } from 'shard-mapper';
+import { BackpressureError, ShardManager, type BackpressureMode } from 'shard-mapper';
 import { registerShardManagerMetrics } from 'shard-mapper/prometheus';
 import { DedupFilter, RedisShardManager, serveShardConsumers, type RedisManagerEvent, type ShardConsumers, type ShardRecord } from 'shard-mapper/redis';
 import { RedisTestServer, redisAvailable } from './helpers/redis-server.js';
+import { sleep } from './helpers/delivery.js';
 import { affinityHomes, routingSlots } from '../dist/routing.js';
 
 const available = redisAvailable();
@@ -214,6 +215,39 @@ describe.skipIf(!available)('RedisShardManager: one node, consumers, one process
       // flight when Redis went away cannot be evicted, so the evicted one is o:0 or a later one.)
       expect(sorted.filter((t) => t.startsWith('o:'))).toHaveLength(10);
       expect(sorted).toContain('o:10');
+    } finally {
+      await restartable.dispose();
+    }
+  });
+
+  it('bounds the local send buffer by payload bytes too (ringBufferBytes): full by bytes with room for events; dropOldest evicts until the new event fits', async () => {
+    const restartable = await RedisTestServer.start();
+    try {
+      const namespace = ns();
+      const make = (backpressure: BackpressureMode) => RedisShardManager.create({
+        redis: restartable.url, namespace, initialShards: 1, ringBufferCapacity: 100, ringBufferBytes: 40, maxPayloadBytes: 32,
+        backpressure, policy: { metricsWindowMs: 60_000 },
+      });
+      const fail = await make({ kind: 'failProducer' });
+      const oldest = await make({ kind: 'dropOldest' });
+      expect(fail.ringBufferBytes).toBe(40);
+      await restartable.stop();
+      const ten = (tag: string, i: number) => `${tag}:${String(i).padStart(8, '0')}`; // 10 bytes
+      for (let i = 0; i < 4; i++) { fail.push(1, ten('f', i)); oldest.push(1, ten('o', i)); } // 40 bytes each: full by bytes, 4 of 100 events
+      expect(() => fail.push(1, 'x')).toThrow(/send buffer is full \(4 events, 40 of 40 payload bytes/);
+      // 30 bytes need three evictions (none of these frames was sent yet: Redis went away first)
+      expect(oldest.push(1, `o:${'3'.repeat(28)}`)).toBe(true);
+      expect(oldest.stats().drops.oldest).toBe(3);
+      expect(fail.stats().drops.refused).toBe(1);
+      await restartable.restart();
+      await Promise.all([fail.close(), oldest.close()]);
+      const got: string[] = [];
+      const consumers = await serveShardConsumers({ redis: restartable.url, namespace, idleMs: 5, consume: (records) => { for (const r of records) got.push(r.payload.toString()); } });
+      await until(() => got.length >= 6, '6 deliveries');
+      await sleep(50); // and no more
+      await consumers.close();
+      expect(got.filter((t) => t.startsWith('f:'))).toEqual([0, 1, 2, 3].map((i) => ten('f', i)));
+      expect(got.filter((t) => t.startsWith('o:'))).toEqual([ten('o', 3), `o:${'3'.repeat(28)}`]);
     } finally {
       await restartable.dispose();
     }
@@ -630,6 +664,8 @@ describe.skipIf(!available)('RedisShardManager: bad input is refused clearly and
       [{ redis: server.url, namespace: 'x', maxFrameBytes: 1 }, /options\.maxFrameBytes must be an integer in \[64, /],
       [{ redis: server.url, namespace: 'x', leaseMs: 50, policy: { metricsWindowMs: 100 } }, /options\.leaseMs must be longer than policy\.metricsWindowMs/],
       [{ redis: server.url, namespace: 'x', ringBufferCapacity: 0 }, /options\.ringBufferCapacity must be an integer in \[1, /],
+      [{ redis: server.url, namespace: 'x', ringBufferBytes: 100 }, /options\.ringBufferBytes must be an integer in \[256, /],
+      [{ redis: server.url, namespace: 'x', ringBufferBytes: Number.NaN }, /options\.ringBufferBytes must be an integer in \[256, .*got NaN/],
       [null, /options must be an object, got null/],
     ];
     for (const [options, message] of bad) {

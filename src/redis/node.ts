@@ -37,6 +37,11 @@ export interface RedisShardManagerOptions {
   /** Events per shard this node holds before they are stored (the local send buffer, default
    *  65536); also, for a new namespace, the backlog that counts as a full shard. */
   ringBufferCapacity?: number;
+  /** Payload bytes per shard this node holds before they are stored (the send buffer's byte
+   *  bound, at least maxPayloadBytes; default ringBufferCapacity × maxPayloadBytes, which only
+   *  the record bound can reach). A push that would pass it meets backpressure as a full
+   *  buffer does; dropOldest evicts the oldest unsent events until the new one fits. */
+  ringBufferBytes?: number;
   /** A frame is closed when it reaches this many bytes (default 65536). */
   maxFrameBytes?: number;
   /** How long the first event of an idle node waits for company before it is sent (ms, default 1). */
@@ -88,6 +93,8 @@ interface ShardQueue {
   inflight: Frame | undefined;
   /** Events here: frames, open and in flight. */
   events: number;
+  /** Their payload bytes. */
+  bytes: number;
   sampleTick: number;
 }
 
@@ -152,6 +159,7 @@ export class RedisShardManager {
   readonly nodeId: string;
   readonly maxPayloadBytes: number;
   readonly ringBufferCapacity: number;
+  readonly ringBufferBytes: number;
   readonly backpressure: BackpressureMode;
 
   readonly #conn: Connection;
@@ -192,7 +200,7 @@ export class RedisShardManager {
   #shards = new Uint16Array(256);
 
   private constructor(parts: {
-    conn: Connection; sub: RedisClient; keys: Keys; table: Table; nodeId: string; maxPayload: number; capacity: number;
+    conn: Connection; sub: RedisClient; keys: Keys; table: Table; nodeId: string; maxPayload: number; capacity: number; capacityBytes: number;
     backpressure: BackpressureMode; maxFrameBytes: number; lingerMs: number; leaseMs: number; drainGraceMs: number;
     controller: boolean; clock: () => number; onEvent: ((e: ManagerEvent) => void) | undefined;
     onRedisEvent: ((e: RedisNodeEvent) => void) | undefined;
@@ -204,6 +212,7 @@ export class RedisShardManager {
     this.nodeId = parts.nodeId;
     this.maxPayloadBytes = parts.maxPayload;
     this.ringBufferCapacity = parts.capacity;
+    this.ringBufferBytes = parts.capacityBytes;
     this.backpressure = Object.freeze({ ...parts.backpressure });
     this.#maxFrameBytes = parts.maxFrameBytes;
     this.#lingerMs = parts.lingerMs;
@@ -234,6 +243,7 @@ export class RedisShardManager {
     const backpressure = checkBackpressure(given(options.backpressure, { kind: 'failProducer' }));
     const maxPayload = checkInteger('options.maxPayloadBytes', given(options.maxPayloadBytes, DEFAULT_MAX_PAYLOAD), 1, MAX_PAYLOAD_LIMIT);
     const capacity = checkInteger('options.ringBufferCapacity', given(options.ringBufferCapacity, 65536), 1, 1 << 24);
+    const capacityBytes = checkInteger('options.ringBufferBytes', given(options.ringBufferBytes, capacity * maxPayload), maxPayload, Number.MAX_SAFE_INTEGER);
     const maxFrameBytes = checkInteger('options.maxFrameBytes', given(options.maxFrameBytes, 65536), 64, 64 * 1024 * 1024);
     const lingerMs = checkFinite('lingerMs', options.lingerMs, 1, 0, false);
     const leaseMs = checkFinite('leaseMs', options.leaseMs, Math.max(1000, 5 * policy.metricsWindowMs), 0, true);
@@ -276,7 +286,7 @@ export class RedisShardManager {
       sub = subscriber(conn);
       await sub.subscribe(keys.changes);
       const node = new RedisShardManager({
-        conn, sub, keys, table: { version: table.version, doc: table.doc }, nodeId: `${nodeId}`, maxPayload, capacity,
+        conn, sub, keys, table: { version: table.version, doc: table.doc }, nodeId: `${nodeId}`, maxPayload, capacity, capacityBytes,
         backpressure, maxFrameBytes, lingerMs, leaseMs, drainGraceMs, controller, clock, onEvent: options.onEvent, onRedisEvent: options.onRedisEvent,
       });
       sub.on('message', () => { void node.#refresh(); });
@@ -417,7 +427,7 @@ export class RedisShardManager {
 
   #queue(id: number): ShardQueue {
     let q = this.#queues.get(id);
-    if (!q) this.#queues.set(id, q = { id, frames: [], open: undefined, inflight: undefined, events: 0, sampleTick: 0 });
+    if (!q) this.#queues.set(id, q = { id, frames: [], open: undefined, inflight: undefined, events: 0, bytes: 0, sampleTick: 0 });
     return q;
   }
 
@@ -428,17 +438,20 @@ export class RedisShardManager {
     }
     const q = this.#queue(shard);
     const cap = this.ringBufferCapacity;
+    const capBytes = this.ringBufferBytes;
     const mode = this.backpressure;
-    if (mode.kind === 'sample' && q.events < cap && q.events / cap > this.#table.doc.policy.fillRatioThreshold) {
+    const full = () => q.events >= cap || q.bytes + bytes > capBytes;
+    if (mode.kind === 'sample' && !full() && Math.max(q.events / cap, q.bytes / capBytes) > this.#table.doc.policy.fillRatioThreshold) {
       if (++q.sampleTick % mode.rate !== 0) { this.#drops.sampled++; this.#count(shard).dropped++; return false; }
     }
-    if (q.events >= cap) {
+    if (full()) {
       if (mode.kind === 'failProducer') {
         this.#drops.refused++;
         this.#count(shard).dropped++;
-        throw new BackpressureError(`push refused: shard ${shard}'s send buffer is full (${cap} events not yet stored in Redis; backpressure failProducer)`, shard, acceptedBefore);
+        throw new BackpressureError(`push refused: shard ${shard}'s send buffer is full (${q.events} events, ${q.bytes} of ${capBytes} payload bytes not yet stored in Redis; backpressure failProducer)`, shard, acceptedBefore);
       }
-      if (mode.kind !== 'dropOldest' || !this.#evictOldest(q)) { this.#drops.newest++; this.#count(shard).dropped++; return false; }
+      if (mode.kind === 'dropOldest') while (full() && this.#evictOldest(q));
+      if (full()) { this.#drops.newest++; this.#count(shard).dropped++; return false; }
     }
     this.#append(q, hash, ++this.#accepted, payload, bytes);
     this.#count(shard).pushed++;
@@ -462,6 +475,7 @@ export class RedisShardManager {
     if (!open) q.open = open = new FrameBuilder(Math.max(size, 4 + bytes));
     open.add(hash, index, payload, bytes);
     q.events++;
+    q.bytes += bytes;
     this.#buffered++;
     this.#kick();
   }
@@ -472,10 +486,13 @@ export class RedisShardManager {
     const at = q.frames.findIndex((f) => !f.attempted);
     const first = at < 0 ? undefined : q.frames[at]!;
     if (first) {
+      q.bytes -= first.data.readUInt32LE(0);
       dropFirstOfFrame(first);
       if (first.hashes.length === 0) q.frames.splice(at, 1);
-    } else if (q.open && q.open.count > 0) q.open.dropFirst();
-    else return false;
+    } else if (q.open && q.open.count > 0) {
+      q.bytes -= q.open.buf.readUInt32LE(0);
+      q.open.dropFirst();
+    } else return false;
     q.events--;
     this.#buffered--;
     this.#drops.oldest++;
@@ -527,6 +544,7 @@ export class RedisShardManager {
           } else {
             const n = frame.hashes.length;
             q.events -= n;
+            q.bytes -= frame.data.length - 4 * n; // each event is a 4-byte length and its payload
             this.#buffered -= n;
             this.#stored += n;
             this.#count(frame.shard).stored += n;
