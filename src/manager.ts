@@ -95,7 +95,11 @@ export const MANAGER_DEFAULT_ROUTING: RoutingMode = 'balanced';
 export interface ShardStats {
   id: number;
   state: ShardState;
+  /** Records in the ring (accepted, not yet acknowledged). */
   length: number;
+  /** Payload bytes those records hold in the ring (each rounded up to 8, with any padding at
+   *  the end of the payload area), out of ringBufferBytes. */
+  bytes: number;
   pushed: number;
   delivered: number;
   dropped: number;
@@ -490,6 +494,11 @@ export class ShardManager {
     return this.#core.abi.ringLen(this.#slotFor('ringLength', shardId)) >>> 0;
   }
 
+  /** Payload bytes a shard's ring holds (out of ringBufferBytes; see ShardStats.bytes). */
+  ringBytesUsed(shardId: number): number {
+    return this.#core.abi.ringBytesUsed(this.#slotFor('ringBytesUsed', shardId)) >>> 0;
+  }
+
   /** Totals since creation (they never go down when shards are removed) and per-shard figures. */
   stats(): ManagerStats {
     const abi = this.#core.abi;
@@ -499,7 +508,7 @@ export class ShardManager {
       const t = Array.from({ length: TOTALS }, (_, k) => abi.total(slot, k));
       for (let k = 0; k < totals.length; k++) totals[k]! += t[k]!;
       shards.push({
-        id, state: this.mapper.shardState(id)!, length: abi.ringLen(slot) >>> 0,
+        id, state: this.mapper.shardState(id)!, length: abi.ringLen(slot) >>> 0, bytes: abi.ringBytesUsed(slot) >>> 0,
         pushed: t[Total.Pushed]!, delivered: t[Total.Delivered]!,
         dropped: t[Total.DroppedNewest]! + t[Total.Sampled]! + t[Total.Refused]! + t[Total.Evicted]!,
       });

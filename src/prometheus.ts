@@ -11,6 +11,8 @@ import type { ManagerEvent, ShardManager } from './manager.js';
 /** What the exporter reads: a ShardManager, or anything with the same figures (a
  *  shard-mapper/redis node's `metricsView()`). */
 export type ObservedManager = Pick<ShardManager, 'stats' | 'ringCapacity'> & {
+  /** Payload bytes per shard ring (absent: the fill gauge counts records only). */
+  readonly ringBufferBytes?: number;
   readonly mapper: Pick<ShardManager['mapper'], 'lastMetrics' | 'policy'>;
 };
 
@@ -129,8 +131,11 @@ export function registerShardManagerMetrics(options: PrometheusOptions = {}): Sh
   gauge('shard_ring_length', 'Records in the shard ring (accepted, not yet acknowledged).', ['shard'], (g, m) => {
     for (const s of m.stats().shards) g.set(labelled({ shard: String(s.id) }), s.length);
   });
-  gauge('shard_fill_ratio', 'Ring length / ring capacity at scrape time.', ['shard'], (g, m) => {
-    for (const s of m.stats().shards) g.set(labelled({ shard: String(s.id) }), s.length / m.ringCapacity);
+  gauge('shard_fill_ratio', 'Ring length / ring capacity, or payload bytes held / ring bytes when larger, at scrape time.', ['shard'], (g, m) => {
+    const bytes = m.ringBufferBytes;
+    for (const s of m.stats().shards) {
+      g.set(labelled({ shard: String(s.id) }), Math.max(s.length / m.ringCapacity, bytes ? (s.bytes ?? 0) / bytes : 0));
+    }
   });
   const windowGauge = (name: string, help: string, pick: (x: NonNullable<ReturnType<ObservedManager['mapper']['lastMetrics']>>) => number) =>
     gauge(name, help, ['shard'], (g, m) => {

@@ -66,6 +66,8 @@ function tryPush(manager: ShardManager, record: ManagerRecord): number | undefin
   }
 }
 
+const utf8 = new TextEncoder();
+
 /** Would a push of this record still meet the same full ring? Reads the route and the ring's
  *  length instead of pushing again, so a stall costs one refusal in stats(), not one per
  *  retry. A route that moved elsewhere, or a removed shard, reads as not full. */
@@ -73,7 +75,13 @@ function stillFull(manager: ShardManager, record: ManagerRecord, shardId: number
   try {
     const key = record.key;
     const route = typeof key === 'number' ? manager.mapper.selectShard(key) : manager.mapper.selectShardForKey(key);
-    return route === shardId && manager.ringLength(shardId) >= manager.ringCapacity;
+    if (route !== shardId) return false;
+    if (manager.ringLength(shardId) >= manager.ringCapacity) return true;
+    // Full by bytes: the payload, and padding shorter than it if it meets the area's end.
+    const payload = record.payload;
+    const length = typeof payload === 'string' ? utf8.encode(payload).length : payload.byteLength;
+    const extent = 2 * (Math.ceil(length / 8) * 8);
+    return manager.ringBytesUsed(shardId) + extent > manager.ringBufferBytes;
   } catch {
     return false;
   }

@@ -667,7 +667,7 @@ export class RedisShardManager {
    * shard's `length` = its send buffer; shards are the table's. Window figures
    * (`lastMetrics`) exist on the node that is the controller.
    */
-  metricsView(): { stats(): ManagerStats; readonly ringCapacity: number; readonly mapper: { lastMetrics(id: number): ShardMetrics | undefined; policy(): Readonly<ScalingPolicy> } } {
+  metricsView(): { stats(): ManagerStats; readonly ringCapacity: number; readonly ringBufferBytes: number; readonly mapper: { lastMetrics(id: number): ShardMetrics | undefined; policy(): Readonly<ScalingPolicy> } } {
     return {
       stats: () => {
         const s = this.stats();
@@ -676,11 +676,12 @@ export class RedisShardManager {
           skipped: 0, // no ring here: a node's send buffer is written whole or not at all
           shards: s.shards.map((x) => {
             const c = this.#perShard.get(x.id);
-            return { id: x.id, state: x.state, length: x.buffered, pushed: c?.pushed ?? 0, delivered: c?.stored ?? 0, dropped: c?.dropped ?? 0 };
+            return { id: x.id, state: x.state, length: x.buffered, bytes: this.#queues.get(x.id)?.bytes ?? 0, pushed: c?.pushed ?? 0, delivered: c?.stored ?? 0, dropped: c?.dropped ?? 0 };
           }),
         };
       },
       ringCapacity: this.ringBufferCapacity,
+      ringBufferBytes: this.ringBufferBytes,
       mapper: { lastMetrics: (id) => this.#controller?.lastMetrics(id), policy: () => this.policy() },
     };
   }
