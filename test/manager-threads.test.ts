@@ -144,6 +144,48 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
     expect(log.outOfOrder).toEqual([]);
   });
 
+  it.each([['push', 0, false], ['pushBatch', 64, false], ['pushFixed', 64, true]])('byte rings: %s of mixed sizes (8 B to 1 KiB) from 4 producer threads into rings full by bytes long before by records: exactly once, in order, while shards change', async (_name, batch, fixed) => {
+    log = new DeliveryLog();
+    const m = await ShardManager.create({
+      routing,
+      // 512 descriptors but 8 KiB of payload: about 16 events of the mix fit, so rings fill by bytes
+      initialShards: 2, ringBufferCapacity: 512, ringBufferBytes: 8192, maxPayloadBytes: 1024, policy: { minShards: 1, maxShards: 6 },
+      consumer: { module: consumerModule, threads: 2, batchSize: 64 },
+    });
+    const perProducer = 20_000;
+    const producers = [0, 1, 2, 3].map((producer) => new Worker(producerModule, {
+      workerData: { handle: m.producerHandle(), producer, count: perProducer, sizes: [8, 1024], batch, fixed },
+    }));
+    const done = Promise.all(producers.map((w) => new Promise<void>((resolve, reject) => { w.on('message', () => resolve()); w.on('error', reject); })));
+    let finished = false;
+    void done.then(() => { finished = true; });
+    const random = prng(11);
+    const removals: Promise<void>[] = [];
+    let longest = 0;
+    let fullestBytes = 0;
+    while (!finished) {
+      await sleep(3);
+      for (const s of m.stats().shards) { longest = Math.max(longest, s.length); fullestBytes = Math.max(fullestBytes, s.bytes); }
+      m.mapper.collectMetrics();
+      const active = m.mapper.activeShardIds();
+      if (random() < 0.5 && active.length < 6) await m.addShard();
+      else if (active.length > 2) removals.push(m.removeShard(active[Math.floor(random() * active.length)]!));
+    }
+    await done;
+    await Promise.all(removals);
+    await m.close();
+    await Promise.all(producers.map((w) => w.terminate()));
+    await log.waitFor(4 * perProducer);
+    const s = m.stats();
+    expect(s).toMatchObject({ pushed: 4 * perProducer, delivered: 4 * perProducer, inFlight: 0 });
+    expect(log.problems(4, perProducer)).toEqual({ missing: 0, duplicated: 0 });
+    expect(log.outOfOrder).toEqual([]);
+    // the rings really were full by bytes: pushes were refused, and no ring came near its 512 records
+    expect(s.drops.refused).toBeGreaterThan(0);
+    expect(longest).toBeLessThan(512);
+    expect(fullestBytes).toBeGreaterThan(8192 / 2);
+  });
+
   it('hands a terminated consumer\'s shards to a fresh thread from the last acknowledgement', async () => {
     log = new DeliveryLog();
     const restarted: number[] = [];
