@@ -41,13 +41,14 @@ function reports(from) {
 
 let retries = 0;
 
-/** Push events "event:0".."event:n-1", waiting whenever a ring is full (failProducer). */
-async function pushAll(mgr, from, to, between) {
+/** Push events "event:0".."event:n-1" (or `payloadOf(i)`), waiting whenever a ring is full (failProducer). */
+async function pushAll(mgr, from, to, between, payloadOf = (i) => `event:${i}`) {
   for (let i = from; i < to; i++) {
     if (between) await between(i);
+    const payload = payloadOf(i);
     for (;;) {
       try {
-        if (mgr.push(`key-${i}`, `event:${i}`)) break;
+        if (mgr.push(`key-${i}`, payload)) break;
         throw new Error(`push ${i} was not accepted (unrouted?)`);
       } catch (error) {
         if (!(error instanceof BackpressureError)) throw error;
@@ -62,6 +63,7 @@ async function pushAll(mgr, from, to, between) {
  *  small ring (failProducer: each write waits while it is full) while manager.batches() takes
  *  the records out; manager.writable() (Node streams) explains that it is not for browsers. */
 async function runStreams() {
+  log('runStreams: started'); // (a page that times out shows how far it got)
   const mgr = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 16 });
   const events = 500;
   const source = new ReadableStream({
@@ -183,7 +185,8 @@ async function runShared() {
   });
   const n4 = 4000;
   await pushAll(mgr4, 0, n4 / 2);
-  while (mgr4.stats().delivered < n4 / 2) await sleep(5);
+  const deadline4 = performance.now() + 20_000; // bounded: a page that never gets there says so below
+  while (mgr4.stats().delivered < n4 / 2 && performance.now() < deadline4) await sleep(5);
   spawned4[0].terminate(); // dies silently: no exit event reaches the page
   await pushAll(mgr4, n4 / 2, n4); // waits in the rings
   mgr4.tick(); // heartbeats seen
@@ -199,9 +202,14 @@ async function runShared() {
   const batchRun = await runBatchConsumer();
   batchRun.dropOldest = await runBatchDropOldest();
   log(`batch consumer: pushed ${batchRun.pushed}, delivered ${batchRun.delivered}, seen ${batchRun.seen}, missing ${batchRun.missing}, repeated ${batchRun.repeated}, wrapped batches ${batchRun.wrapped}`);
+  // 6. Byte rings: events of mixed sizes into rings sized in bytes (a few of the larger events
+  //    fill one), while a shard is added and one removed.
+  const bytesRun = await runByteRings();
+  log(`byte rings: pushed ${bytesRun.pushed}, delivered ${bytesRun.delivered}, missing ${bytesRun.missing}, bad ${bytesRun.bad}, waits on a full ring ${bytesRun.retries}, wrapped batches ${bytesRun.wrapped}`);
 
   return {
     batch: batchRun,
+    bytes: bytesRun,
     mode: 'shared',
     crossOriginIsolated: globalThis.crossOriginIsolated === true,
     sharedMemorySupported: sharedMemorySupported(),
@@ -257,6 +265,7 @@ function batchReports(n) {
 
 /** dropOldest with a batch consumer that cannot keep up: what arrives is in order and once. */
 async function runBatchDropOldest() {
+  log('runBatchDropOldest: started'); // (a page that times out shows how far it got)
   const n = 20_000;
   const reports = batchReports(n);
   const mgr = await ShardManager.create({
@@ -278,7 +287,43 @@ async function runBatchDropOldest() {
   return { events: n, accepted, pushed: stats.pushed, delivered: stats.delivered, evicted: stats.drops.oldest, ...r };
 }
 
+/** Mixed sizes (10 B to 2 KiB) through rings of 512 records but only 16 KiB of payload each:
+ *  "event:<n>|" then filler bytes that depend on n, which the batch worker checks. */
+async function runByteRings() {
+  log('runByteRings: started'); // (a page that times out shows how far it got)
+  const n = 6_000;
+  const reports = batchReports(n);
+  const mgr = await ShardManager.create({
+    initialShards: 2,
+    ringBufferCapacity: 512,
+    ringBufferBytes: 16 * 1024,
+    maxPayloadBytes: 2048,
+    policy: { maxShards: 4 },
+    consumer: {
+      worker: () => new Worker(new URL('./batch-consumer.worker.js', import.meta.url), { type: 'module' }),
+      threads: 2,
+      batchSize: 64,
+    },
+  });
+  const payloadOf = (i) => {
+    const head = `event:${i}|`;
+    const size = Math.max(head.length, 10 + ((i * 7919) % 2038));
+    return head + String(i % 10).repeat(size - head.length);
+  };
+  retries = 0;
+  await pushAll(mgr, 0, n, async (i) => {
+    if (i === n / 3) await mgr.addShard();
+    if (i === n / 2) await mgr.removeShard(0);
+  }, payloadOf);
+  const waits = retries;
+  await mgr.close();
+  const stats = mgr.stats();
+  const r = await reports.until(stats.delivered);
+  return { events: n, pushed: stats.pushed, delivered: stats.delivered, ringBufferBytes: mgr.ringBufferBytes, retries: waits, ...r };
+}
+
 async function runBatchConsumer() {
+  log('runBatchConsumer: started'); // (a page that times out shows how far it got)
   const n = 10_000;
   const reports = batchReports(n);
   const restarts = [];
