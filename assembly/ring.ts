@@ -111,6 +111,20 @@ let placedEnd: u32 = 0;
   }
 }
 
+// No room for the bytes, though the ring may hold no record at all: an evictor that was
+// terminated between its commit and its byte-head update leaves the byte head behind, and
+// with nothing left to acknowledge or evict nobody else would move it. An empty ring's bytes
+// are all free up to the tail's position. Returns true when it moved the byte head. (`tail`
+// is read before the cursor: a head that reached its record count had acknowledged every
+// record before that position.)
+function catchUpByteHead(base: usize, tail: u64): bool {
+  const head = headOf(atomic.load<u64>(base + R_CURSOR));
+  const position = tailPosition(tail);
+  if (head != tailRecords(tail) || byteHeadOf(base) == position) return false;
+  advanceByteHead(base, position, head);
+  return byteHeadOf(base) == position;
+}
+
 // dropOldest: evict the oldest record not handed out. Only possible while no batch is in
 // flight with the consumer (head == claimed): a record being read in place is never
 // overwritten. Returns true when the caller should look at the tail again (evicted, or raced).
@@ -239,6 +253,10 @@ export function pushAt(base: usize, src: usize, len: u32): i32 {
         }
         tail = seen;
         retries++;
+        continue;
+      }
+      if (catchUpByteHead(base, tail)) {
+        tail = atomic.load<u64>(base + R_TAIL);
         continue;
       }
     }

@@ -13,7 +13,7 @@ import {
 import { DeliveryLog, seqPayload, sleep, pushWithRetry } from './helpers/delivery.js';
 import { prng } from './helpers/index.js';
 import { SharedCore } from '../dist/core.js';
-import { CLAIM_START, M_DELIVERED, R_CURSOR } from '../dist/layout.generated.js';
+import { CLAIM_START, M_DELIVERED, M_EVICTED, R_CURSOR } from '../dist/layout.generated.js';
 
 const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url);
 const seqConsumer = fixture('seq-consumer.mjs');
@@ -136,6 +136,36 @@ describe('faults: consumer threads', () => {
     expect(m.poll(0).map((r) => new TextDecoder().decode(r))).toEqual(Array.from({ length: cap }, (_, i) => `b${i}`));
     expect(m.stats()).toMatchObject({ pushed: 2 * cap, delivered: 2 * cap, inFlight: 0 });
     expect(m.ringLength(0)).toBe(0);
+    core.detach();
+  });
+
+  it('byte rings: an evictor terminated between its commit and its byte-head update leaves an empty ring that still looks full by bytes; the next push catches the byte head up', async () => {
+    // What worker.terminate() can leave when it stops a dropOldest producer inside its
+    // eviction (at a retry of the byte head's CAS): the records are evicted and their
+    // descriptors freed, but the byte head never moved. With nothing left to acknowledge or
+    // evict, only the push itself can see that the ring is empty and its bytes free.
+    const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 16, maxPayloadBytes: 64, ringBufferBytes: 256, backpressure: { kind: 'dropOldest' } });
+    const cap = m.ringCapacity;
+    const big = (tag: number) => new Uint8Array(64).fill(tag);
+    for (let i = 0; i < 4; i++) expect(m.push(0, big(i))).toBe(true);
+    expect(m.ringBytesUsed(0)).toBe(256); // full by bytes, 4 of 16 records
+    const core = SharedCore.attachSync(m.producerHandle().core);
+    const slot = m.mapper.slotOf(0)!;
+    const base = core.abi.slotAddress(slot);
+    const cursor = (base + R_CURSOR) >>> 2;
+    const start = core.u32[cursor]!;
+    // the evictions' commits: evicted += 4, head = claimed = start + 4; descriptors freed
+    const evicted = (base + M_EVICTED) >>> 2;
+    core.u32[evicted] = core.u32[evicted]! + 4;
+    core.u32[cursor] = (start + 4) >>> 0;
+    core.u32[cursor + 1] = (start + 4) >>> 0;
+    for (let i = 0; i < 4; i++) core.u32[core.recordAt(base, start + i) >>> 2] = (start + i + cap) >>> 0;
+    expect(m.ringLength(0)).toBe(0);
+    expect(m.ringBytesUsed(0)).toBe(256); // the byte head stayed behind
+    expect(m.push(0, big(9))).toBe(true); // caught up: accepted, nothing else evicted or dropped
+    expect(m.ringBytesUsed(0)).toBe(64);
+    expect(m.poll(0)).toEqual([big(9)]);
+    expect(m.stats()).toMatchObject({ pushed: 5, delivered: 1, inFlight: 0, drops: { oldest: 4, newest: 0 } });
     core.detach();
   });
 
