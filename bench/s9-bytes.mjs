@@ -166,6 +166,7 @@ async function speed(profile) {
   const block = new Uint8Array(RUN * SIZE);
   for (let i = 0; i < RUN; i++) block.set(payloads[i & 1023], i * SIZE);
   const builds = { bytes: await speedSetup(byteRing), fixed: await speedSetup(fixedRing) };
+  const ringBytes = builds.bytes.m.ringBufferBytes;
   const kinds = [['push', PUSH_SRC], ['pushFixed', FIXED_SRC]];
   const tasks = [];
   for (const [kind, src] of kinds) for (const build of ['bytes', 'fixed']) tasks.push({ key: `${kind}-${build}`, kind, build, src, blocks: [] });
@@ -206,7 +207,7 @@ async function speed(profile) {
         id: t.key, name: `${t.build === 'bytes' ? 'byte rings' : 'fixed-record ring'}: ${kind === 'push' ? 'push' : `pushFixed(${RUN})`}, 16 B`,
         ref: t.build === 'bytes', ns, opsPerSec: 1e9 / ns, loNs: Math.min(...t.blocks), hiNs: Math.max(...t.blocks),
         blockRatio: t.build === 'bytes' ? ratios[kind] : undefined,
-        note: t.build === 'fixed' ? 'previous build, maxPayloadBytes 16' : `ringBufferBytes default (${((CAPACITY + 1) * SIZE).toLocaleString('en-US')} B)`,
+        note: t.build === 'fixed' ? 'previous build, maxPayloadBytes 16' : `ringBufferBytes default (${ringBytes.toLocaleString('en-US')} B)`,
       });
     }
   }
