@@ -8,7 +8,7 @@
 import { Worker } from 'node:worker_threads';
 import { RingBuffer } from 'ringbuf.js';
 import * as byteRing from 'shard-mapper';
-import * as fixedRing from './baselines/fixed-ring/dist/index.js';
+import * as fixedRing from './baselines/fixed-ring/js/index.js';
 import { rng, randomHashes } from './baselines.mjs';
 import { summarizeRuns, withRatios, goal, consume, check, sleep, fmtNs, fmtRate, fmtRatio } from './lib.mjs';
 
