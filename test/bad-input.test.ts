@@ -231,6 +231,14 @@ const OPTION_CASES: [option: string, inputs: [string, unknown][], message: RegEx
 for (const [option, inputs, message, excerpt] of OPTION_CASES) {
   add({ call: `ShardManager.create({ ${option} })`, inputs, fixture: 'none', run: (_, v) => createWith({ [option]: v }), expect: S('InvalidPolicy', message), excerpt });
 }
+// Byte rings (issue 14): ringBufferBytes' own range, then the quarter rule between it and maxPayloadBytes.
+add({ call: 'ShardManager.create({ ringBufferBytes })', inputs: [['0', 0], ['-1', -1], ['1.5', 1.5], ['NaN', NaN], ['2^30 + 1', 2 ** 30 + 1], ['"8"', '8'], ['null', null]],
+  fixture: 'none', run: (_, v) => createWith({ ringBufferBytes: v }),
+  expect: S('InvalidPolicy', /options\.ringBufferBytes must be an integer in \[1, 1073741824\], got /), excerpt: 'options.ringBufferBytes must be an integer in [1, 1073741824], got 0' });
+add({ call: 'ShardManager.create({ maxPayloadBytes, ringBufferBytes })', inputs: [['256 with 1000', [256, 1000]], ['256 with 1016', [256, 1016]], ['250 with 993', [250, 993]], ['65536 with 262136', [65536, 262136]]],
+  fixture: 'none', run: (_, [maxPayloadBytes, ringBufferBytes]) => createWith({ maxPayloadBytes, ringBufferBytes }),
+  expect: S('InvalidPolicy', /options\.maxPayloadBytes \(\d+\) may be at most a quarter of options\.ringBufferBytes \(\d+\): raise ringBufferBytes to at least \d+ or lower maxPayloadBytes to \d+/),
+  excerpt: 'options.maxPayloadBytes (256) may be at most a quarter of options.ringBufferBytes (1000): raise ringBufferBytes to at least 1024 or lower maxPayloadBytes to 248' });
 add({ call: 'ShardManager.create(options)', inputs: [['undefined', undefined], ['null', null], ['5', 5]], fixture: 'none', run: (_, v) => ShardManager.create(v),
   expect: S('InvalidPolicy', /options must be an object, got /), excerpt: 'options must be an object, got undefined' });
 add({ call: 'ShardProducer.attach(handle)', inputs: [['{}', {}], ['null', null], ['{ core: {} }', { core: {}, maxPayloadBytes: 8 }]], fixture: 'none', run: (_, v) => ShardProducer.attach(v),

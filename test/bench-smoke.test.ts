@@ -46,8 +46,8 @@ describe('bench baselines', () => {
 describe('bench scenarios run (tiny profile)', () => {
   const scenarios = SCENARIOS as Scenario[];
 
-  it('lists the six scenarios of issue #5, the routing scenario of issue #10 and the Redis scenario of issue #11', () => {
-    expect(scenarios.map((s) => s.id)).toEqual(['s1', 's2', 's3', 's4', 's5', 's6', 's7', 's8']);
+  it('lists the six scenarios of issue #5, the routing scenario of issue #10, the Redis scenario of issue #11 and the byte-ring scenario of issue #14', () => {
+    expect(scenarios.map((s) => s.id)).toEqual(['s1', 's2', 's3', 's4', 's5', 's6', 's7', 's8', 's9']);
   });
 
   for (const scenario of scenarios) {
@@ -59,8 +59,9 @@ describe('bench scenarios run (tiny profile)', () => {
       for (const table of result.tables) {
         expect(table.rows.length).toBeGreaterThan(0);
         for (const row of table.rows) {
-          // every row measured something (a positive, finite time), whatever it is
-          const t = (row as unknown as Record<string, number>).ns ?? (row as unknown as Record<string, number>).wallMs;
+          // every row measured something (a positive, finite time, or s9's memory), whatever it is
+          const t = (row as unknown as Record<string, number>).ns ?? (row as unknown as Record<string, number>).wallMs
+            ?? (row as unknown as Record<string, number>).memoryBytes;
           expect(Number.isFinite(t) && t >= 0, `${table.id} ${row.name}`).toBe(true);
         }
         expect(tableMarkdown(table)).toContain('|');

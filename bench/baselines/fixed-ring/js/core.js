@@ -1,0 +1,229 @@
+import { compileAsync, compileSync, instantiate } from './wasm.js';
+import { CLAIM_SKIPPED, CLAIM_START, MAX_LANES, L_SCRATCH, R_RECORDS } from './layout.generated.js';
+import { currentThreadId } from '#platform';
+const PAGE = 65536;
+const MAX_PAGES = 65536; // wasm32: 4 GiB
+export class SharedCore {
+    abi;
+    memory;
+    kind;
+    /** This thread's lane: scratch for staging payloads and batch results. */
+    lane;
+    scratch;
+    scratchBytes;
+    result;
+    /** The first ring index of the records the last claim() handed out. */
+    claimStart = 0;
+    slotStride;
+    recordStride;
+    ringCapacity;
+    u8;
+    u16;
+    u32;
+    i32;
+    /** False when the lane was claimed for this thread by another (see attach). */
+    #ownsLane;
+    // Slot pool, used only by the thread that owns the mapper.
+    #maxSlots = 0;
+    #nextFresh = 0;
+    #free = [];
+    #refs = new Map();
+    constructor(abi, memory, kind, maxSlots, givenLane) {
+        this.abi = abi;
+        this.memory = memory;
+        this.kind = kind;
+        this.#maxSlots = maxSlots;
+        if (abi.attach() !== 0)
+            throw new Error('shard-mapper: the shared memory was never configured');
+        this.#ownsLane = givenLane === undefined;
+        const lane = givenLane ?? abi.laneClaim();
+        if (lane < 0) {
+            throw new Error(`shard-mapper: every lane of the shared memory is taken (${abi.laneCountConfigured()} threads may attach at once, options.maxThreads; ` +
+                'detach() the producers and collectors you no longer use; a worker thread that exits gives its lane back by itself)');
+        }
+        // Say who holds it, so the owning thread can take it back if this thread exits
+        // without detach(). A lane claimed for a thread by its owner (consumers) says nothing.
+        if (this.#ownsLane)
+            abi.laneSetOwner(lane, currentThreadId() + 1);
+        this.lane = lane;
+        this.scratch = abi.laneScratchAddress(lane);
+        this.result = abi.laneResultAddress(lane);
+        this.slotStride = abi.slotAddress(1) - abi.slotAddress(0);
+        this.recordStride = abi.recordStrideBytes();
+        this.ringCapacity = abi.ringCapacityRecords();
+        this.scratchBytes = abi.laneScratchAddress(1) - abi.laneScratchAddress(0) - L_SCRATCH;
+        this.u8 = new Uint8Array(memory.buffer);
+        this.u16 = new Uint16Array(memory.buffer);
+        this.u32 = new Uint32Array(memory.buffer);
+        this.i32 = new Int32Array(memory.buffer);
+    }
+    static #plan(config, abi) {
+        const stride = abi.layoutSlotStride(config.ringCapacity, config.maxPayload);
+        const slotsOffset = abi.layoutSlotsOffset(config.tableCapacity, config.lanes, config.laneBytes);
+        const fit = Math.floor((MAX_PAGES * PAGE - slotsOffset) / stride);
+        const maxSlots = Math.max(0, Math.min(config.maxSlots, fit));
+        if (maxSlots < 1)
+            throw new RangeError(`shard-mapper: one shard needs ${stride} bytes of ring, more than a 4 GiB memory can hold; lower ringBufferCapacity or maxPayloadBytes`);
+        const maximum = Math.min(MAX_PAGES, Math.ceil((slotsOffset + maxSlots * stride) / PAGE));
+        const initial = Math.min(maximum, Math.ceil((slotsOffset + Math.min(maxSlots, Math.max(1, config.initialSlots)) * stride) / PAGE));
+        return { maxSlots, maximum, initial };
+    }
+    static #build(module, config) {
+        // A probe instance over a one-page memory answers the layout questions (pure functions),
+        // so the sizes below come from assembly/layout.ts and nowhere else.
+        const probeMemory = new WebAssembly.Memory({ initial: 1, maximum: 1, shared: config.kind === 'shared' });
+        const plan = SharedCore.#plan(config, instantiate(module, probeMemory));
+        const memory = new WebAssembly.Memory({ initial: plan.initial, maximum: plan.maximum, shared: config.kind === 'shared' });
+        const abi = instantiate(module, memory);
+        abi.configure(config.tableCapacity, plan.maxSlots, config.ringCapacity, config.maxPayload, Math.min(config.lanes, MAX_LANES), config.laneBytes, config.backpressure, config.sampleRate, config.sampleFill);
+        return new SharedCore(abi, memory, config.kind, plan.maxSlots);
+    }
+    static createSync(config) {
+        return SharedCore.#build(compileSync(config.kind), config);
+    }
+    static async create(config) {
+        return SharedCore.#build(await compileAsync(config.kind), config);
+    }
+    /**
+     * Attach from another thread (or again from this one) to an existing memory. With `lane`,
+     * use that lane, claimed for this thread by its owner (who also releases it, even if the
+     * thread dies before it could say which lane it took).
+     */
+    static async attach(handle, lane) {
+        const module = await compileAsync(handle.kind);
+        return new SharedCore(instantiate(module, handle.memory), handle.memory, handle.kind, 0, lane);
+    }
+    static attachSync(handle) {
+        return new SharedCore(instantiate(compileSync(handle.kind), handle.memory), handle.memory, handle.kind, 0);
+    }
+    handle() {
+        return { memory: this.memory, kind: this.kind };
+    }
+    /**
+     * Take up to `max` published records of a slot's ring for this thread (its one consumer):
+     * returns how many, from ring index `claimStart`; read them in place, then acknowledge with
+     * `abi.ringAck`. Padding a dead producer left (see StallWatchdog) is acknowledged unread on
+     * the way, so callers only ever see records.
+     */
+    claim(slot, max) {
+        for (;;) {
+            const n = this.abi.ringClaim(slot, max, this.result);
+            if (n === 0)
+                return 0;
+            this.claimStart = this.u32[(this.result + CLAIM_START) >>> 2];
+            if (this.u32[(this.result + CLAIM_SKIPPED) >>> 2] === 0)
+                return n;
+            this.abi.ringAck(slot, this.claimStart, n, 0);
+        }
+    }
+    /** Give the lane back; the core must not be used afterwards. */
+    detach() {
+        if (this.#ownsLane)
+            this.abi.laneRelease(this.lane);
+    }
+    /** Give back every lane the exited worker thread `threadId` had claimed for itself. */
+    releaseLanesOf(threadId) {
+        const abi = this.abi;
+        let released = 0;
+        for (let lane = 0; lane < abi.laneCountConfigured(); lane++) {
+            if (abi.laneIsClaimed(lane) && abi.laneOwner(lane) === threadId + 1) {
+                abi.laneRelease(lane);
+                released++;
+            }
+        }
+        return released;
+    }
+    /** Byte address of ring record `index` (its header; the payload follows) in the slot at `slotBase`. */
+    recordAt(slotBase, index) {
+        return slotBase + R_RECORDS + (index & (this.ringCapacity - 1)) * this.recordStride;
+    }
+    /** The end of the slot's records: views must reach this far before records are read. */
+    recordsEnd(slotBase) {
+        return slotBase + R_RECORDS + this.ringCapacity * this.recordStride;
+    }
+    /**
+     * Growth protocol: memory only grows, and only on the owning thread. Every thread calls
+     * this before touching an address beyond its views; shared views stay valid (just short),
+     * a non-shared buffer is replaced, so views are re-made from `memory.buffer`.
+     *
+     * Cheap guard for hot paths: re-make the views only when they are detached (a non-shared
+     * memory grew) or shorter than `end`. Reading `memory.buffer` costs tens of nanoseconds on
+     * a shared memory, so it is not done per call.
+     */
+    ensureViews(end = 0) {
+        if (this.u8.length === 0 || end > this.u8.length)
+            this.refreshViews();
+    }
+    refreshViews() {
+        const buffer = this.memory.buffer;
+        if (this.u8.buffer !== buffer || this.u8.length !== buffer.byteLength) {
+            this.u8 = new Uint8Array(buffer);
+            this.u16 = new Uint16Array(buffer);
+            this.u32 = new Uint32Array(buffer);
+            this.i32 = new Int32Array(buffer);
+        }
+    }
+    /** Select the shard of `n` hashes into `out` through the live table: one WebAssembly call
+     *  per chunk of this thread's scratch (4 bytes in and 2 out per hash). */
+    selectBatch(hashes, n, out) {
+        const chunk = Math.floor(this.scratchBytes / 6) & ~7;
+        const src = this.scratch;
+        const dst = src + chunk * 4;
+        for (let i = 0; i < n; i += chunk) {
+            const m = Math.min(chunk, n - i);
+            this.u32.set(hashes.subarray(i, i + m), src >>> 2);
+            this.abi.selectBatch(src, dst, m);
+            out.set(this.u16.subarray(dst >>> 1, (dst >>> 1) + m), i);
+        }
+    }
+    get maxSlots() {
+        return this.#maxSlots;
+    }
+    /** Whether `count` more slots can be allocated right now. */
+    canAllocate(count) {
+        return this.#free.length + (this.#maxSlots - this.#nextFresh) >= count;
+    }
+    /** A slot for a new shard, initialised, with one reference; -1 when the pool is exhausted. */
+    allocSlot(capacity) {
+        let slot = this.#free.shift();
+        if (slot === undefined) {
+            if (this.#nextFresh >= this.#maxSlots)
+                return -1;
+            slot = this.#nextFresh++;
+            const end = this.abi.slotAddress(slot) + this.slotStride;
+            const have = this.memory.buffer.byteLength;
+            if (end > have) {
+                // Grow by a quarter at least, so a burst of scale-ups does not grow page by page;
+                // fall back to the exact need when the maximum is close.
+                try {
+                    this.memory.grow(Math.ceil((Math.max(end, have * 1.25) - have) / PAGE));
+                }
+                catch {
+                    this.memory.grow(Math.ceil((end - have) / PAGE));
+                }
+                this.refreshViews();
+            }
+        }
+        this.abi.slotInit(slot, capacity >>> 0);
+        this.#refs.set(slot, 1);
+        return slot;
+    }
+    /** Hold a slot for one more user (e.g. a consumer that still reads it). */
+    retainSlot(slot) {
+        const n = this.#refs.get(slot);
+        if (n !== undefined)
+            this.#refs.set(slot, n + 1);
+    }
+    /** Drop one reference; the last one returns the slot to the pool for reuse. */
+    releaseSlot(slot) {
+        const n = this.#refs.get(slot);
+        if (n === undefined)
+            return;
+        if (n > 1)
+            this.#refs.set(slot, n - 1);
+        else {
+            this.#refs.delete(slot);
+            this.#free.push(slot);
+        }
+    }
+}

@@ -1,0 +1,64 @@
+/** A scaling call that was refused. Nothing was changed when one is thrown. */
+export class ScalingError extends Error {
+    kind;
+    constructor(kind, message) {
+        super(message);
+        this.name = 'ScalingError';
+        this.kind = kind;
+    }
+}
+/** A push refused under the `failProducer` backpressure mode: the target ring was full. */
+export class BackpressureError extends Error {
+    shardId;
+    /** For `pushBatch`: how many events of the batch were accepted before this one. */
+    accepted;
+    constructor(message, shardId, accepted = 0) {
+        super(message);
+        this.name = 'BackpressureError';
+        this.shardId = shardId;
+        this.accepted = accepted;
+    }
+}
+/** Shorthand for an argument error (kind InvalidPolicy), which always names the argument. */
+export function invalid(message) {
+    return new ScalingError('InvalidPolicy', message);
+}
+export function describe(value) {
+    if (typeof value === 'string')
+        return JSON.stringify(value);
+    if (typeof value === 'bigint')
+        return `${value}n`;
+    if (value === null || value === undefined || typeof value === 'number' || typeof value === 'boolean')
+        return String(value);
+    return `a ${Array.isArray(value) ? 'array' : typeof value}`;
+}
+/** An integer count or id in [min, max], or a ScalingError naming `name`. */
+export function checkInteger(name, value, min, max) {
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+        throw invalid(`${name} must be an integer in [${min}, ${max}], got ${describe(value)}`);
+    }
+    return value;
+}
+/** An option's value, or `fallback` when it is absent (null is a value, refused by the checks). */
+export function given(value, fallback) {
+    return value === undefined ? fallback : value;
+}
+/** A finite number ≥ min (or > min when `exclusive`), as options of durations are. */
+export function checkFinite(name, value, min, exclusive = false) {
+    if (typeof value !== 'number' || !Number.isFinite(value) || (exclusive ? value <= min : value < min)) {
+        throw invalid(`${name} must be a finite number ${exclusive ? '>' : '>='} ${min}, got ${describe(value)}`);
+    }
+    return value;
+}
+export function checkFunction(name, value) {
+    if (typeof value !== 'function')
+        throw invalid(`${name} must be a function, got ${describe(value)}`);
+    return value;
+}
+/** A push or an operator call on a ShardManager (or Redis node) after close(). */
+export class ManagerClosedError extends Error {
+    constructor(method = 'push') {
+        super(`shard-mapper: ${method}: the manager is closed`);
+        this.name = 'ManagerClosedError';
+    }
+}

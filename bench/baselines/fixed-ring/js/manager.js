@@ -1,0 +1,678 @@
+// ShardManager: the runtime around a ShardMapper. Owns one ring per shard in the shared
+// memory, routes pushes through the mapper's table, runs the scaling loop, and moves a
+// shard through Provisioning → Active → Draining → Stopped → removed without losing or
+// duplicating an accepted event.
+import { SharedCore } from './core.js';
+import { ConsumerPool } from './consumer-pool.js';
+import { ManagerClosedError, ScalingError, checkFinite, checkFunction, checkInteger, describe, given, invalid } from './errors.js';
+import { ShardMapper, ShardState, WIRING } from './mapper.js';
+import { resolvePolicy } from './policy.js';
+import { checkLoadBound, checkRouting, tableCapacity } from './routing.js';
+import { ShardProducer } from './producer.js';
+import { Total, TOTALS } from './abi.js';
+import { StallWatchdog } from './stall-watchdog.js';
+import { RecordBatch } from './record-batch.js';
+import { checkMemoryKind, compileAsync } from './wasm.js';
+import { cpuCount, onThreadExit } from '#platform';
+import { createWritable, createWritableStream, shardBatches } from './streams.js';
+import { BP_DROP_NEWEST, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE, REC_LEN, REC_PAYLOAD, MAX_LANES, DEFAULT_LANE_BYTES, } from './layout.generated.js';
+export const BackpressureMode = {
+    DropNewest: Object.freeze({ kind: 'dropNewest' }),
+    DropOldest: Object.freeze({ kind: 'dropOldest' }),
+    FailProducer: Object.freeze({ kind: 'failProducer' }),
+    /** Past the fill threshold keep 1 event in `rate`; when full, drop the newest. */
+    sample: (rate) => ({ kind: 'sample', rate }),
+};
+/** The routing mode ShardManager uses when `options.routing` is not given (README: Routing modes). */
+export const MANAGER_DEFAULT_ROUTING = 'balanced';
+const DEFAULT_MAX_PAYLOAD = 256;
+const MAX_PAYLOAD_LIMIT = 16 * 1024 * 1024;
+const MAX_RING_CAPACITY = 1 << 24;
+const DEFAULT_MAX_THREADS = 64;
+const DEFAULT_PRODUCER_STALL_MS = 1000;
+const DEFAULT_CONSUMER_STALL_MS = 10_000;
+const WAIT_STEP_MS = 2;
+const NONE = Object.freeze({ kind: 'none' });
+function backpressureCode(mode) {
+    if (typeof mode !== 'object' || mode === null)
+        throw invalid(`options.backpressure must be a BackpressureMode, got ${describe(mode)}`);
+    switch (mode.kind) {
+        case 'dropNewest': return { code: BP_DROP_NEWEST, rate: 1 };
+        case 'dropOldest': return { code: BP_DROP_OLDEST, rate: 1 };
+        case 'failProducer': return { code: BP_FAIL_PRODUCER, rate: 1 };
+        case 'sample': return { code: BP_SAMPLE, rate: checkInteger('options.backpressure.rate', mode.rate, 1, 0xffffffff) };
+        default: throw invalid(`options.backpressure.kind must be dropNewest, dropOldest, failProducer or sample, got ${describe(mode.kind)}`);
+    }
+}
+const nextPowerOfTwo = (n) => 2 ** Math.ceil(Math.log2(Math.max(1, n)));
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+export class ShardManager {
+    mapper;
+    /** Records per ring (ringBufferCapacity rounded up to a power of two). */
+    ringCapacity;
+    maxPayloadBytes;
+    backpressure;
+    /** 'shared' when worker threads can attach; 'single' in the one-thread fallback. */
+    memoryKind;
+    #core;
+    #producer;
+    #clock;
+    #onEvent;
+    #onConsumerError;
+    #pool;
+    #slots = new Map(); // live shard id → slot
+    #retired = new Array(TOTALS).fill(0); // totals of removed shards, indexed by Total
+    #watchdog;
+    #consumerStallMs;
+    #stopWatchingThreads;
+    #timer;
+    #closed = false;
+    #closing;
+    /** Reused by pollBatch. */
+    #pollBatch;
+    constructor(parts) {
+        const { options, core, pool } = parts;
+        this.#core = core;
+        this.#pool = pool;
+        this.#clock = options.clock ?? (() => performance.now());
+        this.#onEvent = options.onEvent;
+        this.#onConsumerError = options.onConsumerError;
+        this.ringCapacity = parts.ringCapacity;
+        this.maxPayloadBytes = parts.maxPayload;
+        this.backpressure = Object.freeze({ ...parts.backpressure });
+        this.memoryKind = parts.kind;
+        this.#producer = new ShardProducer(core, parts.maxPayload, false);
+        this.#watchdog = new StallWatchdog(core.abi, this.#clock, parts.producerStallMs);
+        this.#consumerStallMs = parts.consumerStallMs;
+        // Lanes of producer and collector threads that exit without detach() come back.
+        this.#stopWatchingThreads = onThreadExit((threadId) => core.releaseLanesOf(threadId));
+        const wiring = {
+            core,
+            assertOpen: (method) => this.#assertOpen(method), // scale-ups through manager.mapper after close()
+            onAllocated: (id, slot) => {
+                // The consumer is in place before the shard can be routed to (Active comes later,
+                // or, for scaleUp's Active shards, right after this returns).
+                this.#slots.set(id, slot);
+                this.#pool?.assign(id, slot);
+                this.#emit({ type: 'shardProvisioned', shardId: id, at: this.#clock() });
+            },
+            onActivated: (id) => this.#emit({ type: 'shardActivated', shardId: id, at: this.#clock() }),
+            onDraining: (id, slot) => {
+                core.abi.ringClose(slot); // the table was rebuilt first: producers re-select
+                this.#emit({ type: 'shardDraining', shardId: id, at: this.#clock() });
+            },
+            onStopped: (id) => this.#emit({ type: 'shardStopped', shardId: id, at: this.#clock() }),
+            onRemoved: (id, slot) => {
+                for (let k = 0; k < this.#retired.length; k++)
+                    this.#retired[k] += core.abi.total(slot, k);
+                this.#slots.delete(id);
+                this.#watchdog.forget(slot);
+                this.#pool?.release(id);
+                this.#emit({ type: 'shardRemoved', shardId: id, at: this.#clock() });
+            },
+        };
+        this.mapper = new ShardMapper(parts.initialShards, parts.ringCapacity, parts.policy, {
+            clock: this.#clock, drainGraceMs: options.drainGraceMs, memory: parts.kind, [WIRING]: wiring,
+            routing: parts.routing, loadBound: parts.loadBound,
+        });
+    }
+    /** Create a manager (and its consumer threads, when `options.consumer` is given). */
+    static async create(options) {
+        if (typeof options !== 'object' || options === null)
+            throw invalid(`options must be an object, got ${describe(options)}`);
+        const initialShards = checkInteger('options.initialShards', options.initialShards, 0, 0xffff);
+        const requested = checkInteger('options.ringBufferCapacity', options.ringBufferCapacity, 1, MAX_RING_CAPACITY);
+        const maxPayload = checkInteger('options.maxPayloadBytes', given(options.maxPayloadBytes, DEFAULT_MAX_PAYLOAD), 1, MAX_PAYLOAD_LIMIT);
+        const backpressure = given(options.backpressure, BackpressureMode.FailProducer);
+        const bp = backpressureCode(backpressure);
+        const policy = resolvePolicy(options.policy, initialShards);
+        const routing = options.routing === undefined ? MANAGER_DEFAULT_ROUTING : checkRouting('options.routing', options.routing);
+        const loadBound = checkLoadBound('options.loadBound', options.loadBound);
+        const defaultSlots = Math.min(0xffff, Math.max(2 * policy.maxShards, policy.maxShards + 16, initialShards));
+        const maxSlots = checkInteger('options.maxSlots', given(options.maxSlots, defaultSlots), Math.max(1, initialShards), 0xffff);
+        const kind = checkMemoryKind(options.memory);
+        if (options.clock !== undefined)
+            checkFunction('options.clock', options.clock);
+        if (options.drainGraceMs !== undefined)
+            checkFinite('options.drainGraceMs', options.drainGraceMs, 0);
+        const producerStallMs = checkFinite('options.producerStallMs', given(options.producerStallMs, DEFAULT_PRODUCER_STALL_MS), 0);
+        for (const name of ['onEvent', 'onConsumerError']) {
+            if (options[name] !== undefined)
+                checkFunction(`options.${name}`, options[name]);
+        }
+        let threads = 0;
+        let batchSize = 0;
+        let consumerStallMs = DEFAULT_CONSUMER_STALL_MS;
+        if (options.consumer !== undefined) {
+            const c = options.consumer;
+            if (typeof c !== 'object' || c === null || (c.worker === undefined && typeof c.module !== 'string' && !(c.module instanceof URL))) {
+                throw invalid(`options.consumer.module must be a path or URL, got ${describe(c?.module)}`);
+            }
+            if (c.worker !== undefined && (typeof c.worker !== 'function' || c.module !== undefined)) {
+                throw invalid(`options.consumer.worker must be a function returning a Worker, given instead of options.consumer.module, got ${describe(c.worker)}`);
+            }
+            if (kind !== 'shared')
+                throw invalid('options.consumer needs shared memory (SharedArrayBuffer); in the single-thread fallback consume with poll()');
+            threads = checkInteger('options.consumer.threads', given(c.threads, cpuCount()), 1, MAX_LANES - 2);
+            batchSize = checkInteger('options.consumer.batchSize', given(c.batchSize, 256), 1, MAX_RING_CAPACITY);
+            consumerStallMs = checkFinite('options.consumer.stallMs', given(c.stallMs, DEFAULT_CONSUMER_STALL_MS), 0, true);
+            if (c.batch !== undefined && typeof c.batch !== 'boolean')
+                throw invalid(`options.consumer.batch must be a boolean, got ${describe(c.batch)}`);
+        }
+        // One lane per attached thread: this one, each consumer thread, each producer thread.
+        const maxThreads = checkInteger('options.maxThreads', given(options.maxThreads, Math.max(DEFAULT_MAX_THREADS, threads + 8)), threads + 1, MAX_LANES);
+        // At least 2: with one record the sequence word of a published record (index + 1)
+        // equals the free mark of the next index, so a second push would overwrite the first.
+        const ringCapacity = nextPowerOfTwo(Math.max(2, requested));
+        await compileAsync(kind);
+        const core = SharedCore.createSync({
+            kind, tableCapacity: tableCapacity(routing, policy.maxShards), maxSlots, initialSlots: initialShards, ringCapacity, maxPayload,
+            lanes: maxThreads, laneBytes: Math.max(DEFAULT_LANE_BYTES, 2 * (maxPayload + 64)), backpressure: bp.code,
+            sampleRate: bp.rate, sampleFill: policy.fillRatioThreshold,
+        });
+        let self;
+        const pool = threads > 0
+            ? await ConsumerPool.start(core, options.consumer, threads, batchSize, {
+                onError: (error, shardId) => { if (self)
+                    self.#consumerError(error, shardId); },
+                onWorkerExit: (worker, exitCode, rewound) => { if (self)
+                    self.#emit({ type: 'consumerRestarted', worker, exitCode, rewound, at: self.#clock() }); },
+                onRestartFailed: (error) => { if (self)
+                    self.#emit({ type: 'tickError', error, at: self.#clock() });
+                else
+                    console.error(error); },
+                onStalled: (worker) => { if (self)
+                    self.#emit({ type: 'consumerStalled', worker, at: self.#clock() }); },
+            })
+            : undefined;
+        self = new ShardManager({ options, core, pool, policy, initialShards, ringCapacity, maxPayload, backpressure, kind, producerStallMs, consumerStallMs, routing, loadBound });
+        return self;
+    }
+    #emit(event) {
+        if (!this.#onEvent)
+            return;
+        try {
+            this.#onEvent(event);
+        }
+        catch (error) {
+            console.error('shard-mapper: onEvent threw', error);
+        }
+    }
+    #consumerError(error, shardId) {
+        this.#emit({ type: 'consumerError', shardId, error, at: this.#clock() });
+        if (this.#onConsumerError)
+            this.#onConsumerError(error, shardId);
+        else
+            console.error(`shard-mapper: consumer of shard ${shardId} threw; the batch will be retried:`, error);
+    }
+    #assertOpen(method) {
+        if (this.#closed)
+            throw new ManagerClosedError(method);
+    }
+    #slotFor(method, id) {
+        if (typeof id !== 'number' || !Number.isInteger(id))
+            throw invalid(`${method}: shard id must be an integer, got ${describe(id)}`);
+        const slot = this.#slots.get(id);
+        if (slot === undefined)
+            throw invalid(`${method}: unknown shard ${id}`);
+        return slot;
+    }
+    // ---- producing ------------------------------------------------------------------------
+    /**
+     * Route an event (a uint32 hash, or a string/bytes key hashed with hashKey) and append it
+     * to that shard's ring, in one WebAssembly call. `true` when accepted; `false` when dropped
+     * by backpressure or unrouted (no Active shard). Throws BackpressureError under
+     * failProducer when the ring is full, and ManagerClosedError after close().
+     */
+    push(key, payload) {
+        return this.#producer.push(key, payload);
+    }
+    pushBatch(keysOrEvents, payloads) {
+        return payloads === undefined
+            ? this.#producer.pushBatch(keysOrEvents)
+            : this.#producer.pushBatch(keysOrEvents, payloads);
+    }
+    /** Push fixed-size binary records in bulk, the fastest path (see ShardProducer.pushFixed). */
+    pushFixed(hashes, records, recordSize) {
+        return this.#producer.pushFixed(hashes, records, recordSize);
+    }
+    /** What a worker thread passes to `ShardProducer.attach` to push into these rings. */
+    producerHandle() {
+        if (this.memoryKind !== 'shared')
+            throw new Error('producerHandle: the single-thread fallback cannot share its memory with workers');
+        return { core: this.#core.handle(), maxPayloadBytes: this.maxPayloadBytes };
+    }
+    // ---- consuming ------------------------------------------------------------------------
+    /** Take up to `max` records of a shard, in push order (copies; they count as delivered). */
+    poll(shardId, max = this.ringCapacity) {
+        const slot = this.#slotFor('poll', shardId);
+        checkInteger('max', max, 1, Number.MAX_SAFE_INTEGER);
+        if (this.#pool?.owns(shardId))
+            throw new Error(`poll: shard ${shardId} is consumed by worker threads (options.consumer); a ring has one consumer at a time`);
+        const core = this.#core;
+        const out = [];
+        const base = core.abi.slotAddress(slot);
+        this.#watchStalls([slot]);
+        while (out.length < max) {
+            const n = core.claim(slot, Math.min(max - out.length, this.ringCapacity));
+            if (n === 0)
+                break;
+            const start = core.claimStart;
+            core.ensureViews(core.recordsEnd(base));
+            for (let k = 0; k < n; k++) {
+                const at = core.recordAt(base, start + k);
+                const len = core.u32[(at + REC_LEN) >>> 2];
+                out.push(core.u8.slice(at + REC_PAYLOAD, at + REC_PAYLOAD + len));
+            }
+            core.abi.ringAck(slot, start, n, n);
+        }
+        return out;
+    }
+    /**
+     * Copy up to `lengths.length` records of a shard, in push order, back to back into
+     * `target` (record i's length in `lengths[i]`), and return how many it took (0: the ring
+     * is empty). What it returns counts as delivered. It takes as many whole records as fit;
+     * if not even the next record fits it throws a RangeError and takes nothing. Allocates
+     * nothing for records up to 64 bytes (larger ones are copied through one short-lived view).
+     */
+    pollInto(shardId, target, lengths) {
+        const slot = this.#slotFor('pollInto', shardId);
+        if (!(target instanceof Uint8Array))
+            throw invalid(`pollInto: target must be a Uint8Array, got ${describe(target)}`);
+        if (!(lengths instanceof Uint32Array))
+            throw invalid(`pollInto: lengths must be a Uint32Array, got ${describe(lengths)}`);
+        if (target.length === 0)
+            throw new RangeError('pollInto: target is empty (0 bytes): it must hold at least one record');
+        if (lengths.length === 0)
+            throw new RangeError('pollInto: lengths is empty: its length is the most records to take, so at least 1');
+        if (this.#pool?.owns(shardId))
+            throw new Error(`pollInto: shard ${shardId} is consumed by worker threads (options.consumer); a ring has one consumer at a time`);
+        const core = this.#core;
+        const abi = core.abi;
+        const base = abi.slotAddress(slot);
+        this.#watchStalls([slot]);
+        let count = 0;
+        let at = 0;
+        while (count < lengths.length) {
+            const n = core.claim(slot, Math.min(lengths.length - count, this.ringCapacity));
+            if (n === 0)
+                break;
+            const start = core.claimStart;
+            core.ensureViews(core.recordsEnd(base));
+            const u8 = core.u8;
+            const u32 = core.u32;
+            let k = 0;
+            for (; k < n; k++) {
+                const rec = core.recordAt(base, start + k);
+                const len = u32[(rec + REC_LEN) >>> 2];
+                if (at + len > target.length)
+                    break;
+                const from = rec + REC_PAYLOAD;
+                if (len <= 64)
+                    for (let b = 0; b < len; b++)
+                        target[at + b] = u8[from + b];
+                else
+                    target.set(u8.subarray(from, from + len), at);
+                lengths[count + k] = len;
+                at += len;
+            }
+            if (k > 0)
+                abi.ringAck(slot, start, k, k);
+            count += k;
+            if (k < n) {
+                abi.ringRewind(slot); // the records that did not fit go back, first in line
+                if (count === 0) {
+                    const need = u32[(core.recordAt(base, start) + REC_LEN) >>> 2];
+                    throw new RangeError(`pollInto: target has ${target.length} bytes, the next record of shard ${shardId} needs ${need}; nothing was taken`);
+                }
+                break;
+            }
+        }
+        return count;
+    }
+    /**
+     * Hand the next batch of a shard's records (at most `max`) to `consume` as one RecordBatch
+     * read in place, and acknowledge it when `consume` returns; returns how many records it
+     * delivered (0: the ring was empty; `consume` is not called). `consume` must be
+     * synchronous and must not keep the batch; if it throws, the records stay first in line
+     * and the error is rethrown.
+     */
+    pollBatch(shardId, consume, max = this.ringCapacity) {
+        const slot = this.#slotFor('pollBatch', shardId);
+        if (typeof consume !== 'function')
+            throw invalid(`pollBatch: consume must be a function (batch, shardId) => void, got ${describe(consume)}`);
+        checkInteger('max', max, 1, Number.MAX_SAFE_INTEGER);
+        if (this.#pool?.owns(shardId))
+            throw new Error(`pollBatch: shard ${shardId} is consumed by worker threads (options.consumer); a ring has one consumer at a time`);
+        const core = this.#core;
+        const abi = core.abi;
+        const base = abi.slotAddress(slot);
+        this.#watchStalls([slot]);
+        const n = core.claim(slot, Math.min(max, this.ringCapacity));
+        if (n === 0)
+            return 0;
+        const start = core.claimStart;
+        core.ensureViews(core.recordsEnd(base));
+        const batch = (this.#pollBatch ??= new RecordBatch(Math.min(max, this.ringCapacity), core.recordStride, core.recordStride - REC_PAYLOAD));
+        batch.fill(shardId, core.u8, core.u32, base, this.ringCapacity, start, n);
+        let result;
+        try {
+            result = consume(batch, shardId);
+        }
+        catch (error) {
+            abi.ringRewind(slot);
+            throw error;
+        }
+        if (result !== null && typeof result === 'object' && typeof result.then === 'function') {
+            abi.ringRewind(slot);
+            throw new TypeError('pollBatch: consume returned a promise; it must be synchronous (the batch is only valid during the call). The records were not taken; use options.consumer for asynchronous consumers');
+        }
+        abi.ringAck(slot, start, n, n);
+        return n;
+    }
+    /** Records in a shard's ring (accepted, not yet acknowledged). */
+    ringLength(shardId) {
+        return this.#core.abi.ringLen(this.#slotFor('ringLength', shardId)) >>> 0;
+    }
+    /** Totals since creation (they never go down when shards are removed) and per-shard figures. */
+    stats() {
+        const abi = this.#core.abi;
+        const totals = [...this.#retired];
+        const shards = [];
+        for (const [id, slot] of this.#slots) {
+            const t = Array.from({ length: TOTALS }, (_, k) => abi.total(slot, k));
+            for (let k = 0; k < totals.length; k++)
+                totals[k] += t[k];
+            shards.push({
+                id, state: this.mapper.shardState(id), length: abi.ringLen(slot) >>> 0,
+                pushed: t[Total.Pushed], delivered: t[Total.Delivered],
+                dropped: t[Total.DroppedNewest] + t[Total.Sampled] + t[Total.Refused] + t[Total.Evicted],
+            });
+        }
+        const drops = {
+            newest: totals[Total.DroppedNewest], oldest: totals[Total.Evicted],
+            sampled: totals[Total.Sampled], refused: totals[Total.Refused],
+        };
+        return {
+            pushed: totals[Total.Pushed], delivered: totals[Total.Delivered],
+            dropped: drops.newest + drops.oldest + drops.sampled + drops.refused,
+            unrouted: abi.unroutedTotal(), drops,
+            inFlight: totals[Total.Pushed] - totals[Total.Delivered] - drops.oldest,
+            skipped: totals[Total.Skipped],
+            shards,
+        };
+    }
+    /** Bytes of the WebAssembly memory right now (it grows as shards are added; freed
+     *  shard slots are reused before it grows again). */
+    get memoryBytes() {
+        return this.#core.memory.buffer.byteLength;
+    }
+    /** Consumer threads and the shards each owns ([] without options.consumer); `ready`: its
+     *  module loaded and it consumes (a replacement is alive before it is ready). */
+    consumers() {
+        return this.#pool?.describe() ?? [];
+    }
+    /** End one consumer thread abruptly (as a crash would). A fresh thread takes its shards
+     *  over from their last acknowledgement. */
+    async terminateConsumer(index) {
+        this.#assertOpen('terminateConsumer');
+        if (!this.#pool)
+            throw new RangeError('terminateConsumer: this manager has no consumer threads (options.consumer)');
+        await this.#pool.terminateWorker(index);
+    }
+    // ---- the scaling loop -----------------------------------------------------------------
+    /**
+     * One pass: collectMetrics → evaluateScaling → act (scale-up: Provisioning, consumer
+     * wired, then activate; scale-down: drain) → finalizeDraining → remove Stopped shards
+     * whose ring is empty and acknowledged. Returns the decision. Synchronous.
+     */
+    tick() {
+        if (this.#closed)
+            return NONE;
+        this.#watchStalls();
+        this.#pool?.checkHeartbeats(this.#clock(), this.#consumerStallMs);
+        const mapper = this.mapper;
+        mapper.collectMetrics();
+        const decision = mapper.evaluateScaling();
+        if (decision.kind !== 'none')
+            this.#emit({ type: 'scalingDecision', decision, at: this.#clock() });
+        try {
+            if (decision.kind === 'scaleUp') {
+                this.#activateAll(mapper.scaleUpProvisioning(decision.count));
+            }
+            else if (decision.kind === 'scaleDown') {
+                mapper.scaleDown(decision.count);
+            }
+        }
+        finally {
+            this.#settleDraining();
+        }
+        return decision;
+    }
+    /** Closed, and every reservation published or skipped: no push can still change this ring. */
+    #quiescent(slot) {
+        return this.#core.abi.ringIsClosed(slot) !== 0 && this.#core.abi.ringAllPublished(slot) !== 0;
+    }
+    /** Quiescent and fully acknowledged. */
+    #drained(slot) {
+        return this.#quiescent(slot) && this.#core.abi.ringLen(slot) === 0;
+    }
+    #settleDraining() {
+        const mapper = this.mapper;
+        for (const [id, slot] of this.#slots) {
+            const state = mapper.shardState(id);
+            // A push that reserved before the ring closed may be counted after the drain reset
+            // the counter; once the ring is closed and fully published none can follow.
+            if (state === ShardState.Draining && mapper.metricsCollector(id).pushesSinceDrainStart() > 0 && this.#quiescent(slot)) {
+                mapper.metricsCollector(id).setDraining(true);
+            }
+        }
+        let callbackError;
+        try {
+            mapper.finalizeDraining();
+        }
+        catch (error) {
+            callbackError = { error }; // onShardRemoved threw: the shards are Stopped all the same
+        }
+        for (const [id, slot] of [...this.#slots]) {
+            if (mapper.shardState(id) === ShardState.Stopped && this.#core.abi.ringLen(slot) === 0)
+                mapper.removeSpecificStoppedShard(id);
+        }
+        if (callbackError)
+            throw callbackError.error;
+    }
+    /** Activate every id even if a callback throws on one (none is left Provisioning), then
+     *  rethrow the first callback error. */
+    #activateAll(ids) {
+        let callbackError;
+        for (const id of ids) {
+            try {
+                this.mapper.activate(id);
+            }
+            catch (error) {
+                callbackError ??= { error };
+            }
+        }
+        if (callbackError)
+            throw callbackError.error;
+    }
+    /** Run tick() every policy.metricsWindowMs (the timer does not keep Node alive). */
+    start() {
+        this.#assertOpen('start');
+        if (this.#timer !== undefined)
+            return;
+        this.#timer = setInterval(() => {
+            try {
+                this.tick();
+            }
+            catch (error) {
+                if (this.#onEvent)
+                    this.#emit({ type: 'tickError', error: error, at: this.#clock() });
+                else
+                    console.error('shard-mapper: the scaling loop failed; it keeps running:', error);
+            }
+        }, this.mapper.policy().metricsWindowMs);
+        this.#timer.unref?.();
+    }
+    stop() {
+        if (this.#timer !== undefined)
+            clearInterval(this.#timer);
+        this.#timer = undefined;
+    }
+    // ---- operator calls -------------------------------------------------------------------
+    /** Add one shard now (no cooldown: an operator's call); resolves to its id. */
+    async addShard() {
+        return (await this.manualScaleUp(1))[0];
+    }
+    /** Add n shards with one forced provisioning call, then wire and activate each. */
+    async manualScaleUp(n) {
+        this.#assertOpen('manualScaleUp');
+        checkInteger('n', n, 0, 0xffff);
+        const ids = this.mapper.scaleUpProvisioningForce(n);
+        this.#activateAll(ids);
+        return ids;
+    }
+    /** Start draining a shard: it stops receiving events at once; its ring is delivered. */
+    async drainShard(id) {
+        this.#assertOpen('drainShard');
+        this.mapper.drainSpecific(id);
+    }
+    /** Remove a shard: an Active one is drained first; resolves once it is gone and every
+     *  event it accepted has been delivered. A Provisioning shard is rolled back. */
+    async removeShard(id) {
+        this.#assertOpen('removeShard');
+        this.#slotFor('removeShard', id);
+        const state = this.mapper.shardState(id);
+        if (state === ShardState.Provisioning) {
+            this.mapper.discardProvisioning(id);
+            return;
+        }
+        if (state === ShardState.Active)
+            this.mapper.drainSpecific(id);
+        await this.#awaitRemoval([id]);
+    }
+    /** Drain the n least-loaded Active shards (no cooldown: an operator's call) and resolve
+     *  to their ids once all are removed. Refuses (AtMinShards) to go below minShards. */
+    async manualScaleDown(n) {
+        this.#assertOpen('manualScaleDown');
+        checkInteger('n', n, 0, 0xffff);
+        if (n === 0)
+            return [];
+        const p = this.mapper.policy();
+        const active = this.mapper.activeShardCount();
+        if (active - n < p.minShards) {
+            throw new ScalingError('AtMinShards', `manualScaleDown: ${active} active - ${n} would go below minShards ${p.minShards}`);
+        }
+        const ids = this.mapper.leastLoadedIds(n);
+        for (const id of ids)
+            this.mapper.drainSpecific(id);
+        await this.#awaitRemoval(ids);
+        return ids;
+    }
+    async #awaitRemoval(ids) {
+        const pending = new Set(ids);
+        let callbackError;
+        while (pending.size > 0) {
+            for (const id of [...pending]) {
+                const slot = this.#slots.get(id);
+                if (slot === undefined) {
+                    pending.delete(id);
+                    continue;
+                }
+                const state = this.mapper.shardState(id);
+                if (state === ShardState.Draining && this.#drained(slot)) {
+                    try {
+                        this.mapper.stopDrained(id);
+                    }
+                    catch (error) {
+                        callbackError ??= { error }; // onShardRemoved threw: finish the removal, then report it
+                    }
+                }
+                if (this.mapper.shardState(id) === ShardState.Stopped && this.#core.abi.ringLen(slot) === 0) {
+                    this.mapper.removeSpecificStoppedShard(id);
+                    pending.delete(id);
+                }
+            }
+            if (pending.size > 0) {
+                await sleep(WAIT_STEP_MS);
+                this.#watchStalls([...pending].flatMap((id) => this.#slots.get(id) ?? []));
+            }
+        }
+        if (callbackError)
+            throw callbackError.error;
+    }
+    // ---- shutting down --------------------------------------------------------------------
+    /**
+     * Stop accepting pushes, let the consumer threads take every accepted event, stop the
+     * timer and the threads. Without consumer threads it resolves at once and what is left
+     * in the rings can still be poll()ed.
+     */
+    close() {
+        if (this.#closing)
+            return this.#closing;
+        this.#closed = true;
+        this.stop();
+        this.#stopWatchingThreads();
+        const abi = this.#core.abi;
+        // The flag first, then every ring closed: a producer that read the flag before it was
+        // set and reserves afterwards finds its ring closed, reads the flag again and gets
+        // ManagerClosedError. So every push that returned true reserved before its ring closed,
+        // and the wait below sees its record.
+        abi.stopPushes();
+        for (const slot of this.#slots.values())
+            abi.ringClose(slot);
+        this.#closing = (async () => {
+            const pool = this.#pool;
+            if (!pool)
+                return;
+            for (;;) {
+                this.#watchStalls();
+                let busy = false;
+                for (const slot of this.#slots.values()) {
+                    if (!this.#drained(slot)) {
+                        busy = true;
+                        break;
+                    }
+                }
+                if (!busy)
+                    break;
+                await sleep(WAIT_STEP_MS);
+            }
+            await pool.close();
+        })();
+        return this.#closing;
+    }
+    /** Skip reservations that producers left unwritten for producerStallMs (see StallWatchdog). */
+    /** The poll calls look only at the ring they take from; tick, removal and close at all. */
+    #watchStalls(slots = this.#slots.values()) {
+        for (const { slot, records } of this.#watchdog.check(slots)) {
+            const id = [...this.#slots].find(([, s]) => s === slot)[0];
+            this.#emit({ type: 'producerStallSkipped', shardId: id, records, at: this.#clock() });
+        }
+    }
+    async [Symbol.asyncDispose]() {
+        await this.close();
+    }
+    // ---- streams (src/streams.ts) ---------------------------------------------------------
+    /**
+     * A Node Writable in object mode taking `{ key, payload }` records. While a ring is full
+     * (failProducer) a write waits for room instead of failing, so `write()` returns false once
+     * `highWaterMark` records are held and 'drain' follows when there is room again:
+     * `stream.pipeline(source, manager.writable())` gets backpressure. Records dropped by
+     * dropNewest/sample or unrouted are counted as push() counts them. Node only.
+     */
+    writable(options) {
+        return createWritable(this, () => this.#closed, options);
+    }
+    /** The same as a WHATWG WritableStream (browsers, Deno, Node): a write's promise settles
+     *  once the record is in a ring, and the writer's `ready` waits while the queue is full. */
+    writableStream(options) {
+        return createWritableStream(this, () => this.#closed, options);
+    }
+    /** `for await (const batch of manager.batches(id))`: the shard's records in push order, as
+     *  poll() takes them (they count as delivered). Ends once the manager is closed or the
+     *  shard drained, after every record it accepted was yielded. */
+    batches(shardId, options) {
+        return shardBatches(this, shardId, () => this.#closed, options);
+    }
+}

@@ -1,0 +1,597 @@
+// ShardMapper: shard table, lifecycle, scaling decisions and the selection table.
+// Runs on one thread (the owner); the selection table and collectors it maintains live in
+// shared memory, so producers on other threads route through the same table.
+import { SharedCore } from './core.js';
+import { ScalingError, checkFinite, checkFunction, checkInteger, describe, given, invalid } from './errors.js';
+import { hashKey, hashKeys } from './hash.js';
+import { ShardMetricsCollector } from './metrics.js';
+import { resolvePolicy } from './policy.js';
+import { checkMemoryKind, compileAsync, sharedMemorySupported } from './wasm.js';
+import { DEFAULT_LANE_BYTES, MAX_LANES, NO_SHARD as LAYOUT_NO_SHARD } from './layout.generated.js';
+/** How long a drained shard must stay empty before finalizeDraining stops it (ms). */
+const DEFAULT_DRAIN_GRACE_MS = 100;
+import { checkLoadBound, checkRouting, createTableBuilder, tableCapacity, } from './routing.js';
+/** The "no shard" sentinel (65535), never allocated: selectShard's answer when no shard is Active. */
+export const NO_SHARD = LAYOUT_NO_SHARD;
+/** The highest shard id that is ever allocated. */
+export const MAX_SHARD_ID = 0xfffe;
+export const ShardState = {
+    Provisioning: 'provisioning',
+    Active: 'active',
+    Draining: 'draining',
+    Stopped: 'stopped',
+};
+export const WIRING = Symbol('shard-mapper wiring');
+const NONE = Object.freeze({ kind: 'none' });
+const TWO_POW_MINUS_32 = 2 ** -32;
+/** Candidates are the Active shards whose weight is within this of the lowest (plus a
+ *  hair, so 1.1 vs 1.0 counts as within 0.1 despite binary floating point). */
+const WEIGHT_TOLERANCE = 0.1 + 1e-9;
+/**
+ * Which of `weights` are routing candidates: within 0.1 of the lowest; all of them when
+ * that leaves none (NaN weights). Exported for tests.
+ */
+export function candidateIndexes(weights) {
+    let min = Infinity;
+    for (const w of weights)
+        if (w < min)
+            min = w;
+    const out = [];
+    weights.forEach((w, i) => { if (w - min <= WEIGHT_TOLERANCE)
+        out.push(i); });
+    return out.length > 0 ? out : weights.map((_, i) => i);
+}
+export class ShardMapper {
+    #core;
+    #policy;
+    #clock;
+    #drainGraceMs;
+    #capacity;
+    #wiring;
+    #shards = [];
+    #byId = new Map();
+    #activeCount = 0;
+    #nextId = 0;
+    #lastScalingAt = -Infinity;
+    #onCreated;
+    #onRemoved;
+    // The live selection table, mirrored in this thread's heap for the fastest selectShard.
+    #candidates;
+    #candidateCount = 0;
+    #routing;
+    #loadBound;
+    /** balanced / affinity: builds the slot table (undefined for leastLoaded). */
+    #builder;
+    /** balanced / affinity: id → its table entry (id | slot << 16), filled at each rebuild. */
+    #entryOf;
+    /** balanced / affinity: u32 index of the table this mapper published last (-1: none). */
+    #liveTable = -1;
+    /** Reused by selectShardsForKeys. */
+    #keyHashes = new Uint32Array(256);
+    /**
+     * Synchronous constructor: compiles the WebAssembly module synchronously the first time
+     * (fine in Node and workers; in a browser main thread prefer `await ShardMapper.create`).
+     */
+    constructor(initialShards, ringBufferCapacity, policy, options = {}) {
+        checkInteger('initialShards', initialShards, 0, MAX_SHARD_ID + 1);
+        checkInteger('ringBufferCapacity', ringBufferCapacity, 0, 0xffffffff);
+        if (typeof options !== 'object' || options === null)
+            throw invalid(`options must be an object, got ${describe(options)}`);
+        const clock = checkFunction('options.clock', given(options.clock, () => performance.now()));
+        const grace = checkFinite('options.drainGraceMs', given(options.drainGraceMs, DEFAULT_DRAIN_GRACE_MS), 0);
+        const routing = checkRouting('options.routing', options.routing);
+        const loadBound = checkLoadBound('options.loadBound', options.loadBound);
+        const full = resolvePolicy(policy, initialShards);
+        const capacity = tableCapacity(routing, full.maxShards);
+        const wiring = options[WIRING];
+        const kind = checkMemoryKind(options.memory);
+        this.#wiring = wiring;
+        this.#core = wiring?.core ?? SharedCore.createSync({
+            // A lane for every thread that may attach (collectors in workers); untouched lanes cost
+            // no resident memory.
+            kind, tableCapacity: capacity, maxSlots: MAX_SHARD_ID + 1, initialSlots: initialShards,
+            ringCapacity: 0, maxPayload: 0, lanes: MAX_LANES, laneBytes: DEFAULT_LANE_BYTES, backpressure: 0, sampleRate: 1, sampleFill: 1,
+        });
+        this.#policy = Object.freeze(full);
+        this.#clock = clock;
+        this.#drainGraceMs = grace;
+        this.#capacity = ringBufferCapacity;
+        this.#candidates = new Uint16Array(capacity);
+        this.#routing = routing;
+        this.#loadBound = loadBound;
+        if (routing !== 'leastLoaded') {
+            this.#builder = createTableBuilder(routing, { maxShards: full.maxShards, fillRatioThreshold: full.fillRatioThreshold, loadBound });
+        }
+        if (!this.#core.canAllocate(initialShards)) {
+            throw new ScalingError('ShardCreationFailed', `cannot provision ${initialShards} initial shards: the memory holds ${this.#core.maxSlots}`);
+        }
+        // Initial shards count as activated long ago: no warm-up skip.
+        const initial = this.#allocate(initialShards, ShardState.Active, -Infinity);
+        this.#rebuild();
+        for (const id of initial)
+            this.#wiring?.onActivated(id);
+    }
+    /** Create a mapper; compiles the WebAssembly module without blocking the thread. */
+    static async create(initialShards, ringBufferCapacity, policy, options = {}) {
+        const kind = options?.memory ?? (sharedMemorySupported() ? 'shared' : 'single');
+        if (kind === 'shared' || kind === 'single')
+            await compileAsync(kind);
+        return new ShardMapper(initialShards, ringBufferCapacity, policy, options);
+    }
+    // ---- callbacks ------------------------------------------------------------------------
+    setOnShardCreated(callback) {
+        if (callback !== undefined && typeof callback !== 'function')
+            throw invalid(`onShardCreated must be a function, got ${describe(callback)}`);
+        this.#onCreated = callback;
+    }
+    setOnShardRemoved(callback) {
+        if (callback !== undefined && typeof callback !== 'function')
+            throw invalid(`onShardRemoved must be a function, got ${describe(callback)}`);
+        this.#onRemoved = callback;
+    }
+    /** Runs after the state change is complete; every id gets its call even if one throws,
+     *  then the first error is rethrown to the caller (the mapper itself stays consistent). */
+    #fire(callback, ids) {
+        if (!callback || ids.length === 0)
+            return;
+        let failed = false;
+        let first;
+        for (const id of ids) {
+            try {
+                callback(id);
+            }
+            catch (error) {
+                if (!failed) {
+                    failed = true;
+                    first = error;
+                }
+            }
+        }
+        if (failed)
+            throw first;
+    }
+    // ---- queries --------------------------------------------------------------------------
+    metricsCollector(id) {
+        return this.#byId.get(id)?.collector;
+    }
+    activeShardCount() {
+        return this.#activeCount;
+    }
+    totalShardCount() {
+        return this.#shards.length;
+    }
+    shardState(id) {
+        return this.#byId.get(id)?.state;
+    }
+    activeShardIds() {
+        return this.#shards.filter((s) => s.state === ShardState.Active).map((s) => s.id);
+    }
+    allShardIds() {
+        return this.#shards.filter((s) => s.state !== ShardState.Stopped).map((s) => s.id);
+    }
+    policy() {
+        return this.#policy;
+    }
+    /** The routing mode chosen at creation. */
+    get routing() {
+        return this.#routing;
+    }
+    /** ε of 'affinity' routing (the option's value, or its default, in every mode). */
+    get loadBound() {
+        return this.#loadBound;
+    }
+    /** @internal The slot that holds a shard's metrics and ring. */
+    slotOf(id) {
+        return this.#byId.get(id)?.slot;
+    }
+    /** The last metrics collectMetrics stored for a shard. */
+    lastMetrics(id) {
+        return this.#byId.get(id)?.lastMetrics;
+    }
+    // ---- selection (hot path) -------------------------------------------------------------
+    /** The shard for a uint32 hash (other numbers are reduced with `>>> 0`), or NO_SHARD. */
+    selectShard(hash) {
+        if (typeof hash !== 'number')
+            throw new TypeError(`selectShard: hash must be a number, got ${typeof hash}`);
+        const n = this.#candidateCount;
+        if (n === 0)
+            return NO_SHARD;
+        return this.#candidates[((hash >>> 0) * n * TWO_POW_MINUS_32) | 0];
+    }
+    /** The shard for a u64 hash (reduced modulo 2^64). */
+    selectShardBig(hash) {
+        if (typeof hash !== 'bigint')
+            throw new TypeError(`selectShardBig: hash must be a bigint, got ${typeof hash}`);
+        const n = this.#candidateCount;
+        if (n === 0)
+            return NO_SHARD;
+        return this.#candidates[Number((BigInt.asUintN(64, hash) * BigInt(n)) >> 64n)];
+    }
+    /** Batch form of selectShard: one WebAssembly call per chunk of the scratch size. */
+    selectShards(hashes, out) {
+        if (!(hashes instanceof Uint32Array))
+            throw new TypeError(`selectShards: hashes must be a Uint32Array, got ${describe(hashes)}`);
+        const n = hashes.length;
+        if (out === undefined)
+            out = new Uint16Array(n);
+        else if (!(out instanceof Uint16Array))
+            throw new TypeError(`selectShards: out must be a Uint16Array, got ${describe(out)}`);
+        else if (out.length < n)
+            throw new RangeError(`selectShards: out has ${out.length} entries, needs ${n}`);
+        if (this.#candidateCount === 0) {
+            out.fill(NO_SHARD, 0, n);
+            return out;
+        }
+        this.#core.selectBatch(hashes, n, out);
+        return out;
+    }
+    selectShardForKey(key) {
+        return this.selectShard(hashKey(key));
+    }
+    /** Batch form of selectShardForKey: `out[i]` is the shard for `keys[i]` (see hashKeys). */
+    selectShardsForKeys(keys, out) {
+        if (keys === null || typeof keys !== 'object' || typeof keys.length !== 'number')
+            throw new TypeError(`selectShardsForKeys: keys must be an array of strings or Uint8Arrays, got ${describe(keys)}`);
+        if (out !== undefined && !(out instanceof Uint16Array))
+            throw new TypeError(`selectShardsForKeys: out must be a Uint16Array, got ${describe(out)}`);
+        if (out !== undefined && out.length < keys.length)
+            throw new RangeError(`selectShardsForKeys: out has ${out.length} entries, needs ${keys.length}`);
+        if (this.#keyHashes.length < keys.length)
+            this.#keyHashes = new Uint32Array(Math.max(keys.length, 2 * this.#keyHashes.length));
+        const hashes = hashKeys(keys, this.#keyHashes).subarray(0, keys.length);
+        if (out === undefined)
+            out = new Uint16Array(keys.length);
+        const n = this.#candidateCount;
+        const table = this.#candidates;
+        for (let i = 0; i < hashes.length; i++)
+            out[i] = n === 0 ? NO_SHARD : table[(hashes[i] * n * TWO_POW_MINUS_32) | 0];
+        return out;
+    }
+    /**
+     * Rebuild the selection table (JS mirror and shared copy) from states and weights.
+     * `fresh`: the last metrics are a new window (collectMetrics), not just a state change.
+     */
+    #rebuild(fresh = false) {
+        const active = this.#shards.filter((s) => s.state === ShardState.Active);
+        if (this.#routing !== 'leastLoaded') {
+            this.#rebuildSlots(active, fresh);
+            return;
+        }
+        const chosen = candidateIndexes(active.map((s) => s.weight));
+        const core = this.#core;
+        const base = core.abi.tableBuildAddress() >>> 2;
+        const table = core.u32;
+        for (let i = 0; i < chosen.length; i++) {
+            const shard = active[chosen[i]];
+            this.#candidates[i] = shard.id;
+            table[base + i] = (shard.id | (shard.slot << 16)) >>> 0;
+        }
+        this.#candidateCount = chosen.length;
+        core.abi.tablePublish(chosen.length);
+    }
+    /** balanced / affinity: a table of slots, many of them naming the same shard. */
+    #rebuildSlots(active, fresh) {
+        const input = active.map((s) => ({ id: s.id, metrics: s.lastMetrics }));
+        const ids = this.#builder.build(input, fresh);
+        const changed = this.#builder.changedSlots();
+        const core = this.#core;
+        if (!ids || active.length === 0) {
+            this.#candidateCount = 0;
+            this.#liveTable = -1;
+            core.abi.tablePublish(0);
+            return;
+        }
+        const patch = changed !== null && this.#liveTable >= 0 && this.#candidateCount === ids.length ? changed : null;
+        if (patch !== null && patch.length === 0)
+            return; // the live table stands: nothing to publish
+        const entryOf = this.#entryOf ??= new Uint32Array(MAX_SHARD_ID + 1);
+        for (const s of active)
+            entryOf[s.id] = (s.id | (s.slot << 16)) >>> 0;
+        const build = core.abi.tableBuildAddress() >>> 2;
+        const table = core.u32;
+        if (patch !== null) {
+            // The build buffer is two publishes old: copy the live table into it, then change only
+            // the slots that moved (the live one, this thread's last publish, is never written).
+            table.copyWithin(build, this.#liveTable, this.#liveTable + ids.length);
+            for (const s of patch) {
+                const id = ids[s];
+                this.#candidates[s] = id;
+                table[build + s] = entryOf[id];
+            }
+        }
+        else {
+            this.#candidates.set(ids);
+            for (let i = 0; i < ids.length; i++)
+                table[build + i] = entryOf[ids[i]];
+        }
+        this.#candidateCount = ids.length;
+        core.abi.tablePublish(ids.length);
+        this.#liveTable = build;
+    }
+    // ---- metrics and decisions ------------------------------------------------------------
+    collectMetrics() {
+        const out = [];
+        const { underutilizedThreshold } = this.#policy;
+        for (const shard of this.#shards) {
+            const m = shard.collector.collectAndReset();
+            shard.lastMetrics = m;
+            shard.weight = m.weight;
+            if (m.fillRatio < underutilizedThreshold && m.eventRate === 0)
+                shard.idleSince ??= m.lastUpdated;
+            else
+                shard.idleSince = undefined;
+            out.push(m);
+        }
+        this.#rebuild(true);
+        return out;
+    }
+    #inCooldown(now) {
+        return now - this.#lastScalingAt < this.#policy.cooldownMs;
+    }
+    evaluateScaling() {
+        const p = this.#policy;
+        if (!p.autoScale)
+            return NONE;
+        const now = this.#clock();
+        if (this.#inCooldown(now))
+            return NONE;
+        let overloaded = 0;
+        let underutilized = 0;
+        for (const shard of this.#shards) {
+            if (shard.state !== ShardState.Active || now - shard.activatedAt < p.cooldownMs)
+                continue; // warm-up
+            const m = shard.lastMetrics;
+            if (!m)
+                continue;
+            if (m.fillRatio > p.fillRatioThreshold || m.avgPushLatencyNs > p.pushLatencyThresholdNs || m.avgFlushLatencyUs > p.flushLatencyThresholdUs) {
+                overloaded++;
+            }
+            if (m.fillRatio < p.underutilizedThreshold && m.eventRate === 0 && shard.idleSince !== undefined && now - shard.idleSince >= p.scaleDownDelayMs) {
+                underutilized++;
+            }
+        }
+        const a = this.#activeCount;
+        const half = Math.floor(a / 2);
+        if (overloaded > half && a < p.maxShards) {
+            return { kind: 'scaleUp', count: Math.min(Math.max(Math.floor(overloaded / 2), 1), p.maxShards - a) };
+        }
+        if (underutilized > half && a > p.minShards) {
+            return { kind: 'scaleDown', count: Math.min(Math.max(Math.floor(underutilized / 2), 1), a - p.minShards) };
+        }
+        return NONE;
+    }
+    // ---- scaling up -----------------------------------------------------------------------
+    #checkScaleUp(count, honourCooldown, now) {
+        const p = this.#policy;
+        if (this.#activeCount + count > p.maxShards) {
+            throw new ScalingError('AtMaxShards', `cannot add ${count} shard(s): ${this.#activeCount} active + ${count} would exceed maxShards ${p.maxShards}`);
+        }
+        if (this.#nextId + count - 1 > MAX_SHARD_ID) {
+            throw new ScalingError('AtMaxShards', `cannot add ${count} shard(s): ids would pass ${MAX_SHARD_ID} (next id ${this.#nextId}; ids are never reused)`);
+        }
+        if (honourCooldown && this.#inCooldown(now)) {
+            throw new ScalingError('InCooldown', `cannot scale: the last scaling was ${now - this.#lastScalingAt} ms ago, cooldownMs is ${p.cooldownMs}`);
+        }
+        if (!this.#core.canAllocate(count)) {
+            throw new ScalingError('ShardCreationFailed', `cannot add ${count} shard(s): all ${this.#core.maxSlots} shard slots of the memory are in use (draining or stopped shards not yet removed)`);
+        }
+    }
+    #allocate(count, state, activatedAt) {
+        const ids = [];
+        const made = [];
+        try {
+            for (let i = 0; i < count; i++) {
+                const slot = this.#core.allocSlot(this.#capacity);
+                if (slot < 0)
+                    throw new Error('no free slot');
+                const id = this.#nextId + i;
+                const shard = {
+                    id, slot, state, collector: new ShardMetricsCollector(this.#core, slot, id, this.#clock),
+                    weight: 0, lastMetrics: undefined, activatedAt, drainStartedAt: 0, idleSince: undefined,
+                };
+                made.push(shard);
+            }
+        }
+        catch (error) {
+            for (const s of made)
+                this.#core.releaseSlot(s.slot);
+            throw new ScalingError('ShardCreationFailed', `cannot add ${count} shard(s): ${error.message}`);
+        }
+        this.#nextId += count;
+        for (const shard of made) {
+            this.#shards.push(shard);
+            this.#byId.set(shard.id, shard);
+            if (state === ShardState.Active)
+                this.#activeCount++;
+            ids.push(shard.id);
+            this.#wiring?.onAllocated(shard.id, shard.slot);
+        }
+        return ids;
+    }
+    /** Add `count` Active shards, routable at once. */
+    scaleUp(count) {
+        checkInteger('count', count, 0, MAX_SHARD_ID + 1);
+        if (count === 0)
+            return [];
+        this.#wiring?.assertOpen?.('scaleUp');
+        const now = this.#clock();
+        this.#checkScaleUp(count, true, now);
+        const ids = this.#allocate(count, ShardState.Active, now);
+        this.#lastScalingAt = now;
+        this.#rebuild();
+        for (const id of ids)
+            this.#wiring?.onActivated(id);
+        this.#fire(this.#onCreated, ids);
+        return ids;
+    }
+    /** Add `count` Provisioning shards: ids and collectors, not routable until activate(). */
+    scaleUpProvisioning(count) {
+        return this.#provision(count, true);
+    }
+    /** As scaleUpProvisioning, without the cooldown gate (operator calls); the budget applies. */
+    scaleUpProvisioningForce(count) {
+        return this.#provision(count, false);
+    }
+    #provision(count, honourCooldown) {
+        checkInteger('count', count, 0, MAX_SHARD_ID + 1);
+        if (count === 0)
+            return [];
+        this.#wiring?.assertOpen?.(honourCooldown ? 'scaleUpProvisioning' : 'scaleUpProvisioningForce');
+        const now = this.#clock();
+        this.#checkScaleUp(count, honourCooldown, now);
+        const ids = this.#allocate(count, ShardState.Provisioning, 0);
+        this.#lastScalingAt = now;
+        return ids;
+    }
+    /** Provisioning → Active. `false` if it was already Active. */
+    activate(id) {
+        const shard = this.#shardForCall('activate', id);
+        if (shard.state === ShardState.Active)
+            return false;
+        if (shard.state !== ShardState.Provisioning) {
+            throw invalid(`activate: shard ${id} is ${shard.state}; only a provisioning shard can be activated`);
+        }
+        if (this.#activeCount >= this.#policy.maxShards) {
+            throw new ScalingError('AtMaxShards', `activate: shard ${id} would make ${this.#activeCount + 1} active shards, maxShards is ${this.#policy.maxShards}`);
+        }
+        shard.state = ShardState.Active;
+        shard.activatedAt = this.#clock();
+        this.#activeCount++;
+        this.#rebuild();
+        this.#wiring?.onActivated(id);
+        this.#fire(this.#onCreated, [id]);
+        return true;
+    }
+    #shardForCall(method, id) {
+        if (typeof id !== 'number' || !Number.isInteger(id))
+            throw invalid(`${method}: shard id must be an integer, got ${describe(id)}`);
+        const shard = this.#byId.get(id);
+        if (!shard)
+            throw invalid(`${method}: unknown shard ${id}`);
+        return shard;
+    }
+    // ---- scaling down ---------------------------------------------------------------------
+    drainSpecific(id) {
+        if (this.#activeCount <= this.#policy.minShards) {
+            throw new ScalingError('AtMinShards', `drainSpecific: cannot drain shard ${id}: ${this.#activeCount} active shard(s), minShards is ${this.#policy.minShards}`);
+        }
+        const shard = this.#shardForCall('drainSpecific', id);
+        if (shard.state === ShardState.Draining)
+            return;
+        if (shard.state !== ShardState.Active)
+            throw invalid(`drainSpecific: shard ${id} is ${shard.state}; only an active shard can be drained`);
+        const now = this.#clock();
+        this.#startDrain([shard], now);
+        this.#lastScalingAt = now;
+    }
+    #startDrain(shards, now) {
+        for (const shard of shards) {
+            shard.state = ShardState.Draining;
+            shard.drainStartedAt = now;
+            shard.collector.setDraining(true);
+            this.#activeCount--;
+        }
+        this.#rebuild(); // routing stops before the rings close
+        for (const shard of shards)
+            this.#wiring?.onDraining(shard.id, shard.slot);
+    }
+    /** Drain up to `count` of the least-loaded Active shards, keeping minShards. */
+    scaleDown(count) {
+        checkInteger('count', count, 0, MAX_SHARD_ID + 1);
+        if (count === 0)
+            return [];
+        const p = this.#policy;
+        if (this.#activeCount <= p.minShards) {
+            throw new ScalingError('AtMinShards', `scaleDown: ${this.#activeCount} active shard(s), minShards is ${p.minShards}`);
+        }
+        const now = this.#clock();
+        if (this.#inCooldown(now)) {
+            throw new ScalingError('InCooldown', `cannot scale: the last scaling was ${now - this.#lastScalingAt} ms ago, cooldownMs is ${p.cooldownMs}`);
+        }
+        const chosen = this.#leastLoaded(Math.min(count, this.#activeCount - p.minShards));
+        this.#startDrain(chosen, now);
+        this.#lastScalingAt = now;
+        return chosen.map((s) => s.id);
+    }
+    /** The n Active shards with the lowest last weight (stable: ties keep table order). */
+    #leastLoaded(n) {
+        return this.#shards
+            .filter((s) => s.state === ShardState.Active)
+            .sort((a, b) => weightOrder(a.weight) - weightOrder(b.weight))
+            .slice(0, n);
+    }
+    /** @internal The ids scaleDown(n) would drain now, for operator calls that skip its gates. */
+    leastLoadedIds(n) {
+        return this.#leastLoaded(n).map((s) => s.id);
+    }
+    /** Stop every Draining shard that is empty, saw no push since its drain, and is past the grace. */
+    finalizeDraining() {
+        const now = this.#clock();
+        const stopped = [];
+        for (const shard of this.#shards) {
+            if (shard.state !== ShardState.Draining)
+                continue;
+            const c = shard.collector;
+            if (c.bufferLen() === 0 && c.pushesSinceDrainStart() === 0 && now - shard.drainStartedAt > this.#drainGraceMs) {
+                shard.state = ShardState.Stopped;
+                stopped.push(shard.id);
+            }
+        }
+        for (const id of stopped)
+            this.#wiring?.onStopped(id);
+        this.#fire(this.#onRemoved, stopped);
+        return stopped;
+    }
+    /**
+     * @internal Stop one Draining shard without the grace period. ShardManager calls it once
+     * the shard's ring is closed and every record in it is acknowledged: closing makes late
+     * pushes impossible, which is what the grace period guards against.
+     */
+    stopDrained(id) {
+        const shard = this.#byId.get(id);
+        if (!shard || shard.state !== ShardState.Draining)
+            return false;
+        shard.state = ShardState.Stopped;
+        this.#wiring?.onStopped(id);
+        this.#fire(this.#onRemoved, [id]);
+        return true;
+    }
+    removeSpecificStoppedShard(id) {
+        const shard = this.#byId.get(id);
+        if (!shard || shard.state !== ShardState.Stopped)
+            return false;
+        this.#remove([shard]);
+        return true;
+    }
+    removeStoppedShards() {
+        const stopped = this.#shards.filter((s) => s.state === ShardState.Stopped);
+        this.#remove(stopped);
+        return stopped.map((s) => s.id);
+    }
+    /** @internal Roll back a Provisioning shard (ShardManager.removeShard). */
+    discardProvisioning(id) {
+        const shard = this.#byId.get(id);
+        if (!shard || shard.state !== ShardState.Provisioning)
+            return false;
+        this.#remove([shard]);
+        return true;
+    }
+    #remove(shards) {
+        if (shards.length === 0)
+            return;
+        const gone = new Set(shards);
+        for (let i = this.#shards.length - 1; i >= 0; i--)
+            if (gone.has(this.#shards[i]))
+                this.#shards.splice(i, 1);
+        for (const shard of shards) {
+            this.#byId.delete(shard.id);
+            shard.collector.retire();
+            this.#wiring?.onRemoved(shard.id, shard.slot);
+            this.#core.releaseSlot(shard.slot);
+        }
+    }
+}
+/** NaN weights sort last. */
+function weightOrder(w) {
+    return Number.isNaN(w) ? Infinity : w;
+}

@@ -1,0 +1,81 @@
+// Node side of the platform seam (package.json "imports" → "#platform", condition "node").
+import { availableParallelism } from 'node:os';
+import { resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { Writable } from 'node:stream';
+import { Worker, parentPort, workerData, threadId } from 'node:worker_threads';
+/** This thread's worker_threads id (0 on the main thread). */
+export function currentThreadId() {
+    return threadId;
+}
+// Every worker thread started in this thread after the package was loaded: when one exits,
+// its id goes to the listeners (the managers, which give back the lanes it held).
+const exitListeners = new Set();
+process.on('worker', (worker) => {
+    const id = worker.threadId; // read now: it reads -1 once the thread is gone
+    worker.once('exit', () => { for (const listener of exitListeners)
+        listener(id); });
+});
+/** Call `listener` with the id of each worker thread (started here) that exits; returns an unsubscribe. */
+export function onThreadExit(listener) {
+    exitListeners.add(listener);
+    return () => exitListeners.delete(listener);
+}
+export function cpuCount() {
+    return availableParallelism();
+}
+export function spawnWorker(url, workerData) {
+    return wrap(new Worker(url, { workerData }));
+}
+/** Wrap a worker thread the caller started (options.consumer.worker) and send it its start-up data. */
+export function adoptWorker(candidate, workerData) {
+    if (!(candidate instanceof Worker))
+        throw new TypeError('options.consumer.worker must return a worker_threads Worker');
+    candidate.postMessage({ type: 'init', workerData });
+    return wrap(candidate);
+}
+function wrap(worker) {
+    worker.unref(); // a consumer thread never keeps the process alive on its own
+    return {
+        postMessage: (message) => worker.postMessage(message),
+        onMessage: (fn) => void worker.on('message', fn),
+        onError: (fn) => void worker.on('error', fn),
+        onExit: (fn) => void worker.on('exit', fn),
+        terminate: async () => void (await worker.terminate()),
+    };
+}
+/** A consumer module given as a path (relative to the working directory) or a URL. */
+export function moduleUrl(module) {
+    if (module instanceof URL)
+        return module.href;
+    if (/^(file|data|https?|node):/i.test(module))
+        return module;
+    return pathToFileURL(resolve(module)).href;
+}
+export async function workerEndpoint() {
+    if (!parentPort)
+        throw new Error('shard-mapper: the consumer worker must run in a worker thread');
+    const port = parentPort;
+    const endpoint = (data) => ({ data, post: (m) => port.postMessage(m), onMessage: (fn) => void port.on('message', fn) });
+    const wd = workerData;
+    if (typeof wd === 'object' && wd !== null && 'core' in wd && 'batchSize' in wd)
+        return endpoint(wd);
+    // Started by the application (options.consumer.worker): the data comes as a first message.
+    return new Promise((resolveEndpoint) => {
+        const first = (m) => {
+            if (m?.type !== 'init')
+                return;
+            port.off('message', first);
+            resolveEndpoint(endpoint(m.workerData));
+        };
+        port.on('message', first);
+    });
+}
+/** Let queued messages run: setImmediate is a macrotask without setTimeout's 1 ms floor. */
+export function yieldToEventLoop() {
+    return new Promise((r) => setImmediate(r));
+}
+/** Node's Writable, for manager.writable() (src/streams.ts); browser bundles never load node:stream. */
+export function nodeWritable() {
+    return Writable;
+}

@@ -1,0 +1,134 @@
+// ScalingPolicy: a plain object type plus a namespace of presets and checks.
+import { ScalingError, describe } from './errors.js';
+import { cpuCount } from '#platform';
+const MAX_SHARDS_LIMIT = 65535;
+function defaultForCpus(cpus) {
+    return {
+        fillRatioThreshold: 0.7,
+        pushLatencyThresholdNs: 5,
+        flushLatencyThresholdUs: 1000,
+        minShards: 1,
+        maxShards: cpus,
+        cooldownMs: 1000,
+        scaleDownDelayMs: 10000,
+        underutilizedThreshold: 0.1,
+        metricsWindowMs: 100,
+        autoScale: true,
+    };
+}
+function machineCpus() {
+    return Math.max(1, Math.min(MAX_SHARDS_LIMIT, cpuCount()));
+}
+const isNum = (v) => typeof v === 'number';
+const finiteIn = (lo, loOpen, hi) => (v) => !isNum(v) || !Number.isFinite(v) || (loOpen ? v <= lo : v < lo) || v > hi
+    ? `must be a finite number in ${loOpen ? '(' : '['}${lo}, ${hi}]` : undefined;
+const intMin = (lo) => (v) => !isNum(v) || !Number.isInteger(v) || v < lo ? `must be an integer >= ${lo}` : undefined;
+const positive = (v) => (!isNum(v) || !Number.isFinite(v) || v <= 0 ? 'must be a finite number > 0' : undefined);
+const FIELD_CHECKS = {
+    fillRatioThreshold: finiteIn(0, true, 1),
+    pushLatencyThresholdNs: intMin(0),
+    flushLatencyThresholdUs: intMin(0),
+    minShards: intMin(1),
+    maxShards: (v) => intMin(1)(v) ?? (v > MAX_SHARDS_LIMIT ? `must be <= ${MAX_SHARDS_LIMIT}` : undefined),
+    cooldownMs: positive,
+    scaleDownDelayMs: positive,
+    underutilizedThreshold: finiteIn(0, false, 1),
+    metricsWindowMs: positive,
+    autoScale: (v) => (typeof v !== 'boolean' ? 'must be a boolean' : undefined),
+};
+/** The policy fields, in declaration order. */
+export const POLICY_FIELDS = Object.keys(FIELD_CHECKS);
+function validate(p) {
+    if (typeof p !== 'object' || p === null)
+        throw new ScalingError('InvalidPolicy', `policy must be an object, got ${describe(p)}`);
+    for (const field of POLICY_FIELDS) {
+        const value = p[field];
+        const problem = value === undefined ? 'is missing' : FIELD_CHECKS[field](value);
+        if (problem)
+            throw new ScalingError('InvalidPolicy', `policy.${field} ${problem}, got ${describe(value)}`);
+    }
+    if (p.maxShards < p.minShards) {
+        throw new ScalingError('InvalidPolicy', `policy.maxShards (${p.maxShards}) must be >= policy.minShards (${p.minShards})`);
+    }
+}
+function normalize(p) {
+    const copy = { ...p };
+    // Only numbers are raised: anything else is left for validate() to name.
+    if (isNum(copy.maxShards) && isNum(copy.minShards) && copy.maxShards < copy.minShards)
+        copy.maxShards = copy.minShards;
+    return copy;
+}
+/** Defaults filled in under a partial policy (unknown keys are refused). */
+export function completePolicy(partial, cpus = machineCpus()) {
+    if (partial === undefined)
+        return defaultForCpus(cpus);
+    if (typeof partial !== 'object' || partial === null) {
+        throw new ScalingError('InvalidPolicy', `policy must be an object, got ${describe(partial)}`);
+    }
+    for (const key of Object.keys(partial)) {
+        // own keys only: 'constructor', 'toString'... are found by `in` on the prototype
+        if (!Object.hasOwn(FIELD_CHECKS, key))
+            throw new ScalingError('InvalidPolicy', `policy.${key} is not a policy field (known: ${POLICY_FIELDS.join(', ')})`);
+    }
+    const out = defaultForCpus(cpus);
+    for (const [key, value] of Object.entries(partial))
+        if (value !== undefined)
+            out[key] = value;
+    return out;
+}
+export const ScalingPolicy = {
+    /** The defaults, with maxShards = this machine's CPU count. */
+    default() {
+        return defaultForCpus(machineCpus());
+    },
+    defaultForCpus(cpus) {
+        if (!Number.isInteger(cpus) || cpus < 1 || cpus > MAX_SHARDS_LIMIT) {
+            throw new ScalingError('InvalidPolicy', `cpus must be an integer in [1, ${MAX_SHARDS_LIMIT}], got ${describe(cpus)}`);
+        }
+        return defaultForCpus(cpus);
+    },
+    /** Scale out early and often: many producers, bursts, latency matters most. */
+    highThroughput() {
+        const cpus = machineCpus();
+        return {
+            fillRatioThreshold: 0.6,
+            pushLatencyThresholdNs: 3,
+            flushLatencyThresholdUs: 500,
+            minShards: Math.min(4, cpus),
+            maxShards: Math.min(2 * cpus, MAX_SHARDS_LIMIT),
+            cooldownMs: 500,
+            scaleDownDelayMs: 30000,
+            underutilizedThreshold: 0.05,
+            metricsWindowMs: 50,
+            autoScale: true,
+        };
+    },
+    /** Scale rarely: steady load, shards that are costly to start or stop. */
+    conservative() {
+        return {
+            fillRatioThreshold: 0.8,
+            pushLatencyThresholdNs: 10,
+            flushLatencyThresholdUs: 2000,
+            minShards: 1,
+            maxShards: machineCpus(),
+            cooldownMs: 5000,
+            scaleDownDelayMs: 60000,
+            underutilizedThreshold: 0.05,
+            metricsWindowMs: 200,
+            autoScale: true,
+        };
+    },
+    /** A copy with maxShards raised to minShards if it was lower. */
+    normalize,
+    /** Throws ScalingError('InvalidPolicy') naming the first field that is wrong. */
+    validate,
+};
+/** The policy a mapper runs with: defaults filled in, normalized, maxShards raised to
+ *  initialShards, validated. */
+export function resolvePolicy(partial, initialShards) {
+    const full = normalize(completePolicy(partial));
+    if (isNum(full.maxShards) && full.maxShards < initialShards)
+        full.maxShards = initialShards;
+    validate(full);
+    return full;
+}

@@ -1,0 +1,333 @@
+// Producer: stages an event in this thread's lane and makes the one WebAssembly call that
+// routes it, appends it to the shard's ring and feeds the collector. ShardManager uses one
+// on its own thread; worker threads get theirs with `ShardProducer.attach(handle)`.
+import { BackpressureError, ManagerClosedError, describe } from './errors.js';
+import { hashKey } from './hash.js';
+import { SharedCore } from './core.js';
+import { PUSH_UNROUTED, PUSH_FULL, PUSH_SAMPLED, PUSH_REFUSED, PUSH_STOPPED, L_FAILED_SHARD, L_SCRATCH, BATCH_ACCEPTED, BATCH_STOP, STOP_NONE, STOP_CLOSED, } from './layout.generated.js';
+const encoder = new TextEncoder();
+/** Chrome's TextEncoder.encodeInto refuses views of shared memory (Node's accepts them):
+ *  there, strings are encoded into a private buffer and copied in. */
+const ENCODE_INTO_SHARED = (() => {
+    if (typeof SharedArrayBuffer === 'undefined')
+        return true; // no shared views to refuse
+    try {
+        encoder.encodeInto('a', new Uint8Array(new SharedArrayBuffer(4)));
+        return true;
+    }
+    catch {
+        return false;
+    }
+})();
+/** Words written through a Uint32Array land in WebAssembly's (little-endian) byte order. */
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+/** Payloads up to this size are staged by copyShort. */
+const SHORT_PAYLOAD = 32;
+/**
+ * Stage a short payload at the 4-aligned address `at` of the shared memory, four bytes per
+ * store (TypedArray.prototype.set costs a builtin call, ~10 ns, most of the copy at this
+ * size); the last bytes one by one, so nothing past `len` is written.
+ */
+function copyShort(core, at, payload, len) {
+    const words = core.u32;
+    let w = at >>> 2;
+    let k = 0;
+    for (; k + 4 <= len; k += 4)
+        words[w++] = payload[k] | (payload[k + 1] << 8) | (payload[k + 2] << 16) | (payload[k + 3] << 24);
+    for (; k < len; k++)
+        core.u8[at + k] = payload[k];
+}
+function keyHash(key) {
+    if (typeof key === 'number')
+        return key >>> 0;
+    if (typeof key === 'string' || key instanceof Uint8Array)
+        return hashKey(key);
+    throw new TypeError(`push: key must be a uint32 hash, a string or a Uint8Array, got ${key === null ? 'null' : typeof key}`);
+}
+export class ShardProducer {
+    maxPayloadBytes;
+    #core;
+    #scratch;
+    /** Reused by pushBatch for the hashes of non-numeric keys. */
+    #hashes = new Uint32Array(256);
+    #bounce;
+    #owned;
+    /** @internal */
+    constructor(core, maxPayloadBytes, owned) {
+        this.#core = core;
+        this.maxPayloadBytes = maxPayloadBytes;
+        this.#owned = owned;
+        this.#scratch = core.u8.subarray(core.scratch, core.scratch + core.scratchBytes);
+    }
+    /** Attach from a worker thread; call `detach()` when done to free the lane. */
+    static async attach(handle) {
+        if (typeof handle !== 'object' || handle === null || typeof handle.core !== 'object' || handle.core === null ||
+            !(handle.core.memory instanceof WebAssembly.Memory) || typeof handle.maxPayloadBytes !== 'number') {
+            throw new TypeError(`ShardProducer.attach: handle must be what manager.producerHandle() returns, got ${describe(handle)}`);
+        }
+        return new ShardProducer(await SharedCore.attach(handle.core), handle.maxPayloadBytes, true);
+    }
+    detach() {
+        if (this.#owned)
+            this.#core.detach();
+    }
+    /** The lane's scratch, re-made if a non-shared memory grew (its buffer is replaced). */
+    #view() {
+        const core = this.#core;
+        if (this.#scratch.length === 0) { // detached: only a non-shared memory's growth does that
+            core.refreshViews();
+            this.#scratch = core.u8.subarray(core.scratch, core.scratch + core.scratchBytes);
+        }
+        return this.#scratch;
+    }
+    /** Copy a payload to `at` in the scratch; returns its byte length. Throws, writing nothing
+     *  to any ring, if the payload is empty, too large or not bytes/string. */
+    #stage(payload, at, room, index = -1) {
+        const scratch = this.#view();
+        const max = this.maxPayloadBytes;
+        if (payload instanceof Uint8Array) {
+            const len = payload.length;
+            if (len === 0)
+                throw new RangeError(`${label(index)} is empty`);
+            if (len > max)
+                throw new RangeError(`${label(index)} is ${len} bytes, the maximum is maxPayloadBytes = ${max}`);
+            if (len > room)
+                return -1;
+            if (len <= SHORT_PAYLOAD && (at & 3) === 0 && LITTLE_ENDIAN) {
+                copyShort(this.#core, this.#core.scratch + at, payload, len);
+            }
+            else {
+                scratch.set(payload, at);
+            }
+            return len;
+        }
+        if (typeof payload === 'string') {
+            const n = payload.length;
+            if (n === 0)
+                throw new RangeError(`${label(index)} is empty`);
+            if (n <= room && n <= max) {
+                // Short ASCII strings (the common case) are copied char by char: cheaper than
+                // encodeInto plus a subarray per push. The first non-ASCII char hands over.
+                let i = 0;
+                for (; i < n; i++) {
+                    const c = payload.charCodeAt(i);
+                    if (c >= 0x80)
+                        break;
+                    scratch[at + i] = c;
+                }
+                if (i === n)
+                    return n;
+            }
+            const limit = Math.min(max, room);
+            const r = this.#encode(payload, scratch.subarray(at, at + limit));
+            if (r.read < payload.length) {
+                const bytes = encoder.encode(payload).length;
+                if (bytes > max)
+                    throw new RangeError(`${label(index)} is ${bytes} bytes as UTF-8, the maximum is maxPayloadBytes = ${max}`);
+                return -1; // fits the limit, not the room left in this batch
+            }
+            return r.written;
+        }
+        throw new TypeError(`${label(index)} must be a Uint8Array or a string, got ${payload === null ? 'null' : typeof payload}`);
+    }
+    #encode(text, target) {
+        if (ENCODE_INTO_SHARED || !(target.buffer instanceof SharedArrayBuffer))
+            return encoder.encodeInto(text, target);
+        if (this.#bounce === undefined || this.#bounce.length < target.length)
+            this.#bounce = new Uint8Array(target.length);
+        const r = encoder.encodeInto(text, this.#bounce.subarray(0, target.length));
+        target.set(this.#bounce.subarray(0, r.written));
+        return r;
+    }
+    /**
+     * Route one event and append it. `true`: accepted. `false`: dropped (dropNewest, sample,
+     * or no Active shard: counted as unrouted). Throws BackpressureError under failProducer.
+     */
+    push(key, payload) {
+        const hash = typeof key === 'number' ? key >>> 0 : keyHash(key);
+        const core = this.#core;
+        let len;
+        if (payload instanceof Uint8Array && (len = payload.length) <= SHORT_PAYLOAD && len !== 0 && len <= this.maxPayloadBytes &&
+            LITTLE_ENDIAN && this.#scratch.length !== 0) {
+            // The common small binary event, staged right here (the general path is #stage).
+            copyShort(core, core.scratch, payload, len);
+        }
+        else {
+            len = this.#stage(payload, 0, core.scratchBytes);
+        }
+        const r = core.abi.push(core.lane, hash, len);
+        if (r >= 0)
+            return true;
+        if (r === PUSH_UNROUTED || r === PUSH_FULL || r === PUSH_SAMPLED)
+            return false;
+        return this.#fail(r, 0);
+    }
+    /** Read a batch call's result words: how many it accepted; throws if it stopped early. */
+    #batchAccepted(acceptedBefore, method) {
+        const core = this.#core;
+        const accepted = core.u32[(core.result + BATCH_ACCEPTED) >>> 2];
+        const stop = core.u32[(core.result + BATCH_STOP) >>> 2];
+        if (stop !== STOP_NONE)
+            this.#fail(stop === STOP_CLOSED ? PUSH_STOPPED : PUSH_REFUSED, acceptedBefore + accepted, method);
+        return accepted;
+    }
+    #fail(code, accepted, method = 'push') {
+        if (code === PUSH_STOPPED)
+            throw new ManagerClosedError(method);
+        if (code === PUSH_REFUSED) {
+            const core = this.#core;
+            const shard = core.u32[(core.scratch - L_SCRATCH + L_FAILED_SHARD) >>> 2];
+            throw new BackpressureError(`push refused: shard ${shard}'s ring is full (backpressure failProducer)`, shard, accepted);
+        }
+        throw new Error(`shard-mapper: unexpected push result ${code}`);
+    }
+    pushBatch(keysOrEvents, maybePayloads) {
+        const [keys, payloads] = batchArguments(keysOrEvents, maybePayloads);
+        const n = keys.length;
+        // Nothing may be written if any event is bad. A batch sure to fit one staging chunk is
+        // checked by the staging itself before the one WebAssembly call; a longer one is checked
+        // here first, as its first chunks are pushed before its last ones are staged.
+        let bound = 0; // staged bytes at most (a string's UTF-8 is at most 3 bytes a unit)
+        for (let i = 0; i < n; i++) {
+            const p = payloads[i];
+            bound += 11 + (typeof p === 'string' ? 3 * p.length : (p?.length ?? Infinity));
+        }
+        const oneChunk = bound <= this.#core.scratchBytes; // false for anything odd: checked below
+        for (let i = 0; i < n && !oneChunk; i++) {
+            const p = payloads[i];
+            if (!(p instanceof Uint8Array) && typeof p !== 'string') {
+                throw new TypeError(`pushBatch: payloads[${i}] must be a Uint8Array or a string, got ${p === null ? 'null' : typeof p}`);
+            }
+            if (p.length === 0)
+                throw new RangeError(`pushBatch: payloads[${i}] is empty`);
+            if (p instanceof Uint8Array && p.length > this.maxPayloadBytes) {
+                throw new RangeError(`pushBatch: payloads[${i}] is ${p.length} bytes, the maximum is maxPayloadBytes = ${this.maxPayloadBytes}`);
+            }
+            if (typeof p === 'string' && p.length * 3 > this.maxPayloadBytes) {
+                const bytes = encoder.encode(p).length;
+                if (bytes > this.maxPayloadBytes)
+                    throw new RangeError(`${label(i)} is ${bytes} bytes as UTF-8, the maximum is maxPayloadBytes = ${this.maxPayloadBytes}`);
+            }
+        }
+        let hashes;
+        if (keys instanceof Uint32Array)
+            hashes = keys; // already hashes: no pass over them
+        else {
+            if (this.#hashes.length < n)
+                this.#hashes = new Uint32Array(Math.max(n, 2 * this.#hashes.length));
+            hashes = this.#hashes;
+            for (let i = 0; i < n; i++) {
+                const key = keys[i];
+                if (typeof key !== 'number' && typeof key !== 'string' && !(key instanceof Uint8Array)) {
+                    throw new TypeError(`pushBatch: keys[${i}] must be a uint32 hash, a string or a Uint8Array, got ${key === null ? 'null' : typeof key}`);
+                }
+                hashes[i] = keyHash(key);
+            }
+        }
+        const core = this.#core;
+        const room = core.scratchBytes;
+        let accepted = 0;
+        let i = 0;
+        while (i < n) {
+            this.#view(); // re-makes the core's views too if a non-shared memory grew
+            const words = core.u32;
+            const base = core.scratch >>> 2; // the scratch and every staged header are 4-byte aligned
+            let at = 0;
+            let count = 0;
+            for (; i < n; i++, count++) {
+                if (at + 8 > room)
+                    break;
+                const len = this.#stage(payloads[i], at + 8, room - at - 8, i);
+                if (len < 0)
+                    break;
+                words[base + (at >>> 2)] = hashes[i];
+                words[base + (at >>> 2) + 1] = len;
+                at += 8 + ((len + 3) & ~3);
+            }
+            if (count === 0)
+                throw new RangeError('pushBatch: an event does not fit the lane scratch');
+            const consumed = core.abi.pushBatch(core.lane, count);
+            accepted += this.#batchAccepted(accepted, 'pushBatch');
+            if (consumed !== count)
+                throw new Error('shard-mapper: pushBatch consumed fewer events than staged');
+        }
+        return accepted;
+    }
+    /**
+     * Push fixed-size binary records: `records` holds `hashes.length` records of `recordSize`
+     * bytes back to back. The fastest path: two bulk copies into this thread's lane per
+     * scratch-full and one WebAssembly call, with no per-event JavaScript. Returns how many were
+     * accepted; under failProducer a full ring throws BackpressureError (with `accepted`, the
+     * records before it stay pushed).
+     */
+    pushFixed(hashes, records, recordSize) {
+        if (!(hashes instanceof Uint32Array))
+            throw new TypeError(`pushFixed: hashes must be a Uint32Array, got ${hashes === null ? 'null' : typeof hashes}`);
+        if (!(records instanceof Uint8Array))
+            throw new TypeError(`pushFixed: records must be a Uint8Array, got ${records === null ? 'null' : typeof records}`);
+        if (typeof recordSize !== 'number' || !Number.isInteger(recordSize) || recordSize < 1 || recordSize > this.maxPayloadBytes) {
+            throw new RangeError(`pushFixed: recordSize must be an integer in [1, ${this.maxPayloadBytes}] (maxPayloadBytes), got ${String(recordSize)}`);
+        }
+        const n = hashes.length;
+        if (records.length !== n * recordSize) {
+            throw new RangeError(`pushFixed: records has ${records.length} bytes, ${n} hashes × recordSize ${recordSize} needs ${n * recordSize}`);
+        }
+        const core = this.#core;
+        // per event: a 4-byte hash and the record; the records start 8-aligned after the hashes
+        const chunk = Math.max(1, Math.floor((core.scratchBytes - 8) / (4 + recordSize)));
+        let accepted = 0;
+        for (let i = 0; i < n; i += chunk) {
+            const c = Math.min(chunk, n - i);
+            const recordsOffset = (c * 4 + 7) & ~7;
+            this.#view(); // re-makes the core's views too if a non-shared memory grew
+            core.u32.set(hashes.subarray(i, i + c), core.scratch >>> 2);
+            core.u8.set(records.subarray(i * recordSize, (i + c) * recordSize), core.scratch + recordsOffset);
+            const consumed = core.abi.pushFixedBatch(core.lane, c, recordSize, recordsOffset);
+            accepted += this.#batchAccepted(accepted, 'pushFixed');
+            if (consumed !== c)
+                throw new Error('shard-mapper: pushFixed consumed fewer events than staged');
+        }
+        return accepted;
+    }
+}
+/** How an error names the payload: push's argument, or pushBatch's payloads[index]. */
+function label(index) {
+    return index < 0 ? 'push: payload' : `pushBatch: payloads[${index}]`;
+}
+/** pushBatch's arguments, either form, as (keys, payloads) of equal length; throws on bad shapes. */
+export function batchArguments(keysOrEvents, maybePayloads) {
+    let keys = keysOrEvents;
+    let payloads = maybePayloads;
+    if (maybePayloads === undefined)
+        [keys, payloads] = splitEvents(keysOrEvents);
+    if (keys === null || typeof keys !== 'object' || typeof keys.length !== 'number')
+        throw new TypeError('pushBatch: keys must be an array or a Uint32Array');
+    if (payloads === null || typeof payloads !== 'object' || typeof payloads.length !== 'number')
+        throw new TypeError('pushBatch: payloads must be an array');
+    if (payloads.length !== keys.length)
+        throw new RangeError(`pushBatch: ${keys.length} keys but ${payloads.length} payloads`);
+    return [keys, payloads];
+}
+/** pushBatch's one-array form: `[key, payload]` pairs or `{ key, payload }` objects, split in two. */
+function splitEvents(events) {
+    if (events === null || typeof events !== 'object' || typeof events.length !== 'number') {
+        throw new TypeError('pushBatch: expected (keys, payloads) or an array of [key, payload] / { key, payload } events');
+    }
+    const keys = new Array(events.length);
+    const payloads = new Array(events.length);
+    for (let i = 0; i < events.length; i++) {
+        const e = events[i];
+        if (Array.isArray(e) && e.length === 2) {
+            keys[i] = e[0];
+            payloads[i] = e[1];
+        }
+        else if (e !== null && typeof e === 'object' && 'payload' in e) {
+            const o = e;
+            keys[i] = (o.key ?? o.hash);
+            payloads[i] = o.payload;
+        }
+        else
+            throw new TypeError(`pushBatch: events[${i}] must be [key, payload] or { key, payload }`);
+    }
+    return [keys, payloads];
+}

@@ -1,0 +1,147 @@
+// RecordBatch: one shard's claimed records, read in place, described without a view per
+// record. The ring keeps records at a fixed stride, so a batch is one run of record slots,
+// or two when it wraps past the ring's end: `regions`. Each record's payload offset (into
+// `bytes`, the whole memory) and length sit in typed arrays the batch reuses from one batch
+// to the next, so filling a batch allocates nothing per record.
+import { R_RECORDS, REC_LEN, REC_PAYLOAD } from './layout.generated.js';
+/**
+ * A batch of one shard's records, in push order, valid only until the consumer function
+ * returns (or its promise settles): the memory is the ring's and is reused afterwards.
+ * Copy what you keep (`batch.bytes.slice(offset, offset + length)`).
+ *
+ * - `offsets[i]` / `lengths[i]` (for `i < length`): record i is
+ *   `bytes.subarray(offsets[i], offsets[i] + lengths[i])`. The arrays are longer than
+ *   `length` and reused: read only the first `length` entries.
+ * - `recordSize`: every record's length when they all have the same one, else 0. Then
+ *   record k of a region is `region.bytes.subarray(k * stride, k * stride + recordSize)`:
+ *   a fixed-size layout to read records from without looking at `lengths`.
+ * - Iterating (`for (const record of batch)`) or `toArray()` gives one `Uint8Array` view per
+ *   record, as consumers without `batch: true` get them.
+ */
+export class RecordBatch {
+    /** The shard the records came from. */
+    shardId = -1;
+    /** Records in the batch. */
+    length = 0;
+    /** The whole shared memory (or the single-thread memory): offsets index into it. */
+    bytes = new Uint8Array(0);
+    /** Payload offset of each record in `bytes` (first `length` entries). */
+    offsets;
+    /** Payload length of each record in bytes (first `length` entries). */
+    lengths;
+    /** Bytes from one record's payload to the next one's within a region. */
+    stride;
+    /** The common length of every record when they are all the same, else 0. */
+    recordSize = 0;
+    /** 1, or 2 when the batch wraps past the end of the ring. */
+    regionCount = 0;
+    /** Records in the first region (the rest are in the second). */
+    #firstRegionRecords = 0;
+    /** The slot's payload capacity per record: how far the last record of a region reaches. */
+    #maxPayload;
+    /** @internal */
+    constructor(capacity, stride, maxPayload) {
+        this.offsets = new Uint32Array(Math.max(1, capacity));
+        this.lengths = new Uint32Array(Math.max(1, capacity));
+        this.stride = stride;
+        this.#maxPayload = maxPayload;
+    }
+    /**
+     * Fill the batch with records [start, start + n) of the ring whose slot starts at
+     * `slotBase` (`ringCapacity` records, a power of two). `u32` views the same memory as `u8`.
+     * @internal
+     */
+    fill(shardId, u8, u32, slotBase, ringCapacity, start, n) {
+        if (this.offsets.length < n) {
+            this.offsets = new Uint32Array(n);
+            this.lengths = new Uint32Array(n);
+        }
+        const offsets = this.offsets;
+        const lengths = this.lengths;
+        const stride = this.stride;
+        const first = slotBase + R_RECORDS + REC_PAYLOAD;
+        const mask = ringCapacity - 1;
+        let at = first + (start & mask) * stride;
+        const size = n > 0 ? u32[(at - REC_PAYLOAD + REC_LEN) >>> 2] : 0;
+        let same = true;
+        const wrapAt = first + ringCapacity * stride;
+        let inFirst = n;
+        for (let k = 0; k < n; k++) {
+            if (at === wrapAt) {
+                at = first;
+                inFirst = k;
+            }
+            const len = u32[(at - REC_PAYLOAD + REC_LEN) >>> 2];
+            offsets[k] = at;
+            lengths[k] = len;
+            if (len !== size)
+                same = false;
+            at += stride;
+        }
+        this.shardId = shardId;
+        this.length = n;
+        this.bytes = u8;
+        this.recordSize = same ? size : 0;
+        this.#firstRegionRecords = inFirst;
+        this.regionCount = n === 0 ? 0 : inFirst < n ? 2 : 1;
+    }
+    /** The batch as one or two runs of record slots (two views, made on each call). */
+    get regions() {
+        const out = [];
+        if (this.length === 0)
+            return out;
+        const split = this.#firstRegionRecords;
+        const counts = split < this.length ? [split, this.length - split] : [this.length];
+        let k = 0;
+        for (const count of counts) {
+            const from = this.offsets[k];
+            const end = from + (count - 1) * this.stride + this.#maxPayload;
+            out.push({ bytes: new Uint8Array(this.bytes.buffer, this.bytes.byteOffset + from, end - from), count });
+            k += count;
+        }
+        return out;
+    }
+    /** Record i as a view (valid as long as the batch is). */
+    record(i) {
+        if (!Number.isInteger(i) || i < 0 || i >= this.length) {
+            throw new RangeError(`RecordBatch.record: index must be an integer in [0, ${this.length}), got ${String(i)}`);
+        }
+        return new Uint8Array(this.bytes.buffer, this.bytes.byteOffset + this.offsets[i], this.lengths[i]);
+    }
+    /** One view per record, in push order. */
+    *[Symbol.iterator]() {
+        const buffer = this.bytes.buffer;
+        const base = this.bytes.byteOffset;
+        for (let i = 0; i < this.length; i++)
+            yield new Uint8Array(buffer, base + this.offsets[i], this.lengths[i]);
+    }
+    /** One view per record, as an array (what consumers without `batch: true` receive). */
+    toArray() {
+        const buffer = this.bytes.buffer;
+        const base = this.bytes.byteOffset;
+        const out = new Array(this.length);
+        for (let i = 0; i < this.length; i++)
+            out[i] = new Uint8Array(buffer, base + this.offsets[i], this.lengths[i]);
+        return out;
+    }
+    /** Copy every record, back to back, into `target`; returns the bytes written. Throws
+     *  (copying nothing) when `target` is too small. */
+    copyTo(target, at = 0) {
+        let total = 0;
+        for (let i = 0; i < this.length; i++)
+            total += this.lengths[i];
+        if (!(target instanceof Uint8Array))
+            throw new TypeError('RecordBatch.copyTo: target must be a Uint8Array');
+        if (at < 0 || at + total > target.length) {
+            throw new RangeError(`RecordBatch.copyTo: the batch has ${total} bytes, target has room for ${Math.max(0, target.length - at)}`);
+        }
+        let p = at;
+        for (let i = 0; i < this.length; i++) {
+            const o = this.offsets[i];
+            const len = this.lengths[i];
+            target.set(this.bytes.subarray(o, o + len), p);
+            p += len;
+        }
+        return total;
+    }
+}
