@@ -49,7 +49,7 @@ import {
 } from "./config";
 import { addToPair, initMetrics } from "./metrics";
 import {
-  tailRecords, tailPosition, tailOf, positionAdd, offsetOf, extentOf, byteHeadOf, bytesFit, bytesUsedAt,
+  tailRecords, tailPosition, tailOf, positionAdd, positionsBetween, offsetOf, extentOf, byteHeadOf, bytesFit, bytesUsedAt,
 } from "./positions";
 import { selectEntry, NO_ENTRY } from "./select";
 
@@ -371,21 +371,30 @@ function reserveRun(base: usize, k: u32, p: usize): u32 {
     const tail = atomic.load<u64>(base + R_TAIL);
     if (tail & CLOSED) return 0;
     const t = tailRecords(tail);
-    const byteHead = byteHeadOf(base);
-    let position = tailPosition(tail);
+    const position = tailPosition(tail);
+    // Counted as offsets and room rather than positions: the same placement as place(),
+    // one record after another, without the modular steps.
+    let room = ringBytes - positionsBetween(byteHeadOf(base), position);
+    let off = offsetOf(position);
+    let used: u32 = 0;
     let free: u32 = 0;
     let q = p;
     while (free < k && atomic.load<u32>(recordAddr(base, t + free) + REC_SEQ) == t + free) {
-      place(position, extentOf(evLen(q)));
-      if (!bytesFit(placedEnd, byteHead)) break;
-      position = placedEnd;
+      const extent = extentOf(evLen(q));
+      let need = extent;
+      if (off + extent > ringBytes) need += ringBytes - off; // padded to the next lap's start
+      if (need > room) break;
+      room -= need;
+      used += need;
+      off += need;
+      if (off >= ringBytes) off -= ringBytes;
       q = evNext(q);
       free++;
     }
     if (free == 0) return 0;
-    if (atomic.cmpxchg<u64>(base + R_TAIL, tail, tailOf(t + free, position)) == tail) {
+    if (atomic.cmpxchg<u64>(base + R_TAIL, tail, tailOf(t + free, positionAdd(position, used))) == tail) {
       runFirst = t;
-      runPosition = tailPosition(tail);
+      runPosition = position;
       return free;
     }
     runRetries++;
@@ -414,7 +423,9 @@ function batchLoop(lane: u32, count: u32): u32 {
       const base = slotAddr(entry >>> 16);
       const reserved = reserveRun(base, k, p);
       let got: u32 = 0;
+      // the same placement reserveRun made, record after record
       let position = runPosition;
+      let off = offsetOf(position);
       while (got < reserved) {
         const index = runFirst + got;
         const rec = recordAddr(base, index);
@@ -423,9 +434,15 @@ function batchLoop(lane: u32, count: u32): u32 {
           break;
         }
         const len = evLen(p);
-        place(position, extentOf(len)); // the same placement reserveRun made
-        position = placedEnd;
-        writeRecord(base, rec, index, evData(p, i + got), len, placedOffset, placedEnd);
+        const extent = extentOf(len);
+        if (off + extent > ringBytes) { // padded to the next lap's start
+          position = positionAdd(position, ringBytes - off);
+          off = 0;
+        }
+        position = positionAdd(position, extent);
+        writeRecord(base, rec, index, evData(p, i + got), len, off, position);
+        off += extent;
+        if (off >= ringBytes) off -= ringBytes;
         p = evNext(p);
         got++;
       }
