@@ -18,8 +18,6 @@ import { ringBytes, ringSpan } from "./config";
 @inline export function extentOf(len: u32): u32 { return (len + <u32>(PAYLOAD_ALIGN - 1)) & ~<u32>(PAYLOAD_ALIGN - 1); }
 
 @inline export function byteHeadOf(base: usize): u32 { return <u32>atomic.load<u64>(base + R_BYTE_HEAD); }
-// A payload ending at `end` fits when it lies within one area's length of the byte head.
-@inline export function bytesFit(end: u32, byteHead: u32): bool { return positionsBetween(byteHead, end) <= ringBytes; }
 
 // Payload bytes held (reserved and not yet freed), up to ringBytes. Read head first: it only
 // moves towards the tail, so the distance is never taken across a lap.

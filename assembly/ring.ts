@@ -49,27 +49,18 @@ import {
 } from "./config";
 import { addToPair, initMetrics } from "./metrics";
 import {
-  tailRecords, tailPosition, tailOf, positionAdd, positionsBetween, offsetOf, extentOf, byteHeadOf, bytesFit, bytesUsedAt,
+  tailRecords, tailPosition, tailOf, positionAdd, positionsBetween, offsetOf, extentOf, byteHeadOf, bytesUsedAt,
 } from "./positions";
 import { selectEntry, NO_ENTRY } from "./select";
 
 const CLOSED: u64 = 1 << 63;
 const MAX_RESELECT: i32 = 1000;
 
-// Where a payload of `extent` bytes goes when the last reservation ended at `position`: its
-// offset in the payload area and the position after it, in these two globals (per thread).
-let placedOffset: u32 = 0;
-let placedEnd: u32 = 0;
-@inline function place(position: u32, extent: u32): void {
-  let off = offsetOf(position);
-  let start = position;
-  if (off + extent > ringBytes) { // would cross the end: pad to the next lap's offset 0
-    start = positionAdd(position, ringBytes - off);
-    off = 0;
-  }
-  placedOffset = off;
-  placedEnd = positionAdd(start, extent);
-}
+// PLACEMENT: a payload of `extent` bytes (its length rounded up to 8) goes at the offset of
+// the byte position the last reservation ended at, or, when it would cross the end of the
+// area, at the next lap's offset 0 (the bytes it skips count as its own: `need` below). It
+// fits when `need` is at most the room left before the byte head. pushAt and reserveRun each
+// do this with running locals (no modular step per record in a run).
 
 // Move the byte head to `position`, as of head index `index`; an older index never wins (a
 // descheduled evictor must not move it back).
@@ -231,10 +222,16 @@ export function pushAt(base: usize, src: usize, len: u32): i32 {
       continue;
     }
     if (diff == 0) {
-      place(tailPosition(tail), extent);
-      if (bytesFit(placedEnd, byteHeadOf(base))) {
-        const off = placedOffset;
-        const end = placedEnd;
+      // PLACEMENT (above)
+      const position = tailPosition(tail);
+      let off = offsetOf(position);
+      let need = extent;
+      if (off + extent > ringBytes) {
+        need += ringBytes - off;
+        off = 0;
+      }
+      if (need <= ringBytes - positionsBetween(byteHeadOf(base), position)) {
+        const end = positionAdd(position, need);
         const seen = atomic.cmpxchg<u64>(base + R_TAIL, tail, tailOf(index + 1, end));
         if (seen == tail) {
           // reserved: from here to the publish is straight-line code
@@ -372,8 +369,7 @@ function reserveRun(base: usize, k: u32, p: usize): u32 {
     if (tail & CLOSED) return 0;
     const t = tailRecords(tail);
     const position = tailPosition(tail);
-    // Counted as offsets and room rather than positions: the same placement as place(),
-    // one record after another, without the modular steps.
+    // PLACEMENT (above), one record after another
     let room = ringBytes - positionsBetween(byteHeadOf(base), position);
     let off = offsetOf(position);
     let used: u32 = 0;
