@@ -150,7 +150,7 @@ function render({ s, pushRate, deliverRate }) {
   ];
   for (const sh of s.shards) {
     const colour = stateColour[sh.state] ?? ((x) => x);
-    const ratio = sh.length / manager.ringCapacity;
+    const ratio = Math.max(sh.length / manager.ringCapacity, sh.bytes / manager.ringBufferBytes); // by records or by bytes
     const share = shareOf.get(sh.id) ?? 0;
     lines.push(`  ${String(sh.id).padStart(2)}  ${colour(sh.state.padEnd(13))}  ${bar(ratio)} ${(ratio * 100).toFixed(0).padStart(3)}%  ${String(sh.length).padStart(6)}  ${shareBar(share)} ${(share * 100).toFixed(0).padStart(3)}%  ${fmt(sh.delivered).padStart(12)}`);
   }

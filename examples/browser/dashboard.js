@@ -131,7 +131,7 @@ function bar(ratio, colour) {
 function renderShards(manager, s, shares) {
   const total = [...shares.values()].reduce((a, b) => a + b, 0);
   const rows = s.shards.map((sh) => {
-    const fill = sh.length / manager.ringCapacity;
+    const fill = Math.max(sh.length / manager.ringCapacity, sh.bytes / manager.ringBufferBytes); // by records or by bytes
     const share = total > 0 ? (shares.get(sh.id) ?? 0) / total : 0;
     const fillColour = fill > 0.5 ? '#b91c1c' : fill > 0.2 ? '#ca8a04' : '#15803d';
     return `<tr>
