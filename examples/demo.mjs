@@ -26,7 +26,8 @@ if (args.help) {
   console.log(`usage: npm start -- [--duration s] [--producers n] [--payload bytes] [--peak events/s] [--max-shards n] [--routing mode]
   --duration    seconds to run (default 30)
   --producers   producer threads (default 2)
-  --payload     bytes per event, at least 8 (default 64)
+  --payload     bytes per event, at least 8 (default 64); a range such as 64-16384 sends
+                mixed sizes into rings sized in bytes (ringBufferBytes)
   --peak        total events/s at the top of the ramp (default 150000)
   --max-shards  upper bound for autoscaling (default 4)
   --routing     leastLoaded, balanced or affinity (default: ShardManager's, balanced)`);
@@ -35,7 +36,18 @@ if (args.help) {
 const num = (name, min, max) => numberFlag(args, name, min, max);
 const durationS = num('duration', 5, 3600);
 const producers = Math.round(num('producers', 1, 16));
-const payloadBytes = Math.round(num('payload', 8, 4096));
+// --payload N, or MIN-MAX: each event's size then varies between the two (rings sized in bytes)
+const payloadRange = /^(\d+)-(\d+)$/.exec(args.payload ?? '');
+const [minPayload, payloadBytes] = payloadRange
+  ? [Number(payloadRange[1]), Number(payloadRange[2])]
+  : [Math.round(num('payload', 8, 4096)), Math.round(num('payload', 8, 4096))];
+if (!(minPayload >= 8 && payloadBytes >= minPayload && payloadBytes <= 65536)) {
+  console.error(`--payload must be bytes in [8, 4096] or a range MIN-MAX within [8, 65536], got ${args.payload}`);
+  process.exit(2);
+}
+const RING_RECORDS = 4096;
+// A range sizes each ring for its records at the average size (and a little more), not at the largest.
+const ringBufferBytes = payloadRange ? Math.max(4 * payloadBytes, Math.ceil(1.25 * RING_RECORDS * (minPayload + payloadBytes) / 2)) : undefined;
 const peak = num('peak', 1000, 10_000_000);
 const maxShards = Math.round(num('max-shards', 1, 64));
 const LOW = Math.min(2000, peak / 10);
@@ -53,7 +65,8 @@ const started = performance.now();
 const elapsed = () => (performance.now() - started) / 1000;
 const manager = await ShardManager.create({
   initialShards: 1,
-  ringBufferCapacity: 4096,
+  ringBufferCapacity: RING_RECORDS,
+  ringBufferBytes, // undefined: room for RING_RECORDS of the largest size
   routing: args.routing, // undefined: ShardManager's default
   maxPayloadBytes: Math.max(payloadBytes, 64),
   policy: { minShards: 1, maxShards, fillRatioThreshold: 0.5, cooldownMs: 1500, scaleDownDelayMs: 3000, metricsWindowMs: 250 },
@@ -74,7 +87,7 @@ const ctl = new Int32Array(control);
 const counters = new SharedArrayBuffer(16 * producers);
 const counts = new Float64Array(counters);
 const threads = Array.from({ length: producers }, (_, producer) => new Worker(new URL('./demo-producer.mjs', import.meta.url), {
-  workerData: { handle: manager.producerHandle(), producer, payloadBytes, control, counters },
+  workerData: { handle: manager.producerHandle(), producer, minPayload, payloadBytes, control, counters },
 }));
 const finished = threads.map((w) => new Promise((resolve, reject) => { w.on('message', resolve); w.on('error', reject); }));
 
@@ -142,7 +155,7 @@ function sample() {
 function render({ s, pushRate, deliverRate }) {
   const f = Math.min(1, elapsed() / durationS);
   const lines = [
-    pc.bold('shard-mapper live demo') + pc.gray(`  ${elapsed().toFixed(1)} s / ${durationS} s   ${producers} producer threads, ${maxShards} consumer threads, ${payloadBytes}-byte events`),
+    pc.bold('shard-mapper live demo') + pc.gray(`  ${elapsed().toFixed(1)} s / ${durationS} s   ${producers} producer threads, ${maxShards} consumer threads, ${minPayload === payloadBytes ? payloadBytes : `${minPayload}–${payloadBytes}`}-byte events, rings of ${(manager.ringBufferBytes / 2 ** 20).toFixed(1)} MiB`),
     `target ${fmt(targetRate(f))} ev/s   pushed ${pc.bold(fmt(pushRate))} ev/s   delivered ${pc.bold(fmt(deliverRate))} ev/s   active shards ${pc.bold(String(manager.mapper.activeShardCount()))} / ${maxShards}`,
     '',
     pc.gray(`  routing ${manager.mapper.routing}`),
@@ -196,4 +209,7 @@ row('lost', lost, lost === 0 ? 'none' : 'LOST EVENTS');
 row('out of order', outOfOrder, 'per shard and producer');
 console.log(pc.gray(`  scaling decisions: ${decisions.join(', ') || 'none'}`));
 console.log(pc.gray(`  routing ${manager.mapper.routing}, peak shards ${Math.max(...history.shards, 1)}, final shards ${manager.mapper.activeShardCount()}, ${availableParallelism()} CPUs`));
+const perShard = 512 + 16 * RING_RECORDS + manager.ringBufferBytes; // slot header, descriptors, payload area (README: Memory per shard)
+console.log(pc.gray(`  memory ${(manager.memoryBytes / 2 ** 20).toFixed(1)} MiB; each shard ring ${(perShard / 2 ** 20).toFixed(1)} MiB` +
+  (minPayload === payloadBytes ? '' : `, where ${RING_RECORDS} records of the largest size would take ${((512 + RING_RECORDS * (16 + payloadBytes)) / 2 ** 20).toFixed(1)} MiB`)));
 process.exit(lost === 0 && outOfOrder === 0 && consumed === s.delivered ? 0 : 1);
