@@ -33,11 +33,6 @@ function layout(m: ShardManager, max?: number, take = false): { offsets: number[
   return out;
 }
 
-function scalingError(run: () => unknown): ScalingError {
-  try { run(); } catch (e) { expect(e).toBeInstanceOf(ScalingError); return e as ScalingError; }
-  throw new Error('expected a ScalingError, nothing was thrown');
-}
-
 describe('the edges of the payload area', () => {
   it('a record that exactly fills the rest of the area goes there (no padding), and the next one starts the next lap at offset 0', async () => {
     const m = await oneShard({ maxPayloadBytes: 16, ringBufferBytes: 64, backpressure: { kind: 'dropNewest' } });
@@ -170,7 +165,7 @@ describe('maxPayloadBytes and ringBufferBytes', () => {
         initialShards: 2, ringBufferCapacity: 4, maxPayloadBytes, ringBufferBytes: 4096, onEvent: (e) => events.push(e),
       });
       await expect(created).rejects.toBeInstanceOf(ScalingError);
-      const error = await created.catch((e: ScalingError) => e);
+      const error = (await created.catch((e: unknown) => e)) as ScalingError;
       expect(error.kind).toBe('InvalidPolicy');
       expect(error.message).toMatch(/options\.maxPayloadBytes/);
       expect(error.message).toMatch(/options\.ringBufferBytes/);
