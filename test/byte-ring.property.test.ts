@@ -50,6 +50,11 @@ class ByteRingModel {
   travelled = 0;
   pushed = 0; delivered = 0; newest = 0; sampled = 0; refused = 0; evicted = 0;
   sampleCounter = 0;
+  /** The states this run reached (FC_STATS counts them per event and per run). */
+  readonly reached = new Set<string>();
+  reach(what: string): void { tally(`reached: ${what}`); this.reached.add(what); }
+  /** Records handed to a consumer and not yet acknowledged (pollBatch's callback runs). */
+  claimed = 0;
   readonly span: number;
 
   constructor(readonly cap: number, readonly bytes: number, readonly bp: BackpressureMode, readonly fill: number) {
@@ -82,9 +87,9 @@ class ByteRingModel {
       const descriptorFree = this.ring.length < cap;
       const bytesFit = this.between(this.head, at.end) <= this.bytes;
       if (descriptorFree && bytesFit) {
-        if (at.pad > 0) tally('reached: byte wrap with padding');
-        if (at.off + extent === this.bytes) tally('reached: a record exactly filling the rest of the area');
-        if (evictedNow >= 2) tally('reached: dropOldest evicted several records for one');
+        if (at.pad > 0) this.reach('byte wrap with padding');
+        if (at.off + extent === this.bytes) this.reach('a record exactly filling the rest of the area');
+        if (evictedNow >= 2) this.reach('dropOldest evicted several records for one');
         this.ring.push({ payload, off: at.off, end: at.end });
         this.tail = at.end;
         this.travelled += at.pad + extent;
@@ -92,11 +97,12 @@ class ByteRingModel {
         return 'accepted';
       }
       if (first) {
-        if (descriptorFree) tally('reached: byte-full with free descriptors');
-        else if (bytesFit) tally('reached: descriptor-full with free bytes');
-        else tally('reached: full both ways');
+        if (descriptorFree) this.reach('byte-full with free descriptors');
+        else if (bytesFit) this.reach('descriptor-full with free bytes');
+        else this.reach('full both ways');
       }
-      if (this.bp.kind === 'dropOldest' && this.ring.length > 0) {
+      if (this.bp.kind === 'dropOldest' && this.claimed > 0) this.reach('dropOldest full while a batch is claimed (no eviction)');
+      if (this.bp.kind === 'dropOldest' && this.ring.length > 0 && this.claimed === 0) { // never under a batch being read
         const gone = this.ring.shift()!;
         this.head = gone.end;
         this.evicted++;
@@ -148,7 +154,7 @@ const opArb = fc.oneof(
   { weight: 1, arbitrary: fc.record({ op: fc.constant('pushBatch' as const), sizes: fc.array(nonEmptySizeArb, { minLength: 20, maxLength: 90 }), empty: fc.constant(-1) }) },
   { weight: 3, arbitrary: fc.record({ op: fc.constant('pushFixed' as const), size: sizeArb, count: fc.integer({ min: 0, max: 40 }) }) },
   { weight: 4, arbitrary: fc.record({ op: fc.constant('poll' as const), max: fc.option(fc.integer({ min: 1, max: 70 }), { nil: undefined }) }) },
-  { weight: 3, arbitrary: fc.record({ op: fc.constant('pollBatch' as const), max: fc.option(fc.integer({ min: 1, max: 70 }), { nil: undefined }), fail: fc.oneof({ weight: 5, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }) }) },
+  { weight: 3, arbitrary: fc.record({ op: fc.constant('pollBatch' as const), max: fc.option(fc.integer({ min: 1, max: 70 }), { nil: undefined }), fail: fc.oneof({ weight: 5, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }), pushInside: fc.option(sizeArb.filter((s) => s !== 0), { nil: undefined }) }) },
   { weight: 3, arbitrary: fc.record({ op: fc.constant('pollInto' as const), records: fc.integer({ min: 1, max: 10 }), room: fc.oneof(fc.integer({ min: 1, max: 2000 }), fc.constantFrom('first', 'firstMinus1')) }) },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('collect' as const) }) },
 );
@@ -207,8 +213,9 @@ async function runOne(requested: number, maxPayload: number, bytesFactor: number
         throw error;
       }
     }
-    if (model.travelled > 2 * R) tally('reached: many laps (positions past 2 × ringBufferBytes)');
-    if (model.travelled > 10 * R) tally('reached: more than 10 laps');
+    if (model.travelled > 2 * R) model.reach('many laps (positions past 2 × ringBufferBytes)');
+    if (model.travelled > 10 * R) model.reach('more than 10 laps');
+    for (const what of model.reached) tally(`runs reaching: ${what}`);
     // Everything still in the ring comes out, in order, and then the books balance.
     const rest = m.poll(0, 1 << 20);
     expect(rest).toEqual(model.take(model.ring.length).map((r) => r.payload));
@@ -298,6 +305,16 @@ async function runStep(m: ShardManager, model: ByteRingModel, op: Op, maxPayload
         called++;
         expect(shardId).toBe(0);
         checkBatch(batch, expected, step);
+        if (op.pushInside !== undefined) {
+          // a push while the batch is claimed: it may not evict what is being read
+          const p = payloadOf(resolveSize(op.pushInside, maxPayload)) as Uint8Array;
+          model.claimed = n;
+          const want = model.push(p.slice());
+          model.claimed = 0;
+          let got: PushResult;
+          try { got = m.push(0, p) ? 'accepted' : 'dropped'; } catch (e) { expect(e, step).toBeInstanceOf(BackpressureError); got = 'refused'; }
+          expect(got, `${step}: push inside the consumer`).toBe(want);
+        }
         if (op.fail) throw boom;
       };
       const call = () => (op.max === undefined ? m.pollBatch(0, consume) : m.pollBatch(0, consume, op.max));
@@ -567,7 +584,8 @@ describe('byte ring: one shard against the model', () => {
     // The runs went where the bugs would be.
     for (const state of ['byte wrap with padding', 'a record exactly filling the rest of the area', 'byte-full with free descriptors',
       'descriptor-full with free bytes', 'dropOldest evicted several records for one', 'many laps (positions past 2 × ringBufferBytes)']) {
-      expect(seen.get(`reached: ${state}`) ?? 0, state).toBeGreaterThan(Math.min(10, NUM_RUNS / 15));
+      // (checked on runs of 100 and more: a short replay need not reach all of them)
+      if (NUM_RUNS >= 100) expect(seen.get(`runs reaching: ${state}`) ?? 0, state).toBeGreaterThan(NUM_RUNS / 50);
     }
   }, 120_000);
 });
@@ -582,6 +600,6 @@ describe('byte ring: shards added, drained and removed (invariants)', () => {
       ),
       runParams(),
     );
-    expect(seen.get('multi: removeShard with events in the ring') ?? 0).toBeGreaterThan(Math.min(10, NUM_RUNS / 15));
+    if (NUM_RUNS >= 100) expect(seen.get('multi: removeShard with events in the ring') ?? 0).toBeGreaterThan(NUM_RUNS / 50);
   }, 120_000);
 });
