@@ -172,15 +172,16 @@ describe('kills: producer threads terminated mid-call', () => {
 
 describe('kills: producer threads terminated mid-call on byte rings of mixed sizes', () => {
   for (const [name, backpressure] of MODES) {
-    it(`${name}: payloads of 8 to 256 bytes in a 64 KiB ring (byte-full long before descriptor-full); producers killed inside push, pushBatch and pushFixed loops`, async () => {
+    it(`${name}: payloads of 8 to 256 bytes in a 256 KiB ring (byte-full long before descriptor-full); producers killed inside push, pushBatch and pushFixed loops`, async () => {
       log = new DeliveryLog();
       const events: ManagerEvent[] = [];
-      // 1024 descriptors but only 64 KiB of payload area: about 480 events of these sizes fit,
-      // so a full ring is almost always full by bytes (runs of a 200-event batch still fit). Every payload starts [producer][seq]
+      // 4096 descriptors but only 256 KiB of payload area: about 1900 events of these sizes
+      // fit, so a full ring is almost always full by bytes; large enough that a 200-event
+      // batch's runs are long (a kill lands inside one often enough). Every payload starts [producer][seq]
       // (8 bytes), so sizes start at 8: sizes 1-7 take the same 8-byte extent in the ring and
       // are covered by test/byte-ring.property.test.ts.
       const m = await ShardManager.create({
-        initialShards: 2, ringBufferCapacity: 1024, maxPayloadBytes: 256, ringBufferBytes: 64 * 1024, backpressure, producerStallMs: 20,
+        initialShards: 2, ringBufferCapacity: 4096, maxPayloadBytes: 256, ringBufferBytes: 256 * 1024, backpressure, producerStallMs: 20,
         policy: { minShards: 1, maxShards: 3, autoScale: false },
         consumer: { module: seqConsumer, threads: 2, batchSize: 256 },
         onEvent: (e) => events.push(e),
@@ -218,6 +219,12 @@ describe('kills: producer threads terminated mid-call on byte rings of mixed siz
         await Promise.all(group.map(async (p) => { await sleep(Math.floor(random() * 3)); await p.worker.terminate(); }));
         await drain(m);
         if (m.stats().skipped > skippedBefore) stalledBy.set(mode, stalledBy.get(mode)! + 1);
+        // Empty rings hold no bytes: a skipped record's bytes are freed once the ring empties
+        // (the last acknowledgement settles the byte head a moment after the cursor moves).
+        const until = performance.now() + 2000;
+        let fills = m.mapper.collectMetrics().map((s) => s.fillRatio);
+        while (fills.some((f) => f !== 0) && performance.now() < until) { await sleep(2); fills = m.mapper.collectMetrics().map((s) => s.fillRatio); }
+        expect(fills, `round ${round} (${mode}): bytes still held by empty rings`).toEqual(fills.map(() => 0));
       }
       console.log(`mixed sizes, ${name}: ${producers.length} producers killed; kills inside a run (push/batch/fixed): ` +
         `${stalledBy.get('push')}/${stalledBy.get('batch')}/${stalledBy.get('fixed')}; samples byte-full ${byteFull}, record-full ${recordFull}; ` +
