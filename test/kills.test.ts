@@ -172,16 +172,16 @@ describe('kills: producer threads terminated mid-call', () => {
 
 describe('kills: producer threads terminated mid-call on byte rings of mixed sizes', () => {
   for (const [name, backpressure] of MODES) {
-    it(`${name}: payloads of 8 to 256 bytes in a 256 KiB ring (byte-full long before descriptor-full); producers killed inside push, pushBatch and pushFixed loops`, async () => {
+    it(`${name}: payloads of 8 to 256 bytes in a 1 MiB ring (byte-full long before descriptor-full); producers killed inside push, pushBatch and pushFixed loops`, async () => {
       log = new DeliveryLog();
       const events: ManagerEvent[] = [];
-      // 4096 descriptors but only 256 KiB of payload area: about 1900 events of these sizes
-      // fit, so a full ring is almost always full by bytes; large enough that a 200-event
-      // batch's runs are long (a kill lands inside one often enough). Every payload starts [producer][seq]
+      // 32768 descriptors but only 1 MiB of payload area: about 7700 events of these sizes
+      // fit, so a full ring is almost always full by bytes; large enough that batches go in
+      // long runs (a kill lands inside one often enough). Every payload starts [producer][seq]
       // (8 bytes), so sizes start at 8: sizes 1-7 take the same 8-byte extent in the ring and
       // are covered by test/byte-ring.property.test.ts.
       const m = await ShardManager.create({
-        initialShards: 2, ringBufferCapacity: 4096, maxPayloadBytes: 256, ringBufferBytes: 256 * 1024, backpressure, producerStallMs: 20,
+        initialShards: 2, ringBufferCapacity: 1 << 15, maxPayloadBytes: 256, ringBufferBytes: 1024 * 1024, backpressure, producerStallMs: 20,
         policy: { minShards: 1, maxShards: 3, autoScale: false },
         consumer: { module: seqConsumer, threads: 2, batchSize: 256 },
         onEvent: (e) => events.push(e),
@@ -193,14 +193,14 @@ describe('kills: producer threads terminated mid-call on byte rings of mixed siz
       const runs = backpressure.kind !== 'sample';
       let byteFull = 0; // samples of a ring at least 90 % full by bytes, under 90 % by records
       let recordFull = 0; // samples at least 90 % full by records
-      const sample = () => {
-        for (const s of m.mapper.collectMetrics()) {
-          const recordFill = s.bufferLen / s.capacity;
-          if (recordFill >= 0.9) recordFull++;
-          else if (s.fillRatio >= 0.9) byteFull++;
-        }
-      };
-      for (let round = 0; round < 150; round++) {
+      const sample = () => m.mapper.collectMetrics().map((s) => {
+        const recordFill = s.bufferLen / s.capacity;
+        if (recordFill >= 0.9) recordFull++;
+        else if (s.fillRatio >= 0.9) byteFull++;
+        return s.fillRatio;
+      });
+      // Rounds go on (for the modes not hit yet) until the delivery log's 256 producers are used.
+      for (let round = 0; round < 600; round++) {
         const mode: Mode = (['push', 'batch', 'fixed'] as const)[round % 3]!;
         if (round >= 9 && (!runs || mode === 'push' || stalledBy.get(mode)! > 0)) continue;
         if (producers.length + 3 > 255) break; // the delivery log tells producers 0-255 apart
@@ -211,9 +211,13 @@ describe('kills: producer threads terminated mid-call on byte rings of mixed siz
           return p;
         });
         await Promise.all(group.map((p) => p.started));
-        for (let waited = 0, wait = 2 + Math.floor(random() * 30); waited < wait; waited += 2) {
-          sample();
-          await sleep(2);
+        // Let them fill the rings a while, then kill at a moment every ring has room: then the
+        // batch producers are inside runs (a full ring sends each event the single-event way).
+        const wait = 2 + Math.floor(random() * 30);
+        for (let waited = 0; waited < wait + 50; waited += 1) {
+          const fills = sample();
+          if (waited >= wait && fills.every((f) => f < 0.8)) break;
+          await sleep(1);
         }
         const skippedBefore = m.stats().skipped;
         await Promise.all(group.map(async (p) => { await sleep(Math.floor(random() * 3)); await p.worker.terminate(); }));
