@@ -33,92 +33,94 @@ function layout(m: ShardManager, max?: number, take = false): { offsets: number[
   return out;
 }
 
-describe('the edges of the payload area', () => {
-  it('a record that exactly fills the rest of the area goes there (no padding), and the next one starts the next lap at offset 0', async () => {
-    const m = await oneShard({ maxPayloadBytes: 16, ringBufferBytes: 64, backpressure: { kind: 'dropNewest' } });
-    expect(m.ringBufferBytes).toBe(64);
-    for (let i = 0; i < 3; i++) expect(m.push(0, payload(i, 16))).toBe(true);
-    // 48 bytes used, 16 left before the end: a 16-byte record fits exactly. Padded to the next
-    // lap it would need 16 more bytes than are free, and be refused.
-    expect(m.push(0, payload(3, 16))).toBe(true);
-    expect(m.mapper.collectMetrics()[0]!.fillRatio).toBe(1); // every byte held, 4 of 16 records
-    expect(m.push(0, payload(4, 1))).toBe(false); // no byte left, descriptors free
-    expect(m.stats().drops.newest).toBe(1);
-    expect(layout(m)).toMatchObject({ offsets: [0, 16, 32, 48], regions: [4] });
-    expect(m.poll(0, 1)).toEqual([payload(0, 16)]); // frees [0, 16)
-    expect(m.push(0, payload(5, 9))).toBe(true); // extent 16, at offset 0 of the next lap
-    expect(m.push(0, payload(6, 1))).toBe(false);
-    const l = layout(m);
-    expect(l.regions).toEqual([3, 1]);
-    expect(l.offsets).toEqual([0, 16, 32, -16]); // the last record is at offset 0, 16 before the first's (16)
-    expect(m.poll(0)).toEqual([payload(1, 16), payload(2, 16), payload(3, 16), payload(5, 9)]);
-    expect(m.stats()).toMatchObject({ pushed: 5, delivered: 5, inFlight: 0, drops: { newest: 2 } });
-    await m.close();
-  });
-
-  it('a record that exactly fills the area from an empty ring (the whole quarter-sized record at the last quarter)', async () => {
-    const m = await oneShard({ maxPayloadBytes: 32, ringBufferBytes: 128, backpressure: { kind: 'failProducer' } });
-    // move the tail to offset 96 and empty the ring
-    for (let i = 0; i < 3; i++) expect(m.push(0, payload(i, 32))).toBe(true);
-    expect(m.poll(0)).toHaveLength(3);
-    expect(m.push(0, payload(9, 32))).toBe(true); // [96, 128)
-    for (let i = 10; i < 13; i++) expect(m.push(0, payload(i, 32))).toBe(true); // [0, 96) of the next lap
-    expect(layout(m)).toMatchObject({ offsets: [0, -96, -64, -32], regions: [1, 3] });
-    expect(() => m.push(0, payload(13, 1))).toThrow(BackpressureError);
-    expect(m.poll(0)).toEqual([9, 10, 11, 12].map((i) => payload(i, 32)));
-    await m.close();
-  });
-
-  const LARGER: [string, BackpressureMode][] = [
-    ['dropNewest', { kind: 'dropNewest' }],
-    ['failProducer', { kind: 'failProducer' }],
-    ['dropOldest', { kind: 'dropOldest' }],
-    ['sample', { kind: 'sample', rate: 1 }],
-  ];
-  for (const [name, backpressure] of LARGER) {
-    it(`${name}: a record larger than the free space (descriptors free) is handled as a full ring`, async () => {
-      const m = await oneShard({ maxPayloadBytes: 16, ringBufferBytes: 64, backpressure, policy: { minShards: 1, maxShards: 1, autoScale: false, fillRatioThreshold: 0.5 } });
-      for (let i = 0; i < 7; i++) expect(m.push(0, payload(i, 8))).toBe(true); // 56 bytes, 7 of 16 records
-      // 8 bytes free at the end; a 16-byte record would be padded to the next lap: 24 more
-      // bytes than are free
-      const big = payload(100, 16);
-      const before = m.stats();
-      switch (name) {
-        case 'dropNewest':
-        case 'sample': { // sample keeps 1 in 1 past its threshold, then a full ring drops the newest
-          expect(m.push(0, big)).toBe(false);
-          expect(m.stats()).toMatchObject({ pushed: 7, drops: { newest: 1, sampled: 0, oldest: 0, refused: 0 } });
-          expect(m.poll(0)).toEqual([0, 1, 2, 3, 4, 5, 6].map((i) => payload(i, 8)));
-          break;
-        }
-        case 'failProducer': {
-          let error: unknown;
-          try { m.push(0, big); } catch (e) { error = e; }
-          expect(error).toBeInstanceOf(BackpressureError);
-          expect((error as BackpressureError).shardId).toBe(0);
-          expect(m.stats()).toMatchObject({ pushed: before.pushed, delivered: 0, inFlight: 7, drops: { refused: 1, newest: 0, oldest: 0 } });
-          expect(m.ringLength(0)).toBe(7);
-          expect(() => m.pushBatch([0, 0], [payload(101, 8), big])).toThrow(expect.objectContaining({ accepted: 1 }));
-          expect(m.poll(0)).toEqual([...[0, 1, 2, 3, 4, 5, 6].map((i) => payload(i, 8)), payload(101, 8)]);
-          break;
-        }
-        case 'dropOldest': {
-          // evicted from the head until it fits: the 16 bytes it needs at offset 0 plus the
-          // 8 of padding at the end: records 0 and 1
-          expect(m.push(0, big)).toBe(true);
-          expect(m.stats()).toMatchObject({ pushed: 8, drops: { oldest: 2, newest: 0 } });
-          expect(layout(m)).toMatchObject({ offsets: [0, 8, 16, 24, 32, -16], regions: [5, 1] });
-          expect(m.poll(0)).toEqual([...[2, 3, 4, 5, 6].map((i) => payload(i, 8)), big]);
-          break;
-        }
-      }
-      const s = m.stats();
-      expect(s.inFlight).toBe(0);
-      expect(s.pushed).toBe(s.delivered + s.drops.oldest);
+for (const memory of ['shared', 'single'] as const) {
+  describe(`the edges of the payload area (memory: '${memory}')`, () => {
+    it('a record that exactly fills the rest of the area goes there (no padding), and the next one starts the next lap at offset 0', async () => {
+      const m = await oneShard({ memory, maxPayloadBytes: 16, ringBufferBytes: 64, backpressure: { kind: 'dropNewest' } });
+      expect(m.ringBufferBytes).toBe(64);
+      for (let i = 0; i < 3; i++) expect(m.push(0, payload(i, 16))).toBe(true);
+      // 48 bytes used, 16 left before the end: a 16-byte record fits exactly. Padded to the next
+      // lap it would need 16 more bytes than are free, and be refused.
+      expect(m.push(0, payload(3, 16))).toBe(true);
+      expect(m.mapper.collectMetrics()[0]!.fillRatio).toBe(1); // every byte held, 4 of 16 records
+      expect(m.push(0, payload(4, 1))).toBe(false); // no byte left, descriptors free
+      expect(m.stats().drops.newest).toBe(1);
+      expect(layout(m)).toMatchObject({ offsets: [0, 16, 32, 48], regions: [4] });
+      expect(m.poll(0, 1)).toEqual([payload(0, 16)]); // frees [0, 16)
+      expect(m.push(0, payload(5, 9))).toBe(true); // extent 16, at offset 0 of the next lap
+      expect(m.push(0, payload(6, 1))).toBe(false);
+      const l = layout(m);
+      expect(l.regions).toEqual([3, 1]);
+      expect(l.offsets).toEqual([0, 16, 32, -16]); // the last record is at offset 0, 16 before the first's (16)
+      expect(m.poll(0)).toEqual([payload(1, 16), payload(2, 16), payload(3, 16), payload(5, 9)]);
+      expect(m.stats()).toMatchObject({ pushed: 5, delivered: 5, inFlight: 0, drops: { newest: 2 } });
       await m.close();
     });
-  }
-});
+
+    it('a record that exactly fills the area from an empty ring (the whole quarter-sized record at the last quarter)', async () => {
+      const m = await oneShard({ memory, maxPayloadBytes: 32, ringBufferBytes: 128, backpressure: { kind: 'failProducer' } });
+      // move the tail to offset 96 and empty the ring
+      for (let i = 0; i < 3; i++) expect(m.push(0, payload(i, 32))).toBe(true);
+      expect(m.poll(0)).toHaveLength(3);
+      expect(m.push(0, payload(9, 32))).toBe(true); // [96, 128)
+      for (let i = 10; i < 13; i++) expect(m.push(0, payload(i, 32))).toBe(true); // [0, 96) of the next lap
+      expect(layout(m)).toMatchObject({ offsets: [0, -96, -64, -32], regions: [1, 3] });
+      expect(() => m.push(0, payload(13, 1))).toThrow(BackpressureError);
+      expect(m.poll(0)).toEqual([9, 10, 11, 12].map((i) => payload(i, 32)));
+      await m.close();
+    });
+
+    const LARGER: [string, BackpressureMode][] = [
+      ['dropNewest', { kind: 'dropNewest' }],
+      ['failProducer', { kind: 'failProducer' }],
+      ['dropOldest', { kind: 'dropOldest' }],
+      ['sample', { kind: 'sample', rate: 1 }],
+    ];
+    for (const [name, backpressure] of LARGER) {
+      it(`${name}: a record larger than the free space (descriptors free) is handled as a full ring`, async () => {
+        const m = await oneShard({ memory, maxPayloadBytes: 16, ringBufferBytes: 64, backpressure, policy: { minShards: 1, maxShards: 1, autoScale: false, fillRatioThreshold: 0.5 } });
+        for (let i = 0; i < 7; i++) expect(m.push(0, payload(i, 8))).toBe(true); // 56 bytes, 7 of 16 records
+        // 8 bytes free at the end; a 16-byte record would be padded to the next lap: 24 more
+        // bytes than are free
+        const big = payload(100, 16);
+        const before = m.stats();
+        switch (name) {
+          case 'dropNewest':
+          case 'sample': { // sample keeps 1 in 1 past its threshold, then a full ring drops the newest
+            expect(m.push(0, big)).toBe(false);
+            expect(m.stats()).toMatchObject({ pushed: 7, drops: { newest: 1, sampled: 0, oldest: 0, refused: 0 } });
+            expect(m.poll(0)).toEqual([0, 1, 2, 3, 4, 5, 6].map((i) => payload(i, 8)));
+            break;
+          }
+          case 'failProducer': {
+            let error: unknown;
+            try { m.push(0, big); } catch (e) { error = e; }
+            expect(error).toBeInstanceOf(BackpressureError);
+            expect((error as BackpressureError).shardId).toBe(0);
+            expect(m.stats()).toMatchObject({ pushed: before.pushed, delivered: 0, inFlight: 7, drops: { refused: 1, newest: 0, oldest: 0 } });
+            expect(m.ringLength(0)).toBe(7);
+            expect(() => m.pushBatch([0, 0], [payload(101, 8), big])).toThrow(expect.objectContaining({ accepted: 1 }));
+            expect(m.poll(0)).toEqual([...[0, 1, 2, 3, 4, 5, 6].map((i) => payload(i, 8)), payload(101, 8)]);
+            break;
+          }
+          case 'dropOldest': {
+            // evicted from the head until it fits: the 16 bytes it needs at offset 0 plus the
+            // 8 of padding at the end: records 0 and 1
+            expect(m.push(0, big)).toBe(true);
+            expect(m.stats()).toMatchObject({ pushed: 8, drops: { oldest: 2, newest: 0 } });
+            expect(layout(m)).toMatchObject({ offsets: [0, 8, 16, 24, 32, -16], regions: [5, 1] });
+            expect(m.poll(0)).toEqual([...[2, 3, 4, 5, 6].map((i) => payload(i, 8)), big]);
+            break;
+          }
+        }
+        const s = m.stats();
+        expect(s.inFlight).toBe(0);
+        expect(s.pushed).toBe(s.delivered + s.drops.oldest);
+        await m.close();
+      });
+    }
+  });
+}
 
 describe('maxPayloadBytes and ringBufferBytes', () => {
   it('maxPayloadBytes exactly a quarter of ringBufferBytes is accepted, and such records go round the area many times', async () => {
