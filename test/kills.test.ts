@@ -41,7 +41,7 @@ class KillableProducer {
   readonly exited: Promise<number>;
 
   constructor(m: ShardManager, readonly producer: number, readonly mode: Mode, readonly count: number, readonly exact: boolean,
-    shape: { payloadBytes: number; batch: number } = { payloadBytes: 16, batch: 512 }) {
+    shape: { payloadBytes: number; batch: number; mixed?: { min: number; max: number } } = { payloadBytes: 16, batch: 512 }) {
     this.accepted = new Uint8Array(new SharedArrayBuffer(count));
     this.worker = new Worker(fixture('kill-producer.mjs'), {
       workerData: {
@@ -152,6 +152,98 @@ describe('kills: producer threads terminated mid-call', () => {
       }
       expect(stalledBy.get('push')).toBe(0);
       // The rings still work: a shard with a dead producer's padding drains and is removed.
+      const victim = m.mapper.activeShardIds()[0]!;
+      await m.removeShard(victim);
+      await m.close();
+      await log.settle(300);
+      const evictions = backpressure.kind === 'dropOldest';
+      let delivered = 0;
+      for (const p of producers) delivered += checkProducer(p, log, evictions).delivered;
+      expect(log.outOfOrder).toEqual([]);
+      const s = m.stats();
+      expect(s.inFlight).toBe(0);
+      expect(s.delivered).toBe(delivered);
+      expect(s.pushed).toBe(s.delivered + s.drops.oldest);
+      if (!evictions) expect(s.drops.oldest).toBe(0);
+      expect(producers.reduce((a, p) => a + p.acceptedCount, 0)).toBeGreaterThan(1000);
+    });
+  }
+});
+
+describe('kills: producer threads terminated mid-call on byte rings of mixed sizes', () => {
+  for (const [name, backpressure] of MODES) {
+    it(`${name}: payloads of 8 to 256 bytes in a 1 MiB ring (byte-full long before descriptor-full); producers killed inside push, pushBatch and pushFixed loops`, async () => {
+      log = new DeliveryLog();
+      const events: ManagerEvent[] = [];
+      // 32768 descriptors but only 1 MiB of payload area: about 7700 events of these sizes
+      // fit, so a full ring is almost always full by bytes; large enough that batches go in
+      // long runs (a kill lands inside one often enough). Every payload starts [producer][seq]
+      // (8 bytes), so sizes start at 8: sizes 1-7 take the same 8-byte extent in the ring and
+      // are covered by test/byte-ring.property.test.ts.
+      const m = await ShardManager.create({
+        initialShards: 2, ringBufferCapacity: 1 << 15, maxPayloadBytes: 256, ringBufferBytes: 1024 * 1024, backpressure, producerStallMs: 20,
+        policy: { minShards: 1, maxShards: 3, autoScale: false },
+        consumer: { module: seqConsumer, threads: 2, batchSize: 256 },
+        onEvent: (e) => events.push(e),
+      });
+      const random = prng(name.length * 6151);
+      const producers: KillableProducer[] = [];
+      const stalledBy = new Map<Mode, number>([['push', 0], ['batch', 0], ['fixed', 0]]);
+      const exactBatches = backpressure.kind === 'failProducer';
+      const runs = backpressure.kind !== 'sample';
+      let byteFull = 0; // samples of a ring at least 90 % full by bytes, under 90 % by records
+      let recordFull = 0; // samples at least 90 % full by records
+      const sample = () => m.mapper.collectMetrics().map((s) => {
+        const recordFill = s.bufferLen / s.capacity;
+        if (recordFill >= 0.9) recordFull++;
+        else if (s.fillRatio >= 0.9) byteFull++;
+        return s.fillRatio;
+      });
+      // Rounds go on (for the modes not hit yet) until the delivery log's 256 producers are used.
+      for (let round = 0; round < 600; round++) {
+        const mode: Mode = (['push', 'batch', 'fixed'] as const)[round % 3]!;
+        if (round >= 9 && (!runs || mode === 'push' || stalledBy.get(mode)! > 0)) continue;
+        if (producers.length + 3 > 255) break; // the delivery log tells producers 0-255 apart
+        const group = Array.from({ length: mode === 'push' ? 1 : 3 }, () => {
+          const p = new KillableProducer(m, producers.length, mode, 1_000_000, mode === 'push' || exactBatches,
+            { payloadBytes: 256, batch: 200, mixed: { min: 8, max: 256 } });
+          producers.push(p);
+          return p;
+        });
+        await Promise.all(group.map((p) => p.started));
+        // Let them fill the rings a while, then kill at a moment every ring has room: then the
+        // batch producers are inside runs (a full ring sends each event the single-event way).
+        const wait = 2 + Math.floor(random() * 30);
+        for (let waited = 0; waited < wait + 50; waited += 1) {
+          const fills = sample();
+          if (waited >= wait && fills.every((f) => f < 0.8)) break;
+          await sleep(1);
+        }
+        const skippedBefore = m.stats().skipped;
+        await Promise.all(group.map(async (p) => { await sleep(Math.floor(random() * 3)); await p.worker.terminate(); }));
+        await drain(m);
+        if (m.stats().skipped > skippedBefore) stalledBy.set(mode, stalledBy.get(mode)! + 1);
+        // Empty rings hold no bytes: a skipped record's bytes are freed once the ring empties
+        // (the last acknowledgement settles the byte head a moment after the cursor moves).
+        const until = performance.now() + 2000;
+        let fills = m.mapper.collectMetrics().map((s) => s.fillRatio);
+        while (fills.some((f) => f !== 0) && performance.now() < until) { await sleep(2); fills = m.mapper.collectMetrics().map((s) => s.fillRatio); }
+        expect(fills, `round ${round} (${mode}): bytes still held by empty rings`).toEqual(fills.map(() => 0));
+      }
+      console.log(`mixed sizes, ${name}: ${producers.length} producers killed; kills inside a run (push/batch/fixed): ` +
+        `${stalledBy.get('push')}/${stalledBy.get('batch')}/${stalledBy.get('fixed')}; samples byte-full ${byteFull}, record-full ${recordFull}; ` +
+        `stats ${JSON.stringify({ ...m.stats(), shards: undefined })}`);
+      if (runs) {
+        expect(stalledBy.get('batch'), 'a pushBatch producer killed inside a run').toBeGreaterThan(0);
+        expect(stalledBy.get('fixed'), 'a pushFixed producer killed inside a run').toBeGreaterThan(0);
+        expect(events.some((e) => e.type === 'producerStallSkipped')).toBe(true);
+      } else {
+        expect(m.stats().skipped).toBe(0);
+      }
+      expect(stalledBy.get('push')).toBe(0);
+      // The rings were full, and full by bytes far more often than by records.
+      expect(m.stats().dropped).toBeGreaterThan(0);
+      expect(byteFull).toBeGreaterThan(recordFull);
       const victim = m.mapper.activeShardIds()[0]!;
       await m.removeShard(victim);
       await m.close();
