@@ -127,6 +127,7 @@ describe('kills: producer threads terminated mid-call', () => {
       for (let round = 0; round < 150; round++) {
         const mode: Mode = (['push', 'batch', 'fixed'] as const)[round % 3]!;
         if (round >= 9 && (!runs || mode === 'push' || stalledBy.get(mode)! > 0)) continue;
+        if (producers.length + 3 > 255) break; // the delivery log tells producers 0-255 apart
         const group = Array.from({ length: mode === 'push' ? 1 : 3 }, () => {
           const p = new KillableProducer(m, producers.length, mode, 1_000_000, mode === 'push' || exactBatches, { payloadBytes: 64, batch: 200 });
           producers.push(p);
