@@ -426,7 +426,6 @@ export class ShardManager {
       const start = core.claimStart;
       core.ensureViews(core.recordsEnd(base));
       const u8 = core.u8;
-      const u32 = core.u32;
       let k = 0;
       for (; k < n; k++) {
         const rec = core.recordAt(base, start + k);
