@@ -89,7 +89,7 @@ export function attach(): i32 {
   return lanesBase + <usize>lane * laneBytes;
 }
 @inline export function recordAddr(slotBase: usize, index: u32): usize {
-  return slotBase + SLOT_HEADER_BYTES + (<usize>(index & ringMask) << 4); // RECORD_BYTES = 16
+  return slotBase + SLOT_HEADER_BYTES + <usize>(index & ringMask) * RECORD_BYTES;
 }
 @inline export function payloadAddr(slotBase: usize): usize {
   return slotBase + payloadOffset;
