@@ -100,6 +100,61 @@ async function drain(m: ShardManager, timeoutMs = 20_000): Promise<void> {
   }
 }
 
+type Shape = ConstructorParameters<typeof KillableProducer>[5];
+
+/** The next group of producers of `mode`: one push producer, or three batch/fixed ones (more
+ *  chances that a kill lands inside a run). Batches report exactly which events they accepted
+ *  only under failProducer (a prefix). */
+async function startGroup(m: ShardManager, producers: KillableProducer[], mode: Mode, backpressure: BackpressureMode, shape: Shape): Promise<KillableProducer[]> {
+  const exact = mode === 'push' || backpressure.kind === 'failProducer';
+  const group = Array.from({ length: mode === 'push' ? 1 : 3 }, (_, i) => new KillableProducer(m, producers.length + i, mode, 1_000_000, exact, shape));
+  producers.push(...group);
+  await Promise.all(group.map((p) => p.started));
+  return group;
+}
+
+/** Kill `group` (each at a random moment within 3 ms), drain, and count the mode in
+ *  `stalledBy` when the watchdog had to skip records a kill left unwritten. */
+async function killGroup(m: ShardManager, group: KillableProducer[], mode: Mode, random: () => number, stalledBy: Map<Mode, number>): Promise<void> {
+  const skippedBefore = m.stats().skipped;
+  await Promise.all(group.map(async (p) => { await sleep(Math.floor(random() * 3)); await p.worker.terminate(); }));
+  await drain(m);
+  if (m.stats().skipped > skippedBefore) stalledBy.set(mode, stalledBy.get(mode)! + 1);
+}
+
+/** The faults hit what they aim at: a kill inside a run left reserved, unwritten records
+ *  (skipped by the watchdog) for pushBatch and for pushFixed; a single push is one
+ *  straight-line step and never does. Sample mode sends batches event by event: no runs. */
+function expectKillsInsideRuns(m: ShardManager, backpressure: BackpressureMode, stalledBy: Map<Mode, number>, events: ManagerEvent[]): void {
+  if (backpressure.kind !== 'sample') {
+    expect(stalledBy.get('batch'), 'a pushBatch producer killed inside a run').toBeGreaterThan(0);
+    expect(stalledBy.get('fixed'), 'a pushFixed producer killed inside a run').toBeGreaterThan(0);
+    expect(events.some((e) => e.type === 'producerStallSkipped')).toBe(true);
+  } else {
+    expect(m.stats().skipped).toBe(0);
+  }
+  expect(stalledBy.get('push')).toBe(0);
+}
+
+/** The rings still work (a shard with a dead producer's padding drains and is removed), and
+ *  every producer's events were delivered as checkProducer says, in order. */
+async function closeAndCheckProducers(m: ShardManager, producers: KillableProducer[], backpressure: BackpressureMode): Promise<void> {
+  const victim = m.mapper.activeShardIds()[0]!;
+  await m.removeShard(victim);
+  await m.close();
+  await log!.settle(300);
+  const evictions = backpressure.kind === 'dropOldest';
+  let delivered = 0;
+  for (const p of producers) delivered += checkProducer(p, log!, evictions).delivered;
+  expect(log!.outOfOrder).toEqual([]);
+  const s = m.stats();
+  expect(s.inFlight).toBe(0);
+  expect(s.delivered).toBe(delivered);
+  expect(s.pushed).toBe(s.delivered + s.drops.oldest);
+  if (!evictions) expect(s.drops.oldest).toBe(0);
+  expect(producers.reduce((a, p) => a + p.acceptedCount, 0)).toBeGreaterThan(1000);
+}
+
 describe('kills: producer threads terminated mid-call', () => {
   for (const [name, backpressure] of MODES) {
     it(`${name}: producers killed at random moments inside push, pushBatch and pushFixed loops; a killed run never wedges its ring`, async () => {
@@ -116,10 +171,6 @@ describe('kills: producer threads terminated mid-call', () => {
       const random = prng(name.length * 7919);
       const producers: KillableProducer[] = [];
       const stalledBy = new Map<Mode, number>([['push', 0], ['batch', 0], ['fixed', 0]]);
-      const kills = new Map<Mode, number>([['push', 0], ['batch', 0], ['fixed', 0]]);
-      // Batches report exactly which events they accepted only under failProducer (a prefix).
-      const exactBatches = backpressure.kind === 'failProducer';
-      // Sample mode sends batches event by event (it decides per event), so it has no runs.
       const runs = backpressure.kind !== 'sample';
       // Kill each kind of producer a few times; keep killing batch and fixed producers until
       // a kill lands inside a run (the state this test aims at): three at a time, up to 50
@@ -128,45 +179,12 @@ describe('kills: producer threads terminated mid-call', () => {
         const mode: Mode = (['push', 'batch', 'fixed'] as const)[round % 3]!;
         if (round >= 9 && (!runs || mode === 'push' || stalledBy.get(mode)! > 0)) continue;
         if (producers.length + 3 > 255) break; // the delivery log tells producers 0-255 apart
-        const group = Array.from({ length: mode === 'push' ? 1 : 3 }, () => {
-          const p = new KillableProducer(m, producers.length, mode, 1_000_000, mode === 'push' || exactBatches, { payloadBytes: 64, batch: 200 });
-          producers.push(p);
-          return p;
-        });
-        await Promise.all(group.map((p) => p.started));
+        const group = await startGroup(m, producers, mode, backpressure, { payloadBytes: 64, batch: 200 });
         await sleep(2 + Math.floor(random() * 30));
-        const skippedBefore = m.stats().skipped;
-        await Promise.all(group.map(async (p) => { await sleep(Math.floor(random() * 3)); await p.worker.terminate(); }));
-        kills.set(mode, kills.get(mode)! + group.length);
-        await drain(m);
-        if (m.stats().skipped > skippedBefore) stalledBy.set(mode, stalledBy.get(mode)! + 1);
+        await killGroup(m, group, mode, random, stalledBy);
       }
-      // The faults hit what they aim at: a kill inside a run left reserved, unwritten records
-      // (skipped by the watchdog) for pushBatch and for pushFixed; a single push is one
-      // straight-line step and never does.
-      if (runs) {
-        expect(stalledBy.get('batch'), 'a pushBatch producer killed inside a run').toBeGreaterThan(0);
-        expect(stalledBy.get('fixed'), 'a pushFixed producer killed inside a run').toBeGreaterThan(0);
-        expect(events.some((e) => e.type === 'producerStallSkipped')).toBe(true);
-      } else {
-        expect(m.stats().skipped).toBe(0);
-      }
-      expect(stalledBy.get('push')).toBe(0);
-      // The rings still work: a shard with a dead producer's padding drains and is removed.
-      const victim = m.mapper.activeShardIds()[0]!;
-      await m.removeShard(victim);
-      await m.close();
-      await log.settle(300);
-      const evictions = backpressure.kind === 'dropOldest';
-      let delivered = 0;
-      for (const p of producers) delivered += checkProducer(p, log, evictions).delivered;
-      expect(log.outOfOrder).toEqual([]);
-      const s = m.stats();
-      expect(s.inFlight).toBe(0);
-      expect(s.delivered).toBe(delivered);
-      expect(s.pushed).toBe(s.delivered + s.drops.oldest);
-      if (!evictions) expect(s.drops.oldest).toBe(0);
-      expect(producers.reduce((a, p) => a + p.acceptedCount, 0)).toBeGreaterThan(1000);
+      expectKillsInsideRuns(m, backpressure, stalledBy, events);
+      await closeAndCheckProducers(m, producers, backpressure);
     });
   }
 });
@@ -190,7 +208,6 @@ describe('kills: producer threads terminated mid-call on byte rings of mixed siz
       const random = prng(name.length * 6151);
       const producers: KillableProducer[] = [];
       const stalledBy = new Map<Mode, number>([['push', 0], ['batch', 0], ['fixed', 0]]);
-      const exactBatches = backpressure.kind === 'failProducer';
       const runs = backpressure.kind !== 'sample';
       let byteFull = 0; // samples of a ring at least 90 % full by bytes, under 90 % by records
       let recordFull = 0; // samples at least 90 % full by records
@@ -205,13 +222,7 @@ describe('kills: producer threads terminated mid-call on byte rings of mixed siz
         const mode: Mode = (['push', 'batch', 'fixed'] as const)[round % 3]!;
         if (round >= 9 && (!runs || mode === 'push' || stalledBy.get(mode)! > 0)) continue;
         if (producers.length + 3 > 255) break; // the delivery log tells producers 0-255 apart
-        const group = Array.from({ length: mode === 'push' ? 1 : 3 }, () => {
-          const p = new KillableProducer(m, producers.length, mode, 1_000_000, mode === 'push' || exactBatches,
-            { payloadBytes: 256, batch: 200, mixed: { min: 8, max: 256 } });
-          producers.push(p);
-          return p;
-        });
-        await Promise.all(group.map((p) => p.started));
+        const group = await startGroup(m, producers, mode, backpressure, { payloadBytes: 256, batch: 200, mixed: { min: 8, max: 256 } });
         // Let them fill the rings a while, then kill at a moment every ring has room: then the
         // batch producers are inside runs (a full ring sends each event the single-event way).
         const wait = 2 + Math.floor(random() * 30);
@@ -220,10 +231,7 @@ describe('kills: producer threads terminated mid-call on byte rings of mixed siz
           if (waited >= wait && fills.every((f) => f < 0.8)) break;
           await sleep(1);
         }
-        const skippedBefore = m.stats().skipped;
-        await Promise.all(group.map(async (p) => { await sleep(Math.floor(random() * 3)); await p.worker.terminate(); }));
-        await drain(m);
-        if (m.stats().skipped > skippedBefore) stalledBy.set(mode, stalledBy.get(mode)! + 1);
+        await killGroup(m, group, mode, random, stalledBy);
         // Empty rings hold no bytes: a skipped record's bytes are freed once the ring empties
         // (the last acknowledgement settles the byte head a moment after the cursor moves).
         const until = performance.now() + 2000;
@@ -234,31 +242,11 @@ describe('kills: producer threads terminated mid-call on byte rings of mixed siz
       console.log(`mixed sizes, ${name}: ${producers.length} producers killed; kills inside a run (push/batch/fixed): ` +
         `${stalledBy.get('push')}/${stalledBy.get('batch')}/${stalledBy.get('fixed')}; samples byte-full ${byteFull}, record-full ${recordFull}; ` +
         `stats ${JSON.stringify({ ...m.stats(), shards: undefined })}`);
-      if (runs) {
-        expect(stalledBy.get('batch'), 'a pushBatch producer killed inside a run').toBeGreaterThan(0);
-        expect(stalledBy.get('fixed'), 'a pushFixed producer killed inside a run').toBeGreaterThan(0);
-        expect(events.some((e) => e.type === 'producerStallSkipped')).toBe(true);
-      } else {
-        expect(m.stats().skipped).toBe(0);
-      }
-      expect(stalledBy.get('push')).toBe(0);
+      expectKillsInsideRuns(m, backpressure, stalledBy, events);
       // The rings were full, and full by bytes far more often than by records.
       expect(m.stats().dropped).toBeGreaterThan(0);
       expect(byteFull).toBeGreaterThan(recordFull);
-      const victim = m.mapper.activeShardIds()[0]!;
-      await m.removeShard(victim);
-      await m.close();
-      await log.settle(300);
-      const evictions = backpressure.kind === 'dropOldest';
-      let delivered = 0;
-      for (const p of producers) delivered += checkProducer(p, log, evictions).delivered;
-      expect(log.outOfOrder).toEqual([]);
-      const s = m.stats();
-      expect(s.inFlight).toBe(0);
-      expect(s.delivered).toBe(delivered);
-      expect(s.pushed).toBe(s.delivered + s.drops.oldest);
-      if (!evictions) expect(s.drops.oldest).toBe(0);
-      expect(producers.reduce((a, p) => a + p.acceptedCount, 0)).toBeGreaterThan(1000);
+      await closeAndCheckProducers(m, producers, backpressure);
     });
   }
 });

@@ -14,6 +14,28 @@ const consumerModule = new URL('./fixtures/seq-consumer.mjs', import.meta.url);
 const flakyModule = new URL('./fixtures/flaky-consumer.mjs', import.meta.url);
 const producerModule = new URL('./fixtures/seq-producer.mjs', import.meta.url);
 
+/** Until the producer threads are done, every 3 ms: `watch()`, a metrics window (weights move,
+ *  so runs go to different shards over time), then a shard added or one removed at random
+ *  (2 to 6 Active). Then the removals finish, the manager closes and the threads end. */
+async function untilProducersFinish(m: ShardManager, producers: Worker[], random: () => number, watch?: () => void): Promise<void> {
+  const done = Promise.all(producers.map((w) => new Promise<void>((resolve, reject) => { w.on('message', () => resolve()); w.on('error', reject); })));
+  let finished = false;
+  void done.then(() => { finished = true; });
+  const removals: Promise<void>[] = [];
+  while (!finished) {
+    await sleep(3);
+    watch?.();
+    m.mapper.collectMetrics();
+    const active = m.mapper.activeShardIds();
+    if (random() < 0.5 && active.length < 6) await m.addShard();
+    else if (active.length > 2) removals.push(m.removeShard(active[Math.floor(random() * active.length)]!));
+  }
+  await done;
+  await Promise.all(removals);
+  await m.close();
+  await Promise.all(producers.map((w) => w.terminate()));
+}
+
 
 
 let log: DeliveryLog | undefined;
@@ -122,22 +144,7 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
     const producers = [0, 1, 2, 3].map((producer) => new Worker(producerModule, {
       workerData: { handle: m.producerHandle(), producer, count: perProducer, payloadBytes: 16, batch: 200, fixed },
     }));
-    const done = Promise.all(producers.map((w) => new Promise<void>((resolve, reject) => { w.on('message', () => resolve()); w.on('error', reject); })));
-    let finished = false;
-    void done.then(() => { finished = true; });
-    const random = prng(7);
-    const removals: Promise<void>[] = [];
-    while (!finished) {
-      await sleep(3);
-      m.mapper.collectMetrics(); // weights move, so runs go to different shards over time
-      const active = m.mapper.activeShardIds();
-      if (random() < 0.5 && active.length < 6) await m.addShard();
-      else if (active.length > 2) removals.push(m.removeShard(active[Math.floor(random() * active.length)]!));
-    }
-    await done;
-    await Promise.all(removals);
-    await m.close();
-    await Promise.all(producers.map((w) => w.terminate()));
+    await untilProducersFinish(m, producers, prng(7));
     await log.waitFor(4 * perProducer);
     expect(m.stats()).toMatchObject({ pushed: 4 * perProducer, delivered: 4 * perProducer, inFlight: 0 });
     expect(log.problems(4, perProducer)).toEqual({ missing: 0, duplicated: 0 });
@@ -156,25 +163,11 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
     const producers = [0, 1, 2, 3].map((producer) => new Worker(producerModule, {
       workerData: { handle: m.producerHandle(), producer, count: perProducer, sizes: [8, 1024], batch, fixed },
     }));
-    const done = Promise.all(producers.map((w) => new Promise<void>((resolve, reject) => { w.on('message', () => resolve()); w.on('error', reject); })));
-    let finished = false;
-    void done.then(() => { finished = true; });
-    const random = prng(11);
-    const removals: Promise<void>[] = [];
     let longest = 0;
     let fullestBytes = 0;
-    while (!finished) {
-      await sleep(3);
+    await untilProducersFinish(m, producers, prng(11), () => {
       for (const s of m.stats().shards) { longest = Math.max(longest, s.length); fullestBytes = Math.max(fullestBytes, s.bytes); }
-      m.mapper.collectMetrics();
-      const active = m.mapper.activeShardIds();
-      if (random() < 0.5 && active.length < 6) await m.addShard();
-      else if (active.length > 2) removals.push(m.removeShard(active[Math.floor(random() * active.length)]!));
-    }
-    await done;
-    await Promise.all(removals);
-    await m.close();
-    await Promise.all(producers.map((w) => w.terminate()));
+    });
     await log.waitFor(4 * perProducer);
     const s = m.stats();
     expect(s).toMatchObject({ pushed: 4 * perProducer, delivered: 4 * perProducer, inFlight: 0 });
