@@ -16,6 +16,7 @@
 import { Bench } from 'tinybench';
 import { cpus, availableParallelism, totalmem } from 'node:os';
 import { readFileSync } from 'node:fs';
+import { Worker } from 'node:worker_threads';
 
 // ---- profiles ---------------------------------------------------------------------------
 
@@ -273,4 +274,14 @@ export function machine() {
     node: process.version, v8: process.versions.v8, platform: `${process.platform}-${process.arch}`,
     date: new Date().toISOString(),
   };
+}
+
+/** Start bench/workers/<name> with `workerData`; `ready` resolves at its { type: 'ready' } message. */
+export function startWorker(name, workerData) {
+  const w = new Worker(new URL(`./workers/${name}`, import.meta.url), { workerData });
+  const ready = new Promise((resolve, reject) => {
+    w.once('error', reject);
+    w.on('message', (m) => { if (m?.type === 'ready') resolve(); });
+  });
+  return { w, ready };
 }

@@ -8,11 +8,10 @@
 // consumers publish their counts; the main thread checks every 1 ms). Within a table the
 // implementations' runs are interleaved (A B C D E, A B C D E, …) and the median run is
 // reported. A full ring makes the producer retry (counted as "stalls"): no event is lost.
-import { Worker } from 'node:worker_threads';
 import { RingBuffer } from 'ringbuf.js';
 import { ShardManager, BackpressureError } from 'shard-mapper';
 import { randomHashes } from './baselines.mjs';
-import { measureOps, summarizeRuns, withRatios, row, goal, consume, check, sleep, fmtRatio, fmtNs, fmtRate } from './lib.mjs';
+import { measureOps, summarizeRuns, withRatios, row, goal, consume, check, sleep, fmtRatio, fmtNs, fmtRate, startWorker } from './lib.mjs';
 
 export const id = 's4';
 export const title = '4. Across threads: one producer, 1–2 consumer workers';
@@ -24,15 +23,6 @@ const BATCH = 256; // events per pushBatch call / per postMessage batch / per co
 const TWO_POW_MINUS_32 = 2 ** -32;
 const dbg = process.env.BENCH_DEBUG ? (...a) => console.error('[s4]', ...a) : () => {};
 const workerUrl = (name) => new URL(`./workers/${name}`, import.meta.url);
-
-function startWorker(name, workerData) {
-  const w = new Worker(workerUrl(name), { workerData });
-  const ready = new Promise((resolve, reject) => {
-    w.once('error', reject);
-    w.on('message', (m) => { if (m?.type === 'ready') resolve(); });
-  });
-  return { w, ready };
-}
 
 /** Stop consumer threads: listen first, then signal (a thread may finish at once). */
 function stopWorkers(workers, ctl) {

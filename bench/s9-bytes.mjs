@@ -5,12 +5,11 @@
 //      maxPayloadBytes;
 //   b) 16-byte push and pushFixed on one thread, both builds, interleaved;
 //   c) mixed-size events across threads (one producer, one consumer thread) beside ringbuf.js.
-import { Worker } from 'node:worker_threads';
 import { RingBuffer } from 'ringbuf.js';
 import * as byteRing from 'shard-mapper';
 import * as fixedRing from './baselines/fixed-ring/js/index.js';
 import { rng, randomHashes } from './baselines.mjs';
-import { summarizeRuns, withRatios, goal, consume, check, sleep, fmtNs, fmtRate, fmtRatio } from './lib.mjs';
+import { summarizeRuns, withRatios, goal, consume, check, sleep, fmtNs, fmtRate, fmtRatio, startWorker } from './lib.mjs';
 
 export const id = 's9';
 export const title = '9. Byte rings: memory and push speed vs the fixed-record ring, mixed sizes across threads';
@@ -229,15 +228,6 @@ function speedColumns() {
 
 const POOL = 4096;
 const CHUNK = 256 * 1024; // bytes the ringbuf.js consumer pops at most at once
-
-function startWorker(name, workerData) {
-  const w = new Worker(workerUrl(name), { workerData });
-  const ready = new Promise((resolve, reject) => {
-    w.once('error', reject);
-    w.on('message', (m) => { if (m?.type === 'ready') resolve(); });
-  });
-  return { w, ready };
-}
 
 async function waitCount(read, target) {
   while (read() < target) await sleep(1);

@@ -3,8 +3,11 @@
 // (on the owning thread) the slot pool that gives every live shard its metrics and ring.
 import type { Abi } from './abi.js';
 import { compileAsync, compileSync, instantiate, type MemoryKind } from './wasm.js';
-import { CLAIM_SKIPPED, CLAIM_START, MAX_LANES, L_SCRATCH, R_RECORDS, RECORD_BYTES, REC_LEN, REC_OFF } from './layout.generated.js';
+import { CLAIM_SKIPPED, CLAIM_START, MAX_LANES, L_SCRATCH, PAYLOAD_ALIGN, R_RECORDS, RECORD_BYTES, REC_LEN, REC_OFF } from './layout.generated.js';
 import { currentThreadId } from '#platform';
+
+/** The bytes a payload of `length` takes in a ring's payload area (rounded up to PAYLOAD_ALIGN). */
+export const payloadExtent = (length: number): number => Math.ceil(length / PAYLOAD_ALIGN) * PAYLOAD_ALIGN;
 
 const PAGE = 65536;
 const MAX_PAGES = 65536; // wasm32: 4 GiB

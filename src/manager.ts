@@ -2,7 +2,7 @@
 // memory, routes pushes through the mapper's table, runs the scaling loop, and moves a
 // shard through Provisioning → Active → Draining → Stopped → removed without losing or
 // duplicating an accepted event.
-import { SharedCore } from './core.js';
+import { SharedCore, payloadExtent } from './core.js';
 import { ConsumerPool, type ConsumerOptions } from './consumer-pool.js';
 import { ManagerClosedError, ScalingError, checkFinite, checkFunction, checkInteger, describe, given, invalid } from './errors.js';
 import { ShardMapper, ShardState, WIRING, type MapperWiring, type ScalingDecision } from './mapper.js';
@@ -144,7 +144,6 @@ function backpressureCode(mode: BackpressureMode): { code: number; rate: number 
 }
 
 const nextPowerOfTwo = (n: number) => 2 ** Math.ceil(Math.log2(Math.max(1, n)));
-const payloadExtent = (bytes: number) => Math.ceil(bytes / PAYLOAD_ALIGN) * PAYLOAD_ALIGN;
 
 /** Each ring's payload area: `options.ringBufferBytes` (rounded up to 8), or room for
  *  ringCapacity payloads of the largest size plus one more: a payload never wraps, and the

@@ -4,7 +4,8 @@
 // end: `regions`. Each record's payload offset (into `bytes`, the whole memory) and length sit
 // in typed arrays the batch reuses from one batch to the next, so filling a batch allocates
 // nothing per record.
-import { R_RECORDS, RECORD_BYTES, REC_LEN, REC_OFF, PAYLOAD_ALIGN } from './layout.generated.js';
+import { R_RECORDS, RECORD_BYTES, REC_LEN, REC_OFF } from './layout.generated.js';
+import { payloadExtent } from './core.js';
 
 /** One contiguous run of payloads. */
 export interface BatchRegion {
@@ -13,8 +14,6 @@ export interface BatchRegion {
   /** Records in this region. */
   readonly count: number;
 }
-
-const extentOf = (len: number) => (len + PAYLOAD_ALIGN - 1) & ~(PAYLOAD_ALIGN - 1);
 
 /**
  * A batch of one shard's records, in push order, valid only until the consumer function
@@ -85,13 +84,13 @@ export class RecordBatch implements Iterable<Uint8Array> {
       offsets[k] = at;
       lengths[k] = len;
       if (len !== size) same = false;
-      next = at + extentOf(len);
+      next = at + payloadExtent(len);
     }
     this.shardId = shardId;
     this.length = n;
     this.bytes = u8;
     this.recordSize = same ? size : 0;
-    this.stride = same ? extentOf(size) : 0;
+    this.stride = same ? payloadExtent(size) : 0;
     this.#firstRegionRecords = inFirst;
     this.regionCount = n === 0 ? 0 : inFirst < n ? 2 : 1;
   }

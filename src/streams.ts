@@ -7,6 +7,7 @@ import { BackpressureError, checkInteger, describe } from './errors.js';
 import type { EventKey, EventPayload } from './producer.js';
 import type { ShardManager } from './manager.js';
 import { ShardState } from './mapper.js';
+import { payloadExtent } from './core.js';
 import { nodeWritable } from '#platform';
 
 /** One event for `manager.writable()` / `manager.writableStream()`. */
@@ -80,7 +81,7 @@ function stillFull(manager: ShardManager, record: ManagerRecord, shardId: number
     // Full by bytes: the payload, and padding shorter than it if it meets the area's end.
     const payload = record.payload;
     const length = typeof payload === 'string' ? utf8.encode(payload).length : payload.byteLength;
-    const extent = 2 * (Math.ceil(length / 8) * 8);
+    const extent = 2 * payloadExtent(length);
     return manager.ringBytesUsed(shardId) + extent > manager.ringBufferBytes;
   } catch {
     return false;

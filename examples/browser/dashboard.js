@@ -5,6 +5,7 @@
 // SAMPLE_MS the page reads stats() and redraws the events/s chart, each shard's fill and share
 // of the traffic, and the scaling decisions.
 import { ShardManager } from 'shard-mapper';
+import { targetRate } from '../demo-shared.mjs'; // the load profile of `npm start`
 
 const SAMPLE_MS = 250;
 const HISTORY = 160; // samples on the chart: 40 s
@@ -12,17 +13,6 @@ const MAX_SHARDS = 4;
 const PUSH_EVERY_MS = 10;
 const FALLBACK_CONSUMER_RATE = 40_000; // events/s one shard's poll() loop takes in the fallback
 const COLOURS = { pushed: '#1d4ed8', delivered: '#c2410c', target: '#6b7280', shards: '#15803d' };
-
-/** Load as a share of each period: quiet, ramp up, peak, ramp down, idle (as `npm start`). */
-function targetRate(f, peak) {
-  const low = Math.min(2_000, peak / 10);
-  if (f < 0.12) return low;
-  if (f < 0.45) return low + ((f - 0.12) / 0.33) * (peak - low);
-  if (f < 0.6) return peak;
-  if (f < 0.7) return peak - ((f - 0.6) / 0.1) * (peak - low);
-  if (f < 0.72) return low;
-  return 0;
-}
 
 const fmt = (n) => Math.round(n).toLocaleString('en-US');
 const short = (n) => (n >= 1e6 ? `${+(n / 1e6).toFixed(1)}M` : n >= 1e3 ? `${+(n / 1e3).toFixed(0)}k` : `${Math.round(n)}`);
@@ -70,7 +60,7 @@ export async function startDashboard({ shared }) {
   let owed = 0;
   let seq = 0;
   let lastPush = performance.now();
-  const target = () => targetRate((elapsed() % periodS) / periodS, peak);
+  const target = () => targetRate((elapsed() % periodS) / periodS, peak, Math.min(2_000, peak / 10));
   setInterval(() => {
     const now = performance.now();
     owed += (target() * (now - lastPush)) / 1000;

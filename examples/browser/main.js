@@ -263,6 +263,11 @@ function batchReports(n) {
   };
 }
 
+/** options.consumer for batch-consumer.worker.js Web Workers (serveConsumer(fn, { batch: true })). */
+function batchConsumerWorkers(threads, batchSize) {
+  return { worker: () => new Worker(new URL('./batch-consumer.worker.js', import.meta.url), { type: 'module' }), threads, batchSize };
+}
+
 /** dropOldest with a batch consumer that cannot keep up: what arrives is in order and once. */
 async function runBatchDropOldest() {
   log('runBatchDropOldest: started'); // (a page that times out shows how far it got)
@@ -273,11 +278,7 @@ async function runBatchDropOldest() {
     ringBufferCapacity: 64,
     backpressure: { kind: 'dropOldest' },
     policy: { maxShards: 1 },
-    consumer: {
-      worker: () => new Worker(new URL('./batch-consumer.worker.js', import.meta.url), { type: 'module' }),
-      threads: 1,
-      batchSize: 24,
-    },
+    consumer: batchConsumerWorkers(1, 24),
   });
   let accepted = 0;
   for (let i = 0; i < n; i++) if (mgr.push(7, `event:${i}`)) accepted++; // no pause: the ring overflows
@@ -299,11 +300,7 @@ async function runByteRings() {
     ringBufferBytes: 16 * 1024,
     maxPayloadBytes: 2048,
     policy: { maxShards: 4 },
-    consumer: {
-      worker: () => new Worker(new URL('./batch-consumer.worker.js', import.meta.url), { type: 'module' }),
-      threads: 2,
-      batchSize: 64,
-    },
+    consumer: batchConsumerWorkers(2, 64),
   });
   const payloadOf = (i) => {
     const head = `event:${i}|`;
@@ -331,11 +328,7 @@ async function runBatchConsumer() {
     initialShards: 2,
     ringBufferCapacity: 256,
     policy: { maxShards: 4 },
-    consumer: {
-      worker: () => new Worker(new URL('./batch-consumer.worker.js', import.meta.url), { type: 'module' }),
-      threads: 2,
-      batchSize: 100, // does not divide the ring: batches wrap past its end
-    },
+    consumer: batchConsumerWorkers(2, 100), // 100 does not divide the ring: batches wrap past its end
     onEvent: (e) => { if (e.type === 'consumerRestarted') restarts.push(e.rewound); },
   });
   await pushAll(mgr, 0, n, async (i) => {
