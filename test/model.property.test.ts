@@ -842,9 +842,15 @@ async function runManager(policy: ScalingPolicy, initial: number, requested: num
   const events: string[] = [];
   const maxShards = Math.max(policy.maxShards, initial);
   const maxSlots = Math.max(initial, 1, maxShards + slack);
+  // This model follows SPEC §4's fillRatio (records / capacity). Byte rings report the larger of
+  // that and the byte fill, and test/byte-ring.property.test.ts models the bytes exactly; here
+  // the payload area is twice the default, so the byte fill (held extents, plus at most one
+  // padding shorter than a record) never passes the record fill and the weights are the model's.
+  const capacity = Math.max(2, 2 ** Math.ceil(Math.log2(requested)));
   const m = await ShardManager.create({
     initialShards: initial, ringBufferCapacity: requested, policy, backpressure: bp, clock: () => clock.t,
     drainGraceMs: grace, maxPayloadBytes: maxPayload, maxSlots,
+    ringBufferBytes: 2 * (capacity + 1) * Math.ceil(maxPayload / 8) * 8,
     routing: 'leastLoaded', // the model routes by SPEC §5 (ShardManager's default is 'balanced')
     onEvent: (e: ManagerEvent) => {
       events.push(e.type === 'scalingDecision'
