@@ -1,5 +1,6 @@
-// Connections: a URL becomes an ioredis client we own; a Redis or Cluster instance is used
-// as given (and never closed by us). Scripts are defined once per client.
+// Connections: the package always talks to Redis through clients it creates itself, with the
+// options it needs — from a URL, or derived (duplicate()) from a Redis or Cluster instance the
+// user passes, which we only read options from and never close. Scripts are defined once per client.
 import { Redis, Cluster } from 'ioredis';
 import { describe, invalid } from '../errors.js';
 import { SCRIPTS } from './keys.js';
@@ -21,7 +22,10 @@ export interface Connection {
 }
 
 /** Options for clients we create: fail fast while disconnected (our own buffers retry in
- *  order), never replay a command behind our back, reconnect forever with a short backoff. */
+ *  order), never replay a command behind our back (a replayed `XREADGROUP >` whose reply
+ *  was lost would read the next entries and strand the first ones in the pending list),
+ *  reconnect forever with a short backoff. `protocol: 2` keeps ioredis 6 (RESP3 by default)
+ *  on the reply shapes this package parses; ioredis 5 ignores it. */
 const OWN_CLIENT = {
   lazyConnect: true,
   enableOfflineQueue: false,
@@ -29,7 +33,54 @@ const OWN_CLIENT = {
   maxRetriesPerRequest: 0,
   connectTimeout: 3000,
   retryStrategy: (times: number) => Math.min(25 * times, 500),
+  protocol: 2,
+  // A user's instance may carry these; our keys and scripts need them off.
+  keyPrefix: '',
+  readOnly: false,
+  stringNumbers: false,
+  enableAutoPipelining: false,
 } as const;
+
+/** The same for the per-node connections of a Cluster we derive (Cluster takes node options in
+ *  `redisOptions`; it manages the nodes' reconnection and offline queue itself). */
+const OWN_CLUSTER_NODE = {
+  autoResendUnfulfilledCommands: false,
+  maxRetriesPerRequest: 0,
+  connectTimeout: 3000,
+  protocol: 2,
+  keyPrefix: '',
+  stringNumbers: false,
+} as const;
+
+/** Cluster-level options: fail fast while the cluster is down, and no failover retry — a
+ *  Cluster resends a command whose connection closed ("Connection is closed.") after
+ *  retryDelayOnFailover, which replays it exactly as autoResendUnfulfilledCommands would.
+ *  (MOVED / ASK / TRYAGAIN / CLUSTERDOWN retries stay: those commands did not run.) */
+const OWN_CLUSTER = {
+  lazyConnect: true,
+  enableOfflineQueue: false,
+  retryDelayOnFailover: 0,
+  scaleReads: 'master',
+  keyPrefix: '',
+  enableAutoPipelining: false,
+  clusterRetryStrategy: (times: number) => Math.min(25 * times, 500),
+} as const;
+
+type AnyOptions = Record<string, unknown>;
+interface Overrides { standalone: AnyOptions; cluster: AnyOptions; node: AnyOptions }
+
+/** A new client of ours with `instance`'s addresses and credentials, our options on top. */
+function derive(instance: RedisClient, overrides: Overrides): RedisClient {
+  if (instance instanceof Cluster) {
+    // ioredis 5's Cluster.duplicate replaces redisOptions wholesale (6 merges): merge here.
+    const userNode = (instance.options as AnyOptions).redisOptions as AnyOptions | undefined;
+    const options = { ...overrides.cluster, redisOptions: { ...userNode, ...overrides.node } };
+    return instance.duplicate(undefined, options as never) as RedisClient;
+  }
+  return instance.duplicate(overrides.standalone as never) as RedisClient;
+}
+
+const OWN: Overrides = { standalone: OWN_CLIENT, cluster: OWN_CLUSTER, node: OWN_CLUSTER_NODE };
 
 export function checkRedisOption(value: unknown): void {
   if (value instanceof Redis || value instanceof Cluster) return;
@@ -61,21 +112,12 @@ function defineScripts(client: RedisClient): ScriptedClient {
   return client as ScriptedClient;
 }
 
-/** Connect (for a URL) and check the server answers; a clear error otherwise, nothing left open. */
+/** Connect and check the server answers; a clear error otherwise, nothing left open. */
 export async function connect(option: RedisOption, what: string): Promise<Connection> {
   checkRedisOption(option);
-  if (typeof option !== 'string') {
-    const cluster = option instanceof Cluster;
-    const client = defineScripts(option);
-    try {
-      await client.ping();
-    } catch (error) {
-      throw new Error(`shard-mapper/redis: ${what}: the given ioredis ${cluster ? 'Cluster' : 'client'} does not answer PING: ${(error as Error).message}`);
-    }
-    return { client, owned: false, cluster, where: cluster ? 'the given Redis Cluster' : 'the given Redis client' };
-  }
-  const where = hidePassword(option);
-  const client = new Redis(option, OWN_CLIENT);
+  const cluster = option instanceof Cluster;
+  const where = typeof option === 'string' ? hidePassword(option) : cluster ? 'the given Redis Cluster' : 'the given Redis client';
+  const client = typeof option === 'string' ? new Redis(option, OWN_CLIENT as never) : derive(option, OWN);
   let cause = '';
   const onError = (e: Error) => { cause = e.message; }; // ioredis rejects with "Connection is closed"; the cause comes here
   client.on('error', onError);
@@ -87,18 +129,24 @@ export async function connect(option: RedisOption, what: string): Promise<Connec
     const raw = (error as Error).message;
     const message = cause && cause !== raw ? `${cause} (${raw})` : raw;
     const hint = /WRONGPASS|NOAUTH|invalid password|AUTH/i.test(message) ? ' (authentication refused: check the user and password in the URL)' : '';
+    if (typeof option !== 'string') {
+      throw new Error(`shard-mapper/redis: ${what}: cannot connect with the options of ${where}: ${message}${hint}`);
+    }
     throw new Error(`shard-mapper/redis: ${what}: cannot use Redis at ${where}: ${message}${hint}`);
   }
   client.off('error', onError);
   client.on('error', () => { /* reported through the failing commands; ioredis reconnects */ });
-  return { client: defineScripts(client), owned: true, cluster: false, where };
+  return { client: defineScripts(client), owned: true, cluster, where };
 }
 
 /** A second connection for SUBSCRIBE (a subscribed connection can do nothing else). */
 export function subscriber(conn: Connection): RedisClient {
   // Subscriptions wait for the connection (offline queue on) and are renewed on reconnect.
-  const own = { enableOfflineQueue: true, maxRetriesPerRequest: null, lazyConnect: false };
-  const sub = (conn.client instanceof Cluster ? conn.client.duplicate(undefined, own) : conn.client.duplicate(own)) as RedisClient;
+  const sub = derive(conn.client, {
+    standalone: { enableOfflineQueue: true, maxRetriesPerRequest: null, lazyConnect: false },
+    cluster: { enableOfflineQueue: true, lazyConnect: false },
+    node: { maxRetriesPerRequest: null },
+  });
   sub.on('error', () => { /* reconnects and resubscribes by itself */ });
   return sub;
 }

@@ -1,0 +1,248 @@
+// A loopback TCP proxy between Redis clients and a redis-server, for fault tests: it forwards
+// bytes both ways and, on request, cuts every connection, delays replies, or drops the reply of
+// a chosen command (then hangs the connection for a while and cuts it, as a network partition
+// that ends in a reset would). Listens on 127.0.0.1 only, on a port the OS picks.
+//
+// To find "the reply of a command" it parses just enough RESP (2 and 3): the client's
+// requests as arrays of bulk strings, the server's replies as whole values, and pairs them
+// in order (a connection that subscribes leaves the pairing: pushes have no request).
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { HOST } from './redis-server.js';
+
+/** End offset of the RESP value starting at `at`, or -1 when it is not complete yet. */
+export function respValueEnd(buf: Buffer, at: number): number {
+  if (at >= buf.length) return -1;
+  const lineEnd = buf.indexOf('\r\n', at);
+  if (lineEnd < 0) return -1;
+  const type = String.fromCharCode(buf[at]!);
+  const head = buf.toString('latin1', at + 1, lineEnd);
+  const next = lineEnd + 2;
+  switch (type) {
+    case '+': case '-': case ':': case '_': case ',': case '#': case '(':
+      return next;
+    case '$': case '!': case '=': {
+      const n = Number(head);
+      if (n < 0) return next; // null bulk string
+      return buf.length >= next + n + 2 ? next + n + 2 : -1;
+    }
+    case '*': case '~': case '>': case '%': case '|': {
+      let n = Number(head);
+      if (n < 0) return next; // null array
+      if (type === '%' || type === '|') n *= 2;
+      let pos = next;
+      for (let i = 0; i < n; i++) {
+        pos = respValueEnd(buf, pos);
+        if (pos < 0) return -1;
+      }
+      return pos;
+    }
+    default:
+      throw new Error(`fault proxy: unexpected RESP type byte ${JSON.stringify(type)} at ${at}`);
+  }
+}
+
+/** The words of a request (an array of bulk strings), or undefined for anything else. */
+function requestWords(buf: Buffer, start: number, end: number): string[] | undefined {
+  if (buf[start] !== 0x2a /* '*' */) return undefined;
+  const words: string[] = [];
+  let pos = buf.indexOf('\r\n', start) + 2;
+  while (pos < end) {
+    const lineEnd = buf.indexOf('\r\n', pos);
+    const n = Number(buf.toString('latin1', pos + 1, lineEnd));
+    words.push(buf.toString('utf8', lineEnd + 2, lineEnd + 2 + n));
+    pos = lineEnd + 2 + n + 2;
+  }
+  return words;
+}
+
+/** Whether a reply carries data: a non-empty array or map (not null, not an error, not a status). */
+const carriesData = (buf: Buffer, start: number): boolean => {
+  const type = buf[start];
+  if (type !== 0x2a /* '*' */ && type !== 0x25 /* '%' */) return false;
+  const n = Number(buf.toString('latin1', start + 1, buf.indexOf('\r\n', start)));
+  return n > 0;
+};
+
+export interface DropRule {
+  /** Which request's reply to drop (the words as the client sent them). */
+  matches: (words: string[]) => boolean;
+  /** Drop only a reply that carries data (a non-empty array): an XREADGROUP that read nothing, or was redirected, loses nothing. */
+  onlyWithData: boolean;
+  /** How long the connection hangs (nothing forwarded either way) before it is cut. */
+  hangMs: number;
+}
+
+interface Link {
+  client: Socket;
+  server: Socket;
+  fromClient: Buffer;
+  fromServer: Buffer;
+  /** Requests sent and not answered yet, in order. */
+  awaiting: string[][];
+  subscribed: boolean;
+  /** Set once a reply was swallowed: nothing more passes; the link is cut after the hang. */
+  dead: boolean;
+  /** When the last delayed write to the client is due (keeps delayed replies in order). */
+  replyDueAt: number;
+}
+
+export interface ProxyCounts {
+  connections: number;
+  cuts: number;
+  /** Connections cut by cutAll() (each cut that found them open). */
+  linksCut: number;
+  /** Replies swallowed by a drop rule (each carried data when the rule asked for it). */
+  droppedReplies: number;
+  delayedReplies: number;
+}
+
+export class FaultProxy {
+  readonly port: number;
+  readonly #server: Server;
+  readonly #links = new Set<Link>();
+  readonly #target: { host: string; port: number };
+  #drops: DropRule[] = [];
+  #delayMs = 0;
+  readonly counts: ProxyCounts = { connections: 0, cuts: 0, linksCut: 0, droppedReplies: 0, delayedReplies: 0 };
+  /** The requests whose replies were dropped, for the test's own checks and messages. */
+  readonly dropped: string[][] = [];
+
+  private constructor(server: Server, port: number, target: { host: string; port: number }) {
+    this.#server = server;
+    this.port = port;
+    this.#target = target;
+    server.on('connection', (socket) => this.#accept(socket));
+  }
+
+  /** A proxy to `targetPort` on 127.0.0.1, listening on a random 127.0.0.1 port. */
+  static start(targetPort: number): Promise<FaultProxy> {
+    return new Promise((resolve, reject) => {
+      const server = createServer();
+      server.once('error', reject);
+      server.listen(0, HOST, () => {
+        const address = server.address();
+        if (typeof address !== 'object' || !address) { reject(new Error('fault proxy: no port')); return; }
+        resolve(new FaultProxy(server, address.port, { host: HOST, port: targetPort }));
+      });
+    });
+  }
+
+  get url(): string {
+    return `redis://${HOST}:${this.port}`;
+  }
+
+  /** Open connections right now. */
+  get open(): number {
+    return this.#links.size;
+  }
+
+  /** Drop the reply of the next request `matches` accepts (on any connection), once. */
+  dropNextReply(matches: DropRule['matches'], options: { onlyWithData?: boolean; hangMs?: number } = {}): void {
+    this.#drops.push({ matches, onlyWithData: options.onlyWithData ?? true, hangMs: options.hangMs ?? 0 });
+  }
+
+  /** Drop rules not used yet. */
+  get pendingDrops(): number {
+    return this.#drops.length;
+  }
+
+  clearDrops(): void {
+    this.#drops = [];
+  }
+
+  /** Hold every reply this long before passing it on (0: none); order is kept. */
+  delayReplies(ms: number): void {
+    this.#delayMs = ms;
+  }
+
+  /** Reset every open connection (both sides), as a network failure would. */
+  cutAll(): number {
+    this.counts.cuts++;
+    const n = this.#links.size;
+    this.counts.linksCut += n;
+    for (const link of [...this.#links]) this.#cut(link);
+    return n;
+  }
+
+  async close(): Promise<void> {
+    this.#drops = [];
+    for (const link of [...this.#links]) this.#cut(link);
+    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+  }
+
+  #accept(client: Socket): void {
+    this.counts.connections++;
+    const server = connect(this.#target.port, this.#target.host);
+    const link: Link = { client, server, fromClient: Buffer.alloc(0), fromServer: Buffer.alloc(0), awaiting: [], subscribed: false, dead: false, replyDueAt: 0 };
+    this.#links.add(link);
+    client.setNoDelay(true);
+    server.setNoDelay(true);
+    const end = () => this.#cut(link);
+    client.on('error', end).on('close', end);
+    server.on('error', end).on('close', end);
+    client.on('data', (chunk: Buffer) => this.#onRequestBytes(link, chunk));
+    server.on('data', (chunk: Buffer) => this.#onReplyBytes(link, chunk));
+  }
+
+  #cut(link: Link): void {
+    if (!this.#links.delete(link)) return;
+    link.client.resetAndDestroy();
+    link.server.resetAndDestroy();
+  }
+
+  #onRequestBytes(link: Link, chunk: Buffer): void {
+    if (link.dead) return;
+    link.fromClient = Buffer.concat([link.fromClient, chunk]);
+    let pos = 0;
+    for (;;) {
+      const end = respValueEnd(link.fromClient, pos);
+      if (end < 0) break;
+      const words = requestWords(link.fromClient, pos, end) ?? [];
+      const name = (words[0] ?? '').toUpperCase();
+      if (/^(P|S)?SUBSCRIBE$/.test(name) || name === 'MONITOR') link.subscribed = true;
+      if (!link.subscribed) link.awaiting.push(words);
+      pos = end;
+    }
+    link.fromClient = link.fromClient.subarray(pos);
+    link.server.write(chunk);
+  }
+
+  #onReplyBytes(link: Link, chunk: Buffer): void {
+    if (link.dead) return;
+    if (link.subscribed) { this.#toClient(link, chunk); return; }
+    link.fromServer = Buffer.concat([link.fromServer, chunk]);
+    let pos = 0;
+    let passed = 0; // bytes of whole replies ready to pass on
+    for (;;) {
+      const end = respValueEnd(link.fromServer, pos);
+      if (end < 0) break;
+      const isPush = link.fromServer[pos] === 0x3e; // '>': RESP3 push, no request of its own
+      const request = isPush ? undefined : link.awaiting.shift();
+      const rule = request && this.#drops.find((r) => r.matches(request) && (!r.onlyWithData || carriesData(link.fromServer, pos)));
+      if (request && rule) {
+        // Pass what came before, swallow this reply and everything after it, hang, then cut.
+        this.#drops.splice(this.#drops.indexOf(rule), 1);
+        this.counts.droppedReplies++;
+        this.dropped.push(request);
+        if (passed > 0) this.#toClient(link, link.fromServer.subarray(0, passed));
+        link.dead = true;
+        link.fromServer = Buffer.alloc(0);
+        setTimeout(() => this.#cut(link), rule.hangMs);
+        return;
+      }
+      pos = end;
+      passed = end;
+    }
+    if (passed > 0) this.#toClient(link, link.fromServer.subarray(0, passed));
+    link.fromServer = link.fromServer.subarray(passed);
+  }
+
+  #toClient(link: Link, bytes: Buffer): void {
+    if (this.#delayMs <= 0 && link.replyDueAt <= performance.now()) { link.client.write(bytes); return; }
+    const copy = Buffer.from(bytes);
+    this.counts.delayedReplies++;
+    const due = Math.max(link.replyDueAt, performance.now() + this.#delayMs);
+    link.replyDueAt = due;
+    setTimeout(() => { if (!link.dead && this.#links.has(link)) link.client.write(copy); }, due - performance.now());
+  }
+}
