@@ -9,6 +9,8 @@
 // delivers them after their successors. The package must be safe whatever the instance's
 // options: these tests fail when it uses the instance as given.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { fork, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { Cluster, Redis } from 'ioredis';
 import { RedisShardManager, serveShardConsumers } from 'shard-mapper/redis';
 import { HOST, RedisTestCluster, RedisTestServer, redisAvailable } from './helpers/redis-server.js';
@@ -19,10 +21,10 @@ let nsCounter = 0;
 const ns = () => `f${process.pid}-${++nsCounter}`;
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-async function until(done: () => boolean | Promise<boolean>, what: string, limitMs = 20_000): Promise<void> {
+async function until(done: () => boolean | Promise<boolean>, what: string | (() => string), limitMs = 20_000): Promise<void> {
   const start = performance.now();
   while (!(await done())) {
-    if (performance.now() - start > limitMs) throw new Error(`timed out waiting for ${what}`);
+    if (performance.now() - start > limitMs) throw new Error(`timed out waiting for ${typeof what === 'string' ? what : what()}`);
     await sleep(10);
   }
 }
@@ -204,4 +206,274 @@ describe.skipIf(!available)('shard-mapper/redis through faults: a user-made iore
     await node.close();
     direct.disconnect();
   }, 40_000);
+});
+
+// ---------------------------------------------------------------------------------------
+// In the spirit of Jepsen, bounded and on loopback: producer node processes and consumer
+// processes on one namespace, each with its own user-made ioredis instance (defaults) that
+// reaches Redis through the fault proxies, while a seeded schedule drops replies (reads of
+// new entries, XADDs, scripts), cuts every connection, delays replies, and the server kills
+// its clients (CLIENT KILL TYPE normal). Then: every accepted event delivered; per (shard,
+// node) first deliveries in push order; repeats only with their dedup id; every flush() and
+// close() resolved within a bounded wait; shards drained and removed down to minShards.
+
+type Msg = { type: string; [k: string]: unknown };
+const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
+
+class Child {
+  readonly name: string;
+  readonly proc: ChildProcess;
+  readonly messages: Msg[] = [];
+  last: Record<string, Msg> = {};
+  exited = false;
+  constructor(name: string, script: string, config: object, onMessage: (m: Msg) => void) {
+    this.name = name;
+    this.proc = fork(fixture(script), [JSON.stringify(config)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    this.proc.on('message', (m: Msg) => { this.last[m.type] = m; if (m.type !== 'got' && m.type !== 'status') this.messages.push(m); onMessage(m); });
+    this.proc.on('exit', () => { this.exited = true; });
+  }
+  send(m: string): void {
+    if (!this.exited) this.proc.send(m);
+  }
+  /** The next message of `type`; fails the test when it does not come within `limitMs`. */
+  async waitFor(type: string, limitMs: number): Promise<Msg> {
+    await until(() => this.messages.some((m) => m.type === type) || this.exited, `${this.name}: ${type}`, limitMs);
+    const m = this.messages.find((x) => x.type === type);
+    if (!m) throw new Error(`${this.name} exited before ${type}`);
+    this.messages.splice(this.messages.indexOf(m), 1);
+    return m;
+  }
+  kill(): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.exited) { resolve(); return; }
+      this.proc.once('exit', () => resolve());
+      this.proc.kill('SIGKILL');
+    });
+  }
+}
+
+/** A small seeded generator (mulberry32): the same seed, the same fault schedule. */
+function seeded(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const SEED = Number(process.env.FAULT_SEED ?? 20261205);
+const POLICY = { minShards: 1, maxShards: 4, fillRatioThreshold: 0.5, cooldownMs: 300, scaleDownDelayMs: 600, underutilizedThreshold: 0.1, metricsWindowMs: 50 };
+
+interface Tally {
+  droppedReads: number; droppedOther: number; cutLinks: number; delayed: number;
+  kills: number; killsWithDataInFlight: number; steps: number;
+}
+
+interface Scenario {
+  label: string;
+  proxies: FaultProxy[];
+  servers: RedisTestServer[];
+  /** What the fixtures connect to: a URL, or startup nodes + natMap for a Cluster. */
+  target: { url: string } | { cluster: { host: string; port: number }[]; natMap: Record<string, { host: string; port: number }> };
+  producers: string[];
+  events: number;
+  /** A client straight to Redis (no proxy), for the diagnosis in failure messages. */
+  direct: () => Redis | Cluster;
+}
+
+/** Per shard: events stored and acknowledged (the controller's backlog is their difference),
+ *  stream length and pending entries — the state a failed wait is explained by. */
+async function diagnose(client: Redis | Cluster, namespace: string, ids: number[]): Promise<string> {
+  const tag = `{${namespace}}`;
+  const stored = await client.hgetall(`${tag}:stored`);
+  const acked = await client.hgetall(`${tag}:acked`);
+  const out: string[] = [];
+  for (const id of ids) {
+    const stream = `${namespace}:shard:{${namespace}:${id}}`;
+    const len = await client.xlen(stream).catch(() => -1);
+    const pending = await client.xpending(stream, 'shard-mapper').catch(() => [-1]) as unknown[];
+    out.push(`shard ${id}: stored ${stored[id] ?? 0}, acked ${acked[id] ?? 0}, XLEN ${len}, pending ${pending[0]}`);
+  }
+  return out.join('; ');
+}
+
+async function faultRun(s: Scenario): Promise<void> {
+  const namespace = ns();
+  const total = s.producers.length * s.events;
+  const deliveries = new Map<string, { count: number; ids: Set<string> }>();
+  const lastFirst = new Map<string, number>(); // `${shard}/${producer}` → seq of the last first delivery
+  const outOfOrder: string[] = [];
+  let received = 0;
+  const onMessage = (m: Msg) => {
+    if (m.type !== 'got') return;
+    for (const [text, id] of m.items as [string, string, string, number][]) {
+      received++;
+      let d = deliveries.get(text);
+      if (!d) {
+        deliveries.set(text, d = { count: 0, ids: new Set() });
+        const [producer, seq] = text.split(':');
+        const key = `${m.shard}/${producer}`;
+        if ((lastFirst.get(key) ?? -1) >= Number(seq)) outOfOrder.push(`shard ${m.shard}: ${text} after ${producer}:${lastFirst.get(key)}`);
+        lastFirst.set(key, Number(seq));
+      }
+      d.count++;
+      d.ids.add(id);
+    }
+  };
+  const children: Child[] = [];
+  const pushed = () => children.reduce((n, c) => n + (((c.last.status?.stats as { pushed?: number } | undefined)?.pushed) ?? 0), 0);
+  const tally: Tally = { droppedReads: 0, droppedOther: 0, cutLinks: 0, delayed: 0, kills: 0, killsWithDataInFlight: 0, steps: 0 };
+  const rng = seeded(SEED + s.label.length);
+  const direct = s.direct();
+  direct.on('error', () => {});
+  let chaos = true;
+  // The faults start once every process has connected (create() refuses an unreachable Redis
+  // by design) and stop when every event has been delivered.
+  const runSchedule = async () => {
+    while (chaos) {
+      await sleep(100 + Math.floor(rng() * 200));
+      if (!chaos) break;
+      tally.steps++;
+      const proxy = s.proxies[Math.floor(rng() * s.proxies.length)]!;
+      // The first five steps go through every kind of fault once, then the schedule is random.
+      const r = tally.steps <= 5 ? [0.1, 0.3, 0.5, 0.6, 0.9][tally.steps - 1]! : rng();
+      if (r < 0.25) {
+        if (proxy.pendingDrops < 2) proxy.dropNextReply(isReadNew, { onlyWithData: true, hangMs: Math.floor(rng() * 300) });
+      } else if (r < 0.4) {
+        const which = rng() < 0.5 ? 'XADD' : 'EVALSHA';
+        if (proxy.pendingDrops < 2) proxy.dropNextReply((w) => w[0]?.toUpperCase() === which, { onlyWithData: false, hangMs: Math.floor(rng() * 200) });
+      } else if (r < 0.55) {
+        proxy.cutAll();
+      } else if (r < 0.7) {
+        proxy.delayReplies(20 + Math.floor(rng() * 130));
+        await sleep(300 + Math.floor(rng() * 500));
+        proxy.delayReplies(0);
+      } else {
+        const server = s.servers[Math.floor(rng() * s.servers.length)]!;
+        const inFlight = pushed() - deliveries.size;
+        const killed = Number(server.cli('CLIENT', 'KILL', 'TYPE', 'normal'));
+        tally.kills += killed;
+        if (killed > 0 && inFlight > 0) tally.killsWithDataInFlight++;
+      }
+    }
+  };
+  let schedule: Promise<void> = Promise.resolve();
+  try {
+    const producers = s.producers.map((id) => new Child(id, 'fault-node.mjs', { target: s.target, namespace, id, count: s.events, perTick: 10, tickMs: 30, policy: POLICY }, onMessage));
+    children.push(...producers);
+    for (const p of producers) await p.waitFor('ready', 60_000);
+    const consumers = ['c1', 'c2'].map((name) => new Child(name, 'fault-consumer.mjs', { target: s.target, namespace, name }, onMessage));
+    children.push(...consumers);
+    for (const c of consumers) await c.waitFor('ready', 60_000);
+
+    schedule = runSchedule();
+    for (const p of producers) p.send('push');
+    // flush() resolves once every accepted event is stored: bounded, or the test fails.
+    const flushed = [];
+    for (const p of producers) flushed.push(await p.waitFor('flushed', 120_000));
+    try {
+      await until(() => deliveries.size >= total, () => `all ${total} events delivered (have ${deliveries.size})`, 60_000);
+    } catch (error) {
+      const ids = ((producers[0]!.last.status?.table as { shards: { id: number }[] } | undefined)?.shards ?? []).map((x) => x.id);
+      expect.fail(`${(error as Error).message}; ${await diagnose(direct, namespace, ids)}`);
+    }
+    chaos = false;
+    await schedule;
+    for (const p of s.proxies) { p.clearDrops(); p.delayReplies(0); }
+    await sleep(500); // keep listening: a late repeat would show here
+
+    // Drained and removed: once idle, the controller scales down to minShards and removes the rest.
+    let table: { shards: { id: number; state: string }[] } | undefined;
+    let settled = false;
+    const deadline = performance.now() + 60_000;
+    while (!settled && performance.now() < deadline) {
+      producers[0]!.send('table');
+      const m = await producers[0]!.waitFor('table', 20_000);
+      table = m.table as typeof table;
+      settled = table!.shards.length === POLICY.minShards && table!.shards.every((x) => x.state === 'active');
+      if (!settled) await sleep(100);
+    }
+    if (!settled) {
+      const state = await diagnose(direct, namespace, table!.shards.map((x) => x.id));
+      expect.fail(`the namespace never came back to ${POLICY.minShards} active shard within 60 s: table ${JSON.stringify(table)}; ${state}; controller events ${JSON.stringify(producers.map((p) => p.last.table?.events))}`);
+    }
+    const removed = producers.reduce((n, p) => n + (((p.last.table?.events ?? p.last.status?.events) as Record<string, number> | undefined)?.shardRemoved ?? 0), 0);
+
+    for (const p of producers) p.send('close');
+    const closed = [];
+    for (const p of producers) closed.push(await p.waitFor('closed', 60_000));
+    for (const c of consumers) c.send('close');
+    const consumersClosed = [];
+    for (const c of consumers) consumersClosed.push(await c.waitFor('closed', 60_000));
+
+    // The faults hit.
+    for (const p of s.proxies) {
+      tally.droppedReads += p.dropped.filter(isReadNew).length;
+      tally.droppedOther += p.dropped.filter((w) => !isReadNew(w)).length;
+      tally.cutLinks += p.counts.linksCut;
+      tally.delayed += p.counts.delayedReplies;
+    }
+    console.log(`fault run (${s.label}, seed ${SEED}): ${total} events, ${received} deliveries, ${tally.steps} fault steps: `
+      + `${tally.droppedReads} XREADGROUP > replies with entries dropped, ${tally.droppedOther} other replies dropped, ${tally.cutLinks} connections cut, `
+      + `${tally.delayed} replies delayed, ${tally.kills} clients killed (${tally.killsWithDataInFlight} kills with events in flight); ${removed} shards removed; `
+      + `flush ${flushed.map((m) => Math.round(m.ms as number)).join('/')} ms, close ${closed.map((m) => Math.round(m.ms as number)).join('/')} ms`);
+    expect(tally.droppedReads, 'dropped replies of reads that carried entries').toBeGreaterThan(0);
+    expect(tally.droppedOther, 'dropped replies of XADD / scripts').toBeGreaterThan(0);
+    expect(tally.cutLinks, 'connections cut').toBeGreaterThan(0);
+    expect(tally.delayed, 'replies delayed').toBeGreaterThan(0);
+    expect(tally.killsWithDataInFlight, 'CLIENT KILLs with events in flight').toBeGreaterThan(0);
+
+    // Every accepted event delivered; repeats only with their dedup id; order kept.
+    for (const m of flushed) expect((m.stats as { pushed: number }).pushed).toBe(s.events);
+    const missing: string[] = [];
+    for (const id of s.producers) for (let seq = 0; seq < s.events; seq++) if (!deliveries.has(`${id}:${seq}`)) missing.push(`${id}:${seq}`);
+    expect(missing.slice(0, 20), `${missing.length} events lost`).toEqual([]);
+    expect(deliveries.size).toBe(total);
+    expect([...deliveries].filter(([, d]) => d.ids.size !== 1).slice(0, 5), 'a repeat under another dedup id').toEqual([]);
+    expect(outOfOrder.slice(0, 10)).toEqual([]);
+    expect(removed, 'shards drained and removed').toBeGreaterThan(0);
+    // The users' instances were left open by the package (each fixture closes its own).
+    for (const m of [...closed, ...consumersClosed]) expect(m.userStatus).toBe('ready');
+  } finally {
+    chaos = false;
+    await schedule;
+    await Promise.all(children.map((c) => c.kill()));
+    direct.disconnect();
+  }
+}
+
+describe.skipIf(!available)('shard-mapper/redis under random faults, several processes (Jepsen-style, bounded)', () => {
+  it('standalone: 3 producer nodes, 2 consumers, user-made Redis instances through the fault proxy', async () => {
+    const server = await RedisTestServer.start();
+    const proxy = await FaultProxy.start(server.port);
+    try {
+      await faultRun({
+        label: 'standalone', proxies: [proxy], servers: [server], target: { url: proxy.url }, producers: ['p1', 'p2', 'p3'], events: 3000,
+        direct: () => new Redis(server.url),
+      });
+    } finally {
+      await proxy.close();
+      await server.dispose();
+    }
+  }, 300_000);
+
+  it('Cluster: 2 producer nodes, 2 consumers, user-made `new Cluster(...)` instances through one proxy per master', async () => {
+    const cluster = await RedisTestCluster.start(3);
+    const proxies: FaultProxy[] = [];
+    try {
+      for (const n of cluster.nodes) proxies.push(await FaultProxy.start(n.port));
+      const natMap = Object.fromEntries(cluster.nodes.map((n, i) => [`${HOST}:${n.port}`, { host: HOST, port: proxies[i]!.port }]));
+      await faultRun({
+        label: 'cluster', proxies, servers: cluster.nodes, producers: ['p1', 'p2'], events: 2500,
+        target: { cluster: proxies.map((p) => ({ host: HOST, port: p.port })), natMap },
+        direct: () => new Cluster(cluster.startupNodes),
+      });
+    } finally {
+      for (const p of proxies) await p.close();
+      await cluster.dispose();
+    }
+  }, 300_000);
 });
