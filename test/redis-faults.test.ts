@@ -120,6 +120,38 @@ describe.skipIf(!available)('shard-mapper/redis through faults: a user-made iore
     await node.close();
   }, 30_000);
 
+  it("a user instance's own options (keyPrefix, stringNumbers, offline queue, retries forever, RESP3 objects on ioredis 6) do not reach the package's connections", async () => {
+    const namespace = ns();
+    const options = {
+      keyPrefix: 'app:', stringNumbers: true, enableOfflineQueue: true, maxRetriesPerRequest: null,
+      autoResendUnfulfilledCommands: true, protocol: 3, replyMapping: 'resp3', // the last two: ioredis 6 only
+    };
+    const user = new Redis(server.url, options as never);
+    user.on('error', () => {});
+    const node = await RedisShardManager.create({ redis: user, namespace, initialShards: 2 });
+    for (let i = 0; i < 200; i++) expect(node.push(`k${i}`, `e${i}`)).toBe(true);
+    await node.flush();
+    const got: string[] = [];
+    const consumers = await serveShardConsumers({ redis: user, namespace, idleMs: 5, consume: (records) => { for (const r of records) got.push(r.payload.toString()); } });
+    try {
+      await until(() => got.length >= 200, () => `200 deliveries (got ${got.length})`);
+      await sleep(200);
+    } finally {
+      await consumers.close();
+      await node.close();
+    }
+    expect(new Set(got).size).toBe(200);
+    expect(got.length).toBe(200);
+    // The namespace's keys carry no prefix of the user's.
+    expect(server.cli('EXISTS', `{${namespace}}:table`)).toBe('1');
+    expect(server.cli('KEYS', `app:*${namespace}*`)).toBe('');
+    // The instance is the user's: open, and still with its own prefix.
+    expect(user.status).toBe('ready');
+    await user.set('mine', '1');
+    expect(server.cli('GET', 'app:mine')).toBe('1');
+    user.disconnect();
+  }, 30_000);
+
   it('CLIENT KILL TYPE normal while a consumer reads: every entry delivered once, in order, none pending', async () => {
     const namespace = ns();
     const texts = Array.from({ length: 40 }, (_, i) => `k${String(i).padStart(2, '0')}`);

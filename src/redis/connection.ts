@@ -34,6 +34,7 @@ const OWN_CLIENT = {
   connectTimeout: 3000,
   retryStrategy: (times: number) => Math.min(25 * times, 500),
   protocol: 2,
+  replyMapping: 'legacy', // ioredis 6 refuses its 'resp3' mapping with protocol 2
   // A user's instance may carry these; our keys and scripts need them off.
   keyPrefix: '',
   readOnly: false,
@@ -48,6 +49,7 @@ const OWN_CLUSTER_NODE = {
   maxRetriesPerRequest: 0,
   connectTimeout: 3000,
   protocol: 2,
+  replyMapping: 'legacy',
   keyPrefix: '',
   stringNumbers: false,
 } as const;
