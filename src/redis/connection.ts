@@ -54,13 +54,16 @@ const OWN_CLUSTER_NODE = {
   stringNumbers: false,
 } as const;
 
-/** Cluster-level options: fail fast while the cluster is down, and no failover retry — a
- *  Cluster resends a command whose connection closed ("Connection is closed.") after
- *  retryDelayOnFailover, which replays it exactly as autoResendUnfulfilledCommands would.
- *  (MOVED / ASK / TRYAGAIN / CLUSTERDOWN retries stay: those commands did not run.) */
+/** Cluster-level options: no failover retry — a Cluster resends a command whose connection
+ *  closed ("Connection is closed.") after retryDelayOnFailover, which replays it exactly as
+ *  autoResendUnfulfilledCommands would. (MOVED / ASK / TRYAGAIN / CLUSTERDOWN retries stay:
+ *  those commands did not run.) The cluster's offline queue stays on: it holds commands not
+ *  sent yet (the cluster, or the node a MOVED points to, still connecting) — turned off, a
+ *  MOVED to a node whose connection is being opened fails with "Connection is closed.",
+ *  which made create() fail at random on a healthy cluster. */
 const OWN_CLUSTER = {
   lazyConnect: true,
-  enableOfflineQueue: false,
+  enableOfflineQueue: true,
   retryDelayOnFailover: 0,
   scaleReads: 'master',
   keyPrefix: '',
