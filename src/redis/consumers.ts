@@ -319,8 +319,13 @@ class ConsumerRunner implements ShardConsumers {
       }
       held.renewedAt = before;
     }
+    // The marks as Redis has them, before anything is read (after a take-over or a failure).
+    if (dedup && !held.marks) held.marks = await readAckedPositions(client, this.#keys, id);
     if (held.claim) {
       // The previous owner's pending entries become ours, in id order, before anything new.
+      // Join the group first (XAUTOCLAIM claiming nothing does not), so the group never lists
+      // no live member while the gone ones are forgotten.
+      await client.call('XGROUP', 'CREATECONSUMER', stream, GROUP, this.name);
       let cursor = '0-0';
       do {
         const reply = (await client.callBuffer('XAUTOCLAIM', stream, GROUP, this.name, '0', cursor, 'COUNT', String(Math.max(100, batch)), 'JUSTID')) as [Buffer, unknown];
@@ -334,7 +339,6 @@ class ConsumerRunner implements ShardConsumers {
       await this.#commit(id, held, held.unacked);
       return true;
     }
-    if (dedup && !held.marks) held.marks = await readAckedPositions(client, this.#keys, id);
     if (held.queue.length === 0) {
       held.queue = await this.#read(id, held.history);
       if (held.queue.length === 0) {
