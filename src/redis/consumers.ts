@@ -111,6 +111,16 @@ function isAcknowledged(marks: ReadonlyMap<string, AckedPosition>, node: string,
   return m !== undefined && (frame < m.frame || (frame === m.frame && index <= m.index));
 }
 
+/** One array of many (Array.prototype.flat is several times slower here). */
+function concat<T>(parts: T[][]): T[] {
+  let n = 0;
+  for (const p of parts) n += p.length;
+  const out = new Array<T>(n);
+  let at = 0;
+  for (const p of parts) for (let i = 0; i < p.length; i++) out[at++] = p[i]!;
+  return out;
+}
+
 /** Raise a mark to (frame, index) if that is above it. */
 function raise(marks: Map<string, AckedPosition>, node: string, frame: number, index: number): void {
   if (!isAcknowledged(marks, node, frame, index)) marks.set(node, { frame, index });
@@ -379,18 +389,21 @@ class ConsumerRunner implements ShardConsumers {
     const { dedup } = this.#parts;
     // Repeats of acknowledged events (and of events earlier in this batch) never reach consume.
     const marks = dedup ? new Map(held.marks) : undefined;
-    const records: ShardRecord[] = [];
+    const parts: ShardRecord[][] = [];
     let repeats = 0;
     for (const entry of run) {
-      if (entry.decoded.kind !== 'frame') continue;
-      for (const r of entry.decoded.records) {
-        if (marks) {
-          if (isAcknowledged(marks, r.node, r.frame, r.index)) { repeats++; continue; }
-          raise(marks, r.node, r.frame, r.index);
-        }
-        records.push(r);
+      const d = entry.decoded;
+      if (d.kind !== 'frame') continue;
+      const n = d.records.length;
+      if (!marks || n === 0 || !isAcknowledged(marks, d.node, d.frame, 0)) parts.push(d.records); // the usual case: a new frame, whole
+      else {
+        const fresh = d.records.filter((r) => !isAcknowledged(marks, r.node, r.frame, r.index));
+        repeats += n - fresh.length;
+        parts.push(fresh);
       }
+      if (marks && n > 0) raise(marks, d.node, d.frame, n - 1);
     }
+    const records = parts.length === 1 ? parts[0]! : concat(parts);
     let us = '';
     if (records.length > 0) {
       const started = performance.now();
