@@ -359,6 +359,16 @@ describe.skipIf(!available)('serveShardConsumers: one shard\'s trouble stays on 
   });
 });
 
+describe.skipIf(!available)('serveShardConsumers: bad options', () => {
+  it('dedup and maxDeliveries are checked before anything connects', async () => {
+    const base = { redis: server.url, namespace: 'x', consume: () => {} };
+    await expect(serveShardConsumers({ ...base, dedup: 'yes' } as never)).rejects.toThrow(/options\.dedup must be a boolean, got "yes"/);
+    await expect(serveShardConsumers({ ...base, maxDeliveries: 0 })).rejects.toThrow(/options\.maxDeliveries must be an integer in \[1, 1000000000\], got 0/);
+    await expect(serveShardConsumers({ ...base, maxDeliveries: 2.5 })).rejects.toThrow(/options\.maxDeliveries must be an integer in \[1, 1000000000\], got 2\.5/);
+    expect(server.cli('EXISTS', '{x}:consumers')).toBe('0'); // nothing was registered
+  });
+});
+
 describe.skipIf(!available)('serveShardConsumers before the namespace exists', () => {
   it('waits for the first node (says so once, through onError with shard -1), close() during the wait resolves, then consumes', async () => {
     const namespace = ns();

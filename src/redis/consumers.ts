@@ -138,7 +138,8 @@ export async function serveShardConsumers(options: ServeShardConsumersOptions): 
   if (options.onError !== undefined && typeof options.onError !== 'function') throw invalid(`options.onError must be a function, got ${describe(options.onError)}`);
   const dedup = options.dedup ?? true;
   if (typeof dedup !== 'boolean') throw invalid(`options.dedup must be a boolean, got ${describe(dedup)}`);
-  const maxDeliveries = options.maxDeliveries === undefined ? Infinity : checkInteger('options.maxDeliveries', options.maxDeliveries, 1, 1_000_000_000);
+  const maxDeliveries = options.maxDeliveries === undefined || options.maxDeliveries === Infinity
+    ? Infinity : checkInteger('options.maxDeliveries', options.maxDeliveries, 1, 1_000_000_000);
   const keys = keysFor(ns);
   const conn = await connect(options.redis, `consumers of namespace "${ns}"`);
   try {
