@@ -748,7 +748,7 @@ export class RedisShardManager {
         if (failed) {
           this.#retries++;
           this.#redisError(failed);
-        } else if (refused.length === 0) {
+        } else if (refused.length === 0 && !this.#anyHeld()) {
           this.#lastError = undefined; // the next failure is news again
         }
         this.#settleWaiters();
@@ -773,6 +773,11 @@ export class RedisShardManager {
       q.hold = undefined;
       this.#kick();
     }, q.holdMs);
+  }
+
+  #anyHeld(): boolean {
+    for (const q of this.#queues.values()) if (q.hold !== undefined) return true;
+    return false;
   }
 
   /** Whether some shard has a frame the sender could send now. */
