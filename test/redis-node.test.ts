@@ -11,6 +11,7 @@ import * as root from 'shard-mapper';
 import * as redis from 'shard-mapper/redis';
 import { RedisShardManager, serveShardConsumers, type RedisNodeEvent } from 'shard-mapper/redis';
 import { RedisTestServer, freePort, redisAvailable } from './helpers/redis-server.js';
+import { redactCredentials, redactError, redactUrl } from '../dist/redis/connection.js';
 
 const available = redisAvailable();
 let server: RedisTestServer;
@@ -261,6 +262,25 @@ describe.skipIf(!available)('RedisShardManager: a node joining a namespace', () 
   });
 });
 
+describe('shard-mapper/redis: the redaction every message about a URL goes through', () => {
+  it('masks user and password in URLs, in URLs inside messages (redisError events), and in strings that do not parse', () => {
+    expect(redactUrl('redis://alice:pw@h:6379/0')).toBe('redis://***:***@h:6379/0');
+    expect(redactUrl('rediss://:pw@h:6379')).toBe('rediss://:***@h:6379');
+    expect(redactUrl('redis://alice@h')).toBe('redis://***@h');
+    expect(redactUrl('redis://h:6379')).toBe('redis://h:6379');
+    expect(redactUrl('redis://alice:p w@h:notaport')).toBe('redis://***@h:notaport');
+    expect(redactUrl('alice:pw@h:6379')).toBe('***@h:6379');
+    expect(redactCredentials('cannot reach redis://alice:pw@h:1 (ECONNREFUSED)')).toBe('cannot reach redis://***:***@h:1 (ECONNREFUSED)');
+    expect(redactCredentials('a redis://:pw@h and a rediss://bob:x@ss@k:2/3')).toBe('a redis://:***@h and a rediss://***:***@k:2/3');
+    expect(redactCredentials('mail alice@example.com, redis://h:1')).toBe('mail alice@example.com, redis://h:1');
+    const plain = new Error('nothing secret');
+    expect(redactError(plain)).toBe(plain);
+    const leaky = new TypeError('lost redis://alice:pw@h:1');
+    expect(redactError(leaky)).toMatchObject({ name: 'TypeError', message: 'lost redis://***:***@h:1' });
+    expect(redactError('redis://alice:pw@h').message).toBe('redis://***:***@h');
+  });
+});
+
 describe.skipIf(!available)('shard-mapper/redis: credentials never appear in messages', () => {
   const message = async (p: Promise<unknown>): Promise<string> => {
     try { await p; return 'no error'; } catch (e) { return (e as Error).message; }
@@ -275,6 +295,7 @@ describe.skipIf(!available)('shard-mapper/redis: credentials never appear in mes
         'redis://alice:s3cret-pw@127.0.0.1:99999',                // port out of range
         'redis://alice:s3cret-pw@',                               // no host
         'redis://alice:s3cret-pw@exa mple.com:6379',              // a space in the host
+        'alice:s3cret-pw@127.0.0.1:6379',                         // no scheme: "alice:" parses as one
         `redis://alice:s3cret-pw@127.0.0.1:${port}`,              // nothing listens
         `redis://alice:s3cret-pw@127.0.0.1:${locked.port}`,       // no such user
         `redis://default:s3cret-pw@127.0.0.1:${locked.port}`,     // wrong password

@@ -40,7 +40,11 @@ export function checkRedisOption(value: unknown): void {
   } catch {
     throw invalid(`options.redis must be a redis:// or rediss:// URL, got ${describe(redactUrl(value))} (not a URL)`);
   }
-  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') throw invalid(`options.redis must be a redis:// or rediss:// URL, got protocol ${describe(url.protocol)}`);
+  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') {
+    // Without `//`, what parsed as the scheme may be a user name (`user:password@host`).
+    const shown = value.includes('//') ? `protocol ${describe(url.protocol)}` : describe(redactUrl(value));
+    throw invalid(`options.redis must be a redis:// or rediss:// URL, got ${shown}`);
+  }
   if (!url.hostname) throw invalid(`options.redis must name a host, got ${describe(redactUrl(value))}`);
 }
 
@@ -49,18 +53,20 @@ const MASK = '***';
 /** A URL (or what was meant as one) with its user and password masked, for messages. A
  *  string that does not parse loses everything between the scheme and its last `@`. */
 export function redactUrl(text: string): string {
-  try {
-    const url = new URL(text);
-    if (url.username) url.username = MASK;
-    if (url.password) url.password = MASK;
-    return url.toString();
-  } catch {
-    const at = text.lastIndexOf('@');
-    if (at < 0) return text;
-    const scheme = text.indexOf('://');
-    const from = scheme >= 0 && scheme < at ? scheme + 3 : 0;
-    return `${text.slice(0, from)}${MASK}${text.slice(at)}`;
+  const at = text.lastIndexOf('@');
+  if (at < 0) return text;
+  const scheme = text.indexOf('://');
+  if (scheme >= 0 && scheme < at) {
+    try {
+      const url = new URL(text);
+      if (url.username) url.username = MASK;
+      if (url.password) url.password = MASK;
+      return url.toString();
+    } catch { /* masked below */ }
   }
+  // Not a URL, or no `//` (then `user:password@host` parses with "user:" as the scheme).
+  const from = scheme >= 0 && scheme < at ? scheme + 3 : 0;
+  return `${text.slice(0, from)}${MASK}${text.slice(at)}`;
 }
 
 /** Any `scheme://user:password@` inside a message, masked (an error text may quote a URL). */
