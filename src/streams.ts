@@ -21,7 +21,8 @@ export interface WritableOptions {
    *  (WHATWG). Default 16. One of them may be waiting for room in a full ring. */
   highWaterMark?: number;
   /** Longest pause between two tries while a ring is full, in ms (default 8). The pauses
-   *  start at 0 and double, so a ring that frees quickly is retried at once. */
+   *  start at 0 and double, so a ring that frees quickly is retried at once. (A Redis node
+   *  needs no polling: a waiting write goes on as soon as its shard stored a frame.) */
   retryMs?: number;
 }
 
@@ -54,12 +55,22 @@ function checkRecord(method: string, record: unknown): asserts record is Manager
   }
 }
 
+/** What the writers need from a manager (a ShardManager or a Redis node): push, and a wait
+ *  for room after a push was refused. */
+export interface PushTarget {
+  push(key: EventKey, payload: EventPayload): boolean;
+  /** Resolves once a push of `record`, refused because shard `shardId` was full, is worth
+   *  trying again (at once after close, so the push throws ManagerClosedError), or once
+   *  `cancelled()` holds. */
+  roomFor(record: ManagerRecord, shardId: number, cancelled: () => boolean): Promise<void>;
+}
+
 /** Push one record: undefined once handled, else the id of the full shard that refused it
  *  (failProducer's BackpressureError). A record dropped by dropNewest/sample, or unrouted,
  *  counts as handled, exactly as push() counts it. */
-function tryPush(manager: ShardManager, record: ManagerRecord): number | undefined {
+function tryPush(target: PushTarget, record: ManagerRecord): number | undefined {
   try {
-    manager.push(record.key, record.payload);
+    target.push(record.key, record.payload);
     return undefined;
   } catch (error) {
     if (error instanceof BackpressureError) return error.shardId;
@@ -88,18 +99,28 @@ function stillFull(manager: ShardManager, record: ManagerRecord, shardId: number
   }
 }
 
-/** Wait for room, then push; resolves false if `cancelled()` says so first. After close()
- *  the push is tried at once, so it throws ManagerClosedError instead of waiting forever. */
-async function pushWhenRoom(
-  manager: ShardManager, record: ManagerRecord, full: number, retryMs: number, isClosed: () => boolean, cancelled: () => boolean,
-): Promise<boolean> {
-  let wait = 0;
+/** A ShardManager as a PushTarget: its rings are emptied by consumers on other threads,
+ *  which tell nobody, so a full ring is polled, with pauses doubling from 0 to `retryMs`. */
+function managerTarget(manager: ShardManager, isClosed: () => boolean, retryMs: number): PushTarget {
+  return {
+    push: (key, payload) => manager.push(key, payload),
+    async roomFor(record, shardId, cancelled) {
+      let wait = 0;
+      for (;;) {
+        await sleep(wait);
+        if (cancelled() || isClosed() || !stillFull(manager, record, shardId)) return;
+        wait = nextWait(wait, retryMs);
+      }
+    },
+  };
+}
+
+/** Wait for room, then push; resolves false if `cancelled()` says so first. */
+async function pushWhenRoom(target: PushTarget, record: ManagerRecord, full: number, cancelled: () => boolean): Promise<boolean> {
   for (;;) {
-    await sleep(wait);
+    await target.roomFor(record, full, cancelled);
     if (cancelled()) return false;
-    wait = nextWait(wait, retryMs);
-    if (!isClosed() && stillFull(manager, record, full)) continue;
-    const refusedBy = tryPush(manager, record);
+    const refusedBy = tryPush(target, record);
     if (refusedBy === undefined) return true;
     full = refusedBy;
   }
@@ -107,9 +128,18 @@ async function pushWhenRoom(
 
 /** A Node Writable in object mode (see ShardManager.writable). */
 export function createWritable(manager: ShardManager, isClosed: () => boolean, options?: WritableOptions): Writable {
+  const { highWaterMark, retryMs } = checkOptions('writable', options);
+  return targetWritable(managerTarget(manager, isClosed, retryMs), highWaterMark);
+}
+
+/** The same over any PushTarget (a Redis node's `writable()`); `retryMs` is the target's business. */
+export function createTargetWritable(target: PushTarget, options?: WritableOptions): Writable {
+  return targetWritable(target, checkOptions('writable', options).highWaterMark);
+}
+
+function targetWritable(target: PushTarget, highWaterMark: number): Writable {
   const WritableClass = nodeWritable();
   if (!WritableClass) throw new Error('writable: Node streams (node:stream) are not available here; in a browser use manager.writableStream()');
-  const { highWaterMark, retryMs } = checkOptions('writable', options);
   let destroyed = false;
   return new WritableClass({
     objectMode: true,
@@ -118,14 +148,14 @@ export function createWritable(manager: ShardManager, isClosed: () => boolean, o
       let full: number | undefined;
       try {
         checkRecord('writable', record);
-        full = tryPush(manager, record);
+        full = tryPush(target, record);
         if (full === undefined) return done();
       } catch (error) {
         return done(error as Error);
       }
       // The ring is full: hold the callback, so the stream buffers what follows, write()
       // returns false at highWaterMark, and 'drain' fires once the ring took this one.
-      pushWhenRoom(manager, record, full, retryMs, isClosed, () => destroyed).then(
+      pushWhenRoom(target, record, full, () => destroyed).then(
         (pushed) => { if (pushed) done(); },
         (error: Error) => done(error),
       );
@@ -140,12 +170,21 @@ export function createWritable(manager: ShardManager, isClosed: () => boolean, o
 /** A WHATWG WritableStream (see ShardManager.writableStream). */
 export function createWritableStream(manager: ShardManager, isClosed: () => boolean, options?: WritableOptions): WritableStream<ManagerRecord> {
   const { highWaterMark, retryMs } = checkOptions('writableStream', options);
+  return targetWritableStream(managerTarget(manager, isClosed, retryMs), highWaterMark);
+}
+
+/** The same over any PushTarget (a Redis node's `writableStream()`). */
+export function createTargetWritableStream(target: PushTarget, options?: WritableOptions): WritableStream<ManagerRecord> {
+  return targetWritableStream(target, checkOptions('writableStream', options).highWaterMark);
+}
+
+function targetWritableStream(target: PushTarget, highWaterMark: number): WritableStream<ManagerRecord> {
   let aborted = false;
   return new WritableStream<ManagerRecord>({
     async write(record) {
       checkRecord('writableStream', record);
-      const full = tryPush(manager, record);
-      if (full !== undefined) await pushWhenRoom(manager, record, full, retryMs, isClosed, () => aborted);
+      const full = tryPush(target, record);
+      if (full !== undefined) await pushWhenRoom(target, record, full, () => aborted);
     },
     abort() {
       aborted = true;

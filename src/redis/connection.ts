@@ -94,20 +94,55 @@ export function checkRedisOption(value: unknown): void {
   try {
     url = new URL(value);
   } catch {
-    throw invalid(`options.redis must be a redis:// or rediss:// URL, got ${describe(value)} (not a URL)`);
+    throw invalid(`options.redis must be a redis:// or rediss:// URL, got ${describe(redactUrl(value))} (not a URL)`);
   }
-  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') throw invalid(`options.redis must be a redis:// or rediss:// URL, got protocol ${describe(url.protocol)}`);
-  if (!url.hostname) throw invalid(`options.redis must name a host, got ${describe(value)}`);
+  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') {
+    // Without `//`, what parsed as the scheme may be a user name (`user:password@host`).
+    const shown = value.includes('//') ? `protocol ${describe(url.protocol)}` : describe(redactUrl(value));
+    throw invalid(`options.redis must be a redis:// or rediss:// URL, got ${shown}`);
+  }
+  if (!url.hostname) throw invalid(`options.redis must name a host, got ${describe(redactUrl(value))}`);
 }
 
-function hidePassword(text: string): string {
-  try {
-    const url = new URL(text);
-    if (url.password) url.password = '***';
-    return url.toString();
-  } catch {
-    return text;
+const MASK = '***';
+
+/** A URL (or what was meant as one) with its user and password masked, for messages. A
+ *  string that does not parse loses everything between the scheme and its last `@`. */
+export function redactUrl(text: string): string {
+  const at = text.lastIndexOf('@');
+  if (at < 0) return text;
+  const scheme = text.indexOf('://');
+  if (scheme >= 0 && scheme < at) {
+    try {
+      const url = new URL(text);
+      if (url.username) url.username = MASK;
+      if (url.password) url.password = MASK;
+      return url.toString();
+    } catch { /* masked below */ }
   }
+  // Not a URL, or no `//` (then `user:password@host` parses with "user:" as the scheme).
+  const from = scheme >= 0 && scheme < at ? scheme + 3 : 0;
+  return `${text.slice(0, from)}${MASK}${text.slice(at)}`;
+}
+
+/** Any `scheme://user:password@` inside a message, masked (an error text may quote a URL). */
+export function redactCredentials(message: string): string {
+  return message.replace(/([a-z][a-z0-9+.-]*:\/\/)([^\s/?#]*)@/gi, (_all, scheme: string, userinfo: string) => {
+    const colon = userinfo.indexOf(':');
+    const user = colon < 0 ? userinfo : userinfo.slice(0, colon);
+    const masked = (user ? MASK : '') + (colon < 0 ? '' : `:${MASK}`);
+    return `${scheme}${masked}@`;
+  });
+}
+
+/** The same error with credentials masked in its message (itself when there were none). */
+export function redactError(error: unknown): Error {
+  const e = error instanceof Error ? error : new Error(String(error));
+  const message = redactCredentials(e.message);
+  if (message === e.message) return e;
+  const copy = new Error(message);
+  copy.name = e.name;
+  return copy;
 }
 
 function defineScripts(client: RedisClient): ScriptedClient {
@@ -121,7 +156,7 @@ function defineScripts(client: RedisClient): ScriptedClient {
 export async function connect(option: RedisOption, what: string): Promise<Connection> {
   checkRedisOption(option);
   const cluster = option instanceof Cluster;
-  const where = typeof option === 'string' ? hidePassword(option) : cluster ? 'the given Redis Cluster' : 'the given Redis client';
+  const where = typeof option === 'string' ? redactUrl(option) : cluster ? 'the given Redis Cluster' : 'the given Redis client';
   const client = typeof option === 'string' ? new Redis(option, OWN_CLIENT as never) : derive(option, OWN);
   let cause = '';
   const onError = (e: Error) => { cause = e.message; }; // ioredis rejects with "Connection is closed"; the cause comes here
@@ -135,9 +170,9 @@ export async function connect(option: RedisOption, what: string): Promise<Connec
     const message = cause && cause !== raw ? `${cause} (${raw})` : raw;
     const hint = /WRONGPASS|NOAUTH|invalid password|AUTH/i.test(message) ? ' (authentication refused: check the user and password in the URL)' : '';
     if (typeof option !== 'string') {
-      throw new Error(`shard-mapper/redis: ${what}: cannot connect with the options of ${where}: ${message}${hint}`);
+      throw new Error(`shard-mapper/redis: ${what}: cannot connect with the options of ${where}: ${redactCredentials(message)}${hint}`);
     }
-    throw new Error(`shard-mapper/redis: ${what}: cannot use Redis at ${where}: ${message}${hint}`);
+    throw new Error(`shard-mapper/redis: ${what}: cannot use Redis at ${where}: ${redactCredentials(message)}${hint}`);
   }
   client.off('error', onError);
   client.on('error', () => { /* reported through the failing commands; ioredis reconnects */ });

@@ -7,3 +7,9 @@ export { DedupFilter } from './dedup.js';
 export type { RedisManagerEvent, RedisNodeEvent } from './controller.js';
 export type { RedisOption } from './connection.js';
 export type { RoutingMode, TableState } from './table.js';
+// The errors a node throws, the very classes of the package root (instanceof works with either import).
+export { BackpressureError, ManagerClosedError, ScalingError, type ScalingErrorKind } from '../errors.js';
+export type { BackpressureMode } from '../manager.js';
+export type { ScalingPolicy } from '../policy.js';
+export type { EventKey, EventPayload, BatchEvent } from '../producer.js';
+export type { ManagerRecord, WritableOptions } from '../streams.js';

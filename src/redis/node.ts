@@ -3,6 +3,7 @@
 // a sender sends each shard's frames in order with pipelined XADD (one frame per shard in
 // flight), retrying on errors, so nothing accepted is lost while Redis is away.
 import { randomUUID } from 'node:crypto';
+import type { Writable } from 'node:stream';
 import { BackpressureError, ScalingError, checkInteger, describe, invalid, type ScalingErrorKind } from '../errors.js';
 import { hashKey } from '../hash.js';
 import { NO_SHARD } from '../mapper.js';
@@ -11,7 +12,8 @@ import { POLICY_FIELDS, resolvePolicy, type ScalingPolicy } from '../policy.js';
 import { batchArguments, type BatchEvent, type EventKey, type EventPayload } from '../producer.js';
 import { ManagerClosedError } from '../errors.js';
 import { checkNamespace, keysFor, type Keys } from './keys.js';
-import { closeConnection, connect, sendAll, subscriber, type Command, type Connection, type RedisClient, type RedisOption } from './connection.js';
+import { closeConnection, connect, redactError, sendAll, subscriber, type Command, type Connection, type RedisClient, type RedisOption } from './connection.js';
+import { createTargetWritable, createTargetWritableStream, type ManagerRecord, type PushTarget, type WritableOptions } from '../streams.js';
 import { Controller, createGroups, type OperatorAnswer, type OperatorRequest, type RedisManagerEvent, type RedisNodeEvent } from './controller.js';
 import type { ManagerEvent, ManagerStats } from '../manager.js';
 import type { ShardMetrics } from '../metrics.js';
@@ -26,7 +28,8 @@ export interface RedisShardManagerOptions {
   namespace: string;
   /** Shards created with the namespace (default 1). Ignored when the namespace exists. */
   initialShards?: number;
-  /** The namespace's policy. Given to a node joining an existing namespace, it must equal the stored one. */
+  /** The namespace's policy (metricsWindowMs in whole ms). Given to a node joining an existing
+   *  namespace, the fields given must equal the stored ones; the rest is the namespace's. */
   policy?: Partial<ScalingPolicy>;
   routing?: RoutingMode;
   loadBound?: number;
@@ -46,7 +49,8 @@ export interface RedisShardManagerOptions {
   maxFrameBytes?: number;
   /** How long the first event of an idle node waits for company before it is sent (ms, default 1). */
   lingerMs?: number;
-  /** Controller lease (ms, default max(1000, 5 × metricsWindowMs)); renewed every metricsWindowMs. */
+  /** Controller lease (whole ms, default max(1000, 5 × the namespace's metricsWindowMs));
+   *  renewed every metricsWindowMs, so it must be longer than that. */
   leaseMs?: number;
   /** A draining shard must see no append for this long before it stops (ms, default 1000). */
   drainGraceMs?: number;
@@ -84,6 +88,8 @@ const MAX_PAYLOAD_LIMIT = 16 * 1024 * 1024;
 const FIRST_FRAME_BYTES = 4096;
 const BACKOFF_MIN_MS = 20;
 const BACKOFF_MAX_MS = 1000;
+/** Longest delay setTimeout / setInterval keep (a longer one fires at once). */
+const MAX_TIMER_MS = 0x7fffffff;
 
 interface ShardQueue {
   id: number;
@@ -96,6 +102,21 @@ interface ShardQueue {
   /** Their payload bytes. */
   bytes: number;
   sampleTick: number;
+  /** Set while this shard waits out a failed send (its own backoff: other shards go on). */
+  hold: ReturnType<typeof setTimeout> | undefined;
+  /** The last hold's length (0: the last send succeeded). */
+  holdMs: number;
+  /** Its missing stream was reported (once until a frame is stored again). */
+  missingReported: boolean;
+}
+
+/** A pushAsync waiting for room (with `payload`), or a writable's record waiting for room. */
+interface RoomWaiter {
+  hash: number;
+  bytes: number;
+  payload: EventPayload | undefined;
+  resolve: (accepted: boolean) => void;
+  reject: (error: unknown) => void;
 }
 
 interface Orphan {
@@ -125,6 +146,13 @@ function checkFinite(name: string, value: unknown, fallback: number, min: number
   return v;
 }
 
+/** A window in whole ms that a timer keeps. */
+function checkWindow(windowMs: number): void {
+  if (!Number.isInteger(windowMs) || windowMs > MAX_TIMER_MS) {
+    throw invalid(`policy.metricsWindowMs must be a whole number of milliseconds in [1, ${MAX_TIMER_MS}] for a Redis node (the controller lease, SET … PX, is set from it), got ${describe(windowMs)}`);
+  }
+}
+
 function keyHash(key: EventKey, method: string, index = -1): number {
   if (typeof key === 'number') return key >>> 0;
   if (typeof key === 'string' || key instanceof Uint8Array) return hashKey(key);
@@ -149,8 +177,33 @@ function payloadBytes(payload: unknown, max: number, index: number): number {
   throw new TypeError(`${label} must be a Uint8Array or a string, got ${payload === null ? 'null' : typeof payload}`);
 }
 
-function policyDiff(a: ScalingPolicy, b: ScalingPolicy): string[] {
-  return POLICY_FIELDS.filter((f) => a[f] !== b[f]).map((f) => `${f} ${String(a[f])} (stored) vs ${String(b[f])} (given)`);
+/** The fields the user gave (as resolved: defaults and raises applied alike) that differ
+ *  from the stored policy. Fields not given are the namespace's to set, not this machine's. */
+function policyDiff(stored: ScalingPolicy, resolved: ScalingPolicy, given: Partial<ScalingPolicy>): string[] {
+  return POLICY_FIELDS.filter((f) => given[f] !== undefined && stored[f] !== resolved[f])
+    .map((f) => `${f} ${String(stored[f])} (stored) vs ${String(resolved[f])} (given)`);
+}
+
+/** The lease a node takes for a window: the one given, or max(1000, 5 windows) in whole ms. */
+function leaseFor(given: number | undefined, windowMs: number): number {
+  return given ?? Math.ceil(Math.max(1000, 5 * windowMs));
+}
+
+function checkLease(leaseMs: number, windowMs: number): void {
+  if (leaseMs <= windowMs) throw invalid(`options.leaseMs must be longer than policy.metricsWindowMs (${windowMs}): the lease is renewed once a window, got ${leaseMs}`);
+}
+
+/** The metricsWindowMs of a namespace that exists, read before the table is created, so a
+ *  lease too short for it is refused before anything is written (undefined: none yet, or
+ *  not ours, which initTable then explains). */
+async function storedWindow(conn: Connection, keys: Keys): Promise<number | undefined> {
+  try {
+    const doc = await conn.client.hget(keys.table, 'doc');
+    const windowMs = doc === null ? undefined : (JSON.parse(doc) as Partial<TableDoc>).policy?.metricsWindowMs;
+    return typeof windowMs === 'number' ? windowMs : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 export class RedisShardManager {
@@ -193,6 +246,8 @@ export class RedisShardManager {
   #refreshing: Promise<void> | undefined;
   #refreshAgain = false;
   #waiters: { target: number; resolve: () => void }[] = [];
+  /** Pushes and writes waiting for room in a full shard, in call order. */
+  #roomWaiters: RoomWaiter[] = [];
   #closed = false;
   #closing: Promise<void> | undefined;
   #lastError: string | undefined;
@@ -239,6 +294,9 @@ export class RedisShardManager {
     const ns = checkNamespace(options.namespace);
     const initialShards = checkInteger('options.initialShards', given(options.initialShards, 1), 0, 0xfffe);
     const policy = resolvePolicy(options.policy, initialShards);
+    // The window sets the default lease, which Redis takes in whole ms (SET … PX), and the
+    // window timer; a fraction would fail every SET, so no node would ever be the controller.
+    checkWindow(policy.metricsWindowMs);
     const { routing, loadBound } = checkRoutingOptions(options.routing, options.loadBound);
     const backpressure = checkBackpressure(given(options.backpressure, { kind: 'failProducer' }));
     const maxPayload = checkInteger('options.maxPayloadBytes', given(options.maxPayloadBytes, DEFAULT_MAX_PAYLOAD), 1, MAX_PAYLOAD_LIMIT);
@@ -246,8 +304,8 @@ export class RedisShardManager {
     const capacityBytes = checkInteger('options.ringBufferBytes', given(options.ringBufferBytes, capacity * maxPayload), maxPayload, Number.MAX_SAFE_INTEGER);
     const maxFrameBytes = checkInteger('options.maxFrameBytes', given(options.maxFrameBytes, 65536), 64, 64 * 1024 * 1024);
     const lingerMs = checkFinite('lingerMs', options.lingerMs, 1, 0, false);
-    const leaseMs = checkFinite('leaseMs', options.leaseMs, Math.max(1000, 5 * policy.metricsWindowMs), 0, true);
-    if (leaseMs <= policy.metricsWindowMs) throw invalid(`options.leaseMs must be longer than policy.metricsWindowMs (${policy.metricsWindowMs}): the lease is renewed once a window, got ${leaseMs}`);
+    const leaseGiven = options.leaseMs === undefined ? undefined : checkInteger('options.leaseMs', options.leaseMs, 1, Number.MAX_SAFE_INTEGER);
+    if (leaseGiven !== undefined && options.policy?.metricsWindowMs !== undefined) checkLease(leaseGiven, policy.metricsWindowMs);
     const drainGraceMs = checkFinite('drainGraceMs', options.drainGraceMs, 1000, 0, false);
     const controller = given(options.controller, true);
     if (typeof controller !== 'boolean') throw invalid(`options.controller must be a boolean, got ${describe(controller)}`);
@@ -266,12 +324,14 @@ export class RedisShardManager {
         shards: Array.from({ length: initialShards }, (_, id) => ({ id, state: 'active' as const })),
         route: new RouteBuilder({ routing, loadBound, policy }).build(Array.from({ length: initialShards }, (_, id) => id), new Map(), false),
       };
+      // The window the lease must outlast is the namespace's (the one given if it is new).
+      if (leaseGiven !== undefined) checkLease(leaseGiven, (await storedWindow(conn, keys)) ?? policy.metricsWindowMs);
       const table = await initTable(conn.client, keys, fresh);
       if (table.created) await createGroups(conn, keys, fresh.shards.map((s) => s.id));
       if (!table.created) {
         // A node that states a policy or routing must agree with the namespace's.
         if (options.policy !== undefined) {
-          const diff = policyDiff(table.doc.policy, policy);
+          const diff = policyDiff(table.doc.policy, policy, options.policy);
           if (diff.length > 0) throw invalid(`namespace "${ns}" already runs with another policy: ${diff.join('; ')}. Give the same policy, or none to adopt the stored one`);
         }
         if (options.routing !== undefined && table.doc.routing !== routing) {
@@ -281,6 +341,9 @@ export class RedisShardManager {
           throw invalid(`namespace "${ns}" already has loadBound ${table.doc.loadBound}, this node was given ${loadBound}`);
         }
       }
+      const windowMs = table.doc.policy.metricsWindowMs;
+      if (leaseGiven !== undefined) checkLease(leaseGiven, windowMs);
+      const leaseMs = leaseFor(leaseGiven, windowMs);
       // Node numbers come from Redis, so dedup ids are unique across machines and restarts.
       const nodeId = String(await conn.client.incr(keys.nodes));
       sub = subscriber(conn);
@@ -314,7 +377,7 @@ export class RedisShardManager {
   }
 
   #redisError(error: unknown): void {
-    const e = error instanceof Error ? error : new Error(String(error));
+    const e = redactError(error);
     if (e.message === this.#lastError) return; // once per kind of failure, not once per retry
     this.#lastError = e.message;
     this.#emit({ type: 'redisError', error: e, at: this.#clock() });
@@ -427,7 +490,10 @@ export class RedisShardManager {
 
   #queue(id: number): ShardQueue {
     let q = this.#queues.get(id);
-    if (!q) this.#queues.set(id, q = { id, frames: [], open: undefined, inflight: undefined, events: 0, bytes: 0, sampleTick: 0 });
+    if (!q) {
+      q = { id, frames: [], open: undefined, inflight: undefined, events: 0, bytes: 0, sampleTick: 0, hold: undefined, holdMs: 0, missingReported: false };
+      this.#queues.set(id, q);
+    }
     return q;
   }
 
@@ -440,7 +506,7 @@ export class RedisShardManager {
     const cap = this.ringBufferCapacity;
     const capBytes = this.ringBufferBytes;
     const mode = this.backpressure;
-    const full = () => q.events >= cap || q.bytes + bytes > capBytes;
+    const full = () => this.#full(q, bytes);
     if (mode.kind === 'sample' && !full() && Math.max(q.events / cap, q.bytes / capBytes) > this.#table.doc.policy.fillRatioThreshold) {
       if (++q.sampleTick % mode.rate !== 0) { this.#drops.sampled++; this.#count(shard).dropped++; return false; }
     }
@@ -456,6 +522,126 @@ export class RedisShardManager {
     this.#append(q, hash, ++this.#accepted, payload, bytes);
     this.#count(shard).pushed++;
     return true;
+  }
+
+  /** Whether an event of `bytes` would meet backpressure in this send buffer. */
+  #full(q: ShardQueue, bytes: number): boolean {
+    return q.events >= this.ringBufferCapacity || q.bytes + bytes > this.ringBufferBytes;
+  }
+
+  // ---- waiting for room ---------------------------------------------------------------
+
+  /**
+   * push() that waits for room instead of throwing BackpressureError: under failProducer,
+   * while the event's shard has a full send buffer, the promise waits until the node stored
+   * enough of it in Redis (through outages too), then accepts the event. Resolves as push()
+   * returns (under the other modes it never waits: they drop instead); rejects with push()'s
+   * errors for bad input and ManagerClosedError after close(). Calls that wait are accepted
+   * in call order per shard. `for (...) await node.pushAsync(key, payload)` fills the
+   * buffers and lets the sender run whenever they are full. The payload is copied when
+   * the event is accepted: do not change it before the promise settles.
+   */
+  pushAsync(key: EventKey, payload: EventPayload): Promise<boolean> {
+    try {
+      if (this.#closed) throw new ManagerClosedError('pushAsync');
+      const hash = keyHash(key, 'push');
+      const bytes = payloadBytes(payload, this.maxPayloadBytes, -1);
+      if (this.#roomWaiters.length === 0) {
+        const shard = this.#route.select(hash);
+        if (!this.#mustWait(shard, bytes)) return Promise.resolve(this.#accept(hash, shard, payload, bytes, 0));
+      }
+      return new Promise<boolean>((resolve, reject) => {
+        this.#roomWaiters.push({ hash, bytes, payload, resolve, reject });
+        this.#wakeRoomWaiters();
+      });
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  /**
+   * A Node Writable in object mode taking `{ key, payload }` records, as
+   * ShardManager.writable(): while a shard's send buffer is full (failProducer) a write waits
+   * for room instead of failing, so `write()` returns false once `highWaterMark` records are
+   * held and 'drain' follows once the node stored enough: `stream.pipeline(source,
+   * node.writable())` gets backpressure. Records dropped by dropNewest/sample or unrouted
+   * count as push() counts them; a write that waits is not a drop.
+   */
+  writable(options?: WritableOptions): Writable {
+    return createTargetWritable(this.#pushTarget(), options);
+  }
+
+  /** The same as a WHATWG WritableStream: a write's promise settles once the record is in a
+   *  send buffer, and the writer's `ready` waits while the stream's queue is full. */
+  writableStream(options?: WritableOptions): WritableStream<ManagerRecord> {
+    return createTargetWritableStream(this.#pushTarget(), options);
+  }
+
+  #pushTarget(): PushTarget {
+    return {
+      push: (key, payload) => {
+        if (this.#closed) throw new ManagerClosedError('push');
+        // A full shard is refused without counting a drop: the writer waits, nothing is lost.
+        const hash = keyHash(key, 'push');
+        const bytes = payloadBytes(payload, this.maxPayloadBytes, -1);
+        const shard = this.#route.select(hash);
+        if (this.#mustWait(shard, bytes)) throw new BackpressureError(`shard ${shard}'s send buffer is full`, shard);
+        return this.#accept(hash, shard, payload, bytes, 0);
+      },
+      roomFor: (record, _shard, cancelled) => new Promise<void>((resolve, reject) => {
+        if (this.#closed || cancelled()) { resolve(); return; } // push() then says what happened
+        let hash: number;
+        let bytes: number;
+        try {
+          hash = keyHash(record.key, 'push');
+          bytes = payloadBytes(record.payload, this.maxPayloadBytes, -1);
+        } catch {
+          resolve(); // push() throws the same error, where the stream reports it
+          return;
+        }
+        this.#roomWaiters.push({ hash, bytes, payload: undefined, resolve: () => resolve(), reject });
+        this.#wakeRoomWaiters();
+      }),
+    };
+  }
+
+  /** Would an event of `bytes` routed to `shard` meet failProducer's full buffer? */
+  #mustWait(shard: number, bytes: number): boolean {
+    if (this.backpressure.kind !== 'failProducer' || shard === NO_SHARD) return false;
+    const q = this.#queues.get(shard);
+    return q !== undefined && this.#full(q, bytes);
+  }
+
+  /** Let waiters on through shards that have room now, in call order: one that still waits
+   *  holds back every later waiter of its shard, so a shard takes them in order. */
+  #wakeRoomWaiters(): boolean {
+    if (this.#roomWaiters.length === 0) return false;
+    const waiting: RoomWaiter[] = [];
+    const blocked = new Set<number>();
+    const waiters = this.#roomWaiters;
+    this.#roomWaiters = [];
+    for (const w of waiters) {
+      if (this.#closed) {
+        if (w.payload === undefined) w.resolve(false); // the writable's push throws ManagerClosedError
+        else w.reject(new ManagerClosedError('pushAsync'));
+        continue;
+      }
+      const shard = this.#route.select(w.hash);
+      if (blocked.has(shard) || this.#mustWait(shard, w.bytes)) {
+        blocked.add(shard);
+        waiting.push(w);
+        continue;
+      }
+      if (w.payload === undefined) { w.resolve(false); continue; }
+      try {
+        w.resolve(this.#accept(w.hash, shard, w.payload, w.bytes, 0));
+      } catch (error) {
+        w.reject(error);
+      }
+    }
+    const woken = waiters.length > waiting.length;
+    this.#roomWaiters = waiting.concat(this.#roomWaiters);
+    return woken;
   }
 
   #count(shard: number): { pushed: number; stored: number; dropped: number } {
@@ -492,6 +678,9 @@ export class RedisShardManager {
     } else if (q.open && q.open.count > 0) {
       q.bytes -= q.open.buf.readUInt32LE(0);
       q.open.dropFirst();
+      // An empty builder would keep its oldest accept index, and flush() would wait for it
+      // for ever (an empty frame is never sent).
+      if (q.open.count === 0) q.open = undefined;
     } else return false;
     q.events--;
     this.#buffered--;
@@ -510,16 +699,16 @@ export class RedisShardManager {
     }, this.#lingerMs);
   }
 
-  /** Rounds of one pipelined XADD per shard with data, until every buffer is empty. */
+  /** Rounds of one pipelined XADD per shard with data, until every buffer is empty or
+   *  waits out its own backoff (a shard whose send failed is held; the others go on). */
   async #send(): Promise<void> {
     if (this.#sending) return;
     this.#sending = true;
-    let backoff = BACKOFF_MIN_MS;
     try {
       for (;;) {
         const batch: Frame[] = [];
         for (const q of this.#queues.values()) {
-          if (q.inflight) continue;
+          if (q.inflight || q.hold !== undefined) continue;
           if (q.frames.length === 0 && q.open && q.open.count > 0) {
             q.frames.push(q.open.close(q.id, ++this.#frameSeq));
             q.open = undefined;
@@ -541,10 +730,13 @@ export class RedisShardManager {
           if (error) {
             failed ??= error;
             q.frames.unshift(frame); // sent again first: per-shard order holds, same dedup id
+            this.#hold(q);
           } else {
             const n = frame.hashes.length;
             q.events -= n;
             q.bytes -= frame.data.length - 4 * n; // each event is a 4-byte length and its payload
+            q.holdMs = 0;
+            q.missingReported = false;
             this.#buffered -= n;
             this.#stored += n;
             this.#count(frame.shard).stored += n;
@@ -556,19 +748,44 @@ export class RedisShardManager {
         if (failed) {
           this.#retries++;
           this.#redisError(failed);
-          await sleep(backoff);
-          backoff = Math.min(BACKOFF_MAX_MS, backoff * 2);
-        } else {
-          backoff = BACKOFF_MIN_MS;
-          if (refused.length === 0) this.#lastError = undefined; // the next failure is news again
+        } else if (refused.length === 0 && !this.#anyHeld()) {
+          this.#lastError = undefined; // the next failure is news again
         }
         this.#settleWaiters();
+        // Producers let on by this round refill the buffers before the next round is cut
+        // (else it would carry the one event each of them put in so far).
+        if (this.#wakeRoomWaiters()) await new Promise<void>((r) => setImmediate(r));
       }
     } finally {
       this.#sending = false;
       this.#settleWaiters();
-      if (this.#buffered > this.#orphans.length) this.#kick();
+      this.#wakeRoomWaiters();
+      if (this.#sendable()) this.#kick();
     }
+  }
+
+  /** Hold a shard whose send failed: it is tried again after its own backoff (20 ms,
+   *  doubling to 1 s), while the other shards keep sending. */
+  #hold(q: ShardQueue): void {
+    q.holdMs = q.holdMs === 0 ? BACKOFF_MIN_MS : Math.min(BACKOFF_MAX_MS, 2 * q.holdMs);
+    if (q.hold !== undefined) clearTimeout(q.hold);
+    q.hold = setTimeout(() => {
+      q.hold = undefined;
+      this.#kick();
+    }, q.holdMs);
+  }
+
+  #anyHeld(): boolean {
+    for (const q of this.#queues.values()) if (q.hold !== undefined) return true;
+    return false;
+  }
+
+  /** Whether some shard has a frame the sender could send now. */
+  #sendable(): boolean {
+    for (const q of this.#queues.values()) {
+      if (!q.inflight && q.hold === undefined && (q.frames.length > 0 || (q.open !== undefined && q.open.count > 0))) return true;
+    }
+    return false;
   }
 
   #inTable(id: number): boolean {
@@ -576,7 +793,8 @@ export class RedisShardManager {
   }
 
   /** XADD NOMKSTREAM found no stream: the shard was removed (route the events again), or the
-   *  stream is missing under a shard the table still has (keep them and retry). */
+   *  stream is missing under a shard the table still has (an eviction, a failover, an
+   *  operator's DEL): keep them, hold that shard alone and retry, reported once. */
   async #refused(frames: Frame[]): Promise<void> {
     await this.#refresh(); // the shard's queue is in flight: #apply left it for us
     for (const frame of frames) {
@@ -584,8 +802,11 @@ export class RedisShardManager {
       q.inflight = undefined;
       if (this.#inTable(frame.shard)) {
         q.frames.unshift(frame);
-        this.#redisError(new Error(`shard-mapper/redis: the stream of shard ${frame.shard} is missing though the table lists it; retrying`));
-        await sleep(BACKOFF_MIN_MS);
+        this.#hold(q);
+        if (!q.missingReported) {
+          q.missingReported = true;
+          this.#emit({ type: 'redisError', error: new Error(`shard-mapper/redis: the stream of shard ${frame.shard} is missing though the table lists it; its events wait in the send buffer and are retried`), at: this.#clock() });
+        }
       } else this.#requeue(q, [frame]);
     }
   }
@@ -594,6 +815,7 @@ export class RedisShardManager {
   #requeue(q: ShardQueue, refused: Frame[]): void {
     const frames = [...refused, ...q.frames];
     if (q.open && q.open.count > 0) frames.push(q.open.close(q.id, 0));
+    if (q.hold !== undefined) clearTimeout(q.hold);
     this.#queues.delete(q.id);
     for (const frame of frames) {
       const events = decodeFrame(frame.data);
@@ -787,8 +1009,10 @@ export class RedisShardManager {
   close(): Promise<void> {
     if (this.#closing) return this.#closing;
     this.#closed = true;
+    this.#wakeRoomWaiters(); // waiting pushes were not accepted: they fail as a push would now
     this.#closing = (async () => {
       await this.flush();
+      for (const q of this.#queues.values()) if (q.hold !== undefined) clearTimeout(q.hold);
       if (this.#windowTimer !== undefined) clearInterval(this.#windowTimer);
       while (this.#stepping) await sleep(2);
       if (this.#storedDelta.size > 0) {
