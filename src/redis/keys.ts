@@ -28,8 +28,16 @@ export interface Keys {
   readonly lease: string;
   /** Pub/sub channel: the new table version after every write. */
   readonly changes: string;
-  /** Counter: node numbers (dedup ids are node number + frame sequence). */
+  /** Counter: node numbers (a node id is its number and a random tag; dedup ids are node id + frame sequence). */
   readonly nodes: string;
+  /** Hash: what live nodes knew when they found Redis had lost data (nextId, needGen, node):
+   *  the recovering controller starts above it, so no shard id or node number is reused. */
+  readonly floor: string;
+  /** Hash: request id → the controller's answer, written in the same script as the table
+   *  write that acted on the request (and the request's removal from the queue). */
+  readonly answers: string;
+  /** Sorted set: request id → Redis time of its answer (answers are pruned after 10 minutes). */
+  readonly answered: string;
   /** Hash: shard id → events stored by all nodes (reported every metrics window). */
   readonly stored: string;
   /** Hash: shard id → events acknowledged by consumers. */
@@ -38,10 +46,9 @@ export interface Keys {
   readonly flush: string;
   /** Sorted set: consumer name → lease expiry (Redis time, ms). */
   readonly consumers: string;
-  /** List: operator requests for the controller (LPUSH by any node, RPOP by the controller). */
+  /** List: operator requests for the controller (LPUSH by any node; a request leaves it only
+   *  in the script that answers it, or when its caller withdraws it). */
   readonly ops: string;
-  /** String: the controller's answer to one request (kept a minute). */
-  opAnswer(reqId: string): string;
   stream(id: number): string;
   /** String: the consumer that owns a shard (SET NX PX). */
   owner(id: number): string;
@@ -55,12 +62,14 @@ export function keysFor(ns: string): Keys {
     lease: `${tag}:controller`,
     changes: `${tag}:changes`,
     nodes: `${tag}:nodes`,
+    floor: `${tag}:floor`,
+    answers: `${tag}:answers`,
+    answered: `${tag}:answered`,
     stored: `${tag}:stored`,
     acked: `${tag}:acked`,
     flush: `${tag}:flush`,
     consumers: `${tag}:consumers`,
     ops: `${tag}:ops`,
-    opAnswer: (reqId) => `${tag}:op:${reqId}`,
     stream: (id) => `${ns}:shard:{${ns}:${id}}`,
     owner: (id) => `${tag}:owner:${id}`,
   };
@@ -68,31 +77,131 @@ export function keysFor(ns: string): Keys {
 
 /** Lua scripts (ioredis defineCommand: EVALSHA, EVAL on NOSCRIPT). */
 export const SCRIPTS = {
-  /** KEYS table; ARGV doc, format. Creates the table if absent; returns {created|exists, doc, version}. */
+  /** KEYS table; ARGV doc, format, epoch. Creates the table if absent (generation 1, this
+   *  epoch); returns {created|exists, doc, version, gen, epoch}. */
   smInitTable: {
     numberOfKeys: 1,
     lua: `
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t == 'none' then
-  redis.call('HSET', KEYS[1], 'format', ARGV[2], 'version', '1', 'doc', ARGV[1])
-  return {'created', ARGV[1], '1'}
+  redis.call('HSET', KEYS[1], 'format', ARGV[2], 'version', '1', 'gen', '1', 'epoch', ARGV[3], 'doc', ARGV[1])
+  return {'created', ARGV[1], '1', '1', ARGV[3]}
 end
 if t ~= 'hash' then return redis.error_reply('SMWRONGTYPE ' .. t) end
-local f = redis.call('HMGET', KEYS[1], 'format', 'version', 'doc')
+local f = redis.call('HMGET', KEYS[1], 'format', 'version', 'doc', 'gen', 'epoch')
 if f[1] ~= ARGV[2] then return redis.error_reply('SMNOTATABLE ' .. tostring(f[1])) end
-return {'exists', f[3], f[2]}`,
+return {'exists', f[3], f[2], f[4] or '1', f[5] or ''}`,
   },
-  /** KEYS lease, table; ARGV token, expected version, doc, channel. The fenced table write. */
+  /**
+   * KEYS lease, table, ops, answers, answered; ARGV token, epoch, expected version, doc ('':
+   * unchanged), channel, clocks ('': unchanged), request id ('': none), the request as
+   * queued, its answer. The fenced table write: only with the current lease token, only over
+   * the expected epoch and version. With a request, it also takes the request off the queue
+   * and records the answer, in the same step: refused (SMWITHDRAWN) when the request is no
+   * longer queued (its caller withdrew it), so a request acts at most once.
+   */
   smWriteTable: {
-    numberOfKeys: 2,
+    numberOfKeys: 5,
     lua: `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('SMFENCED the controller lease is not held by this node') end
-local v = redis.call('HGET', KEYS[2], 'version')
-if v ~= ARGV[2] then return redis.error_reply('SMSTALE table version ' .. tostring(v) .. ', expected ' .. ARGV[2]) end
-local nv = tostring(tonumber(v) + 1)
-redis.call('HSET', KEYS[2], 'version', nv, 'doc', ARGV[3])
-redis.call('PUBLISH', ARGV[4], nv)
+local f = redis.call('HMGET', KEYS[2], 'version', 'epoch')
+if f[1] ~= ARGV[3] or (f[2] or '') ~= ARGV[2] then
+  return redis.error_reply('SMSTALE table ' .. tostring(f[2]) .. '/' .. tostring(f[1]) .. ', expected ' .. ARGV[2] .. '/' .. ARGV[3])
+end
+if ARGV[7] ~= '' then
+  if redis.call('LREM', KEYS[3], 1, ARGV[8]) ~= 1 then return redis.error_reply('SMWITHDRAWN request ' .. ARGV[7] .. ' is no longer queued') end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('HSET', KEYS[4], ARGV[7], ARGV[9])
+  redis.call('ZADD', KEYS[5], now, ARGV[7])
+  local old = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now - 600000, 'LIMIT', 0, 100)
+  for _, id in ipairs(old) do redis.call('HDEL', KEYS[4], id) redis.call('ZREM', KEYS[5], id) end
+end
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'clocks', ARGV[6]) end
+if ARGV[4] == '' then return ARGV[3] end
+local nv = tostring(tonumber(ARGV[3]) + 1)
+redis.call('HSET', KEYS[2], 'version', nv, 'doc', ARGV[4])
+redis.call('PUBLISH', ARGV[5], nv)
 return nv`,
+  },
+  /** KEYS table; Redis's clock (ms) and the stored decision clocks: {ms, clocks or false}. */
+  smClocks: {
+    numberOfKeys: 1,
+    lua: `
+local t = redis.call('TIME')
+return {tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)), redis.call('HGET', KEYS[1], 'clocks')}`,
+  },
+  /**
+   * KEYS lease, table, nodes, floor; ARGV token, generation, epoch, doc, format, channel,
+   * lowest node number to hand out next. After Redis lost data: writes a new table of a
+   * higher generation (version 1) over a missing one or one of a lower generation, raises
+   * the node counter, publishes. Fenced like every table write.
+   */
+  smRecoverTable: {
+    numberOfKeys: 4,
+    lua: `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('SMFENCED the controller lease is not held by this node') end
+local t = redis.call('TYPE', KEYS[2])['ok']
+if t ~= 'none' then
+  if t ~= 'hash' then return redis.error_reply('SMWRONGTYPE ' .. t) end
+  local g = tonumber(redis.call('HGET', KEYS[2], 'gen') or '1')
+  if g >= tonumber(ARGV[2]) then return redis.error_reply('SMSTALE the table is at generation ' .. g .. ' already') end
+end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'format', ARGV[5], 'version', '1', 'gen', ARGV[2], 'epoch', ARGV[3], 'doc', ARGV[4])
+local n = tonumber(redis.call('GET', KEYS[3]) or '0')
+if n < tonumber(ARGV[7]) then redis.call('SET', KEYS[3], ARGV[7]) end
+redis.call('PUBLISH', ARGV[6], '1')
+return 1`,
+  },
+  /** KEYS floor; ARGV nextId, needGen, node. Raise each field to at least the given value. */
+  smRaiseFloor: {
+    numberOfKeys: 1,
+    lua: `
+local names = {'nextId', 'needGen', 'node'}
+for i = 1, 3 do
+  local v = tonumber(redis.call('HGET', KEYS[1], names[i]) or '0')
+  if tonumber(ARGV[i]) > v then redis.call('HSET', KEYS[1], names[i], ARGV[i]) end
+end
+return 1`,
+  },
+  /** KEYS ops, answers; ARGV the request as queued, its id. A caller giving up: takes the
+   *  request off the queue ({'withdrawn'}: it will never act), unless it was answered
+   *  already ({'answered', answer}). Atomic against smWriteTable. */
+  smWithdraw: {
+    numberOfKeys: 2,
+    lua: `
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then return {'withdrawn'} end
+return {'answered', redis.call('HGET', KEYS[2], ARGV[2])}`,
+  },
+  /**
+   * ARGV lease key, table key, token, epoch, group, then (stream key, shard id) pairs.
+   * Standalone servers only (the keys span hash slots, so they are not declared): with the current lease token and
+   * epoch, creates the stream and group of each shard the table lists as provisioning,
+   * active or draining that lacks them; returns the ids it repaired or created. A
+   * controller that lost its lease can thus never create a stream (for a removed shard, say).
+   */
+  smEnsureStreams: {
+    numberOfKeys: 0,
+    lua: `
+local lease, tbl = ARGV[1], ARGV[2]
+if redis.call('GET', lease) ~= ARGV[3] then return redis.error_reply('SMFENCED the controller lease is not held by this node') end
+local f = redis.call('HMGET', tbl, 'epoch', 'doc')
+if (f[1] or '') ~= ARGV[4] or not f[2] then return redis.error_reply('SMSTALE the table changed epoch') end
+local listed = {}
+for _, s in ipairs(cjson.decode(f[2]).shards) do
+  if s.state ~= 'stopped' then listed[tostring(s.id)] = true end
+end
+local made = {}
+for i = 6, #ARGV, 2 do
+  local key, id = ARGV[i], ARGV[i + 1]
+  if listed[id] then
+    local r = redis.pcall('XGROUP', 'CREATE', key, ARGV[5], '0', 'MKSTREAM')
+    if type(r) ~= 'table' or not r.err then made[#made + 1] = id
+    elseif not string.find(r.err, 'BUSYGROUP') then return redis.error_reply(r.err) end
+  end
+end
+return made`,
   },
   /** KEYS lease; ARGV token, ms. Renew a lease held with this token: 1, else 0. */
   smRenew: {
