@@ -179,8 +179,8 @@ describe.skipIf(!available)('the Redis controller', () => {
     const flushing = a.flush();
     expect(await within(flushing, 300)).toBe('pending'); // shard 1's frames have nowhere to go
     await a.tick();
-    expect(events.filter((e) => e.type === 'streamRecreated').map((e) => (e as { shardId: number }).shardId).sort()).toEqual([0, 1]);
     expect(await within(flushing, 10_000)).not.toBe('pending');
+    expect(events.filter((e) => e.type === 'streamRecreated').map((e) => (e as { shardId: number }).shardId).sort()).toEqual([0, 1]);
     await until(() => got.length >= 100, '100 deliveries');
     expect(new Set(got.map((g) => g.shard))).toEqual(new Set([0, 1]));
     await consumers.close();
