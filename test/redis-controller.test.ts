@@ -7,7 +7,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DedupFilter, RedisShardManager, serveShardConsumers, type RedisManagerEvent, type ShardConsumers } from 'shard-mapper/redis';
 import * as redisModule from 'shard-mapper/redis';
-import { RedisTestServer, redisAvailable } from './helpers/redis-server.js';
+import { Cluster } from 'ioredis';
+import { RedisTestCluster, RedisTestServer, redisAvailable } from './helpers/redis-server.js';
 import { sleep } from './helpers/delivery.js';
 
 const available = redisAvailable();
@@ -342,6 +343,36 @@ describe.skipIf(!available)('the Redis controller', () => {
     await b.tick();
     expect(scaleUps).toBe(2); // the cooldown is over: the backlog scales up again
     await b.close();
+  });
+});
+
+describe.skipIf(!available)('the Redis controller on a Cluster', () => {
+  it('repairs a deleted stream and a destroyed group through the Cluster path (lease checked before and after creating)', async () => {
+    const cluster = await RedisTestCluster.start();
+    const client = new Cluster(cluster.startupNodes, { enableOfflineQueue: true });
+    const consumerClient = new Cluster(cluster.startupNodes);
+    try {
+      const namespace = 'repair';
+      const events: RedisManagerEvent[] = [];
+      const node = await RedisShardManager.create({ redis: client, namespace, initialShards: 3, policy: { maxShards: 3, metricsWindowMs: 60_000, autoScale: false }, onRedisEvent: (e) => events.push(e) });
+      await node.tick();
+      await client.del(streamKey(namespace, 1));
+      await client.xgroup('DESTROY', streamKey(namespace, 2), 'shard-mapper');
+      for (let i = 0; i < 90; i++) node.push(i * 47_721_858, `k:${i}`); // all three shards
+      const flushing = node.flush();
+      await node.tick();
+      expect(await within(flushing, 10_000)).not.toBe('pending');
+      expect(events.filter((e) => e.type === 'streamRecreated').map((e) => (e as { shardId: number }).shardId).sort()).toEqual([1, 2]);
+      const got: string[] = [];
+      const consumers = await serveShardConsumers({ redis: consumerClient, namespace, idleMs: 5, consume: (records) => { for (const r of records) got.push(r.payload.toString()); } });
+      await until(() => got.length >= 90, '90 deliveries');
+      await consumers.close();
+      await node.close();
+    } finally {
+      client.disconnect();
+      consumerClient.disconnect();
+      await cluster.dispose();
+    }
   });
 });
 

@@ -19,7 +19,7 @@ import type { ShardMetrics } from '../metrics.js';
 import { GROUP, TABLE_FORMAT, type Keys } from './keys.js';
 import { sendAll, type Connection, type Reply } from './connection.js';
 import {
-  activeIds, compareHeads, explainTableError, newEpoch, readTable, RouteBuilder, TABLE_GONE, writeTable,
+  activeIds, compareHeads, explainTableError, isAhead, newEpoch, readTable, RouteBuilder, TABLE_GONE, writeTable,
   type AnsweredRequest, type Table, type TableDoc,
 } from './table.js';
 
@@ -459,16 +459,17 @@ export class Controller {
   /**
    * Redis lost data (no table, a table of another life or older than what nodes followed, or
    * live nodes knew higher ids): write a table of a new generation every node follows. Its
-   * shards are the ones this node followed, active again (their streams are made again
-   * before the pass goes on), plus the shards of the table Redis has now that this node did
-   * not know, as draining (a node that joined after the loss may have stored events there);
+   * shards are the active and draining ones of the table this node followed (or of Redis's,
+   * when that one is ahead in the same life), their streams made again before the pass goes
+   * on, plus the other shards of the table Redis has now, as draining (a node that joined after the loss may have stored events there);
    * its id counter starts above every id any live node reported, and the node counter above
    * every reported node number.
    */
   async #recover(current: Table | undefined, floor: Floor, why: string): Promise<Table> {
     const { conn, keys, clock } = this.#host;
     const known = this.#host.knownTable();
-    const doc = clone(known.doc);
+    const base = current && isAhead(current, known) ? current : known;
+    const doc = clone(base.doc);
     doc.shards = doc.shards.filter((s) => s.state === 'active' || s.state === 'draining');
     const have = new Set(doc.shards.map((s) => s.id));
     for (const s of current?.doc.shards ?? []) if (!have.has(s.id) && s.state !== 'stopped') doc.shards.push({ id: s.id, state: 'draining' });
