@@ -18,6 +18,7 @@ import type { ManagerEvent } from '../manager.js';
 import type { ShardMetrics } from '../metrics.js';
 import { GROUP, TABLE_FORMAT, type Keys } from './keys.js';
 import { sendAll, type Connection, type Reply } from './connection.js';
+import type { OperatorAnswer, OperatorRequest } from './operator.js';
 import {
   activeIds, compareHeads, explainTableError, isAhead, newEpoch, readTable, RouteBuilder, TABLE_GONE, writeTable,
   type AnsweredRequest, type Table, type TableDoc,
@@ -34,13 +35,6 @@ export type RedisNodeEvent =
   | { type: 'streamRecreated'; shardId: number; at: number };
 /** Everything a node reports: ShardManager's events (options.onEvent) and RedisNodeEvent. */
 export type RedisManagerEvent = ManagerEvent | RedisNodeEvent;
-
-/** An operator call a node queued for the controller ({ns}:ops). */
-export type OperatorRequest = { reqId: string } & (
-  | { op: 'scaleUp' | 'scaleDown'; n: number }
-  | { op: 'drain' | 'remove'; id: number });
-/** The controller's answer ({ns}:answers, written with the table write that acted). */
-export type OperatorAnswer = { ok: true; ids: number[] } | { ok: false; kind: string; message: string };
 
 export interface ControllerHost {
   conn: Connection;

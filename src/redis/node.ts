@@ -2,8 +2,8 @@
 // the namespace's one table and appends to a per-shard frame in a bounded local send buffer;
 // a sender sends each shard's frames in order with pipelined XADD (one frame per shard in
 // flight), retrying on errors, so nothing accepted is lost while Redis is away.
-import { randomBytes, randomUUID } from 'node:crypto';
-import { BackpressureError, ScalingError, checkInteger, describe, invalid, type ScalingErrorKind } from '../errors.js';
+import { randomBytes } from 'node:crypto';
+import { BackpressureError, checkInteger, describe, invalid } from '../errors.js';
 import { hashKey } from '../hash.js';
 import { NO_SHARD } from '../mapper.js';
 import type { BackpressureMode } from '../manager.js';
@@ -12,7 +12,8 @@ import { batchArguments, type BatchEvent, type EventKey, type EventPayload } fro
 import { ManagerClosedError } from '../errors.js';
 import { checkNamespace, keysFor, type Keys } from './keys.js';
 import { closeConnection, connect, sendAll, subscriber, type Command, type Connection, type RedisClient, type RedisOption } from './connection.js';
-import { Controller, createGroups, type OperatorAnswer, type OperatorRequest, type RedisManagerEvent, type RedisNodeEvent } from './controller.js';
+import { Controller, createGroups, type RedisManagerEvent, type RedisNodeEvent } from './controller.js';
+import { callLimits, OperatorTimeoutError, requestOperation, type CallLimits, type OperatorCallOptions } from './operator.js';
 import type { ManagerEvent, ManagerStats } from '../manager.js';
 import type { ShardMetrics } from '../metrics.js';
 import { FrameBuilder, decodeFrame, dropFirstOfFrame, type Frame } from './frames.js';
@@ -79,39 +80,6 @@ export interface RedisManagerStats {
   /** XADD rounds that failed (Redis away, timeouts) and were retried. */
   retries: number;
   shards: { id: number; state: TableState; buffered: number }[];
-}
-
-/** Options of an operator call (addShard, manualScaleUp, drainShard, removeShard, manualScaleDown). */
-export interface OperatorCallOptions {
-  /** How long the call waits (ms): for the controller's answer (default max(30 s, 20 ×
-   *  metricsWindowMs)), and for removeShard / manualScaleDown also for the removal (default
-   *  max(10 min, 600 × metricsWindowMs)). */
-  timeoutMs?: number;
-  /** Ends the wait early, as the timeout does (the call rejects with the signal's reason). */
-  signal?: AbortSignal;
-}
-
-/**
- * An operator call that stopped waiting. `outcome`: 'withdrawn' — the request was taken back
- * before the controller ran it: nothing was done, calling again is safe; 'waiting' — the
- * controller did it (e.g. the shard is draining) but what the call waits for (the removal)
- * has not happened yet: it goes on, and the same call waits for it again; 'unknown' — Redis
- * did not answer the withdrawal: the request may still run once.
- */
-export class OperatorTimeoutError extends Error {
-  readonly outcome: 'withdrawn' | 'waiting' | 'unknown';
-  constructor(message: string, outcome: 'withdrawn' | 'waiting' | 'unknown') {
-    super(message);
-    this.name = 'OperatorTimeoutError';
-    this.outcome = outcome;
-  }
-}
-
-interface CallLimits {
-  method: string;
-  timeoutMs: number;
-  deadline: number;
-  signal: AbortSignal | undefined;
 }
 
 const DEFAULT_MAX_PAYLOAD = 256;
@@ -795,9 +763,9 @@ export class RedisShardManager {
   async #scaleUp(method: string, n: number, options: OperatorCallOptions | undefined): Promise<number[]> {
     if (this.#closed) throw new ManagerClosedError('manualScaleUp');
     checkInteger('n', n, 0, 0xffff);
-    const call = this.#callLimits(method, options, this.#answerLimitMs());
+    const call = callLimits(method, options, this.#answerLimitMs());
     if (n === 0) return [];
-    const ids = await this.#request({ op: 'scaleUp', n }, call);
+    const ids = await requestOperation(this.#conn.client, this.#keys, this.nodeId, { op: 'scaleUp', n }, call);
     await this.#untilTable(() => ids.every((id) => this.#stateOf(id) !== 'provisioning'), call,
       () => `the shards ${ids.join(', ')} were added but this node has not seen them active yet; they become active at the controller's next window`);
     return ids;
@@ -807,8 +775,8 @@ export class RedisShardManager {
   async drainShard(id: number, options?: OperatorCallOptions): Promise<void> {
     if (this.#closed) throw new ManagerClosedError('drainShard');
     this.#checkShard('drainSpecific', id);
-    const call = this.#callLimits('drainShard', options, this.#answerLimitMs());
-    await this.#request({ op: 'drain', id }, call);
+    const call = callLimits('drainShard', options, this.#answerLimitMs());
+    await requestOperation(this.#conn.client, this.#keys, this.nodeId, { op: 'drain', id }, call);
     await this.#untilTable(() => this.#stateOf(id) !== 'active', call, () => `shard ${id} is draining, this node has not seen it yet`);
   }
 
@@ -821,8 +789,8 @@ export class RedisShardManager {
   async removeShard(id: number, options?: OperatorCallOptions): Promise<void> {
     if (this.#closed) throw new ManagerClosedError('removeShard');
     this.#checkShard('removeShard', id);
-    const call = this.#callLimits('removeShard', options, this.#removalLimitMs());
-    await this.#request({ op: 'remove', id }, call);
+    const call = callLimits('removeShard', options, this.#removalLimitMs());
+    await requestOperation(this.#conn.client, this.#keys, this.nodeId, { op: 'remove', id }, call);
     await this.#untilTable(() => this.#stateOf(id) === undefined, call,
       () => `shard ${id} is still ${this.#stateOf(id) ?? 'listed'}: it stays draining and is removed once consumers have emptied its stream; call removeShard(${id}) again to wait for it`);
   }
@@ -832,9 +800,9 @@ export class RedisShardManager {
   async manualScaleDown(n: number, options?: OperatorCallOptions): Promise<number[]> {
     if (this.#closed) throw new ManagerClosedError('manualScaleDown');
     checkInteger('n', n, 0, 0xffff);
-    const call = this.#callLimits('manualScaleDown', options, this.#removalLimitMs());
+    const call = callLimits('manualScaleDown', options, this.#removalLimitMs());
     if (n === 0) return [];
-    const ids = await this.#request({ op: 'scaleDown', n }, call);
+    const ids = await requestOperation(this.#conn.client, this.#keys, this.nodeId, { op: 'scaleDown', n }, call);
     await this.#untilTable(() => ids.every((id) => this.#stateOf(id) === undefined), call,
       () => `shards ${ids.filter((id) => this.#stateOf(id) !== undefined).join(', ')} are still draining: they are removed once consumers have emptied their streams; call removeShard(id) for each to wait for them`);
     return ids;
@@ -850,16 +818,6 @@ export class RedisShardManager {
     return Math.max(600_000, 600 * this.#table.doc.policy.metricsWindowMs);
   }
 
-  #callLimits(method: string, options: OperatorCallOptions | undefined, defaultMs: number): CallLimits {
-    if (options !== undefined && (typeof options !== 'object' || options === null)) throw invalid(`${method}: options must be an object, got ${describe(options)}`);
-    const timeoutMs = options?.timeoutMs ?? defaultMs;
-    if (typeof timeoutMs !== 'number' || !(timeoutMs > 0)) throw invalid(`${method}: options.timeoutMs must be a number > 0, got ${describe(options?.timeoutMs)}`);
-    const signal = options?.signal;
-    if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalid(`${method}: options.signal must be an AbortSignal, got ${describe(signal)}`);
-    signal?.throwIfAborted();
-    return { method, timeoutMs, deadline: performance.now() + timeoutMs, signal };
-  }
-
   #stateOf(id: number): TableState | undefined {
     return this.#table.doc.shards.find((s) => s.id === id)?.state;
   }
@@ -867,66 +825,6 @@ export class RedisShardManager {
   #checkShard(method: string, id: number): void {
     if (typeof id !== 'number' || !Number.isInteger(id)) throw invalid(`${method}: shard id must be an integer, got ${describe(id)}`);
     if (!this.#inTable(id)) throw invalid(`${method}: unknown shard ${id}`);
-  }
-
-  /**
-   * Queue a request for the controller and wait for its answer (a ScalingError is rethrown).
-   * At the deadline, or on abort, the request is withdrawn in one script: if it had not been
-   * answered it never acts (OperatorTimeoutError / the signal's reason: nothing was done, a
-   * retry is safe); if it had, its answer is returned as usual.
-   */
-  async #request(body: { op: 'scaleUp' | 'scaleDown'; n: number } | { op: 'drain' | 'remove'; id: number }, call: CallLimits): Promise<number[]> {
-    const reqId = `${this.nodeId}:${randomUUID()}`;
-    const raw = JSON.stringify({ reqId, ...body } as OperatorRequest);
-    const client = this.#conn.client;
-    const keys = this.#keys;
-    const answerOf = async (json: string): Promise<number[]> => {
-      await sendAll(client, [['hdel', keys.answers, reqId], ['zrem', keys.answered, reqId]]); // pruned anyway after 10 minutes
-      const answer = JSON.parse(json) as OperatorAnswer;
-      if (answer.ok) return answer.ids;
-      throw new ScalingError(answer.kind as ScalingErrorKind, answer.message);
-    };
-    let queueError: Error | undefined;
-    try {
-      await client.lpush(keys.ops, raw);
-    } catch (error) {
-      queueError = error as Error; // it may or may not be queued: withdrawing tells
-    }
-    let pause = 20;
-    while (queueError === undefined && !call.signal?.aborted && performance.now() < call.deadline) {
-      const json = await client.hget(keys.answers, reqId).catch(() => null); // Redis away: keep asking until the limit
-      if (json !== null) return answerOf(json);
-      await this.#pause(Math.min(pause, Math.max(1, call.deadline - performance.now())), call.signal);
-      pause = Math.min(250, pause * 2);
-    }
-    // Give up: withdraw it, unless it was answered meanwhile (a few tries while Redis is away).
-    let outcome: [string, string | null] | undefined;
-    let lastError: Error | undefined;
-    for (let tries = 0; tries < 20 && outcome === undefined; tries++) {
-      try {
-        outcome = (await client.smWithdraw(keys.ops, keys.answers, raw, reqId)) as [string, string | null];
-      } catch (error) {
-        lastError = error as Error;
-        await sleep(250);
-      }
-    }
-    if (outcome === undefined) {
-      throw new OperatorTimeoutError(`shard-mapper/redis: ${call.method}: outcome unknown: Redis did not answer while withdrawing request ${reqId} (${lastError?.message}); it may still run once: look at table() before calling again`, 'unknown');
-    }
-    if (outcome[0] === 'answered' && outcome[1] !== null) return answerOf(outcome[1]);
-    // Withdrawn (or never queued): nothing was done.
-    if (queueError) throw new OperatorTimeoutError(`shard-mapper/redis: ${call.method}: the request could not be queued (${queueError.message}); nothing was done, calling again is safe`, 'withdrawn');
-    if (call.signal?.aborted) throw call.signal.reason;
-    throw new OperatorTimeoutError(`shard-mapper/redis: ${call.method}: no controller answered within ${call.timeoutMs} ms (namespace "${this.namespace}": is a node that may be the controller running?); the request was withdrawn, nothing was done, calling again is safe`, 'withdrawn');
-  }
-
-  /** Sleep up to `ms`, woken early by `signal`. */
-  #pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
-    return new Promise<void>((resolve) => {
-      const done = () => { clearTimeout(timer); signal?.removeEventListener('abort', done); resolve(); };
-      const timer = setTimeout(done, ms);
-      signal?.addEventListener('abort', done, { once: true });
-    });
   }
 
   /** Wait until `done()` holds for the table this node follows: woken by each table it
