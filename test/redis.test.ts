@@ -710,12 +710,12 @@ describe.skipIf(!available)('RedisShardManager: bad input is refused clearly and
     // Field by field (a hash's field order can change between reads as Redis rehashes it).
     const tableFields = () => { const l = server.cli('HGETALL', `{${namespace}}:table`).split('\n'); return Object.fromEntries(l.flatMap((k, i) => (i % 2 === 0 ? [[k, l[i + 1]]] : []))); };
     const before = tableFields();
-    const nodesBefore = server.cli('GET', `{${namespace}}:nodes`);
+    const nodesBefore = server.cli('HGET', `{${namespace}}:table`, 'nodes');
     await expect(RedisShardManager.create({ redis: server.url, namespace, policy: { maxShards: 16, metricsWindowMs: 60_000 } }))
       .rejects.toThrow(new RegExp(`namespace "${namespace}" already runs with another policy: maxShards 8 \\(stored\\) vs 16 \\(given\\)`));
     await expect(RedisShardManager.create({ redis: server.url, namespace, routing: 'balanced' })).rejects.toThrow(/already routes with 'leastLoaded', this node was given 'balanced'/);
     expect(tableFields()).toEqual(before);
-    expect(server.cli('GET', `{${namespace}}:nodes`)).toBe(nodesBefore);
+    expect(server.cli('HGET', `{${namespace}}:table`, 'nodes')).toBe(nodesBefore); // no node number taken
     // Without a policy, a node adopts the stored one.
     const b = await RedisShardManager.create({ redis: server.url, namespace });
     expect(b.policy().maxShards).toBe(8);

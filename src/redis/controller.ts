@@ -457,7 +457,7 @@ export class Controller {
    * when that one is ahead in the same life), their streams made again before the pass goes
    * on, plus the other shards of the table Redis has now, as draining (a node that joined after the loss may have stored events there);
    * its id counter starts above every id any live node reported, and the node counter above
-   * every reported node number.
+   * every node number a live node saw.
    */
   async #recover(current: Table | undefined, floor: Floor, why: string): Promise<Table> {
     const { conn, keys, clock } = this.#host;
@@ -473,11 +473,11 @@ export class Controller {
     const gen = Math.max(known.gen + 1, (current?.gen ?? 0) + 1, floor.needGen);
     const epoch = newEpoch();
     try {
-      await conn.client.smRecoverTable(keys.lease, keys.table, keys.nodes, keys.floor, this.#token, String(gen), epoch, JSON.stringify(doc), TABLE_FORMAT, keys.changes, String(floor.node));
+      await conn.client.smRecoverTable(keys.lease, keys.table, keys.floor, this.#token, String(gen), epoch, JSON.stringify(doc), TABLE_FORMAT, keys.changes);
     } catch (error) {
       throw explainTableError(error as Error, keys);
     }
-    const table: Table = { version: 1, gen, epoch, doc };
+    const table: Table = { version: 1, gen, epoch, doc, nodes: Math.max(floor.node, current?.nodes ?? 0) };
     this.#reset(true);
     this.#host.emit({
       type: 'redisDataLoss', stage: 'recovered', generation: gen, at: clock(),

@@ -22,14 +22,14 @@ export const TABLE_FORMAT = 'shard-mapper/1';
 
 export interface Keys {
   readonly ns: string;
-  /** Hash: format, version, doc (the shard table as JSON). */
+  /** Hash: format, version, doc (the shard table as JSON), gen, epoch, clocks (the decision
+   *  clocks), nodes (the node counter: kept in the table so every node reads it, and so
+   *  remembers the highest number handed out, should Redis lose it). */
   readonly table: string;
   /** String: the controller lease token (SET NX PX). */
   readonly lease: string;
   /** Pub/sub channel: the new table version after every write. */
   readonly changes: string;
-  /** Counter: node numbers (a node id is its number and a random tag; dedup ids are node id + frame sequence). */
-  readonly nodes: string;
   /** Hash: what live nodes knew when they found Redis had lost data (nextId, needGen, node):
    *  the recovering controller starts above it, so no shard id or node number is reused. */
   readonly floor: string;
@@ -61,7 +61,6 @@ export function keysFor(ns: string): Keys {
     table: `${tag}:table`,
     lease: `${tag}:controller`,
     changes: `${tag}:changes`,
-    nodes: `${tag}:nodes`,
     floor: `${tag}:floor`,
     answers: `${tag}:answers`,
     answered: `${tag}:answered`,
@@ -78,7 +77,7 @@ export function keysFor(ns: string): Keys {
 /** Lua scripts (ioredis defineCommand: EVALSHA, EVAL on NOSCRIPT). */
 export const SCRIPTS = {
   /** KEYS table; ARGV doc, format, epoch. Creates the table if absent (generation 1, this
-   *  epoch); returns {created|exists, doc, version, gen, epoch}. */
+   *  epoch); returns {created|exists, doc, version, gen, epoch, nodes}. */
   smInitTable: {
     numberOfKeys: 1,
     lua: `
@@ -88,9 +87,9 @@ if t == 'none' then
   return {'created', ARGV[1], '1', '1', ARGV[3]}
 end
 if t ~= 'hash' then return redis.error_reply('SMWRONGTYPE ' .. t) end
-local f = redis.call('HMGET', KEYS[1], 'format', 'version', 'doc', 'gen', 'epoch')
+local f = redis.call('HMGET', KEYS[1], 'format', 'version', 'doc', 'gen', 'epoch', 'nodes')
 if f[1] ~= ARGV[2] then return redis.error_reply('SMNOTATABLE ' .. tostring(f[1])) end
-return {'exists', f[3], f[2], f[4] or '1', f[5] or ''}`,
+return {'exists', f[3], f[2], f[4] or '1', f[5] or '', f[6] or '0'}`,
   },
   /**
    * KEYS lease, table, ops, answers, answered; ARGV token, epoch, expected version, doc ('':
@@ -124,6 +123,13 @@ redis.call('HSET', KEYS[2], 'version', nv, 'doc', ARGV[4])
 redis.call('PUBLISH', ARGV[5], nv)
 return nv`,
   },
+  /** KEYS table. A joining node's number (the table's node counter); an error if there is no table. */
+  smJoin: {
+    numberOfKeys: 1,
+    lua: `
+if redis.call('HEXISTS', KEYS[1], 'format') == 0 then return redis.error_reply('SMNOTABLE the shard table is gone') end
+return redis.call('HINCRBY', KEYS[1], 'nodes', 1)`,
+  },
   /** KEYS table; Redis's clock (ms) and the stored decision clocks: {ms, clocks or false}. */
   smClocks: {
     numberOfKeys: 1,
@@ -132,25 +138,25 @@ local t = redis.call('TIME')
 return {tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)), redis.call('HGET', KEYS[1], 'clocks')}`,
   },
   /**
-   * KEYS lease, table, nodes, floor; ARGV token, generation, epoch, doc, format, channel,
-   * lowest node number to hand out next. After Redis lost data: writes a new table of a
-   * higher generation (version 1) over a missing one or one of a lower generation, raises
-   * the node counter, publishes. Fenced like every table write.
+   * KEYS lease, table, floor; ARGV token, generation, epoch, doc, format, channel. After
+   * Redis lost data: writes a new table of a higher generation (version 1) over a missing
+   * one or one of a lower generation, its node counter at least the old table's and every
+   * number live nodes reported; publishes. Fenced like every table write.
    */
   smRecoverTable: {
-    numberOfKeys: 4,
+    numberOfKeys: 3,
     lua: `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('SMFENCED the controller lease is not held by this node') end
 local t = redis.call('TYPE', KEYS[2])['ok']
+local nodes = tonumber(redis.call('HGET', KEYS[3], 'node') or '0')
 if t ~= 'none' then
   if t ~= 'hash' then return redis.error_reply('SMWRONGTYPE ' .. t) end
   local g = tonumber(redis.call('HGET', KEYS[2], 'gen') or '1')
   if g >= tonumber(ARGV[2]) then return redis.error_reply('SMSTALE the table is at generation ' .. g .. ' already') end
+  nodes = math.max(nodes, tonumber(redis.call('HGET', KEYS[2], 'nodes') or '0'))
 end
 redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], 'format', ARGV[5], 'version', '1', 'gen', ARGV[2], 'epoch', ARGV[3], 'doc', ARGV[4])
-local n = tonumber(redis.call('GET', KEYS[3]) or '0')
-if n < tonumber(ARGV[7]) then redis.call('SET', KEYS[3], ARGV[7]) end
+redis.call('HSET', KEYS[2], 'format', ARGV[5], 'version', '1', 'gen', ARGV[2], 'epoch', ARGV[3], 'doc', ARGV[4], 'nodes', tostring(nodes))
 redis.call('PUBLISH', ARGV[6], '1')
 return 1`,
   },

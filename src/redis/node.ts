@@ -177,8 +177,9 @@ export class RedisShardManager {
   readonly #controller: Controller | undefined;
   readonly #queues = new Map<number, ShardQueue>();
   #table: Table;
-  /** This node's number (the counter's part of nodeId). */
-  readonly #nodeNumber: number;
+  /** The highest node number this node saw handed out (its own included): reported if Redis
+   *  loses data, so no number is handed out twice. */
+  #maxNodeNumber: number;
   /** The highest next shard id of any table this node followed (reported if Redis loses data). */
   #maxNextId = 0;
   /** The table head this node last reported as lost (one redisDataLoss event per loss). */
@@ -232,7 +233,7 @@ export class RedisShardManager {
     this.#onRedisEvent = parts.onRedisEvent;
     this.#table = parts.table;
     this.#maxNextId = parts.table.doc.nextId;
-    this.#nodeNumber = parts.nodeNumber;
+    this.#maxNodeNumber = Math.max(parts.nodeNumber, parts.table.nodes);
     this.#route = new RouteTable(parts.table.doc.policy.maxShards);
     this.#route.load(parts.table.doc.route);
     this.#controller = parts.controller ? new Controller({
@@ -298,12 +299,14 @@ export class RedisShardManager {
       // Node numbers come from Redis, so node ids are unique across machines and restarts; a
       // random tag keeps them unique even when Redis lost the counter (restart without
       // persistence, failover) before a recovering controller raised it again.
-      const nodeNumber = Number(await conn.client.incr(keys.nodes));
+      const nodeNumber = Number(await conn.client.smJoin(keys.table).catch((error: Error) => {
+        throw new Error(`shard-mapper/redis: namespace "${ns}": the shard table vanished while this node joined (${error.message}); create the node again`);
+      }));
       const nodeId = `${nodeNumber}.${randomBytes(4).toString('hex')}`;
       sub = subscriber(conn);
       await sub.subscribe(keys.changes);
       const node = new RedisShardManager({
-        conn, sub, keys, table: { version: table.version, gen: table.gen, epoch: table.epoch, doc: table.doc }, nodeId, nodeNumber, maxPayload, capacity, capacityBytes,
+        conn, sub, keys, table: { version: table.version, gen: table.gen, epoch: table.epoch, doc: table.doc, nodes: Math.max(table.nodes, nodeNumber) }, nodeId, nodeNumber, maxPayload, capacity, capacityBytes,
         backpressure, maxFrameBytes, lingerMs, leaseMs, drainGraceMs, controller, clock, onEvent: options.onEvent, onRedisEvent: options.onRedisEvent,
       });
       sub.on('message', () => { void node.#refresh(); });
@@ -383,6 +386,7 @@ export class RedisShardManager {
     const recovered = table.gen > this.#table.gen;
     this.#table = table;
     this.#maxNextId = Math.max(this.#maxNextId, table.doc.nextId);
+    this.#maxNodeNumber = Math.max(this.#maxNodeNumber, table.nodes);
     if (recovered) {
       this.#lossSeen = undefined;
       this.#emit({ type: 'redisDataLoss', stage: 'recovered', generation: table.gen, at: this.#clock(), detail: `this node follows generation ${table.gen} of the table (next shard id ${table.doc.nextId})` });
@@ -402,6 +406,7 @@ export class RedisShardManager {
     this.#stepping = true;
     try {
       const head = await readHead(this.#conn.client, this.#keys);
+      if (head) this.#maxNodeNumber = Math.max(this.#maxNodeNumber, head.nodes);
       const verdict = compareHeads(this.#table, head);
       if (verdict === 'ahead') await this.#refresh();
       else if (verdict === 'lost') await this.#dataLost(head);
@@ -429,7 +434,7 @@ export class RedisShardManager {
    */
   async #dataLost(head: TableHead | undefined): Promise<void> {
     const { gen, version, epoch } = this.#table;
-    await this.#conn.client.smRaiseFloor(this.#keys.floor, this.#maxNextId, gen + 1, this.#nodeNumber);
+    await this.#conn.client.smRaiseFloor(this.#keys.floor, this.#maxNextId, gen + 1, this.#maxNodeNumber);
     const key = head ? `${head.gen}/${head.epoch}/${head.version}` : 'none';
     if (this.#lossSeen === key) return;
     this.#lossSeen = key;

@@ -49,10 +49,12 @@ export interface Table {
   gen: number;
   epoch: string;
   doc: TableDoc;
+  /** The node counter when this was read (the highest node number handed out). */
+  nodes: number;
 }
 
-/** Version, generation and epoch: what a node compares every window. */
-export type TableHead = Pick<Table, 'version' | 'gen' | 'epoch'>;
+/** Version, generation and epoch (what a node compares every window), and the node counter. */
+export type TableHead = Pick<Table, 'version' | 'gen' | 'epoch' | 'nodes'>;
 
 /** A fresh epoch tag (random: nothing of the lost namespace is needed to make it unique). */
 export function newEpoch(): string {
@@ -129,30 +131,30 @@ export function explainTableError(error: Error, keys: Keys): Error {
 
 /** Create the table if absent (generation 1, a new epoch); returns it and whether this call created it. */
 export async function initTable(client: ScriptedClient, keys: Keys, doc: TableDoc): Promise<Table & { created: boolean }> {
-  let reply: [string, string, string, string, string];
+  let reply: [string, string, string, string, string, string | undefined];
   try {
     reply = (await client.smInitTable(keys.table, JSON.stringify(doc), TABLE_FORMAT, newEpoch())) as typeof reply;
   } catch (error) {
     throw explainTableError(error as Error, keys);
   }
-  return { created: reply[0] === 'created', doc: parseDoc(reply[1], keys.table), version: Number(reply[2]), gen: Number(reply[3]), epoch: reply[4] };
+  return { created: reply[0] === 'created', doc: parseDoc(reply[1], keys.table), version: Number(reply[2]), gen: Number(reply[3]), epoch: reply[4], nodes: Number(reply[5] ?? 0) };
 }
 
 /** The thrown message when the table is missing (Redis lost it, or someone deleted it). */
 export const TABLE_GONE = 'is gone or not ours';
 
 export async function readTable(client: ScriptedClient, keys: Keys): Promise<Table> {
-  const [format, version, json, gen, epoch] = await client.hmget(keys.table, 'format', 'version', 'doc', 'gen', 'epoch');
+  const [format, version, json, gen, epoch, nodes] = await client.hmget(keys.table, 'format', 'version', 'doc', 'gen', 'epoch', 'nodes');
   if (format !== TABLE_FORMAT || version === null || json === null) {
     throw new Error(`shard-mapper/redis: the shard table ${keys.table} ${TABLE_GONE} (format ${String(format)})`);
   }
-  return { version: Number(version), gen: Number(gen ?? 1), epoch: epoch ?? '', doc: parseDoc(json, keys.table) };
+  return { version: Number(version), gen: Number(gen ?? 1), epoch: epoch ?? '', doc: parseDoc(json, keys.table), nodes: Number(nodes ?? 0) };
 }
 
 /** Version, generation and epoch (the cheap check every metrics window); undefined: no table. */
 export async function readHead(client: ScriptedClient, keys: Keys): Promise<TableHead | undefined> {
-  const [version, gen, epoch] = await client.hmget(keys.table, 'version', 'gen', 'epoch');
-  return version === null ? undefined : { version: Number(version), gen: Number(gen ?? 1), epoch: epoch ?? '' };
+  const [version, gen, epoch, nodes] = await client.hmget(keys.table, 'version', 'gen', 'epoch', 'nodes');
+  return version === null ? undefined : { version: Number(version), gen: Number(gen ?? 1), epoch: epoch ?? '', nodes: Number(nodes ?? 0) };
 }
 
 /** An operator request answered by a table write (see smWriteTable). */
