@@ -275,6 +275,26 @@ describe.skipIf(!available)('the Redis controller', () => {
     await a.tick();
     expect(a.table().shards.map((s) => s.id)).toEqual([0, 1]);
 
+    // The race a withdrawal can meet: the controller read the request, its caller withdrew it,
+    // then the controller writes what it did. The write script refuses: the request is gone.
+    {
+      const { connect, closeConnection } = await import('../dist/redis/connection.js');
+      const { keysFor } = await import('../dist/redis/keys.js');
+      const { readTable, writeTable } = await import('../dist/redis/table.js');
+      const conn = await connect(server.url, 'test');
+      const keys = keysFor(namespace);
+      const raw = JSON.stringify({ reqId: 'r-1', op: 'scaleUp', n: 1 });
+      await conn.client.lpush(keys.ops, raw);
+      const current = await readTable(conn.client, keys);
+      expect(await conn.client.smWithdraw(keys.ops, keys.answers, raw, 'r-1')).toEqual(['withdrawn']);
+      const grown = { ...current.doc, nextId: current.doc.nextId + 1, shards: [...current.doc.shards, { id: current.doc.nextId, state: 'provisioning' as const }] };
+      const request = { reqId: 'r-1', raw, answer: JSON.stringify({ ok: true, ids: [current.doc.nextId] }) };
+      await expect(writeTable(conn.client, keys, server.cli('GET', keys.lease), current, grown, { request })).rejects.toThrow(/SMWITHDRAWN/);
+      expect((await readTable(conn.client, keys)).version).toBe(current.version); // nothing written
+      expect(await conn.client.hget(keys.answers, 'r-1')).toBeNull();
+      await closeConnection(conn);
+    }
+
     // The controller takes a request and fails before finishing it: the new shard's stream
     // key is held by a string (XGROUP CREATE fails: WRONGTYPE). Then it closes; b's
     // controller (c) finishes the request once the key is freed. The caller gets one answer
