@@ -212,7 +212,7 @@ describe.skipIf(!available)('the Redis controller', () => {
     // The holder's token, for a shard the table does not list: nothing created either.
     expect(await ensure(holder, 7)).toEqual([]);
     expect(server.cli('EXISTS', keys.stream(7))).toBe('0');
-    expect((await ensure(holder, 0)).map(Number)).toEqual([0]); // listed and missing: made
+    expect(((await ensure(holder, 0)) as unknown[]).map(Number)).toEqual([0]); // listed and missing: made
     expect(server.cli('EXISTS', keys.stream(0))).toBe('1');
     await closeConnection(conn);
     await a.close();
