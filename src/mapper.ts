@@ -61,6 +61,16 @@ export interface MapperWiring {
 }
 export const WIRING = Symbol('shard-mapper wiring');
 
+/** @internal The clocks behind cooldown, warm-up and idle streaks, read and restored by the
+ *  Redis controller, which keeps them in Redis so a new controller (or one that rebuilt its
+ *  mapper after an error) goes on from them instead of starting afresh. Values are clock()
+ *  readings; -Infinity is "long ago", undefined "not idle". */
+export const DECISION_CLOCKS = Symbol('shard-mapper decision clocks');
+export interface DecisionClocks {
+  lastScalingAt: number;
+  shards: Map<number, { activatedAt: number; idleSince: number | undefined }>;
+}
+
 interface MappedShard {
   id: number;
   slot: number;
@@ -356,6 +366,21 @@ export class ShardMapper {
     this.#candidateCount = ids.length;
     core.abi.tablePublish(ids.length);
     this.#liveTable = build;
+  }
+
+  /** @internal See DECISION_CLOCKS: with an argument, restore (shards it names); always returns them. */
+  [DECISION_CLOCKS](restore?: DecisionClocks): DecisionClocks {
+    if (restore) {
+      this.#lastScalingAt = restore.lastScalingAt;
+      for (const [id, c] of restore.shards) {
+        const shard = this.#byId.get(id);
+        if (shard) { shard.activatedAt = c.activatedAt; shard.idleSince = c.idleSince; }
+      }
+    }
+    return {
+      lastScalingAt: this.#lastScalingAt,
+      shards: new Map(this.#shards.map((s) => [s.id, { activatedAt: s.activatedAt, idleSince: s.idleSince }] as const)),
+    };
   }
 
   // ---- metrics and decisions ------------------------------------------------------------

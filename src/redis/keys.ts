@@ -23,14 +23,22 @@ export const TABLE_FORMAT = 'shard-mapper/1';
 
 export interface Keys {
   readonly ns: string;
-  /** Hash: format, version, doc (the shard table as JSON). */
+  /** Hash: format, version, doc (the shard table as JSON), gen, epoch, clocks (the decision
+   *  clocks), nodes (the node counter: kept in the table so every node reads it, and so
+   *  remembers the highest number handed out, should Redis lose it). */
   readonly table: string;
   /** String: the controller lease token (SET NX PX). */
   readonly lease: string;
   /** Pub/sub channel: the new table version after every write. */
   readonly changes: string;
-  /** Counter: node numbers (dedup ids are node number + frame sequence). */
-  readonly nodes: string;
+  /** Hash: what live nodes knew when they found Redis had lost data (nextId, needGen, node):
+   *  the recovering controller starts above it, so no shard id or node number is reused. */
+  readonly floor: string;
+  /** Hash: request id → the controller's answer, written in the same script as the table
+   *  write that acted on the request (and the request's removal from the queue). */
+  readonly answers: string;
+  /** Sorted set: request id → Redis time of its answer (answers are pruned after 10 minutes). */
+  readonly answered: string;
   /** Hash: shard id → events stored by all nodes (reported every metrics window). */
   readonly stored: string;
   /** Stream: entries consumers could not consume (undecodable, or refused maxDeliveries
@@ -38,10 +46,9 @@ export interface Keys {
   readonly deadLetters: string;
   /** Sorted set: consumer name → lease expiry (Redis time, ms). */
   readonly consumers: string;
-  /** List: operator requests for the controller (LPUSH by any node, RPOP by the controller). */
+  /** List: operator requests for the controller (LPUSH by any node; a request leaves it only
+   *  in the script that answers it, or when its caller withdraws it). */
   readonly ops: string;
-  /** String: the controller's answer to one request (kept a minute). */
-  opAnswer(reqId: string): string;
   stream(id: number): string;
   /** String: the consumer that owns a shard (SET NX PX). */
   owner(id: number): string;
@@ -58,12 +65,13 @@ export function keysFor(ns: string): Keys {
     table: `${tag}:table`,
     lease: `${tag}:controller`,
     changes: `${tag}:changes`,
-    nodes: `${tag}:nodes`,
+    floor: `${tag}:floor`,
+    answers: `${tag}:answers`,
+    answered: `${tag}:answered`,
     stored: `${tag}:stored`,
     deadLetters: `${tag}:dead`,
     consumers: `${tag}:consumers`,
     ops: `${tag}:ops`,
-    opAnswer: (reqId) => `${tag}:op:${reqId}`,
     stream: (id) => `${ns}:shard:{${ns}:${id}}`,
     owner: (id) => `${tag}:owner:${id}`,
     progress: (id) => `${ns}:progress:{${ns}:${id}}`,
@@ -72,31 +80,138 @@ export function keysFor(ns: string): Keys {
 
 /** Lua scripts (ioredis defineCommand: EVALSHA, EVAL on NOSCRIPT). */
 export const SCRIPTS = {
-  /** KEYS table; ARGV doc, format. Creates the table if absent; returns {created|exists, doc, version}. */
+  /** KEYS table; ARGV doc, format, epoch. Creates the table if absent (generation 1, this
+   *  epoch); returns {created|exists, doc, version, gen, epoch, nodes}. */
   smInitTable: {
     numberOfKeys: 1,
     lua: `
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t == 'none' then
-  redis.call('HSET', KEYS[1], 'format', ARGV[2], 'version', '1', 'doc', ARGV[1])
-  return {'created', ARGV[1], '1'}
+  redis.call('HSET', KEYS[1], 'format', ARGV[2], 'version', '1', 'gen', '1', 'epoch', ARGV[3], 'doc', ARGV[1])
+  return {'created', ARGV[1], '1', '1', ARGV[3]}
 end
 if t ~= 'hash' then return redis.error_reply('SMWRONGTYPE ' .. t) end
-local f = redis.call('HMGET', KEYS[1], 'format', 'version', 'doc')
+local f = redis.call('HMGET', KEYS[1], 'format', 'version', 'doc', 'gen', 'epoch', 'nodes')
 if f[1] ~= ARGV[2] then return redis.error_reply('SMNOTATABLE ' .. tostring(f[1])) end
-return {'exists', f[3], f[2]}`,
+return {'exists', f[3], f[2], f[4] or '1', f[5] or '', f[6] or '0'}`,
   },
-  /** KEYS lease, table; ARGV token, expected version, doc, channel. The fenced table write. */
+  /**
+   * KEYS lease, table, ops, answers, answered; ARGV token, epoch, expected version, doc ('':
+   * unchanged), channel, clocks ('': unchanged), request id ('': none), the request as
+   * queued, its answer. The fenced table write: only with the current lease token, only over
+   * the expected epoch and version. With a request, it also takes the request off the queue
+   * and records the answer, in the same step: refused (SMWITHDRAWN) when the request is no
+   * longer queued (its caller withdrew it), so a request acts at most once.
+   */
   smWriteTable: {
-    numberOfKeys: 2,
+    numberOfKeys: 5,
     lua: `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('SMFENCED the controller lease is not held by this node') end
-local v = redis.call('HGET', KEYS[2], 'version')
-if v ~= ARGV[2] then return redis.error_reply('SMSTALE table version ' .. tostring(v) .. ', expected ' .. ARGV[2]) end
-local nv = tostring(tonumber(v) + 1)
-redis.call('HSET', KEYS[2], 'version', nv, 'doc', ARGV[3])
-redis.call('PUBLISH', ARGV[4], nv)
+local f = redis.call('HMGET', KEYS[2], 'version', 'epoch')
+if f[1] ~= ARGV[3] or (f[2] or '') ~= ARGV[2] then
+  return redis.error_reply('SMSTALE table ' .. tostring(f[2]) .. '/' .. tostring(f[1]) .. ', expected ' .. ARGV[2] .. '/' .. ARGV[3])
+end
+if ARGV[7] ~= '' then
+  if redis.call('LREM', KEYS[3], 1, ARGV[8]) ~= 1 then return redis.error_reply('SMWITHDRAWN request ' .. ARGV[7] .. ' is no longer queued') end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('HSET', KEYS[4], ARGV[7], ARGV[9])
+  redis.call('ZADD', KEYS[5], now, ARGV[7])
+  local old = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now - 600000, 'LIMIT', 0, 100)
+  for _, id in ipairs(old) do redis.call('HDEL', KEYS[4], id) redis.call('ZREM', KEYS[5], id) end
+end
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'clocks', ARGV[6]) end
+if ARGV[4] == '' then return ARGV[3] end
+local nv = tostring(tonumber(ARGV[3]) + 1)
+redis.call('HSET', KEYS[2], 'version', nv, 'doc', ARGV[4])
+redis.call('PUBLISH', ARGV[5], nv)
 return nv`,
+  },
+  /** KEYS table. A joining node's number (the table's node counter); an error if there is no table. */
+  smJoin: {
+    numberOfKeys: 1,
+    lua: `
+if redis.call('HEXISTS', KEYS[1], 'format') == 0 then return redis.error_reply('SMNOTABLE the shard table is gone') end
+return redis.call('HINCRBY', KEYS[1], 'nodes', 1)`,
+  },
+  /** KEYS table; Redis's clock (ms) and the stored decision clocks: {ms, clocks or false}. */
+  smClocks: {
+    numberOfKeys: 1,
+    lua: `
+local t = redis.call('TIME')
+return {tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)), redis.call('HGET', KEYS[1], 'clocks')}`,
+  },
+  /**
+   * KEYS lease, table, floor; ARGV token, generation, epoch, doc, format, channel. After
+   * Redis lost data: writes a new table of a higher generation (version 1) over a missing
+   * one or one of a lower generation, its node counter at least the old table's and every
+   * number live nodes reported; publishes. Fenced like every table write.
+   */
+  smRecoverTable: {
+    numberOfKeys: 3,
+    lua: `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('SMFENCED the controller lease is not held by this node') end
+local t = redis.call('TYPE', KEYS[2])['ok']
+local nodes = tonumber(redis.call('HGET', KEYS[3], 'node') or '0')
+if t ~= 'none' then
+  if t ~= 'hash' then return redis.error_reply('SMWRONGTYPE ' .. t) end
+  local g = tonumber(redis.call('HGET', KEYS[2], 'gen') or '1')
+  if g >= tonumber(ARGV[2]) then return redis.error_reply('SMSTALE the table is at generation ' .. g .. ' already') end
+  nodes = math.max(nodes, tonumber(redis.call('HGET', KEYS[2], 'nodes') or '0'))
+end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'format', ARGV[5], 'version', '1', 'gen', ARGV[2], 'epoch', ARGV[3], 'doc', ARGV[4], 'nodes', tostring(nodes))
+redis.call('PUBLISH', ARGV[6], '1')
+return 1`,
+  },
+  /** KEYS floor; ARGV nextId, needGen, node. Raise each field to at least the given value. */
+  smRaiseFloor: {
+    numberOfKeys: 1,
+    lua: `
+local names = {'nextId', 'needGen', 'node'}
+for i = 1, 3 do
+  local v = tonumber(redis.call('HGET', KEYS[1], names[i]) or '0')
+  if tonumber(ARGV[i]) > v then redis.call('HSET', KEYS[1], names[i], ARGV[i]) end
+end
+return 1`,
+  },
+  /** KEYS ops, answers; ARGV the request as queued, its id. A caller giving up: takes the
+   *  request off the queue ({'withdrawn'}: it will never act), unless it was answered
+   *  already ({'answered', answer}). Atomic against smWriteTable. */
+  smWithdraw: {
+    numberOfKeys: 2,
+    lua: `
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then return {'withdrawn'} end
+return {'answered', redis.call('HGET', KEYS[2], ARGV[2])}`,
+  },
+  /**
+   * ARGV lease key, table key, token, epoch, group, then (stream key, shard id) pairs.
+   * Standalone servers only (the keys span hash slots, so they are not declared): with the current lease token and
+   * epoch, creates the stream and group of each shard the table lists as provisioning,
+   * active or draining that lacks them; returns the ids it repaired or created. A
+   * controller that lost its lease can thus never create a stream (for a removed shard, say).
+   */
+  smEnsureStreams: {
+    numberOfKeys: 0,
+    lua: `
+local lease, tbl = ARGV[1], ARGV[2]
+if redis.call('GET', lease) ~= ARGV[3] then return redis.error_reply('SMFENCED the controller lease is not held by this node') end
+local f = redis.call('HMGET', tbl, 'epoch', 'doc')
+if (f[1] or '') ~= ARGV[4] or not f[2] then return redis.error_reply('SMSTALE the table changed epoch') end
+local listed = {}
+for _, s in ipairs(cjson.decode(f[2]).shards) do
+  if s.state ~= 'stopped' then listed[tostring(s.id)] = true end
+end
+local made = {}
+for i = 6, #ARGV, 2 do
+  local key, id = ARGV[i], ARGV[i + 1]
+  if listed[id] then
+    local r = redis.pcall('XGROUP', 'CREATE', key, ARGV[5], '0', 'MKSTREAM')
+    if type(r) ~= 'table' or not r.err then made[#made + 1] = id
+    elseif not string.find(r.err, 'BUSYGROUP') then return redis.error_reply(r.err) end
+  end
+end
+return made`,
   },
   /** KEYS lease; ARGV token, ms. Renew a lease held with this token: 1, else 0. */
   smRenew: {

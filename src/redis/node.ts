@@ -2,9 +2,9 @@
 // the namespace's one table and appends to a per-shard frame in a bounded local send buffer;
 // a sender sends each shard's frames in order with pipelined XADD (one frame per shard in
 // flight), retrying on errors, so nothing accepted is lost while Redis is away.
-import { randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
-import { BackpressureError, ScalingError, checkInteger, describe, invalid, type ScalingErrorKind } from '../errors.js';
+import { BackpressureError, checkInteger, describe, invalid } from '../errors.js';
 import { hashKey } from '../hash.js';
 import { NO_SHARD } from '../mapper.js';
 import type { BackpressureMode } from '../manager.js';
@@ -14,12 +14,15 @@ import { ManagerClosedError } from '../errors.js';
 import { checkNamespace, keysFor, type Keys } from './keys.js';
 import { closeConnection, connect, redactError, sendAll, subscriber, type Command, type Connection, type RedisClient, type RedisOption } from './connection.js';
 import { createTargetWritable, createTargetWritableStream, type ManagerRecord, type PushTarget, type WritableOptions } from '../streams.js';
-import { Controller, createGroups, type OperatorAnswer, type OperatorRequest, type RedisManagerEvent, type RedisNodeEvent } from './controller.js';
+import { Controller, createGroups, type RedisManagerEvent, type RedisNodeEvent } from './controller.js';
+import { callLimits, OperatorTimeoutError, requestOperation, type CallLimits, type OperatorCallOptions } from './operator.js';
 import type { ManagerEvent, ManagerStats } from '../manager.js';
 import type { ShardMetrics } from '../metrics.js';
 import { FrameBuilder, decodeFrame, dropFirstOfFrame, type Frame } from './frames.js';
 import { RouteTable } from './route.js';
-import { checkRoutingOptions, initTable, RouteBuilder, readTable, readVersion, type RoutingMode, type Table, type TableDoc, type TableState } from './table.js';
+import {
+  checkRoutingOptions, compareHeads, initTable, isAhead, RouteBuilder, readHead, readTable, type RoutingMode, type Table, type TableDoc, type TableHead, type TableState,
+} from './table.js';
 
 export interface RedisShardManagerOptions {
   /** A redis:// URL (the node opens its own connections), or an ioredis Redis / Cluster instance. */
@@ -227,6 +230,15 @@ export class RedisShardManager {
   readonly #controller: Controller | undefined;
   readonly #queues = new Map<number, ShardQueue>();
   #table: Table;
+  /** The highest node number this node saw handed out (its own included): reported if Redis
+   *  loses data, so no number is handed out twice. */
+  #maxNodeNumber: number;
+  /** The highest next shard id of any table this node followed (reported if Redis loses data). */
+  #maxNextId = 0;
+  /** The table head this node last reported as lost (one redisDataLoss event per loss). */
+  #lossSeen: string | undefined;
+  /** Operator calls waiting for the next table this node applies. */
+  #tableWaiters = new Set<() => void>();
   #orphans: Orphan[] = [];
   #accepted = 0; // global accept index of the last accepted event
   #frameSeq = 0;
@@ -255,7 +267,7 @@ export class RedisShardManager {
   #shards = new Uint16Array(256);
 
   private constructor(parts: {
-    conn: Connection; sub: RedisClient; keys: Keys; table: Table; nodeId: string; maxPayload: number; capacity: number; capacityBytes: number;
+    conn: Connection; sub: RedisClient; keys: Keys; table: Table; nodeId: string; nodeNumber: number; maxPayload: number; capacity: number; capacityBytes: number;
     backpressure: BackpressureMode; maxFrameBytes: number; lingerMs: number; leaseMs: number; drainGraceMs: number;
     controller: boolean; clock: () => number; onEvent: ((e: ManagerEvent) => void) | undefined;
     onRedisEvent: ((e: RedisNodeEvent) => void) | undefined;
@@ -275,11 +287,14 @@ export class RedisShardManager {
     this.#onEvent = parts.onEvent;
     this.#onRedisEvent = parts.onRedisEvent;
     this.#table = parts.table;
+    this.#maxNextId = parts.table.doc.nextId;
+    this.#maxNodeNumber = Math.max(parts.nodeNumber, parts.table.nodes);
     this.#route = new RouteTable(parts.table.doc.policy.maxShards);
     this.#route.load(parts.table.doc.route);
     this.#controller = parts.controller ? new Controller({
       conn: parts.conn, keys: parts.keys, nodeId: parts.nodeId, leaseMs: parts.leaseMs, drainGraceMs: parts.drainGraceMs,
       clock: parts.clock, emit: (e) => this.#emit(e), applyTable: (t) => this.#apply(t),
+      report: (e) => this.#redisError(e), knownTable: () => this.#table,
     }) : undefined;
   }
 
@@ -344,12 +359,17 @@ export class RedisShardManager {
       const windowMs = table.doc.policy.metricsWindowMs;
       if (leaseGiven !== undefined) checkLease(leaseGiven, windowMs);
       const leaseMs = leaseFor(leaseGiven, windowMs);
-      // Node numbers come from Redis, so dedup ids are unique across machines and restarts.
-      const nodeId = String(await conn.client.incr(keys.nodes));
+      // Node numbers come from Redis, so node ids are unique across machines and restarts; a
+      // random tag keeps them unique even when Redis lost the counter (restart without
+      // persistence, failover) before a recovering controller raised it again.
+      const nodeNumber = Number(await conn.client.smJoin(keys.table).catch((error: Error) => {
+        throw new Error(`shard-mapper/redis: namespace "${ns}": the shard table vanished while this node joined (${error.message}); create the node again`);
+      }));
+      const nodeId = `${nodeNumber}.${randomBytes(4).toString('hex')}`;
       sub = subscriber(conn);
       await sub.subscribe(keys.changes);
       const node = new RedisShardManager({
-        conn, sub, keys, table: { version: table.version, doc: table.doc }, nodeId: `${nodeId}`, maxPayload, capacity, capacityBytes,
+        conn, sub, keys, table: { version: table.version, gen: table.gen, epoch: table.epoch, doc: table.doc, nodes: Math.max(table.nodes, nodeNumber) }, nodeId, nodeNumber, maxPayload, capacity, capacityBytes,
         backpressure, maxFrameBytes, lingerMs, leaseMs, drainGraceMs, controller, clock, onEvent: options.onEvent, onRedisEvent: options.onRedisEvent,
       });
       sub.on('message', () => { void node.#refresh(); });
@@ -369,7 +389,7 @@ export class RedisShardManager {
 
   #emit(event: RedisManagerEvent): void {
     try {
-      if (event.type === 'controller' || event.type === 'redisError') this.#onRedisEvent?.(event);
+      if (event.type === 'controller' || event.type === 'redisError' || event.type === 'redisDataLoss' || event.type === 'streamRecreated') this.#onRedisEvent?.(event);
       else this.#onEvent?.(event);
     } catch (error) {
       console.error('shard-mapper/redis: onEvent threw', error);
@@ -385,10 +405,11 @@ export class RedisShardManager {
 
   // ---- the table ------------------------------------------------------------------------
 
-  /** The table this node routes with: version, shards and their states, the route. */
-  table(): { version: number; shards: { id: number; state: TableState }[]; route: number[]; nextId: number } {
-    const { version, doc } = this.#table;
-    return { version, shards: doc.shards.map((s) => ({ ...s })), route: [...doc.route], nextId: doc.nextId };
+  /** The table this node routes with: version, generation (one more each time the namespace
+   *  was recovered after Redis lost data), shards and their states, the route. */
+  table(): { version: number; generation: number; shards: { id: number; state: TableState }[]; route: number[]; nextId: number } {
+    const { version, gen, doc } = this.#table;
+    return { version, generation: gen, shards: doc.shards.map((s) => ({ ...s })), route: [...doc.route], nextId: doc.nextId };
   }
 
   /** The namespace's policy (from Redis). */
@@ -421,9 +442,19 @@ export class RedisShardManager {
     return this.#refreshing;
   }
 
+  /** Follow `table` if it is ahead of ours: a higher generation (the namespace recovered
+   *  after Redis lost data), or a higher version of the same life. */
   #apply(table: Table): void {
-    if (table.version <= this.#table.version) return;
+    if (!isAhead(table, this.#table)) return;
+    const recovered = table.gen > this.#table.gen;
     this.#table = table;
+    this.#maxNextId = Math.max(this.#maxNextId, table.doc.nextId);
+    this.#maxNodeNumber = Math.max(this.#maxNodeNumber, table.nodes);
+    if (recovered) {
+      this.#lossSeen = undefined;
+      this.#emit({ type: 'redisDataLoss', stage: 'recovered', generation: table.gen, at: this.#clock(), detail: `this node follows generation ${table.gen} of the table (next shard id ${table.doc.nextId})` });
+    }
+    for (const wake of this.#tableWaiters) wake();
     this.#route.load(table.doc.route);
     const present = new Set(table.doc.shards.map((s) => s.id));
     // Events queued for a shard that was removed meanwhile go to the shards of the new table.
@@ -437,7 +468,11 @@ export class RedisShardManager {
     if (this.#stepping) return;
     this.#stepping = true;
     try {
-      if ((await readVersion(this.#conn.client, this.#keys)) !== this.#table.version) await this.#refresh();
+      const head = await readHead(this.#conn.client, this.#keys);
+      if (head) this.#maxNodeNumber = Math.max(this.#maxNodeNumber, head.nodes);
+      const verdict = compareHeads(this.#table, head);
+      if (verdict === 'ahead') await this.#refresh();
+      else if (verdict === 'lost') await this.#dataLost(head);
       if (this.#storedDelta.size > 0) {
         const delta = this.#storedDelta;
         this.#storedDelta = new Map();
@@ -452,6 +487,25 @@ export class RedisShardManager {
     } finally {
       this.#stepping = false;
     }
+  }
+
+  /**
+   * Redis no longer has the table this node follows (restart without persistence, a failover
+   * that lost writes, FLUSHALL): report what this node knew, so the controller's recovery
+   * starts above it (no shard id or node number is used twice), and say so once. The node
+   * keeps its table (and its send buffer) until the recovered one comes.
+   */
+  async #dataLost(head: TableHead | undefined): Promise<void> {
+    const { gen, version, epoch } = this.#table;
+    await this.#conn.client.smRaiseFloor(this.#keys.floor, this.#maxNextId, gen + 1, this.#maxNodeNumber);
+    const key = head ? `${head.gen}/${head.epoch}/${head.version}` : 'none';
+    if (this.#lossSeen === key) return;
+    this.#lossSeen = key;
+    const seen = head ? `generation ${head.gen} version ${head.version} (epoch ${head.epoch})` : 'no shard table';
+    this.#emit({
+      type: 'redisDataLoss', stage: 'detected', generation: gen, at: this.#clock(),
+      detail: `Redis lost data: it holds ${seen}, this node followed generation ${gen} version ${version} (epoch ${epoch}); waiting for the controller to recover the namespace`,
+    });
   }
 
   // ---- producing ------------------------------------------------------------------------
@@ -918,48 +972,77 @@ export class RedisShardManager {
   // ---- operator calls -------------------------------------------------------------------
   // Queued in Redis for the controller (whichever node holds the lease), which runs them in
   // its next window through its mapper's own calls, as ShardManager's operator calls do.
+  // Each call is one request with its own id: the controller takes it off the queue in the
+  // same script that writes what it did and its answer, and a caller that gives up
+  // (timeoutMs, signal) withdraws it in one script too: a call acts once or not at all.
 
   /** Add one shard now (no cooldown: an operator's call); resolves to its id once this node routes to it. */
-  async addShard(): Promise<number> {
-    return (await this.manualScaleUp(1))[0]!;
+  async addShard(options?: OperatorCallOptions): Promise<number> {
+    return (await this.#scaleUp('addShard', 1, options))[0]!;
   }
 
   /** Add n shards (scaleUpProvisioningForce: the budget applies, the cooldown does not);
    *  resolves to their ids once they are Active in this node's table. */
-  async manualScaleUp(n: number): Promise<number[]> {
+  async manualScaleUp(n: number, options?: OperatorCallOptions): Promise<number[]> {
+    return this.#scaleUp('manualScaleUp', n, options);
+  }
+
+  async #scaleUp(method: string, n: number, options: OperatorCallOptions | undefined): Promise<number[]> {
     if (this.#closed) throw new ManagerClosedError('manualScaleUp');
     checkInteger('n', n, 0, 0xffff);
+    const call = callLimits(method, options, this.#answerLimitMs());
     if (n === 0) return [];
-    const ids = await this.#request({ op: 'scaleUp', n });
-    await this.#untilTable(() => ids.every((id) => this.#stateOf(id) !== 'provisioning'));
+    const ids = await requestOperation(this.#conn.client, this.#keys, this.nodeId, { op: 'scaleUp', n }, call);
+    await this.#untilTable(() => ids.every((id) => this.#stateOf(id) !== 'provisioning'), call,
+      () => `the shards ${ids.join(', ')} were added but this node has not seen them active yet; they become active at the controller's next window`);
     return ids;
   }
 
   /** Start draining a shard (it leaves every node's route); resolves once draining began. */
-  async drainShard(id: number): Promise<void> {
+  async drainShard(id: number, options?: OperatorCallOptions): Promise<void> {
     if (this.#closed) throw new ManagerClosedError('drainShard');
     this.#checkShard('drainSpecific', id);
-    await this.#request({ op: 'drain', id });
-    await this.#untilTable(() => this.#stateOf(id) !== 'active');
+    const call = callLimits('drainShard', options, this.#answerLimitMs());
+    await requestOperation(this.#conn.client, this.#keys, this.nodeId, { op: 'drain', id }, call);
+    await this.#untilTable(() => this.#stateOf(id) !== 'active', call, () => `shard ${id} is draining, this node has not seen it yet`);
   }
 
-  /** Drain a shard and resolve once it is removed: its stream emptied, acknowledged, deleted. */
-  async removeShard(id: number): Promise<void> {
+  /**
+   * Drain a shard and resolve once it is removed: its stream emptied, acknowledged, deleted.
+   * Removal waits for consumers to empty the stream; `timeoutMs` (default
+   * max(10 min, 600 × metricsWindowMs)) or `signal` end the wait: the shard stays draining,
+   * is removed once its stream is empty, and calling removeShard(id) again waits for it.
+   */
+  async removeShard(id: number, options?: OperatorCallOptions): Promise<void> {
     if (this.#closed) throw new ManagerClosedError('removeShard');
     this.#checkShard('removeShard', id);
-    await this.#request({ op: 'remove', id });
-    await this.#untilTable(() => this.#stateOf(id) === undefined);
+    const call = callLimits('removeShard', options, this.#removalLimitMs());
+    await requestOperation(this.#conn.client, this.#keys, this.nodeId, { op: 'remove', id }, call);
+    await this.#untilTable(() => this.#stateOf(id) === undefined, call,
+      () => `shard ${id} is still ${this.#stateOf(id) ?? 'listed'}: it stays draining and is removed once consumers have emptied its stream; call removeShard(${id}) again to wait for it`);
   }
 
   /** Drain the n least-loaded Active shards (refused below minShards: AtMinShards) and
-   *  resolve to their ids once all are removed. */
-  async manualScaleDown(n: number): Promise<number[]> {
+   *  resolve to their ids once all are removed (a timeout or abort ends the wait as in removeShard). */
+  async manualScaleDown(n: number, options?: OperatorCallOptions): Promise<number[]> {
     if (this.#closed) throw new ManagerClosedError('manualScaleDown');
     checkInteger('n', n, 0, 0xffff);
+    const call = callLimits('manualScaleDown', options, this.#removalLimitMs());
     if (n === 0) return [];
-    const ids = await this.#request({ op: 'scaleDown', n });
-    await this.#untilTable(() => ids.every((id) => this.#stateOf(id) === undefined));
+    const ids = await requestOperation(this.#conn.client, this.#keys, this.nodeId, { op: 'scaleDown', n }, call);
+    await this.#untilTable(() => ids.every((id) => this.#stateOf(id) === undefined), call,
+      () => `shards ${ids.filter((id) => this.#stateOf(id) !== undefined).join(', ')} are still draining: they are removed once consumers have emptied their streams; call removeShard(id) for each to wait for them`);
     return ids;
+  }
+
+  /** How long a call waits for the controller's answer by default. */
+  #answerLimitMs(): number {
+    return Math.max(30_000, 20 * this.#table.doc.policy.metricsWindowMs);
+  }
+
+  /** How long removeShard / manualScaleDown wait for the removal by default. */
+  #removalLimitMs(): number {
+    return Math.max(600_000, 600 * this.#table.doc.policy.metricsWindowMs);
   }
 
   #stateOf(id: number): TableState | undefined {
@@ -971,34 +1054,21 @@ export class RedisShardManager {
     if (!this.#inTable(id)) throw invalid(`${method}: unknown shard ${id}`);
   }
 
-  /** Queue a request for the controller and wait for its answer (a ScalingError is rethrown). */
-  async #request(body: { op: 'scaleUp' | 'scaleDown'; n: number } | { op: 'drain' | 'remove'; id: number }): Promise<number[]> {
-    const reqId = `${this.nodeId}:${randomUUID()}`;
-    const client = this.#conn.client;
-    await client.lpush(this.#keys.ops, JSON.stringify({ reqId, ...body } as OperatorRequest));
-    const key = this.#keys.opAnswer(reqId);
-    const policy = this.#table.doc.policy;
-    const limitMs = Math.max(30_000, 20 * policy.metricsWindowMs);
-    const until = performance.now() + limitMs;
-    for (;;) {
-      const raw = await client.get(key).catch(() => null); // Redis away: keep asking until the limit
-      if (raw !== null) {
-        await client.del(key).catch(() => 0);
-        const answer = JSON.parse(raw) as OperatorAnswer;
-        if (answer.ok) return answer.ids;
-        throw new ScalingError(answer.kind as ScalingErrorKind, answer.message);
-      }
-      if (performance.now() > until) {
-        throw new Error(`shard-mapper/redis: ${body.op}: no controller answered within ${limitMs} ms (namespace "${this.namespace}": is a node that may be the controller running?)`);
-      }
-      await sleep(10);
-    }
-  }
-
-  async #untilTable(done: () => boolean): Promise<void> {
+  /** Wait until `done()` holds for the table this node follows: woken by each table it
+   *  applies (the change notification), reading the table at least once a second meanwhile. */
+  async #untilTable(done: () => boolean, call: CallLimits, pending: () => string): Promise<void> {
+    const everyMs = Math.min(1000, this.#table.doc.policy.metricsWindowMs);
     while (!done()) {
-      await this.#refresh();
-      if (!done()) await sleep(10);
+      if (call.signal?.aborted) throw call.signal.reason;
+      const left = call.deadline - performance.now();
+      if (left <= 0) throw new OperatorTimeoutError(`shard-mapper/redis: ${call.method}: ${pending()} (waited ${call.timeoutMs} ms)`, 'waiting');
+      await new Promise<void>((resolve) => {
+        const wake = () => { clearTimeout(timer); this.#tableWaiters.delete(wake); call.signal?.removeEventListener('abort', wake); resolve(); };
+        const timer = setTimeout(wake, Math.min(everyMs, left));
+        this.#tableWaiters.add(wake);
+        call.signal?.addEventListener('abort', wake, { once: true });
+      });
+      if (!done()) await this.#refresh();
     }
   }
 

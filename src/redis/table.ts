@@ -1,5 +1,13 @@
-// The shard table of a namespace, as it lives in Redis: one hash (format, version, doc),
-// written only by the controller through a script that checks its lease token.
+// The shard table of a namespace, as it lives in Redis: one hash (format, version, doc,
+// gen, epoch, clocks), written only by the controller through a script that checks its lease
+// token.
+//
+// A namespace's life: `epoch` is a random tag chosen when a table is made from nothing, `gen`
+// counts the tables made from nothing (1, then one more each time a controller recovers the
+// namespace after Redis lost data). Nodes follow the table with the highest (gen, version);
+// a table of their gen with another epoch or a lower version, or no table at all, means
+// Redis lost writes (restart without persistence, a failover, FLUSHALL).
+import { randomBytes } from 'node:crypto';
 import { candidateIndexes } from '../mapper.js';
 import type { ShardMetrics } from '../metrics.js';
 import { checkLoadBound, checkRouting, createTableBuilder, type RoutingMode, type TableBuilder } from '../routing.js';
@@ -38,7 +46,33 @@ export interface TableDoc {
 
 export interface Table {
   version: number;
+  gen: number;
+  epoch: string;
   doc: TableDoc;
+  /** The node counter when this was read (the highest node number handed out). */
+  nodes: number;
+}
+
+/** Version, generation and epoch (what a node compares every window), and the node counter. */
+export type TableHead = Pick<Table, 'version' | 'gen' | 'epoch' | 'nodes'>;
+
+/** A fresh epoch tag (random: nothing of the lost namespace is needed to make it unique). */
+export function newEpoch(): string {
+  return randomBytes(6).toString('hex');
+}
+
+/** Whether `b` is ahead of `a`: a higher generation, or the same life and a higher version. */
+export function isAhead(b: TableHead, a: TableHead): boolean {
+  return b.gen > a.gen || (b.gen === a.gen && b.epoch === a.epoch && b.version > a.version);
+}
+
+/** What a node seeing `seen` in Redis while it follows `mine` can conclude. */
+export function compareHeads(mine: TableHead, seen: TableHead | undefined): 'same' | 'ahead' | 'lost' {
+  if (seen === undefined) return 'lost'; // no table: Redis lost it
+  if (isAhead(seen, mine)) return 'ahead';
+  if (seen.gen === mine.gen && seen.epoch === mine.epoch && seen.version === mine.version) return 'same';
+  // Another life at our generation, an older generation, or a lower version of ours.
+  return 'lost';
 }
 
 export function activeIds(doc: TableDoc): number[] {
@@ -95,32 +129,51 @@ export function explainTableError(error: Error, keys: Keys): Error {
   return error;
 }
 
-/** Create the table if absent; returns it and whether this call created it. */
+/** Create the table if absent (generation 1, a new epoch); returns it and whether this call created it. */
 export async function initTable(client: ScriptedClient, keys: Keys, doc: TableDoc): Promise<Table & { created: boolean }> {
-  let reply: [string, string, string];
+  let reply: [string, string, string, string, string, string | undefined];
   try {
-    reply = (await client.smInitTable(keys.table, JSON.stringify(doc), TABLE_FORMAT)) as [string, string, string];
+    reply = (await client.smInitTable(keys.table, JSON.stringify(doc), TABLE_FORMAT, newEpoch())) as typeof reply;
   } catch (error) {
     throw explainTableError(error as Error, keys);
   }
-  return { created: reply[0] === 'created', doc: parseDoc(reply[1], keys.table), version: Number(reply[2]) };
+  return { created: reply[0] === 'created', doc: parseDoc(reply[1], keys.table), version: Number(reply[2]), gen: Number(reply[3]), epoch: reply[4], nodes: Number(reply[5] ?? 0) };
 }
+
+/** The thrown message when the table is missing (Redis lost it, or someone deleted it). */
+export const TABLE_GONE = 'is gone or not ours';
 
 export async function readTable(client: ScriptedClient, keys: Keys): Promise<Table> {
-  const [format, version, json] = await client.hmget(keys.table, 'format', 'version', 'doc');
+  const [format, version, json, gen, epoch, nodes] = await client.hmget(keys.table, 'format', 'version', 'doc', 'gen', 'epoch', 'nodes');
   if (format !== TABLE_FORMAT || version === null || json === null) {
-    throw new Error(`shard-mapper/redis: the shard table ${keys.table} is gone or not ours (format ${String(format)})`);
+    throw new Error(`shard-mapper/redis: the shard table ${keys.table} ${TABLE_GONE} (format ${String(format)})`);
   }
-  return { version: Number(version), doc: parseDoc(json, keys.table) };
+  return { version: Number(version), gen: Number(gen ?? 1), epoch: epoch ?? '', doc: parseDoc(json, keys.table), nodes: Number(nodes ?? 0) };
 }
 
-/** Just the version (the cheap check every metrics window). */
-export async function readVersion(client: ScriptedClient, keys: Keys): Promise<number> {
-  const v = await client.hget(keys.table, 'version');
-  return v === null ? -1 : Number(v);
+/** Version, generation and epoch (the cheap check every metrics window); undefined: no table. */
+export async function readHead(client: ScriptedClient, keys: Keys): Promise<TableHead | undefined> {
+  const [version, gen, epoch, nodes] = await client.hmget(keys.table, 'version', 'gen', 'epoch', 'nodes');
+  return version === null ? undefined : { version: Number(version), gen: Number(gen ?? 1), epoch: epoch ?? '', nodes: Number(nodes ?? 0) };
 }
 
-/** The fenced write: only with the current lease token, only over `expected`. */
-export async function writeTable(client: ScriptedClient, keys: Keys, token: string, expected: number, doc: TableDoc): Promise<number> {
-  return Number(await client.smWriteTable(keys.lease, keys.table, token, String(expected), JSON.stringify(doc), keys.changes));
+/** An operator request answered by a table write (see smWriteTable). */
+export interface AnsweredRequest {
+  reqId: string;
+  /** The request exactly as it sits in the queue. */
+  raw: string;
+  answer: string;
+}
+
+/**
+ * The fenced write: only with the current lease token, only over `over`'s epoch and version.
+ * `doc` undefined leaves the table as it is (a clocks-only or answer-only write); returns
+ * the version after the write.
+ */
+export async function writeTable(client: ScriptedClient, keys: Keys, token: string, over: TableHead, doc: TableDoc | undefined,
+  extra: { clocks?: string; request?: AnsweredRequest } = {}): Promise<number> {
+  const r = extra.request;
+  return Number(await client.smWriteTable(keys.lease, keys.table, keys.ops, keys.answers, keys.answered,
+    token, over.epoch, String(over.version), doc === undefined ? '' : JSON.stringify(doc), keys.changes,
+    extra.clocks ?? '', r?.reqId ?? '', r?.raw ?? '', r?.answer ?? ''));
 }
