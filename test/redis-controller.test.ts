@@ -332,7 +332,8 @@ describe.skipIf(!available)('the Redis controller', () => {
       onRedisEvent: (e) => { if (e.type === 'redisError') errorsA.push(e.error.message); },
     });
     const b = await RedisShardManager.create({ redis: server.url, namespace, clock: () => clockB.t, onEvent: countScaleUps });
-    const flushKey = `{${namespace}}:flush`;
+    // A key only the controller's pass reads: shard 0's progress hash (no consumer writes it here).
+    const flushKey = `${namespace}:progress:{${namespace}:0}`;
     let seq = 0;
     const load = async () => { for (let i = 0; i < 200; i++, seq++) a.push(seq * 2_654_435_761, `l:${seq}`); await a.flush(); };
     await load();
@@ -345,7 +346,7 @@ describe.skipIf(!available)('the Redis controller', () => {
       await load();
       clock.t += 500;
       clockB.t += 500;
-      if (w % 2 === 0) server.cli('SET', flushKey, 'not a hash'); // the pass's HGETALL fails: WRONGTYPE
+      if (w % 2 === 0) server.cli('SET', flushKey, 'not a hash'); // the pass's HMGET fails: WRONGTYPE
       else server.cli('DEL', flushKey);
       await a.tick();
       if (w % 2 === 0) failures.push(server.cli('TYPE', flushKey));
