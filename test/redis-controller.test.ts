@@ -87,12 +87,18 @@ describe.skipIf(!available)('the Redis controller', () => {
       for (let i = 0; i < 100; i++) c.push(i * 42_949_672, `c:${i}`);
       expect(new Set([a.nodeId, b.nodeId, c.nodeId]).size).toBe(3);
 
-      await b.tick(); // sees another life of the table at its generation: reports what it knew
-      expect(events.b!.some((e) => e.type === 'redisDataLoss' && e.stage === 'detected')).toBe(true);
-      await a.tick(); // the lease was lost too: a finds its lease gone (steps down) ...
-      await a.tick(); // ... takes it again and recovers the namespace
+      // b sees another life of the table at its generation and reports what it knew. Its
+      // connection may still be reconnecting after the restart (a tick then only reports a
+      // Redis error), so tick until it has looked, boundedly.
+      const detected = () => events.b!.some((e) => e.type === 'redisDataLoss' && e.stage === 'detected');
+      for (let i = 0; i < 200 && !detected(); i++) { await b.tick(); if (!detected()) await sleep(25); }
+      expect(detected()).toBe(true);
+      // The lease was lost too: a finds its lease gone (steps down), takes it again and
+      // recovers the namespace (again ticking through its own reconnect, boundedly).
+      const recoveredEvent = () => events.a!.find((e) => e.type === 'redisDataLoss' && e.stage === 'recovered');
+      for (let i = 0; i < 200 && !recoveredEvent(); i++) { await a.tick(); if (!recoveredEvent()) await sleep(25); }
       expect(a.isController).toBe(true);
-      const recovered = events.a!.find((e) => e.type === 'redisDataLoss' && e.stage === 'recovered');
+      const recovered = recoveredEvent();
       expect(recovered).toMatchObject({ generation: 2 });
       await Promise.all([b.tick(), c.tick()]);
       for (const node of [a, b, c]) {
