@@ -122,7 +122,10 @@ async function render() {
   const dt = (now - lastAt) / 1000;
   lastAt = now;
   const table = [...statuses.values()].find((s) => s.controller)?.table ?? statuses.get(0)?.table;
-  const [stored, acked] = await Promise.all([redis.hgetall(`{${namespace}}:stored`), redis.hgetall(`{${namespace}}:acked`)]);
+  // Events acknowledged per shard live in the shard's progress hash (the consumers' acknowledging script writes them).
+  const shardIds = (table?.shards ?? []).map((sh) => sh.id);
+  const [stored, ...ackedList] = await Promise.all([redis.hgetall(`{${namespace}}:stored`), ...shardIds.map((id) => redis.hget(`${namespace}:progress:{${namespace}:${id}}`, 'acked'))]);
+  const acked = Object.fromEntries(shardIds.map((id, i) => [id, ackedList[i] ?? 0]));
   const lines = [
     pc.bold('shard-mapper/redis live demo') + pc.gray(`  ${elapsed().toFixed(1)} s / ${durationS} s   ${nodes} node processes, ${consumerCount} consumer processes, namespace ${namespace}, ${args.url ? url : 'local redis-server'}`),
     `target ${fmt(targetRate(Math.min(1, elapsed() / durationS)))} ev/s   delivered ${pc.bold(fmt(delivered))}   repeats ${fmt(repeats)}   table v${table?.version ?? '?'}`,

@@ -577,9 +577,10 @@ describe.skipIf(!available)('RedisShardManager: one node, consumers, one process
     const again = got.filter((g) => first.some((f) => f.dedupId === g.id));
     expect(again.length).toBe(first.length); // the stuck batch came again, same ids
     expect(got.map((g) => g.text)).toEqual(Array.from({ length: 50 }, (_, i) => `c:${i}`)); // in order, once each here
-    // DedupFilter drops a repeat of what it has seen.
+    // DedupFilter drops a repeat of what was committed (filter alone marks nothing).
     const records = first.map((r) => ({ ...r }));
     expect(filter.filter(records, 0)).toHaveLength(records.length);
+    filter.commit(records, 0);
     expect(filter.filter(records, 0)).toHaveLength(0);
     hang?.();
     await Promise.all([stuck.close(), consumers.close(), node.close()]);
@@ -673,7 +674,9 @@ describe.skipIf(!available)('RedisShardManager: bad input is refused clearly and
     }
     expect(server.cli('EXISTS', '{x}:table')).toBe('0'); // nothing was created
     await expect(serveShardConsumers({ redis: server.url, namespace: 'x', consume: 5 } as never)).rejects.toThrow(/options\.consume must be a function, got 5/);
-    await expect(serveShardConsumers({ redis: server.url, namespace: 'never-created', consume: () => {} })).rejects.toThrow(/namespace "never-created" has no shard table yet/);
+    // A namespace no node created yet is waited for (test/redis-consumers.test.ts); a key that is not ours is refused.
+    server.cli('SET', '{taken-by-other}:table', 'somebody else');
+    await expect(serveShardConsumers({ redis: server.url, namespace: 'taken-by-other', consume: () => {} })).rejects.toThrow(/serveShardConsumers: the key \{taken-by-other\}:table holds a string, not a shard table/);
   });
 
   it('a server that is not there, and one that refuses the password', async () => {

@@ -4,35 +4,29 @@
 // held), so a shard's events are consumed in order. Consumers register with a heartbeat and
 // each takes a fair share (ceil(shards / consumers)), releasing extras as others arrive. A
 // consumer that takes a shard over first claims the previous owner's pending entries
-// (XAUTOCLAIM), consumes them, then reads on with XREADGROUP; an entry is acknowledged (and
-// deleted, in one script) when `consume` returns.
+// (XAUTOCLAIM), consumes them, then reads on with XREADGROUP. When `consume` returns, one
+// script acknowledges and deletes the batch's entries and records, per node, the last
+// (frame, index) acknowledged (the shard's progress hash, progress.ts): whoever consumes the
+// shard next skips what is at or below those marks, so a repeat of a consumed frame (a
+// node's retried XADD) never reaches `consume`. A batch whose `consume` throws is not
+// acknowledged and comes again whole. Shards are served independently: an error on one is
+// reported with its id and retried with backoff while the others go on.
 import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
 import { checkInteger, describe, invalid } from '../errors.js';
 import { GROUP, checkNamespace, keysFor, type Keys } from './keys.js';
 import { closeConnection, connect, sendAll, type Connection, type RedisOption } from './connection.js';
-import { decodeFrame } from './frames.js';
+import { deadLetterCommand, readEntries, type DeadReason, type ReadEntry, type ShardRecord } from './entries.js';
+import { readAckedPositions, type AckedPosition } from './progress.js';
 import { readTable, type TableDoc } from './table.js';
 
-/** One event as a consumer receives it. */
-export interface ShardRecord {
-  payload: Buffer;
-  /** `${node}:${frame}:${index}`: the same for every delivery of this event, never shared
-   *  by two events (see DedupFilter). */
-  dedupId: string;
-  /** The node number that pushed it, the node's frame sequence, the event's index in the frame. */
-  node: string;
-  frame: number;
-  index: number;
-  /** The stream entry (frame) it came in. */
-  entryId: string;
-}
+export type { ShardRecord } from './entries.js';
 
 export interface ServeShardConsumersOptions {
   redis: RedisOption;
   namespace: string;
   /** Called with a shard's events in push order; returning (or resolving) acknowledges them.
-   *  Throwing does not: the same events come again (the error goes to onError). */
+   *  Throwing does not: the whole batch comes again (the error goes to onError). */
   consume: (records: ShardRecord[], shardId: number) => void | Promise<void>;
   /** Stream entries (frames) read per call (default 16). */
   batchSize?: number;
@@ -42,6 +36,15 @@ export interface ServeShardConsumersOptions {
   idleMs?: number;
   /** A name unique to this consumer (default host:pid:random). */
   name?: string;
+  /** Skip events at or below the shard's acknowledged marks (default true). `false` hands
+   *  repeats to `consume` (with their dedup ids), for those who filter downstream. */
+  dedup?: boolean;
+  /** A stream entry delivered this many times without being acknowledged (each read by a
+   *  consumer counts, as Redis counts them) goes to the dead-letter stream instead of
+   *  `consume` (default: never; the batch is retried with backoff for ever). */
+  maxDeliveries?: number;
+  /** Errors, with the shard they concern (-1: none in particular, e.g. Redis away). Also,
+   *  once, that the namespace does not exist yet and the consumers wait for it. */
   onError?: (error: Error, shardId: number) => void;
 }
 
@@ -49,10 +52,31 @@ export interface ShardConsumers {
   readonly name: string;
   /** Shards this consumer holds right now. */
   owned(): number[];
-  /** Events consumed (acknowledged) so far. */
+  /** Events consumed (handed to `consume` and acknowledged) so far. */
   readonly consumed: number;
+  /** Events skipped as repeats of acknowledged ones (acknowledged, never handed to `consume`). */
+  readonly repeats: number;
+  /** Stream entries this consumer moved to the dead-letter stream. */
+  readonly deadLettered: number;
   /** Finish the batch in hand, release the leases, close the connection we opened. */
   close(): Promise<void>;
+}
+
+/** One entry as smCommit takes it: id, node ('' if unknown), frame, events. */
+type CommitEntry = [string, string, string, string];
+
+/** A batch ready to be acknowledged: the script's arguments and what it means here. */
+interface Commit {
+  entries: CommitEntry[];
+  /** The consume call's time in µs, '' when none ran (all repeats, or dead letters). */
+  batchUs: string;
+  consumed: number;
+  repeats: number;
+  deadLettered: number;
+  /** The marks after this batch (dedup on), for the shard's local copy. */
+  marks: Map<string, AckedPosition> | undefined;
+  /** Entries read with it, to drop from the shard's queue once acknowledged. */
+  taken: number;
 }
 
 interface Held {
@@ -60,41 +84,46 @@ interface Held {
   renewedAt: number;
   /** Pending entries of a previous owner must be claimed before reading on. */
   claim: boolean;
-  /** Re-read this consumer's own pending entries (after a take-over or a failed batch). */
+  /** Re-read this consumer's own pending entries (after a take-over or a failure). */
   history: boolean;
+  /** Entries read and not yet acknowledged, oldest first (a batch stops where the kind of
+   *  entry changes: frames to consume, dead letters). */
+  queue: ReadEntry[];
+  /** The shard's acknowledged marks as Redis had them (loaded on taking the shard and after
+   *  a failure), raised by each batch this consumer commits. */
+  marks: Map<string, AckedPosition> | undefined;
+  /** A batch consumed (or dead-lettered) whose acknowledgement failed: sent again before
+   *  anything else is read from the shard (the script is idempotent). */
+  unacked: Commit | undefined;
+  /** The last error of consume on this shard (it goes with a dead letter). */
+  lastError: string;
+  /** Consecutive failures, and when the shard may be served again (performance.now()). */
+  failures: number;
+  retryAt: number;
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+const MAX_BACKOFF_MS = 1000;
 
-/** Entries of an XREADGROUP / XAUTOCLAIM reply, with Buffer fields. */
-function entriesOf(raw: unknown): [string, Buffer[]][] {
-  if (!Array.isArray(raw)) return [];
-  const out: [string, Buffer[]][] = [];
-  for (const e of raw as [Buffer, Buffer[] | null][]) {
-    if (!e || !e[1]) continue; // deleted while pending
-    out.push([e[0].toString(), e[1]]);
-  }
+/** (frame, index) at or below a mark: acknowledged before. */
+function isAcknowledged(marks: ReadonlyMap<string, AckedPosition>, node: string, frame: number, index: number): boolean {
+  const m = marks.get(node);
+  return m !== undefined && (frame < m.frame || (frame === m.frame && index <= m.index));
+}
+
+/** One array of many (Array.prototype.flat is several times slower here). */
+function concat<T>(parts: T[][]): T[] {
+  let n = 0;
+  for (const p of parts) n += p.length;
+  const out = new Array<T>(n);
+  let at = 0;
+  for (const p of parts) for (let i = 0; i < p.length; i++) out[at++] = p[i]!;
   return out;
 }
 
-function recordsOf(entries: [string, Buffer[]][]): ShardRecord[] {
-  const out: ShardRecord[] = [];
-  for (const [entryId, fields] of entries) {
-    let node = '';
-    let frame = 0;
-    let data: Buffer | undefined;
-    for (let i = 0; i + 1 < fields.length; i += 2) {
-      const name = fields[i]!.toString();
-      if (name === 'n') node = fields[i + 1]!.toString();
-      else if (name === 's') frame = Number(fields[i + 1]!.toString());
-      else if (name === 'd') data = fields[i + 1]!;
-    }
-    if (!data) continue;
-    decodeFrame(data).forEach((payload, index) => {
-      out.push({ payload, dedupId: `${node}:${frame}:${index}`, node, frame, index, entryId });
-    });
-  }
-  return out;
+/** Raise a mark to (frame, index) if that is above it. */
+function raise(marks: Map<string, AckedPosition>, node: string, frame: number, index: number): void {
+  if (!isAcknowledged(marks, node, frame, index)) marks.set(node, { frame, index });
 }
 
 export async function serveShardConsumers(options: ServeShardConsumersOptions): Promise<ShardConsumers> {
@@ -107,44 +136,64 @@ export async function serveShardConsumers(options: ServeShardConsumersOptions): 
   const name = options.name ?? `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
   if (typeof name !== 'string' || name.length === 0) throw invalid(`options.name must be a non-empty string, got ${describe(name)}`);
   if (options.onError !== undefined && typeof options.onError !== 'function') throw invalid(`options.onError must be a function, got ${describe(options.onError)}`);
+  const dedup = options.dedup ?? true;
+  if (typeof dedup !== 'boolean') throw invalid(`options.dedup must be a boolean, got ${describe(dedup)}`);
+  const maxDeliveries = options.maxDeliveries === undefined || options.maxDeliveries === Infinity
+    ? Infinity : checkInteger('options.maxDeliveries', options.maxDeliveries, 1, 1_000_000_000);
   const keys = keysFor(ns);
   const conn = await connect(options.redis, `consumers of namespace "${ns}"`);
   try {
-    await readTable(conn.client, keys); // a namespace no node created is an error, not an idle wait
+    await readTable(conn.client, keys);
   } catch (error) {
-    await closeConnection(conn);
-    throw new Error(`shard-mapper/redis: serveShardConsumers: namespace "${ns}" has no shard table yet (create a RedisShardManager first): ${(error as Error).message}`);
+    // No table yet: the runner waits for the first node. A key that is not ours is an error.
+    const type = await conn.client.type(keys.table).catch(() => undefined);
+    if (type !== 'none') {
+      await closeConnection(conn);
+      const why = type !== undefined && type !== 'hash'
+        ? `the key ${keys.table} holds a ${type}, not a shard table: another application uses namespace "${ns}"; choose another namespace`
+        : (error as Error).message.replace(/^shard-mapper\/redis: /, '');
+      throw new Error(`shard-mapper/redis: serveShardConsumers: ${why}`);
+    }
   }
-  const runner = new ConsumerRunner(conn, keys, name, options.consume, options.onError, batchSize, leaseMs, idleMs);
+  const runner = new ConsumerRunner({ conn, keys, name, consume: options.consume, onError: options.onError, batch: batchSize, leaseMs, idleMs, dedup, maxDeliveries });
   runner.start();
   return runner;
+}
+
+interface RunnerParts {
+  conn: Connection;
+  keys: Keys;
+  name: string;
+  consume: ServeShardConsumersOptions['consume'];
+  onError: ServeShardConsumersOptions['onError'];
+  batch: number;
+  leaseMs: number;
+  idleMs: number;
+  dedup: boolean;
+  maxDeliveries: number;
 }
 
 class ConsumerRunner implements ShardConsumers {
   readonly name: string;
   consumed = 0;
+  repeats = 0;
+  deadLettered = 0;
   readonly #conn: Connection;
   readonly #keys: Keys;
-  readonly #consume: ServeShardConsumersOptions['consume'];
-  readonly #onError: ServeShardConsumersOptions['onError'];
-  readonly #batch: number;
-  readonly #leaseMs: number;
-  readonly #idleMs: number;
+  readonly #parts: RunnerParts;
   readonly #held = new Map<number, Held>();
   #closing = false;
+  #closingPromise: Promise<void> | undefined;
   #done: Promise<void> | undefined;
   #lastMaintenance = -Infinity;
+  /** Whether "waiting for the namespace" was said (once per wait). */
+  #waitReported = false;
 
-  constructor(conn: Connection, keys: Keys, name: string, consume: ServeShardConsumersOptions['consume'],
-    onError: ServeShardConsumersOptions['onError'], batch: number, leaseMs: number, idleMs: number) {
-    this.#conn = conn;
-    this.#keys = keys;
-    this.name = name;
-    this.#consume = consume;
-    this.#onError = onError;
-    this.#batch = batch;
-    this.#leaseMs = leaseMs;
-    this.#idleMs = idleMs;
+  constructor(parts: RunnerParts) {
+    this.#parts = parts;
+    this.#conn = parts.conn;
+    this.#keys = parts.keys;
+    this.name = parts.name;
   }
 
   owned(): number[] {
@@ -157,8 +206,8 @@ class ConsumerRunner implements ShardConsumers {
 
   #report(error: unknown, shardId: number): void {
     const e = error instanceof Error ? error : new Error(String(error));
-    if (this.#onError) {
-      try { this.#onError(e, shardId); } catch { /* the handler's own failure changes nothing */ }
+    if (this.#parts.onError) {
+      try { this.#parts.onError(e, shardId); } catch { /* the handler's own failure changes nothing */ }
     }
   }
 
@@ -168,21 +217,43 @@ class ConsumerRunner implements ShardConsumers {
       try {
         // Leases are renewed three times per lease period (performance.now() paces the loop only).
         const now = performance.now();
-        if (now - this.#lastMaintenance >= this.#leaseMs / 3) {
+        if (now - this.#lastMaintenance >= this.#parts.leaseMs / 3) {
           await this.#maintain();
           this.#lastMaintenance = now;
         }
-        let worked = false;
-        for (const id of this.owned()) {
-          if (this.#closing) break;
-          if (await this.#serve(id)) worked = true;
-        }
-        idle = worked ? 1 : Math.min(this.#idleMs, idle * 2);
-        if (!worked) await sleep(idle);
       } catch (error) {
         this.#report(error, -1); // Redis away: keep the leases we can, try again
-        await sleep(Math.min(500, this.#idleMs * 5));
+        await sleep(Math.min(500, this.#parts.idleMs * 5));
+        continue;
       }
+      let worked = false;
+      for (const id of this.owned()) {
+        if (this.#closing) break;
+        try {
+          if (await this.#serve(id)) worked = true;
+        } catch (error) {
+          this.#report(error, id); // this shard waits (backoff); the others go on
+        }
+      }
+      idle = worked ? 1 : Math.min(this.#parts.idleMs, idle * 2);
+      if (!worked) await sleep(idle);
+    }
+  }
+
+  /** The table's shards, or none while the namespace does not exist (said once). */
+  async #tableShards(): Promise<number[]> {
+    const client = this.#conn.client;
+    try {
+      const { doc } = await readTable(client, this.#keys);
+      this.#waitReported = false;
+      return servedShards(doc);
+    } catch (error) {
+      if ((await client.type(this.#keys.table)) !== 'none') throw error;
+      if (!this.#waitReported) {
+        this.#waitReported = true;
+        this.#report(new Error(`shard-mapper/redis: consumers of namespace "${this.#keys.ns}" wait for the namespace: no node has created its shard table (${this.#keys.table}) yet`), -1);
+      }
+      return [];
     }
   }
 
@@ -190,21 +261,23 @@ class ConsumerRunner implements ShardConsumers {
   async #maintain(): Promise<void> {
     const client = this.#conn.client;
     const keys = this.#keys;
-    const alive = Math.max(1, Number(await client.smConsumerBeat(keys.consumers, this.name, this.#leaseMs)));
-    const { doc } = await readTable(client, keys);
-    const shards = servedShards(doc);
+    const { leaseMs } = this.#parts;
+    const alive = Math.max(1, Number(await client.smConsumerBeat(keys.consumers, this.name, leaseMs)));
+    const shards = await this.#tableShards();
     const fair = Math.ceil(shards.length / alive);
     // Renew what we hold (and drop what we lost, or what left the table).
-    const held = [...this.#held.keys()];
-    for (const id of held) {
+    for (const id of [...this.#held.keys()]) {
       const before = performance.now();
-      const ok = shards.includes(id) && Number(await client.smRenew(keys.owner(id), this.name, this.#leaseMs)) === 1;
+      const ok = shards.includes(id) && Number(await client.smRenew(keys.owner(id), this.name, leaseMs)) === 1;
       if (!ok) this.#held.delete(id);
       else this.#held.get(id)!.renewedAt = before;
     }
-    // Too many: give back the highest ids (nothing of ours is pending after a batch returns).
+    // Too many: give back the highest ids, except one whose consumed batch awaits its
+    // acknowledgement (the next owner would deliver it again).
     while (this.#held.size > fair) {
-      const id = Math.max(...this.#held.keys());
+      const free = [...this.#held].filter(([, h]) => !h.unacked).map(([id]) => id);
+      if (free.length === 0) break;
+      const id = Math.max(...free);
       this.#held.delete(id);
       await client.smRelease(keys.owner(id), this.name);
     }
@@ -213,71 +286,190 @@ class ConsumerRunner implements ShardConsumers {
       if (this.#held.size >= fair) break;
       if (this.#held.has(id)) continue;
       const before = performance.now();
-      if ((await client.set(keys.owner(id), this.name, 'PX', this.#leaseMs, 'NX')) === 'OK') this.#held.set(id, { renewedAt: before, claim: true, history: true });
+      if ((await client.set(keys.owner(id), this.name, 'PX', leaseMs, 'NX')) === 'OK') {
+        this.#held.set(id, { renewedAt: before, claim: true, history: true, queue: [], marks: undefined, unacked: undefined, lastError: '', failures: 0, retryAt: 0 });
+      }
     }
   }
 
-  /** One read and one consume call for a shard; true if there was work. */
+  /** One step on a shard (a read, a batch consumed or dead-lettered); true if there was work. */
   async #serve(id: number): Promise<boolean> {
     const held = this.#held.get(id);
-    if (!held) return false;
+    if (!held || performance.now() < held.retryAt) return false;
+    try {
+      return await this.#step(id, held);
+    } catch (error) {
+      // Whatever failed (a read, an acknowledgement while Redis was away), our pending entries
+      // are read again before anything new, with the marks as Redis has them.
+      held.history = true;
+      held.queue = [];
+      held.marks = undefined;
+      if (/NOGROUP|no such key/i.test((error as Error).message)) return false; // removed, or not created yet
+      this.#backoff(held);
+      throw error;
+    }
+  }
+
+  #backoff(held: Held): void {
+    held.failures++;
+    const base = Math.max(10, 2 * this.#parts.idleMs);
+    held.retryAt = performance.now() + Math.min(MAX_BACKOFF_MS, base * 2 ** Math.min(20, held.failures - 1));
+  }
+
+  async #step(id: number, held: Held): Promise<boolean> {
     const client = this.#conn.client;
     const stream = this.#keys.stream(id);
-    try {
-      // A consume call that ran long (a stall) may have outlived the lease: another consumer
-      // may own the shard now. Renew (or let go) before reading anything more from it.
-      if (performance.now() - held.renewedAt > this.#leaseMs / 3) {
-        const before = performance.now();
-        if (Number(await client.smRenew(this.#keys.owner(id), this.name, this.#leaseMs)) !== 1) {
-          this.#held.delete(id);
-          return false;
-        }
-        held.renewedAt = before;
+    const { leaseMs, batch, dedup } = this.#parts;
+    // A consume call that ran long (a stall) may have outlived the lease: another consumer
+    // may own the shard now. Renew (or let go) before reading anything more from it.
+    if (performance.now() - held.renewedAt > leaseMs / 3) {
+      const before = performance.now();
+      if (Number(await client.smRenew(this.#keys.owner(id), this.name, leaseMs)) !== 1) {
+        this.#held.delete(id);
+        return false;
       }
-      if (held.claim) {
-        // The previous owner's pending entries become ours, in id order, before anything new.
-        let cursor = '0-0';
-        do {
-          const reply = (await client.callBuffer('XAUTOCLAIM', stream, GROUP, this.name, '0', cursor, 'COUNT', String(Math.max(100, this.#batch)), 'JUSTID')) as [Buffer, unknown];
-          cursor = reply[0].toString();
-        } while (cursor !== '0-0');
-        await this.#forgetIdleConsumers(stream);
-        held.claim = false;
-        held.history = true;
-      }
-      const from = held.history ? '0' : '>';
-      const reply = (await client.callBuffer('XREADGROUP', 'GROUP', GROUP, this.name, 'COUNT', String(this.#batch), 'STREAMS', stream, from)) as [Buffer, unknown][] | null;
-      const entries = reply && reply[0] ? entriesOf(reply[0][1]) : [];
-      if (entries.length === 0) {
+      held.renewedAt = before;
+    }
+    // The marks as Redis has them, before anything is read (after a take-over or a failure).
+    if (dedup && !held.marks) held.marks = await readAckedPositions(client, this.#keys, id);
+    if (held.claim) {
+      // The previous owner's pending entries become ours, in id order, before anything new.
+      // Join the group first (XAUTOCLAIM claiming nothing does not), so the group never lists
+      // no live member while the gone ones are forgotten.
+      await client.call('XGROUP', 'CREATECONSUMER', stream, GROUP, this.name);
+      let cursor = '0-0';
+      do {
+        const reply = (await client.callBuffer('XAUTOCLAIM', stream, GROUP, this.name, '0', cursor, 'COUNT', String(Math.max(100, batch)), 'JUSTID')) as [Buffer, unknown];
+        cursor = reply[0].toString();
+      } while (cursor !== '0-0');
+      await this.#forgetIdleConsumers(stream);
+      held.claim = false;
+      held.history = true;
+    }
+    if (held.unacked) {
+      await this.#commit(id, held, held.unacked);
+      return true;
+    }
+    if (held.queue.length === 0) {
+      held.queue = await this.#read(id, held.history);
+      if (held.queue.length === 0) {
         if (held.history) { held.history = false; return true; }
         return false;
       }
-      const records = recordsOf(entries);
+    }
+    // The oldest entries of one kind: deleted while pending, undecodable, delivered too often, or frames.
+    const kindOf = (e: ReadEntry) => (e.decoded.kind !== 'frame' ? e.decoded.kind : e.deliveries > this.#parts.maxDeliveries ? 'maxDeliveries' : 'frame');
+    const kind = kindOf(held.queue[0]!);
+    let n = 1;
+    while (n < held.queue.length && kindOf(held.queue[n]!) === kind) n++;
+    const run = held.queue.slice(0, n);
+    if (kind === 'frame') return this.#consumeRun(id, held, run);
+    if (kind === 'gone') {
+      await this.#commit(id, held, this.#commitOf(run, '', 0, 0, 0, held.marks));
+      return true;
+    }
+    return this.#deadLetter(id, held, run, kind);
+  }
+
+  /** XREADGROUP: new entries, or our pending ones (history) with their delivery counts. */
+  async #read(id: number, history: boolean): Promise<ReadEntry[]> {
+    const client = this.#conn.client;
+    const stream = this.#keys.stream(id);
+    const reply = (await client.callBuffer('XREADGROUP', 'GROUP', GROUP, this.name, 'COUNT', String(this.#parts.batch), 'STREAMS', stream, history ? '0' : '>')) as [Buffer, unknown][] | null;
+    const entries = reply && reply[0] ? readEntries(reply[0][1]) : [];
+    // A new entry was delivered once; a pending one maybe many times (only asked when it matters).
+    if (history && entries.length > 0 && Number.isFinite(this.#parts.maxDeliveries)) {
+      const pending = (await client.call('XPENDING', stream, GROUP, entries[0]!.id, entries[entries.length - 1]!.id, String(entries.length), this.name)) as [string, string, number, number][];
+      const counts = new Map(pending.map((p) => [String(p[0]), Number(p[3])] as const));
+      for (const e of entries) e.deliveries = counts.get(e.id) ?? e.deliveries;
+    }
+    return entries;
+  }
+
+  async #consumeRun(id: number, held: Held, run: ReadEntry[]): Promise<boolean> {
+    const { dedup } = this.#parts;
+    // Repeats of acknowledged events (and of events earlier in this batch) never reach consume.
+    const marks = dedup ? new Map(held.marks) : undefined;
+    const parts: ShardRecord[][] = [];
+    let repeats = 0;
+    for (const entry of run) {
+      const d = entry.decoded;
+      if (d.kind !== 'frame') continue;
+      const n = d.records.length;
+      if (!marks || n === 0 || !isAcknowledged(marks, d.node, d.frame, 0)) parts.push(d.records); // the usual case: a new frame, whole
+      else {
+        const fresh = d.records.filter((r) => !isAcknowledged(marks, r.node, r.frame, r.index));
+        repeats += n - fresh.length;
+        parts.push(fresh);
+      }
+      if (marks && n > 0) raise(marks, d.node, d.frame, n - 1);
+    }
+    const records = parts.length === 1 ? parts[0]! : concat(parts);
+    let us = '';
+    if (records.length > 0) {
       const started = performance.now();
       try {
-        await this.#consume(records, id);
+        await this.#parts.consume(records, id);
       } catch (error) {
-        held.history = true; // the same entries again, from our pending list
+        // Not acknowledged: the whole batch comes again, from our pending list.
+        held.history = true;
+        held.queue = [];
+        held.lastError = error instanceof Error ? error.message : String(error);
+        this.#backoff(held);
         this.#report(error, id);
-        await sleep(Math.min(200, this.#idleMs * 2));
-        return true;
+        return false;
       }
-      const us = Math.round((performance.now() - started) * 1000);
-      await client.smAckDel(stream, GROUP, ...entries.map(([entryId]) => entryId));
-      this.consumed += records.length;
-      await sendAll(client, [
-        ['hincrby', this.#keys.acked, String(id), records.length],
-        ['hincrby', this.#keys.flush, `${id}:n`, 1],
-        ['hincrby', this.#keys.flush, `${id}:us`, us],
-      ]);
-      return true;
-    } catch (error) {
-      // Whatever failed (a read, or the acknowledgement of a consumed batch while Redis was
-      // away), our pending entries are read again before anything new: they come again.
-      held.history = true;
-      if (/NOGROUP|no such key/i.test((error as Error).message)) return false; // removed, or not created yet
-      throw error;
+      us = String(Math.round((performance.now() - started) * 1000));
     }
+    await this.#commit(id, held, this.#commitOf(run, us, records.length, repeats, 0, marks));
+    return true;
+  }
+
+  /** Copy entries to the dead-letter stream, then acknowledge them (a copy may be made twice
+   *  if the acknowledgement is lost with the process; never none). */
+  async #deadLetter(id: number, held: Held, run: ReadEntry[], reason: DeadReason): Promise<boolean> {
+    const key = this.#keys.deadLetters;
+    const why = (e: ReadEntry) => (e.decoded.kind === 'undecodable' ? e.decoded.error
+      : `delivered ${e.deliveries} times (maxDeliveries ${this.#parts.maxDeliveries}) without being acknowledged; last error: ${held.lastError || 'none seen by this consumer'}`);
+    const replies = await sendAll(this.#conn.client, run.map((e) => deadLetterCommand(key, id, e, reason, why(e))));
+    for (const [error] of replies) if (error) throw error;
+    const marks = held.marks ? new Map(held.marks) : undefined;
+    for (const e of run) {
+      const d = e.decoded;
+      if (marks && d.kind !== 'gone' && d.node !== '') {
+        const count = d.kind === 'frame' ? d.records.length : d.count;
+        raise(marks, d.node, d.frame, count - 1);
+      }
+    }
+    await this.#commit(id, held, this.#commitOf(run, '', 0, 0, run.length, marks));
+    for (const e of run) {
+      this.#report(new Error(`shard-mapper/redis: shard ${id}: stream entry ${e.id} moved to the dead-letter stream ${key}: ${why(e)}`), id);
+    }
+    return true;
+  }
+
+  #commitOf(run: ReadEntry[], batchUs: string, consumed: number, repeats: number, deadLettered: number, marks: Map<string, AckedPosition> | undefined): Commit {
+    const entries = run.map((e): CommitEntry => {
+      const d = e.decoded;
+      if (d.kind === 'frame') return [e.id, d.node, String(d.frame), String(d.records.length)];
+      if (d.kind === 'undecodable') return [e.id, d.node, String(d.frame), String(d.count)];
+      return [e.id, '', '0', '0'];
+    });
+    return { entries, batchUs, consumed, repeats, deadLettered, marks, taken: run.length };
+  }
+
+  /** The acknowledging script; on failure the batch waits in `unacked` and is sent again first. */
+  async #commit(id: number, held: Held, commit: Commit): Promise<void> {
+    held.unacked = commit;
+    await this.#conn.client.smCommit(this.#keys.stream(id), this.#keys.progress(id), GROUP, commit.batchUs, ...commit.entries.flat());
+    held.unacked = undefined;
+    held.failures = 0;
+    held.retryAt = 0;
+    if (commit.marks && held.marks) for (const [node, m] of commit.marks) raise(held.marks, node, m.frame, m.index);
+    held.queue = held.queue.slice(commit.taken);
+    this.consumed += commit.consumed;
+    this.repeats += commit.repeats;
+    this.deadLettered += commit.deadLettered;
   }
 
   /** The group remembers every consumer name it ever saw; on a take-over, forget those with
@@ -294,18 +486,22 @@ class ConsumerRunner implements ShardConsumers {
       const info = new Map<string, unknown>();
       for (let i = 0; i + 1 < c.length; i += 2) info.set(String(c[i]), c[i + 1]);
       const name = String(info.get('name'));
-      if (name !== this.name && Number(info.get('pending')) === 0 && Number(info.get('idle')) > 2 * this.#leaseMs) {
+      if (name !== this.name && Number(info.get('pending')) === 0 && Number(info.get('idle')) > 2 * this.#parts.leaseMs) {
         await client.call('XGROUP', 'DELCONSUMER', stream, GROUP, name).catch(() => 0);
       }
     }
   }
 
   close(): Promise<void> {
-    if (this.#closing) return this.#closingPromise!;
+    if (this.#closingPromise) return this.#closingPromise;
     this.#closing = true;
     this.#closingPromise = (async () => {
       await this.#done;
       const client = this.#conn.client;
+      // A consumed batch whose acknowledgement failed gets one more try before we let go.
+      for (const [id, held] of this.#held) {
+        if (held.unacked) await this.#commit(id, held, held.unacked).catch(() => undefined);
+      }
       try {
         for (const id of this.#held.keys()) await client.smRelease(this.#keys.owner(id), this.name);
         await client.zrem(this.#keys.consumers, this.name);
@@ -315,8 +511,6 @@ class ConsumerRunner implements ShardConsumers {
     })();
     return this.#closingPromise;
   }
-
-  #closingPromise: Promise<void> | undefined;
 }
 
 /** Every shard in the table has a stream that may hold entries (draining and stopped ones too). */

@@ -14,7 +14,8 @@ import { ScalingError } from '../errors.js';
 import type { ManagerEvent } from '../manager.js';
 import type { ShardMetrics } from '../metrics.js';
 import { GROUP, type Keys } from './keys.js';
-import { sendAll, type Connection, type Reply } from './connection.js';
+import { sendAll, type Command, type Connection, type Reply } from './connection.js';
+import { PROGRESS } from './progress.js';
 import { activeIds, readTable, RouteBuilder, writeTable, type Table, type TableDoc } from './table.js';
 
 /** What only the distributed mode reports (options.onRedisEvent): the controller lease
@@ -321,11 +322,21 @@ export class Controller {
     }
 
     // Metrics from Redis into the local collectors.
-    const [storedR, ackedR, flushR] = await sendAll(client, [['hgetall', keys.stored], ['hgetall', keys.acked], ['hgetall', keys.flush]]);
-    for (const [error] of [storedR!, ackedR!, flushR!]) if (error) throw error;
+    // Acknowledged events and batch times live in each shard's progress hash, written by the
+    // consumers' acknowledging script itself (progress.ts).
+    const shardIds = [...this.#toLocal.keys()];
+    const [storedR, ...progressR] = await sendAll(client, [['hgetall', keys.stored],
+      ...shardIds.map((id): Command => ['hmget', keys.progress(id), PROGRESS.acked, PROGRESS.batches, PROGRESS.us])]);
+    for (const [error] of [storedR!, ...progressR]) if (error) throw error;
     const stored = hashToMap(storedR![1]);
-    const acked = hashToMap(ackedR![1]);
-    const flush = hashToMap(flushR![1]);
+    const acked = new Map<string, number>();
+    const flush = new Map<string, number>();
+    shardIds.forEach((id, i) => {
+      const [a, n, us] = (progressR[i]![1] as (string | null)[]).map((v) => Number(v ?? 0));
+      acked.set(String(id), a!);
+      flush.set(`${id}:n`, n!);
+      flush.set(`${id}:us`, us!);
+    });
     for (const [id, local] of this.#toLocal) {
       const collector = mapper.metricsCollector(local)!;
       const key = String(id);
@@ -398,9 +409,8 @@ export class Controller {
       table = await this.#write(table, doc);
       await sendAll(client, [
         ['hdel', keys.stored, ...gone.map(String)],
-        ['hdel', keys.acked, ...gone.map(String)],
-        ['hdel', keys.flush, ...gone.flatMap((id) => [`${id}:n`, `${id}:us`])],
         ...gone.map((id): [string, string] => ['del', keys.owner(id)]),
+        ...gone.map((id): [string, string] => ['del', keys.progress(id)]), // its marks and counters
       ]);
       for (const id of gone) {
         this.#drains.delete(id);

@@ -3,7 +3,8 @@
 // Redis Cluster: every key that the controller updates together (table, lease, counters,
 // leases of consumers) carries the hash tag `{ns}`, so they share one slot and one script
 // can check the lease and write the table atomically. Stream keys carry their own tag
-// `{ns:id}`, so the shards' streams spread over the masters by hash slot.
+// `{ns:id}`, so the shards' streams spread over the masters by hash slot; a shard's progress
+// hash shares its stream's tag, so the acknowledging script writes both in one step.
 import { describe, invalid } from '../errors.js';
 
 const NAMESPACE = /^[A-Za-z0-9_.-]{1,64}$/;
@@ -32,10 +33,9 @@ export interface Keys {
   readonly nodes: string;
   /** Hash: shard id → events stored by all nodes (reported every metrics window). */
   readonly stored: string;
-  /** Hash: shard id → events acknowledged by consumers. */
-  readonly acked: string;
-  /** Hash: `${id}:n` / `${id}:us` → consumer batches and their total time (µs). */
-  readonly flush: string;
+  /** Stream: entries consumers could not consume (undecodable, or refused maxDeliveries
+   *  times), with their raw fields (see the README's dead-letter format). */
+  readonly deadLetters: string;
   /** Sorted set: consumer name → lease expiry (Redis time, ms). */
   readonly consumers: string;
   /** List: operator requests for the controller (LPUSH by any node, RPOP by the controller). */
@@ -45,6 +45,10 @@ export interface Keys {
   stream(id: number): string;
   /** String: the consumer that owns a shard (SET NX PX). */
   owner(id: number): string;
+  /** Hash, under the stream's hash tag: what the consumers acknowledged on a shard — per
+   *  node its highest (frame, index), events acknowledged, batches and their time (see
+   *  progress.ts). Written only by smCommit, with the XACK. */
+  progress(id: number): string;
 }
 
 export function keysFor(ns: string): Keys {
@@ -56,13 +60,13 @@ export function keysFor(ns: string): Keys {
     changes: `${tag}:changes`,
     nodes: `${tag}:nodes`,
     stored: `${tag}:stored`,
-    acked: `${tag}:acked`,
-    flush: `${tag}:flush`,
+    deadLetters: `${tag}:dead`,
     consumers: `${tag}:consumers`,
     ops: `${tag}:ops`,
     opAnswer: (reqId) => `${tag}:op:${reqId}`,
     stream: (id) => `${ns}:shard:{${ns}:${id}}`,
     owner: (id) => `${tag}:owner:${id}`,
+    progress: (id) => `${ns}:progress:{${ns}:${id}}`,
   };
 }
 
@@ -108,17 +112,62 @@ return 0`,
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
 return 0`,
   },
-  /** KEYS stream; ARGV group, ids... Acknowledge and delete in one step, so the stream length
-   *  is exactly the entries not yet acknowledged. */
-  smAckDel: {
-    numberOfKeys: 1,
+  /**
+   * KEYS stream, progress; ARGV group, batch time in µs ('' when no consume call ran), then
+   * per entry: id, node ('' if unknown), frame, events. Acknowledges and deletes the entries
+   * (so a stream's length is exactly its unacknowledged entries) and, in the same step,
+   * raises each node's mark to the last event of its newest frame here and adds to `acked`
+   * the events above the marks it found (a repeat of an acknowledged frame adds nothing, so
+   * a retried call changes nothing). Returns {entries acknowledged, events added}.
+   */
+  smCommit: {
+    numberOfKeys: 2,
     lua: `
-local ids = {}
-for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
-if #ids == 0 then return 0 end
-local n = redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
-redis.call('XDEL', KEYS[1], unpack(ids))
-return n`,
+local marks, order, ids, added = {}, {}, {}, 0
+for k = 3, #ARGV, 4 do
+  ids[#ids + 1] = ARGV[k]
+  local node, count = ARGV[k + 1], tonumber(ARGV[k + 3])
+  if node == '' then
+    added = added + count
+  else
+    local m = marks[node]
+    if m == nil then
+      m = { f = -1, i = -1 }
+      local v = redis.call('HGET', KEYS[2], 'n:' .. node)
+      if v then
+        local fs, is = string.match(v, '^(%d+):(%-?%d+)$')
+        if fs then m.f, m.i, m.fs = tonumber(fs), tonumber(is), fs end
+      end
+      marks[node] = m
+      order[#order + 1] = node
+    end
+    local frame, last = tonumber(ARGV[k + 2]), count - 1
+    if frame > m.f then
+      added = added + count
+      m.f, m.i, m.fs, m.dirty = frame, last, ARGV[k + 2], true
+    elseif frame == m.f and last > m.i then
+      added = added + (last - m.i)
+      m.i, m.dirty = last, true
+    end
+  end
+end
+local acked = 0
+for from = 1, #ids, 1000 do
+  local chunk = {}
+  for j = from, math.min(#ids, from + 999) do chunk[#chunk + 1] = ids[j] end
+  acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(chunk))
+  redis.call('XDEL', KEYS[1], unpack(chunk))
+end
+for _, node in ipairs(order) do
+  local m = marks[node]
+  if m.dirty then redis.call('HSET', KEYS[2], 'n:' .. node, m.fs .. ':' .. tostring(m.i)) end
+end
+if added > 0 then redis.call('HINCRBY', KEYS[2], 'acked', added) end
+if ARGV[2] ~= '' then
+  redis.call('HINCRBY', KEYS[2], 'batches', 1)
+  redis.call('HINCRBY', KEYS[2], 'us', ARGV[2])
+end
+return {acked, added}`,
   },
   /** KEYS stream; ARGV last id seen. Delete the stream only if it is empty and nothing was
    *  appended since (a node with a stale table may have added an entry): 1 deleted/absent, 0 not. */
