@@ -19,6 +19,7 @@ import type { ManagerEvent, ManagerStats } from '../manager.js';
 import type { ShardMetrics } from '../metrics.js';
 import { FrameBuilder, decodeFrame, dropFirstOfFrame, type Frame } from './frames.js';
 import { RouteTable } from './route.js';
+import { KeyOrder, markField, type HeldEvent, type KeyOrderStats } from './key-order.js';
 import { checkRoutingOptions, initTable, RouteBuilder, readTable, readVersion, type RoutingMode, type Table, type TableDoc, type TableState } from './table.js';
 
 export interface RedisShardManagerOptions {
@@ -33,6 +34,11 @@ export interface RedisShardManagerOptions {
   policy?: Partial<ScalingPolicy>;
   routing?: RoutingMode;
   loadBound?: number;
+  /** Keep each key's push order across moves of its slot (routing 'affinity' only; default
+   *  true there). A moved slot's new events are held in this node until the old shard's
+   *  consumers acknowledged what this node sent it before the move. `false`: per-shard
+   *  order only. `true` with another routing is refused. */
+  keyOrder?: boolean;
   /** What push does when a shard's local send buffer is full (default failProducer). */
   backpressure?: BackpressureMode;
   /** Largest event payload (default 256 bytes, at most 16 MiB). */
@@ -80,6 +86,8 @@ export interface RedisManagerStats {
   rerouted: number;
   /** XADD rounds that failed (Redis away, timeouts) and were retried. */
   retries: number;
+  /** Key order across moves (routing 'affinity'): slots waiting, events held, waits. */
+  keyOrder: KeyOrderStats;
   shards: { id: number; state: TableState; buffered: number }[];
 }
 
@@ -108,6 +116,8 @@ interface ShardQueue {
   holdMs: number;
   /** Its missing stream was reported (once until a frame is stored again). */
   missingReported: boolean;
+  /** The sequence of the last frame made for this shard (0: none): a key-order mark. */
+  lastSeq: number;
 }
 
 /** A pushAsync waiting for room (with `payload`), or a writable's record waiting for room. */
@@ -189,6 +199,16 @@ function leaseFor(given: number | undefined, windowMs: number): number {
   return given ?? Math.ceil(Math.max(1000, 5 * windowMs));
 }
 
+/** The routing of a namespace that exists (undefined: none yet, or unreadable). */
+async function storedRouting(conn: Connection, keys: Keys): Promise<RoutingMode | undefined> {
+  try {
+    const doc = await conn.client.hget(keys.table, 'doc');
+    return doc === null ? undefined : (JSON.parse(doc) as Partial<TableDoc>).routing;
+  } catch {
+    return undefined;
+  }
+}
+
 function checkLease(leaseMs: number, windowMs: number): void {
   if (leaseMs <= windowMs) throw invalid(`options.leaseMs must be longer than policy.metricsWindowMs (${windowMs}): the lease is renewed once a window, got ${leaseMs}`);
 }
@@ -225,6 +245,7 @@ export class RedisShardManager {
   readonly #maxFrameBytes: number;
   readonly #lingerMs: number;
   readonly #controller: Controller | undefined;
+  readonly #keyOrder: KeyOrder;
   readonly #queues = new Map<number, ShardQueue>();
   #table: Table;
   #orphans: Orphan[] = [];
@@ -258,7 +279,7 @@ export class RedisShardManager {
     conn: Connection; sub: RedisClient; keys: Keys; table: Table; nodeId: string; maxPayload: number; capacity: number; capacityBytes: number;
     backpressure: BackpressureMode; maxFrameBytes: number; lingerMs: number; leaseMs: number; drainGraceMs: number;
     controller: boolean; clock: () => number; onEvent: ((e: ManagerEvent) => void) | undefined;
-    onRedisEvent: ((e: RedisNodeEvent) => void) | undefined;
+    onRedisEvent: ((e: RedisNodeEvent) => void) | undefined; keyOrder: boolean;
   }) {
     this.#conn = parts.conn;
     this.#sub = parts.sub;
@@ -277,6 +298,7 @@ export class RedisShardManager {
     this.#table = parts.table;
     this.#route = new RouteTable(parts.table.doc.policy.maxShards);
     this.#route.load(parts.table.doc.route);
+    this.#keyOrder = this.#keyOrderFence(parts.keyOrder, parts.table.doc.route);
     this.#controller = parts.controller ? new Controller({
       conn: parts.conn, keys: parts.keys, nodeId: parts.nodeId, leaseMs: parts.leaseMs, drainGraceMs: parts.drainGraceMs,
       clock: parts.clock, emit: (e) => this.#emit(e), applyTable: (t) => this.#apply(t),
@@ -298,6 +320,11 @@ export class RedisShardManager {
     // window timer; a fraction would fail every SET, so no node would ever be the controller.
     checkWindow(policy.metricsWindowMs);
     const { routing, loadBound } = checkRoutingOptions(options.routing, options.loadBound);
+    const keyOrder = options.keyOrder;
+    if (keyOrder !== undefined && typeof keyOrder !== 'boolean') throw invalid(`options.keyOrder must be a boolean, got ${describe(keyOrder)}`);
+    if (keyOrder === true && options.routing !== undefined && routing !== 'affinity') {
+      throw invalid(`options.keyOrder: true needs routing 'affinity' (key order across moves follows a key's slot), got routing '${routing}'`);
+    }
     const backpressure = checkBackpressure(given(options.backpressure, { kind: 'failProducer' }));
     const maxPayload = checkInteger('options.maxPayloadBytes', given(options.maxPayloadBytes, DEFAULT_MAX_PAYLOAD), 1, MAX_PAYLOAD_LIMIT);
     const capacity = checkInteger('options.ringBufferCapacity', given(options.ringBufferCapacity, 65536), 1, 1 << 24);
@@ -326,6 +353,10 @@ export class RedisShardManager {
       };
       // The window the lease must outlast is the namespace's (the one given if it is new).
       if (leaseGiven !== undefined) checkLease(leaseGiven, (await storedWindow(conn, keys)) ?? policy.metricsWindowMs);
+      // keyOrder: true without a routing: the namespace's routing (or the default) decides.
+      if (keyOrder === true && options.routing === undefined && ((await storedRouting(conn, keys)) ?? routing) !== 'affinity') {
+        throw invalid(`options.keyOrder: true needs routing 'affinity' (key order across moves follows a key's slot), namespace "${ns}" routes with '${(await storedRouting(conn, keys)) ?? routing}'`);
+      }
       const table = await initTable(conn.client, keys, fresh);
       if (table.created) await createGroups(conn, keys, fresh.shards.map((s) => s.id));
       if (!table.created) {
@@ -351,6 +382,7 @@ export class RedisShardManager {
       const node = new RedisShardManager({
         conn, sub, keys, table: { version: table.version, doc: table.doc }, nodeId: `${nodeId}`, maxPayload, capacity, capacityBytes,
         backpressure, maxFrameBytes, lingerMs, leaseMs, drainGraceMs, controller, clock, onEvent: options.onEvent, onRedisEvent: options.onRedisEvent,
+        keyOrder: keyOrder ?? table.doc.routing === 'affinity',
       });
       sub.on('message', () => { void node.#refresh(); });
       node.#start(table.doc.policy.metricsWindowMs);
@@ -425,6 +457,8 @@ export class RedisShardManager {
     if (table.version <= this.#table.version) return;
     this.#table = table;
     this.#route.load(table.doc.route);
+    // Before removed shards' queues are routed again: their events then meet the new fences.
+    this.#keyOrder.adopt(table.doc.route);
     const present = new Set(table.doc.shards.map((s) => s.id));
     // Events queued for a shard that was removed meanwhile go to the shards of the new table.
     for (const q of [...this.#queues.values()]) if (!present.has(q.id) && !q.inflight) this.#requeue(q, []);
@@ -491,7 +525,7 @@ export class RedisShardManager {
   #queue(id: number): ShardQueue {
     let q = this.#queues.get(id);
     if (!q) {
-      q = { id, frames: [], open: undefined, inflight: undefined, events: 0, bytes: 0, sampleTick: 0, hold: undefined, holdMs: 0, missingReported: false };
+      q = { id, frames: [], open: undefined, inflight: undefined, events: 0, bytes: 0, sampleTick: 0, hold: undefined, holdMs: 0, missingReported: false, lastSeq: 0 };
       this.#queues.set(id, q);
     }
     return q;
@@ -519,14 +553,22 @@ export class RedisShardManager {
       if (mode.kind === 'dropOldest') while (full() && this.#evictOldest(q));
       if (full()) { this.#drops.newest++; this.#count(shard).dropped++; return false; }
     }
-    this.#append(q, hash, ++this.#accepted, payload, bytes);
+    const slot = this.#keyOrder.waiting(hash);
+    if (slot === undefined) this.#append(q, hash, ++this.#accepted, payload, bytes);
+    else {
+      // Its slot waits for the shard it moved from: accepted, held here (it counts against
+      // this shard's bounds), sent after the slot's earlier events were acknowledged.
+      this.#keyOrder.hold(slot, { hash, index: ++this.#accepted, bytes: typeof payload === 'string' ? Buffer.from(payload, 'utf8') : Buffer.from(payload) });
+      this.#buffered++;
+    }
     this.#count(shard).pushed++;
     return true;
   }
 
   /** Whether an event of `bytes` would meet backpressure in this send buffer. */
   #full(q: ShardQueue, bytes: number): boolean {
-    return q.events >= this.ringBufferCapacity || q.bytes + bytes > this.ringBufferBytes;
+    return q.events + this.#keyOrder.heldEvents(q.id) >= this.ringBufferCapacity
+      || q.bytes + this.#keyOrder.heldBytes(q.id) + bytes > this.ringBufferBytes;
   }
 
   // ---- waiting for room ---------------------------------------------------------------
@@ -608,8 +650,7 @@ export class RedisShardManager {
   /** Would an event of `bytes` routed to `shard` meet failProducer's full buffer? */
   #mustWait(shard: number, bytes: number): boolean {
     if (this.backpressure.kind !== 'failProducer' || shard === NO_SHARD) return false;
-    const q = this.#queues.get(shard);
-    return q !== undefined && this.#full(q, bytes);
+    return this.#full(this.#queue(shard), bytes);
   }
 
   /** Let waiters on through shards that have room now, in call order: one that still waits
@@ -653,7 +694,7 @@ export class RedisShardManager {
   #append(q: ShardQueue, hash: number, index: number, payload: EventPayload | Buffer, bytes: number): void {
     let open = q.open;
     if (open && open.count > 0 && open.bytes + 4 + bytes > this.#maxFrameBytes) {
-      q.frames.push(open.close(q.id, ++this.#frameSeq));
+      this.#closeOpen(q);
       open = undefined;
     }
     // Under load (frames already waiting) the next frame will fill up: allocate it whole.
@@ -664,6 +705,45 @@ export class RedisShardManager {
     q.bytes += bytes;
     this.#buffered++;
     this.#kick();
+  }
+
+  /** Close a shard's open frame under the next frame sequence. */
+  #closeOpen(q: ShardQueue): void {
+    q.frames.push(q.open!.close(q.id, q.lastSeq = ++this.#frameSeq));
+    q.open = undefined;
+  }
+
+  /** The key-order fence of this node (a no-op unless enabled). */
+  #keyOrderFence(enabled: boolean, route: readonly number[]): KeyOrder {
+    return new KeyOrder(enabled, route, {
+      markFor: (shard) => {
+        const q = this.#queues.get(shard);
+        if (!q) return undefined;
+        if (q.open && q.open.count > 0) this.#closeOpen(q);
+        return q.lastSeq === 0 ? undefined : q.lastSeq;
+      },
+      hasQueue: (shard) => this.#queues.has(shard),
+      inTable: (shard) => this.#inTable(shard),
+      ackedFrames: async (shards) => {
+        const field = markField(this.nodeId);
+        const replies = await sendAll(this.#conn.client, shards.map((id): Command => ['hget', this.#keys.progress(id), field]));
+        return replies.map(([error, value]) => {
+          if (error) throw error;
+          const frame = value === null || value === undefined ? -1 : Number(String(value).split(':')[0]);
+          return Number.isFinite(frame) ? frame : -1;
+        });
+      },
+      release: (shard, events: HeldEvent[]) => {
+        const q = this.#queue(shard);
+        for (const e of events) {
+          this.#buffered--; // #append counts it again
+          this.#append(q, e.hash, e.index, e.bytes, e.bytes.length);
+        }
+        this.#settleWaiters();
+      },
+      error: (error) => this.#redisError(error),
+      now: () => this.#clock(),
+    });
   }
 
   /** dropOldest: the oldest event never sent (a frame sent once, even if it failed, may be
@@ -709,10 +789,7 @@ export class RedisShardManager {
         const batch: Frame[] = [];
         for (const q of this.#queues.values()) {
           if (q.inflight || q.hold !== undefined) continue;
-          if (q.frames.length === 0 && q.open && q.open.count > 0) {
-            q.frames.push(q.open.close(q.id, ++this.#frameSeq));
-            q.open = undefined;
-          }
+          if (q.frames.length === 0 && q.open && q.open.count > 0) this.#closeOpen(q);
           const frame = q.frames.shift();
           if (frame) { q.inflight = frame; frame.attempted = true; batch.push(frame); }
         }
@@ -834,6 +911,8 @@ export class RedisShardManager {
     for (const o of waiting) {
       const shard = this.#route.select(o.hash);
       if (shard === NO_SHARD) { this.#orphans.push(o); continue; }
+      const slot = this.#keyOrder.waiting(o.hash);
+      if (slot !== undefined) { this.#keyOrder.holdEarlier(slot, o); continue; } // still counted in #buffered
       this.#buffered--; // #append counts it again
       this.#append(this.#queue(shard), o.hash, o.index, o.bytes, o.bytes.length);
     }
@@ -848,7 +927,7 @@ export class RedisShardManager {
       if (q.open && q.open.minIndex < min) min = q.open.minIndex;
     }
     for (const o of this.#orphans) if (o.index < min) min = o.index;
-    return min;
+    return Math.min(min, this.#keyOrder.oldestIndex());
   }
 
   #settleWaiters(): void {
@@ -877,8 +956,8 @@ export class RedisShardManager {
     return {
       pushed: this.#accepted, stored: this.#stored, buffered: this.#buffered,
       dropped: drops.newest + drops.oldest + drops.sampled + drops.refused, drops,
-      unrouted: this.#unrouted, rerouted: this.#rerouted, retries: this.#retries,
-      shards: this.#table.doc.shards.map((s) => ({ id: s.id, state: states.get(s.id)!, buffered: this.#queues.get(s.id)?.events ?? 0 })),
+      unrouted: this.#unrouted, rerouted: this.#rerouted, retries: this.#retries, keyOrder: this.#keyOrder.stats(),
+      shards: this.#table.doc.shards.map((s) => ({ id: s.id, state: states.get(s.id)!, buffered: (this.#queues.get(s.id)?.events ?? 0) + this.#keyOrder.heldEvents(s.id) })),
     };
   }
 
@@ -1012,6 +1091,7 @@ export class RedisShardManager {
     this.#wakeRoomWaiters(); // waiting pushes were not accepted: they fail as a push would now
     this.#closing = (async () => {
       await this.flush();
+      this.#keyOrder.close();
       for (const q of this.#queues.values()) if (q.hold !== undefined) clearTimeout(q.hold);
       if (this.#windowTimer !== undefined) clearInterval(this.#windowTimer);
       while (this.#stepping) await sleep(2);
