@@ -51,6 +51,8 @@ export interface KeyOrderStats {
   movedSlots: number;
   /** Events held now (accepted, counted in `buffered`). */
   held: number;
+  /** Shards whose acknowledgements some waiting slot waits for now. */
+  waitingOn: number[];
 }
 
 const POLL_MS = 5;
@@ -156,8 +158,15 @@ export class KeyOrder {
   stats(): KeyOrderStats {
     const now = this.#host.now();
     let oldest = 0;
-    for (const w of this.#waits.values()) oldest = Math.max(oldest, now - w.since);
-    return { enabled: this.enabled, waitingSlots: this.#waits.size, oldestWaitMs: oldest, longestWaitMs: this.#longestWaitMs, movedSlots: this.#movedSlots, held: this.#heldTotal };
+    const on = new Set<number>();
+    for (const w of this.#waits.values()) {
+      oldest = Math.max(oldest, now - w.since);
+      for (const s of w.fences.keys()) on.add(s);
+    }
+    return {
+      enabled: this.enabled, waitingSlots: this.#waits.size, oldestWaitMs: oldest, longestWaitMs: this.#longestWaitMs,
+      movedSlots: this.#movedSlots, held: this.#heldTotal, waitingOn: [...on].sort((a, b) => a - b),
+    };
   }
 
   close(): void {
