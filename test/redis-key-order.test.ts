@@ -80,7 +80,7 @@ async function churn(keyOrder: boolean) {
   const log: Delivery[] = [];
   // Three consumers: one serves its shards one after the other, so a gated shard must not
   // share a consumer with a shard that should go on (each takes a fair share: one shard).
-  const consumers = await Promise.all([0, 1, 2].map(() => serveShardConsumers({
+  const consumers = await Promise.all([0, 1, 2, 3].map(() => serveShardConsumers({
     redis: server.url, namespace, leaseMs: 1000, idleMs: 2, batchSize: 4,
     consume: async (records, shard) => {
       for (let i = 0; i < 10_000 && gated.has(shard); i++) await sleep(2);
@@ -175,9 +175,21 @@ async function churn(keyOrder: boolean) {
     gated.clear();
     await drive(() => node.removeShard(2));
     expect(node.table().shards.map((x) => x.id)).toEqual([0, 1]);
+    await until(spread, 'one shard per consumer (shard 2 removed)');
     await pushRound(2);
     await node.flush();
     await until(() => log.length >= total(), 'everything consumed (2)');
+
+    // Events flowing while shards are added (manualScaleUp) and one removed (removeShard).
+    let flowing = true;
+    const flow = (async () => { for (let i = 0; i < 400 && flowing; i++) await pushRound(1); })();
+    expect(await drive(() => node.manualScaleUp(2))).toHaveLength(2);
+    await until(spread, 'one shard per consumer (scaled up)');
+    await drive(() => node.removeShard(1));
+    flowing = false;
+    await flow;
+    await node.flush();
+    await until(() => log.length >= total(), 'everything consumed (3)');
     await sleep(100); // a late duplicate would show up here
     return { ...check(log, pushed), heldSeen, stats: node.stats() };
   } finally {
@@ -187,6 +199,24 @@ async function churn(keyOrder: boolean) {
 }
 
 describe.skipIf(!available)('Redis key order across moves (routing affinity)', () => {
+  it('options.keyOrder: a boolean, true only with routing affinity (refused before anything is written)', async () => {
+    const namespace = ns();
+    await expect(RedisShardManager.create({ redis: server.url, namespace, keyOrder: 'yes' as unknown as boolean })).rejects.toThrow(/options\.keyOrder must be a boolean, got/);
+    await expect(RedisShardManager.create({ redis: server.url, namespace, routing: 'balanced', keyOrder: true })).rejects.toThrow(/options\.keyOrder: true needs routing 'affinity'.*got routing 'balanced'/);
+    await expect(RedisShardManager.create({ redis: server.url, namespace, keyOrder: true })).rejects.toThrow(/keyOrder: true needs routing 'affinity'.*routes with 'leastLoaded'/);
+    expect(server.cli('EXISTS', `{${namespace}}:table`)).toBe('0');
+    const a = await RedisShardManager.create({ redis: server.url, namespace, routing: 'affinity', policy: { metricsWindowMs: 60_000 } });
+    const b = await RedisShardManager.create({ redis: server.url, namespace, keyOrder: true }); // the namespace's routing
+    const c = await RedisShardManager.create({ redis: server.url, namespace, keyOrder: false });
+    expect([a.stats().keyOrder.enabled, b.stats().keyOrder.enabled, c.stats().keyOrder.enabled]).toEqual([true, true, false]);
+    await Promise.all([a.close(), b.close(), c.close()]);
+    const other = ns();
+    const d = await RedisShardManager.create({ redis: server.url, namespace: other, policy: { metricsWindowMs: 60_000 } });
+    expect(d.stats().keyOrder).toMatchObject({ enabled: false, waitingSlots: 0, held: 0 });
+    await expect(RedisShardManager.create({ redis: server.url, namespace: other, keyOrder: true })).rejects.toThrow(/routes with 'leastLoaded'/);
+    await d.close();
+  });
+
   it('keyOrder holds only moved keys until the old shard acknowledged, and keeps every key in push order', async () => {
     const r = await churn(true);
     expect(r).toMatchObject({ outOfOrder: 0, lost: 0, twice: 0 });
