@@ -15,7 +15,9 @@ export interface HeldEvent {
 /** What the key-order fence needs from its node. */
 export interface KeyOrderHost {
   /** Close the shard's open frame (so the mark is a frame that will be sent) and return the
-   *  sequence of the last frame this node made for it; undefined when it made none. */
+   *  sequence of the last frame this node made for it; undefined when it made none. (dropOldest
+   *  may empty the mark's frame, so it is never sent; but only a newer push to that shard
+   *  evicts, and its later frame, sent after, carries the position past the mark.) */
   markFor(shard: number): number | undefined;
   /** Whether the node still has a send queue for the shard (frames unsent or in flight). */
   hasQueue(shard: number): boolean;
