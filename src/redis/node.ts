@@ -23,6 +23,7 @@ import { RouteTable } from './route.js';
 import {
   checkRoutingOptions, compareHeads, initTable, isAhead, RouteBuilder, readHead, readTable, type RoutingMode, type Table, type TableDoc, type TableHead, type TableState,
 } from './table.js';
+import { KeyOrder, markField, type HeldEvent, type KeyOrderStats } from './key-order.js';
 
 export interface RedisShardManagerOptions {
   /** A redis:// URL (the node opens its own connections), or an ioredis Redis / Cluster instance. */
@@ -36,6 +37,11 @@ export interface RedisShardManagerOptions {
   policy?: Partial<ScalingPolicy>;
   routing?: RoutingMode;
   loadBound?: number;
+  /** Keep each key's push order across moves of its slot (routing 'affinity' only; default
+   *  true there). A moved slot's new events are held in this node until the old shard's
+   *  consumers acknowledged what this node sent it before the move. `false`: per-shard
+   *  order only. `true` with another routing is refused. */
+  keyOrder?: boolean;
   /** What push does when a shard's local send buffer is full (default failProducer). */
   backpressure?: BackpressureMode;
   /** Largest event payload (default 256 bytes, at most 16 MiB). */
@@ -83,6 +89,8 @@ export interface RedisManagerStats {
   rerouted: number;
   /** XADD rounds that failed (Redis away, timeouts) and were retried. */
   retries: number;
+  /** Key order across moves (routing 'affinity'): slots waiting, events held, waits. */
+  keyOrder: KeyOrderStats;
   shards: { id: number; state: TableState; buffered: number }[];
 }
 
@@ -111,6 +119,8 @@ interface ShardQueue {
   holdMs: number;
   /** Its missing stream was reported (once until a frame is stored again). */
   missingReported: boolean;
+  /** The sequence of the last frame made for this shard (0: none): a key-order mark. */
+  lastSeq: number;
 }
 
 /** A pushAsync waiting for room (with `payload`), or a writable's record waiting for room. */
@@ -192,6 +202,16 @@ function leaseFor(given: number | undefined, windowMs: number): number {
   return given ?? Math.ceil(Math.max(1000, 5 * windowMs));
 }
 
+/** The routing of a namespace that exists (undefined: none yet, or unreadable). */
+async function storedRouting(conn: Connection, keys: Keys): Promise<RoutingMode | undefined> {
+  try {
+    const doc = await conn.client.hget(keys.table, 'doc');
+    return doc === null ? undefined : (JSON.parse(doc) as Partial<TableDoc>).routing;
+  } catch {
+    return undefined;
+  }
+}
+
 function checkLease(leaseMs: number, windowMs: number): void {
   if (leaseMs <= windowMs) throw invalid(`options.leaseMs must be longer than policy.metricsWindowMs (${windowMs}): the lease is renewed once a window, got ${leaseMs}`);
 }
@@ -228,6 +248,7 @@ export class RedisShardManager {
   readonly #maxFrameBytes: number;
   readonly #lingerMs: number;
   readonly #controller: Controller | undefined;
+  readonly #keyOrder: KeyOrder;
   readonly #queues = new Map<number, ShardQueue>();
   #table: Table;
   /** The highest node number this node saw handed out (its own included): reported if Redis
@@ -270,7 +291,7 @@ export class RedisShardManager {
     conn: Connection; sub: RedisClient; keys: Keys; table: Table; nodeId: string; nodeNumber: number; maxPayload: number; capacity: number; capacityBytes: number;
     backpressure: BackpressureMode; maxFrameBytes: number; lingerMs: number; leaseMs: number; drainGraceMs: number;
     controller: boolean; clock: () => number; onEvent: ((e: ManagerEvent) => void) | undefined;
-    onRedisEvent: ((e: RedisNodeEvent) => void) | undefined;
+    onRedisEvent: ((e: RedisNodeEvent) => void) | undefined; keyOrder: boolean;
   }) {
     this.#conn = parts.conn;
     this.#sub = parts.sub;
@@ -291,6 +312,7 @@ export class RedisShardManager {
     this.#maxNodeNumber = Math.max(parts.nodeNumber, parts.table.nodes);
     this.#route = new RouteTable(parts.table.doc.policy.maxShards);
     this.#route.load(parts.table.doc.route);
+    this.#keyOrder = this.#keyOrderFence(parts.keyOrder, parts.table.doc.route);
     this.#controller = parts.controller ? new Controller({
       conn: parts.conn, keys: parts.keys, nodeId: parts.nodeId, leaseMs: parts.leaseMs, drainGraceMs: parts.drainGraceMs,
       clock: parts.clock, emit: (e) => this.#emit(e), applyTable: (t) => this.#apply(t),
@@ -313,6 +335,11 @@ export class RedisShardManager {
     // window timer; a fraction would fail every SET, so no node would ever be the controller.
     checkWindow(policy.metricsWindowMs);
     const { routing, loadBound } = checkRoutingOptions(options.routing, options.loadBound);
+    const keyOrder = options.keyOrder;
+    if (keyOrder !== undefined && typeof keyOrder !== 'boolean') throw invalid(`options.keyOrder must be a boolean, got ${describe(keyOrder)}`);
+    if (keyOrder === true && options.routing !== undefined && routing !== 'affinity') {
+      throw invalid(`options.keyOrder: true needs routing 'affinity' (key order across moves follows a key's slot), got routing '${routing}'`);
+    }
     const backpressure = checkBackpressure(given(options.backpressure, { kind: 'failProducer' }));
     const maxPayload = checkInteger('options.maxPayloadBytes', given(options.maxPayloadBytes, DEFAULT_MAX_PAYLOAD), 1, MAX_PAYLOAD_LIMIT);
     const capacity = checkInteger('options.ringBufferCapacity', given(options.ringBufferCapacity, 65536), 1, 1 << 24);
@@ -341,6 +368,10 @@ export class RedisShardManager {
       };
       // The window the lease must outlast is the namespace's (the one given if it is new).
       if (leaseGiven !== undefined) checkLease(leaseGiven, (await storedWindow(conn, keys)) ?? policy.metricsWindowMs);
+      // keyOrder: true without a routing: the namespace's routing (or the default) decides.
+      if (keyOrder === true && options.routing === undefined && ((await storedRouting(conn, keys)) ?? routing) !== 'affinity') {
+        throw invalid(`options.keyOrder: true needs routing 'affinity' (key order across moves follows a key's slot), namespace "${ns}" routes with '${(await storedRouting(conn, keys)) ?? routing}'`);
+      }
       const table = await initTable(conn.client, keys, fresh);
       if (table.created) await createGroups(conn, keys, fresh.shards.map((s) => s.id));
       if (!table.created) {
@@ -371,6 +402,7 @@ export class RedisShardManager {
       const node = new RedisShardManager({
         conn, sub, keys, table: { version: table.version, gen: table.gen, epoch: table.epoch, doc: table.doc, nodes: Math.max(table.nodes, nodeNumber) }, nodeId, nodeNumber, maxPayload, capacity, capacityBytes,
         backpressure, maxFrameBytes, lingerMs, leaseMs, drainGraceMs, controller, clock, onEvent: options.onEvent, onRedisEvent: options.onRedisEvent,
+        keyOrder: keyOrder ?? table.doc.routing === 'affinity',
       });
       sub.on('message', () => { void node.#refresh(); });
       node.#start(table.doc.policy.metricsWindowMs);
@@ -456,6 +488,9 @@ export class RedisShardManager {
     }
     for (const wake of this.#tableWaiters) wake();
     this.#route.load(table.doc.route);
+    // Before removed shards' queues are routed again: their events then meet the new fences.
+    if (recovered) this.#keyOrder.releaseAll();
+    this.#keyOrder.adopt(table.doc.route);
     const present = new Set(table.doc.shards.map((s) => s.id));
     // Events queued for a shard that was removed meanwhile go to the shards of the new table.
     for (const q of [...this.#queues.values()]) if (!present.has(q.id) && !q.inflight) this.#requeue(q, []);
@@ -545,7 +580,7 @@ export class RedisShardManager {
   #queue(id: number): ShardQueue {
     let q = this.#queues.get(id);
     if (!q) {
-      q = { id, frames: [], open: undefined, inflight: undefined, events: 0, bytes: 0, sampleTick: 0, hold: undefined, holdMs: 0, missingReported: false };
+      q = { id, frames: [], open: undefined, inflight: undefined, events: 0, bytes: 0, sampleTick: 0, hold: undefined, holdMs: 0, missingReported: false, lastSeq: 0 };
       this.#queues.set(id, q);
     }
     return q;
@@ -573,14 +608,22 @@ export class RedisShardManager {
       if (mode.kind === 'dropOldest') while (full() && this.#evictOldest(q));
       if (full()) { this.#drops.newest++; this.#count(shard).dropped++; return false; }
     }
-    this.#append(q, hash, ++this.#accepted, payload, bytes);
+    const slot = this.#keyOrder.waiting(hash);
+    if (slot === undefined) this.#append(q, hash, ++this.#accepted, payload, bytes);
+    else {
+      // Its slot waits for the shard it moved from: accepted, held here (it counts against
+      // this shard's bounds), sent after the slot's earlier events were acknowledged.
+      this.#keyOrder.hold(slot, { hash, index: ++this.#accepted, bytes: typeof payload === 'string' ? Buffer.from(payload, 'utf8') : Buffer.from(payload) });
+      this.#buffered++;
+    }
     this.#count(shard).pushed++;
     return true;
   }
 
   /** Whether an event of `bytes` would meet backpressure in this send buffer. */
   #full(q: ShardQueue, bytes: number): boolean {
-    return q.events >= this.ringBufferCapacity || q.bytes + bytes > this.ringBufferBytes;
+    return q.events + this.#keyOrder.heldEvents(q.id) >= this.ringBufferCapacity
+      || q.bytes + this.#keyOrder.heldBytes(q.id) + bytes > this.ringBufferBytes;
   }
 
   // ---- waiting for room ---------------------------------------------------------------
@@ -662,8 +705,7 @@ export class RedisShardManager {
   /** Would an event of `bytes` routed to `shard` meet failProducer's full buffer? */
   #mustWait(shard: number, bytes: number): boolean {
     if (this.backpressure.kind !== 'failProducer' || shard === NO_SHARD) return false;
-    const q = this.#queues.get(shard);
-    return q !== undefined && this.#full(q, bytes);
+    return this.#full(this.#queue(shard), bytes);
   }
 
   /** Let waiters on through shards that have room now, in call order: one that still waits
@@ -707,7 +749,7 @@ export class RedisShardManager {
   #append(q: ShardQueue, hash: number, index: number, payload: EventPayload | Buffer, bytes: number): void {
     let open = q.open;
     if (open && open.count > 0 && open.bytes + 4 + bytes > this.#maxFrameBytes) {
-      q.frames.push(open.close(q.id, ++this.#frameSeq));
+      this.#closeOpen(q);
       open = undefined;
     }
     // Under load (frames already waiting) the next frame will fill up: allocate it whole.
@@ -718,6 +760,45 @@ export class RedisShardManager {
     q.bytes += bytes;
     this.#buffered++;
     this.#kick();
+  }
+
+  /** Close a shard's open frame under the next frame sequence. */
+  #closeOpen(q: ShardQueue): void {
+    q.frames.push(q.open!.close(q.id, q.lastSeq = ++this.#frameSeq));
+    q.open = undefined;
+  }
+
+  /** The key-order fence of this node (a no-op unless enabled). */
+  #keyOrderFence(enabled: boolean, route: readonly number[]): KeyOrder {
+    return new KeyOrder(enabled, route, {
+      markFor: (shard) => {
+        const q = this.#queues.get(shard);
+        if (!q) return undefined;
+        if (q.open && q.open.count > 0) this.#closeOpen(q);
+        return q.lastSeq === 0 ? undefined : q.lastSeq;
+      },
+      hasQueue: (shard) => this.#queues.has(shard),
+      inTable: (shard) => this.#inTable(shard),
+      ackedFrames: async (shards) => {
+        const field = markField(this.nodeId);
+        const replies = await sendAll(this.#conn.client, shards.map((id): Command => ['hget', this.#keys.progress(id), field]));
+        return replies.map(([error, value]) => {
+          if (error) throw error;
+          const frame = value === null || value === undefined ? -1 : Number(String(value).split(':')[0]);
+          return Number.isFinite(frame) ? frame : -1;
+        });
+      },
+      release: (shard, events: HeldEvent[]) => {
+        const q = this.#queue(shard);
+        for (const e of events) {
+          this.#buffered--; // #append counts it again
+          this.#append(q, e.hash, e.index, e.bytes, e.bytes.length);
+        }
+        this.#settleWaiters();
+      },
+      error: (error) => this.#redisError(error),
+      now: () => this.#clock(),
+    });
   }
 
   /** dropOldest: the oldest event never sent (a frame sent once, even if it failed, may be
@@ -763,10 +844,7 @@ export class RedisShardManager {
         const batch: Frame[] = [];
         for (const q of this.#queues.values()) {
           if (q.inflight || q.hold !== undefined) continue;
-          if (q.frames.length === 0 && q.open && q.open.count > 0) {
-            q.frames.push(q.open.close(q.id, ++this.#frameSeq));
-            q.open = undefined;
-          }
+          if (q.frames.length === 0 && q.open && q.open.count > 0) this.#closeOpen(q);
           const frame = q.frames.shift();
           if (frame) { q.inflight = frame; frame.attempted = true; batch.push(frame); }
         }
@@ -888,6 +966,8 @@ export class RedisShardManager {
     for (const o of waiting) {
       const shard = this.#route.select(o.hash);
       if (shard === NO_SHARD) { this.#orphans.push(o); continue; }
+      const slot = this.#keyOrder.waiting(o.hash);
+      if (slot !== undefined) { this.#keyOrder.holdEarlier(slot, o); continue; } // still counted in #buffered
       this.#buffered--; // #append counts it again
       this.#append(this.#queue(shard), o.hash, o.index, o.bytes, o.bytes.length);
     }
@@ -902,7 +982,7 @@ export class RedisShardManager {
       if (q.open && q.open.minIndex < min) min = q.open.minIndex;
     }
     for (const o of this.#orphans) if (o.index < min) min = o.index;
-    return min;
+    return Math.min(min, this.#keyOrder.oldestIndex());
   }
 
   #settleWaiters(): void {
@@ -931,8 +1011,8 @@ export class RedisShardManager {
     return {
       pushed: this.#accepted, stored: this.#stored, buffered: this.#buffered,
       dropped: drops.newest + drops.oldest + drops.sampled + drops.refused, drops,
-      unrouted: this.#unrouted, rerouted: this.#rerouted, retries: this.#retries,
-      shards: this.#table.doc.shards.map((s) => ({ id: s.id, state: states.get(s.id)!, buffered: this.#queues.get(s.id)?.events ?? 0 })),
+      unrouted: this.#unrouted, rerouted: this.#rerouted, retries: this.#retries, keyOrder: this.#keyOrder.stats(),
+      shards: this.#table.doc.shards.map((s) => ({ id: s.id, state: states.get(s.id)!, buffered: (this.#queues.get(s.id)?.events ?? 0) + this.#keyOrder.heldEvents(s.id) })),
     };
   }
 
@@ -1082,6 +1162,7 @@ export class RedisShardManager {
     this.#wakeRoomWaiters(); // waiting pushes were not accepted: they fail as a push would now
     this.#closing = (async () => {
       await this.flush();
+      this.#keyOrder.close();
       for (const q of this.#queues.values()) if (q.hold !== undefined) clearTimeout(q.hold);
       if (this.#windowTimer !== undefined) clearInterval(this.#windowTimer);
       while (this.#stepping) await sleep(2);
