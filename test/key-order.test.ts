@@ -78,7 +78,7 @@ describe('key order across moves (routing affinity, worker threads)', () => {
     const stats = m.stats();
     console.log(`key order: ${total} events, ${membershipChanges} shards added/removed, ${windows} windows; ` +
       `out of key order ${result.outOfOrder} on ${result.keysOutOfOrder} keys, lost ${result.missing}, twice ${result.repeats}; ` +
-      `refused (full / moving) ${refused.map((r) => `${r.full}/${r.moving}`).join(' ')}; most slots waiting at once ${waitingSeen}; ` +
+      `refused (full / moving) ${refused.map((r) => `${r.refused.full}/${r.refused.moving}`).join(' ')}; most slots waiting at once ${waitingSeen}; ` +
       `stats.keyOrder ${JSON.stringify(stats.keyOrder)}`);
     expect(result.examples.filter((e) => e.startsWith('corrupt'))).toEqual([]);
     expect(result.outOfOrder, result.examples.join('\n')).toBe(0);
@@ -88,7 +88,7 @@ describe('key order across moves (routing affinity, worker threads)', () => {
     // The moves really were made with keys waiting, and a spill (a balance move) was one of them.
     expect(events.some((e) => e.type === 'keysMoving' && e.cause === 'balance'), 'a slot spilled by the slow shard').toBe(true);
     expect(events.some((e) => e.type === 'keysMoving' && e.cause === 'membership')).toBe(true);
-    expect(refused.reduce((a, r) => a + r.moving, 0), 'pushes of moving keys were refused (failProducer)').toBeGreaterThan(0);
+    expect(refused.reduce((a, r) => a + r.refused.moving, 0), 'pushes of moving keys were refused (failProducer)').toBeGreaterThan(0);
     expect(stats.keyOrder!.refused).toBeGreaterThan(0);
     expect(stats.keyOrder!.waitingSlots).toBe(0);
   }, 180_000);
