@@ -420,6 +420,17 @@ function reserveRun(base: usize, k: u32, p: usize): u32 {
   return 0;
 }
 
+// Key order: does the live table send any of the `n` events from `p` (event index `i`) to
+// another shard than `entry` names? Only asked after a table change raced a run.
+function runMoved(p: usize, i: u32, n: u32, entry: u32): bool {
+  let q = p;
+  for (let k: u32 = 0; k < n; k++) {
+    if ((selectEntry(evHash(q, i + k)) & 0xffff) != (entry & 0xffff)) return true;
+    q = evNext(q);
+  }
+  return false;
+}
+
 // Writes [accepted, unrouted, full, sampled, stop] at the lane's result words (BATCH_*) and
 // returns how many events it consumed. It stops right before an event refused under
 // failProducer (STOP_REFUSED) or when the manager is closed (STOP_CLOSED).
@@ -442,9 +453,9 @@ function batchLoop(lane: u32, count: u32): u32 {
       }
       const base = slotAddr(entry >>> 16);
       const reserved = reserveRun(base, k, p);
-      // Key order: a table published since the run was selected may have moved its entry
-      // (see routeMoved): give the run up as padding and route its first event again.
-      if (keyOrder && reserved > 0 && tableGeneration() != gen) {
+      // Key order: a table published since the run was selected may have moved one of its
+      // events' slots (see routeMoved): then give the run up as padding and route again.
+      if (keyOrder && reserved > 0 && tableGeneration() != gen && runMoved(p, i, reserved, entry)) {
         abandonRun(base, runFirst, runFirst + reserved);
         continue;
       }

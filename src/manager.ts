@@ -140,7 +140,9 @@ export interface ManagerStats {
   /** Accepted events still in rings (pushed − delivered − evicted). */
   inFlight: number;
   /** Records reserved by a producer that never wrote them (its thread was terminated inside
-   *  pushBatch/pushFixed): skipped as padding; their push never returned, so none was accepted. */
+   *  pushBatch/pushFixed): skipped as padding; their push never returned, so none was accepted.
+   *  Under routing 'affinity' also a reservation that raced a table change moving its key:
+   *  given up as padding, its event pushed again (see README, Key order across moves). */
   skipped: number;
   shards: ShardStats[];
   /** Key order across moves (routing 'affinity'); `enabled` false and zeros otherwise.
