@@ -278,10 +278,10 @@ export async function run(profile) {
       { head: 'delivered events/s (median)', get: (r) => int(r.med), align: 'right' },
       { head: 'range', get: (r) => range(r.rates, int), align: 'right' },
       { head: '÷ unfenced', get: (r) => fmtRatio(r.med / tpRows[0].med), align: 'right' },
-      { head: 'slots moved (median)', get: (r) => int(median(r.runs.map((x) => x.moved ?? 0))), align: 'right' },
+      { head: 'slots moved with a wait (median)', get: (r) => (r.id === 'ordered' ? int(median(r.runs.map((x) => x.moved ?? 0))) : ''), align: 'right' },
       { head: 'pushes held back (median)', get: (r) => int(median(r.runs.map((x) => x.held))), align: 'right' },
     ],
-    legend: `${reps} run${reps > 1 ? 's' : ''} per row, interleaved; each measures ${tSeconds} s after 1 s of warm-up. The demo's threads (examples/demo-producer.mjs asking ${int(DEMO.peak)} events/s in total over ${DEMO.keysPerProducer} keys each, examples/demo-consumer.mjs checking key order and waiting 2 ms per batch of ${DEMO.batch}) and policy (fillRatioThreshold 0.5, cooldown 1.5 s, window 250 ms, up to ${DEMO.maxShards} shards), so the shards added while it scales out move slots with a wait.`,
+    legend: `${reps} run${reps > 1 ? 's' : ''} per row, interleaved; each measures ${tSeconds} s after 1 s of warm-up. The demo's threads (examples/demo-producer.mjs asking ${int(DEMO.peak)} events/s in total over ${DEMO.keysPerProducer} keys each — a full ring makes it back off 1 ms, a moving key makes it go on with its other keys — examples/demo-consumer.mjs checking key order and waiting 2 ms per batch of ${DEMO.batch}) and policy (fillRatioThreshold 0.5, cooldown 1.5 s, window 250 ms, up to ${DEMO.maxShards} shards), so the shards added while it scales out move slots with a wait.`,
   });
   if (!tiny) goals.push(goal({ id: 's10-price', issue: '#19', text: 'ordered ÷ unfenced affinity, delivered events/s on the demo\'s workload (medians)', value: tpRatio, target: 0.95, op: '>=' }));
 
@@ -311,11 +311,14 @@ export async function run(profile) {
       { head: 'p99 range', get: (r) => range(r.p99, ms1), align: 'right' },
       { head: 'events (median)', get: (r) => int(r.n), align: 'right' },
     ],
-    legend: `${reps} run${reps > 1 ? 's' : ''} per routing, interleaved. ${LAT.producers} producer threads asking ${int(LAT.perProducer)} events/s each over ${KEYS} keys; consumers on ${LAT.threads} threads, ${LAT.batch} records per call, ${LAT.batchMs} ms per batch; a shard is added ${latSeconds / 2} s in. Latency runs from when the event was first offered (a refused push keeps its time) to the consumer's call; grouped by when it was offered. Which keys moved: selectShard before and after the add.`,
+    legend: `${reps} run${reps > 1 ? 's' : ''} per routing, interleaved. ${LAT.producers} producer threads asking ${int(LAT.perProducer)} events/s each over ${KEYS} keys; consumers on ${LAT.threads} threads, ${LAT.batch} records per call, ${LAT.batchMs} ms per batch; a shard is added ${latSeconds / 2} s in. Latency runs from when the event was first offered (a refused push keeps its time; a producer that meets a moving key goes on with its other keys) to the consumer's call; grouped by when it was offered. Which keys moved: selectShard before and after the add.`,
   });
   if (!tiny) {
     const p99 = (id) => median(latRows.find((r) => r.id === id).p99);
-    goals.push(goal({ id: 's10-unmoved', issue: '#19', text: 'ordered affinity: p99 latency of keys that did not move, during the move ÷ before it', value: p99('ordered-unmoved') / p99('ordered-before'), target: 1.25, op: '<=', detail: `unfenced: ${fmtRatio(p99('unfenced-unmoved') / p99('unfenced-before'))}; moved keys p99 ${ms1(p99('ordered-moved'))} ms ordered vs ${ms1(p99('unfenced-moved'))} ms unfenced` }));
+    const p50 = (id) => median(latRows.find((r) => r.id === id).p50);
+    // "Unmoved keys unchanged": the fence must not slow the keys that stay, against the same move unfenced.
+    goals.push(goal({ id: 's10-unmoved-p50', issue: '#19', text: 'keys that did not move, 0.5 s after the move: p50 latency, ordered ÷ unfenced affinity', value: p50('ordered-unmoved') / p50('unfenced-unmoved'), target: 1.1, op: '<=', detail: `${ms1(p50('ordered-unmoved'))} vs ${ms1(p50('unfenced-unmoved'))} ms` }));
+    goals.push(goal({ id: 's10-unmoved-p99', issue: '#19', text: 'keys that did not move, 0.5 s after the move: p99 latency, ordered ÷ unfenced affinity', value: p99('ordered-unmoved') / p99('unfenced-unmoved'), target: 1.1, op: '<=', detail: `${ms1(p99('ordered-unmoved'))} vs ${ms1(p99('unfenced-unmoved'))} ms; moved keys p99 ${ms1(p99('ordered-moved'))} ms ordered vs ${ms1(p99('unfenced-moved'))} ms unfenced` }));
   }
 
   return {
