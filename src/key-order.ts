@@ -232,4 +232,7 @@ export class KeyOrderFences {
   }
 
   get hadTable(): boolean { return this.#hadOwner; }
+
+  /** Slots published fenced now (waiting, or passed and not lifted yet). */
+  get fencedCount(): number { return this.#fences.size; }
 }

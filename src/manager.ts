@@ -157,6 +157,8 @@ const DEFAULT_MAX_THREADS = 64;
 const DEFAULT_PRODUCER_STALL_MS = 1000;
 const DEFAULT_CONSUMER_STALL_MS = 10_000;
 const WAIT_STEP_MS = 2;
+/** How often fences whose wait is over are lifted while some exist (see #watchFences). */
+const FENCE_LIFT_MS = 5;
 const NONE: ScalingDecision = Object.freeze({ kind: 'none' });
 
 function backpressureCode(mode: BackpressureMode): { code: number; rate: number } {
@@ -229,6 +231,7 @@ export class ShardManager {
   readonly #consumerStallMs: number;
   readonly #stopWatchingThreads: () => void;
   #timer: ReturnType<typeof setInterval> | undefined;
+  #fenceTimer: ReturnType<typeof setInterval> | undefined;
   #closed = false;
   #closing: Promise<void> | undefined;
   /** routing 'affinity' with key order: the fences of moved slots. */
@@ -279,6 +282,7 @@ export class ShardManager {
       keyOrder: this.#fences,
       onKeysMoving: (groups) => {
         for (const g of groups) this.#emit({ type: 'keysMoving', fromShard: g.fromShard, toShard: g.toShard, slots: g.slots, cause: g.cause, at: this.#clock() });
+        this.#watchFences();
       },
       onKeysMoved: (groups) => {
         for (const g of groups) this.#emit({ type: 'keysMoved', toShard: g.toShard, slots: g.slots, waitedMs: g.waitedMs, at: this.#clock() });
@@ -355,6 +359,25 @@ export class ShardManager {
       : undefined;
     self = new ShardManager({ options, core, pool, policy, initialShards, ringCapacity, maxPayload, backpressure, kind, producerStallMs, consumerStallMs, routing, loadBound, keyOrder });
     return self;
+  }
+
+  /**
+   * While slots are published fenced, look every few ms for fences whose wait is over and
+   * publish those slots plain again. The wait itself ends in the push path the moment the old
+   * shard's consumer acknowledges the mark; this only spares the pushes of those slots the
+   * fence check (a read of the old shard's cursor) sooner than the next tick would.
+   */
+  #watchFences(): void {
+    if (this.#fenceTimer !== undefined || this.#closed) return;
+    this.#fenceTimer = setInterval(() => {
+      if (this.#closed || (this.#fences?.fencedCount ?? 0) === 0) {
+        clearInterval(this.#fenceTimer);
+        this.#fenceTimer = undefined;
+        return;
+      }
+      this.mapper.liftPassedFences();
+    }, FENCE_LIFT_MS);
+    (this.#fenceTimer as { unref?: () => void }).unref?.();
   }
 
   #emit(event: ManagerEvent): void {
@@ -691,6 +714,11 @@ export class ShardManager {
     this.#timer = undefined;
   }
 
+  #stopFenceTimer(): void {
+    if (this.#fenceTimer !== undefined) clearInterval(this.#fenceTimer);
+    this.#fenceTimer = undefined;
+  }
+
   // ---- operator calls -------------------------------------------------------------------
 
   /** Add one shard now (no cooldown: an operator's call); resolves to its id. */
@@ -783,6 +811,7 @@ export class ShardManager {
     if (this.#closing) return this.#closing;
     this.#closed = true;
     this.stop();
+    this.#stopFenceTimer();
     this.#stopWatchingThreads();
     const abi = this.#core.abi;
     // The flag first, then every ring closed: a producer that read the flag before it was
