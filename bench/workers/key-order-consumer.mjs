@@ -1,4 +1,4 @@
-// Consumer thread of bench scenario 10 (options.consumer.worker). Each batch takes a ticket
+// Consumer thread of bench scenario 11 (options.consumer.worker). Each batch takes a ticket
 // from a counter every consumer thread shares before it is acknowledged (a later ticket:
 // consumed later), and reports its events as (key, seq, push-to-consume ms) with it; then it
 // waits batchMs, the demo's simulated downstream write.

@@ -1,4 +1,4 @@
-// Producer thread of bench scenario 10: pushes at the rate the main thread sets (events/s in
+// Producer thread of bench scenario 11: pushes at the rate the main thread sets (events/s in
 // control[0], stop flag control[1]) over the keys it owns (key % producers === producer).
 // Each event is [key u32][seq u32][time f64]: seq counts that key's events, time is when the
 // event was first offered (performance.timeOrigin + now, ms), kept across retries, so a

@@ -1,4 +1,4 @@
-// Scenario 10 (issue 19): key order across moves with routing 'affinity'.
+// Scenario 11 (issue 19): key order across moves with routing 'affinity'.
 //  a. events consumed before an earlier event of their key, per 10^6, under the issue's churn
 //     (512 keys numbered per key, producers on 3 threads faster than consumers on 3 threads,
 //     shards added and removed 14 times): affinity without the fence (keyOrder: false, the
@@ -12,8 +12,8 @@ import { Worker } from 'node:worker_threads';
 import { ShardManager } from 'shard-mapper';
 import { goal, check, consume, sleep, fmtRatio } from './lib.mjs';
 
-export const id = 's10';
-export const title = 'Scenario 10: key order across moves (routing affinity, worker threads)';
+export const id = 's11';
+export const title = 'Scenario 11: key order across moves (routing affinity, worker threads)';
 
 const KEYS = 512;
 const hashOf = (key) => Math.imul(key + 1, 0x9e3779b1) >>> 0;
@@ -21,7 +21,7 @@ let channels = 0;
 
 /** Consumer threads reporting (key, seq, latency) with a shared ticket; their reports, in order. */
 function recorder(batchMs) {
-  const name = `shard-mapper-bench-s10-${process.pid}-${++channels}`;
+  const name = `shard-mapper-bench-s11-${process.pid}-${++channels}`;
   const tickets = new SharedArrayBuffer(4);
   const batches = [];
   let received = 0;
@@ -115,7 +115,7 @@ async function churnRun(routing, keyOrder, seconds, seed) {
   const stats = m.stats();
   await m.close();
   const o = rec.order();
-  check(o.unique === produced.accepted && o.repeats === 0, `s10a ${routing}${keyOrder === false ? ' unfenced' : ''}: every accepted event consumed once (${produced.accepted} accepted, ${o.unique} seen, ${o.repeats} repeats)`);
+  check(o.unique === produced.accepted && o.repeats === 0, `s11a ${routing}${keyOrder === false ? ' unfenced' : ''}: every accepted event consumed once (${produced.accepted} accepted, ${o.unique} seen, ${o.repeats} repeats)`);
   consume(o.unique);
   return { consumed: o.unique, outOfOrder: o.outOfOrder, perMillion: (1e6 * o.outOfOrder) / Math.max(1, o.unique), changes, moved: stats.keyOrder.movedSlots, held: produced.moving };
 }
@@ -155,7 +155,7 @@ async function demoThroughput(keyOrder, seconds) {
   await m.close();
   const s = m.stats();
   const accepted = produced.reduce((a, p) => a + p.accepted, 0);
-  check(s.delivered === accepted, `s10b: every accepted event delivered (${accepted} accepted, ${s.delivered} delivered)`);
+  check(s.delivered === accepted, `s11b: every accepted event delivered (${accepted} accepted, ${s.delivered} delivered)`);
   consume(s.delivered);
   return { ms, events: s1.delivered - s0.delivered, moved: s.keyOrder.movedSlots, held: produced.reduce((a, p) => a + (p.moving ?? 0), 0), shards: m.mapper.activeShardCount() };
 }
@@ -239,8 +239,8 @@ export async function run(profile) {
     };
   });
   tables.push({
-    id: 's10-order',
-    title: `10a. Events consumed before an earlier event of their key, per 10^6 consumed (${KEYS} keys, ${CHURN.changes} shard adds/removes in ${churnSeconds} s)`,
+    id: 's11-order',
+    title: `11a. Events consumed before an earlier event of their key, per 10^6 consumed (${KEYS} keys, ${CHURN.changes} shard adds/removes in ${churnSeconds} s)`,
     rows: churnRows,
     columns: [
       { head: 'routing', get: (r) => r.name },
@@ -253,7 +253,7 @@ export async function run(profile) {
     legend: `${reps} run${reps > 1 ? 's' : ''} per row, interleaved. ${CHURN.producers} producer threads asking ${int(CHURN.perProducer)} events/s each over ${KEYS} keys (each event numbered within its key); consumers on ${CHURN.threads} threads take ${CHURN.batch} records per call and wait ${CHURN.batchMs} ms per batch, slower than the producers, so every move finds a backlog; rings of ${CHURN.ring} records, failProducer (refused pushes are retried: nothing lost, checked). Every 50 ms a metrics window (collectMetrics); ${CHURN.changes} times a shard added or a random one removed. Consumption order is the order of tickets the consumer threads take from one shared counter before acknowledging a batch.`,
   });
   if (!tiny) {
-    goals.push(goal({ id: 's10-order', issue: '#19', text: 'ordered affinity: events out of key order per 10^6 under churn (median of runs)', value: churnRows[1].perMillion, target: 0, op: '<=', unit: 'per 10^6', detail: `unfenced affinity ${int(churnRows[0].perMillion)}, balanced ${int(churnRows[2].perMillion)}` }));
+    goals.push(goal({ id: 's11-order', issue: '#19', text: 'ordered affinity: events out of key order per 10^6 under churn (median of runs)', value: churnRows[1].perMillion, target: 0, op: '<=', unit: 'per 10^6', detail: `unfenced affinity ${int(churnRows[0].perMillion)}, balanced ${int(churnRows[2].perMillion)}` }));
   }
 
   // b.
@@ -270,8 +270,8 @@ export async function run(profile) {
   ].map((r) => ({ ...r, med: median(r.rates) }));
   const tpRatio = tpRows[1].med / tpRows[0].med;
   tables.push({
-    id: 's10-throughput',
-    title: '10b. The price: delivered events/s on the demo\'s workload (affinity, autoscaling from 1 shard)',
+    id: 's11-throughput',
+    title: '11b. The price: delivered events/s on the demo\'s workload (affinity, autoscaling from 1 shard)',
     rows: tpRows,
     columns: [
       { head: 'routing', get: (r) => r.name },
@@ -283,7 +283,7 @@ export async function run(profile) {
     ],
     legend: `${reps} run${reps > 1 ? 's' : ''} per row, interleaved; each measures ${tSeconds} s after 1 s of warm-up. The demo's threads (examples/demo-producer.mjs asking ${int(DEMO.peak)} events/s in total over ${DEMO.keysPerProducer} keys each — a full ring makes it back off 1 ms, a moving key makes it go on with its other keys — examples/demo-consumer.mjs checking key order and waiting 2 ms per batch of ${DEMO.batch}) and policy (fillRatioThreshold 0.5, cooldown 1.5 s, window 250 ms, up to ${DEMO.maxShards} shards), so the shards added while it scales out move slots with a wait.`,
   });
-  if (!tiny) goals.push(goal({ id: 's10-price', issue: '#19', text: 'ordered ÷ unfenced affinity, delivered events/s on the demo\'s workload (medians)', value: tpRatio, target: 0.95, op: '>=' }));
+  if (!tiny) goals.push(goal({ id: 's11-price', issue: '#19', text: 'ordered ÷ unfenced affinity, delivered events/s on the demo\'s workload (medians)', value: tpRatio, target: 0.95, op: '>=' }));
 
   // c.
   const latSeconds = tiny ? 0.4 : 2;
@@ -300,8 +300,8 @@ export async function run(profile) {
     }
   }
   tables.push({
-    id: 's10-latency',
-    title: '10c. Push-to-consume latency (ms) around a shard added (3 → 4 shards), producers below the consumers\' capacity',
+    id: 's11-latency',
+    title: '11c. Push-to-consume latency (ms) around a shard added (3 → 4 shards), producers below the consumers\' capacity',
     rows: latRows,
     columns: [
       { head: 'routing: events', get: (r) => r.name },
@@ -317,8 +317,8 @@ export async function run(profile) {
     const p99 = (id) => median(latRows.find((r) => r.id === id).p99);
     const p50 = (id) => median(latRows.find((r) => r.id === id).p50);
     // "Unmoved keys unchanged": the fence must not slow the keys that stay, against the same move unfenced.
-    goals.push(goal({ id: 's10-unmoved-p50', issue: '#19', text: 'keys that did not move, 0.5 s after the move: p50 latency, ordered ÷ unfenced affinity', value: p50('ordered-unmoved') / p50('unfenced-unmoved'), target: 1.1, op: '<=', detail: `${ms1(p50('ordered-unmoved'))} vs ${ms1(p50('unfenced-unmoved'))} ms` }));
-    goals.push(goal({ id: 's10-unmoved-p99', issue: '#19', text: 'keys that did not move, 0.5 s after the move: p99 latency, ordered ÷ unfenced affinity', value: p99('ordered-unmoved') / p99('unfenced-unmoved'), target: 1.1, op: '<=', detail: `${ms1(p99('ordered-unmoved'))} vs ${ms1(p99('unfenced-unmoved'))} ms; moved keys p99 ${ms1(p99('ordered-moved'))} ms ordered vs ${ms1(p99('unfenced-moved'))} ms unfenced` }));
+    goals.push(goal({ id: 's11-unmoved-p50', issue: '#19', text: 'keys that did not move, 0.5 s after the move: p50 latency, ordered ÷ unfenced affinity', value: p50('ordered-unmoved') / p50('unfenced-unmoved'), target: 1.1, op: '<=', detail: `${ms1(p50('ordered-unmoved'))} vs ${ms1(p50('unfenced-unmoved'))} ms` }));
+    goals.push(goal({ id: 's11-unmoved-p99', issue: '#19', text: 'keys that did not move, 0.5 s after the move: p99 latency, ordered ÷ unfenced affinity', value: p99('ordered-unmoved') / p99('unfenced-unmoved'), target: 1.1, op: '<=', detail: `${ms1(p99('ordered-unmoved'))} vs ${ms1(p99('unfenced-unmoved'))} ms; moved keys p99 ${ms1(p99('ordered-moved'))} ms ordered vs ${ms1(p99('unfenced-moved'))} ms unfenced` }));
   }
 
   return {
