@@ -117,7 +117,7 @@ async function churnRun(routing, keyOrder, seconds, seed) {
   const o = rec.order();
   check(o.unique === produced.accepted && o.repeats === 0, `s11a ${routing}${keyOrder === false ? ' unfenced' : ''}: every accepted event consumed once (${produced.accepted} accepted, ${o.unique} seen, ${o.repeats} repeats)`);
   consume(o.unique);
-  return { consumed: o.unique, outOfOrder: o.outOfOrder, perMillion: (1e6 * o.outOfOrder) / Math.max(1, o.unique), changes, moved: stats.keyOrder.movedSlots, held: produced.moving };
+  return { ms: performance.now() - t0, consumed: o.unique, outOfOrder: o.outOfOrder, perMillion: (1e6 * o.outOfOrder) / Math.max(1, o.unique), changes, moved: stats.keyOrder.movedSlots, held: produced.moving };
 }
 
 // ---- b. throughput on the demo's workload ----------------------------------------------------
@@ -179,6 +179,7 @@ async function latencyRun(keyOrder, seconds) {
   });
   const producers = startProducers(m, LAT.producers, LAT.perProducer);
   await producers.ready;
+  const t0 = performance.now();
   await sleep(seconds * 500);
   const before = Array.from({ length: KEYS }, (_, k) => m.mapper.selectShard(hashOf(k)));
   const moveAt = performance.timeOrigin + performance.now();
@@ -202,7 +203,7 @@ async function latencyRun(keyOrder, seconds) {
   }
   consume(rec.received);
   const sum = (xs) => ({ p50: quantile(xs, 0.5), p99: quantile(xs, 0.99), n: xs.length });
-  return { before: sum(groups.before), unmoved: sum(groups.unmoved), moved: sum(groups.moved), movedKeys: moved.reduce((a, x) => a + x, 0), held: produced.moving };
+  return { ms: performance.now() - t0, before: sum(groups.before), unmoved: sum(groups.unmoved), moved: sum(groups.moved), movedKeys: moved.reduce((a, x) => a + x, 0), held: produced.moving };
 }
 
 // ---- the scenario -----------------------------------------------------------------------------
@@ -234,7 +235,7 @@ export async function run(profile) {
     const runs = churn.get(c.id);
     const per = runs.map((x) => x.perMillion);
     return {
-      id: c.id, name: c.name, perMillion: median(per), per, runs,
+      id: c.id, name: c.name, perMillion: median(per), per, runs, wallMs: runs.reduce((a, x) => a + x.ms, 0),
       consumed: median(runs.map((x) => x.consumed)), held: median(runs.map((x) => x.held)), moved: median(runs.map((x) => x.moved ?? 0)),
     };
   });
@@ -267,7 +268,7 @@ export async function run(profile) {
   const tpRows = [
     { id: 'unfenced', name: 'affinity, keyOrder: false', rates: tp.unfenced.map(rate), runs: tp.unfenced },
     { id: 'ordered', name: '**affinity (ordered)**', rates: tp.ordered.map(rate), runs: tp.ordered },
-  ].map((r) => ({ ...r, med: median(r.rates) }));
+  ].map((r) => ({ ...r, med: median(r.rates), wallMs: r.runs.reduce((a, x) => a + x.ms, 0) }));
   const tpRatio = tpRows[1].med / tpRows[0].med;
   tables.push({
     id: 's11-throughput',
@@ -296,7 +297,7 @@ export async function run(profile) {
   for (const [cfg, label] of [['unfenced', 'affinity, keyOrder: false'], ['ordered', '**affinity (ordered)**']]) {
     for (const [group, what] of [['before', 'every key, the 0.5 s before the move'], ['unmoved', 'keys that stayed, 0.5 s after'], ['moved', 'keys that moved, 0.5 s after']]) {
       const runs = lat[cfg].map((x) => x[group]);
-      latRows.push({ id: `${cfg}-${group}`, name: `${label}: ${what}`, p50: runs.map((x) => x.p50), p99: runs.map((x) => x.p99), n: median(runs.map((x) => x.n)) });
+      latRows.push({ id: `${cfg}-${group}`, name: `${label}: ${what}`, p50: runs.map((x) => x.p50), p99: runs.map((x) => x.p99), n: median(runs.map((x) => x.n)), wallMs: lat[cfg].reduce((a, x) => a + x.ms, 0) });
     }
   }
   tables.push({
