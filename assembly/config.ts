@@ -4,7 +4,7 @@
 import {
   LAYOUT_BASE, HEADER_BYTES, CACHE_LINE, MAGIC, H_MAGIC, H_TABLE_CAPACITY, H_SLOT_COUNT,
   H_RING_CAPACITY, H_MAX_PAYLOAD, H_LANE_COUNT, H_LANE_BYTES, H_BACKPRESSURE, H_SAMPLE_RATE,
-  H_SAMPLE_FILL, H_RING_BYTES, SLOT_HEADER_BYTES, RECORD_BYTES, LANE_HEADER_BYTES, MAX_LANES,
+  H_SAMPLE_FILL, H_RING_BYTES, H_KEY_ORDER, FENCE_HEADER_BYTES, FENCE_BYTES, SLOT_HEADER_BYTES, RECORD_BYTES, LANE_HEADER_BYTES, MAX_LANES,
 } from "./layout";
 
 export let tableCapacity: u32 = 0;
@@ -24,6 +24,8 @@ export let slotStride: u32 = 0;
 export let tablesBase: usize = 0;
 export let lanesBase: usize = 0;
 export let slotsBase: usize = 0;
+export let fencesBase: usize = 0; // the fence region's header; fence i at fencesBase + FENCE_HEADER_BYTES + i × FENCE_BYTES
+export let keyOrder: bool = false; // fenced entries exist (routing 'affinity' with key order)
 
 @inline function alignUp(n: u64, a: u64): u64 { return (n + a - 1) & ~(a - 1); }
 
@@ -33,8 +35,11 @@ export function slotStrideFor(ringCap: u32, ringBytesEach: u32): f64 {
 
 // Byte offsets of the regions after the header; slots come last so they can grow.
 export function tablesOffset(): u64 { return <u64>LAYOUT_BASE + HEADER_BYTES; }
-export function lanesOffset(tableCap: u32): u64 {
+export function fencesOffset(tableCap: u32): u64 {
   return alignUp(tablesOffset() + <u64>2 * 4 * tableCap, CACHE_LINE);
+}
+export function lanesOffset(tableCap: u32): u64 {
+  return alignUp(fencesOffset(tableCap) + <u64>FENCE_HEADER_BYTES + <u64>tableCap * FENCE_BYTES, CACHE_LINE);
 }
 export function slotsOffset(tableCap: u32, lanes: u32, laneSize: u32): u64 {
   return alignUp(lanesOffset(tableCap) + <u64>lanes * laneSize, CACHE_LINE);
@@ -42,7 +47,7 @@ export function slotsOffset(tableCap: u32, lanes: u32, laneSize: u32): u64 {
 
 export function configure(
   tableCap: u32, slots: u32, ringCap: u32, ringBytesEach: u32, maxPayloadBytes: u32, lanes: u32, laneSize: u32,
-  mode: i32, rate: u32, fill: f64,
+  mode: i32, rate: u32, fill: f64, fenced: u32,
 ): void {
   const h = <usize>LAYOUT_BASE;
   store<u32>(h + H_TABLE_CAPACITY, tableCap);
@@ -55,6 +60,7 @@ export function configure(
   store<i32>(h + H_BACKPRESSURE, mode);
   store<u32>(h + H_SAMPLE_RATE, rate == 0 ? 1 : rate);
   store<f64>(h + H_SAMPLE_FILL, fill);
+  store<u32>(h + H_KEY_ORDER, fenced);
   atomic.store<u32>(h + H_MAGIC, MAGIC); // publish last
 }
 
@@ -78,6 +84,8 @@ export function attach(): i32 {
   slotStride = <u32>slotStrideFor(ringCapacity, ringBytes);
   tablesBase = <usize>tablesOffset();
   lanesBase = <usize>lanesOffset(tableCapacity);
+  fencesBase = <usize>fencesOffset(tableCapacity);
+  keyOrder = load<u32>(h + H_KEY_ORDER) != 0;
   slotsBase = <usize>slotsOffset(tableCapacity, laneCount, laneBytes);
   return 0;
 }

@@ -15,6 +15,9 @@ export {
   push, pushBatch, pushFixedBatch, ringLen, ringClaim, ringAck, ringRewind, ringClose, ringIsClosed,
   ringAllPublished, ringSetDoorbell, ringStalledAt, ringSkipStalled, ringBytesUsed, slotInit, total, unroutedTotal, stopPushes,
 } from "./ring";
+export {
+  fenceBegin, fenceSet, fenceSource, fenceEnd, ringTailCount, ringHeadCount, movingTotal,
+} from "./fence";
 
 // ---- layout queries (pure: usable before the memory is configured) -----------------------
 export function layoutSlotStride(ringCap: u32, ringBytesEach: u32): f64 { return slotStrideFor(ringCap, ringBytesEach); }

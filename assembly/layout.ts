@@ -10,6 +10,7 @@
 //                                    build checks the module has no data segments)
 //   HEADER      at LAYOUT_BASE       config words, selection-table generation, counters
 //   TABLES      2 × tableCapacity u32 double-buffered selection tables
+//   FENCES      FENCE_HEADER_BYTES, then tableCapacity key-order fences (one per table entry)
 //   LANES       laneCount × laneBytes per-thread scratch (payload staging, results)
 //   SLOTS       slotCount × slotStride per-shard metrics + ring (grown on demand)
 //
@@ -35,6 +36,7 @@ export const H_BACKPRESSURE: i32 = 28;    // u32, BP_* mode
 export const H_SAMPLE_RATE: i32 = 32;     // u32, keep 1 in N once past the threshold
 export const H_RING_BYTES: i32 = 36;      // u32, bytes of each ring's payload area (a multiple of 8, or 0)
 export const H_SAMPLE_FILL: i32 = 40;     // f64, fill ratio where sampling starts
+export const H_KEY_ORDER: i32 = 48;       // u32, 1: moved table entries are fenced (routing 'affinity', see FENCES)
 // second line: written by the mapper thread whenever the selection table changes
 export const H_TABLE_GEN: i32 = 128;      // u32, generation; table (gen & 1) is live
 export const H_TABLE_COUNT0: i32 = 132;   // u32 × 2, entries in table 0 and in table 1
@@ -126,6 +128,8 @@ export const PUSH_SAMPLED: i32 = -3;
 export const PUSH_REFUSED: i32 = -4;
 export const PUSH_CLOSED: i32 = -5;      // internal: ring closed, select again
 export const PUSH_STOPPED: i32 = -6;     // the manager is closed
+export const PUSH_MOVING: i32 = -7;      // the key's slot is moving and waits (refused under failProducer)
+export const PUSH_MOVING_DROPPED: i32 = -8; // the same, dropped (every other backpressure mode)
 // batch results, u32 words at the lane's L_RESULT
 export const BATCH_ACCEPTED: i32 = 0;
 export const BATCH_UNROUTED: i32 = 4;
@@ -135,6 +139,7 @@ export const BATCH_STOP: i32 = 16;        // STOP_* below
 export const STOP_NONE: i32 = 0;
 export const STOP_REFUSED: i32 = 1;       // stopped before an event refused under failProducer
 export const STOP_CLOSED: i32 = 2;        // the manager was closed
+export const STOP_MOVING: i32 = 3;        // stopped before an event whose key was moving (failProducer)
 // totals readable with total(slot, which)
 export const TOTAL_PUSHED: i32 = 0;
 export const TOTAL_DELIVERED: i32 = 1;
@@ -159,3 +164,21 @@ export const CLAIM_SKIPPED: i32 = 4;      // 1: the batch is padding (skipped re
 // many nanoseconds (about one contended cache-line transfer). An uncontended push is 0 ns.
 export const CONTENTION_NS_PER_RETRY: i32 = 50;
 export const LATENCY_SAMPLE_MASK: u32 = 63; // 1 sample in 64 pushes
+
+// ---- key-order fences (routing 'affinity'; assembly/fence.ts) -------------------------------
+// When a table entry moves from shard A to shard B, the owner publishes it with FENCED_SLOT in
+// place of B's slot (the id half still names B) and fills the entry's fence: B's slot, and
+// the rings whose earlier events of that entry must be acknowledged first, each with the
+// record count its tail had at the move. A push of a fenced entry goes to B only once every
+// such ring's head has passed its mark; until then it meets backpressure (PUSH_MOVING*).
+// Entries that did not move are read exactly as before: the slot half is never FENCED_SLOT.
+export const FENCED_SLOT: i32 = 0xffff;   // in an entry's slot half (bits 16-31): see the fence
+export const FH_MOVING: i32 = 0;          // i64, pushes refused or dropped because their key was moving
+export const FENCE_HEADER_BYTES: i32 = 128;
+export const F_SEQ: i32 = 0;              // u32, odd while the owner rewrites this fence (readers wait)
+export const F_TO: i32 = 4;               // u32, the slot of the shard the entry moved to
+export const F_COUNT: i32 = 8;            // u32, rings to wait for (FENCE_HELD: wait until the owner says)
+export const F_SOURCES: i32 = 16;         // FENCE_SOURCES × (u32 slot, u32 mark)
+export const FENCE_SOURCES: i32 = 4;
+export const FENCE_HELD: i32 = 0xff;
+export const FENCE_BYTES: i32 = F_SOURCES + FENCE_SOURCES * 8;

@@ -41,17 +41,18 @@ import {
   BATCH_ACCEPTED, BATCH_UNROUTED, BATCH_FULL, BATCH_SAMPLED, BATCH_STOP, STOP_NONE, STOP_REFUSED, STOP_CLOSED,
   CLAIM_START, CLAIM_SKIPPED, M_WINDOW_TAIL, M_DRAIN_TAIL, M_EVENTS, TOTAL_PUSHED, TOTAL_DELIVERED, TOTAL_DROPPED_NEWEST, TOTAL_SAMPLED,
   TOTAL_REFUSED, TOTAL_EVICTED, TOTAL_SKIPPED,
-  CONTENTION_NS_PER_RETRY, LATENCY_SAMPLE_MASK,
+  CONTENTION_NS_PER_RETRY, LATENCY_SAMPLE_MASK, FENCED_SLOT, PUSH_MOVING, PUSH_MOVING_DROPPED, STOP_MOVING,
 } from "./layout";
 import {
   slotAddr, laneAddr, recordAddr, payloadAddr, ringCapacity, ringBytes, maxPayload, backpressure,
-  sampleRate, sampleFill,
+  sampleRate, sampleFill, keyOrder,
 } from "./config";
 import { addToPair, initMetrics } from "./metrics";
 import {
   tailRecords, tailPosition, tailOf, positionAdd, positionsBetween, offsetOf, extentOf, byteHeadOf, bytesUsedAt,
 } from "./positions";
 import { selectEntry, NO_ENTRY } from "./select";
+import { noteRoute, routeMoved, fencedSlot, countMoving, tableGeneration, FENCE_WAIT, FENCE_NONE } from "./fence";
 
 const CLOSED: u64 = 1 << 63;
 const MAX_RESELECT: i32 = 1000;
@@ -234,6 +235,12 @@ export function pushAt(base: usize, src: usize, len: u32): i32 {
         const end = positionAdd(position, need);
         const seen = atomic.cmpxchg<u64>(base + R_TAIL, tail, tailOf(index + 1, end));
         if (seen == tail) {
+          // Key order: a table published since the selection sent this key elsewhere (the
+          // move's mark may not cover this record): give the record up as padding, select again.
+          if (keyOrder && routeMoved()) {
+            abandonRun(base, index, index + 1);
+            return PUSH_CLOSED;
+          }
           // reserved: from here to the publish is straight-line code
           if (beginWrite(rec, index)) {
             writeRecord(base, rec, index, src, len, off, end);
@@ -280,9 +287,24 @@ function routeAndPush(lane: usize, hash: u32, src: usize, len: u32): i32 {
     // Read on every attempt: close() closes every ring after setting the flag, so a push
     // whose reservation failed on a closed ring learns here that the manager is closed.
     if (atomic.load<u32>(<usize>LAYOUT_BASE + H_STOPPED) != 0) return PUSH_STOPPED;
+    const gen = keyOrder ? tableGeneration() : 0;
     const entry = selectEntry(hash);
     if (entry == NO_ENTRY) break;
-    const r = pushAt(slotAddr(entry >>> 16), src, len);
+    let slot = entry >>> 16;
+    if (keyOrder) {
+      if (slot == <u32>FENCED_SLOT) { // the key's slot moved: it goes on once its old shard delivered
+        slot = fencedSlot(hash);
+        if (slot == FENCE_NONE) continue;
+        if (slot == FENCE_WAIT) {
+          countMoving();
+          store<u32>(lane + L_FAILED_SHARD, entry & 0xffff);
+          return backpressure == BP_FAIL_PRODUCER ? PUSH_MOVING : PUSH_MOVING_DROPPED;
+        }
+      } else {
+        noteRoute(gen, hash, entry);
+      }
+    }
+    const r = pushAt(slotAddr(slot), src, len);
     if (r == 0) return <i32>(entry & 0xffff);
     if (r != PUSH_CLOSED) {
       store<u32>(lane + L_FAILED_SHARD, entry & 0xffff);
@@ -398,6 +420,17 @@ function reserveRun(base: usize, k: u32, p: usize): u32 {
   return 0;
 }
 
+// Key order: does the live table send any of the `n` events from `p` (event index `i`) to
+// another shard than `entry` names? Only asked after a table change raced a run.
+function runMoved(p: usize, i: u32, n: u32, entry: u32): bool {
+  let q = p;
+  for (let k: u32 = 0; k < n; k++) {
+    if ((selectEntry(evHash(q, i + k)) & 0xffff) != (entry & 0xffff)) return true;
+    q = evNext(q);
+  }
+  return false;
+}
+
 // Writes [accepted, unrouted, full, sampled, stop] at the lane's result words (BATCH_*) and
 // returns how many events it consumed. It stops right before an event refused under
 // failProducer (STOP_REFUSED) or when the manager is closed (STOP_CLOSED).
@@ -408,8 +441,10 @@ function batchLoop(lane: u32, count: u32): u32 {
   let i: u32 = 0;
   while (i < count) {
     if (atomic.load<u32>(<usize>LAYOUT_BASE + H_STOPPED) != 0) { stop = STOP_CLOSED; break; }
+    const gen = keyOrder ? tableGeneration() : 0;
     const entry = selectEntry(evHash(p, i));
-    if (entry != NO_ENTRY && backpressure != BP_SAMPLE && evLen(p) <= maxPayload) {
+    // (a fenced entry takes the single-event path, which waits on its fence)
+    if (entry != NO_ENTRY && (entry >>> 16) != <u32>FENCED_SLOT && backpressure != BP_SAMPLE && evLen(p) <= maxPayload) {
       let k: u32 = 1;
       let q = evNext(p);
       while (i + k < count && k < MAX_RUN && evLen(q) <= maxPayload && selectEntry(evHash(q, i + k)) == entry) {
@@ -418,6 +453,12 @@ function batchLoop(lane: u32, count: u32): u32 {
       }
       const base = slotAddr(entry >>> 16);
       const reserved = reserveRun(base, k, p);
+      // Key order: a table published since the run was selected may have moved one of its
+      // events' slots (see routeMoved): then give the run up as padding and route again.
+      if (keyOrder && reserved > 0 && tableGeneration() != gen && runMoved(p, i, reserved, entry)) {
+        abandonRun(base, runFirst, runFirst + reserved);
+        continue;
+      }
       let got: u32 = 0;
       // the same placement reserveRun made, record after record
       let position = runPosition;
@@ -461,7 +502,8 @@ function batchLoop(lane: u32, count: u32): u32 {
     else if (r == PUSH_UNROUTED) unrouted++;
     else if (r == PUSH_FULL) full++;
     else if (r == PUSH_SAMPLED) sampled++;
-    else { stop = r == PUSH_STOPPED ? STOP_CLOSED : STOP_REFUSED; break; }
+    else if (r == PUSH_MOVING_DROPPED) full++;
+    else { stop = r == PUSH_STOPPED ? STOP_CLOSED : r == PUSH_MOVING ? STOP_MOVING : STOP_REFUSED; break; }
     p = evNext(p);
     i++;
   }

@@ -10,12 +10,12 @@ import { tablesBase, tableCapacity } from "./config";
 
 export const NO_ENTRY: u32 = 0xffffffff;
 
-@inline function tableAddr(which: u32): usize {
+@inline export function tableAddr(which: u32): usize {
   return tablesBase + <usize>(which & 1) * tableCapacity * 4;
 }
 
 // Index of the candidate for a uint32 hash among n: floor(hash · n / 2^32), unbiased.
-@inline function pick(hash: u32, n: u32): u32 {
+@inline export function pick(hash: u32, n: u32): u32 {
   return <u32>((<u64>hash * <u64>n) >> 32);
 }
 

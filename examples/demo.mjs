@@ -30,7 +30,8 @@ if (args.help) {
                 mixed sizes into rings sized in bytes (ringBufferBytes)
   --peak        total events/s at the top of the ramp (default 150000)
   --max-shards  upper bound for autoscaling (default 4)
-  --routing     leastLoaded, balanced or affinity (default: ShardManager's, balanced)`);
+  --routing     leastLoaded, balanced or affinity (default: ShardManager's, balanced);
+                affinity keeps each key's order when keys move between shards`);
   process.exit(0);
 }
 const num = (name, min, max) => numberFlag(args, name, min, max);
@@ -60,8 +61,12 @@ if (args.routing !== undefined && !ROUTINGS.includes(args.routing)) {
 // Load profile as a fraction of the run: quiet, ramp up, peak, ramp down, idle.
 const targetRate = (f) => loadAt(f, peak, LOW);
 
+const KEYS_PER_PRODUCER = 1024; // each producer numbers its events per key
 const decisions = [];
+const moves = { moving: 0, slots: 0, balance: 0, ended: 0, log: [] }; // routing affinity: keysMoving / keysMoved events
 const started = performance.now();
+// The next seq of every key (producer · KEYS_PER_PRODUCER + key), shared by the consumer threads.
+const nextSeq = new SharedArrayBuffer(4 * 16 * KEYS_PER_PRODUCER);
 const elapsed = () => (performance.now() - started) / 1000;
 const manager = await ShardManager.create({
   initialShards: 1,
@@ -70,24 +75,37 @@ const manager = await ShardManager.create({
   routing: args.routing, // undefined: ShardManager's default
   maxPayloadBytes: Math.max(payloadBytes, 64),
   policy: { minShards: 1, maxShards, fillRatioThreshold: 0.5, cooldownMs: 1500, scaleDownDelayMs: 3000, metricsWindowMs: 250 },
-  consumer: { module: new URL('./demo-consumer.mjs', import.meta.url), threads: maxShards, batchSize: 128 },
+  consumer: {
+    // the demo's own worker: it gets the per-key table shared by every consumer thread
+    worker: () => new Worker(new URL('./demo-consumer.mjs', import.meta.url), { workerData: { keysPerProducer: KEYS_PER_PRODUCER, next: nextSeq } }),
+    threads: maxShards, batchSize: 128,
+  },
   onEvent: (e) => {
     if (e.type === 'scalingDecision') decisions.push(`${elapsed().toFixed(1)}s ${e.decision.kind}(${e.decision.count})`);
+    if (e.type === 'keysMoving') {
+      moves.moving++;
+      moves.slots += e.slots;
+      if (e.cause === 'balance') moves.balance += e.slots;
+      moves.log.push(`${elapsed().toFixed(1)}s ${e.slots} slot${e.slots === 1 ? '' : 's'} ${e.fromShard}→${e.toShard}${e.cause === 'balance' ? ' (load)' : ''}`);
+      if (moves.log.length > 4) moves.log.shift();
+    }
+    if (e.type === 'keysMoved') moves.ended += e.slots;
   },
 });
 manager.start();
 
 let consumed = 0;
 let outOfOrder = 0;
+let outOfKeyOrder = 0;
 const channel = new BroadcastChannel('shard-mapper-demo');
-channel.onmessage = (e) => { consumed += e.data.consumed; outOfOrder += e.data.outOfOrder; };
+channel.onmessage = (e) => { consumed += e.data.consumed; outOfOrder += e.data.outOfOrder; outOfKeyOrder += e.data.outOfKeyOrder; };
 
 const control = new SharedArrayBuffer(8);
 const ctl = new Int32Array(control);
 const counters = new SharedArrayBuffer(16 * producers);
 const counts = new Float64Array(counters);
 const threads = Array.from({ length: producers }, (_, producer) => new Worker(new URL('./demo-producer.mjs', import.meta.url), {
-  workerData: { handle: manager.producerHandle(), producer, minPayload, payloadBytes, control, counters },
+  workerData: { handle: manager.producerHandle(), producer, minPayload, payloadBytes, control, counters, keysPerProducer: KEYS_PER_PRODUCER },
 }));
 const finished = threads.map((w) => new Promise((resolve, reject) => { w.on('message', resolve); w.on('error', reject); }));
 
@@ -152,6 +170,10 @@ function sample() {
   return { s, pushRate, deliverRate };
 }
 
+const affinity = manager.mapper.routing === 'affinity';
+/** Slots waiting for this shard's consumer / slots moved here that wait. */
+const movingCell = (out = 0, into = 0) => (out + into === 0 ? pc.gray('      –') : pc.yellow(`${String(out).padStart(5)}/${into}`));
+
 function render({ s, pushRate, deliverRate }) {
   const f = Math.min(1, elapsed() / durationS);
   const lines = [
@@ -159,13 +181,21 @@ function render({ s, pushRate, deliverRate }) {
     `target ${fmt(targetRate(f))} ev/s   pushed ${pc.bold(fmt(pushRate))} ev/s   delivered ${pc.bold(fmt(deliverRate))} ev/s   active shards ${pc.bold(String(manager.mapper.activeShardCount()))} / ${maxShards}`,
     '',
     pc.gray(`  routing ${manager.mapper.routing}`),
-    pc.gray('  id  state          fill                              ring  share of traffic     delivered'),
+    pc.gray('  id  state          fill                              ring  share of traffic     delivered' + (affinity ? '  moving out/in' : '')),
   ];
   for (const sh of s.shards) {
     const colour = stateColour[sh.state] ?? ((x) => x);
     const ratio = Math.max(sh.length / manager.ringCapacity, sh.bytes / manager.ringBufferBytes); // by records or by bytes
     const share = shareOf.get(sh.id) ?? 0;
-    lines.push(`  ${String(sh.id).padStart(2)}  ${colour(sh.state.padEnd(13))}  ${bar(ratio)} ${(ratio * 100).toFixed(0).padStart(3)}%  ${String(sh.length).padStart(6)}  ${shareBar(share)} ${(share * 100).toFixed(0).padStart(3)}%  ${fmt(sh.delivered).padStart(12)}`);
+    lines.push(`  ${String(sh.id).padStart(2)}  ${colour(sh.state.padEnd(13))}  ${bar(ratio)} ${(ratio * 100).toFixed(0).padStart(3)}%  ${String(sh.length).padStart(6)}  ${shareBar(share)} ${(share * 100).toFixed(0).padStart(3)}%  ${fmt(sh.delivered).padStart(12)}` +
+      (affinity ? `  ${movingCell(sh.movingOut, sh.movingIn)}` : ''));
+  }
+  if (affinity) {
+    const k = s.keyOrder;
+    lines.push('', `key order: ${k.waitingSlots > 0 ? pc.yellow(`${fmt(k.waitingSlots)} slots waiting`) : pc.green('no slot waiting')}` +
+      `${k.waitingSlots > 0 ? ` (oldest ${fmt(k.oldestWaitMs)} ms)` : ''}   moved ${fmt(k.movedSlots)} slots, longest wait ${fmt(k.longestWaitMs)} ms, ` +
+      `pushes held back ${fmt(k.refused)}   out of key order ${outOfKeyOrder === 0 ? pc.green('0') : pc.red(fmt(outOfKeyOrder))}`);
+    lines.push(pc.gray(`  moves: ${moves.log.join('  ') || 'none yet'}`));
   }
   lines.push('', `events/s — ${pc.cyan('─ pushed')}   ${pc.magenta('• delivered')} ${pc.gray('(• drawn over ─ where they meet)')}`);
   if (history.pushed.length > 1) lines.push(twoSeriesChart(history.pushed, history.delivered));
@@ -181,7 +211,8 @@ const timer = setInterval(() => {
   if (tty) render(snap);
   else if (elapsed() - lastPlain >= 1) {
     lastPlain = elapsed();
-    console.log(`${elapsed().toFixed(1)}s target=${fmt(targetRate(f))}/s pushed=${fmt(snap.pushRate)}/s delivered=${fmt(snap.deliverRate)}/s shards=${snap.s.shards.map((x) => `${x.id}:${x.state[0]}:${x.length}:${((shareOf.get(x.id) ?? 0) * 100).toFixed(0)}%`).join(' ')}`);
+    console.log(`${elapsed().toFixed(1)}s target=${fmt(targetRate(f))}/s pushed=${fmt(snap.pushRate)}/s delivered=${fmt(snap.deliverRate)}/s shards=${snap.s.shards.map((x) => `${x.id}:${x.state[0]}:${x.length}:${((shareOf.get(x.id) ?? 0) * 100).toFixed(0)}%`).join(' ')}` +
+      (affinity ? ` waiting=${snap.s.keyOrder.waitingSlots} moved=${snap.s.keyOrder.movedSlots} held=${snap.s.keyOrder.refused}` : ''));
   }
 }, 250);
 
@@ -197,19 +228,23 @@ channel.close();
 const s = manager.stats();
 const accepted = produced.reduce((a, p) => a + p.accepted, 0);
 const retried = produced.reduce((a, p) => a + p.refused, 0);
+const heldMoving = produced.reduce((a, p) => a + (p.moving ?? 0), 0);
 const lost = accepted - s.delivered - s.drops.oldest;
 const row = (k, v, note = '') => console.log(`  ${k.padEnd(22)} ${fmt(v).padStart(12)}  ${pc.gray(note)}`);
 console.log(pc.bold('\nsummary'));
 row('pushed (accepted)', s.pushed, `producers counted ${fmt(accepted)}`);
 row('delivered', s.delivered, `consumers counted ${fmt(consumed)}`);
 row('dropped', s.drops.newest + s.drops.oldest + s.drops.sampled, 'backpressure is failProducer: nothing is dropped');
-row('refused, then retried', retried, 'full rings pushed back on the producers');
+row('refused, then retried', retried, affinity ? `full rings, and ${fmt(heldMoving)} pushes of keys that were moving, pushed back on the producers` : 'full rings pushed back on the producers');
 row('unrouted', s.unrouted);
 row('lost', lost, lost === 0 ? 'none' : 'LOST EVENTS');
-row('out of order', outOfOrder, 'per shard and producer');
+row('out of key order', outOfKeyOrder, affinity
+  ? `each key's events in push order across shards (${fmt(s.keyOrder.movedSlots)} slots moved, ${fmt(moves.balance)} of them by load; longest wait ${fmt(s.keyOrder.longestWaitMs)} ms)`
+  : `keys whose shard changed may be consumed out of order under ${manager.mapper.routing}; --routing affinity keeps it`);
+row('out of order', outOfOrder, 'per shard and key');
 console.log(pc.gray(`  scaling decisions: ${decisions.join(', ') || 'none'}`));
 console.log(pc.gray(`  routing ${manager.mapper.routing}, peak shards ${Math.max(...history.shards, 1)}, final shards ${manager.mapper.activeShardCount()}, ${availableParallelism()} CPUs`));
 const perShard = 512 + 16 * RING_RECORDS + manager.ringBufferBytes; // slot header, descriptors, payload area (README: Memory per shard)
 console.log(pc.gray(`  memory ${(manager.memoryBytes / 2 ** 20).toFixed(1)} MiB; each shard ring ${(perShard / 2 ** 20).toFixed(1)} MiB` +
   (minPayload === payloadBytes ? '' : `, where ${RING_RECORDS} records of the largest size would take ${((512 + RING_RECORDS * (16 + payloadBytes)) / 2 ** 20).toFixed(1)} MiB`)));
-process.exit(lost === 0 && outOfOrder === 0 && consumed === s.delivered ? 0 : 1);
+process.exit(lost === 0 && outOfOrder === 0 && (!affinity || outOfKeyOrder === 0) && consumed === s.delivered ? 0 : 1);

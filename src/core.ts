@@ -30,6 +30,8 @@ export interface CoreConfig {
   backpressure: number;
   sampleRate: number;
   sampleFill: number;
+  /** Fence moved table entries so a key's events keep their order (routing 'affinity'). */
+  keyOrder?: boolean;
 }
 
 /** What another thread needs to attach: structured-cloneable. */
@@ -117,7 +119,8 @@ export class SharedCore {
     const memory = new WebAssembly.Memory({ initial: plan.initial, maximum: plan.maximum, shared: config.kind === 'shared' } as WebAssembly.MemoryDescriptor);
     const abi = instantiate(module, memory);
     abi.configure(config.tableCapacity, plan.maxSlots, config.ringCapacity, config.ringBytes, config.maxPayload,
-      Math.min(config.lanes, MAX_LANES), config.laneBytes, config.backpressure, config.sampleRate, config.sampleFill);
+      Math.min(config.lanes, MAX_LANES), config.laneBytes, config.backpressure, config.sampleRate, config.sampleFill,
+      config.keyOrder ? 1 : 0);
     return new SharedCore(abi, memory, config.kind, plan.maxSlots);
   }
 

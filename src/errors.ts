@@ -10,16 +10,23 @@ export class ScalingError extends Error {
   }
 }
 
-/** A push refused under the `failProducer` backpressure mode: the target ring was full. */
+/**
+ * A push refused under the `failProducer` backpressure mode: the target ring was full
+ * (`reason: 'full'`), or, with routing 'affinity', the key's slot just moved to this shard
+ * and its new events wait until the shard it left delivered the earlier ones
+ * (`reason: 'moving'`). Retry either the same way.
+ */
 export class BackpressureError extends Error {
   readonly shardId: number;
   /** For `pushBatch`: how many events of the batch were accepted before this one. */
   readonly accepted: number;
-  constructor(message: string, shardId: number, accepted = 0) {
+  readonly reason: 'full' | 'moving';
+  constructor(message: string, shardId: number, accepted = 0, reason: 'full' | 'moving' = 'full') {
     super(message);
     this.name = 'BackpressureError';
     this.shardId = shardId;
     this.accepted = accepted;
+    this.reason = reason;
   }
 }
 

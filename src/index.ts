@@ -10,6 +10,7 @@ export { sharedMemorySupported, type MemoryKind } from './wasm.js';
 export {
   ShardManager, BackpressureMode, type ShardManagerOptions, type ManagerStats, type ShardStats, type ManagerEvent,
 } from './manager.js';
+export type { KeyOrderStats, MoveCause } from './key-order.js';
 export { ShardProducer, type ProducerHandle, type EventKey, type EventPayload, type BatchEvent } from './producer.js';
 export type { ConsumerOptions, ConsumerWorker } from './consumer-pool.js';
 export type { ConsumerFunction, BatchConsumerFunction } from './consumer-runtime.js';

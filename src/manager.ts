@@ -11,6 +11,7 @@ import { checkLoadBound, checkRouting, tableCapacity, type RoutingMode } from '.
 import { ShardProducer, type BatchEvent, type EventKey, type EventPayload, type ProducerHandle } from './producer.js';
 import { Total, TOTALS } from './abi.js';
 import { StallWatchdog } from './stall-watchdog.js';
+import { KeyOrderFences, type KeyOrderStats, type MoveCause } from './key-order.js';
 import { RecordBatch } from './record-batch.js';
 import { checkMemoryKind, compileAsync, type MemoryKind } from './wasm.js';
 import { cpuCount, onThreadExit } from '#platform';
@@ -48,7 +49,14 @@ export type ManagerEvent =
    *  inside pushBatch/pushFixed) were skipped so the shard's later records flow again. */
   | { type: 'producerStallSkipped'; shardId: number; records: number; at: number }
   /** A tick() run by start()'s timer threw (e.g. ShardCreationFailed); the loop goes on. */
-  | { type: 'tickError'; error: Error; at: number };
+  | { type: 'tickError'; error: Error; at: number }
+  /** routing 'affinity': `slots` table slots moved from one shard to another (`cause`: shards
+   *  added or removed, or a spill or return under the load bound); their new events wait until
+   *  `fromShard`'s consumer acknowledged the ones pushed there before the move. */
+  | { type: 'keysMoving'; fromShard: number; toShard: number; slots: number; cause: MoveCause; at: number }
+  /** The wait of `slots` moved slots ended (noticed at a tick, a rebuild or stats()):
+   *  their events go to `toShard` unchecked again; `waitedMs` is the longest of them. */
+  | { type: 'keysMoved'; toShard: number; slots: number; waitedMs: number; at: number };
 
 export interface ShardManagerOptions {
   initialShards: number;
@@ -87,6 +95,13 @@ export interface ShardManagerOptions {
   routing?: RoutingMode;
   /** ε of 'affinity' routing (default 0.25). */
   loadBound?: number;
+  /**
+   * routing 'affinity' only (default true there): a key's events are consumed in push order
+   * across moves of its slot to another shard; the moved keys' new events wait (see README,
+   * Routing modes). false: the previous behaviour, per-shard order only. Refused with another
+   * routing mode.
+   */
+  keyOrder?: boolean;
 }
 
 /** The routing mode ShardManager uses when `options.routing` is not given (README: Routing modes). */
@@ -103,6 +118,11 @@ export interface ShardStats {
   pushed: number;
   delivered: number;
   dropped: number;
+  /** routing 'affinity': table slots moved away from this shard whose new events still wait
+   *  for this shard's consumer. */
+  movingOut?: number;
+  /** routing 'affinity': table slots moved to this shard that still wait. */
+  movingIn?: number;
 }
 
 export interface ManagerStats {
@@ -114,13 +134,20 @@ export interface ManagerStats {
   dropped: number;
   /** Pushes made while no shard was Active (never counted as backpressure). */
   unrouted: number;
-  drops: { newest: number; oldest: number; sampled: number; refused: number };
+  /** `moving`: pushes of a key whose slot had just moved and was waiting (routing 'affinity'):
+   *  refused under failProducer (BackpressureError, reason 'moving'), dropped otherwise. */
+  drops: { newest: number; oldest: number; sampled: number; refused: number; moving?: number };
   /** Accepted events still in rings (pushed − delivered − evicted). */
   inFlight: number;
   /** Records reserved by a producer that never wrote them (its thread was terminated inside
-   *  pushBatch/pushFixed): skipped as padding; their push never returned, so none was accepted. */
+   *  pushBatch/pushFixed): skipped as padding; their push never returned, so none was accepted.
+   *  Under routing 'affinity' also a reservation that raced a table change moving its key:
+   *  given up as padding, its event pushed again (see README, Key order across moves). */
   skipped: number;
   shards: ShardStats[];
+  /** Key order across moves (routing 'affinity'); `enabled` false and zeros otherwise.
+   *  (Always set by ShardManager; optional for other sources of these figures.) */
+  keyOrder?: KeyOrderStats;
 }
 
 const DEFAULT_MAX_PAYLOAD = 256;
@@ -130,6 +157,8 @@ const DEFAULT_MAX_THREADS = 64;
 const DEFAULT_PRODUCER_STALL_MS = 1000;
 const DEFAULT_CONSUMER_STALL_MS = 10_000;
 const WAIT_STEP_MS = 2;
+/** How often fences whose wait is over are lifted while some exist (see #watchFences). */
+const FENCE_LIFT_MS = 5;
 const NONE: ScalingDecision = Object.freeze({ kind: 'none' });
 
 function backpressureCode(mode: BackpressureMode): { code: number; rate: number } {
@@ -178,6 +207,7 @@ interface Parts {
   consumerStallMs: number;
   routing: RoutingMode;
   loadBound: number;
+  keyOrder: boolean;
 }
 
 export class ShardManager {
@@ -201,8 +231,11 @@ export class ShardManager {
   readonly #consumerStallMs: number;
   readonly #stopWatchingThreads: () => void;
   #timer: ReturnType<typeof setInterval> | undefined;
+  #fenceTimer: ReturnType<typeof setInterval> | undefined;
   #closed = false;
   #closing: Promise<void> | undefined;
+  /** routing 'affinity' with key order: the fences of moved slots. */
+  readonly #fences: KeyOrderFences | undefined;
   /** Reused by pollBatch. */
   #pollBatch: RecordBatch | undefined;
 
@@ -220,6 +253,7 @@ export class ShardManager {
     this.#producer = new ShardProducer(core, parts.maxPayload, false);
     this.#watchdog = new StallWatchdog(core.abi, this.#clock, parts.producerStallMs);
     this.#consumerStallMs = parts.consumerStallMs;
+    this.#fences = parts.keyOrder ? new KeyOrderFences(core, this.#clock) : undefined;
     // Lanes of producer and collector threads that exit without detach() come back.
     this.#stopWatchingThreads = onThreadExit((threadId) => core.releaseLanesOf(threadId));
     const wiring: MapperWiring = {
@@ -245,6 +279,14 @@ export class ShardManager {
         this.#pool?.release(id);
         this.#emit({ type: 'shardRemoved', shardId: id, at: this.#clock() });
       },
+      keyOrder: this.#fences,
+      onKeysMoving: (groups) => {
+        for (const g of groups) this.#emit({ type: 'keysMoving', fromShard: g.fromShard, toShard: g.toShard, slots: g.slots, cause: g.cause, at: this.#clock() });
+        this.#watchFences();
+      },
+      onKeysMoved: (groups) => {
+        for (const g of groups) this.#emit({ type: 'keysMoved', toShard: g.toShard, slots: g.slots, waitedMs: g.waitedMs, at: this.#clock() });
+      },
     };
     this.mapper = new ShardMapper(parts.initialShards, parts.ringCapacity, parts.policy, {
       clock: this.#clock, drainGraceMs: options.drainGraceMs, memory: parts.kind, [WIRING]: wiring,
@@ -267,6 +309,11 @@ export class ShardManager {
     const policy = resolvePolicy(options.policy, initialShards);
     const routing = options.routing === undefined ? MANAGER_DEFAULT_ROUTING : checkRouting('options.routing', options.routing);
     const loadBound = checkLoadBound('options.loadBound', options.loadBound);
+    if (options.keyOrder !== undefined && typeof options.keyOrder !== 'boolean') throw invalid(`options.keyOrder must be a boolean, got ${describe(options.keyOrder)}`);
+    if (options.keyOrder === true && routing !== 'affinity') {
+      throw invalid(`options.keyOrder applies to routing 'affinity' only (routing is '${routing}': a hash may go to another shard at each window by design)`);
+    }
+    const keyOrder = routing === 'affinity' && options.keyOrder !== false;
     const defaultSlots = Math.min(0xffff, Math.max(2 * policy.maxShards, policy.maxShards + 16, initialShards));
     const maxSlots = checkInteger('options.maxSlots', given(options.maxSlots, defaultSlots), Math.max(1, initialShards), 0xffff);
     const kind = checkMemoryKind(options.memory);
@@ -299,7 +346,7 @@ export class ShardManager {
     const core = SharedCore.createSync({
       kind, tableCapacity: tableCapacity(routing, policy.maxShards), maxSlots, initialSlots: initialShards, ringCapacity, ringBytes, maxPayload,
       lanes: maxThreads, laneBytes: Math.max(DEFAULT_LANE_BYTES, 2 * (maxPayload + 64)), backpressure: bp.code,
-      sampleRate: bp.rate, sampleFill: policy.fillRatioThreshold,
+      sampleRate: bp.rate, sampleFill: policy.fillRatioThreshold, keyOrder,
     });
     let self: ShardManager | undefined;
     const pool = threads > 0
@@ -310,8 +357,27 @@ export class ShardManager {
         onStalled: (worker) => { if (self) self.#emit({ type: 'consumerStalled', worker, at: self.#clock() }); },
       })
       : undefined;
-    self = new ShardManager({ options, core, pool, policy, initialShards, ringCapacity, maxPayload, backpressure, kind, producerStallMs, consumerStallMs, routing, loadBound });
+    self = new ShardManager({ options, core, pool, policy, initialShards, ringCapacity, maxPayload, backpressure, kind, producerStallMs, consumerStallMs, routing, loadBound, keyOrder });
     return self;
+  }
+
+  /**
+   * While slots are published fenced, look every few ms for fences whose wait is over and
+   * publish those slots plain again. The wait itself ends in the push path the moment the old
+   * shard's consumer acknowledges the mark; this only spares the pushes of those slots the
+   * fence check (a read of the old shard's cursor) sooner than the next tick would.
+   */
+  #watchFences(): void {
+    if (this.#fenceTimer !== undefined || this.#closed) return;
+    this.#fenceTimer = setInterval(() => {
+      if (this.#closed || (this.#fences?.fencedCount ?? 0) === 0) {
+        clearInterval(this.#fenceTimer);
+        this.#fenceTimer = undefined;
+        return;
+      }
+      this.mapper.liftPassedFences();
+    }, FENCE_LIFT_MS);
+    (this.#fenceTimer as { unref?: () => void }).unref?.();
   }
 
   #emit(event: ManagerEvent): void {
@@ -502,6 +568,8 @@ export class ShardManager {
     const abi = this.#core.abi;
     const totals = [...this.#retired];
     const shards: ShardStats[] = [];
+    if (!this.#closed) this.mapper.liftPassedFences();
+    const moving = this.#fences?.perShard();
     for (const [id, slot] of this.#slots) {
       const t = Array.from({ length: TOTALS }, (_, k) => abi.total(slot, k));
       for (let k = 0; k < totals.length; k++) totals[k]! += t[k]!;
@@ -509,15 +577,18 @@ export class ShardManager {
         id, state: this.mapper.shardState(id)!, length: abi.ringLen(slot) >>> 0, bytes: abi.ringBytesUsed(slot) >>> 0,
         pushed: t[Total.Pushed]!, delivered: t[Total.Delivered]!,
         dropped: t[Total.DroppedNewest]! + t[Total.Sampled]! + t[Total.Refused]! + t[Total.Evicted]!,
+        movingOut: moving?.get(id)?.out ?? 0, movingIn: moving?.get(id)?.in ?? 0,
       });
     }
+    const keyOrder = this.#fences?.stats() ?? { enabled: false, waitingSlots: 0, oldestWaitMs: 0, longestWaitMs: 0, movedSlots: 0, refused: 0 };
     const drops = {
       newest: totals[Total.DroppedNewest]!, oldest: totals[Total.Evicted]!,
-      sampled: totals[Total.Sampled]!, refused: totals[Total.Refused]!,
+      sampled: totals[Total.Sampled]!, refused: totals[Total.Refused]!, moving: keyOrder.refused,
     };
     return {
       pushed: totals[Total.Pushed]!, delivered: totals[Total.Delivered]!,
-      dropped: drops.newest + drops.oldest + drops.sampled + drops.refused,
+      dropped: drops.newest + drops.oldest + drops.sampled + drops.refused + drops.moving,
+      keyOrder,
       unrouted: abi.unroutedTotal(), drops,
       inFlight: totals[Total.Pushed]! - totals[Total.Delivered]! - drops.oldest,
       skipped: totals[Total.Skipped]!,
@@ -643,6 +714,11 @@ export class ShardManager {
     this.#timer = undefined;
   }
 
+  #stopFenceTimer(): void {
+    if (this.#fenceTimer !== undefined) clearInterval(this.#fenceTimer);
+    this.#fenceTimer = undefined;
+  }
+
   // ---- operator calls -------------------------------------------------------------------
 
   /** Add one shard now (no cooldown: an operator's call); resolves to its id. */
@@ -735,6 +811,7 @@ export class ShardManager {
     if (this.#closing) return this.#closing;
     this.#closed = true;
     this.stop();
+    this.#stopFenceTimer();
     this.#stopWatchingThreads();
     const abi = this.#core.abi;
     // The flag first, then every ring closed: a producer that read the flag before it was

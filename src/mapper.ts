@@ -7,7 +7,8 @@ import { hashKey, hashKeys } from './hash.js';
 import { ShardMetricsCollector, type ShardMetrics } from './metrics.js';
 import { resolvePolicy, type ScalingPolicy } from './policy.js';
 import { checkMemoryKind, compileAsync, sharedMemorySupported, type MemoryKind } from './wasm.js';
-import { DEFAULT_LANE_BYTES, MAX_LANES, NO_SHARD as LAYOUT_NO_SHARD } from './layout.generated.js';
+import { DEFAULT_LANE_BYTES, FENCED_SLOT, MAX_LANES, NO_SHARD as LAYOUT_NO_SHARD } from './layout.generated.js';
+import type { KeyOrderFences, MovedGroup, MovingGroup } from './key-order.js';
 
 /** How long a drained shard must stay empty before finalizeDraining stops it (ms). */
 const DEFAULT_DRAIN_GRACE_MS = 100;
@@ -58,6 +59,12 @@ export interface MapperWiring {
   onStopped(id: number): void;
   /** A Stopped shard left the table, or a Provisioning one was rolled back. */
   onRemoved(id: number, slot: number): void;
+  /** 'affinity' with key order: fences moved slots (see src/key-order.ts). */
+  keyOrder?: KeyOrderFences;
+  /** Slots moved with a fence (their new events wait for the old shard's consumer). */
+  onKeysMoving?(groups: MovingGroup[]): void;
+  /** Fences lifted: those slots' events flow to their new shard unchecked again. */
+  onKeysMoved?(groups: MovedGroup[]): void;
 }
 export const WIRING = Symbol('shard-mapper wiring');
 
@@ -345,7 +352,17 @@ export class ShardMapper {
       return;
     }
     const patch = changed !== null && this.#liveTable >= 0 && this.#candidateCount === ids.length ? changed : null;
-    if (patch !== null && patch.length === 0) return; // the live table stands: nothing to publish
+    const fences = this.#wiring?.keyOrder;
+    if (patch !== null && patch.length === 0) { // the live table stands: nothing to publish
+      this.#liftFences();
+      return;
+    }
+    // Key order: slots that move get a fence and are published fenced (their id half still
+    // names the new shard; selectShard and the mirror are unchanged).
+    const fencedNow = fences?.plan(ids, changed, changed === null ? 'membership' : 'balance', (id) => {
+      const shard = this.#byId.get(id);
+      return shard ? { id, slot: shard.slot } : undefined;
+    });
     const entryOf = this.#entryOf ??= new Uint32Array(MAX_SHARD_ID + 1);
     for (const s of active) entryOf[s.id] = (s.id | (s.slot << 16)) >>> 0;
     const build = core.abi.tableBuildAddress() >>> 2;
@@ -357,15 +374,45 @@ export class ShardMapper {
       for (const s of patch) {
         const id = ids[s]!;
         this.#candidates[s] = id;
-        table[build + s] = entryOf[id]!;
+        table[build + s] = fences?.isFenced(s) ? fencedEntry(id) : entryOf[id]!;
       }
     } else {
       this.#candidates.set(ids);
       for (let i = 0; i < ids.length; i++) table[build + i] = entryOf[ids[i]!]!;
+      if (fences) for (let i = 0; i < ids.length; i++) if (fences.isFenced(i)) table[build + i] = fencedEntry(ids[i]!);
     }
     this.#candidateCount = ids.length;
     core.abi.tablePublish(ids.length);
     this.#liveTable = build;
+    if (fences && fencedNow) {
+      const groups = fences.arm(); // marks taken now that the fenced table is live
+      if (groups.length > 0) this.#wiring!.onKeysMoving?.(groups);
+      this.#liftFences();
+    }
+  }
+
+  /** Key order: publish unfenced every slot whose wait is over (one patch of the live table). */
+  #liftFences(): void {
+    const fences = this.#wiring?.keyOrder;
+    if (!fences || this.#liveTable < 0) return;
+    const slots = fences.passedSlots();
+    if (slots.length === 0) return;
+    const core = this.#core;
+    const n = this.#candidateCount;
+    const build = core.abi.tableBuildAddress() >>> 2;
+    const table = core.u32;
+    table.copyWithin(build, this.#liveTable, this.#liveTable + n);
+    const entryOf = this.#entryOf!;
+    for (const s of slots) table[build + s] = entryOf[this.#candidates[s]!]!;
+    core.abi.tablePublish(n);
+    this.#liveTable = build;
+    const groups = fences.lifted(slots);
+    if (groups.length > 0) this.#wiring!.onKeysMoved?.(groups);
+  }
+
+  /** @internal Key order: lift the fences whose wait is over (ShardManager's tick and stats). */
+  liftPassedFences(): void {
+    if (this.#routing === 'affinity' && this.#candidateCount > 0) this.#liftFences();
   }
 
   /** @internal See DECISION_CLOCKS: with an argument, restore (shards it names); always returns them. */
@@ -661,6 +708,11 @@ export class ShardMapper {
       this.#core.releaseSlot(shard.slot);
     }
   }
+}
+
+/** A table entry routed to `id` through its fence (assembly/fence.ts): the slot half says "fenced". */
+function fencedEntry(id: number): number {
+  return (id | (FENCED_SLOT << 16)) >>> 0;
 }
 
 /** NaN weights sort last. */

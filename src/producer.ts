@@ -5,8 +5,8 @@ import { BackpressureError, ManagerClosedError, describe } from './errors.js';
 import { hashKey } from './hash.js';
 import { SharedCore, type CoreHandle } from './core.js';
 import {
-  PUSH_UNROUTED, PUSH_FULL, PUSH_SAMPLED, PUSH_REFUSED, PUSH_STOPPED, L_FAILED_SHARD, L_SCRATCH,
-  BATCH_ACCEPTED, BATCH_STOP, STOP_NONE, STOP_CLOSED,
+  PUSH_UNROUTED, PUSH_FULL, PUSH_SAMPLED, PUSH_REFUSED, PUSH_STOPPED, PUSH_MOVING, PUSH_MOVING_DROPPED, L_FAILED_SHARD, L_SCRATCH,
+  BATCH_ACCEPTED, BATCH_STOP, STOP_NONE, STOP_CLOSED, STOP_MOVING,
 } from './layout.generated.js';
 
 export type EventKey = number | string | Uint8Array;
@@ -165,7 +165,7 @@ export class ShardProducer {
     }
     const r = core.abi.push(core.lane, hash, len);
     if (r >= 0) return true;
-    if (r === PUSH_UNROUTED || r === PUSH_FULL || r === PUSH_SAMPLED) return false;
+    if (r === PUSH_UNROUTED || r === PUSH_FULL || r === PUSH_SAMPLED || r === PUSH_MOVING_DROPPED) return false;
     return this.#fail(r, 0);
   }
 
@@ -174,15 +174,18 @@ export class ShardProducer {
     const core = this.#core;
     const accepted = core.u32[(core.result + BATCH_ACCEPTED) >>> 2]!;
     const stop = core.u32[(core.result + BATCH_STOP) >>> 2]!;
-    if (stop !== STOP_NONE) this.#fail(stop === STOP_CLOSED ? PUSH_STOPPED : PUSH_REFUSED, acceptedBefore + accepted, method);
+    if (stop !== STOP_NONE) this.#fail(stop === STOP_CLOSED ? PUSH_STOPPED : stop === STOP_MOVING ? PUSH_MOVING : PUSH_REFUSED, acceptedBefore + accepted, method);
     return accepted;
   }
 
   #fail(code: number, accepted: number, method = 'push'): never {
     if (code === PUSH_STOPPED) throw new ManagerClosedError(method);
-    if (code === PUSH_REFUSED) {
+    if (code === PUSH_REFUSED || code === PUSH_MOVING) {
       const core = this.#core;
       const shard = core.u32[(core.scratch - L_SCRATCH + L_FAILED_SHARD) >>> 2]!;
+      if (code === PUSH_MOVING) {
+        throw new BackpressureError(`push refused: the key just moved to shard ${shard} and waits until the shard it left has delivered its earlier events (routing affinity keeps each key's order; backpressure failProducer: retry)`, shard, accepted, 'moving');
+      }
       throw new BackpressureError(`push refused: shard ${shard}'s ring is full (backpressure failProducer)`, shard, accepted);
     }
     throw new Error(`shard-mapper: unexpected push result ${code}`);

@@ -42,7 +42,7 @@ export interface ShardManagerMetrics {
 }
 
 const STATES = ['provisioning', 'active', 'draining', 'stopped'] as const;
-const DROP_REASONS = ['newest', 'oldest', 'sampled', 'refused'] as const;
+const DROP_REASONS = ['newest', 'oldest', 'sampled', 'refused', 'moving'] as const;
 const TRANSITIONS: Record<string, string> = {
   shardProvisioned: 'provisioned',
   shardActivated: 'activated',
@@ -174,9 +174,22 @@ export function registerShardManagerMetrics(options: PrometheusOptions = {}): Sh
   mirror('events_unrouted_total', 'Pushes made while no shard was Active.', [], (set, m) => set({}, m.stats().unrouted));
   mirror('events_dropped_total', 'Events dropped by backpressure, by reason.', ['reason'], (set, m) => {
     const drops = m.stats().drops;
-    for (const reason of DROP_REASONS) set({ reason }, drops[reason]);
+    for (const reason of DROP_REASONS) set({ reason }, drops[reason] ?? 0);
   });
   gauge('events_in_flight', 'Accepted events still in rings.', [], (g, m) => g.set(labelled({}), m.stats().inFlight));
+  // Key order across moves (routing 'affinity'; zeros in the other modes).
+  gauge('key_order_waiting_slots', 'Table slots that moved to another shard and whose new events still wait for the old shard\'s consumer (routing affinity).', [], (g, m) => {
+    g.set(labelled({}), m.stats().keyOrder?.waitingSlots ?? 0);
+  });
+  gauge('key_order_oldest_wait_seconds', 'How long the slot waiting longest now has waited.', [], (g, m) => g.set(labelled({}), (m.stats().keyOrder?.oldestWaitMs ?? 0) / 1000));
+  gauge('key_order_longest_wait_seconds', 'The longest wait of a moved slot seen so far.', [], (g, m) => g.set(labelled({}), (m.stats().keyOrder?.longestWaitMs ?? 0) / 1000));
+  mirror('key_order_moved_slots_total', 'Table slots moved to another shard with a wait for the old shard\'s consumer.', [], (set, m) => set({}, m.stats().keyOrder?.movedSlots ?? 0));
+  gauge('shard_slots_moving', 'Per shard: moved slots still waiting for its consumer (direction out), or moved to it and waiting (in).', ['shard', 'direction'], (g, m) => {
+    for (const sh of m.stats().shards) {
+      g.set(labelled({ shard: String(sh.id), direction: 'out' }), sh.movingOut ?? 0);
+      g.set(labelled({ shard: String(sh.id), direction: 'in' }), sh.movingIn ?? 0);
+    }
+  });
   mirror('records_skipped_total', 'Records a producer reserved and never wrote (its thread died inside a batch), skipped as padding.', [], (set, m) => set({}, m.stats().skipped));
 
   // Counted as they happen.

@@ -217,6 +217,7 @@ const OPTION_CASES: [option: string, inputs: [string, unknown][], message: RegEx
   ['clock', [['5', 5], ['"now"', 'now'], ['null', null]], /options\.clock must be a function, got /, 'options.clock must be a function, got 5'],
   ['routing', [['"random"', 'random'], ['5', 5], ['null', null]], /options\.routing must be 'leastLoaded', 'balanced' or 'affinity', got /, "options.routing must be 'leastLoaded', 'balanced' or 'affinity', got \"random\""],
   ['loadBound', [['0', 0], ['-1', -1], ['NaN', NaN], ['"0.25"', '0.25'], ['null', null]], /options\.loadBound must be a finite number > 0, got /, 'options.loadBound must be a finite number > 0, got 0'],
+  ['keyOrder', [['"yes"', 'yes'], ['1', 1], ['null', null]], /options\.keyOrder must be a boolean, got /, 'options.keyOrder must be a boolean, got "yes"'],
   ['memory', [['"huge"', 'huge'], ['5', 5]], /options\.memory must be 'shared' or 'single', got /, "options.memory must be 'shared' or 'single', got \"huge\""],
   ['onEvent', [['5', 5], ['"log"', 'log']], /options\.onEvent must be a function, got /, 'options.onEvent must be a function, got 5'],
   ['onConsumerError', [['5', 5]], /options\.onConsumerError must be a function, got /, 'options.onConsumerError must be a function, got 5'],
@@ -231,6 +232,10 @@ const OPTION_CASES: [option: string, inputs: [string, unknown][], message: RegEx
 for (const [option, inputs, message, excerpt] of OPTION_CASES) {
   add({ call: `ShardManager.create({ ${option} })`, inputs, fixture: 'none', run: (_, v) => createWith({ [option]: v }), expect: S('InvalidPolicy', message), excerpt });
 }
+// Key order is an affinity guarantee: asking for it with another routing mode is refused.
+add({ call: "ShardManager.create({ routing, keyOrder: true })", inputs: [['balanced', 'balanced'], ['leastLoaded', 'leastLoaded'], ['(default)', undefined]],
+  fixture: 'none', run: (_, routing) => createWith({ routing, keyOrder: true }),
+  expect: S('InvalidPolicy', /options\.keyOrder applies to routing 'affinity' only \(routing is '(balanced|leastLoaded)'/), excerpt: "options.keyOrder applies to routing 'affinity' only (routing is 'balanced': ...)" });
 // Byte rings (issue 14): ringBufferBytes' own range, then the quarter rule between it and maxPayloadBytes.
 add({ call: 'ShardManager.create({ ringBufferBytes })', inputs: [['0', 0], ['-1', -1], ['1.5', 1.5], ['NaN', NaN], ['2^30 + 1', 2 ** 30 + 1], ['"8"', '8'], ['null', null]],
   fixture: 'none', run: (_, v) => createWith({ ringBufferBytes: v }),

@@ -166,7 +166,7 @@ describe.each([
     expect(r.pushed).toBe(r.events);
     expect(r.delivered).toBe(r.pushed);
     // failProducer refusals count as drops; the page retried each, so nothing was lost.
-    expect(r.drops).toEqual({ newest: 0, oldest: 0, sampled: 0, refused: r.retries });
+    expect(r.drops).toEqual({ newest: 0, oldest: 0, sampled: 0, refused: r.retries, moving: 0 });
     expect(r.unrouted).toBe(0);
     expect(r.consumed.count).toBe(r.pushed);
     expect(r.consumed.sum).toBe(r.expectedSum); // every event once: none lost, none twice

@@ -127,12 +127,16 @@ class ByteRingModel {
     const dropped = this.newest + this.sampled + this.refused + this.evicted;
     return {
       pushed: this.pushed, delivered: this.delivered, dropped, unrouted: 0,
-      drops: { newest: this.newest, oldest: this.evicted, sampled: this.sampled, refused: this.refused },
+      drops: { newest: this.newest, oldest: this.evicted, sampled: this.sampled, refused: this.refused, moving: 0 },
       inFlight: this.pushed - this.delivered - this.evicted, skipped: 0,
-      shards: [{ id: 0, state: 'active', length: this.ring.length, pushed: this.pushed, delivered: this.delivered, dropped }],
+      shards: [{ id: 0, state: 'active', length: this.ring.length, pushed: this.pushed, delivered: this.delivered, dropped, movingOut: 0, movingIn: 0 }],
+      keyOrder: NO_KEY_ORDER, // leastLoaded routing: no moves are fenced
     };
   }
 }
+
+/** stats().keyOrder of a manager whose routing is not 'affinity'. */
+const NO_KEY_ORDER = { enabled: false, waitingSlots: 0, oldestWaitMs: 0, longestWaitMs: 0, movedSlots: 0, refused: 0 };
 
 // ---- arbitraries --------------------------------------------------------------------------------
 

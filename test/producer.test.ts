@@ -27,7 +27,7 @@ describe('backpressure at a full ring', () => {
   it('dropNewest returns false for the newest and counts it', async () => {
     const m = await fill({ kind: 'dropNewest' });
     expect([1, 2, 3, 4, 5, 6].map((i) => m.push(i, `n${i}`))).toEqual([true, true, true, true, false, false]);
-    expect(m.stats().drops).toEqual({ newest: 2, oldest: 0, sampled: 0, refused: 0 });
+    expect(m.stats().drops).toEqual({ newest: 2, oldest: 0, sampled: 0, refused: 0, moving: 0 });
     expect(text(m.poll(0))).toEqual(['n1', 'n2', 'n3', 'n4']);
   });
 

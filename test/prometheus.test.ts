@@ -42,6 +42,43 @@ async function setup(options: { prefix?: string; labels?: Record<string, string>
 }
 
 describe('shard-mapper/prometheus', () => {
+  it('key order (routing affinity): waiting slots, per-shard moving slots, the wait and the pushes held back', async () => {
+    const clock = { t: 0 };
+    const registry = new Registry();
+    const metrics = registerShardManagerMetrics({ registry });
+    const manager = await ShardManager.create({
+      routing: 'affinity', initialShards: 1, ringBufferCapacity: 64, backpressure: BackpressureMode.DropNewest,
+      clock: () => clock.t, policy: { minShards: 1, maxShards: 4, autoScale: false }, onEvent: metrics.onEvent,
+    });
+    metrics.observe(manager);
+    const scrape = async () => parse(await registry.metrics());
+    const hashes = Array.from({ length: 40 }, (_, i) => Math.imul(i + 1, 0x9e3779b1) >>> 0);
+    for (const h of hashes) manager.push(h, 'before'); // all on shard 0, not consumed
+    const added = await manager.addShard(); // a part of the slots moves to it, behind shard 0's backlog
+    clock.t = 250;
+    const moved = hashes.filter((h) => manager.mapper.selectShard(h) === added);
+    expect(moved.length).toBeGreaterThan(0);
+    for (const h of moved) expect(manager.push(h, 'after')).toBe(false); // waits: dropped under dropNewest
+    let s = await scrape();
+    const stats = manager.stats();
+    expect(stats.keyOrder!.waitingSlots).toBeGreaterThan(0);
+    expect(series(s, 'shard_mapper_key_order_waiting_slots')).toBe(stats.keyOrder!.waitingSlots);
+    expect(series(s, 'shard_mapper_key_order_oldest_wait_seconds')).toBeCloseTo(0.25);
+    expect(series(s, 'shard_mapper_key_order_moved_slots_total')).toBe(stats.keyOrder!.movedSlots);
+    expect(series(s, 'shard_mapper_shard_slots_moving', { shard: '0', direction: 'out' })).toBe(stats.keyOrder!.waitingSlots);
+    expect(series(s, 'shard_mapper_shard_slots_moving', { shard: String(added), direction: 'in' })).toBe(stats.keyOrder!.waitingSlots);
+    expect(series(s, 'shard_mapper_events_dropped_total', { reason: 'moving' })).toBe(moved.length);
+    // Shard 0's consumer takes its backlog: the wait ends, the gauges go back to 0.
+    manager.poll(0);
+    clock.t = 400;
+    for (const h of moved) expect(manager.push(h, 'after')).toBe(true);
+    s = await scrape();
+    expect(series(s, 'shard_mapper_key_order_waiting_slots')).toBe(0);
+    expect(series(s, 'shard_mapper_shard_slots_moving', { shard: '0', direction: 'out' })).toBe(0);
+    expect(series(s, 'shard_mapper_key_order_longest_wait_seconds')).toBeGreaterThanOrEqual(0.25);
+    await manager.close();
+  });
+
   it('publishes per-shard state, ring fill and totals that match stats() at scrape time', async () => {
     const { manager, scrape, registry } = await setup();
     for (let i = 0; i < 7; i++) manager.push(`k${i}`, `event ${i}`);

@@ -1,0 +1,69 @@
+// What a push of a key whose slot is waiting gets, in every backpressure mode (README, Key
+// order across moves): failProducer throws BackpressureError (reason 'moving'); dropNewest,
+// dropOldest and sample return false, count it in drops.moving and evict nothing. Once the
+// old shard's consumer took its backlog, the same push is accepted, and the key's events come
+// out in push order. One thread, poll consumers.
+import { describe, expect, it } from 'vitest';
+import { BackpressureError, ShardManager, type BackpressureMode } from 'shard-mapper';
+
+const MODES: [string, BackpressureMode][] = [
+  ['failProducer', { kind: 'failProducer' }],
+  ['dropNewest', { kind: 'dropNewest' }],
+  ['dropOldest', { kind: 'dropOldest' }],
+  ['sample', { kind: 'sample', rate: 2 }],
+];
+const hashes = Array.from({ length: 64 }, (_, i) => Math.imul(i + 1, 0x9e3779b1) >>> 0);
+const text = (records: Uint8Array[]) => records.map((r) => new TextDecoder().decode(r));
+
+describe.each(MODES)('a push of a moving key under %s', (name, backpressure) => {
+  it('is not accepted while the old shard holds its backlog, counts as drops.moving, evicts nothing; accepted once the backlog is consumed, in order', async () => {
+    const m = await ShardManager.create({
+      routing: 'affinity', initialShards: 1, ringBufferCapacity: 256, backpressure,
+      policy: { minShards: 1, maxShards: 2, autoScale: false, fillRatioThreshold: 0.9 },
+    });
+    for (const [i, h] of hashes.entries()) expect(m.push(h, `a${i}`)).toBe(true);
+    const added = await m.addShard();
+    const movedAt = hashes.map((h, i) => [h, i] as const).filter(([h]) => m.mapper.selectShard(h) === added);
+    const stayedAt = hashes.map((h, i) => [h, i] as const).filter(([h]) => m.mapper.selectShard(h) !== added);
+    expect(movedAt.length).toBeGreaterThan(0);
+    expect(stayedAt.length).toBeGreaterThan(0);
+    const [h, i] = movedAt[0]!;
+    const before = m.stats();
+    if (name === 'failProducer') {
+      let error: unknown;
+      try { m.push(h, `b${i}`); } catch (e) { error = e; }
+      expect(error).toBeInstanceOf(BackpressureError);
+      expect((error as BackpressureError).reason).toBe('moving');
+      expect((error as BackpressureError).shardId).toBe(added);
+      expect((error as Error).message).toMatch(new RegExp(`moved to shard ${added}.*waits`));
+    } else {
+      expect(m.push(h, `b${i}`)).toBe(false);
+    }
+    const after = m.stats();
+    expect(after.drops.moving).toBe(before.drops.moving! + 1);
+    expect(after.dropped).toBe(before.dropped + 1);
+    expect(after.drops.oldest).toBe(0); // nothing evicted for it
+    expect(after.pushed).toBe(hashes.length);
+    expect(after.keyOrder!.waitingSlots).toBeGreaterThan(0);
+    expect(m.ringLength(0)).toBe(hashes.length);
+    // A key that did not move is accepted at once.
+    expect(m.push(stayedAt[0]![0], 'stayed')).toBe(true);
+    // The old shard's consumer takes its backlog: the wait is over, the same push is accepted.
+    const first = text(m.poll(0));
+    expect(first.slice(0, hashes.length)).toEqual(hashes.map((_, k) => `a${k}`));
+    expect(m.push(h, `b${i}`)).toBe(true);
+    expect(text(m.poll(added))).toEqual([`b${i}`]);
+    expect(m.stats().keyOrder!.waitingSlots).toBe(0);
+    await m.close();
+  });
+});
+
+it('keyOrder: false gives the previous behaviour: the moved key is accepted at once', async () => {
+  const m = await ShardManager.create({ routing: 'affinity', keyOrder: false, initialShards: 1, ringBufferCapacity: 256, policy: { minShards: 1, maxShards: 2, autoScale: false } });
+  for (const [i, h] of hashes.entries()) m.push(h, `a${i}`);
+  const added = await m.addShard();
+  const h = hashes.find((x) => m.mapper.selectShard(x) === added)!;
+  expect(m.push(h, 'b')).toBe(true);
+  expect(m.stats().keyOrder).toMatchObject({ enabled: false, waitingSlots: 0, refused: 0 });
+  await m.close();
+});
