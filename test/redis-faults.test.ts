@@ -321,13 +321,13 @@ interface Scenario {
 async function diagnose(client: Redis | Cluster, namespace: string, ids: number[]): Promise<string> {
   const tag = `{${namespace}}`;
   const stored = await client.hgetall(`${tag}:stored`);
-  const acked = await client.hgetall(`${tag}:acked`);
   const out: string[] = [];
   for (const id of ids) {
     const stream = `${namespace}:shard:{${namespace}:${id}}`;
     const len = await client.xlen(stream).catch(() => -1);
     const pending = await client.xpending(stream, 'shard-mapper').catch(() => [-1]) as unknown[];
-    out.push(`shard ${id}: stored ${stored[id] ?? 0}, acked ${acked[id] ?? 0}, XLEN ${len}, pending ${pending[0]}`);
+    const acked = await client.hget(`${namespace}:progress:{${namespace}:${id}}`, 'acked').catch(() => null); // written with each XACK
+    out.push(`shard ${id}: stored ${stored[id] ?? 0}, acked ${acked ?? 0}, XLEN ${len}, pending ${pending[0]}`);
   }
   return out.join('; ');
 }
@@ -440,7 +440,12 @@ async function faultRun(s: Scenario): Promise<void> {
       const state = await diagnose(direct, namespace, table!.shards.map((x) => x.id));
       expect.fail(`the namespace never came back to ${POLICY.minShards} active shard within 60 s: table ${JSON.stringify(table)}; ${state}; controller events ${JSON.stringify(producers.map((p) => p.last.table?.events))}`);
     }
-    const removed = producers.reduce((n, p) => n + (((p.last.table?.events ?? p.last.status?.events) as Record<string, number> | undefined)?.shardRemoved ?? 0), 0);
+    // The removals were counted by whichever producer held the lease when they happened: ask
+    // every producer now (a status sent before the last removal would miss it).
+    for (const p of producers) p.send('table');
+    const tables = [];
+    for (const p of producers) tables.push(await p.waitFor('table', 20_000));
+    const removed = tables.reduce((n, m) => n + ((m.events as Record<string, number> | undefined)?.shardRemoved ?? 0), 0);
 
     for (const p of producers) p.send('close');
     const closed = [];
