@@ -129,9 +129,9 @@ add({ call: 'mapper.selectShard(hash)', inputs: NOT_HASH, fixture: 'mapper', run
 add({ call: 'mapper.selectShardBig(hash)', inputs: [['1 (a number)', 1], ['"1"', '1'], ['null', null], ['NaN', NaN]], fixture: 'mapper', run: ({ mapper }, v) => mapper.selectShardBig(v),
   expect: T(/selectShardBig: hash must be a bigint, got /), excerpt: 'selectShardBig: hash must be a bigint, got number' });
 add({ call: 'mapper.selectShards(hashes)', inputs: [['[1, 2] (an Array)', [1, 2]], ['Int32Array', new Int32Array(2)], ['null', null]], fixture: 'mapper', run: ({ mapper }, v) => mapper.selectShards(v),
-  expect: T(/selectShards: hashes must be a Uint32Array, got /), excerpt: 'selectShards: hashes must be a Uint32Array, got a array' });
+  expect: T(/selectShards: hashes must be a Uint32Array, got /), excerpt: 'selectShards: hashes must be a Uint32Array, got an Array' });
 add({ call: 'mapper.selectShards(hashes, out)', inputs: [['out a Uint32Array', new Uint32Array(4)], ['out an Array', [0, 0, 0, 0]]], fixture: 'mapper', run: ({ mapper }, v) => mapper.selectShards(new Uint32Array(4), v),
-  expect: T(/selectShards: out must be a Uint16Array, got /), excerpt: 'selectShards: out must be a Uint16Array, got a object' });
+  expect: T(/selectShards: out must be a Uint16Array, got /), excerpt: 'selectShards: out must be a Uint16Array, got a Uint32Array' });
 add({ call: 'mapper.selectShards(hashes, out)', inputs: [['out shorter than hashes', new Uint16Array(3)]], fixture: 'mapper', run: ({ mapper }, v) => mapper.selectShards(new Uint32Array(4), v),
   expect: R(/selectShards: out has 3 entries, needs 4/), excerpt: 'selectShards: out has 3 entries, needs 4' });
 add({ call: 'mapper.selectShardForKey(key) / hashKey(key)', inputs: [['5', 5], ['null', null], ['Uint16Array', new Uint16Array(2)], ['ArrayBuffer', new ArrayBuffer(2)]], fixture: 'mapper', run: ({ mapper }, v) => mapper.selectShardForKey(v),
