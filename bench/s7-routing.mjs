@@ -14,7 +14,7 @@ import { Worker } from 'node:worker_threads';
 import HashRing from 'hashring';
 import ConsistentHash from 'consistent-hash';
 import { ShardManager, ShardMapper, BackpressureError } from 'shard-mapper';
-import { jumpHash, rng } from './baselines.mjs';
+import { jumpHash, rng } from './plain-js-baselines.mjs';
 import { measureOps, withRatios, goal, consume, check, sleep, fmtRatio } from './lib.mjs';
 
 export const id = 's7';

@@ -3,7 +3,7 @@
 import { expect } from 'vitest';
 import { ShardMapper, ScalingError, type ScalingPolicy } from 'shard-mapper';
 // @ts-expect-error: a plain .mjs module without type declarations
-import { rng as benchRng } from '../../bench/baselines.mjs';
+import { rng as benchRng } from '../../bench/plain-js-baselines.mjs';
 
 export interface TestClock {
   t: number;
