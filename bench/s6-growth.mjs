@@ -3,7 +3,7 @@
 // maxShards = the count). The hot path (selectShard) should stay flat; the per-window calls
 // are expected to grow linearly (they visit every shard), and the log-log slope says so.
 import { ShardMapper, ShardManager } from 'shard-mapper';
-import { randomHashes } from './plain-js-baselines.mjs';
+import { randomHashes } from '../shared/seeded-random.mjs';
 import { measureOps, consume, check } from './lib.mjs';
 
 export const id = 's6';

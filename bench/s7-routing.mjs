@@ -14,7 +14,8 @@ import { Worker } from 'node:worker_threads';
 import HashRing from 'hashring';
 import ConsistentHash from 'consistent-hash';
 import { ShardManager, ShardMapper, BackpressureError } from 'shard-mapper';
-import { jumpHash, rng } from './plain-js-baselines.mjs';
+import { jumpHash } from './plain-js-baselines.mjs';
+import { rng } from '../shared/seeded-random.mjs';
 import { measureOps, withRatios, goal, consume, check, sleep, fmtRatio } from './lib.mjs';
 
 export const id = 's7';

@@ -9,7 +9,7 @@
 import { RingBuffer } from 'ringbuf.js';
 import * as byteRing from 'shard-mapper';
 import { loadFixedRing } from './fixed-ring-build.mjs';
-import { rng, randomHashes } from './plain-js-baselines.mjs';
+import { rng, randomHashes } from '../shared/seeded-random.mjs';
 import { summarizeRuns, withRatios, goal, consume, check, sleep, fmtNs, fmtRate, fmtRatio, startWorker } from './lib.mjs';
 
 export const id = 's9';

@@ -8,11 +8,12 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { ShardMapper } from 'shard-mapper';
+import { rng } from '../shared/seeded-random.mjs';
 
 // The bench is plain .mjs without type declarations: load it by URL (typed as any).
 const load = (path: string) => import(new URL(path, import.meta.url).href);
 const { PROFILES, tableMarkdown, tableJson, sink } = await load('../bench/lib.mjs');
-const { jumpHash, jumpHashBigInt, PlainWeightedMapper, rng } = await load('../bench/plain-js-baselines.mjs');
+const { jumpHash, jumpHashBigInt, PlainWeightedMapper } = await load('../bench/plain-js-baselines.mjs');
 const { SCENARIOS } = await load('../bench/run.mjs');
 const { loadFixedRing, FIXED_RING_COMMIT } = await load('../bench/fixed-ring-build.mjs');
 

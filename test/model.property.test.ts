@@ -13,17 +13,14 @@
 //   FC_SEED=<seed> FC_PATH=<path> npx vitest run test/model.property.test.ts
 import { afterAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
+import { backpressureArb, fcRunParams } from './helpers/arbitraries.js';
 import {
   BackpressureError, NO_SHARD, ScalingError, ShardManager, ShardMapper, hashKey,
   type BackpressureMode, type ManagerEvent, type ScalingPolicy, type ShardMetricsCollector,
 } from 'shard-mapper';
 
-const NUM_RUNS = Number(process.env.FC_RUNS ?? 1000);
-const runParams = () => ({
-  numRuns: NUM_RUNS,
-  ...(process.env.FC_SEED ? { seed: Number(process.env.FC_SEED) } : {}),
-  ...(process.env.FC_PATH ? { path: process.env.FC_PATH } : {}),
-});
+const runParams = () => fcRunParams(1000);
+const NUM_RUNS = runParams().numRuns;
 
 const U32 = 0xffffffff;
 
@@ -824,13 +821,6 @@ const managerOpArb = fc.oneof(
 );
 type ManagerOp = typeof managerOpArb extends fc.Arbitrary<infer T> ? T : never;
 
-const bpArb = fc.oneof(
-  fc.constant({ kind: 'failProducer' } as BackpressureMode),
-  fc.constant({ kind: 'dropNewest' } as BackpressureMode),
-  fc.constant({ kind: 'dropOldest' } as BackpressureMode),
-  fc.integer({ min: 1, max: 3 }).map((rate) => ({ kind: 'sample', rate }) as BackpressureMode),
-);
-
 function managerSnapshot(m: ShardManager): unknown {
   return { mapper: mapperSnapshot(m.mapper), stats: m.stats(), lengths: m.mapper.allShardIds().map((id) => m.ringLength(id)) };
 }
@@ -1101,7 +1091,7 @@ describe('model-based: ShardManager (poll consumers, injected clock) under rando
       fc.asyncProperty(
         // capacities from 1 (rounded to 2) to 512, and enough operations (batches of hundreds)
         // for ring indexes to wrap around the ring many times
-        policyArb, fc.integer({ min: 0, max: 4 }), fc.constantFrom(1, 3, 4, 8, 8, 64, 512), fc.constantFrom(0, 10, 100), bpArb,
+        policyArb, fc.integer({ min: 0, max: 4 }), fc.constantFrom(1, 3, 4, 8, 8, 64, 512), fc.constantFrom(0, 10, 100), backpressureArb,
         fc.constantFrom(4, 8, 24, 70), fc.constantFrom(0, 0, 1, 2, 6),
         fc.array(managerOpArb, { minLength: 1, maxLength: 80, size: 'max' }),
         (policy, initial, capacity, grace, bp, maxPayload, slack, ops) => runManager(policy, initial, capacity, grace, bp, maxPayload, slack, ops),
