@@ -3,11 +3,15 @@
 // close(). Each bad input gets its own test: a clear error naming the argument, and the
 // object's state (ids, states, selection, stats, ring lengths, memory) unchanged.
 //
-// BAD_INPUT_TABLE=1 prints the README table from the cases below.
-import { afterAll, describe, expect, it } from 'vitest';
+// docs/bad-input.md is written from the cases below (`npm run docs:bad-input`); the last test
+// fails when the committed file differs.
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
 import {
   ManagerClosedError, ScalingError, ScalingPolicy, ShardManager, ShardMapper, ShardProducer, hashKey,
 } from 'shard-mapper';
+import { badInputDoc } from './helpers/bad-input-doc.js';
 
 // ---- fixtures and snapshots --------------------------------------------------------------
 
@@ -409,12 +413,12 @@ describe('lookups of unknown ids answer, they do not throw (documented)', () => 
   });
 });
 
-afterAll(() => {
-  if (!process.env.BAD_INPUT_TABLE) return;
-  const rows = CASES.map((c) => {
-    const inputs = c.inputs.map(([l]) => l).filter(Boolean).join(', ') || '—';
-    const err = c.expect.error === 'ScalingError' ? `ScalingError \`${c.expect.kind}\`` : c.expect.error;
-    return `| \`${c.call}\` | ${inputs.replace(/\|/g, '\\|')} | ${err} | \`${c.excerpt.replace(/\|/g, '\\|')}\` |`;
+describe('docs/bad-input.md', () => {
+  it('is the catalogue of these cases, as npm run docs:bad-input writes it', () => {
+    const path = fileURLToPath(new URL('../docs/bad-input.md', import.meta.url));
+    const doc = badInputDoc(CASES);
+    if (process.env.BAD_INPUT_DOC === 'write') writeFileSync(path, doc); // npm run docs:bad-input
+    const committed = existsSync(path) ? readFileSync(path, 'utf8') : '(no docs/bad-input.md)';
+    expect(committed, 'docs/bad-input.md differs from the cases in test/bad-input.test.ts: run `npm run docs:bad-input` and commit the file').toBe(doc);
   });
-  console.log(['| call | input | error | message (excerpt) |', '|---|---|---|---|', ...rows].join('\n'));
 });
