@@ -59,6 +59,7 @@ export interface MapperWiring {
   /** A Stopped shard left the table, or a Provisioning one was rolled back. */
   onRemoved(id: number, slot: number): void;
 }
+/** @internal The ShardMapperOptions key under which ShardManager passes its MapperWiring. */
 export const WIRING = Symbol('shard-mapper wiring');
 
 interface MappedShard {
@@ -81,8 +82,8 @@ const TWO_POW_MINUS_32 = 2 ** -32;
 const WEIGHT_TOLERANCE = 0.1 + 1e-9;
 
 /**
- * Which of `weights` are routing candidates: within 0.1 of the lowest; all of them when
- * that leaves none (NaN weights). Exported for tests.
+ * @internal Which of `weights` are routing candidates: within 0.1 of the lowest; all of them
+ * when that leaves none (NaN weights). Exported for the Redis table and the tests.
  */
 export function candidateIndexes(weights: readonly number[]): number[] {
   let min = Infinity;
