@@ -1,4 +1,4 @@
-// Scenario 7 — routing modes (issue #10): 'leastLoaded' (the SPEC's rule), 'balanced' and
+// Scenario 7 — routing modes (issue #10): 'leastLoaded' (the rule of docs/CONTRACT.md §5), 'balanced' and
 // 'affinity', measured five ways in one run:
 //   a. herding on the model: a ShardManager with an injected clock, 8 shards whose simulated
 //      consumers (poll) take a fixed number of records per window, one of them 4× slower;

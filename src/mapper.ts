@@ -37,7 +37,7 @@ export interface ShardMapperOptions {
   drainGraceMs?: number;
   /** 'shared' (default where SharedArrayBuffer works) or 'single' (one thread, no sharing). */
   memory?: MemoryKind;
-  /** How hashes are spread over Active shards (default 'leastLoaded', the SPEC §5 rule). */
+  /** How hashes are spread over Active shards (default 'leastLoaded', the rule of docs/CONTRACT.md §5). */
   routing?: RoutingMode;
   /** ε of 'affinity': a shard above (1 + ε)/n of the window's events spills (default 0.25). */
   loadBound?: number;

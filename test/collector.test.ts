@@ -1,4 +1,4 @@
-// ShardMetricsCollector (SPEC §4), driven on the main thread with an injected clock.
+// ShardMetricsCollector (docs/CONTRACT.md §4), driven on the main thread with an injected clock.
 import { describe, it, expect } from 'vitest';
 import { ShardMapper, ShardMetricsCollector } from 'shard-mapper';
 import { SharedCore } from '../dist/core.js';

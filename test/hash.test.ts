@@ -1,4 +1,4 @@
-// hashKey: xxHash32 (seed 0) over UTF-8 bytes (SPEC §5, "Keys").
+// hashKey: xxHash32 (seed 0) over UTF-8 bytes (docs/CONTRACT.md §5, "Keys").
 import { describe, it, expect, beforeAll } from 'vitest';
 import xxhash from 'xxhash-wasm';
 import { hashKey } from 'shard-mapper';

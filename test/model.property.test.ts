@@ -1,6 +1,6 @@
 // Model-based property tests: random sequences of ShardMapper and ShardManager operations,
 // each checked after EVERY step against a small plain-TypeScript model of the contract
-// (SPEC §4-§6). The model predicts every result and every error (kind and when); an error
+// (docs/CONTRACT.md §4-§6). The model predicts every result and every error (kind and when); an error
 // must leave the real object unchanged. Invariants checked after each step include: active
 // count == Active states, never above maxShards, never below minShards through the scale
 // APIs, ids unique and monotonic, selectShard only ever answers Active ids (the exact one
@@ -103,7 +103,7 @@ class CoreModel {
     return ids;
   }
 
-  /** Routing candidates (SPEC §5 selectShard), in table order. */
+  /** Routing candidates (selectShard, docs/CONTRACT.md §5), in table order. */
   candidates(): number[] {
     const active = this.shards.filter((s) => s.state === 'active');
     let min = Infinity;
@@ -832,7 +832,7 @@ async function runManager(policy: ScalingPolicy, initial: number, requested: num
   const events: string[] = [];
   const maxShards = Math.max(policy.maxShards, initial);
   const maxSlots = Math.max(initial, 1, maxShards + slack);
-  // This model follows SPEC §4's fillRatio (records / capacity). Byte rings report the larger of
+  // This model follows the fillRatio of docs/CONTRACT.md §4 (records / capacity). Byte rings report the larger of
   // that and the byte fill, and test/byte-ring.property.test.ts models the bytes exactly; here
   // the payload area is twice the default, so the byte fill (held extents, plus at most one
   // padding shorter than a record) never passes the record fill and the weights are the model's.
@@ -841,7 +841,7 @@ async function runManager(policy: ScalingPolicy, initial: number, requested: num
     initialShards: initial, ringBufferCapacity: requested, policy, backpressure: bp, clock: () => clock.t,
     drainGraceMs: grace, maxPayloadBytes: maxPayload, maxSlots,
     ringBufferBytes: 2 * (capacity + 1) * Math.ceil(maxPayload / 8) * 8,
-    routing: 'leastLoaded', // the model routes by SPEC §5 (ShardManager's default is 'balanced')
+    routing: 'leastLoaded', // the model routes by docs/CONTRACT.md §5 (ShardManager's default is 'balanced')
     onEvent: (e: ManagerEvent) => {
       events.push(e.type === 'scalingDecision'
         ? `scalingDecision:${e.decision.kind}${'count' in e.decision ? e.decision.count : ''}`

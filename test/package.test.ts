@@ -115,7 +115,7 @@ describe('types', () => {
     expect(named).toEqual([]);
   });
 
-  it('the root declares every name of the contract (SPEC §1), values and types', () => {
+  it('the root declares every name of the contract (docs/CONTRACT.md §1), values and types', () => {
     const resolved = ts.resolveModuleName('shard-mapper', file, options, host).resolvedModule!;
     const moduleSymbol = checker.getSymbolAtLocation(program.getSourceFile(resolved.resolvedFileName)!)!;
     const declared = checker.getExportsOfModule(moduleSymbol).map((s) => s.name);
