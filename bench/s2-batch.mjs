@@ -3,7 +3,7 @@
 import { ShardMapper } from 'shard-mapper';
 import { PlainWeightedMapper } from './plain-js-baselines.mjs';
 import { randomHashes } from '../shared/seeded-random.mjs';
-import { measureOps, withRatios, row, goal, consume, check } from './lib.mjs';
+import { measureOps, withRatios, row, goal, check } from './lib.mjs';
 
 export const id = 's2';
 export const title = '2. Pick shards for a batch of 1 M hashes';

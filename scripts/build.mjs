@@ -3,7 +3,7 @@
 //   src/wasm-bytes.generated.ts  the module bytes inlined as base64, so Node, Vite, webpack
 //                                and esbuild all load it with no asset configuration
 import { execFileSync, spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync, mkdirSync, rmSync, renameSync, existsSync } from 'node:fs';
+import { readFileSync, writeFileSync, rmSync, renameSync, existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 

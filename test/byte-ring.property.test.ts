@@ -27,7 +27,7 @@ const NUM_RUNS = runParams().numRuns;
 const seen = new Map<string, number>();
 const tally = (what: string, by = 1) => seen.set(what, (seen.get(what) ?? 0) + by);
 afterAll(() => {
-  if (process.env.FC_STATS) console.log(`FC_STATS (${NUM_RUNS} runs per property)\n` + [...seen].sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => `  ${k}: ${v}`).join('\n'));
+  if (process.env.FC_STATS) console.log(`FC_STATS (${NUM_RUNS} runs per property)\n${[...seen].sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => `  ${k}: ${v}`).join('\n')}`);
 });
 
 const align8 = (n: number) => Math.ceil(n / 8) * 8;

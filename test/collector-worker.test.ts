@@ -3,7 +3,7 @@
 // nothing recorded is lost between windows.
 import { Worker } from 'node:worker_threads';
 import { describe, it, expect } from 'vitest';
-import { ShardMapper, ShardMetricsCollector } from 'shard-mapper';
+import { ShardMapper, type ShardMetricsCollector } from 'shard-mapper';
 import { SharedCore } from '../dist/core.js';
 
 const ITERATIONS = 1_500_000;

@@ -4,7 +4,7 @@ import { Worker } from 'node:worker_threads';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BackpressureError, ShardManager } from 'shard-mapper';
+import { ShardManager } from 'shard-mapper';
 import { churnShards, DeliveryLog, seqPayload, sleep, pushWithRetry, expectExactlyOnce } from './helpers/delivery.js';
 import { prng, withEnv } from './helpers/index.js';
 

@@ -478,7 +478,7 @@ async function runMapper(policy: ScalingPolicy, initial: number, capacity: numbe
         const id = model.pickId(op.pick);
         want = predict(() => {
           const s = model.byId(id);
-          if (!s || s.state !== 'stopped') return false;
+          if (s?.state !== 'stopped') return false;
           model.shards.splice(model.shards.indexOf(s), 1);
           model.gone.push(id);
           return true;
