@@ -1,5 +1,6 @@
 // The numeric-only ABI of the WebAssembly core. Every export takes and returns i32/u32/f64
-// (no i64 crosses the boundary); src/abi.ts mirrors this list as a typed interface.
+// (no i64 crosses the boundary); scripts/build.mjs generates src/abi.generated.ts, the typed
+// interface of this list, from the compiled module's signatures.
 import { LAYOUT_BASE, H_LANE_FLAGS, L_RESULT, L_SCRATCH, L_DOORBELL, L_OWNER, L_HEARTBEAT } from "./layout";
 import {
   slotStrideFor, slotsOffset, slotAddr, laneAddr, laneCount, payloadOffset, ringCapacity, ringBytes,

@@ -3,14 +3,20 @@
 // against another build of shard-mapper (a copy of an older dist/ with its package.json),
 // interleaved round by round so load from other processes hits both alike.
 //   node bench/compare-push.mjs /path/to/old-package   (the directory holding package.json + dist/)
+//   node bench/compare-push.mjs                        (the fixed-record ring build of scenario 9)
 // Each round pushes 4096 events into a 4-shard manager (rings of 4096 records, maxPayloadBytes
 // = the payload size) and empties the rings untimed with poll(). Reports the 10th percentile
 // and the median of the rounds, and the ratio before ÷ after.
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { loadFixedRing } from './fixed-ring-build.mjs';
 
-const oldDir = process.argv[2];
-if (!oldDir) throw new Error('usage: node bench/compare-push.mjs <directory of an older shard-mapper build (package.json + dist/)>');
+let oldDir = process.argv[2];
+if (!oldDir) {
+  const baseline = await loadFixedRing();
+  if (baseline.skipped) throw new Error(`${baseline.skipped} Name an older build instead: node bench/compare-push.mjs <directory holding its package.json + dist/>`);
+  oldDir = baseline.dir;
+}
 const before = await import(pathToFileURL(join(resolve(oldDir), 'dist/index.js')).href);
 const after = await import(new URL('../dist/index.js', import.meta.url).href);
 const N = 4096;

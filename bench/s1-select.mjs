@@ -4,7 +4,8 @@ import HashRing from 'hashring';
 import ConsistentHash from 'consistent-hash';
 import xxhashWasm from 'xxhash-wasm';
 import { ShardMapper, hashKey } from 'shard-mapper';
-import { PlainWeightedMapper, jumpHash, randomHashes, rng } from './baselines.mjs';
+import { PlainWeightedMapper, jumpHash } from './plain-js-baselines.mjs';
+import { randomHashes, rng } from '../shared/seeded-random.mjs';
 import { measureOps, withRatios, row, goal, consume, check } from './lib.mjs';
 
 export const id = 's1';

@@ -1,8 +1,9 @@
 // Scenario 2 — pick shards for a batch of 1 M hashes: selectShards (one WebAssembly call per
 // scratch-full) against the plain-TS mapper and a bare typed-array loop.
 import { ShardMapper } from 'shard-mapper';
-import { PlainWeightedMapper, randomHashes } from './baselines.mjs';
-import { measureOps, withRatios, row, goal, consume, check } from './lib.mjs';
+import { PlainWeightedMapper } from './plain-js-baselines.mjs';
+import { randomHashes } from '../shared/seeded-random.mjs';
+import { measureOps, withRatios, row, goal, check } from './lib.mjs';
 
 export const id = 's2';
 export const title = '2. Pick shards for a batch of 1 M hashes';

@@ -4,7 +4,7 @@
 import Denque from 'denque';
 import { RingBuffer } from 'ringbuf.js';
 import { ShardManager } from 'shard-mapper';
-import { randomHashes } from './baselines.mjs';
+import { randomHashes } from '../shared/seeded-random.mjs';
 import { measureOps, withRatios, consume, check, goal, row } from './lib.mjs';
 
 export const id = 's3';

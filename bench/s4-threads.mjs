@@ -10,7 +10,7 @@
 // reported. A full ring makes the producer retry (counted as "stalls"): no event is lost.
 import { RingBuffer } from 'ringbuf.js';
 import { ShardManager, BackpressureError } from 'shard-mapper';
-import { randomHashes } from './baselines.mjs';
+import { randomHashes } from '../shared/seeded-random.mjs';
 import { measureOps, summarizeRuns, withRatios, row, goal, consume, check, sleep, fmtRatio, fmtNs, fmtRate, startWorker } from './lib.mjs';
 
 export const id = 's4';

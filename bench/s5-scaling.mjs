@@ -5,7 +5,7 @@
 // (whose timer ticks every metricsWindowMs) would show; "wall ms" is the real time this
 // process spent getting there, and "tick() µs" the manager's own cost per scaling pass.
 import { ShardManager, ScalingPolicy } from 'shard-mapper';
-import { rng } from './baselines.mjs';
+import { rng } from '../shared/seeded-random.mjs';
 import { consume, check } from './lib.mjs';
 
 export const id = 's5';

@@ -3,8 +3,8 @@
 // maxShards = the count). The hot path (selectShard) should stay flat; the per-window calls
 // are expected to grow linearly (they visit every shard), and the log-log slope says so.
 import { ShardMapper, ShardManager } from 'shard-mapper';
-import { randomHashes } from './baselines.mjs';
-import { measureOps, consume, check } from './lib.mjs';
+import { randomHashes } from '../shared/seeded-random.mjs';
+import { measureOps, check } from './lib.mjs';
 
 export const id = 's6';
 export const title = '6. Growth: cost with 1 … 4096 shards';

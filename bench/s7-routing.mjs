@@ -1,4 +1,4 @@
-// Scenario 7 — routing modes (issue #10): 'leastLoaded' (the SPEC's rule), 'balanced' and
+// Scenario 7 — routing modes (issue #10): 'leastLoaded' (the rule of docs/CONTRACT.md §5), 'balanced' and
 // 'affinity', measured five ways in one run:
 //   a. herding on the model: a ShardManager with an injected clock, 8 shards whose simulated
 //      consumers (poll) take a fixed number of records per window, one of them 4× slower;
@@ -13,8 +13,9 @@
 import { Worker } from 'node:worker_threads';
 import HashRing from 'hashring';
 import ConsistentHash from 'consistent-hash';
-import { ShardManager, ShardMapper, BackpressureError } from 'shard-mapper';
-import { jumpHash, rng } from './baselines.mjs';
+import { ShardManager, ShardMapper } from 'shard-mapper';
+import { jumpHash } from './plain-js-baselines.mjs';
+import { rng } from '../shared/seeded-random.mjs';
 import { measureOps, withRatios, goal, consume, check, sleep, fmtRatio } from './lib.mjs';
 
 export const id = 's7';
@@ -172,7 +173,7 @@ async function affinityAssign(keys, n, removeOne) {
   return moved(before, after);
 }
 
-function ringAssign(Ring, keys, n, removeOne, make) {
+function ringAssign(keys, n, removeOne, make) {
   const names = Array.from({ length: n + 1 }, (_, i) => `shard-${i}`);
   const first = make(names.slice(0, n));
   const lookup = (ring) => { const out = new Array(keys.length); for (let i = 0; i < keys.length; i++) out[i] = ring.get(keyString(keys[i])); return out; };
@@ -397,8 +398,8 @@ export async function run(profile) {
         id: `move-${n}-${removeOne}`, name: removeOne ? `${n} → ${n - 1} (one removed)` : `${n} → ${n + 1}`,
         ideal: removeOne ? 1 / n : 1 / (n + 1),
         affinity: await affinityAssign(keys, n, removeOne),
-        hashring: ringAssign(HashRing, keys, n, removeOne, makeHashring),
-        consistentHash: ringAssign(ConsistentHash, keys, n, removeOne, makeConsistentHash),
+        hashring: ringAssign(keys, n, removeOne, makeHashring),
+        consistentHash: ringAssign(keys, n, removeOne, makeConsistentHash),
         jump: jumpAssign(keys, n, removeOne),
       };
       row.wallMs = performance.now() - t0;

@@ -1,14 +1,15 @@
 // Scenario 9 — byte rings (issue #14): what sizing rings in bytes costs and saves, against the
 // fixed-record ring it replaced, in the same run. The fixed-record ring is the previous build,
-// vendored under bench/baselines/fixed-ring/ (see its README).
+// built from git history on first use (bench/fixed-ring-build.mjs); without the history its
+// rows are skipped, saying so.
 //   a) memory: 4 shards × 4096 mixed-size records in flight, byte rings vs fixed records of
 //      maxPayloadBytes;
 //   b) 16-byte push and pushFixed on one thread, both builds, interleaved;
 //   c) mixed-size events across threads (one producer, one consumer thread) beside ringbuf.js.
 import { RingBuffer } from 'ringbuf.js';
 import * as byteRing from 'shard-mapper';
-import * as fixedRing from './baselines/fixed-ring/js/index.js';
-import { rng, randomHashes } from './baselines.mjs';
+import { loadFixedRing } from './fixed-ring-build.mjs';
+import { rng, randomHashes } from '../shared/seeded-random.mjs';
 import { summarizeRuns, withRatios, goal, consume, check, sleep, fmtNs, fmtRate, fmtRatio, startWorker } from './lib.mjs';
 
 export const id = 's9';
@@ -81,7 +82,7 @@ function fillAndCheck(mgr, events, label) {
   consume(accepted);
 }
 
-async function memory() {
+async function memory(fixedRing) {
   const bytes = await byteRing.ShardManager.create(managerOptions({
     maxPayloadBytes: MAX_PAYLOAD, ringBufferBytes: WEB_RING_BYTES, backpressure: { kind: 'failProducer' },
   }));
@@ -99,16 +100,18 @@ async function memory() {
 
   const fixedLayout = align128(SLOT_HEADER + CAPACITY * align8(FIXED_RECORD_HEADER + MAX_PAYLOAD));
   let fixed;
-  try {
-    fixed = await fixedRing.ShardManager.create(managerOptions({ maxPayloadBytes: MAX_PAYLOAD, backpressure: { kind: 'failProducer' } }));
-  } catch (error) {
-    rows.push({ id: 'fixed', name: 'fixed-record ring, maxPayloadBytes 64 KiB', layoutBytes: fixedLayout, memoryBytes: NaN,
-      note: `could not be created here (${error.message}); bytes per shard from its layout` });
+  if (fixedRing) { // undefined: not built here (no git history), its rows are left out
+    try {
+      fixed = await fixedRing.ShardManager.create(managerOptions({ maxPayloadBytes: MAX_PAYLOAD, backpressure: { kind: 'failProducer' } }));
+    } catch (error) {
+      rows.push({ id: 'fixed', name: 'fixed-record ring, maxPayloadBytes 64 KiB', layoutBytes: fixedLayout, memoryBytes: NaN,
+        note: `could not be created here (${error.message}); bytes per shard from its layout` });
+    }
   }
   if (fixed) {
     fillAndCheck(fixed, events, 'fixed-record ring');
     rows.push({ id: 'fixed', name: 'fixed-record ring, maxPayloadBytes 64 KiB', layoutBytes: fixedLayout, memoryBytes: fixed.memoryBytes,
-      note: 'the previous build (bench/baselines/fixed-ring); every record takes a 64 KiB slot' });
+      note: 'the previous build (commit fc0008f); every record takes a 64 KiB slot' });
     await fixed.close();
   }
   const ref = rows[0];
@@ -156,7 +159,7 @@ function median(a) {
  * range the fastest and slowest block. The ratio (byte rings ÷ fixed) is taken per block and
  * its median reported, with the range of the per-block ratios.
  */
-async function speed(profile) {
+async function speed(profile, fixedRing) {
   const blocks = profile.name === 'full' ? 15 : profile.name === 'quick' ? 3 : 1;
   const warm = profile.name === 'tiny' ? 2 : 30;
   const calls = profile.name === 'full' ? 60 : profile.name === 'quick' ? 20 : 2;
@@ -164,11 +167,12 @@ async function speed(profile) {
   const payloads = Array.from({ length: 1024 }, (_, i) => new Uint8Array(SIZE).fill((i * 7 + 1) & 0xff));
   const block = new Uint8Array(RUN * SIZE);
   for (let i = 0; i < RUN; i++) block.set(payloads[i & 1023], i * SIZE);
-  const builds = { bytes: await speedSetup(byteRing), fixed: await speedSetup(fixedRing) };
+  const builds = { bytes: await speedSetup(byteRing) };
+  if (fixedRing) builds.fixed = await speedSetup(fixedRing);
   const ringBytes = builds.bytes.m.ringBufferBytes;
   const kinds = [['push', PUSH_SRC], ['pushFixed', FIXED_SRC]];
   const tasks = [];
-  for (const [kind, src] of kinds) for (const build of ['bytes', 'fixed']) tasks.push({ key: `${kind}-${build}`, kind, build, src, blocks: [] });
+  for (const [kind, src] of kinds) for (const build of Object.keys(builds)) tasks.push({ key: `${kind}-${build}`, kind, build, src, blocks: [] });
   let off = 0;
   for (let b = 0; b < blocks; b++) {
     const fns = tasks.map((t) => new Function('m', 'hashes', 'payloads', 'block', 'RUN', `/* ${t.key} block ${b} */ ${t.src}`)(builds[t.build].m, hashes, payloads, block, RUN));
@@ -198,9 +202,11 @@ async function speed(profile) {
   for (const [kind] of kinds) {
     const mine = tasks.find((t) => t.key === `${kind}-bytes`);
     const theirs = tasks.find((t) => t.key === `${kind}-fixed`);
-    const per = mine.blocks.map((x, i) => x / theirs.blocks[i]);
-    ratios[kind] = { median: median(per), lo: Math.min(...per), hi: Math.max(...per) };
-    for (const t of [mine, theirs]) {
+    if (theirs) {
+      const per = mine.blocks.map((x, i) => x / theirs.blocks[i]);
+      ratios[kind] = { median: median(per), lo: Math.min(...per), hi: Math.max(...per) };
+    }
+    for (const t of theirs ? [mine, theirs] : [mine]) {
       const ns = median(t.blocks);
       rows.push({
         id: t.key, name: `${t.build === 'bytes' ? 'byte rings' : 'fixed-record ring'}: ${kind === 'push' ? 'push' : `pushFixed(${RUN})`}, 16 B`,
@@ -279,7 +285,7 @@ function ringbufThreads(mix) {
       await ready;
       const header = new Uint8Array(4);
       return {
-        async once(n, hashes, payloads) {
+        async once(n, _hashes, payloads) { // ringbuf.js has no shards: the hashes go unused
           const before = Atomics.load(ctl, 2);
           let stalls = 0;
           let bytes = 0;
@@ -359,8 +365,11 @@ function threadColumns() {
 // ---- the scenario --------------------------------------------------------------------------------
 
 export async function run(profile) {
-  const memRows = await memory();
-  const sp = await speed(profile);
+  const baseline = await loadFixedRing();
+  if (baseline.skipped) console.log(`${baseline.skipped} Scenario 9 reports byte rings alone.`);
+  const fixedRing = baseline.lib;
+  const memRows = await memory(fixedRing);
+  const sp = await speed(profile, fixedRing);
   const web = await threads(profile, 'web');
   const small = await threads(profile, 'small');
   const mine = memRows[0];
@@ -368,16 +377,17 @@ export async function run(profile) {
   const goals = [
     goal({ id: 'bytes-memory', issue: '#14', text: '4 shards × 4096 mixed-size records in flight: memoryBytes ≤ 64 MiB',
       value: mine.memoryBytes / MiB, target: 64, op: '<=', unit: 'MiB',
-      detail: `ringBufferBytes ${mib(mine.ringBytes)}; the fixed-record ring at maxPayloadBytes 64 KiB: ${Number.isFinite(fixed.memoryBytes) ? mib(fixed.memoryBytes) : `${mib(SHARDS * fixed.layoutBytes)} of rings (layout)`}` }),
+      detail: `ringBufferBytes ${mib(mine.ringBytes)}; the fixed-record ring at maxPayloadBytes 64 KiB: ${!fixed ? 'not built here' : Number.isFinite(fixed.memoryBytes) ? mib(fixed.memoryBytes) : `${mib(SHARDS * fixed.layoutBytes)} of rings (layout)`}` }),
   ];
   for (const kind of ['push', 'pushFixed']) {
     const r = sp.ratios[kind];
+    if (!r) continue; // no fixed-record ring here: nothing to compare with
     goals.push(goal({ id: `bytes-${kind}-16`, issue: '#14', text: `${kind} 16 B, one thread: byte rings within 5 % of the fixed-record ring`,
       value: r.median, target: 1.05, op: '<=',
       detail: `byte rings ÷ fixed, median of ${sp.blocks} blocks ${fmtRatio(r.median)} (range ${fmtRatio(r.lo)} – ${fmtRatio(r.hi)})` }));
   }
   return {
-    intro: 'Byte rings against the fixed-record ring they replaced (the previous build, vendored in bench/baselines/fixed-ring/), in this one process. '
+    intro: `${baseline.skipped ? `${baseline.skipped} ` : ''}Byte rings against the fixed-record ring they replaced (the previous build, commit fc0008f, built from git history by bench/fixed-ring-build.mjs), in this one process. `
       + `9a fills 4 shards with ${CAPACITY} records each (seeded sizes, ${MIXES.web.label}), consuming none (failProducer; every record is checked in), and reads manager.memoryBytes. `
       + `9b times 16-byte push and pushFixed(${RUN}) of both builds in ${sp.blocks} block${sp.blocks > 1 ? 's' : ''}, each compiling every task anew and running the four interleaved (${sp.calls} timed calls of ${RUN} events each after a warm-up; rings emptied untimed); a row is the median block, with the fastest and slowest block as its range; the ratio is taken within each block. `
       + '9c moves mixed-size events from the main thread to one consumer thread, timed from the first push to the last event consumed; runs interleaved, the median run reported with the slowest and fastest as the range. ringbuf.js carries bytes, not messages: each event goes in as a 4-byte length and its payload, and its consumer walks the frames.',

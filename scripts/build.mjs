@@ -2,22 +2,27 @@
 //   src/layout.generated.ts  the static constants of assembly/layout.ts (never hand-copied)
 //   src/wasm-bytes.generated.ts  the module bytes inlined as base64, so Node, Vite, webpack
 //                                and esbuild all load it with no asset configuration
-import { execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync, mkdirSync, rmSync, renameSync, existsSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { readFileSync, writeFileSync, rmSync, renameSync, existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const bin = (name) => join(root, 'node_modules', '.bin', name);
 const run = (cmd, args) => execFileSync(cmd, args, { cwd: root, stdio: 'inherit' });
-
-mkdirSync(join(root, 'build'), { recursive: true });
-// Two modules from one source: 'release' imports a shared memory (threads), 'single' an
-// ordinary one, for pages without cross-origin isolation (no SharedArrayBuffer).
-// --bindings raw also writes build/shard-mapper.d.ts, every export's signature, from which the
-// typed ABI is generated below (the module itself is the same with or without it).
-run(bin('asc'), ['assembly/index.ts', '--config', 'asconfig.json', '--target', 'release', '--bindings', 'raw']);
-run(bin('asc'), ['assembly/index.ts', '--config', 'asconfig.json', '--target', 'single']);
+// asc with its output piped: Binaryen prints "Last converge was suboptimal." on every build
+// with `converge` on (an optimiser note, not the user's business); anything else it says
+// still reaches the terminal.
+const QUIET = /^Last converge was suboptimal\.$/;
+function asc(args) {
+  const r = spawnSync(bin('asc'), args, { cwd: root, encoding: 'utf8' });
+  const said = `${r.stdout ?? ''}${r.stderr ?? ''}`.split('\n').filter((line) => line.trim() !== '' && !QUIET.test(line.trim()));
+  if (said.length > 0) process.stderr.write(`${said.join('\n')}\n`);
+  if (r.error) throw r.error;
+  if (r.status !== 0) throw new Error(`build: asc ${args.join(' ')} exited with ${r.status}`);
+}
+asc(['assembly/index.ts', '--config', 'asconfig.json', '--target', 'release', '--bindings', 'raw']);
+asc(['assembly/index.ts', '--config', 'asconfig.json', '--target', 'single']);
 const wasm = readFileSync(join(root, 'build/shard-mapper.wasm'));
 const wasmSingle = readFileSync(join(root, 'build/shard-mapper-single.wasm'));
 

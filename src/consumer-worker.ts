@@ -1,9 +1,9 @@
 // The consumer thread the manager starts for `options.consumer.module`: loads the user's
 // module (its default export is the consumer function) and runs the consumer loop.
 // Workers that bring their own function use `serveConsumer` from 'shard-mapper/worker'.
-import { runConsumer, type ConsumerFunction, type ConsumerInit } from './consumer-runtime.js';
+import { runConsumer, type ConsumerFunction } from './consumer-runtime.js';
 
-export type { ConsumerFunction, ConsumerInit };
+export type { ConsumerFunction };
 
 void runConsumer(async (init) => {
   const mod = (await import(/* @vite-ignore */ /* webpackIgnore: true */ init.module)) as { default?: unknown };

@@ -39,7 +39,16 @@ export function describe(value: unknown): string {
   if (typeof value === 'string') return JSON.stringify(value);
   if (typeof value === 'bigint') return `${value}n`;
   if (value === null || value === undefined || typeof value === 'number' || typeof value === 'boolean') return String(value);
-  return `a ${Array.isArray(value) ? 'array' : typeof value}`;
+  if (typeof value === 'object') {
+    // Name the kind a user would recognise: "an Array", "a Uint32Array", "an object".
+    const kind = Array.isArray(value) ? 'Array' : (Object.getPrototypeOf(value) as { constructor?: { name?: string } } | null)?.constructor?.name;
+    return kind && kind !== 'Object' ? withArticle(kind) : 'an object';
+  }
+  return withArticle(typeof value);
+}
+
+function withArticle(word: string): string {
+  return `${/^[aeiouAEIOU]/.test(word) ? 'an' : 'a'} ${word}`;
 }
 
 /** An integer count or id in [min, max], or a ScalingError naming `name`. */

@@ -38,7 +38,7 @@ export interface ShardMapperOptions {
   drainGraceMs?: number;
   /** 'shared' (default where SharedArrayBuffer works) or 'single' (one thread, no sharing). */
   memory?: MemoryKind;
-  /** How hashes are spread over Active shards (default 'leastLoaded', the SPEC §5 rule). */
+  /** How hashes are spread over Active shards (default 'leastLoaded', the rule of docs/CONTRACT.md §5). */
   routing?: RoutingMode;
   /** ε of 'affinity': a shard above (1 + ε)/n of the window's events spills (default 0.25). */
   loadBound?: number;
@@ -66,6 +66,7 @@ export interface MapperWiring {
   /** Fences lifted: those slots' events flow to their new shard unchecked again. */
   onKeysMoved?(groups: MovedGroup[]): void;
 }
+/** @internal The ShardMapperOptions key under which ShardManager passes its MapperWiring. */
 export const WIRING = Symbol('shard-mapper wiring');
 
 /** @internal The clocks behind cooldown, warm-up and idle streaks, read and restored by the
@@ -98,8 +99,8 @@ const TWO_POW_MINUS_32 = 2 ** -32;
 const WEIGHT_TOLERANCE = 0.1 + 1e-9;
 
 /**
- * Which of `weights` are routing candidates: within 0.1 of the lowest; all of them when
- * that leaves none (NaN weights). Exported for tests.
+ * @internal Which of `weights` are routing candidates: within 0.1 of the lowest; all of them
+ * when that leaves none (NaN weights). Exported for the Redis table and the tests.
  */
 export function candidateIndexes(weights: readonly number[]): number[] {
   let min = Infinity;

@@ -56,7 +56,8 @@ export class ShardMetricsCollector {
   /** Made by attach(): it holds a lane of its own. */
   #attached = false;
 
-  /** @internal Collectors come from `ShardMapper.metricsCollector(id)` or `attach`. */
+  /** @hidden Collectors come from `ShardMapper.metricsCollector(id)` or `attach`. Hidden from
+   *  the docs but kept in the .d.ts: stripped, the class would seem constructible without arguments. */
   constructor(core: SharedCore, slot: number, shardId: number, clock: () => number) {
     this.#core = core;
     this.#slot = slot;

@@ -66,7 +66,7 @@ export class ShardProducer {
   #bounce: Uint8Array | undefined;
   readonly #owned: boolean;
 
-  /** @internal */
+  /** @hidden Kept in the .d.ts: stripped, the class would seem constructible without arguments. */
   constructor(core: SharedCore, maxPayloadBytes: number, owned: boolean) {
     this.#core = core;
     this.maxPayloadBytes = maxPayloadBytes;

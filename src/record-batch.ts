@@ -51,7 +51,8 @@ export class RecordBatch implements Iterable<Uint8Array> {
   /** Records in the first region (the rest are in the second). */
   #firstRegionRecords = 0;
 
-  /** @internal */
+  /** @hidden The package makes these. Kept in the .d.ts: stripped, the class would seem
+   *  constructible without arguments. */
   constructor(capacity: number) {
     this.offsets = new Uint32Array(Math.max(1, capacity));
     this.lengths = new Uint32Array(Math.max(1, capacity));

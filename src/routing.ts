@@ -1,4 +1,4 @@
-// Routing modes beyond the SPEC's least-loaded rule. Each builds a table of a fixed number of
+// Routing modes beyond the least-loaded rule of docs/CONTRACT.md §5. Each builds a table of a fixed number of
 // slots that may name a shard many times; selection reads table[floor(hash · T / 2^32)], the
 // same single read as the least-loaded candidate list. Everything here is plain data in,
 // plain data out (no shared memory, no clock, no randomness), so a distributed node builds

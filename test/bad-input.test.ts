@@ -3,11 +3,15 @@
 // close(). Each bad input gets its own test: a clear error naming the argument, and the
 // object's state (ids, states, selection, stats, ring lengths, memory) unchanged.
 //
-// BAD_INPUT_TABLE=1 prints the README table from the cases below.
-import { afterAll, describe, expect, it } from 'vitest';
+// docs/bad-input.md is written from the cases below (`npm run docs:bad-input`); the last test
+// fails when the committed file differs.
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
 import {
   ManagerClosedError, ScalingError, ScalingPolicy, ShardManager, ShardMapper, ShardProducer, hashKey,
 } from 'shard-mapper';
+import { badInputDoc } from './helpers/bad-input-doc.js';
 
 // ---- fixtures and snapshots --------------------------------------------------------------
 
@@ -129,9 +133,9 @@ add({ call: 'mapper.selectShard(hash)', inputs: NOT_HASH, fixture: 'mapper', run
 add({ call: 'mapper.selectShardBig(hash)', inputs: [['1 (a number)', 1], ['"1"', '1'], ['null', null], ['NaN', NaN]], fixture: 'mapper', run: ({ mapper }, v) => mapper.selectShardBig(v),
   expect: T(/selectShardBig: hash must be a bigint, got /), excerpt: 'selectShardBig: hash must be a bigint, got number' });
 add({ call: 'mapper.selectShards(hashes)', inputs: [['[1, 2] (an Array)', [1, 2]], ['Int32Array', new Int32Array(2)], ['null', null]], fixture: 'mapper', run: ({ mapper }, v) => mapper.selectShards(v),
-  expect: T(/selectShards: hashes must be a Uint32Array, got /), excerpt: 'selectShards: hashes must be a Uint32Array, got a array' });
+  expect: T(/selectShards: hashes must be a Uint32Array, got /), excerpt: 'selectShards: hashes must be a Uint32Array, got an Array' });
 add({ call: 'mapper.selectShards(hashes, out)', inputs: [['out a Uint32Array', new Uint32Array(4)], ['out an Array', [0, 0, 0, 0]]], fixture: 'mapper', run: ({ mapper }, v) => mapper.selectShards(new Uint32Array(4), v),
-  expect: T(/selectShards: out must be a Uint16Array, got /), excerpt: 'selectShards: out must be a Uint16Array, got a object' });
+  expect: T(/selectShards: out must be a Uint16Array, got /), excerpt: 'selectShards: out must be a Uint16Array, got a Uint32Array' });
 add({ call: 'mapper.selectShards(hashes, out)', inputs: [['out shorter than hashes', new Uint16Array(3)]], fixture: 'mapper', run: ({ mapper }, v) => mapper.selectShards(new Uint32Array(4), v),
   expect: R(/selectShards: out has 3 entries, needs 4/), excerpt: 'selectShards: out has 3 entries, needs 4' });
 add({ call: 'mapper.selectShardForKey(key) / hashKey(key)', inputs: [['5', 5], ['null', null], ['Uint16Array', new Uint16Array(2)], ['ArrayBuffer', new ArrayBuffer(2)]], fixture: 'mapper', run: ({ mapper }, v) => mapper.selectShardForKey(v),
@@ -414,12 +418,12 @@ describe('lookups of unknown ids answer, they do not throw (documented)', () => 
   });
 });
 
-afterAll(() => {
-  if (!process.env.BAD_INPUT_TABLE) return;
-  const rows = CASES.map((c) => {
-    const inputs = c.inputs.map(([l]) => l).filter(Boolean).join(', ') || '—';
-    const err = c.expect.error === 'ScalingError' ? `ScalingError \`${c.expect.kind}\`` : c.expect.error;
-    return `| \`${c.call}\` | ${inputs.replace(/\|/g, '\\|')} | ${err} | \`${c.excerpt.replace(/\|/g, '\\|')}\` |`;
+describe('docs/bad-input.md', () => {
+  it('is the catalogue of these cases, as npm run docs:bad-input writes it', () => {
+    const path = fileURLToPath(new URL('../docs/bad-input.md', import.meta.url));
+    const doc = badInputDoc(CASES);
+    if (process.env.BAD_INPUT_DOC === 'write') writeFileSync(path, doc); // npm run docs:bad-input
+    const committed = existsSync(path) ? readFileSync(path, 'utf8') : '(no docs/bad-input.md)';
+    expect(committed, 'docs/bad-input.md differs from the cases in test/bad-input.test.ts: run `npm run docs:bad-input` and commit the file').toBe(doc);
   });
-  console.log(['| call | input | error | message (excerpt) |', '|---|---|---|---|', ...rows].join('\n'));
 });

@@ -1,14 +1,21 @@
 // Smoke test of the benchmark suite (bench/): every scenario module runs in its tiny profile,
 // so a change to the library or to the bench code that breaks a benchmark shows up in
 // `npm test`. No timing is asserted: numbers from a shared 2-core machine prove nothing here.
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { ShardMapper } from 'shard-mapper';
+import { rng } from '../shared/seeded-random.mjs';
 
 // The bench is plain .mjs without type declarations: load it by URL (typed as any).
 const load = (path: string) => import(new URL(path, import.meta.url).href);
 const { PROFILES, tableMarkdown, tableJson, sink } = await load('../bench/lib.mjs');
-const { jumpHash, jumpHashBigInt, PlainWeightedMapper, rng } = await load('../bench/baselines.mjs');
+const { jumpHash, jumpHashBigInt, PlainWeightedMapper } = await load('../bench/plain-js-baselines.mjs');
 const { SCENARIOS } = await load('../bench/run.mjs');
+const { loadFixedRing, FIXED_RING_COMMIT } = await load('../bench/fixed-ring-build.mjs');
 
 interface Row { id: string; name: string; ns: number; ratio?: number }
 interface Table { id: string; title: string; rows: Row[] }
@@ -41,6 +48,37 @@ describe('bench baselines', () => {
     expect(plain.selectShard(0)).toBe(0);
     expect(plain.selectShard(0xffffffff)).toBe(4);
   });
+});
+
+describe('the fixed-record ring of scenario 9, built from git history', () => {
+  it('is skipped, saying why, where the commit is not in the history (a tarball, a shallow clone)', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'sm-no-history-'));
+    try {
+      const logged: string[] = [];
+      const result = await loadFixedRing({ root, log: (line: string) => logged.push(line) });
+      expect(result.lib).toBeUndefined();
+      expect(result.skipped).toMatch(/^SKIPPED: the fixed-record ring \(the build of commit fc0008f\) is built from git history, and (git is not installed|commit fc0008f is not in this checkout's git history)/);
+      expect(logged).toEqual([]); // nothing was built
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  it('is built (or reused) and loads where the history has the commit', async () => {
+    const root = fileURLToPath(new URL('..', import.meta.url));
+    const inHistory = spawnSync('git', ['-C', root, 'cat-file', '-e', `${FIXED_RING_COMMIT}^{commit}`]).status === 0;
+    const result = await loadFixedRing();
+    if (!inHistory) {
+      expect(result.skipped).toMatch(/^SKIPPED: /);
+      return;
+    }
+    expect(result.skipped).toBeUndefined();
+    expect(typeof result.lib.ShardManager.create).toBe('function');
+    // the fixed-record build: no byte rings, so no ringBufferBytes option or getter
+    const m = await result.lib.ShardManager.create({ initialShards: 1, ringBufferCapacity: 8, maxPayloadBytes: 16, policy: { autoScale: false, maxShards: 1 } });
+    expect(m.ringBufferBytes).toBeUndefined();
+    await m.close();
+  }, 120_000);
 });
 
 describe('bench scenarios run (tiny profile)', () => {

@@ -12,25 +12,22 @@
 // in their rings) and checks only invariants: every event delivered at most once, in push
 // order per shard, pushed = delivered + inFlight + evicted, nothing accepted lost.
 //
-// FC_RUNS, FC_SEED and FC_PATH as in test/model.property.test.ts; FC_STATS=1 prints how often
+// FC_RUNS, FC_SEED and FC_PATH as in test/helpers/arbitraries.ts (fcRunParams); FC_STATS=1 prints how often
 // the runs reached the states worth reaching. Replay a failure with
 //   FC_SEED=<seed> FC_PATH=<path> npx vitest run test/byte-ring.property.test.ts
 import { afterAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
+import { backpressureArb, fcRunParams } from './helpers/arbitraries.js';
 import { BackpressureError, ScalingError, ShardManager, type BackpressureMode, type MemoryKind, type RecordBatch } from 'shard-mapper';
 
-const NUM_RUNS = Number(process.env.FC_RUNS ?? 500);
-const runParams = () => ({
-  numRuns: NUM_RUNS,
-  ...(process.env.FC_SEED ? { seed: Number(process.env.FC_SEED) } : {}),
-  ...(process.env.FC_PATH ? { path: process.env.FC_PATH } : {}),
-});
+const runParams = () => fcRunParams(500);
+const NUM_RUNS = runParams().numRuns;
 
 /** How often the runs reached each state (printed with FC_STATS=1; a few are asserted). */
 const seen = new Map<string, number>();
 const tally = (what: string, by = 1) => seen.set(what, (seen.get(what) ?? 0) + by);
 afterAll(() => {
-  if (process.env.FC_STATS) console.log(`FC_STATS (${NUM_RUNS} runs per property)\n` + [...seen].sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => `  ${k}: ${v}`).join('\n'));
+  if (process.env.FC_STATS) console.log(`FC_STATS (${NUM_RUNS} runs per property)\n${[...seen].sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => `  ${k}: ${v}`).join('\n')}`);
 });
 
 const align8 = (n: number) => Math.ceil(n / 8) * 8;
@@ -164,12 +161,6 @@ const opArb = fc.oneof(
 );
 type Op = typeof opArb extends fc.Arbitrary<infer T> ? T : never;
 
-const bpArb = fc.oneof(
-  fc.constant({ kind: 'failProducer' } as BackpressureMode),
-  fc.constant({ kind: 'dropNewest' } as BackpressureMode),
-  fc.constant({ kind: 'dropOldest' } as BackpressureMode),
-  fc.integer({ min: 1, max: 3 }).map((rate) => ({ kind: 'sample', rate }) as BackpressureMode),
-);
 const maxPayloadArb = fc.oneof(fc.constantFrom(1, 7, 8, 9, 16, 24, 100), fc.integer({ min: 1, max: 300 }));
 const memoryArb = fc.constantFrom<MemoryKind>('shared', 'single');
 
@@ -587,7 +578,7 @@ describe('byte ring: one shard against the model', () => {
         // ringBufferBytes = 4 × align8(maxPayloadBytes) × factor + extra (rounded up to 8 by create)
         fc.oneof({ weight: 3, arbitrary: fc.constant(1) }, { weight: 3, arbitrary: fc.integer({ min: 1, max: 4 }) }, { weight: 1, arbitrary: fc.integer({ min: 5, max: 20 }) }),
         fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 70 })),
-        bpArb, fc.constantFrom(0.5, 0.7, 1), memoryArb,
+        backpressureArb, fc.constantFrom(0.5, 0.7, 1), memoryArb,
         fc.array(opArb, { minLength: 1, maxLength: 150, size: 'max' }),
         runOne,
       ),
@@ -606,7 +597,7 @@ describe('byte ring: shards added, drained and removed (invariants)', () => {
   it(`every event at most once, in order per shard, and the books balance (${NUM_RUNS} runs)`, async () => {
     await fc.assert(
       fc.asyncProperty(
-        maxPayloadArb, fc.integer({ min: 1, max: 6 }), fc.integer({ min: 2, max: 64 }), bpArb, memoryArb,
+        maxPayloadArb, fc.integer({ min: 1, max: 6 }), fc.integer({ min: 2, max: 64 }), backpressureArb, memoryArb,
         fc.array(multiOpArb, { minLength: 1, maxLength: 120, size: 'max' }),
         runMulti,
       ),

@@ -1,9 +1,9 @@
-// A collector shared with a worker thread (SPEC §4): a (count, sum) pair is one atomic word,
+// A collector shared with a worker thread (docs/CONTRACT.md §4): a (count, sum) pair is one atomic word,
 // so a window collected while another thread records never has a sum without its count, and
 // nothing recorded is lost between windows.
 import { Worker } from 'node:worker_threads';
 import { describe, it, expect } from 'vitest';
-import { ShardMapper, ShardMetricsCollector } from 'shard-mapper';
+import { ShardMapper, type ShardMetricsCollector } from 'shard-mapper';
 import { SharedCore } from '../dist/core.js';
 
 const ITERATIONS = 1_500_000;

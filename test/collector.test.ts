@@ -1,6 +1,6 @@
-// ShardMetricsCollector (SPEC §4), driven on the main thread with an injected clock.
+// ShardMetricsCollector (docs/CONTRACT.md §4), driven on the main thread with an injected clock.
 import { describe, it, expect } from 'vitest';
-import { ShardMapper, ShardMetricsCollector } from 'shard-mapper';
+import { type ShardMapper, ShardMetricsCollector } from 'shard-mapper';
 import { SharedCore } from '../dist/core.js';
 import { M_LATENCY, M_FLUSH } from '../dist/layout.generated.js';
 import { setup } from './helpers/index.js';

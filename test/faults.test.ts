@@ -2,7 +2,7 @@
 // throw (or call back in); producer threads that keep pushing into a shard while it is
 // drained and removed. In every case nothing accepted is lost and the mapper stays
 // consistent.
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
 import { Worker } from 'node:worker_threads';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -10,8 +10,8 @@ import { join } from 'node:path';
 import {
   BackpressureError, ManagerClosedError, ShardManager, ShardMapper, type ManagerEvent,
 } from 'shard-mapper';
-import { DeliveryLog, seqPayload, sleep, pushWithRetry } from './helpers/delivery.js';
-import { prng } from './helpers/index.js';
+import { DeliveryLog, seqPayload, sleep, pushWithRetry, expectExactlyOnce } from './helpers/delivery.js';
+import { prng, withEnv } from './helpers/index.js';
 import { SharedCore } from '../dist/core.js';
 import { CLAIM_START, M_DELIVERED, M_EVICTED, R_CURSOR } from '../dist/layout.generated.js';
 
@@ -74,15 +74,13 @@ describe('faults: consumer threads', () => {
     await Promise.all(producers.workers.map((w) => w.terminate()));
     expect(errors.length).toBeGreaterThan(10);
     expect(m.stats()).toMatchObject({ pushed: 120_000, delivered: 120_000, inFlight: 0 });
-    expect(log.problems(2, 60_000)).toEqual({ missing: 0, duplicated: 0 });
-    expect(log.outOfOrder).toEqual([]);
+    expectExactlyOnce(log, 2, 60_000);
   });
 
   it('a consumer thread that exits by itself mid-stream: a fresh thread takes over from the last acknowledgement, nothing lost or duplicated', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'shard-mapper-crash-'));
-    process.env.SM_TEST_CRASH_MARKER = join(dir, 'crashed');
-    process.env.SM_TEST_CRASH_AFTER = '30';
-    try {
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
+    await withEnv({ SM_TEST_CRASH_MARKER: join(dir, 'crashed'), SM_TEST_CRASH_AFTER: '30' }, async () => {
       log = new DeliveryLog();
       const restarted: ManagerEvent[] = [];
       const m = await ShardManager.create({
@@ -98,14 +96,9 @@ describe('faults: consumer threads', () => {
       expect(restarted).toHaveLength(1);
       expect(restarted[0]).toMatchObject({ exitCode: 7 });
       // it died before reporting its batch, so every record was reported exactly once
-      expect(log.problems(1, total)).toEqual({ missing: 0, duplicated: 0 });
-      expect(log.outOfOrder).toEqual([]);
+      expectExactlyOnce(log, 1, total);
       expect(m.stats()).toMatchObject({ pushed: total, delivered: total, inFlight: 0 });
-    } finally {
-      delete process.env.SM_TEST_CRASH_MARKER;
-      delete process.env.SM_TEST_CRASH_AFTER;
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   it('a consumer thread terminated inside its acknowledgement, on a full ring whose freed slots producers reuse: the rewind frees the rest, nothing is stuck or counted twice', async () => {
@@ -435,8 +428,7 @@ describe('faults: producers racing drain and removal', () => {
       const busyVictims = victims.filter((id) => (perShard.get(id) ?? 0) > 0).length;
       expect(busyVictims).toBeGreaterThanOrEqual(20);
       expect(m.stats()).toMatchObject({ pushed: total, delivered: total, inFlight: 0, unrouted: 0 });
-      expect(log.problems(PRODUCERS, PER_PRODUCER)).toEqual({ missing: 0, duplicated: 0 });
-      expect(log.outOfOrder).toEqual([]);
+      expectExactlyOnce(log, PRODUCERS, PER_PRODUCER);
     } finally {
       tap.close();
     }

@@ -1,12 +1,12 @@
 // ShardManager with consumers (and producers) on real worker threads.
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
 import { Worker } from 'node:worker_threads';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BackpressureError, ShardManager } from 'shard-mapper';
-import { churnShards, DeliveryLog, seqPayload, sleep, pushWithRetry } from './helpers/delivery.js';
-import { prng } from './helpers/index.js';
+import { ShardManager } from 'shard-mapper';
+import { churnShards, DeliveryLog, seqPayload, sleep, pushWithRetry, expectExactlyOnce } from './helpers/delivery.js';
+import { prng, withEnv } from './helpers/index.js';
 
 const ROUTING_MODES = ['leastLoaded', 'balanced', 'affinity'] as const;
 
@@ -70,8 +70,7 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
     expect(s.pushed).toBe(total);
     expect(s.delivered).toBe(total);
     expect(log.received).toBe(total);
-    expect(log.problems(1, total)).toEqual({ missing: 0, duplicated: 0 });
-    expect(log.outOfOrder).toEqual([]);
+    expectExactlyOnce(log, 1, total);
   });
 
   it('grows the shared memory for shards added after start-up, and every attached thread uses them', async () => {
@@ -93,8 +92,7 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
     await m.close();
     await producer.terminate();
     await log.waitFor(40_000);
-    expect(log.problems(2, 20_000)).toEqual({ missing: 0, duplicated: 0 }); // main thread (0) and the producer thread (1)
-    expect(log.outOfOrder).toEqual([]);
+    expectExactlyOnce(log, 2, 20_000); // main thread (0) and the producer thread (1)
   });
 
   it('takes events from 4 producer threads concurrently without corrupting a ring or losing one', async () => {
@@ -131,8 +129,7 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
     // failProducer drops nothing: what is counted are refusals (a full ring, or under affinity a key waiting after a move), each retried
     const drops = m.stats().drops;
     expect(m.stats()).toMatchObject({ pushed: 4 * perProducer, delivered: 4 * perProducer, dropped: drops.refused + drops.moving! });
-    expect(log.problems(4, perProducer)).toEqual({ missing: 0, duplicated: 0 });
-    expect(log.outOfOrder).toEqual([]);
+    expectExactlyOnce(log, 4, perProducer);
   });
 
   it.each([['pushBatch', false], ['pushFixed', true]])('takes %s runs from 4 producer threads concurrently: exactly once, in order, while shards change', async (_name, fixed) => {
@@ -149,8 +146,7 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
     await untilProducersFinish(m, producers, prng(7));
     await log.waitFor(4 * perProducer);
     expect(m.stats()).toMatchObject({ pushed: 4 * perProducer, delivered: 4 * perProducer, inFlight: 0 });
-    expect(log.problems(4, perProducer)).toEqual({ missing: 0, duplicated: 0 });
-    expect(log.outOfOrder).toEqual([]);
+    expectExactlyOnce(log, 4, perProducer);
   });
 
   it.each([['push', 0, false], ['pushBatch', 64, false], ['pushFixed', 64, true]])('byte rings: %s of mixed sizes (8 B to 1 KiB) from 4 producer threads into rings full by bytes long before by records: exactly once, in order, while shards change', async (_name, batch, fixed) => {
@@ -173,8 +169,7 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
     await log.waitFor(4 * perProducer);
     const s = m.stats();
     expect(s).toMatchObject({ pushed: 4 * perProducer, delivered: 4 * perProducer, inFlight: 0 });
-    expect(log.problems(4, perProducer)).toEqual({ missing: 0, duplicated: 0 });
-    expect(log.outOfOrder).toEqual([]);
+    expectExactlyOnce(log, 4, perProducer);
     // the rings really were full by bytes: pushes were refused, and no ring came near its 512 records
     expect(s.drops.refused).toBeGreaterThan(0);
     expect(longest).toBeLessThan(512);
@@ -206,8 +201,8 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
   it('backs off restarting a consumer thread that keeps dying before it is ready, and recovers without loss', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'sm-fragile-'));
     const flag = join(dir, 'fail');
-    process.env.SM_TEST_FAIL_FLAG = flag;
-    try {
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
+    await withEnv({ SM_TEST_FAIL_FLAG: flag }, async () => {
       log = new DeliveryLog();
       const restarts: number[] = [];
       const m = await ShardManager.create({
@@ -229,10 +224,7 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
       expect(log.problems(1, 3000).missing).toBe(0);
       expect(m.stats().delivered).toBe(3000);
       await expect(m.terminateConsumer(0)).rejects.toThrow(/closed/);
-    } finally {
-      delete process.env.SM_TEST_FAIL_FLAG;
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   it('refuses to terminate a consumer thread that does not exist', async () => {
@@ -254,13 +246,11 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
     await log.waitFor(1000);
     expect(errors.map(([, id]) => id).sort()).toEqual([0, 1]);
     expect(errors[0]![0]).toMatch(/flaky consumer/);
-    expect(log.problems(1, 1000)).toEqual({ missing: 0, duplicated: 0 });
-    expect(log.outOfOrder).toEqual([]);
+    expectExactlyOnce(log, 1, 1000);
   });
 
   it('feeds recordFlush from the consumer so a slow consumer shows flush latency', async () => {
-    process.env.SM_TEST_SLOW_MS = '3';
-    try {
+    await withEnv({ SM_TEST_SLOW_MS: '3' }, async () => {
       log = new DeliveryLog();
       let t = 0;
       const m = await ShardManager.create({
@@ -274,8 +264,6 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
       t = 10_000;
       expect(m.mapper.evaluateScaling()).toEqual({ kind: 'scaleUp', count: 1 });
       await m.close();
-    } finally {
-      delete process.env.SM_TEST_SLOW_MS;
-    }
+    });
   });
 });

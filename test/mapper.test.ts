@@ -1,4 +1,4 @@
-// ShardMapper (SPEC §5): lifecycle, gates, scaling decisions, selection and callbacks, all on
+// ShardMapper (docs/CONTRACT.md §5): lifecycle, gates, scaling decisions, selection and callbacks, all on
 // an injected clock (`clock.t`), with no sleeps.
 import { describe, it, expect } from 'vitest';
 import { ShardMapper, ScalingError, NO_SHARD, hashKey, ShardState, ShardMetricsCollector } from 'shard-mapper';
@@ -475,7 +475,7 @@ describe('drainSpecific', () => {
     expect(m.scaleUp(1)).toEqual([3]);
   });
 
-  it('is not gated by the cooldown (implementation choice: the SPEC lists no cooldown gate)', async () => {
+  it('is not gated by the cooldown (implementation choice: docs/CONTRACT.md §5 lists no cooldown gate)', async () => {
     const { mapper: m } = await setup(3, 100, { maxShards: 8, cooldownMs: 1000 });
     m.scaleUp(1);
     expect(() => m.drainSpecific(0)).not.toThrow();
@@ -792,7 +792,7 @@ describe('selection', () => {
     expect(m.selectShard(2863311531)).toBe(2);
     const batch = m.selectShards(new Uint32Array([1431655765, 1431655766, 2863311530, 2863311531]));
     expect([...batch]).toEqual([0, 1, 1, 2]);
-    // a hash % n scheme would send 3 (3 % 3 = 0) and 4 elsewhere; the SPEC's range split keeps them on 0
+    // a hash % n scheme would send 3 (3 % 3 = 0) and 4 elsewhere; the range split of docs/CONTRACT.md §5 keeps them on 0
     expect(m.selectShard(4)).toBe(0);
   });
 

@@ -1,6 +1,6 @@
 // Model-based property tests: random sequences of ShardMapper and ShardManager operations,
 // each checked after EVERY step against a small plain-TypeScript model of the contract
-// (SPEC §4-§6). The model predicts every result and every error (kind and when); an error
+// (docs/CONTRACT.md §4-§6). The model predicts every result and every error (kind and when); an error
 // must leave the real object unchanged. Invariants checked after each step include: active
 // count == Active states, never above maxShards, never below minShards through the scale
 // APIs, ids unique and monotonic, selectShard only ever answers Active ids (the exact one
@@ -13,17 +13,14 @@
 //   FC_SEED=<seed> FC_PATH=<path> npx vitest run test/model.property.test.ts
 import { afterAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
+import { backpressureArb, fcRunParams } from './helpers/arbitraries.js';
 import {
   BackpressureError, NO_SHARD, ScalingError, ShardManager, ShardMapper, hashKey,
   type BackpressureMode, type ManagerEvent, type ScalingPolicy, type ShardMetricsCollector,
 } from 'shard-mapper';
 
-const NUM_RUNS = Number(process.env.FC_RUNS ?? 1000);
-const runParams = () => ({
-  numRuns: NUM_RUNS,
-  ...(process.env.FC_SEED ? { seed: Number(process.env.FC_SEED) } : {}),
-  ...(process.env.FC_PATH ? { path: process.env.FC_PATH } : {}),
-});
+const runParams = () => fcRunParams(1000);
+const NUM_RUNS = runParams().numRuns;
 
 const U32 = 0xffffffff;
 
@@ -106,7 +103,7 @@ class CoreModel {
     return ids;
   }
 
-  /** Routing candidates (SPEC §5 selectShard), in table order. */
+  /** Routing candidates (selectShard, docs/CONTRACT.md §5), in table order. */
   candidates(): number[] {
     const active = this.shards.filter((s) => s.state === 'active');
     let min = Infinity;
@@ -481,7 +478,7 @@ async function runMapper(policy: ScalingPolicy, initial: number, capacity: numbe
         const id = model.pickId(op.pick);
         want = predict(() => {
           const s = model.byId(id);
-          if (!s || s.state !== 'stopped') return false;
+          if (s?.state !== 'stopped') return false;
           model.shards.splice(model.shards.indexOf(s), 1);
           model.gone.push(id);
           return true;
@@ -826,13 +823,6 @@ const managerOpArb = fc.oneof(
 );
 type ManagerOp = typeof managerOpArb extends fc.Arbitrary<infer T> ? T : never;
 
-const bpArb = fc.oneof(
-  fc.constant({ kind: 'failProducer' } as BackpressureMode),
-  fc.constant({ kind: 'dropNewest' } as BackpressureMode),
-  fc.constant({ kind: 'dropOldest' } as BackpressureMode),
-  fc.integer({ min: 1, max: 3 }).map((rate) => ({ kind: 'sample', rate }) as BackpressureMode),
-);
-
 function managerSnapshot(m: ShardManager): unknown {
   return { mapper: mapperSnapshot(m.mapper), stats: m.stats(), lengths: m.mapper.allShardIds().map((id) => m.ringLength(id)) };
 }
@@ -844,7 +834,7 @@ async function runManager(policy: ScalingPolicy, initial: number, requested: num
   const events: string[] = [];
   const maxShards = Math.max(policy.maxShards, initial);
   const maxSlots = Math.max(initial, 1, maxShards + slack);
-  // This model follows SPEC §4's fillRatio (records / capacity). Byte rings report the larger of
+  // This model follows the fillRatio of docs/CONTRACT.md §4 (records / capacity). Byte rings report the larger of
   // that and the byte fill, and test/byte-ring.property.test.ts models the bytes exactly; here
   // the payload area is twice the default, so the byte fill (held extents, plus at most one
   // padding shorter than a record) never passes the record fill and the weights are the model's.
@@ -853,7 +843,7 @@ async function runManager(policy: ScalingPolicy, initial: number, requested: num
     initialShards: initial, ringBufferCapacity: requested, policy, backpressure: bp, clock: () => clock.t,
     drainGraceMs: grace, maxPayloadBytes: maxPayload, maxSlots,
     ringBufferBytes: 2 * (capacity + 1) * Math.ceil(maxPayload / 8) * 8,
-    routing: 'leastLoaded', // the model routes by SPEC §5 (ShardManager's default is 'balanced')
+    routing: 'leastLoaded', // the model routes by docs/CONTRACT.md §5 (ShardManager's default is 'balanced')
     onEvent: (e: ManagerEvent) => {
       events.push(e.type === 'scalingDecision'
         ? `scalingDecision:${e.decision.kind}${'count' in e.decision ? e.decision.count : ''}`
@@ -1103,7 +1093,7 @@ describe('model-based: ShardManager (poll consumers, injected clock) under rando
       fc.asyncProperty(
         // capacities from 1 (rounded to 2) to 512, and enough operations (batches of hundreds)
         // for ring indexes to wrap around the ring many times
-        policyArb, fc.integer({ min: 0, max: 4 }), fc.constantFrom(1, 3, 4, 8, 8, 64, 512), fc.constantFrom(0, 10, 100), bpArb,
+        policyArb, fc.integer({ min: 0, max: 4 }), fc.constantFrom(1, 3, 4, 8, 8, 64, 512), fc.constantFrom(0, 10, 100), backpressureArb,
         fc.constantFrom(4, 8, 24, 70), fc.constantFrom(0, 0, 1, 2, 6),
         fc.array(managerOpArb, { minLength: 1, maxLength: 80, size: 'max' }),
         (policy, initial, capacity, grace, bp, maxPayload, slack, ops) => runManager(policy, initial, capacity, grace, bp, maxPayload, slack, ops),

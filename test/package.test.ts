@@ -97,7 +97,25 @@ describe('types', () => {
     expect(runtime.filter((name) => !declared.includes(name))).toEqual([]);
   });
 
-  it('the root declares every name of the contract (SPEC §1), values and types', () => {
+  it('leaves out what is marked @internal: ShardMapper\'s package-only methods are in dist/*.js, not in the declarations', () => {
+    const internal = ['slotOf', 'leastLoadedIds', 'stopDrained', 'discardProvisioning'];
+    const mapperJs = readFileSync(join(root, 'dist/mapper.js'), 'utf8');
+    for (const name of internal) expect(mapperJs, `dist/mapper.js defines ${name}`).toMatch(new RegExp(`\\n    ${name}\\(`));
+    const resolved = ts.resolveModuleName('shard-mapper', file, options, host).resolvedModule!;
+    const moduleSymbol = checker.getSymbolAtLocation(program.getSourceFile(resolved.resolvedFileName)!)!;
+    const mapperClass = checker.getExportsOfModule(moduleSymbol).find((s) => s.name === 'ShardMapper')!;
+    const members = checker.getPropertiesOfType(checker.getDeclaredTypeOfSymbol(checker.getAliasedSymbol(mapperClass))).map((s) => s.name);
+    expect(members).toContain('selectShard');
+    expect(members.filter((name) => internal.includes(name))).toEqual([]);
+    // No shipped declaration names them (nor the manager's wiring), or keeps an @internal tag.
+    const declarations = (readdirSync(join(root, 'dist'), { recursive: true }) as string[]).filter((f) => f.endsWith('.d.ts'));
+    expect(declarations.length).toBeGreaterThan(10);
+    const named = declarations.filter((f) => /\b(slotOf|leastLoadedIds|stopDrained|discardProvisioning|MapperWiring|WIRING|candidateIndexes)\b|@internal/
+      .test(readFileSync(join(root, 'dist', f), 'utf8')));
+    expect(named).toEqual([]);
+  });
+
+  it('the root declares every name of the contract (docs/CONTRACT.md §1), values and types', () => {
     const resolved = ts.resolveModuleName('shard-mapper', file, options, host).resolvedModule!;
     const moduleSymbol = checker.getSymbolAtLocation(program.getSourceFile(resolved.resolvedFileName)!)!;
     const declared = checker.getExportsOfModule(moduleSymbol).map((s) => s.name);

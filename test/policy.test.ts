@@ -1,4 +1,4 @@
-// ScalingPolicy (SPEC §2) and the argument checks of the ShardMapper constructors.
+// ScalingPolicy (docs/CONTRACT.md §2) and the argument checks of the ShardMapper constructors.
 import { availableParallelism } from 'node:os';
 import { describe, it, expect } from 'vitest';
 import { ShardMapper, ScalingPolicy, ScalingError } from 'shard-mapper';
@@ -19,7 +19,7 @@ const COMMON_BAD: [string, unknown][] = [
   ['an object', {}], ['a bigint', 1n],
 ];
 
-// Per field: values out of range / not integers (per the SPEC table), and accepted edge values.
+// Per field: values out of range / not integers (per the table of docs/CONTRACT.md §2), and accepted edge values.
 const FIELD_CASES: Record<Field, { bad: [string, unknown][]; good: unknown[] }> = {
   fillRatioThreshold: { bad: [['0 (open bound)', 0], ['negative', -0.5], ['above 1', 1.0001], ['a boolean', true]], good: [1, 0.0001, 0.5] },
   pushLatencyThresholdNs: { bad: [['negative', -1], ['non-integer', 1.5], ['a boolean', true]], good: [0, 5, 1_000_000] },
@@ -36,7 +36,7 @@ const FIELD_CASES: Record<Field, { bad: [string, unknown][]; good: unknown[] }> 
 const base = (): Policy => ScalingPolicy.defaultForCpus(4);
 
 describe('ScalingPolicy presets', () => {
-  it('defaultForCpus is the SPEC table with maxShards = cpus', () => {
+  it('defaultForCpus is the table of docs/CONTRACT.md §2 with maxShards = cpus', () => {
     expect(ScalingPolicy.defaultForCpus(6)).toEqual({
       fillRatioThreshold: 0.7,
       pushLatencyThresholdNs: 5,
@@ -63,7 +63,7 @@ describe('ScalingPolicy presets', () => {
     expect(ScalingPolicy.default().maxShards).toBe(CPUS);
   });
 
-  it('highThroughput() has the SPEC values', () => {
+  it('highThroughput() has the values of docs/CONTRACT.md §2', () => {
     expect(ScalingPolicy.highThroughput()).toEqual({
       fillRatioThreshold: 0.6,
       pushLatencyThresholdNs: 3,
@@ -78,7 +78,7 @@ describe('ScalingPolicy presets', () => {
     });
   });
 
-  it('conservative() has the SPEC values', () => {
+  it('conservative() has the values of docs/CONTRACT.md §2', () => {
     expect(ScalingPolicy.conservative()).toEqual({
       fillRatioThreshold: 0.8,
       pushLatencyThresholdNs: 10,
@@ -213,7 +213,7 @@ describe('constructors take a Partial<ScalingPolicy>', () => {
   for (const field of FIELDS) {
     it(`refuses a bad ${field} naming it`, async () => {
       const cases = [...COMMON_BAD, ...FIELD_CASES[field].bad].filter(([, v]) =>
-        // maxShards below minShards is raised by normalize before validation (SPEC §5), so
+        // maxShards below minShards is raised by normalize before validation (docs/CONTRACT.md §5), so
         // those values are accepted by constructors; see the next test.
         !(field === 'maxShards' && typeof v === 'number' && v < 1));
       expect(cases.length).toBeGreaterThan(0);
@@ -225,7 +225,7 @@ describe('constructors take a Partial<ScalingPolicy>', () => {
     });
   }
 
-  it('maxShards below minShards (even 0 or -Infinity) is normalized up, not refused (SPEC: normalize, then validate)', async () => {
+  it('maxShards below minShards (even 0 or -Infinity) is normalized up, not refused (docs/CONTRACT.md §5: normalize, then validate)', async () => {
     for (const maxShards of [0, -1, -Infinity]) {
       const m = await ShardMapper.create(2, 16, { maxShards, minShards: 1 });
       expect(m.policy().maxShards).toBe(2);

@@ -2,12 +2,12 @@
 // repository that exists, every #anchor names a heading of its target, nothing points outside
 // (no ../ escaping the repo, no URL), and tables have their header rows.
 import { describe, expect, it } from 'vitest';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
-const DOCS = ['README.md', 'docs/CONTRACT.md', 'examples/browser/README.md'];
+const DOCS = ['README.md', 'docs/CONTRACT.md', 'docs/bad-input.md', 'examples/browser/README.md'];
 
 /** GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens, -1, -2… for repeats. */
 function anchors(markdown: string): Set<string> {
@@ -62,5 +62,25 @@ describe.each(DOCS)('%s', (doc) => {
       const startsTable = lines[i]!.startsWith('|') && !lines[i - 1]?.startsWith('|');
       if (startsTable) expect(lines[i + 1], `${doc}: the table at "${lines[i]!.slice(0, 60)}" has no header row`).toMatch(/^\|\s*:?-{3,}/);
     }
+  });
+});
+
+describe('code cites docs/CONTRACT.md, not the SPEC (which is not in the repository)', () => {
+  it('no source, test, benchmark, example or script names the SPEC', () => {
+    const self = fileURLToPath(import.meta.url);
+    const found: string[] = [];
+    for (const dir of ['src', 'assembly', 'test', 'bench', 'examples', 'scripts', '.ci']) {
+      if (!existsSync(join(root, dir))) continue;
+      for (const name of readdirSync(join(root, dir), { recursive: true }) as string[]) {
+        const path = join(root, dir, name);
+        // generated or fetched: the fixed-record ring's build, recorded results, bundles
+        if (/(^|[\\/])(node_modules|dist|\.cache|results)([\\/]|$)/.test(name) || path === self) continue;
+        if (!/\.(ts|mts|mjs|js|html|sh)$|^run$/.test(name.split(/[\\/]/).pop()!) || !statSync(path).isFile()) continue;
+        readFileSync(path, 'utf8').split('\n').forEach((line, i) => {
+          if (/\bSPEC\b/.test(line)) found.push(`${relative(root, path)}:${i + 1}: ${line.trim().slice(0, 80)}`);
+        });
+      }
+    }
+    expect(found, 'cite the section of docs/CONTRACT.md instead (its §1-§7 are numbered as the SPEC\'s)').toEqual([]);
   });
 });

@@ -1,4 +1,4 @@
-// Routing modes (SPEC §7): options, the properties of 'balanced' and 'affinity' tables as
+// Routing modes (docs/CONTRACT.md §7): options, the properties of 'balanced' and 'affinity' tables as
 // fast-check properties, and the one rule every mode keeps: only Active shards are selected.
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';

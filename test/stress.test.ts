@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Worker } from 'node:worker_threads';
 import { ShardManager, ShardMapper } from 'shard-mapper';
 import { SharedCore } from '../dist/core.js';
-import { DeliveryLog, sleep } from './helpers/delivery.js';
+import { DeliveryLog, sleep, expectExactlyOnce } from './helpers/delivery.js';
 import { prng } from './helpers/index.js';
 
 const consumerModule = new URL('./fixtures/seq-consumer.mjs', import.meta.url);
@@ -92,8 +92,7 @@ describe('stress: producers and consumers on worker threads while shards come an
     expect(s.unrouted, context).toBe(0);
     expect(s.drops.newest + s.drops.oldest + s.drops.sampled, context).toBe(0);
     expect(log.received, context).toBe(TOTAL);
-    expect(log.problems(PRODUCERS, PER_PRODUCER), context).toEqual({ missing: 0, duplicated: 0 });
-    expect(log.outOfOrder, context).toEqual([]);
+    expectExactlyOnce(log, PRODUCERS, PER_PRODUCER, context);
     expect(m.mapper.allShardIds(), context).toEqual(m.mapper.activeShardIds());
   }, 120_000);
   it('keeps delivery exact while its own scaling loop (start(), real clock) scales under 4 producer threads and random operator adds/removes', async () => {
@@ -144,8 +143,7 @@ describe('stress: producers and consumers on worker threads while shards come an
     expect(decisions.length, context).toBeGreaterThan(0);
     expect([s.pushed, s.delivered, s.inFlight, s.unrouted], context).toEqual([TOTAL, TOTAL, 0, 0]);
     expect(log.received, context).toBe(TOTAL);
-    expect(log.problems(PRODUCERS, PER_PRODUCER), context).toEqual({ missing: 0, duplicated: 0 });
-    expect(log.outOfOrder, context).toEqual([]);
+    expectExactlyOnce(log, PRODUCERS, PER_PRODUCER, context);
   }, 120_000);
 });
 

@@ -1,4 +1,5 @@
 // Receives what the seq-consumer fixture reports and checks exactly-once, in-order delivery.
+import { expect } from 'vitest';
 import { BackpressureError, type ShardManager } from 'shard-mapper';
 // Sized for millions of events: delivery counts live in one Uint8Array per producer
 // (indexed by seq, saturating at 255), not in a Map of boxed keys.
@@ -108,6 +109,16 @@ export class DeliveryLog {
   close(): void {
     this.#channel.close();
   }
+}
+
+/**
+ * The delivery check: every key producer × [0, perProducer) was reported exactly once (none
+ * missing, none twice), and each (shard, producer) lane in push order with no corrupt record.
+ * Call it after `log.waitFor`, which keeps listening a moment so a late duplicate counts.
+ */
+export function expectExactlyOnce(log: DeliveryLog, producers: number, perProducer: number, context?: string): void {
+  expect(log.problems(producers, perProducer), context).toEqual({ missing: 0, duplicated: 0 });
+  expect(log.outOfOrder, context).toEqual([]);
 }
 
 export function seqPayload(producer: number, seq: number, bytes = 16): Uint8Array {

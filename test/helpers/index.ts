@@ -1,9 +1,9 @@
 // Shared helpers for the test files (not a test file itself); test/helpers/ is their one home:
-// delivery.ts (the delivery checker), find-chromium.ts, redis-server.ts, and this file.
+// delivery.ts (the delivery checker, expectExactlyOnce), arbitraries.ts (fast-check), find-chromium.ts,
+// redis-server.ts, and this file (withEnv, rng, the mapper helpers).
 import { expect } from 'vitest';
 import { ShardMapper, ScalingError, type ScalingPolicy } from 'shard-mapper';
-// @ts-expect-error: a plain .mjs module without type declarations
-import { rng as benchRng } from '../../bench/baselines.mjs';
+import { rng } from '../../shared/seeded-random.mjs';
 
 export interface TestClock {
   t: number;
@@ -71,11 +71,30 @@ export function routable(mapper: ShardMapper, samples = 1 << 12): number[] {
   return seen;
 }
 
-/** Deterministic PRNG (mulberry32): uint32 values; the benchmarks' own generator. */
-export const rng: (seed: number) => () => number = benchRng;
+/** Deterministic PRNG (mulberry32): uint32 values; the benchmarks use the same one. */
+export { rng };
 
 /** The same generator as floats in [0, 1), so a failing run can be replayed from its seed. */
 export function prng(seed: number): () => number {
   const next = rng(seed);
   return () => next() / 2 ** 32;
+}
+
+/**
+ * Run `fn` with these environment variables set, then put each back as it was (unset stays
+ * unset), whether `fn` resolves or throws. The consumer fixtures read their SM_TEST_*
+ * settings when a thread starts (a Worker copies process.env then), so `fn` starts the
+ * manager inside.
+ */
+export async function withEnv<T>(vars: Record<string, string>, fn: () => Promise<T> | T): Promise<T> {
+  const before = new Map(Object.keys(vars).map((name) => [name, process.env[name]]));
+  Object.assign(process.env, vars);
+  try {
+    return await fn();
+  } finally {
+    for (const [name, value] of before) {
+      if (value === undefined) delete process.env[name];
+      else process.env[name] = value;
+    }
+  }
 }

@@ -99,22 +99,3 @@ export class PlainWeightedMapper {
     return out;
   }
 }
-
-/** Deterministic PRNG (mulberry32) so every run routes the same hashes and keys. */
-export function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-}
-
-export function randomHashes(n, seed = 1) {
-  const next = rng(seed);
-  const out = new Uint32Array(n);
-  for (let i = 0; i < n; i++) out[i] = next();
-  return out;
-}
