@@ -287,7 +287,7 @@ function postMessageBatch(size, consumers, payloads, hashes) {
  *  a task goes to whichever thread is free, so events of one key are not kept in order. */
 function piscinaRow(size, consumers, payloads, hashes, batched) {
   return {
-    id: batched ? 'piscina-batch' : 'piscina-event', perEvent: !batched,
+    id: batched ? 'piscina-batch' : 'piscina-event', perEvent: !batched, slow: !batched,
     name: batched ? `piscina, ${BATCH} events per task` : 'piscina, one task per event',
     note: batched ? 'events copied into a buffer, transferred; any free thread (no per-key order)' : 'pool.run per event; any free thread (no per-key order)',
     async setup() {
@@ -354,6 +354,7 @@ export async function run(profile) {
   const scale = profile.scale;
   const nBig = Math.max(2048, Math.round(2_000_000 * scale));
   const nPm = Math.max(512, Math.round(200_000 * scale));
+  const nSlow = Math.max(256, Math.round(20_000 * scale)); // piscina, one task per event: ~10 µs a task
   // Thread scheduling on a shared 2-core machine is the noisiest part of the suite: more runs.
   const reps = profile.name === 'full' ? 9 : profile.rounds;
   const warm = profile.name === 'tiny' ? 0 : 1;
@@ -372,7 +373,7 @@ export async function run(profile) {
       for (const impl of impls) { dbg('setup', impl.id, size, consumers); live.push(await impl.setup()); }
       // Warm every implementation, then interleave the measured runs.
       const runs = impls.map(() => []);
-      const counts = impls.map((impl) => (impl.perEvent ? nPm : nBig));
+      const counts = impls.map((impl) => (impl.slow ? nSlow : impl.perEvent ? nPm : nBig));
       for (let w = 0; w < warm; w++) for (let k = 0; k < impls.length; k++) await live[k].once(Math.min(counts[k], 100_000));
       for (let r = 0; r < reps; r++) for (let k = 0; k < impls.length; k++) { dbg('run', impls[k].id); runs[k].push(await live[k].once(counts[k])); }
       for (let k = 0; k < impls.length; k++) { dbg('teardown', impls[k].id); await live[k].teardown(); }
@@ -390,7 +391,7 @@ export async function run(profile) {
       withRatios(rows);
       rowsBy[`${size}-${consumers}`] = rows;
       tables.push({
-        id: `s4-${size}-${consumers}`, title: `4. ${size}-byte payloads, 1 producer → ${consumers} consumer thread${consumers > 1 ? 's' : ''} (${nBig.toLocaleString('en-US')} events per run; postMessage per event ${nPm.toLocaleString('en-US')})`,
+        id: `s4-${size}-${consumers}`, title: `4. ${size}-byte payloads, 1 producer → ${consumers} consumer thread${consumers > 1 ? 's' : ''} (${nBig.toLocaleString('en-US')} events per run; postMessage per event ${nPm.toLocaleString('en-US')}; piscina per event ${nSlow.toLocaleString('en-US')})`,
         unit: 'event', rows, columns: columns(),
       });
     }
