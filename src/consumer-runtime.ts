@@ -65,9 +65,8 @@ const GATHER_MS = 0.05;
 /** How often the thread bumps its heartbeat (ConsumerPool replaces a thread whose heartbeat stops). */
 const HEARTBEAT_MS = 100;
 const RETRY_BACKOFF_MS = 10;
-/** While busy, the event loop gets a turn this often (ms): assign/release/stop messages and
- *  the heartbeat timer run there. By time, not by batch count: with gathering sleeps 32
- *  batches can take milliseconds, and a shard's removal waits for its release. */
+/** While busy with full batches, the event loop gets a turn this often (ms): assign/release/
+ *  stop messages and the heartbeat timer run there (after every gathering sleep too). */
 const YIELD_EVERY_MS = 1;
 const PARK_SPINS = 64;
 
@@ -212,8 +211,14 @@ export async function runConsumer(
     return 0;
   }
 
-  // A word nobody notifies: the gathering sleep below waits on it for its timeout.
+  // A word nobody notifies: the gathering sleep waits on it for its timeout. The event loop
+  // gets its turn right after (a release waits for it, and a shard's removal for the release).
   const gatherWord = new Int32Array(new SharedArrayBuffer(4));
+  async function gather(): Promise<void> {
+    Atomics.wait(gatherWord, 0, 0, GATHER_MS);
+    await yieldToEventLoop();
+    yielded = performance.now();
+  }
   let yielded = performance.now();
   let movedBefore = 0;
   while (true) {
@@ -230,15 +235,13 @@ export async function runConsumer(
       if (!running) break;
       // Right after records came, the flow most likely goes on: sleep the gathering time
       // once more before parking (a parked consumer costs the producer a wake-up call).
-      if (movedBefore > 0 && releases.length === 0) Atomics.wait(gatherWord, 0, 0, GATHER_MS);
+      if (movedBefore > 0 && releases.length === 0) await gather();
       else await park();
-    } else {
-      if (!backlog && running) Atomics.wait(gatherWord, 0, 0, GATHER_MS);
-      const now = performance.now();
-      if (now - yielded >= YIELD_EVERY_MS) { // let assign/release/stop messages in while busy
-        await yieldToEventLoop();
-        yielded = now;
-      }
+    } else if (!backlog && running) {
+      await gather();
+    } else if (performance.now() - yielded >= YIELD_EVERY_MS) { // let assign/release/stop messages in while busy
+      await yieldToEventLoop();
+      yielded = performance.now();
     }
     movedBefore = moved;
   }
