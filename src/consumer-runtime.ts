@@ -56,12 +56,15 @@ const PARK_TIMEOUT_MS = 50;
  * writing, both threads pay a cache-line transfer every few records, and the consumer
  * empties the ring and parks thousands of times a second, each park costing the producer a
  * wake-up call (measured: push went from 48 ns per event alone to 126 ns with a chasing
- * consumer). So after a pass that found only a partial batch, and after the first empty pass
- * that follows one, the thread sleeps this long (a blocking wait: nothing to run meanwhile)
+ * consumer). So after a pass that found a partial batch of at least GATHER_MIN_RECORDS, and
+ * after the first empty pass that follows one, the thread sleeps this long (a blocking wait: nothing to run meanwhile)
  * and claims a fuller batch after. A record is never held back once claimed; one arriving
  * during the sleep waits at most this long.
  */
 const GATHER_MS = 0.05;
+/** A pass with fewer records than this is a slow flow: no gathering (a parked consumer is
+ *  woken by the next push, so single events are not held back by the sleep). */
+const GATHER_MIN_RECORDS = 16;
 /** How often the thread bumps its heartbeat (ConsumerPool replaces a thread whose heartbeat stops). */
 const HEARTBEAT_MS = 100;
 const RETRY_BACKOFF_MS = 10;
@@ -235,9 +238,9 @@ export async function runConsumer(
       if (!running) break;
       // Right after records came, the flow most likely goes on: sleep the gathering time
       // once more before parking (a parked consumer costs the producer a wake-up call).
-      if (movedBefore > 0 && releases.length === 0) await gather();
+      if (movedBefore >= GATHER_MIN_RECORDS && releases.length === 0) await gather();
       else await park();
-    } else if (!backlog && running) {
+    } else if (!backlog && moved >= GATHER_MIN_RECORDS && running) {
       await gather();
     } else if (performance.now() - yielded >= YIELD_EVERY_MS) { // let assign/release/stop messages in while busy
       await yieldToEventLoop();
