@@ -65,12 +65,19 @@ const GATHER_MS = 0.05;
 /** A pass with fewer records than this is a slow flow: no gathering (a parked consumer is
  *  woken by the next push, so single events are not held back by the sleep). */
 const GATHER_MIN_RECORDS = 16;
+/** Rings smaller than this many batches never gather: the sleep (milliseconds, not 50 µs, on
+ *  a loaded machine) would fill them and stall the producers (seen: 256-record rings with
+ *  32-record batches slowed test/faults.test.ts's consumer-kill test past its timeout). */
+const GATHER_MIN_RING_BATCHES = 16;
 /** How often the thread bumps its heartbeat (ConsumerPool replaces a thread whose heartbeat stops). */
 const HEARTBEAT_MS = 100;
 const RETRY_BACKOFF_MS = 10;
 /** While busy with full batches, the event loop gets a turn this often (ms): assign/release/
  *  stop messages and the heartbeat timer run there (after every gathering sleep too). */
 const YIELD_EVERY_MS = 1;
+/** ... and at least every this many busy passes (as before the gathering: the consumer-kill
+ *  fault test needs the turns that often to finish in time on a loaded machine). */
+const YIELD_EVERY_BATCHES = 32;
 const PARK_SPINS = 64;
 
 /** Run the consumer loop in this worker until the manager says stop. @internal */
@@ -217,12 +224,14 @@ export async function runConsumer(
   // A word nobody notifies: the gathering sleep waits on it for its timeout. The event loop
   // gets its turn right after (a release waits for it, and a shard's removal for the release).
   const gatherWord = new Int32Array(new SharedArrayBuffer(4));
+  const gathering = core.ringCapacity >= GATHER_MIN_RING_BATCHES * init.batchSize;
   async function gather(): Promise<void> {
     Atomics.wait(gatherWord, 0, 0, GATHER_MS);
     await yieldToEventLoop();
     yielded = performance.now();
   }
   let yielded = performance.now();
+  let batches = 0;
   let movedBefore = 0;
   while (true) {
     applyReleases();
@@ -238,12 +247,12 @@ export async function runConsumer(
       if (!running) break;
       // Right after records came, the flow most likely goes on: sleep the gathering time
       // once more before parking (a parked consumer costs the producer a wake-up call).
-      if (movedBefore >= GATHER_MIN_RECORDS && releases.length === 0) await gather();
+      if (gathering && movedBefore >= GATHER_MIN_RECORDS && releases.length === 0) await gather();
       else await park();
-    } else if (!backlog && moved >= GATHER_MIN_RECORDS && running) {
+    } else if (gathering && !backlog && moved >= GATHER_MIN_RECORDS && running) {
       await gather();
-    } else if (performance.now() - yielded >= YIELD_EVERY_MS) { // let assign/release/stop messages in while busy
-      await yieldToEventLoop();
+    } else if (++batches % YIELD_EVERY_BATCHES === 0 || performance.now() - yielded >= YIELD_EVERY_MS) {
+      await yieldToEventLoop(); // let assign/release/stop messages in while busy
       yielded = performance.now();
     }
     movedBefore = moved;
