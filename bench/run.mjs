@@ -18,9 +18,10 @@ import * as s6 from './s6-growth.mjs';
 import * as s7 from './s7-routing.mjs';
 import * as s8 from './s8-redis.mjs';
 import * as s9 from './s9-bytes.mjs';
+import * as s10 from './s10-latency.mjs';
 import * as s11 from './s11-key-order.mjs';
 
-export const SCENARIOS = [s1, s2, s3, s4, s5, s6, s7, s8, s9, s11];
+export const SCENARIOS = [s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11];
 
 function parseArgs(argv) {
   const args = { profile: 'full', only: undefined, list: false };

@@ -9,6 +9,7 @@
 // implementations' runs are interleaved (A B C D E, A B C D E, …) and the median run is
 // reported. A full ring makes the producer retry (counted as "stalls"): no event is lost.
 import { RingBuffer } from 'ringbuf.js';
+import { Piscina } from 'piscina';
 import { ShardManager, BackpressureError } from 'shard-mapper';
 import { randomHashes } from '../shared/seeded-random.mjs';
 import { measureOps, summarizeRuns, withRatios, row, goal, consume, check, sleep, fmtRatio, fmtNs, fmtRate, startWorker } from './lib.mjs';
@@ -172,7 +173,7 @@ function smPushFixed(size, consumers, payloads, hashes, batch = false) {
 
 function ringbuf(size, consumers, payloads, hashes) {
   return {
-    id: 'ringbuf', name: 'ringbuf.js (SPSC ring per consumer)', note: 'empty ring polled, then 1 ms sleeps',
+    id: 'ringbuf', name: 'ringbuf.js (SPSC ring per consumer)', note: 'the hand-written fan-out: one SPSC ring per consumer, same hash split, consumer pops 256 at a time; empty ring polled, then 1 ms sleeps',
     async setup() {
       const ctl = new Int32Array(new SharedArrayBuffer(64));
       const rings = [];
@@ -281,6 +282,44 @@ function postMessageBatch(size, consumers, payloads, hashes) {
   };
 }
 
+/** piscina, the worker-thread pool users fan work out with: `consumers` threads, one task per
+ *  event or one per `BATCH` events (copied into a buffer and transferred). It routes nothing:
+ *  a task goes to whichever thread is free, so events of one key are not kept in order. */
+function piscinaRow(size, consumers, payloads, hashes, batched) {
+  return {
+    id: batched ? 'piscina-batch' : 'piscina-event', perEvent: !batched, slow: !batched,
+    name: batched ? `piscina, ${BATCH} events per task` : 'piscina, one task per event',
+    note: batched ? 'events copied into a buffer, transferred; any free thread (no per-key order)' : 'pool.run per event; any free thread (no per-key order)',
+    async setup() {
+      const pool = new Piscina({ filename: workerUrl('piscina-task.mjs').href, minThreads: consumers, maxThreads: consumers, idleTimeout: 60_000 });
+      await Promise.all(Array.from({ length: consumers * 2 }, () => pool.run(new Uint8Array(size).fill(1)))); // threads up
+      let sum = 0;
+      return {
+        async once(n) {
+          const t0 = performance.now();
+          const pending = [];
+          if (!batched) {
+            for (let i = 0; i < n; i++) pending.push(pool.run(payloads[i & (POOL - 1)]));
+          } else {
+            for (let i = 0; i < n; i += BATCH) {
+              const m = Math.min(BATCH, n - i);
+              const buf = new Uint8Array(m * size);
+              for (let k = 0; k < m; k++) buf.set(payloads[(i + k) & (POOL - 1)], k * size);
+              pending.push(pool.run({ n: m, size, buf: buf.buffer }, { transferList: [buf.buffer] }));
+            }
+          }
+          for (const r of await Promise.all(pending)) sum = (sum + r) | 0;
+          return { ms: performance.now() - t0, events: n, bytes: n * size };
+        },
+        async teardown() {
+          consume(sum);
+          await pool.destroy();
+        },
+      };
+    },
+  };
+}
+
 // ---- the copy limit ---------------------------------------------------------------------------
 
 async function copyLimit(profile, size, payloads) {
@@ -315,6 +354,7 @@ export async function run(profile) {
   const scale = profile.scale;
   const nBig = Math.max(2048, Math.round(2_000_000 * scale));
   const nPm = Math.max(512, Math.round(200_000 * scale));
+  const nSlow = Math.max(256, Math.round(20_000 * scale)); // piscina, one task per event: ~10 µs a task
   // Thread scheduling on a shared 2-core machine is the noisiest part of the suite: more runs.
   const reps = profile.name === 'full' ? 9 : profile.rounds;
   const warm = profile.name === 'tiny' ? 0 : 1;
@@ -326,13 +366,14 @@ export async function run(profile) {
     const copyRows = await copyLimit(profile, size, payloads);
     for (const consumers of [1, 2]) {
       const impls = [smPush, smPushBatch, smPushFixed, ringbuf, postMessageEach, postMessageBatch].map((f) => f(size, consumers, payloads, hashes));
+      impls.push(piscinaRow(size, consumers, payloads, hashes, false), piscinaRow(size, consumers, payloads, hashes, true));
       impls.splice(1, 0, smPush(size, consumers, payloads, hashes, true));
       impls.splice(4, 0, smPushFixed(size, consumers, payloads, hashes, true));
       const live = [];
       for (const impl of impls) { dbg('setup', impl.id, size, consumers); live.push(await impl.setup()); }
       // Warm every implementation, then interleave the measured runs.
       const runs = impls.map(() => []);
-      const counts = impls.map((impl) => (impl.perEvent ? nPm : nBig));
+      const counts = impls.map((impl) => (impl.slow ? nSlow : impl.perEvent ? nPm : nBig));
       for (let w = 0; w < warm; w++) for (let k = 0; k < impls.length; k++) await live[k].once(Math.min(counts[k], 100_000));
       for (let r = 0; r < reps; r++) for (let k = 0; k < impls.length; k++) { dbg('run', impls[k].id); runs[k].push(await live[k].once(counts[k])); }
       for (let k = 0; k < impls.length; k++) { dbg('teardown', impls[k].id); await live[k].teardown(); }
@@ -350,7 +391,7 @@ export async function run(profile) {
       withRatios(rows);
       rowsBy[`${size}-${consumers}`] = rows;
       tables.push({
-        id: `s4-${size}-${consumers}`, title: `4. ${size}-byte payloads, 1 producer → ${consumers} consumer thread${consumers > 1 ? 's' : ''} (${nBig.toLocaleString('en-US')} events per run; postMessage per event ${nPm.toLocaleString('en-US')})`,
+        id: `s4-${size}-${consumers}`, title: `4. ${size}-byte payloads, 1 producer → ${consumers} consumer thread${consumers > 1 ? 's' : ''} (${nBig.toLocaleString('en-US')} events per run; postMessage per event ${nPm.toLocaleString('en-US')}; piscina per event ${nSlow.toLocaleString('en-US')})`,
         unit: 'event', rows, columns: columns(),
       });
     }
@@ -395,6 +436,25 @@ export async function run(profile) {
     goals.push(goal({ id: `copy-limit-pushFixed-256-${consumers}`, issue: '#12', text: `pushFixed 256 B → ${c} (batch consumer) ≥ 50 % of the per-event copy limit`,
       value: pct('sm-pushFixed-rb'), target: 50, op: '>=', unit: '%',
       detail: `${rate(row(rows, 'sm-pushFixed-rb'))}; Uint8Array[] consumer ${pct('sm-pushFixed').toFixed(1)} %` }));
+  }
+  // Issue #20's goals: the batch consumer is the fast path, against the hand-written ring.
+  for (const size of [16, 256]) {
+    for (const consumers of [1, 2]) {
+      const rows = rowsBy[`${size}-${consumers}`];
+      const rb = row(rows, 'ringbuf');
+      const c = `${consumers} consumer${consumers > 1 ? 's' : ''}`;
+      goals.push(goal({ id: `i20-push-rb-vs-ringbuf-${size}-${consumers}`, issue: '#20', text: `routed push ${size} B → ${c} (batch consumer) ≥ 1.5× ringbuf.js`,
+        value: rb.ns / row(rows, 'sm-push-rb').ns, target: 1.5, op: '>=',
+        detail: `${rate(row(rows, 'sm-push-rb'))} vs ${rate(rb)}` }));
+      goals.push(goal({ id: `i20-pushFixed-rb-vs-ringbuf-${size}-${consumers}`, issue: '#20', text: `pushFixed ${size} B → ${c} (batch consumer) ≥ 3× ringbuf.js`,
+        value: rb.ns / row(rows, 'sm-pushFixed-rb').ns, target: 3, op: '>=',
+        detail: `${rate(row(rows, 'sm-pushFixed-rb'))} vs ${rate(rb)}` }));
+      const pairs = [['sm-push-rb', 'sm-push'], ['sm-pushFixed-rb', 'sm-pushFixed']].map(([b, a]) => [b, row(rows, a).ns / row(rows, b).ns]);
+      const worst = pairs.reduce((a, b) => (b[1] < a[1] ? b : a));
+      goals.push(goal({ id: `i20-batch-vs-array-${size}-${consumers}`, issue: '#20', text: `batch consumer ≥ 1.3× the Uint8Array[] consumer (${size} B, ${c}; the slower pair counts)`,
+        value: worst[1], target: 1.3, op: '>=',
+        detail: pairs.map(([id, v]) => `${id.replace('sm-', '').replace('-rb', '')} ${fmtRatio(v)}`).join(', ') }));
+    }
   }
   return {
     tables, goals,

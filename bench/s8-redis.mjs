@@ -1,3 +1,5 @@
+// Scenario 8 — routed push into Redis Streams (issue 11); the end-to-end table also has
+// BullMQ (Queue.addBulk → Redis → a Worker process), what users run instead (issue 20).
 // Scenario 8 — routed push into Redis Streams (issue 11). One node of shard-mapper/redis
 // pushes 64-byte events over 8 shards (frames, pipelined XADD) into a local redis-server the
 // scenario starts itself (127.0.0.1, random port, temporary directory, no persistence), against
@@ -15,6 +17,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
+import { Queue } from 'bullmq';
 import { RedisShardManager, serveShardConsumers } from 'shard-mapper/redis';
 import { summarizeRuns, withRatios, row, goal, consume, check, fmtRate, fmtRatio } from './lib.mjs';
 
@@ -45,7 +48,7 @@ async function startServer() {
     try { await client.connect(); await client.ping(); break; } catch { await new Promise((r) => setTimeout(r, 25)); }
   }
   return {
-    url: `redis://127.0.0.1:${port}`, client,
+    url: `redis://127.0.0.1:${port}`, client, port,
     async stop() { client.disconnect(); child.kill('SIGTERM'); await new Promise((r) => child.once('exit', r)); rmSync(dir, { recursive: true, force: true }); },
   };
 }
@@ -154,6 +157,15 @@ export async function run(profile) {
     const rates = runsE2e.map((x) => (x.events / x.ms) * 1000);
     e2eRows.push({ id: `e2e-${procs}`, name: `${procs} node process${procs > 1 ? 'es' : ''} → Redis → 1 consumer process (acknowledged)`, ...m, min: Math.min(...rates), max: Math.max(...rates), events: n });
   }
+  // What users run instead: a BullMQ queue, jobs added in bulk, one Worker in another process.
+  const nBull = Math.max(500, Math.round(n / 40)); // a BullMQ job costs ~1000× an event here
+  for (const concurrency of [1, 64]) {
+    const runsBull = [];
+    for (let r = 0; r < (profile.name === 'tiny' ? 1 : 3); r++) runsBull.push(await bullEndToEnd(server.port, nBull, concurrency, `bench-bull-${concurrency}-${r}`, events));
+    const m = summarizeRuns(runsBull);
+    const rates = runsBull.map((x) => (x.events / x.ms) * 1000);
+    e2eRows.push({ id: `bullmq-${concurrency}`, name: `BullMQ: Queue.addBulk (1000 jobs a call) → Redis → 1 Worker process (concurrency ${concurrency}; ${nBull.toLocaleString('en-US')} events)`, ...m, min: Math.min(...rates), max: Math.max(...rates), events: nBull });
+  }
   const reactions = [];
   for (let r = 0; r < 3; r++) reactions.push(await reaction(url, `react-${r}`));
   await server.stop();
@@ -203,6 +215,37 @@ export async function run(profile) {
 }
 
 const nodeWorker = fileURLToPath(new URL('./workers/redis-node.mjs', import.meta.url));
+const bullWorker = fileURLToPath(new URL('./workers/bullmq-worker.mjs', import.meta.url));
+
+/** BullMQ end to end: this process adds n jobs (one 64-byte event each, base64) with
+ *  Queue.addBulk, 1000 a call; a Worker in a child process completes them (removeOnComplete).
+ *  Timed from the first addBulk to the worker's count reaching n. */
+async function bullEndToEnd(port, n, concurrency, name, events) {
+  const connection = { host: '127.0.0.1', port };
+  const queue = new Queue(name, { connection });
+  await queue.waitUntilReady();
+  const child = fork(bullWorker, [String(port), name, String(concurrency)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  let processed = 0;
+  child.on('message', (m) => { if (m.type === 'count' || m.type === 'stopped') processed = m.processed; });
+  await new Promise((resolve) => { const on = (m) => { if (m.type === 'ready') { child.off('message', on); resolve(); } }; child.on('message', on); });
+  const data = events.slice(0, 1024).map((e) => Buffer.from(e.buffer, e.byteOffset, SIZE).toString('base64'));
+  const t0 = performance.now();
+  for (let i = 0; i < n; i += 1000) {
+    const jobs = [];
+    for (let k = i; k < Math.min(n, i + 1000); k++) jobs.push({ name: 'e', data: { d: data[k & 1023] }, opts: { removeOnComplete: true } });
+    await queue.addBulk(jobs);
+  }
+  const limit = performance.now() + 300_000;
+  while (processed < n && performance.now() < limit) await new Promise((r) => setTimeout(r, 2));
+  const ms = performance.now() - t0;
+  child.send('stop');
+  await new Promise((r) => { if (child.exitCode !== null) r(); else child.once('exit', r); });
+  check(processed === n, `BullMQ end to end: ${processed} of ${n} processed`);
+  await queue.obliterate({ force: true });
+  await queue.close();
+  consume(processed);
+  return { ms, events: n };
+}
 
 /** `procs` node processes push n events in all; one consumer (here, its own connection)
  *  acknowledges them. Timed from 'go' to the last acknowledgement. */

@@ -47,8 +47,11 @@ if (!(minPayload >= 8 && payloadBytes >= minPayload && payloadBytes <= 65536)) {
   process.exit(2);
 }
 const RING_RECORDS = 4096;
-// A range sizes each ring for its records at the average size (and a little more), not at the largest.
-const ringBufferBytes = payloadRange ? Math.max(4 * payloadBytes, Math.ceil(1.25 * RING_RECORDS * (minPayload + payloadBytes) / 2)) : undefined;
+// A range sizes each ring for its records at the average size (and a little more), not at the
+// largest; one fixed size up to 256 bytes gets the default (room for RING_RECORDS of them), a
+// larger one room for RING_RECORDS of its own size (the default is made for 256-byte events).
+const ringBufferBytes = payloadRange ? Math.max(4 * payloadBytes, Math.ceil(1.25 * RING_RECORDS * (minPayload + payloadBytes) / 2))
+  : payloadBytes > 256 ? (RING_RECORDS + 1) * Math.ceil(payloadBytes / 8) * 8 : undefined;
 const peak = num('peak', 1000, 10_000_000);
 const maxShards = Math.round(num('max-shards', 1, 64));
 const LOW = Math.min(2000, peak / 10);
@@ -71,7 +74,7 @@ const elapsed = () => (performance.now() - started) / 1000;
 const manager = await ShardManager.create({
   initialShards: 1,
   ringBufferCapacity: RING_RECORDS,
-  ringBufferBytes, // undefined: room for RING_RECORDS of the largest size
+  ringBufferBytes, // undefined: the default, room for RING_RECORDS events of up to 256 bytes
   routing: args.routing, // undefined: ShardManager's default
   maxPayloadBytes: Math.max(payloadBytes, 64),
   policy: { minShards: 1, maxShards, fillRatioThreshold: 0.5, cooldownMs: 1500, scaleDownDelayMs: 3000, metricsWindowMs: 250 },

@@ -76,8 +76,10 @@ export interface ShardManagerOptions {
   maxPayloadBytes?: number;
   /** Bytes of each shard ring's payload area (rounded up to a multiple of 8). Payloads take
    *  their own length rounded up to 8, so memory follows the events, not the largest one.
-   *  Default: (ringCapacity + 1) × maxPayloadBytes (rounded up to 8): every ring holds its
-   *  ringBufferCapacity records of any sizes, as before byte rings. */
+   *  Default: (ringCapacity + 1) × min(maxPayloadBytes, 256) (rounded up to 8), and at least
+   *  4 × maxPayloadBytes: room for ringBufferCapacity typical events (all of them, of any
+   *  size, when maxPayloadBytes ≤ 256); a few large events fill a ring by bytes, which the
+   *  fill ratio reports and autoscaling answers. */
   ringBufferBytes?: number;
   /** Run consumers in worker threads; without it the application consumes with poll(). */
   consumer?: ConsumerOptions;
@@ -174,15 +176,22 @@ function backpressureCode(mode: BackpressureMode): { code: number; rate: number 
 
 const nextPowerOfTwo = (n: number) => 2 ** Math.ceil(Math.log2(Math.max(1, n)));
 
+/** The event size the default payload area is made for: raising maxPayloadBytes for a rare
+ *  large event must not multiply every ring's memory (64 KiB × 4096 records is 256 MiB a
+ *  shard, fatal in a browser tab). */
+const TYPICAL_EVENT_BYTES = 256;
+
 /** Each ring's payload area: `options.ringBufferBytes` (rounded up to 8), or room for
- *  ringCapacity payloads of the largest size plus one more: a payload never wraps, and the
- *  padding in front of one that would have crossed the end is shorter than a payload, so
- *  ringCapacity records of any sizes always fit, as they did before byte rings. The largest
- *  payload may be at most a quarter of the area (its padding then costs at most a quarter too). */
+ *  ringCapacity payloads of the typical size (the largest one when that is smaller) plus one
+ *  more: a payload never wraps, and the padding in front of one that would have crossed the
+ *  end is shorter than a payload, so with maxPayloadBytes up to the typical size ringCapacity
+ *  records of any sizes always fit. The largest payload may be at most a quarter of the area
+ *  (its padding then costs at most a quarter too), so the default is at least 4 of them. */
 function ringBytesFor(requested: unknown, ringCapacity: number, maxPayload: number): number {
   const extent = payloadExtent(maxPayload);
+  const typical = Math.min(extent, TYPICAL_EVENT_BYTES);
   const ringBytes = requested === undefined
-    ? Math.min(MAX_RING_BYTES, Math.max((ringCapacity + 1) * extent, 4 * extent))
+    ? Math.min(MAX_RING_BYTES, Math.max((ringCapacity + 1) * typical, 4 * extent))
     : payloadExtent(checkInteger('options.ringBufferBytes', requested, 1, MAX_RING_BYTES));
   if (4 * extent > ringBytes) {
     throw invalid(`options.maxPayloadBytes (${maxPayload}) may be at most a quarter of options.ringBufferBytes (${ringBytes}): ` +

@@ -206,14 +206,17 @@ describe('maxPayloadBytes and ringBufferBytes', () => {
     await m.close();
   });
 
-  // capacity requested, maxPayloadBytes → the default area: max((capacity + 1) × align8(max), 4 × align8(max))
+  // capacity requested, maxPayloadBytes → the default area: max((capacity + 1) × min(align8(max), 256), 4 × align8(max))
   const DEFAULTS: [number, number | undefined, number][] = [
     [4096, undefined, 4097 * 256], // the default maxPayloadBytes (256)
     [2, 256, 4 * 256], // capacity 2: (2 + 1) × 256 is under the quarter rule's 4 × 256
     [1, 100, 4 * 104], // capacity 1 is made 2; 100 rounds up to 104
     [3, 8, 5 * 8], // capacity 3 is made 4: (4 + 1) × 8
     [100, 7, 129 * 8], // capacity 128, 7 rounds up to 8
-    [64, 1000, 65 * 1000],
+    // past the typical event size (256 B) the area is sized for typical events, not the largest:
+    [64, 1000, 65 * 256], // was 65 × 1000 before the default followed typical events
+    [4096, 65536, 4097 * 256], // 1 MiB, not 256 MiB
+    [64, 65536, 4 * 65536], // the quarter rule's floor: 4 of the largest
   ];
   for (const [capacity, maxPayloadBytes, want] of DEFAULTS) {
     it(`default ringBufferBytes for capacity ${capacity}, maxPayloadBytes ${maxPayloadBytes ?? 'default'}: ${want}`, async () => {
@@ -277,6 +280,7 @@ describe('memory (the issue\'s table)', () => {
   const slotBytes = (capacity: number, ringBytes: number) => Math.ceil((512 + 16 * capacity + ringBytes) / 128) * 128;
   const CASES: { label: string; maxPayloadBytes?: number; ringBufferBytes?: number }[] = [
     { label: 'maxPayloadBytes 256 (default), default ringBufferBytes' },
+    { label: 'maxPayloadBytes 65536, default ringBufferBytes', maxPayloadBytes: 65536 },
     { label: 'maxPayloadBytes 65536, ringBufferBytes 16 MiB', maxPayloadBytes: 65536, ringBufferBytes: 16 * MiB },
     { label: 'maxPayloadBytes 1 MiB, ringBufferBytes 8 MiB', maxPayloadBytes: MiB, ringBufferBytes: 8 * MiB },
   ];
@@ -295,7 +299,7 @@ describe('memory (the issue\'s table)', () => {
       const m = await ShardManager.create(options(4));
       const ringBytes = m.ringBufferBytes;
       if (c.ringBufferBytes !== undefined) expect(ringBytes).toBe(c.ringBufferBytes);
-      else expect(ringBytes).toBe(4097 * 256);
+      else expect(ringBytes).toBe(Math.max(4097 * 256, 4 * (c.maxPayloadBytes ?? 256)));
       const slot = slotBytes(4096, ringBytes);
       const m4 = m.memoryBytes;
       // whole pages; three more slots than one shard's memory, to within the page rounding
@@ -314,6 +318,26 @@ describe('memory (the issue\'s table)', () => {
       await m.close();
     }
     console.log(['| 4 shards, ringBufferCapacity 4096 | per shard (slot) | memoryBytes | outside the slots (header, tables, lanes) |', '|---|---|---|---|', ...rows].join('\n'));
+  });
+
+  it('maxPayloadBytes 64 KiB for a rare large event, 4 shards × 4096 records, no ringBufferBytes given: at most 64 MiB in all', async () => {
+    // Before the default followed typical events it was (4096 + 1) × 64 KiB = 256 MiB a ring,
+    // 1 GiB for these four shards.
+    const m = await ShardManager.create({
+      initialShards: 4, ringBufferCapacity: 4096, maxPayloadBytes: 65536, policy: { minShards: 4, maxShards: 4, autoScale: false },
+    });
+    expect(m.ringBufferBytes).toBe(4097 * 256);
+    expect(m.memoryBytes).toBeLessThanOrEqual(64 * MiB);
+    // and the rare large event still goes through, with typical ones around it
+    const big = payload(7, 65536);
+    for (let i = 0; i < 100; i++) expect(m.push(1, payload(i, 200))).toBe(true);
+    expect(m.push(1, big)).toBe(true);
+    const shard = m.mapper.selectShard(1);
+    const got = m.poll(shard, 1 << 20);
+    expect(got).toHaveLength(101);
+    expect(Buffer.compare(Buffer.from(got[100]!), Buffer.from(big))).toBe(0);
+    console.log(`defaults, maxPayloadBytes 64 KiB: ringBufferBytes ${m.ringBufferBytes}, memoryBytes ${(m.memoryBytes / MiB).toFixed(1)} MiB`);
+    await m.close();
   });
 
   it('the issue\'s mix (95 % of 200 B, 5 % up to 64 KiB), 4096 records in flight in each of 4 shards, fits in 64 MiB in all', async () => {

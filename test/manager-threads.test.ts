@@ -77,7 +77,9 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
     log = new DeliveryLog();
     const m = await ShardManager.create({
       routing,
-      initialShards: 1, ringBufferCapacity: 2048, maxPayloadBytes: 512, policy: { minShards: 1, maxShards: 8 },
+      // 1 MiB payload areas, given: the default stopped growing with maxPayloadBytes past 256
+      // (it would be 512 KiB), and this test is about growth past the initial memory
+      initialShards: 1, ringBufferCapacity: 2048, maxPayloadBytes: 512, ringBufferBytes: 2048 * 512, policy: { minShards: 1, maxShards: 8 },
       consumer: { module: consumerModule, threads: 2, batchSize: 64 },
     });
     const producer = new Worker(producerModule, { workerData: { handle: m.producerHandle(), producer: 1, count: 20_000, payloadBytes: 300 } });
