@@ -132,7 +132,9 @@ export interface ManagerStats {
   pushed: number;
   /** Events acknowledged by a consumer (or returned by poll). */
   delivered: number;
-  /** Events not delivered because of backpressure: refused, shed, or evicted. */
+  /** Events the package discarded under backpressure: dropNewest, dropOldest evictions, sample,
+   *  and moving keys under those modes. Pushes failProducer refused (the caller keeps the
+   *  event and may retry) are not drops: they are counted in drops.refused. */
   dropped: number;
   /** Pushes made while no shard was Active (never counted as backpressure). */
   unrouted: number;
@@ -585,7 +587,7 @@ export class ShardManager {
       shards.push({
         id, state: this.mapper.shardState(id)!, length: abi.ringLen(slot) >>> 0, bytes: abi.ringBytesUsed(slot) >>> 0,
         pushed: t[Total.Pushed]!, delivered: t[Total.Delivered]!,
-        dropped: t[Total.DroppedNewest]! + t[Total.Sampled]! + t[Total.Refused]! + t[Total.Evicted]!,
+        dropped: t[Total.DroppedNewest]! + t[Total.Sampled]! + t[Total.Evicted]!, // refusals are not drops
         movingOut: moving?.get(id)?.out ?? 0, movingIn: moving?.get(id)?.in ?? 0,
       });
     }
@@ -596,7 +598,8 @@ export class ShardManager {
     };
     return {
       pushed: totals[Total.Pushed]!, delivered: totals[Total.Delivered]!,
-      dropped: drops.newest + drops.oldest + drops.sampled + drops.refused + drops.moving,
+      // failProducer refuses moving keys (the caller keeps them); the other modes discard them.
+      dropped: drops.newest + drops.oldest + drops.sampled + (this.backpressure.kind === 'failProducer' ? 0 : drops.moving),
       keyOrder,
       unrouted: abi.unroutedTotal(), drops,
       inFlight: totals[Total.Pushed]! - totals[Total.Delivered]! - drops.oldest,

@@ -172,7 +172,7 @@ export function registerShardManagerMetrics(options: PrometheusOptions = {}): Sh
   mirror('events_pushed_total', 'Events accepted into a ring.', [], (set, m) => set({}, m.stats().pushed));
   mirror('events_delivered_total', 'Events acknowledged by a consumer (or returned by poll).', [], (set, m) => set({}, m.stats().delivered));
   mirror('events_unrouted_total', 'Pushes made while no shard was Active.', [], (set, m) => set({}, m.stats().unrouted));
-  mirror('events_dropped_total', 'Events dropped by backpressure, by reason.', ['reason'], (set, m) => {
+  mirror('events_dropped_total', 'Events dropped by backpressure, by reason; reason "refused" counts pushes failProducer refused (the caller kept them: not in stats().dropped).', ['reason'], (set, m) => {
     const drops = m.stats().drops;
     for (const reason of DROP_REASONS) set({ reason }, drops[reason] ?? 0);
   });

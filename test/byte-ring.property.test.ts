@@ -121,7 +121,7 @@ class ByteRingModel {
   }
 
   stats() {
-    const dropped = this.newest + this.sampled + this.refused + this.evicted;
+    const dropped = this.newest + this.sampled + this.evicted; // refusals are not drops
     return {
       pushed: this.pushed, delivered: this.delivered, dropped, unrouted: 0,
       drops: { newest: this.newest, oldest: this.evicted, sampled: this.sampled, refused: this.refused, moving: 0 },

@@ -759,13 +759,13 @@ class ManagerModel extends CoreModel {
     const t = { ...this.retiredTotals };
     for (const s of this.shards) for (const k of Object.keys(t) as (keyof typeof t)[]) t[k] += s[k];
     return {
-      pushed: t.pushed, delivered: t.delivered, dropped: t.newest + t.sampled + t.refused + t.evicted, unrouted: this.unrouted,
+      pushed: t.pushed, delivered: t.delivered, dropped: t.newest + t.sampled + t.evicted, unrouted: this.unrouted,
       drops: { newest: t.newest, oldest: t.evicted, sampled: t.sampled, refused: t.refused, moving: 0 },
       inFlight: t.pushed - t.delivered - t.evicted,
       skipped: 0, // one thread, nobody dies mid-batch: no reservation is ever left unwritten
       shards: this.shards.map((s) => ({
         id: s.id, state: s.state, length: s.ring.length, pushed: s.pushed, delivered: s.delivered,
-        dropped: s.newest + s.sampled + s.refused + s.evicted, movingOut: 0, movingIn: 0,
+        dropped: s.newest + s.sampled + s.evicted, movingOut: 0, movingIn: 0,
       })),
       // leastLoaded routing: no move is fenced (key order is test/key-order.model.test.ts's)
       keyOrder: { enabled: false, waitingSlots: 0, oldestWaitMs: 0, longestWaitMs: 0, movedSlots: 0, refused: 0 },

@@ -49,6 +49,9 @@ describe('backpressure at a full ring', () => {
     expect((error as Error).message).toMatch(/shard 0.*full/);
     expect(m.ringLength(0)).toBe(4);
     expect(m.stats().drops.refused).toBe(1);
+    // A refusal is not a drop: the caller kept the event (stats().dropped counts only what the package discarded).
+    expect(m.stats()).toMatchObject({ dropped: 0 });
+    expect(m.stats().shards[0]).toMatchObject({ dropped: 0 });
     expect(text(m.poll(0))).toEqual(['f1', 'f2', 'f3', 'f4']);
     // pushBatch: the accepted prefix stays, the error says how many.
     const m2 = await fill(undefined);

@@ -81,6 +81,8 @@ export interface RedisManagerStats {
   stored: number;
   /** Accepted events not yet stored (the local send buffer, in flight included). */
   buffered: number;
+  /** Events the node discarded under backpressure (dropNewest, dropOldest, sample); pushes
+   *  failProducer refused are counted in drops.refused only (the caller keeps them). */
   dropped: number;
   drops: { newest: number; oldest: number; sampled: number; refused: number };
   /** Pushes made while no shard was Active. */
@@ -601,8 +603,7 @@ export class RedisShardManager {
     }
     if (full()) {
       if (mode.kind === 'failProducer') {
-        this.#drops.refused++;
-        this.#count(shard).dropped++;
+        this.#drops.refused++; // not a drop: the caller keeps the event
         throw new BackpressureError(`push refused: shard ${shard}'s send buffer is full (${q.events} events, ${q.bytes} of ${capBytes} payload bytes not yet stored in Redis; backpressure failProducer)`, shard, acceptedBefore);
       }
       if (mode.kind === 'dropOldest') while (full() && this.#evictOldest(q));
@@ -1010,7 +1011,7 @@ export class RedisShardManager {
     const drops = { ...this.#drops };
     return {
       pushed: this.#accepted, stored: this.#stored, buffered: this.#buffered,
-      dropped: drops.newest + drops.oldest + drops.sampled + drops.refused, drops,
+      dropped: drops.newest + drops.oldest + drops.sampled, drops, // refusals (failProducer) are not drops
       unrouted: this.#unrouted, rerouted: this.#rerouted, retries: this.#retries, keyOrder: this.#keyOrder.stats(),
       shards: this.#table.doc.shards.map((s) => ({ id: s.id, state: states.get(s.id)!, buffered: (this.#queues.get(s.id)?.events ?? 0) + this.#keyOrder.heldEvents(s.id) })),
     };
