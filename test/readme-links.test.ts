@@ -8,7 +8,8 @@ import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const DOCS = [
-  'README.md', 'docs/CONTRACT.md', 'docs/architecture.md', 'docs/routing.md', 'docs/redis.md', 'docs/bad-input.md',
+  'README.md', 'docs/CONTRACT.md', 'docs/architecture.md', 'docs/routing.md', 'docs/redis.md',
+  'docs/observability.md', 'docs/bad-input.md',
   'examples/browser/README.md',
 ];
 
