@@ -7,7 +7,11 @@ import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
-const DOCS = ['README.md', 'docs/CONTRACT.md', 'docs/bad-input.md', 'examples/browser/README.md'];
+const DOCS = [
+  'README.md', 'docs/CONTRACT.md', 'docs/architecture.md', 'docs/routing.md', 'docs/redis.md',
+  'docs/observability.md', 'docs/bad-input.md',
+  'examples/browser/README.md',
+];
 
 /** GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens, -1, -2… for repeats. */
 function anchors(markdown: string): Set<string> {
