@@ -1,4 +1,4 @@
-// The bad-input catalogue (README "Bad input"): every policy field, every count and id
+// The bad-input catalogue (docs/bad-input.md, generated from it): every policy field, every count and id
 // argument of ShardMapper and ShardManager, unknown ids, payloads, hashes, and calls after
 // close(). Each bad input gets its own test: a clear error naming the argument, and the
 // object's state (ids, states, selection, stats, ring lengths, memory) unchanged.
@@ -94,7 +94,7 @@ interface Case {
   fixture: 'mapper' | 'manager' | 'closed' | 'none';
   run: (fx: any, value: any) => unknown; // eslint-disable-line @typescript-eslint/no-explicit-any
   expect: Expected;
-  /** Shown in the README table. */
+  /** Shown in the docs/bad-input.md table. */
   excerpt: string;
 }
 

@@ -99,7 +99,7 @@ describe('batch consumers on worker threads (options.consumer.batch: true)', () 
         if (m.push(7, seqPayload(0, seq))) accepted++;
         // Bursts of 500 into an empty ring: the consumer is parked when a burst starts, so the
         // burst overflows the ring before it holds a batch and evicts (while it holds one, a
-        // push to the full ring is dropped as the newest, as README says).
+        // push to the full ring is dropped as the newest, as docs/architecture.md says).
         if (seq % 500 === 499) while (m.ringLength(0) > 0) await sleep(1);
       }
       await m.close();

@@ -1,4 +1,4 @@
-// What a push of a key whose slot is waiting gets, in every backpressure mode (README, Key
+// What a push of a key whose slot is waiting gets, in every backpressure mode (docs/routing.md, Key
 // order across moves): failProducer throws BackpressureError (reason 'moving'); dropNewest,
 // dropOldest and sample return false, count it in drops.moving and evict nothing. Once the
 // old shard's consumer took its backlog, the same push is accepted, and the key's events come

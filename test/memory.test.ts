@@ -1,6 +1,6 @@
 // Memory under churn: 10^4 scale-up/remove cycles leave the WebAssembly memory and the JS
 // heap bounded (freed shard slots are reused; nothing per removed shard is kept). The
-// figures are printed (and quoted in the README's memory paragraph).
+// figures are printed (and quoted in docs/architecture.md, memory under churn).
 import { describe, expect, it } from 'vitest';
 import v8 from 'node:v8';
 import vm from 'node:vm';
