@@ -6,19 +6,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Cluster } from 'ioredis';
 import { RedisShardManager, serveShardConsumers } from 'shard-mapper/redis';
 import { RedisTestCluster, redisAvailable } from './helpers/redis-server.js';
+import { until as untilHolds } from './helpers/delivery.js';
 
 const available = redisAvailable();
 let cluster: RedisTestCluster;
 beforeAll(async () => { if (available) cluster = await RedisTestCluster.start(3); }, 60_000);
 afterAll(async () => { await cluster?.dispose(); });
 
-async function until(done: () => boolean, what: string, limitMs = 30_000): Promise<void> {
-  const start = performance.now();
-  while (!done()) {
-    if (performance.now() - start > limitMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+const until = (done: () => boolean, what: string, limitMs = 30_000) => untilHolds(done, what, limitMs);
 
 describe.skipIf(!available)('shard-mapper/redis on Redis Cluster (3 masters)', () => {
   it('nodes, the controller and consumers work through an ioredis Cluster; streams spread over the masters', async () => {

@@ -10,6 +10,7 @@ import { RedisTestServer, redisAvailable } from './helpers/redis-server.js';
 import { RespProxy, type Verdict } from './helpers/resp-proxy.js';
 import { SCRIPTS } from '../dist/redis/keys.js';
 import { decodeFrame } from '../dist/redis/frames.js';
+import { until } from './helpers/delivery.js';
 
 const available = redisAvailable();
 let server: RedisTestServer;
@@ -23,13 +24,6 @@ const quiet = { metricsWindowMs: 60_000 }; // no window runs by itself: node.tic
 beforeAll(async () => { if (available) server = await RedisTestServer.start(); });
 afterAll(async () => { await server?.dispose(); });
 
-async function until(done: () => boolean, what: string, limitMs = 20_000): Promise<void> {
-  const start = performance.now();
-  while (!done()) {
-    if (performance.now() - start > limitMs) throw new Error(`timed out waiting for ${what}`);
-    await sleep(10);
-  }
-}
 
 /** Every delivery a consumer got: shard, text, dedup id. */
 type Got = { shard: number; text: string; id: string }[];

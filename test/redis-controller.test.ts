@@ -9,7 +9,7 @@ import { DedupFilter, RedisShardManager, serveShardConsumers, type RedisManagerE
 import * as redisModule from 'shard-mapper/redis';
 import { Cluster } from 'ioredis';
 import { RedisTestCluster, RedisTestServer, redisAvailable } from './helpers/redis-server.js';
-import { sleep } from './helpers/delivery.js';
+import { sleep, until } from './helpers/delivery.js';
 
 const available = redisAvailable();
 let server: RedisTestServer;
@@ -19,13 +19,6 @@ const ns = () => `c${process.pid}-${++nsCounter}`;
 beforeAll(async () => { if (available) server = await RedisTestServer.start(); });
 afterAll(async () => { await server?.dispose(); });
 
-async function until(done: () => boolean, what: string, limitMs = 20_000): Promise<void> {
-  const start = performance.now();
-  while (!done()) {
-    if (performance.now() - start > limitMs) throw new Error(`timed out waiting for ${what}`);
-    await sleep(10);
-  }
-}
 
 /** Settles within `ms`: its value, or 'pending'. */
 async function within<T>(p: Promise<T>, ms: number): Promise<T | 'pending'> {

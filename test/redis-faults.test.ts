@@ -15,19 +15,13 @@ import { Cluster, Redis } from 'ioredis';
 import { RedisShardManager, serveShardConsumers } from 'shard-mapper/redis';
 import { HOST, RedisTestCluster, RedisTestServer, redisAvailable } from './helpers/redis-server.js';
 import { FaultProxy } from './helpers/fault-proxy.js';
+import { until } from './helpers/delivery.js';
 
 const available = redisAvailable();
 let nsCounter = 0;
 const ns = () => `f${process.pid}-${++nsCounter}`;
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-async function until(done: () => boolean | Promise<boolean>, what: string | (() => string), limitMs = 20_000): Promise<void> {
-  const start = performance.now();
-  while (!(await done())) {
-    if (performance.now() - start > limitMs) throw new Error(`timed out waiting for ${typeof what === 'string' ? what : what()}`);
-    await sleep(10);
-  }
-}
 
 /** A read of new entries (the one whose replay skips entries). */
 const isReadNew = (words: string[]) => words[0]?.toUpperCase() === 'XREADGROUP' && words.at(-1) === '>';

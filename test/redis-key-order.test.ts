@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { RedisShardManager, serveShardConsumers } from 'shard-mapper/redis';
 import { RedisTestServer, redisAvailable } from './helpers/redis-server.js';
 import { hashKey } from '../dist/hash.js';
+import { until as untilHolds } from './helpers/delivery.js';
 
 const available = redisAvailable();
 let server: RedisTestServer;
@@ -22,13 +23,7 @@ afterAll(async () => { await server?.dispose(); });
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-async function until(done: () => boolean, what: string, limitMs = 30_000): Promise<void> {
-  const start = performance.now();
-  while (!done()) {
-    if (performance.now() - start > limitMs) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
+const until = (done: () => boolean, what: string, limitMs = 30_000) => untilHolds(done, what, limitMs, 5);
 
 const KEYS = 256;
 const keyName = (k: number) => `key-${k}`;

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fork, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { RedisTestServer, redisAvailable } from './helpers/redis-server.js';
+import { until as untilHolds } from './helpers/delivery.js';
 
 const available = redisAvailable();
 const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
@@ -51,13 +52,7 @@ class Child {
   }
 }
 
-async function until(done: () => boolean, what: string, limitMs = 60_000): Promise<void> {
-  const start = performance.now();
-  while (!done()) {
-    if (performance.now() - start > limitMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+const until = (done: () => boolean, what: string, limitMs = 60_000) => untilHolds(done, what, limitMs, 20);
 
 let server: RedisTestServer;
 beforeAll(async () => { if (available) server = await RedisTestServer.start(); });

@@ -12,6 +12,7 @@ import * as redis from 'shard-mapper/redis';
 import { RedisShardManager, serveShardConsumers, type RedisNodeEvent } from 'shard-mapper/redis';
 import { RedisTestServer, freePort, redisAvailable } from './helpers/redis-server.js';
 import { redactCredentials, redactError, redactUrl } from '../dist/redis/connection.js';
+import { until } from './helpers/delivery.js';
 
 const available = redisAvailable();
 let server: RedisTestServer;
@@ -23,14 +24,6 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 beforeAll(async () => { if (available) server = await RedisTestServer.start(); });
 afterAll(async () => { await server?.dispose(); });
 
-/** Wait (bounded) until `done()` holds. */
-async function until(done: () => boolean, what: string, limitMs = 20_000, pollMs = 10): Promise<void> {
-  const start = performance.now();
-  while (!done()) {
-    if (performance.now() - start > limitMs) throw new Error(`timed out waiting for ${what}`);
-    await sleep(pollMs);
-  }
-}
 
 /** Whether `p` settles within a generous bound (a hang shows as false, not as a stuck suite). */
 async function settles(p: Promise<unknown>, limitMs = 20_000): Promise<boolean> {

@@ -8,7 +8,7 @@ import { BackpressureError, ShardManager, type BackpressureMode } from 'shard-ma
 import { registerShardManagerMetrics } from 'shard-mapper/prometheus';
 import { DedupFilter, RedisShardManager, serveShardConsumers, type RedisManagerEvent, type ShardConsumers, type ShardRecord } from 'shard-mapper/redis';
 import { RedisTestServer, redisAvailable } from './helpers/redis-server.js';
-import { sleep } from './helpers/delivery.js';
+import { sleep, until } from './helpers/delivery.js';
 import { affinityHomes, routingSlots } from '../dist/routing.js';
 
 const available = redisAvailable();
@@ -19,14 +19,6 @@ const ns = () => `t${process.pid}-${++nsCounter}`;
 beforeAll(async () => { if (available) server = await RedisTestServer.start(); });
 afterAll(async () => { await server?.dispose(); });
 
-/** Wait (bounded) until `done()` holds. */
-async function until(done: () => boolean, what: string, limitMs = 20_000): Promise<void> {
-  const start = performance.now();
-  while (!done()) {
-    if (performance.now() - start > limitMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 /** A consumer that records every delivery: shard, payload text, dedup id. */
 async function collector(namespace: string, extra: { leaseMs?: number; consume?: (r: ShardRecord[], s: number) => void | Promise<void> } = {}) {

@@ -131,6 +131,15 @@ export function seqPayload(producer: number, seq: number, bytes = 16): Uint8Arra
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** Wait (bounded) until `done()` holds, checking every `pollMs`; throws naming `what` after `limitMs`. */
+export async function until(done: () => boolean | Promise<boolean>, what: string | (() => string), limitMs = 20_000, pollMs = 10): Promise<void> {
+  const start = performance.now();
+  while (!(await done())) {
+    if (performance.now() - start > limitMs) throw new Error(`timed out waiting for ${typeof what === 'string' ? what : what()}`);
+    await sleep(pollMs);
+  }
+}
+
 /** Push one event, yielding to the event loop and retrying while backpressure refuses it. */
 export async function pushWithRetry(m: ShardManager, hash: number, payload: Uint8Array): Promise<void> {
   for (;;) {
