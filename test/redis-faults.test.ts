@@ -16,6 +16,7 @@ import { RedisShardManager, serveShardConsumers } from 'shard-mapper/redis';
 import { HOST, RedisTestCluster, RedisTestServer, redisAvailable } from './helpers/redis-server.js';
 import { FaultProxy } from './helpers/fault-proxy.js';
 import { until } from './helpers/delivery.js';
+import { prng } from './helpers/index.js';
 
 const available = redisAvailable();
 let nsCounter = 0;
@@ -278,17 +279,6 @@ class Child {
   }
 }
 
-/** A small seeded generator (mulberry32): the same seed, the same fault schedule. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const SEED = Number(process.env.FAULT_SEED ?? 20261205);
 const POLICY = { minShards: 1, maxShards: 4, fillRatioThreshold: 0.5, cooldownMs: 300, scaleDownDelayMs: 600, underutilizedThreshold: 0.1, metricsWindowMs: 50 };
@@ -351,7 +341,7 @@ async function faultRun(s: Scenario): Promise<void> {
   };
   const children: Child[] = [];
   const tally: Tally = { droppedReads: 0, droppedOther: 0, cutLinks: 0, delayed: 0, kills: 0, killsWithDataInFlight: 0, steps: 0 };
-  const rng = seeded(SEED + s.label.length);
+  const rng = prng(SEED + s.label.length); // mulberry32 as floats: the same seed, the same fault schedule
   const direct = s.direct();
   direct.on('error', () => {});
   let chaos = true;
