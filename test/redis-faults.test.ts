@@ -24,8 +24,9 @@ const ns = () => `f${process.pid}-${++nsCounter}`;
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 
-/** A read of new entries (the one whose replay skips entries). */
-const isReadNew = (words: string[]) => words[0]?.toUpperCase() === 'XREADGROUP' && words.at(-1) === '>';
+/** A read of new entries (the one whose replay skips entries): XREADGROUP … >, or the script
+ *  the consumers read with (smRead, whose last argument is the same '>'). */
+const isReadNew = (words: string[]) => /^(XREADGROUP|EVALSHA|EVAL)$/i.test(words[0] ?? '') && words.at(-1) === '>';
 
 /** Push `texts` to shard 0 of a fresh one-shard namespace, one stream entry each. */
 async function producer(url: string, namespace: string, texts: string[]): Promise<RedisShardManager> {
@@ -146,6 +147,53 @@ describe.skipIf(!available)('shard-mapper/redis through faults: a user-made iore
     expect(server.cli('GET', 'app:mine')).toBe('1');
     user.disconnect();
   }, 30_000);
+
+  it('a read that reaches Redis after its consumer lost the lease takes nothing: the new owner reads every entry, none skipped as a repeat', async () => {
+    // The consumer c1 checks its lease, then its read of new entries stalls on the network
+    // (held at its proxy) past the lease; c2 takes the shard, and only then does c1's read
+    // reach Redis — with its reply lost. A read that does not check the lease in the same
+    // step takes entries nobody will claim before c2 has acknowledged later frames of the
+    // same node: the next owner then skips them as repeats (lost), or c1 delivers them late.
+    const namespace = ns();
+    const node = await producer(server.url, namespace, ['e1']);
+    const second = await FaultProxy.start(server.port);
+    const got: string[] = [];
+    const consume = (records: { payload: Buffer }[]) => { for (const r of records) got.push(r.payload.toString()); };
+    const c1 = await serveShardConsumers({ redis: proxy.url, namespace, name: 'c1', batchSize: 2, idleMs: 5, leaseMs: 600, consume });
+    let c2: Awaited<ReturnType<typeof serveShardConsumers>> | undefined;
+    const stream = `${namespace}:shard:{${namespace}:0}`;
+    const drained = async () => Number(server.cli('XLEN', stream)) === 0 && /^0\b/.test(server.cli('XPENDING', stream, 'shard-mapper'));
+    try {
+      await until(() => got.length === 1, 'c1 consumed e1');
+      const late = proxy.holdNextRequest(isReadNew);
+      expect((await late.arrived).at(-1), "c1's read of new entries is held").toBe('>');
+      // c2 takes the shard once c1's lease ran out (c1 is stuck in its read, so it cannot
+      // renew); c2's own first read of new entries is held too, so c1's read runs first.
+      const c2Read = second.holdNextRequest(isReadNew);
+      c2 = await serveShardConsumers({ redis: second.url, namespace, name: 'c2', batchSize: 2, idleMs: 5, leaseMs: 5000, consume });
+      await c2Read.arrived;
+      expect(c2.owned(), 'c2 owns the shard while c1 still waits on its read').toEqual([0]);
+      for (const t of ['e2', 'e3', 'e4', 'e5']) { expect(node.push(t, t)).toBe(true); await node.flush(); }
+      proxy.dropNextReply(isReadNew, { onlyWithData: true, hangMs: 50 });
+      late.release();
+      await late.answered; // c1's read ran in Redis, after c2 took the shard
+      proxy.clearDrops(); // a refused read carries no entries: its rule may be left unused
+      c2Read.release();
+      await until(() => got.length >= 5, () => `c2 consumed what is left (got ${JSON.stringify(got)})`, 5_000).catch(() => {});
+      // Then c2 leaves and c1 takes the shard back: whatever c1 still has pending is claimed now.
+      await c2.close();
+      c2 = undefined;
+      await until(drained, () => `the stream drained (got ${JSON.stringify(got)})`, 15_000);
+      await sleep(300); // a late delivery would show here
+    } finally {
+      await c2?.close();
+      await c1.close();
+      await second.close();
+      await node.close();
+    }
+    const firsts = got.filter((t, i) => got.indexOf(t) === i);
+    expect(firsts).toEqual(['e1', 'e2', 'e3', 'e4', 'e5']);
+  }, 40_000);
 
   it('CLIENT KILL TYPE normal while a consumer reads: every entry delivered once, in order, none pending', async () => {
     const namespace = ns();

@@ -9,8 +9,10 @@ export type RedisClient = Redis | Cluster;
 export type RedisOption = string | Redis | Cluster;
 
 type ScriptName = keyof typeof SCRIPTS;
-/** A client with the package's scripts defined on it. */
-export type ScriptedClient = RedisClient & { [K in ScriptName]: (...args: (string | number)[]) => Promise<unknown> };
+/** A client with the package's scripts defined on it (and their `…Buffer` forms, whose replies keep bulk strings as Buffers). */
+export type ScriptedClient = RedisClient
+  & { [K in ScriptName]: (...args: (string | number)[]) => Promise<unknown> }
+  & { [K in ScriptName as `${K}Buffer`]: (...args: (string | number)[]) => Promise<unknown> };
 
 export interface Connection {
   client: ScriptedClient;

@@ -1,7 +1,7 @@
 // serveShardConsumers: consume a namespace's shards from any process.
 //
-// Each shard is leased to one consumer at a time (SET NX PX on {ns}:owner:{id}, renewed while
-// held), so a shard's events are consumed in order. Consumers register with a heartbeat and
+// Each shard is leased to one consumer at a time (SET NX PX on its owner key, renewed while
+// held; every read checks the lease in the same script), so a shard's events are consumed in order. Consumers register with a heartbeat and
 // each takes a fair share (ceil(shards / consumers)), releasing extras as others arrive. A
 // consumer that takes a shard over first claims the previous owner's pending entries
 // (XAUTOCLAIM), consumes them, then reads on with XREADGROUP. When `consume` returns, one
@@ -351,7 +351,12 @@ class ConsumerRunner implements ShardConsumers {
       return true;
     }
     if (held.queue.length === 0) {
-      held.queue = await this.#read(id, held.history);
+      const read = await this.#read(id, held.history);
+      if (read === undefined) {
+        this.#held.delete(id); // the lease ran out and another consumer owns the shard now
+        return false;
+      }
+      held.queue = read;
       if (held.queue.length === 0) {
         if (held.history) { held.history = false; return true; }
         return false;
@@ -371,11 +376,13 @@ class ConsumerRunner implements ShardConsumers {
     return this.#deadLetter(id, held, run, kind);
   }
 
-  /** XREADGROUP: new entries, or our pending ones (history) with their delivery counts. */
-  async #read(id: number, history: boolean): Promise<ReadEntry[]> {
+  /** XREADGROUP under the lease (smRead): new entries, or our pending ones (history) with
+   *  their delivery counts; undefined when the lease is no longer ours. */
+  async #read(id: number, history: boolean): Promise<ReadEntry[] | undefined> {
     const client = this.#conn.client;
     const stream = this.#keys.stream(id);
-    const reply = (await client.callBuffer('XREADGROUP', 'GROUP', GROUP, this.name, 'COUNT', String(this.#parts.batch), 'STREAMS', stream, history ? '0' : '>')) as [Buffer, unknown][] | null;
+    const reply = (await client.smReadBuffer(stream, this.#keys.owner(id), GROUP, this.name, String(this.#parts.batch), history ? '0' : '>')) as [Buffer, unknown][] | null | number;
+    if (typeof reply === 'number') return undefined;
     const entries = reply && reply[0] ? readEntries(reply[0][1]) : [];
     // A new entry was delivered once; a pending one maybe many times (only asked when it matters).
     if (history && entries.length > 0 && Number.isFinite(this.#parts.maxDeliveries)) {

@@ -50,7 +50,8 @@ export interface Keys {
    *  in the script that answers it, or when its caller withdraws it). */
   readonly ops: string;
   stream(id: number): string;
-  /** String: the consumer that owns a shard (SET NX PX). */
+  /** String, under the stream's hash tag: the consumer that owns a shard (SET NX PX). In the
+   *  stream's slot so one script can check the lease and read in the same step (smRead). */
   owner(id: number): string;
   /** Hash, under the stream's hash tag: what the consumers acknowledged on a shard — per
    *  node its highest (frame, index), events acknowledged, batches and their time (see
@@ -73,7 +74,7 @@ export function keysFor(ns: string): Keys {
     consumers: `${tag}:consumers`,
     ops: `${tag}:ops`,
     stream: (id) => `${ns}:shard:{${ns}:${id}}`,
-    owner: (id) => `${tag}:owner:${id}`,
+    owner: (id) => `${ns}:owner:{${ns}:${id}}`,
     progress: (id) => `${ns}:progress:{${ns}:${id}}`,
   };
 }
@@ -219,6 +220,20 @@ return made`,
     lua: `
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
 return 0`,
+  },
+  /**
+   * KEYS stream, owner; ARGV group, consumer, count, id ('>' for new entries, '0' for the
+   * consumer's pending ones). XREADGROUP only while the consumer holds the shard's lease,
+   * checked in the same step: a read that reached Redis late (its connection stalled past the
+   * lease) takes nothing once another consumer owns the shard, so every entry read is pending
+   * under the owner of the moment and the next owner claims it before reading anything new.
+   * Returns the XREADGROUP reply, or 0 when the lease is not this consumer's.
+   */
+  smRead: {
+    numberOfKeys: 2,
+    lua: `
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
+return redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], ARGV[4])`,
   },
   /** KEYS lease; ARGV token. Release a lease held with this token. */
   smRelease: {

@@ -84,6 +84,26 @@ interface Link {
   dead: boolean;
   /** When the last delayed write to the client is due (keeps delayed replies in order). */
   replyDueAt: number;
+  /** Request bytes kept back by a hold (from the held request on), until it is released. */
+  heldBytes: Buffer[] | undefined;
+}
+
+/** A request kept from the server until `release()`: the test decides when it runs. */
+export interface HeldRequest {
+  /** Resolves with the request's words once a request matching the hold arrived (and was kept back). */
+  readonly arrived: Promise<string[]>;
+  /** Resolves once the server's reply to it came back to the proxy (passed on or dropped). */
+  readonly answered: Promise<void>;
+  /** Send it (and whatever the client sent after it) on to the server. */
+  release(): void;
+}
+
+interface HoldRule {
+  matches: (words: string[]) => boolean;
+  link?: Link;
+  words?: string[];
+  arrived: (words: string[]) => void;
+  answered: () => void;
 }
 
 export interface ProxyCounts {
@@ -102,6 +122,9 @@ export class FaultProxy {
   readonly #links = new Set<Link>();
   readonly #target: { host: string; port: number };
   #drops: DropRule[] = [];
+  #holds: HoldRule[] = [];
+  /** Held requests (by their words array) whose reply the test waits for. */
+  readonly #heldAnswers = new Map<string[], () => void>();
   #delayMs = 0;
   readonly counts: ProxyCounts = { connections: 0, cuts: 0, linksCut: 0, droppedReplies: 0, delayedReplies: 0 };
   /** The requests whose replies were dropped, for the test's own checks and messages. */
@@ -141,6 +164,34 @@ export class FaultProxy {
     this.#drops.push({ matches, onlyWithData: options.onlyWithData ?? true, hangMs: options.hangMs ?? 0 });
   }
 
+  /**
+   * Keep the next request `matches` accepts (on any connection) from the server until the
+   * returned handle's `release()`: its client waits as on a stalled network, then the request
+   * runs late — after whatever the test did meanwhile. Later requests on that connection wait
+   * behind it (their order is kept).
+   */
+  holdNextRequest(matches: (words: string[]) => boolean): HeldRequest {
+    let arrived!: (words: string[]) => void;
+    let answered!: () => void;
+    const arrivedP = new Promise<string[]>((r) => { arrived = r; });
+    const answeredP = new Promise<void>((r) => { answered = r; });
+    const rule: HoldRule = { matches, arrived, answered };
+    this.#holds.push(rule);
+    return {
+      arrived: arrivedP,
+      answered: answeredP,
+      release: () => {
+        const i = this.#holds.indexOf(rule);
+        if (i >= 0) this.#holds.splice(i, 1);
+        const link = rule.link;
+        if (!link || !link.heldBytes) return;
+        const bytes = Buffer.concat(link.heldBytes);
+        link.heldBytes = undefined;
+        if (this.#links.has(link)) link.server.write(bytes);
+      },
+    };
+  }
+
   /** Drop rules not used yet. */
   get pendingDrops(): number {
     return this.#drops.length;
@@ -173,7 +224,7 @@ export class FaultProxy {
   #accept(client: Socket): void {
     this.counts.connections++;
     const server = connect(this.#target.port, this.#target.host);
-    const link: Link = { client, server, fromClient: Buffer.alloc(0), fromServer: Buffer.alloc(0), awaiting: [], subscribed: false, dead: false, replyDueAt: 0 };
+    const link: Link = { client, server, fromClient: Buffer.alloc(0), fromServer: Buffer.alloc(0), awaiting: [], subscribed: false, dead: false, replyDueAt: 0, heldBytes: undefined };
     this.#links.add(link);
     client.setNoDelay(true);
     server.setNoDelay(true);
@@ -193,6 +244,8 @@ export class FaultProxy {
   #onRequestBytes(link: Link, chunk: Buffer): void {
     if (link.dead) return;
     link.fromClient = Buffer.concat([link.fromClient, chunk]);
+    const chunkStart = link.fromClient.length - chunk.length; // where `chunk` begins in fromClient
+    let holdAt = -1; // offset in `chunk` from which a new hold keeps bytes back
     let pos = 0;
     for (;;) {
       const end = respValueEnd(link.fromClient, pos);
@@ -201,10 +254,21 @@ export class FaultProxy {
       const name = (words[0] ?? '').toUpperCase();
       if (/^(P|S)?SUBSCRIBE$/.test(name) || name === 'MONITOR') link.subscribed = true;
       if (!link.subscribed) link.awaiting.push(words);
+      const hold = !link.heldBytes && holdAt < 0 ? this.#holds.find((h) => !h.link && h.matches(words)) : undefined;
+      if (hold) {
+        hold.link = link;
+        hold.words = words;
+        holdAt = Math.max(0, pos - chunkStart);
+        this.#heldAnswers.set(words, hold.answered);
+        hold.arrived(words);
+      }
       pos = end;
     }
     link.fromClient = link.fromClient.subarray(pos);
-    link.server.write(chunk);
+    if (link.heldBytes) { link.heldBytes.push(chunk); return; }
+    if (holdAt < 0) { link.server.write(chunk); return; }
+    if (holdAt > 0) link.server.write(chunk.subarray(0, holdAt));
+    link.heldBytes = [Buffer.from(chunk.subarray(holdAt))];
   }
 
   #onReplyBytes(link: Link, chunk: Buffer): void {
@@ -218,6 +282,8 @@ export class FaultProxy {
       if (end < 0) break;
       const isPush = link.fromServer[pos] === 0x3e; // '>': RESP3 push, no request of its own
       const request = isPush ? undefined : link.awaiting.shift();
+      const held = request && this.#heldAnswers.get(request);
+      if (held) { this.#heldAnswers.delete(request); held(); }
       const rule = request && this.#drops.find((r) => r.matches(request) && (!r.onlyWithData || carriesData(link.fromServer, pos)));
       if (request && rule) {
         // Pass what came before, swallow this reply and everything after it, hang, then cut.
