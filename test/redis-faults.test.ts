@@ -9,14 +9,13 @@
 // delivers them after their successors. The package must be safe whatever the instance's
 // options: these tests fail when it uses the instance as given.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { fork, type ChildProcess } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { Cluster, Redis } from 'ioredis';
 import { RedisShardManager, serveShardConsumers } from 'shard-mapper/redis';
 import { HOST, RedisTestCluster, RedisTestServer, redisAvailable } from './helpers/redis-server.js';
 import { FaultProxy } from './helpers/fault-proxy.js';
 import { until } from './helpers/delivery.js';
 import { prng } from './helpers/index.js';
+import { FixtureProcess, type FixtureMessage } from './helpers/fixture-process.js';
 
 const available = redisAvailable();
 let nsCounter = 0;
@@ -292,41 +291,7 @@ describe.skipIf(!available)('shard-mapper/redis through faults: a user-made iore
 // node) first deliveries in push order; repeats only with their dedup id; every flush() and
 // close() resolved within a bounded wait; shards drained and removed down to minShards.
 
-type Msg = { type: string; [k: string]: unknown };
-const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
-
-class Child {
-  readonly name: string;
-  readonly proc: ChildProcess;
-  readonly messages: Msg[] = [];
-  last: Record<string, Msg> = {};
-  exited = false;
-  constructor(name: string, script: string, config: object, onMessage: (m: Msg) => void) {
-    this.name = name;
-    this.proc = fork(fixture(script), [JSON.stringify(config)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-    this.proc.on('message', (m: Msg) => { this.last[m.type] = m; if (m.type !== 'got' && m.type !== 'status') this.messages.push(m); onMessage(m); });
-    this.proc.on('exit', () => { this.exited = true; });
-  }
-  send(m: string): void {
-    if (!this.exited) this.proc.send(m);
-  }
-  /** The next message of `type`; fails the test when it does not come within `limitMs`. */
-  async waitFor(type: string, limitMs: number): Promise<Msg> {
-    await until(() => this.messages.some((m) => m.type === type) || this.exited, `${this.name}: ${type}`, limitMs);
-    const m = this.messages.find((x) => x.type === type);
-    if (!m) throw new Error(`${this.name} exited before ${type}`);
-    this.messages.splice(this.messages.indexOf(m), 1);
-    return m;
-  }
-  kill(): Promise<void> {
-    return new Promise((resolve) => {
-      if (this.exited) { resolve(); return; }
-      this.proc.once('exit', () => resolve());
-      this.proc.kill('SIGKILL');
-    });
-  }
-}
-
+type Msg = FixtureMessage;
 
 const SEED = Number(process.env.FAULT_SEED ?? 20261205);
 const POLICY = { minShards: 1, maxShards: 4, fillRatioThreshold: 0.5, cooldownMs: 300, scaleDownDelayMs: 600, underutilizedThreshold: 0.1, metricsWindowMs: 50 };
@@ -387,7 +352,7 @@ async function faultRun(s: Scenario): Promise<void> {
       d.ids.add(id);
     }
   };
-  const children: Child[] = [];
+  const children: FixtureProcess[] = [];
   const tally: Tally = { droppedReads: 0, droppedOther: 0, cutLinks: 0, delayed: 0, kills: 0, killsWithDataInFlight: 0, steps: 0 };
   const rng = prng(SEED + s.label.length); // mulberry32 as floats: the same seed, the same fault schedule
   const direct = s.direct();
@@ -434,10 +399,10 @@ async function faultRun(s: Scenario): Promise<void> {
     return n;
   };
   try {
-    const producers = s.producers.map((id) => new Child(id, 'fault-node.mjs', { target: s.target, namespace, id, count: s.events, perTick: 10, tickMs: 30, policy: POLICY }, onMessage));
+    const producers = s.producers.map((id) => new FixtureProcess(id, 'fault-node.mjs', [JSON.stringify({ target: s.target, namespace, id, count: s.events, perTick: 10, tickMs: 30, policy: POLICY })], onMessage));
     children.push(...producers);
     for (const p of producers) await p.waitFor('ready', 60_000);
-    const consumers = ['c1', 'c2'].map((name) => new Child(name, 'fault-consumer.mjs', { target: s.target, namespace, name }, onMessage));
+    const consumers = ['c1', 'c2'].map((name) => new FixtureProcess(name, 'fault-consumer.mjs', [JSON.stringify({ target: s.target, namespace, name })], onMessage));
     children.push(...consumers);
     for (const c of consumers) await c.waitFor('ready', 60_000);
 

@@ -6,12 +6,11 @@
 // consumer acknowledged what it had, without it they overtake. Waits are bounded waits for
 // conditions; scaling runs on an injected clock driven with tick().
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { fork, type ChildProcess } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { RedisShardManager, serveShardConsumers } from 'shard-mapper/redis';
 import { RedisTestServer, redisAvailable } from './helpers/redis-server.js';
 import { hashKey } from '../dist/hash.js';
 import { until as untilHolds } from './helpers/delivery.js';
+import { FixtureProcess, type FixtureMessage } from './helpers/fixture-process.js';
 
 const available = redisAvailable();
 let server: RedisTestServer;
@@ -225,35 +224,7 @@ describe.skipIf(!available)('Redis key order across moves (routing affinity)', (
   }, 120_000);
 });
 
-type Msg = { type: string; [k: string]: unknown };
-const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
-
-class Child {
-  readonly proc: ChildProcess;
-  readonly messages: Msg[] = [];
-  last: Record<string, Msg> = {};
-  exited = false;
-  constructor(readonly name: string, script: string, args: string[], onMessage: (m: Msg) => void) {
-    this.proc = fork(fixture(script), args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-    this.proc.on('message', (m: Msg) => { this.last[m.type] = m; if (m.type !== 'got' && m.type !== 'status' && m.type !== 'owned') this.messages.push(m); onMessage(m); });
-    this.proc.on('exit', () => { this.exited = true; });
-  }
-  send(m: string): void { if (!this.exited) this.proc.send(m); }
-  async waitFor(type: string, limitMs = 60_000): Promise<Msg> {
-    await until(() => this.messages.some((m) => m.type === type) || this.exited, `${this.name}: ${type}`, limitMs);
-    const m = this.messages.find((x) => x.type === type);
-    if (!m) throw new Error(`${this.name} exited before ${type}`);
-    this.messages.splice(this.messages.indexOf(m), 1);
-    return m;
-  }
-  kill(): Promise<void> {
-    return new Promise((resolve) => {
-      if (this.exited) { resolve(); return; }
-      this.proc.once('exit', () => resolve());
-      this.proc.kill('SIGKILL');
-    });
-  }
-}
+type Msg = FixtureMessage;
 
 describe.skipIf(!available)('Redis key order across moves, across processes', () => {
   it('3 producer nodes, 2 consumer processes, scale-up and removal while events flow, a consumer SIGKILLed while a slot waits on its shard: per (key, node) order, nothing lost', async () => {
@@ -271,12 +242,12 @@ describe.skipIf(!available)('Redis key order across moves, across processes', ()
       if (m.type !== 'got') return;
       for (const [text, id] of m.items as [string, string][]) deliveries.push({ text, id, at: m.at as number, shard: m.shard as number });
     };
-    const children: Child[] = [];
-    const consumer = (name: string) => { const c = new Child(name, 'redis-key-order-consumer.mjs', [server.url, namespace, name, '40'], onGot); children.push(c); return c; };
+    const children: FixtureProcess[] = [];
+    const consumer = (name: string) => { const c = new FixtureProcess(name, 'redis-key-order-consumer.mjs', [server.url, namespace, name, '40'], onGot); children.push(c); return c; };
     try {
       await until(() => ctrl.isController, 'the controller lease');
       const consumers = [consumer('c1'), consumer('c2')];
-      const producers = ids.map((id) => new Child(id, 'redis-key-order-node.mjs', [server.url, namespace, id, String(MP_KEYS), String(PER_KEY), '8'], () => {}));
+      const producers = ids.map((id) => new FixtureProcess(id, 'redis-key-order-node.mjs', [server.url, namespace, id, String(MP_KEYS), String(PER_KEY), '8'], () => {}));
       children.push(...producers);
       await Promise.all([...consumers, ...producers].map((c) => c.waitFor('ready')));
       for (const p of producers) p.send('start');
@@ -290,7 +261,7 @@ describe.skipIf(!available)('Redis key order across moves, across processes', ()
       for (let attempt = 0; attempt < 3 && !proven; attempt++) {
         const version = ctrl.table().version;
         await ctrl.addShard();
-        let target: { producer: Child; shard: number } | undefined;
+        let target: { producer: FixtureProcess; shard: number } | undefined;
         await until(() => {
           for (const p of producers) {
             const st = p.last.status as { stats: { keyOrder: { waitingOn: number[] } } } | undefined;

@@ -7,50 +7,17 @@
 // Checks: every accepted event delivered; a repeat only with the same dedup id; per shard,
 // each producer's events in push order in the stream; the table identical on every node.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { fork, type ChildProcess } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { RedisTestServer, redisAvailable } from './helpers/redis-server.js';
 import { until as untilHolds } from './helpers/delivery.js';
+import { FixtureProcess, type FixtureMessage } from './helpers/fixture-process.js';
 
 const available = redisAvailable();
-const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
 const PHASE1 = 20_000;
 const PHASE2 = 15_000;
 const PRODUCERS = ['p1', 'p2', 'p3'];
 const TOTAL = PRODUCERS.length * (PHASE1 + PHASE2);
 
-type Msg = { type: string; [k: string]: unknown };
-
-class Child {
-  readonly name: string;
-  readonly proc: ChildProcess;
-  readonly messages: Msg[] = [];
-  last: Record<string, Msg> = {};
-  exited = false;
-  constructor(name: string, script: string, args: string[], onMessage: (m: Msg, c: Child) => void) {
-    this.name = name;
-    this.proc = fork(fixture(script), args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-    this.proc.on('message', (m: Msg) => { this.last[m.type] = m; if (m.type !== 'got' && m.type !== 'status') this.messages.push(m); onMessage(m, this); });
-    this.proc.on('exit', () => { this.exited = true; });
-  }
-  send(m: string): void {
-    if (!this.exited) this.proc.send(m);
-  }
-  async waitFor(type: string, limitMs = 60_000): Promise<Msg> {
-    await until(() => this.messages.some((m) => m.type === type) || this.exited, `${this.name}: ${type}`, limitMs);
-    const m = this.messages.find((x) => x.type === type);
-    if (!m) throw new Error(`${this.name} exited before ${type}`);
-    this.messages.splice(this.messages.indexOf(m), 1);
-    return m;
-  }
-  kill(): Promise<void> {
-    return new Promise((resolve) => {
-      if (this.exited) { resolve(); return; }
-      this.proc.once('exit', () => resolve());
-      this.proc.kill('SIGKILL');
-    });
-  }
-}
+type Msg = FixtureMessage;
 
 const until = (done: () => boolean, what: string, limitMs = 60_000) => untilHolds(done, what, limitMs, 20);
 
@@ -78,14 +45,14 @@ describe.skipIf(!available)('shard-mapper/redis across processes', () => {
         d.ids.add(id);
       }
     };
-    const children: Child[] = [];
+    const children: FixtureProcess[] = [];
     const spawnNode = (id: string, p1: number, p2: number) => {
-      const c = new Child(id, 'redis-node.mjs', [server.url, namespace, id, String(p1), String(p2)], onMessage);
+      const c = new FixtureProcess(id, 'redis-node.mjs', [server.url, namespace, id, String(p1), String(p2)], onMessage);
       children.push(c);
       return c;
     };
     const spawnConsumer = (name: string, slowMs: number) => {
-      const c = new Child(name, 'redis-consumer.mjs', [server.url, namespace, name, String(slowMs)], onMessage);
+      const c = new FixtureProcess(name, 'redis-consumer.mjs', [server.url, namespace, name, String(slowMs)], onMessage);
       children.push(c);
       return c;
     };
@@ -129,7 +96,7 @@ describe.skipIf(!available)('shard-mapper/redis across processes', () => {
       for (const p of producers) p.send('phase2');
       // While the producers push: SIGKILL redis-server and restart it (appendfsync always:
       // every write Redis acknowledged is on disk); the nodes buffer and retry meanwhile.
-      const pushed = (p: Child) => ((p.last.status?.stats as { pushed?: number } | undefined)?.pushed ?? 0);
+      const pushed = (p: FixtureProcess) => ((p.last.status?.stats as { pushed?: number } | undefined)?.pushed ?? 0);
       await until(() => producers.some((p) => pushed(p) >= PHASE1 + 1500), 'phase 2 under way', 30_000);
       await server.restart(300, 'SIGKILL');
       for (const p of producers) await p.waitFor('phase2done', 120_000);
