@@ -194,6 +194,28 @@ describe.skipIf(!available)('shard-mapper/redis through faults: a user-made iore
     expect(firsts).toEqual(['e1', 'e2', 'e3', 'e4', 'e5']);
   }, 40_000);
 
+  it("a lost reply of a node's stored-events report does not count those events twice (the controller's backlog = stored − acknowledged)", async () => {
+    const namespace = ns();
+    const storedKey = `{${namespace}}:stored`;
+    const node = await RedisShardManager.create({ redis: proxy.url, namespace, initialShards: 1, policy: { minShards: 1, maxShards: 1, metricsWindowMs: 50 } });
+    const droppedBefore = proxy.counts.droppedReplies;
+    // The node's report (not the controller's read of the counts, which names the key too).
+    proxy.dropNextReply((w) => w.includes(storedKey) && !/^HGETALL$/i.test(w[0] ?? ''), { onlyWithData: false, hangMs: 50 });
+    const stored = () => Number(server.cli('HGET', storedKey, '0') || 0);
+    try {
+      for (let i = 0; i < 100; i++) expect(node.push(`k${i}`, `e${i}`)).toBe(true);
+      await node.flush();
+      await until(() => proxy.counts.droppedReplies > droppedBefore, 'the report whose reply is dropped was sent');
+      await until(() => stored() >= 100, () => `the 100 events counted (have ${stored()})`);
+      await sleep(300); // several more windows: a report applied twice would show here
+      expect(proxy.dropped.at(-1)!.includes(storedKey), 'the dropped reply was the report').toBe(true);
+      expect(stored()).toBe(100);
+    } finally {
+      await node.close();
+    }
+    expect(server.cli('HEXISTS', `{${namespace}}:reports`, node.nodeId), 'a closed node leaves no report number behind').toBe('0');
+  }, 30_000);
+
   it('CLIENT KILL TYPE normal while a consumer reads: every entry delivered once, in order, none pending', async () => {
     const namespace = ns();
     const texts = Array.from({ length: 40 }, (_, i) => `k${String(i).padStart(2, '0')}`);

@@ -75,7 +75,7 @@ async function churn(keyOrder: boolean) {
   // Three consumers: one serves its shards one after the other, so a gated shard must not
   // share a consumer with a shard that should go on (each takes a fair share: one shard).
   const consumers = await Promise.all([0, 1, 2, 3].map(() => serveShardConsumers({
-    redis: server.url, namespace, leaseMs: 1000, idleMs: 2, batchSize: 4,
+    redis: server.url, namespace, leaseMs: 3000, idleMs: 2, batchSize: 4, // a gate can hold a batch for a while on a loaded machine: a stall past the lease redelivers it
     consume: async (records, shard) => {
       for (let i = 0; i < 10_000 && gated.has(shard); i++) await sleep(2);
       for (const r of records) {

@@ -41,6 +41,8 @@ export interface Keys {
   readonly answered: string;
   /** Hash: shard id → events stored by all nodes (reported every metrics window). */
   readonly stored: string;
+  /** Hash: node id → the number of its last stored-events report applied (smStored). */
+  readonly reports: string;
   /** Stream: entries consumers could not consume (undecodable, or refused maxDeliveries
    *  times), with their raw fields (see the README's dead-letter format). */
   readonly deadLetters: string;
@@ -70,6 +72,7 @@ export function keysFor(ns: string): Keys {
     answers: `${tag}:answers`,
     answered: `${tag}:answered`,
     stored: `${tag}:stored`,
+    reports: `${tag}:reports`,
     deadLetters: `${tag}:dead`,
     consumers: `${tag}:consumers`,
     ops: `${tag}:ops`,
@@ -234,6 +237,21 @@ return 0`,
     lua: `
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
 return redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], ARGV[4])`,
+  },
+  /**
+   * KEYS stored, reports; ARGV node, report number, then pairs of shard id, events. Adds a
+   * node's report of events stored to the per-shard counts once: a report numbered at or
+   * below the node's last applied one (sent again because its reply was lost) changes
+   * nothing. Returns 1 when applied, 0 for a repeat.
+   */
+  smStored: {
+    numberOfKeys: 2,
+    lua: `
+local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if tonumber(ARGV[2]) <= last then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+for i = 3, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1`,
   },
   /** KEYS lease; ARGV token. Release a lease held with this token. */
   smRelease: {

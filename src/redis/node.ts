@@ -268,6 +268,10 @@ export class RedisShardManager {
   #buffered = 0;
   #stored = 0;
   #storedDelta = new Map<number, number>();
+  /** The stored-events report sent and not yet confirmed: sent again as it is (same number)
+   *  until Redis answers, so a report whose reply was lost is never counted twice. */
+  #storedReport: { seq: number; delta: Map<number, number> } | undefined;
+  #storedReportSeq = 0;
   #drops = { newest: 0, oldest: 0, sampled: 0, refused: 0 };
   /** Per shard: events this node accepted for it, stored in it, dropped from it. */
   #perShard = new Map<number, { pushed: number; stored: number; dropped: number }>();
@@ -510,20 +514,27 @@ export class RedisShardManager {
       const verdict = compareHeads(this.#table, head);
       if (verdict === 'ahead') await this.#refresh();
       else if (verdict === 'lost') await this.#dataLost(head);
-      if (this.#storedDelta.size > 0) {
-        const delta = this.#storedDelta;
-        this.#storedDelta = new Map();
-        const replies = await sendAll(this.#conn.client, [...delta].map(([id, n]): Command => ['hincrby', this.#keys.stored, String(id), n]));
-        replies.forEach(([error], i) => { // not counted: report again next window
-          if (error) { const [id, n] = [...delta][i]!; this.#storedDelta.set(id, (this.#storedDelta.get(id) ?? 0) + n); }
-        });
-      }
+      await this.#reportStored().catch((error: unknown) => this.#redisError(error)); // sent again next window
       if (this.#controller && !this.#closed) await this.#controller.step();
     } catch (error) {
       this.#redisError(error);
     } finally {
       this.#stepping = false;
     }
+  }
+
+  /** Add the events stored since the last report to the namespace's per-shard counts (the
+   *  controller's input). Numbered per node and applied once (smStored): a report whose reply
+   *  was lost is sent again unchanged, and the new events wait for the next one. */
+  async #reportStored(): Promise<void> {
+    if (!this.#storedReport) {
+      if (this.#storedDelta.size === 0) return;
+      this.#storedReport = { seq: ++this.#storedReportSeq, delta: this.#storedDelta };
+      this.#storedDelta = new Map();
+    }
+    const { seq, delta } = this.#storedReport;
+    await this.#conn.client.smStored(this.#keys.stored, this.#keys.reports, this.nodeId, seq, ...[...delta].flatMap(([id, n]) => [String(id), n]));
+    this.#storedReport = undefined;
   }
 
   /**
@@ -1167,9 +1178,13 @@ export class RedisShardManager {
       for (const q of this.#queues.values()) if (q.hold !== undefined) clearTimeout(q.hold);
       if (this.#windowTimer !== undefined) clearInterval(this.#windowTimer);
       while (this.#stepping) await sleep(2);
-      if (this.#storedDelta.size > 0) {
-        await sendAll(this.#conn.client, [...this.#storedDelta].map(([id, n]): Command => ['hincrby', this.#keys.stored, String(id), n]));
-      }
+      // The last report (and the one whose answer was lost, if any), then this node's report
+      // number is no longer needed.
+      try {
+        await this.#reportStored();
+        await this.#reportStored();
+        await this.#conn.client.hdel(this.#keys.reports, this.nodeId);
+      } catch { /* Redis away: those counts only feed the controller's next windows */ }
       await this.#controller?.release();
       this.#sub.disconnect();
       await closeConnection(this.#conn);
