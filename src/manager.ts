@@ -11,6 +11,8 @@ import { checkLoadBound, checkRouting, tableCapacity, type RoutingMode } from '.
 import { ShardProducer, type BatchEvent, type EventKey, type EventPayload, type ProducerHandle } from './producer.js';
 import { Total, TOTALS } from './abi.js';
 import { StallWatchdog } from './stall-watchdog.js';
+import { sleep } from './sleep.js';
+import { checkBackpressure, checkMaxPayloadBytes, checkOptionalBoolean } from './validate.js';
 import { KeyOrderFences, type KeyOrderStats, type MoveCause } from './key-order.js';
 import { RecordBatch } from './record-batch.js';
 import { checkMemoryKind, compileAsync, type MemoryKind } from './wasm.js';
@@ -154,8 +156,6 @@ export interface ManagerStats {
   keyOrder?: KeyOrderStats;
 }
 
-const DEFAULT_MAX_PAYLOAD = 256;
-const MAX_PAYLOAD_LIMIT = 16 * 1024 * 1024;
 const MAX_RING_CAPACITY = 1 << 24;
 const DEFAULT_MAX_THREADS = 64;
 const DEFAULT_PRODUCER_STALL_MS = 1000;
@@ -165,14 +165,14 @@ const WAIT_STEP_MS = 2;
 const FENCE_LIFT_MS = 5;
 const NONE: ScalingDecision = Object.freeze({ kind: 'none' });
 
-function backpressureCode(mode: BackpressureMode): { code: number; rate: number } {
-  if (typeof mode !== 'object' || mode === null) throw invalid(`options.backpressure must be a BackpressureMode, got ${describe(mode)}`);
-  switch (mode.kind) {
+/** The ring's code for a backpressure mode (checked first: bad modes are refused by name). */
+function backpressureCode(mode: unknown): { code: number; rate: number } {
+  const checked = checkBackpressure(mode);
+  switch (checked.kind) {
     case 'dropNewest': return { code: BP_DROP_NEWEST, rate: 1 };
     case 'dropOldest': return { code: BP_DROP_OLDEST, rate: 1 };
     case 'failProducer': return { code: BP_FAIL_PRODUCER, rate: 1 };
-    case 'sample': return { code: BP_SAMPLE, rate: checkInteger('options.backpressure.rate', mode.rate, 1, 0xffffffff) };
-    default: throw invalid(`options.backpressure.kind must be dropNewest, dropOldest, failProducer or sample, got ${describe((mode as { kind: unknown }).kind)}`);
+    case 'sample': return { code: BP_SAMPLE, rate: checked.rate };
   }
 }
 
@@ -201,8 +201,6 @@ function ringBytesFor(requested: unknown, ringCapacity: number, maxPayload: numb
   }
   return ringBytes;
 }
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-/** An option's value, or the default when it is absent (null is a value, and is refused by the checks). */
 
 interface Parts {
   options: ShardManagerOptions;
@@ -310,7 +308,7 @@ export class ShardManager {
     if (typeof options !== 'object' || options === null) throw invalid(`options must be an object, got ${describe(options)}`);
     const initialShards = checkInteger('options.initialShards', options.initialShards, 0, 0xffff);
     const requested = checkInteger('options.ringBufferCapacity', options.ringBufferCapacity, 1, MAX_RING_CAPACITY);
-    const maxPayload = checkInteger('options.maxPayloadBytes', given(options.maxPayloadBytes, DEFAULT_MAX_PAYLOAD), 1, MAX_PAYLOAD_LIMIT);
+    const maxPayload = checkMaxPayloadBytes(options.maxPayloadBytes);
     // At least 2: with one record the sequence word of a published record (index + 1)
     // equals the free mark of the next index, so a second push would overwrite the first.
     const ringCapacity = nextPowerOfTwo(Math.max(2, requested));
@@ -320,7 +318,7 @@ export class ShardManager {
     const policy = resolvePolicy(options.policy, initialShards);
     const routing = options.routing === undefined ? MANAGER_DEFAULT_ROUTING : checkRouting('options.routing', options.routing);
     const loadBound = checkLoadBound('options.loadBound', options.loadBound);
-    if (options.keyOrder !== undefined && typeof options.keyOrder !== 'boolean') throw invalid(`options.keyOrder must be a boolean, got ${describe(options.keyOrder)}`);
+    checkOptionalBoolean('options.keyOrder', options.keyOrder);
     if (options.keyOrder === true && routing !== 'affinity') {
       throw invalid(`options.keyOrder applies to routing 'affinity' only (routing is '${routing}': a hash may go to another shard at each window by design)`);
     }
@@ -349,7 +347,7 @@ export class ShardManager {
       threads = checkInteger('options.consumer.threads', given(c.threads, cpuCount()), 1, MAX_LANES - 2);
       batchSize = checkInteger('options.consumer.batchSize', given(c.batchSize, 256), 1, MAX_RING_CAPACITY);
       consumerStallMs = checkFinite('options.consumer.stallMs', given(c.stallMs, DEFAULT_CONSUMER_STALL_MS), 0, true);
-      if (c.batch !== undefined && typeof c.batch !== 'boolean') throw invalid(`options.consumer.batch must be a boolean, got ${describe(c.batch)}`);
+      checkOptionalBoolean('options.consumer.batch', c.batch);
     }
     // One lane per attached thread: this one, each consumer thread, each producer thread.
     const maxThreads = checkInteger('options.maxThreads', given(options.maxThreads, Math.max(DEFAULT_MAX_THREADS, threads + 8)), threads + 1, MAX_LANES);

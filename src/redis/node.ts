@@ -4,13 +4,14 @@
 // flight), retrying on errors, so nothing accepted is lost while Redis is away.
 import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
-import { BackpressureError, checkInteger, describe, invalid } from '../errors.js';
-import { hashKey } from '../hash.js';
+import { BackpressureError, checkFinite, checkFunction, checkInteger, describe, given, invalid } from '../errors.js';
 import { NO_SHARD } from '../mapper.js';
 import type { BackpressureMode } from '../manager.js';
 import { POLICY_FIELDS, resolvePolicy, type ScalingPolicy } from '../policy.js';
 import { batchArguments, type BatchEvent, type EventKey, type EventPayload } from '../producer.js';
 import { ManagerClosedError } from '../errors.js';
+import { sleep } from '../sleep.js';
+import { checkBackpressure, checkMaxPayloadBytes, checkOptionalBoolean, keyHash, payloadBytes } from '../validate.js';
 import { checkNamespace, keysFor, type Keys } from './keys.js';
 import { closeConnection, connect, redactError, sendAll, subscriber, type Command, type Connection, type RedisClient, type RedisOption } from './connection.js';
 import { createTargetWritable, createTargetWritableStream, type ManagerRecord, type PushTarget, type WritableOptions } from '../streams.js';
@@ -96,8 +97,6 @@ export interface RedisManagerStats {
   shards: { id: number; state: TableState; buffered: number }[];
 }
 
-const DEFAULT_MAX_PAYLOAD = 256;
-const MAX_PAYLOAD_LIMIT = 16 * 1024 * 1024;
 const FIRST_FRAME_BYTES = 4096;
 const BACKOFF_MIN_MS = 20;
 const BACKOFF_MAX_MS = 1000;
@@ -140,56 +139,11 @@ interface Orphan {
   bytes: Buffer;
 }
 
-const given = <T>(value: T | undefined, fallback: T): T => (value === undefined ? fallback : value);
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-function checkBackpressure(mode: unknown): BackpressureMode {
-  if (typeof mode !== 'object' || mode === null) throw invalid(`options.backpressure must be a BackpressureMode, got ${describe(mode)}`);
-  const m = mode as { kind: unknown; rate?: unknown };
-  switch (m.kind) {
-    case 'dropNewest': case 'dropOldest': case 'failProducer': return { kind: m.kind };
-    case 'sample': return { kind: 'sample', rate: checkInteger('options.backpressure.rate', m.rate, 1, 0xffffffff) };
-    default: throw invalid(`options.backpressure.kind must be dropNewest, dropOldest, failProducer or sample, got ${describe(m.kind)}`);
-  }
-}
-
-function checkFinite(name: string, value: unknown, fallback: number, min: number, open: boolean): number {
-  const v = given(value, fallback);
-  if (typeof v !== 'number' || !Number.isFinite(v) || (open ? v <= min : v < min)) {
-    throw invalid(`options.${name} must be a finite number ${open ? '>' : '>='} ${min}, got ${describe(value)}`);
-  }
-  return v;
-}
-
 /** A window in whole ms that a timer keeps. */
 function checkWindow(windowMs: number): void {
   if (!Number.isInteger(windowMs) || windowMs > MAX_TIMER_MS) {
     throw invalid(`policy.metricsWindowMs must be a whole number of milliseconds in [1, ${MAX_TIMER_MS}] for a Redis node (the controller lease, SET … PX, is set from it), got ${describe(windowMs)}`);
   }
-}
-
-function keyHash(key: EventKey, method: string, index = -1): number {
-  if (typeof key === 'number') return key >>> 0;
-  if (typeof key === 'string' || key instanceof Uint8Array) return hashKey(key);
-  const what = key === null ? 'null' : typeof key;
-  throw new TypeError(index < 0 ? `${method}: key must be a uint32 hash, a string or a Uint8Array, got ${what}` : `${method}: keys[${index}] must be a uint32 hash, a string or a Uint8Array, got ${what}`);
-}
-
-/** Byte length of a payload, or the same errors as ShardManager.push / pushBatch. */
-function payloadBytes(payload: unknown, max: number, index: number): number {
-  const label = index < 0 ? 'push: payload' : `pushBatch: payloads[${index}]`;
-  if (payload instanceof Uint8Array) {
-    if (payload.length === 0) throw new RangeError(`${label} is empty`);
-    if (payload.length > max) throw new RangeError(`${label} is ${payload.length} bytes, the maximum is maxPayloadBytes = ${max}`);
-    return payload.length;
-  }
-  if (typeof payload === 'string') {
-    if (payload.length === 0) throw new RangeError(`${label} is empty`);
-    const n = Buffer.byteLength(payload, 'utf8');
-    if (n > max) throw new RangeError(`${label} is ${n} bytes as UTF-8, the maximum is maxPayloadBytes = ${max}`);
-    return n;
-  }
-  throw new TypeError(`${label} must be a Uint8Array or a string, got ${payload === null ? 'null' : typeof payload}`);
 }
 
 /** The fields the user gave (as resolved: defaults and raises applied alike) that differ
@@ -337,26 +291,23 @@ export class RedisShardManager {
     // window timer; a fraction would fail every SET, so no node would ever be the controller.
     checkWindow(policy.metricsWindowMs);
     const { routing, loadBound } = checkRoutingOptions(options.routing, options.loadBound);
-    const keyOrder = options.keyOrder;
-    if (keyOrder !== undefined && typeof keyOrder !== 'boolean') throw invalid(`options.keyOrder must be a boolean, got ${describe(keyOrder)}`);
+    const keyOrder = checkOptionalBoolean('options.keyOrder', options.keyOrder);
     if (keyOrder === true && options.routing !== undefined && routing !== 'affinity') {
       throw invalid(`options.keyOrder: true needs routing 'affinity' (key order across moves follows a key's slot), got routing '${routing}'`);
     }
     const backpressure = checkBackpressure(given(options.backpressure, { kind: 'failProducer' }));
-    const maxPayload = checkInteger('options.maxPayloadBytes', given(options.maxPayloadBytes, DEFAULT_MAX_PAYLOAD), 1, MAX_PAYLOAD_LIMIT);
+    const maxPayload = checkMaxPayloadBytes(options.maxPayloadBytes);
     const capacity = checkInteger('options.ringBufferCapacity', given(options.ringBufferCapacity, 65536), 1, 1 << 24);
     const capacityBytes = checkInteger('options.ringBufferBytes', given(options.ringBufferBytes, capacity * maxPayload), maxPayload, Number.MAX_SAFE_INTEGER);
     const maxFrameBytes = checkInteger('options.maxFrameBytes', given(options.maxFrameBytes, 65536), 64, 64 * 1024 * 1024);
-    const lingerMs = checkFinite('lingerMs', options.lingerMs, 1, 0, false);
+    const lingerMs = checkFinite('options.lingerMs', given(options.lingerMs, 1), 0);
     const leaseGiven = options.leaseMs === undefined ? undefined : checkInteger('options.leaseMs', options.leaseMs, 1, Number.MAX_SAFE_INTEGER);
     if (leaseGiven !== undefined && options.policy?.metricsWindowMs !== undefined) checkLease(leaseGiven, policy.metricsWindowMs);
-    const drainGraceMs = checkFinite('drainGraceMs', options.drainGraceMs, 1000, 0, false);
-    const controller = given(options.controller, true);
-    if (typeof controller !== 'boolean') throw invalid(`options.controller must be a boolean, got ${describe(controller)}`);
-    const clock = given(options.clock, () => performance.now());
-    if (typeof clock !== 'function') throw invalid(`options.clock must be a function, got ${describe(clock)}`);
+    const drainGraceMs = checkFinite('options.drainGraceMs', given(options.drainGraceMs, 1000), 0);
+    const controller = checkOptionalBoolean('options.controller', options.controller) ?? true;
+    const clock = checkFunction('options.clock', given(options.clock, () => performance.now()));
     for (const name of ['onEvent', 'onRedisEvent'] as const) {
-      if (options[name] !== undefined && typeof options[name] !== 'function') throw invalid(`options.${name} must be a function, got ${describe(options[name])}`);
+      if (options[name] !== undefined) checkFunction(`options.${name}`, options[name]);
     }
 
     const keys = keysFor(ns);
