@@ -13,7 +13,8 @@ import { Total, TOTALS } from './abi.js';
 import { StallWatchdog } from './stall-watchdog.js';
 import { sleep } from './sleep.js';
 import { checkBackpressure, checkMaxPayloadBytes, checkOptionalBoolean } from './validate.js';
-import { KeyOrderFences, type KeyOrderStats, type MoveCause } from './key-order.js';
+import { KeyOrderFences } from './key-order.js';
+import { BackpressureMode, type ManagerEvent, type ManagerStats, type ShardStats } from './types.js';
 import { RecordBatch } from './record-batch.js';
 import { checkMemoryKind, compileAsync, type MemoryKind } from './wasm.js';
 import { cpuCount, onThreadExit } from '#platform';
@@ -22,43 +23,6 @@ import { createWritable, createWritableStream, shardBatches, type BatchesOptions
 import {
   BP_DROP_NEWEST, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE, MAX_LANES, DEFAULT_LANE_BYTES, PAYLOAD_ALIGN, MAX_RING_BYTES,
 } from './layout.generated.js';
-
-export type BackpressureMode =
-  | { kind: 'dropNewest' }
-  | { kind: 'dropOldest' }
-  | { kind: 'failProducer' }
-  | { kind: 'sample'; rate: number };
-
-export const BackpressureMode = {
-  DropNewest: Object.freeze({ kind: 'dropNewest' }) as BackpressureMode,
-  DropOldest: Object.freeze({ kind: 'dropOldest' }) as BackpressureMode,
-  FailProducer: Object.freeze({ kind: 'failProducer' }) as BackpressureMode,
-  /** Past the fill threshold keep 1 event in `rate`; when full, drop the newest. */
-  sample: (rate: number): BackpressureMode => ({ kind: 'sample', rate }),
-};
-
-/** A lifecycle or scaling event, for logs, metrics and tracing. */
-export type ManagerEvent =
-  | { type: 'shardProvisioned' | 'shardActivated' | 'shardDraining' | 'shardStopped' | 'shardRemoved'; shardId: number; at: number }
-  | { type: 'scalingDecision'; decision: ScalingDecision; at: number }
-  | { type: 'consumerError'; shardId: number; error: Error; at: number }
-  /** A consumer thread's heartbeat stopped while it had records to take (a dead Web Worker, or
-   *  a thread stuck in a synchronous consumer): it is ended, then consumerRestarted follows. */
-  | { type: 'consumerStalled'; worker: number; at: number }
-  /** A consumer thread exited unasked; `rewound` records it held unacknowledged are handed out again. */
-  | { type: 'consumerRestarted'; worker: number; exitCode: number; rewound: number; at: number }
-  /** `records` reserved by a producer that never wrote them (its thread died or stalled
-   *  inside pushBatch/pushFixed) were skipped so the shard's later records flow again. */
-  | { type: 'producerStallSkipped'; shardId: number; records: number; at: number }
-  /** A tick() run by start()'s timer threw (e.g. ShardCreationFailed); the loop goes on. */
-  | { type: 'tickError'; error: Error; at: number }
-  /** routing 'affinity': `slots` table slots moved from one shard to another (`cause`: shards
-   *  added or removed, or a spill or return under the load bound); their new events wait until
-   *  `fromShard`'s consumer acknowledged the ones pushed there before the move. */
-  | { type: 'keysMoving'; fromShard: number; toShard: number; slots: number; cause: MoveCause; at: number }
-  /** The wait of `slots` moved slots ended (noticed at a tick, a rebuild or stats()):
-   *  their events go to `toShard` unchecked again; `waitedMs` is the longest of them. */
-  | { type: 'keysMoved'; toShard: number; slots: number; waitedMs: number; at: number };
 
 export interface ShardManagerOptions {
   initialShards: number;
@@ -110,51 +74,6 @@ export interface ShardManagerOptions {
 
 /** The routing mode ShardManager uses when `options.routing` is not given (README: Routing modes). */
 export const MANAGER_DEFAULT_ROUTING: RoutingMode = 'balanced';
-
-export interface ShardStats {
-  id: number;
-  state: ShardState;
-  /** Records in the ring (accepted, not yet acknowledged). */
-  length: number;
-  /** Payload bytes those records hold in the ring (each rounded up to 8, with any padding at
-   *  the end of the payload area), out of ringBufferBytes. */
-  bytes: number;
-  pushed: number;
-  delivered: number;
-  dropped: number;
-  /** routing 'affinity': table slots moved away from this shard whose new events still wait
-   *  for this shard's consumer. */
-  movingOut?: number;
-  /** routing 'affinity': table slots moved to this shard that still wait. */
-  movingIn?: number;
-}
-
-export interface ManagerStats {
-  /** Events accepted into a ring. */
-  pushed: number;
-  /** Events acknowledged by a consumer (or returned by poll). */
-  delivered: number;
-  /** Events the package discarded under backpressure: dropNewest, dropOldest evictions, sample,
-   *  and moving keys under those modes. Pushes failProducer refused (the caller keeps the
-   *  event and may retry) are not drops: they are counted in drops.refused. */
-  dropped: number;
-  /** Pushes made while no shard was Active (never counted as backpressure). */
-  unrouted: number;
-  /** `moving`: pushes of a key whose slot had just moved and was waiting (routing 'affinity'):
-   *  refused under failProducer (BackpressureError, reason 'moving'), dropped otherwise. */
-  drops: { newest: number; oldest: number; sampled: number; refused: number; moving?: number };
-  /** Accepted events still in rings (pushed − delivered − evicted). */
-  inFlight: number;
-  /** Records reserved by a producer that never wrote them (its thread was terminated inside
-   *  pushBatch/pushFixed): skipped as padding; their push never returned, so none was accepted.
-   *  Under routing 'affinity' also a reservation that raced a table change moving its key:
-   *  given up as padding, its event pushed again (see README, Key order across moves). */
-  skipped: number;
-  shards: ShardStats[];
-  /** Key order across moves (routing 'affinity'); `enabled` false and zeros otherwise.
-   *  (Always set by ShardManager; optional for other sources of these figures.) */
-  keyOrder?: KeyOrderStats;
-}
 
 const MAX_RING_CAPACITY = 1 << 24;
 const DEFAULT_MAX_THREADS = 64;

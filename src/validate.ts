@@ -4,7 +4,7 @@
 // (checkInteger, checkFinite, given, describe) are in errors.ts, beside the error they throw.
 import { checkInteger, describe, given, invalid } from './errors.js';
 import { hashKey } from './hash.js';
-import type { BackpressureMode } from './manager.js';
+import type { BackpressureMode } from './types.js';
 import type { EventKey } from './producer.js';
 
 /** maxPayloadBytes when the option is not given. */

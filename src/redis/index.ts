@@ -10,7 +10,7 @@ export type { RedisOption } from './connection.js';
 export type { RoutingMode, TableState } from './table.js';
 // The errors a node throws, the very classes of the package root (instanceof works with either import).
 export { BackpressureError, ManagerClosedError, ScalingError, type ScalingErrorKind } from '../errors.js';
-export type { BackpressureMode } from '../manager.js';
+export type { BackpressureMode } from '../types.js';
 export type { ScalingPolicy } from '../policy.js';
 export type { EventKey, EventPayload, BatchEvent } from '../producer.js';
 export type { ManagerRecord, WritableOptions } from '../streams.js';

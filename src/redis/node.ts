@@ -6,7 +6,6 @@ import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
 import { BackpressureError, checkFinite, checkFunction, checkInteger, describe, given, invalid } from '../errors.js';
 import { NO_SHARD } from '../mapper.js';
-import type { BackpressureMode } from '../manager.js';
 import { POLICY_FIELDS, resolvePolicy, type ScalingPolicy } from '../policy.js';
 import { batchArguments, type BatchEvent, type EventKey, type EventPayload } from '../producer.js';
 import { ManagerClosedError } from '../errors.js';
@@ -17,8 +16,7 @@ import { closeConnection, connect, redactError, sendAll, subscriber, type Comman
 import { createTargetWritable, createTargetWritableStream, type ManagerRecord, type PushTarget, type WritableOptions } from '../streams.js';
 import { Controller, createGroups, type RedisManagerEvent, type RedisNodeEvent } from './controller.js';
 import { callLimits, OperatorTimeoutError, requestOperation, type CallLimits, type OperatorCallOptions } from './operator.js';
-import type { ManagerEvent, ManagerStats } from '../manager.js';
-import type { ShardMetrics } from '../metrics.js';
+import type { BackpressureMode, ManagerEvent, ObservedManager } from '../types.js';
 import { FrameBuilder, decodeFrame, dropFirstOfFrame, type Frame } from './frames.js';
 import { RouteTable } from './route.js';
 import {
@@ -975,7 +973,7 @@ export class RedisShardManager {
    * shard's `length` = its send buffer; shards are the table's. Window figures
    * (`lastMetrics`) exist on the node that is the controller.
    */
-  metricsView(): { stats(): ManagerStats; readonly ringCapacity: number; readonly ringBufferBytes: number; readonly mapper: { lastMetrics(id: number): ShardMetrics | undefined; policy(): Readonly<ScalingPolicy> } } {
+  metricsView(): ObservedManager & { readonly ringBufferBytes: number } {
     return {
       stats: () => {
         const s = this.stats();
