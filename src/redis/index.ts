@@ -1,7 +1,8 @@
 // 'shard-mapper/redis': shards as Redis Streams, one shard table and one scaling loop for
 // every node of a namespace. ioredis is an optional peer dependency: only this subpath
 // imports it, never the package root.
-export { RedisShardManager, type RedisShardManagerOptions, type RedisManagerStats } from './node.js';
+export { RedisShardManager, type RedisManagerStats } from './node.js';
+export type { RedisShardManagerOptions } from './options.js';
 export { OperatorTimeoutError, type OperatorCallOptions } from './operator.js';
 export { serveShardConsumers, type ServeShardConsumersOptions, type ShardConsumers, type ShardRecord } from './consumers.js';
 export { DedupFilter } from './dedup.js';
