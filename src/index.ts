@@ -7,9 +7,9 @@ export { ScalingPolicy } from './policy.js';
 export { ScalingError, BackpressureError, ManagerClosedError, type ScalingErrorKind } from './errors.js';
 export { hashKey, hashKeys } from './hash.js';
 export { sharedMemorySupported, type MemoryKind } from './wasm.js';
-export {
-  ShardManager, BackpressureMode, type ShardManagerOptions, type ManagerStats, type ShardStats, type ManagerEvent,
-} from './manager.js';
+export { ShardManager } from './manager.js';
+export type { ShardManagerOptions } from './manager-options.js';
+export { BackpressureMode, type ManagerStats, type ShardStats, type ManagerEvent } from './types.js';
 export type { KeyOrderStats, MoveCause } from './key-order.js';
 export { ShardProducer, type ProducerHandle, type EventKey, type EventPayload, type BatchEvent } from './producer.js';
 export type { ConsumerOptions, ConsumerWorker } from './consumer-pool.js';

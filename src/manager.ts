@@ -2,207 +2,30 @@
 // memory, routes pushes through the mapper's table, runs the scaling loop, and moves a
 // shard through Provisioning → Active → Draining → Stopped → removed without losing or
 // duplicating an accepted event.
-import { SharedCore, payloadExtent } from './core.js';
-import { ConsumerPool, type ConsumerOptions } from './consumer-pool.js';
-import { ManagerClosedError, ScalingError, checkFinite, checkFunction, checkInteger, describe, given, invalid } from './errors.js';
+import { SharedCore } from './core.js';
+import { ConsumerPool } from './consumer-pool.js';
+import { ManagerClosedError, ScalingError, checkInteger, describe, invalid } from './errors.js';
 import { ShardMapper, ShardState, WIRING, type MapperWiring, type ScalingDecision } from './mapper.js';
-import { resolvePolicy, type ScalingPolicy } from './policy.js';
-import { checkLoadBound, checkRouting, tableCapacity, type RoutingMode } from './routing.js';
+import type { ScalingPolicy } from './policy.js';
+import { tableCapacity, type RoutingMode } from './routing.js';
 import { ShardProducer, type BatchEvent, type EventKey, type EventPayload, type ProducerHandle } from './producer.js';
 import { Total, TOTALS } from './abi.js';
 import { StallWatchdog } from './stall-watchdog.js';
-import { KeyOrderFences, type KeyOrderStats, type MoveCause } from './key-order.js';
+import { sleep } from './sleep.js';
+import { KeyOrderFences } from './key-order.js';
+import type { BackpressureMode, ManagerEvent, ManagerStats, ShardStats } from './types.js';
 import { RecordBatch } from './record-batch.js';
-import { checkMemoryKind, compileAsync, type MemoryKind } from './wasm.js';
-import { cpuCount, onThreadExit } from '#platform';
+import { compileAsync, type MemoryKind } from './wasm.js';
+import { onThreadExit } from '#platform';
 import type { Writable } from 'node:stream';
 import { createWritable, createWritableStream, shardBatches, type BatchesOptions, type ManagerRecord, type WritableOptions } from './streams.js';
-import {
-  BP_DROP_NEWEST, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE, MAX_LANES, DEFAULT_LANE_BYTES, PAYLOAD_ALIGN, MAX_RING_BYTES,
-} from './layout.generated.js';
+import { DEFAULT_LANE_BYTES } from './layout.generated.js';
+import { checkManagerOptions, type ShardManagerOptions } from './manager-options.js';
 
-export type BackpressureMode =
-  | { kind: 'dropNewest' }
-  | { kind: 'dropOldest' }
-  | { kind: 'failProducer' }
-  | { kind: 'sample'; rate: number };
-
-export const BackpressureMode = {
-  DropNewest: Object.freeze({ kind: 'dropNewest' }) as BackpressureMode,
-  DropOldest: Object.freeze({ kind: 'dropOldest' }) as BackpressureMode,
-  FailProducer: Object.freeze({ kind: 'failProducer' }) as BackpressureMode,
-  /** Past the fill threshold keep 1 event in `rate`; when full, drop the newest. */
-  sample: (rate: number): BackpressureMode => ({ kind: 'sample', rate }),
-};
-
-/** A lifecycle or scaling event, for logs, metrics and tracing. */
-export type ManagerEvent =
-  | { type: 'shardProvisioned' | 'shardActivated' | 'shardDraining' | 'shardStopped' | 'shardRemoved'; shardId: number; at: number }
-  | { type: 'scalingDecision'; decision: ScalingDecision; at: number }
-  | { type: 'consumerError'; shardId: number; error: Error; at: number }
-  /** A consumer thread's heartbeat stopped while it had records to take (a dead Web Worker, or
-   *  a thread stuck in a synchronous consumer): it is ended, then consumerRestarted follows. */
-  | { type: 'consumerStalled'; worker: number; at: number }
-  /** A consumer thread exited unasked; `rewound` records it held unacknowledged are handed out again. */
-  | { type: 'consumerRestarted'; worker: number; exitCode: number; rewound: number; at: number }
-  /** `records` reserved by a producer that never wrote them (its thread died or stalled
-   *  inside pushBatch/pushFixed) were skipped so the shard's later records flow again. */
-  | { type: 'producerStallSkipped'; shardId: number; records: number; at: number }
-  /** A tick() run by start()'s timer threw (e.g. ShardCreationFailed); the loop goes on. */
-  | { type: 'tickError'; error: Error; at: number }
-  /** routing 'affinity': `slots` table slots moved from one shard to another (`cause`: shards
-   *  added or removed, or a spill or return under the load bound); their new events wait until
-   *  `fromShard`'s consumer acknowledged the ones pushed there before the move. */
-  | { type: 'keysMoving'; fromShard: number; toShard: number; slots: number; cause: MoveCause; at: number }
-  /** The wait of `slots` moved slots ended (noticed at a tick, a rebuild or stats()):
-   *  their events go to `toShard` unchecked again; `waitedMs` is the longest of them. */
-  | { type: 'keysMoved'; toShard: number; slots: number; waitedMs: number; at: number };
-
-export interface ShardManagerOptions {
-  initialShards: number;
-  /** Records per shard ring; rounded up to a power of two (see `manager.ringCapacity`). */
-  ringBufferCapacity: number;
-  policy?: Partial<ScalingPolicy>;
-  /** Default failProducer: nothing accepted is evicted unless you choose dropOldest. */
-  backpressure?: BackpressureMode;
-  clock?: () => number;
-  drainGraceMs?: number;
-  /** How long (ms, by `clock`) a consumer may wait on a record a producer reserved and never
-   *  wrote before it is skipped (default 1000). Only a producer thread that died or stalled
-   *  inside pushBatch/pushFixed leaves one; a slow producer that finds its record skipped
-   *  pushes the event again, so this is a latency knob, not a safety one. */
-  producerStallMs?: number;
-  /** Largest event payload in bytes (default 256); at most a quarter of ringBufferBytes. */
-  maxPayloadBytes?: number;
-  /** Bytes of each shard ring's payload area (rounded up to a multiple of 8). Payloads take
-   *  their own length rounded up to 8, so memory follows the events, not the largest one.
-   *  Default: (ringCapacity + 1) × min(maxPayloadBytes, 256) (rounded up to 8), and at least
-   *  4 × maxPayloadBytes: room for ringBufferCapacity typical events (all of them, of any
-   *  size, when maxPayloadBytes ≤ 256); a few large events fill a ring by bytes, which the
-   *  fill ratio reports and autoscaling answers. */
-  ringBufferBytes?: number;
-  /** Run consumers in worker threads; without it the application consumes with poll(). */
-  consumer?: ConsumerOptions;
-  onConsumerError?: (error: Error, shardId: number) => void;
-  /** Lifecycle and scaling events (OpenTelemetry-friendly hook). */
-  onEvent?: (event: ManagerEvent) => void;
-  /** Most shard slots alive at once, draining ones included (default max(2·maxShards, maxShards + 16)). */
-  maxSlots?: number;
-  /** 'shared' (default where possible) or 'single' (no SharedArrayBuffer: one thread). */
-  memory?: MemoryKind;
-  /** Threads that may attach at once, this one and consumer threads included (default
-   *  max(64, consumer threads + 8), at most 256). Each costs a 16 KiB staging lane. */
-  maxThreads?: number;
-  /** How hashes are spread over Active shards (default: see MANAGER_DEFAULT_ROUTING). */
-  routing?: RoutingMode;
-  /** ε of 'affinity' routing (default 0.25). */
-  loadBound?: number;
-  /**
-   * routing 'affinity' only (default true there): a key's events are consumed in push order
-   * across moves of its slot to another shard; the moved keys' new events wait (see README,
-   * Routing modes). false: the previous behaviour, per-shard order only. Refused with another
-   * routing mode.
-   */
-  keyOrder?: boolean;
-}
-
-/** The routing mode ShardManager uses when `options.routing` is not given (README: Routing modes). */
-export const MANAGER_DEFAULT_ROUTING: RoutingMode = 'balanced';
-
-export interface ShardStats {
-  id: number;
-  state: ShardState;
-  /** Records in the ring (accepted, not yet acknowledged). */
-  length: number;
-  /** Payload bytes those records hold in the ring (each rounded up to 8, with any padding at
-   *  the end of the payload area), out of ringBufferBytes. */
-  bytes: number;
-  pushed: number;
-  delivered: number;
-  dropped: number;
-  /** routing 'affinity': table slots moved away from this shard whose new events still wait
-   *  for this shard's consumer. */
-  movingOut?: number;
-  /** routing 'affinity': table slots moved to this shard that still wait. */
-  movingIn?: number;
-}
-
-export interface ManagerStats {
-  /** Events accepted into a ring. */
-  pushed: number;
-  /** Events acknowledged by a consumer (or returned by poll). */
-  delivered: number;
-  /** Events the package discarded under backpressure: dropNewest, dropOldest evictions, sample,
-   *  and moving keys under those modes. Pushes failProducer refused (the caller keeps the
-   *  event and may retry) are not drops: they are counted in drops.refused. */
-  dropped: number;
-  /** Pushes made while no shard was Active (never counted as backpressure). */
-  unrouted: number;
-  /** `moving`: pushes of a key whose slot had just moved and was waiting (routing 'affinity'):
-   *  refused under failProducer (BackpressureError, reason 'moving'), dropped otherwise. */
-  drops: { newest: number; oldest: number; sampled: number; refused: number; moving?: number };
-  /** Accepted events still in rings (pushed − delivered − evicted). */
-  inFlight: number;
-  /** Records reserved by a producer that never wrote them (its thread was terminated inside
-   *  pushBatch/pushFixed): skipped as padding; their push never returned, so none was accepted.
-   *  Under routing 'affinity' also a reservation that raced a table change moving its key:
-   *  given up as padding, its event pushed again (see README, Key order across moves). */
-  skipped: number;
-  shards: ShardStats[];
-  /** Key order across moves (routing 'affinity'); `enabled` false and zeros otherwise.
-   *  (Always set by ShardManager; optional for other sources of these figures.) */
-  keyOrder?: KeyOrderStats;
-}
-
-const DEFAULT_MAX_PAYLOAD = 256;
-const MAX_PAYLOAD_LIMIT = 16 * 1024 * 1024;
-const MAX_RING_CAPACITY = 1 << 24;
-const DEFAULT_MAX_THREADS = 64;
-const DEFAULT_PRODUCER_STALL_MS = 1000;
-const DEFAULT_CONSUMER_STALL_MS = 10_000;
 const WAIT_STEP_MS = 2;
 /** How often fences whose wait is over are lifted while some exist (see #watchFences). */
 const FENCE_LIFT_MS = 5;
 const NONE: ScalingDecision = Object.freeze({ kind: 'none' });
-
-function backpressureCode(mode: BackpressureMode): { code: number; rate: number } {
-  if (typeof mode !== 'object' || mode === null) throw invalid(`options.backpressure must be a BackpressureMode, got ${describe(mode)}`);
-  switch (mode.kind) {
-    case 'dropNewest': return { code: BP_DROP_NEWEST, rate: 1 };
-    case 'dropOldest': return { code: BP_DROP_OLDEST, rate: 1 };
-    case 'failProducer': return { code: BP_FAIL_PRODUCER, rate: 1 };
-    case 'sample': return { code: BP_SAMPLE, rate: checkInteger('options.backpressure.rate', mode.rate, 1, 0xffffffff) };
-    default: throw invalid(`options.backpressure.kind must be dropNewest, dropOldest, failProducer or sample, got ${describe((mode as { kind: unknown }).kind)}`);
-  }
-}
-
-const nextPowerOfTwo = (n: number) => 2 ** Math.ceil(Math.log2(Math.max(1, n)));
-
-/** The event size the default payload area is made for: raising maxPayloadBytes for a rare
- *  large event must not multiply every ring's memory (64 KiB × 4096 records is 256 MiB a
- *  shard, fatal in a browser tab). */
-const TYPICAL_EVENT_BYTES = 256;
-
-/** Each ring's payload area: `options.ringBufferBytes` (rounded up to 8), or room for
- *  ringCapacity payloads of the typical size (the largest one when that is smaller) plus one
- *  more: a payload never wraps, and the padding in front of one that would have crossed the
- *  end is shorter than a payload, so with maxPayloadBytes up to the typical size ringCapacity
- *  records of any sizes always fit. The largest payload may be at most a quarter of the area
- *  (its padding then costs at most a quarter too), so the default is at least 4 of them. */
-function ringBytesFor(requested: unknown, ringCapacity: number, maxPayload: number): number {
-  const extent = payloadExtent(maxPayload);
-  const typical = Math.min(extent, TYPICAL_EVENT_BYTES);
-  const ringBytes = requested === undefined
-    ? Math.min(MAX_RING_BYTES, Math.max((ringCapacity + 1) * typical, 4 * extent))
-    : payloadExtent(checkInteger('options.ringBufferBytes', requested, 1, MAX_RING_BYTES));
-  if (4 * extent > ringBytes) {
-    throw invalid(`options.maxPayloadBytes (${maxPayload}) may be at most a quarter of options.ringBufferBytes (${ringBytes}): ` +
-      `raise ringBufferBytes to at least ${4 * extent} or lower maxPayloadBytes to ${Math.floor(ringBytes / 4 / PAYLOAD_ALIGN) * PAYLOAD_ALIGN}`);
-  }
-  return ringBytes;
-}
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-/** An option's value, or the default when it is absent (null is a value, and is refused by the checks). */
 
 interface Parts {
   options: ShardManagerOptions;
@@ -307,52 +130,9 @@ export class ShardManager {
 
   /** Create a manager (and its consumer threads, when `options.consumer` is given). */
   static async create(options: ShardManagerOptions): Promise<ShardManager> {
-    if (typeof options !== 'object' || options === null) throw invalid(`options must be an object, got ${describe(options)}`);
-    const initialShards = checkInteger('options.initialShards', options.initialShards, 0, 0xffff);
-    const requested = checkInteger('options.ringBufferCapacity', options.ringBufferCapacity, 1, MAX_RING_CAPACITY);
-    const maxPayload = checkInteger('options.maxPayloadBytes', given(options.maxPayloadBytes, DEFAULT_MAX_PAYLOAD), 1, MAX_PAYLOAD_LIMIT);
-    // At least 2: with one record the sequence word of a published record (index + 1)
-    // equals the free mark of the next index, so a second push would overwrite the first.
-    const ringCapacity = nextPowerOfTwo(Math.max(2, requested));
-    const ringBytes = ringBytesFor(options.ringBufferBytes, ringCapacity, maxPayload);
-    const backpressure = given(options.backpressure, BackpressureMode.FailProducer);
-    const bp = backpressureCode(backpressure);
-    const policy = resolvePolicy(options.policy, initialShards);
-    const routing = options.routing === undefined ? MANAGER_DEFAULT_ROUTING : checkRouting('options.routing', options.routing);
-    const loadBound = checkLoadBound('options.loadBound', options.loadBound);
-    if (options.keyOrder !== undefined && typeof options.keyOrder !== 'boolean') throw invalid(`options.keyOrder must be a boolean, got ${describe(options.keyOrder)}`);
-    if (options.keyOrder === true && routing !== 'affinity') {
-      throw invalid(`options.keyOrder applies to routing 'affinity' only (routing is '${routing}': a hash may go to another shard at each window by design)`);
-    }
-    const keyOrder = routing === 'affinity' && options.keyOrder !== false;
-    const defaultSlots = Math.min(0xffff, Math.max(2 * policy.maxShards, policy.maxShards + 16, initialShards));
-    const maxSlots = checkInteger('options.maxSlots', given(options.maxSlots, defaultSlots), Math.max(1, initialShards), 0xffff);
-    const kind = checkMemoryKind(options.memory);
-    if (options.clock !== undefined) checkFunction('options.clock', options.clock);
-    if (options.drainGraceMs !== undefined) checkFinite('options.drainGraceMs', options.drainGraceMs, 0);
-    const producerStallMs = checkFinite('options.producerStallMs', given(options.producerStallMs, DEFAULT_PRODUCER_STALL_MS), 0);
-    for (const name of ['onEvent', 'onConsumerError'] as const) {
-      if (options[name] !== undefined) checkFunction(`options.${name}`, options[name]);
-    }
-    let threads = 0;
-    let batchSize = 0;
-    let consumerStallMs = DEFAULT_CONSUMER_STALL_MS;
-    if (options.consumer !== undefined) {
-      const c = options.consumer;
-      if (typeof c !== 'object' || c === null || (c.worker === undefined && typeof c.module !== 'string' && !(c.module instanceof URL))) {
-        throw invalid(`options.consumer.module must be a path or URL, got ${describe((c as { module?: unknown } | null)?.module)}`);
-      }
-      if (c.worker !== undefined && (typeof c.worker !== 'function' || c.module !== undefined)) {
-        throw invalid(`options.consumer.worker must be a function returning a Worker, given instead of options.consumer.module, got ${describe(c.worker)}`);
-      }
-      if (kind !== 'shared') throw invalid('options.consumer needs shared memory (SharedArrayBuffer); in the single-thread fallback consume with poll()');
-      threads = checkInteger('options.consumer.threads', given(c.threads, cpuCount()), 1, MAX_LANES - 2);
-      batchSize = checkInteger('options.consumer.batchSize', given(c.batchSize, 256), 1, MAX_RING_CAPACITY);
-      consumerStallMs = checkFinite('options.consumer.stallMs', given(c.stallMs, DEFAULT_CONSUMER_STALL_MS), 0, true);
-      if (c.batch !== undefined && typeof c.batch !== 'boolean') throw invalid(`options.consumer.batch must be a boolean, got ${describe(c.batch)}`);
-    }
-    // One lane per attached thread: this one, each consumer thread, each producer thread.
-    const maxThreads = checkInteger('options.maxThreads', given(options.maxThreads, Math.max(DEFAULT_MAX_THREADS, threads + 8)), threads + 1, MAX_LANES);
+    const settings = checkManagerOptions(options);
+    const { initialShards, ringCapacity, ringBytes, maxPayload, backpressure, bp, policy, routing, loadBound, keyOrder, maxSlots, kind } = settings;
+    const { producerStallMs, threads, batchSize, consumerStallMs, maxThreads } = settings;
     await compileAsync(kind);
     const core = SharedCore.createSync({
       kind, tableCapacity: tableCapacity(routing, policy.maxShards), maxSlots, initialSlots: initialShards, ringCapacity, ringBytes, maxPayload,

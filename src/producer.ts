@@ -2,7 +2,7 @@
 // routes it, appends it to the shard's ring and feeds the collector. ShardManager uses one
 // on its own thread; worker threads get theirs with `ShardProducer.attach(handle)`.
 import { BackpressureError, ManagerClosedError, describe } from './errors.js';
-import { hashKey } from './hash.js';
+import { checkPayload, emptyPayloadError, keyHash, largePayloadError, payloadTypeError } from './validate.js';
 import { SharedCore, type CoreHandle } from './core.js';
 import {
   PUSH_UNROUTED, PUSH_FULL, PUSH_SAMPLED, PUSH_REFUSED, PUSH_STOPPED, PUSH_MOVING, PUSH_MOVING_DROPPED, L_FAILED_SHARD, L_SCRATCH,
@@ -49,12 +49,6 @@ function copyShort(core: SharedCore, at: number, payload: Uint8Array, len: numbe
   let k = 0;
   for (; k + 4 <= len; k += 4) words[w++] = payload[k]! | (payload[k + 1]! << 8) | (payload[k + 2]! << 16) | (payload[k + 3]! << 24);
   for (; k < len; k++) core.u8[at + k] = payload[k]!;
-}
-
-function keyHash(key: EventKey): number {
-  if (typeof key === 'number') return key >>> 0;
-  if (typeof key === 'string' || key instanceof Uint8Array) return hashKey(key);
-  throw new TypeError(`push: key must be a uint32 hash, a string or a Uint8Array, got ${key === null ? 'null' : typeof key}`);
 }
 
 export class ShardProducer {
@@ -104,8 +98,8 @@ export class ShardProducer {
     const max = this.maxPayloadBytes;
     if (payload instanceof Uint8Array) {
       const len = payload.length;
-      if (len === 0) throw new RangeError(`${label(index)} is empty`);
-      if (len > max) throw new RangeError(`${label(index)} is ${len} bytes, the maximum is maxPayloadBytes = ${max}`);
+      if (len === 0) throw emptyPayloadError(index);
+      if (len > max) throw largePayloadError(index, len, max, false);
       if (len > room) return -1;
       if (len <= SHORT_PAYLOAD && (at & 3) === 0 && LITTLE_ENDIAN) {
         copyShort(this.#core, this.#core.scratch + at, payload, len);
@@ -116,7 +110,7 @@ export class ShardProducer {
     }
     if (typeof payload === 'string') {
       const n = payload.length;
-      if (n === 0) throw new RangeError(`${label(index)} is empty`);
+      if (n === 0) throw emptyPayloadError(index);
       if (n <= room && n <= max) {
         // Short ASCII strings (the common case) are copied char by char: cheaper than
         // encodeInto plus a subarray per push. The first non-ASCII char hands over.
@@ -132,12 +126,12 @@ export class ShardProducer {
       const r = this.#encode(payload, scratch.subarray(at, at + limit));
       if (r.read < payload.length) {
         const bytes = encoder.encode(payload).length;
-        if (bytes > max) throw new RangeError(`${label(index)} is ${bytes} bytes as UTF-8, the maximum is maxPayloadBytes = ${max}`);
+        if (bytes > max) throw largePayloadError(index, bytes, max, true);
         return -1; // fits the limit, not the room left in this batch
       }
       return r.written;
     }
-    throw new TypeError(`${label(index)} must be a Uint8Array or a string, got ${payload === null ? 'null' : typeof payload}`);
+    throw payloadTypeError(index, payload);
   }
 
   #encode(text: string, target: Uint8Array): { read: number; written: number } {
@@ -153,7 +147,7 @@ export class ShardProducer {
    * or no Active shard: counted as unrouted). Throws BackpressureError under failProducer.
    */
   push(key: EventKey, payload: EventPayload): boolean {
-    const hash = typeof key === 'number' ? key >>> 0 : keyHash(key);
+    const hash = typeof key === 'number' ? key >>> 0 : keyHash(key, 'push');
     const core = this.#core;
     let len: number;
     if (payload instanceof Uint8Array && (len = payload.length) <= SHORT_PAYLOAD && len !== 0 && len <= this.maxPayloadBytes &&
@@ -211,32 +205,13 @@ export class ShardProducer {
       bound += 11 + (typeof p === 'string' ? 3 * (p as string).length : (p?.length ?? Infinity));
     }
     const oneChunk = bound <= this.#core.scratchBytes; // false for anything odd: checked below
-    for (let i = 0; i < n && !oneChunk; i++) {
-      const p = payloads[i];
-      if (!(p instanceof Uint8Array) && typeof p !== 'string') {
-        throw new TypeError(`pushBatch: payloads[${i}] must be a Uint8Array or a string, got ${p === null ? 'null' : typeof p}`);
-      }
-      if (p.length === 0) throw new RangeError(`pushBatch: payloads[${i}] is empty`);
-      if (p instanceof Uint8Array && p.length > this.maxPayloadBytes) {
-        throw new RangeError(`pushBatch: payloads[${i}] is ${p.length} bytes, the maximum is maxPayloadBytes = ${this.maxPayloadBytes}`);
-      }
-      if (typeof p === 'string' && p.length * 3 > this.maxPayloadBytes) {
-        const bytes = encoder.encode(p).length;
-        if (bytes > this.maxPayloadBytes) throw new RangeError(`${label(i)} is ${bytes} bytes as UTF-8, the maximum is maxPayloadBytes = ${this.maxPayloadBytes}`);
-      }
-    }
+    for (let i = 0; i < n && !oneChunk; i++) checkPayload(payloads[i], this.maxPayloadBytes, i);
     let hashes: Uint32Array;
     if (keys instanceof Uint32Array) hashes = keys; // already hashes: no pass over them
     else {
       if (this.#hashes.length < n) this.#hashes = new Uint32Array(Math.max(n, 2 * this.#hashes.length));
       hashes = this.#hashes;
-      for (let i = 0; i < n; i++) {
-        const key = keys[i];
-        if (typeof key !== 'number' && typeof key !== 'string' && !(key instanceof Uint8Array)) {
-          throw new TypeError(`pushBatch: keys[${i}] must be a uint32 hash, a string or a Uint8Array, got ${key === null ? 'null' : typeof key}`);
-        }
-        hashes[i] = keyHash(key);
-      }
+      for (let i = 0; i < n; i++) hashes[i] = keyHash(keys[i]!, 'pushBatch', i);
     }
 
     const core = this.#core;
@@ -298,11 +273,6 @@ export class ShardProducer {
     }
     return accepted;
   }
-}
-
-/** How an error names the payload: push's argument, or pushBatch's payloads[index]. */
-function label(index: number): string {
-  return index < 0 ? 'push: payload' : `pushBatch: payloads[${index}]`;
 }
 
 /** pushBatch's arguments, either form, as (keys, payloads) of equal length; throws on bad shapes. */

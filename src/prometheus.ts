@@ -6,15 +6,9 @@
 // Scraping only reads: it never calls collectMetrics(), so it does not disturb the scaling
 // windows. Lifecycle and scaling events are counted as they happen, through `onEvent`.
 import { Counter, Gauge, register as defaultRegistry, type Registry } from 'prom-client';
-import type { ManagerEvent, ShardManager } from './manager.js';
+import type { ManagerEvent, ObservedManager } from './types.js';
 
-/** What the exporter reads: a ShardManager, or anything with the same figures (a
- *  shard-mapper/redis node's `metricsView()`). */
-export type ObservedManager = Pick<ShardManager, 'stats' | 'ringCapacity'> & {
-  /** Payload bytes per shard ring (absent: the fill gauge counts records only). */
-  readonly ringBufferBytes?: number;
-  readonly mapper: Pick<ShardManager['mapper'], 'lastMetrics' | 'policy'>;
-};
+export type { ObservedManager };
 
 export interface PrometheusOptions {
   /** Where to register (default: prom-client's global `register`). */

@@ -9,6 +9,7 @@ import type { ShardManager } from './manager.js';
 import { ShardState } from './mapper.js';
 import { payloadExtent } from './core.js';
 import { nodeWritable } from '#platform';
+import { sleep } from './sleep.js';
 
 /** One event for `manager.writable()` / `manager.writableStream()`. */
 export interface ManagerRecord {
@@ -37,7 +38,6 @@ const DEFAULT_HIGH_WATER_MARK = 16;
 const DEFAULT_RETRY_MS = 8;
 const MAX_WAIT_MS = 60_000;
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const nextWait = (wait: number, cap: number) => Math.min(cap, Math.max(1, wait * 2));
 
 function checkOptions(method: string, options: WritableOptions | undefined): { highWaterMark: number; retryMs: number } {

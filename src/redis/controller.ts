@@ -14,7 +14,7 @@
 import { randomUUID } from 'node:crypto';
 import { DECISION_CLOCKS, MAX_SHARD_ID, ShardMapper, type DecisionClocks } from '../mapper.js';
 import { ScalingError } from '../errors.js';
-import type { ManagerEvent } from '../manager.js';
+import type { ManagerEvent } from '../types.js';
 import type { ShardMetrics } from '../metrics.js';
 import { GROUP, TABLE_FORMAT, type Keys } from './keys.js';
 import { sendAll, type Command, type Connection, type Reply } from './connection.js';

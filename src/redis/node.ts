@@ -4,75 +4,26 @@
 // flight), retrying on errors, so nothing accepted is lost while Redis is away.
 import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
-import { BackpressureError, checkInteger, describe, invalid } from '../errors.js';
-import { hashKey } from '../hash.js';
+import { BackpressureError, ManagerClosedError, checkInteger, describe, invalid } from '../errors.js';
 import { NO_SHARD } from '../mapper.js';
-import type { BackpressureMode } from '../manager.js';
-import { POLICY_FIELDS, resolvePolicy, type ScalingPolicy } from '../policy.js';
+import type { ScalingPolicy } from '../policy.js';
 import { batchArguments, type BatchEvent, type EventKey, type EventPayload } from '../producer.js';
-import { ManagerClosedError } from '../errors.js';
-import { checkNamespace, keysFor, type Keys } from './keys.js';
-import { closeConnection, connect, redactError, sendAll, subscriber, type Command, type Connection, type RedisClient, type RedisOption } from './connection.js';
+import { sleep } from '../sleep.js';
 import { createTargetWritable, createTargetWritableStream, type ManagerRecord, type PushTarget, type WritableOptions } from '../streams.js';
+import type { BackpressureMode, ManagerEvent, ObservedManager } from '../types.js';
+import { keyHash, payloadBytes } from '../validate.js';
+import { closeConnection, connect, redactError, sendAll, subscriber, type Command, type Connection, type RedisClient } from './connection.js';
 import { Controller, createGroups, type RedisManagerEvent, type RedisNodeEvent } from './controller.js';
-import { callLimits, OperatorTimeoutError, requestOperation, type CallLimits, type OperatorCallOptions } from './operator.js';
-import type { ManagerEvent, ManagerStats } from '../manager.js';
-import type { ShardMetrics } from '../metrics.js';
-import { FrameBuilder, decodeFrame, dropFirstOfFrame, type Frame } from './frames.js';
-import { RouteTable } from './route.js';
-import {
-  checkRoutingOptions, compareHeads, initTable, isAhead, RouteBuilder, readHead, readTable, type RoutingMode, type Table, type TableDoc, type TableHead, type TableState,
-} from './table.js';
 import { KeyOrder, markField, type HeldEvent, type KeyOrderStats } from './key-order.js';
-
-export interface RedisShardManagerOptions {
-  /** A redis:// URL (the node opens its own connections), or an ioredis Redis / Cluster instance. */
-  redis: RedisOption;
-  /** Names the shard table, its streams and counters: nodes and consumers of one namespace work together. */
-  namespace: string;
-  /** Shards created with the namespace (default 1). Ignored when the namespace exists. */
-  initialShards?: number;
-  /** The namespace's policy (metricsWindowMs in whole ms). Given to a node joining an existing
-   *  namespace, the fields given must equal the stored ones; the rest is the namespace's. */
-  policy?: Partial<ScalingPolicy>;
-  routing?: RoutingMode;
-  loadBound?: number;
-  /** Keep each key's push order across moves of its slot (routing 'affinity' only; default
-   *  true there). A moved slot's new events are held in this node until the old shard's
-   *  consumers acknowledged what this node sent it before the move. `false`: per-shard
-   *  order only. `true` with another routing is refused. */
-  keyOrder?: boolean;
-  /** What push does when a shard's local send buffer is full (default failProducer). */
-  backpressure?: BackpressureMode;
-  /** Largest event payload (default 256 bytes, at most 16 MiB). */
-  maxPayloadBytes?: number;
-  /** Events per shard this node holds before they are stored (the local send buffer, default
-   *  65536); also, for a new namespace, the backlog that counts as a full shard. */
-  ringBufferCapacity?: number;
-  /** Payload bytes per shard this node holds before they are stored (the send buffer's byte
-   *  bound, at least maxPayloadBytes; default ringBufferCapacity × maxPayloadBytes, which only
-   *  the record bound can reach). A push that would pass it meets backpressure as a full
-   *  buffer does; dropOldest evicts the oldest unsent events until the new one fits. */
-  ringBufferBytes?: number;
-  /** A frame is closed when it reaches this many bytes (default 65536). */
-  maxFrameBytes?: number;
-  /** How long the first event of an idle node waits for company before it is sent (ms, default 1). */
-  lingerMs?: number;
-  /** Controller lease (whole ms, default max(1000, 5 × the namespace's metricsWindowMs));
-   *  renewed every metricsWindowMs, so it must be longer than that. */
-  leaseMs?: number;
-  /** A draining shard must see no append for this long before it stops (ms, default 1000). */
-  drainGraceMs?: number;
-  /** Whether this node may become the controller (default true). */
-  controller?: boolean;
-  clock?: () => number;
-  /** Lifecycle transitions and scaling decisions (emitted by the node that is the controller
-   *  when they happen), exactly ShardManager's ManagerEvent: the Prometheus exporter's
-   *  `onEvent` counts them. */
-  onEvent?: (event: ManagerEvent) => void;
-  /** The controller lease changing hands on this node, and Redis failures. */
-  onRedisEvent?: (event: RedisNodeEvent) => void;
-}
+import { keysFor, type Keys } from './keys.js';
+import { callLimits, OperatorTimeoutError, requestOperation, type CallLimits, type OperatorCallOptions } from './operator.js';
+import { checkAgainstNamespace, checkKeyOrderRouting, checkLease, checkNodeOptions, leaseFor, type NodeSettings, type RedisShardManagerOptions } from './options.js';
+import { RouteTable } from './route.js';
+import { SendBuffer } from './send-buffer.js';
+import type { Frame } from './frames.js';
+import {
+  compareHeads, initTable, isAhead, RouteBuilder, readHead, readTable, type RoutingMode, type Table, type TableDoc, type TableHead, type TableState,
+} from './table.js';
 
 export interface RedisManagerStats {
   /** Events accepted by push/pushBatch. */
@@ -96,35 +47,6 @@ export interface RedisManagerStats {
   shards: { id: number; state: TableState; buffered: number }[];
 }
 
-const DEFAULT_MAX_PAYLOAD = 256;
-const MAX_PAYLOAD_LIMIT = 16 * 1024 * 1024;
-const FIRST_FRAME_BYTES = 4096;
-const BACKOFF_MIN_MS = 20;
-const BACKOFF_MAX_MS = 1000;
-/** Longest delay setTimeout / setInterval keep (a longer one fires at once). */
-const MAX_TIMER_MS = 0x7fffffff;
-
-interface ShardQueue {
-  id: number;
-  /** Closed frames, oldest first (not in flight). */
-  frames: Frame[];
-  open: FrameBuilder | undefined;
-  inflight: Frame | undefined;
-  /** Events here: frames, open and in flight. */
-  events: number;
-  /** Their payload bytes. */
-  bytes: number;
-  sampleTick: number;
-  /** Set while this shard waits out a failed send (its own backoff: other shards go on). */
-  hold: ReturnType<typeof setTimeout> | undefined;
-  /** The last hold's length (0: the last send succeeded). */
-  holdMs: number;
-  /** Its missing stream was reported (once until a frame is stored again). */
-  missingReported: boolean;
-  /** The sequence of the last frame made for this shard (0: none): a key-order mark. */
-  lastSeq: number;
-}
-
 /** A pushAsync waiting for room (with `payload`), or a writable's record waiting for room. */
 interface RoomWaiter {
   hash: number;
@@ -132,76 +54,6 @@ interface RoomWaiter {
   payload: EventPayload | undefined;
   resolve: (accepted: boolean) => void;
   reject: (error: unknown) => void;
-}
-
-interface Orphan {
-  hash: number;
-  index: number;
-  bytes: Buffer;
-}
-
-const given = <T>(value: T | undefined, fallback: T): T => (value === undefined ? fallback : value);
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-function checkBackpressure(mode: unknown): BackpressureMode {
-  if (typeof mode !== 'object' || mode === null) throw invalid(`options.backpressure must be a BackpressureMode, got ${describe(mode)}`);
-  const m = mode as { kind: unknown; rate?: unknown };
-  switch (m.kind) {
-    case 'dropNewest': case 'dropOldest': case 'failProducer': return { kind: m.kind };
-    case 'sample': return { kind: 'sample', rate: checkInteger('options.backpressure.rate', m.rate, 1, 0xffffffff) };
-    default: throw invalid(`options.backpressure.kind must be dropNewest, dropOldest, failProducer or sample, got ${describe(m.kind)}`);
-  }
-}
-
-function checkFinite(name: string, value: unknown, fallback: number, min: number, open: boolean): number {
-  const v = given(value, fallback);
-  if (typeof v !== 'number' || !Number.isFinite(v) || (open ? v <= min : v < min)) {
-    throw invalid(`options.${name} must be a finite number ${open ? '>' : '>='} ${min}, got ${describe(value)}`);
-  }
-  return v;
-}
-
-/** A window in whole ms that a timer keeps. */
-function checkWindow(windowMs: number): void {
-  if (!Number.isInteger(windowMs) || windowMs > MAX_TIMER_MS) {
-    throw invalid(`policy.metricsWindowMs must be a whole number of milliseconds in [1, ${MAX_TIMER_MS}] for a Redis node (the controller lease, SET … PX, is set from it), got ${describe(windowMs)}`);
-  }
-}
-
-function keyHash(key: EventKey, method: string, index = -1): number {
-  if (typeof key === 'number') return key >>> 0;
-  if (typeof key === 'string' || key instanceof Uint8Array) return hashKey(key);
-  const what = key === null ? 'null' : typeof key;
-  throw new TypeError(index < 0 ? `${method}: key must be a uint32 hash, a string or a Uint8Array, got ${what}` : `${method}: keys[${index}] must be a uint32 hash, a string or a Uint8Array, got ${what}`);
-}
-
-/** Byte length of a payload, or the same errors as ShardManager.push / pushBatch. */
-function payloadBytes(payload: unknown, max: number, index: number): number {
-  const label = index < 0 ? 'push: payload' : `pushBatch: payloads[${index}]`;
-  if (payload instanceof Uint8Array) {
-    if (payload.length === 0) throw new RangeError(`${label} is empty`);
-    if (payload.length > max) throw new RangeError(`${label} is ${payload.length} bytes, the maximum is maxPayloadBytes = ${max}`);
-    return payload.length;
-  }
-  if (typeof payload === 'string') {
-    if (payload.length === 0) throw new RangeError(`${label} is empty`);
-    const n = Buffer.byteLength(payload, 'utf8');
-    if (n > max) throw new RangeError(`${label} is ${n} bytes as UTF-8, the maximum is maxPayloadBytes = ${max}`);
-    return n;
-  }
-  throw new TypeError(`${label} must be a Uint8Array or a string, got ${payload === null ? 'null' : typeof payload}`);
-}
-
-/** The fields the user gave (as resolved: defaults and raises applied alike) that differ
- *  from the stored policy. Fields not given are the namespace's to set, not this machine's. */
-function policyDiff(stored: ScalingPolicy, resolved: ScalingPolicy, given: Partial<ScalingPolicy>): string[] {
-  return POLICY_FIELDS.filter((f) => given[f] !== undefined && stored[f] !== resolved[f])
-    .map((f) => `${f} ${String(stored[f])} (stored) vs ${String(resolved[f])} (given)`);
-}
-
-/** The lease a node takes for a window: the one given, or max(1000, 5 windows) in whole ms. */
-function leaseFor(given: number | undefined, windowMs: number): number {
-  return given ?? Math.ceil(Math.max(1000, 5 * windowMs));
 }
 
 /** The routing of a namespace that exists (undefined: none yet, or unreadable). */
@@ -212,10 +64,6 @@ async function storedRouting(conn: Connection, keys: Keys): Promise<RoutingMode 
   } catch {
     return undefined;
   }
-}
-
-function checkLease(leaseMs: number, windowMs: number): void {
-  if (leaseMs <= windowMs) throw invalid(`options.leaseMs must be longer than policy.metricsWindowMs (${windowMs}): the lease is renewed once a window, got ${leaseMs}`);
 }
 
 /** The metricsWindowMs of a namespace that exists, read before the table is created, so a
@@ -247,11 +95,13 @@ export class RedisShardManager {
   readonly #clock: () => number;
   readonly #onEvent: ((e: ManagerEvent) => void) | undefined;
   readonly #onRedisEvent: ((e: RedisNodeEvent) => void) | undefined;
-  readonly #maxFrameBytes: number;
   readonly #lingerMs: number;
   readonly #controller: Controller | undefined;
   readonly #keyOrder: KeyOrder;
-  readonly #queues = new Map<number, ShardQueue>();
+  /** Accepted events not yet stored, per shard, in frames; and the counters of what became of them. */
+  readonly #buffer: SendBuffer;
+  /** Shards waiting out a failed send: the timer that lets each go again. */
+  readonly #holdTimers = new Map<number, ReturnType<typeof setTimeout>>();
   #table: Table;
   /** The highest node number this node saw handed out (its own included): reported if Redis
    *  loses data, so no number is handed out twice. */
@@ -262,21 +112,13 @@ export class RedisShardManager {
   #lossSeen: string | undefined;
   /** Operator calls waiting for the next table this node applies. */
   #tableWaiters = new Set<() => void>();
-  #orphans: Orphan[] = [];
-  #accepted = 0; // global accept index of the last accepted event
-  #frameSeq = 0;
-  #buffered = 0;
-  #stored = 0;
+  /** Per shard: events stored since the last window reported them (HINCRBY). */
   #storedDelta = new Map<number, number>();
   /** The stored-events report sent and not yet confirmed: sent again as it is (same number)
    *  until Redis answers, so a report whose reply was lost is never counted twice. */
   #storedReport: { seq: number; delta: Map<number, number> } | undefined;
   #storedReportSeq = 0;
-  #drops = { newest: 0, oldest: 0, sampled: 0, refused: 0 };
-  /** Per shard: events this node accepted for it, stored in it, dropped from it. */
-  #perShard = new Map<number, { pushed: number; stored: number; dropped: number }>();
   #unrouted = 0;
-  #rerouted = 0;
   #retries = 0;
   #sending = false;
   #sendTimer: ReturnType<typeof setTimeout> | undefined;
@@ -294,23 +136,21 @@ export class RedisShardManager {
   #shards = new Uint16Array(256);
 
   private constructor(parts: {
-    conn: Connection; sub: RedisClient; keys: Keys; table: Table; nodeId: string; nodeNumber: number; maxPayload: number; capacity: number; capacityBytes: number;
-    backpressure: BackpressureMode; maxFrameBytes: number; lingerMs: number; leaseMs: number; drainGraceMs: number;
-    controller: boolean; clock: () => number; onEvent: ((e: ManagerEvent) => void) | undefined;
-    onRedisEvent: ((e: RedisNodeEvent) => void) | undefined; keyOrder: boolean;
+    conn: Connection; sub: RedisClient; keys: Keys; table: Table; nodeId: string; nodeNumber: number; settings: NodeSettings;
+    leaseMs: number; keyOrder: boolean; onEvent: ((e: ManagerEvent) => void) | undefined; onRedisEvent: ((e: RedisNodeEvent) => void) | undefined;
   }) {
+    const settings = parts.settings;
     this.#conn = parts.conn;
     this.#sub = parts.sub;
     this.#keys = parts.keys;
     this.namespace = parts.keys.ns;
     this.nodeId = parts.nodeId;
-    this.maxPayloadBytes = parts.maxPayload;
-    this.ringBufferCapacity = parts.capacity;
-    this.ringBufferBytes = parts.capacityBytes;
-    this.backpressure = Object.freeze({ ...parts.backpressure });
-    this.#maxFrameBytes = parts.maxFrameBytes;
-    this.#lingerMs = parts.lingerMs;
-    this.#clock = parts.clock;
+    this.maxPayloadBytes = settings.maxPayload;
+    this.ringBufferCapacity = settings.capacity;
+    this.ringBufferBytes = settings.capacityBytes;
+    this.backpressure = Object.freeze({ ...settings.backpressure });
+    this.#lingerMs = settings.lingerMs;
+    this.#clock = settings.clock;
     this.#onEvent = parts.onEvent;
     this.#onRedisEvent = parts.onRedisEvent;
     this.#table = parts.table;
@@ -319,9 +159,15 @@ export class RedisShardManager {
     this.#route = new RouteTable(parts.table.doc.policy.maxShards);
     this.#route.load(parts.table.doc.route);
     this.#keyOrder = this.#keyOrderFence(parts.keyOrder, parts.table.doc.route);
-    this.#controller = parts.controller ? new Controller({
-      conn: parts.conn, keys: parts.keys, nodeId: parts.nodeId, leaseMs: parts.leaseMs, drainGraceMs: parts.drainGraceMs,
-      clock: parts.clock, emit: (e) => this.#emit(e), applyTable: (t) => this.#apply(t),
+    this.#buffer = new SendBuffer({ events: settings.capacity, bytes: settings.capacityBytes, maxFrameBytes: settings.maxFrameBytes }, {
+      select: (hash) => this.#route.select(hash),
+      inTable: (shard) => this.#inTable(shard),
+      keyOrder: this.#keyOrder,
+      queued: () => this.#kick(),
+    });
+    this.#controller = settings.controller ? new Controller({
+      conn: parts.conn, keys: parts.keys, nodeId: parts.nodeId, leaseMs: parts.leaseMs, drainGraceMs: settings.drainGraceMs,
+      clock: settings.clock, emit: (e) => this.#emit(e), applyTable: (t) => this.#apply(t),
       report: (e) => this.#redisError(e), knownTable: () => this.#table,
     }) : undefined;
   }
@@ -333,66 +179,24 @@ export class RedisShardManager {
    * (table version check, push counts, the controller lease and scaling loop).
    */
   static async create(options: RedisShardManagerOptions): Promise<RedisShardManager> {
-    if (typeof options !== 'object' || options === null) throw invalid(`options must be an object, got ${describe(options)}`);
-    const ns = checkNamespace(options.namespace);
-    const initialShards = checkInteger('options.initialShards', given(options.initialShards, 1), 0, 0xfffe);
-    const policy = resolvePolicy(options.policy, initialShards);
-    // The window sets the default lease, which Redis takes in whole ms (SET … PX), and the
-    // window timer; a fraction would fail every SET, so no node would ever be the controller.
-    checkWindow(policy.metricsWindowMs);
-    const { routing, loadBound } = checkRoutingOptions(options.routing, options.loadBound);
-    const keyOrder = options.keyOrder;
-    if (keyOrder !== undefined && typeof keyOrder !== 'boolean') throw invalid(`options.keyOrder must be a boolean, got ${describe(keyOrder)}`);
-    if (keyOrder === true && options.routing !== undefined && routing !== 'affinity') {
-      throw invalid(`options.keyOrder: true needs routing 'affinity' (key order across moves follows a key's slot), got routing '${routing}'`);
-    }
-    const backpressure = checkBackpressure(given(options.backpressure, { kind: 'failProducer' }));
-    const maxPayload = checkInteger('options.maxPayloadBytes', given(options.maxPayloadBytes, DEFAULT_MAX_PAYLOAD), 1, MAX_PAYLOAD_LIMIT);
-    const capacity = checkInteger('options.ringBufferCapacity', given(options.ringBufferCapacity, 65536), 1, 1 << 24);
-    const capacityBytes = checkInteger('options.ringBufferBytes', given(options.ringBufferBytes, capacity * maxPayload), maxPayload, Number.MAX_SAFE_INTEGER);
-    const maxFrameBytes = checkInteger('options.maxFrameBytes', given(options.maxFrameBytes, 65536), 64, 64 * 1024 * 1024);
-    const lingerMs = checkFinite('lingerMs', options.lingerMs, 1, 0, false);
-    const leaseGiven = options.leaseMs === undefined ? undefined : checkInteger('options.leaseMs', options.leaseMs, 1, Number.MAX_SAFE_INTEGER);
-    if (leaseGiven !== undefined && options.policy?.metricsWindowMs !== undefined) checkLease(leaseGiven, policy.metricsWindowMs);
-    const drainGraceMs = checkFinite('drainGraceMs', options.drainGraceMs, 1000, 0, false);
-    const controller = given(options.controller, true);
-    if (typeof controller !== 'boolean') throw invalid(`options.controller must be a boolean, got ${describe(controller)}`);
-    const clock = given(options.clock, () => performance.now());
-    if (typeof clock !== 'function') throw invalid(`options.clock must be a function, got ${describe(clock)}`);
-    for (const name of ['onEvent', 'onRedisEvent'] as const) {
-      if (options[name] !== undefined && typeof options[name] !== 'function') throw invalid(`options.${name} must be a function, got ${describe(options[name])}`);
-    }
-
+    const settings = checkNodeOptions(options);
+    const { namespace: ns, initialShards, policy, routing, loadBound, keyOrder, leaseGiven } = settings;
     const keys = keysFor(ns);
     const conn = await connect(options.redis, `namespace "${ns}"`);
     let sub: RedisClient | undefined;
     try {
       const fresh: TableDoc = {
-        nextId: initialShards, policy, routing, loadBound, shardCapacity: capacity,
+        nextId: initialShards, policy, routing, loadBound, shardCapacity: settings.capacity,
         shards: Array.from({ length: initialShards }, (_, id) => ({ id, state: 'active' as const })),
         route: new RouteBuilder({ routing, loadBound, policy }).build(Array.from({ length: initialShards }, (_, id) => id), new Map(), false),
       };
       // The window the lease must outlast is the namespace's (the one given if it is new).
       if (leaseGiven !== undefined) checkLease(leaseGiven, (await storedWindow(conn, keys)) ?? policy.metricsWindowMs);
       // keyOrder: true without a routing: the namespace's routing (or the default) decides.
-      if (keyOrder === true && options.routing === undefined && ((await storedRouting(conn, keys)) ?? routing) !== 'affinity') {
-        throw invalid(`options.keyOrder: true needs routing 'affinity' (key order across moves follows a key's slot), namespace "${ns}" routes with '${(await storedRouting(conn, keys)) ?? routing}'`);
-      }
+      if (keyOrder === true && options.routing === undefined) checkKeyOrderRouting(settings, await storedRouting(conn, keys));
       const table = await initTable(conn.client, keys, fresh);
       if (table.created) await createGroups(conn, keys, fresh.shards.map((s) => s.id));
-      if (!table.created) {
-        // A node that states a policy or routing must agree with the namespace's.
-        if (options.policy !== undefined) {
-          const diff = policyDiff(table.doc.policy, policy, options.policy);
-          if (diff.length > 0) throw invalid(`namespace "${ns}" already runs with another policy: ${diff.join('; ')}. Give the same policy, or none to adopt the stored one`);
-        }
-        if (options.routing !== undefined && table.doc.routing !== routing) {
-          throw invalid(`namespace "${ns}" already routes with '${table.doc.routing}', this node was given '${routing}'`);
-        }
-        if (options.loadBound !== undefined && table.doc.loadBound !== loadBound) {
-          throw invalid(`namespace "${ns}" already has loadBound ${table.doc.loadBound}, this node was given ${loadBound}`);
-        }
-      }
+      if (!table.created) checkAgainstNamespace(settings, options, table.doc);
       const windowMs = table.doc.policy.metricsWindowMs;
       if (leaseGiven !== undefined) checkLease(leaseGiven, windowMs);
       const leaseMs = leaseFor(leaseGiven, windowMs);
@@ -406,9 +210,8 @@ export class RedisShardManager {
       sub = subscriber(conn);
       await sub.subscribe(keys.changes);
       const node = new RedisShardManager({
-        conn, sub, keys, table: { version: table.version, gen: table.gen, epoch: table.epoch, doc: table.doc, nodes: Math.max(table.nodes, nodeNumber) }, nodeId, nodeNumber, maxPayload, capacity, capacityBytes,
-        backpressure, maxFrameBytes, lingerMs, leaseMs, drainGraceMs, controller, clock, onEvent: options.onEvent, onRedisEvent: options.onRedisEvent,
-        keyOrder: keyOrder ?? table.doc.routing === 'affinity',
+        conn, sub, keys, table: { version: table.version, gen: table.gen, epoch: table.epoch, doc: table.doc, nodes: Math.max(table.nodes, nodeNumber) }, nodeId, nodeNumber, settings,
+        leaseMs, onEvent: options.onEvent, onRedisEvent: options.onRedisEvent, keyOrder: keyOrder ?? table.doc.routing === 'affinity',
       });
       sub.on('message', () => { void node.#refresh(); });
       node.#start(table.doc.policy.metricsWindowMs);
@@ -499,9 +302,9 @@ export class RedisShardManager {
     this.#keyOrder.adopt(table.doc.route);
     const present = new Set(table.doc.shards.map((s) => s.id));
     // Events queued for a shard that was removed meanwhile go to the shards of the new table.
-    for (const q of [...this.#queues.values()]) if (!present.has(q.id) && !q.inflight) this.#requeue(q, []);
-    if (this.#orphans.length > 0) this.#placeOrphans();
-    if (this.#buffered > 0) this.#kick();
+    for (const id of this.#buffer.idleShards()) if (!present.has(id)) this.#reroute(id, []);
+    this.#buffer.placeOrphans();
+    if (this.#buffer.buffered > 0) this.#kick();
   }
 
   /** One metrics window: catch up with the table, report push counts, run the controller. */
@@ -590,52 +393,12 @@ export class RedisShardManager {
     return accepted;
   }
 
-  #queue(id: number): ShardQueue {
-    let q = this.#queues.get(id);
-    if (!q) {
-      q = { id, frames: [], open: undefined, inflight: undefined, events: 0, bytes: 0, sampleTick: 0, hold: undefined, holdMs: 0, missingReported: false, lastSeq: 0 };
-      this.#queues.set(id, q);
-    }
-    return q;
-  }
-
   #accept(hash: number, shard: number, payload: EventPayload, bytes: number, acceptedBefore: number): boolean {
     if (shard === NO_SHARD) {
       this.#unrouted++;
       return false;
     }
-    const q = this.#queue(shard);
-    const cap = this.ringBufferCapacity;
-    const capBytes = this.ringBufferBytes;
-    const mode = this.backpressure;
-    const full = () => this.#full(q, bytes);
-    if (mode.kind === 'sample' && !full() && Math.max(q.events / cap, q.bytes / capBytes) > this.#table.doc.policy.fillRatioThreshold) {
-      if (++q.sampleTick % mode.rate !== 0) { this.#drops.sampled++; this.#count(shard).dropped++; return false; }
-    }
-    if (full()) {
-      if (mode.kind === 'failProducer') {
-        this.#drops.refused++; // not a drop: the caller keeps the event
-        throw new BackpressureError(`push refused: shard ${shard}'s send buffer is full (${q.events} events, ${q.bytes} of ${capBytes} payload bytes not yet stored in Redis; backpressure failProducer)`, shard, acceptedBefore);
-      }
-      if (mode.kind === 'dropOldest') while (full() && this.#evictOldest(q));
-      if (full()) { this.#drops.newest++; this.#count(shard).dropped++; return false; }
-    }
-    const slot = this.#keyOrder.waiting(hash);
-    if (slot === undefined) this.#append(q, hash, ++this.#accepted, payload, bytes);
-    else {
-      // Its slot waits for the shard it moved from: accepted, held here (it counts against
-      // this shard's bounds), sent after the slot's earlier events were acknowledged.
-      this.#keyOrder.hold(slot, { hash, index: ++this.#accepted, bytes: typeof payload === 'string' ? Buffer.from(payload, 'utf8') : Buffer.from(payload) });
-      this.#buffered++;
-    }
-    this.#count(shard).pushed++;
-    return true;
-  }
-
-  /** Whether an event of `bytes` would meet backpressure in this send buffer. */
-  #full(q: ShardQueue, bytes: number): boolean {
-    return q.events + this.#keyOrder.heldEvents(q.id) >= this.ringBufferCapacity
-      || q.bytes + this.#keyOrder.heldBytes(q.id) + bytes > this.ringBufferBytes;
+    return this.#buffer.accept(hash, shard, payload, bytes, this.backpressure, this.#table.doc.policy.fillRatioThreshold, acceptedBefore);
   }
 
   // ---- waiting for room ---------------------------------------------------------------
@@ -717,7 +480,7 @@ export class RedisShardManager {
   /** Would an event of `bytes` routed to `shard` meet failProducer's full buffer? */
   #mustWait(shard: number, bytes: number): boolean {
     if (this.backpressure.kind !== 'failProducer' || shard === NO_SHARD) return false;
-    return this.#full(this.#queue(shard), bytes);
+    return this.#buffer.full(this.#buffer.queue(shard), bytes);
   }
 
   /** Let waiters on through shards that have room now, in call order: one that still waits
@@ -752,44 +515,11 @@ export class RedisShardManager {
     return woken;
   }
 
-  #count(shard: number): { pushed: number; stored: number; dropped: number } {
-    let c = this.#perShard.get(shard);
-    if (!c) this.#perShard.set(shard, c = { pushed: 0, stored: 0, dropped: 0 });
-    return c;
-  }
-
-  #append(q: ShardQueue, hash: number, index: number, payload: EventPayload | Buffer, bytes: number): void {
-    let open = q.open;
-    if (open && open.count > 0 && open.bytes + 4 + bytes > this.#maxFrameBytes) {
-      this.#closeOpen(q);
-      open = undefined;
-    }
-    // Under load (frames already waiting) the next frame will fill up: allocate it whole.
-    const size = q.frames.length > 0 ? this.#maxFrameBytes : FIRST_FRAME_BYTES;
-    if (!open) q.open = open = new FrameBuilder(Math.max(size, 4 + bytes));
-    open.add(hash, index, payload, bytes);
-    q.events++;
-    q.bytes += bytes;
-    this.#buffered++;
-    this.#kick();
-  }
-
-  /** Close a shard's open frame under the next frame sequence. */
-  #closeOpen(q: ShardQueue): void {
-    q.frames.push(q.open!.close(q.id, q.lastSeq = ++this.#frameSeq));
-    q.open = undefined;
-  }
-
   /** The key-order fence of this node (a no-op unless enabled). */
   #keyOrderFence(enabled: boolean, route: readonly number[]): KeyOrder {
     return new KeyOrder(enabled, route, {
-      markFor: (shard) => {
-        const q = this.#queues.get(shard);
-        if (!q) return undefined;
-        if (q.open && q.open.count > 0) this.#closeOpen(q);
-        return q.lastSeq === 0 ? undefined : q.lastSeq;
-      },
-      hasQueue: (shard) => this.#queues.has(shard),
+      markFor: (shard) => this.#buffer.markFor(shard),
+      hasQueue: (shard) => this.#buffer.has(shard),
       inTable: (shard) => this.#inTable(shard),
       ackedFrames: async (shards) => {
         const field = markField(this.nodeId);
@@ -801,39 +531,12 @@ export class RedisShardManager {
         });
       },
       release: (shard, events: HeldEvent[]) => {
-        const q = this.#queue(shard);
-        for (const e of events) {
-          this.#buffered--; // #append counts it again
-          this.#append(q, e.hash, e.index, e.bytes, e.bytes.length);
-        }
+        this.#buffer.release(shard, events);
         this.#settleWaiters();
       },
       error: (error) => this.#redisError(error),
       now: () => this.#clock(),
     });
-  }
-
-  /** dropOldest: the oldest event never sent (a frame sent once, even if it failed, may be
-   *  stored already and keeps its events). */
-  #evictOldest(q: ShardQueue): boolean {
-    const at = q.frames.findIndex((f) => !f.attempted);
-    const first = at < 0 ? undefined : q.frames[at]!;
-    if (first) {
-      q.bytes -= first.data.readUInt32LE(0);
-      dropFirstOfFrame(first);
-      if (first.hashes.length === 0) q.frames.splice(at, 1);
-    } else if (q.open && q.open.count > 0) {
-      q.bytes -= q.open.buf.readUInt32LE(0);
-      q.open.dropFirst();
-      // An empty builder would keep its oldest accept index, and flush() would wait for it
-      // for ever (an empty frame is never sent).
-      if (q.open.count === 0) q.open = undefined;
-    } else return false;
-    q.events--;
-    this.#buffered--;
-    this.#drops.oldest++;
-    this.#count(q.id).dropped++;
-    return true;
   }
 
   // ---- sending --------------------------------------------------------------------------
@@ -853,13 +556,7 @@ export class RedisShardManager {
     this.#sending = true;
     try {
       for (;;) {
-        const batch: Frame[] = [];
-        for (const q of this.#queues.values()) {
-          if (q.inflight || q.hold !== undefined) continue;
-          if (q.frames.length === 0 && q.open && q.open.count > 0) this.#closeOpen(q);
-          const frame = q.frames.shift();
-          if (frame) { q.inflight = frame; frame.attempted = true; batch.push(frame); }
-        }
+        const batch = this.#buffer.cut();
         if (batch.length === 0) break;
         const replies = await sendAll(this.#conn.client, batch.map((f): Command => [
           'xadd', this.#keys.stream(f.shard), 'NOMKSTREAM', '*', 'n', this.nodeId, 's', f.seq, 'c', f.hashes.length, 'd', f.data,
@@ -867,32 +564,22 @@ export class RedisShardManager {
         let failed: Error | undefined;
         const refused: Frame[] = [];
         batch.forEach((frame, i) => {
-          const q = this.#queues.get(frame.shard)!;
           const [error, id] = replies[i]!;
           if (id === null && !error) { refused.push(frame); return; } // stays in flight until #refused decides
-          q.inflight = undefined;
           if (error) {
             failed ??= error;
-            q.frames.unshift(frame); // sent again first: per-shard order holds, same dedup id
-            this.#hold(q);
+            this.#buffer.frameUnsent(frame); // sent again first: per-shard order holds, same dedup id
+            this.#hold(frame.shard);
           } else {
-            const n = frame.hashes.length;
-            q.events -= n;
-            q.bytes -= frame.data.length - 4 * n; // each event is a 4-byte length and its payload
-            q.holdMs = 0;
-            q.missingReported = false;
-            this.#buffered -= n;
-            this.#stored += n;
-            this.#count(frame.shard).stored += n;
+            const n = this.#buffer.frameStored(frame);
             this.#storedDelta.set(frame.shard, (this.#storedDelta.get(frame.shard) ?? 0) + n);
-            if (q.events === 0 && !q.open && q.frames.length === 0 && !this.#inTable(q.id)) this.#queues.delete(q.id);
           }
         });
         if (refused.length > 0) await this.#refused(refused);
         if (failed) {
           this.#retries++;
           this.#redisError(failed);
-        } else if (refused.length === 0 && !this.#anyHeld()) {
+        } else if (refused.length === 0 && !this.#buffer.anyHeld()) {
           this.#lastError = undefined; // the next failure is news again
         }
         this.#settleWaiters();
@@ -904,32 +591,26 @@ export class RedisShardManager {
       this.#sending = false;
       this.#settleWaiters();
       this.#wakeRoomWaiters();
-      if (this.#sendable()) this.#kick();
+      if (this.#buffer.sendable()) this.#kick();
     }
   }
 
   /** Hold a shard whose send failed: it is tried again after its own backoff (20 ms,
    *  doubling to 1 s), while the other shards keep sending. */
-  #hold(q: ShardQueue): void {
-    q.holdMs = q.holdMs === 0 ? BACKOFF_MIN_MS : Math.min(BACKOFF_MAX_MS, 2 * q.holdMs);
-    if (q.hold !== undefined) clearTimeout(q.hold);
-    q.hold = setTimeout(() => {
-      q.hold = undefined;
+  #hold(shard: number): void {
+    const ms = this.#buffer.hold(shard);
+    this.#clearHold(shard);
+    this.#holdTimers.set(shard, setTimeout(() => {
+      this.#holdTimers.delete(shard);
+      this.#buffer.unhold(shard);
       this.#kick();
-    }, q.holdMs);
+    }, ms));
   }
 
-  #anyHeld(): boolean {
-    for (const q of this.#queues.values()) if (q.hold !== undefined) return true;
-    return false;
-  }
-
-  /** Whether some shard has a frame the sender could send now. */
-  #sendable(): boolean {
-    for (const q of this.#queues.values()) {
-      if (!q.inflight && q.hold === undefined && (q.frames.length > 0 || (q.open !== undefined && q.open.count > 0))) return true;
-    }
-    return false;
+  #clearHold(shard: number): void {
+    const timer = this.#holdTimers.get(shard);
+    if (timer !== undefined) clearTimeout(timer);
+    this.#holdTimers.delete(shard);
   }
 
   #inTable(id: number): boolean {
@@ -942,64 +623,25 @@ export class RedisShardManager {
   async #refused(frames: Frame[]): Promise<void> {
     await this.#refresh(); // the shard's queue is in flight: #apply left it for us
     for (const frame of frames) {
-      const q = this.#queues.get(frame.shard)!;
-      q.inflight = undefined;
       if (this.#inTable(frame.shard)) {
-        q.frames.unshift(frame);
-        this.#hold(q);
-        if (!q.missingReported) {
-          q.missingReported = true;
+        this.#buffer.frameUnsent(frame);
+        this.#hold(frame.shard);
+        if (this.#buffer.firstMissing(frame.shard)) {
           this.#emit({ type: 'redisError', error: new Error(`shard-mapper/redis: the stream of shard ${frame.shard} is missing though the table lists it; its events wait in the send buffer and are retried`), at: this.#clock() });
         }
-      } else this.#requeue(q, [frame]);
+      } else this.#reroute(frame.shard, [frame]);
     }
   }
 
-  /** Take every event of a removed shard's queue (refused frames first, in order) and route it again. */
-  #requeue(q: ShardQueue, refused: Frame[]): void {
-    const frames = [...refused, ...q.frames];
-    if (q.open && q.open.count > 0) frames.push(q.open.close(q.id, 0));
-    if (q.hold !== undefined) clearTimeout(q.hold);
-    this.#queues.delete(q.id);
-    for (const frame of frames) {
-      const events = decodeFrame(frame.data);
-      // Still counted in #buffered: as orphans now, then by their new queue.
-      // Each keeps the frame's oldest accept index: flush() waits for them as for the oldest.
-      for (let k = 0; k < events.length; k++) this.#orphans.push({ hash: frame.hashes[k]!, index: frame.minIndex, bytes: Buffer.from(events[k]!) });
-      this.#rerouted += events.length;
-    }
-    this.#placeOrphans();
-  }
-
-  /** Route held events again (already accepted: the send buffer bound does not refuse them). */
-  #placeOrphans(): void {
-    const waiting = this.#orphans;
-    this.#orphans = [];
-    for (const o of waiting) {
-      const shard = this.#route.select(o.hash);
-      if (shard === NO_SHARD) { this.#orphans.push(o); continue; }
-      const slot = this.#keyOrder.waiting(o.hash);
-      if (slot !== undefined) { this.#keyOrder.holdEarlier(slot, o); continue; } // still counted in #buffered
-      this.#buffered--; // #append counts it again
-      this.#append(this.#queue(shard), o.hash, o.index, o.bytes, o.bytes.length);
-    }
-  }
-
-  /** The oldest accept index not yet stored (Infinity when everything is). */
-  #oldestUnstored(): number {
-    let min = Infinity;
-    for (const q of this.#queues.values()) {
-      if (q.inflight && q.inflight.minIndex < min) min = q.inflight.minIndex;
-      for (const f of q.frames) if (f.minIndex < min) min = f.minIndex;
-      if (q.open && q.open.minIndex < min) min = q.open.minIndex;
-    }
-    for (const o of this.#orphans) if (o.index < min) min = o.index;
-    return Math.min(min, this.#keyOrder.oldestIndex());
+  /** Route every event of a removed shard's queue again (refused frames first, in order). */
+  #reroute(shard: number, refused: Frame[]): void {
+    this.#clearHold(shard);
+    this.#buffer.reroute(shard, refused);
   }
 
   #settleWaiters(): void {
     if (this.#waiters.length === 0) return;
-    const oldest = this.#oldestUnstored();
+    const oldest = this.#buffer.oldestUnstored();
     this.#waiters = this.#waiters.filter((w) => {
       if (oldest > w.target) { w.resolve(); return false; }
       return true;
@@ -1009,22 +651,23 @@ export class RedisShardManager {
   /** Resolves once every event accepted before the call is stored in Redis (it waits
    *  through Redis outages: the send buffer retries until Redis answers). */
   flush(): Promise<void> {
-    const target = this.#accepted;
+    const target = this.#buffer.accepted;
     return new Promise<void>((resolve) => {
       this.#waiters.push({ target, resolve });
       this.#settleWaiters();
-      if (this.#buffered > 0) this.#kick();
+      if (this.#buffer.buffered > 0) this.#kick();
     });
   }
 
   stats(): RedisManagerStats {
     const states = new Map(this.#table.doc.shards.map((s) => [s.id, s.state] as const));
-    const drops = { ...this.#drops };
+    const buffer = this.#buffer;
+    const drops = buffer.drops();
     return {
-      pushed: this.#accepted, stored: this.#stored, buffered: this.#buffered,
+      pushed: buffer.accepted, stored: buffer.stored, buffered: buffer.buffered,
       dropped: drops.newest + drops.oldest + drops.sampled, drops, // refusals (failProducer) are not drops
-      unrouted: this.#unrouted, rerouted: this.#rerouted, retries: this.#retries, keyOrder: this.#keyOrder.stats(),
-      shards: this.#table.doc.shards.map((s) => ({ id: s.id, state: states.get(s.id)!, buffered: (this.#queues.get(s.id)?.events ?? 0) + this.#keyOrder.heldEvents(s.id) })),
+      unrouted: this.#unrouted, rerouted: buffer.rerouted, retries: this.#retries, keyOrder: this.#keyOrder.stats(),
+      shards: this.#table.doc.shards.map((s) => ({ id: s.id, state: states.get(s.id)!, buffered: (buffer.get(s.id)?.events ?? 0) + this.#keyOrder.heldEvents(s.id) })),
     };
   }
 
@@ -1035,7 +678,7 @@ export class RedisShardManager {
    * shard's `length` = its send buffer; shards are the table's. Window figures
    * (`lastMetrics`) exist on the node that is the controller.
    */
-  metricsView(): { stats(): ManagerStats; readonly ringCapacity: number; readonly ringBufferBytes: number; readonly mapper: { lastMetrics(id: number): ShardMetrics | undefined; policy(): Readonly<ScalingPolicy> } } {
+  metricsView(): ObservedManager & { readonly ringBufferBytes: number } {
     return {
       stats: () => {
         const s = this.stats();
@@ -1043,8 +686,8 @@ export class RedisShardManager {
           pushed: s.pushed, delivered: s.stored, dropped: s.dropped, unrouted: s.unrouted, drops: s.drops, inFlight: s.buffered,
           skipped: 0, // no ring here: a node's send buffer is written whole or not at all
           shards: s.shards.map((x) => {
-            const c = this.#perShard.get(x.id);
-            return { id: x.id, state: x.state, length: x.buffered, bytes: this.#queues.get(x.id)?.bytes ?? 0, pushed: c?.pushed ?? 0, delivered: c?.stored ?? 0, dropped: c?.dropped ?? 0 };
+            const c = this.#buffer.counts(x.id);
+            return { id: x.id, state: x.state, length: x.buffered, bytes: this.#buffer.get(x.id)?.bytes ?? 0, pushed: c?.pushed ?? 0, delivered: c?.stored ?? 0, dropped: c?.dropped ?? 0 };
           }),
         };
       },
@@ -1175,7 +818,7 @@ export class RedisShardManager {
     this.#closing = (async () => {
       await this.flush();
       this.#keyOrder.close();
-      for (const q of this.#queues.values()) if (q.hold !== undefined) clearTimeout(q.hold);
+      for (const shard of [...this.#holdTimers.keys()]) this.#clearHold(shard);
       if (this.#windowTimer !== undefined) clearInterval(this.#windowTimer);
       while (this.#stepping) await sleep(2);
       // The last report (and the one whose answer was lost, if any), then this node's report

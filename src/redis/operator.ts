@@ -7,6 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { ScalingError, describe, invalid, type ScalingErrorKind } from '../errors.js';
 import type { Keys } from './keys.js';
 import { sendAll, type ScriptedClient } from './connection.js';
+import { sleep } from '../sleep.js';
 
 /** An operator call a node queues for the controller ({ns}:ops). */
 export type OperatorRequest = { reqId: string } & (
@@ -48,8 +49,6 @@ export interface CallLimits {
   deadline: number;
   signal: AbortSignal | undefined;
 }
-
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** Check a call's options; the deadline starts now. */
 export function callLimits(method: string, options: OperatorCallOptions | undefined, defaultMs: number): CallLimits {

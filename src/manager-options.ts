@@ -1,0 +1,188 @@
+// ShardManager's options: what each means, its default, and the checks that refuse a bad one
+// before any memory is made or thread started. The checks it shares with the Redis node are in
+// src/validate.ts, so both refuse a bad value with the same words.
+import { payloadExtent } from './core.js';
+import type { ConsumerOptions } from './consumer-pool.js';
+import { checkFinite, checkFunction, checkInteger, describe, given, invalid } from './errors.js';
+import { resolvePolicy, type ScalingPolicy } from './policy.js';
+import { checkLoadBound, checkRouting, type RoutingMode } from './routing.js';
+import { BackpressureMode, type ManagerEvent } from './types.js';
+import { checkBackpressure, checkMaxPayloadBytes, checkOptionalBoolean } from './validate.js';
+import { checkMemoryKind, type MemoryKind } from './wasm.js';
+import { cpuCount } from '#platform';
+import {
+  BP_DROP_NEWEST, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE, MAX_LANES, PAYLOAD_ALIGN, MAX_RING_BYTES,
+} from './layout.generated.js';
+
+export interface ShardManagerOptions {
+  initialShards: number;
+  /** Records per shard ring; rounded up to a power of two (see `manager.ringCapacity`). */
+  ringBufferCapacity: number;
+  policy?: Partial<ScalingPolicy>;
+  /** Default failProducer: nothing accepted is evicted unless you choose dropOldest. */
+  backpressure?: BackpressureMode;
+  clock?: () => number;
+  drainGraceMs?: number;
+  /** How long (ms, by `clock`) a consumer may wait on a record a producer reserved and never
+   *  wrote before it is skipped (default 1000). Only a producer thread that died or stalled
+   *  inside pushBatch/pushFixed leaves one; a slow producer that finds its record skipped
+   *  pushes the event again, so this is a latency knob, not a safety one. */
+  producerStallMs?: number;
+  /** Largest event payload in bytes (default 256); at most a quarter of ringBufferBytes. */
+  maxPayloadBytes?: number;
+  /** Bytes of each shard ring's payload area (rounded up to a multiple of 8). Payloads take
+   *  their own length rounded up to 8, so memory follows the events, not the largest one.
+   *  Default: (ringCapacity + 1) × min(maxPayloadBytes, 256) (rounded up to 8), and at least
+   *  4 × maxPayloadBytes: room for ringBufferCapacity typical events (all of them, of any
+   *  size, when maxPayloadBytes ≤ 256); a few large events fill a ring by bytes, which the
+   *  fill ratio reports and autoscaling answers. */
+  ringBufferBytes?: number;
+  /** Run consumers in worker threads; without it the application consumes with poll(). */
+  consumer?: ConsumerOptions;
+  onConsumerError?: (error: Error, shardId: number) => void;
+  /** Lifecycle and scaling events (OpenTelemetry-friendly hook). */
+  onEvent?: (event: ManagerEvent) => void;
+  /** Most shard slots alive at once, draining ones included (default max(2·maxShards, maxShards + 16)). */
+  maxSlots?: number;
+  /** 'shared' (default where possible) or 'single' (no SharedArrayBuffer: one thread). */
+  memory?: MemoryKind;
+  /** Threads that may attach at once, this one and consumer threads included (default
+   *  max(64, consumer threads + 8), at most 256). Each costs a 16 KiB staging lane. */
+  maxThreads?: number;
+  /** How hashes are spread over Active shards (default: see MANAGER_DEFAULT_ROUTING). */
+  routing?: RoutingMode;
+  /** ε of 'affinity' routing (default 0.25). */
+  loadBound?: number;
+  /**
+   * routing 'affinity' only (default true there): a key's events are consumed in push order
+   * across moves of its slot to another shard; the moved keys' new events wait (see README,
+   * Routing modes). false: the previous behaviour, per-shard order only. Refused with another
+   * routing mode.
+   */
+  keyOrder?: boolean;
+}
+
+/** The routing mode ShardManager uses when `options.routing` is not given (README: Routing modes). */
+export const MANAGER_DEFAULT_ROUTING: RoutingMode = 'balanced';
+
+/** The options checked, defaults applied. */
+export interface ManagerSettings {
+  initialShards: number;
+  /** ringBufferCapacity rounded up to a power of two (at least 2). */
+  ringCapacity: number;
+  /** Each ring's payload area in bytes. */
+  ringBytes: number;
+  maxPayload: number;
+  /** As given (or failProducer): the manager shows it as `manager.backpressure`. */
+  backpressure: BackpressureMode;
+  /** The mode as the rings take it. */
+  bp: { code: number; rate: number };
+  policy: ScalingPolicy;
+  routing: RoutingMode;
+  loadBound: number;
+  keyOrder: boolean;
+  maxSlots: number;
+  kind: MemoryKind;
+  producerStallMs: number;
+  /** Consumer threads (0 without options.consumer), their batch size and stall limit. */
+  threads: number;
+  batchSize: number;
+  consumerStallMs: number;
+  maxThreads: number;
+}
+
+const MAX_RING_CAPACITY = 1 << 24;
+const DEFAULT_MAX_THREADS = 64;
+const DEFAULT_PRODUCER_STALL_MS = 1000;
+const DEFAULT_CONSUMER_STALL_MS = 10_000;
+
+/** The ring's code for a backpressure mode (checked first: bad modes are refused by name). */
+function backpressureCode(mode: unknown): { code: number; rate: number } {
+  const checked = checkBackpressure(mode);
+  switch (checked.kind) {
+    case 'dropNewest': return { code: BP_DROP_NEWEST, rate: 1 };
+    case 'dropOldest': return { code: BP_DROP_OLDEST, rate: 1 };
+    case 'failProducer': return { code: BP_FAIL_PRODUCER, rate: 1 };
+    case 'sample': return { code: BP_SAMPLE, rate: checked.rate };
+  }
+}
+
+const nextPowerOfTwo = (n: number) => 2 ** Math.ceil(Math.log2(Math.max(1, n)));
+
+/** The event size the default payload area is made for: raising maxPayloadBytes for a rare
+ *  large event must not multiply every ring's memory (64 KiB × 4096 records is 256 MiB a
+ *  shard, fatal in a browser tab). */
+const TYPICAL_EVENT_BYTES = 256;
+
+/** Each ring's payload area: `options.ringBufferBytes` (rounded up to 8), or room for
+ *  ringCapacity payloads of the typical size (the largest one when that is smaller) plus one
+ *  more: a payload never wraps, and the padding in front of one that would have crossed the
+ *  end is shorter than a payload, so with maxPayloadBytes up to the typical size ringCapacity
+ *  records of any sizes always fit. The largest payload may be at most a quarter of the area
+ *  (its padding then costs at most a quarter too), so the default is at least 4 of them. */
+function ringBytesFor(requested: unknown, ringCapacity: number, maxPayload: number): number {
+  const extent = payloadExtent(maxPayload);
+  const typical = Math.min(extent, TYPICAL_EVENT_BYTES);
+  const ringBytes = requested === undefined
+    ? Math.min(MAX_RING_BYTES, Math.max((ringCapacity + 1) * typical, 4 * extent))
+    : payloadExtent(checkInteger('options.ringBufferBytes', requested, 1, MAX_RING_BYTES));
+  if (4 * extent > ringBytes) {
+    throw invalid(`options.maxPayloadBytes (${maxPayload}) may be at most a quarter of options.ringBufferBytes (${ringBytes}): ` +
+      `raise ringBufferBytes to at least ${4 * extent} or lower maxPayloadBytes to ${Math.floor(ringBytes / 4 / PAYLOAD_ALIGN) * PAYLOAD_ALIGN}`);
+  }
+  return ringBytes;
+}
+
+/** Check every option, in the order the errors name them. */
+export function checkManagerOptions(options: ShardManagerOptions): ManagerSettings {
+  if (typeof options !== 'object' || options === null) throw invalid(`options must be an object, got ${describe(options)}`);
+  const initialShards = checkInteger('options.initialShards', options.initialShards, 0, 0xffff);
+  const requested = checkInteger('options.ringBufferCapacity', options.ringBufferCapacity, 1, MAX_RING_CAPACITY);
+  const maxPayload = checkMaxPayloadBytes(options.maxPayloadBytes);
+  // At least 2: with one record the sequence word of a published record (index + 1)
+  // equals the free mark of the next index, so a second push would overwrite the first.
+  const ringCapacity = nextPowerOfTwo(Math.max(2, requested));
+  const ringBytes = ringBytesFor(options.ringBufferBytes, ringCapacity, maxPayload);
+  const backpressure = given(options.backpressure, BackpressureMode.FailProducer);
+  const bp = backpressureCode(backpressure);
+  const policy = resolvePolicy(options.policy, initialShards);
+  const routing = options.routing === undefined ? MANAGER_DEFAULT_ROUTING : checkRouting('options.routing', options.routing);
+  const loadBound = checkLoadBound('options.loadBound', options.loadBound);
+  checkOptionalBoolean('options.keyOrder', options.keyOrder);
+  if (options.keyOrder === true && routing !== 'affinity') {
+    throw invalid(`options.keyOrder applies to routing 'affinity' only (routing is '${routing}': a hash may go to another shard at each window by design)`);
+  }
+  const keyOrder = routing === 'affinity' && options.keyOrder !== false;
+  const defaultSlots = Math.min(0xffff, Math.max(2 * policy.maxShards, policy.maxShards + 16, initialShards));
+  const maxSlots = checkInteger('options.maxSlots', given(options.maxSlots, defaultSlots), Math.max(1, initialShards), 0xffff);
+  const kind = checkMemoryKind(options.memory);
+  if (options.clock !== undefined) checkFunction('options.clock', options.clock);
+  if (options.drainGraceMs !== undefined) checkFinite('options.drainGraceMs', options.drainGraceMs, 0);
+  const producerStallMs = checkFinite('options.producerStallMs', given(options.producerStallMs, DEFAULT_PRODUCER_STALL_MS), 0);
+  for (const name of ['onEvent', 'onConsumerError'] as const) {
+    if (options[name] !== undefined) checkFunction(`options.${name}`, options[name]);
+  }
+  let threads = 0;
+  let batchSize = 0;
+  let consumerStallMs = DEFAULT_CONSUMER_STALL_MS;
+  if (options.consumer !== undefined) {
+    const c = options.consumer;
+    if (typeof c !== 'object' || c === null || (c.worker === undefined && typeof c.module !== 'string' && !(c.module instanceof URL))) {
+      throw invalid(`options.consumer.module must be a path or URL, got ${describe((c as { module?: unknown } | null)?.module)}`);
+    }
+    if (c.worker !== undefined && (typeof c.worker !== 'function' || c.module !== undefined)) {
+      throw invalid(`options.consumer.worker must be a function returning a Worker, given instead of options.consumer.module, got ${describe(c.worker)}`);
+    }
+    if (kind !== 'shared') throw invalid('options.consumer needs shared memory (SharedArrayBuffer); in the single-thread fallback consume with poll()');
+    threads = checkInteger('options.consumer.threads', given(c.threads, cpuCount()), 1, MAX_LANES - 2);
+    batchSize = checkInteger('options.consumer.batchSize', given(c.batchSize, 256), 1, MAX_RING_CAPACITY);
+    consumerStallMs = checkFinite('options.consumer.stallMs', given(c.stallMs, DEFAULT_CONSUMER_STALL_MS), 0, true);
+    checkOptionalBoolean('options.consumer.batch', c.batch);
+  }
+  // One lane per attached thread: this one, each consumer thread, each producer thread.
+  const maxThreads = checkInteger('options.maxThreads', given(options.maxThreads, Math.max(DEFAULT_MAX_THREADS, threads + 8)), threads + 1, MAX_LANES);
+  return {
+    initialShards, ringCapacity, ringBytes, maxPayload, backpressure, bp, policy, routing, loadBound, keyOrder, maxSlots, kind,
+    producerStallMs, threads, batchSize, consumerStallMs, maxThreads,
+  };
+}
