@@ -216,6 +216,44 @@ describe.skipIf(!available)('shard-mapper/redis through faults: a user-made iore
     expect(server.cli('HEXISTS', `{${namespace}}:reports`, node.nodeId), 'a closed node leaves no report number behind').toBe('0');
   }, 30_000);
 
+  it("an XADD whose reply is lost while its shard is drained and removed: the node learns from the shard's marks that it was consumed, and does not route it again (no repeat under a new dedup id)", async () => {
+    const namespace = ns();
+    const policy = { minShards: 1, maxShards: 4, autoScale: false, metricsWindowMs: 50, cooldownMs: 1 };
+    // The controller goes straight to Redis; the node under test through the proxy.
+    const ctl = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 1, drainGraceMs: 50, policy });
+    await ctl.tick(); // ctl holds the controller lease
+    const node = await RedisShardManager.create({ redis: proxy.url, namespace, policy });
+    const got: { text: string; id: string; shard: number }[] = [];
+    const consumers = await serveShardConsumers({
+      redis: server.url, namespace, idleMs: 5,
+      consume: (records, shard) => { for (const r of records) got.push({ text: r.payload.toString(), id: r.dedupId, shard }); },
+    });
+    const droppedBefore = proxy.counts.droppedReplies;
+    try {
+      expect(node.table().shards.map((x) => x.id)).toEqual([0]);
+      // The node's XADD reaches Redis; its reply is lost and the connection hangs for 4 s.
+      proxy.dropNextReply((w) => w[0]?.toUpperCase() === 'XADD', { onlyWithData: false, hangMs: 4000 });
+      expect(node.push('k', 'e1')).toBe(true);
+      await until(() => got.length === 1, 'e1 consumed from shard 0');
+      expect(proxy.counts.droppedReplies - droppedBefore, 'the XADD reply was dropped').toBe(1);
+      // Meanwhile shard 0 is replaced and removed (drained: its stream is empty).
+      await ctl.addShard();
+      await ctl.removeShard(0, { timeoutMs: 3000 });
+      expect(ctl.table().shards.map((x) => x.id), 'shard 0 removed while the XADD was unanswered').toEqual([1]);
+      expect(node.stats().buffered, 'the node still holds e1: its XADD was not answered').toBe(1);
+      // The hang ends, the connection is cut, the node retries: no stream (removed).
+      await node.flush();
+      await sleep(500); // a repeat on shard 1 would show here
+    } finally {
+      await consumers.close();
+      await node.close();
+      await ctl.close();
+    }
+    expect(got.map((g) => g.text)).toEqual(['e1']);
+    expect(got[0]!.shard).toBe(0);
+    expect(node.stats().rerouted).toBe(0);
+  }, 40_000);
+
   it('CLIENT KILL TYPE normal while a consumer reads: every entry delivered once, in order, none pending', async () => {
     const namespace = ns();
     const texts = Array.from({ length: 40 }, (_, i) => `k${String(i).padStart(2, '0')}`);

@@ -19,7 +19,7 @@ import type { ShardMetrics } from '../metrics.js';
 import { GROUP, TABLE_FORMAT, type Keys } from './keys.js';
 import { sendAll, type Command, type Connection, type Reply } from './connection.js';
 import type { OperatorAnswer, OperatorRequest } from './operator.js';
-import { PROGRESS } from './progress.js';
+import { PROGRESS, PROGRESS_RETAIN_MS } from './progress.js';
 import {
   activeIds, compareHeads, explainTableError, isAhead, newEpoch, readTable, RouteBuilder, TABLE_GONE, writeTable,
   type AnsweredRequest, type Table, type TableDoc,
@@ -631,7 +631,9 @@ export class Controller {
       await sendAll(client, [
         ['hdel', keys.stored, ...gone.map(String)],
         ...gone.map((id): [string, string] => ['del', keys.owner(id)]),
-        ...gone.map((id): [string, string] => ['del', keys.progress(id)]), // its marks and counters
+        // Its marks and counters outlive it a while: a node whose XADD to it went unanswered
+        // reads there whether the frame was consumed before the removal (node.ts #settleUnanswered).
+        ...gone.map((id): Command => ['pexpire', keys.progress(id), PROGRESS_RETAIN_MS]),
       ]);
       for (const id of gone) {
         this.#drains.delete(id);

@@ -45,7 +45,7 @@ export class FrameBuilder {
   }
 
   close(shard: number, seq: number): Frame {
-    return { shard, seq, data: this.buf.subarray(0, this.bytes), hashes: this.hashes, minIndex: this.minIndex, attempted: false };
+    return { shard, seq, data: this.buf.subarray(0, this.bytes), hashes: this.hashes, minIndex: this.minIndex, attempted: false, unanswered: false };
   }
 }
 
@@ -60,6 +60,9 @@ export interface Frame {
   /** Sent at least once. Redis may have stored it (a timeout hides the answer), so it is
    *  never changed again: a retry must carry the same events under the same dedup ids. */
   attempted: boolean;
+  /** An XADD of it failed without an answer (a cut, a timeout): Redis may hold it. If its
+   *  shard is removed before a retry is answered, the shard's acknowledged marks tell. */
+  unanswered: boolean;
 }
 
 /** The events of a frame, as views of `data`. */

@@ -21,6 +21,7 @@ import { checkAgainstNamespace, checkKeyOrderRouting, checkLease, checkNodeOptio
 import { RouteTable } from './route.js';
 import { SendBuffer } from './send-buffer.js';
 import type { Frame } from './frames.js';
+import { readAckedPositions, type AckedPosition } from './progress.js';
 import {
   compareHeads, initTable, isAhead, RouteBuilder, readHead, readTable, type RoutingMode, type Table, type TableDoc, type TableHead, type TableState,
 } from './table.js';
@@ -302,7 +303,9 @@ export class RedisShardManager {
     this.#keyOrder.adopt(table.doc.route);
     const present = new Set(table.doc.shards.map((s) => s.id));
     // Events queued for a shard that was removed meanwhile go to the shards of the new table.
-    for (const id of this.#buffer.idleShards()) if (!present.has(id)) this.#reroute(id, []);
+    // A queue whose next frame was sent without an answer is left to the sender: its retry is
+    // refused (no stream) and #refused asks the removed shard's marks whether it was stored.
+    for (const id of this.#buffer.idleShards()) if (!present.has(id) && !this.#buffer.headUnanswered(id)) this.#reroute(id, []);
     this.#buffer.placeOrphans();
     if (this.#buffer.buffered > 0) this.#kick();
   }
@@ -568,6 +571,7 @@ export class RedisShardManager {
           if (id === null && !error) { refused.push(frame); return; } // stays in flight until #refused decides
           if (error) {
             failed ??= error;
+            frame.unanswered = true;
             this.#buffer.frameUnsent(frame); // sent again first: per-shard order holds, same dedup id
             this.#hold(frame.shard);
           } else {
@@ -629,8 +633,33 @@ export class RedisShardManager {
         if (this.#buffer.firstMissing(frame.shard)) {
           this.#emit({ type: 'redisError', error: new Error(`shard-mapper/redis: the stream of shard ${frame.shard} is missing though the table lists it; its events wait in the send buffer and are retried`), at: this.#clock() });
         }
-      } else this.#reroute(frame.shard, [frame]);
+      } else if (frame.unanswered) await this.#settleUnanswered(frame);
+      else this.#reroute(frame.shard, [frame]);
     }
+  }
+
+  /**
+   * A frame whose earlier XADD went unanswered, refused now because its shard was removed:
+   * Redis may have stored it then, and its consumer acknowledged it before the removal. The
+   * removed shard's progress hash (kept for PROGRESS_RETAIN_MS after removal) says: if this
+   * node's mark there reached the frame, it was consumed — it is stored, not routed again (that
+   * would deliver it twice under a new dedup id). Otherwise, or once the hash is gone, its
+   * events are routed again. Redis away: the frame waits and is retried.
+   */
+  async #settleUnanswered(frame: Frame): Promise<void> {
+    let mark: AckedPosition | undefined;
+    try {
+      mark = (await readAckedPositions(this.#conn.client, this.#keys, frame.shard)).get(this.nodeId);
+    } catch (error) {
+      this.#buffer.frameUnsent(frame);
+      this.#hold(frame.shard);
+      this.#redisError(error);
+      return;
+    }
+    if (mark && mark.frame >= frame.seq) {
+      this.#buffer.frameStored(frame);
+      this.#reroute(frame.shard, []);
+    } else this.#reroute(frame.shard, [frame]);
   }
 
   /** Route every event of a removed shard's queue again (refused frames first, in order). */

@@ -21,6 +21,11 @@ export interface AckedPosition {
   index: number;
 }
 
+/** How long a removed shard's progress hash is kept (one hour): a node cut off from Redis
+ *  for less than this, whose frame to the shard went unanswered, learns there whether the
+ *  frame was consumed before the removal. */
+export const PROGRESS_RETAIN_MS = 3_600_000;
+
 /** Field names of the progress hash. */
 export const PROGRESS = { markPrefix: 'n:', acked: 'acked', batches: 'batches', us: 'us' } as const;
 

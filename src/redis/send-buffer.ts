@@ -310,6 +310,11 @@ export class SendBuffer {
     return [...this.#queues.values()].filter((q) => !q.inflight).map((q) => q.id);
   }
 
+  /** Whether the shard's next frame was sent and never answered (Redis may hold it). */
+  headUnanswered(shard: number): boolean {
+    return this.#queues.get(shard)?.frames[0]?.unanswered === true;
+  }
+
   /** Take every event of a removed shard's queue (`refused` frames first, in order) and route
    *  it again; the queue is gone afterwards. */
   reroute(shard: number, refused: Frame[]): void {
