@@ -114,7 +114,10 @@ export class SendBuffer {
   queue(id: number): ShardQueue {
     let q = this.#queues.get(id);
     if (!q) {
-      q = { id, frames: [], open: undefined, inflight: undefined, events: 0, bytes: 0, sampleTick: 0, held: false, holdMs: 0, missingReported: false, lastSeq: 0 };
+      q = {
+        id, frames: [], open: undefined, inflight: undefined, events: 0, bytes: 0, sampleTick: 0,
+        held: false, holdMs: 0, missingReported: false, lastSeq: 0,
+      };
       this.#queues.set(id, q);
     }
     return q;
@@ -133,7 +136,10 @@ export class SendBuffer {
    * full dropOldest buffer evicts its oldest unsent events first). Throws BackpressureError
    * under failProducer when the buffer is full (`acceptedBefore`: the batch's accepted ones).
    */
-  accept(hash: number, shard: number, payload: EventPayload, bytes: number, mode: BackpressureMode, fillRatioThreshold: number, acceptedBefore: number): boolean {
+  accept(
+    hash: number, shard: number, payload: EventPayload, bytes: number,
+    mode: BackpressureMode, fillRatioThreshold: number, acceptedBefore: number,
+  ): boolean {
     const q = this.queue(shard);
     const cap = this.#limits.events;
     const capBytes = this.#limits.bytes;
@@ -155,7 +161,8 @@ export class SendBuffer {
     else {
       // Its slot waits for the shard it moved from: accepted, held by the fence (it counts
       // against this shard's bounds), queued after the slot's earlier events were acknowledged.
-      keyOrder.hold(slot, { hash, index: ++this.#accepted, bytes: typeof payload === 'string' ? Buffer.from(payload, 'utf8') : Buffer.from(payload) });
+      const copy = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : Buffer.from(payload);
+      keyOrder.hold(slot, { hash, index: ++this.#accepted, bytes: copy });
       this.#buffered++;
     }
     this.#count(shard).pushed++;
@@ -326,7 +333,9 @@ export class SendBuffer {
       const events = decodeFrame(frame.data);
       // Still counted in #buffered: as orphans now, then by their new queue.
       // Each keeps the frame's oldest accept index: flush() waits for them as for the oldest.
-      for (let k = 0; k < events.length; k++) this.#orphans.push({ hash: frame.hashes[k]!, index: frame.minIndex, bytes: Buffer.from(events[k]!) });
+      for (let k = 0; k < events.length; k++) {
+        this.#orphans.push({ hash: frame.hashes[k]!, index: frame.minIndex, bytes: Buffer.from(events[k]!) });
+      }
       this.#rerouted += events.length;
     }
     this.placeOrphans();
