@@ -19,6 +19,7 @@ import { closeConnection, connect, sendAll, type Connection, type RedisOption } 
 import { deadLetterCommand, readEntries, type DeadReason, type ReadEntry, type ShardRecord } from './entries.js';
 import { readAckedPositions, type AckedPosition } from './progress.js';
 import { readTable, type TableDoc } from './table.js';
+import { sleep } from '../sleep.js';
 
 export type { ShardRecord } from './entries.js';
 
@@ -102,7 +103,6 @@ interface Held {
   retryAt: number;
 }
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const MAX_BACKOFF_MS = 1000;
 
 /** (frame, index) at or below a mark: acknowledged before. */
