@@ -29,7 +29,9 @@ export interface MovingGroup { fromShard: number; toShard: number; slots: number
 /** Slots whose wait ended, by destination (for ManagerEvent 'keysMoved'). */
 export interface MovedGroup { toShard: number; slots: number; waitedMs: number }
 
-export interface KeyOrderStats {
+/** What both runtimes say about key order across moves (ShardManager, and the Redis node,
+ *  whose stats add what it holds). */
+export interface KeyOrderWaits {
   /** Key order is kept across moves (routing 'affinity' without keyOrder: false). */
   enabled: boolean;
   /** Table slots (1/slots of the hash space each) whose new events wait for an old shard's consumer now. */
@@ -38,8 +40,11 @@ export interface KeyOrderStats {
   oldestWaitMs: number;
   /** The longest wait seen so far, as measured when the manager noticed it end (ms). */
   longestWaitMs: number;
-  /** Slot moves made with a fence since creation. */
+  /** Slot moves made with a fence (in memory) or that had to wait (Redis) since creation. */
   movedSlots: number;
+}
+
+export interface KeyOrderStats extends KeyOrderWaits {
   /** Pushes refused (failProducer) or dropped (other modes) because their key was waiting. */
   refused: number;
 }

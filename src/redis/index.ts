@@ -2,6 +2,7 @@
 // every node of a namespace. ioredis is an optional peer dependency: only this subpath
 // imports it, never the package root.
 export { RedisShardManager, type RedisManagerStats } from './node.js';
+export type { RedisKeyOrderStats } from './key-order.js';
 export type { RedisShardManagerOptions } from './options.js';
 export { OperatorTimeoutError, type OperatorCallOptions } from './operator.js';
 export { serveShardConsumers, type ServeShardConsumersOptions, type ShardConsumers, type ShardRecord } from './consumers.js';

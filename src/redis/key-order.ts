@@ -4,6 +4,7 @@
 // per-(shard, node) position the consumers commit with each XACK, src/redis/progress.ts).
 // Slots that did not move are never held. See docs/CONTRACT.md (Redis mode, key order).
 import { PROGRESS } from './progress.js';
+import type { KeyOrderWaits } from '../key-order.js';
 
 /** An accepted event held back (or routed again) in the node: its key hash, accept index, bytes. */
 export interface HeldEvent {
@@ -41,16 +42,8 @@ interface SlotWait {
   heldBytes: number;
 }
 
-export interface KeyOrderStats {
-  enabled: boolean;
-  /** Slots whose new events are held now. */
-  waitingSlots: number;
-  /** How long the oldest waiting slot has waited (ms, by options.clock; 0 when none waits). */
-  oldestWaitMs: number;
-  /** The longest wait that ended (ms). */
-  longestWaitMs: number;
-  /** Slots that moved and had to wait, since the node started. */
-  movedSlots: number;
+/** The node's key-order stats: what ShardManager says too, and what the node holds. */
+export interface RedisKeyOrderStats extends KeyOrderWaits {
   /** Events held now (accepted, counted in `buffered`). */
   held: number;
   /** Shards whose acknowledgements some waiting slot waits for now. */
@@ -165,7 +158,7 @@ export class KeyOrder {
     this.#acked.clear();
   }
 
-  stats(): KeyOrderStats {
+  stats(): RedisKeyOrderStats {
     const now = this.#host.now();
     let oldest = 0;
     const on = new Set<number>();

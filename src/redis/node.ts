@@ -14,7 +14,7 @@ import type { BackpressureMode, ManagerEvent, ObservedManager } from '../types.j
 import { keyHash, payloadBytes } from '../validate.js';
 import { closeConnection, connect, redactError, sendAll, subscriber, type Command, type Connection, type RedisClient } from './connection.js';
 import { Controller, createGroups, type RedisManagerEvent, type RedisNodeEvent } from './controller.js';
-import { KeyOrder, markField, type HeldEvent, type KeyOrderStats } from './key-order.js';
+import { KeyOrder, markField, type HeldEvent, type RedisKeyOrderStats } from './key-order.js';
 import { keysFor, type Keys } from './keys.js';
 import { callLimits, OperatorTimeoutError, requestOperation, type CallLimits, type OperatorCallOptions } from './operator.js';
 import { checkAgainstNamespace, checkKeyOrderRouting, checkLease, checkNodeOptions, leaseFor, type NodeSettings, type RedisShardManagerOptions } from './options.js';
@@ -44,7 +44,7 @@ export interface RedisManagerStats {
   /** XADD rounds that failed (Redis away, timeouts) and were retried. */
   retries: number;
   /** Key order across moves (routing 'affinity'): slots waiting, events held, waits. */
-  keyOrder: KeyOrderStats;
+  keyOrder: RedisKeyOrderStats;
   shards: { id: number; state: TableState; buffered: number }[];
 }
 
