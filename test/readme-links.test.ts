@@ -4,6 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
+import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -86,5 +87,32 @@ describe('code cites docs/CONTRACT.md, not the SPEC (which is not in the reposit
       }
     }
     expect(found, 'cite the section of docs/CONTRACT.md instead (its §1-§7 are numbered as the SPEC\'s)').toEqual([]);
+  });
+});
+
+describe('links that work from the npm tarball (npm shows the README, users open the shipped docs)', () => {
+  // What `npm pack` ships. Only these folders may be linked without being shipped: they are the
+  // repository's runnable material (the browser page, benchmark history, tests), not reading.
+  const REPOSITORY_ONLY = /^(examples|bench|test)\//;
+  const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
+  const packed = JSON.parse(execFileSync(npm, ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }));
+  const shipped = new Set<string>(packed[0].files.map((f: { path: string }) => f.path));
+  const shippedDocs = [...shipped].filter((f) => f.endsWith('.md'));
+
+  it('ships the README and every markdown file it links to', () => {
+    expect(shippedDocs).toContain('README.md');
+    const linked = links(readFileSync(join(root, 'README.md'), 'utf8'))
+      .map((l) => l.split('#')[0]!).filter((p) => p.endsWith('.md'));
+    expect(linked.length).toBeGreaterThan(5);
+    for (const path of linked) expect([...shipped], `README.md links ${path}, which npm pack leaves out`).toContain(path);
+  });
+
+  it.each(shippedDocs)('%s links only to shipped files (or, by name, to the repository-only folders)', (doc) => {
+    for (const link of links(readFileSync(join(root, doc), 'utf8'))) {
+      if (/^[a-z][a-z0-9+.-]*:/i.test(link) || link.startsWith('#')) continue; // URLs are checked above, anchors too
+      const target = relative(root, join(root, dirname(doc), decodeURI(link.split('#')[0]!))).split('\\').join('/');
+      if (REPOSITORY_ONLY.test(target)) continue;
+      expect(shipped.has(target), `${doc}: ${link} resolves to ${target}, which npm pack leaves out ("files" in package.json)`).toBe(true);
+    }
   });
 });
