@@ -115,7 +115,7 @@ const targetRate = (f) => loadAt(f, peak, Math.min(1000, peak / 10));
 const tty = process.stdout.isTTY;
 const fmt = (n) => Math.round(n).toLocaleString('en-US');
 const stateColour = { active: pc.green, provisioning: pc.cyan, draining: pc.yellow, stopped: pc.gray };
-let lastPushed = new Map();
+const lastPushed = new Map();
 let lastAt = performance.now();
 async function render() {
   const now = performance.now();

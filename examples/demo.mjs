@@ -106,7 +106,6 @@ channel.onmessage = (e) => { consumed += e.data.consumed; outOfOrder += e.data.o
 const control = new SharedArrayBuffer(8);
 const ctl = new Int32Array(control);
 const counters = new SharedArrayBuffer(16 * producers);
-const counts = new Float64Array(counters);
 const threads = Array.from({ length: producers }, (_, producer) => new Worker(new URL('./demo-producer.mjs', import.meta.url), {
   workerData: { handle: manager.producerHandle(), producer, minPayload, payloadBytes, control, counters, keysPerProducer: KEYS_PER_PRODUCER },
 }));
@@ -184,7 +183,7 @@ function render({ s, pushRate, deliverRate }) {
     `target ${fmt(targetRate(f))} ev/s   pushed ${pc.bold(fmt(pushRate))} ev/s   delivered ${pc.bold(fmt(deliverRate))} ev/s   active shards ${pc.bold(String(manager.mapper.activeShardCount()))} / ${maxShards}`,
     '',
     pc.gray(`  routing ${manager.mapper.routing}`),
-    pc.gray('  id  state          fill                              ring  share of traffic     delivered' + (affinity ? '  moving out/in' : '')),
+    pc.gray(`  id  state          fill                              ring  share of traffic     delivered${affinity ? '  moving out/in' : ''}`),
   ];
   for (const sh of s.shards) {
     const colour = stateColour[sh.state] ?? ((x) => x);

@@ -11,7 +11,7 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 const DOCS = [
   'README.md', 'docs/CONTRACT.md', 'docs/architecture.md', 'docs/routing.md', 'docs/redis.md',
   'docs/observability.md', 'docs/bad-input.md',
-  'examples/browser/README.md',
+  'examples/browser/README.md', 'CONTRIBUTING.md',
 ];
 
 /** GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens, -1, -2… for repeats. */
