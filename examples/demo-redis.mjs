@@ -129,6 +129,7 @@ async function render() {
   const lines = [
     pc.bold('shard-mapper/redis live demo') + pc.gray(`  ${elapsed().toFixed(1)} s / ${durationS} s   ${nodes} node processes, ${consumerCount} consumer processes, namespace ${namespace}, ${args.url ? url : 'local redis-server'}`),
     `target ${fmt(targetRate(Math.min(1, elapsed() / durationS)))} ev/s   delivered ${pc.bold(fmt(delivered))}   repeats ${fmt(repeats)}   table v${table?.version ?? '?'}`,
+    pc.gray('target: the load asked of the nodes at this moment (the ramp of --peak); pushed/s: what each node accepted since the last view'),
     '',
     pc.gray('  node  role         pushed/s     pushed     stored  buffered'),
   ];
