@@ -37,6 +37,31 @@ function links(markdown: string): string[] {
   return [...prose.matchAll(/\[[^\]]*\]\(([^)\s]+)\)/g)].map((m) => m[1]!);
 }
 
+/** Every relative link of `doc` names a file of the repository that exists, and a heading it has. */
+function expectRelativeLinksResolve(doc: string, found: string[]): void {
+  for (const link of found) {
+    const [path, anchor] = link.split('#') as [string, string | undefined];
+    const target = path === '' ? join(root, doc) : join(root, dirname(doc), decodeURI(path));
+    expect(relative(root, target).startsWith('..'), `${doc}: ${link} leaves the repository`).toBe(false);
+    expect(existsSync(target), `${doc}: ${link} does not exist`).toBe(true);
+    if (anchor !== undefined) {
+      expect(statSync(target).isFile(), `${doc}: ${link} has an anchor but is a folder`).toBe(true);
+      expect([...anchors(readFileSync(target, 'utf8'))], `${doc}: ${link}`).toContain(anchor);
+    }
+  }
+}
+
+// The benchmark pages may link the packages they measure (npm URLs); their own links must resolve.
+const BENCHMARK_PAGES = ['BENCHMARKS.md', ...readdirSync(join(root, 'bench/results')).filter((f) => f.endsWith('.md')).map((f) => `bench/results/${f}`)];
+describe.each(BENCHMARK_PAGES)('%s', (doc) => {
+  it('links to files of this repository that exist, and to headings they have', () => {
+    const found = links(readFileSync(join(root, doc), 'utf8')).filter((l) => !/^https:\/\/www\.npmjs\.com\/package\//.test(l));
+    if (doc === 'BENCHMARKS.md') expect(found.length).toBeGreaterThan(10);
+    for (const link of found) expect(link, `${doc} links outside the repository`).not.toMatch(/^[a-z][a-z0-9+.-]*:/i);
+    expectRelativeLinksResolve(doc, found);
+  });
+});
+
 describe.each(DOCS)('%s', (doc) => {
   const text = readFileSync(join(root, doc), 'utf8');
 
@@ -114,5 +139,14 @@ describe('links that work from the npm tarball (npm shows the README, users open
       if (REPOSITORY_ONLY.test(target)) continue;
       expect(shipped.has(target), `${doc}: ${link} resolves to ${target}, which npm pack leaves out ("files" in package.json)`).toBe(true);
     }
+  });
+});
+
+describe('numbers live in BENCHMARKS.md', () => {
+  it('the README states no measured speed, ratio or share (it links BENCHMARKS.md instead)', () => {
+    const prose = readFileSync(join(root, 'README.md'), 'utf8').replace(/```[\s\S]*?```/g, '');
+    const measured = /\d[\d.,]*\s*(×|[kMG]?\s?(events?|ops|hashes)?\/s\b|ns\b|GB\/s)|\b(tens|hundreds|thousands|\d[\d.,]*) (of )?times\b|\d\s*% (faster|slower|of the)/gi;
+    expect(prose.match(measured) ?? []).toEqual([]);
+    expect(prose).toMatch(/\]\(BENCHMARKS\.md[#)]/);
   });
 });
