@@ -285,7 +285,7 @@ function postMessageBatch(size, consumers, payloads, hashes) {
 /** piscina, the worker-thread pool users fan work out with: `consumers` threads, one task per
  *  event or one per `BATCH` events (copied into a buffer and transferred). It routes nothing:
  *  a task goes to whichever thread is free, so events of one key are not kept in order. */
-function piscinaRow(size, consumers, payloads, hashes, batched) {
+function piscinaRow(size, consumers, payloads, batched) {
   return {
     id: batched ? 'piscina-batch' : 'piscina-event', perEvent: !batched, slow: !batched,
     name: batched ? `piscina, ${BATCH} events per task` : 'piscina, one task per event',
@@ -366,7 +366,7 @@ export async function run(profile) {
     const copyRows = await copyLimit(profile, size, payloads);
     for (const consumers of [1, 2]) {
       const impls = [smPush, smPushBatch, smPushFixed, ringbuf, postMessageEach, postMessageBatch].map((f) => f(size, consumers, payloads, hashes));
-      impls.push(piscinaRow(size, consumers, payloads, hashes, false), piscinaRow(size, consumers, payloads, hashes, true));
+      impls.push(piscinaRow(size, consumers, payloads, false), piscinaRow(size, consumers, payloads, true));
       impls.splice(1, 0, smPush(size, consumers, payloads, hashes, true));
       impls.splice(4, 0, smPushFixed(size, consumers, payloads, hashes, true));
       const live = [];

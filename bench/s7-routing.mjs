@@ -383,7 +383,7 @@ export async function run(profile) {
         { head: '÷ leastLoaded', get: (r) => fmtRatio(1 / r.ratio), align: 'right' },
         { head: 'refused pushes per run (retried)', get: (r) => Math.round(r.refused).toLocaleString('en-US'), align: 'right' },
       ],
-      legend: `${reps} run${reps > 1 ? 's' : ''} per mode and rate, interleaved; each measures ${seconds} s after 1 s of warm-up; median and range of the delivered rate. 150,000/s is the demo's peak setting (its producer threads push in 5 ms slices timed by setTimeout and overshoot it: about 175,000/s when nothing pushes back); 300,000/s asks more than the ${T.shards} consumers can take, so the delivered rate is what the routing lets them do. Backpressure failProducer: a full ring makes the producer back off 1 ms and retry, so nothing is lost (checked). No autoscaling (the shard count is fixed at ${T.shards}); metrics window 250 ms, fillRatioThreshold 0.5, as in the demo.`,
+      legend: `${reps} run${reps > 1 ? 's' : ''} per mode and rate, interleaved; each measures ${seconds} s after 1 s of warm-up; median and range of the delivered rate. 150,000/s is the demo's peak setting (its producer threads pace by the clock since 2026-12-05; runs before that pushed fixed 5 ms quotas timed by setTimeout and overshot it: about 175,000/s when nothing pushed back); 300,000/s asks more than the ${T.shards} consumers can take, so the delivered rate is what the routing lets them do. Backpressure failProducer: a full ring makes the producer back off 1 ms and retry, so nothing is lost (checked). No autoscaling (the shard count is fixed at ${T.shards}); metrics window 250 ms, fillRatioThreshold 0.5, as in the demo.`,
     });
   }
 

@@ -8,6 +8,7 @@
 // events still go out in order and the producer does not stall on one key.
 import { parentPort, workerData } from 'node:worker_threads';
 import { ShardProducer, BackpressureError } from 'shard-mapper';
+import { paceCredit } from './demo-shared.mjs';
 
 const { handle, producer, minPayload = workerData.payloadBytes, payloadBytes, control, counters, keysPerProducer = 1024 } = workerData;
 const ctl = new Int32Array(control); // [0] events/s for this producer, [1] stop flag
@@ -31,10 +32,15 @@ let refused = 0;
 let moving = 0; // of which the key was moving (routing affinity)
 let pick = 0; // draws of a key (one per attempt)
 let movingInARow = 0;
+let credit = 0; // events owed to the rate the main thread asks for (see paceCredit)
+let last = performance.now();
 while (Atomics.load(ctl, 1) === 0) {
   const began = performance.now();
-  const quota = Math.round((Atomics.load(ctl, 0) * SLICE_MS) / 1000);
-  for (let i = 0; i < quota && Atomics.load(ctl, 1) === 0; ) {
+  credit = paceCredit(credit, Atomics.load(ctl, 0), began - last);
+  last = began;
+  const quota = Math.floor(credit);
+  let i = 0;
+  for (; i < quota && Atomics.load(ctl, 1) === 0; ) {
     const key = (Math.imul(pick + 1, 2654435761) >>> 0) % keysPerProducer;
     view.setUint16(2, key, true);
     view.setUint32(4, keySeq[key], true);
@@ -53,6 +59,7 @@ while (Atomics.load(ctl, 1) === 0) {
       await new Promise((r) => setTimeout(r, 1)); // back off; the event is pushed again
     }
   }
+  credit -= i;
   count[2 * producer] = seq;
   count[2 * producer + 1] = refused;
   const rest = SLICE_MS - (performance.now() - began);

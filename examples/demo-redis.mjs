@@ -115,7 +115,7 @@ const targetRate = (f) => loadAt(f, peak, Math.min(1000, peak / 10));
 const tty = process.stdout.isTTY;
 const fmt = (n) => Math.round(n).toLocaleString('en-US');
 const stateColour = { active: pc.green, provisioning: pc.cyan, draining: pc.yellow, stopped: pc.gray };
-let lastPushed = new Map();
+const lastPushed = new Map();
 let lastAt = performance.now();
 async function render() {
   const now = performance.now();
@@ -129,6 +129,7 @@ async function render() {
   const lines = [
     pc.bold('shard-mapper/redis live demo') + pc.gray(`  ${elapsed().toFixed(1)} s / ${durationS} s   ${nodes} node processes, ${consumerCount} consumer processes, namespace ${namespace}, ${args.url ? url : 'local redis-server'}`),
     `target ${fmt(targetRate(Math.min(1, elapsed() / durationS)))} ev/s   delivered ${pc.bold(fmt(delivered))}   repeats ${fmt(repeats)}   table v${table?.version ?? '?'}`,
+    pc.gray('target: the load asked of the nodes at this moment (the ramp of --peak); pushed/s: what each node accepted since the last view'),
     '',
     pc.gray('  node  role         pushed/s     pushed     stored  buffered'),
   ];

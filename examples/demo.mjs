@@ -28,7 +28,8 @@ if (args.help) {
   --producers   producer threads (default 2)
   --payload     bytes per event, at least 8 (default 64); a range such as 64-16384 sends
                 mixed sizes into rings sized in bytes (ringBufferBytes)
-  --peak        total events/s at the top of the ramp (default 150000)
+  --peak        total events/s at the top of the ramp (default 150000); the live view's
+                "target" is the ramp's rate at that moment, "pushed" what was accepted
   --max-shards  upper bound for autoscaling (default 4)
   --routing     leastLoaded, balanced or affinity (default: ShardManager's, balanced);
                 affinity keeps each key's order when keys move between shards`);
@@ -63,6 +64,9 @@ if (args.routing !== undefined && !ROUTINGS.includes(args.routing)) {
 
 // Load profile as a fraction of the run: quiet, ramp up, peak, ramp down, idle.
 const targetRate = (f) => loadAt(f, peak, LOW);
+// What the live view's numbers mean (printed with them: target is not what was pushed).
+const TARGET_MEANS = 'target: the load the producers are asked for at this moment (the ramp of --peak); pushed, delivered: '
+  + 'averages over the last 0.25 s, so they trail target on the ramps, and fall below it while full rings push back';
 
 const KEYS_PER_PRODUCER = 1024; // each producer numbers its events per key
 const decisions = [];
@@ -106,7 +110,6 @@ channel.onmessage = (e) => { consumed += e.data.consumed; outOfOrder += e.data.o
 const control = new SharedArrayBuffer(8);
 const ctl = new Int32Array(control);
 const counters = new SharedArrayBuffer(16 * producers);
-const counts = new Float64Array(counters);
 const threads = Array.from({ length: producers }, (_, producer) => new Worker(new URL('./demo-producer.mjs', import.meta.url), {
   workerData: { handle: manager.producerHandle(), producer, minPayload, payloadBytes, control, counters, keysPerProducer: KEYS_PER_PRODUCER },
 }));
@@ -182,9 +185,10 @@ function render({ s, pushRate, deliverRate }) {
   const lines = [
     pc.bold('shard-mapper live demo') + pc.gray(`  ${elapsed().toFixed(1)} s / ${durationS} s   ${producers} producer threads, ${maxShards} consumer threads, ${minPayload === payloadBytes ? payloadBytes : `${minPayload}–${payloadBytes}`}-byte events, rings of ${(manager.ringBufferBytes / 2 ** 20).toFixed(1)} MiB`),
     `target ${fmt(targetRate(f))} ev/s   pushed ${pc.bold(fmt(pushRate))} ev/s   delivered ${pc.bold(fmt(deliverRate))} ev/s   active shards ${pc.bold(String(manager.mapper.activeShardCount()))} / ${maxShards}`,
+    pc.gray(TARGET_MEANS),
     '',
     pc.gray(`  routing ${manager.mapper.routing}`),
-    pc.gray('  id  state          fill                              ring  share of traffic     delivered' + (affinity ? '  moving out/in' : '')),
+    pc.gray(`  id  state          fill                              ring  share of traffic     delivered${affinity ? '  moving out/in' : ''}`),
   ];
   for (const sh of s.shards) {
     const colour = stateColour[sh.state] ?? ((x) => x);
@@ -207,6 +211,7 @@ function render({ s, pushRate, deliverRate }) {
 }
 
 let lastPlain = 0;
+if (!tty) console.log(TARGET_MEANS);
 const timer = setInterval(() => {
   const f = elapsed() / durationS;
   Atomics.store(ctl, 0, Math.round(targetRate(Math.min(1, f)) / producers));

@@ -75,8 +75,8 @@ const RETRY_BACKOFF_MS = 10;
 /** While busy with full batches, the event loop gets a turn this often (ms): assign/release/
  *  stop messages and the heartbeat timer run there (after every gathering sleep too). */
 const YIELD_EVERY_MS = 1;
-/** ... and at least every this many busy passes (as before the gathering: the consumer-kill
- *  fault test needs the turns that often to finish in time on a loaded machine). */
+/** ... and at least every this many busy passes (the consumer-kill fault test needs the
+ *  turns that often to finish in time on a loaded machine). */
 const YIELD_EVERY_BATCHES = 32;
 const PARK_SPINS = 64;
 

@@ -278,7 +278,7 @@ describe('kills: consumer threads terminated while holding batches', () => {
         });
         let kills = 0;
         let full = 0;
-        for (let tries = 0; kills < 30 && restarts.filter((r) => r.rewound > 0).length < 8; tries++) {
+        while (kills < 30 && restarts.filter((r) => r.rewound > 0).length < 8) {
           await sleep(1 + Math.floor(random() * 5));
           const lengths = m.mapper.allShardIds().map((id) => m.ringLength(id));
           if (lengths.some((n) => n === m.ringCapacity)) full++;

@@ -4,13 +4,14 @@
 import { describe, expect, it } from 'vitest';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
+import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const DOCS = [
   'README.md', 'docs/CONTRACT.md', 'docs/architecture.md', 'docs/routing.md', 'docs/redis.md',
   'docs/observability.md', 'docs/bad-input.md',
-  'examples/browser/README.md',
+  'examples/browser/README.md', 'CONTRIBUTING.md',
 ];
 
 /** GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens, -1, -2… for repeats. */
@@ -35,6 +36,31 @@ function links(markdown: string): string[] {
   const prose = markdown.replace(/```[\s\S]*?```/g, '').replace(/`[^`\n]*`/g, '');
   return [...prose.matchAll(/\[[^\]]*\]\(([^)\s]+)\)/g)].map((m) => m[1]!);
 }
+
+/** Every relative link of `doc` names a file of the repository that exists, and a heading it has. */
+function expectRelativeLinksResolve(doc: string, found: string[]): void {
+  for (const link of found) {
+    const [path, anchor] = link.split('#') as [string, string | undefined];
+    const target = path === '' ? join(root, doc) : join(root, dirname(doc), decodeURI(path));
+    expect(relative(root, target).startsWith('..'), `${doc}: ${link} leaves the repository`).toBe(false);
+    expect(existsSync(target), `${doc}: ${link} does not exist`).toBe(true);
+    if (anchor !== undefined) {
+      expect(statSync(target).isFile(), `${doc}: ${link} has an anchor but is a folder`).toBe(true);
+      expect([...anchors(readFileSync(target, 'utf8'))], `${doc}: ${link}`).toContain(anchor);
+    }
+  }
+}
+
+// The benchmark pages may link the packages they measure (npm URLs); their own links must resolve.
+const BENCHMARK_PAGES = ['BENCHMARKS.md', ...readdirSync(join(root, 'bench/results')).filter((f) => f.endsWith('.md')).map((f) => `bench/results/${f}`)];
+describe.each(BENCHMARK_PAGES)('%s', (doc) => {
+  it('links to files of this repository that exist, and to headings they have', () => {
+    const found = links(readFileSync(join(root, doc), 'utf8')).filter((l) => !/^https:\/\/www\.npmjs\.com\/package\//.test(l));
+    if (doc === 'BENCHMARKS.md') expect(found.length).toBeGreaterThan(10);
+    for (const link of found) expect(link, `${doc} links outside the repository`).not.toMatch(/^[a-z][a-z0-9+.-]*:/i);
+    expectRelativeLinksResolve(doc, found);
+  });
+});
 
 describe.each(DOCS)('%s', (doc) => {
   const text = readFileSync(join(root, doc), 'utf8');
@@ -86,5 +112,41 @@ describe('code cites docs/CONTRACT.md, not the SPEC (which is not in the reposit
       }
     }
     expect(found, 'cite the section of docs/CONTRACT.md instead (its §1-§7 are numbered as the SPEC\'s)').toEqual([]);
+  });
+});
+
+describe('links that work from the npm tarball (npm shows the README, users open the shipped docs)', () => {
+  // What `npm pack` ships. Only these folders may be linked without being shipped: they are the
+  // repository's runnable material (the browser page, benchmark history, tests), not reading.
+  const REPOSITORY_ONLY = /^(examples|bench|test)\//;
+  const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
+  const packed = JSON.parse(execFileSync(npm, ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }));
+  const shipped = new Set<string>(packed[0].files.map((f: { path: string }) => f.path));
+  const shippedDocs = [...shipped].filter((f) => f.endsWith('.md'));
+
+  it('ships the README and every markdown file it links to', () => {
+    expect(shippedDocs).toContain('README.md');
+    const linked = links(readFileSync(join(root, 'README.md'), 'utf8'))
+      .map((l) => l.split('#')[0]!).filter((p) => p.endsWith('.md'));
+    expect(linked.length).toBeGreaterThan(5);
+    for (const path of linked) expect([...shipped], `README.md links ${path}, which npm pack leaves out`).toContain(path);
+  });
+
+  it.each(shippedDocs)('%s links only to shipped files (or, by name, to the repository-only folders)', (doc) => {
+    for (const link of links(readFileSync(join(root, doc), 'utf8'))) {
+      if (/^[a-z][a-z0-9+.-]*:/i.test(link) || link.startsWith('#')) continue; // URLs are checked above, anchors too
+      const target = relative(root, join(root, dirname(doc), decodeURI(link.split('#')[0]!))).split('\\').join('/');
+      if (REPOSITORY_ONLY.test(target)) continue;
+      expect(shipped.has(target), `${doc}: ${link} resolves to ${target}, which npm pack leaves out ("files" in package.json)`).toBe(true);
+    }
+  });
+});
+
+describe('numbers live in BENCHMARKS.md', () => {
+  it('the README states no measured speed, ratio or share (it links BENCHMARKS.md instead)', () => {
+    const prose = readFileSync(join(root, 'README.md'), 'utf8').replace(/```[\s\S]*?```/g, '');
+    const measured = /\d[\d.,]*\s*(×|[kMG]?\s?(events?|ops|hashes)?\/s\b|ns\b|GB\/s)|\b(tens|hundreds|thousands|\d[\d.,]*) (of )?times\b|\d\s*% (faster|slower|of the)/gi;
+    expect(prose.match(measured) ?? []).toEqual([]);
+    expect(prose).toMatch(/\]\(BENCHMARKS\.md[#)]/);
   });
 });

@@ -46,7 +46,11 @@ async function consumerOf(redis: string, namespace: string, extra: Partial<Param
 /** Texts delivered more than once. */
 function repeated(got: Got): string[] {
   const seen = new Set<string>();
-  return got.filter((g) => (seen.has(g.text) ? true : (seen.add(g.text), false))).map((g) => g.text);
+  return got.filter((g) => {
+    if (seen.has(g.text)) return true;
+    seen.add(g.text);
+    return false;
+  }).map((g) => g.text);
 }
 
 /** XINFO STREAM's entries-added: entries ever appended (a retried XADD that Redis had stored counts twice). */

@@ -101,7 +101,11 @@ describe.skipIf(!available)('RedisShardManager: one node, consumers, one process
     expect(deliveries.length).toBeGreaterThan(3000); // the failed batches came again
     // DedupFilter-style view: drop what was seen, then per shard the order is the push order.
     const seen = new Set<string>();
-    const once = deliveries.filter((d) => (seen.has(d.id) ? false : (seen.add(d.id), true)));
+    const once = deliveries.filter((d) => {
+      if (seen.has(d.id)) return false;
+      seen.add(d.id);
+      return true;
+    });
     expect(once).toHaveLength(3000);
     expect(checkOrder(once)).toEqual([]);
   });

@@ -8,7 +8,7 @@ import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { RingBuffer } from 'ringbuf.js';
 
 const MAX_SAMPLES = 1 << 21;
-let samples = new Float64Array(MAX_SAMPLES);
+const samples = new Float64Array(MAX_SAMPLES);
 let count = 0;
 const stampOf = (view, at) => view.getFloat64(at, true);
 const record = (sentNs) => {
