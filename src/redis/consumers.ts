@@ -383,7 +383,7 @@ class ConsumerRunner implements ShardConsumers {
     const stream = this.#keys.stream(id);
     const reply = (await client.smReadBuffer(stream, this.#keys.owner(id), GROUP, this.name, String(this.#parts.batch), history ? '0' : '>')) as [Buffer, unknown][] | null | number;
     if (typeof reply === 'number') return undefined;
-    const entries = reply && reply[0] ? readEntries(reply[0][1]) : [];
+    const entries = reply?.[0] ? readEntries(reply[0][1]) : [];
     // A new entry was delivered once; a pending one maybe many times (only asked when it matters).
     if (history && entries.length > 0 && Number.isFinite(this.#parts.maxDeliveries)) {
       const pending = (await client.call('XPENDING', stream, GROUP, entries[0]!.id, entries[entries.length - 1]!.id, String(entries.length), this.name)) as [string, string, number, number][];

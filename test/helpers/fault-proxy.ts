@@ -184,7 +184,7 @@ export class FaultProxy {
         const i = this.#holds.indexOf(rule);
         if (i >= 0) this.#holds.splice(i, 1);
         const link = rule.link;
-        if (!link || !link.heldBytes) return;
+        if (!link?.heldBytes) return;
         const bytes = Buffer.concat(link.heldBytes);
         link.heldBytes = undefined;
         if (this.#links.has(link)) link.server.write(bytes);
