@@ -46,14 +46,14 @@ async function waitCount(read, target) {
  * the accepted prefix until all are in. `push(done)` pushes events done…m-1. Returns the
  * number of full-ring retries.
  */
-function pushAllWithRetry(m, push) {
+function pushAllWithRetry(m, push, lib = PACKAGE) {
   let done = 0;
   let stalls = 0;
   while (done < m) {
     try {
       done += push(done);
     } catch (error) {
-      if (!(error instanceof BackpressureError)) throw error;
+      if (!(error instanceof lib.BackpressureError)) throw error;
       done += error.accepted; // the events before the full ring went in, in order
       stalls++;
     }
@@ -63,9 +63,12 @@ function pushAllWithRetry(m, push) {
 
 // ---- the implementations: setup() → { once(n), teardown() } ---------------------------------
 
+/** The package the shard-mapper rows run; bench/compare-threads.mjs passes another build. */
+const PACKAGE = { ShardManager, BackpressureError };
+
 /** The manager every shard-mapper row uses: one shard and one consumer thread per consumer. */
-function smManager(size, consumers, backpressure, batch = false) {
-  return ShardManager.create({
+function smManager(size, consumers, backpressure, batch = false, lib = PACKAGE) {
+  return lib.ShardManager.create({
     initialShards: consumers, ringBufferCapacity: RING_EVENTS, maxPayloadBytes: size,
     backpressure: { kind: backpressure }, policy: { autoScale: false, maxShards: consumers },
     consumer: batch
@@ -82,13 +85,13 @@ async function smTeardown(mgr, label) {
   await mgr.close();
 }
 
-function smPush(size, consumers, payloads, hashes, batch = false) {
+export function smPush(size, consumers, payloads, hashes, batch = false, lib = PACKAGE) {
   return {
     id: batch ? 'sm-push-rb' : 'sm-push', ref: !batch,
     name: batch ? 'shard-mapper push → batch consumer' : 'shard-mapper push (routed, per event)',
     note: batch ? 'consumer takes a RecordBatch (options.consumer.batch)' : 'consumer takes Uint8Array[]',
     async setup() {
-      const mgr = await smManager(size, consumers, 'dropNewest', batch);
+      const mgr = await smManager(size, consumers, 'dropNewest', batch, lib);
       return {
         async once(n) {
           const before = mgr.stats().delivered;
@@ -135,13 +138,13 @@ function smPushBatch(size, consumers, payloads, hashes) {
   };
 }
 
-function smPushFixed(size, consumers, payloads, hashes, batch = false) {
+export function smPushFixed(size, consumers, payloads, hashes, batch = false, lib = PACKAGE) {
   return {
     id: batch ? 'sm-pushFixed-rb' : 'sm-pushFixed',
     name: batch ? `shard-mapper pushFixed(${BATCH}) → batch consumer` : `shard-mapper pushFixed(${BATCH})`,
     note: `records already contiguous (the API's premise); consumer takes ${batch ? 'a RecordBatch' : 'Uint8Array[]'}`,
     async setup() {
-      const mgr = await smManager(size, consumers, 'failProducer', batch);
+      const mgr = await smManager(size, consumers, 'failProducer', batch, lib);
       // The same events as the other rows, laid out as pushFixed takes them: for every batch
       // offset in the payload pool, BATCH records back to back (built before timing: a user
       // of pushFixed already holds its records in one buffer).
@@ -160,7 +163,7 @@ function smPushFixed(size, consumers, payloads, hashes, batch = false) {
             const m = Math.min(BATCH, n - i);
             const h = hashes.subarray(i & HMASK, (i & HMASK) + m);
             const block = blocks[(i & (POOL - 1)) / BATCH].subarray(0, m * size);
-            stalls += pushAllWithRetry(m, (done) => mgr.pushFixed(h.subarray(done), block.subarray(done * size), size));
+            stalls += pushAllWithRetry(m, (done) => mgr.pushFixed(h.subarray(done), block.subarray(done * size), size), lib);
           }
           await waitCount(() => mgr.stats().delivered - before, n);
           return { ms: performance.now() - t0, events: n, bytes: n * size, extra: { stalls } };
@@ -171,7 +174,7 @@ function smPushFixed(size, consumers, payloads, hashes, batch = false) {
   };
 }
 
-function ringbuf(size, consumers, payloads, hashes) {
+export function ringbuf(size, consumers, payloads, hashes) {
   return {
     id: 'ringbuf', name: 'ringbuf.js (SPSC ring per consumer)', note: 'the hand-written fan-out: one SPSC ring per consumer, same hash split, consumer pops 256 at a time; empty ring polled, then 1 ms sleeps',
     async setup() {
