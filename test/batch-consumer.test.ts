@@ -6,11 +6,11 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ShardManager, RecordBatch, type ManagerEvent } from 'shard-mapper';
-import { churnShards, DeliveryLog, seqPayload, pushWithRetry, sleep, expectExactlyOnce } from './helpers/delivery.js';
+import { churnShards, DeliveryLog, seqPayload, pushWithRetry, sleep, expectExactlyOnce, onThisLogsChannel } from './helpers/delivery.js';
 import { prng, withEnv } from './helpers/index.js';
 
 const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url);
-const batchModule = fixture('seq-batch-consumer.mjs');
+const batchModule = () => onThisLogsChannel(fixture('seq-batch-consumer.mjs'));
 
 let log: DeliveryLog | undefined;
 afterEach(() => log?.close());
@@ -35,7 +35,7 @@ describe('batch consumers on worker threads (options.consumer.batch: true)', () 
     try {
       const m = await ShardManager.create({
         initialShards: 2, ringBufferCapacity: 256, policy: { minShards: 1, maxShards: 5, autoScale: false },
-        consumer: { module: batchModule, threads: 2, batchSize: 48, batch: true }, // 48 does not divide 256: batches wrap
+        consumer: { module: batchModule(), threads: 2, batchSize: 48, batch: true }, // 48 does not divide 256: batches wrap
       });
       const total = 60_000;
       const removals: Promise<void>[] = [];
@@ -69,7 +69,7 @@ describe('batch consumers on worker threads (options.consumer.batch: true)', () 
       const errors: Error[] = [];
       const m = await ShardManager.create({
         initialShards: 3, ringBufferCapacity: 128, policy: { maxShards: 4, autoScale: false },
-        consumer: { module: batchModule, threads: 2, batchSize: 16, batch: true },
+        consumer: { module: batchModule(), threads: 2, batchSize: 16, batch: true },
         onEvent: (e) => { if (e.type === 'consumerRestarted') events.push(e); },
         onConsumerError: (e) => errors.push(e),
       });
@@ -91,7 +91,7 @@ describe('batch consumers on worker threads (options.consumer.batch: true)', () 
       log = new DeliveryLog();
       const m = await ShardManager.create({
         initialShards: 1, ringBufferCapacity: 64, backpressure: { kind: 'dropOldest' }, policy: { maxShards: 1, autoScale: false },
-        consumer: { module: batchModule, threads: 1, batchSize: 24, batch: true },
+        consumer: { module: batchModule(), threads: 1, batchSize: 24, batch: true },
       });
       const total = 20_000;
       let accepted = 0; // a push finding the oldest record in the consumer's hands is dropped instead (newest)
@@ -130,7 +130,7 @@ describe('batch consumers on worker threads (options.consumer.batch: true)', () 
 
   it('refuses a consumer.batch that is not a boolean, creating nothing', async () => {
     await expect(ShardManager.create({
-      initialShards: 1, ringBufferCapacity: 16, consumer: { module: batchModule, threads: 1, batch: 'yes' as unknown as boolean },
+      initialShards: 1, ringBufferCapacity: 16, consumer: { module: batchModule(), threads: 1, batch: 'yes' as unknown as boolean },
     })).rejects.toThrow(/options\.consumer\.batch must be a boolean, got/);
   });
 });

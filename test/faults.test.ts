@@ -10,13 +10,13 @@ import { join } from 'node:path';
 import {
   BackpressureError, ManagerClosedError, ShardManager, ShardMapper, type ManagerEvent,
 } from 'shard-mapper';
-import { DeliveryLog, seqPayload, sleep, pushWithRetry, expectExactlyOnce } from './helpers/delivery.js';
+import { DeliveryLog, seqPayload, sleep, pushWithRetry, expectExactlyOnce, onThisLogsChannel } from './helpers/delivery.js';
 import { prng, withEnv } from './helpers/index.js';
 import { SharedCore } from '../dist/core.js';
 import { CLAIM_START, M_DELIVERED, M_EVICTED, R_CURSOR } from '../dist/layout.generated.js';
 
 const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url);
-const seqConsumer = fixture('seq-consumer.mjs');
+const seqConsumer = () => onThisLogsChannel(fixture('seq-consumer.mjs'));
 const producerModule = fixture('seq-producer.mjs');
 
 class Boom extends Error {}
@@ -195,7 +195,7 @@ describe('faults: consumer threads', () => {
     log = new DeliveryLog();
     const m = await ShardManager.create({
       initialShards: 3, ringBufferCapacity: 256, policy: { maxShards: 6, autoScale: false },
-      consumer: { module: seqConsumer, threads: 2, batchSize: 32 },
+      consumer: { module: seqConsumer(), threads: 2, batchSize: 32 },
     });
     const producers = startProducers(m, 2, 200_000);
     const random = prng(11);
@@ -254,7 +254,7 @@ describe('faults: consumer threads', () => {
   });
 
   it('after close(), scale-ups through manager.mapper are refused before any change (with consumer threads they used to half-allocate)', async () => {
-    const m = await ShardManager.create({ initialShards: 2, ringBufferCapacity: 8, policy: { maxShards: 4 }, consumer: { module: seqConsumer, threads: 1 } });
+    const m = await ShardManager.create({ initialShards: 2, ringBufferCapacity: 8, policy: { maxShards: 4 }, consumer: { module: seqConsumer(), threads: 1 } });
     await m.close();
     const before = [m.mapper.activeShardIds(), m.mapper.allShardIds(), m.mapper.totalShardCount(), m.mapper.activeShardCount()];
     for (const call of [() => m.mapper.scaleUp(1), () => m.mapper.scaleUpProvisioning(1), () => m.mapper.scaleUpProvisioningForce(2)]) {
@@ -394,7 +394,7 @@ describe('faults: producers racing drain and removal', () => {
       const m = await ShardManager.create({
         initialShards: 2, ringBufferCapacity: 512, drainGraceMs: 1,
         policy: { minShards: 1, maxShards: 4, autoScale: false },
-        consumer: { module: seqConsumer, threads: 2, batchSize: 64 },
+        consumer: { module: seqConsumer(), threads: 2, batchSize: 64 },
       });
       const PRODUCERS = 4;
       const PER_PRODUCER = 200_000;

@@ -11,13 +11,13 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ShardManager, ShardMetricsCollector, ShardProducer, type BackpressureMode, type ManagerEvent } from 'shard-mapper';
-import { DeliveryLog, seqPayload, sleep } from './helpers/delivery.js';
+import { DeliveryLog, seqPayload, sleep, onThisLogsChannel } from './helpers/delivery.js';
 import { SharedCore } from '../dist/core.js';
 import { R_CURSOR } from '../dist/layout.generated.js';
 import { prng } from './helpers/index.js';
 
 const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url);
-const seqConsumer = fixture('seq-consumer.mjs');
+const seqConsumer = () => onThisLogsChannel(fixture('seq-consumer.mjs'));
 
 type Mode = 'push' | 'batch' | 'fixed';
 
@@ -165,7 +165,7 @@ describe('kills: producer threads terminated mid-call', () => {
       const m = await ShardManager.create({
         initialShards: 2, ringBufferCapacity: 1 << 15, maxPayloadBytes: 64, backpressure, producerStallMs: 20,
         policy: { minShards: 1, maxShards: 3, autoScale: false },
-        consumer: { module: seqConsumer, threads: 2, batchSize: 256 },
+        consumer: { module: seqConsumer(), threads: 2, batchSize: 256 },
         onEvent: (e) => events.push(e),
       });
       const random = prng(name.length * 7919);
@@ -202,7 +202,7 @@ describe('kills: producer threads terminated mid-call on byte rings of mixed siz
       const m = await ShardManager.create({
         initialShards: 2, ringBufferCapacity: 1 << 15, maxPayloadBytes: 256, ringBufferBytes: 1024 * 1024, backpressure, producerStallMs: 20,
         policy: { minShards: 1, maxShards: 3, autoScale: false },
-        consumer: { module: seqConsumer, threads: 2, batchSize: 256 },
+        consumer: { module: seqConsumer(), threads: 2, batchSize: 256 },
         onEvent: (e) => events.push(e),
       });
       const random = prng(name.length * 6151);
@@ -261,7 +261,7 @@ describe('kills: consumer threads terminated while holding batches', () => {
         const m = await ShardManager.create({
           initialShards: 2, ringBufferCapacity: 64, backpressure, producerStallMs: 20,
           policy: { minShards: 1, maxShards: 3, autoScale: false },
-          consumer: { module: seqConsumer, threads: 2, batchSize: 16 },
+          consumer: { module: seqConsumer(), threads: 2, batchSize: 16 },
           onEvent: (e) => { if (e.type === 'consumerRestarted') restarts.push(e); },
         });
         const exact = backpressure.kind === 'failProducer';
@@ -340,7 +340,7 @@ describe('kills: close() while producer threads push', () => {
       const m = await ShardManager.create({
         initialShards: 2, ringBufferCapacity: 128, backpressure, producerStallMs: 20,
         policy: { autoScale: false },
-        consumer: { module: seqConsumer, threads: 2, batchSize: 32 },
+        consumer: { module: seqConsumer(), threads: 2, batchSize: 32 },
       });
       const exact = backpressure.kind === 'failProducer';
       // enough events that no producer runs out before close() (sample mode sheds fast)
@@ -476,7 +476,7 @@ describe('consumer assignment races', () => {
     try {
       const m = await ShardManager.create({
         initialShards: 2, ringBufferCapacity: 256, routing: 'leastLoaded', policy: { minShards: 1, maxShards: 3, autoScale: false },
-        consumer: { module: seqConsumer, threads: 2, batchSize: 8 },
+        consumer: { module: seqConsumer(), threads: 2, batchSize: 8 },
       });
       const owner = m.consumers().find((c) => c.shards.includes(1))!;
       await m.terminateConsumer(owner.index); // its replacement starts loading, and owns shard 1
@@ -547,7 +547,7 @@ describe('consumer heartbeats', () => {
       const events: ManagerEvent[] = [];
       const m = await ShardManager.create({
         initialShards: 1, ringBufferCapacity: 64, clock: () => clock.t, policy: { autoScale: false },
-        consumer: { module: seqConsumer, threads: 1, batchSize: 4, stallMs: 1000 },
+        consumer: { module: seqConsumer(), threads: 1, batchSize: 4, stallMs: 1000 },
         onEvent: (e) => { if (e.type.startsWith('consumer')) events.push(e); },
       });
       for (let seq = 0; seq < 12; seq++) m.push(seq, seqPayload(0, seq));

@@ -5,12 +5,12 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ShardManager } from 'shard-mapper';
-import { churnShards, DeliveryLog, seqPayload, sleep, pushWithRetry, expectExactlyOnce } from './helpers/delivery.js';
+import { churnShards, DeliveryLog, seqPayload, sleep, pushWithRetry, expectExactlyOnce, onThisLogsChannel } from './helpers/delivery.js';
 import { prng, withEnv } from './helpers/index.js';
 
 const ROUTING_MODES = ['leastLoaded', 'balanced', 'affinity'] as const;
 
-const consumerModule = new URL('./fixtures/seq-consumer.mjs', import.meta.url);
+const consumerModule = () => onThisLogsChannel(new URL('./fixtures/seq-consumer.mjs', import.meta.url));
 const flakyModule = new URL('./fixtures/flaky-consumer.mjs', import.meta.url);
 const producerModule = new URL('./fixtures/seq-producer.mjs', import.meta.url);
 
@@ -51,7 +51,7 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
     const m = await ShardManager.create({
       routing,
       initialShards: 2, ringBufferCapacity: 512, policy: { minShards: 1, maxShards: 6 },
-      consumer: { module: consumerModule, threads: 2, batchSize: 64 },
+      consumer: { module: consumerModule(), threads: 2, batchSize: 64 },
     });
     const total = 100_000;
     const removals: Promise<void>[] = [];
@@ -80,7 +80,7 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
       // 1 MiB payload areas, given: the default stopped growing with maxPayloadBytes past 256
       // (it would be 512 KiB), and this test is about growth past the initial memory
       initialShards: 1, ringBufferCapacity: 2048, maxPayloadBytes: 512, ringBufferBytes: 2048 * 512, policy: { minShards: 1, maxShards: 8 },
-      consumer: { module: consumerModule, threads: 2, batchSize: 64 },
+      consumer: { module: consumerModule(), threads: 2, batchSize: 64 },
     });
     const producer = new Worker(producerModule, { workerData: { handle: m.producerHandle(), producer: 1, count: 20_000, payloadBytes: 300 } });
     const producerDone = new Promise<void>((resolve, reject) => { producer.on('message', () => resolve()); producer.on('error', reject); });
@@ -102,7 +102,7 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
     const m = await ShardManager.create({
       routing,
       initialShards: 3, ringBufferCapacity: 256, policy: { minShards: 1, maxShards: 6 },
-      consumer: { module: consumerModule, threads: 2, batchSize: 128 },
+      consumer: { module: consumerModule(), threads: 2, batchSize: 128 },
     });
     const perProducer = 25_000;
     const producers = [0, 1, 2, 3].map((producer) => new Worker(producerModule, {
@@ -138,7 +138,7 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
     const m = await ShardManager.create({
       routing,
       initialShards: 2, ringBufferCapacity: 512, policy: { minShards: 1, maxShards: 6 },
-      consumer: { module: consumerModule, threads: 2, batchSize: 128 },
+      consumer: { module: consumerModule(), threads: 2, batchSize: 128 },
     });
     const perProducer = 50_000;
     const producers = [0, 1, 2, 3].map((producer) => new Worker(producerModule, {
@@ -156,7 +156,7 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
       routing,
       // 512 descriptors but 8 KiB of payload: about 16 events of the mix fit, so rings fill by bytes
       initialShards: 2, ringBufferCapacity: 512, ringBufferBytes: 8192, maxPayloadBytes: 1024, policy: { minShards: 1, maxShards: 6 },
-      consumer: { module: consumerModule, threads: 2, batchSize: 64 },
+      consumer: { module: consumerModule(), threads: 2, batchSize: 64 },
     });
     const perProducer = 20_000;
     const producers = [0, 1, 2, 3].map((producer) => new Worker(producerModule, {
@@ -182,7 +182,7 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
     const restarted: number[] = [];
     const m = await ShardManager.create({
       routing,
-      initialShards: 2, ringBufferCapacity: 1024, consumer: { module: consumerModule, threads: 2, batchSize: 32 },
+      initialShards: 2, ringBufferCapacity: 1024, consumer: { module: consumerModule(), threads: 2, batchSize: 32 },
       onEvent: (e) => { if (e.type === 'consumerRestarted') restarted.push(e.worker); },
     });
     const total = 40_000;
@@ -229,7 +229,7 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
   });
 
   it('refuses to terminate a consumer thread that does not exist', async () => {
-    const m = await ShardManager.create({ routing, initialShards: 1, ringBufferCapacity: 64, consumer: { module: consumerModule, threads: 1 } });
+    const m = await ShardManager.create({ routing, initialShards: 1, ringBufferCapacity: 64, consumer: { module: consumerModule(), threads: 1 } });
     await expect(m.terminateConsumer(42)).rejects.toThrow(/no running consumer thread 42/);
     await m.close();
   });
@@ -256,7 +256,7 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
       let t = 0;
       const m = await ShardManager.create({
       routing,
-        initialShards: 1, ringBufferCapacity: 64, clock: () => t, consumer: { module: consumerModule, threads: 1, batchSize: 8 },
+        initialShards: 1, ringBufferCapacity: 64, clock: () => t, consumer: { module: consumerModule(), threads: 1, batchSize: 8 },
       });
       for (let seq = 0; seq < 64; seq++) await pushWithRetry(m, seq, seqPayload(0, seq));
       await sleep(100);

@@ -5,10 +5,10 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Worker } from 'node:worker_threads';
 import { ShardManager, ShardMapper } from 'shard-mapper';
 import { SharedCore } from '../dist/core.js';
-import { DeliveryLog, sleep, expectExactlyOnce } from './helpers/delivery.js';
+import { DeliveryLog, sleep, expectExactlyOnce, onThisLogsChannel } from './helpers/delivery.js';
 import { prng } from './helpers/index.js';
 
-const consumerModule = new URL('./fixtures/seq-consumer.mjs', import.meta.url);
+const consumerModule = () => onThisLogsChannel(new URL('./fixtures/seq-consumer.mjs', import.meta.url));
 const producerModule = new URL('./fixtures/seq-producer.mjs', import.meta.url);
 const hammerModule = new URL('./fixtures/collector-hammer.mjs', import.meta.url);
 
@@ -38,7 +38,7 @@ describe('stress: producers and consumers on worker threads while shards come an
     const m = await ShardManager.create({
       initialShards: 3, ringBufferCapacity: 1024, drainGraceMs: 5,
       policy: { minShards: 1, maxShards: MAX_SHARDS, autoScale: false },
-      consumer: { module: consumerModule, threads: 2, batchSize: 256 },
+      consumer: { module: consumerModule(), threads: 2, batchSize: 256 },
     });
     const started = performance.now();
     const producers = Array.from({ length: PRODUCERS }, (_, producer) =>
@@ -106,7 +106,7 @@ describe('stress: producers and consumers on worker threads while shards come an
     const m = await ShardManager.create({
       initialShards: 2, ringBufferCapacity: 256, drainGraceMs: 2,
       policy: { minShards: 1, maxShards: 6, cooldownMs: 10, scaleDownDelayMs: 20, metricsWindowMs: 3, fillRatioThreshold: 0.5 },
-      consumer: { module: consumerModule, threads: 2, batchSize: 64 },
+      consumer: { module: consumerModule(), threads: 2, batchSize: 64 },
       onEvent: (e) => { if (e.type === 'scalingDecision') decisions.push(e.decision.kind); },
     });
     m.start();

@@ -30,6 +30,20 @@ class DeliveryCounts {
   }
 }
 
+/**
+ * The consumer fixture's module URL, carrying the channel of the newest DeliveryLog in its
+ * query (`?channel=`). The manager hands this URL to every consumer thread it starts — also
+ * the ones it restarts later — so a manager left running by a test that timed out keeps
+ * reporting to its own test's channel, never to the next test's (the environment variable
+ * alone would be read afresh by each restarted thread). Call it when creating the manager,
+ * after the log.
+ */
+export function onThisLogsChannel(module: URL): URL {
+  const url = new URL(module);
+  url.searchParams.set('channel', process.env.SM_TEST_CHANNEL ?? 'shard-mapper-test');
+  return url;
+}
+
 export class DeliveryLog {
   static #made = 0;
   /** A channel of this log's own: consumer threads started after it was made report here
