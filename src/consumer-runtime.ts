@@ -172,11 +172,10 @@ export async function runConsumer(
   /** Take, hand over and acknowledge one batch of `s`; a number when the consumer was
    *  synchronous, a promise when it returned one (or threw). */
   function consumeOne(s: Owned): number | Promise<number> {
-    const n = core.claim(s.slot, init.batchSize);
+    const n = core.claimInView(s.slot, init.batchSize); // views made to reach the slot (growth)
     if (n === 0) return 0;
     const start = core.claimStart;
-    const base = core.abi.slotAddress(s.slot);
-    core.ensureViews(core.recordsEnd(base)); // the slot may lie past this thread's views (growth)
+    const base = core.claimBase;
     let records: Uint8Array[] | undefined;
     if (consumeBatch) {
       batch ??= new RecordBatch(init.batchSize);

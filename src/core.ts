@@ -51,6 +51,8 @@ export class SharedCore {
   readonly result: number;
   /** The first ring index of the records the last claim() handed out. */
   claimStart = 0;
+  /** The byte address of the slot the last claimInView() took records from. */
+  claimBase = 0;
   readonly slotStride: number;
   readonly ringCapacity: number;
   /** Bytes of each ring's payload area. */
@@ -164,6 +166,20 @@ export class SharedCore {
       if (this.u32[(this.result + CLAIM_SKIPPED) >>> 2] === 0) return n;
       this.abi.ringAck(slot, this.claimStart, n, 0);
     }
+  }
+
+  /**
+   * claim() for a reader of the records: also makes this thread's views reach the slot's ring
+   * (after growth it may lie past them). Returns how many, from ring index `claimStart`, in the
+   * slot whose byte address is `claimBase`. The manager's poll variants and the consumer
+   * threads all take records through here.
+   */
+  claimInView(slot: number, max: number): number {
+    const n = this.claim(slot, max);
+    if (n === 0) return 0;
+    this.claimBase = this.abi.slotAddress(slot);
+    this.ensureViews(this.recordsEnd(this.claimBase));
+    return n;
   }
 
   /** Give the lane back; the core must not be used afterwards. */

@@ -232,20 +232,26 @@ export class ShardManager {
 
   // ---- consuming ------------------------------------------------------------------------
 
+  /** A poll variant's last check before it takes records: the shard is not the consumer
+   *  threads' (a ring has one consumer at a time); then its producers are watched for stalls
+   *  while this thread polls it. */
+  #pollHere(method: string, shardId: number, slot: number): void {
+    if (this.#pool?.owns(shardId)) throw new Error(`${method}: shard ${shardId} is consumed by worker threads (options.consumer); a ring has one consumer at a time`);
+    this.#watchStalls([slot]);
+  }
+
   /** Take up to `max` records of a shard, in push order (copies; they count as delivered). */
   poll(shardId: number, max: number = this.ringCapacity): Uint8Array[] {
     const slot = this.#slotFor('poll', shardId);
     checkInteger('max', max, 1, Number.MAX_SAFE_INTEGER);
-    if (this.#pool?.owns(shardId)) throw new Error(`poll: shard ${shardId} is consumed by worker threads (options.consumer); a ring has one consumer at a time`);
+    this.#pollHere('poll', shardId, slot);
     const core = this.#core;
     const out: Uint8Array[] = [];
-    const base = core.abi.slotAddress(slot);
-    this.#watchStalls([slot]);
     while (out.length < max) {
-      const n = core.claim(slot, Math.min(max - out.length, this.ringCapacity));
+      const n = core.claimInView(slot, Math.min(max - out.length, this.ringCapacity));
       if (n === 0) break;
       const start = core.claimStart;
-      core.ensureViews(core.recordsEnd(base));
+      const base = core.claimBase;
       for (let k = 0; k < n; k++) {
         const rec = core.recordAt(base, start + k);
         const at = core.payloadAt(base, rec);
@@ -269,18 +275,16 @@ export class ShardManager {
     if (!(lengths instanceof Uint32Array)) throw invalid(`pollInto: lengths must be a Uint32Array, got ${describe(lengths)}`);
     if (target.length === 0) throw new RangeError('pollInto: target is empty (0 bytes): it must hold at least one record');
     if (lengths.length === 0) throw new RangeError('pollInto: lengths is empty: its length is the most records to take, so at least 1');
-    if (this.#pool?.owns(shardId)) throw new Error(`pollInto: shard ${shardId} is consumed by worker threads (options.consumer); a ring has one consumer at a time`);
+    this.#pollHere('pollInto', shardId, slot);
     const core = this.#core;
     const abi = core.abi;
-    const base = abi.slotAddress(slot);
-    this.#watchStalls([slot]);
     let count = 0;
     let at = 0;
     while (count < lengths.length) {
-      const n = core.claim(slot, Math.min(lengths.length - count, this.ringCapacity));
+      const n = core.claimInView(slot, Math.min(lengths.length - count, this.ringCapacity));
       if (n === 0) break;
       const start = core.claimStart;
-      core.ensureViews(core.recordsEnd(base));
+      const base = core.claimBase;
       const u8 = core.u8;
       let k = 0;
       for (; k < n; k++) {
@@ -318,15 +322,13 @@ export class ShardManager {
     const slot = this.#slotFor('pollBatch', shardId);
     if (typeof consume !== 'function') throw invalid(`pollBatch: consume must be a function (batch, shardId) => void, got ${describe(consume)}`);
     checkInteger('max', max, 1, Number.MAX_SAFE_INTEGER);
-    if (this.#pool?.owns(shardId)) throw new Error(`pollBatch: shard ${shardId} is consumed by worker threads (options.consumer); a ring has one consumer at a time`);
+    this.#pollHere('pollBatch', shardId, slot);
     const core = this.#core;
     const abi = core.abi;
-    const base = abi.slotAddress(slot);
-    this.#watchStalls([slot]);
-    const n = core.claim(slot, Math.min(max, this.ringCapacity));
+    const n = core.claimInView(slot, Math.min(max, this.ringCapacity));
     if (n === 0) return 0;
     const start = core.claimStart;
-    core.ensureViews(core.recordsEnd(base));
+    const base = core.claimBase;
     const batch = (this.#pollBatch ??= new RecordBatch(Math.min(max, this.ringCapacity)));
     batch.fill(shardId, core.u8, core.u32, base, this.ringCapacity, base + core.payloadOffset, start, n);
     let result: unknown;
