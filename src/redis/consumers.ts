@@ -1,16 +1,17 @@
 // serveShardConsumers: consume a namespace's shards from any process.
 //
 // Each shard is leased to one consumer at a time (SET NX PX on its owner key, renewed while
-// held; every read checks the lease in the same script), so a shard's events are consumed in order. Consumers register with a heartbeat and
-// each takes a fair share (ceil(shards / consumers)), releasing extras as others arrive. A
-// consumer that takes a shard over first claims the previous owner's pending entries
-// (XAUTOCLAIM), consumes them, then reads on with XREADGROUP. When `consume` returns, one
-// script acknowledges and deletes the batch's entries and records, per node, the last
-// (frame, index) acknowledged (the shard's progress hash, progress.ts): whoever consumes the
-// shard next skips what is at or below those marks, so a repeat of a consumed frame (a
-// node's retried XADD) never reaches `consume`. A batch whose `consume` throws is not
-// acknowledged and comes again whole. Shards are served independently: an error on one is
-// reported with its id and retried with backoff while the others go on.
+// held; every read checks the lease in the same script), so a shard's events are consumed in
+// order. Consumers register with a heartbeat and each takes a fair share (ceil(shards /
+// consumers)), releasing extras as others arrive. A consumer that takes a shard over first
+// claims the previous owner's pending entries (XAUTOCLAIM), consumes them, then reads on.
+// When `consume` returns, one script acknowledges and deletes the batch's entries and
+// records, per node, the last (frame, index) acknowledged (the shard's progress hash,
+// progress.ts): whoever consumes the shard next skips what is at or below those marks, so a
+// repeat of a consumed frame (a node's retried XADD) never reaches `consume`. A batch whose
+// `consume` throws is not acknowledged and comes again whole. Shards are served
+// independently: an error on one is reported with its id and retried with backoff while the
+// others go on.
 import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
 import { checkInteger, describe, invalid } from '../errors.js';
