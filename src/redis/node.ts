@@ -657,8 +657,10 @@ export class RedisShardManager {
       return;
     }
     if (mark && mark.frame >= frame.seq) {
+      // Stored and consumed: it leaves the buffer (with it the removed shard's queue, when
+      // nothing else waits there); whatever else waits goes to the new table's shards.
       this.#buffer.frameStored(frame);
-      this.#reroute(frame.shard, []);
+      if (this.#buffer.has(frame.shard)) this.#reroute(frame.shard, []);
     } else this.#reroute(frame.shard, [frame]);
   }
 
