@@ -386,7 +386,7 @@ describe.skipIf(!available)('serveShardConsumers before the namespace exists', (
     await consumers.close();
     await node.close();
     expect(new Set(got.map((g) => g.text)).size).toBe(100);
-    expect(errors).toHaveLength(1);
+    expect(errors, `errors reported: ${JSON.stringify(errors)}`).toHaveLength(1); // a second one failed CI once under load: its text says why
   });
 });
 
