@@ -305,7 +305,7 @@ class ConsumerRunner implements ShardConsumers {
       held.history = true;
       held.queue = [];
       held.marks = undefined;
-      if (/NOGROUP|no such key/i.test((error as Error).message)) return false; // removed, or not created yet
+      if (/NOGROUP|no such key|requires the key to exist/i.test((error as Error).message)) return false; // removed, or not created yet
       this.#backoff(held);
       throw error;
     }
