@@ -19,7 +19,7 @@ import { GROUP, checkNamespace, keysFor, type Keys } from './keys.js';
 import { closeConnection, connect, sendAll, type Connection, type RedisOption } from './connection.js';
 import { deadLetterCommand, readEntries, type DeadReason, type ReadEntry, type ShardRecord } from './entries.js';
 import { readAckedPositions, type AckedPosition } from './progress.js';
-import { readTable, type TableDoc } from './table.js';
+import { readTableIfCreated, type TableDoc } from './table.js';
 import { sleep } from '../sleep.js';
 
 export type { ShardRecord } from './entries.js';
@@ -144,17 +144,10 @@ export async function serveShardConsumers(options: ServeShardConsumersOptions): 
   const keys = keysFor(ns);
   const conn = await connect(options.redis, `consumers of namespace "${ns}"`);
   try {
-    await readTable(conn.client, keys);
+    await readTableIfCreated(conn.client, keys); // absent: the runner waits for the first node
   } catch (error) {
-    // No table yet: the runner waits for the first node. A key that is not ours is an error.
-    const type = await conn.client.type(keys.table).catch(() => undefined);
-    if (type !== 'none') {
-      await closeConnection(conn);
-      const why = type !== undefined && type !== 'hash'
-        ? `the key ${keys.table} holds a ${type}, not a shard table: another application uses namespace "${ns}"; choose another namespace`
-        : (error as Error).message.replace(/^shard-mapper\/redis: /, '');
-      throw new Error(`shard-mapper/redis: serveShardConsumers: ${why}`);
-    }
+    await closeConnection(conn);
+    throw new Error(`shard-mapper/redis: serveShardConsumers: ${(error as Error).message.replace(/^shard-mapper\/redis: /, '')}`);
   }
   const runner = new ConsumerRunner({ conn, keys, name, consume: options.consume, onError: options.onError, batch: batchSize, leaseMs, idleMs, dedup, maxDeliveries });
   runner.start();
@@ -244,18 +237,16 @@ class ConsumerRunner implements ShardConsumers {
   /** The table's shards, or none while the namespace does not exist (said once). */
   async #tableShards(): Promise<number[]> {
     const client = this.#conn.client;
-    try {
-      const { doc } = await readTable(client, this.#keys);
+    const table = await readTableIfCreated(client, this.#keys);
+    if (table !== undefined) {
       this.#waitReported = false;
-      return servedShards(doc);
-    } catch (error) {
-      if ((await client.type(this.#keys.table)) !== 'none') throw error;
-      if (!this.#waitReported) {
-        this.#waitReported = true;
-        this.#report(new Error(`shard-mapper/redis: consumers of namespace "${this.#keys.ns}" wait for the namespace: no node has created its shard table (${this.#keys.table}) yet`), -1);
-      }
-      return [];
+      return servedShards(table.doc);
     }
+    if (!this.#waitReported) {
+      this.#waitReported = true;
+      this.#report(new Error(`shard-mapper/redis: consumers of namespace "${this.#keys.ns}" wait for the namespace: no node has created its shard table (${this.#keys.table}) yet`), -1);
+    }
+    return [];
   }
 
   /** Heartbeat, renew held leases, take a fair share of the table's shards, release extras. */

@@ -21,7 +21,7 @@ import { sendAll, type Command, type Connection, type Reply } from './connection
 import type { OperatorAnswer, OperatorRequest } from './operator.js';
 import { PROGRESS, PROGRESS_RETAIN_MS } from './progress.js';
 import {
-  activeIds, compareHeads, explainTableError, isAhead, newEpoch, readTable, RouteBuilder, TABLE_GONE, writeTable,
+  activeIds, compareHeads, explainTableError, isAhead, newEpoch, readTable, readTableIfCreated, RouteBuilder, writeTable,
   type AnsweredRequest, type Table, type TableDoc,
 } from './table.js';
 
@@ -491,12 +491,7 @@ export class Controller {
   /** The table to run this pass on: Redis's, or a recovered one when Redis lost data. */
   async #currentTable(): Promise<Table> {
     const { conn, keys } = this.#host;
-    let table: Table | undefined;
-    try {
-      table = await readTable(conn.client, keys);
-    } catch (error) {
-      if (!(error as Error).message.includes(TABLE_GONE) || (await conn.client.exists(keys.table)) === 1) throw error;
-    }
+    const table = await readTableIfCreated(conn.client, keys);
     const floor = await this.#readFloor();
     if (!table) return this.#recover(undefined, floor, 'the shard table was missing from Redis');
     const known = this.#host.knownTable();

@@ -53,6 +53,24 @@ export interface Table {
   nodes: number;
 }
 
+/**
+ * The table, or undefined while no node has created it. Reading and asking whether the key
+ * exists are two commands, and the first node can create the table between them: a table
+ * that turns out to exist is read once more (a node creates it whole, in one script).
+ */
+export async function readTableIfCreated(client: ScriptedClient, keys: Keys): Promise<Table | undefined> {
+  try {
+    return await readTable(client, keys);
+  } catch {
+    const type = await client.type(keys.table);
+    if (type === 'none') return undefined;
+    if (type !== 'hash') {
+      throw new Error(`shard-mapper/redis: the key ${keys.table} holds a ${type}, not a shard table: another application uses namespace "${keys.ns}"; choose another namespace`);
+    }
+    return await readTable(client, keys);
+  }
+}
+
 /** Version, generation and epoch (what a node compares every window), and the node counter. */
 export type TableHead = Pick<Table, 'version' | 'gen' | 'epoch' | 'nodes'>;
 
@@ -141,7 +159,7 @@ export async function initTable(client: ScriptedClient, keys: Keys, doc: TableDo
 }
 
 /** The thrown message when the table is missing (Redis lost it, or someone deleted it). */
-export const TABLE_GONE = 'is gone or not ours';
+const TABLE_GONE = 'is gone or not ours';
 
 export async function readTable(client: ScriptedClient, keys: Keys): Promise<Table> {
   const [format, version, json, gen, epoch, nodes] = await client.hmget(keys.table, 'format', 'version', 'doc', 'gen', 'epoch', 'nodes');
