@@ -418,30 +418,47 @@ async function faultRun(s: Scenario): Promise<void> {
   const direct = s.direct();
   direct.on('error', () => {});
   let chaos = true;
+  // Which kinds of fault have hit so far (a drop counts once the proxy really dropped a reply).
+  const hits = {
+    dropRead: () => s.proxies.some((p) => p.dropped.some(isReadNew)),
+    dropOther: () => s.proxies.some((p) => p.dropped.some((w) => !isReadNew(w))),
+    cut: () => s.proxies.some((p) => p.counts.linksCut > 0),
+    delay: () => s.proxies.some((p) => p.counts.delayedReplies > 0),
+    kill: () => tally.killsWithDataInFlight > 0,
+  };
+  type Kind = keyof typeof hits;
+  const kindOf = (r: number): Kind => r < 0.25 ? 'dropRead' : r < 0.4 ? 'dropOther' : r < 0.55 ? 'cut' : r < 0.7 ? 'delay' : 'kill';
   // The faults start once every process has connected (create() refuses an unreachable Redis
-  // by design) and stop when every event has been delivered.
+  // by design) and stop when every event has been delivered. The first five steps go through
+  // every kind once; after that, a kind that has not hit yet is chosen before random ones,
+  // so a slow machine's short run still proves every kind of fault (CI once ended a run
+  // whose only kills fell where no event was in flight).
   const runSchedule = async () => {
     while (chaos) {
       await sleep(100 + Math.floor(rng() * 200));
       if (!chaos) break;
       tally.steps++;
       const proxy = s.proxies[Math.floor(rng() * s.proxies.length)]!;
-      // The first five steps go through every kind of fault once, then the schedule is random.
-      const r = tally.steps <= 5 ? [0.1, 0.3, 0.5, 0.6, 0.9][tally.steps - 1]! : rng();
-      if (r < 0.25) {
+      const missing = (Object.keys(hits) as Kind[]).filter((k) => !hits[k]());
+      const random = rng();
+      const kind = tally.steps <= 5 ? kindOf([0.1, 0.3, 0.5, 0.6, 0.9][tally.steps - 1]!)
+        : missing.length > 0 && tally.steps % 2 === 0 ? missing[tally.steps % missing.length]! : kindOf(random);
+      if (kind === 'dropRead') {
         if (proxy.pendingDrops < 2) proxy.dropNextReply(isReadNew, { onlyWithData: true, hangMs: Math.floor(rng() * 300) });
-      } else if (r < 0.4) {
+      } else if (kind === 'dropOther') {
         const which = rng() < 0.5 ? 'XADD' : 'EVALSHA';
         if (proxy.pendingDrops < 2) proxy.dropNextReply((w) => w[0]?.toUpperCase() === which, { onlyWithData: false, hangMs: Math.floor(rng() * 200) });
-      } else if (r < 0.55) {
+      } else if (kind === 'cut') {
         proxy.cutAll();
-      } else if (r < 0.7) {
+      } else if (kind === 'delay') {
         proxy.delayReplies(20 + Math.floor(rng() * 130));
         await sleep(300 + Math.floor(rng() * 500));
         proxy.delayReplies(0);
       } else {
         const server = s.servers[Math.floor(rng() * s.servers.length)]!;
-        const inFlight = await eventsInFlight();
+        // Wait (bounded) for events in flight, so the kill can hit them.
+        let inFlight = await eventsInFlight();
+        for (let i = 0; i < 20 && inFlight === 0 && chaos; i++) { await sleep(10); inFlight = await eventsInFlight(); }
         const killed = Number(server.cli('CLIENT', 'KILL', 'TYPE', 'normal'));
         tally.kills += killed;
         if (killed > 0 && inFlight > 0) tally.killsWithDataInFlight++;
