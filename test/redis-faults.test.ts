@@ -11,7 +11,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Cluster, Redis } from 'ioredis';
 import { RedisShardManager, serveShardConsumers } from 'shard-mapper/redis';
-import { HOST, RedisTestCluster, RedisTestServer, redisAvailable } from './helpers/redis-server.js';
+import { spawn } from 'node:child_process';
+import { openSync } from 'node:fs';
+import { join } from 'node:path';
+import { HOST, REDIS_CLI, RedisTestCluster, RedisTestServer, redisAvailable } from './helpers/redis-server.js';
 import { FaultProxy } from './helpers/fault-proxy.js';
 import { until } from './helpers/delivery.js';
 import { prng } from './helpers/index.js';
@@ -373,6 +376,16 @@ interface Scenario {
   direct: () => Redis | Cluster;
 }
 
+/** CLIENT KILL TYPE normal would end a MONITOR too: kill the others one by one (debugging only). */
+function killAllButMonitors(server: RedisTestServer): number {
+  const ids = server.cli('CLIENT', 'LIST', 'TYPE', 'normal').split('\n')
+    .filter((line) => !/ flags=\S*O/.test(line) && !/ cmd=client/.test(line))
+    .map((line) => /id=(\d+)/.exec(line)?.[1]).filter((id) => id !== undefined);
+  let killed = 0;
+  for (const id of ids) killed += Number(server.cli('CLIENT', 'KILL', 'ID', id!));
+  return killed;
+}
+
 /** Per shard: events stored and acknowledged (the controller's backlog is their difference),
  *  stream length and pending entries — the state a failed wait is explained by. */
 async function diagnose(client: Redis | Cluster, namespace: string, ids: number[]): Promise<string> {
@@ -386,6 +399,8 @@ async function diagnose(client: Redis | Cluster, namespace: string, ids: number[
     const acked = await client.hget(`${namespace}:progress:{${namespace}:${id}}`, 'acked').catch(() => null); // written with each XACK
     out.push(`shard ${id}: stored ${stored[id] ?? 0}, acked ${acked ?? 0}, XLEN ${len}, pending ${pending[0]}`);
   }
+  const dead = await client.xlen(`${tag}:dead`).catch(() => -1);
+  out.push(`dead letters ${dead}`);
   return out.join('; ');
 }
 
@@ -441,13 +456,17 @@ async function faultRun(s: Scenario): Promise<void> {
       const proxy = s.proxies[Math.floor(rng() * s.proxies.length)]!;
       const missing = (Object.keys(hits) as Kind[]).filter((k) => !hits[k]());
       const random = rng();
+      const catchUp = tally.steps > 5 && missing.length > 0 && tally.steps % 2 === 0;
       const kind = tally.steps <= 5 ? kindOf([0.1, 0.3, 0.5, 0.6, 0.9][tally.steps - 1]!)
-        : missing.length > 0 && tally.steps % 2 === 0 ? missing[tally.steps % missing.length]! : kindOf(random);
+        : catchUp ? missing[tally.steps % missing.length]! : kindOf(random);
+      // A drop waits for its command on the proxy it was armed on; on a Cluster that master
+      // may hold no stream any more, so a kind that has not hit yet is armed on every proxy.
+      const armOn = catchUp ? s.proxies : [proxy];
       if (kind === 'dropRead') {
-        if (proxy.pendingDrops < 2) proxy.dropNextReply(isReadNew, { onlyWithData: true, hangMs: Math.floor(rng() * 300) });
+        for (const p of armOn) if (p.pendingDrops < 2) p.dropNextReply(isReadNew, { onlyWithData: true, hangMs: Math.floor(rng() * 300) });
       } else if (kind === 'dropOther') {
         const which = rng() < 0.5 ? 'XADD' : 'EVALSHA';
-        if (proxy.pendingDrops < 2) proxy.dropNextReply((w) => w[0]?.toUpperCase() === which, { onlyWithData: false, hangMs: Math.floor(rng() * 200) });
+        for (const p of armOn) if (p.pendingDrops < 2) p.dropNextReply((w) => w[0]?.toUpperCase() === which, { onlyWithData: false, hangMs: Math.floor(rng() * 200) });
       } else if (kind === 'cut') {
         proxy.cutAll();
       } else if (kind === 'delay') {
@@ -459,7 +478,7 @@ async function faultRun(s: Scenario): Promise<void> {
         // Wait (bounded) for events in flight, so the kill can hit them.
         let inFlight = await eventsInFlight();
         for (let i = 0; i < 20 && inFlight === 0 && chaos; i++) { await sleep(10); inFlight = await eventsInFlight(); }
-        const killed = Number(server.cli('CLIENT', 'KILL', 'TYPE', 'normal'));
+        const killed = monitors.length === 0 ? Number(server.cli('CLIENT', 'KILL', 'TYPE', 'normal')) : killAllButMonitors(server);
         tally.kills += killed;
         if (killed > 0 && inFlight > 0) tally.killsWithDataInFlight++;
       }
@@ -475,6 +494,14 @@ async function faultRun(s: Scenario): Promise<void> {
     for (const { id } of table?.shards ?? []) n += await direct.xlen(`${namespace}:shard:{${namespace}:${id}}`).catch(() => 0);
     return n;
   };
+  // FAULT_MONITOR_DIR (a debugging aid, off by default): every command the servers run, in
+  // their order (redis-cli MONITOR), one file per server.
+  const monitors = process.env.FAULT_MONITOR_DIR
+    ? s.servers.map((server, i) => {
+      const out = openSync(join(process.env.FAULT_MONITOR_DIR!, `${s.label}-${SEED}-${i}.log`), 'w');
+      return spawn(REDIS_CLI!, ['-h', HOST, '-p', String(server.port), 'MONITOR'], { stdio: ['ignore', out, 'ignore'] });
+    })
+    : [];
   try {
     const producers = s.producers.map((id) => new FixtureProcess(id, 'fault-node.mjs', [JSON.stringify({ target: s.target, namespace, id, count: s.events, perTick: 10, tickMs: 30, policy: POLICY })], onMessage));
     children.push(...producers);
@@ -492,7 +519,11 @@ async function faultRun(s: Scenario): Promise<void> {
       await until(() => deliveries.size >= total, () => `all ${total} events delivered (have ${deliveries.size})`, 60_000);
     } catch (error) {
       const ids = ((producers[0]!.last.status?.table as { shards: { id: number }[] } | undefined)?.shards ?? []).map((x) => x.id);
-      expect.fail(`${(error as Error).message}; ${await diagnose(direct, namespace, ids)}`);
+      const missing: string[] = [];
+      for (const id of s.producers) for (let seq = 0; seq < s.events; seq++) if (!deliveries.has(`${id}:${seq}`)) missing.push(`${id}:${seq}`);
+      const nodes = producers.map((p) => `${p.name} ${JSON.stringify(p.last.status?.stats)} ${JSON.stringify(p.last.status?.events)}`);
+      expect.fail(`${(error as Error).message}; ${await diagnose(direct, namespace, ids)}; missing ${missing.length}: ${missing.slice(0, 40).join(' ')}; `
+        + `last first deliveries per shard/producer ${JSON.stringify([...lastFirst])}; nodes: ${nodes.join(' | ')}; consumer errors: ${consumers.map((c) => JSON.stringify(c.last.status?.errors)).join(' | ')}`);
     }
     chaos = false;
     await schedule;
@@ -560,6 +591,7 @@ async function faultRun(s: Scenario): Promise<void> {
     chaos = false;
     await schedule;
     await Promise.all(children.map((c) => c.kill()));
+    for (const m of monitors) m.kill();
     direct.disconnect();
   }
 }

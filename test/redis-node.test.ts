@@ -420,3 +420,61 @@ describe.skipIf(!available)('shard-mapper/redis exports the errors a node throws
     await expect(RedisShardManager.create({ redis: server.url, namespace: 'a b' })).rejects.toBeInstanceOf(redis.ScalingError);
   });
 });
+
+/**
+ * A user's ioredis instance whose connections answer the first XADD that `swap` accepts with
+ * another command's reply, without sending it — the reply a client or proxy that paired
+ * replies with the wrong commands would hand over.
+ */
+class MispairingRedis extends Redis {
+  swapped = 0;
+  constructor(url: string, readonly fakeReply: unknown) { super(url, { lazyConnect: true }); }
+  override duplicate(override?: Parameters<Redis['duplicate']>[0]): Redis {
+    const copy = super.duplicate(override);
+    const pipelineOf = copy.pipeline.bind(copy);
+    copy.pipeline = ((...a: Parameters<Redis['pipeline']>) => {
+      const p = pipelineOf(...a);
+      const call = p.call.bind(p);
+      let fakeAt = -1;
+      let n = 0;
+      p.call = ((name: string, ...args: unknown[]) => {
+        if (fakeAt < 0 && this.swapped === 0 && name.toLowerCase() === 'xadd') { fakeAt = n++; this.swapped++; return p; }
+        n++;
+        return call(name, ...(args as string[]));
+      }) as typeof p.call;
+      const exec = p.exec.bind(p);
+      p.exec = (async () => {
+        const replies = fakeAt < 0 || n > 1 ? await exec() : [];
+        if (fakeAt >= 0) replies!.splice(fakeAt, 0, [null, this.fakeReply]);
+        return replies;
+      }) as typeof p.exec;
+      return p;
+    }) as typeof copy.pipeline;
+    return copy;
+  }
+}
+
+describe.skipIf(!available)('RedisShardManager: an XADD answered with something else', () => {
+  it('an array where the entry id belongs is no store: the frame is sent again, reported, and consumed once', async () => {
+    const namespace = ns();
+    const user = new MispairingRedis(server.url, [null, null, null]); // an HMGET's reply of an absent hash
+    const events: RedisNodeEvent[] = [];
+    const node = await RedisShardManager.create({ redis: user, namespace, initialShards: 1, policy: { minShards: 1, maxShards: 1 }, onRedisEvent: (e) => events.push(e) });
+    const got: string[] = [];
+    const consumers = await serveShardConsumers({ redis: server.url, namespace, idleMs: 5, consume: (records) => { for (const r of records) got.push(r.payload.toString()); } });
+    try {
+      for (let i = 0; i < 5; i++) node.push(i, `e:${i}`);
+      await node.flush();
+      expect(user.swapped, 'the fault hit: one XADD was answered with another reply').toBe(1);
+      await until(() => got.length >= 5, 'five deliveries');
+      await sleep(200); // a late repeat would show here
+      expect(got).toEqual(['e:0', 'e:1', 'e:2', 'e:3', 'e:4']);
+      expect(node.stats().retries).toBeGreaterThanOrEqual(1);
+      expect(events.some((e) => e.type === 'redisError' && /XADD to shard 0 was answered with \[null,null,null\], not an entry id/.test(e.error.message))).toBe(true);
+    } finally {
+      await consumers.close();
+      await node.close();
+      user.disconnect();
+    }
+  });
+});

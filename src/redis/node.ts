@@ -567,8 +567,12 @@ export class RedisShardManager {
         let failed: Error | undefined;
         const refused: Frame[] = [];
         batch.forEach((frame, i) => {
-          const [error, id] = replies[i]!;
-          if (id === null && !error) { refused.push(frame); return; } // stays in flight until #refused decides
+          const [replyError, id] = replies[i]!;
+          if (id === null && !replyError) { refused.push(frame); return; } // stays in flight until #refused decides
+          // Anything but an entry id is not a store: a client or proxy that paired replies
+          // wrongly would otherwise have us drop a frame Redis never saw (sent again instead:
+          // a copy Redis did store is skipped by the consumers' marks).
+          const error = replyError ?? (isEntryId(id) ? undefined : unexpectedReply(frame.shard, id));
           if (error) {
             failed ??= error;
             frame.unanswered = true;
@@ -871,3 +875,12 @@ export class RedisShardManager {
   }
 }
 
+/** A stream entry id as XADD returns it (`<ms>-<seq>`). */
+function isEntryId(reply: unknown): boolean {
+  return typeof reply === 'string' && /^\d+-\d+$/.test(reply);
+}
+
+function unexpectedReply(shard: number, reply: unknown): Error {
+  const shown = typeof reply === 'string' ? reply : (JSON.stringify(reply) ?? String(reply));
+  return new Error(`shard-mapper/redis: XADD to shard ${shard} was answered with ${shown.slice(0, 80)}, not an entry id (replies paired with the wrong commands?); the frame is sent again`);
+}

@@ -84,6 +84,8 @@ interface Link {
   dead: boolean;
   /** When the last delayed write to the client is due (keeps delayed replies in order). */
   replyDueAt: number;
+  /** Replies waiting out a delay, oldest first. */
+  delayed: { due: number; bytes: Buffer }[];
   /** Request bytes kept back by a hold (from the held request on), until it is released. */
   heldBytes: Buffer[] | undefined;
 }
@@ -224,7 +226,7 @@ export class FaultProxy {
   #accept(client: Socket): void {
     this.counts.connections++;
     const server = connect(this.#target.port, this.#target.host);
-    const link: Link = { client, server, fromClient: Buffer.alloc(0), fromServer: Buffer.alloc(0), awaiting: [], subscribed: false, dead: false, replyDueAt: 0, heldBytes: undefined };
+    const link: Link = { client, server, fromClient: Buffer.alloc(0), fromServer: Buffer.alloc(0), awaiting: [], subscribed: false, dead: false, replyDueAt: 0, delayed: [], heldBytes: undefined };
     this.#links.add(link);
     client.setNoDelay(true);
     server.setNoDelay(true);
@@ -303,12 +305,29 @@ export class FaultProxy {
     link.fromServer = link.fromServer.subarray(passed);
   }
 
+  /**
+   * Replies go to the client in the order the server sent them, as on any TCP connection.
+   * A reply goes straight through only when none is waiting out a delay: a timer fires late
+   * under load, and a reply written past a waiting one would reach the client first — the
+   * client would pair each with the other's request, which no real network can cause.
+   */
   #toClient(link: Link, bytes: Buffer): void {
-    if (this.#delayMs <= 0 && link.replyDueAt <= performance.now()) { link.client.write(bytes); return; }
-    const copy = Buffer.from(bytes);
+    if (this.#delayMs <= 0 && link.delayed.length === 0) { link.client.write(bytes); return; }
     this.counts.delayedReplies++;
     const due = Math.max(link.replyDueAt, performance.now() + this.#delayMs);
     link.replyDueAt = due;
-    setTimeout(() => { if (!link.dead && this.#links.has(link)) link.client.write(copy); }, due - performance.now());
+    link.delayed.push({ due, bytes: Buffer.from(bytes) });
+    if (link.delayed.length === 1) this.#writeWhenDue(link);
+  }
+
+  /** Write the delayed replies that are due, oldest first; wait again for the rest. */
+  #writeWhenDue(link: Link): void {
+    // setTimeout truncates its delay to whole milliseconds (it may fire early): round up.
+    setTimeout(() => {
+      if (link.dead || !this.#links.has(link)) { link.delayed = []; return; }
+      const now = performance.now();
+      while (link.delayed.length > 0 && link.delayed[0]!.due <= now) link.client.write(link.delayed.shift()!.bytes);
+      if (link.delayed.length > 0) this.#writeWhenDue(link);
+    }, Math.max(0, Math.ceil(link.delayed[0]!.due - performance.now())));
   }
 }

@@ -67,10 +67,23 @@ export class RedisTestServer {
   /** Start a server; resolves once it answers PING. */
   static async start(options: RedisServerOptions = {}): Promise<RedisTestServer> {
     if (!REDIS_SERVER) throw new Error(MISSING);
-    const dir = mkdtempSync(join(tmpdir(), 'shard-mapper-redis-'));
-    const server = new RedisTestServer(await freePort(), dir, options.config ?? {});
-    await server.#spawn();
-    return server;
+    // A port freePort() found free can be taken before redis-server binds it (another test
+    // process, an outgoing connection): start again on new ports, a few times.
+    for (let attempt = 1; ; attempt++) {
+      const dir = mkdtempSync(join(tmpdir(), 'shard-mapper-redis-'));
+      const config = { ...options.config };
+      // A Cluster node also listens on its bus port, by default port + 10000 (out of range
+      // above 55535, maybe taken below): choose a free one too.
+      if (config['cluster-enabled'] === 'yes' && config['cluster-port'] === undefined) config['cluster-port'] = String(await freePort());
+      const server = new RedisTestServer(await freePort(), dir, config);
+      try {
+        await server.#spawn();
+        return server;
+      } catch (error) {
+        await server.dispose();
+        if (attempt >= 5 || !/Address already in use/.test((error as Error).message)) throw error;
+      }
+    }
   }
 
   async #spawn(): Promise<void> {
