@@ -99,7 +99,13 @@ export class ConsumerPool {
     this.#events = events;
   }
 
-  static async start(core: SharedCore, options: ConsumerOptions, threads: number, batchSize: number, events: PoolEvents): Promise<ConsumerPool> {
+  static async start(
+    core: SharedCore,
+    options: ConsumerOptions,
+    threads: number,
+    batchSize: number,
+    events: PoolEvents,
+  ): Promise<ConsumerPool> {
     const module = options.worker ? '' : moduleUrl(options.module!);
     const pool = new ConsumerPool(core, { module, batchSize, batch: options.batch === true }, events, options.worker);
     for (let i = 0; i < threads; i++) pool.#workers.push(pool.#spawn());
@@ -120,7 +126,9 @@ export class ConsumerPool {
     // would otherwise leak the lane it took, and enough such kills starve every replacement.
     const lane = this.#core.abi.laneClaim();
     if (lane < 0) {
-      throw new Error(`shard-mapper: no free lane for a consumer thread (all ${this.#core.abi.laneCountConfigured()} are taken: raise options.maxThreads, or detach() producers you no longer use)`);
+      throw new Error(
+        `shard-mapper: no free lane for a consumer thread (all ${this.#core.abi.laneCountConfigured()} are taken: raise options.maxThreads, or detach() producers you no longer use)`,
+      );
     }
     const init: ConsumerInit = { core: this.#core.handle(), ...this.#init, lane };
     let worker: SpawnedWorker;
@@ -133,9 +141,22 @@ export class ConsumerPool {
     let resolveReady!: () => void;
     let rejectReady!: (e: Error) => void;
     const state: WorkerState = {
-      index: this.#spawned++, worker, lane, doorbell: 0, shards: new Map(), releasing: new Map(), beat: undefined,
-      exited: false, stopping: false, started: false, killed: false, respawnPending: false,
-      ready: new Promise<void>((res, rej) => { resolveReady = res; rejectReady = rej; }),
+      index: this.#spawned++,
+      worker,
+      lane,
+      doorbell: 0,
+      shards: new Map(),
+      releasing: new Map(),
+      beat: undefined,
+      exited: false,
+      stopping: false,
+      started: false,
+      killed: false,
+      respawnPending: false,
+      ready: new Promise<void>((res, rej) => {
+        resolveReady = res;
+        rejectReady = rej;
+      }),
     };
     state.ready.catch(() => {}); // a replacement nobody awaits must not become an unhandled rejection
     worker.onMessage((msg: FromConsumer) => {
@@ -162,7 +183,9 @@ export class ConsumerPool {
     });
     // A module that fails to load may surface as this error event before its 'fatal' message:
     // word both the same way.
-    worker.onError((error) => rejectReady(Object.assign(new Error(`consumer worker failed to start: ${error.message}`), { stack: error.stack })));
+    worker.onError((error) =>
+      rejectReady(Object.assign(new Error(`consumer worker failed to start: ${error.message}`), { stack: error.stack })),
+    );
     worker.onExit((code) => this.#onExit(state, code));
     return state;
   }
@@ -206,7 +229,10 @@ export class ConsumerPool {
     this.#owner.delete(shardId);
     owner.shards.delete(shardId);
     const free = () => this.#core.releaseSlot(slot);
-    if (owner.exited) { free(); return; }
+    if (owner.exited) {
+      free();
+      return;
+    }
     owner.releasing.set(shardId, free);
     send(owner.worker, { type: 'release', shardId });
   }
@@ -223,7 +249,15 @@ export class ConsumerPool {
   /** Kill one worker as a crash would; its shards move on as after any crash. */
   async terminateWorker(index: number): Promise<void> {
     const w = this.#workers.find((x) => x.index === index && !x.exited);
-    if (!w) throw new RangeError(`terminateConsumer: no running consumer thread ${index} (running: ${this.#workers.filter((x) => !x.exited).map((x) => x.index).join(', ') || 'none'})`);
+    if (!w)
+      throw new RangeError(
+        `terminateConsumer: no running consumer thread ${index} (running: ${
+          this.#workers
+            .filter((x) => !x.exited)
+            .map((x) => x.index)
+            .join(', ') || 'none'
+        })`,
+      );
     w.killed = true;
     await w.worker.terminate();
   }
@@ -240,7 +274,10 @@ export class ConsumerPool {
       if (w.exited || w.stopping || !w.started || w.killed) continue;
       const value = Atomics.load(this.#core.i32, abi.laneHeartbeatAddress(w.lane) >>> 2);
       const busy = [...w.shards.values()].some((slot) => abi.ringLen(slot) !== 0);
-      if (w.beat === undefined || w.beat.value !== value || !busy) { w.beat = { value, since: now }; continue; }
+      if (w.beat === undefined || w.beat.value !== value || !busy) {
+        w.beat = { value, since: now };
+        continue;
+      }
       if (now - w.beat.since < stallMs) continue;
       ended.push(w.index);
       this.#events.onStalled(w.index);
@@ -248,7 +285,10 @@ export class ConsumerPool {
       // Rewind and replace only once the thread has really stopped: a thread that was only
       // slow must not acknowledge a batch that was handed out again. Browsers send no exit
       // event (terminate() stops a Web Worker at once); in Node 'exit' may come first.
-      void w.worker.terminate().then(() => this.#onExit(w, -1), () => this.#onExit(w, -1));
+      void w.worker.terminate().then(
+        () => this.#onExit(w, -1),
+        () => this.#onExit(w, -1),
+      );
     }
     return ended;
   }
@@ -302,12 +342,19 @@ export class ConsumerPool {
   async close(): Promise<void> {
     this.#closing = true;
     const live = this.#workers.filter((w) => !w.exited);
-    await Promise.all(live.map((w) => new Promise<void>((resolve) => {
-      w.stopping = true;
-      w.worker.onMessage((msg: FromConsumer) => { if (msg.type === 'stopped') resolve(); });
-      w.worker.onExit(() => resolve());
-      send(w.worker, { type: 'stop' });
-    })));
+    await Promise.all(
+      live.map(
+        (w) =>
+          new Promise<void>((resolve) => {
+            w.stopping = true;
+            w.worker.onMessage((msg: FromConsumer) => {
+              if (msg.type === 'stopped') resolve();
+            });
+            w.worker.onExit(() => resolve());
+            send(w.worker, { type: 'stop' });
+          }),
+      ),
+    );
     await Promise.all(live.map((w) => w.worker.terminate()));
   }
 }

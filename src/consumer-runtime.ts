@@ -47,7 +47,10 @@ export interface ConsumerShape {
   batch?: boolean;
 }
 
-interface Owned { shardId: number; slot: number }
+interface Owned {
+  shardId: number;
+  slot: number;
+}
 
 const PARK_TIMEOUT_MS = 50;
 /**
@@ -147,8 +150,15 @@ export async function runConsumer(
       for (const s of order) if (core.abi.ringLen(s.slot) !== 0) return;
     }
     Atomics.store(core.i32, bell, 1); // producers that see 1 will notify
-    for (const s of order) if (core.abi.ringLen(s.slot) !== 0) { Atomics.store(core.i32, bell, 0); return; }
-    if (releases.length > 0 || !running) { Atomics.store(core.i32, bell, 0); return; }
+    for (const s of order)
+      if (core.abi.ringLen(s.slot) !== 0) {
+        Atomics.store(core.i32, bell, 0);
+        return;
+      }
+    if (releases.length > 0 || !running) {
+      Atomics.store(core.i32, bell, 0);
+      return;
+    }
     if (waitAsync) {
       const w = waitAsync(core.i32, bell, 1, PARK_TIMEOUT_MS);
       if (w.async) await w.value;
@@ -200,7 +210,10 @@ export async function runConsumer(
     }
     // A synchronous consumer is acknowledged right here: no promise, no microtask per batch.
     if (r && typeof (r as Promise<void>).then === 'function') {
-      return (r as Promise<void>).then(() => acknowledge(s, start, n, began), (error: unknown) => failed(s, error));
+      return (r as Promise<void>).then(
+        () => acknowledge(s, start, n, began),
+        (error: unknown) => failed(s, error),
+      );
     }
     return acknowledge(s, start, n, began);
   }

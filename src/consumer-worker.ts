@@ -7,7 +7,8 @@ export type { ConsumerFunction };
 
 void runConsumer(async (init) => {
   const mod = (await import(/* @vite-ignore */ /* webpackIgnore: true */ init.module)) as { default?: unknown };
-  if (typeof mod.default !== 'function') throw new TypeError(`consumer module ${init.module} must default-export a function (records, shardId) => void | Promise<void>`);
+  if (typeof mod.default !== 'function')
+    throw new TypeError(`consumer module ${init.module} must default-export a function (records, shardId) => void | Promise<void>`);
   return mod.default as ConsumerFunction;
 });
 // A failure to start was already posted as 'fatal'; the rejection then ends a Node worker

@@ -3,7 +3,17 @@
 // (on the owning thread) the slot pool that gives every live shard its metrics and ring.
 import type { Abi } from './abi.js';
 import { compileAsync, compileSync, instantiate, type MemoryKind } from './wasm.js';
-import { CLAIM_SKIPPED, CLAIM_START, MAX_LANES, L_SCRATCH, PAYLOAD_ALIGN, R_RECORDS, RECORD_BYTES, REC_LEN, REC_OFF } from './layout.generated.js';
+import {
+  CLAIM_SKIPPED,
+  CLAIM_START,
+  MAX_LANES,
+  L_SCRATCH,
+  PAYLOAD_ALIGN,
+  R_RECORDS,
+  RECORD_BYTES,
+  REC_LEN,
+  REC_OFF,
+} from './layout.generated.js';
 import { currentThreadId } from '#platform';
 
 /** The bytes a payload of `length` takes in a ring's payload area (rounded up to PAYLOAD_ALIGN). */
@@ -82,8 +92,10 @@ export class SharedCore {
     this.#ownsLane = givenLane === undefined;
     const lane = givenLane ?? abi.laneClaim();
     if (lane < 0) {
-      throw new Error(`shard-mapper: every lane of the shared memory is taken (${abi.laneCountConfigured()} threads may attach at once, options.maxThreads; ` +
-        'detach() the producers and collectors you no longer use; a worker thread that exits gives its lane back by itself)');
+      throw new Error(
+        `shard-mapper: every lane of the shared memory is taken (${abi.laneCountConfigured()} threads may attach at once, options.maxThreads; ` +
+          'detach() the producers and collectors you no longer use; a worker thread that exits gives its lane back by itself)',
+      );
     }
     // Say who holds it, so the owning thread can take it back if this thread exits
     // without detach(). A lane claimed for a thread by its owner (consumers) says nothing.
@@ -107,7 +119,10 @@ export class SharedCore {
     const slotsOffset = abi.layoutSlotsOffset(config.tableCapacity, config.lanes, config.laneBytes);
     const fit = Math.floor((MAX_PAGES * PAGE - slotsOffset) / stride);
     const maxSlots = Math.max(0, Math.min(config.maxSlots, fit));
-    if (maxSlots < 1) throw new RangeError(`shard-mapper: one shard needs ${stride} bytes of ring, more than a 4 GiB memory can hold; lower ringBufferCapacity or ringBufferBytes`);
+    if (maxSlots < 1)
+      throw new RangeError(
+        `shard-mapper: one shard needs ${stride} bytes of ring, more than a 4 GiB memory can hold; lower ringBufferCapacity or ringBufferBytes`,
+      );
     const maximum = Math.min(MAX_PAGES, Math.ceil((slotsOffset + maxSlots * stride) / PAGE));
     const initial = Math.min(maximum, Math.ceil((slotsOffset + Math.min(maxSlots, Math.max(1, config.initialSlots)) * stride) / PAGE));
     return { maxSlots, maximum, initial };
@@ -116,13 +131,31 @@ export class SharedCore {
   static #build(module: WebAssembly.Module, config: CoreConfig): SharedCore {
     // A probe instance over a one-page memory answers the layout questions (pure functions),
     // so the sizes below come from assembly/layout.ts and nowhere else.
-    const probeMemory = new WebAssembly.Memory({ initial: 1, maximum: 1, shared: config.kind === 'shared' } as WebAssembly.MemoryDescriptor);
+    const probeMemory = new WebAssembly.Memory({
+      initial: 1,
+      maximum: 1,
+      shared: config.kind === 'shared',
+    } as WebAssembly.MemoryDescriptor);
     const plan = SharedCore.#plan(config, instantiate(module, probeMemory));
-    const memory = new WebAssembly.Memory({ initial: plan.initial, maximum: plan.maximum, shared: config.kind === 'shared' } as WebAssembly.MemoryDescriptor);
+    const memory = new WebAssembly.Memory({
+      initial: plan.initial,
+      maximum: plan.maximum,
+      shared: config.kind === 'shared',
+    } as WebAssembly.MemoryDescriptor);
     const abi = instantiate(module, memory);
-    abi.configure(config.tableCapacity, plan.maxSlots, config.ringCapacity, config.ringBytes, config.maxPayload,
-      Math.min(config.lanes, MAX_LANES), config.laneBytes, config.backpressure, config.sampleRate, config.sampleFill,
-      config.keyOrder ? 1 : 0);
+    abi.configure(
+      config.tableCapacity,
+      plan.maxSlots,
+      config.ringCapacity,
+      config.ringBytes,
+      config.maxPayload,
+      Math.min(config.lanes, MAX_LANES),
+      config.laneBytes,
+      config.backpressure,
+      config.sampleRate,
+      config.sampleFill,
+      config.keyOrder ? 1 : 0,
+    );
     return new SharedCore(abi, memory, config.kind, plan.maxSlots);
   }
 

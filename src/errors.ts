@@ -41,7 +41,9 @@ export function describe(value: unknown): string {
   if (value === null || value === undefined || typeof value === 'number' || typeof value === 'boolean') return String(value);
   if (typeof value === 'object') {
     // Name the kind a user would recognise: "an Array", "a Uint32Array", "an object".
-    const kind = Array.isArray(value) ? 'Array' : (Object.getPrototypeOf(value) as { constructor?: { name?: string } } | null)?.constructor?.name;
+    const kind = Array.isArray(value)
+      ? 'Array'
+      : (Object.getPrototypeOf(value) as { constructor?: { name?: string } } | null)?.constructor?.name;
     return kind && kind !== 'Object' ? withArticle(kind) : 'an object';
   }
   return withArticle(typeof value);

@@ -37,7 +37,10 @@ function xxh32(b: Uint8Array, len: number): number {
   let i = 0;
   let h: number;
   if (len >= 16) {
-    let v1 = V1, v2 = V2, v3 = V3, v4 = V4;
+    let v1 = V1,
+      v2 = V2,
+      v3 = V3,
+      v4 = V4;
     for (const limit = len - 16; i <= limit; i += 16) {
       v1 = round(v1, u32At(b, i));
       v2 = round(v2, u32At(b, i + 4));
@@ -64,12 +67,27 @@ function xxh32Ascii(s: string): number {
   let i = 0;
   let h: number;
   if (len >= 16) {
-    let v1 = V1, v2 = V2, v3 = V3, v4 = V4;
+    let v1 = V1,
+      v2 = V2,
+      v3 = V3,
+      v4 = V4;
     for (const limit = len - 16; i <= limit; i += 16) {
-      const a0 = s.charCodeAt(i), a1 = s.charCodeAt(i + 1), a2 = s.charCodeAt(i + 2), a3 = s.charCodeAt(i + 3);
-      const b0 = s.charCodeAt(i + 4), b1 = s.charCodeAt(i + 5), b2 = s.charCodeAt(i + 6), b3 = s.charCodeAt(i + 7);
-      const c0 = s.charCodeAt(i + 8), c1 = s.charCodeAt(i + 9), c2 = s.charCodeAt(i + 10), c3 = s.charCodeAt(i + 11);
-      const d0 = s.charCodeAt(i + 12), d1 = s.charCodeAt(i + 13), d2 = s.charCodeAt(i + 14), d3 = s.charCodeAt(i + 15);
+      const a0 = s.charCodeAt(i),
+        a1 = s.charCodeAt(i + 1),
+        a2 = s.charCodeAt(i + 2),
+        a3 = s.charCodeAt(i + 3);
+      const b0 = s.charCodeAt(i + 4),
+        b1 = s.charCodeAt(i + 5),
+        b2 = s.charCodeAt(i + 6),
+        b3 = s.charCodeAt(i + 7);
+      const c0 = s.charCodeAt(i + 8),
+        c1 = s.charCodeAt(i + 9),
+        c2 = s.charCodeAt(i + 10),
+        c3 = s.charCodeAt(i + 11);
+      const d0 = s.charCodeAt(i + 12),
+        d1 = s.charCodeAt(i + 13),
+        d2 = s.charCodeAt(i + 14),
+        d3 = s.charCodeAt(i + 15);
       if ((a0 | a1 | a2 | a3 | b0 | b1 | b2 | b3 | c0 | c1 | c2 | c3 | d0 | d1 | d2 | d3) >= 0x80) return -1;
       v1 = round(v1, a0 | (a1 << 8) | (a2 << 16) | (a3 << 24));
       v2 = round(v2, b0 | (b1 << 8) | (b2 << 16) | (b3 << 24));
@@ -82,7 +100,10 @@ function xxh32Ascii(s: string): number {
   }
   h = (h + len) | 0;
   for (; i + 4 <= len; i += 4) {
-    const a = s.charCodeAt(i), b = s.charCodeAt(i + 1), c = s.charCodeAt(i + 2), d = s.charCodeAt(i + 3);
+    const a = s.charCodeAt(i),
+      b = s.charCodeAt(i + 1),
+      c = s.charCodeAt(i + 2),
+      d = s.charCodeAt(i + 3);
     if ((a | b | c | d) >= 0x80) return -1;
     h = step4(h, a | (b << 8) | (c << 16) | (d << 24));
   }
@@ -152,7 +173,8 @@ export function hashKeys(keys: ArrayLike<string | Uint8Array>, out?: Uint32Array
       joinedWords = new DataView(joinedBytes.buffer);
     }
     const r = encoder.encodeInto(joined, joinedBytes);
-    if (r.read === total && r.written === total) { // every unit ASCII: one byte per unit
+    if (r.read === total && r.written === total) {
+      // every unit ASCII: one byte per unit
       let at = 0;
       for (let i = 0; i < n; i++) {
         const len = (keys[i] as string).length;
@@ -164,7 +186,8 @@ export function hashKeys(keys: ArrayLike<string | Uint8Array>, out?: Uint32Array
   }
   for (let i = 0; i < n; i++) {
     const k = keys[i];
-    if (typeof k !== 'string' && !(k instanceof Uint8Array)) throw new TypeError(`hashKeys: keys[${i}] must be a string or a Uint8Array, got ${k === null ? 'null' : typeof k}`);
+    if (typeof k !== 'string' && !(k instanceof Uint8Array))
+      throw new TypeError(`hashKeys: keys[${i}] must be a string or a Uint8Array, got ${k === null ? 'null' : typeof k}`);
     out[i] = hashKey(k);
   }
   return out;
@@ -176,7 +199,10 @@ function xxh32At(w: DataView, b: Uint8Array, at: number, len: number): number {
   const end = at + len;
   let h: number;
   if (len >= 16) {
-    let v1 = V1, v2 = V2, v3 = V3, v4 = V4;
+    let v1 = V1,
+      v2 = V2,
+      v3 = V3,
+      v4 = V4;
     for (const limit = end - 16; i <= limit; i += 16) {
       v1 = round(v1, w.getUint32(i, true));
       v2 = round(v2, w.getUint32(i + 4, true));

@@ -12,9 +12,16 @@ import { FENCE_SOURCES, FENCE_HELD } from './layout.generated.js';
 export type MoveCause = 'membership' | 'balance';
 
 /** A live shard as the keeper needs it. */
-export interface FenceShard { id: number; slot: number }
+export interface FenceShard {
+  id: number;
+  slot: number;
+}
 
-interface Source { id: number; slot: number; mark: number }
+interface Source {
+  id: number;
+  slot: number;
+  mark: number;
+}
 interface Fence {
   toId: number;
   toSlot: number;
@@ -25,9 +32,18 @@ interface Fence {
 }
 
 /** A group of slots that began to wait, by (from, to) (for ManagerEvent 'keysMoving'). */
-export interface MovingGroup { fromShard: number; toShard: number; slots: number; cause: MoveCause }
+export interface MovingGroup {
+  fromShard: number;
+  toShard: number;
+  slots: number;
+  cause: MoveCause;
+}
 /** Slots whose wait ended, by destination (for ManagerEvent 'keysMoved'). */
-export interface MovedGroup { toShard: number; slots: number; waitedMs: number }
+export interface MovedGroup {
+  toShard: number;
+  slots: number;
+  waitedMs: number;
+}
 
 /** What both runtimes say about key order across moves (ShardManager, and the Redis node,
  *  whose stats add what it holds). */
@@ -113,10 +129,12 @@ export class KeyOrderFences {
     const before = this.#fences.get(s);
     // Earlier moves this slot still waits for stay (their rings may still hold its events),
     // except the ring it now moves to: those events are ahead of it in that ring anyway.
-    const sources = (before && !this.#passed(before) ? before.sources : [])
-      .filter((src) => src.slot !== to.slot && (Number.isNaN(src.mark) || ((this.#core.abi.ringHeadCount(src.slot) - src.mark) | 0) < 0));
+    const sources = (before && !this.#passed(before) ? before.sources : []).filter(
+      (src) => src.slot !== to.slot && (Number.isNaN(src.mark) || ((this.#core.abi.ringHeadCount(src.slot) - src.mark) | 0) < 0),
+    );
     const from = shard(fromId);
-    if (from && from.slot !== to.slot && !sources.some((src) => src.slot === from.slot)) sources.push({ id: from.id, slot: from.slot, mark: NaN });
+    if (from && from.slot !== to.slot && !sources.some((src) => src.slot === from.slot))
+      sources.push({ id: from.id, slot: from.slot, mark: NaN });
     if (sources.length === 0) {
       // Nothing can be ahead of it anywhere (its old shard is gone, emptied): no wait.
       if (before) this.#fences.delete(s);
@@ -173,7 +191,10 @@ export class KeyOrderFences {
     const out: number[] = [];
     const abi = this.#core.abi;
     for (const [s, f] of this.#fences) {
-      if (this.#passed(f)) { out.push(s); continue; }
+      if (this.#passed(f)) {
+        out.push(s);
+        continue;
+      }
       if (f.sources.length > FENCE_SOURCES) {
         const left = f.sources.filter((src) => ((abi.ringHeadCount(src.slot) - src.mark) | 0) < 0);
         if (left.length <= FENCE_SOURCES) {
@@ -199,8 +220,10 @@ export class KeyOrderFences {
       const waited = now - f.since;
       if (waited > this.#longest) this.#longest = waited;
       const g = byTo.get(f.toId);
-      if (g) { g.slots++; g.waitedMs = Math.max(g.waitedMs, waited); }
-      else byTo.set(f.toId, { toShard: f.toId, slots: 1, waitedMs: waited });
+      if (g) {
+        g.slots++;
+        g.waitedMs = Math.max(g.waitedMs, waited);
+      } else byTo.set(f.toId, { toShard: f.toId, slots: 1, waitedMs: waited });
     }
     return [...byTo.values()];
   }
@@ -208,12 +231,19 @@ export class KeyOrderFences {
   /** Per live shard: slots waiting for its consumer (out) and slots moved to it that wait (in). */
   perShard(): Map<number, { out: number; in: number }> {
     const m = new Map<number, { out: number; in: number }>();
-    const get = (id: number) => { let v = m.get(id); if (!v) m.set(id, v = { out: 0, in: 0 }); return v; };
+    const get = (id: number) => {
+      let v = m.get(id);
+      if (!v) m.set(id, (v = { out: 0, in: 0 }));
+      return v;
+    };
     const abi = this.#core.abi;
     for (const f of this.#fences.values()) {
       let waiting = false;
       for (const src of f.sources) {
-        if (Number.isNaN(src.mark) || ((abi.ringHeadCount(src.slot) - src.mark) | 0) < 0) { get(src.id).out++; waiting = true; }
+        if (Number.isNaN(src.mark) || ((abi.ringHeadCount(src.slot) - src.mark) | 0) < 0) {
+          get(src.id).out++;
+          waiting = true;
+        }
       }
       if (waiting) get(f.toId).in++;
     }
@@ -231,13 +261,21 @@ export class KeyOrderFences {
     }
     if (oldest > this.#longest) this.#longest = oldest;
     return {
-      enabled, waitingSlots: waiting, oldestWaitMs: oldest, longestWaitMs: this.#longest,
-      movedSlots: this.#moved, refused: this.#core.abi.movingTotal(),
+      enabled,
+      waitingSlots: waiting,
+      oldestWaitMs: oldest,
+      longestWaitMs: this.#longest,
+      movedSlots: this.#moved,
+      refused: this.#core.abi.movingTotal(),
     };
   }
 
-  get hadTable(): boolean { return this.#hadOwner; }
+  get hadTable(): boolean {
+    return this.#hadOwner;
+  }
 
   /** Slots published fenced now (waiting, or passed and not lifted yet). */
-  get fencedCount(): number { return this.#fences.size; }
+  get fencedCount(): number {
+    return this.#fences.size;
+  }
 }

@@ -11,7 +11,13 @@ import { checkBackpressure, checkMaxPayloadBytes, checkOptionalBoolean } from '.
 import { checkMemoryKind, type MemoryKind } from './wasm.js';
 import { cpuCount } from '#platform';
 import {
-  BP_DROP_NEWEST, BP_DROP_OLDEST, BP_FAIL_PRODUCER, BP_SAMPLE, MAX_LANES, PAYLOAD_ALIGN, MAX_RING_BYTES,
+  BP_DROP_NEWEST,
+  BP_DROP_OLDEST,
+  BP_FAIL_PRODUCER,
+  BP_SAMPLE,
+  MAX_LANES,
+  PAYLOAD_ALIGN,
+  MAX_RING_BYTES,
 } from './layout.generated.js';
 
 export interface ShardManagerOptions {
@@ -100,10 +106,14 @@ const DEFAULT_CONSUMER_STALL_MS = 10_000;
 function backpressureCode(mode: unknown): { code: number; rate: number } {
   const checked = checkBackpressure(mode);
   switch (checked.kind) {
-    case 'dropNewest': return { code: BP_DROP_NEWEST, rate: 1 };
-    case 'dropOldest': return { code: BP_DROP_OLDEST, rate: 1 };
-    case 'failProducer': return { code: BP_FAIL_PRODUCER, rate: 1 };
-    case 'sample': return { code: BP_SAMPLE, rate: checked.rate };
+    case 'dropNewest':
+      return { code: BP_DROP_NEWEST, rate: 1 };
+    case 'dropOldest':
+      return { code: BP_DROP_OLDEST, rate: 1 };
+    case 'failProducer':
+      return { code: BP_FAIL_PRODUCER, rate: 1 };
+    case 'sample':
+      return { code: BP_SAMPLE, rate: checked.rate };
   }
 }
 
@@ -123,12 +133,15 @@ const TYPICAL_EVENT_BYTES = 256;
 function ringBytesFor(requested: unknown, ringCapacity: number, maxPayload: number): number {
   const extent = payloadExtent(maxPayload);
   const typical = Math.min(extent, TYPICAL_EVENT_BYTES);
-  const ringBytes = requested === undefined
-    ? Math.min(MAX_RING_BYTES, Math.max((ringCapacity + 1) * typical, 4 * extent))
-    : payloadExtent(checkInteger('options.ringBufferBytes', requested, 1, MAX_RING_BYTES));
+  const ringBytes =
+    requested === undefined
+      ? Math.min(MAX_RING_BYTES, Math.max((ringCapacity + 1) * typical, 4 * extent))
+      : payloadExtent(checkInteger('options.ringBufferBytes', requested, 1, MAX_RING_BYTES));
   if (4 * extent > ringBytes) {
-    throw invalid(`options.maxPayloadBytes (${maxPayload}) may be at most a quarter of options.ringBufferBytes (${ringBytes}): ` +
-      `raise ringBufferBytes to at least ${4 * extent} or lower maxPayloadBytes to ${Math.floor(ringBytes / 4 / PAYLOAD_ALIGN) * PAYLOAD_ALIGN}`);
+    throw invalid(
+      `options.maxPayloadBytes (${maxPayload}) may be at most a quarter of options.ringBufferBytes (${ringBytes}): ` +
+        `raise ringBufferBytes to at least ${4 * extent} or lower maxPayloadBytes to ${Math.floor(ringBytes / 4 / PAYLOAD_ALIGN) * PAYLOAD_ALIGN}`,
+    );
   }
   return ringBytes;
 }
@@ -150,7 +163,9 @@ export function checkManagerOptions(options: ShardManagerOptions): ManagerSettin
   const loadBound = checkLoadBound('options.loadBound', options.loadBound);
   checkOptionalBoolean('options.keyOrder', options.keyOrder);
   if (options.keyOrder === true && routing !== 'affinity') {
-    throw invalid(`options.keyOrder applies to routing 'affinity' only (routing is '${routing}': a hash may go to another shard at each window by design)`);
+    throw invalid(
+      `options.keyOrder applies to routing 'affinity' only (routing is '${routing}': a hash may go to another shard at each window by design)`,
+    );
   }
   const keyOrder = routing === 'affinity' && options.keyOrder !== false;
   const defaultSlots = Math.min(0xffff, Math.max(2 * policy.maxShards, policy.maxShards + 16, initialShards));
@@ -171,18 +186,41 @@ export function checkManagerOptions(options: ShardManagerOptions): ManagerSettin
       throw invalid(`options.consumer.module must be a path or URL, got ${describe((c as { module?: unknown } | null)?.module)}`);
     }
     if (c.worker !== undefined && (typeof c.worker !== 'function' || c.module !== undefined)) {
-      throw invalid(`options.consumer.worker must be a function returning a Worker, given instead of options.consumer.module, got ${describe(c.worker)}`);
+      throw invalid(
+        `options.consumer.worker must be a function returning a Worker, given instead of options.consumer.module, got ${describe(c.worker)}`,
+      );
     }
-    if (kind !== 'shared') throw invalid('options.consumer needs shared memory (SharedArrayBuffer); in the single-thread fallback consume with poll()');
+    if (kind !== 'shared')
+      throw invalid('options.consumer needs shared memory (SharedArrayBuffer); in the single-thread fallback consume with poll()');
     threads = checkInteger('options.consumer.threads', given(c.threads, cpuCount()), 1, MAX_LANES - 2);
     batchSize = checkInteger('options.consumer.batchSize', given(c.batchSize, 256), 1, MAX_RING_CAPACITY);
     consumerStallMs = checkFinite('options.consumer.stallMs', given(c.stallMs, DEFAULT_CONSUMER_STALL_MS), 0, true);
     checkOptionalBoolean('options.consumer.batch', c.batch);
   }
   // One lane per attached thread: this one, each consumer thread, each producer thread.
-  const maxThreads = checkInteger('options.maxThreads', given(options.maxThreads, Math.max(DEFAULT_MAX_THREADS, threads + 8)), threads + 1, MAX_LANES);
+  const maxThreads = checkInteger(
+    'options.maxThreads',
+    given(options.maxThreads, Math.max(DEFAULT_MAX_THREADS, threads + 8)),
+    threads + 1,
+    MAX_LANES,
+  );
   return {
-    initialShards, ringCapacity, ringBytes, maxPayload, backpressure, bp, policy, routing, loadBound, keyOrder, maxSlots, kind,
-    producerStallMs, threads, batchSize, consumerStallMs, maxThreads,
+    initialShards,
+    ringCapacity,
+    ringBytes,
+    maxPayload,
+    backpressure,
+    bp,
+    policy,
+    routing,
+    loadBound,
+    keyOrder,
+    maxSlots,
+    kind,
+    producerStallMs,
+    threads,
+    batchSize,
+    consumerStallMs,
+    maxThreads,
   };
 }

@@ -18,7 +18,14 @@ import { RecordBatch } from './record-batch.js';
 import { compileAsync, type MemoryKind } from './wasm.js';
 import { onThreadExit } from '#platform';
 import type { Writable } from 'node:stream';
-import { createWritable, createWritableStream, shardBatches, type BatchesOptions, type ManagerRecord, type WritableOptions } from './streams.js';
+import {
+  createWritable,
+  createWritableStream,
+  shardBatches,
+  type BatchesOptions,
+  type ManagerRecord,
+  type WritableOptions,
+} from './streams.js';
 import { DEFAULT_LANE_BYTES } from './layout.generated.js';
 import { checkManagerOptions, type ShardManagerOptions } from './manager-options.js';
 
@@ -115,40 +122,82 @@ export class ShardManager {
       },
       keyOrder: this.#fences,
       onKeysMoving: (groups) => {
-        for (const g of groups) this.#emit({ type: 'keysMoving', fromShard: g.fromShard, toShard: g.toShard, slots: g.slots, cause: g.cause, at: this.#clock() });
+        for (const g of groups)
+          this.#emit({ type: 'keysMoving', fromShard: g.fromShard, toShard: g.toShard, slots: g.slots, cause: g.cause, at: this.#clock() });
         this.#watchFences();
       },
       onKeysMoved: (groups) => {
-        for (const g of groups) this.#emit({ type: 'keysMoved', toShard: g.toShard, slots: g.slots, waitedMs: g.waitedMs, at: this.#clock() });
+        for (const g of groups)
+          this.#emit({ type: 'keysMoved', toShard: g.toShard, slots: g.slots, waitedMs: g.waitedMs, at: this.#clock() });
       },
     };
     this.mapper = new ShardMapper(parts.initialShards, parts.ringCapacity, parts.policy, {
-      clock: this.#clock, drainGraceMs: options.drainGraceMs, memory: parts.kind, [WIRING]: wiring,
-      routing: parts.routing, loadBound: parts.loadBound,
+      clock: this.#clock,
+      drainGraceMs: options.drainGraceMs,
+      memory: parts.kind,
+      [WIRING]: wiring,
+      routing: parts.routing,
+      loadBound: parts.loadBound,
     } as ConstructorParameters<typeof ShardMapper>[3]);
   }
 
   /** Create a manager (and its consumer threads, when `options.consumer` is given). */
   static async create(options: ShardManagerOptions): Promise<ShardManager> {
     const settings = checkManagerOptions(options);
-    const { initialShards, ringCapacity, ringBytes, maxPayload, backpressure, bp, policy, routing, loadBound, keyOrder, maxSlots, kind } = settings;
+    const { initialShards, ringCapacity, ringBytes, maxPayload, backpressure, bp, policy, routing, loadBound, keyOrder, maxSlots, kind } =
+      settings;
     const { producerStallMs, threads, batchSize, consumerStallMs, maxThreads } = settings;
     await compileAsync(kind);
     const core = SharedCore.createSync({
-      kind, tableCapacity: tableCapacity(routing, policy.maxShards), maxSlots, initialSlots: initialShards, ringCapacity, ringBytes, maxPayload,
-      lanes: maxThreads, laneBytes: Math.max(DEFAULT_LANE_BYTES, 2 * (maxPayload + 64)), backpressure: bp.code,
-      sampleRate: bp.rate, sampleFill: policy.fillRatioThreshold, keyOrder,
+      kind,
+      tableCapacity: tableCapacity(routing, policy.maxShards),
+      maxSlots,
+      initialSlots: initialShards,
+      ringCapacity,
+      ringBytes,
+      maxPayload,
+      lanes: maxThreads,
+      laneBytes: Math.max(DEFAULT_LANE_BYTES, 2 * (maxPayload + 64)),
+      backpressure: bp.code,
+      sampleRate: bp.rate,
+      sampleFill: policy.fillRatioThreshold,
+      keyOrder,
     });
     let self: ShardManager | undefined;
-    const pool = threads > 0
-      ? await ConsumerPool.start(core, options.consumer!, threads, batchSize, {
-        onError: (error, shardId) => { if (self) self.#consumerError(error, shardId); },
-        onWorkerExit: (worker, exitCode, rewound) => { if (self) self.#emit({ type: 'consumerRestarted', worker, exitCode, rewound, at: self.#clock() }); },
-        onRestartFailed: (error) => { if (self) self.#emit({ type: 'tickError', error, at: self.#clock() }); else console.error(error); },
-        onStalled: (worker) => { if (self) self.#emit({ type: 'consumerStalled', worker, at: self.#clock() }); },
-      })
-      : undefined;
-    self = new ShardManager({ options, core, pool, policy, initialShards, ringCapacity, maxPayload, backpressure, kind, producerStallMs, consumerStallMs, routing, loadBound, keyOrder });
+    const pool =
+      threads > 0
+        ? await ConsumerPool.start(core, options.consumer!, threads, batchSize, {
+            onError: (error, shardId) => {
+              if (self) self.#consumerError(error, shardId);
+            },
+            onWorkerExit: (worker, exitCode, rewound) => {
+              if (self) self.#emit({ type: 'consumerRestarted', worker, exitCode, rewound, at: self.#clock() });
+            },
+            onRestartFailed: (error) => {
+              if (self) self.#emit({ type: 'tickError', error, at: self.#clock() });
+              else console.error(error);
+            },
+            onStalled: (worker) => {
+              if (self) self.#emit({ type: 'consumerStalled', worker, at: self.#clock() });
+            },
+          })
+        : undefined;
+    self = new ShardManager({
+      options,
+      core,
+      pool,
+      policy,
+      initialShards,
+      ringCapacity,
+      maxPayload,
+      backpressure,
+      kind,
+      producerStallMs,
+      consumerStallMs,
+      routing,
+      loadBound,
+      keyOrder,
+    });
     return self;
   }
 
@@ -236,7 +285,8 @@ export class ShardManager {
    *  threads' (a ring has one consumer at a time); then its producers are watched for stalls
    *  while this thread polls it. */
   #pollHere(method: string, shardId: number, slot: number): void {
-    if (this.#pool?.owns(shardId)) throw new Error(`${method}: shard ${shardId} is consumed by worker threads (options.consumer); a ring has one consumer at a time`);
+    if (this.#pool?.owns(shardId))
+      throw new Error(`${method}: shard ${shardId} is consumed by worker threads (options.consumer); a ring has one consumer at a time`);
     this.#watchStalls([slot]);
   }
 
@@ -303,7 +353,9 @@ export class ShardManager {
         abi.ringRewind(slot); // the records that did not fit go back, first in line
         if (count === 0) {
           const need = core.lengthAt(core.recordAt(base, start));
-          throw new RangeError(`pollInto: target has ${target.length} bytes, the next record of shard ${shardId} needs ${need}; nothing was taken`);
+          throw new RangeError(
+            `pollInto: target has ${target.length} bytes, the next record of shard ${shardId} needs ${need}; nothing was taken`,
+          );
         }
         break;
       }
@@ -320,7 +372,8 @@ export class ShardManager {
    */
   pollBatch(shardId: number, consume: (batch: RecordBatch, shardId: number) => void, max: number = this.ringCapacity): number {
     const slot = this.#slotFor('pollBatch', shardId);
-    if (typeof consume !== 'function') throw invalid(`pollBatch: consume must be a function (batch, shardId) => void, got ${describe(consume)}`);
+    if (typeof consume !== 'function')
+      throw invalid(`pollBatch: consume must be a function (batch, shardId) => void, got ${describe(consume)}`);
     checkInteger('max', max, 1, Number.MAX_SAFE_INTEGER);
     this.#pollHere('pollBatch', shardId, slot);
     const core = this.#core;
@@ -340,7 +393,9 @@ export class ShardManager {
     }
     if (result !== null && typeof result === 'object' && typeof (result as { then?: unknown }).then === 'function') {
       abi.ringRewind(slot);
-      throw new TypeError('pollBatch: consume returned a promise; it must be synchronous (the batch is only valid during the call). The records were not taken; use options.consumer for asynchronous consumers');
+      throw new TypeError(
+        'pollBatch: consume returned a promise; it must be synchronous (the batch is only valid during the call). The records were not taken; use options.consumer for asynchronous consumers',
+      );
     }
     abi.ringAck(slot, start, n, n);
     return n;
@@ -367,23 +422,40 @@ export class ShardManager {
       const t = Array.from({ length: TOTALS }, (_, k) => abi.total(slot, k));
       for (let k = 0; k < totals.length; k++) totals[k]! += t[k]!;
       shards.push({
-        id, state: this.mapper.shardState(id)!, length: abi.ringLen(slot) >>> 0, bytes: abi.ringBytesUsed(slot) >>> 0,
-        pushed: t[Total.Pushed]!, delivered: t[Total.Delivered]!,
+        id,
+        state: this.mapper.shardState(id)!,
+        length: abi.ringLen(slot) >>> 0,
+        bytes: abi.ringBytesUsed(slot) >>> 0,
+        pushed: t[Total.Pushed]!,
+        delivered: t[Total.Delivered]!,
         dropped: t[Total.DroppedNewest]! + t[Total.Sampled]! + t[Total.Evicted]!, // refusals are not drops
-        movingOut: moving?.get(id)?.out ?? 0, movingIn: moving?.get(id)?.in ?? 0,
+        movingOut: moving?.get(id)?.out ?? 0,
+        movingIn: moving?.get(id)?.in ?? 0,
       });
     }
-    const keyOrder = this.#fences?.stats() ?? { enabled: false, waitingSlots: 0, oldestWaitMs: 0, longestWaitMs: 0, movedSlots: 0, refused: 0 };
+    const keyOrder = this.#fences?.stats() ?? {
+      enabled: false,
+      waitingSlots: 0,
+      oldestWaitMs: 0,
+      longestWaitMs: 0,
+      movedSlots: 0,
+      refused: 0,
+    };
     const drops = {
-      newest: totals[Total.DroppedNewest]!, oldest: totals[Total.Evicted]!,
-      sampled: totals[Total.Sampled]!, refused: totals[Total.Refused]!, moving: keyOrder.refused,
+      newest: totals[Total.DroppedNewest]!,
+      oldest: totals[Total.Evicted]!,
+      sampled: totals[Total.Sampled]!,
+      refused: totals[Total.Refused]!,
+      moving: keyOrder.refused,
     };
     return {
-      pushed: totals[Total.Pushed]!, delivered: totals[Total.Delivered]!,
+      pushed: totals[Total.Pushed]!,
+      delivered: totals[Total.Delivered]!,
       // failProducer refuses moving keys (the caller keeps them); the other modes discard them.
       dropped: drops.newest + drops.oldest + drops.sampled + (this.backpressure.kind === 'failProducer' ? 0 : drops.moving),
       keyOrder,
-      unrouted: abi.unroutedTotal(), drops,
+      unrouted: abi.unroutedTotal(),
+      drops,
       inFlight: totals[Total.Pushed]! - totals[Total.Delivered]! - drops.oldest,
       skipped: totals[Total.Skipped]!,
       shards,
@@ -572,7 +644,10 @@ export class ShardManager {
     while (pending.size > 0) {
       for (const id of [...pending]) {
         const slot = this.#slots.get(id);
-        if (slot === undefined) { pending.delete(id); continue; }
+        if (slot === undefined) {
+          pending.delete(id);
+          continue;
+        }
         const state = this.mapper.shardState(id);
         if (state === ShardState.Draining && this.#drained(slot)) {
           try {
@@ -621,7 +696,10 @@ export class ShardManager {
         this.#watchStalls();
         let busy = false;
         for (const slot of this.#slots.values()) {
-          if (!this.#drained(slot)) { busy = true; break; }
+          if (!this.#drained(slot)) {
+            busy = true;
+            break;
+          }
         }
         if (!busy) break;
         await sleep(WAIT_STEP_MS);

@@ -13,7 +13,13 @@ import type { KeyOrderFences, MovedGroup, MovingGroup } from './key-order.js';
 /** How long a drained shard must stay empty before finalizeDraining stops it (ms). */
 const DEFAULT_DRAIN_GRACE_MS = 100;
 import {
-  checkLoadBound, checkRouting, createTableBuilder, tableCapacity, type RoutedShard, type RoutingMode, type TableBuilder,
+  checkLoadBound,
+  checkRouting,
+  createTableBuilder,
+  tableCapacity,
+  type RoutedShard,
+  type RoutingMode,
+  type TableBuilder,
 } from './routing.js';
 
 /** The "no shard" sentinel (65535), never allocated: selectShard's answer when no shard is Active. */
@@ -106,7 +112,9 @@ export function candidateIndexes(weights: readonly number[]): number[] {
   let min = Infinity;
   for (const w of weights) if (w < min) min = w;
   const out: number[] = [];
-  weights.forEach((w, i) => { if (w - min <= WEIGHT_TOLERANCE) out.push(i); });
+  weights.forEach((w, i) => {
+    if (w - min <= WEIGHT_TOLERANCE) out.push(i);
+  });
   return out.length > 0 ? out : weights.map((_, i) => i);
 }
 
@@ -146,7 +154,10 @@ export class ShardMapper {
     checkInteger('initialShards', initialShards, 0, MAX_SHARD_ID + 1);
     checkInteger('ringBufferCapacity', ringBufferCapacity, 0, 0xffffffff);
     if (typeof options !== 'object' || options === null) throw invalid(`options must be an object, got ${describe(options)}`);
-    const clock = checkFunction('options.clock', given(options.clock, () => performance.now()));
+    const clock = checkFunction(
+      'options.clock',
+      given(options.clock, () => performance.now()),
+    );
     const grace = checkFinite('options.drainGraceMs', given(options.drainGraceMs, DEFAULT_DRAIN_GRACE_MS), 0);
     const routing = checkRouting('options.routing', options.routing);
     const loadBound = checkLoadBound('options.loadBound', options.loadBound);
@@ -156,12 +167,24 @@ export class ShardMapper {
     const wiring = (options as { [WIRING]?: MapperWiring })[WIRING];
     const kind = checkMemoryKind(options.memory);
     this.#wiring = wiring;
-    this.#core = wiring?.core ?? SharedCore.createSync({
-      // A lane for every thread that may attach (collectors in workers); untouched lanes cost
-      // no resident memory.
-      kind, tableCapacity: capacity, maxSlots: MAX_SHARD_ID + 1, initialSlots: initialShards,
-      ringCapacity: 0, ringBytes: 0, maxPayload: 0, lanes: MAX_LANES, laneBytes: DEFAULT_LANE_BYTES, backpressure: 0, sampleRate: 1, sampleFill: 1,
-    });
+    this.#core =
+      wiring?.core ??
+      SharedCore.createSync({
+        // A lane for every thread that may attach (collectors in workers); untouched lanes cost
+        // no resident memory.
+        kind,
+        tableCapacity: capacity,
+        maxSlots: MAX_SHARD_ID + 1,
+        initialSlots: initialShards,
+        ringCapacity: 0,
+        ringBytes: 0,
+        maxPayload: 0,
+        lanes: MAX_LANES,
+        laneBytes: DEFAULT_LANE_BYTES,
+        backpressure: 0,
+        sampleRate: 1,
+        sampleFill: 1,
+      });
     this.#policy = Object.freeze(full);
     this.#clock = clock;
     this.#drainGraceMs = grace;
@@ -173,7 +196,10 @@ export class ShardMapper {
       this.#builder = createTableBuilder(routing, { maxShards: full.maxShards, fillRatioThreshold: full.fillRatioThreshold, loadBound });
     }
     if (!this.#core.canAllocate(initialShards)) {
-      throw new ScalingError('ShardCreationFailed', `cannot provision ${initialShards} initial shards: the memory holds ${this.#core.maxSlots}`);
+      throw new ScalingError(
+        'ShardCreationFailed',
+        `cannot provision ${initialShards} initial shards: the memory holds ${this.#core.maxSlots}`,
+      );
     }
     // Initial shards count as activated long ago: no warm-up skip.
     const initial = this.#allocate(initialShards, ShardState.Active, -Infinity);
@@ -182,7 +208,12 @@ export class ShardMapper {
   }
 
   /** Create a mapper; compiles the WebAssembly module without blocking the thread. */
-  static async create(initialShards: number, ringBufferCapacity: number, policy?: Partial<ScalingPolicy>, options: ShardMapperOptions = {}): Promise<ShardMapper> {
+  static async create(
+    initialShards: number,
+    ringBufferCapacity: number,
+    policy?: Partial<ScalingPolicy>,
+    options: ShardMapperOptions = {},
+  ): Promise<ShardMapper> {
     const kind = options?.memory ?? (sharedMemorySupported() ? 'shared' : 'single');
     if (kind === 'shared' || kind === 'single') await compileAsync(kind);
     return new ShardMapper(initialShards, ringBufferCapacity, policy, options);
@@ -191,12 +222,14 @@ export class ShardMapper {
   // ---- callbacks ------------------------------------------------------------------------
 
   setOnShardCreated(callback: ((id: number) => void) | undefined): void {
-    if (callback !== undefined && typeof callback !== 'function') throw invalid(`onShardCreated must be a function, got ${describe(callback)}`);
+    if (callback !== undefined && typeof callback !== 'function')
+      throw invalid(`onShardCreated must be a function, got ${describe(callback)}`);
     this.#onCreated = callback;
   }
 
   setOnShardRemoved(callback: ((id: number) => void) | undefined): void {
-    if (callback !== undefined && typeof callback !== 'function') throw invalid(`onShardRemoved must be a function, got ${describe(callback)}`);
+    if (callback !== undefined && typeof callback !== 'function')
+      throw invalid(`onShardRemoved must be a function, got ${describe(callback)}`);
     this.#onRemoved = callback;
   }
 
@@ -210,7 +243,10 @@ export class ShardMapper {
       try {
         callback(id);
       } catch (error) {
-        if (!failed) { failed = true; first = error; }
+        if (!failed) {
+          failed = true;
+          first = error;
+        }
       }
     }
     if (failed) throw first;
@@ -305,9 +341,12 @@ export class ShardMapper {
 
   /** Batch form of selectShardForKey: `out[i]` is the shard for `keys[i]` (see hashKeys). */
   selectShardsForKeys(keys: ArrayLike<string | Uint8Array>, out?: Uint16Array): Uint16Array {
-    if (keys === null || typeof keys !== 'object' || typeof keys.length !== 'number') throw new TypeError(`selectShardsForKeys: keys must be an array of strings or Uint8Arrays, got ${describe(keys)}`);
-    if (out !== undefined && !(out instanceof Uint16Array)) throw new TypeError(`selectShardsForKeys: out must be a Uint16Array, got ${describe(out)}`);
-    if (out !== undefined && out.length < keys.length) throw new RangeError(`selectShardsForKeys: out has ${out.length} entries, needs ${keys.length}`);
+    if (keys === null || typeof keys !== 'object' || typeof keys.length !== 'number')
+      throw new TypeError(`selectShardsForKeys: keys must be an array of strings or Uint8Arrays, got ${describe(keys)}`);
+    if (out !== undefined && !(out instanceof Uint16Array))
+      throw new TypeError(`selectShardsForKeys: out must be a Uint16Array, got ${describe(out)}`);
+    if (out !== undefined && out.length < keys.length)
+      throw new RangeError(`selectShardsForKeys: out has ${out.length} entries, needs ${keys.length}`);
     if (this.#keyHashes.length < keys.length) this.#keyHashes = new Uint32Array(Math.max(keys.length, 2 * this.#keyHashes.length));
     const hashes = hashKeys(keys, this.#keyHashes).subarray(0, keys.length);
     if (out === undefined) out = new Uint16Array(keys.length);
@@ -354,7 +393,8 @@ export class ShardMapper {
     }
     const patch = changed !== null && this.#liveTable >= 0 && this.#candidateCount === ids.length ? changed : null;
     const fences = this.#wiring?.keyOrder;
-    if (patch !== null && patch.length === 0) { // the live table stands: nothing to publish
+    if (patch !== null && patch.length === 0) {
+      // the live table stands: nothing to publish
       this.#liftFences();
       return;
     }
@@ -364,7 +404,7 @@ export class ShardMapper {
       const shard = this.#byId.get(id);
       return shard ? { id, slot: shard.slot } : undefined;
     });
-    const entryOf = this.#entryOf ??= new Uint32Array(MAX_SHARD_ID + 1);
+    const entryOf = (this.#entryOf ??= new Uint32Array(MAX_SHARD_ID + 1));
     for (const s of active) entryOf[s.id] = (s.id | (s.slot << 16)) >>> 0;
     const build = core.abi.tableBuildAddress() >>> 2;
     const table = core.u32;
@@ -422,7 +462,10 @@ export class ShardMapper {
       this.#lastScalingAt = restore.lastScalingAt;
       for (const [id, c] of restore.shards) {
         const shard = this.#byId.get(id);
-        if (shard) { shard.activatedAt = c.activatedAt; shard.idleSince = c.idleSince; }
+        if (shard) {
+          shard.activatedAt = c.activatedAt;
+          shard.idleSince = c.idleSince;
+        }
       }
     }
     return {
@@ -463,10 +506,19 @@ export class ShardMapper {
       if (shard.state !== ShardState.Active || now - shard.activatedAt < p.cooldownMs) continue; // warm-up
       const m = shard.lastMetrics;
       if (!m) continue;
-      if (m.fillRatio > p.fillRatioThreshold || m.avgPushLatencyNs > p.pushLatencyThresholdNs || m.avgFlushLatencyUs > p.flushLatencyThresholdUs) {
+      if (
+        m.fillRatio > p.fillRatioThreshold ||
+        m.avgPushLatencyNs > p.pushLatencyThresholdNs ||
+        m.avgFlushLatencyUs > p.flushLatencyThresholdUs
+      ) {
         overloaded++;
       }
-      if (m.fillRatio < p.underutilizedThreshold && m.eventRate === 0 && shard.idleSince !== undefined && now - shard.idleSince >= p.scaleDownDelayMs) {
+      if (
+        m.fillRatio < p.underutilizedThreshold &&
+        m.eventRate === 0 &&
+        shard.idleSince !== undefined &&
+        now - shard.idleSince >= p.scaleDownDelayMs
+      ) {
         underutilized++;
       }
     }
@@ -486,16 +538,28 @@ export class ShardMapper {
   #checkScaleUp(count: number, honourCooldown: boolean, now: number): void {
     const p = this.#policy;
     if (this.#activeCount + count > p.maxShards) {
-      throw new ScalingError('AtMaxShards', `cannot add ${count} shard(s): ${this.#activeCount} active + ${count} would exceed maxShards ${p.maxShards}`);
+      throw new ScalingError(
+        'AtMaxShards',
+        `cannot add ${count} shard(s): ${this.#activeCount} active + ${count} would exceed maxShards ${p.maxShards}`,
+      );
     }
     if (this.#nextId + count - 1 > MAX_SHARD_ID) {
-      throw new ScalingError('AtMaxShards', `cannot add ${count} shard(s): ids would pass ${MAX_SHARD_ID} (next id ${this.#nextId}; ids are never reused)`);
+      throw new ScalingError(
+        'AtMaxShards',
+        `cannot add ${count} shard(s): ids would pass ${MAX_SHARD_ID} (next id ${this.#nextId}; ids are never reused)`,
+      );
     }
     if (honourCooldown && this.#inCooldown(now)) {
-      throw new ScalingError('InCooldown', `cannot scale: the last scaling was ${now - this.#lastScalingAt} ms ago, cooldownMs is ${p.cooldownMs}`);
+      throw new ScalingError(
+        'InCooldown',
+        `cannot scale: the last scaling was ${now - this.#lastScalingAt} ms ago, cooldownMs is ${p.cooldownMs}`,
+      );
     }
     if (!this.#core.canAllocate(count)) {
-      throw new ScalingError('ShardCreationFailed', `cannot add ${count} shard(s): all ${this.#core.maxSlots} shard slots of the memory are in use (draining or stopped shards not yet removed)`);
+      throw new ScalingError(
+        'ShardCreationFailed',
+        `cannot add ${count} shard(s): all ${this.#core.maxSlots} shard slots of the memory are in use (draining or stopped shards not yet removed)`,
+      );
     }
   }
 
@@ -508,8 +572,15 @@ export class ShardMapper {
         if (slot < 0) throw new Error('no free slot');
         const id = this.#nextId + i;
         const shard: MappedShard = {
-          id, slot, state, collector: new ShardMetricsCollector(this.#core, slot, id, this.#clock),
-          weight: 0, lastMetrics: undefined, activatedAt, drainStartedAt: 0, idleSince: undefined,
+          id,
+          slot,
+          state,
+          collector: new ShardMetricsCollector(this.#core, slot, id, this.#clock),
+          weight: 0,
+          lastMetrics: undefined,
+          activatedAt,
+          drainStartedAt: 0,
+          idleSince: undefined,
         };
         made.push(shard);
       }
@@ -572,7 +643,10 @@ export class ShardMapper {
       throw invalid(`activate: shard ${id} is ${shard.state}; only a provisioning shard can be activated`);
     }
     if (this.#activeCount >= this.#policy.maxShards) {
-      throw new ScalingError('AtMaxShards', `activate: shard ${id} would make ${this.#activeCount + 1} active shards, maxShards is ${this.#policy.maxShards}`);
+      throw new ScalingError(
+        'AtMaxShards',
+        `activate: shard ${id} would make ${this.#activeCount + 1} active shards, maxShards is ${this.#policy.maxShards}`,
+      );
     }
     shard.state = ShardState.Active;
     shard.activatedAt = this.#clock();
@@ -594,11 +668,15 @@ export class ShardMapper {
 
   drainSpecific(id: number): void {
     if (this.#activeCount <= this.#policy.minShards) {
-      throw new ScalingError('AtMinShards', `drainSpecific: cannot drain shard ${id}: ${this.#activeCount} active shard(s), minShards is ${this.#policy.minShards}`);
+      throw new ScalingError(
+        'AtMinShards',
+        `drainSpecific: cannot drain shard ${id}: ${this.#activeCount} active shard(s), minShards is ${this.#policy.minShards}`,
+      );
     }
     const shard = this.#shardForCall('drainSpecific', id);
     if (shard.state === ShardState.Draining) return;
-    if (shard.state !== ShardState.Active) throw invalid(`drainSpecific: shard ${id} is ${shard.state}; only an active shard can be drained`);
+    if (shard.state !== ShardState.Active)
+      throw invalid(`drainSpecific: shard ${id} is ${shard.state}; only an active shard can be drained`);
     const now = this.#clock();
     this.#startDrain([shard], now);
     this.#lastScalingAt = now;
@@ -625,7 +703,10 @@ export class ShardMapper {
     }
     const now = this.#clock();
     if (this.#inCooldown(now)) {
-      throw new ScalingError('InCooldown', `cannot scale: the last scaling was ${now - this.#lastScalingAt} ms ago, cooldownMs is ${p.cooldownMs}`);
+      throw new ScalingError(
+        'InCooldown',
+        `cannot scale: the last scaling was ${now - this.#lastScalingAt} ms ago, cooldownMs is ${p.cooldownMs}`,
+      );
     }
     const chosen = this.#leastLoaded(Math.min(count, this.#activeCount - p.minShards));
     this.#startDrain(chosen, now);

@@ -3,7 +3,13 @@
 import type { SharedCore, CoreHandle } from './core.js';
 import { SharedCore as Core } from './core.js';
 import {
-  COLLECT_BUFFER_LEN, COLLECT_BYTES_USED, COLLECT_EVENTS, COLLECT_LATENCY_COUNT, COLLECT_LATENCY_SUM, COLLECT_FLUSH_COUNT, COLLECT_FLUSH_SUM,
+  COLLECT_BUFFER_LEN,
+  COLLECT_BYTES_USED,
+  COLLECT_EVENTS,
+  COLLECT_LATENCY_COUNT,
+  COLLECT_LATENCY_SUM,
+  COLLECT_FLUSH_COUNT,
+  COLLECT_FLUSH_SUM,
 } from './layout.generated.js';
 
 export interface ShardMetrics {
@@ -131,8 +137,18 @@ export class ShardMetricsCollector {
   collectAndReset(): ShardMetrics {
     const core = this.#core;
     if (this.#retired) {
-      return { shardId: this.shardId, bufferLen: 0, capacity: 0, fillRatio: 0, avgPushLatencyNs: 0,
-        avgFlushLatencyUs: 0, eventRate: 0, lastUpdated: this.#clock(), draining: false, weight: 0 };
+      return {
+        shardId: this.shardId,
+        bufferLen: 0,
+        capacity: 0,
+        fillRatio: 0,
+        avgPushLatencyNs: 0,
+        avgFlushLatencyUs: 0,
+        eventRate: 0,
+        lastUpdated: this.#clock(),
+        draining: false,
+        weight: 0,
+      };
     }
     core.abi.collectAndReset(this.#slot, core.result);
     const u32 = core.u32;
@@ -151,12 +167,18 @@ export class ShardMetricsCollector {
     const avgPushLatencyNs = latencyCount === 0 ? 0 : Math.floor(latencySum / latencyCount);
     const avgFlushLatencyUs = flushCount === 0 ? 0 : Math.floor(flushSum / flushCount);
     const draining = this.isDraining();
-    const weight = draining
-      ? Number.MAX_VALUE
-      : fillRatio * 100 + avgPushLatencyNs / 10 + eventRate / 1e6;
+    const weight = draining ? Number.MAX_VALUE : fillRatio * 100 + avgPushLatencyNs / 10 + eventRate / 1e6;
     return {
-      shardId: this.shardId, bufferLen, capacity, fillRatio, avgPushLatencyNs, avgFlushLatencyUs,
-      eventRate, lastUpdated: this.#clock(), draining, weight,
+      shardId: this.shardId,
+      bufferLen,
+      capacity,
+      fillRatio,
+      avgPushLatencyNs,
+      avgFlushLatencyUs,
+      eventRate,
+      lastUpdated: this.#clock(),
+      draining,
+      weight,
     };
   }
 

@@ -23,7 +23,7 @@ export function spawnWorker(url: URL, workerData: unknown): SpawnedWorker {
 /** Wrap a Web Worker the caller started (options.consumer.worker) and send it its start-up data. */
 export function adoptWorker(candidate: unknown, workerData: unknown): SpawnedWorker {
   if (typeof Worker === 'undefined' || !(candidate instanceof Worker)) {
-    throw new TypeError('options.consumer.worker must return a Web Worker (new Worker(url, { type: \'module\' }))');
+    throw new TypeError("options.consumer.worker must return a Web Worker (new Worker(url, { type: 'module' }))");
   }
   const worker = candidate;
   const exitListeners: ((code: number) => void)[] = [];
@@ -76,7 +76,10 @@ if (channel) channel.port1.onmessage = () => waiting.shift()?.();
 /** Let queued messages run (a MessageChannel round trip avoids setTimeout's clamping). */
 export function yieldToEventLoop(): Promise<void> {
   if (!channel) return new Promise((r) => setTimeout(r, 0));
-  return new Promise((r) => { waiting.push(r); channel.port2.postMessage(0); });
+  return new Promise((r) => {
+    waiting.push(r);
+    channel.port2.postMessage(0);
+  });
 }
 
 /** No Node streams in a browser: manager.writable() says so; manager.writableStream() is the browser's. */

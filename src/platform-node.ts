@@ -16,7 +16,9 @@ export function currentThreadId(): number {
 const exitListeners = new Set<(threadId: number) => void>();
 process.on('worker', (worker: Worker) => {
   const id = worker.threadId; // read now: it reads -1 once the thread is gone
-  worker.once('exit', () => { for (const listener of exitListeners) listener(id); });
+  worker.once('exit', () => {
+    for (const listener of exitListeners) listener(id);
+  });
 });
 
 /** Call `listener` with the id of each worker thread (started here) that exits; returns an unsubscribe. */
@@ -61,7 +63,11 @@ export function moduleUrl(module: string | URL): string {
 export async function workerEndpoint(): Promise<WorkerEndpoint> {
   if (!parentPort) throw new Error('shard-mapper: the consumer worker must run in a worker thread');
   const port = parentPort;
-  const endpoint = (data: unknown): WorkerEndpoint => ({ data, post: (m) => port.postMessage(m), onMessage: (fn) => void port.on('message', fn) });
+  const endpoint = (data: unknown): WorkerEndpoint => ({
+    data,
+    post: (m) => port.postMessage(m),
+    onMessage: (fn) => void port.on('message', fn),
+  });
   const wd = workerData as { core?: unknown; batchSize?: unknown } | null | undefined;
   if (typeof wd === 'object' && wd !== null && 'core' in wd && 'batchSize' in wd) return endpoint(wd);
   // Started by the application (options.consumer.worker): the data comes as a first message.

@@ -46,11 +46,16 @@ function machineCpus(): number {
 
 type Check = (v: unknown) => string | undefined;
 const isNum = (v: unknown): v is number => typeof v === 'number';
-const finiteIn = (lo: number, loOpen: boolean, hi: number): Check => (v) =>
-  !isNum(v) || !Number.isFinite(v) || (loOpen ? v <= lo : v < lo) || v > hi
-    ? `must be a finite number in ${loOpen ? '(' : '['}${lo}, ${hi}]` : undefined;
-const intMin = (lo: number): Check => (v) =>
-  !isNum(v) || !Number.isInteger(v) || v < lo ? `must be an integer >= ${lo}` : undefined;
+const finiteIn =
+  (lo: number, loOpen: boolean, hi: number): Check =>
+  (v) =>
+    !isNum(v) || !Number.isFinite(v) || (loOpen ? v <= lo : v < lo) || v > hi
+      ? `must be a finite number in ${loOpen ? '(' : '['}${lo}, ${hi}]`
+      : undefined;
+const intMin =
+  (lo: number): Check =>
+  (v) =>
+    !isNum(v) || !Number.isInteger(v) || v < lo ? `must be an integer >= ${lo}` : undefined;
 const positive: Check = (v) => (!isNum(v) || !Number.isFinite(v) || v <= 0 ? 'must be a finite number > 0' : undefined);
 
 const FIELD_CHECKS: Record<keyof ScalingPolicy, Check> = {
@@ -96,7 +101,8 @@ export function completePolicy(partial: Partial<ScalingPolicy> | undefined, cpus
   }
   for (const key of Object.keys(partial)) {
     // own keys only: 'constructor', 'toString'... are found by `in` on the prototype
-    if (!Object.hasOwn(FIELD_CHECKS, key)) throw new ScalingError('InvalidPolicy', `policy.${key} is not a policy field (known: ${POLICY_FIELDS.join(', ')})`);
+    if (!Object.hasOwn(FIELD_CHECKS, key))
+      throw new ScalingError('InvalidPolicy', `policy.${key} is not a policy field (known: ${POLICY_FIELDS.join(', ')})`);
   }
   const out = defaultForCpus(cpus) as unknown as Record<string, unknown>;
   for (const [key, value] of Object.entries(partial)) if (value !== undefined) out[key] = value;

@@ -5,8 +5,20 @@ import { BackpressureError, ManagerClosedError, describe } from './errors.js';
 import { checkPayload, emptyPayloadError, keyHash, largePayloadError, payloadTypeError } from './validate.js';
 import { SharedCore, type CoreHandle } from './core.js';
 import {
-  PUSH_UNROUTED, PUSH_FULL, PUSH_SAMPLED, PUSH_REFUSED, PUSH_STOPPED, PUSH_MOVING, PUSH_MOVING_DROPPED, L_FAILED_SHARD, L_SCRATCH,
-  BATCH_ACCEPTED, BATCH_STOP, STOP_NONE, STOP_CLOSED, STOP_MOVING,
+  PUSH_UNROUTED,
+  PUSH_FULL,
+  PUSH_SAMPLED,
+  PUSH_REFUSED,
+  PUSH_STOPPED,
+  PUSH_MOVING,
+  PUSH_MOVING_DROPPED,
+  L_FAILED_SHARD,
+  L_SCRATCH,
+  BATCH_ACCEPTED,
+  BATCH_STOP,
+  STOP_NONE,
+  STOP_CLOSED,
+  STOP_MOVING,
 } from './layout.generated.js';
 
 export type EventKey = number | string | Uint8Array;
@@ -70,8 +82,14 @@ export class ShardProducer {
 
   /** Attach from a worker thread; call `detach()` when done to free the lane. */
   static async attach(handle: ProducerHandle): Promise<ShardProducer> {
-    if (typeof handle !== 'object' || handle === null || typeof handle.core !== 'object' || handle.core === null ||
-      !(handle.core.memory instanceof WebAssembly.Memory) || typeof handle.maxPayloadBytes !== 'number') {
+    if (
+      typeof handle !== 'object' ||
+      handle === null ||
+      typeof handle.core !== 'object' ||
+      handle.core === null ||
+      !(handle.core.memory instanceof WebAssembly.Memory) ||
+      typeof handle.maxPayloadBytes !== 'number'
+    ) {
       throw new TypeError(`ShardProducer.attach: handle must be what manager.producerHandle() returns, got ${describe(handle)}`);
     }
     return new ShardProducer(await SharedCore.attach(handle.core), handle.maxPayloadBytes, true);
@@ -84,7 +102,8 @@ export class ShardProducer {
   /** The lane's scratch, re-made if a non-shared memory grew (its buffer is replaced). */
   #view(): Uint8Array {
     const core = this.#core;
-    if (this.#scratch.length === 0) { // detached: only a non-shared memory's growth does that
+    if (this.#scratch.length === 0) {
+      // detached: only a non-shared memory's growth does that
       core.refreshViews();
       this.#scratch = core.u8.subarray(core.scratch, core.scratch + core.scratchBytes);
     }
@@ -150,8 +169,14 @@ export class ShardProducer {
     const hash = typeof key === 'number' ? key >>> 0 : keyHash(key, 'push');
     const core = this.#core;
     let len: number;
-    if (payload instanceof Uint8Array && (len = payload.length) <= SHORT_PAYLOAD && len !== 0 && len <= this.maxPayloadBytes &&
-      LITTLE_ENDIAN && this.#scratch.length !== 0) {
+    if (
+      payload instanceof Uint8Array &&
+      (len = payload.length) <= SHORT_PAYLOAD &&
+      len !== 0 &&
+      len <= this.maxPayloadBytes &&
+      LITTLE_ENDIAN &&
+      this.#scratch.length !== 0
+    ) {
       // The common small binary event, staged right here (the general path is #stage).
       copyShort(core, core.scratch, payload, len);
     } else {
@@ -168,7 +193,12 @@ export class ShardProducer {
     const core = this.#core;
     const accepted = core.u32[(core.result + BATCH_ACCEPTED) >>> 2]!;
     const stop = core.u32[(core.result + BATCH_STOP) >>> 2]!;
-    if (stop !== STOP_NONE) this.#fail(stop === STOP_CLOSED ? PUSH_STOPPED : stop === STOP_MOVING ? PUSH_MOVING : PUSH_REFUSED, acceptedBefore + accepted, method);
+    if (stop !== STOP_NONE)
+      this.#fail(
+        stop === STOP_CLOSED ? PUSH_STOPPED : stop === STOP_MOVING ? PUSH_MOVING : PUSH_REFUSED,
+        acceptedBefore + accepted,
+        method,
+      );
     return accepted;
   }
 
@@ -178,7 +208,12 @@ export class ShardProducer {
       const core = this.#core;
       const shard = core.u32[(core.scratch - L_SCRATCH + L_FAILED_SHARD) >>> 2]!;
       if (code === PUSH_MOVING) {
-        throw new BackpressureError(`push refused: the key just moved to shard ${shard} and waits until the shard it left has delivered its earlier events (routing affinity keeps each key's order; backpressure failProducer: retry)`, shard, accepted, 'moving');
+        throw new BackpressureError(
+          `push refused: the key just moved to shard ${shard} and waits until the shard it left has delivered its earlier events (routing affinity keeps each key's order; backpressure failProducer: retry)`,
+          shard,
+          accepted,
+          'moving',
+        );
       }
       throw new BackpressureError(`push refused: shard ${shard}'s ring is full (backpressure failProducer)`, shard, accepted);
     }
@@ -207,7 +242,8 @@ export class ShardProducer {
     const oneChunk = bound <= this.#core.scratchBytes; // false for anything odd: checked below
     for (let i = 0; i < n && !oneChunk; i++) checkPayload(payloads[i], this.maxPayloadBytes, i);
     let hashes: Uint32Array;
-    if (keys instanceof Uint32Array) hashes = keys; // already hashes: no pass over them
+    if (keys instanceof Uint32Array)
+      hashes = keys; // already hashes: no pass over them
     else {
       if (this.#hashes.length < n) this.#hashes = new Uint32Array(Math.max(n, 2 * this.#hashes.length));
       hashes = this.#hashes;
@@ -248,14 +284,20 @@ export class ShardProducer {
    * records before it stay pushed).
    */
   pushFixed(hashes: Uint32Array, records: Uint8Array, recordSize: number): number {
-    if (!(hashes instanceof Uint32Array)) throw new TypeError(`pushFixed: hashes must be a Uint32Array, got ${hashes === null ? 'null' : typeof hashes}`);
-    if (!(records instanceof Uint8Array)) throw new TypeError(`pushFixed: records must be a Uint8Array, got ${records === null ? 'null' : typeof records}`);
+    if (!(hashes instanceof Uint32Array))
+      throw new TypeError(`pushFixed: hashes must be a Uint32Array, got ${hashes === null ? 'null' : typeof hashes}`);
+    if (!(records instanceof Uint8Array))
+      throw new TypeError(`pushFixed: records must be a Uint8Array, got ${records === null ? 'null' : typeof records}`);
     if (typeof recordSize !== 'number' || !Number.isInteger(recordSize) || recordSize < 1 || recordSize > this.maxPayloadBytes) {
-      throw new RangeError(`pushFixed: recordSize must be an integer in [1, ${this.maxPayloadBytes}] (maxPayloadBytes), got ${String(recordSize)}`);
+      throw new RangeError(
+        `pushFixed: recordSize must be an integer in [1, ${this.maxPayloadBytes}] (maxPayloadBytes), got ${String(recordSize)}`,
+      );
     }
     const n = hashes.length;
     if (records.length !== n * recordSize) {
-      throw new RangeError(`pushFixed: records has ${records.length} bytes, ${n} hashes × recordSize ${recordSize} needs ${n * recordSize}`);
+      throw new RangeError(
+        `pushFixed: records has ${records.length} bytes, ${n} hashes × recordSize ${recordSize} needs ${n * recordSize}`,
+      );
     }
     const core = this.#core;
     // per event: a 4-byte hash and the record; the records start 8-aligned after the hashes
@@ -276,12 +318,17 @@ export class ShardProducer {
 }
 
 /** pushBatch's arguments, either form, as (keys, payloads) of equal length; throws on bad shapes. */
-export function batchArguments(keysOrEvents: ArrayLike<EventKey> | ArrayLike<BatchEvent>, maybePayloads?: ArrayLike<EventPayload>): [ArrayLike<EventKey>, ArrayLike<EventPayload>] {
+export function batchArguments(
+  keysOrEvents: ArrayLike<EventKey> | ArrayLike<BatchEvent>,
+  maybePayloads?: ArrayLike<EventPayload>,
+): [ArrayLike<EventKey>, ArrayLike<EventPayload>] {
   let keys = keysOrEvents as ArrayLike<EventKey>;
   let payloads = maybePayloads as ArrayLike<EventPayload>;
   if (maybePayloads === undefined) [keys, payloads] = splitEvents(keysOrEvents as ArrayLike<BatchEvent>);
-  if (keys === null || typeof keys !== 'object' || typeof keys.length !== 'number') throw new TypeError('pushBatch: keys must be an array or a Uint32Array');
-  if (payloads === null || typeof payloads !== 'object' || typeof payloads.length !== 'number') throw new TypeError('pushBatch: payloads must be an array');
+  if (keys === null || typeof keys !== 'object' || typeof keys.length !== 'number')
+    throw new TypeError('pushBatch: keys must be an array or a Uint32Array');
+  if (payloads === null || typeof payloads !== 'object' || typeof payloads.length !== 'number')
+    throw new TypeError('pushBatch: payloads must be an array');
   if (payloads.length !== keys.length) throw new RangeError(`pushBatch: ${keys.length} keys but ${payloads.length} payloads`);
   return [keys, payloads];
 }
@@ -295,8 +342,10 @@ function splitEvents(events: ArrayLike<BatchEvent>): [EventKey[], EventPayload[]
   const payloads: EventPayload[] = new Array(events.length);
   for (let i = 0; i < events.length; i++) {
     const e = events[i] as unknown;
-    if (Array.isArray(e) && e.length === 2) { keys[i] = e[0]; payloads[i] = e[1]; }
-    else if (e !== null && typeof e === 'object' && 'payload' in e) {
+    if (Array.isArray(e) && e.length === 2) {
+      keys[i] = e[0];
+      payloads[i] = e[1];
+    } else if (e !== null && typeof e === 'object' && 'payload' in e) {
       const o = e as { key?: EventKey; hash?: EventKey; payload: EventPayload };
       keys[i] = (o.key ?? o.hash)!;
       payloads[i] = o.payload;
@@ -304,4 +353,3 @@ function splitEvents(events: ArrayLike<BatchEvent>): [EventKey[], EventPayload[]
   }
   return [keys, payloads];
 }
-

@@ -89,7 +89,10 @@ export function registerShardManagerMetrics(options: PrometheusOptions = {}): Sh
     const full = prefix + name;
     names.push(full);
     return new Gauge({
-      name: full, help, labelNames: [...constantNames, ...labelNames], registers: [registry],
+      name: full,
+      help,
+      labelNames: [...constantNames, ...labelNames],
+      registers: [registry],
       collect() {
         this.reset(); // shards come and go: drop series of removed shards
         if (manager) collect(this, manager);
@@ -98,11 +101,19 @@ export function registerShardManagerMetrics(options: PrometheusOptions = {}): Sh
   }
 
   /** A counter mirroring a monotonic total the manager keeps (set at every scrape). */
-  function mirror(name: string, help: string, labelNames: string[], collect: (set: (labels: Record<string, string>, v: number) => void, m: ObservedManager) => void): Counter<string> {
+  function mirror(
+    name: string,
+    help: string,
+    labelNames: string[],
+    collect: (set: (labels: Record<string, string>, v: number) => void, m: ObservedManager) => void,
+  ): Counter<string> {
     const full = prefix + name;
     names.push(full);
     return new Counter({
-      name: full, help, labelNames: [...constantNames, ...labelNames], registers: [registry],
+      name: full,
+      help,
+      labelNames: [...constantNames, ...labelNames],
+      registers: [registry],
       collect() {
         this.reset();
         if (manager) collect((labels, v) => this.inc(labelled(labels), v), manager);
@@ -125,13 +136,22 @@ export function registerShardManagerMetrics(options: PrometheusOptions = {}): Sh
   gauge('shard_ring_length', 'Records in the shard ring (accepted, not yet acknowledged).', ['shard'], (g, m) => {
     for (const s of m.stats().shards) g.set(labelled({ shard: String(s.id) }), s.length);
   });
-  gauge('shard_fill_ratio', 'Ring length / ring capacity, or payload bytes held / ring bytes when larger, at scrape time.', ['shard'], (g, m) => {
-    const bytes = m.ringBufferBytes;
-    for (const s of m.stats().shards) {
-      g.set(labelled({ shard: String(s.id) }), Math.max(s.length / m.ringCapacity, bytes ? (s.bytes ?? 0) / bytes : 0));
-    }
-  });
-  const windowGauge = (name: string, help: string, pick: (x: NonNullable<ReturnType<ObservedManager['mapper']['lastMetrics']>>) => number) =>
+  gauge(
+    'shard_fill_ratio',
+    'Ring length / ring capacity, or payload bytes held / ring bytes when larger, at scrape time.',
+    ['shard'],
+    (g, m) => {
+      const bytes = m.ringBufferBytes;
+      for (const s of m.stats().shards) {
+        g.set(labelled({ shard: String(s.id) }), Math.max(s.length / m.ringCapacity, bytes ? (s.bytes ?? 0) / bytes : 0));
+      }
+    },
+  );
+  const windowGauge = (
+    name: string,
+    help: string,
+    pick: (x: NonNullable<ReturnType<ObservedManager['mapper']['lastMetrics']>>) => number,
+  ) =>
     gauge(name, help, ['shard'], (g, m) => {
       for (const s of m.stats().shards) {
         const last = m.mapper.lastMetrics(s.id);
@@ -141,7 +161,9 @@ export function registerShardManagerMetrics(options: PrometheusOptions = {}): Sh
   windowGauge('shard_event_rate', 'Events recorded in the last metrics window.', (x) => x.eventRate);
   windowGauge('shard_avg_push_latency_ns', 'Average sampled push latency in the last metrics window (ns).', (x) => x.avgPushLatencyNs);
   windowGauge('shard_avg_flush_latency_us', 'Average consumer batch time in the last metrics window (µs).', (x) => x.avgFlushLatencyUs);
-  windowGauge('shard_weight', 'Routing weight at the last collection (lower is preferred).', (x) => (x.weight === Number.MAX_VALUE ? Infinity : x.weight));
+  windowGauge('shard_weight', 'Routing weight at the last collection (lower is preferred).', (x) =>
+    x.weight === Number.MAX_VALUE ? Infinity : x.weight,
+  );
   mirror('shard_pushed_total', 'Events accepted into this shard.', ['shard'], (set, m) => {
     for (const s of m.stats().shards) set({ shard: String(s.id) }, s.pushed);
   });
@@ -164,27 +186,55 @@ export function registerShardManagerMetrics(options: PrometheusOptions = {}): Sh
 
   // Totals since the manager was created (they never go down when shards are removed).
   mirror('events_pushed_total', 'Events accepted into a ring.', [], (set, m) => set({}, m.stats().pushed));
-  mirror('events_delivered_total', 'Events acknowledged by a consumer (or returned by poll).', [], (set, m) => set({}, m.stats().delivered));
+  mirror('events_delivered_total', 'Events acknowledged by a consumer (or returned by poll).', [], (set, m) =>
+    set({}, m.stats().delivered),
+  );
   mirror('events_unrouted_total', 'Pushes made while no shard was Active.', [], (set, m) => set({}, m.stats().unrouted));
-  mirror('events_dropped_total', 'Events dropped by backpressure, by reason; reason "refused" counts pushes failProducer refused (the caller kept them: not in stats().dropped).', ['reason'], (set, m) => {
-    const drops = m.stats().drops;
-    for (const reason of DROP_REASONS) set({ reason }, drops[reason] ?? 0);
-  });
+  mirror(
+    'events_dropped_total',
+    'Events dropped by backpressure, by reason; reason "refused" counts pushes failProducer refused (the caller kept them: not in stats().dropped).',
+    ['reason'],
+    (set, m) => {
+      const drops = m.stats().drops;
+      for (const reason of DROP_REASONS) set({ reason }, drops[reason] ?? 0);
+    },
+  );
   gauge('events_in_flight', 'Accepted events still in rings.', [], (g, m) => g.set(labelled({}), m.stats().inFlight));
   // Key order across moves (routing 'affinity'; zeros in the other modes).
-  gauge('key_order_waiting_slots', 'Table slots that moved to another shard and whose new events still wait for the old shard\'s consumer (routing affinity).', [], (g, m) => {
-    g.set(labelled({}), m.stats().keyOrder?.waitingSlots ?? 0);
-  });
-  gauge('key_order_oldest_wait_seconds', 'How long the slot waiting longest now has waited.', [], (g, m) => g.set(labelled({}), (m.stats().keyOrder?.oldestWaitMs ?? 0) / 1000));
-  gauge('key_order_longest_wait_seconds', 'The longest wait of a moved slot seen so far.', [], (g, m) => g.set(labelled({}), (m.stats().keyOrder?.longestWaitMs ?? 0) / 1000));
-  mirror('key_order_moved_slots_total', 'Table slots moved to another shard with a wait for the old shard\'s consumer.', [], (set, m) => set({}, m.stats().keyOrder?.movedSlots ?? 0));
-  gauge('shard_slots_moving', 'Per shard: moved slots still waiting for its consumer (direction out), or moved to it and waiting (in).', ['shard', 'direction'], (g, m) => {
-    for (const sh of m.stats().shards) {
-      g.set(labelled({ shard: String(sh.id), direction: 'out' }), sh.movingOut ?? 0);
-      g.set(labelled({ shard: String(sh.id), direction: 'in' }), sh.movingIn ?? 0);
-    }
-  });
-  mirror('records_skipped_total', 'Records a producer reserved and never wrote (its thread died inside a batch), skipped as padding.', [], (set, m) => set({}, m.stats().skipped));
+  gauge(
+    'key_order_waiting_slots',
+    "Table slots that moved to another shard and whose new events still wait for the old shard's consumer (routing affinity).",
+    [],
+    (g, m) => {
+      g.set(labelled({}), m.stats().keyOrder?.waitingSlots ?? 0);
+    },
+  );
+  gauge('key_order_oldest_wait_seconds', 'How long the slot waiting longest now has waited.', [], (g, m) =>
+    g.set(labelled({}), (m.stats().keyOrder?.oldestWaitMs ?? 0) / 1000),
+  );
+  gauge('key_order_longest_wait_seconds', 'The longest wait of a moved slot seen so far.', [], (g, m) =>
+    g.set(labelled({}), (m.stats().keyOrder?.longestWaitMs ?? 0) / 1000),
+  );
+  mirror('key_order_moved_slots_total', "Table slots moved to another shard with a wait for the old shard's consumer.", [], (set, m) =>
+    set({}, m.stats().keyOrder?.movedSlots ?? 0),
+  );
+  gauge(
+    'shard_slots_moving',
+    'Per shard: moved slots still waiting for its consumer (direction out), or moved to it and waiting (in).',
+    ['shard', 'direction'],
+    (g, m) => {
+      for (const sh of m.stats().shards) {
+        g.set(labelled({ shard: String(sh.id), direction: 'out' }), sh.movingOut ?? 0);
+        g.set(labelled({ shard: String(sh.id), direction: 'in' }), sh.movingIn ?? 0);
+      }
+    },
+  );
+  mirror(
+    'records_skipped_total',
+    'Records a producer reserved and never wrote (its thread died inside a batch), skipped as padding.',
+    [],
+    (set, m) => set({}, m.stats().skipped),
+  );
 
   // Counted as they happen.
   const decisions = counter('scaling_decisions_total', 'Scaling decisions other than none, by kind.', ['decision']);
@@ -192,7 +242,11 @@ export function registerShardManagerMetrics(options: PrometheusOptions = {}): Sh
   const transitions = counter('shard_transitions_total', 'Shard lifecycle transitions.', ['transition']);
   const consumerErrors = counter('consumer_errors_total', 'Consumer batches that threw (each is retried).', []);
   const consumerRestarts = counter('consumer_restarts_total', 'Consumer workers replaced after they exited.', []);
-  const rewound = counter('consumer_records_rewound_total', 'Records handed out again because their consumer thread died holding them.', []);
+  const rewound = counter(
+    'consumer_records_rewound_total',
+    'Records handed out again because their consumer thread died holding them.',
+    [],
+  );
   const tickErrors = counter('tick_errors_total', 'Passes of the scaling loop run by start() that threw.', []);
   for (const decision of ['scaleUp', 'scaleDown']) {
     decisions.inc(labelled({ decision }), 0);

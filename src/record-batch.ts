@@ -64,7 +64,16 @@ export class RecordBatch implements Iterable<Uint8Array> {
    * `u32` views the same memory as `u8`.
    * @internal
    */
-  fill(shardId: number, u8: Uint8Array, u32: Uint32Array, slotBase: number, ringCapacity: number, payloadBase: number, start: number, n: number): void {
+  fill(
+    shardId: number,
+    u8: Uint8Array,
+    u32: Uint32Array,
+    slotBase: number,
+    ringCapacity: number,
+    payloadBase: number,
+    start: number,
+    n: number,
+  ): void {
     if (this.offsets.length < n) {
       this.offsets = new Uint32Array(n);
       this.lengths = new Uint32Array(n);

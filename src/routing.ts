@@ -83,7 +83,10 @@ export function affinityHomes(ids: readonly number[], slots: number): Uint16Arra
     let bestId = -1;
     for (let k = 0; k < ids.length; k++) {
       const v = score(sk, keys[k]!);
-      if (beats(v, ids[k]!, best, bestId)) { best = v; bestId = ids[k]!; }
+      if (beats(v, ids[k]!, best, bestId)) {
+        best = v;
+        bestId = ids[k]!;
+      }
     }
     out[s] = bestId;
   }
@@ -162,18 +165,27 @@ export function slotCounts(shares: readonly number[], slots: number): number[] {
  * its owner while that owner is still wanted and under its count; the freed slots go to the
  * shards short of theirs, in slot order. `previous` may name shards that are gone.
  */
-export function reassignSlots(previous: Uint16Array | undefined, ids: readonly number[], counts: readonly number[], slots: number): Uint16Array {
+export function reassignSlots(
+  previous: Uint16Array | undefined,
+  ids: readonly number[],
+  counts: readonly number[],
+  slots: number,
+): Uint16Array {
   const out = new Uint16Array(slots);
   const index = idIndex;
-  ids.forEach((id, i) => { index[id] = i; });
+  ids.forEach((id, i) => {
+    index[id] = i;
+  });
   const kept = new Int32Array(ids.length);
   if (freeScratch.length < slots) freeScratch = new Int32Array(slots);
   const free = freeScratch;
   let freeCount = 0;
   for (let s = 0; s < slots; s++) {
     const i = previous ? index[previous[s]!]! : -1;
-    if (i >= 0 && kept[i]! < counts[i]!) { kept[i]!++; out[s] = ids[i]!; }
-    else free[freeCount++] = s;
+    if (i >= 0 && kept[i]! < counts[i]!) {
+      kept[i]!++;
+      out[s] = ids[i]!;
+    } else free[freeCount++] = s;
   }
   for (const id of ids) index[id] = -1;
   let f = 0;
@@ -205,7 +217,11 @@ export function waterFill(weights: readonly number[], caps: readonly number[]): 
     for (let i = 0; i < n; i++) {
       if (fixed[i]) continue;
       const want = (left * weights[i]!) / w;
-      if (want > caps[i]!) { out[i] = caps[i]!; fixed[i] = true; capped = true; }
+      if (want > caps[i]!) {
+        out[i] = caps[i]!;
+        fixed[i] = true;
+        capped = true;
+      }
     }
     if (!capped) {
       for (let i = 0; i < n; i++) if (!fixed[i]) out[i] = (left * weights[i]!) / w;
@@ -248,13 +264,19 @@ export class BalancedTable {
   }
 
   /** The current table (ids), or undefined before the first build or with no Active shard. */
-  get table(): Uint16Array | undefined { return this.#table; }
+  get table(): Uint16Array | undefined {
+    return this.#table;
+  }
 
   /** The slots the last build changed (empty: the table stands), or null: all of them. */
-  changedSlots(): readonly number[] | null { return this.#changed; }
+  changedSlots(): readonly number[] | null {
+    return this.#changed;
+  }
 
   /** The smoothed share of the hash space each shard was given by the last build. */
-  shares(): Map<number, number> { return new Map(this.#ids.map((id, i) => [id, this.#share[i]!])); }
+  shares(): Map<number, number> {
+    return new Map(this.#ids.map((id, i) => [id, this.#share[i]!]));
+  }
 
   /** Line the per-shard state up with `active` (cheap when the order is unchanged). */
   #align(active: readonly RoutedShard[]): void {
@@ -266,12 +288,20 @@ export class BalancedTable {
     const rate = new Float64Array(n).fill(Infinity);
     const owned: number[][] = active.map(() => []);
     const index = idIndex;
-    ids.forEach((id) => { index[id] = -1; });
-    active.forEach((s, i) => { index[s.id] = i; });
+    ids.forEach((id) => {
+      index[id] = -1;
+    });
+    active.forEach((s, i) => {
+      index[s.id] = i;
+    });
     ids.forEach((id, j) => {
       const i = index[id]!;
-      if (i >= 0) { share[i] = this.#share[j]!; len[i] = this.#len[j]!; rate[i] = this.#rate[j]!; owned[i] = this.#owned[j]!; }
-      else this.#orphans.push(...(this.#owned[j] ?? []));
+      if (i >= 0) {
+        share[i] = this.#share[j]!;
+        len[i] = this.#len[j]!;
+        rate[i] = this.#rate[j]!;
+        owned[i] = this.#owned[j]!;
+      } else this.#orphans.push(...(this.#owned[j] ?? []));
     });
     for (const s of active) index[s.id] = -1;
     this.#ids = active.map((s) => s.id);
@@ -338,7 +368,10 @@ export class BalancedTable {
     let keptSum = 0;
     for (let i = 0; i < n; i++) {
       const prev = share[i]!;
-      if (Number.isNaN(prev)) { newcomers += targets[i]!; continue; }
+      if (Number.isNaN(prev)) {
+        newcomers += targets[i]!;
+        continue;
+      }
       share[i] = fresh ? prev + BALANCED_SMOOTHING * (targets[i]! - prev) : prev;
       keptSum += share[i]!;
     }
@@ -366,7 +399,12 @@ export class BalancedTable {
       // First table: contiguous ranges in input order.
       const table = new Uint16Array(this.slots);
       let s = 0;
-      ids.forEach((id, i) => { for (let k = 0; k < counts[i]!; k++, s++) { table[s] = id; owned[i]!.push(s); } });
+      ids.forEach((id, i) => {
+        for (let k = 0; k < counts[i]!; k++, s++) {
+          table[s] = id;
+          owned[i]!.push(s);
+        }
+      });
       this.#orphans = [];
       this.#changed = null;
       return table;
@@ -380,7 +418,11 @@ export class BalancedTable {
     const changed = free.slice();
     for (let i = 0; i < ids.length; i++) {
       const mine = owned[i]!;
-      while (mine.length < counts[i]!) { const s = free.pop()!; table[s] = ids[i]!; mine.push(s); }
+      while (mine.length < counts[i]!) {
+        const s = free.pop()!;
+        table[s] = ids[i]!;
+        mine.push(s);
+      }
     }
     this.#orphans = free; // empty: the counts add up to the table
     this.#changed = changed;
@@ -460,16 +502,24 @@ export class AffinityTable {
   }
 
   /** The current table (ids), or undefined with no Active shard. */
-  get table(): Uint16Array | undefined { return this.#ids.length === 0 ? undefined : this.#route; }
+  get table(): Uint16Array | undefined {
+    return this.#ids.length === 0 ? undefined : this.#route;
+  }
 
   /** The home table (what routing would be with no shard overloaded). */
-  homes(): Uint16Array { return this.#homes.slice(); }
+  homes(): Uint16Array {
+    return this.#homes.slice();
+  }
 
   /** How many slots route away from their home. */
-  spilledSlots(): number { return this.#spilled; }
+  spilledSlots(): number {
+    return this.#spilled;
+  }
 
   /** The slots the last build changed (empty: the table stands), or null: all of them. */
-  changedSlots(): readonly number[] | null { return this.#changed; }
+  changedSlots(): readonly number[] | null {
+    return this.#changed;
+  }
 
   /**
    * Rebuild for these Active shards. Homes change only when the set of ids does (added ids
@@ -512,7 +562,10 @@ export class AffinityTable {
           let bestId = -1;
           for (let k = 0; k < next.length; k++) {
             const v = score(sk, keys[k]!);
-            if (beats(v, next[k]!, best, bestId)) { best = v; bestId = next[k]!; }
+            if (beats(v, next[k]!, best, bestId)) {
+              best = v;
+              bestId = next[k]!;
+            }
           }
           homes[s] = bestId;
           continue;
@@ -522,7 +575,10 @@ export class AffinityTable {
         let best = score(sk, idKey(owner));
         for (let k = 0; k < added.length; k++) {
           const v = score(sk, addedKeys[k]!);
-          if (beats(v, added[k]!, best, owner)) { best = v; owner = added[k]!; }
+          if (beats(v, added[k]!, best, owner)) {
+            best = v;
+            owner = added[k]!;
+          }
         }
         homes[s] = owner;
       }
@@ -538,9 +594,14 @@ export class AffinityTable {
     for (let s = 0; s < route.length; s++) {
       const home = homes[s]!;
       const host = prevRoute.length === slots ? prevRoute[s]! : home;
-      const keep = prevRoute.length === slots && oldHomes.length === slots && host !== oldHomes[s] && oldHomes[s] === home && nextSet.has(host);
+      const keep =
+        prevRoute.length === slots && oldHomes.length === slots && host !== oldHomes[s] && oldHomes[s] === home && nextSet.has(host);
       route[s] = keep ? host : home;
-      if (keep) { spilled++; away.push(s); this.#listed[s] = 1; }
+      if (keep) {
+        spilled++;
+        away.push(s);
+        this.#listed[s] = 1;
+      }
     }
     this.#away = away;
     this.#homes = homes;
@@ -549,7 +610,9 @@ export class AffinityTable {
     const old = new Map(this.#ids.map((id, k) => [id, this.#states[k]!]));
     this.#states = next.map((id) => old.get(id) ?? { key: idKey(id), lastFill: 0, hold: MIN_HOLD, returnedAt: -Infinity, over: false });
     for (const id of this.#ids) this.#index[id] = -1;
-    next.forEach((id, k) => { this.#index[id] = k; });
+    next.forEach((id, k) => {
+      this.#index[id] = k;
+    });
     this.#ids = next;
     const count = new Int32Array(next.length);
     for (let s = 0; s < route.length; s++) count[this.#index[route[s]!]!]!++;
@@ -574,7 +637,11 @@ export class AffinityTable {
     const consider = (k: number) => {
       if (!eligible(k)) return;
       const v = score(sk, states[k]!.key);
-      if (beats(v, ids[k]!, best, bestId)) { best = v; bestId = ids[k]!; bestK = k; }
+      if (beats(v, ids[k]!, best, bestId)) {
+        best = v;
+        bestId = ids[k]!;
+        bestK = k;
+      }
     };
     if (n > SPILL_PROBES * 2) {
       for (let j = 0; j < SPILL_PROBES; j++) consider(fmix32((sk + Math.imul(j + 1, 0x9e3779b9)) >>> 0) % n);
@@ -592,7 +659,11 @@ export class AffinityTable {
     const homes = this.#homes;
     const at = this.#index; // id → position in ids (dense arrays below)
     const states = this.#states;
-    if (this.#load.length !== n) { this.#load = new Float64Array(n); this.#fill = new Float64Array(n); this.#over = new Uint8Array(n); }
+    if (this.#load.length !== n) {
+      this.#load = new Float64Array(n);
+      this.#fill = new Float64Array(n);
+      this.#over = new Uint8Array(n);
+    }
     const load = this.#load;
     const count = this.#count;
     const fill = this.#fill;
@@ -636,7 +707,10 @@ export class AffinityTable {
     let overCount = 0;
     let minLoad = Infinity;
     for (let k = 0; k < n; k++) {
-      if (fillOver(k) || shareOver(k)) { over[k] = 1; overCount++; }
+      if (fillOver(k) || shareOver(k)) {
+        over[k] = 1;
+        overCount++;
+      }
       if (load[k]! < minLoad) minLoad = load[k]!;
     }
     // overloaded shard → the slots routed to it (one pass over the table for all of them)
@@ -646,7 +720,10 @@ export class AffinityTable {
       // the settle mark (slot loads are estimated as the shard's mean per slot).
       let shedding = 0;
       for (let k = 0; k < n; k++) {
-        if (over[k] && count[k]! > 1 && (total === 0 || minLoad + perSlot(k) <= settleAt)) { slotsOf[k] = []; shedding++; }
+        if (over[k] && count[k]! > 1 && (total === 0 || minLoad + perSlot(k) <= settleAt)) {
+          slotsOf[k] = [];
+          shedding++;
+        }
       }
       if (shedding > 0) for (let s = 0; s < slots; s++) slotsOf[at[route[s]!]!]?.push(s);
     }
@@ -662,8 +739,7 @@ export class AffinityTable {
       const st = states[k]!;
       // Overloaded again soon after getting slots back: it flapped, so they stay away longer.
       if (!st.over && this.#window - st.returnedAt <= st.hold) st.hold = Math.min(MAX_HOLD, st.hold * 2);
-      const canTake = (j: number) => j !== k && fill[j]! <= thr / 2 && !fillOver(j)
-        && (total === 0 || load[j]! + unit <= settleAt);
+      const canTake = (j: number) => j !== k && fill[j]! <= thr / 2 && !fillOver(j) && (total === 0 || load[j]! + unit <= settleAt);
       const mine = slotsOf[k];
       if (!mine) continue;
       mine.sort((a, b) => Number(homes[a] === id) - Number(homes[b] === id) || b - a); // guests first
@@ -671,8 +747,15 @@ export class AffinityTable {
         const s = mine[m]!;
         const to = this.#nextChoice(s, canTake);
         if (to < 0) break;
-        if (homes[s] === id) { this.#spilledAt[s] = this.#window; this.#spilledLoad[s] = unit; this.#spilled++; if (!this.#listed[s]) { this.#listed[s] = 1; this.#away.push(s); } }
-        else if (homes[s] === ids[to]) this.#spilled--;
+        if (homes[s] === id) {
+          this.#spilledAt[s] = this.#window;
+          this.#spilledLoad[s] = unit;
+          this.#spilled++;
+          if (!this.#listed[s]) {
+            this.#listed[s] = 1;
+            this.#away.push(s);
+          }
+        } else if (homes[s] === ids[to]) this.#spilled--;
         move(s, k, to, unit);
         want--;
       }
@@ -684,7 +767,10 @@ export class AffinityTable {
       for (const s of this.#away) {
         const home = at[homes[s]!]!;
         const host = at[route[s]!]!;
-        if (host === home) { this.#listed[s] = 0; continue; } // came home by another way
+        if (host === home) {
+          this.#listed[s] = 0;
+          continue;
+        } // came home by another way
         stillAway.push(s);
         const st = states[home]!;
         if (this.#window - this.#spilledAt[s]! < st.hold) continue;
@@ -753,8 +839,12 @@ export function createTableBuilder(mode: 'balanced' | 'affinity', options: Table
   }
   const table = new AffinityTable(slots, options.fillRatioThreshold, options.loadBound ?? DEFAULT_LOAD_BOUND);
   return {
-    mode, slots,
-    build: (active, fresh) => { table.build(active, fresh); return table.table; },
+    mode,
+    slots,
+    build: (active, fresh) => {
+      table.build(active, fresh);
+      return table.table;
+    },
     changedSlots: () => table.changedSlots(),
   };
 }

@@ -27,10 +27,16 @@ export class StallWatchdog {
     let now: number | undefined;
     for (const slot of slots) {
       const index = this.#abi.ringStalledAt(slot);
-      if (index < 0) { this.#seen.delete(slot); continue; }
+      if (index < 0) {
+        this.#seen.delete(slot);
+        continue;
+      }
       now ??= this.#clock();
       const seen = this.#seen.get(slot);
-      if (seen === undefined || seen.index !== index) { this.#seen.set(slot, { index, since: now }); continue; }
+      if (seen === undefined || seen.index !== index) {
+        this.#seen.set(slot, { index, since: now });
+        continue;
+      }
       if (now - seen.since < this.#stallMs) continue;
       const records = this.#abi.ringSkipStalled(slot, index);
       if (records > 0) skipped.push({ slot, records });

@@ -42,7 +42,8 @@ const nextWait = (wait: number, cap: number) => Math.min(cap, Math.max(1, wait *
 
 function checkOptions(method: string, options: WritableOptions | undefined): { highWaterMark: number; retryMs: number } {
   if (options === undefined) return { highWaterMark: DEFAULT_HIGH_WATER_MARK, retryMs: DEFAULT_RETRY_MS };
-  if (typeof options !== 'object' || options === null) throw new TypeError(`${method}: options must be an object, got ${describe(options)}`);
+  if (typeof options !== 'object' || options === null)
+    throw new TypeError(`${method}: options must be an object, got ${describe(options)}`);
   return {
     highWaterMark: checkInteger(`${method}: options.highWaterMark`, options.highWaterMark ?? DEFAULT_HIGH_WATER_MARK, 1, 0x3fffffff),
     retryMs: checkInteger(`${method}: options.retryMs`, options.retryMs ?? DEFAULT_RETRY_MS, 1, MAX_WAIT_MS),
@@ -139,7 +140,8 @@ export function createTargetWritable(target: PushTarget, options?: WritableOptio
 
 function targetWritable(target: PushTarget, highWaterMark: number): Writable {
   const WritableClass = nodeWritable();
-  if (!WritableClass) throw new Error('writable: Node streams (node:stream) are not available here; in a browser use manager.writableStream()');
+  if (!WritableClass)
+    throw new Error('writable: Node streams (node:stream) are not available here; in a browser use manager.writableStream()');
   let destroyed = false;
   return new WritableClass({
     objectMode: true,
@@ -156,7 +158,9 @@ function targetWritable(target: PushTarget, highWaterMark: number): Writable {
       // The ring is full: hold the callback, so the stream buffers what follows, write()
       // returns false at highWaterMark, and 'drain' fires once the ring took this one.
       pushWhenRoom(target, record, full, () => destroyed).then(
-        (pushed) => { if (pushed) done(); },
+        (pushed) => {
+          if (pushed) done();
+        },
         (error: Error) => done(error),
       );
     },
@@ -168,7 +172,11 @@ function targetWritable(target: PushTarget, highWaterMark: number): Writable {
 }
 
 /** A WHATWG WritableStream (see ShardManager.writableStream). */
-export function createWritableStream(manager: ShardManager, isClosed: () => boolean, options?: WritableOptions): WritableStream<ManagerRecord> {
+export function createWritableStream(
+  manager: ShardManager,
+  isClosed: () => boolean,
+  options?: WritableOptions,
+): WritableStream<ManagerRecord> {
   const { highWaterMark, retryMs } = checkOptions('writableStream', options);
   return targetWritableStream(managerTarget(manager, isClosed, retryMs), highWaterMark);
 }
@@ -180,21 +188,27 @@ export function createTargetWritableStream(target: PushTarget, options?: Writabl
 
 function targetWritableStream(target: PushTarget, highWaterMark: number): WritableStream<ManagerRecord> {
   let aborted = false;
-  return new WritableStream<ManagerRecord>({
-    async write(record) {
-      checkRecord('writableStream', record);
-      const full = tryPush(target, record);
-      if (full !== undefined) await pushWhenRoom(target, record, full, () => aborted);
+  return new WritableStream<ManagerRecord>(
+    {
+      async write(record) {
+        checkRecord('writableStream', record);
+        const full = tryPush(target, record);
+        if (full !== undefined) await pushWhenRoom(target, record, full, () => aborted);
+      },
+      abort() {
+        aborted = true;
+      },
     },
-    abort() {
-      aborted = true;
-    },
-  }, { highWaterMark, size: () => 1 });
+    { highWaterMark, size: () => 1 },
+  );
 }
 
 /** An async iterator over a shard's records (see ShardManager.batches). */
 export function shardBatches(
-  manager: ShardManager, shardId: number, isClosed: () => boolean, options?: BatchesOptions,
+  manager: ShardManager,
+  shardId: number,
+  isClosed: () => boolean,
+  options?: BatchesOptions,
 ): AsyncIterableIterator<Uint8Array[]> {
   manager.ringLength(shardId); // refuses a bad or unknown id now, not at the first next()
   if (manager.consumers().some((c) => c.shards.includes(shardId))) {

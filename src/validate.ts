@@ -22,9 +22,14 @@ export function checkBackpressure(mode: unknown): BackpressureMode {
   if (typeof mode !== 'object' || mode === null) throw invalid(`options.backpressure must be a BackpressureMode, got ${describe(mode)}`);
   const m = mode as { kind: unknown; rate?: unknown };
   switch (m.kind) {
-    case 'dropNewest': case 'dropOldest': case 'failProducer': return { kind: m.kind };
-    case 'sample': return { kind: 'sample', rate: checkInteger('options.backpressure.rate', m.rate, 1, 0xffffffff) };
-    default: throw invalid(`options.backpressure.kind must be dropNewest, dropOldest, failProducer or sample, got ${describe(m.kind)}`);
+    case 'dropNewest':
+    case 'dropOldest':
+    case 'failProducer':
+      return { kind: m.kind };
+    case 'sample':
+      return { kind: 'sample', rate: checkInteger('options.backpressure.rate', m.rate, 1, 0xffffffff) };
+    default:
+      throw invalid(`options.backpressure.kind must be dropNewest, dropOldest, failProducer or sample, got ${describe(m.kind)}`);
   }
 }
 
@@ -70,9 +75,8 @@ export function keyHash(key: EventKey, method: string, index = -1): number {
 
 const encoder = new TextEncoder();
 /** UTF-8 length of a string: Node's Buffer counts without encoding; elsewhere it is encoded. */
-const utf8Length: (text: string) => number = typeof Buffer === 'function'
-  ? (text) => Buffer.byteLength(text, 'utf8')
-  : (text) => encoder.encode(text).length;
+const utf8Length: (text: string) => number =
+  typeof Buffer === 'function' ? (text) => Buffer.byteLength(text, 'utf8') : (text) => encoder.encode(text).length;
 
 /** A payload's byte length (a string's as UTF-8), or the error push / pushBatch throw for it. */
 export function payloadBytes(payload: unknown, max: number, index: number): number {

@@ -40,10 +40,10 @@ function noteFallback(kind: MemoryKind): void {
   if (kind !== 'single' || fallbackWarned || sharedMemorySupported()) return;
   fallbackWarned = true;
   console.warn(
-    "shard-mapper: SharedArrayBuffer is unavailable (the page is not cross-origin isolated), so it fell back to " +
-    "single-thread mode (memory: 'single'): routing and scaling work on this thread, but worker consumers and " +
-    'producers cannot attach. Serve the page with Cross-Origin-Opener-Policy: same-origin and ' +
-    'Cross-Origin-Embedder-Policy: require-corp to share memory with Web Workers.',
+    'shard-mapper: SharedArrayBuffer is unavailable (the page is not cross-origin isolated), so it fell back to ' +
+      "single-thread mode (memory: 'single'): routing and scaling work on this thread, but worker consumers and " +
+      'producers cannot attach. Serve the page with Cross-Origin-Opener-Policy: same-origin and ' +
+      'Cross-Origin-Embedder-Policy: require-corp to share memory with Web Workers.',
   );
 }
 

@@ -27,9 +27,12 @@ export function serveConsumer(consume: ConsumerFunction): Promise<void>;
 export function serveConsumer(consume: BatchConsumerFunction, options: { batch: true }): Promise<void>;
 export function serveConsumer(consume: ConsumerFunction | BatchConsumerFunction, options?: ServeConsumerOptions): Promise<void>;
 export function serveConsumer(consume: ConsumerFunction | BatchConsumerFunction, options: ServeConsumerOptions = {}): Promise<void> {
-  if (typeof consume !== 'function') throw new TypeError('serveConsumer: consume must be a function (records, shardId) => void | Promise<void>');
+  if (typeof consume !== 'function')
+    throw new TypeError('serveConsumer: consume must be a function (records, shardId) => void | Promise<void>');
   if (typeof options !== 'object' || options === null || (options.batch !== undefined && typeof options.batch !== 'boolean')) {
-    throw new TypeError(`serveConsumer: options.batch must be a boolean, got ${typeof options === 'object' && options !== null ? typeof options.batch : String(options)}`);
+    throw new TypeError(
+      `serveConsumer: options.batch must be a boolean, got ${typeof options === 'object' && options !== null ? typeof options.batch : String(options)}`,
+    );
   }
   return runConsumer(() => consume, { batch: options.batch });
 }

@@ -10,9 +10,9 @@ export type RedisOption = string | Redis | Cluster;
 
 type ScriptName = keyof typeof SCRIPTS;
 /** A client with the package's scripts defined on it (and their `…Buffer` forms, whose replies keep bulk strings as Buffers). */
-export type ScriptedClient = RedisClient
-  & { [K in ScriptName]: (...args: (string | number)[]) => Promise<unknown> }
-  & { [K in ScriptName as `${K}Buffer`]: (...args: (string | number)[]) => Promise<unknown> };
+export type ScriptedClient = RedisClient & { [K in ScriptName]: (...args: (string | number)[]) => Promise<unknown> } & {
+  [K in ScriptName as `${K}Buffer`]: (...args: (string | number)[]) => Promise<unknown>;
+};
 
 export interface Connection {
   client: ScriptedClient;
@@ -74,7 +74,11 @@ const OWN_CLUSTER = {
 } as const;
 
 type AnyOptions = Record<string, unknown>;
-interface Overrides { standalone: AnyOptions; cluster: AnyOptions; node: AnyOptions }
+interface Overrides {
+  standalone: AnyOptions;
+  cluster: AnyOptions;
+  node: AnyOptions;
+}
 
 /** A new client of ours with `instance`'s addresses and credentials, our options on top. */
 function derive(instance: RedisClient, overrides: Overrides): RedisClient {
@@ -91,7 +95,8 @@ const OWN: Overrides = { standalone: OWN_CLIENT, cluster: OWN_CLUSTER, node: OWN
 
 export function checkRedisOption(value: unknown): void {
   if (value instanceof Redis || value instanceof Cluster) return;
-  if (typeof value !== 'string') throw invalid(`options.redis must be a redis:// URL or an ioredis Redis / Cluster instance, got ${describe(value)}`);
+  if (typeof value !== 'string')
+    throw invalid(`options.redis must be a redis:// URL or an ioredis Redis / Cluster instance, got ${describe(value)}`);
   let url: URL;
   try {
     url = new URL(value);
@@ -120,7 +125,9 @@ export function redactUrl(text: string): string {
       if (url.username) url.username = MASK;
       if (url.password) url.password = MASK;
       return url.toString();
-    } catch { /* masked below */ }
+    } catch {
+      /* masked below */
+    }
   }
   // Not a URL, or no `//` (then `user:password@host` parses with "user:" as the scheme).
   const from = scheme >= 0 && scheme < at ? scheme + 3 : 0;
@@ -161,7 +168,9 @@ export async function connect(option: RedisOption, what: string): Promise<Connec
   const where = typeof option === 'string' ? redactUrl(option) : cluster ? 'the given Redis Cluster' : 'the given Redis client';
   const client = typeof option === 'string' ? new Redis(option, OWN_CLIENT as never) : derive(option, OWN);
   let cause = '';
-  const onError = (e: Error) => { cause = e.message; }; // ioredis rejects with "Connection is closed"; the cause comes here
+  const onError = (e: Error) => {
+    cause = e.message;
+  }; // ioredis rejects with "Connection is closed"; the cause comes here
   client.on('error', onError);
   try {
     await client.connect();
@@ -170,14 +179,18 @@ export async function connect(option: RedisOption, what: string): Promise<Connec
     client.disconnect();
     const raw = (error as Error).message;
     const message = cause && cause !== raw ? `${cause} (${raw})` : raw;
-    const hint = /WRONGPASS|NOAUTH|invalid password|AUTH/i.test(message) ? ' (authentication refused: check the user and password in the URL)' : '';
+    const hint = /WRONGPASS|NOAUTH|invalid password|AUTH/i.test(message)
+      ? ' (authentication refused: check the user and password in the URL)'
+      : '';
     if (typeof option !== 'string') {
       throw new Error(`shard-mapper/redis: ${what}: cannot connect with the options of ${where}: ${redactCredentials(message)}${hint}`);
     }
     throw new Error(`shard-mapper/redis: ${what}: cannot use Redis at ${where}: ${redactCredentials(message)}${hint}`);
   }
   client.off('error', onError);
-  client.on('error', () => { /* reported through the failing commands; ioredis reconnects */ });
+  client.on('error', () => {
+    /* reported through the failing commands; ioredis reconnects */
+  });
   return { client: defineScripts(client), owned: true, cluster, where };
 }
 
@@ -189,7 +202,9 @@ export function subscriber(conn: Connection): RedisClient {
     cluster: { enableOfflineQueue: true, lazyConnect: false },
     node: { maxRetriesPerRequest: null },
   });
-  sub.on('error', () => { /* reconnects and resubscribes by itself */ });
+  sub.on('error', () => {
+    /* reconnects and resubscribes by itself */
+  });
   return sub;
 }
 
@@ -205,8 +220,14 @@ export type Reply = [Error | null, unknown];
 export async function sendAll(client: RedisClient, commands: Command[], buffers = false): Promise<Reply[]> {
   if (commands.length === 0) return [];
   if (client instanceof Cluster) {
-    return Promise.all(commands.map(([name, ...args]) =>
-      (buffers ? client.callBuffer(name, ...args) : client.call(name, ...args)).then((r): Reply => [null, r], (e: Error): Reply => [e, null])));
+    return Promise.all(
+      commands.map(([name, ...args]) =>
+        (buffers ? client.callBuffer(name, ...args) : client.call(name, ...args)).then(
+          (r): Reply => [null, r],
+          (e: Error): Reply => [e, null],
+        ),
+      ),
+    );
   }
   const pipeline = client.pipeline();
   for (const [name, ...args] of commands) {

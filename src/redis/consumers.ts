@@ -136,11 +136,14 @@ export async function serveShardConsumers(options: ServeShardConsumersOptions): 
   const idleMs = checkInteger('options.idleMs', options.idleMs ?? 20, 1, 60_000);
   const name = options.name ?? `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
   if (typeof name !== 'string' || name.length === 0) throw invalid(`options.name must be a non-empty string, got ${describe(name)}`);
-  if (options.onError !== undefined && typeof options.onError !== 'function') throw invalid(`options.onError must be a function, got ${describe(options.onError)}`);
+  if (options.onError !== undefined && typeof options.onError !== 'function')
+    throw invalid(`options.onError must be a function, got ${describe(options.onError)}`);
   const dedup = options.dedup ?? true;
   if (typeof dedup !== 'boolean') throw invalid(`options.dedup must be a boolean, got ${describe(dedup)}`);
-  const maxDeliveries = options.maxDeliveries === undefined || options.maxDeliveries === Infinity
-    ? Infinity : checkInteger('options.maxDeliveries', options.maxDeliveries, 1, 1_000_000_000);
+  const maxDeliveries =
+    options.maxDeliveries === undefined || options.maxDeliveries === Infinity
+      ? Infinity
+      : checkInteger('options.maxDeliveries', options.maxDeliveries, 1, 1_000_000_000);
   const keys = keysFor(ns);
   const conn = await connect(options.redis, `consumers of namespace "${ns}"`);
   try {
@@ -149,7 +152,18 @@ export async function serveShardConsumers(options: ServeShardConsumersOptions): 
     await closeConnection(conn);
     throw new Error(`shard-mapper/redis: serveShardConsumers: ${(error as Error).message.replace(/^shard-mapper\/redis: /, '')}`);
   }
-  const runner = new ConsumerRunner({ conn, keys, name, consume: options.consume, onError: options.onError, batch: batchSize, leaseMs, idleMs, dedup, maxDeliveries });
+  const runner = new ConsumerRunner({
+    conn,
+    keys,
+    name,
+    consume: options.consume,
+    onError: options.onError,
+    batch: batchSize,
+    leaseMs,
+    idleMs,
+    dedup,
+    maxDeliveries,
+  });
   runner.start();
   return runner;
 }
@@ -201,7 +215,11 @@ class ConsumerRunner implements ShardConsumers {
   #report(error: unknown, shardId: number): void {
     const e = error instanceof Error ? error : new Error(String(error));
     if (this.#parts.onError) {
-      try { this.#parts.onError(e, shardId); } catch { /* the handler's own failure changes nothing */ }
+      try {
+        this.#parts.onError(e, shardId);
+      } catch {
+        /* the handler's own failure changes nothing */
+      }
     }
   }
 
@@ -244,7 +262,12 @@ class ConsumerRunner implements ShardConsumers {
     }
     if (!this.#waitReported) {
       this.#waitReported = true;
-      this.#report(new Error(`shard-mapper/redis: consumers of namespace "${this.#keys.ns}" wait for the namespace: no node has created its shard table (${this.#keys.table}) yet`), -1);
+      this.#report(
+        new Error(
+          `shard-mapper/redis: consumers of namespace "${this.#keys.ns}" wait for the namespace: no node has created its shard table (${this.#keys.table}) yet`,
+        ),
+        -1,
+      );
     }
     return [];
   }
@@ -279,7 +302,17 @@ class ConsumerRunner implements ShardConsumers {
       if (this.#held.has(id)) continue;
       const before = performance.now();
       if ((await client.set(keys.owner(id), this.name, 'PX', leaseMs, 'NX')) === 'OK') {
-        this.#held.set(id, { renewedAt: before, claim: true, history: true, queue: [], marks: undefined, unacked: undefined, lastError: '', failures: 0, retryAt: 0 });
+        this.#held.set(id, {
+          renewedAt: before,
+          claim: true,
+          history: true,
+          queue: [],
+          marks: undefined,
+          unacked: undefined,
+          lastError: '',
+          failures: 0,
+          retryAt: 0,
+        });
       }
     }
   }
@@ -331,7 +364,17 @@ class ConsumerRunner implements ShardConsumers {
       await client.call('XGROUP', 'CREATECONSUMER', stream, GROUP, this.name);
       let cursor = '0-0';
       do {
-        const reply = (await client.callBuffer('XAUTOCLAIM', stream, GROUP, this.name, '0', cursor, 'COUNT', String(Math.max(100, batch)), 'JUSTID')) as [Buffer, unknown];
+        const reply = (await client.callBuffer(
+          'XAUTOCLAIM',
+          stream,
+          GROUP,
+          this.name,
+          '0',
+          cursor,
+          'COUNT',
+          String(Math.max(100, batch)),
+          'JUSTID',
+        )) as [Buffer, unknown];
         cursor = reply[0].toString();
       } while (cursor !== '0-0');
       await this.#forgetIdleConsumers(stream);
@@ -350,12 +393,16 @@ class ConsumerRunner implements ShardConsumers {
       }
       held.queue = read;
       if (held.queue.length === 0) {
-        if (held.history) { held.history = false; return true; }
+        if (held.history) {
+          held.history = false;
+          return true;
+        }
         return false;
       }
     }
     // The oldest entries of one kind: deleted while pending, undecodable, delivered too often, or frames.
-    const kindOf = (e: ReadEntry) => (e.decoded.kind !== 'frame' ? e.decoded.kind : e.deliveries > this.#parts.maxDeliveries ? 'maxDeliveries' : 'frame');
+    const kindOf = (e: ReadEntry) =>
+      e.decoded.kind !== 'frame' ? e.decoded.kind : e.deliveries > this.#parts.maxDeliveries ? 'maxDeliveries' : 'frame';
     const kind = kindOf(held.queue[0]!);
     let n = 1;
     while (n < held.queue.length && kindOf(held.queue[n]!) === kind) n++;
@@ -373,12 +420,27 @@ class ConsumerRunner implements ShardConsumers {
   async #read(id: number, history: boolean): Promise<ReadEntry[] | undefined> {
     const client = this.#conn.client;
     const stream = this.#keys.stream(id);
-    const reply = (await client.smReadBuffer(stream, this.#keys.owner(id), GROUP, this.name, String(this.#parts.batch), history ? '0' : '>')) as [Buffer, unknown][] | null | number;
+    const reply = (await client.smReadBuffer(
+      stream,
+      this.#keys.owner(id),
+      GROUP,
+      this.name,
+      String(this.#parts.batch),
+      history ? '0' : '>',
+    )) as [Buffer, unknown][] | null | number;
     if (typeof reply === 'number') return undefined;
     const entries = reply?.[0] ? readEntries(reply[0][1]) : [];
     // A new entry was delivered once; a pending one maybe many times (only asked when it matters).
     if (history && entries.length > 0 && Number.isFinite(this.#parts.maxDeliveries)) {
-      const pending = (await client.call('XPENDING', stream, GROUP, entries[0]!.id, entries[entries.length - 1]!.id, String(entries.length), this.name)) as [string, string, number, number][];
+      const pending = (await client.call(
+        'XPENDING',
+        stream,
+        GROUP,
+        entries[0]!.id,
+        entries[entries.length - 1]!.id,
+        String(entries.length),
+        this.name,
+      )) as [string, string, number, number][];
       const counts = new Map(pending.map((p) => [String(p[0]), Number(p[3])] as const));
       for (const e of entries) e.deliveries = counts.get(e.id) ?? e.deliveries;
     }
@@ -395,7 +457,8 @@ class ConsumerRunner implements ShardConsumers {
       const d = entry.decoded;
       if (d.kind !== 'frame') continue;
       const n = d.records.length;
-      if (!marks || n === 0 || !isAcknowledged(marks, d.node, d.frame, 0)) parts.push(d.records); // the usual case: a new frame, whole
+      if (!marks || n === 0 || !isAcknowledged(marks, d.node, d.frame, 0))
+        parts.push(d.records); // the usual case: a new frame, whole
       else {
         const fresh = d.records.filter((r) => !isAcknowledged(marks, r.node, r.frame, r.index));
         repeats += n - fresh.length;
@@ -428,9 +491,14 @@ class ConsumerRunner implements ShardConsumers {
    *  if the acknowledgement is lost with the process; never none). */
   async #deadLetter(id: number, held: Held, run: ReadEntry[], reason: DeadReason): Promise<boolean> {
     const key = this.#keys.deadLetters;
-    const why = (e: ReadEntry) => (e.decoded.kind === 'undecodable' ? e.decoded.error
-      : `delivered ${e.deliveries} times (maxDeliveries ${this.#parts.maxDeliveries}) without being acknowledged; last error: ${held.lastError || 'none seen by this consumer'}`);
-    const replies = await sendAll(this.#conn.client, run.map((e) => deadLetterCommand(key, id, e, reason, why(e))));
+    const why = (e: ReadEntry) =>
+      e.decoded.kind === 'undecodable'
+        ? e.decoded.error
+        : `delivered ${e.deliveries} times (maxDeliveries ${this.#parts.maxDeliveries}) without being acknowledged; last error: ${held.lastError || 'none seen by this consumer'}`;
+    const replies = await sendAll(
+      this.#conn.client,
+      run.map((e) => deadLetterCommand(key, id, e, reason, why(e))),
+    );
     for (const [error] of replies) if (error) throw error;
     const marks = held.marks ? new Map(held.marks) : undefined;
     for (const e of run) {
@@ -442,12 +510,22 @@ class ConsumerRunner implements ShardConsumers {
     }
     await this.#commit(id, held, this.#commitOf(run, '', 0, 0, run.length, marks));
     for (const e of run) {
-      this.#report(new Error(`shard-mapper/redis: shard ${id}: stream entry ${e.id} moved to the dead-letter stream ${key}: ${why(e)}`), id);
+      this.#report(
+        new Error(`shard-mapper/redis: shard ${id}: stream entry ${e.id} moved to the dead-letter stream ${key}: ${why(e)}`),
+        id,
+      );
     }
     return true;
   }
 
-  #commitOf(run: ReadEntry[], batchUs: string, consumed: number, repeats: number, deadLettered: number, marks: Map<string, AckedPosition> | undefined): Commit {
+  #commitOf(
+    run: ReadEntry[],
+    batchUs: string,
+    consumed: number,
+    repeats: number,
+    deadLettered: number,
+    marks: Map<string, AckedPosition> | undefined,
+  ): Commit {
     const entries = run.map((e): CommitEntry => {
       const d = e.decoded;
       if (d.kind === 'frame') return [e.id, d.node, String(d.frame), String(d.records.length)];
@@ -504,7 +582,9 @@ class ConsumerRunner implements ShardConsumers {
       try {
         for (const id of this.#held.keys()) await client.smRelease(this.#keys.owner(id), this.name);
         await client.zrem(this.#keys.consumers, this.name);
-      } catch { /* leases expire by themselves */ }
+      } catch {
+        /* leases expire by themselves */
+      }
       this.#held.clear();
       await closeConnection(this.#conn);
     })();
@@ -514,5 +594,8 @@ class ConsumerRunner implements ShardConsumers {
 
 /** Every shard in the table has a stream that may hold entries (draining and stopped ones too). */
 function servedShards(doc: TableDoc): number[] {
-  return doc.shards.filter((s) => s.state !== 'provisioning').map((s) => s.id).sort((a, b) => a - b);
+  return doc.shards
+    .filter((s) => s.state !== 'provisioning')
+    .map((s) => s.id)
+    .sort((a, b) => a - b);
 }

@@ -21,8 +21,18 @@ import { sendAll, type Command, type Connection, type Reply } from './connection
 import type { OperatorAnswer, OperatorRequest } from './operator.js';
 import { PROGRESS, PROGRESS_RETAIN_MS } from './progress.js';
 import {
-  activeIds, compareHeads, explainTableError, isAhead, newEpoch, readTable, readTableIfCreated, RouteBuilder, writeTable,
-  type AnsweredRequest, type Table, type TableDoc,
+  activeIds,
+  compareHeads,
+  explainTableError,
+  isAhead,
+  newEpoch,
+  readTable,
+  readTableIfCreated,
+  RouteBuilder,
+  writeTable,
+  type AnsweredRequest,
+  type Table,
+  type TableDoc,
 } from './table.js';
 
 /** What only the distributed mode reports (options.onRedisEvent): the controller lease
@@ -73,7 +83,11 @@ interface StoredClocks {
 }
 
 /** What live nodes reported after Redis lost data ({ns}:floor). */
-interface Floor { nextId: number; needGen: number; node: number }
+interface Floor {
+  nextId: number;
+  needGen: number;
+  node: number;
+}
 
 const clone = (doc: TableDoc): TableDoc => JSON.parse(JSON.stringify(doc)) as TableDoc;
 
@@ -103,14 +117,20 @@ function streamInfo(reply: Reply): { length: number; lastId: string } {
 /** Streams and their consumer group of a namespace being created (no lease yet: the node
  *  that created the table makes them before anything can route to them). */
 export async function createGroups(conn: Connection, keys: Keys, ids: number[]): Promise<void> {
-  const replies = await sendAll(conn.client, ids.map((id) => ['xgroup', 'CREATE', keys.stream(id), GROUP, '0', 'MKSTREAM']));
+  const replies = await sendAll(
+    conn.client,
+    ids.map((id) => ['xgroup', 'CREATE', keys.stream(id), GROUP, '0', 'MKSTREAM']),
+  );
   for (const [error] of replies) if (error && !/BUSYGROUP/.test(error.message)) throw error;
 }
 
 /** A new shard would need an id past MAX_SHARD_ID (65535 is the route's "no shard"). */
 function checkIdRoom(doc: TableDoc, count: number, method: string): void {
   if (doc.nextId + count - 1 > MAX_SHARD_ID) {
-    throw new ScalingError('AtMaxShards', `${method}: cannot add ${count} shard(s): ids would pass ${MAX_SHARD_ID} (next id ${doc.nextId}; shard ids are never reused in a namespace, 65535 means "no shard")`);
+    throw new ScalingError(
+      'AtMaxShards',
+      `${method}: cannot add ${count} shard(s): ids would pass ${MAX_SHARD_ID} (next id ${doc.nextId}; shard ids are never reused in a namespace, 65535 means "no shard")`,
+    );
   }
 }
 
@@ -181,7 +201,9 @@ export class Controller {
     this.#leader = false;
     try {
       await this.#host.conn.client.smRelease(this.#host.keys.lease, this.#token);
-    } catch { /* it expires by itself */ }
+    } catch {
+      /* it expires by itself */
+    }
   }
 
   #lose(): void {
@@ -214,11 +236,17 @@ export class Controller {
   #buildMapper(doc: TableDoc, stored: StoredClocks | undefined): ShardMapper {
     const ids = activeIds(doc);
     const mapper = new ShardMapper(ids.length, doc.shardCapacity, doc.policy, {
-      clock: this.#host.clock, memory: 'single', routing: doc.routing, loadBound: doc.loadBound,
+      clock: this.#host.clock,
+      memory: 'single',
+      routing: doc.routing,
+      loadBound: doc.loadBound,
     } as ConstructorParameters<typeof ShardMapper>[3]);
     this.#toLocal.clear();
     this.#toShard.clear();
-    ids.forEach((id, local) => { this.#toLocal.set(id, local); this.#toShard.set(local, id); });
+    ids.forEach((id, local) => {
+      this.#toLocal.set(id, local);
+      this.#toShard.set(local, id);
+    });
     this.#mapper = mapper;
     if (stored) mapper[DECISION_CLOCKS](this.#clocksFromRedis(stored));
     this.#clocksWritten = this.#localClocksKey();
@@ -244,7 +272,8 @@ export class Controller {
 
   #clocksForRedis(): string {
     const c = this.#mapper![DECISION_CLOCKS]();
-    const toRedis = (v: number | undefined) => (v === undefined || !Number.isFinite(v) ? null : Math.round(this.#base.redis - (this.#base.local - v)));
+    const toRedis = (v: number | undefined) =>
+      v === undefined || !Number.isFinite(v) ? null : Math.round(this.#base.redis - (this.#base.local - v));
     const out: StoredClocks = { scaledAt: toRedis(c.lastScalingAt), shards: {} };
     for (const [local, v] of c.shards) {
       const id = this.#toShard.get(local);
@@ -256,7 +285,10 @@ export class Controller {
   /** The clocks in local readings (changes only when a stamp changes, unlike the Redis form). */
   #localClocksKey(): string {
     const c = this.#mapper![DECISION_CLOCKS]();
-    return JSON.stringify([c.lastScalingAt, [...c.shards].map(([local, v]) => [this.#toShard.get(local), v.activatedAt, v.idleSince ?? null])]);
+    return JSON.stringify([
+      c.lastScalingAt,
+      [...c.shards].map(([local, v]) => [this.#toShard.get(local), v.activatedAt, v.idleSince ?? null]),
+    ]);
   }
 
   /** Redis's clock and the stored clocks, read together with clock(). */
@@ -317,7 +349,10 @@ export class Controller {
       const made = (await client.smEnsureStreams(...args)) as unknown[];
       return made.map(Number);
     }
-    const exists = await sendAll(client, ids.map((id) => ['exists', keys.stream(id)]));
+    const exists = await sendAll(
+      client,
+      ids.map((id) => ['exists', keys.stream(id)]),
+    );
     const made: number[] = [];
     const missing: number[] = [];
     for (const [i, [error, n]] of exists.entries()) {
@@ -353,12 +388,20 @@ export class Controller {
   /** New shards for local ids the mapper just provisioned: ids from the table's counter,
    *  provisioning written (with the answer to `request`, if any), streams and groups
    *  created, then active (routable). */
-  async #grow(table: Table, locals: number[], windows: ReadonlyMap<number, ShardMetrics | undefined>, request?: (ids: number[]) => AnsweredRequest): Promise<Table> {
+  async #grow(
+    table: Table,
+    locals: number[],
+    windows: ReadonlyMap<number, ShardMetrics | undefined>,
+    request?: (ids: number[]) => AnsweredRequest,
+  ): Promise<Table> {
     const doc = clone(table.doc);
     const ids = locals.map((_, i) => doc.nextId + i);
     doc.nextId += ids.length;
     for (const id of ids) doc.shards.push({ id, state: 'provisioning' });
-    locals.forEach((local, i) => { this.#toLocal.set(ids[i]!, local); this.#toShard.set(local, ids[i]!); });
+    locals.forEach((local, i) => {
+      this.#toLocal.set(ids[i]!, local);
+      this.#toShard.set(local, ids[i]!);
+    });
     table = await this.#write(table, doc, request?.(ids));
     for (const id of ids) this.#emit('shardProvisioned', id);
     for (const local of locals) this.#mapper!.activate(local); // its warm-up starts with the write below
@@ -367,7 +410,13 @@ export class Controller {
   }
 
   /** Shards the local mapper just drained: out of the route, draining in the table, watched. */
-  async #drainLocals(table: Table, locals: number[], windows: ReadonlyMap<number, ShardMetrics | undefined>, now: number, request?: (ids: number[]) => AnsweredRequest): Promise<Table> {
+  async #drainLocals(
+    table: Table,
+    locals: number[],
+    windows: ReadonlyMap<number, ShardMetrics | undefined>,
+    now: number,
+    request?: (ids: number[]) => AnsweredRequest,
+  ): Promise<Table> {
     const ids = locals.map((l) => this.#toShard.get(l)!);
     const doc = clone(table.doc);
     for (const s of doc.shards) if (ids.includes(s.id)) s.state = 'draining';
@@ -394,7 +443,12 @@ export class Controller {
    * step: a controller that dies at any point leaves it either queued (the next one runs it)
    * or answered, never both, and a request its caller withdrew cannot act (SMWITHDRAWN).
    */
-  async #operatorRequests(table: Table, mapper: ShardMapper, windows: ReadonlyMap<number, ShardMetrics | undefined>, now: number): Promise<Table> {
+  async #operatorRequests(
+    table: Table,
+    mapper: ShardMapper,
+    windows: ReadonlyMap<number, ShardMetrics | undefined>,
+    now: number,
+  ): Promise<Table> {
     const { conn, keys } = this.#host;
     const raws = (await conn.client.lrange(keys.ops, -REQUESTS_PER_WINDOW, -1)).reverse(); // LPUSH: oldest last
     for (const raw of raws) {
@@ -415,7 +469,8 @@ export class Controller {
         } else if (request.op === 'scaleDown') {
           const active = mapper.activeShardCount();
           const min = mapper.policy().minShards;
-          if (active - request.n < min) throw new ScalingError('AtMinShards', `manualScaleDown: ${active} active - ${request.n} would go below minShards ${min}`);
+          if (active - request.n < min)
+            throw new ScalingError('AtMinShards', `manualScaleDown: ${active} active - ${request.n} would go below minShards ${min}`);
           const locals = mapper.leastLoadedIds(request.n);
           for (const local of locals) mapper.drainSpecific(local);
           table = await this.#drainLocals(table, locals, windows, now, success);
@@ -467,21 +522,35 @@ export class Controller {
     const doc = clone(base.doc);
     doc.shards = doc.shards.filter((s) => s.state === 'active' || s.state === 'draining');
     const have = new Set(doc.shards.map((s) => s.id));
-    for (const s of current?.doc.shards ?? []) if (!have.has(s.id) && s.state !== 'stopped') doc.shards.push({ id: s.id, state: 'draining' });
+    for (const s of current?.doc.shards ?? [])
+      if (!have.has(s.id) && s.state !== 'stopped') doc.shards.push({ id: s.id, state: 'draining' });
     const maxId = Math.max(-1, ...doc.shards.map((s) => s.id));
     doc.nextId = Math.max(known.doc.nextId, current?.doc.nextId ?? 0, floor.nextId, maxId + 1);
     doc.route = new RouteBuilder(doc).build(activeIds(doc), new Map(), false);
     const gen = Math.max(known.gen + 1, (current?.gen ?? 0) + 1, floor.needGen);
     const epoch = newEpoch();
     try {
-      await conn.client.smRecoverTable(keys.lease, keys.table, keys.floor, this.#token, String(gen), epoch, JSON.stringify(doc), TABLE_FORMAT, keys.changes);
+      await conn.client.smRecoverTable(
+        keys.lease,
+        keys.table,
+        keys.floor,
+        this.#token,
+        String(gen),
+        epoch,
+        JSON.stringify(doc),
+        TABLE_FORMAT,
+        keys.changes,
+      );
     } catch (error) {
       throw explainTableError(error as Error, keys);
     }
     const table: Table = { version: 1, gen, epoch, doc, nodes: Math.max(floor.node, current?.nodes ?? 0) };
     this.#reset(true);
     this.#host.emit({
-      type: 'redisDataLoss', stage: 'recovered', generation: gen, at: clock(),
+      type: 'redisDataLoss',
+      stage: 'recovered',
+      generation: gen,
+      at: clock(),
       detail: `${why}; the controller wrote generation ${gen} of the table: shards ${activeIds(doc).join(', ') || 'none'} active, next shard id ${doc.nextId}`,
     });
     this.#host.applyTable(table);
@@ -496,10 +565,18 @@ export class Controller {
     if (!table) return this.#recover(undefined, floor, 'the shard table was missing from Redis');
     const known = this.#host.knownTable();
     if (compareHeads(known, table) === 'lost') {
-      return this.#recover(table, floor, `Redis holds table generation ${table.gen} version ${table.version} (epoch ${table.epoch}); this node followed generation ${known.gen} version ${known.version} (epoch ${known.epoch})`);
+      return this.#recover(
+        table,
+        floor,
+        `Redis holds table generation ${table.gen} version ${table.version} (epoch ${table.epoch}); this node followed generation ${known.gen} version ${known.version} (epoch ${known.epoch})`,
+      );
     }
     if (floor.needGen > table.gen || floor.nextId > table.doc.nextId) {
-      return this.#recover(table, floor, `live nodes followed a table Redis no longer has (they knew shard ids up to ${floor.nextId - 1}, the table's next id is ${table.doc.nextId})`);
+      return this.#recover(
+        table,
+        floor,
+        `live nodes followed a table Redis no longer has (they knew shard ids up to ${floor.nextId - 1}, the table's next id is ${table.doc.nextId})`,
+      );
     }
     return table;
   }
@@ -528,15 +605,20 @@ export class Controller {
       table = await this.#activate(table, leftover, new Map());
       mapper = this.#buildMapper(table.doc, stored);
       const now = clock();
-      mapper[DECISION_CLOCKS]({ lastScalingAt: mapper[DECISION_CLOCKS]().lastScalingAt, shards: new Map(leftover.map((id) => [this.#toLocal.get(id)!, { activatedAt: now, idleSince: undefined }])) });
+      mapper[DECISION_CLOCKS]({
+        lastScalingAt: mapper[DECISION_CLOCKS]().lastScalingAt,
+        shards: new Map(leftover.map((id) => [this.#toLocal.get(id)!, { activatedAt: now, idleSince: undefined }])),
+      });
     }
 
     // Metrics from Redis into the local collectors.
     // Acknowledged events and batch times live in each shard's progress hash, written by the
     // consumers' acknowledging script itself (progress.ts).
     const shardIds = [...this.#toLocal.keys()];
-    const [storedR, ...progressR] = await sendAll(client, [['hgetall', keys.stored],
-      ...shardIds.map((id): Command => ['hmget', keys.progress(id), PROGRESS.acked, PROGRESS.batches, PROGRESS.us])]);
+    const [storedR, ...progressR] = await sendAll(client, [
+      ['hgetall', keys.stored],
+      ...shardIds.map((id): Command => ['hmget', keys.progress(id), PROGRESS.acked, PROGRESS.batches, PROGRESS.us]),
+    ]);
     for (const [error] of [storedR!, ...progressR]) if (error) throw error;
     const storedCounts = hashToMap(storedR![1]);
     const acked = new Map<string, number>();
@@ -595,14 +677,23 @@ export class Controller {
     // Draining → Stopped once the stream holds no unacknowledged entry and nothing was
     // appended for drainGraceMs; Stopped → removed once deleting finds it still quiet.
     const settling = table.doc.shards.filter((s) => s.state === 'draining' || s.state === 'stopped');
-    const infos = settling.length === 0 ? [] : await sendAll(client, settling.map((s) => ['xinfo', 'STREAM', keys.stream(s.id)]));
+    const infos =
+      settling.length === 0
+        ? []
+        : await sendAll(
+            client,
+            settling.map((s) => ['xinfo', 'STREAM', keys.stream(s.id)]),
+          );
     const stop: number[] = [];
     const remove: number[] = [];
     settling.forEach((s, i) => {
       const info = streamInfo(infos[i]!);
       let watch = this.#drains.get(s.id);
-      if (!watch) this.#drains.set(s.id, watch = { since: now, lastId: info.lastId, quietSince: now });
-      if (info.lastId !== watch.lastId) { watch.lastId = info.lastId; watch.quietSince = now; }
+      if (!watch) this.#drains.set(s.id, (watch = { since: now, lastId: info.lastId, quietSince: now }));
+      if (info.lastId !== watch.lastId) {
+        watch.lastId = info.lastId;
+        watch.quietSince = now;
+      }
       const quiet = info.length === 0 && now - watch.since > drainGraceMs && now - watch.quietSince > drainGraceMs;
       if (quiet && s.state === 'draining') stop.push(s.id);
       if (quiet && s.state === 'stopped') remove.push(s.id);

@@ -68,8 +68,11 @@ export function decodeEntry(entryId: string, fields: Buffer[]): Decoded {
   // An entry no node of ours wrote counts no event (the nodes' stored counts never had it).
   const known = node !== undefined && node !== '' && frame >= 0;
   const fail = (error: string): Decoded => ({
-    kind: 'undecodable', error: `stream entry ${entryId} cannot be decoded: ${error}`,
-    node: known ? node! : '', frame: known ? frame : 0, count: known ? declared ?? 0 : 0,
+    kind: 'undecodable',
+    error: `stream entry ${entryId} cannot be decoded: ${error}`,
+    node: known ? node! : '',
+    frame: known ? frame : 0,
+    count: known ? (declared ?? 0) : 0,
   });
   if (!node) return fail('it has no node field (n)');
   if (frame < 0) return fail(`its frame sequence (s) ${JSON.stringify(seq)} is not a non-negative integer`);
@@ -80,8 +83,11 @@ export function decodeEntry(entryId: string, fields: Buffer[]): Decoded {
   } catch (error) {
     return fail((error as Error).message);
   }
-  if (declared !== undefined && declared !== payloads.length) return fail(`its count field (c) says ${declared} events, its data holds ${payloads.length}`);
-  const records = payloads.map((payload, index): ShardRecord => ({ payload, dedupId: `${node}:${frame}:${index}`, node, frame, index, entryId }));
+  if (declared !== undefined && declared !== payloads.length)
+    return fail(`its count field (c) says ${declared} events, its data holds ${payloads.length}`);
+  const records = payloads.map(
+    (payload, index): ShardRecord => ({ payload, dedupId: `${node}:${frame}:${index}`, node, frame, index, entryId }),
+  );
   return { kind: 'frame', node, frame, records };
 }
 
@@ -91,7 +97,20 @@ export type DeadReason = 'undecodable' | 'maxDeliveries';
 /** The XADD that copies an entry to the dead-letter stream: `dead.*` fields first, then the
  *  entry's own fields unchanged. Never trimmed: what lands there stays until you delete it. */
 export function deadLetterCommand(key: string, shardId: number, entry: ReadEntry, reason: DeadReason, error: string): Command {
-  return ['xadd', key, '*',
-    'dead.shard', String(shardId), 'dead.entry', entry.id, 'dead.reason', reason,
-    'dead.error', error, 'dead.deliveries', String(entry.deliveries), ...entry.fields];
+  return [
+    'xadd',
+    key,
+    '*',
+    'dead.shard',
+    String(shardId),
+    'dead.entry',
+    entry.id,
+    'dead.reason',
+    reason,
+    'dead.error',
+    error,
+    'dead.deliveries',
+    String(entry.deliveries),
+    ...entry.fields,
+  ];
 }

@@ -45,7 +45,15 @@ export class FrameBuilder {
   }
 
   close(shard: number, seq: number): Frame {
-    return { shard, seq, data: this.buf.subarray(0, this.bytes), hashes: this.hashes, minIndex: this.minIndex, attempted: false, unanswered: false };
+    return {
+      shard,
+      seq,
+      data: this.buf.subarray(0, this.bytes),
+      hashes: this.hashes,
+      minIndex: this.minIndex,
+      attempted: false,
+      unanswered: false,
+    };
   }
 }
 
@@ -71,7 +79,8 @@ export function decodeFrame(data: Buffer): Buffer[] {
   let at = 0;
   while (at + 4 <= data.length) {
     const len = data.readUInt32LE(at);
-    if (at + 4 + len > data.length) throw new Error(`shard-mapper/redis: corrupt frame (event of ${len} bytes at ${at} passes the end, ${data.length})`);
+    if (at + 4 + len > data.length)
+      throw new Error(`shard-mapper/redis: corrupt frame (event of ${len} bytes at ${at} passes the end, ${data.length})`);
     out.push(data.subarray(at + 4, at + 4 + len));
     at += 4 + len;
   }

@@ -102,11 +102,11 @@ export class KeyOrder {
   }
 
   heldEvents(shard: number): number {
-    return this.#heldTotal === 0 ? 0 : this.#heldBy.get(shard)?.events ?? 0;
+    return this.#heldTotal === 0 ? 0 : (this.#heldBy.get(shard)?.events ?? 0);
   }
 
   heldBytes(shard: number): number {
-    return this.#heldTotal === 0 ? 0 : this.#heldBy.get(shard)?.bytes ?? 0;
+    return this.#heldTotal === 0 ? 0 : (this.#heldBy.get(shard)?.bytes ?? 0);
   }
 
   /** The oldest accept index held (Infinity when none): flush() waits for it. */
@@ -167,8 +167,13 @@ export class KeyOrder {
       for (const s of w.fences.keys()) on.add(s);
     }
     return {
-      enabled: this.enabled, waitingSlots: this.#waits.size, oldestWaitMs: oldest, longestWaitMs: this.#longestWaitMs,
-      movedSlots: this.#movedSlots, held: this.#heldTotal, waitingOn: [...on].sort((a, b) => a - b),
+      enabled: this.enabled,
+      waitingSlots: this.#waits.size,
+      oldestWaitMs: oldest,
+      longestWaitMs: this.#longestWaitMs,
+      movedSlots: this.#movedSlots,
+      held: this.#heldTotal,
+      waitingOn: [...on].sort((a, b) => a - b),
     };
   }
 
@@ -179,14 +184,14 @@ export class KeyOrder {
   }
 
   #slotOf(hash: number): number {
-    return Math.floor((hash >>> 0) * this.#route.length / 0x1_0000_0000);
+    return Math.floor(((hash >>> 0) * this.#route.length) / 0x1_0000_0000);
   }
 
   #count(w: SlotWait, event: HeldEvent, sign: 1 | -1): void {
     const n = event.bytes.length * sign;
     w.heldBytes += n;
     let c = this.#heldBy.get(w.target);
-    if (!c) this.#heldBy.set(w.target, c = { events: 0, bytes: 0 });
+    if (!c) this.#heldBy.set(w.target, (c = { events: 0, bytes: 0 }));
     c.events += sign;
     c.bytes += n;
     this.#heldTotal += sign;
@@ -200,7 +205,7 @@ export class KeyOrder {
       c.bytes -= w.heldBytes;
       if (c.events === 0) this.#heldBy.delete(w.target);
       let d = this.#heldBy.get(to);
-      if (!d) this.#heldBy.set(to, d = { events: 0, bytes: 0 });
+      if (!d) this.#heldBy.set(to, (d = { events: 0, bytes: 0 }));
       d.events += w.held.length;
       d.bytes += w.heldBytes;
     }

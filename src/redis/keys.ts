@@ -11,7 +11,9 @@ const NAMESPACE = /^[A-Za-z0-9_.-]{1,64}$/;
 
 export function checkNamespace(value: unknown): string {
   if (typeof value !== 'string' || !NAMESPACE.test(value)) {
-    throw invalid(`options.namespace must be 1 to 64 characters of A-Z a-z 0-9 _ . - (no braces, colons or spaces), got ${describe(value)}`);
+    throw invalid(
+      `options.namespace must be 1 to 64 characters of A-Z a-z 0-9 _ . - (no braces, colons or spaces), got ${describe(value)}`,
+    );
   }
   return value;
 }

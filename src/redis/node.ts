@@ -12,18 +12,45 @@ import { sleep } from '../sleep.js';
 import { createTargetWritable, createTargetWritableStream, type ManagerRecord, type PushTarget, type WritableOptions } from '../streams.js';
 import type { BackpressureMode, ManagerEvent, ObservedManager } from '../types.js';
 import { keyHash, payloadBytes } from '../validate.js';
-import { closeConnection, connect, redactError, sendAll, subscriber, type Command, type Connection, type RedisClient } from './connection.js';
+import {
+  closeConnection,
+  connect,
+  redactError,
+  sendAll,
+  subscriber,
+  type Command,
+  type Connection,
+  type RedisClient,
+} from './connection.js';
 import { Controller, createGroups, type RedisManagerEvent, type RedisNodeEvent } from './controller.js';
 import { KeyOrder, markField, type HeldEvent, type RedisKeyOrderStats } from './key-order.js';
 import { keysFor, type Keys } from './keys.js';
 import { callLimits, OperatorTimeoutError, requestOperation, type CallLimits, type OperatorCallOptions } from './operator.js';
-import { checkAgainstNamespace, checkKeyOrderRouting, checkLease, checkNodeOptions, leaseFor, type NodeSettings, type RedisShardManagerOptions } from './options.js';
+import {
+  checkAgainstNamespace,
+  checkKeyOrderRouting,
+  checkLease,
+  checkNodeOptions,
+  leaseFor,
+  type NodeSettings,
+  type RedisShardManagerOptions,
+} from './options.js';
 import { RouteTable } from './route.js';
 import { SendBuffer } from './send-buffer.js';
 import type { Frame } from './frames.js';
 import { readAckedPositions, type AckedPosition } from './progress.js';
 import {
-  compareHeads, initTable, isAhead, RouteBuilder, readHead, readTable, type RoutingMode, type Table, type TableDoc, type TableHead, type TableState,
+  compareHeads,
+  initTable,
+  isAhead,
+  RouteBuilder,
+  readHead,
+  readTable,
+  type RoutingMode,
+  type Table,
+  type TableDoc,
+  type TableHead,
+  type TableState,
 } from './table.js';
 
 export interface RedisManagerStats {
@@ -137,8 +164,17 @@ export class RedisShardManager {
   #shards = new Uint16Array(256);
 
   private constructor(parts: {
-    conn: Connection; sub: RedisClient; keys: Keys; table: Table; nodeId: string; nodeNumber: number; settings: NodeSettings;
-    leaseMs: number; keyOrder: boolean; onEvent: ((e: ManagerEvent) => void) | undefined; onRedisEvent: ((e: RedisNodeEvent) => void) | undefined;
+    conn: Connection;
+    sub: RedisClient;
+    keys: Keys;
+    table: Table;
+    nodeId: string;
+    nodeNumber: number;
+    settings: NodeSettings;
+    leaseMs: number;
+    keyOrder: boolean;
+    onEvent: ((e: ManagerEvent) => void) | undefined;
+    onRedisEvent: ((e: RedisNodeEvent) => void) | undefined;
   }) {
     const settings = parts.settings;
     this.#conn = parts.conn;
@@ -160,17 +196,29 @@ export class RedisShardManager {
     this.#route = new RouteTable(parts.table.doc.policy.maxShards);
     this.#route.load(parts.table.doc.route);
     this.#keyOrder = this.#keyOrderFence(parts.keyOrder, parts.table.doc.route);
-    this.#buffer = new SendBuffer({ events: settings.capacity, bytes: settings.capacityBytes, maxFrameBytes: settings.maxFrameBytes }, {
-      select: (hash) => this.#route.select(hash),
-      inTable: (shard) => this.#inTable(shard),
-      keyOrder: this.#keyOrder,
-      queued: () => this.#kick(),
-    });
-    this.#controller = settings.controller ? new Controller({
-      conn: parts.conn, keys: parts.keys, nodeId: parts.nodeId, leaseMs: parts.leaseMs, drainGraceMs: settings.drainGraceMs,
-      clock: settings.clock, emit: (e) => this.#emit(e), applyTable: (t) => this.#apply(t),
-      report: (e) => this.#redisError(e), knownTable: () => this.#table,
-    }) : undefined;
+    this.#buffer = new SendBuffer(
+      { events: settings.capacity, bytes: settings.capacityBytes, maxFrameBytes: settings.maxFrameBytes },
+      {
+        select: (hash) => this.#route.select(hash),
+        inTable: (shard) => this.#inTable(shard),
+        keyOrder: this.#keyOrder,
+        queued: () => this.#kick(),
+      },
+    );
+    this.#controller = settings.controller
+      ? new Controller({
+          conn: parts.conn,
+          keys: parts.keys,
+          nodeId: parts.nodeId,
+          leaseMs: parts.leaseMs,
+          drainGraceMs: settings.drainGraceMs,
+          clock: settings.clock,
+          emit: (e) => this.#emit(e),
+          applyTable: (t) => this.#apply(t),
+          report: (e) => this.#redisError(e),
+          knownTable: () => this.#table,
+        })
+      : undefined;
   }
 
   /**
@@ -187,16 +235,29 @@ export class RedisShardManager {
     let sub: RedisClient | undefined;
     try {
       const fresh: TableDoc = {
-        nextId: initialShards, policy, routing, loadBound, shardCapacity: settings.capacity,
+        nextId: initialShards,
+        policy,
+        routing,
+        loadBound,
+        shardCapacity: settings.capacity,
         shards: Array.from({ length: initialShards }, (_, id) => ({ id, state: 'active' as const })),
-        route: new RouteBuilder({ routing, loadBound, policy }).build(Array.from({ length: initialShards }, (_, id) => id), new Map(), false),
+        route: new RouteBuilder({ routing, loadBound, policy }).build(
+          Array.from({ length: initialShards }, (_, id) => id),
+          new Map(),
+          false,
+        ),
       };
       // The window the lease must outlast is the namespace's (the one given if it is new).
       if (leaseGiven !== undefined) checkLease(leaseGiven, (await storedWindow(conn, keys)) ?? policy.metricsWindowMs);
       // keyOrder: true without a routing: the namespace's routing (or the default) decides.
       if (keyOrder === true && options.routing === undefined) checkKeyOrderRouting(settings, await storedRouting(conn, keys));
       const table = await initTable(conn.client, keys, fresh);
-      if (table.created) await createGroups(conn, keys, fresh.shards.map((s) => s.id));
+      if (table.created)
+        await createGroups(
+          conn,
+          keys,
+          fresh.shards.map((s) => s.id),
+        );
       if (!table.created) checkAgainstNamespace(settings, options, table.doc);
       const windowMs = table.doc.policy.metricsWindowMs;
       if (leaseGiven !== undefined) checkLease(leaseGiven, windowMs);
@@ -204,17 +265,32 @@ export class RedisShardManager {
       // Node numbers come from Redis, so node ids are unique across machines and restarts; a
       // random tag keeps them unique even when Redis lost the counter (restart without
       // persistence, failover) before a recovering controller raised it again.
-      const nodeNumber = Number(await conn.client.smJoin(keys.table).catch((error: Error) => {
-        throw new Error(`shard-mapper/redis: namespace "${ns}": the shard table vanished while this node joined (${error.message}); create the node again`);
-      }));
+      const nodeNumber = Number(
+        await conn.client.smJoin(keys.table).catch((error: Error) => {
+          throw new Error(
+            `shard-mapper/redis: namespace "${ns}": the shard table vanished while this node joined (${error.message}); create the node again`,
+          );
+        }),
+      );
       const nodeId = `${nodeNumber}.${randomBytes(4).toString('hex')}`;
       sub = subscriber(conn);
       await sub.subscribe(keys.changes);
       const node = new RedisShardManager({
-        conn, sub, keys, table: { version: table.version, gen: table.gen, epoch: table.epoch, doc: table.doc, nodes: Math.max(table.nodes, nodeNumber) }, nodeId, nodeNumber, settings,
-        leaseMs, onEvent: options.onEvent, onRedisEvent: options.onRedisEvent, keyOrder: keyOrder ?? table.doc.routing === 'affinity',
+        conn,
+        sub,
+        keys,
+        table: { version: table.version, gen: table.gen, epoch: table.epoch, doc: table.doc, nodes: Math.max(table.nodes, nodeNumber) },
+        nodeId,
+        nodeNumber,
+        settings,
+        leaseMs,
+        onEvent: options.onEvent,
+        onRedisEvent: options.onRedisEvent,
+        keyOrder: keyOrder ?? table.doc.routing === 'affinity',
       });
-      sub.on('message', () => { void node.#refresh(); });
+      sub.on('message', () => {
+        void node.#refresh();
+      });
       node.#start(table.doc.policy.metricsWindowMs);
       return node;
     } catch (error) {
@@ -225,13 +301,16 @@ export class RedisShardManager {
   }
 
   #start(windowMs: number): void {
-    this.#windowTimer = setInterval(() => { void this.#window(); }, windowMs);
+    this.#windowTimer = setInterval(() => {
+      void this.#window();
+    }, windowMs);
     (this.#windowTimer as { unref?: () => void }).unref?.();
   }
 
   #emit(event: RedisManagerEvent): void {
     try {
-      if (event.type === 'controller' || event.type === 'redisError' || event.type === 'redisDataLoss' || event.type === 'streamRecreated') this.#onRedisEvent?.(event);
+      if (event.type === 'controller' || event.type === 'redisError' || event.type === 'redisDataLoss' || event.type === 'streamRecreated')
+        this.#onRedisEvent?.(event);
       else this.#onEvent?.(event);
     } catch (error) {
       console.error('shard-mapper/redis: onEvent threw', error);
@@ -294,7 +373,13 @@ export class RedisShardManager {
     this.#maxNodeNumber = Math.max(this.#maxNodeNumber, table.nodes);
     if (recovered) {
       this.#lossSeen = undefined;
-      this.#emit({ type: 'redisDataLoss', stage: 'recovered', generation: table.gen, at: this.#clock(), detail: `this node follows generation ${table.gen} of the table (next shard id ${table.doc.nextId})` });
+      this.#emit({
+        type: 'redisDataLoss',
+        stage: 'recovered',
+        generation: table.gen,
+        at: this.#clock(),
+        detail: `this node follows generation ${table.gen} of the table (next shard id ${table.doc.nextId})`,
+      });
     }
     for (const wake of this.#tableWaiters) wake();
     this.#route.load(table.doc.route);
@@ -339,7 +424,13 @@ export class RedisShardManager {
       this.#storedDelta = new Map();
     }
     const { seq, delta } = this.#storedReport;
-    await this.#conn.client.smStored(this.#keys.stored, this.#keys.reports, this.nodeId, seq, ...[...delta].flatMap(([id, n]) => [String(id), n]));
+    await this.#conn.client.smStored(
+      this.#keys.stored,
+      this.#keys.reports,
+      this.nodeId,
+      seq,
+      ...[...delta].flatMap(([id, n]) => [String(id), n]),
+    );
     this.#storedReport = undefined;
   }
 
@@ -357,7 +448,10 @@ export class RedisShardManager {
     this.#lossSeen = key;
     const seen = head ? `generation ${head.gen} version ${head.version} (epoch ${head.epoch})` : 'no shard table';
     this.#emit({
-      type: 'redisDataLoss', stage: 'detected', generation: gen, at: this.#clock(),
+      type: 'redisDataLoss',
+      stage: 'detected',
+      generation: gen,
+      at: this.#clock(),
       detail: `Redis lost data: it holds ${seen}, this node followed generation ${gen} version ${version} (epoch ${epoch}); waiting for the controller to recover the namespace`,
     });
   }
@@ -387,7 +481,10 @@ export class RedisShardManager {
     const n = keys.length;
     const lengths = new Array<number>(n);
     for (let i = 0; i < n; i++) lengths[i] = payloadBytes(payloads[i], this.maxPayloadBytes, i);
-    if (this.#hashes.length < n) { this.#hashes = new Uint32Array(n); this.#shards = new Uint16Array(n); }
+    if (this.#hashes.length < n) {
+      this.#hashes = new Uint32Array(n);
+      this.#shards = new Uint16Array(n);
+    }
     const hashes = this.#hashes;
     for (let i = 0; i < n; i++) hashes[i] = keyHash(keys[i]!, 'pushBatch', i);
     this.#route.selectMany(hashes, n, this.#shards);
@@ -463,20 +560,24 @@ export class RedisShardManager {
         if (this.#mustWait(shard, bytes)) throw new BackpressureError(`shard ${shard}'s send buffer is full`, shard);
         return this.#accept(hash, shard, payload, bytes, 0);
       },
-      roomFor: (record, _shard, cancelled) => new Promise<void>((resolve, reject) => {
-        if (this.#closed || cancelled()) { resolve(); return; } // push() then says what happened
-        let hash: number;
-        let bytes: number;
-        try {
-          hash = keyHash(record.key, 'push');
-          bytes = payloadBytes(record.payload, this.maxPayloadBytes, -1);
-        } catch {
-          resolve(); // push() throws the same error, where the stream reports it
-          return;
-        }
-        this.#roomWaiters.push({ hash, bytes, payload: undefined, resolve: () => resolve(), reject });
-        this.#wakeRoomWaiters();
-      }),
+      roomFor: (record, _shard, cancelled) =>
+        new Promise<void>((resolve, reject) => {
+          if (this.#closed || cancelled()) {
+            resolve();
+            return;
+          } // push() then says what happened
+          let hash: number;
+          let bytes: number;
+          try {
+            hash = keyHash(record.key, 'push');
+            bytes = payloadBytes(record.payload, this.maxPayloadBytes, -1);
+          } catch {
+            resolve(); // push() throws the same error, where the stream reports it
+            return;
+          }
+          this.#roomWaiters.push({ hash, bytes, payload: undefined, resolve: () => resolve(), reject });
+          this.#wakeRoomWaiters();
+        }),
     };
   }
 
@@ -496,7 +597,8 @@ export class RedisShardManager {
     this.#roomWaiters = [];
     for (const w of waiters) {
       if (this.#closed) {
-        if (w.payload === undefined) w.resolve(false); // the writable's push throws ManagerClosedError
+        if (w.payload === undefined)
+          w.resolve(false); // the writable's push throws ManagerClosedError
         else w.reject(new ManagerClosedError('pushAsync'));
         continue;
       }
@@ -506,7 +608,10 @@ export class RedisShardManager {
         waiting.push(w);
         continue;
       }
-      if (w.payload === undefined) { w.resolve(false); continue; }
+      if (w.payload === undefined) {
+        w.resolve(false);
+        continue;
+      }
       try {
         w.resolve(this.#accept(w.hash, shard, w.payload, w.bytes, 0));
       } catch (error) {
@@ -526,7 +631,10 @@ export class RedisShardManager {
       inTable: (shard) => this.#inTable(shard),
       ackedFrames: async (shards) => {
         const field = markField(this.nodeId);
-        const replies = await sendAll(this.#conn.client, shards.map((id): Command => ['hget', this.#keys.progress(id), field]));
+        const replies = await sendAll(
+          this.#conn.client,
+          shards.map((id): Command => ['hget', this.#keys.progress(id), field]),
+        );
         return replies.map(([error, value]) => {
           if (error) throw error;
           const frame = value === null || value === undefined ? -1 : Number(String(value).split(':')[0]);
@@ -561,14 +669,33 @@ export class RedisShardManager {
       for (;;) {
         const batch = this.#buffer.cut();
         if (batch.length === 0) break;
-        const replies = await sendAll(this.#conn.client, batch.map((f): Command => [
-          'xadd', this.#keys.stream(f.shard), 'NOMKSTREAM', '*', 'n', this.nodeId, 's', f.seq, 'c', f.hashes.length, 'd', f.data,
-        ]));
+        const replies = await sendAll(
+          this.#conn.client,
+          batch.map(
+            (f): Command => [
+              'xadd',
+              this.#keys.stream(f.shard),
+              'NOMKSTREAM',
+              '*',
+              'n',
+              this.nodeId,
+              's',
+              f.seq,
+              'c',
+              f.hashes.length,
+              'd',
+              f.data,
+            ],
+          ),
+        );
         let failed: Error | undefined;
         const refused: Frame[] = [];
         batch.forEach((frame, i) => {
           const [replyError, id] = replies[i]!;
-          if (id === null && !replyError) { refused.push(frame); return; } // stays in flight until #refused decides
+          if (id === null && !replyError) {
+            refused.push(frame);
+            return;
+          } // stays in flight until #refused decides
           // Anything but an entry id is not a store: a client or proxy that paired replies
           // wrongly would otherwise have us drop a frame Redis never saw (sent again instead:
           // a copy Redis did store is skipped by the consumers' marks).
@@ -608,11 +735,14 @@ export class RedisShardManager {
   #hold(shard: number): void {
     const ms = this.#buffer.hold(shard);
     this.#clearHold(shard);
-    this.#holdTimers.set(shard, setTimeout(() => {
-      this.#holdTimers.delete(shard);
-      this.#buffer.unhold(shard);
-      this.#kick();
-    }, ms));
+    this.#holdTimers.set(
+      shard,
+      setTimeout(() => {
+        this.#holdTimers.delete(shard);
+        this.#buffer.unhold(shard);
+        this.#kick();
+      }, ms),
+    );
   }
 
   #clearHold(shard: number): void {
@@ -635,7 +765,13 @@ export class RedisShardManager {
         this.#buffer.frameUnsent(frame);
         this.#hold(frame.shard);
         if (this.#buffer.firstMissing(frame.shard)) {
-          this.#emit({ type: 'redisError', error: new Error(`shard-mapper/redis: the stream of shard ${frame.shard} is missing though the table lists it; its events wait in the send buffer and are retried`), at: this.#clock() });
+          this.#emit({
+            type: 'redisError',
+            error: new Error(
+              `shard-mapper/redis: the stream of shard ${frame.shard} is missing though the table lists it; its events wait in the send buffer and are retried`,
+            ),
+            at: this.#clock(),
+          });
         }
       } else if (frame.unanswered) await this.#settleUnanswered(frame);
       else this.#reroute(frame.shard, [frame]);
@@ -678,7 +814,10 @@ export class RedisShardManager {
     if (this.#waiters.length === 0) return;
     const oldest = this.#buffer.oldestUnstored();
     this.#waiters = this.#waiters.filter((w) => {
-      if (oldest > w.target) { w.resolve(); return false; }
+      if (oldest > w.target) {
+        w.resolve();
+        return false;
+      }
       return true;
     });
   }
@@ -699,10 +838,20 @@ export class RedisShardManager {
     const buffer = this.#buffer;
     const drops = buffer.drops();
     return {
-      pushed: buffer.accepted, stored: buffer.stored, buffered: buffer.buffered,
-      dropped: drops.newest + drops.oldest + drops.sampled, drops, // refusals (failProducer) are not drops
-      unrouted: this.#unrouted, rerouted: buffer.rerouted, retries: this.#retries, keyOrder: this.#keyOrder.stats(),
-      shards: this.#table.doc.shards.map((s) => ({ id: s.id, state: states.get(s.id)!, buffered: (buffer.get(s.id)?.events ?? 0) + this.#keyOrder.heldEvents(s.id) })),
+      pushed: buffer.accepted,
+      stored: buffer.stored,
+      buffered: buffer.buffered,
+      dropped: drops.newest + drops.oldest + drops.sampled,
+      drops, // refusals (failProducer) are not drops
+      unrouted: this.#unrouted,
+      rerouted: buffer.rerouted,
+      retries: this.#retries,
+      keyOrder: this.#keyOrder.stats(),
+      shards: this.#table.doc.shards.map((s) => ({
+        id: s.id,
+        state: states.get(s.id)!,
+        buffered: (buffer.get(s.id)?.events ?? 0) + this.#keyOrder.heldEvents(s.id),
+      })),
     };
   }
 
@@ -718,11 +867,24 @@ export class RedisShardManager {
       stats: () => {
         const s = this.stats();
         return {
-          pushed: s.pushed, delivered: s.stored, dropped: s.dropped, unrouted: s.unrouted, drops: s.drops, inFlight: s.buffered,
+          pushed: s.pushed,
+          delivered: s.stored,
+          dropped: s.dropped,
+          unrouted: s.unrouted,
+          drops: s.drops,
+          inFlight: s.buffered,
           skipped: 0, // no ring here: a node's send buffer is written whole or not at all
           shards: s.shards.map((x) => {
             const c = this.#buffer.counts(x.id);
-            return { id: x.id, state: x.state, length: x.buffered, bytes: this.#buffer.get(x.id)?.bytes ?? 0, pushed: c?.pushed ?? 0, delivered: c?.stored ?? 0, dropped: c?.dropped ?? 0 };
+            return {
+              id: x.id,
+              state: x.state,
+              length: x.buffered,
+              bytes: this.#buffer.get(x.id)?.bytes ?? 0,
+              pushed: c?.pushed ?? 0,
+              delivered: c?.stored ?? 0,
+              dropped: c?.dropped ?? 0,
+            };
           }),
         };
       },
@@ -763,8 +925,12 @@ export class RedisShardManager {
     const call = callLimits(method, options, this.#answerLimitMs());
     if (n === 0) return [];
     const ids = await requestOperation(this.#conn.client, this.#keys, this.nodeId, { op: 'scaleUp', n }, call);
-    await this.#untilTable(() => ids.every((id) => this.#stateOf(id) !== 'provisioning'), call,
-      () => `the shards ${ids.join(', ')} were added but this node has not seen them active yet; they become active at the controller's next window`);
+    await this.#untilTable(
+      () => ids.every((id) => this.#stateOf(id) !== 'provisioning'),
+      call,
+      () =>
+        `the shards ${ids.join(', ')} were added but this node has not seen them active yet; they become active at the controller's next window`,
+    );
     return ids;
   }
 
@@ -774,7 +940,11 @@ export class RedisShardManager {
     this.#checkShard('drainSpecific', id);
     const call = callLimits('drainShard', options, this.#answerLimitMs());
     await requestOperation(this.#conn.client, this.#keys, this.nodeId, { op: 'drain', id }, call);
-    await this.#untilTable(() => this.#stateOf(id) !== 'active', call, () => `shard ${id} is draining, this node has not seen it yet`);
+    await this.#untilTable(
+      () => this.#stateOf(id) !== 'active',
+      call,
+      () => `shard ${id} is draining, this node has not seen it yet`,
+    );
   }
 
   /**
@@ -788,8 +958,12 @@ export class RedisShardManager {
     this.#checkShard('removeShard', id);
     const call = callLimits('removeShard', options, this.#removalLimitMs());
     await requestOperation(this.#conn.client, this.#keys, this.nodeId, { op: 'remove', id }, call);
-    await this.#untilTable(() => this.#stateOf(id) === undefined, call,
-      () => `shard ${id} is still ${this.#stateOf(id) ?? 'listed'}: it stays draining and is removed once consumers have emptied its stream; call removeShard(${id}) again to wait for it`);
+    await this.#untilTable(
+      () => this.#stateOf(id) === undefined,
+      call,
+      () =>
+        `shard ${id} is still ${this.#stateOf(id) ?? 'listed'}: it stays draining and is removed once consumers have emptied its stream; call removeShard(${id}) again to wait for it`,
+    );
   }
 
   /** Drain the n least-loaded Active shards (refused below minShards: AtMinShards) and
@@ -800,8 +974,12 @@ export class RedisShardManager {
     const call = callLimits('manualScaleDown', options, this.#removalLimitMs());
     if (n === 0) return [];
     const ids = await requestOperation(this.#conn.client, this.#keys, this.nodeId, { op: 'scaleDown', n }, call);
-    await this.#untilTable(() => ids.every((id) => this.#stateOf(id) === undefined), call,
-      () => `shards ${ids.filter((id) => this.#stateOf(id) !== undefined).join(', ')} are still draining: they are removed once consumers have emptied their streams; call removeShard(id) for each to wait for them`);
+    await this.#untilTable(
+      () => ids.every((id) => this.#stateOf(id) === undefined),
+      call,
+      () =>
+        `shards ${ids.filter((id) => this.#stateOf(id) !== undefined).join(', ')} are still draining: they are removed once consumers have emptied their streams; call removeShard(id) for each to wait for them`,
+    );
     return ids;
   }
 
@@ -831,9 +1009,15 @@ export class RedisShardManager {
     while (!done()) {
       if (call.signal?.aborted) throw call.signal.reason;
       const left = call.deadline - performance.now();
-      if (left <= 0) throw new OperatorTimeoutError(`shard-mapper/redis: ${call.method}: ${pending()} (waited ${call.timeoutMs} ms)`, 'waiting');
+      if (left <= 0)
+        throw new OperatorTimeoutError(`shard-mapper/redis: ${call.method}: ${pending()} (waited ${call.timeoutMs} ms)`, 'waiting');
       await new Promise<void>((resolve) => {
-        const wake = () => { clearTimeout(timer); this.#tableWaiters.delete(wake); call.signal?.removeEventListener('abort', wake); resolve(); };
+        const wake = () => {
+          clearTimeout(timer);
+          this.#tableWaiters.delete(wake);
+          call.signal?.removeEventListener('abort', wake);
+          resolve();
+        };
         const timer = setTimeout(wake, Math.min(everyMs, left));
         this.#tableWaiters.add(wake);
         call.signal?.addEventListener('abort', wake, { once: true });
@@ -862,7 +1046,9 @@ export class RedisShardManager {
         await this.#reportStored();
         await this.#reportStored();
         await this.#conn.client.hdel(this.#keys.reports, this.nodeId);
-      } catch { /* Redis away: those counts only feed the controller's next windows */ }
+      } catch {
+        /* Redis away: those counts only feed the controller's next windows */
+      }
       await this.#controller?.release();
       this.#sub.disconnect();
       await closeConnection(this.#conn);
@@ -882,5 +1068,7 @@ function isEntryId(reply: unknown): boolean {
 
 function unexpectedReply(shard: number, reply: unknown): Error {
   const shown = typeof reply === 'string' ? reply : (JSON.stringify(reply) ?? String(reply));
-  return new Error(`shard-mapper/redis: XADD to shard ${shard} was answered with ${shown.slice(0, 80)}, not an entry id (replies paired with the wrong commands?); the frame is sent again`);
+  return new Error(
+    `shard-mapper/redis: XADD to shard ${shard} was answered with ${shown.slice(0, 80)}, not an entry id (replies paired with the wrong commands?); the frame is sent again`,
+  );
 }

@@ -10,9 +10,7 @@ import { sendAll, type ScriptedClient } from './connection.js';
 import { sleep } from '../sleep.js';
 
 /** An operator call a node queues for the controller ({ns}:ops). */
-export type OperatorRequest = { reqId: string } & (
-  | { op: 'scaleUp' | 'scaleDown'; n: number }
-  | { op: 'drain' | 'remove'; id: number });
+export type OperatorRequest = { reqId: string } & ({ op: 'scaleUp' | 'scaleDown'; n: number } | { op: 'drain' | 'remove'; id: number });
 /** The controller's answer ({ns}:answers, written with the table write that acted). */
 export type OperatorAnswer = { ok: true; ids: number[] } | { ok: false; kind: string; message: string };
 
@@ -52,11 +50,14 @@ export interface CallLimits {
 
 /** Check a call's options; the deadline starts now. */
 export function callLimits(method: string, options: OperatorCallOptions | undefined, defaultMs: number): CallLimits {
-  if (options !== undefined && (typeof options !== 'object' || options === null)) throw invalid(`${method}: options must be an object, got ${describe(options)}`);
+  if (options !== undefined && (typeof options !== 'object' || options === null))
+    throw invalid(`${method}: options must be an object, got ${describe(options)}`);
   const timeoutMs = options?.timeoutMs ?? defaultMs;
-  if (typeof timeoutMs !== 'number' || !(timeoutMs > 0)) throw invalid(`${method}: options.timeoutMs must be a number > 0, got ${describe(options?.timeoutMs)}`);
+  if (typeof timeoutMs !== 'number' || !(timeoutMs > 0))
+    throw invalid(`${method}: options.timeoutMs must be a number > 0, got ${describe(options?.timeoutMs)}`);
   const signal = options?.signal;
-  if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalid(`${method}: options.signal must be an AbortSignal, got ${describe(signal)}`);
+  if (signal !== undefined && !(signal instanceof AbortSignal))
+    throw invalid(`${method}: options.signal must be an AbortSignal, got ${describe(signal)}`);
   signal?.throwIfAborted();
   return { method, timeoutMs, deadline: performance.now() + timeoutMs, signal };
 }
@@ -64,7 +65,11 @@ export function callLimits(method: string, options: OperatorCallOptions | undefi
 /** Sleep up to `ms`, woken early by `signal`. */
 export function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
   return new Promise<void>((resolve) => {
-    const done = () => { clearTimeout(timer); signal?.removeEventListener('abort', done); resolve(); };
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
     const timer = setTimeout(done, ms);
     signal?.addEventListener('abort', done, { once: true });
   });
@@ -76,12 +81,20 @@ export function pause(ms: number, signal: AbortSignal | undefined): Promise<void
  * answered it never acts (OperatorTimeoutError 'withdrawn' / the signal's reason: nothing
  * was done, a retry is safe); if it had, its answer is returned as usual.
  */
-export async function requestOperation(client: ScriptedClient, keys: Keys, nodeId: string,
-  body: { op: 'scaleUp' | 'scaleDown'; n: number } | { op: 'drain' | 'remove'; id: number }, call: CallLimits): Promise<number[]> {
+export async function requestOperation(
+  client: ScriptedClient,
+  keys: Keys,
+  nodeId: string,
+  body: { op: 'scaleUp' | 'scaleDown'; n: number } | { op: 'drain' | 'remove'; id: number },
+  call: CallLimits,
+): Promise<number[]> {
   const reqId = `${nodeId}:${randomUUID()}`;
   const raw = JSON.stringify({ reqId, ...body } as OperatorRequest);
   const answerOf = async (json: string): Promise<number[]> => {
-    await sendAll(client, [['hdel', keys.answers, reqId], ['zrem', keys.answered, reqId]]); // pruned anyway after 10 minutes
+    await sendAll(client, [
+      ['hdel', keys.answers, reqId],
+      ['zrem', keys.answered, reqId],
+    ]); // pruned anyway after 10 minutes
     const answer = JSON.parse(json) as OperatorAnswer;
     if (answer.ok) return answer.ids;
     throw new ScalingError(answer.kind as ScalingErrorKind, answer.message);
@@ -111,11 +124,21 @@ export async function requestOperation(client: ScriptedClient, keys: Keys, nodeI
     }
   }
   if (outcome === undefined) {
-    throw new OperatorTimeoutError(`shard-mapper/redis: ${call.method}: outcome unknown: Redis did not answer while withdrawing request ${reqId} (${lastError?.message}); it may still run once: look at table() before calling again`, 'unknown');
+    throw new OperatorTimeoutError(
+      `shard-mapper/redis: ${call.method}: outcome unknown: Redis did not answer while withdrawing request ${reqId} (${lastError?.message}); it may still run once: look at table() before calling again`,
+      'unknown',
+    );
   }
   if (outcome[0] === 'answered' && outcome[1] !== null) return answerOf(outcome[1]);
   // Withdrawn (or never queued): nothing was done.
-  if (queueError) throw new OperatorTimeoutError(`shard-mapper/redis: ${call.method}: the request could not be queued (${queueError.message}); nothing was done, calling again is safe`, 'withdrawn');
+  if (queueError)
+    throw new OperatorTimeoutError(
+      `shard-mapper/redis: ${call.method}: the request could not be queued (${queueError.message}); nothing was done, calling again is safe`,
+      'withdrawn',
+    );
   if (call.signal?.aborted) throw call.signal.reason;
-  throw new OperatorTimeoutError(`shard-mapper/redis: ${call.method}: no controller answered within ${call.timeoutMs} ms (namespace "${keys.ns}": is a node that may be the controller running?); the request was withdrawn, nothing was done, calling again is safe`, 'withdrawn');
+  throw new OperatorTimeoutError(
+    `shard-mapper/redis: ${call.method}: no controller answered within ${call.timeoutMs} ms (namespace "${keys.ns}": is a node that may be the controller running?); the request was withdrawn, nothing was done, calling again is safe`,
+    'withdrawn',
+  );
 }

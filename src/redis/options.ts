@@ -98,37 +98,67 @@ export function checkNodeOptions(options: RedisShardManagerOptions): NodeSetting
   const { routing, loadBound } = checkRoutingOptions(options.routing, options.loadBound);
   const keyOrder = checkOptionalBoolean('options.keyOrder', options.keyOrder);
   if (keyOrder === true && options.routing !== undefined && routing !== 'affinity') {
-    throw invalid(`options.keyOrder: true needs routing 'affinity' (key order across moves follows a key's slot), got routing '${routing}'`);
+    throw invalid(
+      `options.keyOrder: true needs routing 'affinity' (key order across moves follows a key's slot), got routing '${routing}'`,
+    );
   }
   const backpressure = checkBackpressure(given(options.backpressure, { kind: 'failProducer' }));
   const maxPayload = checkMaxPayloadBytes(options.maxPayloadBytes);
   const capacity = checkInteger('options.ringBufferCapacity', given(options.ringBufferCapacity, 65536), 1, 1 << 24);
-  const capacityBytes = checkInteger('options.ringBufferBytes', given(options.ringBufferBytes, capacity * maxPayload), maxPayload, Number.MAX_SAFE_INTEGER);
+  const capacityBytes = checkInteger(
+    'options.ringBufferBytes',
+    given(options.ringBufferBytes, capacity * maxPayload),
+    maxPayload,
+    Number.MAX_SAFE_INTEGER,
+  );
   const maxFrameBytes = checkInteger('options.maxFrameBytes', given(options.maxFrameBytes, 65536), 64, 64 * 1024 * 1024);
   const lingerMs = checkFinite('options.lingerMs', given(options.lingerMs, 1), 0);
-  const leaseGiven = options.leaseMs === undefined ? undefined : checkInteger('options.leaseMs', options.leaseMs, 1, Number.MAX_SAFE_INTEGER);
+  const leaseGiven =
+    options.leaseMs === undefined ? undefined : checkInteger('options.leaseMs', options.leaseMs, 1, Number.MAX_SAFE_INTEGER);
   if (leaseGiven !== undefined && options.policy?.metricsWindowMs !== undefined) checkLease(leaseGiven, policy.metricsWindowMs);
   const drainGraceMs = checkFinite('options.drainGraceMs', given(options.drainGraceMs, 1000), 0);
   const controller = checkOptionalBoolean('options.controller', options.controller) ?? true;
-  const clock = checkFunction('options.clock', given(options.clock, () => performance.now()));
+  const clock = checkFunction(
+    'options.clock',
+    given(options.clock, () => performance.now()),
+  );
   for (const name of ['onEvent', 'onRedisEvent'] as const) {
     if (options[name] !== undefined) checkFunction(`options.${name}`, options[name]);
   }
   return {
-    namespace, initialShards, policy, routing, loadBound, keyOrder, backpressure, maxPayload, capacity, capacityBytes,
-    maxFrameBytes, lingerMs, leaseGiven, drainGraceMs, controller, clock,
+    namespace,
+    initialShards,
+    policy,
+    routing,
+    loadBound,
+    keyOrder,
+    backpressure,
+    maxPayload,
+    capacity,
+    capacityBytes,
+    maxFrameBytes,
+    lingerMs,
+    leaseGiven,
+    drainGraceMs,
+    controller,
+    clock,
   };
 }
 
 /** A window in whole ms that a timer keeps. */
 function checkWindow(windowMs: number): void {
   if (!Number.isInteger(windowMs) || windowMs > MAX_TIMER_MS) {
-    throw invalid(`policy.metricsWindowMs must be a whole number of milliseconds in [1, ${MAX_TIMER_MS}] for a Redis node (the controller lease, SET … PX, is set from it), got ${describe(windowMs)}`);
+    throw invalid(
+      `policy.metricsWindowMs must be a whole number of milliseconds in [1, ${MAX_TIMER_MS}] for a Redis node (the controller lease, SET … PX, is set from it), got ${describe(windowMs)}`,
+    );
   }
 }
 
 export function checkLease(leaseMs: number, windowMs: number): void {
-  if (leaseMs <= windowMs) throw invalid(`options.leaseMs must be longer than policy.metricsWindowMs (${windowMs}): the lease is renewed once a window, got ${leaseMs}`);
+  if (leaseMs <= windowMs)
+    throw invalid(
+      `options.leaseMs must be longer than policy.metricsWindowMs (${windowMs}): the lease is renewed once a window, got ${leaseMs}`,
+    );
 }
 
 /** The lease a node takes for a window: the one given, or max(1000, 5 windows) in whole ms. */
@@ -141,7 +171,9 @@ export function leaseFor(given: number | undefined, windowMs: number): number {
 export function checkKeyOrderRouting(settings: NodeSettings, stored: RoutingMode | undefined): void {
   const routing = stored ?? settings.routing;
   if (routing !== 'affinity') {
-    throw invalid(`options.keyOrder: true needs routing 'affinity' (key order across moves follows a key's slot), namespace "${settings.namespace}" routes with '${routing}'`);
+    throw invalid(
+      `options.keyOrder: true needs routing 'affinity' (key order across moves follows a key's slot), namespace "${settings.namespace}" routes with '${routing}'`,
+    );
   }
 }
 
@@ -150,7 +182,10 @@ export function checkAgainstNamespace(settings: NodeSettings, options: RedisShar
   const ns = settings.namespace;
   if (options.policy !== undefined) {
     const diff = policyDiff(doc.policy, settings.policy, options.policy);
-    if (diff.length > 0) throw invalid(`namespace "${ns}" already runs with another policy: ${diff.join('; ')}. Give the same policy, or none to adopt the stored one`);
+    if (diff.length > 0)
+      throw invalid(
+        `namespace "${ns}" already runs with another policy: ${diff.join('; ')}. Give the same policy, or none to adopt the stored one`,
+      );
   }
   if (options.routing !== undefined && doc.routing !== settings.routing) {
     throw invalid(`namespace "${ns}" already routes with '${doc.routing}', this node was given '${settings.routing}'`);
@@ -163,6 +198,7 @@ export function checkAgainstNamespace(settings: NodeSettings, options: RedisShar
 /** The fields the user gave (as resolved: defaults and raises applied alike) that differ
  *  from the stored policy. Fields not given are the namespace's to set, not this machine's. */
 function policyDiff(stored: ScalingPolicy, resolved: ScalingPolicy, given: Partial<ScalingPolicy>): string[] {
-  return POLICY_FIELDS.filter((f) => given[f] !== undefined && stored[f] !== resolved[f])
-    .map((f) => `${f} ${String(stored[f])} (stored) vs ${String(resolved[f])} (given)`);
+  return POLICY_FIELDS.filter((f) => given[f] !== undefined && stored[f] !== resolved[f]).map(
+    (f) => `${f} ${String(stored[f])} (stored) vs ${String(resolved[f])} (given)`,
+  );
 }

@@ -36,7 +36,9 @@ export function marksOf(reply: unknown): Map<string, AckedPosition> {
   const out = new Map<string, AckedPosition>();
   const entries: [string, unknown][] = Array.isArray(reply)
     ? Array.from({ length: Math.floor(reply.length / 2) }, (_, i) => [String(reply[2 * i]), reply[2 * i + 1]])
-    : reply && typeof reply === 'object' ? Object.entries(reply) : [];
+    : reply && typeof reply === 'object'
+      ? Object.entries(reply)
+      : [];
   for (const [field, value] of entries) {
     if (!field.startsWith(PROGRESS.markPrefix)) continue;
     const m = MARK.exec(String(value));

@@ -16,8 +16,18 @@ export class RouteTable {
 
   static #make(tableCapacity: number): SharedCore {
     return SharedCore.createSync({
-      kind: 'single', tableCapacity, maxSlots: 1, initialSlots: 0, ringCapacity: 0, ringBytes: 0, maxPayload: 0,
-      lanes: 1, laneBytes: 16384, backpressure: 0, sampleRate: 1, sampleFill: 1,
+      kind: 'single',
+      tableCapacity,
+      maxSlots: 1,
+      initialSlots: 0,
+      ringCapacity: 0,
+      ringBytes: 0,
+      maxPayload: 0,
+      lanes: 1,
+      laneBytes: 16384,
+      backpressure: 0,
+      sampleRate: 1,
+      sampleFill: 1,
     });
   }
 
@@ -44,7 +54,10 @@ export class RouteTable {
 
   /** Batch form: one WebAssembly call per scratch-full. */
   selectMany(hashes: Uint32Array, n: number, out: Uint16Array): void {
-    if (this.#ids.length === 0) { out.fill(NO_SHARD, 0, n); return; }
+    if (this.#ids.length === 0) {
+      out.fill(NO_SHARD, 0, n);
+      return;
+    }
     this.#core.selectBatch(hashes, n, out);
   }
 }

@@ -86,13 +86,21 @@ export class SendBuffer {
   }
 
   /** Events accepted so far; also the accept index of the last one (flush() waits up to it). */
-  get accepted(): number { return this.#accepted; }
+  get accepted(): number {
+    return this.#accepted;
+  }
   /** Accepted events not yet stored: in queues, in flight, waiting to be routed again, or held by the key-order fence. */
-  get buffered(): number { return this.#buffered; }
+  get buffered(): number {
+    return this.#buffered;
+  }
   /** Events stored in Redis (a retried frame counts once). */
-  get stored(): number { return this.#stored; }
+  get stored(): number {
+    return this.#stored;
+  }
   /** Accepted events of removed shards routed again. */
-  get rerouted(): number { return this.#rerouted; }
+  get rerouted(): number {
+    return this.#rerouted;
+  }
   /** Events discarded (newest, oldest, sampled) and pushes refused (failProducer), so far. */
   drops(): { newest: number; oldest: number; sampled: number; refused: number } {
     return { ...this.#drops };
@@ -115,8 +123,17 @@ export class SendBuffer {
     let q = this.#queues.get(id);
     if (!q) {
       q = {
-        id, frames: [], open: undefined, inflight: undefined, events: 0, bytes: 0, sampleTick: 0,
-        held: false, holdMs: 0, missingReported: false, lastSeq: 0,
+        id,
+        frames: [],
+        open: undefined,
+        inflight: undefined,
+        events: 0,
+        bytes: 0,
+        sampleTick: 0,
+        held: false,
+        holdMs: 0,
+        missingReported: false,
+        lastSeq: 0,
       };
       this.#queues.set(id, q);
     }
@@ -126,8 +143,7 @@ export class SendBuffer {
   /** Whether an event of `bytes` would meet backpressure in this shard's buffer. */
   full(q: ShardQueue, bytes: number): boolean {
     const keyOrder = this.#host.keyOrder;
-    return q.events + keyOrder.heldEvents(q.id) >= this.#limits.events
-      || q.bytes + keyOrder.heldBytes(q.id) + bytes > this.#limits.bytes;
+    return q.events + keyOrder.heldEvents(q.id) >= this.#limits.events || q.bytes + keyOrder.heldBytes(q.id) + bytes > this.#limits.bytes;
   }
 
   /**
@@ -137,23 +153,40 @@ export class SendBuffer {
    * under failProducer when the buffer is full (`acceptedBefore`: the batch's accepted ones).
    */
   accept(
-    hash: number, shard: number, payload: EventPayload, bytes: number,
-    mode: BackpressureMode, fillRatioThreshold: number, acceptedBefore: number,
+    hash: number,
+    shard: number,
+    payload: EventPayload,
+    bytes: number,
+    mode: BackpressureMode,
+    fillRatioThreshold: number,
+    acceptedBefore: number,
   ): boolean {
     const q = this.queue(shard);
     const cap = this.#limits.events;
     const capBytes = this.#limits.bytes;
     const full = () => this.full(q, bytes);
     if (mode.kind === 'sample' && !full() && Math.max(q.events / cap, q.bytes / capBytes) > fillRatioThreshold) {
-      if (++q.sampleTick % mode.rate !== 0) { this.#drops.sampled++; this.#count(shard).dropped++; return false; }
+      if (++q.sampleTick % mode.rate !== 0) {
+        this.#drops.sampled++;
+        this.#count(shard).dropped++;
+        return false;
+      }
     }
     if (full()) {
       if (mode.kind === 'failProducer') {
         this.#drops.refused++; // not a drop: the caller keeps the event
-        throw new BackpressureError(`push refused: shard ${shard}'s send buffer is full (${q.events} events, ${q.bytes} of ${capBytes} payload bytes not yet stored in Redis; backpressure failProducer)`, shard, acceptedBefore);
+        throw new BackpressureError(
+          `push refused: shard ${shard}'s send buffer is full (${q.events} events, ${q.bytes} of ${capBytes} payload bytes not yet stored in Redis; backpressure failProducer)`,
+          shard,
+          acceptedBefore,
+        );
       }
       if (mode.kind === 'dropOldest') while (full() && this.#evictOldest(q));
-      if (full()) { this.#drops.newest++; this.#count(shard).dropped++; return false; }
+      if (full()) {
+        this.#drops.newest++;
+        this.#count(shard).dropped++;
+        return false;
+      }
     }
     const keyOrder = this.#host.keyOrder;
     const slot = keyOrder.waiting(hash);
@@ -180,7 +213,7 @@ export class SendBuffer {
 
   #count(shard: number): ShardCounts {
     let c = this.#perShard.get(shard);
-    if (!c) this.#perShard.set(shard, c = { pushed: 0, stored: 0, dropped: 0 });
+    if (!c) this.#perShard.set(shard, (c = { pushed: 0, stored: 0, dropped: 0 }));
     return c;
   }
 
@@ -202,7 +235,7 @@ export class SendBuffer {
 
   /** Close a shard's open frame under the next frame sequence. */
   #closeOpen(q: ShardQueue): void {
-    q.frames.push(q.open!.close(q.id, q.lastSeq = ++this.#frameSeq));
+    q.frames.push(q.open!.close(q.id, (q.lastSeq = ++this.#frameSeq)));
     q.open = undefined;
   }
 
@@ -248,7 +281,11 @@ export class SendBuffer {
       if (q.inflight || q.held) continue;
       if (q.frames.length === 0 && q.open && q.open.count > 0) this.#closeOpen(q);
       const frame = q.frames.shift();
-      if (frame) { q.inflight = frame; frame.attempted = true; batch.push(frame); }
+      if (frame) {
+        q.inflight = frame;
+        frame.attempted = true;
+        batch.push(frame);
+      }
     }
     return batch;
   }
@@ -349,9 +386,15 @@ export class SendBuffer {
     const keyOrder = this.#host.keyOrder;
     for (const o of waiting) {
       const shard = this.#host.select(o.hash);
-      if (shard === NO_SHARD) { this.#orphans.push(o); continue; }
+      if (shard === NO_SHARD) {
+        this.#orphans.push(o);
+        continue;
+      }
       const slot = keyOrder.waiting(o.hash);
-      if (slot !== undefined) { keyOrder.holdEarlier(slot, o); continue; } // still counted in #buffered
+      if (slot !== undefined) {
+        keyOrder.holdEarlier(slot, o);
+        continue;
+      } // still counted in #buffered
       this.#buffered--; // #append counts it again
       this.#append(this.queue(shard), o.hash, o.index, o.bytes, o.bytes.length);
     }

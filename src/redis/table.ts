@@ -65,7 +65,9 @@ export async function readTableIfCreated(client: ScriptedClient, keys: Keys): Pr
     const type = await client.type(keys.table);
     if (type === 'none') return undefined;
     if (type !== 'hash') {
-      throw new Error(`shard-mapper/redis: the key ${keys.table} holds a ${type}, not a shard table: another application uses namespace "${keys.ns}"; choose another namespace`);
+      throw new Error(
+        `shard-mapper/redis: the key ${keys.table} holds a ${type}, not a shard table: another application uses namespace "${keys.ns}"; choose another namespace`,
+      );
     }
     return await readTable(client, keys);
   }
@@ -109,9 +111,14 @@ export class RouteBuilder {
   readonly #builder: TableBuilder | undefined;
 
   constructor(doc: Pick<TableDoc, 'routing' | 'loadBound' | 'policy'>) {
-    this.#builder = doc.routing === 'leastLoaded' ? undefined : createTableBuilder(doc.routing, {
-      maxShards: doc.policy.maxShards, fillRatioThreshold: doc.policy.fillRatioThreshold, loadBound: doc.loadBound,
-    });
+    this.#builder =
+      doc.routing === 'leastLoaded'
+        ? undefined
+        : createTableBuilder(doc.routing, {
+            maxShards: doc.policy.maxShards,
+            fillRatioThreshold: doc.policy.fillRatioThreshold,
+            loadBound: doc.loadBound,
+          });
   }
 
   /** The route for these Active ids (table order) and their last metrics; `fresh`: a new window. */
@@ -119,7 +126,10 @@ export class RouteBuilder {
     if (this.#builder === undefined) {
       return candidateIndexes(ids.map((id) => metrics.get(id)?.weight ?? 0)).map((i) => ids[i]!);
     }
-    const table = this.#builder.build(ids.map((id) => ({ id, metrics: metrics.get(id) })), fresh);
+    const table = this.#builder.build(
+      ids.map((id) => ({ id, metrics: metrics.get(id) })),
+      fresh,
+    );
     return table === undefined ? [] : Array.from(table);
   }
 }
@@ -139,10 +149,14 @@ export function explainTableError(error: Error, keys: Keys): Error {
   const m = error.message;
   if (m.includes('SMWRONGTYPE') || m.includes('WRONGTYPE')) {
     const type = /SMWRONGTYPE (\w+)/.exec(m)?.[1] ?? 'another type';
-    return new Error(`shard-mapper/redis: the key ${keys.table} holds a ${type}, not a shard table: another application uses namespace "${keys.ns}"; choose another namespace`);
+    return new Error(
+      `shard-mapper/redis: the key ${keys.table} holds a ${type}, not a shard table: another application uses namespace "${keys.ns}"; choose another namespace`,
+    );
   }
   if (m.includes('SMNOTATABLE')) {
-    return new Error(`shard-mapper/redis: the hash ${keys.table} is not a shard-mapper table (format ${/SMNOTATABLE (.*)/.exec(m)?.[1]}): another application uses namespace "${keys.ns}"; choose another namespace`);
+    return new Error(
+      `shard-mapper/redis: the hash ${keys.table} is not a shard-mapper table (format ${/SMNOTATABLE (.*)/.exec(m)?.[1]}): another application uses namespace "${keys.ns}"; choose another namespace`,
+    );
   }
   return error;
 }
@@ -155,7 +169,14 @@ export async function initTable(client: ScriptedClient, keys: Keys, doc: TableDo
   } catch (error) {
     throw explainTableError(error as Error, keys);
   }
-  return { created: reply[0] === 'created', doc: parseDoc(reply[1], keys.table), version: Number(reply[2]), gen: Number(reply[3]), epoch: reply[4], nodes: Number(reply[5] ?? 0) };
+  return {
+    created: reply[0] === 'created',
+    doc: parseDoc(reply[1], keys.table),
+    version: Number(reply[2]),
+    gen: Number(reply[3]),
+    epoch: reply[4],
+    nodes: Number(reply[5] ?? 0),
+  };
 }
 
 /** The thrown message when the table is missing (Redis lost it, or someone deleted it). */
@@ -166,7 +187,13 @@ export async function readTable(client: ScriptedClient, keys: Keys): Promise<Tab
   if (format !== TABLE_FORMAT || version === null || json === null) {
     throw new Error(`shard-mapper/redis: the shard table ${keys.table} ${TABLE_GONE} (format ${String(format)})`);
   }
-  return { version: Number(version), gen: Number(gen ?? 1), epoch: epoch ?? '', doc: parseDoc(json, keys.table), nodes: Number(nodes ?? 0) };
+  return {
+    version: Number(version),
+    gen: Number(gen ?? 1),
+    epoch: epoch ?? '',
+    doc: parseDoc(json, keys.table),
+    nodes: Number(nodes ?? 0),
+  };
 }
 
 /** Version, generation and epoch (the cheap check every metrics window); undefined: no table. */
@@ -188,10 +215,31 @@ export interface AnsweredRequest {
  * `doc` undefined leaves the table as it is (a clocks-only or answer-only write); returns
  * the version after the write.
  */
-export async function writeTable(client: ScriptedClient, keys: Keys, token: string, over: TableHead, doc: TableDoc | undefined,
-  extra: { clocks?: string; request?: AnsweredRequest } = {}): Promise<number> {
+export async function writeTable(
+  client: ScriptedClient,
+  keys: Keys,
+  token: string,
+  over: TableHead,
+  doc: TableDoc | undefined,
+  extra: { clocks?: string; request?: AnsweredRequest } = {},
+): Promise<number> {
   const r = extra.request;
-  return Number(await client.smWriteTable(keys.lease, keys.table, keys.ops, keys.answers, keys.answered,
-    token, over.epoch, String(over.version), doc === undefined ? '' : JSON.stringify(doc), keys.changes,
-    extra.clocks ?? '', r?.reqId ?? '', r?.raw ?? '', r?.answer ?? ''));
+  return Number(
+    await client.smWriteTable(
+      keys.lease,
+      keys.table,
+      keys.ops,
+      keys.answers,
+      keys.answered,
+      token,
+      over.epoch,
+      String(over.version),
+      doc === undefined ? '' : JSON.stringify(doc),
+      keys.changes,
+      extra.clocks ?? '',
+      r?.reqId ?? '',
+      r?.raw ?? '',
+      r?.answer ?? '',
+    ),
+  );
 }
