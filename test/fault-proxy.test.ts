@@ -4,10 +4,10 @@
 // Jepsen-style runs then saw an XADD "succeed" with an HMGET's answer and reported the lost
 // frame as the package's loss. Raw sockets (no client library between): each request is an
 // ECHO of a counter, so a reply names the request it belongs to.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { connect, type Socket } from 'node:net';
-import { FaultProxy } from './helpers/fault-proxy.js';
-import { HOST, RedisTestServer, redisAvailable } from './helpers/redis-server.js';
+import { proxiedServer } from './helpers/fault-proxy.js';
+import { HOST, redisAvailable } from './helpers/redis-server.js';
 import { prng } from './helpers/index.js';
 
 const available = redisAvailable();
@@ -21,16 +21,7 @@ function stall(ms: number): void {
 const echo = (text: string) => `*2\r\n$4\r\nECHO\r\n$${text.length}\r\n${text}\r\n`;
 
 describe.skipIf(!available)('the fault proxy keeps replies in order', () => {
-  let server: RedisTestServer;
-  let proxy: FaultProxy;
-  beforeAll(async () => {
-    server = await RedisTestServer.start();
-    proxy = await FaultProxy.start(server.port);
-  });
-  afterAll(async () => {
-    await proxy?.close();
-    await server?.dispose();
-  });
+  const env = proxiedServer();
 
   it('delays switched on and off while the event loop stalls: every connection gets its replies in request order', async () => {
     const rng = prng(20261205);
@@ -40,7 +31,7 @@ describe.skipIf(!available)('the fault proxy keeps replies in order', () => {
     const received: string[][] = [];
     const sent: number[] = new Array(connections).fill(0);
     for (let c = 0; c < connections; c++) {
-      const socket = connect(proxy.port, HOST);
+      const socket = connect(env.proxy.port, HOST);
       await new Promise<void>((r) => socket.once('connect', () => r()));
       socket.setNoDelay(true);
       const got: string[] = [];
@@ -61,9 +52,9 @@ describe.skipIf(!available)('the fault proxy keeps replies in order', () => {
       });
       sockets.push(socket);
     }
-    const delaysBefore = proxy.counts.delayedReplies;
+    const delaysBefore = env.proxy.counts.delayedReplies;
     for (let step = 0; step < perConnection; step++) {
-      if (rng() < 0.2) proxy.delayReplies(rng() < 0.5 ? 0 : 1 + Math.floor(rng() * 8));
+      if (rng() < 0.2) env.proxy.delayReplies(rng() < 0.5 ? 0 : 1 + Math.floor(rng() * 8));
       for (let c = 0; c < connections; c++) {
         const n = 1 + Math.floor(rng() * 3);
         let batch = '';
@@ -73,12 +64,12 @@ describe.skipIf(!available)('the fault proxy keeps replies in order', () => {
       await new Promise((r) => setTimeout(r, rng() < 0.5 ? 0 : 1));
       if (rng() < 0.2) stall(Math.floor(rng() * 5));
     }
-    proxy.delayReplies(0);
+    env.proxy.delayReplies(0);
     const deadline = performance.now() + 10_000;
     while (received.some((g, c) => g.length < sent[c]!) && performance.now() < deadline) await new Promise((r) => setTimeout(r, 10));
     await new Promise((r) => setTimeout(r, 100)); // a late extra reply would show here
     for (const s of sockets) s.destroy();
-    expect(proxy.counts.delayedReplies - delaysBefore, 'replies were delayed (the fault hit)').toBeGreaterThan(100);
+    expect(env.proxy.counts.delayedReplies - delaysBefore, 'replies were delayed (the fault hit)').toBeGreaterThan(100);
     for (let c = 0; c < connections; c++) {
       expect(received[c], `connection ${c}`).toEqual(Array.from({ length: sent[c]! }, (_, i) => `${c}:${i}`));
     }

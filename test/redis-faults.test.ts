@@ -15,7 +15,7 @@ import { spawn } from 'node:child_process';
 import { openSync } from 'node:fs';
 import { join } from 'node:path';
 import { HOST, REDIS_CLI, RedisTestCluster, RedisTestServer, redisAvailable } from './helpers/redis-server.js';
-import { FaultProxy } from './helpers/fault-proxy.js';
+import { FaultProxy, proxiedServer } from './helpers/fault-proxy.js';
 import { until } from './helpers/delivery.js';
 import { prng } from './helpers/index.js';
 import { FixtureProcess, type FixtureMessage } from './helpers/fixture-process.js';
@@ -41,42 +41,33 @@ async function producer(url: string, namespace: string, texts: string[]): Promis
 }
 
 describe.skipIf(!available)('shard-mapper/redis through faults: a user-made ioredis instance (standalone)', () => {
-  let server: RedisTestServer;
-  let proxy: FaultProxy;
-  beforeAll(async () => {
-    server = await RedisTestServer.start();
-    proxy = await FaultProxy.start(server.port);
-  });
-  afterAll(async () => {
-    await proxy?.close();
-    await server?.dispose();
-  });
+  const env = proxiedServer();
 
   it('a lost XREADGROUP reply (connection hangs, then resets) strands nothing: f1…f6 delivered in order, none pending, the user instance left open', async () => {
     const namespace = ns();
     const texts = ['f1', 'f2', 'f3', 'f4', 'f5', 'f6'];
-    const node = await producer(server.url, namespace, texts);
+    const node = await producer(env.server.url, namespace, texts);
     // ioredis's defaults: autoResendUnfulfilledCommands true, offline queue on, 20 retries.
-    const user = new Redis(proxy.url);
+    const user = new Redis(env.proxy.url);
     user.on('error', () => {});
-    const droppedBefore = proxy.counts.droppedReplies;
+    const droppedBefore = env.proxy.counts.droppedReplies;
     // The first read of new entries that returns data loses its reply.
-    proxy.dropNextReply(isReadNew, { onlyWithData: true, hangMs: 100 });
+    env.proxy.dropNextReply(isReadNew, { onlyWithData: true, hangMs: 100 });
     const got: string[] = [];
     const consumers = await serveShardConsumers({
       redis: user, namespace, batchSize: 2, idleMs: 5, leaseMs: 3000,
       consume: (records) => { for (const r of records) got.push(r.payload.toString()); },
     });
     const stream = `${namespace}:shard:{${namespace}:0}`;
-    const drained = async () => Number(server.cli('XLEN', stream)) === 0 && /^0\b/.test(server.cli('XPENDING', stream, 'shard-mapper'));
+    const drained = async () => Number(env.server.cli('XLEN', stream)) === 0 && /^0\b/.test(env.server.cli('XPENDING', stream, 'shard-mapper'));
     try {
       await until(() => got.length >= texts.length && drained(), `all six delivered and the stream drained (got ${JSON.stringify(got)})`, 15_000);
       await sleep(300); // a late repeat would show here
     } finally {
       await consumers.close();
     }
-    expect(proxy.counts.droppedReplies - droppedBefore, 'the fault hit: one XREADGROUP reply with entries was dropped').toBe(1);
-    expect(proxy.dropped.at(-1)!.at(-1)).toBe('>');
+    expect(env.proxy.counts.droppedReplies - droppedBefore, 'the fault hit: one XREADGROUP reply with entries was dropped').toBe(1);
+    expect(env.proxy.dropped.at(-1)!.at(-1)).toBe('>');
     expect(got).toEqual(texts);
     // The package closed only what it opened: the user's instance still works.
     expect(user.status).toBe('ready');
@@ -88,11 +79,11 @@ describe.skipIf(!available)('shard-mapper/redis through faults: a user-made iore
   it('a lost reply, then a take-over by a second consumer: the order stays f1…f6 (no f3 before f1)', async () => {
     const namespace = ns();
     const texts = ['f1', 'f2', 'f3', 'f4', 'f5', 'f6'];
-    const node = await producer(server.url, namespace, texts);
-    const user = new Redis(proxy.url);
+    const node = await producer(env.server.url, namespace, texts);
+    const user = new Redis(env.proxy.url);
     user.on('error', () => {});
-    const droppedBefore = proxy.counts.droppedReplies;
-    proxy.dropNextReply(isReadNew, { onlyWithData: true, hangMs: 100 });
+    const droppedBefore = env.proxy.counts.droppedReplies;
+    env.proxy.dropNextReply(isReadNew, { onlyWithData: true, hangMs: 100 });
     const got: string[] = [];
     const first = await serveShardConsumers({
       redis: user, namespace, batchSize: 2, idleMs: 5, leaseMs: 3000, name: 'first',
@@ -100,10 +91,10 @@ describe.skipIf(!available)('shard-mapper/redis through faults: a user-made iore
     });
     // The first consumer leaves once it has consumed something after the fault; a second takes
     // the shard over and claims what the first left pending.
-    await until(() => proxy.counts.droppedReplies === droppedBefore + 1 && got.length >= 2, `the fault, then a batch consumed (dropped ${proxy.counts.droppedReplies}, pending rules ${proxy.pendingDrops}, got ${JSON.stringify(got)})`);
+    await until(() => env.proxy.counts.droppedReplies === droppedBefore + 1 && got.length >= 2, `the fault, then a batch consumed (dropped ${env.proxy.counts.droppedReplies}, pending rules ${env.proxy.pendingDrops}, got ${JSON.stringify(got)})`);
     await first.close();
     const second = await serveShardConsumers({
-      redis: server.url, namespace, batchSize: 2, idleMs: 5, leaseMs: 3000, name: 'second',
+      redis: env.server.url, namespace, batchSize: 2, idleMs: 5, leaseMs: 3000, name: 'second',
       consume: (records) => { for (const r of records) got.push(r.payload.toString()); },
     });
     try {
@@ -124,7 +115,7 @@ describe.skipIf(!available)('shard-mapper/redis through faults: a user-made iore
       keyPrefix: 'app:', stringNumbers: true, enableOfflineQueue: true, maxRetriesPerRequest: null,
       autoResendUnfulfilledCommands: true, protocol: 3, replyMapping: 'resp3', // the last two: ioredis 6 only
     };
-    const user = new Redis(server.url, options as never);
+    const user = new Redis(env.server.url, options as never);
     user.on('error', () => {});
     const node = await RedisShardManager.create({ redis: user, namespace, initialShards: 2 });
     for (let i = 0; i < 200; i++) expect(node.push(`k${i}`, `e${i}`)).toBe(true);
@@ -141,12 +132,12 @@ describe.skipIf(!available)('shard-mapper/redis through faults: a user-made iore
     expect(new Set(got).size).toBe(200);
     expect(got.length).toBe(200);
     // The namespace's keys carry no prefix of the user's.
-    expect(server.cli('EXISTS', `{${namespace}}:table`)).toBe('1');
-    expect(server.cli('KEYS', `app:*${namespace}*`)).toBe('');
+    expect(env.server.cli('EXISTS', `{${namespace}}:table`)).toBe('1');
+    expect(env.server.cli('KEYS', `app:*${namespace}*`)).toBe('');
     // The instance is the user's: open, and still with its own prefix.
     expect(user.status).toBe('ready');
     await user.set('mine', '1');
-    expect(server.cli('GET', 'app:mine')).toBe('1');
+    expect(env.server.cli('GET', 'app:mine')).toBe('1');
     user.disconnect();
   }, 30_000);
 
@@ -157,17 +148,17 @@ describe.skipIf(!available)('shard-mapper/redis through faults: a user-made iore
     // step takes entries nobody will claim before c2 has acknowledged later frames of the
     // same node: the next owner then skips them as repeats (lost), or c1 delivers them late.
     const namespace = ns();
-    const node = await producer(server.url, namespace, ['e1']);
-    const second = await FaultProxy.start(server.port);
+    const node = await producer(env.server.url, namespace, ['e1']);
+    const second = await FaultProxy.start(env.server.port);
     const got: string[] = [];
     const consume = (records: { payload: Buffer }[]) => { for (const r of records) got.push(r.payload.toString()); };
-    const c1 = await serveShardConsumers({ redis: proxy.url, namespace, name: 'c1', batchSize: 2, idleMs: 5, leaseMs: 600, consume });
+    const c1 = await serveShardConsumers({ redis: env.proxy.url, namespace, name: 'c1', batchSize: 2, idleMs: 5, leaseMs: 600, consume });
     let c2: Awaited<ReturnType<typeof serveShardConsumers>> | undefined;
     const stream = `${namespace}:shard:{${namespace}:0}`;
-    const drained = async () => Number(server.cli('XLEN', stream)) === 0 && /^0\b/.test(server.cli('XPENDING', stream, 'shard-mapper'));
+    const drained = async () => Number(env.server.cli('XLEN', stream)) === 0 && /^0\b/.test(env.server.cli('XPENDING', stream, 'shard-mapper'));
     try {
       await until(() => got.length === 1, 'c1 consumed e1');
-      const late = proxy.holdNextRequest(isReadNew);
+      const late = env.proxy.holdNextRequest(isReadNew);
       expect((await late.arrived).at(-1), "c1's read of new entries is held").toBe('>');
       // c2 takes the shard once c1's lease ran out (c1 is stuck in its read, so it cannot
       // renew); c2's own first read of new entries is held too, so c1's read runs first.
@@ -176,10 +167,10 @@ describe.skipIf(!available)('shard-mapper/redis through faults: a user-made iore
       await c2Read.arrived;
       expect(c2.owned(), 'c2 owns the shard while c1 still waits on its read').toEqual([0]);
       for (const t of ['e2', 'e3', 'e4', 'e5']) { expect(node.push(t, t)).toBe(true); await node.flush(); }
-      proxy.dropNextReply(isReadNew, { onlyWithData: true, hangMs: 50 });
+      env.proxy.dropNextReply(isReadNew, { onlyWithData: true, hangMs: 50 });
       late.release();
       await late.answered; // c1's read ran in Redis, after c2 took the shard
-      proxy.clearDrops(); // a refused read carries no entries: its rule may be left unused
+      env.proxy.clearDrops(); // a refused read carries no entries: its rule may be left unused
       c2Read.release();
       await until(() => got.length >= 5, () => `c2 consumed what is left (got ${JSON.stringify(got)})`, 5_000).catch(() => {});
       // Then c2 leaves and c1 takes the shard back: whatever c1 still has pending is claimed now.
@@ -200,45 +191,45 @@ describe.skipIf(!available)('shard-mapper/redis through faults: a user-made iore
   it("a lost reply of a node's stored-events report does not count those events twice (the controller's backlog = stored − acknowledged)", async () => {
     const namespace = ns();
     const storedKey = `{${namespace}}:stored`;
-    const node = await RedisShardManager.create({ redis: proxy.url, namespace, initialShards: 1, policy: { minShards: 1, maxShards: 1, metricsWindowMs: 50 } });
-    const droppedBefore = proxy.counts.droppedReplies;
+    const node = await RedisShardManager.create({ redis: env.proxy.url, namespace, initialShards: 1, policy: { minShards: 1, maxShards: 1, metricsWindowMs: 50 } });
+    const droppedBefore = env.proxy.counts.droppedReplies;
     // The node's report (not the controller's read of the counts, which names the key too).
-    proxy.dropNextReply((w) => w.includes(storedKey) && !/^HGETALL$/i.test(w[0] ?? ''), { onlyWithData: false, hangMs: 50 });
-    const stored = () => Number(server.cli('HGET', storedKey, '0') || 0);
+    env.proxy.dropNextReply((w) => w.includes(storedKey) && !/^HGETALL$/i.test(w[0] ?? ''), { onlyWithData: false, hangMs: 50 });
+    const stored = () => Number(env.server.cli('HGET', storedKey, '0') || 0);
     try {
       for (let i = 0; i < 100; i++) expect(node.push(`k${i}`, `e${i}`)).toBe(true);
       await node.flush();
-      await until(() => proxy.counts.droppedReplies > droppedBefore, 'the report whose reply is dropped was sent');
+      await until(() => env.proxy.counts.droppedReplies > droppedBefore, 'the report whose reply is dropped was sent');
       await until(() => stored() >= 100, () => `the 100 events counted (have ${stored()})`);
       await sleep(300); // several more windows: a report applied twice would show here
-      expect(proxy.dropped.at(-1)!.includes(storedKey), 'the dropped reply was the report').toBe(true);
+      expect(env.proxy.dropped.at(-1)!.includes(storedKey), 'the dropped reply was the report').toBe(true);
       expect(stored()).toBe(100);
     } finally {
       await node.close();
     }
-    expect(server.cli('HEXISTS', `{${namespace}}:reports`, node.nodeId), 'a closed node leaves no report number behind').toBe('0');
+    expect(env.server.cli('HEXISTS', `{${namespace}}:reports`, node.nodeId), 'a closed node leaves no report number behind').toBe('0');
   }, 30_000);
 
   it("an XADD whose reply is lost while its shard is drained and removed: the node learns from the shard's marks that it was consumed, and does not route it again (no repeat under a new dedup id)", async () => {
     const namespace = ns();
     const policy = { minShards: 1, maxShards: 4, autoScale: false, metricsWindowMs: 50, cooldownMs: 1 };
     // The controller goes straight to Redis; the node under test through the proxy.
-    const ctl = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 1, drainGraceMs: 50, policy });
+    const ctl = await RedisShardManager.create({ redis: env.server.url, namespace, initialShards: 1, drainGraceMs: 50, policy });
     await ctl.tick(); // ctl holds the controller lease
-    const node = await RedisShardManager.create({ redis: proxy.url, namespace, policy });
+    const node = await RedisShardManager.create({ redis: env.proxy.url, namespace, policy });
     const got: { text: string; id: string; shard: number }[] = [];
     const consumers = await serveShardConsumers({
-      redis: server.url, namespace, idleMs: 5,
+      redis: env.server.url, namespace, idleMs: 5,
       consume: (records, shard) => { for (const r of records) got.push({ text: r.payload.toString(), id: r.dedupId, shard }); },
     });
-    const droppedBefore = proxy.counts.droppedReplies;
+    const droppedBefore = env.proxy.counts.droppedReplies;
     try {
       expect(node.table().shards.map((x) => x.id)).toEqual([0]);
       // The node's XADD reaches Redis; its reply is lost and the connection hangs for 4 s.
-      proxy.dropNextReply((w) => w[0]?.toUpperCase() === 'XADD', { onlyWithData: false, hangMs: 4000 });
+      env.proxy.dropNextReply((w) => w[0]?.toUpperCase() === 'XADD', { onlyWithData: false, hangMs: 4000 });
       expect(node.push('k', 'e1')).toBe(true);
       await until(() => got.length === 1, 'e1 consumed from shard 0');
-      expect(proxy.counts.droppedReplies - droppedBefore, 'the XADD reply was dropped').toBe(1);
+      expect(env.proxy.counts.droppedReplies - droppedBefore, 'the XADD reply was dropped').toBe(1);
       // Meanwhile shard 0 is replaced and removed (drained: its stream is empty).
       await ctl.addShard();
       await ctl.removeShard(0, { timeoutMs: 3000 });
@@ -260,8 +251,8 @@ describe.skipIf(!available)('shard-mapper/redis through faults: a user-made iore
   it('CLIENT KILL TYPE normal while a consumer reads: every entry delivered once, in order, none pending', async () => {
     const namespace = ns();
     const texts = Array.from({ length: 40 }, (_, i) => `k${String(i).padStart(2, '0')}`);
-    const node = await producer(server.url, namespace, texts);
-    const user = new Redis(`redis://${HOST}:${server.port}`);
+    const node = await producer(env.server.url, namespace, texts);
+    const user = new Redis(`redis://${HOST}:${env.server.port}`);
     user.on('error', () => {});
     const got: string[] = [];
     let killedWithData = 0;
@@ -274,14 +265,14 @@ describe.skipIf(!available)('shard-mapper/redis through faults: a user-made iore
         // Kill every normal client between reads while entries remain: the acknowledgement
         // or the next read is cut.
         if (got.length % 8 === 0) {
-          const left = Number(server.cli('XLEN', stream));
-          const killed = Number(server.cli('CLIENT', 'KILL', 'TYPE', 'normal'));
+          const left = Number(env.server.cli('XLEN', stream));
+          const killed = Number(env.server.cli('CLIENT', 'KILL', 'TYPE', 'normal'));
           killedClients += killed;
           if (left > 0 && killed > 0) killedWithData++;
         }
       },
     });
-    const drained = async () => Number(server.cli('XLEN', stream)) === 0 && /^0\b/.test(server.cli('XPENDING', stream, 'shard-mapper'));
+    const drained = async () => Number(env.server.cli('XLEN', stream)) === 0 && /^0\b/.test(env.server.cli('XPENDING', stream, 'shard-mapper'));
     try {
       await until(() => new Set(got).size >= texts.length && drained(), `all delivered and drained (got ${got.length})`, 20_000);
       await sleep(300);

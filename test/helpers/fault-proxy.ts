@@ -7,7 +7,8 @@
 // requests as arrays of bulk strings, the server's replies as whole values, and pairs them
 // in order (a connection that subscribes leaves the pairing: pushes have no request).
 import { createServer, connect, type Server, type Socket } from 'node:net';
-import { HOST } from './redis-server.js';
+import { afterAll, beforeAll } from 'vitest';
+import { HOST, RedisTestServer } from './redis-server.js';
 
 /** End offset of the RESP value starting at `at`, or -1 when it is not complete yet. */
 export function respValueEnd(buf: Buffer, at: number): number {
@@ -330,4 +331,19 @@ export class FaultProxy {
       if (link.delayed.length > 0) this.#writeWhenDue(link);
     }, Math.max(0, Math.ceil(link.delayed[0]!.due - performance.now())));
   }
+}
+
+/** A redis-server with a FaultProxy in front, for the tests of one describe block: started
+ *  in its beforeAll, stopped in its afterAll (read the fields inside the tests). */
+export function proxiedServer(): { readonly server: RedisTestServer; readonly proxy: FaultProxy } {
+  const env = {} as { server: RedisTestServer; proxy: FaultProxy };
+  beforeAll(async () => {
+    env.server = await RedisTestServer.start();
+    env.proxy = await FaultProxy.start(env.server.port);
+  });
+  afterAll(async () => {
+    await env.proxy?.close();
+    await env.server?.dispose();
+  });
+  return env;
 }
