@@ -552,20 +552,10 @@ class ConsumerRunner implements ShardConsumers {
   /** The group remembers every consumer name it ever saw; on a take-over, forget those with
    *  nothing pending that have been idle for two lease periods (dead processes). */
   async #forgetIdleConsumers(stream: string): Promise<void> {
-    const client = this.#conn.client;
-    let list: unknown[][];
     try {
-      list = (await client.call('XINFO', 'CONSUMERS', stream, GROUP)) as unknown[][];
+      await this.#conn.client.smForgetIdle(stream, GROUP, this.name, String(2 * this.#parts.leaseMs));
     } catch {
-      return; // housekeeping only: never in the way of consuming
-    }
-    for (const c of list) {
-      const info = new Map<string, unknown>();
-      for (let i = 0; i + 1 < c.length; i += 2) info.set(String(c[i]), c[i + 1]);
-      const name = String(info.get('name'));
-      if (name !== this.name && Number(info.get('pending')) === 0 && Number(info.get('idle')) > 2 * this.#parts.leaseMs) {
-        await client.call('XGROUP', 'DELCONSUMER', stream, GROUP, name).catch(() => 0);
-      }
+      // housekeeping only: never in the way of consuming
     }
   }
 

@@ -256,6 +256,28 @@ for i = 3, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1`,
   },
   /** KEYS lease; ARGV token. Release a lease held with this token. */
+  /**
+   * KEYS stream; ARGV group, own name, idle ms. Forget the group's other members that have
+   * nothing pending and have been idle longer than that; returns how many. The check and the
+   * delete are one step: a member that read entries since the check would lose them with it
+   * (XGROUP DELCONSUMER drops its pending entries, and no read delivers them again).
+   */
+  smForgetIdle: {
+    numberOfKeys: 1,
+    lua: `
+local forgotten = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local name, pending, idle
+  for i = 1, #c, 2 do
+    if c[i] == 'name' then name = c[i + 1] elseif c[i] == 'pending' then pending = c[i + 1] elseif c[i] == 'idle' then idle = c[i + 1] end
+  end
+  if name ~= ARGV[2] and pending == 0 and idle > tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
+    forgotten = forgotten + 1
+  end
+end
+return forgotten`,
+  },
   smRelease: {
     numberOfKeys: 1,
     lua: `
