@@ -71,23 +71,12 @@ function xxh32Ascii(s: string): number {
       v2 = V2,
       v3 = V3,
       v4 = V4;
+    // biome-ignore format: four characters a line, the way the hash reads them
     for (const limit = len - 16; i <= limit; i += 16) {
-      const a0 = s.charCodeAt(i),
-        a1 = s.charCodeAt(i + 1),
-        a2 = s.charCodeAt(i + 2),
-        a3 = s.charCodeAt(i + 3);
-      const b0 = s.charCodeAt(i + 4),
-        b1 = s.charCodeAt(i + 5),
-        b2 = s.charCodeAt(i + 6),
-        b3 = s.charCodeAt(i + 7);
-      const c0 = s.charCodeAt(i + 8),
-        c1 = s.charCodeAt(i + 9),
-        c2 = s.charCodeAt(i + 10),
-        c3 = s.charCodeAt(i + 11);
-      const d0 = s.charCodeAt(i + 12),
-        d1 = s.charCodeAt(i + 13),
-        d2 = s.charCodeAt(i + 14),
-        d3 = s.charCodeAt(i + 15);
+      const a0 = s.charCodeAt(i), a1 = s.charCodeAt(i + 1), a2 = s.charCodeAt(i + 2), a3 = s.charCodeAt(i + 3);
+      const b0 = s.charCodeAt(i + 4), b1 = s.charCodeAt(i + 5), b2 = s.charCodeAt(i + 6), b3 = s.charCodeAt(i + 7);
+      const c0 = s.charCodeAt(i + 8), c1 = s.charCodeAt(i + 9), c2 = s.charCodeAt(i + 10), c3 = s.charCodeAt(i + 11);
+      const d0 = s.charCodeAt(i + 12), d1 = s.charCodeAt(i + 13), d2 = s.charCodeAt(i + 14), d3 = s.charCodeAt(i + 15);
       if ((a0 | a1 | a2 | a3 | b0 | b1 | b2 | b3 | c0 | c1 | c2 | c3 | d0 | d1 | d2 | d3) >= 0x80) return -1;
       v1 = round(v1, a0 | (a1 << 8) | (a2 << 16) | (a3 << 24));
       v2 = round(v2, b0 | (b1 << 8) | (b2 << 16) | (b3 << 24));
