@@ -255,7 +255,6 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 for i = 3, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1`,
   },
-  /** KEYS lease; ARGV token. Release a lease held with this token. */
   /**
    * KEYS stream; ARGV group, own name, idle ms. Forget the group's other members that have
    * nothing pending and have been idle longer than that; returns how many. The check and the
@@ -278,6 +277,7 @@ for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
 end
 return forgotten`,
   },
+  /** KEYS lease; ARGV token. Release a lease held with this token. */
   smRelease: {
     numberOfKeys: 1,
     lua: `

@@ -693,9 +693,9 @@ export class RedisShardManager {
         batch.forEach((frame, i) => {
           const [replyError, id] = replies[i]!;
           if (id === null && !replyError) {
-            refused.push(frame);
+            refused.push(frame); // stays in flight until #refused decides
             return;
-          } // stays in flight until #refused decides
+          }
           // Anything but an entry id is not a store: a client or proxy that paired replies
           // wrongly would otherwise have us drop a frame Redis never saw (sent again instead:
           // a copy Redis did store is skipped by the consumers' marks).

@@ -64,11 +64,7 @@ export async function readTableIfCreated(client: ScriptedClient, keys: Keys): Pr
   } catch {
     const type = await client.type(keys.table);
     if (type === 'none') return undefined;
-    if (type !== 'hash') {
-      throw new Error(
-        `shard-mapper/redis: the key ${keys.table} holds a ${type}, not a shard table: another application uses namespace "${keys.ns}"; choose another namespace`,
-      );
-    }
+    if (type !== 'hash') throw notATable(keys, type);
     return await readTable(client, keys);
   }
 }
@@ -144,14 +140,18 @@ function parseDoc(json: string, where: string): TableDoc {
   }
 }
 
+/** The namespace's table key holds another type: another application uses the namespace. */
+function notATable(keys: Keys, type: string): Error {
+  return new Error(
+    `shard-mapper/redis: the key ${keys.table} holds a ${type}, not a shard table: another application uses namespace "${keys.ns}"; choose another namespace`,
+  );
+}
+
 /** Redis error replies of our scripts, in words. */
 export function explainTableError(error: Error, keys: Keys): Error {
   const m = error.message;
   if (m.includes('SMWRONGTYPE') || m.includes('WRONGTYPE')) {
-    const type = /SMWRONGTYPE (\w+)/.exec(m)?.[1] ?? 'another type';
-    return new Error(
-      `shard-mapper/redis: the key ${keys.table} holds a ${type}, not a shard table: another application uses namespace "${keys.ns}"; choose another namespace`,
-    );
+    return notATable(keys, /SMWRONGTYPE (\w+)/.exec(m)?.[1] ?? 'another type');
   }
   if (m.includes('SMNOTATABLE')) {
     return new Error(
