@@ -10,6 +10,7 @@ import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { smPush, smPushFixed, ringbuf } from './s4-threads.mjs';
 import { randomHashes } from '../shared/seeded-random.mjs';
+import { medianOf as median } from './lib.mjs';
 
 const args = process.argv.slice(2);
 const oldDir = args[0];
@@ -25,7 +26,6 @@ const before = await import(pathToFileURL(join(resolve(oldDir), 'dist/index.js')
 const after = await import(new URL('../dist/index.js', import.meta.url).href);
 const builds = [['old', before], ['new', after]];
 
-const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
 const hashes = randomHashes(1 << 16, 11);
 
 for (const size of sizes) {

@@ -57,6 +57,11 @@ function median(sorted) {
   return n % 2 ? sorted[(n - 1) >> 1] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
 }
 
+/** The median of unsorted values (the mean of the middle two for an even count). */
+export function medianOf(values) {
+  return median([...values].sort((a, b) => a - b));
+}
+
 let freshId = 0;
 
 /**

@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { Queue } from 'bullmq';
 import { RedisShardManager, serveShardConsumers } from 'shard-mapper/redis';
-import { summarizeRuns, withRatios, row, goal, consume, check, fmtRate, fmtRatio } from './lib.mjs';
+import { summarizeRuns, withRatios, row, goal, consume, check, fmtRate, fmtRatio, medianOf as median } from './lib.mjs';
 
 export const id = 's8';
 export const title = '8. Routed push into Redis Streams (shard-mapper/redis) vs raw ioredis XADD';
@@ -294,11 +294,6 @@ async function reaction(url, namespace) {
   check(has(a) && has(b), 'the new shard reached both nodes');
   await Promise.all([a.close(), b.close()]);
   return ms;
-}
-
-function median(xs) {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
 function serverVersion() {

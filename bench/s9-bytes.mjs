@@ -10,7 +10,7 @@ import { RingBuffer } from 'ringbuf.js';
 import * as byteRing from 'shard-mapper';
 import { loadFixedRing } from './fixed-ring-build.mjs';
 import { rng, randomHashes } from '../shared/seeded-random.mjs';
-import { summarizeRuns, withRatios, goal, consume, check, sleep, fmtNs, fmtRate, fmtRatio, startWorker } from './lib.mjs';
+import { summarizeRuns, withRatios, goal, consume, check, sleep, fmtNs, fmtRate, fmtRatio, startWorker, medianOf as median } from './lib.mjs';
 
 export const id = 's9';
 export const title = '9. Byte rings: memory and push speed vs the fixed-record ring, mixed sizes across threads';
@@ -145,12 +145,6 @@ async function speedSetup(lib) {
 // matters): `m`, `hashes`, `payloads`, `block` and RUN come from the compile's scope.
 const PUSH_SRC = 'return function push(off) { let ok = 0; for (let i = 0; i < RUN; i++) if (m.push(hashes[(off + i) & 65535], payloads[i & 1023])) ok++; return ok; }';
 const FIXED_SRC = 'return function pushFixed(off) { const at = off & (65536 - RUN); return m.pushFixed(hashes.subarray(at, at + RUN), block, 16); }';
-
-function median(a) {
-  const s = [...a].sort((x, y) => x - y);
-  const n = s.length;
-  return n % 2 ? s[(n - 1) >> 1] : (s[n / 2 - 1] + s[n / 2]) / 2;
-}
 
 /**
  * Both builds, push and pushFixed: `blocks` blocks; in each, every task is compiled anew,
