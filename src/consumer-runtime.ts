@@ -242,6 +242,11 @@ export async function runConsumer(
     await yieldToEventLoop();
     yielded = performance.now();
   }
+  /** After a pass that claimed nothing: does an owned ring still hold records (reserved, unpublished)? */
+  function unpublished(): boolean {
+    for (const s of order) if (core.abi.ringLen(s.slot) !== 0) return true;
+    return false;
+  }
   let yielded = performance.now();
   let batches = 0;
   let movedBefore = 0;
@@ -257,9 +262,14 @@ export async function runConsumer(
     }
     if (moved === 0) {
       if (!running) break;
+      // Records reserved and not yet published: a producer is writing them, or stalled
+      // holding them until the watchdog skips them. Parking would return at once (the ring
+      // is not empty) and spin without ever giving the event loop a turn: no heartbeat, no
+      // stop or release message. So look again after a gathering sleep, which yields.
+      if (releases.length === 0 && unpublished()) await gather();
       // Right after records came, the flow most likely goes on: sleep the gathering time
       // once more before parking (a parked consumer costs the producer a wake-up call).
-      if (gathering && movedBefore >= GATHER_MIN_RECORDS && releases.length === 0) await gather();
+      else if (gathering && movedBefore >= GATHER_MIN_RECORDS && releases.length === 0) await gather();
       else await park();
     } else if (gathering && !backlog && moved >= GATHER_MIN_RECORDS && running) {
       await gather();

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { ShardManager, ShardMetricsCollector, ShardProducer, type BackpressureMode, type ManagerEvent } from 'shard-mapper';
 import { DeliveryLog, seqPayload, sleep, onThisLogsChannel } from './helpers/delivery.js';
 import { SharedCore } from '../dist/core.js';
-import { R_CURSOR } from '../dist/layout.generated.js';
+import { R_CURSOR, R_TAIL } from '../dist/layout.generated.js';
 import { prng } from './helpers/index.js';
 
 const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url);
@@ -537,6 +537,62 @@ describe('consumer heartbeats', () => {
       delete process.env.SM_TEST_HANG_AFTER;
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it('a consumer thread waiting on a stalled reservation (a producer that reserved and never wrote) keeps its event loop turning: it beats, is not replaced, and delivers everything once the watchdog skips the record', async () => {
+    log = new DeliveryLog();
+    const clock = { t: 0 };
+    const events: ManagerEvent[] = [];
+    const m = await ShardManager.create({
+      initialShards: 1, ringBufferCapacity: 4096, maxPayloadBytes: 64, clock: () => clock.t, policy: { autoScale: false },
+      producerStallMs: 5000,
+      consumer: { module: seqConsumer(), threads: 1, batchSize: 16, stallMs: 1000 },
+      onEvent: (e) => { if (e.type.startsWith('consumer') || e.type === 'producerStallSkipped') events.push(e); },
+    });
+    onTestFinished(() => m.close());
+    for (let seq = 0; seq < 10; seq++) expect(m.push(0, seqPayload(0, seq))).toBe(true);
+    await log.waitFor(10, 10_000);
+    // What a producer terminated between its reservation and its write leaves: the tail moved
+    // past a record (and 16 bytes) that nobody will publish. The next events queue behind it.
+    const core = SharedCore.attachSync(m.producerHandle().core);
+    const tail = (core.abi.slotAddress(m.mapper.slotOf(0)!) + R_TAIL) >>> 2;
+    expect(m.ringLength(0)).toBe(0);
+    core.u32[tail + 1] = core.u32[tail + 1]! + 16; // byte position (far from the end of the area)
+    core.u32[tail] = core.u32[tail]! + 1; // record count
+    for (let seq = 10; seq < 20; seq++) expect(m.push(0, seqPayload(0, seq))).toBe(true);
+    expect(m.ringLength(0)).toBe(11);
+    // The consumer thread finds records it cannot claim. Its heartbeat timer must keep running
+    // (it ran only when the event loop got a turn, and a thread looping on the ring never gave one).
+    let beatsBefore = 0;
+    const beats = () => {
+      let sum = 0;
+      for (let lane = 0; lane < core.abi.laneCountConfigured(); lane++) sum += core.u32[core.abi.laneHeartbeatAddress(lane) >>> 2]!;
+      return sum;
+    };
+    const waitForBeats = async (n: number) => {
+      const from = beats();
+      for (let waited = 0; beats() - from < n; waited += 20) {
+        if (waited > 10_000) throw new Error(`the consumer thread's heartbeat stayed at ${from - beatsBefore} beats while a reservation was stalled`);
+        await sleep(20);
+      }
+    };
+    beatsBefore = beats();
+    await waitForBeats(3);
+    m.tick(); // heartbeats seen at t = 0
+    await waitForBeats(2);
+    clock.t += 1001;
+    m.tick(); // past the consumer's stallMs: its heartbeat moved, so it is not stalled
+    expect(events).toEqual([]);
+    expect(log.received).toBe(10);
+    // The watchdog skips the record after producerStallMs; the ten events behind it arrive.
+    clock.t += 5000;
+    await waitForBeats(2);
+    m.tick();
+    await log.waitFor(20, 10_000);
+    expect(events.map((e) => e.type)).toEqual(['producerStallSkipped']);
+    expect(log.problems(1, 20)).toEqual({ missing: 0, duplicated: 0 });
+    expect(m.stats()).toMatchObject({ pushed: 20, delivered: 20, skipped: 1 });
+    core.detach();
   });
 
   it('a consumer that is only slow (awaiting inside its function) keeps beating and is never replaced', async () => {
