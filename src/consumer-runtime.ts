@@ -142,19 +142,22 @@ export async function runConsumer(
   type WaitAsync = (a: Int32Array, i: number, v: number, t: number) => { async: boolean; value: Promise<string> | string };
   const waitAsync = (Atomics as unknown as { waitAsync?: WaitAsync }).waitAsync;
 
+  /** Does an owned ring hold records (published, or reserved and not yet published)? */
+  function ringsHoldRecords(): boolean {
+    for (const s of order) if (core.abi.ringLen(s.slot) !== 0) return true;
+    return false;
+  }
+
   async function park(): Promise<void> {
     // Look again a few times first: records that arrive within a microsecond or two are
     // taken without sleeping, and the producer is spared the wake-up (a futex call) it
     // makes for a sleeping consumer.
-    for (let spin = 0; spin < PARK_SPINS; spin++) {
-      for (const s of order) if (core.abi.ringLen(s.slot) !== 0) return;
-    }
+    for (let spin = 0; spin < PARK_SPINS; spin++) if (ringsHoldRecords()) return;
     Atomics.store(core.i32, bell, 1); // producers that see 1 will notify
-    for (const s of order)
-      if (core.abi.ringLen(s.slot) !== 0) {
-        Atomics.store(core.i32, bell, 0);
-        return;
-      }
+    if (ringsHoldRecords()) {
+      Atomics.store(core.i32, bell, 0);
+      return;
+    }
     if (releases.length > 0 || !running) {
       Atomics.store(core.i32, bell, 0);
       return;
@@ -242,11 +245,6 @@ export async function runConsumer(
     await yieldToEventLoop();
     yielded = performance.now();
   }
-  /** After a pass that claimed nothing: does an owned ring still hold records (reserved, unpublished)? */
-  function unpublished(): boolean {
-    for (const s of order) if (core.abi.ringLen(s.slot) !== 0) return true;
-    return false;
-  }
   let yielded = performance.now();
   let batches = 0;
   let movedBefore = 0;
@@ -266,7 +264,7 @@ export async function runConsumer(
       // holding them until the watchdog skips them. Parking would return at once (the ring
       // is not empty) and spin without ever giving the event loop a turn: no heartbeat, no
       // stop or release message. So look again after a gathering sleep, which yields.
-      if (releases.length === 0 && unpublished()) await gather();
+      if (releases.length === 0 && ringsHoldRecords()) await gather();
       // Right after records came, the flow most likely goes on: sleep the gathering time
       // once more before parking (a parked consumer costs the producer a wake-up call).
       else if (gathering && movedBefore >= GATHER_MIN_RECORDS && releases.length === 0) await gather();
