@@ -498,7 +498,9 @@ describe.skipIf(!available)('RedisShardManager: one node, consumers, one process
     for (let i = 0; i < 500; i++) b.push(i * 8_589_934, `op:${i}`);
     await b.flush();
     await drive(() => b.drainShard(1));
-    expect(b.table().shards.find((s) => s.id === 1)!.state).not.toBe('active');
+    // Draining, or already gone: the windows that carried the call (60 ms each, drainGraceMs
+    // 100) may also have seen its few events consumed and removed it (CI saw that once).
+    expect(b.table().shards.find((s) => s.id === 1)?.state ?? 'removed').not.toBe('active');
     expect(b.table().route).not.toContain(1);
     await drive(() => b.removeShard(0)); // drained, consumed, stopped, removed
     expect(b.table().shards.some((s) => s.id === 0)).toBe(false);
