@@ -260,14 +260,15 @@ export async function runConsumer(
     }
     if (moved === 0) {
       if (!running) break;
-      // Records reserved and not yet published: a producer is writing them, or stalled
-      // holding them until the watchdog skips them. Parking would return at once (the ring
-      // is not empty) and spin without ever giving the event loop a turn: no heartbeat, no
-      // stop or release message. So look again after a gathering sleep, which yields.
-      if (releases.length === 0 && ringsHoldRecords()) await gather();
-      // Right after records came, the flow most likely goes on: sleep the gathering time
-      // once more before parking (a parked consumer costs the producer a wake-up call).
-      else if (gathering && movedBefore >= GATHER_MIN_RECORDS && releases.length === 0) await gather();
+      // Sleep the gathering time and look again, instead of parking, when
+      // - records came right before: the flow most likely goes on (a parked consumer costs
+      //   the producer a wake-up call);
+      // - the rings hold records this pass could not claim (reserved, not yet published: a
+      //   producer is writing them, or stalled holding them until the watchdog skips them).
+      //   Parking would return at once and spin without ever giving the event loop a turn:
+      //   no heartbeat, no stop or release message. The gathering sleep yields.
+      const lookAgain = (gathering && movedBefore >= GATHER_MIN_RECORDS) || ringsHoldRecords();
+      if (releases.length === 0 && lookAgain) await gather();
       else await park();
     } else if (gathering && !backlog && moved >= GATHER_MIN_RECORDS && running) {
       await gather();
