@@ -154,11 +154,8 @@ export async function runConsumer(
     // makes for a sleeping consumer.
     for (let spin = 0; spin < PARK_SPINS; spin++) if (ringsHoldRecords()) return;
     Atomics.store(core.i32, bell, 1); // producers that see 1 will notify
-    if (ringsHoldRecords()) {
-      Atomics.store(core.i32, bell, 0);
-      return;
-    }
-    if (releases.length > 0 || !running) {
+    // Records that came before the bell was up, or a message to handle: no sleep.
+    if (ringsHoldRecords() || releases.length > 0 || !running) {
       Atomics.store(core.i32, bell, 0);
       return;
     }
