@@ -177,6 +177,7 @@ export class ConsumerPool {
           const done = state.releasing.get(msg.shardId);
           state.releasing.delete(msg.shardId);
           done?.();
+          this.#releaseSettled();
           break;
         }
       }
@@ -235,6 +236,36 @@ export class ConsumerPool {
     }
     owner.releasing.set(shardId, free);
     send(owner.worker, { type: 'release', shardId });
+  }
+
+  /** Removed shards whose thread has not let go of the ring yet: their slots are not free. */
+  releasesInFlight(): number {
+    let n = 0;
+    for (const w of this.#workers) n += w.releasing.size;
+    return n;
+  }
+
+  /** Resolves when a release in flight frees its slot, or after `limitMs`. */
+  nextRelease(limitMs: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.#releaseWaiters.delete(done);
+        resolve();
+      }, limitMs);
+      const done = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      this.#releaseWaiters.add(done);
+    });
+  }
+
+  #releaseWaiters = new Set<() => void>();
+
+  #releaseSettled(): void {
+    const waiters = [...this.#releaseWaiters];
+    this.#releaseWaiters.clear();
+    for (const w of waiters) w();
   }
 
   owns(shardId: number): boolean {
@@ -298,6 +329,7 @@ export class ConsumerPool {
     state.exited = true;
     for (const done of state.releasing.values()) done(); // it reads nothing any more
     state.releasing.clear();
+    this.#releaseSettled();
     this.#core.abi.laneRelease(state.lane); // claimed for it in #spawn: released whatever it got to do
     if (this.#closing || state.stopping) return;
     // A crash: records it had claimed but not acknowledged are handed out again. Its shards

@@ -30,6 +30,8 @@ import { DEFAULT_LANE_BYTES } from './layout.generated.js';
 import { checkManagerOptions, type ShardManagerOptions } from './manager-options.js';
 
 const WAIT_STEP_MS = 2;
+/** How long an operator's scale-up waits for consumer threads to let go of removed shards' slots. */
+const SLOT_RELEASE_WAIT_MS = 2000;
 /** How often fences whose wait is over are lifted while some exist (see #watchFences). */
 const FENCE_LIFT_MS = 5;
 const NONE: ScalingDecision = Object.freeze({ kind: 'none' });
@@ -596,9 +598,30 @@ export class ShardManager {
   async manualScaleUp(n: number): Promise<number[]> {
     this.#assertOpen('manualScaleUp');
     checkInteger('n', n, 0, 0xffff);
+    if (this.#waitsForReleases(n)) {
+      await this.#slotsReleased(n);
+      this.#assertOpen('manualScaleUp');
+    }
     const ids = this.mapper.scaleUpProvisioningForce(n);
     this.#activateAll(ids);
     return ids;
+  }
+
+  /** A removed shard's slot is free once its consumer thread let go of the ring (a message
+   *  its event loop answers). When only such slots stand between an operator's call and
+   *  `n` free ones, wait for them, up to SLOT_RELEASE_WAIT_MS in all; then the mapper's
+   *  own check decides (and refuses with ShardCreationFailed if they are still held). */
+  async #slotsReleased(n: number): Promise<void> {
+    const until = performance.now() + SLOT_RELEASE_WAIT_MS;
+    while (this.#waitsForReleases(n)) {
+      const left = until - performance.now();
+      if (left <= 0) return;
+      await this.#pool!.nextRelease(left);
+    }
+  }
+
+  #waitsForReleases(n: number): boolean {
+    return this.#pool !== undefined && !this.#core.canAllocate(n) && this.#pool.releasesInFlight() > 0;
   }
 
   /** Start draining a shard: it stops receiving events at once; its ring is delivered. */

@@ -558,7 +558,7 @@ export class ShardMapper {
     if (!this.#core.canAllocate(count)) {
       throw new ScalingError(
         'ShardCreationFailed',
-        `cannot add ${count} shard(s): all ${this.#core.maxSlots} shard slots of the memory are in use (draining or stopped shards not yet removed)`,
+        `cannot add ${count} shard(s): all ${this.#core.maxSlots} shard slots of the memory are in use (draining or stopped shards not yet removed, or removed ones whose consumer thread has not let go of the ring yet)`,
       );
     }
   }

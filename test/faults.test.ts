@@ -434,6 +434,39 @@ describe('faults: producers racing drain and removal', () => {
     }
   });
 
+  it("an operator's scale-up waits for a consumer thread busy in its function to let go of a removed shard's slot, instead of refusing", async () => {
+    // A removed shard's slot is free only once its consumer thread answers the release, between
+    // two batches. Rapid add/remove cycles under load saw addShard refuse with every slot held
+    // that way (the racing test above, while other suites ran).
+    await withEnv({ SM_TEST_SLOW_MS: '500' }, async () => {
+      log = new DeliveryLog();
+      const m = await ShardManager.create({
+        initialShards: 1, maxSlots: 2, ringBufferCapacity: 64, drainGraceMs: 0,
+        policy: { minShards: 1, maxShards: 2, autoScale: false },
+        consumer: { module: seqConsumer(), threads: 1, batchSize: 8 },
+      });
+      onTestFinished(() => m.close());
+      const id = await m.addShard(); // both slots in use
+      const toShard0 = (seq: number) => {
+        let h = 1;
+        while (m.mapper.selectShard(h) !== 0) h++;
+        expect(m.push(h, seqPayload(0, seq))).toBe(true);
+      };
+      toShard0(0);
+      await log.waitFor(1, 10_000, 10); // the thread is up and owns shard 0
+      toShard0(1);
+      await sleep(100); // it claimed event 1 and sleeps 500 ms inside the function
+      await m.removeShard(id); // empty: gone at once; the release waits for the batch to end
+      expect(log.received).toBe(1); // still inside the batch: the slot is held
+      const next = await m.addShard();
+      expect(log.received).toBe(2); // the call waited for the batch, then for the release
+      expect(next).toBeGreaterThan(id);
+      expect(m.mapper.shardState(next)).toBe('active');
+      await m.close();
+      expect(m.stats()).toMatchObject({ pushed: 2, delivered: 2 });
+    });
+  });
+
   it('a drain that races a producer thread: every push that returned true lands before the ring closes (and is delivered once) or is re-routed', async () => {
     const m = await ShardManager.create({
       initialShards: 2, ringBufferCapacity: 1 << 16, policy: { maxShards: 3, autoScale: false }, backpressure: { kind: 'dropNewest' },
