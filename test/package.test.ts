@@ -2,7 +2,7 @@
 // publint and arethetypeswrong clean. Runs against dist/ (npm test builds first).
 import { describe, expect, it } from 'vitest';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -143,6 +143,35 @@ describe('API reference', () => {
       rmSync(out, { recursive: true, force: true });
     }
   }, 180_000);
+});
+
+describe('CommonJS', () => {
+  // The package is ESM; CommonJS code loads it with require() where Node can require ES
+  // modules (20.19+, unflagged). That needs every entry point free of top-level await.
+  it.skipIf(!(process.features as { require_module?: boolean }).require_module)(
+    'require() loads every entry point from a .cjs file (Node >= 20.19)',
+    () => {
+      const dir = mkdtempSync(join(tmpdir(), 'shard-mapper-cjs-'));
+      try {
+        mkdirSync(join(dir, 'node_modules'));
+        symlinkSync(root, join(dir, 'node_modules', 'shard-mapper'), 'dir');
+        const lines = IMPORTABLE.map((sub) => {
+          const id = sub === '.' ? 'shard-mapper' : `shard-mapper/${sub.slice(2)}`;
+          return `out[${JSON.stringify(id)}] = Object.keys(require(${JSON.stringify(id)})).length;`;
+        });
+        writeFileSync(join(dir, 'load.cjs'), `const out = {};\n${lines.join('\n')}\nconsole.log(JSON.stringify(out));\n`);
+        const run = spawnSync(process.execPath, [join(dir, 'load.cjs')], { cwd: dir, encoding: 'utf8', timeout: 60_000 });
+        expect(run.status, run.stderr).toBe(0);
+        const counts: Record<string, number> = JSON.parse(run.stdout);
+        expect(Object.keys(counts)).toHaveLength(IMPORTABLE.length);
+        for (const [id, n] of Object.entries(counts)) expect(n, id).toBeGreaterThan(0);
+        expect(counts['shard-mapper']).toBeGreaterThan(10);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+    60_000,
+  );
 });
 
 describe('package linters', () => {
