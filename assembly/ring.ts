@@ -5,7 +5,8 @@
 // Reservation follows the per-slot sequence scheme: descriptor i carries a sequence word; a
 // producer may take index t only while seq == t and the payload's bytes fit before the byte
 // head, takes both with one CAS on the tail, marks the record as being written (a CAS: see
-// "stalled reservations"), copies the payload and publishes with seq = t + 1. The consumer
+// "stalled reservations"), copies the payload and publishes with seq = t + 1 (batch calls
+// mark and publish a chunk of up to four records at once: WRITING A RUN). The consumer
 // claims published records in order, reads them in place, and acknowledges them: one store
 // of the cursor commits the batch, then each descriptor is freed with seq = t + capacity
 // (ready for index t + capacity) and the byte head moves past the batch's payloads. Every
@@ -29,6 +30,8 @@
 //    behind the tail. The manager's watchdog turns such a stalled reservation into padding
 //    with a CAS (free → skipped) that a live-but-slow producer's own CAS (free → writing)
 //    excludes: whoever wins owns the record, and a producer that loses pushes its event again.
+//    The watchdog skips from the first unclaimed record on and stops at a marked one, so the
+//    unmarked records of a chunk behind its marked first one are never taken.
 //  - an acknowledgement commits first and frees the descriptors and bytes after, so a
 //    consumer that dies in between leaves records behind the head that nobody has freed yet;
 //    the rewind frees them. A byte head left behind is only conservative (less room).
@@ -431,6 +434,40 @@ function runMoved(p: usize, i: u32, n: u32, entry: u32): bool {
   return false;
 }
 
+// WRITING A RUN. A reserved run is written in chunks of up to WRITE_CHUNK records, each with
+// one mark and one publish (two locked instructions a chunk instead of two a record; a
+// chunk of one is written as a single push writes its record): the
+// chunk's first record is marked, the others are written and given their published sequence
+// with plain stores, and the first is published last, with an atomic store that makes those
+// plain stores visible to whoever sees it published. While the first record is marked
+// nobody touches the others: the consumer claims in order and stops at it, the head cannot
+// pass it, and the watchdog skips from the first unclaimed record on and stops at a marked
+// one. From the mark to the publish the code is straight-line (no loop, no call), so a
+// thread is never stopped inside and a marked chunk is always published.
+const WRITE_CHUNK: u32 = 4;
+
+// PLACEMENT (above) of a payload of `extent` bytes at byte position `position`: its offset in
+// the payload area, and the position right after it.
+@inline function placedAt(position: u32, extent: u32): u32 {
+  const off = offsetOf(position);
+  return off + extent > ringBytes ? 0 : off;
+}
+@inline function placedEnd(position: u32, extent: u32): u32 {
+  const off = offsetOf(position);
+  return positionAdd(position, off + extent > ringBytes ? ringBytes - off + extent : extent);
+}
+
+// A record of a chunk behind its first (marked) one: copied, and its published sequence
+// written with a plain store (the chunk's publish orders it).
+@inline function writeRecordBehindMark(base: usize, index: u32, src: usize, len: u32, off: u32, end: u32): void {
+  const rec = recordAddr(base, index);
+  copyPayload(payloadAddr(base) + off, src, len);
+  store<u32>(rec + REC_LEN, len);
+  store<u32>(rec + REC_OFF, off);
+  store<u32>(rec + REC_END, end);
+  store<u32>(rec + REC_SEQ, index + 1);
+}
+
 // Writes [accepted, unrouted, full, sampled, stop] at the lane's result words (BATCH_*) and
 // returns how many events it consumed. It stops right before an event refused under
 // failProducer (STOP_REFUSED) or when the manager is closed (STOP_CLOSED).
@@ -460,28 +497,65 @@ function batchLoop(lane: u32, count: u32): u32 {
         continue;
       }
       let got: u32 = 0;
-      // the same placement reserveRun made, record after record
+      // the same placement reserveRun made, record after record (WRITING A RUN, above)
       let position = runPosition;
       let off = offsetOf(position);
       while (got < reserved) {
-        const index = runFirst + got;
-        const rec = recordAddr(base, index);
-        if (!beginWrite(rec, index)) { // skipped by the watchdog: give up the rest of the run
-          abandonRun(base, index + 1, runFirst + reserved);
+        const first = runFirst + got;
+        const m = min(reserved - got, WRITE_CHUNK);
+        if (m == 1) { // a run of one (common when a batch spreads over many shards): no chunk to set up
+          const rec = recordAddr(base, first);
+          if (!beginWrite(rec, first)) break; // skipped by the watchdog: nothing after it in this run
+          const len = evLen(p);
+          const extent = extentOf(len);
+          if (off + extent > ringBytes) { // padded to the next lap's start
+            position = positionAdd(position, ringBytes - off);
+            off = 0;
+          }
+          position = positionAdd(position, extent);
+          writeRecord(base, rec, first, evData(p, i + got), len, off, position);
+          off += extent;
+          if (off >= ringBytes) off -= ringBytes;
+          p = evNext(p);
+          got++;
+          continue;
+        }
+        const chunkStart = p;
+        // Everything the chunk's writes need is worked out before its mark (m is 2 to 4).
+        const len0 = evLen(p), src0 = evData(p, i + got), off0 = placedAt(position, extentOf(len0));
+        position = placedEnd(position, extentOf(len0));
+        const end0 = position;
+        p = evNext(p);
+        const len1 = evLen(p), src1 = evData(p, i + got + 1), off1 = placedAt(position, extentOf(len1));
+        position = placedEnd(position, extentOf(len1));
+        const end1 = position;
+        p = evNext(p);
+        let len2: u32 = 0, len3: u32 = 0, src2: usize = 0, src3: usize = 0, off2: u32 = 0, off3: u32 = 0, end2: u32 = 0, end3: u32 = 0;
+        if (m > 2) {
+          len2 = evLen(p); src2 = evData(p, i + got + 2); off2 = placedAt(position, extentOf(len2));
+          position = placedEnd(position, extentOf(len2));
+          end2 = position;
+          p = evNext(p);
+        }
+        if (m > 3) {
+          len3 = evLen(p); src3 = evData(p, i + got + 3); off3 = placedAt(position, extentOf(len3));
+          position = placedEnd(position, extentOf(len3));
+          end3 = position;
+          p = evNext(p);
+        }
+        const rec0 = recordAddr(base, first);
+        if (!beginWrite(rec0, first)) { // skipped by the watchdog: give up the rest of the run
+          p = chunkStart;
+          abandonRun(base, first + 1, runFirst + reserved);
           break;
         }
-        const len = evLen(p);
-        const extent = extentOf(len);
-        if (off + extent > ringBytes) { // padded to the next lap's start
-          position = positionAdd(position, ringBytes - off);
-          off = 0;
-        }
-        position = positionAdd(position, extent);
-        writeRecord(base, rec, index, evData(p, i + got), len, off, position);
-        off += extent;
-        if (off >= ringBytes) off -= ringBytes;
-        p = evNext(p);
-        got++;
+        // from the mark to the publish: straight-line code
+        writeRecordBehindMark(base, first + 1, src1, len1, off1, end1);
+        if (m > 2) writeRecordBehindMark(base, first + 2, src2, len2, off2, end2);
+        if (m > 3) writeRecordBehindMark(base, first + 3, src3, len3, off3, end3);
+        writeRecord(base, rec0, first, src0, len0, off0, end0);
+        off = offsetOf(position);
+        got += m;
       }
       if (got > 0) {
         const before = eventsBefore(base, runFirst); // events are counted from the tail (see pushAt)

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { ShardManager, ShardMetricsCollector, ShardProducer, type BackpressureMode, type ManagerEvent } from 'shard-mapper';
 import { DeliveryLog, seqPayload, sleep, onThisLogsChannel } from './helpers/delivery.js';
 import { SharedCore } from '../dist/core.js';
-import { R_CURSOR, R_TAIL } from '../dist/layout.generated.js';
+import { R_CURSOR, R_TAIL, REC_END, REC_LEN, REC_OFF, REC_SEQ, SEQ_WRITING } from '../dist/layout.generated.js';
 import { prng } from './helpers/index.js';
 
 const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url);
@@ -619,5 +619,66 @@ describe('consumer heartbeats', () => {
     } finally {
       delete process.env.SM_TEST_SLOW_MS;
     }
+  });
+});
+
+describe('a batch run is written in chunks: one mark covers up to four records', () => {
+  // pushBatch / pushFixed mark only a chunk's first record, write the others with plain stores
+  // and publish the first last (assembly/ring.ts, WRITING A RUN). That is crash-safe only if
+  // nothing touches the records behind a marked one. The state below is a chunk whose producer
+  // stopped (or stalls) between its mark and its publish, laid out by hand.
+  it('while the first record is marked, the watchdog skips none of the unmarked records behind it; once published, the chunk arrives whole and in order', async () => {
+    const clock = { t: 0 };
+    const events: ManagerEvent[] = [];
+    const m = await ShardManager.create({
+      initialShards: 1, ringBufferCapacity: 64, maxPayloadBytes: 16, clock: () => clock.t, policy: { autoScale: false },
+      producerStallMs: 1000,
+      onEvent: (e) => { if (e.type === 'producerStallSkipped') events.push(e); },
+    });
+    onTestFinished(() => m.close());
+    const id = m.mapper.activeShardIds()[0]!;
+    const bytes = (v: number) => new Uint8Array(16).fill(v);
+    expect(m.push(0, bytes(1))).toBe(true);
+    expect(m.poll(id, 10)).toHaveLength(1);
+    const core = SharedCore.attachSync(m.producerHandle().core);
+    onTestFinished(() => core.detach());
+    const base = core.abi.slotAddress(m.mapper.slotOf(id)!);
+    const tail = (base + R_TAIL) >>> 2;
+    const first = core.u32[tail]!;
+    const position = core.u32[tail + 1]!;
+    const ringBytes = core.abi.ringBytesEach();
+    expect(position % ringBytes).toBe(16);
+    expect(ringBytes).toBeGreaterThanOrEqual(16 + 4 * 16); // the chunk does not wrap
+    // Reserved: four 16-byte records with one compare-and-swap of the tail. Marked: the first.
+    core.u32[tail + 1] = position + 64;
+    core.u32[tail] = first + 4;
+    const rec = (k: number) => core.recordAt(base, first + k);
+    expect(core.u32[(rec(1) + REC_SEQ) >>> 2]).toBe(first + 1); // free for this lap, as the others
+    Atomics.store(core.u32, (rec(0) + REC_SEQ) >>> 2, first + SEQ_WRITING);
+    expect(m.push(0, bytes(9))).toBe(true); // queued behind the chunk
+    for (let k = 0; k < 5; k++) {
+      clock.t += 1000; // five times producerStallMs
+      m.tick();
+      expect(m.poll(id, 10)).toEqual([]);
+    }
+    expect(events).toEqual([]);
+    expect(m.stats()).toMatchObject({ skipped: 0, inFlight: 5 });
+    // The producer goes on: the records behind the mark with plain stores, then the publish.
+    const write = (k: number) => {
+      const off = (position + 16 * k) % ringBytes;
+      core.u8.set(bytes(2 + k), base + core.payloadOffset + off);
+      core.u32[(rec(k) + REC_LEN) >>> 2] = 16;
+      core.u32[(rec(k) + REC_OFF) >>> 2] = off;
+      core.u32[(rec(k) + REC_END) >>> 2] = position + 16 * (k + 1);
+    };
+    for (let k = 1; k < 4; k++) {
+      write(k);
+      core.u32[(rec(k) + REC_SEQ) >>> 2] = first + k + 1;
+    }
+    expect(m.poll(id, 10)).toEqual([]); // nothing is handed out before the first record is published
+    write(0);
+    Atomics.store(core.u32, (rec(0) + REC_SEQ) >>> 2, first + 1);
+    expect(m.poll(id, 10).map((r) => r[0])).toEqual([2, 3, 4, 5, 9]);
+    expect(m.stats()).toMatchObject({ pushed: 6, delivered: 6, skipped: 0, inFlight: 0 });
   });
 });
