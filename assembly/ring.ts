@@ -435,11 +435,11 @@ function runMoved(p: usize, i: u32, n: u32, entry: u32): bool {
 }
 
 // WRITING A RUN. A reserved run is written in chunks of up to WRITE_CHUNK records, each with
-// one mark and one publish (two locked instructions a chunk instead of two a record; a
-// chunk of one is written as a single push writes its record): the
-// chunk's first record is marked, the others are written and given their published sequence
-// with plain stores, and the first is published last, with an atomic store that makes those
-// plain stores visible to whoever sees it published. While the first record is marked
+// one mark and one publish (two locked instructions a chunk instead of two a record; a chunk
+// of one is written as a single push writes its record). The chunk's first record is marked,
+// the others are written and given their published sequence with plain stores, and the first
+// is published last, with an atomic store that makes those plain stores visible to whoever
+// sees it published. While the first record is marked
 // nobody touches the others: the consumer claims in order and stops at it, the head cannot
 // pass it, and the watchdog skips from the first unclaimed record on and stops at a marked
 // one. From the mark to the publish the code is straight-line (no loop, no call), so a
