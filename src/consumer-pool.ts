@@ -87,6 +87,8 @@ export class ConsumerPool {
   readonly #factory: (() => ConsumerWorker) | undefined;
   readonly #workers: WorkerState[] = [];
   readonly #owner = new Map<number, WorkerState>();
+  /** Callers of nextRelease() waiting for a release in flight to land. */
+  readonly #releaseWaiters = new Set<() => void>();
   #closing = false;
   #spawned = 0;
   /** Replacements in a row that died before becoming ready (a module that stopped loading). */
@@ -259,8 +261,6 @@ export class ConsumerPool {
       this.#releaseWaiters.add(done);
     });
   }
-
-  #releaseWaiters = new Set<() => void>();
 
   #releaseSettled(): void {
     const waiters = [...this.#releaseWaiters];
