@@ -45,6 +45,8 @@ import {
   CLAIM_START, CLAIM_SKIPPED, M_WINDOW_TAIL, M_DRAIN_TAIL, M_EVENTS, TOTAL_PUSHED, TOTAL_DELIVERED, TOTAL_DROPPED_NEWEST, TOTAL_SAMPLED,
   TOTAL_REFUSED, TOTAL_EVICTED, TOTAL_SKIPPED,
   CONTENTION_NS_PER_RETRY, LATENCY_SAMPLE_MASK, FENCED_SLOT, PUSH_MOVING, PUSH_MOVING_DROPPED, STOP_MOVING,
+  GROUP_MAX, GROUP_BLOCK, G_ENTRY, G_COUNT, G_FIRST_RUN, G_LAST_RUN, G_RESERVED, G_RUN_FIRST, G_RUN_POSITION, G_RETRIES,
+  G_UNWRITTEN, G_EXTENTS, G_MAX_EXTENT, G_BYTES, RN_START, RN_LEN, RN_NEXT, RN_GROUP, RN_AT, RN_BYTES, L_GROUPS, L_RUNS,
 } from "./layout";
 import {
   slotAddr, laneAddr, recordAddr, payloadAddr, ringCapacity, ringBytes, maxPayload, backpressure,
@@ -54,7 +56,7 @@ import { addToPair, initMetrics } from "./metrics";
 import {
   tailRecords, tailPosition, tailOf, positionAdd, positionsBetween, offsetOf, extentOf, byteHeadOf, bytesUsedAt,
 } from "./positions";
-import { selectEntry, NO_ENTRY } from "./select";
+import { selectEntry, NO_ENTRY, readLiveTable, liveEntry, liveGen } from "./select";
 import { noteRoute, routeMoved, fencedSlot, countMoving, tableGeneration, FENCE_WAIT, FENCE_NONE } from "./fence";
 
 const CLOSED: u64 = 1 << 63;
@@ -385,10 +387,40 @@ let runFirst: u32 = 0;    // first index reserved by the last reserveRun
 let runPosition: u32 = 0; // byte position its first payload is placed from
 let runRetries: u32 = 0;  // failed CAS attempts of the last reserveRun
 
-// Reserve up to `k` records for the events from `p`: as many as have a free
+// THE WALK: the events a run takes, one after another. Outside a grouped block (walkGroup
+// < 0) they are consecutive events of the batch; inside one, the events of one group of the
+// block, run after run (GROUPED WRITES, below). stepWalk sets walkP/walkI to the event after
+// (p, i).
+let walkGroup: i32 = -1;
+let walkRuns: usize = 0;    // the block's runs
+let walkRun: u32 = 0;       // the run the walk is in
+let walkLeft: u32 = 0;      // its events after the current one
+let walkScratch: usize = 0; // the lane's scratch
+let walkFirst: u32 = 0;     // batch index of the block's first event
+let walkP: usize = 0;
+let walkI: u32 = 0;
+
+@inline function runAddr(r: u32): usize { return walkRuns + <usize>r * RN_BYTES; }
+
+@inline function stepWalk(p: usize, i: u32): void {
+  if (walkGroup < 0 || walkLeft > 0) {
+    walkLeft--; // (unused on the plain walk)
+    walkP = evNext(p);
+    walkI = i + 1;
+    return;
+  }
+  walkRun = <u32>load<u16>(runAddr(walkRun) + RN_NEXT);
+  const ra = runAddr(walkRun);
+  walkLeft = <u32>load<u16>(ra + RN_LEN) - 1;
+  walkI = walkFirst + <u32>load<u16>(ra + RN_START);
+  walkP = fixedSize ? 0 : walkScratch + load<u32>(ra + RN_AT);
+}
+
+// Reserve up to `k` records for the walk's events from (p, i): as many as have a free
 // descriptor and whose payloads fit before the byte head, with one CAS. Returns how many.
-function reserveRun(base: usize, k: u32, p: usize): u32 {
+function reserveRun(base: usize, k: u32, p: usize, i: u32): u32 {
   runRetries = 0;
+  const run = walkRun, left = walkLeft; // the walk is looked ahead here and set back after
   for (let attempt = 0; attempt < 16; attempt++) {
     const tail = atomic.load<u64>(base + R_TAIL);
     if (tail & CLOSED) return 0;
@@ -400,6 +432,7 @@ function reserveRun(base: usize, k: u32, p: usize): u32 {
     let used: u32 = 0;
     let free: u32 = 0;
     let q = p;
+    let qi = i;
     while (free < k && atomic.load<u32>(recordAddr(base, t + free) + REC_SEQ) == t + free) {
       const extent = extentOf(evLen(q));
       let need = extent;
@@ -409,9 +442,15 @@ function reserveRun(base: usize, k: u32, p: usize): u32 {
       used += need;
       off += need;
       if (off >= ringBytes) off -= ringBytes;
-      q = evNext(q);
       free++;
+      if (free < k) {
+        stepWalk(q, qi);
+        q = walkP;
+        qi = walkI;
+      }
     }
+    walkRun = run;
+    walkLeft = left;
     if (free == 0) return 0;
     if (atomic.cmpxchg<u64>(base + R_TAIL, tail, tailOf(t + free, positionAdd(position, used))) == tail) {
       runFirst = t;
@@ -468,6 +507,347 @@ const WRITE_CHUNK: u32 = 4;
   store<u32>(rec + REC_SEQ, index + 1);
 }
 
+// Write the `reserved` records of the last reservation (runFirst, runPosition) with the
+// walk's events from (p, i), the same placement reserveRun made. Returns how many it wrote;
+// fewer when the watchdog took a record first (the thread stalled past producerStallMs):
+// then the rest of the run is given up as padding, and walkP/walkI name the first event
+// left unwritten. Otherwise they name the event after the run.
+function writeRun(base: usize, reserved: u32, p: usize, i: u32): u32 {
+  let got: u32 = 0;
+  let position = runPosition;
+  let off = offsetOf(position);
+  while (got < reserved) {
+    const first = runFirst + got;
+    const m = min(reserved - got, WRITE_CHUNK);
+    // A run of one (common when a batch spreads over many shards): no chunk to set up, and
+    // the running offset kept as before (measured ~2 ns a record cheaper here than placedAt
+    // and placedEnd, which the chunk below uses).
+    if (m == 1) {
+      const rec = recordAddr(base, first);
+      if (!beginWrite(rec, first)) break; // skipped by the watchdog
+      const len = evLen(p);
+      const extent = extentOf(len);
+      if (off + extent > ringBytes) { // padded to the next lap's start
+        position = positionAdd(position, ringBytes - off);
+        off = 0;
+      }
+      position = positionAdd(position, extent);
+      writeRecord(base, rec, first, evData(p, i), len, off, position);
+      off += extent;
+      if (off >= ringBytes) off -= ringBytes;
+      stepWalk(p, i);
+      p = walkP;
+      i = walkI;
+      got++;
+      continue;
+    }
+    const chunkP = p, chunkI = i;
+    // Everything the chunk's writes need is worked out before its mark (m is 2 to 4).
+    const len0 = evLen(p), src0 = evData(p, i), off0 = placedAt(position, extentOf(len0));
+    position = placedEnd(position, extentOf(len0));
+    const end0 = position;
+    stepWalk(p, i); p = walkP; i = walkI;
+    const len1 = evLen(p), src1 = evData(p, i), off1 = placedAt(position, extentOf(len1));
+    position = placedEnd(position, extentOf(len1));
+    const end1 = position;
+    stepWalk(p, i); p = walkP; i = walkI;
+    let len2: u32 = 0, len3: u32 = 0, src2: usize = 0, src3: usize = 0, off2: u32 = 0, off3: u32 = 0, end2: u32 = 0, end3: u32 = 0;
+    if (m > 2) {
+      len2 = evLen(p); src2 = evData(p, i); off2 = placedAt(position, extentOf(len2));
+      position = placedEnd(position, extentOf(len2));
+      end2 = position;
+      stepWalk(p, i); p = walkP; i = walkI;
+    }
+    if (m > 3) {
+      len3 = evLen(p); src3 = evData(p, i); off3 = placedAt(position, extentOf(len3));
+      position = placedEnd(position, extentOf(len3));
+      end3 = position;
+      stepWalk(p, i); p = walkP; i = walkI;
+    }
+    const rec0 = recordAddr(base, first);
+    if (!beginWrite(rec0, first)) { // skipped by the watchdog
+      p = chunkP;
+      i = chunkI;
+      break;
+    }
+    // from the mark to the publish: straight-line code
+    writeRecordBehindMark(base, first + 1, src1, len1, off1, end1);
+    if (m > 2) writeRecordBehindMark(base, first + 2, src2, len2, off2, end2);
+    if (m > 3) writeRecordBehindMark(base, first + 3, src3, len3, off3, end3);
+    writeRecord(base, rec0, first, src0, len0, off0, end0);
+    off = offsetOf(position);
+    got += m;
+  }
+  // The watchdog skips every unmarked record from the one it found stalled on, so the rest
+  // of the run is padding already; skipping it here too only makes sure.
+  if (got < reserved) abandonRun(base, runFirst + got + 1, runFirst + reserved);
+  if (got > 0) {
+    const before = eventsBefore(base, runFirst); // events are counted from the tail (see pushAt)
+    // one latency sample when the run passes a multiple of 64 events, as single pushes do
+    if (((before + LATENCY_SAMPLE_MASK) & ~LATENCY_SAMPLE_MASK) - before < got) {
+      addToPair(base + M_LATENCY, runRetries * CONTENTION_NS_PER_RETRY);
+    }
+    ringDoorbell(base);
+  }
+  walkP = p;
+  walkI = i;
+  return got;
+}
+
+// GROUPED WRITES. Random keys over a few shards make runs of one or two events, and a run
+// costs a reservation, marks and a doorbell; across threads the rings' shared lines then
+// bounce between cores once per run. So a block of up to GROUP_BLOCK events is written shard
+// by shard instead: every shard's events (a group, in batch order) are reserved with one CAS
+// on that ring, then each group is written as a run. Each shard still gets its events in
+// batch order; only the order between shards changes, which nobody can observe.
+//
+// What batch calls promise stays as it was: under failProducer the accepted events are a
+// prefix of the batch, and an event that has to go to another shard (its ring was closed)
+// never lands there after a later event of the batch. So the block is cut at the first event
+// that one reservation could not take (a ring full or closed by the time of its CAS, or the
+// table changed): records reserved for events behind the cut are given up as padding, and
+// the events from the cut on go the event-by-event way. A look at every ring before
+// reserving (room, closed bit) keeps cuts to races with other producers: a ring that is
+// already full, an unroutable event or a fenced key makes the block decline at once.
+//
+// The one case a cut cannot cover: the watchdog took a record of a group (the thread stalled
+// past producerStallMs between reserving and writing) after other groups' later events were
+// written. Those events are pushed again on their shard, in batch order, after the block;
+// under failProducer a refusal is retried until the consumer makes room (the events already
+// had room reserved once), and only if that never comes is the batch refused with its
+// accepted events no longer a prefix (README, "Backpressure").
+
+const GROUP_MIN: u32 = 16;           // a shorter block: the run path does as well
+const OWED_RETRIES: u32 = 1 << 20;   // re-push attempts of a refused owed event (tens of ms)
+let blockAccepted: u32 = 0;
+let blockFull: u32 = 0;
+let blockUnrouted: u32 = 0;
+let blockStop: u32 = STOP_NONE;
+let blockEnd: u32 = 0;  // batch index where a block may start again (past a declined or cut one)
+let blockNext: usize = 0; // the staged event after the block's handled ones (pushBatch)
+let blockGroups: u32 = 0;
+
+@inline function groupAddr(lb: usize, g: u32): usize { return lb + L_GROUPS + <usize>g * G_BYTES; }
+
+// Set the walk to group `g`'s first event and return its p. (A block of one group is
+// consecutive events: the plain walk.)
+@inline function walkOfGroup(lb: usize, g: u32): usize {
+  walkGroup = blockGroups == 1 ? -1 : <i32>g;
+  walkRun = load<u32>(groupAddr(lb, g) + G_FIRST_RUN);
+  const ra = runAddr(walkRun);
+  walkLeft = <u32>load<u16>(ra + RN_LEN) - 1;
+  return fixedSize ? 0 : walkScratch + load<u32>(ra + RN_AT);
+}
+@inline function firstOfGroup(lb: usize, g: u32): u32 {
+  return <u32>load<u16>(runAddr(load<u32>(groupAddr(lb, g) + G_FIRST_RUN)) + RN_START);
+}
+
+// Will group `g`'s events fit its ring now (descriptors free, bytes before the byte head,
+// ring open)? Plain reads: a race only makes the reservation itself come short. The bytes
+// are counted with one lap's padding at most (less than the largest extent): a group that
+// fits in the room left crosses the end of the area once at most. So near full it may
+// decline a group that would just fit; the run path then takes it.
+function groupFits(lb: usize, g: u32, base: usize): bool {
+  const ga = groupAddr(lb, g);
+  const k = load<u32>(ga + G_COUNT);
+  if (k > ringCapacity) return false;
+  const tail = atomic.load<u64>(base + R_TAIL);
+  if (tail & CLOSED) return false;
+  const t = tailRecords(tail);
+  if (atomic.load<u32>(recordAddr(base, t + k - 1) + REC_SEQ) != t + k - 1) return false;
+  const room = ringBytes - positionsBetween(byteHeadOf(base), tailPosition(tail));
+  const extent = fixedSize ? <u64>extentOf(fixedSize) : <u64>load<u32>(ga + G_MAX_EXTENT);
+  const extents = fixedSize ? <u64>k * extent : <u64>load<u32>(ga + G_EXTENTS);
+  return extents + extent <= <u64>room;
+}
+
+// Add the run [start, end) of `group` (its first event staged at `at`) as run `r`.
+function addRun(lb: usize, r: u32, start: u32, end: u32, group: u32, at: usize, extents: u32, largest: u32): void {
+  const ra = runAddr(r);
+  store<u16>(ra + RN_START, <u16>start);
+  store<u16>(ra + RN_LEN, <u16>(end - start));
+  store<u8>(ra + RN_GROUP, <u8>group);
+  store<u32>(ra + RN_AT, <u32>(at - walkScratch));
+  const ga = groupAddr(lb, group);
+  if (load<u32>(ga + G_COUNT) == 0) store<u32>(ga + G_FIRST_RUN, r);
+  else store<u16>(runAddr(load<u32>(ga + G_LAST_RUN)) + RN_NEXT, <u16>r);
+  store<u32>(ga + G_LAST_RUN, r);
+  store<u32>(ga + G_COUNT, load<u32>(ga + G_COUNT) + end - start);
+  if (!fixedSize) {
+    store<u32>(ga + G_EXTENTS, load<u32>(ga + G_EXTENTS) + extents);
+    if (largest > load<u32>(ga + G_MAX_EXTENT)) store<u32>(ga + G_MAX_EXTENT, largest);
+  }
+}
+
+// Group and write the block of events from (p, i), whose first `run` events route to entry0
+// (the batch loop found that run). Returns how many events it handled (each accepted, or
+// dropped as the backpressure mode says), 0 when it declined; blockEnd tells where the next
+// block may start, blockNext where the staged events go on.
+function groupedBlock(lb: usize, p: usize, i: u32, count: u32, entry0: u32, run: u32): u32 {
+  blockAccepted = 0;
+  blockFull = 0;
+  blockUnrouted = 0;
+  blockStop = STOP_NONE;
+  walkScratch = lb + L_SCRATCH;
+  walkRuns = lb + L_RUNS;
+  walkFirst = i;
+  // 1. the block's runs and their groups (up to GROUP_MAX shards); the block ends before an
+  //    event the run path must see alone (too large, unroutable, fenced)
+  const limit = min(count - i, <u32>GROUP_BLOCK);
+  let groups: u32 = 0;
+  let runs: u32 = 0;
+  let q = p;
+  let n: u32 = 0;
+  let bad = false;
+  let entry = entry0; // the entry of event n
+  readLiveTable(); // one table for the block (seqlock: checked once it is grouped)
+  while (n < limit) {
+    if (entry == NO_ENTRY || (entry >>> 16) == <u32>FENCED_SLOT) { bad = true; break; }
+    let g: u32 = 0;
+    while (g < groups && load<u32>(groupAddr(lb, g) + G_ENTRY) != entry) g++;
+    if (g == groups) {
+      if (groups == <u32>GROUP_MAX) break;
+      const ga = groupAddr(lb, g);
+      store<u32>(ga + G_ENTRY, entry);
+      store<u32>(ga + G_COUNT, 0);
+      store<u32>(ga + G_EXTENTS, 0);
+      store<u32>(ga + G_MAX_EXTENT, 0);
+      groups++;
+    }
+    const start = n;
+    const at = q;
+    let extents: u32 = 0, largest: u32 = 0;
+    let next = entry;
+    while (next == entry) { // the run: events from n to entry's shard
+      if (!fixedSize) {
+        const extent = extentOf(evLen(q));
+        extents += extent;
+        if (extent > largest) largest = extent;
+      }
+      q = evNext(q);
+      n++;
+      if (n >= limit) break;
+      if (start == 0 && n < run) continue; // the leading run: known to route to entry0
+      next = evLen(q) <= maxPayload ? liveEntry(evHash(q, i + n)) : NO_ENTRY;
+    }
+    addRun(lb, runs++, start, n, g, at, extents, largest);
+    entry = next;
+  }
+  // one past the block's end: where every group's walk ends
+  const end = runAddr(runs);
+  store<u16>(end + RN_START, <u16>n);
+  store<u16>(end + RN_LEN, 1);
+  store<u32>(end + RN_AT, <u32>(q - walkScratch));
+  for (let g: u32 = 0; g < groups; g++) store<u16>(runAddr(load<u32>(groupAddr(lb, g) + G_LAST_RUN)) + RN_NEXT, <u16>runs);
+  blockEnd = i + n + (bad ? 1 : 0);
+  if (n < GROUP_MIN) return 0; // too few events: runs do as well
+  if (tableGeneration() != liveGen) return 0; // a rebuild raced the grouping: the run path routes these
+  // 2. every ring has room for its group now, or the block declines
+  for (let g: u32 = 0; g < groups; g++) {
+    if (!groupFits(lb, g, slotAddr(load<u32>(groupAddr(lb, g) + G_ENTRY) >>> 16))) return 0;
+  }
+  blockGroups = groups;
+  // 3. reserve every group; `cut` is the first event no reservation took
+  let cut = n;
+  for (let g: u32 = 0; g < groups; g++) {
+    const ga = groupAddr(lb, g);
+    const k = load<u32>(ga + G_COUNT);
+    const r = reserveRun(slotAddr(load<u32>(ga + G_ENTRY) >>> 16), k, walkOfGroup(lb, g), i + firstOfGroup(lb, g));
+    store<u32>(ga + G_RESERVED, r);
+    store<u32>(ga + G_RUN_FIRST, runFirst);
+    store<u32>(ga + G_RUN_POSITION, runPosition);
+    store<u32>(ga + G_RETRIES, runRetries);
+    if (r < k) { // the block index of its first event left out
+      let left = r;
+      let rr = load<u32>(ga + G_FIRST_RUN);
+      while (left >= <u32>load<u16>(runAddr(rr) + RN_LEN)) {
+        left -= <u32>load<u16>(runAddr(rr) + RN_LEN);
+        rr = <u32>load<u16>(runAddr(rr) + RN_NEXT);
+      }
+      const j = <u32>load<u16>(runAddr(rr) + RN_START) + left;
+      if (j < cut) cut = j;
+    }
+  }
+  // 4. give up what was reserved for events from the cut on, write the rest
+  let owed = false;
+  for (let g: u32 = 0; g < groups; g++) {
+    const ga = groupAddr(lb, g);
+    const base = slotAddr(load<u32>(ga + G_ENTRY) >>> 16);
+    let r = load<u32>(ga + G_RESERVED);
+    runFirst = load<u32>(ga + G_RUN_FIRST);
+    if (cut < n) {
+      const keep = eventsBeforeCut(lb, g, cut);
+      if (keep < r) {
+        abandonRun(base, runFirst + keep, runFirst + r);
+        r = keep;
+      }
+    }
+    store<u32>(ga + G_UNWRITTEN, n);
+    if (r == 0) continue;
+    runPosition = load<u32>(ga + G_RUN_POSITION);
+    runRetries = load<u32>(ga + G_RETRIES);
+    const got = writeRun(base, r, walkOfGroup(lb, g), i + firstOfGroup(lb, g));
+    blockAccepted += got;
+    if (got < r) {
+      store<u32>(ga + G_UNWRITTEN, walkI - i);
+      owed = true;
+    }
+  }
+  walkGroup = -1;
+  // 5. events whose records the watchdog took: pushed again, in batch order, on their shard
+  if (owed) repushOwed(lb, i, cut, runs);
+  blockNext = cut == n ? q : stagedAt(cut, runs);
+  if (cut < n) blockEnd = i + n;
+  return cut;
+}
+
+// Group g's events before block index `cut`.
+function eventsBeforeCut(lb: usize, g: u32, cut: u32): u32 {
+  let keep: u32 = 0;
+  for (let r = load<u32>(groupAddr(lb, g) + G_FIRST_RUN); ; r = <u32>load<u16>(runAddr(r) + RN_NEXT)) {
+    const start = <u32>load<u16>(runAddr(r) + RN_START);
+    if (start >= cut) return keep;
+    keep += min(<u32>load<u16>(runAddr(r) + RN_LEN), cut - start);
+  }
+  return keep; // not reached
+}
+
+// Where block event j is staged (pushBatch; 0 for pushFixed, which finds it by index).
+function stagedAt(j: u32, runs: u32): usize {
+  if (fixedSize) return 0;
+  let r: u32 = 0;
+  while (r + 1 < runs && <u32>load<u16>(runAddr(r + 1) + RN_START) <= j) r++;
+  let q = walkScratch + load<u32>(runAddr(r) + RN_AT);
+  for (let k = <u32>load<u16>(runAddr(r) + RN_START); k < j; k++) q = evNext(q);
+  return q;
+}
+
+// GROUPED WRITES, the case a cut cannot cover (above): block events before `cut` from their
+// group's G_UNWRITTEN on were not written.
+function repushOwed(lb: usize, i: u32, cut: u32, runs: u32): void {
+  for (let r: u32 = 0; r < runs; r++) {
+    const ra = runAddr(r);
+    const ga = groupAddr(lb, <u32>load<u8>(ra + RN_GROUP));
+    const base = slotAddr(load<u32>(ga + G_ENTRY) >>> 16);
+    const start = <u32>load<u16>(ra + RN_START);
+    let p: usize = fixedSize ? 0 : walkScratch + load<u32>(ra + RN_AT);
+    for (let j = start; j < start + <u32>load<u16>(ra + RN_LEN) && j < cut; j++) {
+      if (j >= load<u32>(ga + G_UNWRITTEN)) {
+        const len = evLen(p);
+        const src = evData(p, i + j);
+        let res = pushAt(base, src, len);
+        for (let tries: u32 = 0; res == PUSH_REFUSED && tries < OWED_RETRIES; tries++) res = pushAt(base, src, len);
+        if (res == PUSH_CLOSED) res = routeAndPush(lb, evHash(p, i + j), src, len);
+        if (res >= 0) blockAccepted++;
+        else if (res == PUSH_FULL) blockFull++;
+        else if (res == PUSH_UNROUTED) blockUnrouted++;
+        else if (blockStop == STOP_NONE) blockStop = res == PUSH_STOPPED ? STOP_CLOSED : STOP_REFUSED;
+      }
+      p = evNext(p);
+    }
+  }
+}
+
 // Writes [accepted, unrouted, full, sampled, stop] at the lane's result words (BATCH_*) and
 // returns how many events it consumed. It stops right before an event refused under
 // failProducer (STOP_REFUSED) or when the manager is closed (STOP_CLOSED).
@@ -476,6 +856,11 @@ function batchLoop(lane: u32, count: u32): u32 {
   let p = lb + L_SCRATCH;
   let accepted: u32 = 0, unrouted: u32 = 0, full: u32 = 0, sampled: u32 = 0, stop: u32 = STOP_NONE;
   let i: u32 = 0;
+  // GROUPED WRITES apply unless key order is kept (a run per table entry, see runMoved) or
+  // sample mode decides event by event
+  const grouping = !keyOrder && backpressure != BP_SAMPLE;
+  let groupFrom: u32 = 0;
+  walkGroup = -1;
   while (i < count) {
     if (atomic.load<u32>(<usize>LAYOUT_BASE + H_STOPPED) != 0) { stop = STOP_CLOSED; break; }
     const gen = keyOrder ? tableGeneration() : 0;
@@ -488,85 +873,31 @@ function batchLoop(lane: u32, count: u32): u32 {
         q = evNext(q);
         k++;
       }
+      // A run that ends before the batch does: GROUPED WRITES, with this run as its first group.
+      if (grouping && k < <u32>GROUP_BLOCK && i + k < count && i >= groupFrom && count - i >= GROUP_MIN) {
+        const handled = groupedBlock(lb, p, i, count, entry, k);
+        groupFrom = blockEnd;
+        accepted += blockAccepted;
+        full += blockFull;
+        unrouted += blockUnrouted;
+        if (handled > 0) {
+          if (!fixedSize) p = blockNext;
+          i += handled;
+          if (blockStop != STOP_NONE) { stop = blockStop; break; }
+          continue;
+        }
+      }
       const base = slotAddr(entry >>> 16);
-      const reserved = reserveRun(base, k, p);
+      const reserved = reserveRun(base, k, p, i);
       // Key order: a table published since the run was selected may have moved one of its
       // events' slots (see routeMoved): then give the run up as padding and route again.
       if (keyOrder && reserved > 0 && tableGeneration() != gen && runMoved(p, i, reserved, entry)) {
         abandonRun(base, runFirst, runFirst + reserved);
         continue;
       }
-      let got: u32 = 0;
-      // the same placement reserveRun made, record after record (WRITING A RUN, above)
-      let position = runPosition;
-      let off = offsetOf(position);
-      while (got < reserved) {
-        const first = runFirst + got;
-        const m = min(reserved - got, WRITE_CHUNK);
-        // A run of one (common when a batch spreads over many shards): no chunk to set up, and
-        // the running offset kept as before (measured ~2 ns a record cheaper here than placedAt
-        // and placedEnd, which the chunk below uses).
-        if (m == 1) {
-          const rec = recordAddr(base, first);
-          if (!beginWrite(rec, first)) break; // skipped by the watchdog: nothing after it in this run
-          const len = evLen(p);
-          const extent = extentOf(len);
-          if (off + extent > ringBytes) { // padded to the next lap's start
-            position = positionAdd(position, ringBytes - off);
-            off = 0;
-          }
-          position = positionAdd(position, extent);
-          writeRecord(base, rec, first, evData(p, i + got), len, off, position);
-          off += extent;
-          if (off >= ringBytes) off -= ringBytes;
-          p = evNext(p);
-          got++;
-          continue;
-        }
-        const chunkStart = p;
-        // Everything the chunk's writes need is worked out before its mark (m is 2 to 4).
-        const len0 = evLen(p), src0 = evData(p, i + got), off0 = placedAt(position, extentOf(len0));
-        position = placedEnd(position, extentOf(len0));
-        const end0 = position;
-        p = evNext(p);
-        const len1 = evLen(p), src1 = evData(p, i + got + 1), off1 = placedAt(position, extentOf(len1));
-        position = placedEnd(position, extentOf(len1));
-        const end1 = position;
-        p = evNext(p);
-        let len2: u32 = 0, len3: u32 = 0, src2: usize = 0, src3: usize = 0, off2: u32 = 0, off3: u32 = 0, end2: u32 = 0, end3: u32 = 0;
-        if (m > 2) {
-          len2 = evLen(p); src2 = evData(p, i + got + 2); off2 = placedAt(position, extentOf(len2));
-          position = placedEnd(position, extentOf(len2));
-          end2 = position;
-          p = evNext(p);
-        }
-        if (m > 3) {
-          len3 = evLen(p); src3 = evData(p, i + got + 3); off3 = placedAt(position, extentOf(len3));
-          position = placedEnd(position, extentOf(len3));
-          end3 = position;
-          p = evNext(p);
-        }
-        const rec0 = recordAddr(base, first);
-        if (!beginWrite(rec0, first)) { // skipped by the watchdog: give up the rest of the run
-          p = chunkStart;
-          abandonRun(base, first + 1, runFirst + reserved);
-          break;
-        }
-        // from the mark to the publish: straight-line code
-        writeRecordBehindMark(base, first + 1, src1, len1, off1, end1);
-        if (m > 2) writeRecordBehindMark(base, first + 2, src2, len2, off2, end2);
-        if (m > 3) writeRecordBehindMark(base, first + 3, src3, len3, off3, end3);
-        writeRecord(base, rec0, first, src0, len0, off0, end0);
-        off = offsetOf(position);
-        got += m;
-      }
-      if (got > 0) {
-        const before = eventsBefore(base, runFirst); // events are counted from the tail (see pushAt)
-        // one latency sample when the run passes a multiple of 64 events, as single pushes do
-        if (((before + LATENCY_SAMPLE_MASK) & ~LATENCY_SAMPLE_MASK) - before < got) {
-          addToPair(base + M_LATENCY, runRetries * CONTENTION_NS_PER_RETRY);
-        }
-        ringDoorbell(base);
+      if (reserved > 0) {
+        const got = writeRun(base, reserved, p, i);
+        p = walkP;
         accepted += got;
         i += got;
         if (got == k) continue;
