@@ -50,38 +50,33 @@ export const HEADER_BYTES: i32 = H_LANE_FLAGS + MAX_LANES * 4;
 export const MAGIC: u32 = 0x53484d31;    // "SHM1"
 
 // ---- one lane (per-thread scratch) ------------------------------------------------------
-export const DEFAULT_LANE_BYTES: i32 = 16384; // a lane's size unless payloads need more
 export const L_DOORBELL: i32 = 0;         // i32, 1 while this lane's consumer sleeps
 export const L_OWNER: i32 = 4;            // u32, 1 + the worker_threads threadId that holds the lane (0: unknown)
 export const L_HEARTBEAT: i32 = 8;        // u32, bumped by a consumer thread's timer while its event loop runs
 export const L_RESULT: i32 = 64;          // 32 bytes of call results: BATCH_*, CLAIM_* or COLLECT_* words (below)
 export const L_FAILED_SHARD: i32 = L_RESULT + 32; // u32: shard id of the last push refused under failProducer
 // a batch call's grouping of its events by shard (assembly/ring.ts, GROUPED WRITES): a table
-// of up to GROUP_MAX groups, then the block's runs (consecutive events to one shard)
+// of up to GROUP_MAX groups, each group's list of its events, and where each event is staged
 export const GROUP_MAX: i32 = 8;
 export const GROUP_BLOCK: i32 = 256;      // events a block groups at most
 export const G_ENTRY: i32 = 0;            // u32, the table entry (id | slot << 16) its events route to
 export const G_COUNT: i32 = 4;            // u32, its events in the block
-export const G_FIRST_RUN: i32 = 8;        // u32, its first run
-export const G_LAST_RUN: i32 = 12;        // u32, its last run (while grouping)
-export const G_RESERVED: i32 = 16;        // u32, records reserved for it
-export const G_RUN_FIRST: i32 = 20;       // u32, ring index of its first reserved record
-export const G_RUN_POSITION: i32 = 24;    // u32, byte position its first payload is placed from
-export const G_RETRIES: i32 = 28;         // u32, failed CAS attempts of its reservation
-export const G_UNWRITTEN: i32 = 32;       // u32, block index of its first event left unwritten (the watchdog took its record)
-export const G_EXTENTS: i32 = 36;         // u32, its payloads' extents added up (pushBatch)
-export const G_MAX_EXTENT: i32 = 40;      // u32, its largest payload extent (pushBatch)
-export const G_BYTES: i32 = 48;
-export const RN_START: i32 = 0;           // u16, block index of the run's first event
-export const RN_LEN: i32 = 2;             // u16, its events
-export const RN_NEXT: i32 = 4;            // u16, the group's next run (the block's run count: none)
-export const RN_GROUP: i32 = 6;           // u8, its group
-export const RN_AT: i32 = 8;              // u32, its first event's offset in the scratch (pushBatch)
-export const RN_BYTES: i32 = 12;
+export const G_RESERVED: i32 = 8;         // u32, records reserved for it
+export const G_RUN_FIRST: i32 = 12;       // u32, ring index of its first reserved record
+export const G_RUN_POSITION: i32 = 16;    // u32, byte position its first payload is placed from
+export const G_RETRIES: i32 = 20;         // u32, failed CAS attempts of its reservation
+export const G_UNWRITTEN: i32 = 24;       // u32, its list position of the first event left unwritten (the watchdog took its record)
+export const G_EXTENTS: i32 = 28;         // u32, its payloads' extents added up (pushBatch)
+export const G_MAX_EXTENT: i32 = 32;      // u32, its largest payload extent (pushBatch)
+export const G_NEXT: i32 = 36;            // u32, scratch for walks over every group in batch order
+export const G_BYTES: i32 = 40;
+export const LIST_BYTES: i32 = (GROUP_BLOCK + 1) * 2; // u16 block indexes, ascending, then the block's end
 export const L_GROUPS: i32 = 128;                                  // GROUP_MAX × G_BYTES
-export const L_RUNS: i32 = L_GROUPS + GROUP_MAX * G_BYTES;         // (GROUP_BLOCK + 1) × RN_BYTES: the runs, then one past the block's end
-export const L_SCRATCH: i32 = L_RUNS + (GROUP_BLOCK + 1) * RN_BYTES + 4; // staging area, up to laneBytes (8-aligned)
+export const L_LISTS: i32 = L_GROUPS + GROUP_MAX * G_BYTES;        // GROUP_MAX × LIST_BYTES
+export const L_EVENT_AT: i32 = L_LISTS + GROUP_MAX * LIST_BYTES;   // u32 × (GROUP_BLOCK + 1): each event's offset in the scratch (pushBatch), then the block end's
+export const L_SCRATCH: i32 = (L_EVENT_AT + (GROUP_BLOCK + 2) * 4 + 63) & ~63; // staging area, up to laneBytes (cache-line aligned)
 export const LANE_HEADER_BYTES: i32 = L_SCRATCH;
+export const DEFAULT_LANE_BYTES: i32 = LANE_HEADER_BYTES + 16384; // a lane's size unless payloads need more
 
 // ---- one slot: metrics + ring (offsets from the slot base) ------------------------------
 // line 0: written by producers

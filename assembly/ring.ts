@@ -45,8 +45,8 @@ import {
   CLAIM_START, CLAIM_SKIPPED, M_WINDOW_TAIL, M_DRAIN_TAIL, M_EVENTS, TOTAL_PUSHED, TOTAL_DELIVERED, TOTAL_DROPPED_NEWEST, TOTAL_SAMPLED,
   TOTAL_REFUSED, TOTAL_EVICTED, TOTAL_SKIPPED,
   CONTENTION_NS_PER_RETRY, LATENCY_SAMPLE_MASK, FENCED_SLOT, PUSH_MOVING, PUSH_MOVING_DROPPED, STOP_MOVING,
-  GROUP_MAX, GROUP_BLOCK, G_ENTRY, G_COUNT, G_FIRST_RUN, G_LAST_RUN, G_RESERVED, G_RUN_FIRST, G_RUN_POSITION, G_RETRIES,
-  G_UNWRITTEN, G_EXTENTS, G_MAX_EXTENT, G_BYTES, RN_START, RN_LEN, RN_NEXT, RN_GROUP, RN_AT, RN_BYTES, L_GROUPS, L_RUNS,
+  GROUP_MAX, GROUP_BLOCK, G_ENTRY, G_COUNT, G_RESERVED, G_RUN_FIRST, G_RUN_POSITION, G_RETRIES, G_UNWRITTEN,
+  G_EXTENTS, G_MAX_EXTENT, G_NEXT, G_BYTES, LIST_BYTES, L_GROUPS, L_LISTS, L_EVENT_AT,
 } from "./layout";
 import {
   slotAddr, laneAddr, recordAddr, payloadAddr, ringCapacity, ringBytes, maxPayload, backpressure,
@@ -389,38 +389,34 @@ let runRetries: u32 = 0;  // failed CAS attempts of the last reserveRun
 
 // THE WALK: the events a run takes, one after another. Outside a grouped block (walkGroup
 // < 0) they are consecutive events of the batch; inside one, the events of one group of the
-// block, run after run (GROUPED WRITES, below). stepWalk sets walkP/walkI to the event after
-// (p, i).
+// block, from its list (GROUPED WRITES, below). stepI and stepP step it.
 let walkGroup: i32 = -1;
-let walkRuns: usize = 0;    // the block's runs
-let walkRun: u32 = 0;       // the run the walk is in
-let walkLeft: u32 = 0;      // its events after the current one
+let walkList: usize = 0;    // the group's list of block indexes
+let walkK: u32 = 0;         // the current event's place in it
+let walkAt: usize = 0;      // the block's staged offsets (pushBatch)
 let walkScratch: usize = 0; // the lane's scratch
 let walkFirst: u32 = 0;     // batch index of the block's first event
 let walkP: usize = 0;
 let walkI: u32 = 0;
 
-@inline function runAddr(r: u32): usize { return walkRuns + <usize>r * RN_BYTES; }
-
-@inline function stepWalk(p: usize, i: u32): void {
-  if (walkGroup < 0 || walkLeft > 0) {
-    walkLeft--; // (unused on the plain walk)
-    walkP = evNext(p);
-    walkI = i + 1;
-    return;
-  }
-  walkRun = <u32>load<u16>(runAddr(walkRun) + RN_NEXT);
-  const ra = runAddr(walkRun);
-  walkLeft = <u32>load<u16>(ra + RN_LEN) - 1;
-  walkI = walkFirst + <u32>load<u16>(ra + RN_START);
-  walkP = fixedSize ? 0 : walkScratch + load<u32>(ra + RN_AT);
+// The walk's next event after i (its batch index), then its p (given the new index; the old
+// p on the plain walk). Two locals, no globals, and `grouped` (walkGroup >= 0) read once
+// by the caller: this runs for every record of a run.
+@inline function stepI(i: u32, grouped: bool): u32 {
+  if (!grouped) return i + 1;
+  walkK++;
+  return walkFirst + <u32>load<u16>(walkList + (<usize>walkK << 1));
+}
+@inline function stepP(p: usize, i: u32, grouped: bool): usize {
+  return !grouped ? evNext(p) : fixedSize ? 0 : walkScratch + load<u32>(walkAt + (<usize>(i - walkFirst) << 2));
 }
 
 // Reserve up to `k` records for the walk's events from (p, i): as many as have a free
 // descriptor and whose payloads fit before the byte head, with one CAS. Returns how many.
 function reserveRun(base: usize, k: u32, p: usize, i: u32): u32 {
   runRetries = 0;
-  const run = walkRun, left = walkLeft; // the walk is looked ahead here and set back after
+  const k0 = walkK; // the walk is looked ahead here and set back after
+  const grouped = walkGroup >= 0;
   for (let attempt = 0; attempt < 16; attempt++) {
     const tail = atomic.load<u64>(base + R_TAIL);
     if (tail & CLOSED) return 0;
@@ -444,13 +440,11 @@ function reserveRun(base: usize, k: u32, p: usize, i: u32): u32 {
       if (off >= ringBytes) off -= ringBytes;
       free++;
       if (free < k) {
-        stepWalk(q, qi);
-        q = walkP;
-        qi = walkI;
+        qi = stepI(qi, grouped);
+        q = stepP(q, qi, grouped);
       }
     }
-    walkRun = run;
-    walkLeft = left;
+    walkK = k0;
     if (free == 0) return 0;
     if (atomic.cmpxchg<u64>(base + R_TAIL, tail, tailOf(t + free, positionAdd(position, used))) == tail) {
       runFirst = t;
@@ -513,6 +507,7 @@ const WRITE_CHUNK: u32 = 4;
 // then the rest of the run is given up as padding, and walkP/walkI name the first event
 // left unwritten. Otherwise they name the event after the run.
 function writeRun(base: usize, reserved: u32, p: usize, i: u32): u32 {
+  const grouped = walkGroup >= 0;
   let got: u32 = 0;
   let position = runPosition;
   let off = offsetOf(position);
@@ -535,9 +530,8 @@ function writeRun(base: usize, reserved: u32, p: usize, i: u32): u32 {
       writeRecord(base, rec, first, evData(p, i), len, off, position);
       off += extent;
       if (off >= ringBytes) off -= ringBytes;
-      stepWalk(p, i);
-      p = walkP;
-      i = walkI;
+      i = stepI(i, grouped);
+      p = stepP(p, i, grouped);
       got++;
       continue;
     }
@@ -546,23 +540,23 @@ function writeRun(base: usize, reserved: u32, p: usize, i: u32): u32 {
     const len0 = evLen(p), src0 = evData(p, i), off0 = placedAt(position, extentOf(len0));
     position = placedEnd(position, extentOf(len0));
     const end0 = position;
-    stepWalk(p, i); p = walkP; i = walkI;
+    i = stepI(i, grouped); p = stepP(p, i, grouped);
     const len1 = evLen(p), src1 = evData(p, i), off1 = placedAt(position, extentOf(len1));
     position = placedEnd(position, extentOf(len1));
     const end1 = position;
-    stepWalk(p, i); p = walkP; i = walkI;
+    i = stepI(i, grouped); p = stepP(p, i, grouped);
     let len2: u32 = 0, len3: u32 = 0, src2: usize = 0, src3: usize = 0, off2: u32 = 0, off3: u32 = 0, end2: u32 = 0, end3: u32 = 0;
     if (m > 2) {
       len2 = evLen(p); src2 = evData(p, i); off2 = placedAt(position, extentOf(len2));
       position = placedEnd(position, extentOf(len2));
       end2 = position;
-      stepWalk(p, i); p = walkP; i = walkI;
+      i = stepI(i, grouped); p = stepP(p, i, grouped);
     }
     if (m > 3) {
       len3 = evLen(p); src3 = evData(p, i); off3 = placedAt(position, extentOf(len3));
       position = placedEnd(position, extentOf(len3));
       end3 = position;
-      stepWalk(p, i); p = walkP; i = walkI;
+      i = stepI(i, grouped); p = stepP(p, i, grouped);
     }
     const rec0 = recordAddr(base, first);
     if (!beginWrite(rec0, first)) { // skipped by the watchdog
@@ -628,18 +622,17 @@ let blockNext: usize = 0; // the staged event after the block's handled ones (pu
 let blockGroups: u32 = 0;
 
 @inline function groupAddr(lb: usize, g: u32): usize { return lb + L_GROUPS + <usize>g * G_BYTES; }
+@inline function listAddr(lb: usize, g: u32): usize { return lb + L_LISTS + <usize>g * LIST_BYTES; }
+@inline function listAt(lb: usize, g: u32, k: u32): u32 { return <u32>load<u16>(listAddr(lb, g) + (<usize>k << 1)); }
+@inline function stagedAt(j: u32): usize { return fixedSize ? 0 : walkScratch + load<u32>(walkAt + (<usize>j << 2)); }
 
 // Set the walk to group `g`'s first event and return its p. (A block of one group is
 // consecutive events: the plain walk.)
 @inline function walkOfGroup(lb: usize, g: u32): usize {
   walkGroup = blockGroups == 1 ? -1 : <i32>g;
-  walkRun = load<u32>(groupAddr(lb, g) + G_FIRST_RUN);
-  const ra = runAddr(walkRun);
-  walkLeft = <u32>load<u16>(ra + RN_LEN) - 1;
-  return fixedSize ? 0 : walkScratch + load<u32>(ra + RN_AT);
-}
-@inline function firstOfGroup(lb: usize, g: u32): u32 {
-  return <u32>load<u16>(runAddr(load<u32>(groupAddr(lb, g) + G_FIRST_RUN)) + RN_START);
+  walkList = listAddr(lb, g);
+  walkK = 0;
+  return stagedAt(listAt(lb, g, 0));
 }
 
 // Will group `g`'s events fit its ring now (descriptors free, bytes before the byte head,
@@ -661,24 +654,6 @@ function groupFits(lb: usize, g: u32, base: usize): bool {
   return extents + extent <= <u64>room;
 }
 
-// Add the run [start, end) of `group` (its first event staged at `at`) as run `r`.
-function addRun(lb: usize, r: u32, start: u32, end: u32, group: u32, at: usize, extents: u32, largest: u32): void {
-  const ra = runAddr(r);
-  store<u16>(ra + RN_START, <u16>start);
-  store<u16>(ra + RN_LEN, <u16>(end - start));
-  store<u8>(ra + RN_GROUP, <u8>group);
-  store<u32>(ra + RN_AT, <u32>(at - walkScratch));
-  const ga = groupAddr(lb, group);
-  if (load<u32>(ga + G_COUNT) == 0) store<u32>(ga + G_FIRST_RUN, r);
-  else store<u16>(runAddr(load<u32>(ga + G_LAST_RUN)) + RN_NEXT, <u16>r);
-  store<u32>(ga + G_LAST_RUN, r);
-  store<u32>(ga + G_COUNT, load<u32>(ga + G_COUNT) + end - start);
-  if (!fixedSize) {
-    store<u32>(ga + G_EXTENTS, load<u32>(ga + G_EXTENTS) + extents);
-    if (largest > load<u32>(ga + G_MAX_EXTENT)) store<u32>(ga + G_MAX_EXTENT, largest);
-  }
-}
-
 // Group and write the block of events from (p, i), whose first `run` events route to entry0
 // (the batch loop found that run). Returns how many events it handled (each accepted, or
 // dropped as the backpressure mode says), 0 when it declined; blockEnd tells where the next
@@ -689,162 +664,153 @@ function groupedBlock(lb: usize, p: usize, i: u32, count: u32, entry0: u32, run:
   blockUnrouted = 0;
   blockStop = STOP_NONE;
   walkScratch = lb + L_SCRATCH;
-  walkRuns = lb + L_RUNS;
+  walkAt = lb + L_EVENT_AT;
   walkFirst = i;
-  // 1. the block's runs and their groups (up to GROUP_MAX shards); the block ends before an
+  // 1. each event into its group's list (up to GROUP_MAX shards); the block ends before an
   //    event the run path must see alone (too large, unroutable, fenced)
   const limit = min(count - i, <u32>GROUP_BLOCK);
-  let groups: u32 = 0;
-  let runs: u32 = 0;
   let q = p;
   let n: u32 = 0;
   let bad = false;
-  let entry = entry0; // the entry of event n
-  readLiveTable(); // one table for the block (seqlock: checked once it is grouped)
-  while (n < limit) {
-    if (entry == NO_ENTRY || (entry >>> 16) == <u32>FENCED_SLOT) { bad = true; break; }
-    let g: u32 = 0;
-    while (g < groups && load<u32>(groupAddr(lb, g) + G_ENTRY) != entry) g++;
-    if (g == groups) {
-      if (groups == <u32>GROUP_MAX) break;
-      const ga = groupAddr(lb, g);
-      store<u32>(ga + G_ENTRY, entry);
-      store<u32>(ga + G_COUNT, 0);
-      store<u32>(ga + G_EXTENTS, 0);
-      store<u32>(ga + G_MAX_EXTENT, 0);
-      groups++;
+  // the leading run (the batch loop found it) is group 0
+  const ga0 = groupAddr(lb, 0);
+  const list0 = listAddr(lb, 0);
+  let extents: u32 = 0, largest: u32 = 0;
+  for (; n < run; n++) {
+    store<u16>(list0 + (<usize>n << 1), <u16>n);
+    if (!fixedSize) {
+      store<u32>(walkAt + (<usize>n << 2), <u32>(q - walkScratch));
+      const extent = extentOf(evLen(q));
+      extents += extent;
+      if (extent > largest) largest = extent;
     }
-    const start = n;
-    const at = q;
-    let extents: u32 = 0, largest: u32 = 0;
-    let next = entry;
-    while (next == entry) { // the run: events from n to entry's shard
-      if (!fixedSize) {
-        const extent = extentOf(evLen(q));
-        extents += extent;
-        if (extent > largest) largest = extent;
-      }
-      q = evNext(q);
-      n++;
-      if (n >= limit) break;
-      if (start == 0 && n < run) continue; // the leading run: known to route to entry0
-      next = evLen(q) <= maxPayload ? liveEntry(evHash(q, i + n)) : NO_ENTRY;
-    }
-    addRun(lb, runs++, start, n, g, at, extents, largest);
-    entry = next;
+    q = evNext(q);
   }
-  // one past the block's end: where every group's walk ends
-  const end = runAddr(runs);
-  store<u16>(end + RN_START, <u16>n);
-  store<u16>(end + RN_LEN, 1);
-  store<u32>(end + RN_AT, <u32>(q - walkScratch));
-  for (let g: u32 = 0; g < groups; g++) store<u16>(runAddr(load<u32>(groupAddr(lb, g) + G_LAST_RUN)) + RN_NEXT, <u16>runs);
+  store<u32>(ga0 + G_ENTRY, entry0);
+  store<u32>(ga0 + G_COUNT, run);
+  store<u32>(ga0 + G_EXTENTS, extents);
+  store<u32>(ga0 + G_MAX_EXTENT, largest);
+  let groups: u32 = 1;
+  let g: u32 = 0;
+  let last = entry0; // the entry of group g
+  readLiveTable(); // one table for the block (seqlock: checked once it is grouped)
+  for (; n < limit; n++) {
+    const len = evLen(q);
+    const entry = len <= maxPayload ? liveEntry(evHash(q, i + n)) : NO_ENTRY;
+    if (entry != last) {
+      if (entry == NO_ENTRY || (entry >>> 16) == <u32>FENCED_SLOT) { bad = true; break; }
+      g = 0;
+      while (g < groups && load<u32>(groupAddr(lb, g) + G_ENTRY) != entry) g++;
+      if (g == groups) {
+        if (groups == <u32>GROUP_MAX) break;
+        const ga = groupAddr(lb, g);
+        store<u32>(ga + G_ENTRY, entry);
+        store<u32>(ga + G_COUNT, 0);
+        store<u32>(ga + G_EXTENTS, 0);
+        store<u32>(ga + G_MAX_EXTENT, 0);
+        groups++;
+      }
+      last = entry;
+    }
+    const ga = groupAddr(lb, g);
+    const k = load<u32>(ga + G_COUNT);
+    store<u16>(listAddr(lb, g) + (<usize>k << 1), <u16>n);
+    store<u32>(ga + G_COUNT, k + 1);
+    if (!fixedSize) {
+      store<u32>(walkAt + (<usize>n << 2), <u32>(q - walkScratch));
+      const extent = extentOf(len);
+      store<u32>(ga + G_EXTENTS, load<u32>(ga + G_EXTENTS) + extent);
+      if (extent > load<u32>(ga + G_MAX_EXTENT)) store<u32>(ga + G_MAX_EXTENT, extent);
+    }
+    q = evNext(q);
+  }
+  // every list ends with the block's end
+  if (!fixedSize) store<u32>(walkAt + (<usize>n << 2), <u32>(q - walkScratch));
+  for (g = 0; g < groups; g++) store<u16>(listAddr(lb, g) + (<usize>load<u32>(groupAddr(lb, g) + G_COUNT) << 1), <u16>n);
   blockEnd = i + n + (bad ? 1 : 0);
   if (n < GROUP_MIN) return 0; // too few events: runs do as well
   if (tableGeneration() != liveGen) return 0; // a rebuild raced the grouping: the run path routes these
   // 2. every ring has room for its group now, or the block declines
-  for (let g: u32 = 0; g < groups; g++) {
+  for (g = 0; g < groups; g++) {
     if (!groupFits(lb, g, slotAddr(load<u32>(groupAddr(lb, g) + G_ENTRY) >>> 16))) return 0;
   }
   blockGroups = groups;
   // 3. reserve every group; `cut` is the first event no reservation took
   let cut = n;
-  for (let g: u32 = 0; g < groups; g++) {
+  for (g = 0; g < groups; g++) {
     const ga = groupAddr(lb, g);
     const k = load<u32>(ga + G_COUNT);
-    const r = reserveRun(slotAddr(load<u32>(ga + G_ENTRY) >>> 16), k, walkOfGroup(lb, g), i + firstOfGroup(lb, g));
+    const r = reserveRun(slotAddr(load<u32>(ga + G_ENTRY) >>> 16), k, walkOfGroup(lb, g), i + listAt(lb, g, 0));
     store<u32>(ga + G_RESERVED, r);
     store<u32>(ga + G_RUN_FIRST, runFirst);
     store<u32>(ga + G_RUN_POSITION, runPosition);
     store<u32>(ga + G_RETRIES, runRetries);
-    if (r < k) { // the block index of its first event left out
-      let left = r;
-      let rr = load<u32>(ga + G_FIRST_RUN);
-      while (left >= <u32>load<u16>(runAddr(rr) + RN_LEN)) {
-        left -= <u32>load<u16>(runAddr(rr) + RN_LEN);
-        rr = <u32>load<u16>(runAddr(rr) + RN_NEXT);
-      }
-      const j = <u32>load<u16>(runAddr(rr) + RN_START) + left;
-      if (j < cut) cut = j;
-    }
+    if (r < k && listAt(lb, g, r) < cut) cut = listAt(lb, g, r);
   }
   // 4. give up what was reserved for events from the cut on, write the rest
   let owed = false;
-  for (let g: u32 = 0; g < groups; g++) {
+  for (g = 0; g < groups; g++) {
     const ga = groupAddr(lb, g);
     const base = slotAddr(load<u32>(ga + G_ENTRY) >>> 16);
     let r = load<u32>(ga + G_RESERVED);
     runFirst = load<u32>(ga + G_RUN_FIRST);
     if (cut < n) {
-      const keep = eventsBeforeCut(lb, g, cut);
+      let keep: u32 = 0;
+      while (keep < r && listAt(lb, g, keep) < cut) keep++;
       if (keep < r) {
         abandonRun(base, runFirst + keep, runFirst + r);
         r = keep;
       }
     }
-    store<u32>(ga + G_UNWRITTEN, n);
+    store<u32>(ga + G_RESERVED, r); // (what was kept: repushOwed reads it)
+    store<u32>(ga + G_UNWRITTEN, r);
     if (r == 0) continue;
     runPosition = load<u32>(ga + G_RUN_POSITION);
     runRetries = load<u32>(ga + G_RETRIES);
-    const got = writeRun(base, r, walkOfGroup(lb, g), i + firstOfGroup(lb, g));
+    const got = writeRun(base, r, walkOfGroup(lb, g), i + listAt(lb, g, 0));
     blockAccepted += got;
     if (got < r) {
-      store<u32>(ga + G_UNWRITTEN, walkI - i);
+      store<u32>(ga + G_UNWRITTEN, got);
       owed = true;
     }
   }
   walkGroup = -1;
   // 5. events whose records the watchdog took: pushed again, in batch order, on their shard
-  if (owed) repushOwed(lb, i, cut, runs);
-  blockNext = cut == n ? q : stagedAt(cut, runs);
+  if (owed) repushOwed(lb, i, groups);
+  blockNext = stagedAt(cut);
   if (cut < n) blockEnd = i + n;
   return cut;
 }
 
-// Group g's events before block index `cut`.
-function eventsBeforeCut(lb: usize, g: u32, cut: u32): u32 {
-  let keep: u32 = 0;
-  for (let r = load<u32>(groupAddr(lb, g) + G_FIRST_RUN); ; r = <u32>load<u16>(runAddr(r) + RN_NEXT)) {
-    const start = <u32>load<u16>(runAddr(r) + RN_START);
-    if (start >= cut) return keep;
-    keep += min(<u32>load<u16>(runAddr(r) + RN_LEN), cut - start);
-  }
-  return keep; // not reached
-}
-
-// Where block event j is staged (pushBatch; 0 for pushFixed, which finds it by index).
-function stagedAt(j: u32, runs: u32): usize {
-  if (fixedSize) return 0;
-  let r: u32 = 0;
-  while (r + 1 < runs && <u32>load<u16>(runAddr(r + 1) + RN_START) <= j) r++;
-  let q = walkScratch + load<u32>(runAddr(r) + RN_AT);
-  for (let k = <u32>load<u16>(runAddr(r) + RN_START); k < j; k++) q = evNext(q);
-  return q;
-}
-
-// GROUPED WRITES, the case a cut cannot cover (above): block events before `cut` from their
-// group's G_UNWRITTEN on were not written.
-function repushOwed(lb: usize, i: u32, cut: u32, runs: u32): void {
-  for (let r: u32 = 0; r < runs; r++) {
-    const ra = runAddr(r);
-    const ga = groupAddr(lb, <u32>load<u8>(ra + RN_GROUP));
-    const base = slotAddr(load<u32>(ga + G_ENTRY) >>> 16);
-    const start = <u32>load<u16>(ra + RN_START);
-    let p: usize = fixedSize ? 0 : walkScratch + load<u32>(ra + RN_AT);
-    for (let j = start; j < start + <u32>load<u16>(ra + RN_LEN) && j < cut; j++) {
-      if (j >= load<u32>(ga + G_UNWRITTEN)) {
-        const len = evLen(p);
-        const src = evData(p, i + j);
-        let res = pushAt(base, src, len);
-        for (let tries: u32 = 0; res == PUSH_REFUSED && tries < OWED_RETRIES; tries++) res = pushAt(base, src, len);
-        if (res == PUSH_CLOSED) res = routeAndPush(lb, evHash(p, i + j), src, len);
-        if (res >= 0) blockAccepted++;
-        else if (res == PUSH_FULL) blockFull++;
-        else if (res == PUSH_UNROUTED) blockUnrouted++;
-        else if (blockStop == STOP_NONE) blockStop = res == PUSH_STOPPED ? STOP_CLOSED : STOP_REFUSED;
+// GROUPED WRITES, the case a cut cannot cover (above): each group's events from its
+// G_UNWRITTEN up to its G_RESERVED (all before the cut) were not written. Merged from the
+// groups' lists into batch order.
+function repushOwed(lb: usize, i: u32, groups: u32): void {
+  for (let g: u32 = 0; g < groups; g++) store<u32>(groupAddr(lb, g) + G_NEXT, load<u32>(groupAddr(lb, g) + G_UNWRITTEN));
+  while (true) {
+    let best: u32 = GROUP_MAX, bestJ: u32 = 0xffffffff;
+    for (let g: u32 = 0; g < groups; g++) {
+      const ga = groupAddr(lb, g);
+      const k = load<u32>(ga + G_NEXT);
+      if (k < load<u32>(ga + G_RESERVED) && listAt(lb, g, k) < bestJ) {
+        best = g;
+        bestJ = listAt(lb, g, k);
       }
-      p = evNext(p);
     }
+    if (best == GROUP_MAX) return;
+    const ga = groupAddr(lb, best);
+    store<u32>(ga + G_NEXT, load<u32>(ga + G_NEXT) + 1);
+    const base = slotAddr(load<u32>(ga + G_ENTRY) >>> 16);
+    const p = stagedAt(bestJ);
+    const len = evLen(p);
+    const src = evData(p, i + bestJ);
+    let res = pushAt(base, src, len);
+    for (let tries: u32 = 0; res == PUSH_REFUSED && tries < OWED_RETRIES; tries++) res = pushAt(base, src, len);
+    if (res == PUSH_CLOSED) res = routeAndPush(lb, evHash(p, i + bestJ), src, len);
+    if (res >= 0) blockAccepted++;
+    else if (res == PUSH_FULL) blockFull++;
+    else if (res == PUSH_UNROUTED) blockUnrouted++;
+    else if (blockStop == STOP_NONE) blockStop = res == PUSH_STOPPED ? STOP_CLOSED : STOP_REFUSED;
   }
 }
 
