@@ -46,7 +46,7 @@ import {
   TOTAL_REFUSED, TOTAL_EVICTED, TOTAL_SKIPPED,
   CONTENTION_NS_PER_RETRY, LATENCY_SAMPLE_MASK, FENCED_SLOT, PUSH_MOVING, PUSH_MOVING_DROPPED, STOP_MOVING,
   GROUP_MAX, GROUP_BLOCK, G_ENTRY, G_COUNT, G_RESERVED, G_RUN_FIRST, G_RUN_POSITION, G_RETRIES, G_UNWRITTEN,
-  G_EXTENTS, G_MAX_EXTENT, G_NEXT, G_BYTES, LIST_BYTES, L_GROUPS, L_LISTS, L_EVENT_AT,
+  G_EXTENTS, G_MAX_EXTENT, G_NEXT, G_BYTES, LIST_BYTES, L_GROUPS, L_LISTS, L_EVENT_AT, H_OWED_REPUSHED,
 } from "./layout";
 import {
   slotAddr, laneAddr, recordAddr, payloadAddr, ringCapacity, ringBytes, maxPayload, backpressure,
@@ -206,7 +206,8 @@ const INLINE_COPY_MAX: u32 = 32;
 }
 
 // Append `len` bytes from `src` to the ring at `base`. Returns 0 or a PUSH_* code.
-export function pushAt(base: usize, src: usize, len: u32): i32 {
+// (`countRefusal` false: a caller that retries a refusal until it goes in, see pushOwed.)
+export function pushAt(base: usize, src: usize, len: u32, countRefusal: bool = true): i32 {
   if (backpressure == BP_SAMPLE && pastSampleFill(base)) {
     if (atomic.add<u32>(base + M_SAMPLE_COUNTER, 1) % sampleRate != 0) {
       atomic.add<u64>(base + M_DROPPED_SAMPLED, 1);
@@ -276,7 +277,7 @@ export function pushAt(base: usize, src: usize, len: u32): i32 {
       continue;
     }
     if (backpressure == BP_FAIL_PRODUCER) {
-      atomic.add<u64>(base + M_REFUSED, 1);
+      if (countRefusal) atomic.add<u64>(base + M_REFUSED, 1);
       return PUSH_REFUSED;
     }
     atomic.add<u64>(base + M_DROPPED_NEWEST, 1);
@@ -588,31 +589,31 @@ function writeRun(base: usize, reserved: u32, p: usize, i: u32): u32 {
   return got;
 }
 
-// GROUPED WRITES. Random keys over a few shards make runs of one or two events, and a run
-// costs a reservation, marks and a doorbell; across threads the rings' shared lines then
-// bounce between cores once per run. So a block of up to GROUP_BLOCK events is written shard
-// by shard instead: every shard's events (a group, in batch order) are reserved with one CAS
-// on that ring, then each group is written as a run. Each shard still gets its events in
-// batch order; only the order between shards changes, which nobody can observe.
+// GROUPED WRITES. Random keys over a few shards make runs of one or two events, and each run
+// costs a reservation (a CAS on a line other threads read), a mark, a doorbell check and the
+// latency bookkeeping. So a block of up to GROUP_BLOCK events is written shard by shard
+// instead: each shard's events (a group, listed in batch order) are reserved with one CAS on
+// that ring, then written as one run. Each shard still gets its events in batch order; only
+// the order between shards changes, which no consumer can observe.
 //
 // What batch calls promise stays as it was: under failProducer the accepted events are a
 // prefix of the batch, and an event that has to go to another shard (its ring was closed)
-// never lands there after a later event of the batch. So the block is cut at the first event
-// that one reservation could not take (a ring full or closed by the time of its CAS, or the
-// table changed): records reserved for events behind the cut are given up as padding, and
-// the events from the cut on go the event-by-event way. A look at every ring before
-// reserving (room, closed bit) keeps cuts to races with other producers: a ring that is
-// already full, an unroutable event or a fenced key makes the block decline at once.
+// does not land there after a later event of the batch (but for the case below). So the
+// block is cut at the first event that one reservation could not take (a ring full or
+// closed by the time of its CAS): records reserved for events from the cut on are given up
+// as padding, and those events go the run-by-run way. A look at every ring before reserving
+// (room, closed bit) leaves cuts to races with other producers: a ring already full, an
+// unroutable event or a fenced key makes the block decline at once.
 //
-// The one case a cut cannot cover: the watchdog took a record of a group (the thread stalled
+// The one case a cut cannot cover: the watchdog took records of a group (the thread stalled
 // past producerStallMs between reserving and writing) after other groups' later events were
-// written. Those events are pushed again on their shard, in batch order, after the block;
-// under failProducer a refusal is retried until the consumer makes room (the events already
-// had room reserved once), and only if that never comes is the batch refused with its
-// accepted events no longer a prefix (README, "Backpressure").
+// written. Those events are pushed again after the block, in batch order, on their shard
+// (pushOwed): under failProducer a refusal is retried until the consumer makes room, since
+// the events had room reserved once and refusing one now would make the accepted events no
+// prefix of the batch. If their shard started draining meanwhile they go where the table
+// sends them, where later events of the batch may already be (README, "Batches").
 
 const GROUP_MIN: u32 = 16;           // a shorter block: the run path does as well
-const OWED_RETRIES: u32 = 1 << 20;   // re-push attempts of a refused owed event (tens of ms)
 let blockAccepted: u32 = 0;
 let blockFull: u32 = 0;
 let blockUnrouted: u32 = 0;
@@ -798,20 +799,38 @@ function repushOwed(lb: usize, i: u32, groups: u32): void {
       }
     }
     if (best == GROUP_MAX) return;
+    atomic.add<u64>(<usize>LAYOUT_BASE + H_OWED_REPUSHED, 1);
     const ga = groupAddr(lb, best);
     store<u32>(ga + G_NEXT, load<u32>(ga + G_NEXT) + 1);
     const base = slotAddr(load<u32>(ga + G_ENTRY) >>> 16);
     const p = stagedAt(bestJ);
-    const len = evLen(p);
-    const src = evData(p, i + bestJ);
-    let res = pushAt(base, src, len);
-    for (let tries: u32 = 0; res == PUSH_REFUSED && tries < OWED_RETRIES; tries++) res = pushAt(base, src, len);
-    if (res == PUSH_CLOSED) res = routeAndPush(lb, evHash(p, i + bestJ), src, len);
-    if (res >= 0) blockAccepted++;
+    const res = pushOwed(base, evHash(p, i + bestJ), evData(p, i + bestJ), evLen(p));
+    if (res == 0) blockAccepted++;
     else if (res == PUSH_FULL) blockFull++;
     else if (res == PUSH_UNROUTED) blockUnrouted++;
-    else if (blockStop == STOP_NONE) blockStop = res == PUSH_STOPPED ? STOP_CLOSED : STOP_REFUSED;
+    else blockStop = STOP_CLOSED;
   }
+}
+
+// Push an owed event again, on the ring at `base` while it is open, else where the live table
+// sends its hash. A refusal (failProducer) is retried until it goes in: the event had room
+// reserved once, and later events of its batch are in already, so refusing it would make the
+// accepted events no prefix of the batch. Returns 0, PUSH_FULL (dropNewest), PUSH_UNROUTED,
+// or PUSH_STOPPED once the manager is closed.
+function pushOwed(base: usize, hash: u32, src: usize, len: u32): i32 {
+  while (true) {
+    if (atomic.load<u32>(<usize>LAYOUT_BASE + H_STOPPED) != 0) return PUSH_STOPPED;
+    const r = pushAt(base, src, len, false);
+    if (r == PUSH_CLOSED) { // its shard started draining: route it
+      const entry = selectEntry(hash);
+      if (entry == NO_ENTRY) {
+        atomic.add<u64>(<usize>LAYOUT_BASE + H_UNROUTED, 1);
+        return PUSH_UNROUTED;
+      }
+      base = slotAddr(entry >>> 16);
+    } else if (r != PUSH_REFUSED) return r;
+  }
+  return PUSH_STOPPED; // not reached
 }
 
 // Writes [accepted, unrouted, full, sampled, stop] at the lane's result words (BATCH_*) and
@@ -1103,4 +1122,10 @@ export function total(slot: u32, which: i32): f64 {
 
 export function unroutedTotal(): f64 {
   return <f64>atomic.load<u64>(<usize>LAYOUT_BASE + H_UNROUTED);
+}
+
+// Events grouped batch blocks pushed again after the watchdog took their records (a
+// diagnostic: tests check their stall faults reached that path).
+export function owedRepushedTotal(): f64 {
+  return <f64>atomic.load<u64>(<usize>LAYOUT_BASE + H_OWED_REPUSHED);
 }
