@@ -77,7 +77,7 @@ export const L_LISTS: i32 = L_GROUPS + GROUP_MAX * G_BYTES;        // GROUP_MAX 
 export const L_EVENT_AT: i32 = L_LISTS + GROUP_MAX * LIST_BYTES;   // u32 × (GROUP_BLOCK + 1): each event's offset in the scratch (pushBatch), then the block end's
 export const L_SCRATCH: i32 = (L_EVENT_AT + (GROUP_BLOCK + 2) * 4 + 63) & ~63; // staging area, up to laneBytes (cache-line aligned)
 export const LANE_HEADER_BYTES: i32 = L_SCRATCH;
-export const DEFAULT_LANE_BYTES: i32 = LANE_HEADER_BYTES + 16384; // a lane's size unless payloads need more
+export const DEFAULT_LANE_BYTES: i32 = 16384; // a lane's size unless payloads need more (its scratch: this less LANE_HEADER_BYTES)
 
 // ---- one slot: metrics + ring (offsets from the slot base) ------------------------------
 // line 0: written by producers

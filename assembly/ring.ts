@@ -329,7 +329,8 @@ export function push(lane: u32, hash: u32, len: u32): i32 {
 }
 
 // ---- batches ------------------------------------------------------------------------------
-// Consecutive events of a batch that route to the same shard form a run. A run is reserved
+// Consecutive events of a batch that route to the same shard form a run (and the events of
+// one shard in a block of a batch form a group, written as one run: GROUPED WRITES, below). A run is reserved
 // with one CAS on the tail (as many records as are free from the tail on and fit in bytes,
 // each descriptor checked: under dropOldest an evictor may free an older one after the
 // consumer freed a newer one),
@@ -611,7 +612,8 @@ function writeRun(base: usize, reserved: u32, p: usize, i: u32): u32 {
 // (pushOwed): under failProducer a refusal is retried until the consumer makes room, since
 // the events had room reserved once and refusing one now would make the accepted events no
 // prefix of the batch. If their shard started draining meanwhile they go where the table
-// sends them, where later events of the batch may already be (README, "Batches").
+// sends them, where later events of the batch may already be (docs/architecture.md,
+// "Grouped writes").
 
 const GROUP_MIN: u32 = 16;           // a shorter block: the run path does as well
 let blockAccepted: u32 = 0;
