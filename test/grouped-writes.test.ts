@@ -33,7 +33,8 @@ describe('grouped writes: every shard gets its events in call order', () => {
       const m = await ShardManager.create({ initialShards: shards, ringBufferCapacity: 4096, maxPayloadBytes: 300, policy: { autoScale: false, maxShards: 16 } });
       onTestFinished(() => m.close());
       let seq = 0;
-      const expected = new Map<number, number[]>();
+      const routed = new Map<number, number[]>();   // shard → seqs the table sends it, in call order
+      const received = new Map<number, number[]>(); // shard → seqs polled from it
       for (let call = 0; call < 20; call++) {
         const n = 1 + Math.floor(random() * 700);
         const hashes = new Uint32Array(n);
@@ -45,18 +46,18 @@ describe('grouped writes: every shard gets its events in call order', () => {
           new DataView(p.buffer).setUint32(4, seq, true);
           payloads.push(p);
           const id = m.mapper.selectShard(hashes[i]!);
-          expected.set(id, [...(expected.get(id) ?? []), seq]);
+          routed.set(id, [...(routed.get(id) ?? []), seq]);
           seq++;
         }
         expect(m.pushBatch(hashes, payloads)).toBe(n);
         // drained between calls, so the rings never fill (a full ring declines grouping)
         for (const id of m.mapper.activeShardIds()) {
           for (let got = m.poll(id, 4096); got.length > 0; got = m.poll(id, 4096)) {
-            expected.set(-1 - id, [...(expected.get(-1 - id) ?? []), ...got.map((r) => idOf(r).seq)]);
+            received.set(id, [...(received.get(id) ?? []), ...got.map((r) => idOf(r).seq)]);
           }
         }
       }
-      for (const id of m.mapper.activeShardIds()) expect(expected.get(-1 - id) ?? [], `${shards} shards, shard ${id}`).toEqual(expected.get(id) ?? []);
+      for (const id of m.mapper.activeShardIds()) expect(received.get(id) ?? [], `${shards} shards, shard ${id}`).toEqual(routed.get(id) ?? []);
       expect(m.stats()).toMatchObject({ pushed: seq, delivered: seq, skipped: 0 });
       await m.close();
     }
