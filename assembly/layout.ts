@@ -43,6 +43,7 @@ export const H_TABLE_COUNT0: i32 = 132;   // u32 × 2, entries in table 0 and in
 export const H_STOPPED: i32 = 140;        // u32, 1 once the manager closed: pushes are refused
 // third line: counters bumped by every producer thread
 export const H_UNROUTED: i32 = 256;       // i64, pushes made while no shard was Active
+export const H_OWED_REPUSHED: i32 = 264;  // i64, events a grouped batch block pushed again after the watchdog took their records (ring.ts, GROUPED WRITES)
 export const H_LANE_FLAGS: i32 = 384;     // u32 × MAX_LANES, 1 = lane claimed
 export const MAX_LANES: i32 = 256;
 export const HEADER_BYTES: i32 = H_LANE_FLAGS + MAX_LANES * 4;
@@ -50,14 +51,33 @@ export const HEADER_BYTES: i32 = H_LANE_FLAGS + MAX_LANES * 4;
 export const MAGIC: u32 = 0x53484d31;    // "SHM1"
 
 // ---- one lane (per-thread scratch) ------------------------------------------------------
-export const DEFAULT_LANE_BYTES: i32 = 16384; // a lane's size unless payloads need more
 export const L_DOORBELL: i32 = 0;         // i32, 1 while this lane's consumer sleeps
 export const L_OWNER: i32 = 4;            // u32, 1 + the worker_threads threadId that holds the lane (0: unknown)
 export const L_HEARTBEAT: i32 = 8;        // u32, bumped by a consumer thread's timer while its event loop runs
 export const L_RESULT: i32 = 64;          // 32 bytes of call results: BATCH_*, CLAIM_* or COLLECT_* words (below)
 export const L_FAILED_SHARD: i32 = L_RESULT + 32; // u32: shard id of the last push refused under failProducer
-export const L_SCRATCH: i32 = 128;        // staging area, up to laneBytes
+// a batch call's grouping of its events by shard (assembly/ring.ts, GROUPED WRITES): a table
+// of up to GROUP_MAX groups, each group's list of its events, and where each event is staged
+export const GROUP_MAX: i32 = 8;
+export const GROUP_BLOCK: i32 = 256;      // events a block groups at most
+export const G_ENTRY: i32 = 0;            // u32, the table entry (id | slot << 16) its events route to
+export const G_COUNT: i32 = 4;            // u32, its events in the block
+export const G_RESERVED: i32 = 8;         // u32, records reserved for it
+export const G_RUN_FIRST: i32 = 12;       // u32, ring index of its first reserved record
+export const G_RUN_POSITION: i32 = 16;    // u32, byte position its first payload is placed from
+export const G_RETRIES: i32 = 20;         // u32, failed CAS attempts of its reservation
+export const G_UNWRITTEN: i32 = 24;       // u32, its list position of the first event left unwritten (the watchdog took its record)
+export const G_EXTENTS: i32 = 28;         // u32, its payloads' extents added up (pushBatch)
+export const G_MAX_EXTENT: i32 = 32;      // u32, its largest payload extent (pushBatch)
+export const G_NEXT: i32 = 36;            // u32, scratch for walks over every group in batch order
+export const G_BYTES: i32 = 40;
+export const LIST_BYTES: i32 = (GROUP_BLOCK + 1) * 2; // u16 block indexes, ascending, then the block's end
+export const L_GROUPS: i32 = 128;                                  // GROUP_MAX × G_BYTES
+export const L_LISTS: i32 = L_GROUPS + GROUP_MAX * G_BYTES;        // GROUP_MAX × LIST_BYTES
+export const L_EVENT_AT: i32 = L_LISTS + GROUP_MAX * LIST_BYTES;   // u32 × (GROUP_BLOCK + 1): each event's offset in the scratch (pushBatch), then the block end's
+export const L_SCRATCH: i32 = (L_EVENT_AT + (GROUP_BLOCK + 2) * 4 + 63) & ~63; // staging area, up to laneBytes (cache-line aligned)
 export const LANE_HEADER_BYTES: i32 = L_SCRATCH;
+export const DEFAULT_LANE_BYTES: i32 = 16384; // a lane's size unless payloads need more (its scratch: this less LANE_HEADER_BYTES)
 
 // ---- one slot: metrics + ring (offsets from the slot base) ------------------------------
 // line 0: written by producers

@@ -45,6 +45,8 @@ import {
   CLAIM_START, CLAIM_SKIPPED, M_WINDOW_TAIL, M_DRAIN_TAIL, M_EVENTS, TOTAL_PUSHED, TOTAL_DELIVERED, TOTAL_DROPPED_NEWEST, TOTAL_SAMPLED,
   TOTAL_REFUSED, TOTAL_EVICTED, TOTAL_SKIPPED,
   CONTENTION_NS_PER_RETRY, LATENCY_SAMPLE_MASK, FENCED_SLOT, PUSH_MOVING, PUSH_MOVING_DROPPED, STOP_MOVING,
+  GROUP_MAX, GROUP_BLOCK, G_ENTRY, G_COUNT, G_RESERVED, G_RUN_FIRST, G_RUN_POSITION, G_RETRIES, G_UNWRITTEN,
+  G_EXTENTS, G_MAX_EXTENT, G_NEXT, G_BYTES, LIST_BYTES, L_GROUPS, L_LISTS, L_EVENT_AT, H_OWED_REPUSHED,
 } from "./layout";
 import {
   slotAddr, laneAddr, recordAddr, payloadAddr, ringCapacity, ringBytes, maxPayload, backpressure,
@@ -54,7 +56,7 @@ import { addToPair, initMetrics } from "./metrics";
 import {
   tailRecords, tailPosition, tailOf, positionAdd, positionsBetween, offsetOf, extentOf, byteHeadOf, bytesUsedAt,
 } from "./positions";
-import { selectEntry, NO_ENTRY } from "./select";
+import { selectEntry, NO_ENTRY, readLiveTable, liveEntry, liveGen } from "./select";
 import { noteRoute, routeMoved, fencedSlot, countMoving, tableGeneration, FENCE_WAIT, FENCE_NONE } from "./fence";
 
 const CLOSED: u64 = 1 << 63;
@@ -204,7 +206,8 @@ const INLINE_COPY_MAX: u32 = 32;
 }
 
 // Append `len` bytes from `src` to the ring at `base`. Returns 0 or a PUSH_* code.
-export function pushAt(base: usize, src: usize, len: u32): i32 {
+// (`countRefusal` false: a caller that retries a refusal until it goes in, see pushOwed.)
+export function pushAt(base: usize, src: usize, len: u32, countRefusal: bool = true): i32 {
   if (backpressure == BP_SAMPLE && pastSampleFill(base)) {
     if (atomic.add<u32>(base + M_SAMPLE_COUNTER, 1) % sampleRate != 0) {
       atomic.add<u64>(base + M_DROPPED_SAMPLED, 1);
@@ -274,7 +277,7 @@ export function pushAt(base: usize, src: usize, len: u32): i32 {
       continue;
     }
     if (backpressure == BP_FAIL_PRODUCER) {
-      atomic.add<u64>(base + M_REFUSED, 1);
+      if (countRefusal) atomic.add<u64>(base + M_REFUSED, 1);
       return PUSH_REFUSED;
     }
     atomic.add<u64>(base + M_DROPPED_NEWEST, 1);
@@ -326,7 +329,8 @@ export function push(lane: u32, hash: u32, len: u32): i32 {
 }
 
 // ---- batches ------------------------------------------------------------------------------
-// Consecutive events of a batch that route to the same shard form a run. A run is reserved
+// Consecutive events of a batch that route to the same shard form a run (and the events of
+// one shard in a block of a batch form a group, written as one run: GROUPED WRITES, below). A run is reserved
 // with one CAS on the tail (as many records as are free from the tail on and fit in bytes,
 // each descriptor checked: under dropOldest an evictor may free an older one after the
 // consumer freed a newer one),
@@ -385,10 +389,36 @@ let runFirst: u32 = 0;    // first index reserved by the last reserveRun
 let runPosition: u32 = 0; // byte position its first payload is placed from
 let runRetries: u32 = 0;  // failed CAS attempts of the last reserveRun
 
-// Reserve up to `k` records for the events from `p`: as many as have a free
+// THE WALK: the events a run takes, one after another. Outside a grouped block (walkGroup
+// < 0) they are consecutive events of the batch; inside one, the events of one group of the
+// block, from its list (GROUPED WRITES, below). stepI and stepP step it.
+let walkGroup: i32 = -1;
+let walkList: usize = 0;    // the group's list of block indexes
+let walkK: u32 = 0;         // the current event's place in it
+let walkAt: usize = 0;      // the block's staged offsets (pushBatch)
+let walkScratch: usize = 0; // the lane's scratch
+let walkFirst: u32 = 0;     // batch index of the block's first event
+let walkP: usize = 0;
+let walkI: u32 = 0;
+
+// The walk's next event after i (its batch index), then its p (given the new index; the old
+// p on the plain walk). Two locals, no globals, and `grouped` (walkGroup >= 0) read once
+// by the caller: this runs for every record of a run.
+@inline function stepI(i: u32, grouped: bool): u32 {
+  if (!grouped) return i + 1;
+  walkK++;
+  return walkFirst + <u32>load<u16>(walkList + (<usize>walkK << 1));
+}
+@inline function stepP(p: usize, i: u32, grouped: bool): usize {
+  return !grouped ? evNext(p) : fixedSize ? 0 : walkScratch + load<u32>(walkAt + (<usize>(i - walkFirst) << 2));
+}
+
+// Reserve up to `k` records for the walk's events from (p, i): as many as have a free
 // descriptor and whose payloads fit before the byte head, with one CAS. Returns how many.
-function reserveRun(base: usize, k: u32, p: usize): u32 {
+function reserveRun(base: usize, k: u32, p: usize, i: u32): u32 {
   runRetries = 0;
+  const k0 = walkK; // the walk is looked ahead here and set back after
+  const grouped = walkGroup >= 0;
   for (let attempt = 0; attempt < 16; attempt++) {
     const tail = atomic.load<u64>(base + R_TAIL);
     if (tail & CLOSED) return 0;
@@ -400,6 +430,7 @@ function reserveRun(base: usize, k: u32, p: usize): u32 {
     let used: u32 = 0;
     let free: u32 = 0;
     let q = p;
+    let qi = i;
     while (free < k && atomic.load<u32>(recordAddr(base, t + free) + REC_SEQ) == t + free) {
       const extent = extentOf(evLen(q));
       let need = extent;
@@ -409,9 +440,13 @@ function reserveRun(base: usize, k: u32, p: usize): u32 {
       used += need;
       off += need;
       if (off >= ringBytes) off -= ringBytes;
-      q = evNext(q);
       free++;
+      if (free < k) {
+        qi = stepI(qi, grouped);
+        q = stepP(q, qi, grouped);
+      }
     }
+    walkK = k0;
     if (free == 0) return 0;
     if (atomic.cmpxchg<u64>(base + R_TAIL, tail, tailOf(t + free, positionAdd(position, used))) == tail) {
       runFirst = t;
@@ -468,6 +503,338 @@ const WRITE_CHUNK: u32 = 4;
   store<u32>(rec + REC_SEQ, index + 1);
 }
 
+// Write the `reserved` records of the last reservation (runFirst, runPosition) with the
+// walk's events from (p, i), the same placement reserveRun made. Returns how many it wrote;
+// fewer when the watchdog took a record first (the thread stalled past producerStallMs):
+// then the rest of the run is given up as padding, and walkP/walkI name the first event
+// left unwritten. Otherwise they name the event after the run.
+function writeRun(base: usize, reserved: u32, p: usize, i: u32): u32 {
+  const grouped = walkGroup >= 0;
+  let got: u32 = 0;
+  let position = runPosition;
+  let off = offsetOf(position);
+  while (got < reserved) {
+    const first = runFirst + got;
+    const m = min(reserved - got, WRITE_CHUNK);
+    // A run of one (common when a batch spreads over many shards): no chunk to set up, and
+    // the running offset kept as before (measured ~2 ns a record cheaper here than placedAt
+    // and placedEnd, which the chunk below uses).
+    if (m == 1) {
+      const rec = recordAddr(base, first);
+      if (!beginWrite(rec, first)) break; // skipped by the watchdog
+      const len = evLen(p);
+      const extent = extentOf(len);
+      if (off + extent > ringBytes) { // padded to the next lap's start
+        position = positionAdd(position, ringBytes - off);
+        off = 0;
+      }
+      position = positionAdd(position, extent);
+      writeRecord(base, rec, first, evData(p, i), len, off, position);
+      off += extent;
+      if (off >= ringBytes) off -= ringBytes;
+      i = stepI(i, grouped);
+      p = stepP(p, i, grouped);
+      got++;
+      continue;
+    }
+    const chunkP = p, chunkI = i;
+    // Everything the chunk's writes need is worked out before its mark (m is 2 to 4).
+    const len0 = evLen(p), src0 = evData(p, i), off0 = placedAt(position, extentOf(len0));
+    position = placedEnd(position, extentOf(len0));
+    const end0 = position;
+    i = stepI(i, grouped); p = stepP(p, i, grouped);
+    const len1 = evLen(p), src1 = evData(p, i), off1 = placedAt(position, extentOf(len1));
+    position = placedEnd(position, extentOf(len1));
+    const end1 = position;
+    i = stepI(i, grouped); p = stepP(p, i, grouped);
+    let len2: u32 = 0, len3: u32 = 0, src2: usize = 0, src3: usize = 0, off2: u32 = 0, off3: u32 = 0, end2: u32 = 0, end3: u32 = 0;
+    if (m > 2) {
+      len2 = evLen(p); src2 = evData(p, i); off2 = placedAt(position, extentOf(len2));
+      position = placedEnd(position, extentOf(len2));
+      end2 = position;
+      i = stepI(i, grouped); p = stepP(p, i, grouped);
+    }
+    if (m > 3) {
+      len3 = evLen(p); src3 = evData(p, i); off3 = placedAt(position, extentOf(len3));
+      position = placedEnd(position, extentOf(len3));
+      end3 = position;
+      i = stepI(i, grouped); p = stepP(p, i, grouped);
+    }
+    const rec0 = recordAddr(base, first);
+    if (!beginWrite(rec0, first)) { // skipped by the watchdog
+      p = chunkP;
+      i = chunkI;
+      break;
+    }
+    // from the mark to the publish: straight-line code
+    writeRecordBehindMark(base, first + 1, src1, len1, off1, end1);
+    if (m > 2) writeRecordBehindMark(base, first + 2, src2, len2, off2, end2);
+    if (m > 3) writeRecordBehindMark(base, first + 3, src3, len3, off3, end3);
+    writeRecord(base, rec0, first, src0, len0, off0, end0);
+    off = offsetOf(position);
+    got += m;
+  }
+  // The watchdog skips every unmarked record from the one it found stalled on, so the rest
+  // of the run is padding already; skipping it here too only makes sure.
+  if (got < reserved) abandonRun(base, runFirst + got + 1, runFirst + reserved);
+  if (got > 0) {
+    const before = eventsBefore(base, runFirst); // events are counted from the tail (see pushAt)
+    // one latency sample when the run passes a multiple of 64 events, as single pushes do
+    if (((before + LATENCY_SAMPLE_MASK) & ~LATENCY_SAMPLE_MASK) - before < got) {
+      addToPair(base + M_LATENCY, runRetries * CONTENTION_NS_PER_RETRY);
+    }
+    ringDoorbell(base);
+  }
+  walkP = p;
+  walkI = i;
+  return got;
+}
+
+// GROUPED WRITES. Random keys over a few shards make runs of one or two events, and each run
+// costs a reservation (a CAS on a line other threads read), a mark, a doorbell check and the
+// latency bookkeeping. So a block of up to GROUP_BLOCK events is written shard by shard
+// instead: each shard's events (a group, listed in batch order) are reserved with one CAS on
+// that ring, then written as one run. Each shard still gets its events in batch order; only
+// the order between shards changes, which no consumer can observe.
+//
+// What batch calls promise stays as it was: under failProducer the accepted events are a
+// prefix of the batch, and an event that has to go to another shard (its ring was closed)
+// does not land there after a later event of the batch (but for the case below). So the
+// block is cut at the first event that one reservation could not take (a ring full or
+// closed by the time of its CAS): records reserved for events from the cut on are given up
+// as padding, and those events go the run-by-run way. A look at every ring before reserving
+// (room, closed bit) leaves cuts to races with other producers: a ring already full, an
+// unroutable event or a fenced key makes the block decline at once.
+//
+// The one case a cut cannot cover: the watchdog took records of a group (the thread stalled
+// past producerStallMs between reserving and writing) after other groups' later events were
+// written. Those events are pushed again after the block, in batch order, on their shard
+// (pushOwed): under failProducer a refusal is retried until the consumer makes room, since
+// the events had room reserved once and refusing one now would make the accepted events no
+// prefix of the batch. If their shard started draining meanwhile they go where the table
+// sends them, where later events of the batch may already be (docs/architecture.md,
+// "Grouped writes").
+
+const GROUP_MIN: u32 = 16;           // a shorter block: the run path does as well
+let blockAccepted: u32 = 0;
+let blockFull: u32 = 0;
+let blockUnrouted: u32 = 0;
+let blockStop: u32 = STOP_NONE;
+let blockEnd: u32 = 0;  // batch index where a block may start again (past a declined or cut one)
+let blockNext: usize = 0; // the staged event after the block's handled ones (pushBatch)
+let blockGroups: u32 = 0;
+
+@inline function groupAddr(lb: usize, g: u32): usize { return lb + L_GROUPS + <usize>g * G_BYTES; }
+@inline function listAddr(lb: usize, g: u32): usize { return lb + L_LISTS + <usize>g * LIST_BYTES; }
+@inline function listAt(lb: usize, g: u32, k: u32): u32 { return <u32>load<u16>(listAddr(lb, g) + (<usize>k << 1)); }
+@inline function stagedAt(j: u32): usize { return fixedSize ? 0 : walkScratch + load<u32>(walkAt + (<usize>j << 2)); }
+
+// Set the walk to group `g`'s first event and return its p. (A block of one group is
+// consecutive events: the plain walk.)
+@inline function walkOfGroup(lb: usize, g: u32): usize {
+  walkGroup = blockGroups == 1 ? -1 : <i32>g;
+  walkList = listAddr(lb, g);
+  walkK = 0;
+  return stagedAt(listAt(lb, g, 0));
+}
+
+// Will group `g`'s events fit its ring now (descriptors free, bytes before the byte head,
+// ring open)? Plain reads: a race only makes the reservation itself come short. The bytes
+// are counted with one lap's padding at most (less than the largest extent): a group that
+// fits in the room left crosses the end of the area once at most. So near full it may
+// decline a group that would just fit; the run path then takes it.
+function groupFits(lb: usize, g: u32, base: usize): bool {
+  const ga = groupAddr(lb, g);
+  const k = load<u32>(ga + G_COUNT);
+  if (k > ringCapacity) return false;
+  const tail = atomic.load<u64>(base + R_TAIL);
+  if (tail & CLOSED) return false;
+  const t = tailRecords(tail);
+  if (atomic.load<u32>(recordAddr(base, t + k - 1) + REC_SEQ) != t + k - 1) return false;
+  const room = ringBytes - positionsBetween(byteHeadOf(base), tailPosition(tail));
+  const extent = fixedSize ? <u64>extentOf(fixedSize) : <u64>load<u32>(ga + G_MAX_EXTENT);
+  const extents = fixedSize ? <u64>k * extent : <u64>load<u32>(ga + G_EXTENTS);
+  return extents + extent <= <u64>room;
+}
+
+// Group and write the block of events from (p, i), whose first `run` events route to entry0
+// (the batch loop found that run). Returns how many events it handled (each accepted, or
+// dropped as the backpressure mode says), 0 when it declined; blockEnd tells where the next
+// block may start, blockNext where the staged events go on.
+function groupedBlock(lb: usize, p: usize, i: u32, count: u32, entry0: u32, run: u32): u32 {
+  blockAccepted = 0;
+  blockFull = 0;
+  blockUnrouted = 0;
+  blockStop = STOP_NONE;
+  walkScratch = lb + L_SCRATCH;
+  walkAt = lb + L_EVENT_AT;
+  walkFirst = i;
+  // 1. each event into its group's list (up to GROUP_MAX shards); the block ends before an
+  //    event the run path must see alone (too large, unroutable, fenced)
+  const limit = min(count - i, <u32>GROUP_BLOCK);
+  let q = p;
+  let n: u32 = 0;
+  let bad = false;
+  // the leading run (the batch loop found it) is group 0
+  const ga0 = groupAddr(lb, 0);
+  const list0 = listAddr(lb, 0);
+  let extents: u32 = 0, largest: u32 = 0;
+  for (; n < run; n++) {
+    store<u16>(list0 + (<usize>n << 1), <u16>n);
+    if (!fixedSize) {
+      store<u32>(walkAt + (<usize>n << 2), <u32>(q - walkScratch));
+      const extent = extentOf(evLen(q));
+      extents += extent;
+      if (extent > largest) largest = extent;
+    }
+    q = evNext(q);
+  }
+  store<u32>(ga0 + G_ENTRY, entry0);
+  store<u32>(ga0 + G_COUNT, run);
+  store<u32>(ga0 + G_EXTENTS, extents);
+  store<u32>(ga0 + G_MAX_EXTENT, largest);
+  let groups: u32 = 1;
+  let g: u32 = 0;
+  let last = entry0; // the entry of group g
+  readLiveTable(); // one table for the block (seqlock: checked once it is grouped)
+  for (; n < limit; n++) {
+    const len = evLen(q);
+    const entry = len <= maxPayload ? liveEntry(evHash(q, i + n)) : NO_ENTRY;
+    if (entry != last) {
+      if (entry == NO_ENTRY || (entry >>> 16) == <u32>FENCED_SLOT) { bad = true; break; }
+      g = 0;
+      while (g < groups && load<u32>(groupAddr(lb, g) + G_ENTRY) != entry) g++;
+      if (g == groups) {
+        if (groups == <u32>GROUP_MAX) break;
+        const ga = groupAddr(lb, g);
+        store<u32>(ga + G_ENTRY, entry);
+        store<u32>(ga + G_COUNT, 0);
+        store<u32>(ga + G_EXTENTS, 0);
+        store<u32>(ga + G_MAX_EXTENT, 0);
+        groups++;
+      }
+      last = entry;
+    }
+    const ga = groupAddr(lb, g);
+    const k = load<u32>(ga + G_COUNT);
+    store<u16>(listAddr(lb, g) + (<usize>k << 1), <u16>n);
+    store<u32>(ga + G_COUNT, k + 1);
+    if (!fixedSize) {
+      store<u32>(walkAt + (<usize>n << 2), <u32>(q - walkScratch));
+      const extent = extentOf(len);
+      store<u32>(ga + G_EXTENTS, load<u32>(ga + G_EXTENTS) + extent);
+      if (extent > load<u32>(ga + G_MAX_EXTENT)) store<u32>(ga + G_MAX_EXTENT, extent);
+    }
+    q = evNext(q);
+  }
+  // every list ends with the block's end
+  if (!fixedSize) store<u32>(walkAt + (<usize>n << 2), <u32>(q - walkScratch));
+  for (g = 0; g < groups; g++) store<u16>(listAddr(lb, g) + (<usize>load<u32>(groupAddr(lb, g) + G_COUNT) << 1), <u16>n);
+  blockEnd = i + n + (bad ? 1 : 0);
+  if (n < GROUP_MIN) return 0; // too few events: runs do as well
+  if (tableGeneration() != liveGen) return 0; // a rebuild raced the grouping: the run path routes these
+  // 2. every ring has room for its group now, or the block declines
+  for (g = 0; g < groups; g++) {
+    if (!groupFits(lb, g, slotAddr(load<u32>(groupAddr(lb, g) + G_ENTRY) >>> 16))) return 0;
+  }
+  blockGroups = groups;
+  // 3. reserve every group; `cut` is the first event no reservation took
+  let cut = n;
+  for (g = 0; g < groups; g++) {
+    const ga = groupAddr(lb, g);
+    const k = load<u32>(ga + G_COUNT);
+    const r = reserveRun(slotAddr(load<u32>(ga + G_ENTRY) >>> 16), k, walkOfGroup(lb, g), i + listAt(lb, g, 0));
+    store<u32>(ga + G_RESERVED, r);
+    store<u32>(ga + G_RUN_FIRST, runFirst);
+    store<u32>(ga + G_RUN_POSITION, runPosition);
+    store<u32>(ga + G_RETRIES, runRetries);
+    if (r < k && listAt(lb, g, r) < cut) cut = listAt(lb, g, r);
+  }
+  // 4. give up what was reserved for events from the cut on, write the rest
+  let owed = false;
+  for (g = 0; g < groups; g++) {
+    const ga = groupAddr(lb, g);
+    const base = slotAddr(load<u32>(ga + G_ENTRY) >>> 16);
+    let r = load<u32>(ga + G_RESERVED);
+    runFirst = load<u32>(ga + G_RUN_FIRST);
+    if (cut < n) {
+      let keep: u32 = 0;
+      while (keep < r && listAt(lb, g, keep) < cut) keep++;
+      if (keep < r) {
+        abandonRun(base, runFirst + keep, runFirst + r);
+        r = keep;
+      }
+    }
+    store<u32>(ga + G_RESERVED, r); // (what was kept: repushOwed reads it)
+    store<u32>(ga + G_UNWRITTEN, r);
+    if (r == 0) continue;
+    runPosition = load<u32>(ga + G_RUN_POSITION);
+    runRetries = load<u32>(ga + G_RETRIES);
+    const got = writeRun(base, r, walkOfGroup(lb, g), i + listAt(lb, g, 0));
+    blockAccepted += got;
+    if (got < r) {
+      store<u32>(ga + G_UNWRITTEN, got);
+      owed = true;
+    }
+  }
+  walkGroup = -1;
+  // 5. events whose records the watchdog took: pushed again, in batch order, on their shard
+  if (owed) repushOwed(lb, i, groups);
+  blockNext = stagedAt(cut);
+  if (cut < n) blockEnd = i + n;
+  return cut;
+}
+
+// GROUPED WRITES, the case a cut cannot cover (above): each group's events from its
+// G_UNWRITTEN up to its G_RESERVED (all before the cut) were not written. Merged from the
+// groups' lists into batch order.
+function repushOwed(lb: usize, i: u32, groups: u32): void {
+  for (let g: u32 = 0; g < groups; g++) store<u32>(groupAddr(lb, g) + G_NEXT, load<u32>(groupAddr(lb, g) + G_UNWRITTEN));
+  while (true) {
+    let best: u32 = GROUP_MAX, bestJ: u32 = 0xffffffff;
+    for (let g: u32 = 0; g < groups; g++) {
+      const ga = groupAddr(lb, g);
+      const k = load<u32>(ga + G_NEXT);
+      if (k < load<u32>(ga + G_RESERVED) && listAt(lb, g, k) < bestJ) {
+        best = g;
+        bestJ = listAt(lb, g, k);
+      }
+    }
+    if (best == GROUP_MAX) return;
+    atomic.add<u64>(<usize>LAYOUT_BASE + H_OWED_REPUSHED, 1);
+    const ga = groupAddr(lb, best);
+    store<u32>(ga + G_NEXT, load<u32>(ga + G_NEXT) + 1);
+    const base = slotAddr(load<u32>(ga + G_ENTRY) >>> 16);
+    const p = stagedAt(bestJ);
+    const res = pushOwed(base, evHash(p, i + bestJ), evData(p, i + bestJ), evLen(p));
+    if (res == 0) blockAccepted++;
+    else if (res == PUSH_FULL) blockFull++;
+    else if (res == PUSH_UNROUTED) blockUnrouted++;
+    else blockStop = STOP_CLOSED;
+  }
+}
+
+// Push an owed event again, on the ring at `base` while it is open, else where the live table
+// sends its hash. A refusal (failProducer) is retried until it goes in: the event had room
+// reserved once, and later events of its batch are in already, so refusing it would make the
+// accepted events no prefix of the batch. Returns 0, PUSH_FULL (dropNewest), PUSH_UNROUTED,
+// or PUSH_STOPPED once the manager is closed.
+function pushOwed(base: usize, hash: u32, src: usize, len: u32): i32 {
+  while (true) {
+    if (atomic.load<u32>(<usize>LAYOUT_BASE + H_STOPPED) != 0) return PUSH_STOPPED;
+    const r = pushAt(base, src, len, false);
+    if (r == PUSH_CLOSED) { // its shard started draining: route it
+      const entry = selectEntry(hash);
+      if (entry == NO_ENTRY) {
+        atomic.add<u64>(<usize>LAYOUT_BASE + H_UNROUTED, 1);
+        return PUSH_UNROUTED;
+      }
+      base = slotAddr(entry >>> 16);
+    } else if (r != PUSH_REFUSED) return r;
+  }
+  return PUSH_STOPPED; // not reached
+}
+
 // Writes [accepted, unrouted, full, sampled, stop] at the lane's result words (BATCH_*) and
 // returns how many events it consumed. It stops right before an event refused under
 // failProducer (STOP_REFUSED) or when the manager is closed (STOP_CLOSED).
@@ -476,6 +843,11 @@ function batchLoop(lane: u32, count: u32): u32 {
   let p = lb + L_SCRATCH;
   let accepted: u32 = 0, unrouted: u32 = 0, full: u32 = 0, sampled: u32 = 0, stop: u32 = STOP_NONE;
   let i: u32 = 0;
+  // GROUPED WRITES apply unless key order is kept (a run per table entry, see runMoved) or
+  // sample mode decides event by event
+  const grouping = !keyOrder && backpressure != BP_SAMPLE;
+  let groupFrom: u32 = 0;
+  walkGroup = -1;
   while (i < count) {
     if (atomic.load<u32>(<usize>LAYOUT_BASE + H_STOPPED) != 0) { stop = STOP_CLOSED; break; }
     const gen = keyOrder ? tableGeneration() : 0;
@@ -488,85 +860,31 @@ function batchLoop(lane: u32, count: u32): u32 {
         q = evNext(q);
         k++;
       }
+      // A run that ends before the batch does: GROUPED WRITES, with this run as its first group.
+      if (grouping && k < <u32>GROUP_BLOCK && i + k < count && i >= groupFrom && count - i >= GROUP_MIN) {
+        const handled = groupedBlock(lb, p, i, count, entry, k);
+        groupFrom = blockEnd;
+        accepted += blockAccepted;
+        full += blockFull;
+        unrouted += blockUnrouted;
+        if (handled > 0) {
+          if (!fixedSize) p = blockNext;
+          i += handled;
+          if (blockStop != STOP_NONE) { stop = blockStop; break; }
+          continue;
+        }
+      }
       const base = slotAddr(entry >>> 16);
-      const reserved = reserveRun(base, k, p);
+      const reserved = reserveRun(base, k, p, i);
       // Key order: a table published since the run was selected may have moved one of its
       // events' slots (see routeMoved): then give the run up as padding and route again.
       if (keyOrder && reserved > 0 && tableGeneration() != gen && runMoved(p, i, reserved, entry)) {
         abandonRun(base, runFirst, runFirst + reserved);
         continue;
       }
-      let got: u32 = 0;
-      // the same placement reserveRun made, record after record (WRITING A RUN, above)
-      let position = runPosition;
-      let off = offsetOf(position);
-      while (got < reserved) {
-        const first = runFirst + got;
-        const m = min(reserved - got, WRITE_CHUNK);
-        // A run of one (common when a batch spreads over many shards): no chunk to set up, and
-        // the running offset kept as before (measured ~2 ns a record cheaper here than placedAt
-        // and placedEnd, which the chunk below uses).
-        if (m == 1) {
-          const rec = recordAddr(base, first);
-          if (!beginWrite(rec, first)) break; // skipped by the watchdog: nothing after it in this run
-          const len = evLen(p);
-          const extent = extentOf(len);
-          if (off + extent > ringBytes) { // padded to the next lap's start
-            position = positionAdd(position, ringBytes - off);
-            off = 0;
-          }
-          position = positionAdd(position, extent);
-          writeRecord(base, rec, first, evData(p, i + got), len, off, position);
-          off += extent;
-          if (off >= ringBytes) off -= ringBytes;
-          p = evNext(p);
-          got++;
-          continue;
-        }
-        const chunkStart = p;
-        // Everything the chunk's writes need is worked out before its mark (m is 2 to 4).
-        const len0 = evLen(p), src0 = evData(p, i + got), off0 = placedAt(position, extentOf(len0));
-        position = placedEnd(position, extentOf(len0));
-        const end0 = position;
-        p = evNext(p);
-        const len1 = evLen(p), src1 = evData(p, i + got + 1), off1 = placedAt(position, extentOf(len1));
-        position = placedEnd(position, extentOf(len1));
-        const end1 = position;
-        p = evNext(p);
-        let len2: u32 = 0, len3: u32 = 0, src2: usize = 0, src3: usize = 0, off2: u32 = 0, off3: u32 = 0, end2: u32 = 0, end3: u32 = 0;
-        if (m > 2) {
-          len2 = evLen(p); src2 = evData(p, i + got + 2); off2 = placedAt(position, extentOf(len2));
-          position = placedEnd(position, extentOf(len2));
-          end2 = position;
-          p = evNext(p);
-        }
-        if (m > 3) {
-          len3 = evLen(p); src3 = evData(p, i + got + 3); off3 = placedAt(position, extentOf(len3));
-          position = placedEnd(position, extentOf(len3));
-          end3 = position;
-          p = evNext(p);
-        }
-        const rec0 = recordAddr(base, first);
-        if (!beginWrite(rec0, first)) { // skipped by the watchdog: give up the rest of the run
-          p = chunkStart;
-          abandonRun(base, first + 1, runFirst + reserved);
-          break;
-        }
-        // from the mark to the publish: straight-line code
-        writeRecordBehindMark(base, first + 1, src1, len1, off1, end1);
-        if (m > 2) writeRecordBehindMark(base, first + 2, src2, len2, off2, end2);
-        if (m > 3) writeRecordBehindMark(base, first + 3, src3, len3, off3, end3);
-        writeRecord(base, rec0, first, src0, len0, off0, end0);
-        off = offsetOf(position);
-        got += m;
-      }
-      if (got > 0) {
-        const before = eventsBefore(base, runFirst); // events are counted from the tail (see pushAt)
-        // one latency sample when the run passes a multiple of 64 events, as single pushes do
-        if (((before + LATENCY_SAMPLE_MASK) & ~LATENCY_SAMPLE_MASK) - before < got) {
-          addToPair(base + M_LATENCY, runRetries * CONTENTION_NS_PER_RETRY);
-        }
-        ringDoorbell(base);
+      if (reserved > 0) {
+        const got = writeRun(base, reserved, p, i);
+        p = walkP;
         accepted += got;
         i += got;
         if (got == k) continue;
@@ -806,4 +1124,10 @@ export function total(slot: u32, which: i32): f64 {
 
 export function unroutedTotal(): f64 {
   return <f64>atomic.load<u64>(<usize>LAYOUT_BASE + H_UNROUTED);
+}
+
+// Events grouped batch blocks pushed again after the watchdog took their records (a
+// diagnostic: tests check their stall faults reached that path).
+export function owedRepushedTotal(): f64 {
+  return <f64>atomic.load<u64>(<usize>LAYOUT_BASE + H_OWED_REPUSHED);
 }

@@ -31,6 +31,22 @@ export function selectEntry(hash: u32): u32 {
   }
 }
 
+// A table read by many selections at once (a batch block): the live generation's entry count
+// and entries. The caller checks tableGeneration() is still `gen` after its last read.
+export let liveGen: u32 = 0;
+export let liveCount: u32 = 0;
+export let liveTable: usize = 0;
+export function readLiveTable(): void {
+  const h = <usize>LAYOUT_BASE;
+  liveGen = atomic.load<u32>(h + H_TABLE_GEN);
+  const n = load<u32>(h + H_TABLE_COUNT0 + ((liveGen & 1) << 2));
+  liveCount = n <= tableCapacity ? n : 0;
+  liveTable = tableAddr(liveGen);
+}
+@inline export function liveEntry(hash: u32): u32 {
+  return liveCount == 0 ? NO_ENTRY : load<u32>(liveTable + (<usize>pick(hash, liveCount) << 2));
+}
+
 export function select(hash: u32): i32 {
   const e = selectEntry(hash);
   return e == NO_ENTRY ? NO_SHARD : <i32>(e & 0xffff);

@@ -81,7 +81,10 @@ export interface ManagerStats {
   /** Records reserved by a producer that never wrote them (its thread was terminated inside
    *  pushBatch/pushFixed): skipped as padding; their push never returned, so none was accepted.
    *  Under routing 'affinity' also a reservation that raced a table change moving its key:
-   *  given up as padding, its event pushed again (see README, Key order across moves). */
+   *  given up as padding, its event pushed again (see README, Key order across moves). And
+   *  records a batch reserved past the point where another reservation of the same block came
+   *  short: given up as padding, their events pushed again (docs/architecture.md, Grouped
+   *  writes). */
   skipped: number;
   shards: ShardStats[];
   /** Key order across moves (routing 'affinity'); `enabled` false and zeros otherwise.
