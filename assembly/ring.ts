@@ -330,13 +330,13 @@ export function push(lane: u32, hash: u32, len: u32): i32 {
 
 // ---- batches ------------------------------------------------------------------------------
 // Consecutive events of a batch that route to the same shard form a run (and the events of
-// one shard in a block of a batch form a group, written as one run: GROUPED WRITES, below). A run is reserved
-// with one CAS on the tail (as many records as are free from the tail on and fit in bytes,
-// each descriptor checked: under dropOldest an evictor may free an older one after the
-// consumer freed a newer one),
-// written and published record by record, counted with one atomic add, and rings the
-// doorbell once. Whatever a run cannot take (full or closed ring, sample mode, no shard)
-// goes through the single-event path, which applies backpressure exactly as push does.
+// one shard in a block of a batch form a group, written as one run: GROUPED WRITES, below).
+// A run is reserved with one CAS on the tail (as many records as are free from the tail on
+// and fit in bytes, each descriptor checked: under dropOldest an evictor may free an older
+// one after the consumer freed a newer one), written in chunks (WRITING A RUN), and rings
+// the doorbell once. Whatever a run cannot take (full or closed ring, sample mode, no
+// shard) goes through the single-event path, which applies backpressure exactly as push
+// does.
 //
 // A run is the one place where a thread can be stopped between reserving and publishing
 // (at the back-edge of the copy loop): the records it had not reached stay reserved and
