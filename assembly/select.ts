@@ -32,7 +32,7 @@ export function selectEntry(hash: u32): u32 {
 }
 
 // A table read by many selections at once (a batch block): the live generation's entry count
-// and entries. The caller checks tableGeneration() is still `gen` after its last read.
+// and entries. The caller checks tableGeneration() is still liveGen after its last read.
 export let liveGen: u32 = 0;
 export let liveCount: u32 = 0;
 export let liveTable: usize = 0;
