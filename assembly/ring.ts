@@ -398,8 +398,7 @@ let walkK: u32 = 0;         // the current event's place in it
 let walkAt: usize = 0;      // the block's staged offsets (pushBatch)
 let walkScratch: usize = 0; // the lane's scratch
 let walkFirst: u32 = 0;     // batch index of the block's first event
-let walkP: usize = 0;
-let walkI: u32 = 0;
+let walkP: usize = 0;      // where writeRun stopped (the plain walk's caller goes on from it)
 
 // The walk's next event after i (its batch index), then its p (given the new index; the old
 // p on the plain walk). Two locals, no globals, and `grouped` (walkGroup >= 0) read once
@@ -410,8 +409,10 @@ let walkI: u32 = 0;
   return walkFirst + <u32>load<u16>(walkList + (<usize>walkK << 1));
 }
 @inline function stepP(p: usize, i: u32, grouped: bool): usize {
-  return !grouped ? evNext(p) : fixedSize ? 0 : walkScratch + load<u32>(walkAt + (<usize>(i - walkFirst) << 2));
+  return !grouped ? evNext(p) : stagedAt(i - walkFirst);
 }
+// Where block event j is staged (pushBatch; pushFixed finds a record by its index).
+@inline function stagedAt(j: u32): usize { return fixedSize ? 0 : walkScratch + load<u32>(walkAt + (<usize>j << 2)); }
 
 // Reserve up to `k` records for the walk's events from (p, i): as many as have a free
 // descriptor and whose payloads fit before the byte head, with one CAS. Returns how many.
@@ -506,8 +507,8 @@ const WRITE_CHUNK: u32 = 4;
 // Write the `reserved` records of the last reservation (runFirst, runPosition) with the
 // walk's events from (p, i), the same placement reserveRun made. Returns how many it wrote;
 // fewer when the watchdog took a record first (the thread stalled past producerStallMs):
-// then the rest of the run is given up as padding, and walkP/walkI name the first event
-// left unwritten. Otherwise they name the event after the run.
+// then the rest of the run is given up as padding, and walkP is the first event left
+// unwritten. Otherwise it is the event after the run.
 function writeRun(base: usize, reserved: u32, p: usize, i: u32): u32 {
   const grouped = walkGroup >= 0;
   let got: u32 = 0;
@@ -586,7 +587,6 @@ function writeRun(base: usize, reserved: u32, p: usize, i: u32): u32 {
     ringDoorbell(base);
   }
   walkP = p;
-  walkI = i;
   return got;
 }
 
@@ -603,8 +603,8 @@ function writeRun(base: usize, reserved: u32, p: usize, i: u32): u32 {
 // block is cut at the first event that one reservation could not take (a ring full or
 // closed by the time of its CAS): records reserved for events from the cut on are given up
 // as padding, and those events go the run-by-run way. A look at every ring before reserving
-// (room, closed bit) leaves cuts to races with other producers: a ring already full, an
-// unroutable event or a fenced key makes the block decline at once.
+// (room, closed bit) leaves cuts to races with other producers: a ring already full makes
+// the block decline at once, and an unroutable or oversized event ends it.
 //
 // The one case a cut cannot cover: the watchdog took records of a group (the thread stalled
 // past producerStallMs between reserving and writing) after other groups' later events were
@@ -627,7 +627,6 @@ let blockGroups: u32 = 0;
 @inline function groupAddr(lb: usize, g: u32): usize { return lb + L_GROUPS + <usize>g * G_BYTES; }
 @inline function listAddr(lb: usize, g: u32): usize { return lb + L_LISTS + <usize>g * LIST_BYTES; }
 @inline function listAt(lb: usize, g: u32, k: u32): u32 { return <u32>load<u16>(listAddr(lb, g) + (<usize>k << 1)); }
-@inline function stagedAt(j: u32): usize { return fixedSize ? 0 : walkScratch + load<u32>(walkAt + (<usize>j << 2)); }
 
 // Set the walk to group `g`'s first event and return its p. (A block of one group is
 // consecutive events: the plain walk.)
@@ -670,7 +669,8 @@ function groupedBlock(lb: usize, p: usize, i: u32, count: u32, entry0: u32, run:
   walkAt = lb + L_EVENT_AT;
   walkFirst = i;
   // 1. each event into its group's list (up to GROUP_MAX shards); the block ends before an
-  //    event the run path must see alone (too large, unroutable, fenced)
+  //    event the run path must see alone (too large, unroutable; no key is fenced here:
+  //    grouping is off under keyOrder)
   const limit = min(count - i, <u32>GROUP_BLOCK);
   let q = p;
   let n: u32 = 0;
@@ -701,7 +701,7 @@ function groupedBlock(lb: usize, p: usize, i: u32, count: u32, entry0: u32, run:
     const len = evLen(q);
     const entry = len <= maxPayload ? liveEntry(evHash(q, i + n)) : NO_ENTRY;
     if (entry != last) {
-      if (entry == NO_ENTRY || (entry >>> 16) == <u32>FENCED_SLOT) { bad = true; break; }
+      if (entry == NO_ENTRY) { bad = true; break; }
       g = 0;
       while (g < groups && load<u32>(groupAddr(lb, g) + G_ENTRY) != entry) g++;
       if (g == groups) {
