@@ -8,6 +8,7 @@ import { Worker } from 'node:worker_threads';
 import { ShardManager, type ManagerEvent } from 'shard-mapper';
 import { KeyOrderLog, sentPerKey } from './helpers/key-order.js';
 import { prng } from './helpers/index.js';
+import { settledFlag } from './helpers/delivery.js';
 
 const producerModule = new URL('./fixtures/key-seq-producer.mjs', import.meta.url);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -44,14 +45,13 @@ describe('key order across moves (routing affinity, worker threads)', () => {
     });
     const perProducer = 20_000;
     const { workers, done } = startProducers(m, perProducer, seed, [0, 0, 16]);
-    let finished = false;
-    const results = done.then((r) => { finished = true; return r; });
+    const producing = settledFlag(done);
     const removals: Promise<void>[] = [];
     let membershipChanges = 0;
     let windows = 0;
     let slow: number | undefined;
     let waitingSeen = 0;
-    while (!finished) {
+    while (!producing.settled) {
       await sleep(20);
       windows++;
       m.mapper.collectMetrics();
@@ -67,7 +67,7 @@ describe('key order across moves (routing affinity, worker threads)', () => {
         membershipChanges++;
       }
     }
-    const refused = await results;
+    const refused = await done;
     await Promise.all(removals);
     const sent = sentPerKey(KEYS, PRODUCERS, perProducer, seed);
     const total = sent.reduce((a, b) => a + b, 0);
@@ -106,14 +106,13 @@ describe('key order across moves (routing affinity, worker threads)', () => {
     });
     const perProducer = 15_000;
     const { workers, done } = startProducers(m, perProducer, seed, [0, 8, 0]);
-    let finished = false;
-    const results = done.then((r) => { finished = true; return r; });
+    const producing = settledFlag(done);
     await sleep(200);
     // Shard A's consumer slows right down, so A holds a backlog; then A is removed: every slot
     // it had moves to the others and waits on A's consumer, which is killed mid-wait.
     const a = m.mapper.activeShardIds()[0]!;
     log.slowShard(a, 100);
-    for (let waited = 0; m.ringLength(a) < 200 && waited < 20_000 && !finished; waited += 5) await sleep(5);
+    for (let waited = 0; m.ringLength(a) < 200 && waited < 20_000 && !producing.settled; waited += 5) await sleep(5);
     expect(m.ringLength(a), 'shard A built a backlog').toBeGreaterThanOrEqual(200);
     const removal = m.removeShard(a);
     const movingOutOfA = () => m.stats().shards.find((x) => x.id === a)?.movingOut ?? 0;
@@ -124,7 +123,7 @@ describe('key order across moves (routing affinity, worker threads)', () => {
     const waitingAfterKill = movingOutOfA();
     expect(waitingAfterKill, 'slots were still waiting on A when its consumer thread died').toBeGreaterThan(0);
     log.slowShard(undefined);
-    const refused = await results;
+    const refused = await done;
     await removal;
     const sent = sentPerKey(KEYS, PRODUCERS, perProducer, seed);
     const total = sent.reduce((x, y) => x + y, 0);

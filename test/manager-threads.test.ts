@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ShardManager } from 'shard-mapper';
-import { churnShards, DeliveryLog, seqPayload, sleep, pushWithRetry, expectExactlyOnce, onThisLogsChannel } from './helpers/delivery.js';
+import { churnShards, DeliveryLog, seqPayload, sleep, pushWithRetry, expectExactlyOnce, onThisLogsChannel, settledFlag, within } from './helpers/delivery.js';
 import { prng, withEnv } from './helpers/index.js';
 
 const ROUTING_MODES = ['leastLoaded', 'balanced', 'affinity'] as const;
@@ -14,15 +14,26 @@ const consumerModule = () => onThisLogsChannel(new URL('./fixtures/seq-consumer.
 const flakyModule = new URL('./fixtures/flaky-consumer.mjs', import.meta.url);
 const producerModule = new URL('./fixtures/seq-producer.mjs', import.meta.url);
 
+const PRODUCERS_LIMIT_MS = 45_000; // (a run takes 2 to 5 s here; the test timeout is 60 s)
+
+/** Counters and rings, for a failure message. */
+function ringsNow(m: ShardManager): string {
+  const s = m.stats();
+  const shards = s.shards.map((x) => `${x.id} ${x.state} ${x.length} records ${x.bytes} B`).join(', ');
+  return `pushed ${s.pushed}, delivered ${s.delivered}, refused ${s.drops.refused}, skipped ${s.skipped}, unrouted ${s.unrouted}; shards: ${shards}; consumers: ${JSON.stringify(m.consumers())}`;
+}
+
 /** Until the producer threads are done, every 3 ms: `watch()`, a metrics window (weights move,
  *  so runs go to different shards over time), then a shard added or one removed at random
  *  (2 to 6 Active). Then the removals finish, the manager closes and the threads end. */
 async function untilProducersFinish(m: ShardManager, producers: Worker[], random: () => number, watch?: () => void): Promise<void> {
   const done = Promise.all(producers.map((w) => new Promise<void>((resolve, reject) => { w.on('message', () => resolve()); w.on('error', reject); })));
-  let finished = false;
-  void done.then(() => { finished = true; });
+  const producing = settledFlag(done);
   const removals: Promise<void>[] = [];
-  while (!finished) {
+  const deadline = performance.now() + PRODUCERS_LIMIT_MS;
+  while (!producing.settled) {
+    // A hang says where it stood (the test timeout alone would not)
+    if (performance.now() > deadline) throw new Error(`producer threads still pushing after ${PRODUCERS_LIMIT_MS} ms: ${ringsNow(m)}`);
     await sleep(3);
     watch?.();
     m.mapper.collectMetrics();
@@ -31,8 +42,8 @@ async function untilProducersFinish(m: ShardManager, producers: Worker[], random
     else if (active.length > 2) removals.push(m.removeShard(active[Math.floor(random() * active.length)]!));
   }
   await done;
-  await Promise.all(removals);
-  await m.close();
+  await within(Promise.all(removals), 10_000, () => `removals: ${ringsNow(m)}`);
+  await within(m.close(), 10_000, () => `close: ${ringsNow(m)}`);
   await Promise.all(producers.map((w) => w.terminate()));
 }
 
@@ -113,11 +124,10 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
       w.on('error', reject);
     }));
     // Scale while they push.
-    let finished = false;
-    void Promise.all(done).then(() => { finished = true; });
+    const producing = settledFlag(Promise.all(done));
     const random = prng(42);
     const removals: Promise<void>[] = [];
-    while (!finished) {
+    while (!producing.settled) {
       await sleep(5);
       const active = m.mapper.activeShardIds();
       if (random() < 0.5 && active.length < 6) await m.addShard();

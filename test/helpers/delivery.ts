@@ -145,12 +145,33 @@ export function seqPayload(producer: number, seq: number, bytes = 16): Uint8Arra
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** `settled` turns true once `p` resolves or rejects. A loop that runs until producer threads
+ *  are done then ends on a thread's failure too, and awaiting `p` after it throws that
+ *  failure (otherwise a thread that threw leaves the loop spinning to the test timeout, which
+ *  says nothing of why). */
+export function settledFlag(p: Promise<unknown>): { readonly settled: boolean } {
+  const flag = { settled: false };
+  p.then(() => { flag.settled = true; }, () => { flag.settled = true; });
+  return flag;
+}
+
 /** Wait (bounded) until `done()` holds, checking every `pollMs`; throws naming `what` after `limitMs`. */
 export async function until(done: () => boolean | Promise<boolean>, what: string | (() => string), limitMs = 20_000, pollMs = 10): Promise<void> {
   const start = performance.now();
   while (!(await done())) {
     if (performance.now() - start > limitMs) throw new Error(`timed out waiting for ${typeof what === 'string' ? what : what()}`);
     await sleep(pollMs);
+  }
+}
+
+/** `p`, unless `limitMs` pass first: then an error that says what was awaited and how things stood. */
+export async function within<T>(p: Promise<T>, limitMs: number, what: () => string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`timed out after ${limitMs} ms: ${what()}`)), limitMs); });
+  try {
+    return await Promise.race([p, late]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 
