@@ -732,8 +732,9 @@ export class ShardManager {
     return this.#closing;
   }
 
-  /** Skip reservations that producers left unwritten for producerStallMs (see StallWatchdog). */
-  /** The poll calls look only at the ring they take from; tick, removal and close at all. */
+  /** Skip reservations that producers left unwritten for producerStallMs (see StallWatchdog).
+   *  The poll calls look only at the ring they take from; removal at the rings it waits
+   *  for; tick and close at all. */
   #watchStalls(slots: Iterable<number> = this.#slots.values()): void {
     for (const { slot, records } of this.#watchdog.check(slots)) {
       const id = [...this.#slots].find(([, s]) => s === slot)![0];
