@@ -35,6 +35,9 @@ const SLOT_RELEASE_WAIT_MS = 2000;
 /** How often fences whose wait is over are lifted while some exist (see #watchFences). */
 const FENCE_LIFT_MS = 5;
 const NONE: ScalingDecision = Object.freeze({ kind: 'none' });
+/** The housekeeping timer's period: a quarter of the shorter stall limit, within these bounds. */
+const HOUSEKEEPING_MIN_MS = 10;
+const HOUSEKEEPING_MAX_MS = 250;
 
 interface Parts {
   options: ShardManagerOptions;
@@ -75,6 +78,7 @@ export class ShardManager {
   readonly #stopWatchingThreads: () => void;
   #timer: ReturnType<typeof setInterval> | undefined;
   #fenceTimer: ReturnType<typeof setInterval> | undefined;
+  #housekeeping: ReturnType<typeof setInterval> | undefined;
   #closed = false;
   #closing: Promise<void> | undefined;
   /** routing 'affinity' with key order: the fences of moved slots. */
@@ -133,6 +137,7 @@ export class ShardManager {
           this.#emit({ type: 'keysMoved', toShard: g.toShard, slots: g.slots, waitedMs: g.waitedMs, at: this.#clock() });
       },
     };
+    if (pool && options.clock === undefined) this.#startHousekeeping(parts.producerStallMs, parts.consumerStallMs);
     this.mapper = new ShardMapper(parts.initialShards, parts.ringCapacity, parts.policy, {
       clock: this.#clock,
       drainGraceMs: options.drainGraceMs,
@@ -201,6 +206,23 @@ export class ShardManager {
       keyOrder,
     });
     return self;
+  }
+
+  /**
+   * With consumer threads, a reservation a killed producer left unwritten and a consumer
+   * thread stuck in a synchronous function would each stop a shard until something runs the
+   * stall watchdog and the heartbeat check: tick() does, but only a started scaling loop
+   * calls it. So while the loop is not started, this timer runs those two (nothing else:
+   * no metrics window, no scaling). With options.clock the caller owns time: tick() runs them.
+   */
+  #startHousekeeping(producerStallMs: number, consumerStallMs: number): void {
+    const period = Math.min(HOUSEKEEPING_MAX_MS, Math.max(HOUSEKEEPING_MIN_MS, Math.min(producerStallMs, consumerStallMs) / 4));
+    this.#housekeeping = setInterval(() => {
+      if (this.#closed || this.#timer !== undefined) return; // closed, or tick() does it
+      this.#watchStalls();
+      this.#pool?.checkHeartbeats(this.#clock(), this.#consumerStallMs);
+    }, period);
+    (this.#housekeeping as { unref?: () => void }).unref?.();
   }
 
   /**
@@ -704,6 +726,7 @@ export class ShardManager {
     this.#closed = true;
     this.stop();
     this.#stopFenceTimer();
+    if (this.#housekeeping !== undefined) clearInterval(this.#housekeeping);
     this.#stopWatchingThreads();
     const abi = this.#core.abi;
     // The flag first, then every ring closed: a producer that read the flag before it was

@@ -641,6 +641,59 @@ describe('consumer heartbeats', () => {
       delete process.env.SM_TEST_SLOW_MS;
     }
   });
+
+  // The two checks above, with no scaling loop and no hand on the clock: a manager with
+  // consumer threads runs them on its own (a housekeeping timer) while start() was not called.
+  it('without start() and without options.clock, a reservation left unwritten is skipped after producerStallMs on its own: no tick() call', async () => {
+    log = new DeliveryLog();
+    const events: ManagerEvent[] = [];
+    const m = await ShardManager.create({
+      initialShards: 1, ringBufferCapacity: 4096, maxPayloadBytes: 64, policy: { autoScale: false }, producerStallMs: 200,
+      consumer: { module: seqConsumer(), threads: 1, batchSize: 16 },
+      onEvent: (e) => { if (e.type.startsWith('consumer') || e.type === 'producerStallSkipped') events.push(e); },
+    });
+    onTestFinished(() => m.close());
+    for (let seq = 0; seq < 10; seq++) expect(m.push(0, seqPayload(0, seq))).toBe(true);
+    await log.waitFor(10, 10_000);
+    // a reservation nobody will write (as a producer terminated inside a batch leaves it), then ten events behind it
+    const core = SharedCore.attachSync(m.producerHandle().core);
+    onTestFinished(() => core.detach());
+    const tail = (core.abi.slotAddress(m.mapper.slotOf(0)!) + R_TAIL) >>> 2;
+    core.u32[tail + 1] = core.u32[tail + 1]! + 16;
+    core.u32[tail] = core.u32[tail]! + 1;
+    for (let seq = 10; seq < 20; seq++) expect(m.push(0, seqPayload(0, seq))).toBe(true);
+    expect(m.ringLength(0), 'the ten events wait behind the unwritten record').toBe(11);
+    await log.waitFor(20, 10_000);
+    expect(log.received, 'delivered once the record was skipped, with no tick()').toBe(20);
+    expect(events.map((e) => e.type)).toEqual(['producerStallSkipped']);
+    expect(log.problems(1, 20)).toEqual({ missing: 0, duplicated: 0 });
+    expect(m.stats()).toMatchObject({ pushed: 20, delivered: 20, skipped: 1 });
+  });
+
+  it('without start() and without options.clock, a consumer thread stuck in a synchronous consumer is replaced after its stallMs on its own; nothing lost', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'shard-mapper-hang-'));
+    process.env.SM_TEST_HANG_MARKER = join(dir, 'hung');
+    process.env.SM_TEST_HANG_AFTER = '3';
+    onTestFinished(() => {
+      delete process.env.SM_TEST_HANG_MARKER;
+      delete process.env.SM_TEST_HANG_AFTER;
+      rmSync(dir, { recursive: true, force: true });
+    });
+    log = new DeliveryLog();
+    const events: ManagerEvent[] = [];
+    const m = await ShardManager.create({
+      initialShards: 2, ringBufferCapacity: 4096, policy: { autoScale: false },
+      consumer: { module: fixture('hang-once-consumer.mjs'), threads: 2, batchSize: 16, stallMs: 500 },
+      onEvent: (e) => { if (e.type.startsWith('consumer')) events.push(e); },
+    });
+    onTestFinished(() => m.close());
+    const total = 3000;
+    for (let seq = 0; seq < total; seq++) expect(m.push(seq * 2654435761, seqPayload(0, seq))).toBe(true);
+    await log.waitFor(total, 20_000);
+    expect(events.map((e) => e.type), 'the stuck thread was ended and replaced, with no tick()').toEqual(['consumerStalled', 'consumerRestarted']);
+    expect((events[1] as { rewound: number }).rewound, 'it hung holding a batch').toBeGreaterThan(0);
+    expect(log.problems(1, total)).toEqual({ missing: 0, duplicated: 0 });
+  });
 });
 
 describe('a batch run is written in chunks: one mark covers up to four records', () => {
