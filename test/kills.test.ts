@@ -371,14 +371,16 @@ describe('kills: close() while producer threads push', () => {
       // enough events that no producer runs out before close() (sample mode sheds fast)
       const producers = (['push', 'push', 'batch', 'fixed'] as const).map((mode, i) => new KillableProducer(m, i, mode, 16_000_000, mode === 'push' || exact));
       await Promise.all(producers.map((p) => p.started));
-      // Close the moment producers are seen accepting (a few ms apart; bounded wait).
+      // Close the moment producers are seen accepting (a few ms apart) while the rings hold
+      // events (bounded wait: a moment with empty rings is waited past, not closed on).
       let accepting = false;
-      for (let tries = 0; !accepting && tries < 400; tries++) {
+      let inRings = 0;
+      for (let tries = 0; !(accepting && inRings > 0) && tries < 400; tries++) {
         const before = producers.map((p) => p.acceptedCount);
         await sleep(5);
         accepting = producers.some((p, i) => p.acceptedCount > before[i]!);
+        inRings = m.mapper.allShardIds().reduce((a, id) => a + m.ringLength(id), 0);
       }
-      const inRings = m.mapper.allShardIds().reduce((a, id) => a + m.ringLength(id), 0);
       await m.close();
       const pushedAtClose = m.stats().pushed;
       // The race was real: producers were accepting events right up to close(), and close()
