@@ -219,10 +219,15 @@ export class ShardManager {
     const period = Math.min(HOUSEKEEPING_MAX_MS, Math.max(HOUSEKEEPING_MIN_MS, Math.min(producerStallMs, consumerStallMs) / 4));
     this.#housekeeping = setInterval(() => {
       if (this.#closed || this.#timer !== undefined) return; // closed, or tick() does it
-      this.#watchStalls();
-      this.#pool?.checkHeartbeats(this.#clock(), this.#consumerStallMs);
+      this.#recoveryChecks();
     }, period);
     (this.#housekeeping as { unref?: () => void }).unref?.();
+  }
+
+  /** The stall watchdog, then the consumer threads' heartbeats (tick() and housekeeping). */
+  #recoveryChecks(): void {
+    this.#watchStalls();
+    this.#pool?.checkHeartbeats(this.#clock(), this.#consumerStallMs);
   }
 
   /**
@@ -520,8 +525,7 @@ export class ShardManager {
    */
   tick(): ScalingDecision {
     if (this.#closed) return NONE;
-    this.#watchStalls();
-    this.#pool?.checkHeartbeats(this.#clock(), this.#consumerStallMs);
+    this.#recoveryChecks();
     const mapper = this.mapper;
     mapper.collectMetrics();
     const decision = mapper.evaluateScaling();

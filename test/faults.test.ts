@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import {
   BackpressureError, ManagerClosedError, ShardManager, ShardMapper, type ManagerEvent,
 } from 'shard-mapper';
-import { DeliveryLog, seqPayload, sleep, pushWithRetry, expectExactlyOnce, onThisLogsChannel } from './helpers/delivery.js';
+import { DeliveryLog, seqPayload, sleep, pushWithRetry, expectExactlyOnce, onThisLogsChannel, settledFlag } from './helpers/delivery.js';
 import { prng, withEnv } from './helpers/index.js';
 import { SharedCore } from '../dist/core.js';
 import { CLAIM_START, M_DELIVERED, M_EVICTED, R_CURSOR } from '../dist/layout.generated.js';
@@ -29,9 +29,8 @@ function startProducers(m: ShardManager, count: number, perProducer: number) {
     w.once('message', () => resolve());
     w.once('error', reject);
   })));
-  let finished = false;
-  done.then(() => { finished = true; }, () => { finished = true; });
-  return { workers, done, get finished() { return finished; } };
+  const producing = settledFlag(done);
+  return { workers, done, get finished() { return producing.settled; } };
 }
 
 
