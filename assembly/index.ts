@@ -14,7 +14,7 @@ export {
 } from "./metrics";
 export {
   push, pushBatch, pushFixedBatch, ringLen, ringClaim, ringAck, ringRewind, ringClose, ringIsClosed,
-  ringAllPublished, ringSetDoorbell, ringStalledAt, ringSkipStalled, ringBytesUsed, slotInit, total, unroutedTotal, owedRepushedTotal, stopPushes,
+  ringAllPublished, ringSetDoorbell, ringStalledAt, ringSkipStalled, ringBytesUsed, slotInit, total, unroutedTotal, owedRepushedTotal, blocksRacedTotal, stopPushes,
 } from "./ring";
 export {
   fenceBegin, fenceSet, fenceSource, fenceEnd, ringTailCount, ringHeadCount, movingTotal,

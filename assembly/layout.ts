@@ -44,6 +44,7 @@ export const H_STOPPED: i32 = 140;        // u32, 1 once the manager closed: pus
 // third line: counters bumped by every producer thread
 export const H_UNROUTED: i32 = 256;       // i64, pushes made while no shard was Active
 export const H_OWED_REPUSHED: i32 = 264;  // i64, events a grouped batch block pushed again after the watchdog took their records (ring.ts, GROUPED WRITES)
+export const H_BLOCKS_RACED: i32 = 272;   // i64, grouped blocks given up under key order because a table was published while they reserved (ring.ts, GROUPED WRITES)
 export const H_LANE_FLAGS: i32 = 384;     // u32 × MAX_LANES, 1 = lane claimed
 export const MAX_LANES: i32 = 256;
 export const HEADER_BYTES: i32 = H_LANE_FLAGS + MAX_LANES * 4;

@@ -46,7 +46,7 @@ import {
   TOTAL_REFUSED, TOTAL_EVICTED, TOTAL_SKIPPED,
   CONTENTION_NS_PER_RETRY, LATENCY_SAMPLE_MASK, FENCED_SLOT, PUSH_MOVING, PUSH_MOVING_DROPPED, STOP_MOVING,
   GROUP_MAX, GROUP_BLOCK, G_ENTRY, G_COUNT, G_RESERVED, G_RUN_FIRST, G_RUN_POSITION, G_RETRIES, G_UNWRITTEN,
-  G_EXTENTS, G_MAX_EXTENT, G_NEXT, G_BYTES, LIST_BYTES, L_GROUPS, L_LISTS, L_EVENT_AT, H_OWED_REPUSHED,
+  G_EXTENTS, G_MAX_EXTENT, G_NEXT, G_BYTES, LIST_BYTES, L_GROUPS, L_LISTS, L_EVENT_AT, H_OWED_REPUSHED, H_BLOCKS_RACED,
 } from "./layout";
 import {
   slotAddr, laneAddr, recordAddr, payloadAddr, ringCapacity, ringBytes, maxPayload, backpressure,
@@ -287,8 +287,9 @@ export function pushAt(base: usize, src: usize, len: u32, countRefusal: bool = t
 }
 
 // Route by hash and append. Returns the shard id (≥ 0) or a PUSH_* code; on a refusal the
-// shard id is left in the lane's L_FAILED_SHARD word.
-function routeAndPush(lane: usize, hash: u32, src: usize, len: u32): i32 {
+// shard id is left in the lane's L_FAILED_SHARD word. (`countRefusal` false: a caller that
+// retries a refusal or a key's move until it goes in, see pushOwed.)
+function routeAndPush(lane: usize, hash: u32, src: usize, len: u32, countRefusal: bool = true): i32 {
   for (let attempt = 0; attempt < MAX_RESELECT; attempt++) {
     // Read on every attempt: close() closes every ring after setting the flag, so a push
     // whose reservation failed on a closed ring learns here that the manager is closed.
@@ -302,7 +303,7 @@ function routeAndPush(lane: usize, hash: u32, src: usize, len: u32): i32 {
         slot = fencedSlot(hash);
         if (slot == FENCE_NONE) continue;
         if (slot == FENCE_WAIT) {
-          countMoving();
+          if (countRefusal) countMoving();
           store<u32>(lane + L_FAILED_SHARD, entry & 0xffff);
           return backpressure == BP_FAIL_PRODUCER ? PUSH_MOVING : PUSH_MOVING_DROPPED;
         }
@@ -310,7 +311,7 @@ function routeAndPush(lane: usize, hash: u32, src: usize, len: u32): i32 {
         noteRoute(gen, hash, entry);
       }
     }
-    const r = pushAt(slotAddr(slot), src, len);
+    const r = pushAt(slotAddr(slot), src, len, countRefusal);
     if (r == 0) return <i32>(entry & 0xffff);
     if (r != PUSH_CLOSED) {
       store<u32>(lane + L_FAILED_SHARD, entry & 0xffff);
@@ -614,6 +615,14 @@ function writeRun(base: usize, reserved: u32, p: usize, i: u32): u32 {
 // prefix of the batch. If their shard started draining meanwhile they go where the table
 // sends them, where later events of the batch may already be (docs/architecture.md,
 // "Grouped writes").
+//
+// Under key order (KEY-ORDER FENCES, fence.ts) a block ends before an event whose entry is
+// fenced (the single-event path waits on its fence), and it is written only if no table was
+// published from the selection of its first run to its last reservation: the owner takes a
+// move's marks after publishing, so every record the block reserved lies before them. If one
+// was, every reservation is given up as padding and the run path, which checks each run
+// against the live table, routes the events again. Owed events go through the fence-aware
+// single-event path (the key may have moved since the block was grouped).
 
 const GROUP_MIN: u32 = 16;           // a shorter block: the run path does as well
 let blockAccepted: u32 = 0;
@@ -657,10 +666,11 @@ function groupFits(lb: usize, g: u32, base: usize): bool {
 }
 
 // Group and write the block of events from (p, i), whose first `run` events route to entry0
-// (the batch loop found that run). Returns how many events it handled (each accepted, or
-// dropped as the backpressure mode says), 0 when it declined; blockEnd tells where the next
-// block may start, blockNext where the staged events go on.
-function groupedBlock(lb: usize, p: usize, i: u32, count: u32, entry0: u32, run: u32): u32 {
+// (the batch loop found that run with the table of generation gen0, read before it: key
+// order only). Returns how many events it handled (each accepted, or dropped as the
+// backpressure mode says), 0 when it declined; blockEnd tells where the next block may
+// start, blockNext where the staged events go on.
+function groupedBlock(lb: usize, p: usize, i: u32, count: u32, entry0: u32, run: u32, gen0: u32): u32 {
   blockAccepted = 0;
   blockFull = 0;
   blockUnrouted = 0;
@@ -669,8 +679,7 @@ function groupedBlock(lb: usize, p: usize, i: u32, count: u32, entry0: u32, run:
   walkAt = lb + L_EVENT_AT;
   walkFirst = i;
   // 1. each event into its group's list (up to GROUP_MAX shards); the block ends before an
-  //    event the run path must see alone (too large, unroutable; no key is fenced here:
-  //    grouping is off under keyOrder)
+  //    event the run path must see alone (too large, unroutable, its key fenced)
   const limit = min(count - i, <u32>GROUP_BLOCK);
   let q = p;
   let n: u32 = 0;
@@ -701,7 +710,7 @@ function groupedBlock(lb: usize, p: usize, i: u32, count: u32, entry0: u32, run:
     const len = evLen(q);
     const entry = len <= maxPayload ? liveEntry(evHash(q, i + n)) : NO_ENTRY;
     if (entry != last) {
-      if (entry == NO_ENTRY) { bad = true; break; }
+      if (entry == NO_ENTRY || (entry >>> 16) == <u32>FENCED_SLOT) { bad = true; break; }
       g = 0;
       while (g < groups && load<u32>(groupAddr(lb, g) + G_ENTRY) != entry) g++;
       if (g == groups) {
@@ -733,6 +742,7 @@ function groupedBlock(lb: usize, p: usize, i: u32, count: u32, entry0: u32, run:
   blockEnd = i + n + (bad ? 1 : 0);
   if (n < GROUP_MIN) return 0; // too few events: runs do as well
   if (tableGeneration() != liveGen) return 0; // a rebuild raced the grouping: the run path routes these
+  if (keyOrder && liveGen != gen0) return 0;   // the leading run may be of an older table
   // 2. every ring has room for its group now, or the block declines
   for (g = 0; g < groups; g++) {
     if (!groupFits(lb, g, slotAddr(load<u32>(groupAddr(lb, g) + G_ENTRY) >>> 16))) return 0;
@@ -749,6 +759,19 @@ function groupedBlock(lb: usize, p: usize, i: u32, count: u32, entry0: u32, run:
     store<u32>(ga + G_RUN_POSITION, runPosition);
     store<u32>(ga + G_RETRIES, runRetries);
     if (r < k && listAt(lb, g, r) < cut) cut = listAt(lb, g, r);
+  }
+  // Key order: a table published since the selection may have moved a key after its mark
+  // was taken: give every reservation up, and let the run path route the block again.
+  if (keyOrder && tableGeneration() != liveGen) {
+    for (g = 0; g < groups; g++) {
+      const ga = groupAddr(lb, g);
+      const r = load<u32>(ga + G_RESERVED);
+      if (r > 0) abandonRun(slotAddr(load<u32>(ga + G_ENTRY) >>> 16), load<u32>(ga + G_RUN_FIRST), load<u32>(ga + G_RUN_FIRST) + r);
+    }
+    atomic.add<u64>(<usize>LAYOUT_BASE + H_BLOCKS_RACED, 1);
+    walkGroup = -1;
+    blockEnd = i + n;
+    return 0;
   }
   // 4. give up what was reserved for events from the cut on, write the rest
   let owed = false;
@@ -806,7 +829,7 @@ function repushOwed(lb: usize, i: u32, groups: u32): void {
     store<u32>(ga + G_NEXT, load<u32>(ga + G_NEXT) + 1);
     const base = slotAddr(load<u32>(ga + G_ENTRY) >>> 16);
     const p = stagedAt(bestJ);
-    const res = pushOwed(base, evHash(p, i + bestJ), evData(p, i + bestJ), evLen(p));
+    const res = pushOwed(lb, base, evHash(p, i + bestJ), evData(p, i + bestJ), evLen(p));
     if (res == 0) blockAccepted++;
     else if (res == PUSH_FULL) blockFull++;
     else if (res == PUSH_UNROUTED) blockUnrouted++;
@@ -818,10 +841,17 @@ function repushOwed(lb: usize, i: u32, groups: u32): void {
 // sends its hash. A refusal (failProducer) is retried until it goes in: the event had room
 // reserved once, and later events of its batch are in already, so refusing it would make the
 // accepted events no prefix of the batch. Returns 0, PUSH_FULL (dropNewest), PUSH_UNROUTED,
-// or PUSH_STOPPED once the manager is closed.
-function pushOwed(base: usize, hash: u32, src: usize, len: u32): i32 {
+// or PUSH_STOPPED once the manager is closed. Under key order the event is routed afresh
+// through its key's fence (a key that moved waits like any push of it; `base` is unused).
+function pushOwed(lb: usize, base: usize, hash: u32, src: usize, len: u32): i32 {
   while (true) {
     if (atomic.load<u32>(<usize>LAYOUT_BASE + H_STOPPED) != 0) return PUSH_STOPPED;
+    if (keyOrder) {
+      const routed = routeAndPush(lb, hash, src, len, false);
+      if (routed >= 0) return 0;
+      if (routed == PUSH_REFUSED || routed == PUSH_MOVING) continue;
+      return routed == PUSH_MOVING_DROPPED ? PUSH_FULL : routed; // PUSH_FULL, PUSH_UNROUTED, PUSH_STOPPED
+    }
     const r = pushAt(base, src, len, false);
     if (r == PUSH_CLOSED) { // its shard started draining: route it
       const entry = selectEntry(hash);
@@ -843,9 +873,8 @@ function batchLoop(lane: u32, count: u32): u32 {
   let p = lb + L_SCRATCH;
   let accepted: u32 = 0, unrouted: u32 = 0, full: u32 = 0, sampled: u32 = 0, stop: u32 = STOP_NONE;
   let i: u32 = 0;
-  // GROUPED WRITES apply unless key order is kept (a run per table entry, see runMoved) or
-  // sample mode decides event by event
-  const grouping = !keyOrder && backpressure != BP_SAMPLE;
+  // GROUPED WRITES apply unless sample mode decides event by event
+  const grouping = backpressure != BP_SAMPLE;
   let groupFrom: u32 = 0;
   walkGroup = -1;
   while (i < count) {
@@ -862,7 +891,7 @@ function batchLoop(lane: u32, count: u32): u32 {
       }
       // A run that ends before the batch does: GROUPED WRITES, with this run as its first group.
       if (grouping && k < <u32>GROUP_BLOCK && i + k < count && i >= groupFrom && count - i >= GROUP_MIN) {
-        const handled = groupedBlock(lb, p, i, count, entry, k);
+        const handled = groupedBlock(lb, p, i, count, entry, k, gen);
         groupFrom = blockEnd;
         accepted += blockAccepted;
         full += blockFull;
@@ -1130,4 +1159,10 @@ export function unroutedTotal(): f64 {
 // diagnostic: tests check their stall faults reached that path).
 export function owedRepushedTotal(): f64 {
   return <f64>atomic.load<u64>(<usize>LAYOUT_BASE + H_OWED_REPUSHED);
+}
+
+// Grouped blocks given up under key order because a table was published while they
+// reserved (a diagnostic: tests check their table churn reached that path).
+export function blocksRacedTotal(): f64 {
+  return <f64>atomic.load<u64>(<usize>LAYOUT_BASE + H_BLOCKS_RACED);
 }

@@ -112,11 +112,18 @@ describe('grouped writes: the watchdog takes records a live producer reserved', 
   // poll for its ring) skips any reservation it sees unwritten twice in a row, so it takes
   // records from producers that are only between reserving and writing. The grouped block
   // then pushes those events again after its other groups. Repeated until that path ran.
-  it('producer threads under failProducer: every accepted event (an exact prefix of each call) is delivered once, in order per shard, and nothing else is', async () => {
+  // Under key order (routing affinity) the events have 64 keys per producer and shards are
+  // added and removed meanwhile: an owed event is routed again through its key's fence, so
+  // the check is per key (a moved key's owed event may land after later events of other
+  // keys of its call); without key order, per shard.
+  async function watchdogRace(keyOrder: boolean) {
+    const KEYS = 64;
     let repushed = 0;
+    let movesSeen = 0;
     for (let attempt = 0; attempt < 4 && repushed === 0; attempt++) {
       const m = await ShardManager.create({
-        initialShards: 2, ringBufferCapacity: 1024, maxPayloadBytes: 16, producerStallMs: 0, policy: { autoScale: false },
+        initialShards: 2, ringBufferCapacity: 1024, maxPayloadBytes: 16, producerStallMs: 0,
+        ...(keyOrder ? { routing: 'affinity' as const } : {}), policy: { autoScale: false, maxShards: 8 },
       });
       const core = SharedCore.attachSync(m.producerHandle().core);
       const count = 300_000;
@@ -126,6 +133,7 @@ describe('grouped writes: the watchdog takes records a live producer reserved', 
           workerData: {
             handle: m.producerHandle(), producer, mode, count, payloadBytes: 16, batch: 256,
             progress: new SharedArrayBuffer(16), accepted: accepted.buffer, exact: true, scatter: true,
+            ...(keyOrder ? { keys: KEYS } : {}),
           },
         });
         const done = new Promise<void>((resolve, reject) => {
@@ -135,16 +143,17 @@ describe('grouped writes: the watchdog takes records a live producer reserved', 
         return { producer, accepted, worker, done, pushing: settledFlag(done) };
       });
       const seen = new Map<string, number>(); // `${producer}:${seq}` → times delivered
-      const lastSeq = new Map<string, number>(); // `${shard}:${producer}` → last seq
+      const lastSeq = new Map<string, number>(); // `${shard}:${producer}` (or `${producer}:${key}`) → last seq
       const outOfOrder: string[] = [];
       const take = () => {
         let n = 0;
-        for (const id of m.mapper.activeShardIds()) {
+        // every shard not stopped: a draining one is emptied here too
+        for (const id of m.mapper.allShardIds()) {
           for (const r of m.poll(id, 256)) {
             const { producer, seq } = idOf(r);
             const key = `${producer}:${seq}`;
             seen.set(key, (seen.get(key) ?? 0) + 1);
-            const order = `${id}:${producer}`;
+            const order = keyOrder ? `${producer}:key ${seq % KEYS}` : `${id}:${producer}`;
             if ((lastSeq.get(order) ?? -1) >= seq) outOfOrder.push(`shard ${id}, producer ${producer}: ${seq} after ${lastSeq.get(order)}`);
             lastSeq.set(order, seq);
             n++;
@@ -152,16 +161,30 @@ describe('grouped writes: the watchdog takes records a live producer reserved', 
         }
         return n;
       };
+      const removals: Promise<void>[] = [];
+      let changes = 0;
+      let polls = 0;
       const deadline = performance.now() + 45_000; // under the test timeout, so this check speaks
       while (!producers.every((p) => p.pushing.settled) && performance.now() < deadline) {
         if (take() === 0) await new Promise((r) => setImmediate(r));
+        // key order: a shard added or removed every 2000 polls (at most 40), so keys move
+        if (keyOrder && ++polls % 2000 === 0 && changes < 40) {
+          const active = m.mapper.activeShardIds();
+          if (active.length <= 2 || (active.length < 6 && changes % 3 !== 2)) await m.addShard();
+          else removals.push(m.removeShard(active[changes % active.length]!));
+          changes++;
+        }
       }
       expect(producers.every((p) => p.pushing.settled), 'producers finished within 45 s').toBe(true);
       await Promise.all(producers.map((p) => p.done)); // a thread that threw fails here, with its error
-      // keep listening a moment: a late duplicate must fail the check
+      // keep listening a moment: a late duplicate must fail the check (and removals finish)
       for (const until = performance.now() + 200; performance.now() < until;) { take(); await sleep(5); }
+      for (let waited = 0; waited < 10_000 && m.mapper.allShardIds().some((id) => m.mapper.shardState(id) !== 'active'); waited += 5) { take(); await sleep(5); }
+      await Promise.all(removals);
       repushed = core.abi.owedRepushedTotal();
-      console.log(`attempt ${attempt}: skipped ${m.stats().skipped}, pushed ${m.stats().pushed}, re-pushed by grouped blocks ${repushed}`);
+      movesSeen = m.stats().keyOrder?.movedSlots ?? 0;
+      console.log(`attempt ${attempt}${keyOrder ? ' (key order)' : ''}: skipped ${m.stats().skipped}, pushed ${m.stats().pushed}, re-pushed by grouped blocks ${repushed}` +
+        (keyOrder ? `, ${changes} shards added/removed, ${movesSeen} slots moved, refused while moving ${m.stats().keyOrder?.refused}` : ''));
       const problems: string[] = [];
       let accepted = 0;
       for (const p of producers) {
@@ -179,5 +202,14 @@ describe('grouped writes: the watchdog takes records a live producer reserved', 
       await m.close();
     }
     expect(repushed, 'a grouped block pushed events again after the watchdog took their records').toBeGreaterThan(0);
+    if (keyOrder) expect(movesSeen, 'keys moved while the producers pushed').toBeGreaterThan(0);
+  }
+
+  it('producer threads under failProducer: every accepted event (an exact prefix of each call) is delivered once, in order per shard, and nothing else is', async () => {
+    await watchdogRace(false);
+  });
+
+  it('the same under key order (routing affinity) while shards are added and removed: delivered once, in order per key', async () => {
+    await watchdogRace(true);
   });
 });
