@@ -313,6 +313,56 @@ export async function selectCost(profile) {
   return withRatios(await measureOps(profile, tasks));
 }
 
+/**
+ * Batch calls per mode: pushFixed and pushBatch of 256 16-byte events whose keys spread over 4
+ * shards, one thread, timed alone (the rings are emptied after each call, untimed). Under
+ * 'affinity' key order is on (its default): the table read once per block must still hold
+ * when the block has reserved (assembly/ring.ts, GROUPED WRITES).
+ */
+export async function batchCost(profile) {
+  const CALL = 256, SIZE = 16;
+  const hashes = new Uint32Array(1 << 16);
+  const next = rng(31);
+  for (let i = 0; i < hashes.length; i++) hashes[i] = next();
+  const records = new Uint8Array(CALL * SIZE).fill(7);
+  const payloads = Array.from({ length: CALL }, (_, i) => records.subarray(i * SIZE, (i + 1) * SIZE));
+  const tasks = [];
+  const managers = [];
+  for (const mode of MODES) {
+    const m = await ShardManager.create({
+      routing: mode, initialShards: 4, ringBufferCapacity: 4096, maxPayloadBytes: SIZE, backpressure: { kind: 'dropNewest' },
+      policy: { autoScale: false, maxShards: 4 },
+    });
+    const ids = m.mapper.activeShardIds();
+    const cur = { at: 0, accepted: 0, taken: 0 };
+    const drain = () => { for (const id of ids) while (m.pollBatch(id, (b) => { cur.taken += b.length; }) > 0); };
+    managers.push({ mode, m, cur });
+    for (const call of ['pushFixed', 'pushBatch']) {
+      tasks.push({
+        id: `${call}-${mode}`, name: `${call}(${CALL}), ${mode}${mode === 'affinity' ? ' (key order on)' : ''}`, ops: CALL, selfTimed: true,
+        ref: call === 'pushFixed' && mode === 'leastLoaded', env: { m, cur, drain, hashes, records, payloads, CALL, SIZE, fixed: call === 'pushFixed' },
+        fn: () => {
+          const h = hashes.subarray(cur.at, cur.at + CALL);
+          const t0 = performance.now();
+          const n = fixed ? m.pushFixed(h, records, SIZE) : m.pushBatch(h, payloads);
+          const dt = performance.now() - t0;
+          cur.accepted += n;
+          cur.at = (cur.at + CALL) & 0xffff;
+          drain();
+          return dt;
+        },
+      });
+    }
+  }
+  const rows = withRatios(await measureOps(profile, tasks));
+  for (const { mode, m, cur } of managers) {
+    const s = m.stats();
+    check(s.pushed === cur.accepted && s.delivered === cur.taken && s.pushed === s.delivered && s.dropped === 0, `batch calls (${mode}): every event accepted and taken (${s.pushed} pushed, ${cur.taken} taken)`);
+    await m.close();
+  }
+  return rows;
+}
+
 // ---- the scenario ----------------------------------------------------------------------------
 
 export async function run(profile) {
@@ -463,6 +513,9 @@ export async function run(profile) {
   tables.push({ id: 's7-select', unit: 'op', title: '7e. selectShard per mode (8 shards; 65,536 hashes per call)', rows: select });
   const collect = await collectCost(profile, tiny ? 64 : 4096);
   tables.push({ id: 's7-collect', unit: 'op', title: `7f. collectMetrics() per mode at ${tiny ? 64 : 4096} shards`, rows: collect });
+  const batch = await batchCost(profile);
+  tables.push({ id: 's7-batch', unit: 'event', title: '7g. Batch calls per mode: 256 16-byte events a call, keys over 4 shards, one thread, per event', rows: batch,
+    legend: 'Timed alone; the rings are emptied after each call, untimed. affinity runs with key order on, its default.' });
   if (!tiny) {
     const worstSelect = Math.max(...select.map((r) => r.ratio));
     goals.push(goal({ id: 's7-select', issue: '#10', text: 'selectShard: slowest mode ÷ leastLoaded', value: worstSelect, target: 1.05, op: '<=' }));
