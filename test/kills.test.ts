@@ -160,13 +160,14 @@ async function closeAndCheckProducers(m: ShardManager, producers: KillableProduc
  *  round, until a kill of a batch and of a fixed producer left reserved records unwritten
  *  (the state these tests aim at); then the rings must still work and every producer's
  *  events arrive as checkProducer says. */
-async function killProducersInsideCalls(name: string, backpressure: BackpressureMode, shape: Shape, seed: number): Promise<void> {
+async function killProducersInsideCalls(name: string, backpressure: BackpressureMode, shape: Shape, seed: number, routing?: 'affinity'): Promise<void> {
   log = new DeliveryLog();
   const events: ManagerEvent[] = [];
   // Large rings (rarely full) and 64-byte records: producers spend most of their time
   // inside runs, where a kill leaves reserved records unwritten.
   const m = await ShardManager.create({
     initialShards: 2, ringBufferCapacity: 1 << 15, maxPayloadBytes: 64, backpressure, producerStallMs: 20,
+    ...(routing ? { routing } : {}),
     // A clock of our own: the watchdog then runs only in drain()'s tick(), after a kill (no
     // housekeeping timer while producers live), so each skip it makes is a kill's doing.
     clock: () => performance.now(),
@@ -211,6 +212,11 @@ describe('kills: producer threads terminated inside grouped batch blocks', () =>
       await killProducersInsideCalls(name, backpressure, { payloadBytes: 64, batch: 200, scatter: true }, 4507);
     });
   }
+  // Under key order a block also checks the table generation after reserving (and gives its
+  // reservations up if a table was published): a kill can land there too.
+  it('failProducer, routing affinity (key order on): producers killed inside grouped blocks; no ring wedges, nothing accepted is lost or doubled', async () => {
+    await killProducersInsideCalls('failProducer affinity', { kind: 'failProducer' }, { payloadBytes: 64, batch: 200, scatter: true }, 4507, 'affinity');
+  });
 });
 
 describe('kills: producer threads terminated mid-call on byte rings of mixed sizes', () => {
