@@ -29,6 +29,27 @@ function startProducers(m: ShardManager, count: number, seed: number, batches: n
   return { workers, done };
 }
 
+/** Add a shard (2 or fewer active, else half the time below 6) or remove a random active one
+ *  other than `keep`; a removal's promise goes into `removals`. */
+async function addOrRemoveShard(m: ShardManager, random: () => number, removals: Promise<void>[], keep?: number): Promise<void> {
+  const active = m.mapper.activeShardIds();
+  if (active.length <= 2 || (active.length < 6 && random() < 0.5)) await m.addShard();
+  else {
+    const candidates = active.filter((id) => id !== keep);
+    removals.push(m.removeShard(candidates[Math.floor(random() * candidates.length)]!));
+  }
+}
+
+/** Wait for the producers and the removals, then for every event sent to be reported. */
+async function producersAndDelivery<T>(done: Promise<T>, removals: Promise<void>[], perProducer: number, seed: number): Promise<{ refused: T; sent: Uint32Array; total: number }> {
+  const refused = await done;
+  await Promise.all(removals);
+  const sent = sentPerKey(KEYS, PRODUCERS, perProducer, seed);
+  const total = sent.reduce((a, b) => a + b, 0);
+  await log!.waitFor(total);
+  return { refused, sent, total };
+}
+
 let log: KeyOrderLog | undefined;
 afterEach(() => log?.close());
 
@@ -63,17 +84,11 @@ describe('key order across moves (routing affinity, worker threads)', () => {
       if (windows === 12) { slow = m.mapper.activeShardIds()[0]; log.slowShard(slow, 25); }
       if (windows === 30) log.slowShard(undefined);
       if (windows % 4 === 0 && membershipChanges < 14 && (windows < 12 || windows > 40)) {
-        const active = m.mapper.activeShardIds();
-        if (active.length <= 2 || (active.length < 6 && random() < 0.5)) await m.addShard();
-        else removals.push(m.removeShard(active.filter((id) => id !== slow)[Math.floor(random() * (active.length - 1))]!));
+        await addOrRemoveShard(m, random, removals, slow);
         membershipChanges++;
       }
     }
-    const refused = await done;
-    await Promise.all(removals);
-    const sent = sentPerKey(KEYS, PRODUCERS, perProducer, seed);
-    const total = sent.reduce((a, b) => a + b, 0);
-    await log.waitFor(total);
+    const { refused, sent, total } = await producersAndDelivery(done, removals, perProducer, seed);
     await m.close();
     await Promise.all(workers.map((w) => w.terminate()));
     const result = log.check(sent);
@@ -125,11 +140,7 @@ describe('key order across moves (routing affinity, worker threads)', () => {
     const waitingAfterKill = movingOutOfA();
     expect(waitingAfterKill, 'slots were still waiting on A when its consumer thread died').toBeGreaterThan(0);
     log.slowShard(undefined);
-    const refused = await done;
-    await removal;
-    const sent = sentPerKey(KEYS, PRODUCERS, perProducer, seed);
-    const total = sent.reduce((x, y) => x + y, 0);
-    await log.waitFor(total);
+    const { refused, sent, total } = await producersAndDelivery(done, [removal], perProducer, seed);
     const stats = m.stats();
     await m.close();
     await Promise.all(workers.map((w) => w.terminate()));
@@ -182,17 +193,11 @@ describe('key order across moves (routing affinity, worker threads)', () => {
         windows++;
         m.mapper.collectMetrics();
         if (windows % 2 === 0 && membershipChanges < 150) {
-          const active = m.mapper.activeShardIds();
-          if (active.length <= 2 || (active.length < 6 && random() < 0.5)) await m.addShard();
-          else removals.push(m.removeShard(active[Math.floor(random() * active.length)]!));
+          await addOrRemoveShard(m, random, removals);
           membershipChanges++;
         }
       }
-      const refused = await done;
-      await Promise.all(removals);
-      const sent = sentPerKey(KEYS, PRODUCERS, perProducer, seed);
-      const total = sent.reduce((a, b) => a + b, 0);
-      await log.waitFor(total);
+      const { refused, sent, total } = await producersAndDelivery(done, removals, perProducer, seed);
       raced = core.abi.blocksRacedTotal();
       const stats = m.stats();
       core.detach();
