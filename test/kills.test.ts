@@ -14,7 +14,7 @@ import { ShardManager, ShardMetricsCollector, ShardProducer, type BackpressureMo
 import { DeliveryLog, seqPayload, sleep, onThisLogsChannel } from './helpers/delivery.js';
 import { SharedCore } from '../dist/core.js';
 import { R_CURSOR, R_TAIL, REC_END, REC_LEN, REC_OFF, REC_SEQ, SEQ_WRITING } from '../dist/layout.generated.js';
-import { prng } from './helpers/index.js';
+import { prng, withEnv } from './helpers/index.js';
 
 const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url);
 const seqConsumer = () => onThisLogsChannel(fixture('seq-consumer.mjs'));
@@ -532,12 +532,19 @@ describe('consumer assignment races', () => {
   });
 });
 
+/** Run `fn` with hang-once-consumer.mjs threads set to hang on their third batch (once per marker file). */
+async function withConsumerHangingOnce<T>(fn: () => Promise<T>): Promise<T> {
+  const dir = mkdtempSync(join(tmpdir(), 'shard-mapper-hang-'));
+  try {
+    return await withEnv({ SM_TEST_HANG_MARKER: join(dir, 'hung'), SM_TEST_HANG_AFTER: '3' }, fn);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 describe('consumer heartbeats', () => {
   it('a consumer thread stuck in a synchronous consumer is ended and replaced once its heartbeat stops (stallMs by the manager clock); nothing lost', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'shard-mapper-hang-'));
-    process.env.SM_TEST_HANG_MARKER = join(dir, 'hung');
-    process.env.SM_TEST_HANG_AFTER = '3';
-    try {
+    await withConsumerHangingOnce(async () => {
       log = new DeliveryLog();
       const clock = { t: 0 };
       const events: ManagerEvent[] = [];
@@ -565,11 +572,7 @@ describe('consumer heartbeats', () => {
       expect(log.problems(1, total)).toEqual({ missing: 0, duplicated: 0 }); // it hung before reporting
       await m.close();
       expect(m.stats()).toMatchObject({ pushed: total, delivered: total, inFlight: 0 });
-    } finally {
-      delete process.env.SM_TEST_HANG_MARKER;
-      delete process.env.SM_TEST_HANG_AFTER;
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   it('a consumer thread waiting on a stalled reservation (a producer that reserved and never wrote) keeps its event loop turning: it beats, is not replaced, and delivers everything once the watchdog skips the record', async () => {
@@ -683,28 +686,22 @@ describe('consumer heartbeats', () => {
   });
 
   it('without start() and without options.clock, a consumer thread stuck in a synchronous consumer is replaced after its stallMs on its own; nothing lost', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'shard-mapper-hang-'));
-    process.env.SM_TEST_HANG_MARKER = join(dir, 'hung');
-    process.env.SM_TEST_HANG_AFTER = '3';
-    onTestFinished(() => {
-      delete process.env.SM_TEST_HANG_MARKER;
-      delete process.env.SM_TEST_HANG_AFTER;
-      rmSync(dir, { recursive: true, force: true });
+    await withConsumerHangingOnce(async () => {
+      log = new DeliveryLog();
+      const events: ManagerEvent[] = [];
+      const m = await ShardManager.create({
+        initialShards: 2, ringBufferCapacity: 4096, policy: { autoScale: false },
+        consumer: { module: fixture('hang-once-consumer.mjs'), threads: 2, batchSize: 16, stallMs: 500 },
+        onEvent: (e) => { if (e.type.startsWith('consumer')) events.push(e); },
+      });
+      onTestFinished(() => m.close());
+      const total = 3000;
+      for (let seq = 0; seq < total; seq++) expect(m.push(seq * 2654435761, seqPayload(0, seq))).toBe(true);
+      await log.waitFor(total, 20_000);
+      expect(events.map((e) => e.type), 'the stuck thread was ended and replaced, with no tick()').toEqual(['consumerStalled', 'consumerRestarted']);
+      expect((events[1] as { rewound: number }).rewound, 'it hung holding a batch').toBeGreaterThan(0);
+      expect(log.problems(1, total)).toEqual({ missing: 0, duplicated: 0 });
     });
-    log = new DeliveryLog();
-    const events: ManagerEvent[] = [];
-    const m = await ShardManager.create({
-      initialShards: 2, ringBufferCapacity: 4096, policy: { autoScale: false },
-      consumer: { module: fixture('hang-once-consumer.mjs'), threads: 2, batchSize: 16, stallMs: 500 },
-      onEvent: (e) => { if (e.type.startsWith('consumer')) events.push(e); },
-    });
-    onTestFinished(() => m.close());
-    const total = 3000;
-    for (let seq = 0; seq < total; seq++) expect(m.push(seq * 2654435761, seqPayload(0, seq))).toBe(true);
-    await log.waitFor(total, 20_000);
-    expect(events.map((e) => e.type), 'the stuck thread was ended and replaced, with no tick()').toEqual(['consumerStalled', 'consumerRestarted']);
-    expect((events[1] as { rewound: number }).rewound, 'it hung holding a batch').toBeGreaterThan(0);
-    expect(log.problems(1, total)).toEqual({ missing: 0, duplicated: 0 });
   });
 });
 
