@@ -7,6 +7,7 @@ import type { ConsumerInit } from './consumer-runtime.js';
 import type { FromConsumer, ToConsumer } from './consumer-messages.js';
 import { adoptWorker, moduleUrl } from '#platform';
 import { spawnConsumerWorker } from '#spawn';
+import { unrefTimer } from './sleep.js';
 
 /** A worker the application started: a Web Worker, or a Node `worker_threads` Worker. */
 export interface ConsumerWorker {
@@ -366,7 +367,7 @@ export class ConsumerPool {
     if (delay === 0) respawn();
     else {
       state.respawnPending = true;
-      (setTimeout(respawn, delay) as { unref?: () => void }).unref?.();
+      unrefTimer(setTimeout(respawn, delay));
     }
   }
 

@@ -10,6 +10,7 @@ import type { FromConsumer, ToConsumer } from './consumer-messages.js';
 import { workerEndpoint, yieldToEventLoop } from '#platform';
 import { REC_LEN, REC_OFF } from './layout.generated.js';
 import { RecordBatch } from './record-batch.js';
+import { unrefTimer } from './sleep.js';
 
 /** What the manager sends a consumer worker when it starts. @internal */
 export interface ConsumerInit {
@@ -130,8 +131,7 @@ export async function runConsumer(
   // thread dies or its event loop is blocked — the two things the pool must notice. In
   // browsers, where a Web Worker that dies tells the page nothing, it is the only signal.
   const heartbeat = core.abi.laneHeartbeatAddress(core.lane) >>> 2;
-  const beat = setInterval(() => Atomics.add(core.i32, heartbeat, 1), HEARTBEAT_MS);
-  (beat as { unref?: () => void }).unref?.();
+  const beat = unrefTimer(setInterval(() => Atomics.add(core.i32, heartbeat, 1), HEARTBEAT_MS));
   wake = () => {
     Atomics.store(core.i32, bell, 0);
     Atomics.notify(core.i32, bell);

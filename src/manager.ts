@@ -11,7 +11,7 @@ import { tableCapacity, type RoutingMode } from './routing.js';
 import { ShardProducer, type BatchEvent, type EventKey, type EventPayload, type ProducerHandle } from './producer.js';
 import { Total, TOTALS } from './abi.js';
 import { StallWatchdog } from './stall-watchdog.js';
-import { sleep } from './sleep.js';
+import { sleep, unrefTimer } from './sleep.js';
 import { KeyOrderFences } from './key-order.js';
 import type { BackpressureMode, ManagerEvent, ManagerStats, ShardStats } from './types.js';
 import { RecordBatch } from './record-batch.js';
@@ -217,11 +217,12 @@ export class ShardManager {
    */
   #startHousekeeping(producerStallMs: number, consumerStallMs: number): void {
     const period = Math.min(HOUSEKEEPING_MAX_MS, Math.max(HOUSEKEEPING_MIN_MS, Math.min(producerStallMs, consumerStallMs) / 4));
-    this.#housekeeping = setInterval(() => {
-      if (this.#closed || this.#timer !== undefined) return; // closed, or tick() does it
-      this.#recoveryChecks();
-    }, period);
-    (this.#housekeeping as { unref?: () => void }).unref?.();
+    this.#housekeeping = unrefTimer(
+      setInterval(() => {
+        if (this.#closed || this.#timer !== undefined) return; // closed, or tick() does it
+        this.#recoveryChecks();
+      }, period),
+    );
   }
 
   /** The stall watchdog, then the consumer threads' heartbeats (tick() and housekeeping). */
@@ -238,15 +239,16 @@ export class ShardManager {
    */
   #watchFences(): void {
     if (this.#fenceTimer !== undefined || this.#closed) return;
-    this.#fenceTimer = setInterval(() => {
-      if (this.#closed || (this.#fences?.fencedCount ?? 0) === 0) {
-        clearInterval(this.#fenceTimer);
-        this.#fenceTimer = undefined;
-        return;
-      }
-      this.mapper.liftPassedFences();
-    }, FENCE_LIFT_MS);
-    (this.#fenceTimer as { unref?: () => void }).unref?.();
+    this.#fenceTimer = unrefTimer(
+      setInterval(() => {
+        if (this.#closed || (this.#fences?.fencedCount ?? 0) === 0) {
+          clearInterval(this.#fenceTimer);
+          this.#fenceTimer = undefined;
+          return;
+        }
+        this.mapper.liftPassedFences();
+      }, FENCE_LIFT_MS),
+    );
   }
 
   #emit(event: ManagerEvent): void {
@@ -592,15 +594,16 @@ export class ShardManager {
   start(): void {
     this.#assertOpen('start');
     if (this.#timer !== undefined) return;
-    this.#timer = setInterval(() => {
-      try {
-        this.tick();
-      } catch (error) {
-        if (this.#onEvent) this.#emit({ type: 'tickError', error: error as Error, at: this.#clock() });
-        else console.error('shard-mapper: the scaling loop failed; it keeps running:', error);
-      }
-    }, this.mapper.policy().metricsWindowMs);
-    (this.#timer as { unref?: () => void }).unref?.();
+    this.#timer = unrefTimer(
+      setInterval(() => {
+        try {
+          this.tick();
+        } catch (error) {
+          if (this.#onEvent) this.#emit({ type: 'tickError', error: error as Error, at: this.#clock() });
+          else console.error('shard-mapper: the scaling loop failed; it keeps running:', error);
+        }
+      }, this.mapper.policy().metricsWindowMs),
+    );
   }
 
   stop(): void {
