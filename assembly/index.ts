@@ -1,7 +1,7 @@
 // The numeric-only ABI of the WebAssembly core. Every export takes and returns i32/u32/f64
 // (no i64 crosses the boundary); scripts/build.mjs generates src/abi.generated.ts, the typed
 // interface of this list, from the compiled module's signatures.
-import { LAYOUT_BASE, H_LANE_FLAGS, L_RESULT, L_SCRATCH, L_DOORBELL, L_OWNER, L_HEARTBEAT } from "./layout";
+import { LAYOUT_BASE, H_LANE_FLAGS, L_RESULT, L_SCRATCH, L_DOORBELL, L_OWNER, L_HEARTBEAT, L_PARKS } from "./layout";
 import {
   slotStrideFor, slotsOffset, slotAddr, laneAddr, laneCount, payloadOffset, ringCapacity, ringBytes,
 } from "./config";
@@ -30,6 +30,7 @@ export function laneScratchAddress(lane: u32): u32 { return <u32>(laneAddr(lane)
 export function laneResultAddress(lane: u32): u32 { return <u32>(laneAddr(lane) + L_RESULT); }
 export function laneDoorbellAddress(lane: u32): u32 { return <u32>(laneAddr(lane) + L_DOORBELL); }
 export function laneHeartbeatAddress(lane: u32): u32 { return <u32>(laneAddr(lane) + L_HEARTBEAT); }
+export function laneParksAddress(lane: u32): u32 { return <u32>(laneAddr(lane) + L_PARKS); }
 export function ringPayloadOffset(): u32 { return payloadOffset; }
 export function ringBytesEach(): u32 { return ringBytes; }
 export function ringCapacityRecords(): u32 { return ringCapacity; }

@@ -55,6 +55,7 @@ export const MAGIC: u32 = 0x53484d31;    // "SHM1"
 export const L_DOORBELL: i32 = 0;         // i32, 1 while this lane's consumer sleeps
 export const L_OWNER: i32 = 4;            // u32, 1 + the worker_threads threadId that holds the lane (0: unknown)
 export const L_HEARTBEAT: i32 = 8;        // u32, bumped by a consumer thread's timer while its event loop runs
+export const L_PARKS: i32 = 12;           // u32, times this lane's consumer thread parked on its doorbell (a diagnostic: tests read it)
 export const L_RESULT: i32 = 64;          // 32 bytes of call results: BATCH_*, CLAIM_* or COLLECT_* words (below)
 export const L_FAILED_SHARD: i32 = L_RESULT + 32; // u32: shard id of the last push refused under failProducer
 // a batch call's grouping of its events by shard (assembly/ring.ts, GROUPED WRITES): a table

@@ -45,6 +45,15 @@ export interface ConsumerOptions {
    * modules keep working. A worker started with `serveConsumer(fn, { batch })` decides itself.
    */
   batch?: boolean;
+  /**
+   * Microseconds a consumer thread keeps polling its rings once they are empty before it
+   * parks, and polls instead of sleeping while it gathers a fuller batch (0 to 1 000 000;
+   * default 0: it sleeps at once, leaving the core to your producers). A thread that never
+   * sleeps is never late to wake: on a virtual machine whose host is busy a sleeping thread
+   * can wake ~100 ms late (README, Limitations). The price is a core kept busy while events
+   * come at least this often.
+   */
+  spinUs?: number;
 }
 
 interface WorkerState {
@@ -107,10 +116,11 @@ export class ConsumerPool {
     options: ConsumerOptions,
     threads: number,
     batchSize: number,
+    spinUs: number,
     events: PoolEvents,
   ): Promise<ConsumerPool> {
     const module = options.worker ? '' : moduleUrl(options.module!);
-    const pool = new ConsumerPool(core, { module, batchSize, batch: options.batch === true }, events, options.worker);
+    const pool = new ConsumerPool(core, { module, batchSize, batch: options.batch === true, spinUs }, events, options.worker);
     for (let i = 0; i < threads; i++) pool.#workers.push(pool.#spawn());
     try {
       await Promise.all(pool.#workers.map((w) => w.ready));

@@ -20,6 +20,8 @@ export interface ConsumerInit {
   batchSize: number;
   /** Call the function with one RecordBatch per batch instead of an array of views. */
   batch?: boolean;
+  /** Poll this long (µs) before parking, and poll instead of sleeping while gathering (0: sleep). */
+  spinUs?: number;
   /** The lane the manager claimed for this thread (and releases when the thread exits). */
   lane: number;
 }
@@ -127,6 +129,8 @@ export async function runConsumer(
     throw error;
   }
   const bell = core.abi.laneDoorbellAddress(core.lane) >>> 2;
+  const parks = core.abi.laneParksAddress(core.lane) >>> 2;
+  const spinMs = (init.spinUs ?? 0) / 1000;
   // A timer, not the loop: it runs while a consumer function awaits, and stops when the
   // thread dies or its event loop is blocked — the two things the pool must notice. In
   // browsers, where a Web Worker that dies tells the page nothing, it is the only signal.
@@ -148,17 +152,41 @@ export async function runConsumer(
     return false;
   }
 
+  /** Does an owned ring hold a full batch? */
+  function ringsHoldBatch(): boolean {
+    for (const s of order) if (core.abi.ringLen(s.slot) >= init.batchSize) return true;
+    return false;
+  }
+
+  /** options.consumer.spinUs: poll for records until `ms` have passed (false) or some came
+   *  (true), giving the event loop its turns meanwhile. */
+  async function spinFor(ms: number, enough: () => boolean): Promise<boolean> {
+    const until = performance.now() + ms;
+    while (true) {
+      if (enough()) return true;
+      if (releases.length > 0 || !running) return false;
+      const now = performance.now();
+      if (now >= until) return false;
+      if (now - yielded >= YIELD_EVERY_MS) {
+        await yieldToEventLoop();
+        yielded = performance.now();
+      }
+    }
+  }
+
   async function park(): Promise<void> {
     // Look again a few times first: records that arrive within a microsecond or two are
     // taken without sleeping, and the producer is spared the wake-up (a futex call) it
-    // makes for a sleeping consumer.
+    // makes for a sleeping consumer. With spinUs, look for that long.
     for (let spin = 0; spin < PARK_SPINS; spin++) if (ringsHoldRecords()) return;
+    if (spinMs > 0 && (await spinFor(spinMs, ringsHoldRecords))) return;
     Atomics.store(core.i32, bell, 1); // producers that see 1 will notify
     // Records that came before the bell was up, or a message to handle: no sleep.
     if (ringsHoldRecords() || releases.length > 0 || !running) {
       Atomics.store(core.i32, bell, 0);
       return;
     }
+    Atomics.add(core.i32, parks, 1);
     if (waitAsync) {
       const w = waitAsync(core.i32, bell, 1, PARK_TIMEOUT_MS);
       if (w.async) await w.value;
@@ -238,7 +266,8 @@ export async function runConsumer(
   const gatherWord = new Int32Array(new SharedArrayBuffer(4));
   const gathering = core.ringCapacity >= GATHER_MIN_RING_BATCHES * init.batchSize;
   async function gather(): Promise<void> {
-    Atomics.wait(gatherWord, 0, 0, GATHER_MS);
+    if (spinMs > 0) await spinFor(GATHER_MS, ringsHoldBatch);
+    else Atomics.wait(gatherWord, 0, 0, GATHER_MS);
     await yieldToEventLoop();
     yielded = performance.now();
   }

@@ -93,6 +93,8 @@ export interface ManagerSettings {
   /** Consumer threads (0 without options.consumer), their batch size and stall limit. */
   threads: number;
   batchSize: number;
+  /** options.consumer.spinUs (0 without consumer threads). */
+  consumerSpinUs: number;
   consumerStallMs: number;
   maxThreads: number;
 }
@@ -101,6 +103,8 @@ const MAX_RING_CAPACITY = 1 << 24;
 const DEFAULT_MAX_THREADS = 64;
 const DEFAULT_PRODUCER_STALL_MS = 1000;
 const DEFAULT_CONSUMER_STALL_MS = 10_000;
+/** options.consumer.spinUs at most: a second of polling before a thread parks. */
+const MAX_CONSUMER_SPIN_US = 1_000_000;
 
 /** The ring's code for a backpressure mode (checked first: bad modes are refused by name). */
 function backpressureCode(mode: unknown): { code: number; rate: number } {
@@ -180,6 +184,7 @@ export function checkManagerOptions(options: ShardManagerOptions): ManagerSettin
   let threads = 0;
   let batchSize = 0;
   let consumerStallMs = DEFAULT_CONSUMER_STALL_MS;
+  let consumerSpinUs = 0;
   if (options.consumer !== undefined) {
     const c = options.consumer;
     if (typeof c !== 'object' || c === null || (c.worker === undefined && typeof c.module !== 'string' && !(c.module instanceof URL))) {
@@ -195,6 +200,7 @@ export function checkManagerOptions(options: ShardManagerOptions): ManagerSettin
     threads = checkInteger('options.consumer.threads', given(c.threads, cpuCount()), 1, MAX_LANES - 2);
     batchSize = checkInteger('options.consumer.batchSize', given(c.batchSize, 256), 1, MAX_RING_CAPACITY);
     consumerStallMs = checkFinite('options.consumer.stallMs', given(c.stallMs, DEFAULT_CONSUMER_STALL_MS), 0, true);
+    consumerSpinUs = checkInteger('options.consumer.spinUs', given(c.spinUs, 0), 0, MAX_CONSUMER_SPIN_US);
     checkOptionalBoolean('options.consumer.batch', c.batch);
   }
   // One lane per attached thread: this one, each consumer thread, each producer thread.
@@ -221,6 +227,7 @@ export function checkManagerOptions(options: ShardManagerOptions): ManagerSettin
     threads,
     batchSize,
     consumerStallMs,
+    consumerSpinUs,
     maxThreads,
   };
 }

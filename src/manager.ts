@@ -153,7 +153,7 @@ export class ShardManager {
     const settings = checkManagerOptions(options);
     const { initialShards, ringCapacity, ringBytes, maxPayload, backpressure, bp, policy, routing, loadBound, keyOrder, maxSlots, kind } =
       settings;
-    const { producerStallMs, threads, batchSize, consumerStallMs, maxThreads } = settings;
+    const { producerStallMs, threads, batchSize, consumerStallMs, consumerSpinUs, maxThreads } = settings;
     await compileAsync(kind);
     const core = SharedCore.createSync({
       kind,
@@ -173,7 +173,7 @@ export class ShardManager {
     let self: ShardManager | undefined;
     const pool =
       threads > 0
-        ? await ConsumerPool.start(core, options.consumer!, threads, batchSize, {
+        ? await ConsumerPool.start(core, options.consumer!, threads, batchSize, consumerSpinUs, {
             onError: (error, shardId) => {
               if (self) self.#consumerError(error, shardId);
             },

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { ShardManager } from 'shard-mapper';
 import { churnShards, DeliveryLog, seqPayload, sleep, pushWithRetry, expectExactlyOnce, onThisLogsChannel, settledFlag, within } from './helpers/delivery.js';
 import { prng, withEnv } from './helpers/index.js';
+import { SharedCore } from '../dist/core.js';
 
 const ROUTING_MODES = ['leastLoaded', 'balanced', 'affinity'] as const;
 
@@ -286,5 +287,46 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
       expect(m.mapper.evaluateScaling()).toEqual({ kind: 'scaleUp', count: 1 });
       await m.close();
     });
+  });
+});
+
+describe('options.consumer.spinUs', () => {
+  /** Times the manager's consumer threads parked on their doorbells so far (every lane). */
+  function parksSoFar(m: ShardManager): number {
+    const core = SharedCore.attachSync(m.producerHandle().core);
+    let sum = 0;
+    for (let lane = 0; lane < core.abi.laneCountConfigured(); lane++) sum += core.u32[core.abi.laneParksAddress(lane) >>> 2]!;
+    return sum;
+  }
+
+  /** One event delivered first (the thread is past its start-up), then 30 bursts of 100 events
+   *  10 ms apart; returns how often the consumer thread parked during the bursts. */
+  async function parksDuringBursts(spinUs: number | undefined): Promise<number> {
+    log = new DeliveryLog();
+    const m = await ShardManager.create({
+      initialShards: 2, ringBufferCapacity: 4096, // 16 batches: the thread gathers between them too
+      consumer: { module: consumerModule(), threads: 1, ...(spinUs === undefined ? {} : { spinUs }) },
+    });
+    await pushWithRetry(m, 0, seqPayload(0, 0));
+    await log.waitFor(1);
+    const before = parksSoFar(m);
+    let seq = 1;
+    for (let burst = 0; burst < 30; burst++) {
+      for (let k = 0; k < 100; k++, seq++) await pushWithRetry(m, seq * 2654435761, seqPayload(0, seq));
+      await sleep(10);
+    }
+    await log.waitFor(seq);
+    const parked = parksSoFar(m) - before;
+    await m.close();
+    expectExactlyOnce(log, 1, seq);
+    return parked;
+  }
+
+  it('a consumer thread polls instead of parking while events come more often than spinUs; every event once, in order', async () => {
+    expect(await parksDuringBursts(1_000_000)).toBe(0);
+  });
+
+  it('without it the same thread parks between the bursts (the counter the test above reads moves)', async () => {
+    expect(await parksDuringBursts(undefined)).toBeGreaterThan(0);
   });
 });
