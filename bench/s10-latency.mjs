@@ -12,6 +12,8 @@ export const id = 's10';
 export const title = '10. Push-to-consume latency (one producer, one consumer thread, 16 B)';
 
 const SIZE = 16;
+/** The spinning consumer's row: polls up to 1 ms once its ring is empty (above 1 k/s, it never sleeps). */
+const SPIN_US = 1000;
 const RING_EVENTS = 1 << 16;
 const workerUrl = new URL('./workers/latency-consumer.mjs', import.meta.url);
 const nowNs = () => Number(process.hrtime.bigint());
@@ -53,13 +55,15 @@ function pace(n, rate, send) {
   return n / ((nowNs() - start) / 1e9);
 }
 
-function smImpl() {
+/** spinUs: options.consumer.spinUs (the thread polls instead of sleeping; 0 = the default). */
+function smImpl(spinUs = 0) {
   return {
-    id: 'sm', name: 'shard-mapper push → batch consumer thread',
+    id: spinUs > 0 ? `sm-spin${spinUs}` : 'sm',
+    name: spinUs > 0 ? `shard-mapper, consumer.spinUs ${spinUs.toLocaleString('en-US')}` : 'shard-mapper push → batch consumer thread',
     async setup() {
       const mgr = await ShardManager.create({
         initialShards: 1, ringBufferCapacity: RING_EVENTS, maxPayloadBytes: SIZE, backpressure: { kind: 'dropNewest' },
-        policy: { autoScale: false, maxShards: 1 }, consumer: { module: workerUrl, threads: 1, batch: true },
+        policy: { autoScale: false, maxShards: 1 }, consumer: { module: workerUrl, threads: 1, batch: true, spinUs },
       });
       let full = 0;
       return {
@@ -116,7 +120,7 @@ export async function run(profile) {
   const quick = profile.name !== 'full';
   const RATES = [[1_000, tiny ? 100 : quick ? 1_000 : 3_000], [100_000, tiny ? 2_000 : quick ? 20_000 : 200_000], [1_000_000, tiny ? 5_000 : quick ? 100_000 : 1_000_000]];
   const rounds = tiny ? 1 : 3;
-  const impls = [smImpl(), ringbufImpl(), postMessageImpl()];
+  const impls = [smImpl(), smImpl(SPIN_US), ringbufImpl(), postMessageImpl()];
   const live = [];
   for (const impl of impls) live.push(await impl.setup());
   await collect(0); // drop anything left over
@@ -126,11 +130,15 @@ export async function run(profile) {
       const [rate, n] = RATES[j];
       for (let k = 0; k < impls.length; k++) {
         live[k].start?.();
+        const cpu0 = process.cpuUsage(); // every thread of the process
+        const t0 = performance.now();
         const achieved = pace(n, rate, live[k].send);
+        const used = process.cpuUsage(cpu0);
+        const cores = (used.user + used.system) / 1000 / (performance.now() - t0);
         const samples = await collect(n);
         check(samples.length === n, `latency ${impls[k].id} at ${rate}/s: ${samples.length} of ${n} events seen`);
         samples.sort();
-        results[k][j].push({ achieved, p50: pct(samples, 0.5), p99: pct(samples, 0.99), p999: pct(samples, 0.999), max: samples[samples.length - 1] });
+        results[k][j].push({ achieved, cores, p50: pct(samples, 0.5), p99: pct(samples, 0.99), p999: pct(samples, 0.999), max: samples[samples.length - 1] });
       }
     }
   }
@@ -143,7 +151,7 @@ export async function run(profile) {
       const m = (key) => median(runs.map((x) => x[key]));
       const range = (key) => `${fmtUs(Math.min(...runs.map((x) => x[key])))} – ${fmtUs(Math.max(...runs.map((x) => x[key])))}`;
       rows.push({ id: `${impls[k].id}-${RATES[j][0]}`, name: impls[k].name, rate: RATES[j][0], events: RATES[j][1], achieved: m('achieved'),
-        ns: m('p50'), p50: m('p50'), p99: m('p99'), p999: m('p999'), p99Range: range('p99'), p999Range: range('p999') });
+        ns: m('p50'), p50: m('p50'), p99: m('p99'), p999: m('p999'), p99Range: range('p99'), p999Range: range('p999'), cores: m('cores') });
     }
   }
   const columns = [
@@ -155,10 +163,11 @@ export async function run(profile) {
     { head: 'p99.9', get: (r) => fmtUs(r.p999), align: 'right' },
     { head: 'p99 range', get: (r) => r.p99Range, align: 'right' },
     { head: 'p99.9 range', get: (r) => r.p999Range, align: 'right' },
+    { head: 'CPU while pacing', get: (r) => `${r.cores.toFixed(2)} cores`, align: 'right' },
   ];
   return {
     tables: [{ id: 's10', title: `10. Push-to-consume latency, 16 B, 1 producer → 1 consumer thread (${RATES.map(([r, n]) => `${n.toLocaleString('en-US')} events at ${(r / 1000).toLocaleString('en-US')} k/s`).join(', ')})`, unit: 'event', rows, columns }],
     goals: [],
-    intro: `The producer paces events (sleeping through gaps over 0.2 ms, spinning the rest) and stamps each with process.hrtime.bigint() at push; the consumer thread records the time to when it reads the event. ${rounds} interleaved round${rounds > 1 ? 's' : ''} (each rate, each implementation in turn); a row is the median round's percentile, with the range over rounds. 'achieved' below 'offered' means the producer could not keep the pace (postMessage at 1 M/s): then the queue grows and latency with it.`,
+    intro: `The producer paces events (sleeping through gaps over 0.2 ms, spinning the rest) and stamps each with process.hrtime.bigint() at push; the consumer thread records the time to when it reads the event. ${rounds} interleaved round${rounds > 1 ? 's' : ''} (each rate, each implementation in turn); a row is the median round's percentile, with the range over rounds. 'achieved' below 'offered' means the producer could not keep the pace (postMessage at 1 M/s): then the queue grows and latency with it. 'CPU while pacing' is the whole process's CPU time over the paced run's wall time (the pacing producer spins: about one core of it), median of the rounds; the spinUs row's consumer thread polls instead of sleeping (options.consumer.spinUs).`,
   };
 }
