@@ -48,10 +48,10 @@ export interface ConsumerOptions {
   /**
    * Microseconds a consumer thread keeps polling its rings once they are empty before it
    * parks, and polls instead of sleeping while it gathers a fuller batch (0 to 1 000 000;
-   * default 0: it sleeps at once, leaving the core to your producers). A thread that never
-   * sleeps is never late to wake: on a virtual machine whose host is busy a sleeping thread
-   * can wake ~100 ms late (README, Limitations). The price is a core kept busy while events
-   * come at least this often.
+   * default 0: it sleeps at once, leaving the core to your producers). A thread that polls
+   * does not wait to be woken: on a virtual machine whose host is busy a sleeping thread can
+   * wake ~100 ms late (README, Limitations). The price is a core kept busy while events come
+   * at least this often.
    */
   spinUs?: number;
 }
