@@ -146,24 +146,20 @@ export async function runConsumer(
   type WaitAsync = (a: Int32Array, i: number, v: number, t: number) => { async: boolean; value: Promise<string> | string };
   const waitAsync = (Atomics as unknown as { waitAsync?: WaitAsync }).waitAsync;
 
-  /** Does an owned ring hold records (published, or reserved and not yet published)? */
-  function ringsHoldRecords(): boolean {
-    for (const s of order) if (core.abi.ringLen(s.slot) !== 0) return true;
+  /** Does an owned ring hold at least `records` records (published, or reserved and not yet
+   *  published)? */
+  function ringsHold(records: number): boolean {
+    for (const s of order) if (core.abi.ringLen(s.slot) >= records) return true;
     return false;
   }
+  const ringsHoldRecords = () => ringsHold(1);
 
-  /** Does an owned ring hold a full batch? */
-  function ringsHoldBatch(): boolean {
-    for (const s of order) if (core.abi.ringLen(s.slot) >= init.batchSize) return true;
-    return false;
-  }
-
-  /** options.consumer.spinUs: poll for records until `ms` have passed (false) or some came
-   *  (true), giving the event loop its turns meanwhile. */
-  async function spinFor(ms: number, enough: () => boolean): Promise<boolean> {
+  /** options.consumer.spinUs: poll until some ring holds `records` records (true) or `ms` have
+   *  passed (false), giving the event loop its turns meanwhile. */
+  async function spinFor(ms: number, records: number): Promise<boolean> {
     const until = performance.now() + ms;
     while (true) {
-      if (enough()) return true;
+      if (ringsHold(records)) return true;
       if (releases.length > 0 || !running) return false;
       const now = performance.now();
       if (now >= until) return false;
@@ -179,7 +175,7 @@ export async function runConsumer(
     // taken without sleeping, and the producer is spared the wake-up (a futex call) it
     // makes for a sleeping consumer. With spinUs, look for that long.
     for (let spin = 0; spin < PARK_SPINS; spin++) if (ringsHoldRecords()) return;
-    if (spinMs > 0 && (await spinFor(spinMs, ringsHoldRecords))) return;
+    if (spinMs > 0 && (await spinFor(spinMs, 1))) return;
     Atomics.store(core.i32, bell, 1); // producers that see 1 will notify
     // Records that came before the bell was up, or a message to handle: no sleep.
     if (ringsHoldRecords() || releases.length > 0 || !running) {
@@ -266,7 +262,7 @@ export async function runConsumer(
   const gatherWord = new Int32Array(new SharedArrayBuffer(4));
   const gathering = core.ringCapacity >= GATHER_MIN_RING_BATCHES * init.batchSize;
   async function gather(): Promise<void> {
-    if (spinMs > 0) await spinFor(GATHER_MS, ringsHoldBatch);
+    if (spinMs > 0) await spinFor(GATHER_MS, init.batchSize);
     else Atomics.wait(gatherWord, 0, 0, GATHER_MS);
     await yieldToEventLoop();
     yielded = performance.now();

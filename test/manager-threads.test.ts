@@ -292,8 +292,7 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
 
 describe('options.consumer.spinUs', () => {
   /** Times the manager's consumer threads parked on their doorbells so far (every lane). */
-  function parksSoFar(m: ShardManager): number {
-    const core = SharedCore.attachSync(m.producerHandle().core);
+  function parksSoFar(core: SharedCore): number {
     let sum = 0;
     for (let lane = 0; lane < core.abi.laneCountConfigured(); lane++) sum += core.u32[core.abi.laneParksAddress(lane) >>> 2]!;
     return sum;
@@ -309,14 +308,15 @@ describe('options.consumer.spinUs', () => {
     });
     await pushWithRetry(m, 0, seqPayload(0, 0));
     await log.waitFor(1);
-    const before = parksSoFar(m);
+    const core = SharedCore.attachSync(m.producerHandle().core);
+    const before = parksSoFar(core);
     let seq = 1;
     for (let burst = 0; burst < 30; burst++) {
       for (let k = 0; k < 100; k++, seq++) await pushWithRetry(m, seq * 2654435761, seqPayload(0, seq));
       await sleep(10);
     }
     await log.waitFor(seq);
-    const parked = parksSoFar(m) - before;
+    const parked = parksSoFar(core) - before;
     await m.close();
     expectExactlyOnce(log, 1, seq);
     return parked;
