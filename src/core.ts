@@ -50,6 +50,12 @@ export interface CoreHandle {
   kind: MemoryKind;
 }
 
+/** A byte address from a WebAssembly export: its u32 reaches JavaScript as a signed i32, so an
+ *  address past 2 GiB (a memory that large: big rings or a large maxPayloadBytes) reads negative. */
+function address(fromWasm: number): number {
+  return fromWasm >>> 0;
+}
+
 export class SharedCore {
   readonly abi: Abi;
   readonly memory: WebAssembly.Memory;
@@ -101,13 +107,13 @@ export class SharedCore {
     // without detach(). A lane claimed for a thread by its owner (consumers) says nothing.
     if (this.#ownsLane) abi.laneSetOwner(lane, currentThreadId() + 1);
     this.lane = lane;
-    this.scratch = abi.laneScratchAddress(lane);
-    this.result = abi.laneResultAddress(lane);
-    this.slotStride = abi.slotAddress(1) - abi.slotAddress(0);
+    this.scratch = address(abi.laneScratchAddress(lane));
+    this.result = address(abi.laneResultAddress(lane));
+    this.slotStride = address(abi.slotAddress(1)) - address(abi.slotAddress(0));
     this.ringCapacity = abi.ringCapacityRecords();
     this.ringBytes = abi.ringBytesEach();
     this.payloadOffset = abi.ringPayloadOffset();
-    this.scratchBytes = abi.laneScratchAddress(1) - abi.laneScratchAddress(0) - L_SCRATCH;
+    this.scratchBytes = address(abi.laneScratchAddress(1)) - address(abi.laneScratchAddress(0)) - L_SCRATCH;
     this.u8 = new Uint8Array(memory.buffer);
     this.u16 = new Uint16Array(memory.buffer);
     this.u32 = new Uint32Array(memory.buffer);
@@ -210,7 +216,7 @@ export class SharedCore {
   claimInView(slot: number, max: number): number {
     const n = this.claim(slot, max);
     if (n === 0) return 0;
-    this.claimBase = this.abi.slotAddress(slot);
+    this.claimBase = address(this.abi.slotAddress(slot));
     this.ensureViews(this.recordsEnd(this.claimBase));
     return n;
   }
@@ -305,7 +311,7 @@ export class SharedCore {
     if (slot === undefined) {
       if (this.#nextFresh >= this.#maxSlots) return -1;
       slot = this.#nextFresh++;
-      const end = this.abi.slotAddress(slot) + this.slotStride;
+      const end = address(this.abi.slotAddress(slot)) + this.slotStride;
       const have = this.memory.buffer.byteLength;
       if (end > have) {
         // Grow by a quarter at least, so a burst of scale-ups does not grow page by page;
