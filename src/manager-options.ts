@@ -106,6 +106,24 @@ const DEFAULT_CONSUMER_STALL_MS = 10_000;
 /** options.consumer.spinUs at most: a second of polling before a thread parks. */
 const MAX_CONSUMER_SPIN_US = 1_000_000;
 
+/** Every option ShardManager.create reads. A key outside these is refused: a misspelled option
+ *  (`ringBufferSize` for `ringBufferBytes`) would otherwise be ignored without a word. The
+ *  Record type keeps the list complete: a new option must be added here to compile. */
+const MANAGER_OPTIONS: Record<keyof ShardManagerOptions, true> = {
+  initialShards: true, ringBufferCapacity: true, policy: true, backpressure: true, clock: true, drainGraceMs: true,
+  producerStallMs: true, maxPayloadBytes: true, ringBufferBytes: true, consumer: true, onConsumerError: true,
+  onEvent: true, maxSlots: true, memory: true, maxThreads: true, routing: true, loadBound: true, keyOrder: true,
+};
+const CONSUMER_OPTIONS: Record<keyof ConsumerOptions, true> = {
+  module: true, worker: true, threads: true, batchSize: true, stallMs: true, batch: true, spinUs: true,
+};
+
+function checkKnownKeys(where: string, given: object, known: Record<string, true>): void {
+  for (const key of Object.keys(given)) {
+    if (!Object.hasOwn(known, key)) throw invalid(`${where}.${key} is not an option (known: ${Object.keys(known).join(', ')})`);
+  }
+}
+
 /** The ring's code for a backpressure mode (checked first: bad modes are refused by name). */
 function backpressureCode(mode: unknown): { code: number; rate: number } {
   const checked = checkBackpressure(mode);
@@ -153,6 +171,7 @@ function ringBytesFor(requested: unknown, ringCapacity: number, maxPayload: numb
 /** Check every option, in the order the errors name them. */
 export function checkManagerOptions(options: ShardManagerOptions): ManagerSettings {
   if (typeof options !== 'object' || options === null) throw invalid(`options must be an object, got ${describe(options)}`);
+  checkKnownKeys('options', options, MANAGER_OPTIONS);
   const initialShards = checkInteger('options.initialShards', options.initialShards, 0, 0xffff);
   const requested = checkInteger('options.ringBufferCapacity', options.ringBufferCapacity, 1, MAX_RING_CAPACITY);
   const maxPayload = checkMaxPayloadBytes(options.maxPayloadBytes);
@@ -190,6 +209,7 @@ export function checkManagerOptions(options: ShardManagerOptions): ManagerSettin
     if (typeof c !== 'object' || c === null || (c.worker === undefined && typeof c.module !== 'string' && !(c.module instanceof URL))) {
       throw invalid(`options.consumer.module must be a path or URL, got ${describe((c as { module?: unknown } | null)?.module)}`);
     }
+    checkKnownKeys('options.consumer', c, CONSUMER_OPTIONS);
     if (c.worker !== undefined && (typeof c.worker !== 'function' || c.module !== undefined)) {
       throw invalid(
         `options.consumer.worker must be a function returning a Worker, given instead of options.consumer.module, got ${describe(c.worker)}`,
@@ -206,7 +226,7 @@ export function checkManagerOptions(options: ShardManagerOptions): ManagerSettin
   // One lane per attached thread: this one, each consumer thread, each producer thread.
   const maxThreads = checkInteger(
     'options.maxThreads',
-    given(options.maxThreads, Math.max(DEFAULT_MAX_THREADS, threads + 8)),
+    given(options.maxThreads, Math.min(MAX_LANES, Math.max(DEFAULT_MAX_THREADS, threads + 8))),
     threads + 1,
     MAX_LANES,
   );

@@ -620,6 +620,7 @@ export class ShardManager {
 
   /** Add one shard now (no cooldown: an operator's call); resolves to its id. */
   async addShard(): Promise<number> {
+    this.#assertOpen('addShard');
     return (await this.manualScaleUp(1))[0]!;
   }
 
@@ -799,6 +800,7 @@ export class ShardManager {
    *  poll() takes them (they count as delivered). Ends once the manager is closed or the
    *  shard drained, after every record it accepted was yielded. */
   batches(shardId: number, options?: BatchesOptions): AsyncIterableIterator<Uint8Array[]> {
+    this.#slotFor('batches', shardId); // refuses a bad or unknown id now, not at the first next()
     return shardBatches(this, shardId, () => this.#closed, options);
   }
 }

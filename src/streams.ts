@@ -210,7 +210,6 @@ export function shardBatches(
   isClosed: () => boolean,
   options?: BatchesOptions,
 ): AsyncIterableIterator<Uint8Array[]> {
-  manager.ringLength(shardId); // refuses a bad or unknown id now, not at the first next()
   if (manager.consumers().some((c) => c.shards.includes(shardId))) {
     throw new Error(`batches: shard ${shardId} is consumed by worker threads (options.consumer); a ring has one consumer at a time`);
   }

@@ -232,11 +232,18 @@ const OPTION_CASES: [option: string, inputs: [string, unknown][], message: RegEx
   ['consumer', [['stallMs 0', { module: 'x.mjs', stallMs: 0 }], ['stallMs NaN', { module: 'x.mjs', stallMs: NaN }], ['stallMs "5"', { module: 'x.mjs', stallMs: '5' }]], /options\.consumer\.stallMs must be a finite number > 0, got /, 'options.consumer.stallMs must be a finite number > 0, got 0'],
   ['consumer', [['threads 0', { module: 'x.mjs', threads: 0 }], ['threads 1.5', { module: 'x.mjs', threads: 1.5 }], ['threads null', { module: 'x.mjs', threads: null }]], /options\.consumer\.threads must be an integer in \[1, 254\], got /, 'options.consumer.threads must be an integer in [1, 254], got 0'],
   ['consumer', [['batchSize 0', { module: 'x.mjs', batchSize: 0 }], ['batchSize NaN', { module: 'x.mjs', batchSize: NaN }]], /options\.consumer\.batchSize must be an integer in \[1, 16777216\], got /, 'options.consumer.batchSize must be an integer in [1, 16777216], got 0'],
+  ['consumer', [['thread: 2', { module: 'x.mjs', thread: 2 }], ['modul: "x.mjs"', { modul: 'y.mjs', module: 'x.mjs' }]], /options\.consumer\.(thread|modul) is not an option \(known: module, worker, /, 'options.consumer.thread is not an option (known: module, worker, threads, …)'],
   ['consumer', [['spinUs -1', { module: 'x.mjs', spinUs: -1 }], ['spinUs 1.5', { module: 'x.mjs', spinUs: 1.5 }], ['spinUs NaN', { module: 'x.mjs', spinUs: NaN }], ['spinUs 2000000', { module: 'x.mjs', spinUs: 2_000_000 }], ['spinUs "5"', { module: 'x.mjs', spinUs: '5' }]], /options\.consumer\.spinUs must be an integer in \[0, 1000000\], got /, 'options.consumer.spinUs must be an integer in [0, 1000000], got -1'],
 ];
 for (const [option, inputs, message, excerpt] of OPTION_CASES) {
   add({ call: `ShardManager.create({ ${option} })`, inputs, fixture: 'none', run: (_, v) => createWith({ [option]: v }), expect: S('InvalidPolicy', message), excerpt });
 }
+// A misspelled or unknown option is refused, not ignored.
+add({
+  call: 'ShardManager.create({ …an unknown option })', inputs: [['ringBufferSize: 1024', { ringBufferSize: 1024 }], ['bogus: 1', { bogus: 1 }]], fixture: 'none',
+  run: (_, v) => createWith(v as Record<string, unknown>), expect: S('InvalidPolicy', /options\.(ringBufferSize|bogus) is not an option \(known: initialShards, ringBufferCapacity, /),
+  excerpt: 'options.ringBufferSize is not an option (known: initialShards, ringBufferCapacity, …)',
+});
 // Key order is an affinity guarantee: asking for it with another routing mode is refused.
 add({ call: "ShardManager.create({ routing, keyOrder: true })", inputs: [['balanced', 'balanced'], ['leastLoaded', 'leastLoaded'], ['(default)', undefined]],
   fixture: 'none', run: (_, routing) => createWith({ routing, keyOrder: true }),
@@ -259,7 +266,7 @@ for (const method of ['manualScaleUp', 'manualScaleDown'] as const) {
   add({ call: `manager.${method}(n)`, inputs: COUNTS, fixture: 'manager', run: ({ manager }, v) => manager[method](v),
     expect: S('InvalidPolicy', /n must be an integer in \[0, 65535\], got /), excerpt: 'n must be an integer in [0, 65535], got 1.5' });
 }
-for (const [method, name] of [['poll', 'poll'], ['ringLength', 'ringLength'], ['removeShard', 'removeShard'], ['drainShard', 'drainSpecific']] as const) {
+for (const [method, name] of [['poll', 'poll'], ['ringLength', 'ringLength'], ['batches', 'batches'], ['removeShard', 'removeShard'], ['drainShard', 'drainSpecific']] as const) {
   add({ call: `manager.${method}(id)`, inputs: IDS_WRONG, fixture: 'manager', run: ({ manager }, v) => manager[method](v),
     expect: S('InvalidPolicy', new RegExp(`${name}: shard id must be an integer, got `)), excerpt: `${name}: shard id must be an integer, got NaN` });
   add({ call: `manager.${method}(id)`, inputs: IDS_UNKNOWN, fixture: 'manager', run: ({ manager }, v) => manager[method](v),
@@ -300,7 +307,7 @@ add({ call: 'manager.pushBatch(events)', inputs: [['[5]', [5]], ['[[1]]', [[1]]]
 for (const [method, run, name] of [
   ['push', (m: ShardManager) => m.push(1, 'x'), 'push'],
   ['pushBatch', (m: ShardManager) => m.pushBatch([1, 2], ['x', 'y']), 'pushBatch'],
-  ['addShard', (m: ShardManager) => m.addShard(), 'manualScaleUp'],
+  ['addShard', (m: ShardManager) => m.addShard(), 'addShard'],
   ['manualScaleUp', (m: ShardManager) => m.manualScaleUp(1), 'manualScaleUp'],
   ['manualScaleDown', (m: ShardManager) => m.manualScaleDown(1), 'manualScaleDown'],
   ['drainShard', (m: ShardManager) => m.drainShard(0), 'drainShard'],
@@ -416,6 +423,13 @@ describe('lookups of unknown ids answer, they do not throw (documented)', () => 
   it('a ringBufferCapacity of 1 is rounded up to 2 (a ring needs two records; see test/model.property.test.ts)', async () => {
     const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 1 });
     expect(m.ringCapacity).toBe(2);
+  });
+  it('consumer.threads up to 254 (the documented range) gets a maxThreads default that fits the 256 lanes', async () => {
+    const { checkManagerOptions } = await import('../dist/manager-options.js');
+    const settings = (threads: number) => checkManagerOptions({ initialShards: 1, ringBufferCapacity: 8, consumer: { module: 'x.mjs', threads } });
+    expect(settings(4).maxThreads).toBe(64);
+    expect(settings(100).maxThreads).toBe(108);
+    for (const threads of [248, 249, 254]) expect(settings(threads).maxThreads, `threads ${threads}`).toBe(256);
   });
 });
 

@@ -212,7 +212,7 @@ describe('manager.batches()', () => {
 
   it('refuses a bad or unknown shard id and bad options at the call, not at the first next()', async () => {
     const m = await manager();
-    expect(() => m.batches(99)).toThrow(/ringLength: unknown shard 99/);
+    expect(() => m.batches(99)).toThrow(/batches: unknown shard 99/);
     expect(() => m.batches(1.5)).toThrow(/shard id must be an integer, got 1.5/);
     expect(() => m.batches('0' as never)).toThrow(ScalingError);
     expect(() => m.batches(0, { max: 0 })).toThrow(/batches: options.max must be an integer in \[1, /);
