@@ -7,6 +7,7 @@
 // windows. Lifecycle and scaling events are counted as they happen, through `onEvent`.
 import { Counter, Gauge, register as defaultRegistry, type Registry } from 'prom-client';
 import type { ManagerEvent, ObservedManager } from './types.js';
+import type { ScalingDecision } from './mapper.js';
 
 export type { ObservedManager };
 
@@ -260,12 +261,14 @@ export function registerShardManagerMetrics(options: PrometheusOptions = {}): Sh
 
   const onEvent = (event: ManagerEvent): void => {
     switch (event.type) {
-      case 'scalingDecision':
-        if (event.decision.kind !== 'none') {
-          decisions.inc(labelled({ decision: event.decision.kind }));
-          decidedShards.inc(labelled({ decision: event.decision.kind }), event.decision.count);
+      case 'scalingDecision': {
+        const decision = event.decision as ScalingDecision; // widened: an event made by hand may still say none
+        if (decision.kind !== 'none') {
+          decisions.inc(labelled({ decision: decision.kind }));
+          decidedShards.inc(labelled({ decision: decision.kind }), decision.count);
         }
         break;
+      }
       case 'consumerError':
         consumerErrors.inc(labelled({}));
         break;

@@ -24,7 +24,8 @@ export const BackpressureMode = {
 /** A lifecycle or scaling event, for logs, metrics and tracing. */
 export type ManagerEvent =
   | { type: 'shardProvisioned' | 'shardActivated' | 'shardDraining' | 'shardStopped' | 'shardRemoved'; shardId: number; at: number }
-  | { type: 'scalingDecision'; decision: ScalingDecision; at: number }
+  /** Emitted only for a decision that acts (a `none` is not an event). */
+  | { type: 'scalingDecision'; decision: Exclude<ScalingDecision, { kind: 'none' }>; at: number }
   | { type: 'consumerError'; shardId: number; error: Error; at: number }
   /** A consumer thread's heartbeat stopped while it had records to take (a dead Web Worker, or
    *  a thread stuck in a synchronous consumer): it is ended, then consumerRestarted follows. */
