@@ -49,6 +49,11 @@ export function moduleUrl(module: string | URL): string {
   return new URL(String(module), base).href;
 }
 
+/** Whether this code runs in a Web Worker (a dedicated one: it has postMessage and no document). */
+export function inWorkerThread(): boolean {
+  return typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !== 'undefined';
+}
+
 export function workerEndpoint(): Promise<WorkerEndpoint> {
   const scope = globalThis as unknown as {
     addEventListener(t: 'message', fn: (e: MessageEvent) => void): void;

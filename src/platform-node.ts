@@ -60,6 +60,11 @@ export function moduleUrl(module: string | URL): string {
   return pathToFileURL(resolve(module)).href;
 }
 
+/** Whether this code runs in a worker thread (one with a port to the thread that started it). */
+export function inWorkerThread(): boolean {
+  return parentPort !== null;
+}
+
 export async function workerEndpoint(): Promise<WorkerEndpoint> {
   if (!parentPort) throw new Error('shard-mapper: the consumer worker must run in a worker thread');
   const port = parentPort;

@@ -12,7 +12,7 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
 const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
 
-/** Subpaths a user imports (consumer-worker is a worker entry: importing it starts a worker loop). */
+/** Subpaths a user imports (consumer-worker is the consumer thread's script: see below). */
 const IMPORTABLE = ['.', './worker', './prometheus', './redis'];
 
 describe('npm pack', () => {
@@ -185,4 +185,10 @@ describe('package linters', () => {
     const counted = output.split('\n').filter((line) => !line.includes('(ignored'));
     expect(counted.filter((line) => /💀|❌|🥴|🐛|🎭|❗️|⚠️/.test(line))).toEqual([]);
   }, 180_000);
+});
+
+describe('shard-mapper/consumer-worker', () => {
+  it('imported on the main thread, the import fails saying what the entry is for (it used to end the process with an unhandled rejection)', async () => {
+    await expect(import('shard-mapper/consumer-worker')).rejects.toThrow(/consumer-worker is the consumer thread's own script .* import 'shard-mapper'/);
+  });
 });
