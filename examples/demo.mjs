@@ -81,7 +81,10 @@ const manager = await ShardManager.create({
   ringBufferBytes, // undefined: the default, room for RING_RECORDS events of up to 256 bytes
   routing: args.routing, // undefined: ShardManager's default
   maxPayloadBytes: Math.max(payloadBytes, 64),
-  policy: { minShards: 1, maxShards, fillRatioThreshold: 0.5, cooldownMs: 1500, scaleDownDelayMs: 3000, metricsWindowMs: 250 },
+  // flushLatencyThresholdUs: a consumer batch that takes longer than this counts as overloaded.
+  // The demo's consumer waits ~2 ms per batch (DEMO_BATCH_MS), over the default 1000 µs, which
+  // would scale out in the quiet phase; at 50 ms the scale-outs come from rings filling.
+  policy: { minShards: 1, maxShards, fillRatioThreshold: 0.5, flushLatencyThresholdUs: 50_000, cooldownMs: 1500, scaleDownDelayMs: 3000, metricsWindowMs: 250 },
   consumer: {
     // the demo's own worker: it gets the per-key table shared by every consumer thread
     worker: () => new Worker(new URL('./demo-consumer.mjs', import.meta.url), { workerData: { keysPerProducer: KEYS_PER_PRODUCER, next: nextSeq } }),
