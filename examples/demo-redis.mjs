@@ -3,7 +3,8 @@
 // Producer node processes ramp their load up and down into one namespace; consumer
 // processes take the shards' streams; one node is the controller and scales the shards.
 // Without --url a local redis-server is started (127.0.0.1, a free port, a temporary
-// directory) and stopped at the end. Ends with the tally: accepted, delivered, lost.
+// directory) and stopped at the end; with --url the run's namespace (its keys only) is deleted
+// at the end. Ends with the tally: accepted, delivered, lost.
 import { parseArgs } from 'node:util';
 import { fork, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -29,7 +30,9 @@ const { values: args } = parseArgs({
 });
 if (args.help) {
   console.log(`usage: npm run demo:redis -- [--url redis://host:port] [--duration s] [--nodes n] [--consumers n] [--peak events/s] [--max-shards n]
-  --url         an existing Redis (default: start a local redis-server for the demo)
+  --url         an existing Redis (default: start a local redis-server for the demo); the run
+                writes to a namespace of its own, demo-<pid>-<random>, and deletes its keys
+                at the end (a run stopped before its summary leaves them)
   --duration    seconds to run (default 25)
   --nodes       producer node processes (default 3)
   --consumers   consumer processes (default 2)
@@ -63,7 +66,8 @@ if (!url) {
   for (let i = 0; i < 200; i++) { try { await probe.connect(); await probe.ping(); break; } catch { await new Promise((r) => setTimeout(r, 25)); } }
   probe.disconnect();
 }
-const namespace = `demo-${process.pid}`;
+// Unique to this run: the keys deleted at the end are this namespace's only.
+const namespace = `demo-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
 const redis = new Redis(url);
 
 // ---- the processes ------------------------------------------------------------------------
@@ -138,7 +142,9 @@ async function render() {
     if (!s) { lines.push(`  ${String(i).padStart(4)}  starting`); continue; }
     const rate = (s.stats.pushed - (lastPushed.get(i) ?? s.stats.pushed)) / dt;
     lastPushed.set(i, s.stats.pushed);
-    lines.push(`  ${String(i).padStart(4)}  ${(s.controller ? pc.magenta('controller') : 'node').padEnd(s.controller ? 21 : 11)}  ${fmt(rate).padStart(9)}  ${fmt(s.stats.pushed).padStart(9)}  ${fmt(s.stats.stored).padStart(9)}  ${fmt(s.stats.buffered).padStart(8)}`);
+    const role = s.controller ? 'controller' : 'node';
+    // Pad the visible text: colour codes are absent when picocolors turns colour off.
+    lines.push(`  ${String(i).padStart(4)}  ${s.controller ? pc.magenta(role) : role}${' '.repeat(11 - role.length)}  ${fmt(rate).padStart(9)}  ${fmt(s.stats.pushed).padStart(9)}  ${fmt(s.stats.stored).padStart(9)}  ${fmt(s.stats.buffered).padStart(8)}`);
   }
   lines.push('', pc.gray('  shard  state          backlog  consumer'));
   for (const sh of table?.shards ?? []) {
@@ -171,6 +177,22 @@ if (tty) logUpdate.done();
 const consumersDone = consumerProcs.map((p) => new Promise((resolve) => p.on('message', (m) => { if (m.type === 'done') resolve(); })));
 for (const p of consumerProcs) p.send('stop');
 await Promise.all(consumersDone);
+// Every child closed its node or consumers before it said done; wait until they are gone.
+await Promise.all([...nodeProcs, ...consumerProcs].map((p) => (p.exitCode !== null || p.signalCode !== null ? undefined : new Promise((r) => p.once('exit', r)))));
+
+/** Deletes this run's keys from the user's Redis: `{ns}:…` (table, counters) and `ns:…` (streams, owners, progress). */
+async function deleteNamespace() {
+  let deleted = 0;
+  for (const match of [`{${namespace}}:*`, `${namespace}:*`]) {
+    let cursor = '0';
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', match, 'COUNT', 500);
+      cursor = next;
+      if (keys.length > 0) deleted += await redis.del(...keys);
+    } while (cursor !== '0');
+  }
+  return deleted;
+}
 
 const lost = accepted - delivered;
 const row = (k, v, note = '') => console.log(`  ${k.padEnd(22)} ${fmt(v).padStart(12)}  ${pc.gray(note)}`);
@@ -182,6 +204,7 @@ row('refused, then retried', results.reduce((a, r) => a + r.refused, 0), 'full s
 row('lost', lost, lost === 0 ? 'none' : 'LOST EVENTS');
 row('out of order', outOfOrder, 'per shard and node');
 console.log(pc.gray(`  scaling decisions: ${decisions.join(', ') || 'none'}`));
+if (args.url) console.log(pc.gray(`  deleted the ${fmt(await deleteNamespace())} keys of namespace ${namespace}`));
 redis.disconnect();
 if (local) { local.child.kill('SIGTERM'); await new Promise((r) => local.child.once('exit', r)); rmSync(local.dir, { recursive: true, force: true }); }
 process.exit(lost === 0 && outOfOrder === 0 ? 0 : 1);

@@ -81,7 +81,10 @@ const manager = await ShardManager.create({
   ringBufferBytes, // undefined: the default, room for RING_RECORDS events of up to 256 bytes
   routing: args.routing, // undefined: ShardManager's default
   maxPayloadBytes: Math.max(payloadBytes, 64),
-  policy: { minShards: 1, maxShards, fillRatioThreshold: 0.5, cooldownMs: 1500, scaleDownDelayMs: 3000, metricsWindowMs: 250 },
+  // flushLatencyThresholdUs: a consumer batch that takes longer than this counts as overloaded.
+  // The demo's consumer waits ~2 ms per batch (DEMO_BATCH_MS), over the default 1000 µs, which
+  // would scale out in the quiet phase; at 50 ms the scale-outs come from rings filling.
+  policy: { minShards: 1, maxShards, fillRatioThreshold: 0.5, flushLatencyThresholdUs: 50_000, cooldownMs: 1500, scaleDownDelayMs: 3000, metricsWindowMs: 250 },
   consumer: {
     // the demo's own worker: it gets the per-key table shared by every consumer thread
     worker: () => new Worker(new URL('./demo-consumer.mjs', import.meta.url), { workerData: { keysPerProducer: KEYS_PER_PRODUCER, next: nextSeq } }),
@@ -211,7 +214,16 @@ function render({ s, pushRate, deliverRate }) {
 }
 
 let lastPlain = 0;
-if (!tty) console.log(TARGET_MEANS);
+if (!tty) {
+  // Plain output (CI, a pipe): say once what runs and what each line's fields mean.
+  console.log(`shard-mapper live demo: ${producers} producer threads, ${maxShards} consumer threads, ` +
+    `${minPayload === payloadBytes ? payloadBytes : `${minPayload}–${payloadBytes}`}-byte events, routing ${manager.mapper.routing}, ` +
+    `1 to ${maxShards} shards, ${durationS} s`);
+  console.log(TARGET_MEANS);
+  console.log(`shards=ID:STATE:LENGTH:SHARE per shard: its id, its state's initial (a active, p provisioning, d draining, ` +
+    `s stopped), the records in its ring (of ${fmt(manager.ringCapacity)}), its share of the events pushed over the last 0.25 s` +
+    (affinity ? '; waiting: slots whose keys wait for an old shard\'s consumer, moved: slot moves so far, held: pushes held back while their key moved' : ''));
+}
 const timer = setInterval(() => {
   const f = elapsed() / durationS;
   Atomics.store(ctl, 0, Math.round(targetRate(Math.min(1, f)) / producers));
@@ -248,7 +260,7 @@ row('unrouted', s.unrouted);
 row('lost', lost, lost === 0 ? 'none' : 'LOST EVENTS');
 row('out of key order', outOfKeyOrder, affinity
   ? `each key's events in push order across shards (${fmt(s.keyOrder.movedSlots)} slots moved, ${fmt(moves.balance)} of them by load; longest wait ${fmt(s.keyOrder.longestWaitMs)} ms)`
-  : `keys whose shard changed may be consumed out of order under ${manager.mapper.routing}; --routing affinity keeps it`);
+  : `expected under ${manager.mapper.routing}, nothing lost: a key whose shard changed may be consumed out of order; --routing affinity keeps key order`);
 row('out of order', outOfOrder, 'per shard and key');
 console.log(pc.gray(`  scaling decisions: ${decisions.join(', ') || 'none'}`));
 console.log(pc.gray(`  routing ${manager.mapper.routing}, peak shards ${Math.max(...history.shards, 1)}, final shards ${manager.mapper.activeShardCount()}, ${availableParallelism()} CPUs`));

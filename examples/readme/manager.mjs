@@ -11,7 +11,7 @@ const manager = await ShardManager.create({
   policy: { maxShards: 8 },          // any subset of ScalingPolicy; the rest are defaults
   consumer: { module: new URL('./consumer.mjs', import.meta.url), threads: 4 },
 });
-manager.start();                     // tick() every policy.metricsWindowMs (timer is unref'd)
+manager.start();                     // tick() every policy.metricsWindowMs
 
 manager.push('user-42', JSON.stringify({ clicked: 'buy' }));   // string key, string payload
 manager.push(0x61819a7e, new Uint8Array([1, 2, 3]));           // uint32 hash, bytes
@@ -19,7 +19,9 @@ manager.pushBatch(['a', 'b'], ['first', 'second']);            // one WASM call 
 const hashes = new Uint32Array([7, 8]), records = new Uint8Array(2 * 16);
 manager.pushFixed(hashes, records, 16);    // one hash per 16-byte record, back to back: the fastest path
 
-await manager.close();               // stops pushes, waits until consumers took everything
+// Consumer threads keep Node running until close(): it stops pushes, waits until the
+// consumers took everything, and ends the threads.
+await manager.close();
 console.log(manager.stats());        // { pushed, delivered, dropped, unrouted, drops, inFlight, shards: [{ id, state, length, bytes, … }] }
 // #endregion readme
 
