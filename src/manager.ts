@@ -38,6 +38,8 @@ const NONE: ScalingDecision = Object.freeze({ kind: 'none' });
 /** The housekeeping timer's period: a quarter of the shorter stall limit, within these bounds. */
 const HOUSEKEEPING_MIN_MS = 10;
 const HOUSEKEEPING_MAX_MS = 250;
+/** Without options.onConsumerError, a shard's consumer errors are logged at most this often. */
+const CONSUMER_ERROR_LOG_MS = 5000;
 
 interface Parts {
   options: ShardManagerOptions;
@@ -70,6 +72,8 @@ export class ShardManager {
   readonly #clock: () => number;
   readonly #onEvent: ((e: ManagerEvent) => void) | undefined;
   readonly #onConsumerError: ((e: Error, id: number) => void) | undefined;
+  /** Per shard: when its last consumer error was logged, and how many came since (#logConsumerError). */
+  readonly #errorLog = new Map<number, { loggedAt: number; since: number }>();
   readonly #pool: ConsumerPool | undefined;
   readonly #slots = new Map<number, number>(); // live shard id → slot
   readonly #retired: number[] = new Array(TOTALS).fill(0); // totals of removed shards, indexed by Total
@@ -122,6 +126,7 @@ export class ShardManager {
       onRemoved: (id, slot) => {
         for (let k = 0; k < this.#retired.length; k++) this.#retired[k]! += core.abi.total(slot, k);
         this.#slots.delete(id);
+        this.#errorLog.delete(id);
         this.#watchdog.forget(slot);
         this.#pool?.release(id);
         this.#emit({ type: 'shardRemoved', shardId: id, at: this.#clock() });
@@ -261,9 +266,24 @@ export class ShardManager {
   }
 
   #consumerError(error: Error, shardId: number): void {
-    this.#emit({ type: 'consumerError', shardId, error, at: this.#clock() });
+    const at = this.#clock();
+    this.#emit({ type: 'consumerError', shardId, error, at });
     if (this.#onConsumerError) this.#onConsumerError(error, shardId);
-    else console.error(`shard-mapper: consumer of shard ${shardId} threw; the batch will be retried:`, error);
+    else this.#logConsumerError(error, shardId, at);
+  }
+
+  /** Without onConsumerError, errors go to the console: a shard's first, then at most one a
+   *  shard every CONSUMER_ERROR_LOG_MS with how many came since. A batch that always throws
+   *  is retried every few milliseconds, and a stack trace each time would flood the log. */
+  #logConsumerError(error: Error, shardId: number, at: number): void {
+    const seen = this.#errorLog.get(shardId);
+    if (seen !== undefined && at - seen.loggedAt < CONSUMER_ERROR_LOG_MS) {
+      seen.since++;
+      return;
+    }
+    const more = seen && seen.since > 0 ? ` (${seen.since} more errors of this shard since the last one logged)` : '';
+    this.#errorLog.set(shardId, { loggedAt: at, since: 0 });
+    console.error(`shard-mapper: consumer of shard ${shardId} threw; the batch will be retried${more}; pass options.onConsumerError to handle errors yourself:`, error);
   }
 
   #assertOpen(method: string): void {

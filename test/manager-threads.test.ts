@@ -330,3 +330,41 @@ describe('options.consumer.spinUs', () => {
     expect(await parksDuringBursts(undefined)).toBeGreaterThan(0);
   });
 });
+
+describe('consumer errors without onConsumerError', () => {
+  it('go to the console once per shard per 5 s of the manager clock, with a count of those left out; the batch is retried until it goes through', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sm-throw-until-'));
+    const stopFile = join(dir, 'stop');
+    const logged: string[] = [];
+    const consoleError = console.error;
+    console.error = (...args: unknown[]) => void logged.push(args.map(String).join(' '));
+    try {
+      await withEnv({ SM_TEST_STOP_THROWING: stopFile }, async () => {
+        let t = 0;
+        let errors = 0;
+        const m = await ShardManager.create({
+          initialShards: 1, ringBufferCapacity: 64, clock: () => t, policy: { autoScale: false },
+          consumer: { module: new URL('./fixtures/throw-until-consumer.mjs', import.meta.url), threads: 1 },
+          onEvent: (e) => { if (e.type === 'consumerError') errors++; },
+        });
+        m.push(1, 'a');
+        await within((async () => { while (errors < 20) await sleep(5); })(), 20_000, () => `${errors} consumer errors`);
+        expect(logged.filter((l) => l.includes('consumer of shard 0 threw'))).toHaveLength(1); // 20 errors, one line
+        expect(logged[0]).toMatch(/the batch will be retried; pass options.onConsumerError/);
+        const before = errors;
+        t = 5000; // the manager's clock moves on: the next error is logged, with the count since
+        await within((async () => { while (errors < before + 2) await sleep(5); })(), 20_000, () => `${errors} consumer errors`);
+        const lines = logged.filter((l) => l.includes('consumer of shard 0 threw'));
+        expect(lines).toHaveLength(2);
+        expect(lines[1]).toMatch(new RegExp(`\\((\\d+) more errors of this shard since the last one logged\\)`));
+        expect(Number(/\((\d+) more errors/.exec(lines[1]!)![1])).toBeGreaterThanOrEqual(before - 1);
+        writeFileSync(stopFile, '');
+        await within(m.close(), 20_000, () => 'close() once the consumer stopped throwing');
+        expect(m.stats()).toMatchObject({ pushed: 1, delivered: 1 });
+      });
+    } finally {
+      console.error = consoleError;
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
