@@ -381,10 +381,17 @@ export class ConsumerPool {
     }
   }
 
-  /** Ask every worker to finish what it has and stop, then end the threads. */
-  async close(): Promise<void> {
+  /** Ask every worker to finish what it has and stop, then end the threads. `force`: end them
+   *  at once, whatever they hold (what they claimed and did not acknowledge stays in the rings). */
+  async close(force = false): Promise<void> {
     this.#closing = true;
     const live = this.#workers.filter((w) => !w.exited);
+    if (force) {
+      for (const w of live) w.stopping = true;
+      await Promise.all(live.map((w) => w.worker.terminate()));
+      this.#disown();
+      return;
+    }
     await Promise.all(
       live.map(
         (w) =>
@@ -399,6 +406,13 @@ export class ConsumerPool {
       ),
     );
     await Promise.all(live.map((w) => w.worker.terminate()));
+    this.#disown();
+  }
+
+  /** The threads are gone: no shard is theirs any more (the manager's thread may poll them). */
+  #disown(): void {
+    this.#owner.clear();
+    for (const w of this.#workers) w.shards.clear();
   }
 }
 

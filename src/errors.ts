@@ -86,3 +86,16 @@ export class ManagerClosedError extends Error {
     this.name = 'ManagerClosedError';
   }
 }
+
+/** close({ timeoutMs }) ran out of time: the consumer threads were ended with `undelivered`
+ *  accepted events still in the rings, where poll() can still read them. */
+export class CloseTimeoutError extends Error {
+  readonly undelivered: number;
+  constructor(timeoutMs: number, undelivered: number) {
+    super(
+      `shard-mapper: close: the consumer threads did not take every event within ${timeoutMs} ms; they were ended with ${undelivered} accepted event(s) undelivered, still in the rings (poll() reads them)`,
+    );
+    this.name = 'CloseTimeoutError';
+    this.undelivered = undelivered;
+  }
+}

@@ -4,7 +4,7 @@
 // duplicating an accepted event.
 import { SharedCore } from './core.js';
 import { ConsumerPool } from './consumer-pool.js';
-import { ManagerClosedError, ScalingError, checkInteger, describe, invalid } from './errors.js';
+import { CloseTimeoutError, ManagerClosedError, ScalingError, checkFinite, checkInteger, describe, invalid } from './errors.js';
 import { ShardMapper, ShardState, WIRING, type MapperWiring, type ScalingDecision } from './mapper.js';
 import type { ScalingPolicy } from './policy.js';
 import { tableCapacity, type RoutingMode } from './routing.js';
@@ -748,8 +748,26 @@ export class ShardManager {
    * Stop accepting pushes, let the consumer threads take every accepted event, stop the
    * timer and the threads. Without consumer threads it resolves at once and what is left
    * in the rings can still be poll()ed.
+   *
+   * `timeoutMs` (on the manager's clock) bounds the wait for the consumer threads, for a
+   * shutdown with a deadline: past it they are ended whatever they hold, the records they
+   * had not acknowledged go back to their rings, and close rejects with a CloseTimeoutError
+   * that counts the events left undelivered (poll() still reads them). Without it, close
+   * waits as long as the consumers take (a consumer that always throws keeps it waiting).
+   * A call while an earlier one is under way returns the earlier one's promise.
    */
-  close(): Promise<void> {
+  close(options?: { timeoutMs?: number }): Promise<void> {
+    if (options !== undefined && (typeof options !== 'object' || options === null)) {
+      return Promise.reject(new TypeError(`close: options must be an object, got ${describe(options)}`));
+    }
+    const timeoutMs = options?.timeoutMs;
+    if (timeoutMs !== undefined) {
+      try {
+        checkFinite('close: options.timeoutMs', timeoutMs, 0);
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    }
     if (this.#closing) return this.#closing;
     this.#closed = true;
     this.stop();
@@ -766,6 +784,7 @@ export class ShardManager {
     this.#closing = (async () => {
       const pool = this.#pool;
       if (!pool) return;
+      const deadline = timeoutMs === undefined ? Infinity : this.#clock() + timeoutMs;
       for (;;) {
         this.#watchStalls();
         let busy = false;
@@ -776,6 +795,15 @@ export class ShardManager {
           }
         }
         if (!busy) break;
+        if (this.#clock() >= deadline) {
+          await pool.close(true);
+          let undelivered = 0;
+          for (const slot of this.#slots.values()) {
+            abi.ringRewind(slot); // what an ended thread claimed comes first again, for poll()
+            undelivered += abi.ringLen(slot);
+          }
+          throw new CloseTimeoutError(timeoutMs!, undelivered);
+        }
         await sleep(WAIT_STEP_MS);
       }
       await pool.close();

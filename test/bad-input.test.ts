@@ -303,6 +303,12 @@ add({ call: 'manager.pushBatch(keys, payloads)', inputs: [['payloads null', [[1]
 add({ call: 'manager.pushBatch(events)', inputs: [['[5]', [5]], ['[[1]]', [[1]]], ['[{}]', [{}]]], fixture: 'manager', run: ({ manager }, v) => manager.pushBatch(v),
   expect: T(/pushBatch: events\[0\] must be \[key, payload\] or \{ key, payload \}/), excerpt: 'pushBatch: events[0] must be [key, payload] or { key, payload }' });
 
+// close's options: refused before anything closes (see also 'a refused close leaves the manager open' below)
+add({ call: 'manager.close({ timeoutMs })', inputs: [['-1', { timeoutMs: -1 }], ['NaN', { timeoutMs: NaN }], ['Infinity', { timeoutMs: Infinity }], ['"5"', { timeoutMs: '5' }], ['null', { timeoutMs: null }]], fixture: 'manager',
+  run: ({ manager }, v) => manager.close(v), expect: S('InvalidPolicy', /close: options\.timeoutMs must be a finite number >= 0, got /), excerpt: 'close: options.timeoutMs must be a finite number >= 0, got -1' });
+add({ call: 'manager.close(options)', inputs: [['5', 5], ['"soon"', 'soon'], ['null', null]], fixture: 'manager',
+  run: ({ manager }, v) => manager.close(v), expect: T(/close: options must be an object, got /), excerpt: 'close: options must be an object, got 5' });
+
 // Calls after close()
 for (const [method, run, name] of [
   ['push', (m: ShardManager) => m.push(1, 'x'), 'push'],
@@ -423,6 +429,14 @@ describe('lookups of unknown ids answer, they do not throw (documented)', () => 
   it('a ringBufferCapacity of 1 is rounded up to 2 (a ring needs two records; see test/model.property.test.ts)', async () => {
     const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 1 });
     expect(m.ringCapacity).toBe(2);
+  });
+  it('a refused close leaves the manager open: pushes are still accepted, and a close after it works', async () => {
+    const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 8 });
+    await expect(m.close({ timeoutMs: -1 })).rejects.toThrow(/timeoutMs/);
+    await expect(m.close(5 as never)).rejects.toThrow(TypeError);
+    expect(m.push(1, 'still open')).toBe(true);
+    await expect(m.close({ timeoutMs: 0 })).resolves.toBeUndefined(); // no consumer threads: nothing to wait for
+    expect(() => m.push(1, 'x')).toThrow(/the manager is closed/);
   });
   it('consumer.threads up to 254 (the documented range) gets a maxThreads default that fits the 256 lanes', async () => {
     const { checkManagerOptions } = await import('../dist/manager-options.js');

@@ -4,7 +4,7 @@ import { Worker } from 'node:worker_threads';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ShardManager } from 'shard-mapper';
+import { CloseTimeoutError, ShardManager } from 'shard-mapper';
 import { churnShards, DeliveryLog, seqPayload, sleep, pushWithRetry, expectExactlyOnce, onThisLogsChannel, settledFlag, within } from './helpers/delivery.js';
 import { prng, withEnv } from './helpers/index.js';
 import { SharedCore } from '../dist/core.js';
@@ -365,6 +365,53 @@ describe('consumer errors without onConsumerError', () => {
     } finally {
       console.error = consoleError;
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('close({ timeoutMs })', () => {
+  it('past the deadline (manager clock) ends a consumer thread that holds a batch it never acknowledges; rejects counting what is left, which poll() still reads in push order', async () => {
+    await withEnv({ SM_TEST_STOP_THROWING: join(tmpdir(), `sm-never-${process.pid}-${Date.now()}`) }, async () => {
+      let t = 0;
+      let errors = 0;
+      const m = await ShardManager.create({
+        initialShards: 1, ringBufferCapacity: 64, clock: () => t, policy: { autoScale: false },
+        consumer: { module: new URL('./fixtures/throw-until-consumer.mjs', import.meta.url), threads: 1 },
+        onConsumerError: () => errors++,
+      });
+      for (let seq = 0; seq < 5; seq++) expect(m.push(1, seqPayload(0, seq))).toBe(true);
+      // the fault hits the state it aims at: the thread took the batch (and threw) again and again
+      await within((async () => { while (errors < 3) await sleep(5); })(), 20_000, () => `${errors} consumer errors`);
+      expect(m.consumers().map((c) => c.alive)).toEqual([true]);
+      let settled = false;
+      const closing = m.close({ timeoutMs: 1000 });
+      closing.then(() => (settled = true), () => (settled = true));
+      await sleep(100);
+      expect(settled, 'close waits while the deadline is ahead').toBe(false);
+      expect(m.close({ timeoutMs: 5 }), 'a second call returns the first one').toBe(closing);
+      t = 1000; // the deadline
+      const error = await closing.then(() => undefined, (e: unknown) => e);
+      expect(error).toBeInstanceOf(CloseTimeoutError);
+      expect((error as CloseTimeoutError).undelivered).toBe(5);
+      expect((error as Error).message).toMatch(/did not take every event within 1000 ms; they were ended with 5 accepted event\(s\) undelivered/);
+      expect(m.consumers().every((c) => !c.alive), 'the consumer thread was ended').toBe(true);
+      expect(m.stats()).toMatchObject({ pushed: 5, delivered: 0 });
+      // what the ended thread held is first in line again, in push order, for poll()
+      expect(m.poll(0).map((r) => new DataView(r.buffer, r.byteOffset).getUint32(4, true))).toEqual([0, 1, 2, 3, 4]);
+      expect(m.stats()).toMatchObject({ pushed: 5, delivered: 5, inFlight: 0 });
+    });
+  });
+
+  it('with consumers that keep up, resolves as close() does, delivering everything', async () => {
+    const log = new DeliveryLog();
+    try {
+      const m = await ShardManager.create({ initialShards: 2, ringBufferCapacity: 64, consumer: { module: onThisLogsChannel(new URL('./fixtures/seq-consumer.mjs', import.meta.url)), threads: 2 } });
+      for (let seq = 0; seq < 500; seq++) await pushWithRetry(m, Math.imul(seq + 1, 2654435761) >>> 0, seqPayload(0, seq));
+      await expect(m.close({ timeoutMs: 30_000 })).resolves.toBeUndefined();
+      await log.waitFor(500);
+      expectExactlyOnce(log, 1, 500);
+    } finally {
+      log.close();
     }
   });
 });
