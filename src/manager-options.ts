@@ -110,12 +110,33 @@ const MAX_CONSUMER_SPIN_US = 1_000_000;
  *  (`ringBufferSize` for `ringBufferBytes`) would otherwise be ignored without a word. The
  *  Record type keeps the list complete: a new option must be added here to compile. */
 const MANAGER_OPTIONS: Record<keyof ShardManagerOptions, true> = {
-  initialShards: true, ringBufferCapacity: true, policy: true, backpressure: true, clock: true, drainGraceMs: true,
-  producerStallMs: true, maxPayloadBytes: true, ringBufferBytes: true, consumer: true, onConsumerError: true,
-  onEvent: true, maxSlots: true, memory: true, maxThreads: true, routing: true, loadBound: true, keyOrder: true,
+  initialShards: true,
+  ringBufferCapacity: true,
+  policy: true,
+  backpressure: true,
+  clock: true,
+  drainGraceMs: true,
+  producerStallMs: true,
+  maxPayloadBytes: true,
+  ringBufferBytes: true,
+  consumer: true,
+  onConsumerError: true,
+  onEvent: true,
+  maxSlots: true,
+  memory: true,
+  maxThreads: true,
+  routing: true,
+  loadBound: true,
+  keyOrder: true,
 };
 const CONSUMER_OPTIONS: Record<keyof ConsumerOptions, true> = {
-  module: true, worker: true, threads: true, batchSize: true, stallMs: true, batch: true, spinUs: true,
+  module: true,
+  worker: true,
+  threads: true,
+  batchSize: true,
+  stallMs: true,
+  batch: true,
+  spinUs: true,
 };
 
 function checkKnownKeys(where: string, given: object, known: Record<string, true>): void {

@@ -283,7 +283,10 @@ export class ShardManager {
     }
     const more = seen && seen.since > 0 ? ` (${seen.since} more errors of this shard since the last one logged)` : '';
     this.#errorLog.set(shardId, { loggedAt: at, since: 0 });
-    console.error(`shard-mapper: consumer of shard ${shardId} threw; the batch will be retried${more}; pass options.onConsumerError to handle errors yourself:`, error);
+    console.error(
+      `shard-mapper: consumer of shard ${shardId} threw; the batch will be retried${more}; pass options.onConsumerError to handle errors yourself:`,
+      error,
+    );
   }
 
   #assertOpen(method: string): void {

@@ -356,7 +356,7 @@ describe('consumer errors without onConsumerError', () => {
         await within((async () => { while (errors < before + 2) await sleep(5); })(), 20_000, () => `${errors} consumer errors`);
         const lines = logged.filter((l) => l.includes('consumer of shard 0 threw'));
         expect(lines).toHaveLength(2);
-        expect(lines[1]).toMatch(new RegExp(`\\((\\d+) more errors of this shard since the last one logged\\)`));
+        expect(lines[1]).toMatch(/\((\d+) more errors of this shard since the last one logged\)/);
         expect(Number(/\((\d+) more errors/.exec(lines[1]!)![1])).toBeGreaterThanOrEqual(before - 1);
         writeFileSync(stopFile, '');
         await within(m.close(), 20_000, () => 'close() once the consumer stopped throwing');
