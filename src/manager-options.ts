@@ -7,7 +7,7 @@ import { checkFinite, checkFunction, checkInteger, describe, given, invalid } fr
 import { resolvePolicy, type ScalingPolicy } from './policy.js';
 import { checkLoadBound, checkRouting, type RoutingMode } from './routing.js';
 import { BackpressureMode, type ManagerEvent } from './types.js';
-import { checkBackpressure, checkMaxPayloadBytes, checkOptionalBoolean } from './validate.js';
+import { checkBackpressure, checkKnownKeys, checkMaxPayloadBytes, checkOptionalBoolean } from './validate.js';
 import { checkMemoryKind, type MemoryKind } from './wasm.js';
 import { cpuCount } from '#platform';
 import {
@@ -138,12 +138,6 @@ const CONSUMER_OPTIONS: Record<keyof ConsumerOptions, true> = {
   batch: true,
   spinUs: true,
 };
-
-function checkKnownKeys(where: string, given: object, known: Record<string, true>): void {
-  for (const key of Object.keys(given)) {
-    if (!Object.hasOwn(known, key)) throw invalid(`${where}.${key} is not an option (known: ${Object.keys(known).join(', ')})`);
-  }
-}
 
 /** The ring's code for a backpressure mode (checked first: bad modes are refused by name). */
 function backpressureCode(mode: unknown): { code: number; rate: number } {

@@ -100,3 +100,11 @@ export function checkPayload(payload: unknown, max: number, index: number): void
   if (typeof payload === 'string' && payload.length > 0 && payload.length * 3 <= max) return;
   payloadBytes(payload, max, index);
 }
+
+/** Refuse a key of `given` that is not in `known` (the options a call reads): a misspelled
+ *  option would otherwise be ignored without a word. */
+export function checkKnownKeys(where: string, given: object, known: Record<string, true>): void {
+  for (const key of Object.keys(given)) {
+    if (!Object.hasOwn(known, key)) throw invalid(`${where}.${key} is not an option (known: ${Object.keys(known).join(', ')})`);
+  }
+}

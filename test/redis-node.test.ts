@@ -209,6 +209,13 @@ describe.skipIf(!available)('RedisShardManager: options that reach Redis as inte
     await node.close();
   });
 
+  it('an unknown or misspelled option is refused at create(), naming the known ones, before anything is written', async () => {
+    const namespace = ns();
+    await expect(RedisShardManager.create({ redis: server.url, namespace, lingerMS: 5 } as never))
+      .rejects.toThrow(/options\.lingerMS is not an option \(known: redis, namespace, .*lingerMs/);
+    expect(server.cli('EXISTS', `{${namespace}}:table`)).toBe('0'); // nothing was created
+  });
+
   it('whole milliseconds work: the node becomes the controller and the lease is set', async () => {
     const namespace = ns();
     const node = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 1, leaseMs: 1251, policy: { metricsWindowMs: 250 } });

@@ -5,7 +5,7 @@
 import { checkFinite, checkFunction, checkInteger, describe, given, invalid } from '../errors.js';
 import { POLICY_FIELDS, resolvePolicy, type ScalingPolicy } from '../policy.js';
 import type { BackpressureMode, ManagerEvent } from '../types.js';
-import { checkBackpressure, checkMaxPayloadBytes, checkOptionalBoolean } from '../validate.js';
+import { checkBackpressure, checkKnownKeys, checkMaxPayloadBytes, checkOptionalBoolean } from '../validate.js';
 import type { RedisOption } from './connection.js';
 import type { RedisNodeEvent } from './controller.js';
 import { checkNamespace } from './keys.js';
@@ -87,8 +87,32 @@ export interface NodeSettings {
 const MAX_TIMER_MS = 0x7fffffff;
 
 /** Check every option that can be checked alone, in the order the errors name them. */
+/** Every option RedisShardManager.create reads (the Record type keeps the list complete). */
+const NODE_OPTIONS: Record<keyof RedisShardManagerOptions, true> = {
+  redis: true,
+  namespace: true,
+  initialShards: true,
+  policy: true,
+  routing: true,
+  loadBound: true,
+  keyOrder: true,
+  backpressure: true,
+  maxPayloadBytes: true,
+  ringBufferCapacity: true,
+  ringBufferBytes: true,
+  maxFrameBytes: true,
+  lingerMs: true,
+  leaseMs: true,
+  drainGraceMs: true,
+  controller: true,
+  clock: true,
+  onEvent: true,
+  onRedisEvent: true,
+};
+
 export function checkNodeOptions(options: RedisShardManagerOptions): NodeSettings {
   if (typeof options !== 'object' || options === null) throw invalid(`options must be an object, got ${describe(options)}`);
+  checkKnownKeys('options', options, NODE_OPTIONS);
   const namespace = checkNamespace(options.namespace);
   const initialShards = checkInteger('options.initialShards', given(options.initialShards, 1), 0, 0xfffe);
   const policy = resolvePolicy(options.policy, initialShards);
