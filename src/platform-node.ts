@@ -42,8 +42,9 @@ export function adoptWorker(candidate: unknown, workerData: unknown): SpawnedWor
   return wrap(candidate);
 }
 
+// A consumer thread keeps the process alive until close() ends it (its message listener refs
+// the worker's port): a process that left while events sat in the rings would lose them.
 function wrap(worker: Worker): SpawnedWorker {
-  worker.unref(); // a consumer thread never keeps the process alive on its own
   return {
     postMessage: (message) => worker.postMessage(message),
     onMessage: (fn) => void worker.on('message', fn),

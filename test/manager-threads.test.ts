@@ -415,3 +415,34 @@ describe('close({ timeoutMs })', () => {
     }
   });
 });
+
+describe('a Node process with consumer threads', () => {
+  // What the README promises: the threads keep the process running until close() (a process
+  // that left with events in the rings would lose them); after close() it exits by itself.
+  const script = (close: boolean) => `
+    import { ShardManager } from ${JSON.stringify(new URL('../dist/index.js', import.meta.url).href)};
+    const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 64,
+      consumer: { module: ${JSON.stringify(new URL('./fixtures/count-consumer.mjs', import.meta.url).href)}, threads: 1 } });
+    m.push(1, 'x');
+    ${close ? 'await m.close();' : ''}
+    console.log('ready');`;
+  async function exitsWithin(close: boolean, ms: number): Promise<boolean> {
+    const { spawn } = await import('node:child_process');
+    const dir = mkdtempSync(join(tmpdir(), 'sm-exit-'));
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
+    const file = join(dir, 'main.mjs');
+    writeFileSync(file, script(close));
+    const child = spawn(process.execPath, [file], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    const exited = new Promise<boolean>((resolve) => child.once('exit', () => resolve(true)));
+    const result = await Promise.race([exited, sleep(ms).then(() => false)]);
+    if (!result) child.kill('SIGKILL');
+    expect(out).toContain('ready'); // the script ran to its end either way
+    return result;
+  }
+  it('keeps running without close(), and exits by itself after it', async () => {
+    expect(await exitsWithin(true, 15_000), 'exits after close()').toBe(true);
+    expect(await exitsWithin(false, 3_000), 'still running 3 s after its script ended, without close()').toBe(false);
+  }, 30_000);
+});
