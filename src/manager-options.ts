@@ -8,7 +8,7 @@ import { resolvePolicy, type ScalingPolicy } from './policy.js';
 import { checkLoadBound, checkRouting, type RoutingMode } from './routing.js';
 import { BackpressureMode, type ManagerEvent } from './types.js';
 import { checkBackpressure, checkKnownKeys, checkMaxPayloadBytes, checkOptionalBoolean } from './validate.js';
-import { checkMemoryKind, type MemoryKind } from './wasm.js';
+import { checkMemoryKind, sharedMemorySupported, type MemoryKind } from './wasm.js';
 import { cpuCount } from '#platform';
 import {
   BP_DROP_NEWEST,
@@ -231,7 +231,13 @@ export function checkManagerOptions(options: ShardManagerOptions): ManagerSettin
       );
     }
     if (kind !== 'shared')
-      throw invalid('options.consumer needs shared memory (SharedArrayBuffer); in the single-thread fallback consume with poll()');
+      throw invalid(
+        sharedMemorySupported()
+          ? "options.consumer needs shared memory, and options.memory is 'single': drop it, or consume with poll()"
+          : 'options.consumer needs shared memory (SharedArrayBuffer), which this page does not have: serve it with ' +
+              'Cross-Origin-Opener-Policy: same-origin and Cross-Origin-Embedder-Policy: require-corp (cross-origin ' +
+              'isolation), or, in the single-thread fallback, consume with poll()',
+      );
     threads = checkInteger('options.consumer.threads', given(c.threads, cpuCount()), 1, MAX_LANES - 2);
     batchSize = checkInteger('options.consumer.batchSize', given(c.batchSize, 256), 1, MAX_RING_CAPACITY);
     consumerStallMs = checkFinite('options.consumer.stallMs', given(c.stallMs, DEFAULT_CONSUMER_STALL_MS), 0, true);

@@ -17,11 +17,17 @@ export function cpuCount(): number {
 }
 
 export function spawnWorker(url: URL, workerData: unknown): SpawnedWorker {
-  return adoptWorker(new Worker(url, { type: 'module' }), workerData);
+  return adoptWorker(new Worker(url, { type: 'module' }), workerData, `the worker script ${url.href}`);
 }
 
-/** Wrap a Web Worker the caller started (options.consumer.worker) and send it its start-up data. */
-export function adoptWorker(candidate: unknown, workerData: unknown): SpawnedWorker {
+/** Wrap a Web Worker the caller started (options.consumer.worker) and send it its start-up data.
+ *  `what` names it in the error a script that does not load raises (the browser's own error
+ *  event for that carries no message). */
+export function adoptWorker(
+  candidate: unknown,
+  workerData: unknown,
+  what = 'the Web Worker options.consumer.worker returned',
+): SpawnedWorker {
   if (typeof Worker === 'undefined' || !(candidate instanceof Worker)) {
     throw new TypeError("options.consumer.worker must return a Web Worker (new Worker(url, { type: 'module' }))");
   }
@@ -31,7 +37,15 @@ export function adoptWorker(candidate: unknown, workerData: unknown): SpawnedWor
   return {
     postMessage: (message) => worker.postMessage(message),
     onMessage: (fn) => worker.addEventListener('message', (e) => fn((e as MessageEvent).data)),
-    onError: (fn) => worker.addEventListener('error', (e) => fn(new Error((e as ErrorEvent).message || 'worker error'))),
+    onError: (fn) =>
+      worker.addEventListener('error', (e) =>
+        fn(
+          new Error(
+            (e as ErrorEvent).message ||
+              `${what} did not load, or failed before it ran: a missing file (404), a wrong MIME type, or a syntax error (the browser console names it)`,
+          ),
+        ),
+      ),
     onExit: (fn) => void exitListeners.push(fn),
     terminate: async () => {
       worker.terminate();

@@ -7,5 +7,9 @@ import { adoptWorker } from './platform-browser.js';
 import type { SpawnedWorker } from './platform-types.js';
 
 export function spawnConsumerWorker(workerData: unknown): SpawnedWorker {
-  return adoptWorker(new Worker(new URL('./consumer-worker.js', import.meta.url), { type: 'module' }), workerData);
+  return adoptWorker(
+    new Worker(new URL('./consumer-worker.js', import.meta.url), { type: 'module' }),
+    workerData,
+    "shard-mapper's own consumer worker (consumer-worker.js, which the bundle must hold next to it: with esbuild, the entry consumer-worker=shard-mapper/consumer-worker)",
+  );
 }

@@ -134,6 +134,21 @@ async function runShared() {
   const seen2 = await fromModule.until(stats2.pushed);
   log(`consumer module: pushed ${stats2.pushed}, delivered ${stats2.delivered}, module saw ${seen2.count}`);
 
+  // A worker script that does not load (here a 404): create() says which worker failed. The
+  // URL is not a literal, so no bundler tries to bundle the missing file.
+  let missingWorker = '';
+  const missing = './missing.worker.js';
+  try {
+    await ShardManager.create({
+      initialShards: 1,
+      ringBufferCapacity: 8,
+      consumer: { worker: () => new Worker(new URL(missing, location.href), { type: 'module' }), threads: 1 },
+    });
+  } catch (error) {
+    missingWorker = error.message;
+  }
+  log(`a worker script that does not load: ${missingWorker}`);
+
   // 3. A producer Web Worker pushes through ShardProducer.attach(manager.producerHandle())
   //    while the page pushes too; consumer workers take both streams.
   const fromProducers = reports('worker');
@@ -211,6 +226,7 @@ async function runShared() {
     batch: batchRun,
     bytes: bytesRun,
     mode: 'shared',
+    missingWorker,
     crossOriginIsolated: globalThis.crossOriginIsolated === true,
     sharedMemorySupported: sharedMemorySupported(),
     memoryKind: mgr.memoryKind,
