@@ -17,6 +17,6 @@ export type FromConsumer =
   /** It could not start (the module failed to load, or was not a function). */
   | { type: 'fatal'; message: string; stack?: string }
   /** The consumer function threw on a batch of this shard (the batch comes again). */
-  | { type: 'error'; shardId: number; message: string; stack?: string }
+  | { type: 'error'; shardId: number; message: string; stack?: string; name?: string }
   | { type: 'released'; shardId: number }
   | { type: 'stopped' };

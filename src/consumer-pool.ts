@@ -184,7 +184,7 @@ export class ConsumerPool {
           rejectReady(Object.assign(new Error(`consumer worker failed to start: ${msg.message}`), { stack: msg.stack }));
           break;
         case 'error':
-          this.#events.onError(Object.assign(new Error(msg.message), { stack: msg.stack }), msg.shardId);
+          this.#events.onError(consumerError(msg.message, msg.stack, msg.name), msg.shardId);
           break;
         case 'released': {
           const done = state.releasing.get(msg.shardId);
@@ -414,6 +414,19 @@ export class ConsumerPool {
     this.#owner.clear();
     for (const w of this.#workers) w.shards.clear();
   }
+}
+
+/** The built-in error classes a consumer's error is made again as, on this side of the thread
+ *  boundary (so `error instanceof TypeError` holds as it did in the consumer). */
+const BUILT_IN_ERRORS: Record<string, ErrorConstructor> = { TypeError, RangeError, ReferenceError, SyntaxError, EvalError, URIError };
+
+/** A consumer thread's error as the thread reported it: its class if built in, else an Error
+ *  with its name; its message and its stack (which names the thread's frames). */
+function consumerError(message: string, stack: string | undefined, name: string | undefined): Error {
+  const error = new (name !== undefined && Object.hasOwn(BUILT_IN_ERRORS, name) ? BUILT_IN_ERRORS[name]! : Error)(message);
+  if (name && error.name !== name) error.name = name;
+  if (stack !== undefined) error.stack = stack;
+  return error;
 }
 
 function send(worker: SpawnedWorker, message: ToConsumer): void {

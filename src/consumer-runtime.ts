@@ -252,7 +252,8 @@ export async function runConsumer(
   // The batch comes again: rewound at once (before anything is awaited), then a pause.
   async function failed(s: Owned, error: unknown): Promise<number> {
     core.abi.ringRewind(s.slot);
-    post({ type: 'error', shardId: s.shardId, message: (error as Error)?.message ?? String(error), stack: (error as Error)?.stack });
+    const e = error as Error | undefined;
+    post({ type: 'error', shardId: s.shardId, message: e?.message ?? String(error), stack: e?.stack, name: e?.name });
     await sleep(RETRY_BACKOFF_MS);
     return 0;
   }

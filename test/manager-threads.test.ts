@@ -342,15 +342,20 @@ describe('consumer errors without onConsumerError', () => {
       await withEnv({ SM_TEST_STOP_THROWING: stopFile }, async () => {
         let t = 0;
         let errors = 0;
+        let first: Error | undefined;
         const m = await ShardManager.create({
           initialShards: 1, ringBufferCapacity: 64, clock: () => t, policy: { autoScale: false },
           consumer: { module: new URL('./fixtures/throw-until-consumer.mjs', import.meta.url), threads: 1 },
-          onEvent: (e) => { if (e.type === 'consumerError') errors++; },
+          onEvent: (e) => { if (e.type === 'consumerError') { errors++; first ??= e.error; } },
         });
         m.push(1, 'a');
         await within((async () => { while (errors < 20) await sleep(5); })(), 20_000, () => `${errors} consumer errors`);
         expect(logged.filter((l) => l.includes('consumer of shard 0 threw'))).toHaveLength(1); // 20 errors, one line
         expect(logged[0]).toMatch(/the batch will be retried; pass options.onConsumerError/);
+        // the consumer threw a TypeError: it arrives as one, with the thread's message and stack
+        expect(first).toBeInstanceOf(TypeError);
+        expect(first!.message).toBe('throw-until consumer: batch of 1 of shard 0');
+        expect(first!.stack).toMatch(/throw-until-consumer\.mjs/);
         const before = errors;
         t = 5000; // the manager's clock moves on: the next error is logged, with the count since
         await within((async () => { while (errors < before + 2) await sleep(5); })(), 20_000, () => `${errors} consumer errors`);
