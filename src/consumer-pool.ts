@@ -386,25 +386,21 @@ export class ConsumerPool {
   async close(force = false): Promise<void> {
     this.#closing = true;
     const live = this.#workers.filter((w) => !w.exited);
-    if (force) {
-      for (const w of live) w.stopping = true;
-      await Promise.all(live.map((w) => w.worker.terminate()));
-      this.#disown();
-      return;
+    for (const w of live) w.stopping = true;
+    if (!force) {
+      await Promise.all(
+        live.map(
+          (w) =>
+            new Promise<void>((resolve) => {
+              w.worker.onMessage((msg: FromConsumer) => {
+                if (msg.type === 'stopped') resolve();
+              });
+              w.worker.onExit(() => resolve());
+              send(w.worker, { type: 'stop' });
+            }),
+        ),
+      );
     }
-    await Promise.all(
-      live.map(
-        (w) =>
-          new Promise<void>((resolve) => {
-            w.stopping = true;
-            w.worker.onMessage((msg: FromConsumer) => {
-              if (msg.type === 'stopped') resolve();
-            });
-            w.worker.onExit(() => resolve());
-            send(w.worker, { type: 'stop' });
-          }),
-      ),
-    );
     await Promise.all(live.map((w) => w.worker.terminate()));
     this.#disown();
   }

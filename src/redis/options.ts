@@ -86,7 +86,6 @@ export interface NodeSettings {
 /** Longest delay setTimeout / setInterval keep (a longer one fires at once). */
 const MAX_TIMER_MS = 0x7fffffff;
 
-/** Check every option that can be checked alone, in the order the errors name them. */
 /** Every option RedisShardManager.create reads (the Record type keeps the list complete). */
 const NODE_OPTIONS: Record<keyof RedisShardManagerOptions, true> = {
   redis: true,
@@ -110,6 +109,7 @@ const NODE_OPTIONS: Record<keyof RedisShardManagerOptions, true> = {
   onRedisEvent: true,
 };
 
+/** Check every option that can be checked alone, in the order the errors name them. */
 export function checkNodeOptions(options: RedisShardManagerOptions): NodeSettings {
   if (typeof options !== 'object' || options === null) throw invalid(`options must be an object, got ${describe(options)}`);
   checkKnownKeys('options', options, NODE_OPTIONS);
