@@ -370,14 +370,14 @@ export class ShardManager {
    * Copy up to `lengths.length` records of a shard, in push order, back to back into
    * `target` (record i's length in `lengths[i]`), and return how many it took (0: the ring
    * is empty). What it returns counts as delivered. It takes as many whole records as fit;
-   * if not even the next record fits it throws a RangeError and takes nothing. Allocates
+   * if not even the next record fits it throws a RangeError and takes nothing (a 0-byte
+   * target takes empty records only). Allocates
    * nothing for records up to 64 bytes (larger ones are copied through one short-lived view).
    */
   pollInto(shardId: number, target: Uint8Array, lengths: Uint32Array): number {
     const slot = this.#slotFor('pollInto', shardId);
     if (!(target instanceof Uint8Array)) throw invalid(`pollInto: target must be a Uint8Array, got ${describe(target)}`);
     if (!(lengths instanceof Uint32Array)) throw invalid(`pollInto: lengths must be a Uint32Array, got ${describe(lengths)}`);
-    if (target.length === 0) throw new RangeError('pollInto: target is empty (0 bytes): it must hold at least one record');
     if (lengths.length === 0) throw new RangeError('pollInto: lengths is empty: its length is the most records to take, so at least 1');
     this.#pollHere('pollInto', shardId, slot);
     const core = this.#core;

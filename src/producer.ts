@@ -2,7 +2,7 @@
 // routes it, appends it to the shard's ring and feeds the collector. ShardManager uses one
 // on its own thread; worker threads get theirs with `ShardProducer.attach(handle)`.
 import { BackpressureError, ManagerClosedError, describe } from './errors.js';
-import { checkPayload, emptyPayloadError, keyHash, largePayloadError, payloadTypeError } from './validate.js';
+import { checkPayload, keyHash, largePayloadError, payloadTypeError } from './validate.js';
 import { SharedCore, type CoreHandle } from './core.js';
 import {
   PUSH_UNROUTED,
@@ -119,13 +119,12 @@ export class ShardProducer {
   }
 
   /** Copy a payload to `at` in the scratch; returns its byte length. Throws, writing nothing
-   *  to any ring, if the payload is empty, too large or not bytes/string. */
+   *  to any ring, if the payload is too large or not bytes/string (an empty one is an event too). */
   #stage(payload: EventPayload, at: number, room: number, index = -1): number {
     const scratch = this.#view();
     const max = this.maxPayloadBytes;
     if (payload instanceof Uint8Array) {
       const len = payload.length;
-      if (len === 0) throw emptyPayloadError(index);
       if (len > max) throw largePayloadError(index, len, max, false);
       if (len > room) return -1;
       if (len <= SHORT_PAYLOAD && (at & 3) === 0 && LITTLE_ENDIAN) {
@@ -137,7 +136,6 @@ export class ShardProducer {
     }
     if (typeof payload === 'string') {
       const n = payload.length;
-      if (n === 0) throw emptyPayloadError(index);
       if (n <= room && n <= max) {
         // Short ASCII strings (the common case) are copied char by char: cheaper than
         // encodeInto plus a subarray per push. The first non-ASCII char hands over.
@@ -180,7 +178,6 @@ export class ShardProducer {
     if (
       payload instanceof Uint8Array &&
       (len = payload.length) <= SHORT_PAYLOAD &&
-      len !== 0 &&
       len <= this.maxPayloadBytes &&
       LITTLE_ENDIAN &&
       this.#scratch.length !== 0

@@ -48,10 +48,6 @@ export function payloadLabel(index: number): string {
   return index < 0 ? 'push: payload' : `pushBatch: payloads[${index}]`;
 }
 
-export function emptyPayloadError(index: number): RangeError {
-  return new RangeError(`${payloadLabel(index)} is empty`);
-}
-
 /** A payload over maxPayloadBytes (`utf8`: a string, measured as its UTF-8 bytes). */
 export function largePayloadError(index: number, bytes: number, max: number, utf8: boolean): RangeError {
   return new RangeError(`${payloadLabel(index)} is ${bytes} bytes${utf8 ? ' as UTF-8' : ''}, the maximum is maxPayloadBytes = ${max}`);
@@ -81,12 +77,10 @@ const utf8Length: (text: string) => number =
 /** A payload's byte length (a string's as UTF-8), or the error push / pushBatch throw for it. */
 export function payloadBytes(payload: unknown, max: number, index: number): number {
   if (payload instanceof Uint8Array) {
-    if (payload.length === 0) throw emptyPayloadError(index);
     if (payload.length > max) throw largePayloadError(index, payload.length, max, false);
     return payload.length;
   }
   if (typeof payload === 'string') {
-    if (payload.length === 0) throw emptyPayloadError(index);
     const n = utf8Length(payload);
     if (n > max) throw largePayloadError(index, n, max, true);
     return n;
@@ -97,7 +91,7 @@ export function payloadBytes(payload: unknown, max: number, index: number): numb
 /** The same checks as payloadBytes, measuring a string only when it might be too large
  *  (a UTF-16 unit is at most 3 UTF-8 bytes). */
 export function checkPayload(payload: unknown, max: number, index: number): void {
-  if (typeof payload === 'string' && payload.length > 0 && payload.length * 3 <= max) return;
+  if (typeof payload === 'string' && payload.length * 3 <= max) return;
   payloadBytes(payload, max, index);
 }
 

@@ -253,13 +253,13 @@ describe('pollInto: records copied into the caller\'s buffer', () => {
     });
   });
 
-  it('a target too small for the next record throws and takes nothing; zero-length targets and bad types are refused', async () => {
+  it('a target too small for the next record throws and takes nothing (a 0-byte one too); no lengths and bad types are refused', async () => {
     const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 8, policy: { maxShards: 1 } });
     const id = m.mapper.activeShardIds()[0]!;
     m.push(1, seqPayload(0, 0, 32));
     m.push(1, seqPayload(0, 1, 8));
     expect(() => m.pollInto(id, new Uint8Array(31), new Uint32Array(4))).toThrow(/target has 31 bytes, the next record of shard \d+ needs 32; nothing was taken/);
-    expect(() => m.pollInto(id, new Uint8Array(0), new Uint32Array(4))).toThrow(/target is empty/);
+    expect(() => m.pollInto(id, new Uint8Array(0), new Uint32Array(4))).toThrow(/target has 0 bytes, the next record of shard \d+ needs 32; nothing was taken/);
     expect(() => m.pollInto(id, new Uint8Array(64), new Uint32Array(0))).toThrow(/lengths is empty/);
     expect(() => m.pollInto(id, [1, 2] as unknown as Uint8Array, new Uint32Array(4))).toThrow(/target must be a Uint8Array, got/);
     expect(() => m.pollInto(id, new Uint8Array(64), new Int32Array(4) as unknown as Uint32Array)).toThrow(/lengths must be a Uint32Array, got/);

@@ -349,6 +349,24 @@ describe.skipIf(!available)('RedisShardManager: waiting for room instead of fail
     await node.close();
   });
 
+  it('empty events (\'\' and a 0-byte Uint8Array) are stored and delivered as 0-byte records, in order among the others', async () => {
+    const namespace = ns();
+    const node = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 1, controller: false, policy: { metricsWindowMs: 60_000 } });
+    expect(node.push(1, '')).toBe(true);
+    expect(node.push(1, 'a')).toBe(true);
+    expect(node.pushBatch([1, 1, 1], [new Uint8Array(0), 'b', ''])).toBe(3);
+    expect(await node.pushAsync(1, new Uint8Array(0))).toBe(true);
+    await node.flush();
+    expect(node.stats()).toMatchObject({ pushed: 6, stored: 6, dropped: 0 });
+    await node.close();
+    const got: string[] = [];
+    const consumers = await serveShardConsumers({ redis: server.url, namespace, idleMs: 5, consume: (records) => { for (const r of records) got.push(`[${r.payload.toString()}]`); } });
+    await until(() => got.length >= 6, () => `${got.length} of 6 deliveries`);
+    await sleep(100); // and no more
+    await consumers.close();
+    expect(got).toEqual(['[]', '[a]', '[]', '[b]', '[]', '[]']);
+  });
+
   it('node.writable(): stream.pipeline from a Readable gets backpressure; every record stored in order', async () => {
     const namespace = ns();
     const node = await RedisShardManager.create({
@@ -388,7 +406,7 @@ describe.skipIf(!available)('RedisShardManager: waiting for room instead of fail
     try {
       const namespace = ns();
       const node = await RedisShardManager.create({ redis: restartable.url, namespace, initialShards: 1, ringBufferCapacity: 10, controller: false, policy: { metricsWindowMs: 60_000 } });
-      await expect(node.pushAsync(1, '')).rejects.toThrow(/push: payload is empty/);
+      await expect(node.pushAsync(1, 5 as never)).rejects.toThrow(/push: payload must be a Uint8Array or a string/);
       await restartable.stop();
       for (let i = 0; i < 10; i++) expect(await node.pushAsync(1, `o:${i}`)).toBe(true);
       let settled = false;
