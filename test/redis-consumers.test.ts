@@ -448,6 +448,45 @@ describe.skipIf(!available)('the acknowledged-events counter (the controller\'s 
     }
   });
 
+  it('an acknowledgement lost in an outage longer than the lease is still sent once Redis answers, before the shard is read again: nothing reaches consume twice', async () => {
+    loadScripts();
+    const namespace = ns();
+    const stream = streamOf(namespace, 0);
+    const owner = `${namespace}:owner:{${namespace}:0}`;
+    const proxy = await RespProxy.start(server.port);
+    let outage = false;
+    let consumedAtCut = -1;
+    const node = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 1, policy: quiet });
+    for (let f = 0; f < 4; f++) { for (let i = 0; i < 10; i++) node.push(1, `o:${f * 10 + i}`); await node.flush(); }
+    const { got, consumers } = await consumerOf(proxy.url, namespace, { batchSize: 1, leaseMs: 300 });
+    // The first acknowledgement starts an outage: every command is cut until the consumer's
+    // lease has expired in Redis (so the consumer finds it gone when Redis answers again).
+    proxy.onCommand = (args): Verdict => {
+      if (!outage && consumedAtCut < 0 && isAckOf(stream)(args) && args[4] === progressOf(namespace, 0)) { // smCommit, not smRead
+        outage = true;
+        consumedAtCut = got.length;
+      }
+      return outage ? 'cutBefore' : 'forward';
+    };
+    try {
+      await until(() => outage, 'the first acknowledgement');
+      await until(() => server.cli('EXISTS', owner) === '0', 'the lease expired during the outage');
+      outage = false;
+      await until(() => got.length >= 40 && server.cli('XLEN', stream) === '0', () => `${got.length} of 40 consumed, all acknowledged`);
+      await sleep(300); // a late repeat would show here
+      // The fault hit the state it aims at: a consumed batch (10 events) whose acknowledgement was cut, and a lease lost.
+      expect(consumedAtCut).toBe(10);
+      expect(proxy.cuts[0]!.command[0]!.toLowerCase()).toMatch(/^eval/);
+      expect(got.map((g) => g.text)).toEqual(Array.from({ length: 40 }, (_, i) => `o:${i}`));
+      expect(consumers.consumed).toBe(40);
+      expect(server.cli('HGET', progressOf(namespace, 0), 'acked')).toBe('40');
+    } finally {
+      await consumers.close();
+      await node.close();
+      await proxy.close();
+    }
+  });
+
   it('an acknowledgement that never reached Redis (connection cut) is sent again: no batch is delivered twice, the count is exact', async () => {
     loadScripts();
     const namespace = ns();

@@ -112,6 +112,11 @@ function isAcknowledged(marks: ReadonlyMap<string, AckedPosition>, node: string,
   return m !== undefined && (frame < m.frame || (frame === m.frame && index <= m.index));
 }
 
+/** The error of a command on a shard's stream (or its group) that does not exist. */
+function isMissingStream(error: unknown): boolean {
+  return /NOGROUP|no such key|requires the key to exist/i.test(error instanceof Error ? error.message : String(error));
+}
+
 /** One array of many (Array.prototype.flat is several times slower here). */
 function concat<T>(parts: T[][]): T[] {
   let n = 0;
@@ -190,6 +195,11 @@ class ConsumerRunner implements ShardConsumers {
   readonly #keys: Keys;
   readonly #parts: RunnerParts;
   readonly #held = new Map<number, Held>();
+  /** Consumed batches whose acknowledgement had not reached Redis when the shard's lease was
+   *  lost (an outage longer than leaseMs lets it expire): still sent, since the script is
+   *  idempotent and needs no lease. Forgotten, the batch would be read again from our pending
+   *  entries and reach consume twice. */
+  readonly #owedCommits = new Map<number, Commit>();
   #closing = false;
   #closingPromise: Promise<void> | undefined;
   #done: Promise<void> | undefined;
@@ -284,9 +294,10 @@ class ConsumerRunner implements ShardConsumers {
     for (const id of [...this.#held.keys()]) {
       const before = performance.now();
       const ok = shards.includes(id) && Number(await client.smRenew(keys.owner(id), this.name, leaseMs)) === 1;
-      if (!ok) this.#held.delete(id);
+      if (!ok) this.#letGo(id);
       else this.#held.get(id)!.renewedAt = before;
     }
+    await this.#sendOwedCommits(shards);
     // Too many: give back the highest ids, except one whose consumed batch awaits its
     // acknowledgement (the next owner would deliver it again).
     while (this.#held.size > fair) {
@@ -308,7 +319,7 @@ class ConsumerRunner implements ShardConsumers {
           history: true,
           queue: [],
           marks: undefined,
-          unacked: undefined,
+          unacked: this.#owedCommits.get(id), // sent before anything is read from the shard
           lastError: '',
           failures: 0,
           retryAt: 0,
@@ -329,7 +340,7 @@ class ConsumerRunner implements ShardConsumers {
       held.history = true;
       held.queue = [];
       held.marks = undefined;
-      if (/NOGROUP|no such key|requires the key to exist/i.test((error as Error).message)) return false; // removed, or not created yet
+      if (isMissingStream(error)) return false; // removed, or not created yet
       this.#backoff(held);
       throw error;
     }
@@ -350,7 +361,7 @@ class ConsumerRunner implements ShardConsumers {
     if (performance.now() - held.renewedAt > leaseMs / 3) {
       const before = performance.now();
       if (Number(await client.smRenew(this.#keys.owner(id), this.name, leaseMs)) !== 1) {
-        this.#held.delete(id);
+        this.#letGo(id);
         return false;
       }
       held.renewedAt = before;
@@ -388,7 +399,7 @@ class ConsumerRunner implements ShardConsumers {
     if (held.queue.length === 0) {
       const read = await this.#read(id, held.history);
       if (read === undefined) {
-        this.#held.delete(id); // the lease ran out and another consumer owns the shard now
+        this.#letGo(id); // the lease ran out and another consumer owns the shard now
         return false;
       }
       held.queue = read;
@@ -535,18 +546,54 @@ class ConsumerRunner implements ShardConsumers {
     return { entries, batchUs, consumed, repeats, deadLettered, marks, taken: run.length };
   }
 
+  /** A shard whose lease is no longer ours; a batch it consumed and could not acknowledge
+   *  is kept to be sent all the same (#owedCommits). */
+  #letGo(id: number): void {
+    const held = this.#held.get(id);
+    if (held?.unacked) this.#owedCommits.set(id, held.unacked);
+    this.#held.delete(id);
+  }
+
+  /** Send the acknowledgements owed for shards we no longer hold (those of a shard that
+   *  left the table are dropped: its stream is gone, and with it what they acknowledged). */
+  async #sendOwedCommits(tableShards: number[]): Promise<void> {
+    for (const [id, commit] of this.#owedCommits) {
+      if (this.#held.has(id)) continue; // taken again: sent as its unacked batch, first
+      if (!tableShards.includes(id)) {
+        this.#owedCommits.delete(id);
+        continue;
+      }
+      try {
+        await this.#sendCommit(id, commit);
+        this.#count(commit);
+      } catch (error) {
+        if (!isMissingStream(error)) throw error; // Redis away: sent on the next round
+      }
+      this.#owedCommits.delete(id);
+    }
+  }
+
+  #sendCommit(id: number, commit: Commit): Promise<unknown> {
+    return this.#conn.client.smCommit(this.#keys.stream(id), this.#keys.progress(id), GROUP, commit.batchUs, ...commit.entries.flat());
+  }
+
+  #count(commit: Commit): void {
+    this.consumed += commit.consumed;
+    this.repeats += commit.repeats;
+    this.deadLettered += commit.deadLettered;
+  }
+
   /** The acknowledging script; on failure the batch waits in `unacked` and is sent again first. */
   async #commit(id: number, held: Held, commit: Commit): Promise<void> {
     held.unacked = commit;
-    await this.#conn.client.smCommit(this.#keys.stream(id), this.#keys.progress(id), GROUP, commit.batchUs, ...commit.entries.flat());
+    await this.#sendCommit(id, commit);
+    if (this.#owedCommits.get(id) === commit) this.#owedCommits.delete(id);
     held.unacked = undefined;
     held.failures = 0;
     held.retryAt = 0;
     if (commit.marks && held.marks) for (const [node, m] of commit.marks) raise(held.marks, node, m.frame, m.index);
     held.queue = held.queue.slice(commit.taken);
-    this.consumed += commit.consumed;
-    this.repeats += commit.repeats;
-    this.deadLettered += commit.deadLettered;
+    this.#count(commit);
   }
 
   /** The group remembers every consumer name it ever saw; on a take-over, forget those with
@@ -569,6 +616,10 @@ class ConsumerRunner implements ShardConsumers {
       for (const [id, held] of this.#held) {
         if (held.unacked) await this.#commit(id, held, held.unacked).catch(() => undefined);
       }
+      for (const [id, commit] of this.#owedCommits) {
+        if (!this.#held.has(id)) await this.#sendCommit(id, commit).then(() => this.#count(commit), () => undefined);
+      }
+      this.#owedCommits.clear();
       try {
         for (const id of this.#held.keys()) await client.smRelease(this.#keys.owner(id), this.name);
         await client.zrem(this.#keys.consumers, this.name);
