@@ -617,7 +617,13 @@ class ConsumerRunner implements ShardConsumers {
         if (held.unacked) await this.#commit(id, held, held.unacked).catch(() => undefined);
       }
       for (const [id, commit] of this.#owedCommits) {
-        if (!this.#held.has(id)) await this.#sendCommit(id, commit).then(() => this.#count(commit), () => undefined);
+        if (this.#held.has(id)) continue;
+        try {
+          await this.#sendCommit(id, commit);
+          this.#count(commit);
+        } catch {
+          /* Redis still away: the batch comes again to the next owner (a documented repeat) */
+        }
       }
       this.#owedCommits.clear();
       try {
