@@ -1,9 +1,48 @@
 // Connections: the package always talks to Redis through clients it creates itself, with the
 // options it needs — from a URL, or derived (duplicate()) from a Redis or Cluster instance the
 // user passes, which we only read options from and never close. Scripts are defined once per client.
-import { Redis, Cluster } from 'ioredis';
+//
+// ioredis is an optional peer dependency: imported here for its types only, and loaded at
+// run time by connect() (loadIoredis), so that a missing install says what to do instead of
+// failing the import of 'shard-mapper/redis' with ERR_MODULE_NOT_FOUND.
+import type { Redis, Cluster } from 'ioredis';
 import { describe, invalid } from '../errors.js';
 import { SCRIPTS } from './keys.js';
+import { DEFAULT_CONNECT_TIMEOUT_MS } from './options.js';
+
+type Ioredis = typeof import('ioredis');
+let ioredis: Ioredis | undefined;
+
+/** Whether `error` is the dynamic import's "no package ioredis". */
+function ioredisMissing(error: unknown): boolean {
+  const e = error as { code?: unknown; message?: unknown } | null;
+  return (
+    (e?.code === 'ERR_MODULE_NOT_FOUND' || e?.code === 'MODULE_NOT_FOUND') &&
+    typeof e.message === 'string' &&
+    /['"]ioredis['"]/.test(e.message)
+  );
+}
+
+/** ioredis, loaded once; a clear error when the optional peer is not installed. */
+export async function loadIoredis(): Promise<Ioredis> {
+  if (ioredis) return ioredis;
+  try {
+    const loaded = (await import('ioredis')) as Ioredis & { default?: Ioredis };
+    ioredis = loaded.Redis && loaded.Cluster ? loaded : (loaded.default ?? loaded);
+  } catch (error) {
+    if (ioredisMissing(error)) {
+      throw new Error('shard-mapper/redis needs the optional peer dependency ioredis (npm install ioredis)', { cause: error });
+    }
+    throw error;
+  }
+  return ioredis;
+}
+
+/** ioredis, which connect() loaded (every client of ours came from a connect()). */
+function lib(): Ioredis {
+  if (!ioredis) throw new Error('shard-mapper/redis: internal: ioredis used before connect() loaded it');
+  return ioredis;
+}
 
 export type RedisClient = Redis | Cluster;
 export type RedisOption = string | Redis | Cluster;
@@ -86,7 +125,7 @@ interface Overrides {
 
 /** A new client of ours with `instance`'s addresses and credentials, our options on top. */
 function derive(instance: RedisClient, overrides: Overrides): RedisClient {
-  if (instance instanceof Cluster) {
+  if (instance instanceof lib().Cluster) {
     // ioredis 5's Cluster.duplicate replaces redisOptions wholesale (6 merges): merge here.
     const userNode = (instance.options as AnyOptions).redisOptions as AnyOptions | undefined;
     const options = { ...overrides.cluster, redisOptions: { ...userNode, ...overrides.node } };
@@ -97,7 +136,9 @@ function derive(instance: RedisClient, overrides: Overrides): RedisClient {
 
 const OWN: Overrides = { standalone: OWN_CLIENT, cluster: OWN_CLUSTER, node: OWN_CLUSTER_NODE };
 
+/** options.redis: a URL, or an instance (checked once ioredis is loaded: connect()). */
 export function checkRedisOption(value: unknown): void {
+  const { Redis, Cluster } = lib();
   if (value instanceof Redis || value instanceof Cluster) return;
   if (typeof value !== 'string')
     throw invalid(`options.redis must be a redis:// URL or an ioredis Redis / Cluster instance, got ${describe(value)}`);
@@ -167,7 +208,7 @@ function defineScripts(client: RedisClient): ScriptedClient {
 
 /** What messages call an instance the user passed: its address where ioredis says it. */
 function describeInstance(instance: RedisClient): string {
-  if (instance instanceof Cluster) {
+  if (instance instanceof lib().Cluster) {
     const nodes = (instance as unknown as { startupNodes?: unknown }).startupNodes;
     const shown = Array.isArray(nodes)
       ? nodes
@@ -187,7 +228,8 @@ function describeInstance(instance: RedisClient): string {
 class NoAnswer extends Error {}
 
 /** Connect and check the server answers, within `timeoutMs`; a clear error otherwise, nothing left open. */
-export async function connect(option: RedisOption, what: string, timeoutMs: number): Promise<Connection> {
+export async function connect(option: RedisOption, what: string, timeoutMs = DEFAULT_CONNECT_TIMEOUT_MS): Promise<Connection> {
+  const { Redis, Cluster } = await loadIoredis();
   checkRedisOption(option);
   const cluster = option instanceof Cluster;
   const where = typeof option === 'string' ? redactUrl(option) : describeInstance(option);
@@ -333,7 +375,7 @@ export type Reply = [Error | null, unknown];
  */
 export async function sendAll(client: RedisClient, commands: Command[], buffers = false): Promise<Reply[]> {
   if (commands.length === 0) return [];
-  if (client instanceof Cluster) {
+  if (client instanceof lib().Cluster) {
     return Promise.all(
       commands.map(([name, ...args]) =>
         (buffers ? client.callBuffer(name, ...args) : client.call(name, ...args)).then(
