@@ -1,9 +1,48 @@
 // Connections: the package always talks to Redis through clients it creates itself, with the
 // options it needs — from a URL, or derived (duplicate()) from a Redis or Cluster instance the
 // user passes, which we only read options from and never close. Scripts are defined once per client.
-import { Redis, Cluster } from 'ioredis';
+//
+// ioredis is an optional peer dependency: imported here for its types only, and loaded at
+// run time by connect() (loadIoredis), so that a missing install says what to do instead of
+// failing the import of 'shard-mapper/redis' with ERR_MODULE_NOT_FOUND.
+import type { Redis, Cluster } from 'ioredis';
 import { describe, invalid } from '../errors.js';
 import { SCRIPTS } from './keys.js';
+import { DEFAULT_CONNECT_TIMEOUT_MS } from './options.js';
+
+type Ioredis = typeof import('ioredis');
+let ioredis: Ioredis | undefined;
+
+/** Whether `error` is the dynamic import's "no package ioredis". */
+function ioredisMissing(error: unknown): boolean {
+  const e = error as { code?: unknown; message?: unknown } | null;
+  return (
+    (e?.code === 'ERR_MODULE_NOT_FOUND' || e?.code === 'MODULE_NOT_FOUND') &&
+    typeof e.message === 'string' &&
+    /['"]ioredis['"]/.test(e.message)
+  );
+}
+
+/** ioredis, loaded once; a clear error when the optional peer is not installed. */
+export async function loadIoredis(): Promise<Ioredis> {
+  if (ioredis) return ioredis;
+  try {
+    const loaded = (await import('ioredis')) as Ioredis & { default?: Ioredis };
+    ioredis = loaded.Redis && loaded.Cluster ? loaded : (loaded.default ?? loaded);
+  } catch (error) {
+    if (ioredisMissing(error)) {
+      throw new Error('shard-mapper/redis needs the optional peer dependency ioredis (npm install ioredis)', { cause: error });
+    }
+    throw error;
+  }
+  return ioredis;
+}
+
+/** ioredis, which connect() loaded (every client of ours came from a connect()). */
+function lib(): Ioredis {
+  if (!ioredis) throw new Error('shard-mapper/redis: internal: ioredis used before connect() loaded it');
+  return ioredis;
+}
 
 export type RedisClient = Redis | Cluster;
 export type RedisOption = string | Redis | Cluster;
@@ -21,6 +60,10 @@ export interface Connection {
   cluster: boolean;
   /** The URL with any password hidden, or a description of the instance, for messages. */
   where: string;
+  /** Who uses it, for messages (`namespace "orders"`, `consumers of namespace "orders"`). */
+  what: string;
+  /** Ends watchAnswers (undefined while not watched). */
+  unwatch: (() => void) | undefined;
 }
 
 /** Options for clients we create: fail fast while disconnected (our own buffers retry in
@@ -82,7 +125,7 @@ interface Overrides {
 
 /** A new client of ours with `instance`'s addresses and credentials, our options on top. */
 function derive(instance: RedisClient, overrides: Overrides): RedisClient {
-  if (instance instanceof Cluster) {
+  if (instance instanceof lib().Cluster) {
     // ioredis 5's Cluster.duplicate replaces redisOptions wholesale (6 merges): merge here.
     const userNode = (instance.options as AnyOptions).redisOptions as AnyOptions | undefined;
     const options = { ...overrides.cluster, redisOptions: { ...userNode, ...overrides.node } };
@@ -93,7 +136,9 @@ function derive(instance: RedisClient, overrides: Overrides): RedisClient {
 
 const OWN: Overrides = { standalone: OWN_CLIENT, cluster: OWN_CLUSTER, node: OWN_CLUSTER_NODE };
 
+/** options.redis: a URL, or an instance (checked once ioredis is loaded: connect()). */
 export function checkRedisOption(value: unknown): void {
+  const { Redis, Cluster } = lib();
   if (value instanceof Redis || value instanceof Cluster) return;
   if (typeof value !== 'string')
     throw invalid(`options.redis must be a redis:// URL or an ioredis Redis / Cluster instance, got ${describe(value)}`);
@@ -161,22 +206,63 @@ function defineScripts(client: RedisClient): ScriptedClient {
   return client as ScriptedClient;
 }
 
-/** Connect and check the server answers; a clear error otherwise, nothing left open. */
-export async function connect(option: RedisOption, what: string): Promise<Connection> {
+/** What messages call an instance the user passed: its address where ioredis says it. */
+function describeInstance(instance: RedisClient): string {
+  if (instance instanceof lib().Cluster) {
+    const nodes = (instance as unknown as { startupNodes?: unknown }).startupNodes;
+    const shown = Array.isArray(nodes)
+      ? nodes
+          .map((n) =>
+            typeof n === 'string' ? redactUrl(n) : typeof n === 'number' ? String(n) : `${n?.host ?? 'localhost'}:${n?.port ?? 6379}`,
+          )
+          .join(', ')
+      : '';
+    return shown ? `the given Redis Cluster (${shown})` : 'the given Redis Cluster';
+  }
+  const o = instance.options as AnyOptions;
+  const address = typeof o.path === 'string' && o.path ? o.path : `${String(o.host ?? 'localhost')}:${String(o.port ?? 6379)}`;
+  return `the given Redis client (${address})`;
+}
+
+/** The first answer did not come in time. */
+class NoAnswer extends Error {}
+
+/** Connect and check the server answers, within `timeoutMs`; a clear error otherwise, nothing left open. */
+export async function connect(option: RedisOption, what: string, timeoutMs = DEFAULT_CONNECT_TIMEOUT_MS): Promise<Connection> {
+  const { Redis, Cluster } = await loadIoredis();
   checkRedisOption(option);
   const cluster = option instanceof Cluster;
-  const where = typeof option === 'string' ? redactUrl(option) : cluster ? 'the given Redis Cluster' : 'the given Redis client';
+  const where = typeof option === 'string' ? redactUrl(option) : describeInstance(option);
   const client = typeof option === 'string' ? new Redis(option, OWN_CLIENT as never) : derive(option, OWN);
   let cause = '';
   const onError = (e: Error) => {
     cause = e.message;
   }; // ioredis rejects with "Connection is closed"; the cause comes here
   client.on('error', onError);
-  try {
+  // A server that accepts the TCP connection and never answers (another service on that
+  // port, a stopped or frozen Redis) would keep connect() (its ready check) or PING waiting
+  // for ever: ioredis's connectTimeout ends only the TCP handshake.
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const answered = (async () => {
     await client.connect();
     await client.ping();
+  })();
+  answered.catch(() => undefined); // after a timeout, its rejection (we disconnect) is no news
+  try {
+    await Promise.race([
+      answered,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new NoAnswer()), timeoutMs);
+      }),
+    ]);
   } catch (error) {
+    const accepted = client.status === 'connect' || client.status === 'ready';
     client.disconnect();
+    if (error instanceof NoAnswer) {
+      throw new Error(
+        `shard-mapper/redis: ${what}: Redis at ${where} did not answer within ${timeoutMs} ms${accepted ? ' (it accepted the TCP connection)' : ''}: is it a Redis server (not another service on that port), and is it running (not stopped, frozen or overloaded)? options.connectTimeoutMs sets this wait`,
+      );
+    }
     const raw = (error as Error).message;
     const message = cause && cause !== raw ? `${cause} (${raw})` : raw;
     const hint = /WRONGPASS|NOAUTH|invalid password|AUTH/i.test(message)
@@ -186,12 +272,82 @@ export async function connect(option: RedisOption, what: string): Promise<Connec
       throw new Error(`shard-mapper/redis: ${what}: cannot connect with the options of ${where}: ${redactCredentials(message)}${hint}`);
     }
     throw new Error(`shard-mapper/redis: ${what}: cannot use Redis at ${where}: ${redactCredentials(message)}${hint}`);
+  } finally {
+    clearTimeout(timer);
   }
   client.off('error', onError);
   client.on('error', () => {
     /* reported through the failing commands; ioredis reconnects */
   });
-  return { client: defineScripts(client), owned: true, cluster, where };
+  return { client: defineScripts(client), owned: true, cluster, where, what, unwatch: undefined };
+}
+
+/** ioredis's words for "no connection" (refused, lost, not yet back), whatever the options. */
+const OUTAGE =
+  /Stream isn't writeable|enableOfflineQueue|max retries per request|Connection is closed|ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN|None of startup nodes is available|Cluster isn't ready|Failed to refresh slots cache/i;
+
+/**
+ * An error of a command sent on `conn`, as the package reports it (credentials masked). A lost
+ * or refused connection — which ioredis words after options the package set, such as
+ * "Stream isn't writeable and enableOfflineQueue options is false" — is said in the package's
+ * words, with what it does about it (`consequence`); ioredis's error is its `cause`.
+ */
+export function reportedError(conn: Connection, error: unknown, consequence: string): Error {
+  const e = redactError(error);
+  if (!OUTAGE.test(e.message)) return e;
+  return new Error(`shard-mapper/redis: ${conn.what}: Redis at ${conn.where} is unreachable (connection refused or lost); ${consequence}`, {
+    cause: e,
+  });
+}
+
+/**
+ * Report, once per stall, a command unanswered for `ms` (a frozen or overloaded server, a
+ * network path that drops everything: the connection stays open and ioredis sees no error).
+ * Nothing is cancelled: the commands wait for their answers, so recovery is as before.
+ * Counts the commands sent through the client's sendCommand (pipelines included); undone by
+ * closeConnection.
+ */
+export function watchAnswers(conn: Connection, ms: number, report: (error: Error) => void): void {
+  type Send = (command: unknown, ...rest: unknown[]) => unknown;
+  const client = conn.client as unknown as { sendCommand?: Send };
+  const send = client.sendCommand;
+  if (typeof send !== 'function' || conn.unwatch) return;
+  const pending = new Set<{ at: number }>(); // insertion order: the first is the oldest
+  client.sendCommand = function (this: unknown, command: unknown, ...rest: unknown[]) {
+    const promise = (command as { promise?: Promise<unknown> } | null)?.promise;
+    if (promise && typeof promise.then === 'function') {
+      const entry = { at: performance.now() };
+      pending.add(entry);
+      const settled = () => {
+        pending.delete(entry);
+      };
+      promise.then(settled, settled);
+    }
+    return send.call(this, command, ...rest);
+  };
+  let reported = false;
+  const timer = setInterval(
+    () => {
+      const oldest = pending.values().next().value;
+      if (oldest === undefined || performance.now() - oldest.at < ms) {
+        reported = false;
+        return;
+      }
+      if (reported) return;
+      reported = true;
+      report(
+        new Error(
+          `shard-mapper/redis: ${conn.what}: Redis at ${conn.where} has not answered a command for ${ms} ms, though the connection is open: the server may be stopped, frozen or overloaded, or the network path down. Commands wait for its answer (nothing is given up); work goes on when it answers`,
+        ),
+      );
+    },
+    Math.max(10, Math.min(1000, Math.floor(ms / 4))),
+  );
+  (timer as { unref?: () => void }).unref?.();
+  conn.unwatch = () => {
+    clearInterval(timer);
+    client.sendCommand = send;
+  };
 }
 
 /** A second connection for SUBSCRIBE (a subscribed connection can do nothing else). */
@@ -219,7 +375,7 @@ export type Reply = [Error | null, unknown];
  */
 export async function sendAll(client: RedisClient, commands: Command[], buffers = false): Promise<Reply[]> {
   if (commands.length === 0) return [];
-  if (client instanceof Cluster) {
+  if (client instanceof lib().Cluster) {
     return Promise.all(
       commands.map(([name, ...args]) =>
         (buffers ? client.callBuffer(name, ...args) : client.call(name, ...args)).then(
@@ -244,6 +400,8 @@ export async function sendAll(client: RedisClient, commands: Command[], buffers 
 }
 
 export async function closeConnection(conn: Connection): Promise<void> {
+  conn.unwatch?.();
+  conn.unwatch = undefined;
   if (!conn.owned) return;
   try {
     await conn.client.quit();

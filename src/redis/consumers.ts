@@ -16,7 +16,9 @@ import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
 import { checkInteger, describe, invalid } from '../errors.js';
 import { GROUP, checkNamespace, keysFor, type Keys } from './keys.js';
-import { closeConnection, connect, sendAll, type Connection, type RedisOption } from './connection.js';
+import { closeConnection, connect, reportedError, sendAll, watchAnswers, type Connection, type RedisOption } from './connection.js';
+import { checkConnectTimeout } from './options.js';
+import { checkKnownKeys } from '../validate.js';
 import { deadLetterCommand, readEntries, type DeadReason, type ReadEntry, type ShardRecord } from './entries.js';
 import { readAckedPositions, type AckedPosition } from './progress.js';
 import { readTableIfCreated, type TableDoc } from './table.js';
@@ -48,7 +50,30 @@ export interface ServeShardConsumersOptions {
   /** Errors, with the shard they concern (-1: none in particular, e.g. Redis away). Also,
    *  once, that the namespace does not exist yet and the consumers wait for it. */
   onError?: (error: Error, shardId: number) => void;
+  /** How long serveShardConsumers waits for Redis's first answer before it fails naming the
+   *  address (ms, default 10000); later, a command unanswered this long (a frozen server) is
+   *  reported once to onError (shard -1), and waits on. */
+  connectTimeoutMs?: number;
 }
+
+/** Every option serveShardConsumers reads (the Record type keeps the list complete). */
+const CONSUMER_OPTIONS: Record<keyof ServeShardConsumersOptions, true> = {
+  redis: true,
+  namespace: true,
+  consume: true,
+  batchSize: true,
+  leaseMs: true,
+  idleMs: true,
+  name: true,
+  dedup: true,
+  maxDeliveries: true,
+  onError: true,
+  connectTimeoutMs: true,
+};
+
+/** What consumers do while Redis cannot be reached (said with the outage they report). */
+const CONSUMER_OUTAGE =
+  'the consumers retry with backoff (ioredis reconnects on its own); events not yet acknowledged stay in Redis and are consumed when it answers';
 
 export interface ShardConsumers {
   readonly name: string;
@@ -134,6 +159,7 @@ function raise(marks: Map<string, AckedPosition>, node: string, frame: number, i
 
 export async function serveShardConsumers(options: ServeShardConsumersOptions): Promise<ShardConsumers> {
   if (typeof options !== 'object' || options === null) throw invalid(`options must be an object, got ${describe(options)}`);
+  checkKnownKeys('options', options, CONSUMER_OPTIONS);
   const ns = checkNamespace(options.namespace);
   if (typeof options.consume !== 'function') throw invalid(`options.consume must be a function, got ${describe(options.consume)}`);
   const batchSize = checkInteger('options.batchSize', options.batchSize ?? 16, 1, 1 << 20);
@@ -149,8 +175,9 @@ export async function serveShardConsumers(options: ServeShardConsumersOptions): 
     options.maxDeliveries === undefined || options.maxDeliveries === Infinity
       ? Infinity
       : checkInteger('options.maxDeliveries', options.maxDeliveries, 1, 1_000_000_000);
+  const connectTimeoutMs = checkConnectTimeout(options.connectTimeoutMs);
   const keys = keysFor(ns);
-  const conn = await connect(options.redis, `consumers of namespace "${ns}"`);
+  const conn = await connect(options.redis, `consumers of namespace "${ns}"`, connectTimeoutMs);
   try {
     await readTableIfCreated(conn.client, keys); // absent: the runner waits for the first node
   } catch (error) {
@@ -168,6 +195,7 @@ export async function serveShardConsumers(options: ServeShardConsumersOptions): 
     idleMs,
     dedup,
     maxDeliveries,
+    connectTimeoutMs,
   });
   runner.start();
   return runner;
@@ -184,6 +212,7 @@ interface RunnerParts {
   idleMs: number;
   dedup: boolean;
   maxDeliveries: number;
+  connectTimeoutMs: number;
 }
 
 class ConsumerRunner implements ShardConsumers {
@@ -219,7 +248,13 @@ class ConsumerRunner implements ShardConsumers {
   }
 
   start(): void {
+    watchAnswers(this.#conn, this.#parts.connectTimeoutMs, (e) => this.#report(e, -1));
     this.#done = this.#run();
+  }
+
+  /** A failure of a Redis command of ours (an outage said in the package's words). */
+  #redisFailure(error: unknown, shardId: number): void {
+    this.#report(reportedError(this.#conn, error, CONSUMER_OUTAGE), shardId);
   }
 
   #report(error: unknown, shardId: number): void {
@@ -244,7 +279,7 @@ class ConsumerRunner implements ShardConsumers {
           this.#lastMaintenance = now;
         }
       } catch (error) {
-        this.#report(error, -1); // Redis away: keep the leases we can, try again
+        this.#redisFailure(error, -1); // Redis away: keep the leases we can, try again
         await sleep(Math.min(500, this.#parts.idleMs * 5));
         continue;
       }
@@ -254,7 +289,7 @@ class ConsumerRunner implements ShardConsumers {
         try {
           if (await this.#serve(id)) worked = true;
         } catch (error) {
-          this.#report(error, id); // this shard waits (backoff); the others go on
+          this.#redisFailure(error, id); // this shard waits (backoff); the others go on
         }
       }
       idle = worked ? 1 : Math.min(this.#parts.idleMs, idle * 2);

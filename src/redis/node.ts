@@ -15,9 +15,10 @@ import { keyHash, payloadBytes } from '../validate.js';
 import {
   closeConnection,
   connect,
-  redactError,
+  reportedError,
   sendAll,
   subscriber,
+  watchAnswers,
   type Command,
   type Connection,
   type RedisClient,
@@ -231,7 +232,7 @@ export class RedisShardManager {
     const settings = checkNodeOptions(options);
     const { namespace: ns, initialShards, policy, routing, loadBound, keyOrder, leaseGiven } = settings;
     const keys = keysFor(ns);
-    const conn = await connect(options.redis, `namespace "${ns}"`);
+    const conn = await connect(options.redis, `namespace "${ns}"`, settings.connectTimeoutMs);
     let sub: RedisClient | undefined;
     try {
       const fresh: TableDoc = {
@@ -291,6 +292,7 @@ export class RedisShardManager {
       sub.on('message', () => {
         void node.#refresh();
       });
+      watchAnswers(conn, settings.connectTimeoutMs, (e) => node.#redisError(e));
       node.#start(table.doc.policy.metricsWindowMs);
       return node;
     } catch (error) {
@@ -318,7 +320,7 @@ export class RedisShardManager {
   }
 
   #redisError(error: unknown): void {
-    const e = redactError(error);
+    const e = reportedError(this.#conn, error, NODE_OUTAGE);
     if (e.message === this.#lastError) return; // once per kind of failure, not once per retry
     this.#lastError = e.message;
     this.#emit({ type: 'redisError', error: e, at: this.#clock() });
@@ -1060,6 +1062,10 @@ export class RedisShardManager {
     await this.close();
   }
 }
+
+/** What a node does while Redis cannot be reached (said with the outage it reports). */
+const NODE_OUTAGE =
+  'this node keeps the events it accepted in its send buffer and sends them again, in order, when Redis answers (ioredis reconnects on its own)';
 
 /** A stream entry id as XADD returns it (`<ms>-<seq>`). */
 function isEntryId(reply: unknown): boolean {

@@ -58,6 +58,10 @@ export interface RedisShardManagerOptions {
   onEvent?: (event: ManagerEvent) => void;
   /** The controller lease changing hands on this node, and Redis failures. */
   onRedisEvent?: (event: RedisNodeEvent) => void;
+  /** How long create() waits for Redis's first answer before it fails naming the address
+   *  (ms, default 10000); later, a command unanswered this long (a frozen server) is
+   *  reported once as a redisError, and waits on. */
+  connectTimeoutMs?: number;
 }
 
 /** The options checked, defaults applied (those that need the namespace's table excepted). */
@@ -81,7 +85,12 @@ export interface NodeSettings {
   drainGraceMs: number;
   controller: boolean;
   clock: () => number;
+  connectTimeoutMs: number;
 }
+
+/** How long create() and serveShardConsumers() wait for Redis's first answer, and how long
+ *  a command may go unanswered before that is reported (ms; options.connectTimeoutMs). */
+export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 
 /** Longest delay setTimeout / setInterval keep (a longer one fires at once). */
 const MAX_TIMER_MS = 0x7fffffff;
@@ -107,6 +116,7 @@ const NODE_OPTIONS: Record<keyof RedisShardManagerOptions, true> = {
   clock: true,
   onEvent: true,
   onRedisEvent: true,
+  connectTimeoutMs: true,
 };
 
 /** Check every option that can be checked alone, in the order the errors name them. */
@@ -149,6 +159,7 @@ export function checkNodeOptions(options: RedisShardManagerOptions): NodeSetting
   for (const name of ['onEvent', 'onRedisEvent'] as const) {
     if (options[name] !== undefined) checkFunction(`options.${name}`, options[name]);
   }
+  const connectTimeoutMs = checkConnectTimeout(options.connectTimeoutMs);
   return {
     namespace,
     initialShards,
@@ -166,7 +177,13 @@ export function checkNodeOptions(options: RedisShardManagerOptions): NodeSetting
     drainGraceMs,
     controller,
     clock,
+    connectTimeoutMs,
   };
+}
+
+/** options.connectTimeoutMs of a node or of serveShardConsumers (whole ms a timer keeps). */
+export function checkConnectTimeout(value: unknown): number {
+  return checkInteger('options.connectTimeoutMs', given(value, DEFAULT_CONNECT_TIMEOUT_MS), 1, MAX_TIMER_MS);
 }
 
 /** A window in whole ms that a timer keeps. */

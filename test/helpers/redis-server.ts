@@ -119,11 +119,24 @@ export class RedisTestServer {
     return r.stdout.trim();
   }
 
+  /** Freeze the process (SIGSTOP): its connections stay open, the kernel still takes what
+   *  clients send, nothing is answered until thaw(). */
+  freeze(): void {
+    if (!this.#child || this.#child.exitCode !== null) throw new Error('redis-server is not running');
+    this.#child.kill('SIGSTOP');
+  }
+
+  /** Let a frozen process run again (SIGCONT). */
+  thaw(): void {
+    this.#child?.kill('SIGCONT');
+  }
+
   /** Stop the process (SIGTERM: with appendfsync always every write is already on disk). */
   async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
     const child = this.#child;
     this.#child = undefined;
     if (!child || child.exitCode !== null) return;
+    child.kill('SIGCONT'); // a frozen server would not act on the signal below
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
       child.once('exit', () => { clearTimeout(timer); resolve(); });
