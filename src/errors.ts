@@ -87,13 +87,18 @@ export class ManagerClosedError extends Error {
   }
 }
 
-/** close({ timeoutMs }) ran out of time: the consumer threads were ended with `undelivered`
- *  accepted events still in the rings, where poll() can still read them. */
+/** close({ timeoutMs }) ran out of time. ShardManager: the consumer threads were ended with
+ *  `undelivered` accepted events still in the rings, where poll() can still read them.
+ *  RedisShardManager: the node was closed with `undelivered` accepted events never stored in
+ *  Redis (Redis away); they are lost. */
 export class CloseTimeoutError extends Error {
+  /** Accepted events the close gave up on. ShardManager: left in the rings (poll() still
+   *  reads them). RedisShardManager: never stored in Redis, and lost with the node. */
   readonly undelivered: number;
-  constructor(timeoutMs: number, undelivered: number) {
+  constructor(timeoutMs: number, undelivered: number, message?: string) {
     super(
-      `shard-mapper: close: the consumer threads did not take every event within ${timeoutMs} ms; they were ended with ${undelivered} accepted event(s) undelivered, still in the rings (poll() reads them)`,
+      message ??
+        `shard-mapper: close: the consumer threads did not take every event within ${timeoutMs} ms; they were ended with ${undelivered} accepted event(s) undelivered, still in the rings (poll() reads them)`,
     );
     this.name = 'CloseTimeoutError';
     this.undelivered = undelivered;

@@ -425,11 +425,123 @@ describe.skipIf(!available)('RedisShardManager: waiting for room instead of fail
   });
 });
 
+describe.skipIf(!available)('RedisShardManager: close({ timeoutMs })', () => {
+  it('Redis stopped with events buffered: rejects with CloseTimeoutError counting the lost events; a waiting pushAsync gets ManagerClosedError, a pending flush() the same CloseTimeoutError; nothing is sent afterwards', async () => {
+    const restartable = await RedisTestServer.start();
+    try {
+      const namespace = ns();
+      const node = await RedisShardManager.create({ redis: restartable.url, namespace, initialShards: 1, ringBufferCapacity: 5, policy: { metricsWindowMs: 50 } });
+      await until(() => node.isController, 'the lease'); // its controller timers and lease are part of what close must let go
+      await expect(node.close({ timeoutMs: -1 })).rejects.toThrow(/close: options\.timeoutMs must be a finite number >= 0, got -1/);
+      await expect(node.close({ timeoutMs: -1 })).rejects.toBeInstanceOf(redis.ScalingError);
+      await expect(node.close(5 as never)).rejects.toThrow(/close: options must be an object, got 5/);
+      await restartable.stop(); // a real outage
+      for (let i = 0; i < 5; i++) expect(node.push(1, `c:${i}`)).toBe(true);
+      await until(() => node.stats().retries > 0, 'a failed send');
+      const waiting = node.pushAsync(1, 'c:5').then(() => 'accepted', (e: unknown) => e); // the buffer is full: it waits
+      const flushed = node.flush().then(() => 'flushed', (e: unknown) => e);
+      const error = await node.close({ timeoutMs: 200 }).then(() => undefined, (e: unknown) => e);
+      expect(error).toBeInstanceOf(redis.CloseTimeoutError);
+      expect(error).toBeInstanceOf(root.CloseTimeoutError);
+      expect((error as root.CloseTimeoutError).undelivered).toBe(5);
+      expect((error as Error).message).toMatch(/close: 5 accepted event\(s\) were not stored in Redis within 200 ms .*the node was closed anyway and those events are lost/);
+      expect(await waiting).toBeInstanceOf(redis.ManagerClosedError);
+      expect(await flushed).toBe(error);
+      await expect(node.flush()).rejects.toBe(error); // later flushes too: those events will never be stored
+      expect(() => node.push(1, 'late')).toThrow(redis.ManagerClosedError);
+      expect(node.stats()).toMatchObject({ pushed: 5, stored: 0, buffered: 5 });
+      await expect(node.close(), 'a later close returns the same outcome').rejects.toBe(error);
+      // Redis back: the closed node sends nothing (its connections are gone), the lost stay lost.
+      await restartable.restart();
+      await sleep(300);
+      const client = new Redis(restartable.url);
+      try {
+        expect(await client.xlen(stream(namespace, 0))).toBe(0);
+      } finally {
+        client.disconnect();
+      }
+    } finally {
+      await restartable.dispose();
+    }
+  });
+
+  it('the process exits by itself after close({ timeoutMs }) gave up (no socket or timer of the node keeps it running)', async () => {
+    const restartable = await RedisTestServer.start();
+    const { spawn } = await import('node:child_process');
+    const child = spawn(process.execPath, [new URL('./fixtures/redis-close-timeout-node.mjs', import.meta.url).pathname, restartable.url, ns()], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
+    try {
+      let out = '';
+      child.stdout.on('data', (d) => (out += d));
+      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+      await until(() => out.includes('created\n'), 'the child node created');
+      await restartable.stop();
+      child.stdin.end('go\n');
+      expect(await settles(exited), 'the child exits without process.exit()').toBe(true);
+      const result = JSON.parse(out.split('\n')[1]!);
+      expect(result).toMatchObject({ accepted: 5, name: 'CloseTimeoutError', rootClass: true, undelivered: 5 });
+      expect(result.message).toMatch(/5 accepted event\(s\) were not stored in Redis .*lost/);
+      expect(await exited).toBe(0);
+    } finally {
+      child.kill('SIGKILL');
+      await restartable.dispose();
+    }
+  }, 30_000);
+
+  it('without a timeout, close() waits through the outage and resolves with everything stored once Redis is back; a later close({ timeoutMs }) bounds a close under way', async () => {
+    const restartable = await RedisTestServer.start();
+    try {
+      const namespace = ns();
+      const node = await RedisShardManager.create({ redis: restartable.url, namespace, initialShards: 1, controller: false, policy: { metricsWindowMs: 60_000 } });
+      await restartable.stop();
+      for (let i = 0; i < 5; i++) expect(node.push(1, `w:${i}`)).toBe(true);
+      let settled = false;
+      const closing = node.close();
+      closing.then(() => (settled = true), () => (settled = true));
+      await sleep(200);
+      expect(settled, 'close waits while Redis is away').toBe(false);
+      await restartable.restart();
+      expect(await settles(closing), 'close resolves once Redis is back').toBe(true);
+      await expect(closing).resolves.toBeUndefined();
+      expect(node.stats()).toMatchObject({ pushed: 5, stored: 5, buffered: 0 });
+      const client = new Redis(restartable.url);
+      try {
+        expect(await storedEvents(client, stream(namespace, 0))).toEqual(['w:0', 'w:1', 'w:2', 'w:3', 'w:4']);
+      } finally {
+        client.disconnect();
+      }
+
+      // A close() with no deadline under way (a shutdown began), then SIGTERM: close({ timeoutMs }).
+      const other = await RedisShardManager.create({ redis: restartable.url, namespace, controller: false });
+      await restartable.stop();
+      for (let i = 0; i < 3; i++) expect(other.push(1, `v:${i}`)).toBe(true);
+      const first = other.close();
+      expect(other.close({ timeoutMs: 100 }), 'the same close').toBe(first);
+      const error = await first.then(() => undefined, (e: unknown) => e);
+      expect(error).toBeInstanceOf(root.CloseTimeoutError);
+      expect((error as root.CloseTimeoutError).undelivered).toBe(3);
+    } finally {
+      await restartable.dispose();
+    }
+  });
+
+  it('with everything stored in time, close({ timeoutMs }) resolves as close() does', async () => {
+    const namespace = ns();
+    const node = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 2, controller: false, policy: { metricsWindowMs: 60_000 } });
+    for (let i = 0; i < 100; i++) expect(node.push((i * 2654435761) >>> 0, `t:${i}`)).toBe(true);
+    await expect(node.close({ timeoutMs: 30_000 })).resolves.toBeUndefined();
+    expect(node.stats()).toMatchObject({ pushed: 100, stored: 100, buffered: 0 });
+    await checkStored(namespace, [0, 1], 't', 100);
+  });
+});
+
 describe.skipIf(!available)('shard-mapper/redis exports the errors a node throws', () => {
   it('BackpressureError, ManagerClosedError, ScalingError: the same classes as the package root', async () => {
     expect(redis.BackpressureError).toBe(root.BackpressureError);
     expect(redis.ManagerClosedError).toBe(root.ManagerClosedError);
     expect(redis.ScalingError).toBe(root.ScalingError);
+    expect(redis.CloseTimeoutError).toBe(root.CloseTimeoutError);
     const namespace = ns();
     const node = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 1, ringBufferCapacity: 1, controller: false, policy: { metricsWindowMs: 60_000 } });
     let full: unknown;

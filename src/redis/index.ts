@@ -11,7 +11,7 @@ export type { RedisManagerEvent, RedisNodeEvent } from './controller.js';
 export type { RedisOption } from './connection.js';
 export type { RoutingMode, TableState } from './table.js';
 // The errors a node throws, the very classes of the package root (instanceof works with either import).
-export { BackpressureError, ManagerClosedError, ScalingError, type ScalingErrorKind } from '../errors.js';
+export { BackpressureError, CloseTimeoutError, ManagerClosedError, ScalingError, type ScalingErrorKind } from '../errors.js';
 export type { BackpressureMode } from '../types.js';
 export type { ScalingPolicy } from '../policy.js';
 export type { EventKey, EventPayload, BatchEvent } from '../producer.js';

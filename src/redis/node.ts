@@ -4,7 +4,7 @@
 // flight), retrying on errors, so nothing accepted is lost while Redis is away.
 import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
-import { BackpressureError, ManagerClosedError, checkInteger, describe, invalid } from '../errors.js';
+import { BackpressureError, CloseTimeoutError, ManagerClosedError, checkFinite, checkInteger, describe, invalid } from '../errors.js';
 import { NO_SHARD } from '../mapper.js';
 import type { ScalingPolicy } from '../policy.js';
 import { batchArguments, type BatchEvent, type EventKey, type EventPayload } from '../producer.js';
@@ -155,11 +155,18 @@ export class RedisShardManager {
   #stepping = false;
   #refreshing: Promise<void> | undefined;
   #refreshAgain = false;
-  #waiters: { target: number; resolve: () => void }[] = [];
+  #waiters: { target: number; resolve: () => void; reject: (error: unknown) => void }[] = [];
   /** Pushes and writes waiting for room in a full shard, in call order. */
   #roomWaiters: RoomWaiter[] = [];
   #closed = false;
   #closing: Promise<void> | undefined;
+  /** close({ timeoutMs }): the timer that gives up, and when it fires (performance.now()). */
+  #closeTimer: ReturnType<typeof setTimeout> | undefined;
+  #closeDeadline = Infinity;
+  /** Ends a close under way past its deadline (set while one is). */
+  #giveUp: ((timeoutMs: number) => void) | undefined;
+  /** Set once a close gave up: nothing is sent any more, no timer is started. */
+  #abandoned: CloseTimeoutError | undefined;
   #lastError: string | undefined;
   #hashes = new Uint32Array(256);
   #shards = new Uint16Array(256);
@@ -655,7 +662,7 @@ export class RedisShardManager {
   // ---- sending --------------------------------------------------------------------------
 
   #kick(): void {
-    if (this.#sending || this.#sendTimer !== undefined) return;
+    if (this.#sending || this.#sendTimer !== undefined || this.#abandoned) return;
     this.#sendTimer = setTimeout(() => {
       this.#sendTimer = undefined;
       void this.#send();
@@ -669,6 +676,7 @@ export class RedisShardManager {
     this.#sending = true;
     try {
       for (;;) {
+        if (this.#abandoned) break; // a close gave up: its connections are gone
         const batch = this.#buffer.cut();
         if (batch.length === 0) break;
         const replies = await sendAll(
@@ -737,6 +745,7 @@ export class RedisShardManager {
   #hold(shard: number): void {
     const ms = this.#buffer.hold(shard);
     this.#clearHold(shard);
+    if (this.#abandoned) return; // no retry after a close gave up
     this.#holdTimers.set(
       shard,
       setTimeout(() => {
@@ -825,12 +834,19 @@ export class RedisShardManager {
   }
 
   /** Resolves once every event accepted before the call is stored in Redis (it waits
-   *  through Redis outages: the send buffer retries until Redis answers). */
+   *  through Redis outages: the send buffer retries until Redis answers). A flush that does
+   *  not resolve holds nothing: to bound the wait, race it with a timer. If a
+   *  close({ timeoutMs }) gives up first, it rejects with that close's CloseTimeoutError. */
   flush(): Promise<void> {
     const target = this.#buffer.accepted;
-    return new Promise<void>((resolve) => {
-      this.#waiters.push({ target, resolve });
+    return new Promise<void>((resolve, reject) => {
+      this.#waiters.push({ target, resolve, reject });
       this.#settleWaiters();
+      if (this.#abandoned) {
+        for (const w of this.#waiters) w.reject(this.#abandoned);
+        this.#waiters = [];
+        return;
+      }
       if (this.#buffer.buffered > 0) this.#kick();
     });
   }
@@ -1030,32 +1046,112 @@ export class RedisShardManager {
 
   // ---- shutting down --------------------------------------------------------------------
 
-  /** Stop accepting pushes, store every accepted event, give up the controller lease, close
-   *  the connections this node opened. Waits through Redis outages. */
-  close(): Promise<void> {
-    if (this.#closing) return this.#closing;
-    this.#closed = true;
-    this.#wakeRoomWaiters(); // waiting pushes were not accepted: they fail as a push would now
-    this.#closing = (async () => {
-      await this.flush();
-      this.#keyOrder.close();
-      for (const shard of [...this.#holdTimers.keys()]) this.#clearHold(shard);
-      if (this.#windowTimer !== undefined) clearInterval(this.#windowTimer);
-      while (this.#stepping) await sleep(2);
-      // The last report (and the one whose answer was lost, if any), then this node's report
-      // number is no longer needed.
+  /**
+   * Stop accepting pushes (waiting pushAsync calls reject with ManagerClosedError), store every
+   * accepted event, give up the controller lease, close the connections this node opened.
+   * Waits through Redis outages: without `timeoutMs` it resolves only once Redis has stored
+   * every accepted event.
+   *
+   * `timeoutMs` (ms of real time) bounds the whole close, for a shutdown with a deadline (a
+   * SIGTERM handler): past it, if accepted events are still not stored in Redis, the node is
+   * closed anyway — its connections ended, its timers stopped, nothing left to keep the
+   * process running — and close rejects with a CloseTimeoutError whose `undelivered` counts
+   * those events: they are **lost** (pending flush() calls reject with the same error). If
+   * everything was stored by then, the connections are ended as well and close resolves (the
+   * controller lease, if this node held it, then expires by itself). A call while an earlier
+   * one is under way returns the earlier one's promise; a `timeoutMs` given to it bounds
+   * that close too (the earliest deadline wins).
+   */
+  close(options?: { timeoutMs?: number }): Promise<void> {
+    if (options !== undefined && (typeof options !== 'object' || options === null)) {
+      return Promise.reject(new TypeError(`close: options must be an object, got ${describe(options)}`));
+    }
+    const timeoutMs = options?.timeoutMs;
+    if (timeoutMs !== undefined) {
       try {
-        await this.#reportStored();
-        await this.#reportStored();
-        await this.#conn.client.hdel(this.#keys.reports, this.nodeId);
-      } catch {
-        /* Redis away: those counts only feed the controller's next windows */
+        checkFinite('close: options.timeoutMs', timeoutMs, 0);
+      } catch (error) {
+        return Promise.reject(error);
       }
-      await this.#controller?.release();
-      this.#sub.disconnect();
-      await closeConnection(this.#conn);
-    })();
+    }
+    if (!this.#closing) {
+      this.#closed = true;
+      this.#wakeRoomWaiters(); // waiting pushes were not accepted: they fail as a push would now
+      this.#closing = new Promise<void>((resolve, reject) => {
+        let settled = false;
+        const settle = (error?: unknown) => {
+          if (settled) return;
+          settled = true;
+          this.#giveUp = undefined;
+          if (this.#closeTimer !== undefined) clearTimeout(this.#closeTimer);
+          this.#closeTimer = undefined;
+          if (error === undefined) resolve();
+          else reject(error);
+        };
+        this.#giveUp = (ms) => settle(this.#abandon(ms));
+        this.#shutDown().then(
+          () => settle(),
+          (error: unknown) => settle(error ?? new Error('close failed')),
+        );
+      });
+    }
+    if (timeoutMs !== undefined && this.#giveUp) {
+      const deadline = performance.now() + timeoutMs;
+      if (deadline < this.#closeDeadline) {
+        this.#closeDeadline = deadline;
+        if (this.#closeTimer !== undefined) clearTimeout(this.#closeTimer);
+        this.#closeTimer = setTimeout(() => this.#giveUp?.(timeoutMs), timeoutMs);
+      }
+    }
     return this.#closing;
+  }
+
+  /** The close without a deadline: everything stored, the goodbyes said, the connections closed. */
+  async #shutDown(): Promise<void> {
+    await this.flush();
+    this.#keyOrder.close();
+    for (const shard of [...this.#holdTimers.keys()]) this.#clearHold(shard);
+    if (this.#windowTimer !== undefined) clearInterval(this.#windowTimer);
+    while (this.#stepping) await sleep(2);
+    // The last report (and the one whose answer was lost, if any), then this node's report
+    // number is no longer needed.
+    try {
+      await this.#reportStored();
+      await this.#reportStored();
+      await this.#conn.client.hdel(this.#keys.reports, this.nodeId);
+    } catch {
+      /* Redis away: those counts only feed the controller's next windows */
+    }
+    await this.#controller?.release();
+    this.#sub.disconnect();
+    await closeConnection(this.#conn);
+  }
+
+  /**
+   * close({ timeoutMs }) past its deadline: stop sending and every timer, end both
+   * connections at once (no QUIT: Redis may be away), and say what was lost. Returns the
+   * CloseTimeoutError to reject with, or undefined when every accepted event was stored.
+   */
+  #abandon(timeoutMs: number): CloseTimeoutError | undefined {
+    const lost = this.#buffer.buffered;
+    const error = new CloseTimeoutError(
+      timeoutMs,
+      lost,
+      `shard-mapper/redis: close: ${lost} accepted event(s) were not stored in Redis within ${timeoutMs} ms (Redis away or too slow); ` +
+        'the node was closed anyway and those events are lost',
+    );
+    this.#abandoned = error;
+    this.#keyOrder.close();
+    if (this.#sendTimer !== undefined) clearTimeout(this.#sendTimer);
+    this.#sendTimer = undefined;
+    for (const shard of [...this.#holdTimers.keys()]) this.#clearHold(shard);
+    if (this.#windowTimer !== undefined) clearInterval(this.#windowTimer);
+    this.#sub.disconnect();
+    if (this.#conn.owned) this.#conn.client.disconnect(); // commands under way reject: the sender stops
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const w of waiters) w.reject(error); // the close's own flush included: #shutDown ends there
+    return lost > 0 ? error : undefined;
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
