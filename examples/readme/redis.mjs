@@ -7,13 +7,13 @@ import assert from 'node:assert/strict';
 const events = Array.from({ length: 40 }, (_, i) => ({ key: `order-${i % 7}`, payload: `event ${i}` }));
 const moreEvents = Array.from({ length: 60 }, (_, i) => ({ key: `order-${i % 5}`, payload: `event ${40 + i}` }));
 const stored = new Map(); // dedupId → payload
-const db = { async upsert(shardId, id, payload) { if (shardId >= 0) stored.set(id, payload.toString()); } };
+const db = { async upsert(id, payload) { stored.set(id, payload.toString()); } };
 // #region readme
 import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import { RedisShardManager, serveShardConsumers } from 'shard-mapper/redis';
 
-const redis = process.env.REDIS_URL;      // 'redis://redis.internal:6379', or an ioredis Redis / Cluster
+const redis = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'; // or an ioredis Redis / Cluster instance
 const node = await RedisShardManager.create({
   redis,
   namespace: 'orders', initialShards: 2, policy: { maxShards: 32 },
@@ -24,8 +24,8 @@ await node.flush();                       // every event accepted so far is stor
 
 const consumers = await serveShardConsumers({
   redis, namespace: 'orders',
-  consume: async (records, shardId) => {  // push order per shard; repeats already skipped
-    for (const r of records) await db.upsert(shardId, r.dedupId, r.payload); // throwing: the batch comes again
+  consume: async (records) => {           // one shard's, in push order; repeats already skipped
+    for (const r of records) await db.upsert(r.dedupId, r.payload); // idempotent by dedupId; throwing: the batch comes again
   },
 });
 // #endregion readme
