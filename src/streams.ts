@@ -10,6 +10,7 @@ import { ShardState } from './mapper.js';
 import { payloadExtent } from './core.js';
 import { nodeWritable } from '#platform';
 import { sleep } from './sleep.js';
+import { checkKnownKeys } from './validate.js';
 
 /** One event for `manager.writable()` / `manager.writableStream()`. */
 export interface ManagerRecord {
@@ -34,6 +35,11 @@ export interface BatchesOptions {
   idleMs?: number;
 }
 
+/** The options each call reads (the Record types keep the lists complete): a misspelled or
+ *  unsupported one (a `signal`, say) is refused rather than ignored. */
+const WRITABLE_OPTIONS: Record<keyof WritableOptions, true> = { highWaterMark: true, retryMs: true };
+const BATCHES_OPTIONS: Record<keyof BatchesOptions, true> = { max: true, idleMs: true };
+
 const DEFAULT_HIGH_WATER_MARK = 16;
 const DEFAULT_RETRY_MS = 8;
 const MAX_WAIT_MS = 60_000;
@@ -44,6 +50,7 @@ function checkOptions(method: string, options: WritableOptions | undefined): { h
   if (options === undefined) return { highWaterMark: DEFAULT_HIGH_WATER_MARK, retryMs: DEFAULT_RETRY_MS };
   if (typeof options !== 'object' || options === null)
     throw new TypeError(`${method}: options must be an object, got ${describe(options)}`);
+  checkKnownKeys(`${method}: options`, options, WRITABLE_OPTIONS);
   return {
     highWaterMark: checkInteger(`${method}: options.highWaterMark`, options.highWaterMark ?? DEFAULT_HIGH_WATER_MARK, 1, 0x3fffffff),
     retryMs: checkInteger(`${method}: options.retryMs`, options.retryMs ?? DEFAULT_RETRY_MS, 1, MAX_WAIT_MS),
@@ -216,6 +223,7 @@ export function shardBatches(
   if (options !== undefined && (typeof options !== 'object' || options === null)) {
     throw new TypeError(`batches: options must be an object, got ${describe(options)}`);
   }
+  if (options !== undefined) checkKnownKeys('batches: options', options, BATCHES_OPTIONS);
   const max = checkInteger('batches: options.max', options?.max ?? manager.ringCapacity, 1, Number.MAX_SAFE_INTEGER);
   const idleMs = checkInteger('batches: options.idleMs', options?.idleMs ?? DEFAULT_RETRY_MS, 1, MAX_WAIT_MS);
   const gone = () => manager.mapper.shardState(shardId) === undefined;

@@ -275,6 +275,13 @@ for (const [method, name] of [['poll', 'poll'], ['ringLength', 'ringLength'], ['
 add({ call: 'manager.poll(id, max)', inputs: [['0', 0], ['-1', -1], ['1.5', 1.5], ['NaN', NaN], ['Infinity', Infinity], ['"4"', '4'], ['null', null]], fixture: 'manager', run: ({ manager }, v) => manager.poll(0, v),
   expect: S('InvalidPolicy', /max must be an integer in \[1, 9007199254740991\], got /), excerpt: 'max must be an integer in [1, 9007199254740991], got 0' });
 
+add({ call: 'manager.batches(id, options)', inputs: [['{ signal }', { signal: new AbortController().signal }], ['{ maxBatch: 4 }', { maxBatch: 4 }]], fixture: 'manager', run: ({ manager }, v) => manager.batches(0, v),
+  expect: S('InvalidPolicy', /batches: options\.(signal|maxBatch) is not an option \(known: max, idleMs\)/), excerpt: 'batches: options.signal is not an option (known: max, idleMs)' });
+for (const method of ['writable', 'writableStream'] as const) {
+  add({ call: `manager.${method}(options)`, inputs: [['{ highWatermark: 4 }', { highWatermark: 4 }]], fixture: 'manager', run: ({ manager }, v) => manager[method](v),
+    expect: S('InvalidPolicy', new RegExp(`${method}: options\\.highWatermark is not an option \\(known: highWaterMark, retryMs\\)`)), excerpt: `${method}: options.highWatermark is not an option (known: highWaterMark, retryMs)` });
+}
+
 // ShardManager: payloads and keys
 add({ call: 'manager.push(key, payload)', inputs: [['17 bytes (max 16)', new Uint8Array(17)], ['1 MiB', new Uint8Array(1 << 20)]], fixture: 'manager', run: ({ manager }, v) => manager.push(1, v),
   expect: R(/push: payload is \d+ bytes, the maximum is maxPayloadBytes = 16/), excerpt: 'push: payload is 17 bytes, the maximum is maxPayloadBytes = 16' });
