@@ -4,7 +4,7 @@
 // duplicating an accepted event.
 import { SharedCore } from './core.js';
 import { ConsumerPool } from './consumer-pool.js';
-import { CloseTimeoutError, ManagerClosedError, ScalingError, checkFinite, checkInteger, describe, invalid } from './errors.js';
+import { CloseTimeoutError, ManagerClosedError, ScalingError, checkInteger, describe, invalid } from './errors.js';
 import { ShardMapper, ShardState, WIRING, type MapperWiring, type ScalingDecision } from './mapper.js';
 import type { ScalingPolicy } from './policy.js';
 import { tableCapacity, type RoutingMode } from './routing.js';
@@ -28,6 +28,7 @@ import {
 } from './streams.js';
 import { DEFAULT_LANE_BYTES } from './layout.generated.js';
 import { checkManagerOptions, type ShardManagerOptions } from './manager-options.js';
+import { closeTimeout } from './validate.js';
 
 const WAIT_STEP_MS = 2;
 /** How long an operator's scale-up waits for consumer threads to let go of removed shards' slots. */
@@ -760,16 +761,11 @@ export class ShardManager {
    * A call while an earlier one is under way returns the earlier one's promise.
    */
   close(options?: { timeoutMs?: number }): Promise<void> {
-    if (options !== undefined && (typeof options !== 'object' || options === null)) {
-      return Promise.reject(new TypeError(`close: options must be an object, got ${describe(options)}`));
-    }
-    const timeoutMs = options?.timeoutMs;
-    if (timeoutMs !== undefined) {
-      try {
-        checkFinite('close: options.timeoutMs', timeoutMs, 0);
-      } catch (error) {
-        return Promise.reject(error);
-      }
+    let timeoutMs: number | undefined;
+    try {
+      timeoutMs = closeTimeout(options);
+    } catch (error) {
+      return Promise.reject(error);
     }
     if (this.#closing) return this.#closing;
     this.#closed = true;

@@ -2,7 +2,7 @@
 // the Redis node take the same options and the same events, so they refuse bad ones with the
 // same words (docs/bad-input.md lists them). The generic argument checks these build on
 // (checkInteger, checkFinite, given, describe) are in errors.ts, beside the error they throw.
-import { checkInteger, describe, given, invalid } from './errors.js';
+import { checkFinite, checkInteger, describe, given, invalid } from './errors.js';
 import { hashKey } from './hash.js';
 import type { BackpressureMode } from './types.js';
 import type { EventKey } from './producer.js';
@@ -101,4 +101,16 @@ export function checkKnownKeys(where: string, given: object, known: Record<strin
   for (const key of Object.keys(given)) {
     if (!Object.hasOwn(known, key)) throw invalid(`${where}.${key} is not an option (known: ${Object.keys(known).join(', ')})`);
   }
+}
+
+/** close()'s options, as ShardManager and the Redis node read them: the timeoutMs asked for
+ *  (undefined: none). Throws what the close should reject with. */
+export function closeTimeout(options: unknown): number | undefined {
+  if (options !== undefined && (typeof options !== 'object' || options === null)) {
+    throw new TypeError(`close: options must be an object, got ${describe(options)}`);
+  }
+  const timeoutMs = (options as { timeoutMs?: unknown } | undefined)?.timeoutMs;
+  if (timeoutMs === undefined) return undefined;
+  checkFinite('close: options.timeoutMs', timeoutMs, 0);
+  return timeoutMs as number;
 }

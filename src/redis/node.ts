@@ -4,14 +4,14 @@
 // flight), retrying on errors, so nothing accepted is lost while Redis is away.
 import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
-import { BackpressureError, CloseTimeoutError, ManagerClosedError, checkFinite, checkInteger, describe, invalid } from '../errors.js';
+import { BackpressureError, CloseTimeoutError, ManagerClosedError, checkInteger, describe, invalid } from '../errors.js';
 import { NO_SHARD } from '../mapper.js';
 import type { ScalingPolicy } from '../policy.js';
 import { batchArguments, type BatchEvent, type EventKey, type EventPayload } from '../producer.js';
 import { sleep } from '../sleep.js';
 import { createTargetWritable, createTargetWritableStream, type ManagerRecord, type PushTarget, type WritableOptions } from '../streams.js';
 import type { BackpressureMode, ManagerEvent, ObservedManager } from '../types.js';
-import { keyHash, payloadBytes } from '../validate.js';
+import { closeTimeout, keyHash, payloadBytes } from '../validate.js';
 import {
   closeConnection,
   connect,
@@ -1063,16 +1063,11 @@ export class RedisShardManager {
    * that close too (the earliest deadline wins).
    */
   close(options?: { timeoutMs?: number }): Promise<void> {
-    if (options !== undefined && (typeof options !== 'object' || options === null)) {
-      return Promise.reject(new TypeError(`close: options must be an object, got ${describe(options)}`));
-    }
-    const timeoutMs = options?.timeoutMs;
-    if (timeoutMs !== undefined) {
-      try {
-        checkFinite('close: options.timeoutMs', timeoutMs, 0);
-      } catch (error) {
-        return Promise.reject(error);
-      }
+    let timeoutMs: number | undefined;
+    try {
+      timeoutMs = closeTimeout(options);
+    } catch (error) {
+      return Promise.reject(error);
     }
     if (!this.#closing) {
       this.#closed = true;
