@@ -372,8 +372,8 @@ export class ShardManager {
    * `target` (record i's length in `lengths[i]`), and return how many it took (0: the ring
    * is empty). What it returns counts as delivered. It takes as many whole records as fit;
    * if not even the next record fits it throws a RangeError and takes nothing (a 0-byte
-   * target takes empty records only). Allocates
-   * nothing for records up to 64 bytes (larger ones are copied through one short-lived view).
+   * target takes empty records only). Allocates nothing for records up to 64 bytes (larger
+   * ones are copied through one short-lived view).
    */
   pollInto(shardId: number, target: Uint8Array, lengths: Uint32Array): number {
     const slot = this.#slotFor('pollInto', shardId);

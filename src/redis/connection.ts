@@ -409,3 +409,10 @@ export async function closeConnection(conn: Connection): Promise<void> {
     conn.client.disconnect();
   }
 }
+
+/** End a connection at once, without QUIT (Redis may be away): commands under way reject. */
+export function dropConnection(conn: Connection): void {
+  conn.unwatch?.();
+  conn.unwatch = undefined;
+  if (conn.owned) conn.client.disconnect();
+}

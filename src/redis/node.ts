@@ -15,6 +15,7 @@ import { closeTimeout, keyHash, payloadBytes } from '../validate.js';
 import {
   closeConnection,
   connect,
+  dropConnection,
   reportedError,
   sendAll,
   subscriber,
@@ -1104,9 +1105,7 @@ export class RedisShardManager {
   /** The close without a deadline: everything stored, the goodbyes said, the connections closed. */
   async #shutDown(): Promise<void> {
     await this.flush();
-    this.#keyOrder.close();
-    for (const shard of [...this.#holdTimers.keys()]) this.#clearHold(shard);
-    if (this.#windowTimer !== undefined) clearInterval(this.#windowTimer);
+    this.#stopTimers();
     while (this.#stepping) await sleep(2);
     // The last report (and the one whose answer was lost, if any), then this node's report
     // number is no longer needed.
@@ -1120,6 +1119,14 @@ export class RedisShardManager {
     await this.#controller?.release();
     this.#sub.disconnect();
     await closeConnection(this.#conn);
+  }
+
+  /** The key-order waits, the shards' retry holds and the metrics window: what runs on
+   *  this node's timers (the send timer aside), stopped by either end of a close. */
+  #stopTimers(): void {
+    this.#keyOrder.close();
+    for (const shard of [...this.#holdTimers.keys()]) this.#clearHold(shard);
+    if (this.#windowTimer !== undefined) clearInterval(this.#windowTimer);
   }
 
   /**
@@ -1136,13 +1143,11 @@ export class RedisShardManager {
         'the node was closed anyway and those events are lost',
     );
     this.#abandoned = error;
-    this.#keyOrder.close();
     if (this.#sendTimer !== undefined) clearTimeout(this.#sendTimer);
     this.#sendTimer = undefined;
-    for (const shard of [...this.#holdTimers.keys()]) this.#clearHold(shard);
-    if (this.#windowTimer !== undefined) clearInterval(this.#windowTimer);
+    this.#stopTimers();
     this.#sub.disconnect();
-    if (this.#conn.owned) this.#conn.client.disconnect(); // commands under way reject: the sender stops
+    dropConnection(this.#conn); // commands under way reject: the sender stops
     const waiters = this.#waiters;
     this.#waiters = [];
     for (const w of waiters) w.reject(error); // the close's own flush included: #shutDown ends there
