@@ -155,6 +155,33 @@ describe.skipIf(!available)('Redis frozen (SIGSTOP) or stopped mid-run', () => {
     }
   });
 
+  it('an idle node reports a second freeze too (the first one\'s report does not silence it)', async () => {
+    const server = await RedisTestServer.start();
+    const stalls: number[] = [];
+    const node = await RedisShardManager.create({
+      redis: server.url, namespace: ns(), initialShards: 1, connectTimeoutMs: 300, policy: { minShards: 1, maxShards: 1, metricsWindowMs: 50 },
+      onRedisEvent: (e) => { if (e.type === 'redisError' && /has not answered a command/.test(e.error.message)) stalls.push(Date.now()); },
+    });
+    try {
+      for (const round of [1, 2]) {
+        server.freeze();
+        try {
+          await until(() => stalls.length >= round, () => `freeze ${round} reported (reports: ${stalls.length})`, 10_000);
+        } finally {
+          server.thaw();
+        }
+        // The node pushes nothing: only its own window reports and table reads are answered
+        // after the thaw. Wait past a few of the watch's checks (every 75 ms here).
+        await new Promise((r) => setTimeout(r, 600));
+      }
+      expect(stalls).toHaveLength(2);
+    } finally {
+      server.thaw();
+      await node.close();
+      await server.dispose();
+    }
+  });
+
   it('an outage is reported in the package\'s words (masked address, what it does about it), ioredis\'s error as cause; delivery resumes after restart', async () => {
     const server = await RedisTestServer.start({ config: { requirepass: 's3cret' } });
     const url = `redis://default:s3cret@${HOST}:${server.port}`;

@@ -304,10 +304,12 @@ export function reportedError(conn: Connection, error: unknown, consequence: str
  * Report, once per stall, a command unanswered for `ms` (a frozen or overloaded server, a
  * network path that drops everything: the connection stays open and ioredis sees no error).
  * Nothing is cancelled: the commands wait for their answers, so recovery is as before.
+ * `answered` is called when a reported stall ends (the oldest command got its answer), so a
+ * caller that filters repeated reports can take the next stall as news.
  * Counts the commands sent through the client's sendCommand (pipelines included); undone by
  * closeConnection.
  */
-export function watchAnswers(conn: Connection, ms: number, report: (error: Error) => void): void {
+export function watchAnswers(conn: Connection, ms: number, report: (error: Error) => void, answered?: () => void): void {
   type Send = (command: unknown, ...rest: unknown[]) => unknown;
   const client = conn.client as unknown as { sendCommand?: Send };
   const send = client.sendCommand;
@@ -330,6 +332,7 @@ export function watchAnswers(conn: Connection, ms: number, report: (error: Error
     () => {
       const oldest = pending.values().next().value;
       if (oldest === undefined || performance.now() - oldest.at < ms) {
+        if (reported) answered?.();
         reported = false;
         return;
       }

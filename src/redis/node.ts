@@ -300,7 +300,14 @@ export class RedisShardManager {
       sub.on('message', () => {
         void node.#refresh();
       });
-      watchAnswers(conn, settings.connectTimeoutMs, (e) => node.#redisError(e));
+      watchAnswers(
+        conn,
+        settings.connectTimeoutMs,
+        (e) => node.#redisError(e),
+        () => {
+          node.#lastError = undefined; // answered again: the next stall is news, even with nothing sent between
+        },
+      );
       node.#start(table.doc.policy.metricsWindowMs);
       return node;
     } catch (error) {
