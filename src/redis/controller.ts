@@ -5,8 +5,9 @@
 // too (see #ensureStreams for a Cluster).
 //
 // It keeps a local ShardMapper whose Active shards mirror the table's, feeds its collectors
-// from Redis (backlog = events stored − events acknowledged, as the fill; events stored in
-// the window, as the rate; the consumers' batch times, as the flush latency), and runs the
+// from Redis (backlog = events appended − events of the entries acknowledged, both counted by
+// the scripts that move the stream, as the fill; events appended in the window, as the rate;
+// the consumers' batch times, as the flush latency), and runs the
 // mapper's own collectMetrics / evaluateScaling / scaleUpProvisioning / scaleDown, so the
 // thresholds, warm-up, idle streaks and cooldowns are exactly ShardManager's. The clocks
 // behind them (last scaling, each shard's activation and idle streak) are stored with the
@@ -91,13 +92,6 @@ interface Floor {
 
 const clone = (doc: TableDoc): TableDoc => JSON.parse(JSON.stringify(doc)) as TableDoc;
 
-function hashToMap(reply: unknown): Map<string, number> {
-  const out = new Map<string, number>();
-  if (Array.isArray(reply)) for (let i = 0; i + 1 < reply.length; i += 2) out.set(String(reply[i]), Number(reply[i + 1]));
-  else if (reply && typeof reply === 'object') for (const [k, v] of Object.entries(reply)) out.set(k, Number(v));
-  return out;
-}
-
 function streamInfo(reply: Reply): { length: number; lastId: string } {
   const [error, value] = reply;
   if (error) {
@@ -142,7 +136,8 @@ export class Controller {
   #routes: RouteBuilder | undefined;
   #toLocal = new Map<number, number>();
   #toShard = new Map<number, number>();
-  #prevStored = new Map<string, number>();
+  /** Per shard: events appended (the progress hash's `in`) at the last window. */
+  #prevIn = new Map<string, number>();
   #prevFlush = new Map<string, number>();
   #drains = new Map<number, DrainWatch>();
   /** This pass's pair of readings (Redis's clock, ms; clock()) to translate decision clocks. */
@@ -221,7 +216,7 @@ export class Controller {
     this.#clocksWritten = '';
     if (all) {
       // Counters of the last window: kept after an error, so the next window's rate is real.
-      this.#prevStored.clear();
+      this.#prevIn.clear();
       this.#prevFlush.clear();
     }
   }
@@ -612,29 +607,30 @@ export class Controller {
     }
 
     // Metrics from Redis into the local collectors.
-    // Acknowledged events and batch times live in each shard's progress hash, written by the
-    // consumers' acknowledging script itself (progress.ts).
+    // Events appended and acknowledged, and batch times, live in each shard's progress hash,
+    // counted by the scripts that append and acknowledge (progress.ts).
     const shardIds = [...this.#toLocal.keys()];
-    const [storedR, ...progressR] = await sendAll(client, [
-      ['hgetall', keys.stored],
-      ...shardIds.map((id): Command => ['hmget', keys.progress(id), PROGRESS.acked, PROGRESS.batches, PROGRESS.us]),
-    ]);
-    for (const [error] of [storedR!, ...progressR]) if (error) throw error;
-    const storedCounts = hashToMap(storedR![1]);
-    const acked = new Map<string, number>();
+    const progressR = await sendAll(
+      client,
+      shardIds.map((id): Command => ['hmget', keys.progress(id), PROGRESS.in, PROGRESS.out, PROGRESS.batches, PROGRESS.us]),
+    );
+    for (const [error] of progressR) if (error) throw error;
+    const appended = new Map<string, number>();
+    const backlog = new Map<string, number>();
     const flush = new Map<string, number>();
     shardIds.forEach((id, i) => {
-      const [a, n, us] = (progressR[i]![1] as (string | null)[]).map((v) => Number(v ?? 0));
-      acked.set(String(id), a!);
+      const [into, out, n, us] = (progressR[i]![1] as (string | null)[]).map((v) => Number(v ?? 0));
+      appended.set(String(id), into!);
+      backlog.set(String(id), Math.max(0, into! - out!));
       flush.set(`${id}:n`, n!);
       flush.set(`${id}:us`, us!);
     });
     for (const [id, local] of this.#toLocal) {
       const collector = mapper.metricsCollector(local)!;
       const key = String(id);
-      const s = storedCounts.get(key) ?? 0;
-      collector.recordBufferLen(Math.max(0, s - (acked.get(key) ?? 0)));
-      const before = this.#prevStored.get(key);
+      const s = appended.get(key) ?? 0;
+      collector.recordBufferLen(backlog.get(key) ?? 0);
+      const before = this.#prevIn.get(key);
       const events = before === undefined ? 0 : Math.min(MAX_EVENTS_PER_WINDOW, Math.max(0, s - before));
       for (let k = 0; k < events; k++) collector.recordEventOnly();
       const n = flush.get(`${id}:n`) ?? 0;
@@ -643,7 +639,7 @@ export class Controller {
       const us0 = this.#prevFlush.get(`${id}:us`) ?? 0;
       if (n0 !== undefined && n > n0) collector.recordFlush(Math.round((us - us0) / (n - n0)));
     }
-    this.#prevStored = storedCounts;
+    this.#prevIn = appended;
     this.#prevFlush = flush;
     mapper.collectMetrics();
     const windows = new Map<number, ShardMetrics | undefined>();
@@ -715,7 +711,6 @@ export class Controller {
       doc.shards = doc.shards.filter((s) => !gone.includes(s.id));
       table = await this.#write(table, doc);
       await sendAll(client, [
-        ['hdel', keys.stored, ...gone.map(String)],
         ...gone.map((id): [string, string] => ['del', keys.owner(id)]),
         // Its marks and counters outlive it a while: a node whose XADD to it went unanswered
         // reads there whether the frame was consumed before the removal (node.ts #settleUnanswered).

@@ -41,10 +41,6 @@ export interface Keys {
   readonly answers: string;
   /** Sorted set: request id → Redis time of its answer (answers are pruned after 10 minutes). */
   readonly answered: string;
-  /** Hash: shard id → events stored by all nodes (reported every metrics window). */
-  readonly stored: string;
-  /** Hash: node id → the number of its last stored-events report applied (smStored). */
-  readonly reports: string;
   /** Stream: entries consumers could not consume (undecodable, or refused maxDeliveries
    *  times), with their raw fields (see the README's dead-letter format). */
   readonly deadLetters: string;
@@ -73,8 +69,6 @@ export function keysFor(ns: string): Keys {
     floor: `${tag}:floor`,
     answers: `${tag}:answers`,
     answered: `${tag}:answered`,
-    stored: `${tag}:stored`,
-    reports: `${tag}:reports`,
     deadLetters: `${tag}:dead`,
     consumers: `${tag}:consumers`,
     ops: `${tag}:ops`,
@@ -241,19 +235,17 @@ if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
 return redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], ARGV[4])`,
   },
   /**
-   * KEYS stored, reports; ARGV node, report number, then pairs of shard id, events. Adds a
-   * node's report of events stored to the per-shard counts once: a report numbered at or
-   * below the node's last applied one (sent again because its reply was lost) changes
-   * nothing. Returns 1 when applied, 0 for a repeat.
+   * KEYS stream, progress; ARGV events in the entry, then the entry's field-value pairs.
+   * Appends a node's frame (XADD NOMKSTREAM: nothing when the shard's stream is gone) and, in
+   * the same step, adds its events to the shard's `in` count, so the backlog (`in` − `out`)
+   * never misses a frame whose node died right after storing it. Returns the entry id, or nil.
    */
-  smStored: {
+  smAppend: {
     numberOfKeys: 2,
     lua: `
-local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-if tonumber(ARGV[2]) <= last then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-for i = 3, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return 1`,
+local id = redis.call('XADD', KEYS[1], 'NOMKSTREAM', '*', unpack(ARGV, 2))
+if id then redis.call('HINCRBY', KEYS[2], 'in', ARGV[1]) end
+return id`,
   },
   /**
    * KEYS stream; ARGV group, own name, idle ms. Forget the group's other members that have
@@ -288,9 +280,13 @@ return 0`,
    * KEYS stream, progress; ARGV group, batch time in µs ('' when no consume call ran), then
    * per entry: id, node ('' if unknown), frame, events. Acknowledges and deletes the entries
    * (so a stream's length is exactly its unacknowledged entries) and, in the same step,
-   * raises each node's mark to the last event of its newest frame here and adds to `acked`
+   * raises each node's mark to the last event of its newest frame here, adds to `acked`
    * the events above the marks it found (a repeat of an acknowledged frame adds nothing, so
-   * a retried call changes nothing). Returns {entries acknowledged, events added}.
+   * a retried call changes nothing) and to `out` the events of the entries this call took
+   * out of the pending list (repeats included, as smAppend counted them in `in`). An emptied
+   * stream sets `out` to `in`: nothing is left, whatever an entry deleted by someone else
+   * (which comes back without its count) left uncounted. Returns {entries acknowledged,
+   * events added}.
    */
   smCommit: {
     numberOfKeys: 2,
@@ -323,12 +319,24 @@ for k = 3, #ARGV, 4 do
     end
   end
 end
-local acked = 0
+local acked, out = 0, 0
+for k = 3, #ARGV, 4 do
+  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[k]) == 1 then
+    acked = acked + 1
+    out = out + tonumber(ARGV[k + 3])
+  end
+end
 for from = 1, #ids, 1000 do
   local chunk = {}
   for j = from, math.min(#ids, from + 999) do chunk[#chunk + 1] = ids[j] end
-  acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(chunk))
   redis.call('XDEL', KEYS[1], unpack(chunk))
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  -- a removed shard's stream: nothing to count (its progress hash only keeps the marks)
+elseif redis.call('XLEN', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[2], 'out', redis.call('HGET', KEYS[2], 'in') or '0')
+elseif out > 0 then
+  redis.call('HINCRBY', KEYS[2], 'out', out)
 end
 for _, node in ipairs(order) do
   local m = marks[node]

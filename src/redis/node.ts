@@ -142,12 +142,6 @@ export class RedisShardManager {
   #lossSeen: string | undefined;
   /** Operator calls waiting for the next table this node applies. */
   #tableWaiters = new Set<() => void>();
-  /** Per shard: events stored since the last window reported them (HINCRBY). */
-  #storedDelta = new Map<number, number>();
-  /** The stored-events report sent and not yet confirmed: sent again as it is (same number)
-   *  until Redis answers, so a report whose reply was lost is never counted twice. */
-  #storedReport: { seq: number; delta: Map<number, number> } | undefined;
-  #storedReportSeq = 0;
   #unrouted = 0;
   #retries = 0;
   #sending = false;
@@ -412,7 +406,7 @@ export class RedisShardManager {
     if (this.#buffer.buffered > 0) this.#kick();
   }
 
-  /** One metrics window: catch up with the table, report push counts, run the controller. */
+  /** One metrics window: catch up with the table, run the controller. */
   async #window(): Promise<void> {
     if (this.#stepping) return;
     this.#stepping = true;
@@ -422,33 +416,12 @@ export class RedisShardManager {
       const verdict = compareHeads(this.#table, head);
       if (verdict === 'ahead') await this.#refresh();
       else if (verdict === 'lost') await this.#dataLost(head);
-      await this.#reportStored().catch((error: unknown) => this.#redisError(error)); // sent again next window
       if (this.#controller && !this.#closed) await this.#controller.step();
     } catch (error) {
       this.#redisError(error);
     } finally {
       this.#stepping = false;
     }
-  }
-
-  /** Add the events stored since the last report to the namespace's per-shard counts (the
-   *  controller's input). Numbered per node and applied once (smStored): a report whose reply
-   *  was lost is sent again unchanged, and the new events wait for the next one. */
-  async #reportStored(): Promise<void> {
-    if (!this.#storedReport) {
-      if (this.#storedDelta.size === 0) return;
-      this.#storedReport = { seq: ++this.#storedReportSeq, delta: this.#storedDelta };
-      this.#storedDelta = new Map();
-    }
-    const { seq, delta } = this.#storedReport;
-    await this.#conn.client.smStored(
-      this.#keys.stored,
-      this.#keys.reports,
-      this.nodeId,
-      seq,
-      ...[...delta].flatMap(([id, n]) => [String(id), n]),
-    );
-    this.#storedReport = undefined;
   }
 
   /**
@@ -691,10 +664,10 @@ export class RedisShardManager {
           this.#conn.client,
           batch.map(
             (f): Command => [
-              'xadd',
+              'smAppend', // XADD NOMKSTREAM, and the events counted in the shard's backlog
               this.#keys.stream(f.shard),
-              'NOMKSTREAM',
-              '*',
+              this.#keys.progress(f.shard),
+              f.hashes.length,
               'n',
               this.nodeId,
               's',
@@ -724,8 +697,7 @@ export class RedisShardManager {
             this.#buffer.frameUnsent(frame); // sent again first: per-shard order holds, same dedup id
             this.#hold(frame.shard);
           } else {
-            const n = this.#buffer.frameStored(frame);
-            this.#storedDelta.set(frame.shard, (this.#storedDelta.get(frame.shard) ?? 0) + n);
+            this.#buffer.frameStored(frame);
           }
         });
         if (refused.length > 0) await this.#refused(refused);
@@ -1114,15 +1086,6 @@ export class RedisShardManager {
     await this.flush();
     this.#stopTimers();
     while (this.#stepping) await sleep(2);
-    // The last report (and the one whose answer was lost, if any), then this node's report
-    // number is no longer needed.
-    try {
-      await this.#reportStored();
-      await this.#reportStored();
-      await this.#conn.client.hdel(this.#keys.reports, this.nodeId);
-    } catch {
-      /* Redis away: those counts only feed the controller's next windows */
-    }
     await this.#controller?.release();
     this.#sub.disconnect();
     await closeConnection(this.#conn);

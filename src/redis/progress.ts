@@ -1,9 +1,14 @@
-// What the consumers of a shard have acknowledged, as Redis states it: the shard's progress
-// hash (keys.progress(id), under the stream's hash tag), written only by the smCommit script
-// together with the XACK that acknowledges the entries.
+// What a shard holds and what its consumers have acknowledged, as Redis states it: the
+// shard's progress hash (keys.progress(id), under the stream's hash tag), written by the
+// smAppend script together with the XADD of a frame and by the smCommit script together with
+// the XACK that acknowledges entries.
 //
 //   n:<node>  "<frame>:<index>"  the last event of that node's newest frame acknowledged here
 //   acked     events acknowledged (a repeat of an acknowledged frame is not counted again)
+//   in        events appended (smAppend; a frame stored twice counts twice)
+//   out       events of the entries acknowledged (repeats included): `in` − `out` is the
+//             backlog, exact whichever process dies, since each count moves in the same
+//             script as the stream does
 //   batches   consume calls acknowledged;  us: their total time (µs)
 //
 // A node's frames reach one shard with rising frame numbers and a consumer acknowledges a
@@ -27,7 +32,7 @@ export interface AckedPosition {
 export const PROGRESS_RETAIN_MS = 3_600_000;
 
 /** Field names of the progress hash. */
-export const PROGRESS = { markPrefix: 'n:', acked: 'acked', batches: 'batches', us: 'us' } as const;
+export const PROGRESS = { markPrefix: 'n:', acked: 'acked', in: 'in', out: 'out', batches: 'batches', us: 'us' } as const;
 
 const MARK = /^(\d+):(-?\d+)$/;
 
