@@ -100,7 +100,8 @@ interface Commit {
   consumed: number;
   repeats: number;
   deadLettered: number;
-  /** The marks after this batch (dedup on), for the shard's local copy. */
+  /** The marks this batch raised (dedup on), its nodes' only: merged into the shard's local
+   *  copy once the script has run (never before, so a failed one leaves the copy as it was). */
   marks: Map<string, AckedPosition> | undefined;
   /** Entries read with it, to drop from the shard's queue once acknowledged. */
   taken: number;
@@ -133,8 +134,35 @@ const MAX_BACKOFF_MS = 1000;
 
 /** (frame, index) at or below a mark: acknowledged before. */
 function isAcknowledged(marks: ReadonlyMap<string, AckedPosition>, node: string, frame: number, index: number): boolean {
-  const m = marks.get(node);
+  return isAtOrBelow(marks.get(node), frame, index);
+}
+
+function isAtOrBelow(m: AckedPosition | undefined, frame: number, index: number): boolean {
   return m !== undefined && (frame < m.frame || (frame === m.frame && index <= m.index));
+}
+
+/**
+ * A batch's view of the marks: those it raised, over the shard's (read, never copied nor
+ * changed here). Only the nodes of the batch's entries are looked up or written, so a batch
+ * costs the same whether the shard has marks of ten nodes or of fifty thousand (a node takes
+ * a new id at every start, and each id that ever pushed to the shard keeps its mark).
+ */
+class BatchMarks {
+  /** Node → the mark this batch raised it to (always above the shard's). */
+  readonly raised = new Map<string, AckedPosition>();
+  readonly #held: ReadonlyMap<string, AckedPosition>;
+
+  constructor(held: ReadonlyMap<string, AckedPosition>) {
+    this.#held = held;
+  }
+
+  isAcknowledged(node: string, frame: number, index: number): boolean {
+    return isAtOrBelow(this.raised.get(node) ?? this.#held.get(node), frame, index);
+  }
+
+  raise(node: string, frame: number, index: number): void {
+    if (!this.isAcknowledged(node, frame, index)) this.raised.set(node, { frame, index });
+  }
 }
 
 /** The error of a command on a shard's stream (or its group) that does not exist. */
@@ -455,7 +483,7 @@ class ConsumerRunner implements ShardConsumers {
     const run = held.queue.slice(0, n);
     if (kind === 'frame') return this.#consumeRun(id, held, run);
     if (kind === 'gone') {
-      await this.#commit(id, held, this.#commitOf(run, '', 0, 0, 0, held.marks));
+      await this.#commit(id, held, this.#commitOf(run, '', 0, 0, 0, undefined)); // no node: no mark moves
       return true;
     }
     return this.#deadLetter(id, held, run, kind);
@@ -496,21 +524,21 @@ class ConsumerRunner implements ShardConsumers {
   async #consumeRun(id: number, held: Held, run: ReadEntry[]): Promise<boolean> {
     const { dedup } = this.#parts;
     // Repeats of acknowledged events (and of events earlier in this batch) never reach consume.
-    const marks = dedup ? new Map(held.marks) : undefined;
+    const marks = dedup ? new BatchMarks(held.marks ?? new Map()) : undefined;
     const parts: ShardRecord[][] = [];
     let repeats = 0;
     for (const entry of run) {
       const d = entry.decoded;
       if (d.kind !== 'frame') continue;
       const n = d.records.length;
-      if (!marks || n === 0 || !isAcknowledged(marks, d.node, d.frame, 0))
+      if (!marks || n === 0 || !marks.isAcknowledged(d.node, d.frame, 0))
         parts.push(d.records); // the usual case: a new frame, whole
       else {
-        const fresh = d.records.filter((r) => !isAcknowledged(marks, r.node, r.frame, r.index));
+        const fresh = d.records.filter((r) => !marks.isAcknowledged(r.node, r.frame, r.index));
         repeats += n - fresh.length;
         parts.push(fresh);
       }
-      if (marks && n > 0) raise(marks, d.node, d.frame, n - 1);
+      if (marks && n > 0) marks.raise(d.node, d.frame, n - 1);
     }
     const records = parts.length === 1 ? parts[0]! : concat(parts);
     let us = '';
@@ -529,7 +557,7 @@ class ConsumerRunner implements ShardConsumers {
       }
       us = String(Math.round((performance.now() - started) * 1000));
     }
-    await this.#commit(id, held, this.#commitOf(run, us, records.length, repeats, 0, marks));
+    await this.#commit(id, held, this.#commitOf(run, us, records.length, repeats, 0, marks?.raised));
     return true;
   }
 
@@ -546,15 +574,15 @@ class ConsumerRunner implements ShardConsumers {
       run.map((e) => deadLetterCommand(key, id, e, reason, why(e))),
     );
     for (const [error] of replies) if (error) throw error;
-    const marks = held.marks ? new Map(held.marks) : undefined;
+    const marks = held.marks ? new BatchMarks(held.marks) : undefined;
     for (const e of run) {
       const d = e.decoded;
       if (marks && d.kind !== 'gone' && d.node !== '') {
         const count = d.kind === 'frame' ? d.records.length : d.count;
-        raise(marks, d.node, d.frame, count - 1);
+        marks.raise(d.node, d.frame, count - 1);
       }
     }
-    await this.#commit(id, held, this.#commitOf(run, '', 0, 0, run.length, marks));
+    await this.#commit(id, held, this.#commitOf(run, '', 0, 0, run.length, marks?.raised));
     for (const e of run) {
       this.#report(
         new Error(`shard-mapper/redis: shard ${id}: stream entry ${e.id} moved to the dead-letter stream ${key}: ${why(e)}`),
@@ -626,6 +654,7 @@ class ConsumerRunner implements ShardConsumers {
     held.unacked = undefined;
     held.failures = 0;
     held.retryAt = 0;
+    // The batch's nodes only (held.marks may have been read again since: raise, never lower).
     if (commit.marks && held.marks) for (const [node, m] of commit.marks) raise(held.marks, node, m.frame, m.index);
     held.queue = held.queue.slice(commit.taken);
     this.#count(commit);
