@@ -618,13 +618,24 @@ export class ShardManager {
   start(): void {
     this.#assertOpen('start');
     if (this.#timer !== undefined) return;
+    let logged: string | undefined; // the failure last written to the console
     this.#timer = unrefTimer(
       setInterval(() => {
         try {
           this.tick();
+          logged = undefined;
         } catch (error) {
           if (this.#onEvent) this.#emit({ type: 'tickError', error: error as Error, at: this.#clock() });
-          else console.error('shard-mapper: the scaling loop failed; it keeps running:', error);
+          else {
+            // Once per kind of failure, not once per window (ids run out: every window fails alike).
+            const message = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+            if (message !== logged)
+              console.error(
+                'shard-mapper: the scaling loop failed; it keeps running (the same failure is not logged again until a pass succeeds):',
+                error,
+              );
+            logged = message;
+          }
         }
       }, this.mapper.policy().metricsWindowMs),
     );

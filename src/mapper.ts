@@ -266,6 +266,15 @@ export class ShardMapper {
     return this.#shards.length;
   }
 
+  /**
+   * How many new shard ids this mapper can still hand out: ids are never reused and stop at
+   * 65534, so every scale-up spends some for good. Watch it in a long-running service whose
+   * shard count goes up and down often (docs/routing.md, "Shard ids run out").
+   */
+  shardIdsLeft(): number {
+    return MAX_SHARD_ID + 1 - this.#nextId;
+  }
+
   shardState(id: number): ShardState | undefined {
     return this.#byId.get(id)?.state;
   }
