@@ -609,19 +609,25 @@ export class Controller {
     // Metrics from Redis into the local collectors.
     // Events appended and acknowledged, and batch times, live in each shard's progress hash,
     // counted by the scripts that append and acknowledge (progress.ts).
+    // An empty stream has no backlog, whatever the counts say (a stream Redis lost and the
+    // controller made again, beside a progress hash it kept).
     const shardIds = [...this.#toLocal.keys()];
-    const progressR = await sendAll(
+    const replies = await sendAll(
       client,
-      shardIds.map((id): Command => ['hmget', keys.progress(id), PROGRESS.in, PROGRESS.out, PROGRESS.batches, PROGRESS.us]),
+      shardIds.flatMap((id): Command[] => [
+        ['hmget', keys.progress(id), PROGRESS.in, PROGRESS.out, PROGRESS.batches, PROGRESS.us],
+        ['xlen', keys.stream(id)],
+      ]),
     );
-    for (const [error] of progressR) if (error) throw error;
+    for (const [error] of replies) if (error) throw error;
     const appended = new Map<string, number>();
     const backlog = new Map<string, number>();
     const flush = new Map<string, number>();
     shardIds.forEach((id, i) => {
-      const [into, out, n, us] = (progressR[i]![1] as (string | null)[]).map((v) => Number(v ?? 0));
+      const [into, out, n, us] = (replies[2 * i]![1] as (string | null)[]).map((v) => Number(v ?? 0));
+      const entries = Number(replies[2 * i + 1]![1]);
       appended.set(String(id), into!);
-      backlog.set(String(id), Math.max(0, into! - out!));
+      backlog.set(String(id), entries === 0 ? 0 : Math.max(0, into! - out!));
       flush.set(`${id}:n`, n!);
       flush.set(`${id}:us`, us!);
     });

@@ -53,9 +53,10 @@ export interface Keys {
   /** String, under the stream's hash tag: the consumer that owns a shard (SET NX PX). In the
    *  stream's slot so one script can check the lease and read in the same step (smRead). */
   owner(id: number): string;
-  /** Hash, under the stream's hash tag: what the consumers acknowledged on a shard — per
-   *  node its highest (frame, index), events acknowledged, batches and their time (see
-   *  progress.ts). Written only by smCommit, with the XACK. */
+  /** Hash, under the stream's hash tag: what a shard holds and what its consumers
+   *  acknowledged — per node its highest (frame, index), events appended and acknowledged,
+   *  batches and their time (see progress.ts). Written only by smAppend, with the XADD, and
+   *  by smCommit, with the XACK. */
   progress(id: number): string;
 }
 
