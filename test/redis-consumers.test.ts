@@ -6,7 +6,7 @@
 // are broken with redis-cli. Waits are bounded waits for conditions.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DedupFilter, RedisShardManager, serveShardConsumers, type ShardConsumers, type ShardRecord } from 'shard-mapper/redis';
-import { RedisTestServer, isAppend, redisAvailable } from './helpers/redis-server.js';
+import { RedisTestServer, redisAvailable } from './helpers/redis-server.js';
 import { RespProxy, type Verdict } from './helpers/resp-proxy.js';
 import { keysFor, SCRIPTS } from '../dist/redis/keys.js';
 import { readTableIfCreated } from '../dist/redis/table.js';
@@ -102,7 +102,7 @@ describe.skipIf(!available)('serveShardConsumers: repeats are the package\'s job
   it('a node\'s retried XADD that Redis had stored (reply cut by a proxy) reaches consume once: the copy is skipped', async () => {
     const namespace = ns();
     const proxy = await RespProxy.start(server.port);
-    proxy.onCommand = (args): Verdict => (isAppend(args) && proxy.cuts.length === 0 ? 'cutBeforeReply' : 'forward');
+    proxy.onCommand = (args): Verdict => (args[0]!.toLowerCase() === 'xadd' && proxy.cuts.length === 0 ? 'cutBeforeReply' : 'forward');
     const node = await RedisShardManager.create({ redis: proxy.url, namespace, initialShards: 1, policy: quiet });
     const { got, consumers } = await consumerOf(server.url, namespace);
     try {
@@ -113,7 +113,7 @@ describe.skipIf(!available)('serveShardConsumers: repeats are the package\'s job
       const stream = streamOf(namespace, 0);
       await until(() => got.length >= 10 && server.cli('XLEN', stream) === '0', 'everything consumed and acknowledged');
       await sleep(100);
-      expect(proxy.cuts.map((c) => isAppend(c.command))).toEqual([true]); // the fault hit the first append (XADD)
+      expect(proxy.cuts.map((c) => c.command[0]!.toLowerCase())).toEqual(['xadd']); // the fault hit the first XADD
       expect(node.stats().retries).toBeGreaterThanOrEqual(1);
       expect(entriesAdded(stream)).toBe(3); // the first frame twice, then the second frame
       expect(got.map((g) => g.text)).toEqual(Array.from({ length: 10 }, (_, i) => `x:${i}`));
@@ -130,7 +130,7 @@ describe.skipIf(!available)('serveShardConsumers: repeats are the package\'s job
     const namespace = ns();
     const proxy = await RespProxy.start(server.port);
     proxy.onCommand = (args): Verdict => {
-      if (!isAppend(args) || proxy.cuts.length > 0) return 'forward';
+      if (args[0]!.toLowerCase() !== 'xadd' || proxy.cuts.length > 0) return 'forward';
       proxy.block(true); // the node cannot reconnect until the test lets it
       return 'cutBeforeReply';
     };
@@ -162,7 +162,7 @@ describe.skipIf(!available)('serveShardConsumers: repeats are the package\'s job
   it('dedup: false hands a repeat on with its dedup id; DedupFilter with commit() after the work drops it, and a throwing batch is not lost', async () => {
     const namespace = ns();
     const proxy = await RespProxy.start(server.port);
-    proxy.onCommand = (args): Verdict => (isAppend(args) && proxy.cuts.length === 0 ? 'cutBeforeReply' : 'forward');
+    proxy.onCommand = (args): Verdict => (args[0]!.toLowerCase() === 'xadd' && proxy.cuts.length === 0 ? 'cutBeforeReply' : 'forward');
     const node = await RedisShardManager.create({ redis: proxy.url, namespace, initialShards: 1, policy: quiet });
     for (let i = 0; i < 6; i++) node.push(1, `z:${i}`);
     await node.flush();

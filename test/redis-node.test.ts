@@ -559,7 +559,7 @@ describe.skipIf(!available)('shard-mapper/redis exports the errors a node throws
 });
 
 /**
- * A user's ioredis instance whose connections answer the first frame appended (XADD) with
+ * A user's ioredis instance whose connections answer the first XADD that `swap` accepts with
  * another command's reply, without sending it — the reply a client or proxy that paired
  * replies with the wrong commands would hand over.
  */
@@ -572,17 +572,10 @@ class MispairingRedis extends Redis {
     copy.pipeline = ((...a: Parameters<Redis['pipeline']>) => {
       const p = pipelineOf(...a);
       const call = p.call.bind(p);
-      // A node appends a frame with the package's smAppend script (XADD and its count).
-      const scripts = p as unknown as Record<string, (...args: unknown[]) => unknown>;
-      const append = scripts.smAppend!.bind(p);
       let fakeAt = -1;
       let n = 0;
-      scripts.smAppend = (...args: unknown[]) => {
-        if (fakeAt < 0 && this.swapped === 0) { fakeAt = n++; this.swapped++; return p; }
-        n++;
-        return append(...args);
-      };
       p.call = ((name: string, ...args: unknown[]) => {
+        if (fakeAt < 0 && this.swapped === 0 && name.toLowerCase() === 'xadd') { fakeAt = n++; this.swapped++; return p; }
         n++;
         return call(name, ...(args as string[]));
       }) as typeof p.call;

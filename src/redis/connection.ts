@@ -378,18 +378,10 @@ export type Reply = [Error | null, unknown];
  */
 export async function sendAll(client: RedisClient, commands: Command[], buffers = false): Promise<Reply[]> {
   if (commands.length === 0) return [];
-  // The package's scripts go by their defined methods (EVALSHA, loaded on NOSCRIPT), the rest by name.
-  const script = (name: string): boolean => Object.hasOwn(SCRIPTS, name);
   if (client instanceof lib().Cluster) {
-    const scripted = client as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>;
     return Promise.all(
       commands.map(([name, ...args]) =>
-        (script(name)
-          ? scripted[buffers ? `${name}Buffer` : name]!(...args)
-          : buffers
-            ? client.callBuffer(name, ...args)
-            : client.call(name, ...args)
-        ).then(
+        (buffers ? client.callBuffer(name, ...args) : client.call(name, ...args)).then(
           (r): Reply => [null, r],
           (e: Error): Reply => [e, null],
         ),
@@ -397,10 +389,8 @@ export async function sendAll(client: RedisClient, commands: Command[], buffers 
     );
   }
   const pipeline = client.pipeline();
-  const methods = pipeline as unknown as Record<string, (...a: unknown[]) => void>;
   for (const [name, ...args] of commands) {
-    if (script(name)) methods[buffers ? `${name}Buffer` : name]!(...args);
-    else if (buffers) methods.callBuffer!(name, ...args);
+    if (buffers) (pipeline as unknown as { callBuffer(...a: unknown[]): void }).callBuffer(name, ...args);
     else pipeline.call(name, ...args);
   }
   try {

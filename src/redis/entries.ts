@@ -65,7 +65,7 @@ export function decodeEntry(entryId: string, fields: Buffer[]): Decoded {
   const frame = seq !== undefined && SEQ.test(seq) ? Number(seq) : -1;
   const declared = count !== undefined && COUNT.test(count) ? Number(count) : undefined;
   // What is known of an undecodable frame still moves its node's mark (see progress.ts).
-  // An entry no node of ours wrote counts no event (smAppend never counted it in `in`).
+  // An entry no node of ours wrote counts no event (no node counted it in `in`).
   const known = node !== undefined && node !== '' && frame >= 0;
   const fail = (error: string): Decoded => ({
     kind: 'undecodable',

@@ -55,8 +55,8 @@ export interface Keys {
   owner(id: number): string;
   /** Hash, under the stream's hash tag: what a shard holds and what its consumers
    *  acknowledged — per node its highest (frame, index), events appended and acknowledged,
-   *  batches and their time (see progress.ts). Written only by smAppend, with the XADD, and
-   *  by smCommit, with the XACK. */
+   *  batches and their time (see progress.ts). Written by the nodes (`in`, with each XADD)
+   *  and by smCommit, with the XACK. */
   progress(id: number): string;
 }
 
@@ -236,19 +236,6 @@ if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
 return redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], ARGV[4])`,
   },
   /**
-   * KEYS stream, progress; ARGV events in the entry, then the entry's field-value pairs.
-   * Appends a node's frame (XADD NOMKSTREAM: nothing when the shard's stream is gone) and, in
-   * the same step, adds its events to the shard's `in` count, so the backlog (`in` − `out`)
-   * never misses a frame whose node died right after storing it. Returns the entry id, or nil.
-   */
-  smAppend: {
-    numberOfKeys: 2,
-    lua: `
-local id = redis.call('XADD', KEYS[1], 'NOMKSTREAM', '*', unpack(ARGV, 2))
-if id then redis.call('HINCRBY', KEYS[2], 'in', ARGV[1]) end
-return id`,
-  },
-  /**
    * KEYS stream; ARGV group, own name, idle ms. Forget the group's other members that have
    * nothing pending and have been idle longer than that; returns how many. The check and the
    * delete are one step: a member that read entries since the check would lose them with it
@@ -284,10 +271,10 @@ return 0`,
    * raises each node's mark to the last event of its newest frame here, adds to `acked`
    * the events above the marks it found (a repeat of an acknowledged frame adds nothing, so
    * a retried call changes nothing) and to `out` the events of the entries this call took
-   * out of the pending list (repeats included, as smAppend counted them in `in`). An emptied
-   * stream sets `out` to `in`: nothing is left, whatever an entry deleted by someone else
-   * (which comes back without its count) left uncounted. Returns {entries acknowledged,
-   * events added}.
+   * out of the pending list (repeats included, as the nodes counted them in `in`). An emptied
+   * stream sets `out` to `in`: nothing is left, whatever the counts missed (a node that died
+   * between counting a frame and appending it, an entry deleted by someone else, which comes
+   * back without its count). Returns {entries acknowledged, events added}.
    */
   smCommit: {
     numberOfKeys: 2,

@@ -1,14 +1,17 @@
 // What a shard holds and what its consumers have acknowledged, as Redis states it: the
-// shard's progress hash (keys.progress(id), under the stream's hash tag), written by the
-// smAppend script together with the XADD of a frame and by the smCommit script together with
-// the XACK that acknowledges entries.
+// shard's progress hash (keys.progress(id), under the stream's hash tag), written by the nodes
+// (`in`, in the pipeline of each XADD) and by the smCommit script together with the XACK that
+// acknowledges entries.
 //
 //   n:<node>  "<frame>:<index>"  the last event of that node's newest frame acknowledged here
 //   acked     events acknowledged (a repeat of an acknowledged frame is not counted again)
-//   in        events appended (smAppend; a frame stored twice counts twice)
-//   out       events of the entries acknowledged (repeats included): `in` − `out` is the
-//             backlog, exact whichever process dies, since each count moves in the same
-//             script as the stream does
+//   in        events appended (counted by the node just before each XADD; a frame stored
+//             twice counts twice)
+//   out       events of the entries acknowledged (repeats included), counted in the script
+//             that acknowledges them; set to `in` when the stream empties. `in` − `out` is
+//             the backlog: a consumer that dies changes neither, a producer node that dies
+//             leaves at most the one frame it had counted and not appended, until the stream
+//             next empties
 //   batches   consume calls acknowledged;  us: their total time (µs)
 //
 // A node's frames reach one shard with rising frame numbers and a consumer acknowledges a

@@ -4,25 +4,12 @@
 // When redis-server is not installed the suites skip with a loud message, except under
 // CI=true, where a missing server is a failure (.ci/run installs it).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { SCRIPTS } from '../../dist/redis/keys.js';
 
 export const HOST = '127.0.0.1';
-
-/** The package's script that appends a node's frame (XADD and the shard's `in` count). */
-const APPEND = SCRIPTS.smAppend.lua;
-const APPEND_SHA = createHash('sha1').update(APPEND).digest('hex');
-
-/** Whether a command (as a proxy or MONITOR sees its words) is a node appending a frame: the
- *  package's smAppend script (EVALSHA, or EVAL when Redis did not have it), not a bare XADD. */
-export function isAppend(words: readonly unknown[]): boolean {
-  const name = String(words[0]).toLowerCase();
-  return (name === 'evalsha' && String(words[1]).toLowerCase() === APPEND_SHA) || (name === 'eval' && String(words[1]) === APPEND);
-}
 
 function findBinary(name: string): string | undefined {
   const r = spawnSync('sh', ['-c', `command -v ${name}`], { encoding: 'utf8' });
