@@ -126,10 +126,11 @@ async function render() {
   const dt = (now - lastAt) / 1000;
   lastAt = now;
   const table = [...statuses.values()].find((s) => s.controller)?.table ?? statuses.get(0)?.table;
-  // Events acknowledged per shard live in the shard's progress hash (the consumers' acknowledging script writes them).
+  // A shard's backlog as the controller reads it: events appended (`in`, counted by the nodes)
+  // minus events acknowledged (`out`, counted by the consumers' acknowledging script), in its progress hash.
   const shardIds = (table?.shards ?? []).map((sh) => sh.id);
-  const [stored, ...ackedList] = await Promise.all([redis.hgetall(`{${namespace}}:stored`), ...shardIds.map((id) => redis.hget(`${namespace}:progress:{${namespace}:${id}}`, 'acked'))]);
-  const acked = Object.fromEntries(shardIds.map((id, i) => [id, ackedList[i] ?? 0]));
+  const counts = await Promise.all(shardIds.map((id) => redis.hmget(`${namespace}:progress:{${namespace}:${id}}`, 'in', 'out')));
+  const backlogOf = Object.fromEntries(shardIds.map((id, i) => [id, Math.max(0, Number(counts[i][0] ?? 0) - Number(counts[i][1] ?? 0))]));
   const lines = [
     pc.bold('shard-mapper/redis live demo') + pc.gray(`  ${elapsed().toFixed(1)} s / ${durationS} s   ${nodes} node processes, ${consumerCount} consumer processes, namespace ${namespace}, ${args.url ? url : 'local redis-server'}`),
     `target ${fmt(targetRate(Math.min(1, elapsed() / durationS)))} ev/s   delivered ${pc.bold(fmt(delivered))}   repeats ${fmt(repeats)}   table v${table?.version ?? '?'}`,
@@ -148,7 +149,7 @@ async function render() {
   }
   lines.push('', pc.gray('  shard  state          backlog  consumer'));
   for (const sh of table?.shards ?? []) {
-    const backlog = Math.max(0, Number(stored[sh.id] ?? 0) - Number(acked[sh.id] ?? 0));
+    const backlog = backlogOf[sh.id] ?? 0;
     const owner = [...owners].find(([, o]) => o.includes(sh.id))?.[0];
     lines.push(`  ${String(sh.id).padStart(5)}  ${(stateColour[sh.state] ?? ((x) => x))(sh.state.padEnd(13))}  ${fmt(backlog).padStart(7)}  ${owner === undefined ? '-' : `c${owner}`}`);
   }
