@@ -184,6 +184,15 @@ export function registerShardManagerMetrics(options: PrometheusOptions = {}): Sh
   gauge('shards_min', 'policy.minShards.', [], (g, m) => g.set(labelled({}), m.mapper.policy().minShards));
   gauge('shards_max', 'policy.maxShards.', [], (g, m) => g.set(labelled({}), m.mapper.policy().maxShards));
   gauge('ring_capacity', 'Records per shard ring.', [], (g, m) => g.set(labelled({}), m.ringCapacity));
+  gauge(
+    'shard_ids_left',
+    'New shard ids left: ids are never reused and stop at 65534; at 0 the shard count can only go down.',
+    [],
+    (g, m) => {
+      const left = m.mapper.shardIdsLeft?.();
+      if (left !== undefined) g.set(labelled({}), left);
+    },
+  );
 
   // Totals since the manager was created (they never go down when shards are removed).
   mirror('events_pushed_total', 'Events accepted into a ring.', [], (set, m) => set({}, m.stats().pushed));

@@ -104,5 +104,7 @@ export interface ObservedManager {
   readonly mapper: {
     lastMetrics(id: number): ShardMetrics | undefined;
     policy(): Readonly<ScalingPolicy>;
+    /** New shard ids left (absent: the gauge is not published). */
+    shardIdsLeft?(): number;
   };
 }

@@ -93,6 +93,8 @@ describe('shard-mapper/prometheus', () => {
     expect(series(s, 'shard_mapper_shards_max')).toBe(4);
     expect(series(s, 'shard_mapper_shards_min')).toBe(1);
     expect(series(s, 'shard_mapper_ring_capacity')).toBe(8);
+    expect(series(s, 'shard_mapper_shard_ids_left')).toBe(manager.mapper.shardIdsLeft());
+    expect(manager.mapper.shardIdsLeft()).toBe(65535 - 2);
     for (const shard of stats.shards) {
       const id = String(shard.id);
       expect(series(s, 'shard_mapper_shard_state', { shard: id, state: 'active' })).toBe(1);

@@ -332,7 +332,7 @@ describe.skipIf(!available)('RedisShardManager: one node, consumers, one process
       expect(a.push(i * 10_737_418, `s:${i}`)).toBe(true);
       if (i % 50 === 49) await a.flush(); // the local send buffer holds 100 per shard
     }
-    await a.tick(); // takes the lease, reports 400 stored, backlog 200 per shard > 0.5 × 100
+    await a.tick(); // takes the lease, reads a backlog of 200 per shard > 0.5 × 100
     expect(a.isController).toBe(true);
     expect(events.filter((e) => e.type === 'scalingDecision')).toEqual([{ type: 'scalingDecision', decision: { kind: 'scaleUp', count: 1 }, at: 0 }]);
     expect(a.table().shards).toEqual([{ id: 0, state: 'active' }, { id: 1, state: 'active' }, { id: 2, state: 'active' }]);
@@ -346,6 +346,7 @@ describe.skipIf(!available)('RedisShardManager: one node, consumers, one process
     const scrape = await registry.metrics();
     expect(scrape).toContain('shard_mapper_events_pushed_total 400');
     expect(scrape).toContain('shard_mapper_shards{state="active"} 4');
+    expect(scrape).toContain(`shard_mapper_shard_ids_left ${65535 - 4}`); // the namespace's ids: 0..3 handed out
     expect(scrape).toMatch(/shard_mapper_shard_fill_ratio\{shard="3"\} 0/);
     expect(scrape).toMatch(/shard_mapper_shard_weight\{shard="0"\} [0-9.]+/); // the controller's last window
 

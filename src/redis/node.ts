@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
 import { BackpressureError, CloseTimeoutError, ManagerClosedError, checkInteger, describe, invalid } from '../errors.js';
-import { NO_SHARD } from '../mapper.js';
+import { MAX_SHARD_ID, NO_SHARD } from '../mapper.js';
 import type { ScalingPolicy } from '../policy.js';
 import { batchArguments, type BatchEvent, type EventKey, type EventPayload } from '../producer.js';
 import { sleep } from '../sleep.js';
@@ -880,7 +880,11 @@ export class RedisShardManager {
       },
       ringCapacity: this.ringBufferCapacity,
       ringBufferBytes: this.ringBufferBytes,
-      mapper: { lastMetrics: (id) => this.#controller?.lastMetrics(id), policy: () => this.policy() },
+      mapper: {
+        lastMetrics: (id) => this.#controller?.lastMetrics(id),
+        policy: () => this.policy(),
+        shardIdsLeft: () => MAX_SHARD_ID + 1 - this.#table.doc.nextId, // the namespace's ids (its table)
+      },
     };
   }
 
