@@ -197,6 +197,38 @@ describe.skipIf(!available)('serveShardConsumers: repeats are the package\'s job
 });
 
 describe.skipIf(!available)('serveShardConsumers: acknowledged positions and what they cost', () => {
+  it('a node that closed leaves no mark behind once its frames are consumed; a live node keeps its mark, and dedup goes on', async () => {
+    const namespace = ns();
+    const a = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 1, policy: quiet });
+    const b = await RedisShardManager.create({ redis: server.url, namespace, policy: quiet });
+    const got: string[] = [];
+    let consumers: ShardConsumers | undefined;
+    const stream = `${namespace}:shard:{${namespace}:0}`;
+    const mark = (node: string) => server.cli('HEXISTS', progressOf(namespace, 0), `n:${node}`);
+    try {
+      for (let i = 0; i < 50; i++) expect(a.push(0, `a:${i}`)).toBe(true);
+      for (let i = 0; i < 50; i++) expect(b.push(0, `b:${i}`)).toBe(true);
+      await a.flush();
+      await b.flush();
+      await a.close(); // its frames are in the stream, not consumed yet
+      expect(server.cli('SMEMBERS', `${namespace}:closed:{${namespace}:0}`)).toBe(a.nodeId);
+      consumers = await serveShardConsumers({ redis: server.url, namespace, idleMs: 5, consume: (records) => { for (const r of records) got.push(r.payload.toString()); } });
+      await until(() => got.length >= 100 && server.cli('XLEN', stream) === '0', 'all 100 consumed, the stream empty');
+      await until(() => mark(a.nodeId) === '0', "the closed node's mark forgotten");
+      expect(mark(b.nodeId), "the live node's mark stays").toBe('1');
+      expect(server.cli('EXISTS', `${namespace}:closed:{${namespace}:0}`)).toBe('0');
+      for (let i = 50; i < 60; i++) expect(b.push(0, `b:${i}`)).toBe(true);
+      await b.flush();
+      await until(() => got.length >= 110, 'b:50..59 consumed');
+      await sleep(200); // a late repeat would show here
+      expect(got.filter((t) => t.startsWith('a:'))).toEqual(Array.from({ length: 50 }, (_, i) => `a:${i}`));
+      expect(got.filter((t) => t.startsWith('b:'))).toEqual(Array.from({ length: 60 }, (_, i) => `b:${i}`));
+    } finally {
+      await consumers?.close();
+      await b.close();
+    }
+  });
+
   it('readAckedPositions gives each node\'s last acknowledged (frame, index) per shard: one field per node; the marks go with a removed shard', async () => {
     const { readAckedPositions } = await import('../dist/redis/progress.js');
     const { keysFor } = await import('../dist/redis/keys.js');

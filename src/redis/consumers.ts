@@ -637,7 +637,14 @@ class ConsumerRunner implements ShardConsumers {
   }
 
   #sendCommit(id: number, commit: Commit): Promise<unknown> {
-    return this.#conn.client.smCommit(this.#keys.stream(id), this.#keys.progress(id), GROUP, commit.batchUs, ...commit.entries.flat());
+    return this.#conn.client.smCommit(
+      this.#keys.stream(id),
+      this.#keys.progress(id),
+      this.#keys.closedNodes(id),
+      GROUP,
+      commit.batchUs,
+      ...commit.entries.flat(),
+    );
   }
 
   #count(commit: Commit): void {

@@ -717,7 +717,10 @@ export class Controller {
       doc.shards = doc.shards.filter((s) => !gone.includes(s.id));
       table = await this.#write(table, doc);
       await sendAll(client, [
-        ...gone.map((id): [string, string] => ['del', keys.owner(id)]),
+        ...gone.flatMap((id): Command[] => [
+          ['del', keys.owner(id)],
+          ['del', keys.closedNodes(id)],
+        ]),
         // Its marks and counters outlive it a while: a node whose XADD to it went unanswered
         // reads there whether the frame was consumed before the removal (node.ts #settleUnanswered).
         ...gone.map((id): Command => ['pexpire', keys.progress(id), PROGRESS_RETAIN_MS]),

@@ -58,6 +58,9 @@ export interface Keys {
    *  batches and their time (see progress.ts). Written by the nodes (`in`, with each XADD)
    *  and by smCommit, with the XACK. */
   progress(id: number): string;
+  /** Set, under the stream's hash tag: nodes that closed after storing frames in a shard.
+   *  They send nothing more, so smCommit forgets their marks once the stream is empty. */
+  closedNodes(id: number): string;
 }
 
 export function keysFor(ns: string): Keys {
@@ -76,6 +79,7 @@ export function keysFor(ns: string): Keys {
     stream: (id) => `${ns}:shard:{${ns}:${id}}`,
     owner: (id) => `${ns}:owner:{${ns}:${id}}`,
     progress: (id) => `${ns}:progress:{${ns}:${id}}`,
+    closedNodes: (id) => `${ns}:closed:{${ns}:${id}}`,
   };
 }
 
@@ -265,7 +269,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) return 
 return 0`,
   },
   /**
-   * KEYS stream, progress; ARGV group, batch time in µs ('' when no consume call ran), then
+   * KEYS stream, progress, closed nodes; ARGV group, batch time in µs ('' when no consume call ran), then
    * per entry: id, node ('' if unknown), frame, events. Acknowledges and deletes the entries
    * (so a stream's length is exactly its unacknowledged entries) and, in the same step,
    * raises each node's mark to the last event of its newest frame here, adds to `acked`
@@ -274,10 +278,12 @@ return 0`,
    * out of the pending list (repeats included, as the nodes counted them in `in`). An emptied
    * stream sets `out` to `in`: nothing is left, whatever the counts missed (a node that died
    * between counting a frame and appending it, an entry deleted by someone else, which comes
-   * back without its count). Returns {entries acknowledged, events added}.
+   * back without its count), and forgets the marks of the nodes that closed (they send
+   * nothing more, and none of their frames is left). Returns {entries acknowledged, events
+   * added}.
    */
   smCommit: {
-    numberOfKeys: 2,
+    numberOfKeys: 3,
     lua: `
 local marks, order, ids, added = {}, {}, {}, 0
 for k = 3, #ARGV, 4 do
@@ -307,7 +313,7 @@ for k = 3, #ARGV, 4 do
     end
   end
 end
-local acked, out = 0, 0
+local acked, out, emptied = 0, 0, false
 for k = 3, #ARGV, 4 do
   if redis.call('XACK', KEYS[1], ARGV[1], ARGV[k]) == 1 then
     acked = acked + 1
@@ -323,12 +329,17 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   -- a removed shard's stream: nothing to count (its progress hash only keeps the marks)
 elseif redis.call('XLEN', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[2], 'out', redis.call('HGET', KEYS[2], 'in') or '0')
+  emptied = true
 elseif out > 0 then
   redis.call('HINCRBY', KEYS[2], 'out', out)
 end
 for _, node in ipairs(order) do
   local m = marks[node]
   if m.dirty then redis.call('HSET', KEYS[2], 'n:' .. node, m.fs .. ':' .. tostring(m.i)) end
+end
+if emptied then
+  for _, node in ipairs(redis.call('SMEMBERS', KEYS[3])) do redis.call('HDEL', KEYS[2], 'n:' .. node) end
+  redis.call('DEL', KEYS[3])
 end
 if added > 0 then redis.call('HINCRBY', KEYS[2], 'acked', added) end
 if ARGV[2] ~= '' then

@@ -1082,6 +1082,13 @@ export class RedisShardManager {
     await this.flush();
     this.#stopTimers();
     while (this.#stepping) await sleep(2);
+    // This node sends nothing more: its dedup marks can go once the shards it stored frames
+    // in hold none of them (smCommit). Best effort: kept marks cost only memory.
+    const sentTo = this.#table.doc.shards.filter((s) => (this.#buffer.counts(s.id)?.stored ?? 0) > 0);
+    await sendAll(
+      this.#conn.client,
+      sentTo.map((s): Command => ['sadd', this.#keys.closedNodes(s.id), this.nodeId]),
+    );
     await this.#controller?.release();
     this.#sub.disconnect();
     await closeConnection(this.#conn);
