@@ -5,9 +5,9 @@
 // too (see #ensureStreams for a Cluster).
 //
 // It keeps a local ShardMapper whose Active shards mirror the table's, feeds its collectors
-// from Redis (backlog = events appended − events of the entries acknowledged, both counted by
-// the scripts that move the stream, as the fill; events appended in the window, as the rate;
-// the consumers' batch times, as the flush latency), and runs the
+// from Redis (backlog = events appended, counted by the nodes with each XADD, − events of the
+// entries acknowledged, counted by the acknowledging script, as the fill; events appended in
+// the window, as the rate; the consumers' batch times, as the flush latency), and runs the
 // mapper's own collectMetrics / evaluateScaling / scaleUpProvisioning / scaleDown, so the
 // thresholds, warm-up, idle streaks and cooldowns are exactly ShardManager's. The clocks
 // behind them (last scaling, each shard's activation and idle streak) are stored with the
@@ -608,7 +608,7 @@ export class Controller {
 
     // Metrics from Redis into the local collectors.
     // Events appended and acknowledged, and batch times, live in each shard's progress hash,
-    // counted by the scripts that append and acknowledge (progress.ts).
+    // counted by the nodes as they append and by the acknowledging script (progress.ts).
     // An empty stream has no backlog, whatever the counts say (a stream Redis lost and the
     // controller made again, beside a progress hash it kept).
     const shardIds = [...this.#toLocal.keys()];
