@@ -361,6 +361,46 @@ describe.skipIf(!available)('shard-mapper/redis through faults: a user-made iore
   });
 });
 
+describe.skipIf(!available)('shard-mapper/redis through faults: operator calls', () => {
+  const env = proxiedServer();
+
+  it('an LPUSH of an operator request whose reply is lost (it ran; the connection hangs, then resets) is withdrawn and queued again: the call still succeeds, one shard added', async () => {
+    const namespace = ns();
+    const clock = { t: 0 };
+    // The controller (straight to Redis) runs a window only when the test ticks it.
+    const a = await RedisShardManager.create({
+      redis: env.server.url, namespace, initialShards: 1, clock: () => clock.t,
+      policy: { minShards: 1, maxShards: 4, metricsWindowMs: 60_000, autoScale: false },
+    });
+    const b = await RedisShardManager.create({ redis: env.proxy.url, namespace, controller: false });
+    try {
+      await a.tick();
+      const opsKey = `{${namespace}}:ops`;
+      const { droppedReplies, connections } = env.proxy.counts;
+      env.proxy.dropNextReply((w) => /^lpush$/i.test(w[0] ?? '') && w[1] === opsKey, { onlyWithData: false, hangMs: 300 });
+      let settled = false;
+      const call = b.addShard({ timeoutMs: 20_000 }).then((id) => id, (e: Error) => e).finally(() => { settled = true; });
+      // The fault hit what it aims at: the LPUSH ran (the request is queued), its reply was lost,
+      // and the connection was cut (the call saw the LPUSH fail) before any controller window.
+      await until(() => env.proxy.counts.droppedReplies === droppedReplies + 1, 'the LPUSH reply dropped');
+      expect(env.server.cli('LLEN', opsKey)).toBe('1');
+      await until(() => env.proxy.counts.connections > connections, 'the hung connection cut, the node connected again');
+      await sleep(300); // the call is past its failed LPUSH (a call that gave up would have settled by now)
+      for (let i = 0; i < 300 && !settled; i++) {
+        await sleep(30);
+        clock.t += 60_000;
+        await a.tick();
+      }
+      expect(await call).toBe(1);
+      expect(a.table().nextId).toBe(2); // queued twice, acted once: the first copy was withdrawn
+      expect(a.table().shards.map((s) => s.id)).toEqual([0, 1]);
+      expect(env.server.cli('LLEN', opsKey)).toBe('0');
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+});
+
 describe.skipIf(!available)('shard-mapper/redis through faults: a user-made ioredis Cluster', () => {
   let cluster: RedisTestCluster;
   const proxies: FaultProxy[] = [];

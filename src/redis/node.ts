@@ -27,7 +27,7 @@ import {
 import { Controller, createGroups, type RedisManagerEvent, type RedisNodeEvent } from './controller.js';
 import { KeyOrder, markField, type HeldEvent, type RedisKeyOrderStats } from './key-order.js';
 import { keysFor, type Keys } from './keys.js';
-import { callLimits, OperatorTimeoutError, requestOperation, type CallLimits, type OperatorCallOptions } from './operator.js';
+import { callLimits, OperatorTimeoutError, requestOperation, within, type CallLimits, type OperatorCallOptions } from './operator.js';
 import {
   checkAgainstNamespace,
   checkKeyOrderRouting,
@@ -1016,7 +1016,8 @@ export class RedisShardManager {
         this.#tableWaiters.add(wake);
         call.signal?.addEventListener('abort', wake, { once: true });
       });
-      if (!done()) await this.#refresh();
+      // Bounded: a Redis that does not answer must not hold the call past its limit.
+      if (!done()) await within(this.#refresh(), call.deadline, call.signal);
     }
   }
 

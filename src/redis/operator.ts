@@ -75,11 +75,58 @@ export function pause(ms: number, signal: AbortSignal | undefined): Promise<void
   });
 }
 
+/** How long a call that gave up (its timeout, its signal) still waits for Redis to take its
+ *  request back: past it, the outcome is 'unknown'. */
+export const WITHDRAW_GRACE_MS = 5000;
+
+/** What `within` gives when the limit came first. */
+export const LATE: unique symbol = Symbol('late');
+
+/**
+ * `command`'s outcome, or LATE once `until` (performance.now()) has passed or `signal` aborted.
+ * A Redis command cannot be called back: a late one still runs when Redis answers, in order
+ * with what its connection sends after it (a withdrawal sent next still follows its LPUSH);
+ * only the wait ends.
+ */
+export function within<T>(command: Promise<T>, until: number, signal?: AbortSignal): Promise<T | typeof LATE> {
+  return new Promise((resolve, reject) => {
+    const stop = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', late);
+    };
+    const late = () => {
+      stop();
+      resolve(LATE);
+    };
+    const ms = until - performance.now();
+    // setTimeout fires at once past 2^31 - 1 ms: a limit that far (or Infinity) sets no timer.
+    const timer = ms < 2 ** 31 - 1 ? setTimeout(late, Math.max(0, ms)) : undefined;
+    signal?.addEventListener('abort', late, { once: true });
+    command.then(
+      (value) => {
+        stop();
+        resolve(value);
+      },
+      (error: unknown) => {
+        stop();
+        reject(error);
+      },
+    );
+  });
+}
+
+/** ioredis's words for a command refused before it was written (no connection right now, offline queue off). */
+const NOT_SENT = /enableOfflineQueue|isn't ready/i;
+
 /**
  * Queue a request for the controller and wait for its answer (a ScalingError is rethrown).
- * At the deadline, or on abort, the request is withdrawn in one script: if it had not been
- * answered it never acts (OperatorTimeoutError 'withdrawn' / the signal's reason: nothing
- * was done, a retry is safe); if it had, its answer is returned as usual.
+ * Every wait on Redis ends at the deadline or on abort, even while Redis does not answer. An
+ * LPUSH that failed may or may not have queued the request: it is withdrawn (or its answer
+ * taken) before queuing again, so a reconnect costs a retry, not the call. At the deadline,
+ * or on abort, the request is withdrawn in one script (Redis has WITHDRAW_GRACE_MS more to
+ * answer that): if it had not been answered it never acts (OperatorTimeoutError 'withdrawn'
+ * / the signal's reason: nothing was done, a retry is safe); if it had, its answer is
+ * returned as usual; no answer: 'unknown'.
  */
 export async function requestOperation(
   client: ScriptedClient,
@@ -90,53 +137,88 @@ export async function requestOperation(
 ): Promise<number[]> {
   const reqId = `${nodeId}:${randomUUID()}`;
   const raw = JSON.stringify({ reqId, ...body } as OperatorRequest);
-  const answerOf = async (json: string): Promise<number[]> => {
-    await sendAll(client, [
+  const answerOf = (json: string): number[] => {
+    // Not awaited: the answer is ours already, and a Redis that stops answering now must not
+    // hold the call (pruned anyway after 10 minutes).
+    sendAll(client, [
       ['hdel', keys.answers, reqId],
       ['zrem', keys.answered, reqId],
-    ]); // pruned anyway after 10 minutes
+    ]).catch(() => undefined);
     const answer = JSON.parse(json) as OperatorAnswer;
     if (answer.ok) return answer.ids;
     throw new ScalingError(answer.kind as ScalingErrorKind, answer.message);
   };
+  const withdraw = (until: number, signal?: AbortSignal) =>
+    within(client.smWithdraw(keys.ops, keys.answers, raw, reqId) as Promise<[string, string | null]>, until, signal);
+  const over = () => call.signal?.aborted === true || performance.now() >= call.deadline;
+
+  let queued = false; // an LPUSH answered: the request is queued (or taken by the controller)
+  let maybeQueued = false; // an LPUSH failed after it may have been written, or got no answer in time
   let queueError: Error | undefined;
-  try {
-    await client.lpush(keys.ops, raw);
-  } catch (error) {
-    queueError = error as Error; // it may or may not be queued: withdrawing tells
-  }
+  let answer: string | null = null; // its answer's JSON, once read (answerOf is called outside the try)
   let wait = 20;
-  while (queueError === undefined && !call.signal?.aborted && performance.now() < call.deadline) {
-    const json = await client.hget(keys.answers, reqId).catch(() => null); // Redis away: keep asking until the limit
-    if (json !== null) return answerOf(json);
+  while (answer === null && !over()) {
+    try {
+      if (queued) {
+        const json = await within(client.hget(keys.answers, reqId), call.deadline, call.signal);
+        if (typeof json === 'string') answer = json;
+      } else {
+        if (maybeQueued) {
+          // Take back what may be queued before queuing again: one request, queued once.
+          const outcome = await withdraw(call.deadline, call.signal);
+          if (outcome === LATE) break;
+          if (outcome[0] === 'answered' && outcome[1] !== null) {
+            answer = outcome[1];
+            break;
+          }
+          maybeQueued = false;
+        }
+        const pushed = await within(client.lpush(keys.ops, raw), call.deadline, call.signal);
+        if (pushed === LATE) maybeQueued = true;
+        else queued = true;
+      }
+    } catch (error) {
+      // Redis away (refused, lost, reconnecting): keep trying until the limit.
+      if (!queued) {
+        queueError = error as Error;
+        if (!NOT_SENT.test(queueError.message)) maybeQueued = true;
+      }
+    }
+    if (answer !== null || over()) break;
     await pause(Math.min(wait, Math.max(1, call.deadline - performance.now())), call.signal);
     wait = Math.min(250, wait * 2);
   }
-  // Give up: withdraw it, unless it was answered meanwhile (a few tries while Redis is away).
-  let outcome: [string, string | null] | undefined;
-  let lastError: Error | undefined;
-  for (let tries = 0; tries < 20 && outcome === undefined; tries++) {
-    try {
-      outcome = (await client.smWithdraw(keys.ops, keys.answers, raw, reqId)) as [string, string | null];
-    } catch (error) {
-      lastError = error as Error;
-      await sleep(250);
+  if (answer !== null) return answerOf(answer);
+  // Give up: withdraw it, unless it was answered meanwhile.
+  if (queued || maybeQueued) {
+    const until = performance.now() + WITHDRAW_GRACE_MS;
+    let outcome: [string, string | null] | undefined;
+    let lastError: Error | undefined;
+    while (outcome === undefined && performance.now() < until) {
+      try {
+        const reply = await withdraw(until);
+        if (reply !== LATE) outcome = reply;
+      } catch (error) {
+        lastError = error as Error;
+        await sleep(Math.min(250, Math.max(1, until - performance.now())));
+      }
     }
+    if (outcome === undefined) {
+      const why = lastError?.message ?? `no answer within ${WITHDRAW_GRACE_MS} ms`;
+      throw new OperatorTimeoutError(
+        `shard-mapper/redis: ${call.method}: outcome unknown: Redis did not answer while withdrawing request ${reqId} (${why}); it may still run once: look at table() before calling again`,
+        'unknown',
+      );
+    }
+    if (outcome[0] === 'answered' && outcome[1] !== null) return answerOf(outcome[1]);
   }
-  if (outcome === undefined) {
-    throw new OperatorTimeoutError(
-      `shard-mapper/redis: ${call.method}: outcome unknown: Redis did not answer while withdrawing request ${reqId} (${lastError?.message}); it may still run once: look at table() before calling again`,
-      'unknown',
-    );
-  }
-  if (outcome[0] === 'answered' && outcome[1] !== null) return answerOf(outcome[1]);
   // Withdrawn (or never queued): nothing was done.
-  if (queueError)
+  if (call.signal?.aborted) throw call.signal.reason;
+  if (!queued && queueError)
     throw new OperatorTimeoutError(
-      `shard-mapper/redis: ${call.method}: the request could not be queued (${queueError.message}); nothing was done, calling again is safe`,
+      `shard-mapper/redis: ${call.method}: the request could not be queued within ${call.timeoutMs} ms (${queueError.message}); nothing was done, calling again is safe`,
       'withdrawn',
     );
-  if (call.signal?.aborted) throw call.signal.reason;
   throw new OperatorTimeoutError(
     `shard-mapper/redis: ${call.method}: no controller answered within ${call.timeoutMs} ms (namespace "${keys.ns}": is a node that may be the controller running?); the request was withdrawn, nothing was done, calling again is safe`,
     'withdrawn',
