@@ -81,6 +81,8 @@ export class ShardManager {
   readonly #watchdog: StallWatchdog;
   readonly #consumerStallMs: number;
   readonly #stopWatchingThreads: () => void;
+  /** Held here: the platform holds it only weakly (onThreadExit). */
+  readonly #releaseLanesOf: (threadId: number) => void;
   #timer: ReturnType<typeof setInterval> | undefined;
   #fenceTimer: ReturnType<typeof setInterval> | undefined;
   #housekeeping: ReturnType<typeof setInterval> | undefined;
@@ -106,8 +108,11 @@ export class ShardManager {
     this.#watchdog = new StallWatchdog(core.abi, this.#clock, parts.producerStallMs);
     this.#consumerStallMs = parts.consumerStallMs;
     this.#fences = parts.keyOrder ? new KeyOrderFences(core, this.#clock) : undefined;
-    // Lanes of producer and collector threads that exit without detach() come back.
-    this.#stopWatchingThreads = onThreadExit((threadId) => core.releaseLanesOf(threadId));
+    // Lanes of producer and collector threads that exit without detach() come back. The
+    // platform holds the listener weakly: this manager keeps it alive, and nothing keeps an
+    // unreachable manager (closed or not) alive for it.
+    this.#releaseLanesOf = (threadId) => core.releaseLanesOf(threadId);
+    this.#stopWatchingThreads = onThreadExit(this.#releaseLanesOf);
     const wiring: MapperWiring = {
       core,
       assertOpen: (method) => this.#assertOpen(method), // scale-ups through manager.mapper after close()

@@ -12,19 +12,29 @@ export function currentThreadId(): number {
 }
 
 // Every worker thread started in this thread after the package was loaded: when one exits,
-// its id goes to the listeners (the managers, which give back the lanes it held).
-const exitListeners = new Set<(threadId: number) => void>();
+// its id goes to the listeners (the managers, which give back the lanes it held). Held
+// weakly, each by the manager that registered it: a manager dropped without close() must
+// not be kept alive, memory and all, by this module-wide set.
+type ExitListener = (threadId: number) => void;
+const exitListeners = new Set<WeakRef<ExitListener>>();
+const forgetCollected = new FinalizationRegistry<WeakRef<ExitListener>>((ref) => exitListeners.delete(ref));
 process.on('worker', (worker: Worker) => {
   const id = worker.threadId; // read now: it reads -1 once the thread is gone
   worker.once('exit', () => {
-    for (const listener of exitListeners) listener(id);
+    for (const ref of exitListeners) ref.deref()?.(id);
   });
 });
 
-/** Call `listener` with the id of each worker thread (started here) that exits; returns an unsubscribe. */
-export function onThreadExit(listener: (threadId: number) => void): () => void {
-  exitListeners.add(listener);
-  return () => exitListeners.delete(listener);
+/** Call `listener` with the id of each worker thread (started here) that exits, for as long
+ *  as the caller keeps `listener` reachable (it is held weakly); returns an unsubscribe. */
+export function onThreadExit(listener: ExitListener): () => void {
+  const ref = new WeakRef(listener);
+  exitListeners.add(ref);
+  forgetCollected.register(listener, ref, ref);
+  return () => {
+    exitListeners.delete(ref);
+    forgetCollected.unregister(ref);
+  };
 }
 
 export function cpuCount(): number {

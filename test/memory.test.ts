@@ -118,3 +118,28 @@ describe('memory under 10^4 scale-up/remove cycles', () => {
     expect(mapper.totalShardCount()).toBe(1);
   });
 });
+
+describe('a manager let go of', () => {
+  it('is garbage-collected, memory and all, with or without close() (no module-wide listener keeps it)', async () => {
+    const N = 40;
+    let collected = 0;
+    const registry = new FinalizationRegistry(() => { collected++; });
+    const create = async (close: boolean) => {
+      const m = await ShardManager.create({ initialShards: 2, ringBufferCapacity: 1024, maxPayloadBytes: 64 });
+      expect(m.push('k', 'v')).toBe(true);
+      m.poll(0);
+      m.poll(1);
+      registry.register(m, close);
+      if (close) await m.close();
+    };
+    for (let i = 0; i < N; i++) await create(i % 2 === 0); // half closed, half just dropped
+    // Finalizers run in tasks of their own after a collection.
+    for (let round = 0; round < 20 && collected < N; round++) {
+      heapUsed();
+      await sleep(20);
+    }
+    // V8's collector is precise: every one of them goes (the code before this kept every
+    // unclosed one through its thread-exit listener: 20 of 40 here).
+    expect(collected).toBe(N);
+  });
+});
