@@ -28,7 +28,7 @@ import {
 } from './streams.js';
 import { DEFAULT_LANE_BYTES } from './layout.generated.js';
 import { checkManagerOptions, type ShardManagerOptions } from './manager-options.js';
-import { closeTimeout } from './validate.js';
+import { closeTimeout, keyHash } from './validate.js';
 
 const WAIT_STEP_MS = 2;
 /** How long an operator's scale-up waits for consumer threads to let go of removed shards' slots. */
@@ -850,13 +850,31 @@ export class ShardManager {
    * dropNewest/sample or unrouted are counted as push() counts them. Node only.
    */
   writable(options?: WritableOptions): Writable {
-    return createWritable(this, () => this.#closed, options);
+    return createWritable(
+      this,
+      () => this.#closed,
+      (key) => this.#keyWaits(key),
+      options,
+    );
   }
 
   /** The same as a WHATWG WritableStream (browsers, Deno, Node): a write's promise settles
    *  once the record is in a ring, and the writer's `ready` waits while the queue is full. */
   writableStream(options?: WritableOptions): WritableStream<ManagerRecord> {
-    return createWritableStream(this, () => this.#closed, options);
+    return createWritableStream(
+      this,
+      () => this.#closed,
+      (key) => this.#keyWaits(key),
+      options,
+    );
+  }
+
+  /** Whether a push of `key` would wait for its key's move now (stream writers ask instead of pushing again). */
+  #keyWaits(key: EventKey): boolean {
+    const fences = this.#fences;
+    if (fences === undefined || fences.fencedCount === 0) return false;
+    if (typeof key !== 'number' && typeof key !== 'string' && !(key instanceof Uint8Array)) return false; // push names the error
+    return fences.waits(keyHash(key, 'writable'));
   }
 
   /** `for await (const batch of manager.batches(id))`: the shard's records in push order, as

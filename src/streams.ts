@@ -63,6 +63,9 @@ function checkRecord(method: string, record: unknown): asserts record is Manager
   }
 }
 
+/** Whether a push of this key would wait for its key's move now (a manager's key-order fences). */
+export type KeyWaits = (key: EventKey) => boolean;
+
 /** What the writers need from a manager (a ShardManager or a Redis node): push, and a wait
  *  for room after a push was refused. */
 export interface PushTarget {
@@ -88,12 +91,14 @@ function tryPush(target: PushTarget, record: ManagerRecord): number | undefined 
 
 const utf8 = new TextEncoder();
 
-/** Would a push of this record still meet the same full ring? Reads the route and the ring's
- *  length instead of pushing again, so a stall costs one refusal in stats(), not one per
- *  retry. A route that moved elsewhere, or a removed shard, reads as not full. */
-function stillFull(manager: ShardManager, record: ManagerRecord, shardId: number): boolean {
+/** Would a push of this record still be refused? Reads the key's fence (routing 'affinity':
+ *  its key moving), the route and the ring's length instead of pushing again, so a stall
+ *  costs one refusal in stats(), not one per retry. A route that moved elsewhere, or a
+ *  removed shard, reads as not full. */
+function stillFull(manager: ShardManager, record: ManagerRecord, shardId: number, keyWaits: KeyWaits): boolean {
   try {
     const key = record.key;
+    if (keyWaits(key)) return true;
     const route = typeof key === 'number' ? manager.mapper.selectShard(key) : manager.mapper.selectShardForKey(key);
     if (route !== shardId) return false;
     if (manager.ringLength(shardId) >= manager.ringCapacity) return true;
@@ -109,14 +114,14 @@ function stillFull(manager: ShardManager, record: ManagerRecord, shardId: number
 
 /** A ShardManager as a PushTarget: its rings are emptied by consumers on other threads,
  *  which tell nobody, so a full ring is polled, with pauses doubling from 0 to `retryMs`. */
-function managerTarget(manager: ShardManager, isClosed: () => boolean, retryMs: number): PushTarget {
+function managerTarget(manager: ShardManager, isClosed: () => boolean, keyWaits: KeyWaits, retryMs: number): PushTarget {
   return {
     push: (key, payload) => manager.push(key, payload),
     async roomFor(record, shardId, cancelled) {
       let wait = 0;
       for (;;) {
         await sleep(wait);
-        if (cancelled() || isClosed() || !stillFull(manager, record, shardId)) return;
+        if (cancelled() || isClosed() || !stillFull(manager, record, shardId, keyWaits)) return;
         wait = nextWait(wait, retryMs);
       }
     },
@@ -135,9 +140,9 @@ async function pushWhenRoom(target: PushTarget, record: ManagerRecord, full: num
 }
 
 /** A Node Writable in object mode (see ShardManager.writable). */
-export function createWritable(manager: ShardManager, isClosed: () => boolean, options?: WritableOptions): Writable {
+export function createWritable(manager: ShardManager, isClosed: () => boolean, keyWaits: KeyWaits, options?: WritableOptions): Writable {
   const { highWaterMark, retryMs } = checkOptions('writable', options);
-  return targetWritable(managerTarget(manager, isClosed, retryMs), highWaterMark);
+  return targetWritable(managerTarget(manager, isClosed, keyWaits, retryMs), highWaterMark);
 }
 
 /** The same over any PushTarget (a Redis node's `writable()`); `retryMs` is the target's business. */
@@ -182,10 +187,11 @@ function targetWritable(target: PushTarget, highWaterMark: number): Writable {
 export function createWritableStream(
   manager: ShardManager,
   isClosed: () => boolean,
+  keyWaits: KeyWaits,
   options?: WritableOptions,
 ): WritableStream<ManagerRecord> {
   const { highWaterMark, retryMs } = checkOptions('writableStream', options);
-  return targetWritableStream(managerTarget(manager, isClosed, retryMs), highWaterMark);
+  return targetWritableStream(managerTarget(manager, isClosed, keyWaits, retryMs), highWaterMark);
 }
 
 /** The same over any PushTarget (a Redis node's `writableStream()`). */

@@ -234,3 +234,30 @@ describe('Writable is a real Node stream', () => {
     expect(m.writable()).toBeInstanceOf(Writable);
   });
 });
+
+describe('stream writers and key order across moves (routing affinity)', () => {
+  for (const kind of ['writable', 'writableStream'] as const) {
+    it(`${kind}(): a write whose key is moving waits without pushing again (one refusal for the stall), then goes in once the shard it left delivered`, async () => {
+      const m = await manager({ routing: 'affinity', ringBufferCapacity: 64, policy: { maxShards: 4, autoScale: false } });
+      for (let k = 0; k < 32; k++) expect(m.push(k * 0x8000000, `old${k}`)).toBe(true); // all on shard 0
+      const id = await m.addShard();
+      let key = -1;
+      for (let k = 0; k < 32 && key < 0; k++) if (m.mapper.selectShard(k * 0x8000000) === id) key = k * 0x8000000;
+      expect(key, 'a key that moved to the new shard').toBeGreaterThanOrEqual(0);
+      const before = m.stats();
+      let done = false;
+      if (kind === 'writable') m.writable().write({ key, payload: 'moved' }, () => { done = true; });
+      else void m.writableStream().getWriter().write({ key, payload: 'moved' }).then(() => { done = true; });
+      await new Promise((r) => setTimeout(r, 300)); // dozens of the writer's checks (pauses up to 8 ms)
+      expect(done).toBe(false); // the key waits for shard 0's 32 events
+      const held = m.stats();
+      expect(held.keyOrder.refused - before.keyOrder.refused).toBe(1); // the code before: ~200 here, one per retry
+      expect(held.drops.moving - before.drops.moving).toBe(1);
+      expect(pollAll(m, 0)).toEqual(Array.from({ length: 32 }, (_, k) => `old${k}`)); // delivered: the fence passes
+      for (let i = 0; i < 200 && !done; i++) await new Promise((r) => setTimeout(r, 5));
+      expect(done).toBe(true);
+      expect(pollAll(m, id)).toEqual(['moved']);
+      expect(m.stats().keyOrder.refused - before.keyOrder.refused).toBe(1);
+    });
+  }
+});
