@@ -163,12 +163,26 @@ describe('SendBuffer: a removed shard\'s events are routed again', () => {
     expect(buffer.idleShards()).toEqual([]); // in flight: the node's #refused decides, not a table change
     buffer.reroute(0, [refused!]);
     expect(buffer.has(0)).toBe(false);
+    expect(buffer.counts(0), 'the removed shard\'s counts go with its queue').toBeUndefined();
     expect(buffer.rerouted).toBe(30);
     expect(buffer.buffered).toBe(30); // still accepted, still not stored
     const stored = drain(buffer);
     expect(stored.get(0)).toBeUndefined();
     expect(stored.get(1)).toEqual(Array.from({ length: 30 }, (_, i) => `r${i}`));
     expect(buffer.stored).toBe(30);
+  });
+
+  it('a shard removed while its last frame was in flight: once stored, its queue and counts go (nothing kept per removed shard)', () => {
+    const { buffer, push, state } = fixture();
+    push(0, 'a');
+    push(0, 'b');
+    const [frame] = buffer.cut();
+    expect(buffer.counts(0)).toEqual({ pushed: 2, stored: 0, dropped: 0 });
+    state.shards = [1];
+    buffer.frameStored(frame!);
+    expect(buffer.stored).toBe(2);
+    expect(buffer.has(0)).toBe(false);
+    expect(buffer.counts(0)).toBeUndefined();
   });
 
   it('with no Active shard the events wait, and flush()\'s index waits for them', () => {

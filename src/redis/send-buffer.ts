@@ -211,6 +211,13 @@ export class SendBuffer {
     }
   }
 
+  /** A removed shard's queue and counts go (ids are never reused: kept, they would add up
+   *  over a long life of scale-ups and removals). */
+  #forget(shard: number): void {
+    this.#queues.delete(shard);
+    this.#perShard.delete(shard);
+  }
+
   #count(shard: number): ShardCounts {
     let c = this.#perShard.get(shard);
     if (!c) this.#perShard.set(shard, (c = { pushed: 0, stored: 0, dropped: 0 }));
@@ -302,7 +309,7 @@ export class SendBuffer {
     this.#buffered -= n;
     this.#stored += n;
     this.#count(frame.shard).stored += n;
-    if (q.events === 0 && !q.open && q.frames.length === 0 && !this.#host.inTable(q.id)) this.#queues.delete(q.id);
+    if (q.events === 0 && !q.open && q.frames.length === 0 && !this.#host.inTable(q.id)) this.#forget(q.id);
     return n;
   }
 
@@ -365,7 +372,7 @@ export class SendBuffer {
     const q = this.#queues.get(shard)!;
     const frames = [...refused, ...q.frames];
     if (q.open && q.open.count > 0) frames.push(q.open.close(q.id, 0));
-    this.#queues.delete(q.id);
+    this.#forget(q.id);
     for (const frame of frames) {
       const events = decodeFrame(frame.data);
       // Still counted in #buffered: as orphans now, then by their new queue.
