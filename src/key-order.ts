@@ -78,6 +78,9 @@ export class KeyOrderFences {
   #hadOwner = false;
   #moved = 0;
   #longest = 0;
+  /** Waits that ended because their slot moved again (a new fence took theirs' place, or
+   *  nothing was left to wait for), by destination: reported by the next lifted(). */
+  #endedByMove = new Map<number, MovedGroup>();
 
   constructor(core: SharedCore, clock: () => number) {
     this.#core = core;
@@ -132,6 +135,9 @@ export class KeyOrderFences {
     const sources = (before && !this.#passed(before) ? before.sources : []).filter(
       (src) => src.slot !== to.slot && (Number.isNaN(src.mark) || ((this.#core.abi.ringHeadCount(src.slot) - src.mark) | 0) < 0),
     );
+    // Its wait for `before.toId` ends here (it goes on, if at all, as a wait for `toId`): each
+    // keysMoving gets its keysMoved.
+    if (before) this.#addEnded(this.#endedByMove, before.toId, this.#clock() - before.since);
     const from = shard(fromId);
     if (from && from.slot !== to.slot && !sources.some((src) => src.slot === from.slot))
       sources.push({ id: from.id, slot: from.slot, mark: NaN });
@@ -209,23 +215,28 @@ export class KeyOrderFences {
     return out;
   }
 
-  /** These slots are published unfenced now. Returns the waits that ended, by destination. */
+  /** These slots are published unfenced now. Returns the waits that ended, by destination
+   *  (with those that ended when their slot moved again since the last call). */
   lifted(slots: readonly number[]): MovedGroup[] {
     const now = this.#clock();
-    const byTo = new Map<number, MovedGroup>();
+    const byTo = this.#endedByMove;
+    this.#endedByMove = new Map();
     for (const s of slots) {
       const f = this.#fences.get(s);
       if (!f) continue;
       this.#fences.delete(s);
-      const waited = now - f.since;
-      if (waited > this.#longest) this.#longest = waited;
-      const g = byTo.get(f.toId);
-      if (g) {
-        g.slots++;
-        g.waitedMs = Math.max(g.waitedMs, waited);
-      } else byTo.set(f.toId, { toShard: f.toId, slots: 1, waitedMs: waited });
+      this.#addEnded(byTo, f.toId, now - f.since);
     }
     return [...byTo.values()];
+  }
+
+  #addEnded(byTo: Map<number, MovedGroup>, toId: number, waited: number): void {
+    if (waited > this.#longest) this.#longest = waited;
+    const g = byTo.get(toId);
+    if (g) {
+      g.slots++;
+      g.waitedMs = Math.max(g.waitedMs, waited);
+    } else byTo.set(toId, { toShard: toId, slots: 1, waitedMs: waited });
   }
 
   /** Per live shard: slots waiting for its consumer (out) and slots moved to it that wait (in). */

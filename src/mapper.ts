@@ -446,17 +446,18 @@ export class ShardMapper {
     const fences = this.#wiring?.keyOrder;
     if (!fences || this.#liveTable < 0) return;
     const slots = fences.passedSlots();
-    if (slots.length === 0) return;
-    const core = this.#core;
-    const n = this.#candidateCount;
-    const build = core.abi.tableBuildAddress() >>> 2;
-    const table = core.u32;
-    table.copyWithin(build, this.#liveTable, this.#liveTable + n);
-    const entryOf = this.#entryOf!;
-    for (const s of slots) table[build + s] = entryOf[this.#candidates[s]!]!;
-    core.abi.tablePublish(n);
-    this.#liveTable = build;
-    const groups = fences.lifted(slots);
+    if (slots.length > 0) {
+      const core = this.#core;
+      const n = this.#candidateCount;
+      const build = core.abi.tableBuildAddress() >>> 2;
+      const table = core.u32;
+      table.copyWithin(build, this.#liveTable, this.#liveTable + n);
+      const entryOf = this.#entryOf!;
+      for (const s of slots) table[build + s] = entryOf[this.#candidates[s]!]!;
+      core.abi.tablePublish(n);
+      this.#liveTable = build;
+    }
+    const groups = fences.lifted(slots); // also the waits that ended by moving again
     if (groups.length > 0) this.#wiring!.onKeysMoved?.(groups);
   }
 

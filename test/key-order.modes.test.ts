@@ -67,3 +67,25 @@ it('keyOrder: false gives the previous behaviour: the moved key is accepted at o
   expect(m.stats().keyOrder).toMatchObject({ enabled: false, waitingSlots: 0, refused: 0 });
   await m.close();
 });
+
+it('every slot that starts to wait (keysMoving) ends its wait with a keysMoved, also when it moves again while it waits', async () => {
+  const events: { type: string; slots?: number }[] = [];
+  const m = await ShardManager.create({
+    routing: 'affinity', initialShards: 1, ringBufferCapacity: 256, clock: () => 0,
+    policy: { minShards: 1, maxShards: 4, autoScale: false }, onEvent: (e) => events.push(e),
+  });
+  const sum = (type: string) => events.filter((e) => e.type === type).reduce((n, e) => n + e.slots!, 0);
+  for (const [i, h] of hashes.entries()) expect(m.push(h, `a${i}`)).toBe(true);
+  const b = await m.addShard(); // slots move 0 → b and wait for shard 0
+  const c = await m.addShard(); // while they wait, some move again (b → c), others 0 → c
+  expect(m.stats().keyOrder!.waitingSlots).toBeGreaterThan(0);
+  const movedTwice = events.filter((e) => e.type === 'keysMoving').length;
+  expect(movedTwice, 'moves in both rebuilds').toBeGreaterThanOrEqual(2);
+  await m.drainShard(c); // and back: c's slots move to the others while they still wait
+  for (const id of [0, b, c]) m.poll(id); // the backlog is consumed: every wait can end
+  const stats = m.stats(); // lifts the fences whose wait is over
+  expect(stats.keyOrder!.waitingSlots).toBe(0);
+  expect(sum('keysMoving')).toBeGreaterThan(0);
+  expect(sum('keysMoved')).toBe(sum('keysMoving'));
+  await m.close();
+});
