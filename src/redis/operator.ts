@@ -18,7 +18,8 @@ export type OperatorAnswer = { ok: true; ids: number[] } | { ok: false; kind: st
 export interface OperatorCallOptions {
   /** How long the call waits (ms): for the controller's answer (default max(30 s, 20 ×
    *  metricsWindowMs)), and for removeShard / manualScaleDown also for the removal (default
-   *  max(10 min, 600 × metricsWindowMs)). */
+   *  max(10 min, 600 × metricsWindowMs)). It holds while Redis does not answer; taking the
+   *  request back after it may take up to 5 s more (then the outcome is unknown). */
   timeoutMs?: number;
   /** Ends the wait early, as the timeout does (the call rejects with the signal's reason). */
   signal?: AbortSignal;
