@@ -285,7 +285,6 @@ export class KeyOrderFences {
     return this.#hadOwner;
   }
 
-  /** Slots published fenced now (waiting, or passed and not lifted yet). */
   /** Would a push of `hash` wait for a fence now? (The slot as the last planned table cuts
    *  the hash space; a stream writer asks this instead of pushing again, see streams.ts.) */
   waits(hash: number): boolean {
@@ -295,6 +294,7 @@ export class KeyOrderFences {
     return f !== undefined && !this.#passed(f);
   }
 
+  /** Slots published fenced now (waiting, or passed and not lifted yet). */
   get fencedCount(): number {
     return this.#fences.size;
   }
