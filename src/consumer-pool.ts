@@ -7,7 +7,7 @@ import type { ConsumerInit } from './consumer-runtime.js';
 import type { FromConsumer, ToConsumer } from './consumer-messages.js';
 import { adoptWorker, moduleUrl } from '#platform';
 import { spawnConsumerWorker } from '#spawn';
-import { unrefTimer } from './sleep.js';
+import { sleep, unrefTimer } from './sleep.js';
 
 /** A worker the application started: a Web Worker, or a Node `worker_threads` Worker. */
 export interface ConsumerWorker {
@@ -79,6 +79,16 @@ interface WorkerState {
 
 /** Restarts of threads that died before they were ready back off up to this long. */
 const MAX_RESTART_DELAY_MS = 5000;
+/** How often close() looks at the heartbeats of threads that have not answered its stop. */
+const STOP_CHECK_MS = 10;
+
+/** close()'s limits on the wait for threads to stop: the manager's clock, the heartbeat
+ *  stall that ends a silent thread, and when every thread still silent is ended. */
+export interface StopWatch {
+  now: () => number;
+  stallMs: number;
+  deadline: number;
+}
 
 export interface PoolEvents {
   onError(error: Error, shardId: number): void;
@@ -381,28 +391,61 @@ export class ConsumerPool {
     }
   }
 
-  /** Ask every worker to finish what it has and stop, then end the threads. `force`: end them
-   *  at once, whatever they hold (what they claimed and did not acknowledge stays in the rings). */
-  async close(force = false): Promise<void> {
+  /**
+   * Ask every worker to finish what it has and stop, then end the threads. `force`: end them
+   * at once, whatever they hold (what they claimed and did not acknowledge stays in the rings).
+   * With `watch`, a thread that neither answers nor beats for `stallMs` is ended rather than
+   * waited for (a Web Worker that died sends nothing, and an idle one is not replaced while
+   * the manager runs: see checkHeartbeats), and every thread still silent at `deadline`.
+   */
+  async close(force = false, watch?: StopWatch): Promise<void> {
     this.#closing = true;
     const live = this.#workers.filter((w) => !w.exited);
     for (const w of live) w.stopping = true;
     if (!force) {
-      await Promise.all(
+      const answered = new Set<WorkerState>();
+      let all = false;
+      const stopped = Promise.all(
         live.map(
           (w) =>
             new Promise<void>((resolve) => {
+              const done = () => {
+                answered.add(w);
+                resolve();
+              };
               w.worker.onMessage((msg: FromConsumer) => {
-                if (msg.type === 'stopped') resolve();
+                if (msg.type === 'stopped') done();
               });
-              w.worker.onExit(() => resolve());
+              w.worker.onExit(done);
               send(w.worker, { type: 'stop' });
             }),
         ),
-      );
+      ).then(() => {
+        all = true;
+      });
+      if (watch === undefined) await stopped;
+      else {
+        for (const w of live) w.beat = undefined;
+        while (!all) {
+          await Promise.race([stopped, sleep(STOP_CHECK_MS)]);
+          const now = watch.now();
+          if (all || now >= watch.deadline) break;
+          for (const w of live) if (!answered.has(w) && this.#silent(w, now, watch.stallMs)) void w.worker.terminate();
+        }
+      }
     }
     await Promise.all(live.map((w) => w.worker.terminate()));
     this.#disown();
+  }
+
+  /** Has the thread's heartbeat stood still for `stallMs` (manager clock)? */
+  #silent(w: WorkerState, now: number, stallMs: number): boolean {
+    const value = Atomics.load(this.#core.i32, this.#core.abi.laneHeartbeatAddress(w.lane) >>> 2);
+    if (w.beat === undefined || w.beat.value !== value) {
+      w.beat = { value, since: now };
+      return false;
+    }
+    return now - w.beat.since >= stallMs;
   }
 
   /** The threads are gone: no shard is theirs any more (the manager's thread may poll them). */

@@ -773,7 +773,9 @@ export class ShardManager {
    * shutdown with a deadline: past it they are ended whatever they hold, the records they
    * had not acknowledged go back to their rings, and close rejects with a CloseTimeoutError
    * that counts the events left undelivered (poll() still reads them). Without it, close
-   * waits as long as the consumers take (a consumer that always throws keeps it waiting).
+   * waits as long as the consumers take (a consumer that always throws keeps it waiting);
+   * a consumer thread that died or hangs (no heartbeat for consumer.stallMs: a Web Worker's
+   * death sends no event) is ended meanwhile, and replaced while its shards hold events.
    * A call while an earlier one is under way returns the earlier one's promise.
    */
   close(options?: { timeoutMs?: number }): Promise<void> {
@@ -801,7 +803,9 @@ export class ShardManager {
       if (!pool) return;
       const deadline = timeoutMs === undefined ? Infinity : this.#clock() + timeoutMs;
       for (;;) {
-        this.#watchStalls();
+        // Heartbeats too: a consumer thread that died holding shards with records (a Web
+        // Worker's death sends no event) is replaced, and its replacement delivers them.
+        this.#recoveryChecks();
         let busy = false;
         for (const slot of this.#slots.values()) {
           if (!this.#drained(slot)) {
@@ -821,7 +825,9 @@ export class ShardManager {
         }
         await sleep(WAIT_STEP_MS);
       }
-      await pool.close();
+      // Every event was acknowledged: threads that do not answer the stop (dead, or hung)
+      // are ended after stallMs of silence, or at the deadline.
+      await pool.close(false, { now: this.#clock, stallMs: this.#consumerStallMs, deadline });
     })();
     return this.#closing;
   }

@@ -199,6 +199,10 @@ describe.each([
     expect(r.replaced.inFlight).toBe(0);
     expect(r.replaced.consumed.count).toBeGreaterThanOrEqual(r.replaced.events4);
     expect(r.replaced.consumed.bad).toBe(0);
+    // A consumer Web Worker terminated while its shard was idle (nothing to replace it for):
+    // close() still settles, once the silent worker was ended after stallMs (300 ms here).
+    expect(r.idleDeath).toMatchObject({ close: 'resolved', delivered: 100 });
+    expect(r.idleDeath.closeMs).toBeGreaterThanOrEqual(290);
     // A batch consumer worker (serveConsumer(fn, { batch: true })) through a shard added, one
     // removed and a consumer worker killed: nothing lost, in order, a repeat only from the
     // batch the killed worker held (handed out again), and some batches wrapped the ring.

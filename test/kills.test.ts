@@ -11,7 +11,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ShardManager, ShardMetricsCollector, ShardProducer, type BackpressureMode, type ManagerEvent } from 'shard-mapper';
-import { DeliveryLog, seqPayload, sleep, onThisLogsChannel } from './helpers/delivery.js';
+import { DeliveryLog, expectExactlyOnce, seqPayload, sleep, onThisLogsChannel, within } from './helpers/delivery.js';
 import { SharedCore } from '../dist/core.js';
 import { R_CURSOR, R_TAIL, REC_END, REC_LEN, REC_OFF, REC_SEQ, SEQ_WRITING } from '../dist/layout.generated.js';
 import { prng, withEnv } from './helpers/index.js';
@@ -573,6 +573,54 @@ describe('consumer heartbeats', () => {
       await m.close();
       expect(m.stats()).toMatchObject({ pushed: total, delivered: total, inFlight: 0 });
     });
+  });
+
+  /** Every lane's heartbeat word (consumer threads beat theirs every 100 ms while their event loop turns). */
+  const heartbeats = (m: ShardManager) => {
+    const core = SharedCore.attachSync(m.producerHandle().core);
+    return Array.from({ length: core.abi.laneCountConfigured() }, (_, lane) => Atomics.load(core.i32, core.abi.laneHeartbeatAddress(lane) >>> 2));
+  };
+
+  it('close() after every consumer thread hung while idle (no heartbeat, no answer to stop, no exit event: what a Web Worker that died gives a page): events pushed meanwhile are delivered by replacements, and close resolves once the silent threads are ended', async () => {
+    log = new DeliveryLog();
+    const m = await ShardManager.create({
+      initialShards: 2, ringBufferCapacity: 1024, policy: { autoScale: false },
+      consumer: { module: fixture('hang-when-idle-consumer.mjs'), threads: 2, batchSize: 16, stallMs: 300 },
+    });
+    for (let seq = 0; seq < 200; seq++) expect(m.push(seq * 2654435761, seqPayload(0, seq))).toBe(true);
+    await log.waitFor(200, 10_000);
+    expect(m.consumers().every((c) => c.shards.length > 0)).toBe(true); // both threads had a batch: both hang
+    await sleep(150);
+    const first = heartbeats(m);
+    await sleep(400);
+    // The fault hit what it aims at: no thread beats any more, and the manager (idle
+    // shards) has not noticed: both still read alive.
+    expect(heartbeats(m)).toEqual(first);
+    expect(m.consumers().map((c) => c.alive)).toEqual([true, true]);
+    // Events for the hung threads' shards, then close() at once.
+    for (let seq = 200; seq < 250; seq++) expect(m.push(seq * 2654435761, seqPayload(0, seq))).toBe(true);
+    await within(m.close(), 20_000, () => `close() still waiting: ${JSON.stringify(m.stats().shards.map((s) => s.length))} records in the rings`);
+    await log.waitFor(250, 10_000);
+    expectExactlyOnce(log, 1, 250, 'hung threads replaced during close');
+    expect(m.stats()).toMatchObject({ pushed: 250, delivered: 250, inFlight: 0 });
+  });
+
+  it('close({ timeoutMs }) after consumer threads hung while idle ends them at its deadline, even when their stallMs is longer; nothing was left to deliver, so it resolves', async () => {
+    log = new DeliveryLog();
+    const m = await ShardManager.create({
+      initialShards: 2, ringBufferCapacity: 1024, policy: { autoScale: false },
+      consumer: { module: fixture('hang-when-idle-consumer.mjs'), threads: 2, batchSize: 16, stallMs: 600_000 },
+    });
+    for (let seq = 0; seq < 100; seq++) expect(m.push(seq * 2654435761, seqPayload(0, seq))).toBe(true);
+    await log.waitFor(100, 10_000);
+    await sleep(150);
+    const first = heartbeats(m);
+    await sleep(300);
+    expect(heartbeats(m)).toEqual(first); // hung
+    const t0 = performance.now();
+    await within(m.close({ timeoutMs: 500 }), 20_000, () => 'close({ timeoutMs: 500 }) still waiting');
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(450); // it waited for the threads up to its deadline
+    expectExactlyOnce(log, 1, 100, 'idle hang');
   });
 
   it('a consumer thread waiting on a stalled reservation (a producer that reserved and never wrote) keeps its event loop turning: it beats, is not replaced, and delivers everything once the watchdog skips the record', async () => {

@@ -212,6 +212,38 @@ async function runShared() {
   const stats4 = mgr4.stats();
   const seen4 = await fromReplaced.until(n4);
   log(`dead consumer worker replaced: ${events4.join(' → ')}; delivered ${stats4.delivered} of ${n4}`);
+  // 4b. A consumer Web Worker that dies while its shard is idle: the page is told nothing and
+  //     nothing needs replacing, but close() still settles (a worker silent for stallMs is ended).
+  const spawned4b = [];
+  const mgr4b = await ShardManager.create({
+    initialShards: 1,
+    ringBufferCapacity: 1024,
+    policy: { autoScale: false },
+    consumer: {
+      worker: () => {
+        const w = new Worker(new URL('./consumer.worker.js', import.meta.url), { type: 'module' });
+        spawned4b.push(w);
+        return w;
+      },
+      threads: 1,
+      stallMs: 300,
+    },
+  });
+  await pushAll(mgr4b, 0, 100);
+  const deadline4b = performance.now() + 20_000;
+  while (mgr4b.stats().delivered < 100 && performance.now() < deadline4b) await sleep(5);
+  spawned4b[0].terminate();
+  await sleep(100);
+  const start4b = performance.now();
+  const close4b = await Promise.race([
+    mgr4b.close().then(
+      () => 'resolved',
+      (e) => `rejected: ${e.message}`,
+    ),
+    sleep(10_000).then(() => 'still pending after 10 s'),
+  ]);
+  const idleDeath = { close: close4b, closeMs: Math.round(performance.now() - start4b), delivered: mgr4b.stats().delivered };
+  log(`consumer worker dead while idle: close() ${close4b} in ${idleDeath.closeMs} ms`);
   // 5. A batch consumer (serveConsumer(fn, { batch: true })): one RecordBatch per call, while a
   //    shard is added, one removed, and a consumer worker killed (its batch comes again).
   const batchRun = await runBatchConsumer();
@@ -242,6 +274,7 @@ async function runShared() {
     lifecycle: events,
     producer: { pushed: stats3.pushed, delivered: stats3.delivered, inWorker: fromWorker.pushed, consumed: seen3, expectedSum: expectedSum(n3), events: n3 },
     module: { pushed: stats2.pushed, delivered: stats2.delivered, consumed: seen2, expectedSum: expectedSum(n2), events: n2 },
+    idleDeath,
     replaced: { events: events4, workersStarted: spawned4.length, pushed: stats4.pushed, delivered: stats4.delivered, inFlight: stats4.inFlight, consumed: seen4, events4: n4 },
   };
 }
