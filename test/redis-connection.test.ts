@@ -192,39 +192,43 @@ describe.skipIf(!available)('Redis frozen (SIGSTOP) or stopped mid-run', () => {
       policy: { minShards: 1, maxShards: 4, metricsWindowMs: 60_000, autoScale: false },
     });
     const b = await RedisShardManager.create({ redis: server.url, namespace, controller: false, connectTimeoutMs: 400 });
-    await a.tick();
-    await until(() => b.table().shards.length === 1, 'b follows the table');
-    const settle = (p: Promise<unknown>) => { const t0 = performance.now(); return p.then((v) => ({ v, ms: performance.now() - t0 }), (e: unknown) => ({ e: e as Error, ms: performance.now() - t0 })); };
-    server.freeze();
-    let frozenThrough = false;
     try {
-      const abort = new AbortController();
-      setTimeout(() => abort.abort(), 200);
-      const [added, drained] = await within(
-        Promise.all([settle(b.addShard({ timeoutMs: 300 })), settle(b.drainShard(0, { signal: abort.signal }))]),
-        15_000,
-        () => 'the calls still waiting on a frozen Redis',
-      );
-      frozenThrough = true; // both settled while the server was still stopped
-      for (const [r, waited] of [[added, 300], [drained, 200]] as const) {
-        expect(r.e, `settled with an error, not ${JSON.stringify((r as { v?: unknown }).v)}`).toBeInstanceOf(Error);
-        expect(r.e).toMatchObject({ name: 'OperatorTimeoutError', outcome: 'unknown', message: expect.stringMatching(/outcome unknown: Redis did not answer while withdrawing request .*no answer within 5000 ms.*look at table\(\) before calling again/) });
-        expect(r.ms).toBeGreaterThanOrEqual(waited - 5);
-        expect(r.ms).toBeLessThan(waited + 5000 + 2000); // its limit plus the withdrawal's grace
+      await a.tick();
+      await until(() => b.table().shards.length === 1, 'b follows the table');
+      const settle = (p: Promise<unknown>) => { const t0 = performance.now(); return p.then((v) => ({ v, ms: performance.now() - t0 }), (e: unknown) => ({ e: e as Error, ms: performance.now() - t0 })); };
+      server.freeze();
+      let frozenThrough = false;
+      try {
+        const abort = new AbortController();
+        setTimeout(() => abort.abort(), 200);
+        const [added, drained] = await within(
+          Promise.all([settle(b.addShard({ timeoutMs: 300 })), settle(b.drainShard(0, { signal: abort.signal }))]),
+          15_000,
+          () => 'the calls still waiting on a frozen Redis',
+        );
+        frozenThrough = true; // both settled while the server was still stopped
+        for (const [r, waited] of [[added, 300], [drained, 200]] as const) {
+          expect(r.e, `settled with an error, not ${JSON.stringify((r as { v?: unknown }).v)}`).toBeInstanceOf(Error);
+          expect(r.e).toMatchObject({ name: 'OperatorTimeoutError', outcome: 'unknown', message: expect.stringMatching(/outcome unknown: Redis did not answer while withdrawing request .*no answer within 5000 ms.*look at table\(\) before calling again/) });
+          expect(r.ms).toBeGreaterThanOrEqual(waited - 5);
+          expect(r.ms).toBeLessThan(waited + 5000 + 2000); // its limit plus the withdrawal's grace
+        }
+      } finally {
+        server.thaw();
       }
+      expect(frozenThrough).toBe(true);
+      // After the thaw Redis runs each LPUSH and then the withdrawal sent after it on the same
+      // connection: the queue is empty and a controller window does nothing.
+      await until(() => server.cli('LLEN', `{${namespace}}:ops`) === '0', 'the withdrawals ran after the thaw');
+      clock.t += 60_000;
+      await a.tick();
+      expect(a.table().nextId).toBe(1);
+      expect(a.table().shards).toMatchObject([{ id: 0, state: 'active' }]);
     } finally {
       server.thaw();
+      await Promise.all([a.close({ timeoutMs: 5000 }).catch(() => {}), b.close({ timeoutMs: 5000 }).catch(() => {})]);
+      await server.dispose();
     }
-    expect(frozenThrough).toBe(true);
-    // After the thaw Redis runs each LPUSH and then the withdrawal sent after it on the same
-    // connection: the queue is empty and a controller window does nothing.
-    await until(() => server.cli('LLEN', `{${namespace}}:ops`) === '0', 'the withdrawals ran after the thaw');
-    clock.t += 60_000;
-    await a.tick();
-    expect(a.table().nextId).toBe(1);
-    expect(a.table().shards).toMatchObject([{ id: 0, state: 'active' }]);
-    await Promise.all([a.close(), b.close()]);
-    await server.dispose();
   });
 
   it('an outage is reported in the package\'s words (masked address, what it does about it), ioredis\'s error as cause; delivery resumes after restart', async () => {
