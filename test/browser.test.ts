@@ -212,6 +212,11 @@ describe.each([
     expect(r.batch.outOfOrder).toBe(0);
     expect(r.batch.bad).toBe(0);
     expect(r.batch.restarts).toBe(1);
+    // The kill hit a batch in flight: the worker was holding one (unacknowledged), and its
+    // replacement got it again (rewound) and held it too before it was released.
+    expect(r.batch.killedHolding).toBe(true);
+    expect(r.batch.holders).toBe(2);
+    expect(r.batch.rewound).toBeGreaterThan(0);
     expect(r.batch.repeated).toBeLessThanOrEqual(r.batch.rewound);
     expect(r.batch.seen).toBe(r.batch.events + r.batch.repeated);
     expect(r.batch.wrapped).toBeGreaterThan(0);

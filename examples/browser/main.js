@@ -380,17 +380,41 @@ async function runBatchConsumer() {
     consumer: batchConsumerWorkers(2, 100), // 100 does not divide the ring: batches wrap past its end
     onEvent: (e) => { if (e.type === 'consumerRestarted') restarts.push(e.rewound); },
   });
-  await pushAll(mgr, 0, n, async (i) => {
-    if (i === n / 4) await mgr.addShard();
-    if (i === n / 2) await mgr.removeShard(0);
-    if (i === (3 * n) / 4) await mgr.terminateConsumer(mgr.consumers()[0].index);
-  });
+  // The kill must hit a batch in flight: event 3n/4 carries "hold", and the worker that gets it
+  // holds its batch until released. The first holder is killed; its replacement gets the same
+  // batch again (rewound), holds it too, and is released.
+  const channel = new BroadcastChannel('shard-mapper-example');
+  const holders = [];
+  let killedHolding = false;
+  channel.onmessage = (e) => {
+    if (e.data.from !== 'batch-hold') return;
+    holders.push(e.data.shardId);
+    if (holders.length === 1) {
+      const owner = mgr.consumers().find((c) => c.shards.includes(e.data.shardId));
+      void mgr.terminateConsumer(owner.index).then(() => { killedHolding = true; });
+    } else channel.postMessage({ from: 'page', release: true });
+  };
+  const hold = (3 * n) / 4;
+  await pushAll(
+    mgr,
+    0,
+    n,
+    async (i) => {
+      if (i === n / 4) await mgr.addShard();
+      if (i === n / 2) await mgr.removeShard(0);
+    },
+    (i) => (i === hold ? `event:${i}|hold` : `event:${i}`),
+  );
+  const holdDeadline = performance.now() + 20_000; // bounded: the test reports how far it got
+  while (holders.length < 2 && performance.now() < holdDeadline) await sleep(5);
+  channel.close();
   await mgr.close();
   const stats = mgr.stats();
   const r = await reports.until(stats.delivered);
   return {
     events: n, pushed: stats.pushed, delivered: stats.delivered, ...r,
     rewound: restarts.reduce((a, b) => a + b, 0), restarts: restarts.length,
+    holders: holders.length, killedHolding,
   };
 }
 
