@@ -324,13 +324,12 @@ export class ConsumerPool {
     const abi = this.#core.abi;
     for (const w of [...this.#workers]) {
       if (w.exited || w.stopping || !w.started || w.killed) continue;
-      const value = Atomics.load(this.#core.i32, abi.laneHeartbeatAddress(w.lane) >>> 2);
       const busy = [...w.shards.values()].some((slot) => abi.ringLen(slot) !== 0);
-      if (w.beat === undefined || w.beat.value !== value || !busy) {
-        w.beat = { value, since: now };
+      if (!busy) {
+        w.beat = { value: this.#heartbeat(w), since: now };
         continue;
       }
-      if (now - w.beat.since < stallMs) continue;
+      if (!this.#silent(w, now, stallMs)) continue;
       ended.push(w.index);
       this.#events.onStalled(w.index);
       w.killed = true;
@@ -438,9 +437,14 @@ export class ConsumerPool {
     this.#disown();
   }
 
-  /** Has the thread's heartbeat stood still for `stallMs` (manager clock)? */
+  #heartbeat(w: WorkerState): number {
+    return Atomics.load(this.#core.i32, this.#core.abi.laneHeartbeatAddress(w.lane) >>> 2);
+  }
+
+  /** Has the thread's heartbeat stood still for `stallMs` (manager clock)? (checkHeartbeats
+   *  and close() both ask.) */
   #silent(w: WorkerState, now: number, stallMs: number): boolean {
-    const value = Atomics.load(this.#core.i32, this.#core.abi.laneHeartbeatAddress(w.lane) >>> 2);
+    const value = this.#heartbeat(w);
     if (w.beat === undefined || w.beat.value !== value) {
       w.beat = { value, since: now };
       return false;

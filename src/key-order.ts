@@ -286,10 +286,11 @@ export class KeyOrderFences {
   }
 
   /** Would a push of `hash` wait for a fence now? (The slot as the last planned table cuts
-   *  the hash space; a stream writer asks this instead of pushing again, see streams.ts.) */
+   *  the hash space, as pick() in assembly/select.ts; a stream writer asks this instead of
+   *  pushing again, see streams.ts.) */
   waits(hash: number): boolean {
     const n = this.#owner?.length ?? 0;
-    if (n === 0 || this.#fences.size === 0) return false;
+    if (n === 0) return false;
     const f = this.#fences.get(Math.floor(((hash >>> 0) * n) / 2 ** 32));
     return f !== undefined && !this.#passed(f);
   }

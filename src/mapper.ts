@@ -27,6 +27,11 @@ export const NO_SHARD: number = LAYOUT_NO_SHARD;
 /** The highest shard id that is ever allocated. */
 export const MAX_SHARD_ID = 0xfffe;
 
+/** Shard ids left when the next new one would be `nextId` (a mapper's, or a Redis namespace's table). */
+export function shardIdsLeftFrom(nextId: number): number {
+  return MAX_SHARD_ID + 1 - nextId;
+}
+
 export const ShardState = {
   Provisioning: 'provisioning',
   Active: 'active',
@@ -272,7 +277,7 @@ export class ShardMapper {
    * shard count goes up and down often (docs/routing.md, "Shard ids run out").
    */
   shardIdsLeft(): number {
-    return MAX_SHARD_ID + 1 - this.#nextId;
+    return shardIdsLeftFrom(this.#nextId);
   }
 
   shardState(id: number): ShardState | undefined {

@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
 import { BackpressureError, CloseTimeoutError, ManagerClosedError, checkInteger, describe, invalid } from '../errors.js';
-import { MAX_SHARD_ID, NO_SHARD } from '../mapper.js';
+import { NO_SHARD, shardIdsLeftFrom } from '../mapper.js';
 import type { ScalingPolicy } from '../policy.js';
 import { batchArguments, type BatchEvent, type EventKey, type EventPayload } from '../producer.js';
 import { sleep } from '../sleep.js';
@@ -883,7 +883,7 @@ export class RedisShardManager {
       mapper: {
         lastMetrics: (id) => this.#controller?.lastMetrics(id),
         policy: () => this.policy(),
-        shardIdsLeft: () => MAX_SHARD_ID + 1 - this.#table.doc.nextId, // the namespace's ids (its table)
+        shardIdsLeft: () => shardIdsLeftFrom(this.#table.doc.nextId), // the namespace's ids (its table)
       },
     };
   }
