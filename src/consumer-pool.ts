@@ -111,6 +111,8 @@ export class ConsumerPool {
   readonly #releaseWaiters = new Set<() => void>();
   #closing = false;
   #spawned = 0;
+  /** Still in start(): its threads' failures reject create() rather than restart. */
+  #starting = true;
   /** Replacements in a row that died before becoming ready (a module that stopped loading). */
   #failedStarts = 0;
 
@@ -134,6 +136,7 @@ export class ConsumerPool {
     for (let i = 0; i < threads; i++) pool.#workers.push(pool.#spawn());
     try {
       await Promise.all(pool.#workers.map((w) => w.ready));
+      pool.#starting = false;
     } catch (error) {
       // A worker that cannot start (a module that fails to load) is not a crash to recover
       // from: restart none, end them all, and let create() reject.
@@ -210,7 +213,12 @@ export class ConsumerPool {
     worker.onError((error) =>
       rejectReady(Object.assign(new Error(`consumer worker failed to start: ${error.message}`), { stack: error.stack })),
     );
-    worker.onExit((code) => this.#onExit(state, code));
+    worker.onExit((code) => {
+      // A thread that ends before it is ready (a worker that never calls serveConsumer, a
+      // module that exits while loading) fails its start: create() must not wait for it.
+      if (!state.started) rejectReady(new Error(this.#exitBeforeReadyMessage(code)));
+      this.#onExit(state, code);
+    });
     return state;
   }
 
@@ -344,6 +352,13 @@ export class ConsumerPool {
     return ended;
   }
 
+  #exitBeforeReadyMessage(code: number): string {
+    const what = this.#factory
+      ? 'the worker from options.consumer.worker ended before it was ready: its script must call serveConsumer(fn) from shard-mapper/worker and keep running'
+      : `the consumer thread for ${this.#init.module} ended before it was ready: the module must load and default-export the consumer function, without exiting the thread`;
+    return `consumer worker failed to start: ${what} (exit code ${code})`;
+  }
+
   #onExit(state: WorkerState, code: number): void {
     if (state.exited) return;
     state.exited = true;
@@ -351,7 +366,8 @@ export class ConsumerPool {
     state.releasing.clear();
     this.#releaseSettled();
     this.#core.abi.laneRelease(state.lane); // claimed for it in #spawn: released whatever it got to do
-    if (this.#closing || state.stopping) return;
+    // A thread of the first set that ended before it was ready failed create(): not a crash.
+    if (this.#closing || state.stopping || (this.#starting && !state.started)) return;
     // A crash: records it had claimed but not acknowledged are handed out again. Its shards
     // wait (their rings keep accepting up to capacity) until the replacement is up; a thread
     // that keeps dying before it is ready is restarted with exponential backoff.

@@ -82,6 +82,7 @@ export class SharedCore {
 
   /** False when the lane was claimed for this thread by another (see attach). */
   readonly #ownsLane: boolean;
+  #detached = false;
 
   // Slot pool, used only by the thread that owns the mapper.
   #maxSlots = 0;
@@ -223,7 +224,10 @@ export class SharedCore {
 
   /** Give the lane back; the core must not be used afterwards. */
   detach(): void {
-    if (this.#ownsLane) this.abi.laneRelease(this.lane);
+    // Once only: a second release could free the lane after another thread claimed it.
+    if (!this.#ownsLane || this.#detached) return;
+    this.#detached = true;
+    this.abi.laneRelease(this.lane);
   }
 
   /** Give back every lane the exited worker thread `threadId` had claimed for itself. */

@@ -87,6 +87,16 @@ export class ManagerClosedError extends Error {
   }
 }
 
+/** A ShardProducer was used after its detach(): its lane may already be another thread's. */
+export class ProducerDetachedError extends Error {
+  constructor(method = 'push') {
+    super(
+      `shard-mapper: ShardProducer.${method}: this producer was detached (its lane was given back); attach again with ShardProducer.attach(handle)`,
+    );
+    this.name = 'ProducerDetachedError';
+  }
+}
+
 /** close({ timeoutMs }) ran out of time. ShardManager: the consumer threads were ended with
  *  `undelivered` accepted events still in the rings, where poll() can still read them.
  *  RedisShardManager: the node was closed with `undelivered` accepted events never stored in

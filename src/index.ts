@@ -4,7 +4,14 @@ export type { RoutingMode } from './routing.js';
 export { ShardMetricsCollector, type ShardMetrics, type CollectorHandle } from './metrics.js';
 export type { CoreHandle } from './core.js';
 export { ScalingPolicy } from './policy.js';
-export { ScalingError, BackpressureError, ManagerClosedError, CloseTimeoutError, type ScalingErrorKind } from './errors.js';
+export {
+  ScalingError,
+  BackpressureError,
+  ManagerClosedError,
+  CloseTimeoutError,
+  ProducerDetachedError,
+  type ScalingErrorKind,
+} from './errors.js';
 export { hashKey, hashKeys } from './hash.js';
 export { sharedMemorySupported, type MemoryKind } from './wasm.js';
 export { ShardManager } from './manager.js';

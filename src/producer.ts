@@ -1,7 +1,7 @@
 // Producer: stages an event in this thread's lane and makes the one WebAssembly call that
 // routes it, appends it to the shard's ring and feeds the collector. ShardManager uses one
 // on its own thread; worker threads get theirs with `ShardProducer.attach(handle)`.
-import { BackpressureError, ManagerClosedError, describe } from './errors.js';
+import { BackpressureError, ManagerClosedError, ProducerDetachedError, describe } from './errors.js';
 import { checkPayload, keyHash, largePayloadError, payloadTypeError } from './validate.js';
 import { SharedCore, type CoreHandle } from './core.js';
 import {
@@ -79,6 +79,7 @@ export class ShardProducer {
   #hashes = new Uint32Array(256);
   #bounce: Uint8Array | undefined;
   readonly #owned: boolean;
+  #detached = false;
 
   /** @hidden Kept in the .d.ts: stripped, the class would seem constructible without arguments. */
   constructor(core: SharedCore, maxPayloadBytes: number, owned: boolean) {
@@ -103,15 +104,24 @@ export class ShardProducer {
     return new ShardProducer(await SharedCore.attach(handle.core), handle.maxPayloadBytes, true);
   }
 
+  /** Give the lane back (its number goes to the next thread that attaches). Every push
+   *  afterwards throws ProducerDetachedError; a second detach() does nothing. A no-op for the
+   *  manager's own producer. */
   detach(): void {
-    if (this.#owned) this.#core.detach();
+    if (!this.#owned || this.#detached) return;
+    this.#detached = true;
+    // An empty scratch sends every push to #view(), which refuses: the lane may already be
+    // another thread's, and staging into it would mix two threads' events.
+    this.#scratch = new Uint8Array(0);
+    this.#core.detach();
   }
 
   /** The lane's scratch, re-made if a non-shared memory grew (its buffer is replaced). */
-  #view(): Uint8Array {
+  #view(method: string): Uint8Array {
     const core = this.#core;
     if (this.#scratch.length === 0) {
-      // detached: only a non-shared memory's growth does that
+      if (this.#detached) throw new ProducerDetachedError(method);
+      // the buffer was detached: only a non-shared memory's growth does that
       core.refreshViews();
       this.#scratch = core.u8.subarray(core.scratch, core.scratch + core.scratchBytes);
     }
@@ -121,7 +131,7 @@ export class ShardProducer {
   /** Copy a payload to `at` in the scratch; returns its byte length. Throws, writing nothing
    *  to any ring, if the payload is too large or not bytes/string (an empty one is an event too). */
   #stage(payload: EventPayload, at: number, room: number, index = -1): number {
-    const scratch = this.#view();
+    const scratch = this.#view(index < 0 ? 'push' : 'pushBatch');
     const max = this.maxPayloadBytes;
     if (payload instanceof Uint8Array) {
       const len = payload.length;
@@ -260,7 +270,7 @@ export class ShardProducer {
     let accepted = 0;
     let i = 0;
     while (i < n) {
-      this.#view(); // re-makes the core's views too if a non-shared memory grew
+      this.#view('pushBatch'); // re-makes the core's views too if a non-shared memory grew
       const words = core.u32;
       const base = core.scratch >>> 2; // the scratch and every staged header are 4-byte aligned
       let at = 0;
@@ -311,7 +321,7 @@ export class ShardProducer {
     for (let i = 0; i < n; i += chunk) {
       const c = Math.min(chunk, n - i);
       const recordsOffset = (c * 4 + 7) & ~7;
-      this.#view(); // re-makes the core's views too if a non-shared memory grew
+      this.#view('pushFixed'); // re-makes the core's views too if a non-shared memory grew
       core.u32.set(hashes.subarray(i, i + c), core.scratch >>> 2);
       core.u8.set(records.subarray(i * recordSize, (i + c) * recordSize), core.scratch + recordsOffset);
       const consumed = core.abi.pushFixedBatch(core.lane, c, recordSize, recordsOffset);

@@ -9,7 +9,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import {
-  ManagerClosedError, ScalingError, ScalingPolicy, ShardManager, ShardMapper, ShardProducer, hashKey,
+  ManagerClosedError, ProducerDetachedError, ScalingError, ScalingPolicy, ShardManager, ShardMapper, ShardProducer, hashKey,
 } from 'shard-mapper';
 import { badInputDoc } from './helpers/bad-input-doc.js';
 
@@ -83,7 +83,7 @@ async function closedFixture() {
 type Fixture = Awaited<ReturnType<typeof managerFixture>> | Awaited<ReturnType<typeof mapperFixture>> | Awaited<ReturnType<typeof closedFixture>>;
 interface Expected {
   /** Error class name (a ScalingError also has `kind`). */
-  error: 'ScalingError' | 'TypeError' | 'RangeError' | 'ManagerClosedError' | 'Error';
+  error: 'ScalingError' | 'TypeError' | 'RangeError' | 'ManagerClosedError' | 'ProducerDetachedError' | 'Error';
   kind?: ScalingError['kind'];
   /** What the message must say: the argument's name (and the call). */
   message: RegExp;
@@ -331,6 +331,20 @@ for (const [method, run, name] of [
 }
 add({ call: 'producer.push(…) after close() (a ShardProducer attached before)', inputs: [['', undefined]], fixture: 'closed', run: ({ producer }) => producer.push(1, 'x'),
   expect: CLOSED('push'), excerpt: 'shard-mapper: push: the manager is closed' });
+const detached = async (manager: ShardManager) => {
+  const producer = await ShardProducer.attach(manager.producerHandle());
+  producer.detach();
+  return producer;
+};
+const DETACHED = (method: string): Expected => ({ error: 'ProducerDetachedError', message: new RegExp(`ShardProducer\\.${method}: this producer was detached`) });
+for (const [method, run] of [
+  ['push', (p: ShardProducer) => p.push(1, 'x')],
+  ['pushBatch', (p: ShardProducer) => p.pushBatch([1, 2], ['x', 'y'])],
+  ['pushFixed', (p: ShardProducer) => p.pushFixed(new Uint32Array([1]), new Uint8Array(4), 4)],
+] as const) {
+  add({ call: `producer.${method}(…) after producer.detach()`, inputs: [['', undefined]], fixture: 'manager', run: async ({ manager }) => run(await detached(manager)),
+    expect: DETACHED(method), excerpt: `shard-mapper: ShardProducer.${method}: this producer was detached (its lane was given back); attach again with ShardProducer.attach(handle)` });
+}
 
 // ---- the tests -----------------------------------------------------------------------------
 
@@ -362,6 +376,7 @@ describe('bad input: a clear error naming the argument, and nothing changed', ()
           expect(e.name).toBe(c.expect.error);
           if (c.expect.error === 'ScalingError') expect(e).toBeInstanceOf(ScalingError);
           if (c.expect.error === 'ManagerClosedError') expect(e).toBeInstanceOf(ManagerClosedError);
+          if (c.expect.error === 'ProducerDetachedError') expect(e).toBeInstanceOf(ProducerDetachedError);
           if (c.expect.kind) expect(e.kind).toBe(c.expect.kind);
           expect(e.message).toMatch(c.expect.message);
           expect(snap(), 'the state changed').toEqual(before);

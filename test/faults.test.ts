@@ -252,6 +252,38 @@ describe('faults: consumer threads', () => {
     }
   });
 
+  it('a consumer thread that ends before it is ready: create() rejects saying so (it used to wait forever), restarting nothing', async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const cases = [
+        { consumer: { module: fixture('exit-while-loading-consumer.mjs'), threads: 2 }, error: /the consumer thread for .*exit-while-loading-consumer\.mjs ended before it was ready.*\(exit code 0\)/ },
+        { consumer: { worker: () => new Worker(fixture('never-serves-worker.mjs')), threads: 1 }, error: /options\.consumer\.worker ended before it was ready: its script must call serveConsumer/ },
+      ];
+      for (const { consumer, error } of cases) {
+        const events: ManagerEvent[] = [];
+        let spawned = 0;
+        const counted = 'worker' in consumer ? { ...consumer, worker: () => { spawned++; return consumer.worker(); } } : consumer;
+        const outcome = await Promise.race([
+          ShardManager.create({ initialShards: 1, ringBufferCapacity: 8, consumer: counted, onEvent: (e) => events.push(e) }).then(
+            (m) => { void m.close({ timeoutMs: 1000 }); return 'created'; },
+            (e: Error) => e,
+          ),
+          sleep(10_000).then(() => 'still waiting after 10 s'),
+        ]);
+        expect(outcome).toBeInstanceOf(Error);
+        expect((outcome as Error).message).toMatch(error);
+        await sleep(300); // a restarted thread would be spawned, and fail again, within this
+        expect(events).toEqual([]);
+        if ('worker' in consumer) expect(spawned).toBe(1);
+      }
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+
   it('after close(), scale-ups through manager.mapper are refused before any change (with consumer threads they used to half-allocate)', async () => {
     const m = await ShardManager.create({ initialShards: 2, ringBufferCapacity: 8, policy: { maxShards: 4 }, consumer: { module: seqConsumer(), threads: 1 } });
     await m.close();

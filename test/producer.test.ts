@@ -1,7 +1,7 @@
 // The producer side (src/producer.ts): push, pushBatch's three forms, pushFixed, and every
 // backpressure mode at a full ring, on one thread with poll() (threads: test/kills.test.ts).
 import { describe, expect, it } from 'vitest';
-import { BackpressureError, ShardManager } from 'shard-mapper';
+import { BackpressureError, ProducerDetachedError, ShardManager, ShardProducer } from 'shard-mapper';
 
 const text = (records: Uint8Array[]) => records.map((r) => new TextDecoder().decode(r));
 
@@ -129,5 +129,37 @@ describe('backpressure at a full ring', () => {
   it('refuses bad backpressure modes', async () => {
     await expect(ShardManager.create({ initialShards: 1, ringBufferCapacity: 4, backpressure: { kind: 'sample', rate: 0 } })).rejects.toThrow(/rate/);
     await expect(ShardManager.create({ initialShards: 1, ringBufferCapacity: 4, backpressure: { kind: 'nope' } as never })).rejects.toThrow(/backpressure.kind/);
+  });
+});
+
+describe('ShardProducer.detach()', () => {
+  it('a detached producer refuses to push: the lane it gave back is already the next producer’s (pushes through it used to land in that lane and mix two threads’ bytes)', async () => {
+    const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 64, maxThreads: 2 });
+    const first = await ShardProducer.attach(m.producerHandle());
+    first.detach();
+    const second = await ShardProducer.attach(m.producerHandle()); // takes the lane `first` gave back
+    // `second` stages an event; `first` pushing between its staging and its call would have
+    // pushed `second`'s bytes, or overwritten them. Now it cannot push at all.
+    expect(() => first.push(1, 'AAAA')).toThrow(ProducerDetachedError);
+    expect(() => first.pushBatch([1, 2], ['AAAA', 'AAAA'])).toThrow(/ShardProducer\.pushBatch: this producer was detached/);
+    expect(() => first.pushFixed(new Uint32Array([1]), new Uint8Array(4), 4)).toThrow(/ShardProducer\.pushFixed: this producer was detached/);
+    expect(m.stats().pushed).toBe(0);
+    expect(second.push(1, 'BBBB')).toBe(true);
+    expect(m.poll(0).map((r) => new TextDecoder().decode(r))).toEqual(['BBBB']);
+    second.detach();
+    await m.close();
+  });
+
+  it('a second detach() gives nothing back: it used to free the lane again while another producer held it, so two producers shared one', async () => {
+    const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 64, maxThreads: 2 }); // the manager's lane + one
+    const first = await ShardProducer.attach(m.producerHandle());
+    first.detach();
+    const second = await ShardProducer.attach(m.producerHandle());
+    first.detach();
+    await expect(ShardProducer.attach(m.producerHandle())).rejects.toThrow(/lane/);
+    second.detach();
+    const third = await ShardProducer.attach(m.producerHandle()); // the lane is free again
+    third.detach();
+    await m.close();
   });
 });
