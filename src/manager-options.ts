@@ -5,7 +5,7 @@ import { payloadExtent } from './core.js';
 import type { ConsumerOptions } from './consumer-pool.js';
 import { checkFinite, checkFunction, checkInteger, describe, given, invalid } from './errors.js';
 import { resolvePolicy, type ScalingPolicy } from './policy.js';
-import { checkLoadBound, checkRouting, type RoutingMode } from './routing.js';
+import { RUNTIME_DEFAULT_ROUTING, checkLoadBound, checkRouting, type RoutingMode } from './routing.js';
 import { BackpressureMode, type ManagerEvent } from './types.js';
 import { checkBackpressure, checkKnownKeys, checkMaxPayloadBytes, checkOptionalBoolean } from './validate.js';
 import { checkMemoryKind, sharedMemorySupported, type MemoryKind } from './wasm.js';
@@ -55,7 +55,7 @@ export interface ShardManagerOptions {
   /** Threads that may attach at once, this one and consumer threads included (default
    *  max(64, consumer threads + 8), at most 256). Each costs a 16 KiB staging lane. */
   maxThreads?: number;
-  /** How hashes are spread over Active shards (default: see MANAGER_DEFAULT_ROUTING). */
+  /** How hashes are spread over Active shards (default 'balanced': RUNTIME_DEFAULT_ROUTING). */
   routing?: RoutingMode;
   /** ε of 'affinity' routing (default 0.25). */
   loadBound?: number;
@@ -67,9 +67,6 @@ export interface ShardManagerOptions {
    */
   keyOrder?: boolean;
 }
-
-/** The routing mode ShardManager uses when `options.routing` is not given (README: Routing modes). */
-export const MANAGER_DEFAULT_ROUTING: RoutingMode = 'balanced';
 
 /** The options checked, defaults applied. */
 export interface ManagerSettings {
@@ -197,7 +194,7 @@ export function checkManagerOptions(options: ShardManagerOptions): ManagerSettin
   const backpressure = given(options.backpressure, BackpressureMode.FailProducer);
   const bp = backpressureCode(backpressure);
   const policy = resolvePolicy(options.policy, initialShards);
-  const routing = options.routing === undefined ? MANAGER_DEFAULT_ROUTING : checkRouting('options.routing', options.routing);
+  const routing = checkRouting('options.routing', options.routing, RUNTIME_DEFAULT_ROUTING);
   const loadBound = checkLoadBound('options.loadBound', options.loadBound);
   checkOptionalBoolean('options.keyOrder', options.keyOrder);
   if (options.keyOrder === true && routing !== 'affinity') {

@@ -18,9 +18,14 @@ export interface RoutedShard {
   metrics: { fillRatio: number; eventRate: number; bufferLen?: number } | undefined;
 }
 
-/** Refuses anything but the three modes (a ScalingError of kind InvalidPolicy). */
-export function checkRouting(name: string, value: unknown): RoutingMode {
-  if (value === undefined) return 'leastLoaded';
+/** The mode of the runtimes (ShardManager and the Redis node) when none is given: even
+ *  load. `ShardMapper` alone keeps the contract's 'leastLoaded' (checkRouting's default). */
+export const RUNTIME_DEFAULT_ROUTING: RoutingMode = 'balanced';
+
+/** Refuses anything but the three modes (a ScalingError of kind InvalidPolicy); undefined is
+ *  `fallback` ('leastLoaded', ShardMapper's default, unless a runtime gives its own). */
+export function checkRouting(name: string, value: unknown, fallback: RoutingMode = 'leastLoaded'): RoutingMode {
+  if (value === undefined) return fallback;
   if (typeof value !== 'string' || !(ROUTING_MODES as readonly string[]).includes(value)) {
     throw invalid(`${name} must be 'leastLoaded', 'balanced' or 'affinity', got ${describe(value)}`);
   }

@@ -197,7 +197,7 @@ describe.skipIf(!available)('Redis key order across moves (routing affinity)', (
     const namespace = ns();
     await expect(RedisShardManager.create({ redis: server.url, namespace, keyOrder: 'yes' as unknown as boolean })).rejects.toThrow(/options\.keyOrder must be a boolean, got/);
     await expect(RedisShardManager.create({ redis: server.url, namespace, routing: 'balanced', keyOrder: true })).rejects.toThrow(/options\.keyOrder: true needs routing 'affinity'.*got routing 'balanced'/);
-    await expect(RedisShardManager.create({ redis: server.url, namespace, keyOrder: true })).rejects.toThrow(/keyOrder: true needs routing 'affinity'.*routes with 'leastLoaded'/);
+    await expect(RedisShardManager.create({ redis: server.url, namespace, keyOrder: true })).rejects.toThrow(/keyOrder: true needs routing 'affinity'.*routes with 'balanced'/); // a new namespace's default
     expect(server.cli('EXISTS', `{${namespace}}:table`)).toBe('0');
     const a = await RedisShardManager.create({ redis: server.url, namespace, routing: 'affinity', policy: { metricsWindowMs: 60_000 } });
     const b = await RedisShardManager.create({ redis: server.url, namespace, keyOrder: true }); // the namespace's routing
@@ -207,7 +207,7 @@ describe.skipIf(!available)('Redis key order across moves (routing affinity)', (
     const other = ns();
     const d = await RedisShardManager.create({ redis: server.url, namespace: other, policy: { metricsWindowMs: 60_000 } });
     expect(d.stats().keyOrder).toMatchObject({ enabled: false, waitingSlots: 0, held: 0 });
-    await expect(RedisShardManager.create({ redis: server.url, namespace: other, keyOrder: true })).rejects.toThrow(/routes with 'leastLoaded'/);
+    await expect(RedisShardManager.create({ redis: server.url, namespace: other, keyOrder: true })).rejects.toThrow(/routes with 'balanced'/);
     await d.close();
   });
 

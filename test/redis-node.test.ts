@@ -145,7 +145,7 @@ describe.skipIf(!available)('RedisShardManager: a shard whose stream disappeared
     const namespace = ns();
     const events: RedisNodeEvent[] = [];
     const node = await RedisShardManager.create({
-      redis: server.url, namespace, initialShards: 2, controller: false, policy: { metricsWindowMs: 60_000 },
+      redis: server.url, namespace, initialShards: 2, controller: false, policy: { metricsWindowMs: 60_000 }, routing: 'leastLoaded',
       onRedisEvent: (e) => events.push(e),
     });
     expect(node.table().route).toEqual([0, 1]); // hash 0 → shard 0, 2^31 → shard 1

@@ -137,7 +137,8 @@ describe.skipIf(!available)('RedisShardManager: one node, consumers, one process
 
   it('routes with the WebAssembly selection over the table: a key goes where the route says', async () => {
     const namespace = ns();
-    const node = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 4, policy: { maxShards: 4, metricsWindowMs: 60_000 } });
+    // 'leastLoaded': one route entry per shard, so the arithmetic below is the contract's
+    const node = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 4, policy: { maxShards: 4, metricsWindowMs: 60_000 }, routing: 'leastLoaded' });
     expect(node.table().route).toEqual([0, 1, 2, 3]);
     // floor(hash · 4 / 2^32): hashes 0, 2^30, 2^31, 3·2^30 land on shards 0..3.
     for (let s = 0; s < 4; s++) node.push(s * 2 ** 30, `h:${s}`);
@@ -397,7 +398,7 @@ describe.skipIf(!available)('RedisShardManager: one node, consumers, one process
 
   it('a node whose table is stale sends to a shard removed meanwhile: XADD NOMKSTREAM refuses, the node catches up and routes those events again', async () => {
     const namespace = ns();
-    const node = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 2, policy: { metricsWindowMs: 60_000 } });
+    const node = await RedisShardManager.create({ redis: server.url, namespace, initialShards: 2, policy: { metricsWindowMs: 60_000 }, routing: 'leastLoaded' });
     // What a controller does while this node misses the notification: shard 1 leaves the
     // table and its stream is deleted (written here behind the node's back: no PUBLISH).
     const table = `{${namespace}}:table`;
@@ -715,7 +716,9 @@ describe.skipIf(!available)('RedisShardManager: bad input is refused clearly and
     const nodesBefore = server.cli('HGET', `{${namespace}}:table`, 'nodes');
     await expect(RedisShardManager.create({ redis: server.url, namespace, policy: { maxShards: 16, metricsWindowMs: 60_000 } }))
       .rejects.toThrow(new RegExp(`namespace "${namespace}" already runs with another policy: maxShards 8 \\(stored\\) vs 16 \\(given\\)`));
-    await expect(RedisShardManager.create({ redis: server.url, namespace, routing: 'balanced' })).rejects.toThrow(/already routes with 'leastLoaded', this node was given 'balanced'/);
+    // made without a routing, the namespace routes as ShardManager does by default: 'balanced'
+    expect(JSON.parse(server.cli('HGET', `{${namespace}}:table`, 'doc')).routing).toBe('balanced');
+    await expect(RedisShardManager.create({ redis: server.url, namespace, routing: 'leastLoaded' })).rejects.toThrow(/already routes with 'balanced', this node was given 'leastLoaded'/);
     expect(tableFields()).toEqual(before);
     expect(server.cli('HGET', `{${namespace}}:table`, 'nodes')).toBe(nodesBefore); // no node number taken
     // Without a policy, a node adopts the stored one.

@@ -21,6 +21,9 @@ export interface RedisShardManagerOptions {
   /** The namespace's policy (metricsWindowMs in whole ms). Given to a node joining an existing
    *  namespace, the fields given must equal the stored ones; the rest is the namespace's. */
   policy?: Partial<ScalingPolicy>;
+  /** How a new namespace spreads hashes over its shards (default 'balanced', as ShardManager's).
+   *  Given to a node joining an existing namespace, it must equal the stored one; left out,
+   *  the node adopts it. */
   routing?: RoutingMode;
   loadBound?: number;
   /** Keep each key's push order across moves of its slot (routing 'affinity' only; default

@@ -10,7 +10,14 @@
 import { randomBytes } from 'node:crypto';
 import { candidateIndexes } from '../mapper.js';
 import type { ShardMetrics } from '../metrics.js';
-import { checkLoadBound, checkRouting, createTableBuilder, type RoutingMode, type TableBuilder } from '../routing.js';
+import {
+  RUNTIME_DEFAULT_ROUTING,
+  checkLoadBound,
+  checkRouting,
+  createTableBuilder,
+  type RoutingMode,
+  type TableBuilder,
+} from '../routing.js';
 import type { ScalingPolicy } from '../policy.js';
 import type { Keys } from './keys.js';
 import { TABLE_FORMAT } from './keys.js';
@@ -18,9 +25,13 @@ import type { ScriptedClient } from './connection.js';
 
 export type { RoutingMode };
 
-/** The routing options of a node, checked as ShardMapper checks them. */
+/** The routing options of a node, checked as ShardMapper checks them; without a routing a
+ *  new namespace routes as ShardManager does by default ('balanced'). */
 export function checkRoutingOptions(routing: unknown, loadBound: unknown): { routing: RoutingMode; loadBound: number } {
-  return { routing: checkRouting('options.routing', routing), loadBound: checkLoadBound('options.loadBound', loadBound) };
+  return {
+    routing: checkRouting('options.routing', routing, RUNTIME_DEFAULT_ROUTING),
+    loadBound: checkLoadBound('options.loadBound', loadBound),
+  };
 }
 
 /** A shard's state in the table. Removed shards leave the table. */
