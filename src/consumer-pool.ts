@@ -18,7 +18,9 @@ export interface ConsumerWorker {
 export interface ConsumerOptions {
   /**
    * Path or URL of a module whose default export is `(records, shardId) => void | Promise<void>`,
-   * loaded by the package's own worker. Give this or `worker`.
+   * loaded by the package's own worker. Give this or `worker`. A relative path is resolved
+   * against the process's working directory (as `node ./x.mjs` would), not the calling file:
+   * `new URL('./consumer.mjs', import.meta.url)` names a file beside yours wherever you run.
    */
   module?: string | URL;
   /**
@@ -194,7 +196,7 @@ export class ConsumerPool {
           resolveReady();
           break;
         case 'fatal':
-          rejectReady(Object.assign(new Error(`consumer worker failed to start: ${msg.message}`), { stack: msg.stack }));
+          rejectReady(this.#startFailure(msg.message, msg.stack));
           break;
         case 'error':
           this.#events.onError(consumerError(msg.message, msg.stack, msg.name), msg.shardId);
@@ -210,9 +212,7 @@ export class ConsumerPool {
     });
     // A module that fails to load may surface as this error event before its 'fatal' message:
     // word both the same way.
-    worker.onError((error) =>
-      rejectReady(Object.assign(new Error(`consumer worker failed to start: ${error.message}`), { stack: error.stack })),
-    );
+    worker.onError((error) => rejectReady(this.#startFailure(error.message, error.stack)));
     worker.onExit((code) => {
       // A thread that ends before it is ready (a worker that never calls serveConsumer, a
       // module that exits while loading) fails its start: create() must not wait for it.
@@ -350,6 +350,14 @@ export class ConsumerPool {
       );
     }
     return ended;
+  }
+
+  /** Why a thread failed to start, naming the consumer module when the error does not (a
+   *  syntax error says only "Unexpected token"). */
+  #startFailure(message: string, stack: string | undefined): Error {
+    const module = this.#init.module;
+    const where = module !== '' && !message.includes(module) ? ` (consumer module ${module})` : '';
+    return Object.assign(new Error(`consumer worker failed to start: ${message}${where}`), { stack });
   }
 
   #exitBeforeReadyMessage(code: number): string {

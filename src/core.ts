@@ -100,7 +100,7 @@ export class SharedCore {
     const lane = givenLane ?? abi.laneClaim();
     if (lane < 0) {
       throw new Error(
-        `shard-mapper: every lane of the shared memory is taken (${abi.laneCountConfigured()} threads may attach at once, options.maxThreads; ` +
+        `shard-mapper: every lane of the shared memory is taken (${abi.laneCountConfigured()} threads may attach at once, options.maxThreads, the manager's own thread and its consumer threads included; ` +
           'detach() the producers and collectors you no longer use; a worker thread that exits gives its lane back by itself)',
       );
     }

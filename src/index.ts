@@ -16,7 +16,7 @@ export { hashKey, hashKeys } from './hash.js';
 export { sharedMemorySupported, type MemoryKind } from './wasm.js';
 export { ShardManager } from './manager.js';
 export type { ShardManagerOptions } from './manager-options.js';
-export { BackpressureMode, type ManagerStats, type ShardStats, type ManagerEvent } from './types.js';
+export { BackpressureMode, type ManagerStats, type ShardManagerStats, type ShardStats, type ManagerEvent } from './types.js';
 export type { KeyOrderStats, KeyOrderWaits, MoveCause } from './key-order.js';
 export { ShardProducer, type ProducerHandle, type EventKey, type EventPayload, type BatchEvent } from './producer.js';
 export type { ConsumerOptions, ConsumerWorker } from './consumer-pool.js';

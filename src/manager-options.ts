@@ -222,10 +222,11 @@ export function checkManagerOptions(options: ShardManagerOptions): ManagerSettin
       throw invalid(`options.consumer.module must be a path or URL, got ${describe((c as { module?: unknown } | null)?.module)}`);
     }
     checkKnownKeys('options.consumer', c, CONSUMER_OPTIONS);
-    if (c.worker !== undefined && (typeof c.worker !== 'function' || c.module !== undefined)) {
-      throw invalid(
-        `options.consumer.worker must be a function returning a Worker, given instead of options.consumer.module, got ${describe(c.worker)}`,
-      );
+    if (c.worker !== undefined && c.module !== undefined) {
+      throw invalid('options.consumer: give module or worker, not both (worker starts a thread that brings its own function)');
+    }
+    if (c.worker !== undefined && typeof c.worker !== 'function') {
+      throw invalid(`options.consumer.worker must be a function returning a Worker, got ${describe(c.worker)}`);
     }
     if (kind !== 'shared')
       throw invalid(

@@ -13,7 +13,7 @@ import { Total, TOTALS } from './abi.js';
 import { StallWatchdog } from './stall-watchdog.js';
 import { sleep, unrefTimer } from './sleep.js';
 import { KeyOrderFences } from './key-order.js';
-import type { BackpressureMode, ManagerEvent, ManagerStats, ShardStats } from './types.js';
+import type { BackpressureMode, ManagerEvent, ShardManagerStats, ShardStats } from './types.js';
 import { RecordBatch } from './record-batch.js';
 import { compileAsync, type MemoryKind } from './wasm.js';
 import { onThreadExit } from '#platform';
@@ -335,6 +335,7 @@ export class ShardManager {
 
   /** What a worker thread passes to `ShardProducer.attach` to push into these rings. */
   producerHandle(): ProducerHandle {
+    this.#assertOpen('producerHandle'); // a thread attached now could only be refused
     if (this.memoryKind !== 'shared') throw new Error('producerHandle: the single-thread fallback cannot share its memory with workers');
     return { core: this.#core.handle(), maxPayloadBytes: this.maxPayloadBytes };
   }
@@ -472,7 +473,7 @@ export class ShardManager {
   }
 
   /** Totals since creation (they never go down when shards are removed) and per-shard figures. */
-  stats(): ManagerStats {
+  stats(): ShardManagerStats {
     const abi = this.#core.abi;
     const totals = [...this.#retired];
     const shards: ShardStats[] = [];

@@ -23,6 +23,8 @@ import {
 
 export type EventKey = number | string | Uint8Array;
 export type EventPayload = Uint8Array | string;
+/** One event of `pushBatch(events)`: `[key, payload]`, or an object with `key` or `hash` (one
+ *  of them: both is refused) and `payload`. */
 export type BatchEvent = readonly [EventKey, EventPayload] | { key?: EventKey; hash?: EventKey; payload: EventPayload };
 
 /** What a worker thread needs to produce into a manager's rings. */
@@ -362,6 +364,7 @@ function splitEvents(events: ArrayLike<BatchEvent>): [EventKey[], EventPayload[]
       payloads[i] = e[1];
     } else if (e !== null && typeof e === 'object' && 'payload' in e) {
       const o = e as { key?: EventKey; hash?: EventKey; payload: EventPayload };
+      if (o.key !== undefined && o.hash !== undefined) throw new TypeError(`pushBatch: events[${i}] has both key and hash; give one`);
       keys[i] = (o.key ?? o.hash)!;
       payloads[i] = o.payload;
     } else throw new TypeError(`pushBatch: events[${i}] must be [key, payload] or { key, payload }`);

@@ -59,7 +59,9 @@ function checkOptions(method: string, options: WritableOptions | undefined): { h
 
 function checkRecord(method: string, record: unknown): asserts record is ManagerRecord {
   if (typeof record !== 'object' || record === null || !('key' in record) || !('payload' in record)) {
-    throw new TypeError(`${method}: each record must be { key, payload }, got ${describe(record)}`);
+    // an object missing a field says which: "got an object" alone leaves the user guessing
+    const missing = typeof record === 'object' && record !== null ? ` (no ${'key' in record ? 'payload' : 'key'} field)` : '';
+    throw new TypeError(`${method}: each record must be { key, payload }, got ${describe(record)}${missing}`);
   }
 }
 

@@ -93,6 +93,12 @@ export interface ManagerStats {
   keyOrder?: KeyOrderStats;
 }
 
+/** What `ShardManager.stats()` returns: ManagerStats with the key-order figures always set. */
+export interface ShardManagerStats extends ManagerStats {
+  drops: { newest: number; oldest: number; sampled: number; refused: number; moving: number };
+  keyOrder: KeyOrderStats;
+}
+
 /** What the Prometheus exporter reads: a ShardManager, or anything with the same figures (a
  *  shard-mapper/redis node's `metricsView()`). */
 export interface ObservedManager {

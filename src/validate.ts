@@ -17,6 +17,10 @@ export function checkMaxPayloadBytes(value: unknown): number {
   return checkInteger('options.maxPayloadBytes', given(value, DEFAULT_MAX_PAYLOAD), 1, MAX_PAYLOAD_LIMIT);
 }
 
+/** The fields each backpressure mode has. */
+const KIND_ONLY: Record<string, true> = { kind: true };
+const SAMPLE_FIELDS: Record<string, true> = { kind: true, rate: true };
+
 /** options.backpressure (already defaulted), as a fresh mode holding only its own fields. */
 export function checkBackpressure(mode: unknown): BackpressureMode {
   if (typeof mode !== 'object' || mode === null) throw invalid(`options.backpressure must be a BackpressureMode, got ${describe(mode)}`);
@@ -25,8 +29,11 @@ export function checkBackpressure(mode: unknown): BackpressureMode {
     case 'dropNewest':
     case 'dropOldest':
     case 'failProducer':
+      // a stray field (a `rate` on a mode that does not sample) is a mistake, not a no-op
+      checkKnownKeys(`options.backpressure (${m.kind})`, m, KIND_ONLY);
       return { kind: m.kind };
     case 'sample':
+      checkKnownKeys('options.backpressure (sample)', m, SAMPLE_FIELDS);
       return { kind: 'sample', rate: checkInteger('options.backpressure.rate', m.rate, 1, 0xffffffff) };
     default:
       throw invalid(`options.backpressure.kind must be dropNewest, dropOldest, failProducer or sample, got ${describe(m.kind)}`);

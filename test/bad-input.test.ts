@@ -228,7 +228,9 @@ const OPTION_CASES: [option: string, inputs: [string, unknown][], message: RegEx
   ['backpressure', [['null', null], ['"dropNewest"', 'dropNewest']], /options\.backpressure must be a BackpressureMode, got /, 'options.backpressure must be a BackpressureMode, got "dropNewest"'],
   ['backpressure', [["{ kind: 'nope' }", { kind: 'nope' }], ['{}', {}]], /options\.backpressure\.kind must be dropNewest, dropOldest, failProducer or sample, got /, 'options.backpressure.kind must be dropNewest, dropOldest, failProducer or sample, got "nope"'],
   ['backpressure', [["{ kind: 'sample' }", { kind: 'sample' }], ['rate 0', { kind: 'sample', rate: 0 }], ['rate 1.5', { kind: 'sample', rate: 1.5 }], ['rate NaN', { kind: 'sample', rate: NaN }]], /options\.backpressure\.rate must be an integer in \[1, 4294967295\], got /, 'options.backpressure.rate must be an integer in [1, 4294967295], got 0'],
+  ['backpressure', [["{ kind: 'dropNewest', rate: 3 }", { kind: 'dropNewest', rate: 3 }], ["{ kind: 'failProducer', retries: 1 }", { kind: 'failProducer', retries: 1 }], ["{ kind: 'sample', rate: 2, every: 2 }", { kind: 'sample', rate: 2, every: 2 }]], /options\.backpressure \((dropNewest|failProducer|sample)\)\.(rate|retries|every) is not an option \(known: kind/, 'options.backpressure (dropNewest).rate is not an option (known: kind)'],
   ['consumer', [['null', null], ['{}', {}], ['{ module: 5 }', { module: 5 }]], /options\.consumer\.module must be a path or URL, got /, 'options.consumer.module must be a path or URL, got 5'],
+  ['consumer', [['module and worker', { module: 'x.mjs', worker: () => null }]], /options\.consumer: give module or worker, not both/, 'options.consumer: give module or worker, not both (worker starts a thread that brings its own function)'],
   ['consumer', [['stallMs 0', { module: 'x.mjs', stallMs: 0 }], ['stallMs NaN', { module: 'x.mjs', stallMs: NaN }], ['stallMs "5"', { module: 'x.mjs', stallMs: '5' }]], /options\.consumer\.stallMs must be a finite number > 0, got /, 'options.consumer.stallMs must be a finite number > 0, got 0'],
   ['consumer', [['threads 0', { module: 'x.mjs', threads: 0 }], ['threads 1.5', { module: 'x.mjs', threads: 1.5 }], ['threads null', { module: 'x.mjs', threads: null }]], /options\.consumer\.threads must be an integer in \[1, 254\], got /, 'options.consumer.threads must be an integer in [1, 254], got 0'],
   ['consumer', [['batchSize 0', { module: 'x.mjs', batchSize: 0 }], ['batchSize NaN', { module: 'x.mjs', batchSize: NaN }]], /options\.consumer\.batchSize must be an integer in \[1, 16777216\], got /, 'options.consumer.batchSize must be an integer in [1, 16777216], got 0'],
@@ -305,6 +307,8 @@ add({ call: 'manager.pushBatch(keys, payloads)', inputs: [['payloads null', [[1]
   expect: T(/pushBatch: payloads must be an array/), excerpt: 'pushBatch: payloads must be an array' });
 add({ call: 'manager.pushBatch(events)', inputs: [['[5]', [5]], ['[[1]]', [[1]]], ['[{}]', [{}]]], fixture: 'manager', run: ({ manager }, v) => manager.pushBatch(v),
   expect: T(/pushBatch: events\[0\] must be \[key, payload\] or \{ key, payload \}/), excerpt: 'pushBatch: events[0] must be [key, payload] or { key, payload }' });
+add({ call: 'manager.pushBatch(events)', inputs: [['[{ key, hash, payload }]', [{ key: 'a', hash: 1, payload: 'x' }]]], fixture: 'manager', run: ({ manager }, v) => manager.pushBatch(v),
+  expect: T(/pushBatch: events\[0\] has both key and hash; give one/), excerpt: 'pushBatch: events[0] has both key and hash; give one' });
 
 // close's options: refused before anything closes (see also 'a refused close leaves the manager open' below)
 add({ call: 'manager.close({ timeoutMs })', inputs: [['-1', { timeoutMs: -1 }], ['NaN', { timeoutMs: NaN }], ['Infinity', { timeoutMs: Infinity }], ['"5"', { timeoutMs: '5' }], ['null', { timeoutMs: null }]], fixture: 'manager',
@@ -322,6 +326,7 @@ for (const [method, run, name] of [
   ['drainShard', (m: ShardManager) => m.drainShard(0), 'drainShard'],
   ['removeShard', (m: ShardManager) => m.removeShard(0), 'removeShard'],
   ['start', (m: ShardManager) => m.start(), 'start'],
+  ['producerHandle', (m: ShardManager) => m.producerHandle(), 'producerHandle'],
   ['mapper.scaleUp', (m: ShardManager) => m.mapper.scaleUp(1), 'scaleUp'],
   ['mapper.scaleUpProvisioning', (m: ShardManager) => m.mapper.scaleUpProvisioning(1), 'scaleUpProvisioning'],
   ['mapper.scaleUpProvisioningForce', (m: ShardManager) => m.mapper.scaleUpProvisioningForce(1), 'scaleUpProvisioningForce'],

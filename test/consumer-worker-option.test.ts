@@ -64,7 +64,7 @@ describe('options.consumer.worker', () => {
     await expect(ShardManager.create({ initialShards: 1, ringBufferCapacity: 8, consumer: { worker: 42 as never } }))
       .rejects.toThrow(ScalingError);
     await expect(ShardManager.create({ initialShards: 1, ringBufferCapacity: 8, consumer: { worker: () => new Worker(fixture), module: 'x.mjs' } }))
-      .rejects.toThrow(/options\.consumer\.worker/);
+      .rejects.toThrow(/options\.consumer: give module or worker, not both/);
     await expect(ShardManager.create({ initialShards: 1, ringBufferCapacity: 8, consumer: { worker: () => ({}) as never } }))
       .rejects.toThrow(/must return a worker_threads Worker/);
   });

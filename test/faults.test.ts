@@ -4,7 +4,7 @@
 // consistent.
 import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
 import { Worker } from 'node:worker_threads';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -250,6 +250,19 @@ describe('faults: consumer threads', () => {
     } finally {
       process.off('unhandledRejection', onUnhandled);
     }
+  });
+
+  it('a consumer module with a syntax error: the error names the module (V8 says only "Unexpected token")', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'shard-mapper-syntax-'));
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
+    // Written here, not kept as a fixture: the linter would refuse to parse it.
+    const path = join(dir, 'syntax-error-consumer.mjs');
+    writeFileSync(path, 'export default function consume(records {\n}\n');
+    const error = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 8, consumer: { module: path, threads: 1 } }).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(error?.message).toMatch(/^consumer worker failed to start: .*Unexpected token.* \(consumer module file:\/\/.*syntax-error-consumer\.mjs\)$/);
   });
 
   it('a consumer thread that ends before it is ready: create() rejects saying so (it used to wait forever), restarting nothing', async () => {

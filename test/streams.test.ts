@@ -109,7 +109,7 @@ describe('manager.writable()', () => {
   it('refuses a bad record with a clear error and writes nothing', async () => {
     const m = await manager();
     await expect(pipeline(Readable.from([5]), m.writable())).rejects.toThrow(/writable: each record must be \{ key, payload \}, got 5/);
-    await expect(pipeline(Readable.from([{ key: 1 }]), m.writable())).rejects.toThrow(TypeError);
+    await expect(pipeline(Readable.from([{ key: 1 }]), m.writable())).rejects.toThrow(/writable: each record must be \{ key, payload \}, got an object \(no payload field\)/);
     await expect(pipeline(Readable.from([{ key: 1, payload: 'x'.repeat(1000) }]), m.writable())).rejects.toThrow(/push: payload is 1000 bytes/);
     await expect(pipeline(Readable.from([{ key: null, payload: 'x' }]), m.writable())).rejects.toThrow(/key must be/);
     expect(m.stats().pushed).toBe(0);

@@ -568,7 +568,8 @@ class ConsumerRunner implements ShardConsumers {
     const why = (e: ReadEntry) =>
       e.decoded.kind === 'undecodable'
         ? e.decoded.error
-        : `delivered ${e.deliveries} times (maxDeliveries ${this.#parts.maxDeliveries}) without being acknowledged; last error: ${held.lastError || 'none seen by this consumer'}`;
+        : // Redis counts the read that finds the limit passed too: that one never reaches consume
+          `delivered ${e.deliveries - 1} times (maxDeliveries ${this.#parts.maxDeliveries}) without being acknowledged; last error: ${held.lastError || 'none seen by this consumer'}`;
     const replies = await sendAll(
       this.#conn.client,
       run.map((e) => deadLetterCommand(key, id, e, reason, why(e))),
