@@ -28,6 +28,8 @@ export interface ConsumerOptions {
    * 'shard-mapper/worker' at its top level. This is the bundler-friendly form: write it as
    * `() => new Worker(new URL('./consumer.worker.js', import.meta.url), { type: 'module' })`
    * so Vite/webpack bundle the worker. Called once per thread (and again after a crash).
+   * A Node worker that ends without calling serveConsumer makes `create()` reject; a Web
+   * Worker sends no such event, so in a browser `create()` waits for it.
    */
   worker?: () => ConsumerWorker;
   /** Most worker threads to run (default: CPU count). A worker may own several shards. */
