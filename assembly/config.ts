@@ -4,13 +4,17 @@
 import {
   LAYOUT_BASE, HEADER_BYTES, CACHE_LINE, MAGIC, H_MAGIC, H_TABLE_CAPACITY, H_SLOT_COUNT,
   H_RING_CAPACITY, H_MAX_PAYLOAD, H_LANE_COUNT, H_LANE_BYTES, H_BACKPRESSURE, H_SAMPLE_RATE,
-  H_SAMPLE_FILL, H_RING_BYTES, H_KEY_ORDER, FENCE_HEADER_BYTES, FENCE_BYTES, SLOT_HEADER_BYTES, RECORD_BYTES, LANE_HEADER_BYTES, MAX_LANES,
+  H_SAMPLE_FILL, H_RING_BYTES, H_KEY_ORDER, H_RING_LIMIT, FENCE_HEADER_BYTES, FENCE_BYTES, SLOT_HEADER_BYTES, RECORD_BYTES, LANE_HEADER_BYTES, MAX_LANES,
 } from "./layout";
 
 export let tableCapacity: u32 = 0;
 export let slotCount: u32 = 0;
 export let ringCapacity: u32 = 0;
 export let ringMask: u32 = 0;
+// Records a ring may hold at once (the capacity asked for); below ringCapacity only when that
+// was not a power of two, and then every reservation checks it against the head.
+export let ringLimit: u32 = 0;
+export let ringLimited: bool = false;
 export let maxPayload: u32 = 0;
 export let laneCount: u32 = 0;
 export let laneBytes: u32 = 0;
@@ -47,12 +51,13 @@ export function slotsOffset(tableCap: u32, lanes: u32, laneSize: u32): u64 {
 
 export function configure(
   tableCap: u32, slots: u32, ringCap: u32, ringBytesEach: u32, maxPayloadBytes: u32, lanes: u32, laneSize: u32,
-  mode: i32, rate: u32, fill: f64, fenced: u32,
+  mode: i32, rate: u32, fill: f64, fenced: u32, ringLimitRecords: u32,
 ): void {
   const h = <usize>LAYOUT_BASE;
   store<u32>(h + H_TABLE_CAPACITY, tableCap);
   store<u32>(h + H_SLOT_COUNT, slots);
   store<u32>(h + H_RING_CAPACITY, ringCap);
+  store<u32>(h + H_RING_LIMIT, ringLimitRecords < ringCap ? ringLimitRecords : ringCap);
   store<u32>(h + H_RING_BYTES, ringBytesEach);
   store<u32>(h + H_MAX_PAYLOAD, maxPayloadBytes);
   store<u32>(h + H_LANE_COUNT, lanes < <u32>MAX_LANES ? lanes : <u32>MAX_LANES);
@@ -72,6 +77,8 @@ export function attach(): i32 {
   slotCount = load<u32>(h + H_SLOT_COUNT);
   ringCapacity = load<u32>(h + H_RING_CAPACITY);
   ringMask = ringCapacity == 0 ? 0 : ringCapacity - 1;
+  ringLimit = load<u32>(h + H_RING_LIMIT);
+  ringLimited = ringLimit < ringCapacity;
   maxPayload = load<u32>(h + H_MAX_PAYLOAD);
   laneCount = load<u32>(h + H_LANE_COUNT);
   laneBytes = load<u32>(h + H_LANE_BYTES);

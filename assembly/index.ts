@@ -3,7 +3,7 @@
 // interface of this list, from the compiled module's signatures.
 import { LAYOUT_BASE, H_LANE_FLAGS, L_RESULT, L_SCRATCH, L_DOORBELL, L_OWNER, L_HEARTBEAT, L_PARKS } from "./layout";
 import {
-  slotStrideFor, slotsOffset, slotAddr, laneAddr, laneCount, payloadOffset, ringCapacity, ringBytes,
+  slotStrideFor, slotsOffset, slotAddr, laneAddr, laneCount, payloadOffset, ringCapacity, ringLimit, ringBytes,
 } from "./config";
 
 export { configure, attach } from "./config";
@@ -34,6 +34,7 @@ export function laneParksAddress(lane: u32): u32 { return <u32>(laneAddr(lane) +
 export function ringPayloadOffset(): u32 { return payloadOffset; }
 export function ringBytesEach(): u32 { return ringBytes; }
 export function ringCapacityRecords(): u32 { return ringCapacity; }
+export function ringLimitRecords(): u32 { return ringLimit; }
 
 // ---- lanes: one per attached thread, claimed with a CAS ---------------------------------
 export function laneClaim(): i32 {

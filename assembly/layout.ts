@@ -37,6 +37,8 @@ export const H_SAMPLE_RATE: i32 = 32;     // u32, keep 1 in N once past the thre
 export const H_RING_BYTES: i32 = 36;      // u32, bytes of each ring's payload area (a multiple of 8, or 0)
 export const H_SAMPLE_FILL: i32 = 40;     // f64, fill ratio where sampling starts
 export const H_KEY_ORDER: i32 = 48;       // u32, 1: moved table entries are fenced (routing 'affinity', see FENCES)
+export const H_RING_LIMIT: i32 = 52;      // u32, records a ring may hold at once: ringBufferCapacity as given (the
+                                          //   descriptors are H_RING_CAPACITY, its power of two at least 2)
 // second line: written by the mapper thread whenever the selection table changes
 export const H_TABLE_GEN: i32 = 128;      // u32, generation; table (gen & 1) is live
 export const H_TABLE_COUNT0: i32 = 132;   // u32 × 2, entries in table 0 and in table 1

@@ -24,6 +24,21 @@ const U32_MAX: u64 = 0xffffffff;
   }
 }
 
+// `n` samples of `sample` each at once (a batch run's sampled events: they shared one
+// reservation, so one contention figure), saturating as addToPair does.
+export function addSamplesToPair(addr: usize, n: u32, sample: u32): void {
+  let old = atomic.load<u64>(addr);
+  while (true) {
+    let count = (old >>> 32) + <u64>n;
+    let sum = (old & U32_MAX) + <u64>n * <u64>sample;
+    if (count > U32_MAX) count = U32_MAX;
+    if (sum > U32_MAX) sum = U32_MAX;
+    const seen = atomic.cmpxchg<u64>(addr, old, (count << 32) | sum);
+    if (seen == old) return;
+    old = seen;
+  }
+}
+
 // Events-in-window (low half) and pushes-since-drain-start (high half) share one 64-bit
 // word, so a recorded event bumps both with a single atomic add. Returns the previous event
 // count. A ring's pushes do not come through here: the ring's tail already counts every

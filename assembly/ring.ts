@@ -49,10 +49,10 @@ import {
   G_EXTENTS, G_MAX_EXTENT, G_NEXT, G_BYTES, LIST_BYTES, L_GROUPS, L_LISTS, L_EVENT_AT, H_OWED_REPUSHED, H_BLOCKS_RACED,
 } from "./layout";
 import {
-  slotAddr, laneAddr, recordAddr, payloadAddr, ringCapacity, ringBytes, maxPayload, backpressure,
+  slotAddr, laneAddr, recordAddr, payloadAddr, ringCapacity, ringLimit, ringLimited, ringBytes, maxPayload, backpressure,
   sampleRate, sampleFill, keyOrder,
 } from "./config";
-import { addToPair, initMetrics } from "./metrics";
+import { addSamplesToPair, addToPair, initMetrics } from "./metrics";
 import {
   tailRecords, tailPosition, tailOf, positionAdd, positionsBetween, offsetOf, extentOf, byteHeadOf, bytesUsedAt,
 } from "./positions";
@@ -202,7 +202,16 @@ const INLINE_COPY_MAX: u32 = 32;
 
 // Sample mode sheds load once the ring's fill passes the threshold: by records or by bytes.
 @inline function pastSampleFill(base: usize): bool {
-  return <f64>lenAt(base) > sampleFill * <f64>ringCapacity || <f64>bytesUsedAt(base) > sampleFill * <f64>ringBytes;
+  return <f64>lenAt(base) > sampleFill * <f64>ringLimit || <f64>bytesUsedAt(base) > sampleFill * <f64>ringBytes;
+}
+
+// A ring whose capacity is not a power of two holds ringLimit records at once, in
+// ringCapacity descriptors: full once the records reserved and not yet acknowledged (or
+// evicted) reach the limit. The head is read after the tail, and only ever moves forward, so
+// a stale head only finds the ring fuller than it is. It shares its cache line with the byte
+// head, which every reservation reads anyway.
+@inline function atFillLimit(base: usize, index: u32): bool {
+  return index - headOf(atomic.load<u64>(base + R_CURSOR)) >= ringLimit;
 }
 
 // Append `len` bytes from `src` to the ring at `base`. Returns 0 or a PUSH_* code.
@@ -228,7 +237,7 @@ export function pushAt(base: usize, src: usize, len: u32, countRefusal: bool = t
       tail = atomic.load<u64>(base + R_TAIL);
       continue;
     }
-    if (diff == 0) {
+    if (diff == 0 && !(ringLimited && atFillLimit(base, index))) {
       // PLACEMENT (above)
       const position = tailPosition(tail);
       let off = offsetOf(position);
@@ -433,7 +442,9 @@ function reserveRun(base: usize, k: u32, p: usize, i: u32): u32 {
     let free: u32 = 0;
     let q = p;
     let qi = i;
-    while (free < k && atomic.load<u32>(recordAddr(base, t + free) + REC_SEQ) == t + free) {
+    // a ring below its power of two takes no more than its limit leaves (see atFillLimit)
+    const most = ringLimited ? min(k, ringLimit - min(ringLimit, t - headOf(atomic.load<u64>(base + R_CURSOR)))) : k;
+    while (free < most && atomic.load<u32>(recordAddr(base, t + free) + REC_SEQ) == t + free) {
       const extent = extentOf(evLen(q));
       let need = extent;
       if (off + extent > ringBytes) need += ringBytes - off; // padded to the next lap's start
@@ -443,7 +454,7 @@ function reserveRun(base: usize, k: u32, p: usize, i: u32): u32 {
       off += need;
       if (off >= ringBytes) off -= ringBytes;
       free++;
-      if (free < k) {
+      if (free < most) {
         qi = stepI(qi, grouped);
         q = stepP(q, qi, grouped);
       }
@@ -581,9 +592,12 @@ function writeRun(base: usize, reserved: u32, p: usize, i: u32): u32 {
   if (got < reserved) abandonRun(base, runFirst + got + 1, runFirst + reserved);
   if (got > 0) {
     const before = eventsBefore(base, runFirst); // events are counted from the tail (see pushAt)
-    // one latency sample when the run passes a multiple of 64 events, as single pushes do
-    if (((before + LATENCY_SAMPLE_MASK) & ~LATENCY_SAMPLE_MASK) - before < got) {
-      addToPair(base + M_LATENCY, runRetries * CONTENTION_NS_PER_RETRY);
+    // one latency sample for each multiple of 64 events the run passes, as single pushes
+    // take one every 64 (a run of 640 events: 10 samples, each with the run's contention)
+    const toFirst = ((before + LATENCY_SAMPLE_MASK) & ~LATENCY_SAMPLE_MASK) - before;
+    if (toFirst < got) {
+      const samples = 1 + (got - 1 - toFirst) / (LATENCY_SAMPLE_MASK + 1);
+      addSamplesToPair(base + M_LATENCY, samples, runRetries * CONTENTION_NS_PER_RETRY);
     }
     ringDoorbell(base);
   }
@@ -654,10 +668,11 @@ let blockGroups: u32 = 0;
 function groupFits(lb: usize, g: u32, base: usize): bool {
   const ga = groupAddr(lb, g);
   const k = load<u32>(ga + G_COUNT);
-  if (k > ringCapacity) return false;
+  if (k > ringLimit) return false;
   const tail = atomic.load<u64>(base + R_TAIL);
   if (tail & CLOSED) return false;
   const t = tailRecords(tail);
+  if (ringLimited && t + k - headOf(atomic.load<u64>(base + R_CURSOR)) > ringLimit) return false;
   if (atomic.load<u32>(recordAddr(base, t + k - 1) + REC_SEQ) != t + k - 1) return false;
   const room = ringBytes - positionsBetween(byteHeadOf(base), tailPosition(tail));
   const extent = fixedSize ? <u64>extentOf(fixedSize) : <u64>load<u32>(ga + G_MAX_EXTENT);

@@ -261,7 +261,7 @@ export async function runConsumer(
   // A word nobody notifies: the gathering sleep waits on it for its timeout. The event loop
   // gets its turn right after (a release waits for it, and a shard's removal for the release).
   const gatherWord = new Int32Array(new SharedArrayBuffer(4));
-  const gathering = core.ringCapacity >= GATHER_MIN_RING_BATCHES * init.batchSize;
+  const gathering = core.ringLimit >= GATHER_MIN_RING_BATCHES * init.batchSize;
   async function gather(): Promise<void> {
     if (spinMs > 0) await spinFor(GATHER_MS, init.batchSize);
     else Atomics.wait(gatherWord, 0, 0, GATHER_MS);

@@ -30,8 +30,10 @@ export interface CoreConfig {
   maxSlots: number;
   /** Slots to provision memory for up front. */
   initialSlots: number;
-  /** Records per ring (a power of two), or 0 for collectors only. */
+  /** Descriptors per ring (a power of two), or 0 for collectors only. */
   ringCapacity: number;
+  /** Records a ring may hold at once (the capacity asked for, ≤ ringCapacity; default ringCapacity). */
+  ringLimit?: number;
   /** Bytes of each ring's payload area (a multiple of 8), or 0 for collectors only. */
   ringBytes: number;
   maxPayload: number;
@@ -71,6 +73,8 @@ export class SharedCore {
   claimBase = 0;
   readonly slotStride: number;
   readonly ringCapacity: number;
+  /** Records a ring holds at once (the capacity asked for; ringCapacity's descriptors index them). */
+  readonly ringLimit: number;
   /** Bytes of each ring's payload area. */
   readonly ringBytes: number;
   /** From a slot's base to its payload area. */
@@ -112,6 +116,7 @@ export class SharedCore {
     this.result = address(abi.laneResultAddress(lane));
     this.slotStride = address(abi.slotAddress(1)) - address(abi.slotAddress(0));
     this.ringCapacity = abi.ringCapacityRecords();
+    this.ringLimit = abi.ringLimitRecords();
     this.ringBytes = abi.ringBytesEach();
     this.payloadOffset = abi.ringPayloadOffset();
     this.scratchBytes = address(abi.laneScratchAddress(1)) - address(abi.laneScratchAddress(0)) - L_SCRATCH;
@@ -162,6 +167,7 @@ export class SharedCore {
       config.sampleRate,
       config.sampleFill,
       config.keyOrder ? 1 : 0,
+      config.ringLimit ?? config.ringCapacity,
     );
     return new SharedCore(abi, memory, config.kind, plan.maxSlots);
   }

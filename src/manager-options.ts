@@ -22,7 +22,7 @@ import {
 
 export interface ShardManagerOptions {
   initialShards: number;
-  /** Records per shard ring; rounded up to a power of two (see `manager.ringCapacity`). */
+  /** Records each shard's ring holds at once (1 to 2^24, exactly as given). */
   ringBufferCapacity: number;
   policy?: Partial<ScalingPolicy>;
   /** Default failProducer: nothing accepted is evicted unless you choose dropOldest. */
@@ -71,8 +71,10 @@ export interface ShardManagerOptions {
 /** The options checked, defaults applied. */
 export interface ManagerSettings {
   initialShards: number;
-  /** ringBufferCapacity rounded up to a power of two (at least 2). */
+  /** Descriptors per ring: ringBufferCapacity rounded up to a power of two (at least 2). */
   ringCapacity: number;
+  /** Records a ring holds at once: ringBufferCapacity as given. */
+  ringLimit: number;
   /** Each ring's payload area in bytes. */
   ringBytes: number;
   maxPayload: number;
@@ -159,7 +161,7 @@ const nextPowerOfTwo = (n: number) => 2 ** Math.ceil(Math.log2(Math.max(1, n)));
 const TYPICAL_EVENT_BYTES = 256;
 
 /** Each ring's payload area: `options.ringBufferBytes` (rounded up to 8), or room for
- *  ringCapacity payloads of the typical size (the largest one when that is smaller) plus one
+ *  ringCapacity (the records a ring holds) payloads of the typical size (the largest one when that is smaller) plus one
  *  more: a payload never wraps, and the padding in front of one that would have crossed the
  *  end is shorter than a payload, so with maxPayloadBytes up to the typical size ringCapacity
  *  records of any sizes always fit. The largest payload may be at most a quarter of the area
@@ -190,7 +192,7 @@ export function checkManagerOptions(options: ShardManagerOptions): ManagerSettin
   // At least 2: with one record the sequence word of a published record (index + 1)
   // equals the free mark of the next index, so a second push would overwrite the first.
   const ringCapacity = nextPowerOfTwo(Math.max(2, requested));
-  const ringBytes = ringBytesFor(options.ringBufferBytes, ringCapacity, maxPayload);
+  const ringBytes = ringBytesFor(options.ringBufferBytes, requested, maxPayload);
   const backpressure = given(options.backpressure, BackpressureMode.FailProducer);
   const bp = backpressureCode(backpressure);
   const policy = resolvePolicy(options.policy, initialShards);
@@ -252,6 +254,7 @@ export function checkManagerOptions(options: ShardManagerOptions): ManagerSettin
   return {
     initialShards,
     ringCapacity,
+    ringLimit: requested,
     ringBytes,
     maxPayload,
     backpressure,

@@ -48,6 +48,7 @@ interface Parts {
   pool: ConsumerPool | undefined;
   policy: ScalingPolicy;
   initialShards: number;
+  /** Records a ring holds at once (ringBufferCapacity as given). */
   ringCapacity: number;
   maxPayload: number;
   backpressure: BackpressureMode;
@@ -61,7 +62,7 @@ interface Parts {
 
 export class ShardManager {
   readonly mapper: ShardMapper;
-  /** Records per ring (ringBufferCapacity rounded up to a power of two). */
+  /** Records each ring holds at once: ringBufferCapacity as given. */
   readonly ringCapacity: number;
   readonly maxPayloadBytes: number;
   readonly backpressure: BackpressureMode;
@@ -162,8 +163,21 @@ export class ShardManager {
   /** Create a manager (and its consumer threads, when `options.consumer` is given). */
   static async create(options: ShardManagerOptions): Promise<ShardManager> {
     const settings = checkManagerOptions(options);
-    const { initialShards, ringCapacity, ringBytes, maxPayload, backpressure, bp, policy, routing, loadBound, keyOrder, maxSlots, kind } =
-      settings;
+    const {
+      initialShards,
+      ringCapacity,
+      ringLimit,
+      ringBytes,
+      maxPayload,
+      backpressure,
+      bp,
+      policy,
+      routing,
+      loadBound,
+      keyOrder,
+      maxSlots,
+      kind,
+    } = settings;
     const { producerStallMs, threads, batchSize, consumerStallMs, consumerSpinUs, maxThreads } = settings;
     await compileAsync(kind);
     const core = SharedCore.createSync({
@@ -172,6 +186,7 @@ export class ShardManager {
       maxSlots,
       initialSlots: initialShards,
       ringCapacity,
+      ringLimit,
       ringBytes,
       maxPayload,
       lanes: maxThreads,
@@ -206,7 +221,7 @@ export class ShardManager {
       pool,
       policy,
       initialShards,
-      ringCapacity,
+      ringCapacity: ringLimit,
       maxPayload,
       backpressure,
       kind,
@@ -444,7 +459,7 @@ export class ShardManager {
     const start = core.claimStart;
     const base = core.claimBase;
     const batch = (this.#pollBatch ??= new RecordBatch(Math.min(max, this.ringCapacity)));
-    batch.fill(shardId, core.u8, core.u32, base, this.ringCapacity, base + core.payloadOffset, start, n);
+    batch.fill(shardId, core.u8, core.u32, base, core.ringCapacity, base + core.payloadOffset, start, n);
     let result: unknown;
     try {
       result = consume(batch, shardId);

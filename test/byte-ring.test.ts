@@ -210,9 +210,9 @@ describe('maxPayloadBytes and ringBufferBytes', () => {
   const DEFAULTS: [number, number | undefined, number][] = [
     [4096, undefined, 4097 * 256], // the default maxPayloadBytes (256)
     [2, 256, 4 * 256], // capacity 2: (2 + 1) × 256 is under the quarter rule's 4 × 256
-    [1, 100, 4 * 104], // capacity 1 is made 2; 100 rounds up to 104
-    [3, 8, 5 * 8], // capacity 3 is made 4: (4 + 1) × 8
-    [100, 7, 129 * 8], // capacity 128, 7 rounds up to 8
+    [1, 100, 4 * 104], // 100 rounds up to 104; (1 + 1) × 104 is under the quarter rule
+    [3, 8, 4 * 8], // (3 + 1) × 8: a ring holds the records asked for, not the next power of two
+    [100, 7, 101 * 8], // 7 rounds up to 8
     // past the typical event size (256 B) the area is sized for typical events, not the largest:
     [64, 1000, 65 * 256], // was 65 × 1000 before the default followed typical events
     [4096, 65536, 4097 * 256], // 1 MiB, not 256 MiB

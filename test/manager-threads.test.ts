@@ -171,6 +171,31 @@ describe.each(ROUTING_MODES)('ShardManager on worker threads (routing %s)', (rou
     expectExactlyOnce(log, 4, perProducer);
   });
 
+  it.each([['push', 0, false], ['pushBatch', 64, false], ['pushFixed', 64, true]])('rings of 100 records (not a power of two: 128 descriptors, a limit of 100): %s from 4 producer threads fills them to the limit and never past it; exactly once, in order, while shards change', async (_name, batch, fixed) => {
+    log = new DeliveryLog();
+    const m = await ShardManager.create({
+      routing,
+      initialShards: 2, ringBufferCapacity: 100, policy: { minShards: 1, maxShards: 6 },
+      consumer: { module: consumerModule(), threads: 2, batchSize: 16 },
+    });
+    const perProducer = 20_000;
+    const producers = [0, 1, 2, 3].map((producer) => new Worker(producerModule, {
+      workerData: { handle: m.producerHandle(), producer, count: perProducer, payloadBytes: 16, batch, fixed },
+    }));
+    let longest = 0;
+    await untilProducersFinish(m, producers, prng(17), () => {
+      for (const sh of m.stats().shards) longest = Math.max(longest, sh.length);
+    });
+    await log.waitFor(4 * perProducer);
+    const s = m.stats();
+    expect(s).toMatchObject({ pushed: 4 * perProducer, delivered: 4 * perProducer, inFlight: 0 });
+    expectExactlyOnce(log, 4, perProducer);
+    // the limit was met (refusals with bytes to spare: 16-byte events in room for 101 of 256)
+    // and never passed
+    expect(s.drops.refused).toBeGreaterThan(0);
+    expect(longest).toBeLessThanOrEqual(100);
+  });
+
   it.each([['push', 0, false], ['pushBatch', 64, false], ['pushFixed', 64, true]])('byte rings: %s of mixed sizes (8 B to 1 KiB) from 4 producer threads into rings full by bytes long before by records: exactly once, in order, while shards change', async (_name, batch, fixed) => {
     log = new DeliveryLog();
     const m = await ShardManager.create({

@@ -838,7 +838,7 @@ async function runManager(policy: ScalingPolicy, initial: number, requested: num
   // that and the byte fill, and test/byte-ring.property.test.ts models the bytes exactly; here
   // the payload area is twice the default, so the byte fill (held extents, plus at most one
   // padding shorter than a record) never passes the record fill and the weights are the model's.
-  const capacity = Math.max(2, 2 ** Math.ceil(Math.log2(requested)));
+  const capacity = requested; // a ring holds exactly the records asked for
   const m = await ShardManager.create({
     initialShards: initial, ringBufferCapacity: requested, policy, backpressure: bp, clock: () => clock.t,
     drainGraceMs: grace, maxPayloadBytes: maxPayload, maxSlots,
@@ -851,7 +851,7 @@ async function runManager(policy: ScalingPolicy, initial: number, requested: num
     },
   });
   const cap = m.ringCapacity;
-  expect(cap).toBe(Math.max(2, 2 ** Math.ceil(Math.log2(requested)))); // a ring has at least 2 records
+  expect(cap).toBe(requested); // exactly as asked (the descriptors are its power of two, at least 2)
   const p = m.mapper.policy();
   const model = new ManagerModel({ ...p }, cap, grace, initial, bp, maxPayload, maxSlots);
   const created: number[] = [];
@@ -1074,24 +1074,51 @@ describe('model-based: ShardMapper under random operation sequences', () => {
 });
 
 describe('ring capacity', () => {
-  it('a 1-record ring is made 2 records: the second push is refused, never written over the first', async () => {
-    // Regression: with capacity 1 the published mark of record i (i + 1) equals the free
-    // mark of record i + 1, so the second push took the slot of an unconsumed record,
-    // the ring reported length 2, and poll never returned anything again.
+  it('a 1-record ring holds one record: the second push is refused, never written over the first', async () => {
+    // Regression: with one descriptor the published mark of record i (i + 1) equals the free
+    // mark of record i + 1, so the second push took the slot of an unconsumed record, the
+    // ring reported length 2, and poll never returned anything again. A ring of 1 has two
+    // descriptors and a limit of one record.
     const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 1, backpressure: { kind: 'dropNewest' } });
-    expect(m.ringCapacity).toBe(2);
-    expect([m.push(0, 'a'), m.push(0, 'b'), m.push(0, 'c')]).toEqual([true, true, false]);
-    expect(m.ringLength(0)).toBe(2);
-    expect(m.poll(0).map((r) => new TextDecoder().decode(r))).toEqual(['a', 'b']);
-    expect(m.stats()).toMatchObject({ pushed: 2, delivered: 2, inFlight: 0, drops: { newest: 1 } });
+    expect(m.ringCapacity).toBe(1);
+    expect([m.push(0, 'a'), m.push(0, 'b'), m.push(0, 'c')]).toEqual([true, false, false]);
+    expect(m.ringLength(0)).toBe(1);
+    expect(m.poll(0).map((r) => new TextDecoder().decode(r))).toEqual(['a']);
+    expect(m.stats()).toMatchObject({ pushed: 1, delivered: 1, inFlight: 0, drops: { newest: 2 } });
+    expect(m.push(0, 'd')).toBe(true); // room again once it was taken
+    expect(m.poll(0).map((r) => new TextDecoder().decode(r))).toEqual(['d']);
   });
+
+  for (const [capacity, kind] of [[10, 'failProducer'], [100, 'dropNewest'], [3, 'dropOldest']] as const) {
+    it(`a ring of ${capacity} (not a power of two) holds exactly ${capacity} records (${kind}), by push and by pushBatch, and its fill divides by ${capacity}`, async () => {
+      for (const batch of [false, true]) {
+        const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: capacity, backpressure: { kind } });
+        expect(m.ringCapacity).toBe(capacity);
+        const payloads = Array.from({ length: capacity + 5 }, (_, i) => `e${i}`);
+        let accepted = 0;
+        if (batch) {
+          try { accepted = m.pushBatch(payloads.map(() => 7), payloads); } catch (e) { accepted = (e as BackpressureError).accepted; }
+        } else {
+          for (const p of payloads) {
+            try { if (m.push(7, p)) accepted++; } catch (e) { expect(e).toBeInstanceOf(BackpressureError); break; }
+          }
+        }
+        expect(m.ringLength(0)).toBe(capacity);
+        const want = kind === 'dropOldest' ? payloads.slice(payloads.length - capacity) : payloads.slice(0, capacity);
+        expect(accepted).toBe(kind === 'dropOldest' ? payloads.length : capacity);
+        expect(m.mapper.collectMetrics()[0]!.fillRatio).toBe(1);
+        expect(m.poll(0).map((r) => new TextDecoder().decode(r))).toEqual(want);
+        await m.close();
+      }
+    });
+  }
 });
 
 describe('model-based: ShardManager (poll consumers, injected clock) under random operation sequences', () => {
   it(`agrees with the model after every step (${NUM_RUNS} runs)`, async () => {
     await fc.assert(
       fc.asyncProperty(
-        // capacities from 1 (rounded to 2) to 512, and enough operations (batches of hundreds)
+        // capacities from 1 to 512 (most not powers of two), and enough operations (batches of hundreds)
         // for ring indexes to wrap around the ring many times
         policyArb, fc.integer({ min: 0, max: 4 }), fc.constantFrom(1, 3, 4, 8, 8, 64, 512), fc.constantFrom(0, 10, 100), backpressureArb,
         fc.constantFrom(4, 8, 24, 70), fc.constantFrom(0, 0, 1, 2, 6),

@@ -163,3 +163,27 @@ describe('ShardProducer.detach()', () => {
     await m.close();
   });
 });
+
+describe('push-latency sampling (contract §6: 1 push in 64)', () => {
+  // A marker sample divisible by every count up to 20 reveals how many samples the pushes
+  // took: avgPushLatencyNs = marker / (samples + 1) exactly (uncontended pushes sample 0 ns).
+  const MARKER = 232_792_560;
+  const samplesTaken = async (n: number, batch: boolean) => {
+    const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 1024, maxPayloadBytes: 16 });
+    m.mapper.collectMetrics(); // a fresh window: the count starts at its first event
+    const keys = Array.from({ length: n }, (_, i) => i);
+    if (batch) expect(m.pushBatch(keys, keys.map(() => 'x'))).toBe(n);
+    else for (const k of keys) expect(m.push(k, 'x')).toBe(true);
+    m.mapper.metricsCollector(0)!.recordLatencySample(MARKER);
+    const metrics = m.mapper.collectMetrics()[0]!;
+    expect(metrics.eventRate).toBe(n);
+    await m.close();
+    return MARKER / metrics.avgPushLatencyNs - 1;
+  };
+  for (const n of [1, 63, 64, 65, 128, 129, 640, 1000]) {
+    it(`${n} events: ${Math.ceil(n / 64)} samples by push and by pushBatch (a batch run took one sample however long it was)`, async () => {
+      expect(await samplesTaken(n, false)).toBe(Math.ceil(n / 64));
+      expect(await samplesTaken(n, true)).toBe(Math.ceil(n / 64));
+    });
+  }
+});

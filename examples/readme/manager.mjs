@@ -6,7 +6,7 @@ import { ShardManager } from 'shard-mapper';
 
 const manager = await ShardManager.create({
   initialShards: 2,
-  ringBufferCapacity: 4096,          // records per shard ring (rounded up to a power of two)
+  ringBufferCapacity: 4096,          // records each shard's ring holds
   maxPayloadBytes: 256,              // the largest event; ringBufferBytes sizes a ring in bytes
   policy: { maxShards: 8 },          // any subset of ScalingPolicy; the rest are defaults
   consumer: { module: new URL('./consumer.mjs', import.meta.url), threads: 4 },
