@@ -109,20 +109,26 @@ export function completePolicy(partial: Partial<ScalingPolicy> | undefined, cpus
   return out as unknown as ScalingPolicy;
 }
 
+/** A CPU count given to a preset: an integer in [1, 65535]. */
+function checkCpus(cpus: number): number {
+  if (!Number.isInteger(cpus) || cpus < 1 || cpus > MAX_SHARDS_LIMIT) {
+    throw new ScalingError('InvalidPolicy', `cpus must be an integer in [1, ${MAX_SHARDS_LIMIT}], got ${describe(cpus)}`);
+  }
+  return cpus;
+}
+
 export const ScalingPolicy = {
   /** The defaults, with maxShards = this machine's CPU count. */
   default(): ScalingPolicy {
     return defaultForCpus(machineCpus());
   },
   defaultForCpus(cpus: number): ScalingPolicy {
-    if (!Number.isInteger(cpus) || cpus < 1 || cpus > MAX_SHARDS_LIMIT) {
-      throw new ScalingError('InvalidPolicy', `cpus must be an integer in [1, ${MAX_SHARDS_LIMIT}], got ${describe(cpus)}`);
-    }
-    return defaultForCpus(cpus);
+    return defaultForCpus(checkCpus(cpus));
   },
-  /** Scale out early and often: many producers, bursts, latency matters most. */
-  highThroughput(): ScalingPolicy {
-    const cpus = machineCpus();
+  /** Scale out early and often: many producers, bursts, latency matters most. `cpus`
+   *  (default: this machine's count) sets minShards min(4, cpus) and maxShards 2 × cpus. */
+  highThroughput(cpus?: number): ScalingPolicy {
+    cpus = cpus === undefined ? machineCpus() : checkCpus(cpus);
     return {
       fillRatioThreshold: 0.6,
       pushLatencyThresholdNs: 3,
@@ -136,14 +142,16 @@ export const ScalingPolicy = {
       autoScale: true,
     };
   },
-  /** Scale rarely: steady load, shards that are costly to start or stop. */
-  conservative(): ScalingPolicy {
+  /** Scale rarely: steady load, shards that are costly to start or stop. `cpus` (default:
+   *  this machine's count) is its maxShards. */
+  conservative(cpus?: number): ScalingPolicy {
+    cpus = cpus === undefined ? machineCpus() : checkCpus(cpus);
     return {
       fillRatioThreshold: 0.8,
       pushLatencyThresholdNs: 10,
       flushLatencyThresholdUs: 2000,
       minShards: 1,
-      maxShards: machineCpus(),
+      maxShards: cpus,
       cooldownMs: 5000,
       scaleDownDelayMs: 60000,
       underutilizedThreshold: 0.05,

@@ -93,6 +93,19 @@ describe('ScalingPolicy presets', () => {
     });
   });
 
+  it('highThroughput(cpus) and conservative(cpus) take a CPU count, as defaultForCpus does', () => {
+    expect(ScalingPolicy.highThroughput(8)).toMatchObject({ minShards: 4, maxShards: 16 });
+    expect(ScalingPolicy.highThroughput(1)).toMatchObject({ minShards: 1, maxShards: 2 });
+    expect(ScalingPolicy.highThroughput(40000)).toMatchObject({ minShards: 4, maxShards: 65535 });
+    expect(ScalingPolicy.conservative(8)).toMatchObject({ minShards: 1, maxShards: 8 });
+    expect(ScalingPolicy.highThroughput(CPUS)).toEqual(ScalingPolicy.highThroughput());
+    expect(ScalingPolicy.conservative(CPUS)).toEqual(ScalingPolicy.conservative());
+    for (const cpus of [0, -1, 1.5, NaN, 65536]) {
+      scalingError(() => ScalingPolicy.highThroughput(cpus), 'InvalidPolicy', /cpus must be an integer in \[1, 65535\]/);
+      scalingError(() => ScalingPolicy.conservative(cpus), 'InvalidPolicy', /cpus must be an integer in \[1, 65535\]/);
+    }
+  });
+
   it('every preset validates, and each call returns a fresh object', () => {
     for (const make of [ScalingPolicy.default, ScalingPolicy.highThroughput, ScalingPolicy.conservative, () => ScalingPolicy.defaultForCpus(2)]) {
       const p = make();
