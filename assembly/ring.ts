@@ -207,11 +207,16 @@ const INLINE_COPY_MAX: u32 = 32;
 
 // A ring whose capacity is not a power of two holds ringLimit records at once, in
 // ringCapacity descriptors: full once the records reserved and not yet acknowledged (or
-// evicted) reach the limit. The head is read after the tail, and only ever moves forward, so
-// a stale head only finds the ring fuller than it is. It shares its cache line with the byte
-// head, which every reservation reads anyway.
+// evicted) reach the limit. The head shares its cache line with the byte head, which every
+// reservation reads anyway. Records held from `index` on the caller's tail: the head is read
+// after the tail and only moves forward, so a head read late finds the ring fuller than it
+// was, except past a stale tail, where the count goes negative (the CAS then fails and the
+// caller reads the tail again): never a refusal the ring did not earn.
+@inline function heldBefore(base: usize, index: u32): i32 {
+  return <i32>(index - headOf(atomic.load<u64>(base + R_CURSOR)));
+}
 @inline function atFillLimit(base: usize, index: u32): bool {
-  return index - headOf(atomic.load<u64>(base + R_CURSOR)) >= ringLimit;
+  return heldBefore(base, index) >= <i32>ringLimit;
 }
 
 // Append `len` bytes from `src` to the ring at `base`. Returns 0 or a PUSH_* code.
@@ -443,7 +448,7 @@ function reserveRun(base: usize, k: u32, p: usize, i: u32): u32 {
     let q = p;
     let qi = i;
     // a ring below its power of two takes no more than its limit leaves (see atFillLimit)
-    const most = ringLimited ? min(k, ringLimit - min(ringLimit, t - headOf(atomic.load<u64>(base + R_CURSOR)))) : k;
+    const most = ringLimited ? min(k, <u32>max(0, <i32>ringLimit - max(0, heldBefore(base, t)))) : k;
     while (free < most && atomic.load<u32>(recordAddr(base, t + free) + REC_SEQ) == t + free) {
       const extent = extentOf(evLen(q));
       let need = extent;
@@ -672,7 +677,7 @@ function groupFits(lb: usize, g: u32, base: usize): bool {
   const tail = atomic.load<u64>(base + R_TAIL);
   if (tail & CLOSED) return false;
   const t = tailRecords(tail);
-  if (ringLimited && t + k - headOf(atomic.load<u64>(base + R_CURSOR)) > ringLimit) return false;
+  if (ringLimited && heldBefore(base, t) + <i32>k > <i32>ringLimit) return false;
   if (atomic.load<u32>(recordAddr(base, t + k - 1) + REC_SEQ) != t + k - 1) return false;
   const room = ringBytes - positionsBetween(byteHeadOf(base), tailPosition(tail));
   const extent = fixedSize ? <u64>extentOf(fixedSize) : <u64>load<u32>(ga + G_MAX_EXTENT);
