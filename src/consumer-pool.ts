@@ -28,8 +28,9 @@ export interface ConsumerOptions {
    * 'shard-mapper/worker' at its top level. This is the bundler-friendly form: write it as
    * `() => new Worker(new URL('./consumer.worker.js', import.meta.url), { type: 'module' })`
    * so Vite/webpack bundle the worker. Called once per thread (and again after a crash).
-   * A Node worker that ends without calling serveConsumer makes `create()` reject; a Web
-   * Worker sends no such event, so in a browser `create()` waits for it.
+   * A Node worker of the first set that ends without calling serveConsumer makes `create()`
+   * reject (later, a replacement that does is restarted with backoff); a Web Worker sends no
+   * such event, so in a browser `create()` waits for it.
    */
   worker?: () => ConsumerWorker;
   /** Most worker threads to run (default: CPU count). A worker may own several shards. */
@@ -76,6 +77,8 @@ interface WorkerState {
   started: boolean;
   /** Ended by terminateWorker (an operator's kill is not a failed start). */
   killed: boolean;
+  /** One of the threads start() waits for: its failure to start fails create(). */
+  initial: boolean;
   /** Dead, its replacement waiting out a restart backoff; shards given to it meanwhile
    *  go to the replacement. */
   respawnPending: boolean;
@@ -137,7 +140,7 @@ export class ConsumerPool {
   ): Promise<ConsumerPool> {
     const module = options.worker ? '' : moduleUrl(options.module!);
     const pool = new ConsumerPool(core, { module, batchSize, batch: options.batch === true, spinUs }, events, options.worker);
-    for (let i = 0; i < threads; i++) pool.#workers.push(pool.#spawn());
+    for (let i = 0; i < threads; i++) pool.#workers.push(pool.#spawn(true));
     try {
       await Promise.all(pool.#workers.map((w) => w.ready));
       pool.#starting = false;
@@ -151,7 +154,7 @@ export class ConsumerPool {
     return pool;
   }
 
-  #spawn(): WorkerState {
+  #spawn(initial = false): WorkerState {
     // The lane is claimed here, not by the thread: a thread killed before it says 'ready'
     // would otherwise leak the lane it took, and enough such kills starve every replacement.
     const lane = this.#core.abi.laneClaim();
@@ -182,6 +185,7 @@ export class ConsumerPool {
       stopping: false,
       started: false,
       killed: false,
+      initial,
       respawnPending: false,
       ready: new Promise<void>((res, rej) => {
         resolveReady = res;
@@ -377,7 +381,8 @@ export class ConsumerPool {
     this.#releaseSettled();
     this.#core.abi.laneRelease(state.lane); // claimed for it in #spawn: released whatever it got to do
     // A thread of the first set that ended before it was ready failed create(): not a crash.
-    if (this.#closing || state.stopping || (this.#starting && !state.started)) return;
+    // (A replacement started meanwhile, for one of them that died after it was ready, is.)
+    if (this.#closing || state.stopping || (this.#starting && state.initial && !state.started)) return;
     // A crash: records it had claimed but not acknowledged are handed out again. Its shards
     // wait (their rings keep accepting up to capacity) until the replacement is up; a thread
     // that keeps dying before it is ready is restarted with exponential backoff.

@@ -126,7 +126,7 @@ export const ScalingPolicy = {
     return defaultForCpus(checkCpus(cpus));
   },
   /** Scale out early and often: many producers, bursts, latency matters most. `cpus`
-   *  (default: this machine's count) sets minShards min(4, cpus) and maxShards 2 × cpus. */
+   *  (default: this machine's count) sets minShards min(4, cpus) and maxShards min(2 × cpus, 65535). */
   highThroughput(cpus?: number): ScalingPolicy {
     cpus = cpus === undefined ? machineCpus() : checkCpus(cpus);
     return {

@@ -246,6 +246,7 @@ export class ShardProducer {
   /** The same with events as `[key, payload]` pairs or `{ key, payload }` objects. */
   pushBatch(events: ArrayLike<BatchEvent>): number;
   pushBatch(keysOrEvents: ArrayLike<EventKey> | ArrayLike<BatchEvent>, maybePayloads?: ArrayLike<EventPayload>): number {
+    if (this.#detached) throw new ProducerDetachedError('pushBatch'); // an empty batch too
     const [keys, payloads] = batchArguments(keysOrEvents, maybePayloads);
     const n = keys.length;
     // Nothing may be written if any event is bad. A batch sure to fit one staging chunk is
@@ -301,6 +302,7 @@ export class ShardProducer {
    * records before it stay pushed).
    */
   pushFixed(hashes: Uint32Array, records: Uint8Array, recordSize: number): number {
+    if (this.#detached) throw new ProducerDetachedError('pushFixed'); // an empty call too
     if (!(hashes instanceof Uint32Array))
       throw new TypeError(`pushFixed: hashes must be a Uint32Array, got ${hashes === null ? 'null' : typeof hashes}`);
     if (!(records instanceof Uint8Array))

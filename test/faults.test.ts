@@ -297,6 +297,25 @@ describe('faults: consumer threads', () => {
     }
   });
 
+  it('a replacement that dies before it is ready while create() still waits for another thread is restarted (it used to be taken for a failed start and dropped)', async () => {
+    const roles = ['serve-then-exit', 'slow-serve', 'exit']; // then 'serve' for every later spawn
+    let spawned = 0;
+    const m = await ShardManager.create({
+      initialShards: 4, ringBufferCapacity: 64,
+      consumer: { worker: () => new Worker(fixture('start-roles-worker.mjs'), { workerData: { role: roles[spawned++] ?? 'serve' } }), threads: 2 },
+    });
+    // the fault hit the state it aims at: by the time create() resolved, the first thread had
+    // died after its start and its replacement had died before being ready
+    expect(spawned).toBeGreaterThanOrEqual(3);
+    const deadline = performance.now() + 10_000;
+    while (m.consumers().filter((c) => c.alive && c.ready).length < 2 && performance.now() < deadline) await sleep(20);
+    expect(m.consumers().filter((c) => c.alive && c.ready).length).toBe(2);
+    expect(spawned).toBe(4);
+    for (let i = 0; i < 100; i++) await pushWithRetry(m, i * 2654435761, `e${i}`);
+    await m.close();
+    expect(m.stats()).toMatchObject({ pushed: 100, delivered: 100, inFlight: 0 });
+  });
+
   it('after close(), scale-ups through manager.mapper are refused before any change (with consumer threads they used to half-allocate)', async () => {
     const m = await ShardManager.create({ initialShards: 2, ringBufferCapacity: 8, policy: { maxShards: 4 }, consumer: { module: seqConsumer(), threads: 1 } });
     await m.close();

@@ -143,6 +143,9 @@ describe('ShardProducer.detach()', () => {
     expect(() => first.push(1, 'AAAA')).toThrow(ProducerDetachedError);
     expect(() => first.pushBatch([1, 2], ['AAAA', 'AAAA'])).toThrow(/ShardProducer\.pushBatch: this producer was detached/);
     expect(() => first.pushFixed(new Uint32Array([1]), new Uint8Array(4), 4)).toThrow(/ShardProducer\.pushFixed: this producer was detached/);
+    // empty calls too: every call after detach() says so, not only those with events
+    expect(() => first.pushBatch([], [])).toThrow(ProducerDetachedError);
+    expect(() => first.pushFixed(new Uint32Array(0), new Uint8Array(0), 4)).toThrow(ProducerDetachedError);
     expect(m.stats().pushed).toBe(0);
     expect(second.push(1, 'BBBB')).toBe(true);
     expect(m.poll(0).map((r) => new TextDecoder().decode(r))).toEqual(['BBBB']);
