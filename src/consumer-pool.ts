@@ -140,8 +140,9 @@ export class ConsumerPool {
   ): Promise<ConsumerPool> {
     const module = options.worker ? '' : moduleUrl(options.module!);
     const pool = new ConsumerPool(core, { module, batchSize, batch: options.batch === true, spinUs }, events, options.worker);
-    for (let i = 0; i < threads; i++) pool.#workers.push(pool.#spawn(true));
     try {
+      // inside the try: a spawn that throws (no free lane, a factory error) ends those before it
+      for (let i = 0; i < threads; i++) pool.#workers.push(pool.#spawn(true));
       await Promise.all(pool.#workers.map((w) => w.ready));
       pool.#starting = false;
     } catch (error) {

@@ -60,6 +60,24 @@ describe('options.consumer.worker', () => {
     expect([...seen.mine]).toEqual(['yes']);
   });
 
+  it('a factory that throws on its second thread: create() rejects with its error, and the first thread is ended (it used to be left running)', async () => {
+    const started: Worker[] = [];
+    let ended!: () => void;
+    const exited = new Promise<void>((resolve) => { ended = resolve; });
+    const worker = () => {
+      if (started.length === 1) throw new Error('factory broke on the second thread');
+      const w = new Worker(new URL('./fixtures/start-roles-worker.mjs', import.meta.url), { workerData: { role: 'serve' } });
+      w.once('exit', () => ended());
+      started.push(w);
+      return w;
+    };
+    await expect(ShardManager.create({ initialShards: 1, ringBufferCapacity: 8, consumer: { worker, threads: 2 } })).rejects.toThrow(/factory broke on the second thread/);
+    expect(started).toHaveLength(1);
+    const outcome = await Promise.race([exited.then(() => 'ended'), new Promise((r) => setTimeout(() => r('still running after 3 s'), 3000))]);
+    if (outcome !== 'ended') await started[0]!.terminate();
+    expect(outcome).toBe('ended');
+  });
+
   it('refuses a worker that is not a function, or given together with module', async () => {
     await expect(ShardManager.create({ initialShards: 1, ringBufferCapacity: 8, consumer: { worker: 42 as never } }))
       .rejects.toThrow(ScalingError);
