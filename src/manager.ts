@@ -351,7 +351,12 @@ export class ShardManager {
   /** What a worker thread passes to `ShardProducer.attach` to push into these rings. */
   producerHandle(): ProducerHandle {
     this.#assertOpen('producerHandle'); // a thread attached now could only be refused
-    if (this.memoryKind !== 'shared') throw new Error('producerHandle: the single-thread fallback cannot share its memory with workers');
+    if (this.memoryKind !== 'shared') {
+      throw new Error(
+        "shard-mapper: producerHandle: this manager runs in the single-thread fallback (memoryKind 'single': no SharedArrayBuffer), so no other thread can attach. " +
+          'In a browser, serve the page with Cross-Origin-Opener-Policy: same-origin and Cross-Origin-Embedder-Policy: require-corp; or push from this thread',
+      );
+    }
     return { core: this.#core.handle(), maxPayloadBytes: this.maxPayloadBytes };
   }
 

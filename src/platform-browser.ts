@@ -33,19 +33,28 @@ export function adoptWorker(
   }
   const worker = candidate;
   const exitListeners: ((code: number) => void)[] = [];
-  worker.postMessage({ type: 'init', workerData });
+  // Sent at once, and again whenever the worker asks: a Web Worker drops messages that arrive
+  // before it listens, so a script that awaits something first (its config, another module's
+  // set-up) would never get the first one. The worker takes the first init it sees.
+  const init = () => worker.postMessage({ type: 'init', workerData });
+  worker.addEventListener('message', (e) => {
+    if ((e as MessageEvent).data?.type === 'want-init') init();
+  });
+  init();
   return {
     postMessage: (message) => worker.postMessage(message),
     onMessage: (fn) => worker.addEventListener('message', (e) => fn((e as MessageEvent).data)),
     onError: (fn) =>
-      worker.addEventListener('error', (e) =>
+      worker.addEventListener('error', (e) => {
+        // Handled: create() rejects with it, so the page does not also report it uncaught.
+        e.preventDefault();
         fn(
           new Error(
             (e as ErrorEvent).message ||
               `${what} did not load, or failed before it ran: a missing file (404), a wrong MIME type, or a syntax error (the browser console names it)`,
           ),
-        ),
-      ),
+        );
+      }),
     onExit: (fn) => void exitListeners.push(fn),
     terminate: async () => {
       worker.terminate();
@@ -85,6 +94,9 @@ export function workerEndpoint(): Promise<WorkerEndpoint> {
       });
     };
     scope.addEventListener('message', first);
+    // The page's first init may have come before this listener (a script that awaited before
+    // serveConsumer): ask for it again. A second init, if both arrive, is ignored.
+    scope.postMessage({ type: 'want-init' });
   });
 }
 

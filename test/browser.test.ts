@@ -84,6 +84,7 @@ beforeAll(async () => {
       'producer.worker': join(example, 'producer.worker.js'),
       'dashboard.worker': join(example, 'dashboard.worker.js'),
       'batch-consumer.worker': join(example, 'batch-consumer.worker.js'),
+      'late-consumer.worker': join(example, 'late-consumer.worker.js'),
       'consumer-worker': 'shard-mapper/consumer-worker',
     },
     outdir: esbuildOut,
@@ -159,6 +160,9 @@ describe.each([
     expect(run.failedRequests).toEqual([]); // (a worker's own script request is not the page's: the missing one below is not listed)
     const r = run.result;
     expect(r.missingWorker).toMatch(/consumer worker failed to start: the Web Worker options\.consumer\.worker returned did not load, or failed before it ran: a missing file \(404\)/);
+    // a worker that awaited before serveConsumer missed the page's first init: it asks again
+    // (create() used to wait for ever, silently)
+    expect(r.lateServe).toMatchObject({ created: true, pushed: 500, delivered: 500, seen: 500 });
     expect(r.ok, r.error).toBe(true);
     expect(r.crossOriginIsolated).toBe(true);
     expect(r.sharedMemorySupported).toBe(true);

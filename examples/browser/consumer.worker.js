@@ -1,6 +1,7 @@
 // A consumer Web Worker the page starts itself (options.consumer.worker): the bundler sees
 // `new Worker(new URL('./consumer.worker.js', import.meta.url), ...)` in main.js and bundles
-// this file with its imports. serveConsumer must be called at the top level, before any await.
+// this file with its imports. serveConsumer may come after an await (it asks the page for
+// its start-up data; see late-consumer.worker.js).
 import { serveConsumer } from 'shard-mapper/worker';
 
 const decoder = new TextDecoder();

@@ -149,6 +149,26 @@ async function runShared() {
   }
   log(`a worker script that does not load: ${missingWorker}`);
 
+  // A consumer worker that calls serveConsumer only after a while: it asks for its start-up
+  // data, so create() does not wait for ever on the message it missed.
+  const fromLate = reports('late');
+  const lateStart = performance.now();
+  const lateOutcome = await Promise.race([
+    ShardManager.create({
+      initialShards: 1,
+      ringBufferCapacity: 256,
+      consumer: { worker: () => new Worker(new URL('./late-consumer.worker.js', import.meta.url), { type: 'module' }), threads: 1 },
+    }).then(async (mgrLate) => {
+      await pushAll(mgrLate, 0, 500);
+      await mgrLate.close();
+      const seenLate = await fromLate.until(500);
+      return { created: true, pushed: mgrLate.stats().pushed, delivered: mgrLate.stats().delivered, seen: seenLate.count };
+    }),
+    sleep(10_000).then(() => ({ created: false })),
+  ]);
+  const lateServe = { ...lateOutcome, ms: Math.round(performance.now() - lateStart) };
+  log(`a consumer worker that serves late: ${JSON.stringify(lateServe)}`);
+
   // 3. A producer Web Worker pushes through ShardProducer.attach(manager.producerHandle())
   //    while the page pushes too; consumer workers take both streams.
   const fromProducers = reports('worker');
@@ -259,6 +279,7 @@ async function runShared() {
     bytes: bytesRun,
     mode: 'shared',
     missingWorker,
+    lateServe,
     crossOriginIsolated: globalThis.crossOriginIsolated === true,
     sharedMemorySupported: sharedMemorySupported(),
     memoryKind: mgr.memoryKind,
