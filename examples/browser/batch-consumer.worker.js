@@ -11,8 +11,12 @@ const report = new BroadcastChannel('shard-mapper-example');
 const PREFIX = 'event:'.length;
 const HOLD = [0x68, 0x6f, 0x6c, 0x64]; // "hold"
 let released = () => {};
+// `paceMs`: wait that long after each batch, so records gather and batches come fuller (the
+// page's test needs some to straddle the payload area's end; one record never does)
+let paceMs = 0;
 report.addEventListener('message', (e) => {
   if (e.data.from === 'page' && e.data.release) released();
+  if (e.data.from === 'page' && typeof e.data.paceMs === 'number') paceMs = e.data.paceMs;
 });
 
 serveConsumer((batch, shardId) => {
@@ -34,7 +38,10 @@ serveConsumer((batch, shardId) => {
     seqs[i] = n;
   }
   const done = () => report.postMessage({ from: 'batch', shardId, seqs, bad, wrapped: batch.regionCount === 2 });
-  if (holdAt < 0) return done();
+  if (holdAt < 0) {
+    done();
+    return paceMs > 0 ? new Promise((resolve) => setTimeout(resolve, paceMs)) : undefined;
+  }
   // Hold the batch (unacknowledged, the event loop still turning) until the page releases it.
   report.postMessage({ from: 'batch-hold', shardId, seq: holdAt });
   return new Promise((resolve) => {

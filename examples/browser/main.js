@@ -397,14 +397,21 @@ async function runBatchConsumer() {
   const mgr = await ShardManager.create({
     initialShards: 2,
     ringBufferCapacity: 256,
+    // 4 KiB of payload area: these ~16-byte events wrap past its end every ~256 events of a
+    // shard, so some batches straddle the end (two regions), which the test checks happened
+    // (with the default area, 64 KiB, a shard wrapped at most once in the run)
+    ringBufferBytes: 4096,
     policy: { maxShards: 4 },
-    consumer: batchConsumerWorkers(2, 100), // 100 does not divide the ring: batches wrap past its end
+    consumer: batchConsumerWorkers(2, 100),
     onEvent: (e) => { if (e.type === 'consumerRestarted') restarts.push(e.rewound); },
   });
   // The kill must hit a batch in flight: event 3n/4 carries "hold", and the worker that gets it
   // holds its batch until released. The first holder is killed; its replacement gets the same
   // batch again (rewound), holds it too, and is released.
   const channel = new BroadcastChannel('shard-mapper-example');
+  // Paced workers take fuller batches, so more of them straddle the payload area's end; a
+  // worker that keeps up takes one record at a time, and one record never does.
+  channel.postMessage({ from: 'page', paceMs: 2 });
   const holders = [];
   let killedHolding = false;
   channel.onmessage = (e) => {
@@ -428,6 +435,7 @@ async function runBatchConsumer() {
   );
   const holdDeadline = performance.now() + 20_000; // bounded: the test reports how far it got
   while (holders.length < 2 && performance.now() < holdDeadline) await sleep(5);
+  channel.postMessage({ from: 'page', paceMs: 0 });
   channel.close();
   await mgr.close();
   const stats = mgr.stats();
