@@ -15,6 +15,7 @@ export {
 export {
   push, pushBatch, pushFixedBatch, ringLen, ringClaim, ringAck, ringRewind, ringClose, ringIsClosed,
   ringAllPublished, ringSetDoorbell, ringStalledAt, ringSkipStalled, ringBytesUsed, slotInit, total, unroutedTotal, owedRepushedTotal, blocksRacedTotal, stopPushes,
+  growthWaitsTotal,
 } from "./ring";
 export {
   fenceBegin, fenceSet, fenceSource, fenceEnd, ringTailCount, ringHeadCount, movingTotal,

@@ -47,6 +47,7 @@ export const H_STOPPED: i32 = 140;        // u32, 1 once the manager closed: pus
 export const H_UNROUTED: i32 = 256;       // i64, pushes made while no shard was Active
 export const H_OWED_REPUSHED: i32 = 264;  // i64, events a grouped batch block pushed again after the watchdog took their records (ring.ts, GROUPED WRITES)
 export const H_BLOCKS_RACED: i32 = 272;   // i64, grouped blocks given up under key order because a table was published while they reserved (ring.ts, GROUPED WRITES)
+export const H_GROWTH_WAITS: i32 = 280;   // i64, reservations that found their slot past the memory size their thread's instance knew, and waited (ring.ts, GROWTH SEEN)
 export const H_LANE_FLAGS: i32 = 384;     // u32 × MAX_LANES, 1 = lane claimed
 export const MAX_LANES: i32 = 256;
 export const HEADER_BYTES: i32 = H_LANE_FLAGS + MAX_LANES * 4;
@@ -154,6 +155,7 @@ export const PUSH_CLOSED: i32 = -5;      // internal: ring closed, select again
 export const PUSH_STOPPED: i32 = -6;     // the manager is closed
 export const PUSH_MOVING: i32 = -7;      // the key's slot is moving and waits (refused under failProducer)
 export const PUSH_MOVING_DROPPED: i32 = -8; // the same, dropped (every other backpressure mode)
+export const PUSH_NOT_VISIBLE: i32 = -9;  // this thread's instance never saw the memory grow to the shard's slot
 // batch results, u32 words at the lane's L_RESULT
 export const BATCH_ACCEPTED: i32 = 0;
 export const BATCH_UNROUTED: i32 = 4;
@@ -164,6 +166,7 @@ export const STOP_NONE: i32 = 0;
 export const STOP_REFUSED: i32 = 1;       // stopped before an event refused under failProducer
 export const STOP_CLOSED: i32 = 2;        // the manager was closed
 export const STOP_MOVING: i32 = 3;        // stopped before an event whose key was moving (failProducer)
+export const STOP_NOT_VISIBLE: i32 = 4;   // stopped before an event for a slot this thread cannot see yet (PUSH_NOT_VISIBLE)
 // totals readable with total(slot, which)
 export const TOTAL_PUSHED: i32 = 0;
 export const TOTAL_DELIVERED: i32 = 1;

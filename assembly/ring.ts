@@ -45,12 +45,14 @@ import {
   CLAIM_START, CLAIM_SKIPPED, M_WINDOW_TAIL, M_DRAIN_TAIL, M_EVENTS, TOTAL_PUSHED, TOTAL_DELIVERED, TOTAL_DROPPED_NEWEST, TOTAL_SAMPLED,
   TOTAL_REFUSED, TOTAL_EVICTED, TOTAL_SKIPPED,
   CONTENTION_NS_PER_RETRY, LATENCY_SAMPLE_MASK, FENCED_SLOT, PUSH_MOVING, PUSH_MOVING_DROPPED, STOP_MOVING,
+  PUSH_NOT_VISIBLE, STOP_NOT_VISIBLE,
   GROUP_MAX, GROUP_BLOCK, G_ENTRY, G_COUNT, G_RESERVED, G_RUN_FIRST, G_RUN_POSITION, G_RETRIES, G_UNWRITTEN,
   G_EXTENTS, G_MAX_EXTENT, G_NEXT, G_BYTES, LIST_BYTES, L_GROUPS, L_LISTS, L_EVENT_AT, H_OWED_REPUSHED, H_BLOCKS_RACED,
+  H_GROWTH_WAITS,
 } from "./layout";
 import {
   slotAddr, laneAddr, recordAddr, payloadAddr, ringCapacity, ringLimit, ringLimited, ringBytes, maxPayload, backpressure,
-  sampleRate, sampleFill, keyOrder,
+  sampleRate, sampleFill, keyOrder, slotStride,
 } from "./config";
 import { addSamplesToPair, addToPair, initMetrics } from "./metrics";
 import {
@@ -62,6 +64,28 @@ import { noteRoute, routeMoved, fencedSlot, countMoving, tableGeneration, FENCE_
 const CLOSED: u64 = 1 << 63;
 const MAX_RESELECT: i32 = 1000;
 
+// GROWTH SEEN: a new shard's slot may lie in memory the owning thread grew a moment ago. This
+// thread's instance learns the new size only when it next handles an interrupt (V8 does so at
+// a function entry or loop header), and until then memory.copy, whose bounds check uses the
+// size the instance knows, traps: after a record was marked, which would leave it marked
+// forever. So every reservation first checks that the instance sees the whole slot, and if
+// not, waits in a loop (its header handles the pending interrupt; memory.size then tells).
+// `seenEnd` is this instance's own: the end of memory it has seen, only ever larger.
+let seenEnd: usize = 0;
+const GROWTH_WAIT_ROUNDS: i32 = 1 << 20;
+@inline function slotSeen(base: usize): bool {
+  return base + slotStride <= seenEnd || awaitGrowth(base + slotStride);
+}
+function awaitGrowth(end: usize): bool {
+  let size = <usize>memory.size() << 16;
+  if (end > size) {
+    atomic.add<u64>(<usize>LAYOUT_BASE + H_GROWTH_WAITS, 1);
+    for (let round = 0; round < GROWTH_WAIT_ROUNDS && end > size; round++) size = <usize>memory.size() << 16;
+    if (end > size) return false;
+  }
+  seenEnd = size;
+  return true;
+}
 // PLACEMENT: a payload of `extent` bytes (its length rounded up to 8) goes at the offset of
 // the byte position the last reservation ended at, or, when it would cross the end of the
 // area, at the next lap's offset 0 (the bytes it skips count as its own: `need` below). It
@@ -222,6 +246,7 @@ const INLINE_COPY_MAX: u32 = 32;
 // Append `len` bytes from `src` to the ring at `base`. Returns 0 or a PUSH_* code.
 // (`countRefusal` false: a caller that retries a refusal until it goes in, see pushOwed.)
 export function pushAt(base: usize, src: usize, len: u32, countRefusal: bool = true): i32 {
+  if (!slotSeen(base)) return PUSH_NOT_VISIBLE;
   if (backpressure == BP_SAMPLE && pastSampleFill(base)) {
     if (atomic.add<u32>(base + M_SAMPLE_COUNTER, 1) % sampleRate != 0) {
       atomic.add<u64>(base + M_DROPPED_SAMPLED, 1);
@@ -433,6 +458,7 @@ let walkP: usize = 0;      // where writeRun stopped (the plain walk's caller go
 // descriptor and whose payloads fit before the byte head, with one CAS. Returns how many.
 function reserveRun(base: usize, k: u32, p: usize, i: u32): u32 {
   runRetries = 0;
+  if (!slotSeen(base)) return 0; // the single-event path reports it
   const k0 = walkK; // the walk is looked ahead here and set back after
   const grouped = walkGroup >= 0;
   for (let attempt = 0; attempt < 16; attempt++) {
@@ -765,7 +791,8 @@ function groupedBlock(lb: usize, p: usize, i: u32, count: u32, entry0: u32, run:
   if (keyOrder && liveGen != gen0) return 0;   // the leading run may be of an older table
   // 2. every ring has room for its group now, or the block declines
   for (g = 0; g < groups; g++) {
-    if (!groupFits(lb, g, slotAddr(load<u32>(groupAddr(lb, g) + G_ENTRY) >>> 16))) return 0;
+    const base = slotAddr(load<u32>(groupAddr(lb, g) + G_ENTRY) >>> 16);
+    if (!slotSeen(base) || !groupFits(lb, g, base)) return 0;
   }
   blockGroups = groups;
   // 3. reserve every group; `cut` is the first event no reservation took
@@ -853,7 +880,7 @@ function repushOwed(lb: usize, i: u32, groups: u32): void {
     if (res == 0) blockAccepted++;
     else if (res == PUSH_FULL) blockFull++;
     else if (res == PUSH_UNROUTED) blockUnrouted++;
-    else blockStop = STOP_CLOSED;
+    else blockStop = res == PUSH_NOT_VISIBLE ? STOP_NOT_VISIBLE : STOP_CLOSED;
   }
 }
 
@@ -947,7 +974,10 @@ function batchLoop(lane: u32, count: u32): u32 {
     else if (r == PUSH_FULL) full++;
     else if (r == PUSH_SAMPLED) sampled++;
     else if (r == PUSH_MOVING_DROPPED) full++;
-    else { stop = r == PUSH_STOPPED ? STOP_CLOSED : r == PUSH_MOVING ? STOP_MOVING : STOP_REFUSED; break; }
+    else {
+      stop = r == PUSH_STOPPED ? STOP_CLOSED : r == PUSH_MOVING ? STOP_MOVING : r == PUSH_NOT_VISIBLE ? STOP_NOT_VISIBLE : STOP_REFUSED;
+      break;
+    }
     p = evNext(p);
     i++;
   }
@@ -1185,4 +1215,10 @@ export function owedRepushedTotal(): f64 {
 // reserved (a diagnostic: tests check their table churn reached that path).
 export function blocksRacedTotal(): f64 {
   return <f64>atomic.load<u64>(<usize>LAYOUT_BASE + H_BLOCKS_RACED);
+}
+
+// Reservations that waited for their thread to see the memory grow (GROWTH SEEN; a
+// diagnostic: tests check their growth churn reached that state).
+export function growthWaitsTotal(): f64 {
+  return <f64>atomic.load<u64>(<usize>LAYOUT_BASE + H_GROWTH_WAITS);
 }

@@ -221,10 +221,15 @@ export class SharedCore {
    * threads all take records through here.
    */
   claimInView(slot: number, max: number): number {
+    const base = address(this.abi.slotAddress(slot));
+    const end = this.recordsEnd(base);
+    this.ensureViews(end);
+    // This thread may not have seen the memory grow yet (its buffer is refreshed when it
+    // next handles an interrupt): claim nothing now rather than read past the views.
+    if (end > this.u8.length) return 0;
     const n = this.claim(slot, max);
     if (n === 0) return 0;
-    this.claimBase = address(this.abi.slotAddress(slot));
-    this.ensureViews(this.recordsEnd(this.claimBase));
+    this.claimBase = base;
     return n;
   }
 

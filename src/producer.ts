@@ -12,6 +12,7 @@ import {
   PUSH_STOPPED,
   PUSH_MOVING,
   PUSH_MOVING_DROPPED,
+  PUSH_NOT_VISIBLE,
   L_FAILED_SHARD,
   L_SCRATCH,
   BATCH_ACCEPTED,
@@ -19,6 +20,7 @@ import {
   STOP_NONE,
   STOP_CLOSED,
   STOP_MOVING,
+  STOP_NOT_VISIBLE,
 } from './layout.generated.js';
 
 export type EventKey = number | string | Uint8Array;
@@ -212,7 +214,13 @@ export class ShardProducer {
     const stop = core.u32[(core.result + BATCH_STOP) >>> 2]!;
     if (stop !== STOP_NONE)
       this.#fail(
-        stop === STOP_CLOSED ? PUSH_STOPPED : stop === STOP_MOVING ? PUSH_MOVING : PUSH_REFUSED,
+        stop === STOP_CLOSED
+          ? PUSH_STOPPED
+          : stop === STOP_MOVING
+            ? PUSH_MOVING
+            : stop === STOP_NOT_VISIBLE
+              ? PUSH_NOT_VISIBLE
+              : PUSH_REFUSED,
         acceptedBefore + accepted,
         method,
       );
@@ -233,6 +241,15 @@ export class ShardProducer {
         );
       }
       throw new BackpressureError(`push refused: shard ${shard}'s ring is full (backpressure failProducer)`, shard, accepted);
+    }
+    if (code === PUSH_NOT_VISIBLE) {
+      // The WebAssembly side waited for this thread to see the memory grow (see "GROWTH SEEN"
+      // in assembly/ring.ts); an engine that never tells it is not one this was built for.
+      const core = this.#core;
+      const shard = core.u32[(core.scratch - L_SCRATCH + L_FAILED_SHARD) >>> 2]!;
+      throw new Error(
+        `shard-mapper: ${method} could not write to shard ${shard}: this thread's WebAssembly instance has not seen the shared memory grow to hold that shard's ring. Nothing was written${accepted > 0 ? ` after the first ${accepted} events` : ''}; push again.`,
+      );
     }
     throw new Error(`shard-mapper: unexpected push result ${code}`);
   }
