@@ -11,22 +11,9 @@ import { bytesUsedAt, tailRecords } from "./positions";
 
 const U32_MAX: u64 = 0xffffffff;
 
-@inline export function addToPair(addr: usize, sample: u32): void {
-  let old = atomic.load<u64>(addr);
-  while (true) {
-    let count = (old >>> 32) + 1;
-    let sum = (old & U32_MAX) + <u64>sample;
-    if (count > U32_MAX) count = U32_MAX;
-    if (sum > U32_MAX) sum = U32_MAX;
-    const seen = atomic.cmpxchg<u64>(addr, old, (count << 32) | sum);
-    if (seen == old) return;
-    old = seen;
-  }
-}
-
-// `n` samples of `sample` each at once (a batch run's sampled events: they shared one
-// reservation, so one contention figure), saturating as addToPair does.
-export function addSamplesToPair(addr: usize, n: u32, sample: u32): void {
+// `n` samples of `sample` each (a batch run's sampled events share one reservation, so one
+// contention figure), both halves saturating.
+@inline function addSamples(addr: usize, n: u32, sample: u32): void {
   let old = atomic.load<u64>(addr);
   while (true) {
     let count = (old >>> 32) + <u64>n;
@@ -38,6 +25,9 @@ export function addSamplesToPair(addr: usize, n: u32, sample: u32): void {
     old = seen;
   }
 }
+
+@inline export function addToPair(addr: usize, sample: u32): void { addSamples(addr, 1, sample); }
+export function addSamplesToPair(addr: usize, n: u32, sample: u32): void { addSamples(addr, n, sample); }
 
 // Events-in-window (low half) and pushes-since-drain-start (high half) share one 64-bit
 // word, so a recorded event bumps both with a single atomic add. Returns the previous event
