@@ -10,6 +10,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 export const HOST = '127.0.0.1';
+/** Every redis-cli call is bounded (generous: a loaded 2-core machine). */
+const CLI_TIMEOUT_MS = 20_000;
 
 function findBinary(name: string): string | undefined {
   const r = spawnSync('sh', ['-c', `command -v ${name}`], { encoding: 'utf8' });
@@ -104,8 +106,10 @@ export class RedisTestServer {
     for (let i = 0; i < 200; i++) {
       if (this.#child?.exitCode !== null) throw new Error(`redis-server exited (${this.#child?.exitCode}):\n${this.#log}`);
       const auth = this.#config.requirepass ? ['-a', this.#config.requirepass, '--no-auth-warning'] : [];
-      const r = spawnSync(REDIS_CLI!, ['-h', HOST, '-p', String(this.port), ...auth, 'PING'], { encoding: 'utf8' });
-      if (r.stdout.trim() === 'PONG') return;
+      // Bounded: spawnSync blocks this thread, so no test timeout could end a PING that
+      // never gets its answer (something else that took the port and does not reply).
+      const r = spawnSync(REDIS_CLI!, ['-h', HOST, '-p', String(this.port), ...auth, 'PING'], { encoding: 'utf8', timeout: CLI_TIMEOUT_MS });
+      if (r.stdout?.trim() === 'PONG') return;
       await new Promise((res) => setTimeout(res, 25));
     }
     throw new Error(`redis-server on port ${this.port} did not answer PING:\n${this.#log}`);
@@ -114,7 +118,8 @@ export class RedisTestServer {
   /** Run redis-cli against this server; returns its stdout. */
   cli(...args: string[]): string {
     const auth = this.#config.requirepass ? ['-a', this.#config.requirepass, '--no-auth-warning'] : [];
-    const r = spawnSync(REDIS_CLI!, ['-h', HOST, '-p', String(this.port), ...auth, ...args], { encoding: 'utf8' });
+    const r = spawnSync(REDIS_CLI!, ['-h', HOST, '-p', String(this.port), ...auth, ...args], { encoding: 'utf8', timeout: CLI_TIMEOUT_MS });
+    if (r.error) throw new Error(`redis-cli ${args.join(' ')} on port ${this.port}: ${r.error.message} (a frozen or gone server?)`);
     if (r.status !== 0) throw new Error(`redis-cli ${args.join(' ')}: ${r.stderr}`);
     return r.stdout.trim();
   }
@@ -171,7 +176,7 @@ export class RedisTestCluster {
       for (let i = 0; i < masters; i++) {
         nodes.push(await RedisTestServer.start({ config: { 'cluster-enabled': 'yes', 'cluster-config-file': 'nodes.conf', 'cluster-node-timeout': '2000' } }));
       }
-      const r = spawnSync(REDIS_CLI!, ['--cluster', 'create', ...nodes.map((n) => `${HOST}:${n.port}`), '--cluster-replicas', '0', '--cluster-yes'], { encoding: 'utf8' });
+      const r = spawnSync(REDIS_CLI!, ['--cluster', 'create', ...nodes.map((n) => `${HOST}:${n.port}`), '--cluster-replicas', '0', '--cluster-yes'], { encoding: 'utf8', timeout: 60_000 });
       if (r.status !== 0) throw new Error(`redis-cli --cluster create failed: ${r.stdout}\n${r.stderr}`);
       // Wait until every node reports the cluster as ok.
       for (let i = 0; i < 200; i++) {
