@@ -70,17 +70,19 @@ const MAX_RESELECT: i32 = 1000;
 // size the instance knows, traps: after a record was marked, which would leave it marked
 // forever. So every reservation first checks that the instance sees the whole slot, and if
 // not, waits in a loop (its header handles the pending interrupt; memory.size then tells).
-// `seenEnd` is this instance's own: the end of memory it has seen, only ever larger.
-let seenEnd: usize = 0;
+// `seenEnd` is this instance's own: the end of memory it has seen, only ever larger. In 64
+// bits: a memory of 65 536 pages (4 GiB) ends at 2^32.
+let seenEnd: u64 = 0;
 const GROWTH_WAIT_ROUNDS: i32 = 1 << 20;
 @inline function slotSeen(base: usize): bool {
-  return base + slotStride <= seenEnd || awaitGrowth(base + slotStride);
+  const end = <u64>base + <u64>slotStride;
+  return end <= seenEnd || awaitGrowth(end);
 }
-function awaitGrowth(end: usize): bool {
-  let size = <usize>memory.size() << 16;
+function awaitGrowth(end: u64): bool {
+  let size = <u64>memory.size() << 16;
   if (end > size) {
     atomic.add<u64>(<usize>LAYOUT_BASE + H_GROWTH_WAITS, 1);
-    for (let round = 0; round < GROWTH_WAIT_ROUNDS && end > size; round++) size = <usize>memory.size() << 16;
+    for (let round = 0; round < GROWTH_WAIT_ROUNDS && end > size; round++) size = <u64>memory.size() << 16;
     if (end > size) return false;
   }
   seenEnd = size;
@@ -880,7 +882,7 @@ function repushOwed(lb: usize, i: u32, groups: u32): void {
     if (res == 0) blockAccepted++;
     else if (res == PUSH_FULL) blockFull++;
     else if (res == PUSH_UNROUTED) blockUnrouted++;
-    else blockStop = res == PUSH_NOT_VISIBLE ? STOP_NOT_VISIBLE : STOP_CLOSED;
+    else if (blockStop == STOP_NONE) blockStop = res == PUSH_NOT_VISIBLE ? STOP_NOT_VISIBLE : STOP_CLOSED;
   }
 }
 
@@ -888,7 +890,7 @@ function repushOwed(lb: usize, i: u32, groups: u32): void {
 // sends its hash. A refusal (failProducer) is retried until it goes in: the event had room
 // reserved once, and later events of its batch are in already, so refusing it would make the
 // accepted events no prefix of the batch. Returns 0, PUSH_FULL (dropNewest), PUSH_UNROUTED,
-// or PUSH_STOPPED once the manager is closed. Under key order the event is routed afresh
+// PUSH_STOPPED once the manager is closed, or PUSH_NOT_VISIBLE (GROWTH SEEN). Under key order the event is routed afresh
 // through its key's fence (a key that moved waits like any push of it; `base` is unused).
 function pushOwed(lb: usize, base: usize, hash: u32, src: usize, len: u32): i32 {
   while (true) {
@@ -897,7 +899,7 @@ function pushOwed(lb: usize, base: usize, hash: u32, src: usize, len: u32): i32 
       const routed = routeAndPush(lb, hash, src, len, false);
       if (routed >= 0) return 0;
       if (routed == PUSH_REFUSED || routed == PUSH_MOVING) continue;
-      return routed == PUSH_MOVING_DROPPED ? PUSH_FULL : routed; // PUSH_FULL, PUSH_UNROUTED, PUSH_STOPPED
+      return routed == PUSH_MOVING_DROPPED ? PUSH_FULL : routed; // PUSH_FULL, PUSH_UNROUTED, PUSH_STOPPED, PUSH_NOT_VISIBLE
     }
     const r = pushAt(base, src, len, false);
     if (r == PUSH_CLOSED) { // its shard started draining: route it
@@ -907,6 +909,7 @@ function pushOwed(lb: usize, base: usize, hash: u32, src: usize, len: u32): i32 
         return PUSH_UNROUTED;
       }
       base = slotAddr(entry >>> 16);
+      store<u32>(lb + L_FAILED_SHARD, entry & 0xffff); // named if this slot is not seen yet
     } else if (r != PUSH_REFUSED) return r;
   }
   return PUSH_STOPPED; // not reached
@@ -914,7 +917,8 @@ function pushOwed(lb: usize, base: usize, hash: u32, src: usize, len: u32): i32 
 
 // Writes [accepted, unrouted, full, sampled, stop] at the lane's result words (BATCH_*) and
 // returns how many events it consumed. It stops right before an event refused under
-// failProducer (STOP_REFUSED) or when the manager is closed (STOP_CLOSED).
+// failProducer (STOP_REFUSED), when the manager is closed (STOP_CLOSED), or at an event for a
+// slot this thread never saw the memory grow to (STOP_NOT_VISIBLE, GROWTH SEEN).
 function batchLoop(lane: u32, count: u32): u32 {
   const lb = laneAddr(lane);
   let p = lb + L_SCRATCH;

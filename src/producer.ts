@@ -248,7 +248,7 @@ export class ShardProducer {
       const core = this.#core;
       const shard = core.u32[(core.scratch - L_SCRATCH + L_FAILED_SHARD) >>> 2]!;
       throw new Error(
-        `shard-mapper: ${method} could not write to shard ${shard}: this thread's WebAssembly instance has not seen the shared memory grow to hold that shard's ring. Nothing was written${accepted > 0 ? ` after the first ${accepted} events` : ''}; push again.`,
+        `shard-mapper: ${method} could not write to shard ${shard}: this thread's WebAssembly instance has not seen the shared memory grow to hold that shard's ring, so that event was not written${accepted > 0 ? ` (${accepted} events of this call were accepted)` : ''}; push it again.`,
       );
     }
     throw new Error(`shard-mapper: unexpected push result ${code}`);
