@@ -23,6 +23,13 @@ import {
   STOP_NOT_VISIBLE,
 } from './layout.generated.js';
 
+/** A batch call's stop word (BATCH_STOP) as the single-push code #fail reports. */
+const PUSH_CODE_OF_STOP: Record<number, number> = {
+  [STOP_CLOSED]: PUSH_STOPPED,
+  [STOP_MOVING]: PUSH_MOVING,
+  [STOP_NOT_VISIBLE]: PUSH_NOT_VISIBLE,
+};
+
 export type EventKey = number | string | Uint8Array;
 export type EventPayload = Uint8Array | string;
 /** One event of `pushBatch(events)`: `[key, payload]`, or an object with `key` or `hash` (one
@@ -212,41 +219,28 @@ export class ShardProducer {
     const core = this.#core;
     const accepted = core.u32[(core.result + BATCH_ACCEPTED) >>> 2]!;
     const stop = core.u32[(core.result + BATCH_STOP) >>> 2]!;
-    if (stop !== STOP_NONE)
-      this.#fail(
-        stop === STOP_CLOSED
-          ? PUSH_STOPPED
-          : stop === STOP_MOVING
-            ? PUSH_MOVING
-            : stop === STOP_NOT_VISIBLE
-              ? PUSH_NOT_VISIBLE
-              : PUSH_REFUSED,
-        acceptedBefore + accepted,
-        method,
-      );
+    if (stop !== STOP_NONE) this.#fail(PUSH_CODE_OF_STOP[stop] ?? PUSH_REFUSED, acceptedBefore + accepted, method);
     return accepted;
   }
 
   #fail(code: number, accepted: number, method = 'push'): never {
     if (code === PUSH_STOPPED) throw new ManagerClosedError(method);
-    if (code === PUSH_REFUSED || code === PUSH_MOVING) {
-      const core = this.#core;
-      const shard = core.u32[(core.scratch - L_SCRATCH + L_FAILED_SHARD) >>> 2]!;
-      if (code === PUSH_MOVING) {
-        throw new BackpressureError(
-          `push refused: the key just moved to shard ${shard} and waits until the shard it left has delivered its earlier events (routing affinity keeps each key's order; backpressure failProducer: retry)`,
-          shard,
-          accepted,
-          'moving',
-        );
-      }
+    // the shard the refused event was bound for, left by the WebAssembly side
+    const shard = this.#core.u32[(this.#core.scratch - L_SCRATCH + L_FAILED_SHARD) >>> 2]!;
+    if (code === PUSH_MOVING) {
+      throw new BackpressureError(
+        `push refused: the key just moved to shard ${shard} and waits until the shard it left has delivered its earlier events (routing affinity keeps each key's order; backpressure failProducer: retry)`,
+        shard,
+        accepted,
+        'moving',
+      );
+    }
+    if (code === PUSH_REFUSED) {
       throw new BackpressureError(`push refused: shard ${shard}'s ring is full (backpressure failProducer)`, shard, accepted);
     }
     if (code === PUSH_NOT_VISIBLE) {
       // The WebAssembly side waited for this thread to see the memory grow (see "GROWTH SEEN"
       // in assembly/ring.ts); an engine that never tells it is not one this was built for.
-      const core = this.#core;
-      const shard = core.u32[(core.scratch - L_SCRATCH + L_FAILED_SHARD) >>> 2]!;
       throw new Error(
         `shard-mapper: ${method} could not write to shard ${shard}: this thread's WebAssembly instance has not seen the shared memory grow to hold that shard's ring, so that event was not written${accepted > 0 ? ` (${accepted} events of this call were accepted)` : ''}; push it again.`,
       );
