@@ -857,6 +857,15 @@ function groupedBlock(lb: usize, p: usize, i: u32, count: u32, entry0: u32, run:
   return cut;
 }
 
+// The stop word (BATCH_STOP) for a push code that ends a batch call: PUSH_REFUSED, PUSH_MOVING,
+// PUSH_NOT_VISIBLE, or PUSH_STOPPED once the manager is closed.
+@inline function stopOf(r: i32): u32 {
+  if (r == PUSH_REFUSED) return STOP_REFUSED;
+  if (r == PUSH_MOVING) return STOP_MOVING;
+  if (r == PUSH_NOT_VISIBLE) return STOP_NOT_VISIBLE;
+  return STOP_CLOSED;
+}
+
 // GROUPED WRITES, the case a cut cannot cover (above): each group's events from its
 // G_UNWRITTEN up to its G_RESERVED (all before the cut) were not written. Merged from the
 // groups' lists into batch order.
@@ -882,7 +891,7 @@ function repushOwed(lb: usize, i: u32, groups: u32): void {
     if (res == 0) blockAccepted++;
     else if (res == PUSH_FULL) blockFull++;
     else if (res == PUSH_UNROUTED) blockUnrouted++;
-    else if (blockStop == STOP_NONE) blockStop = res == PUSH_NOT_VISIBLE ? STOP_NOT_VISIBLE : STOP_CLOSED;
+    else if (blockStop == STOP_NONE) blockStop = stopOf(res);
   }
 }
 
@@ -979,7 +988,7 @@ function batchLoop(lane: u32, count: u32): u32 {
     else if (r == PUSH_SAMPLED) sampled++;
     else if (r == PUSH_MOVING_DROPPED) full++;
     else {
-      stop = r == PUSH_STOPPED ? STOP_CLOSED : r == PUSH_MOVING ? STOP_MOVING : r == PUSH_NOT_VISIBLE ? STOP_NOT_VISIBLE : STOP_REFUSED;
+      stop = stopOf(r);
       break;
     }
     p = evNext(p);
