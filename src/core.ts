@@ -72,6 +72,8 @@ export class SharedCore {
   /** The byte address of the slot the last claimInView() took records from. */
   claimBase = 0;
   readonly slotStride: number;
+  /** The byte address of slot 0: slots follow it every slotStride bytes. */
+  readonly #slotsBase: number;
   readonly ringCapacity: number;
   /** Records a ring holds at once (the capacity asked for; ringCapacity's descriptors index them). */
   readonly ringLimit: number;
@@ -114,7 +116,8 @@ export class SharedCore {
     this.lane = lane;
     this.scratch = address(abi.laneScratchAddress(lane));
     this.result = address(abi.laneResultAddress(lane));
-    this.slotStride = address(abi.slotAddress(1)) - address(abi.slotAddress(0));
+    this.#slotsBase = address(abi.slotAddress(0));
+    this.slotStride = address(abi.slotAddress(1)) - this.#slotsBase;
     this.ringCapacity = abi.ringCapacityRecords();
     this.ringLimit = abi.ringLimitRecords();
     this.ringBytes = abi.ringBytesEach();
@@ -221,7 +224,7 @@ export class SharedCore {
    * threads all take records through here.
    */
   claimInView(slot: number, max: number): number {
-    const base = address(this.abi.slotAddress(slot));
+    const base = this.slotBase(slot); // in JavaScript: this runs on every poll, idle ones too
     const end = this.recordsEnd(base);
     this.ensureViews(end);
     // This thread may not have seen the memory grow yet (its buffer is refreshed when it
@@ -270,6 +273,11 @@ export class SharedCore {
   }
 
   /** The end of the slot's ring (descriptors and payloads): views must reach this far before records are read. */
+  /** The byte address of `slot` (the WebAssembly side's slotAddr, computed here). */
+  slotBase(slot: number): number {
+    return this.#slotsBase + slot * this.slotStride;
+  }
+
   recordsEnd(slotBase: number): number {
     return slotBase + this.payloadOffset + this.ringBytes;
   }
@@ -326,7 +334,7 @@ export class SharedCore {
     if (slot === undefined) {
       if (this.#nextFresh >= this.#maxSlots) return -1;
       slot = this.#nextFresh++;
-      const end = address(this.abi.slotAddress(slot)) + this.slotStride;
+      const end = this.slotBase(slot) + this.slotStride;
       const have = this.memory.buffer.byteLength;
       if (end > have) {
         // Grow by a quarter at least, so a burst of scale-ups does not grow page by page;

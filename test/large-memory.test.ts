@@ -15,7 +15,10 @@ const GiB = 2 ** 30;
 function ringAddresses(m: ShardManager): number[] {
   const core = SharedCore.attachSync(m.producerHandle().core);
   try {
-    return m.mapper.allShardIds().map((_, slot) => core.abi.slotAddress(slot) >>> 0);
+    const addresses = m.mapper.allShardIds().map((_, slot) => core.abi.slotAddress(slot) >>> 0);
+    // the JavaScript side computes slot addresses itself (claimInView runs on every poll)
+    expect(addresses.map((_, slot) => core.slotBase(slot))).toEqual(addresses);
+    return addresses;
   } finally {
     core.detach();
   }
