@@ -54,7 +54,7 @@ export interface KeyOrderWaits {
   waitingSlots: number;
   /** How long the slot waiting longest now has waited (ms; 0 when none waits). */
   oldestWaitMs: number;
-  /** The longest wait seen so far, as measured when the manager noticed it end (ms). */
+  /** The longest wait that ended so far, as measured when the manager noticed it end (ms; waits under way: oldestWaitMs). */
   longestWaitMs: number;
   /** Slot moves made with a fence (in memory) or that had to wait (Redis) since creation. */
   movedSlots: number;
@@ -270,7 +270,6 @@ export class KeyOrderFences {
       waiting++;
       oldest = Math.max(oldest, now - f.since);
     }
-    if (oldest > this.#longest) this.#longest = oldest;
     return {
       enabled,
       waitingSlots: waiting,

@@ -59,19 +59,12 @@ const TRANSITIONS: Record<string, string> = {
  * // GET /metrics → await registry.metrics()
  * ```
  *
- * Series (with the default prefix `shard_mapper_`):
- * - per shard, label `shard`: `shard_state{state}` (1 for the current state, 0 for the
- *   others), `shard_ring_length`, `shard_fill_ratio` (ring length / capacity at scrape time),
- *   `shard_event_rate` (events in the last metrics window), `shard_avg_push_latency_ns`,
- *   `shard_avg_flush_latency_us`, `shard_weight` (the last collected window's figures, once
- *   the scaling loop has collected one), `shard_pushed_total`, `shard_delivered_total`,
- *   `shard_dropped_total`
- * - `shards{state}`, `shards_min`, `shards_max` (policy bounds), `ring_capacity`
- * - `events_pushed_total`, `events_delivered_total`, `events_unrouted_total`,
- *   `events_dropped_total{reason=newest|oldest|sampled|refused}`, `events_in_flight`
- * - from `onEvent`: `scaling_decisions_total{decision=scaleUp|scaleDown}`,
- *   `scaling_shards_total{decision}` (shards asked for), `shard_transitions_total{transition}`,
- *   `consumer_errors_total`, `consumer_restarts_total`, `tick_errors_total`
+ * Series (with the default prefix `shard_mapper_`): per shard (label `shard`) its state, ring
+ * length and fill, window figures and totals; per manager the shard counts and bounds, event
+ * totals (`events_dropped_total` by `reason`), key-order gauges; from `onEvent`, scaling
+ * decisions, transitions, consumer errors, restarts and rewinds. The full table, with each
+ * series' type, labels and source, is `docs/observability.md` (shipped in the package);
+ * `names` lists what a registration made.
  *
  * One manager per call; for several, use one registry each (or distinct `prefix`/`labels`
  * on separate registries merged with `Registry.merge`).

@@ -89,3 +89,25 @@ it('every slot that starts to wait (keysMoving) ends its wait with a keysMoved, 
   expect(sum('keysMoved')).toBe(sum('keysMoving'));
   await m.close();
 });
+
+it('stats().keyOrder: oldestWaitMs is the wait under way, longestWaitMs the longest wait that ended (same as the Redis node)', async () => {
+  let now = 1000;
+  const m = await ShardManager.create({
+    routing: 'affinity', initialShards: 1, ringBufferCapacity: 256, clock: () => now,
+    policy: { minShards: 1, maxShards: 2, autoScale: false },
+  });
+  for (const [i, h] of hashes.entries()) expect(m.push(h, `a${i}`)).toBe(true);
+  await m.addShard();
+  now += 40;
+  const waiting = m.stats().keyOrder!;
+  expect(waiting.waitingSlots).toBeGreaterThan(0);
+  expect(waiting.oldestWaitMs).toBe(40);
+  expect(waiting.longestWaitMs, 'no wait has ended yet').toBe(0);
+  m.poll(0); // the old shard's backlog is consumed: the waits can end
+  now += 25;
+  const ended = m.stats().keyOrder!; // lifts the fences whose wait is over
+  expect(ended.waitingSlots).toBe(0);
+  expect(ended.oldestWaitMs).toBe(0);
+  expect(ended.longestWaitMs).toBe(65);
+  await m.close();
+});
