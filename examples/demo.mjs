@@ -24,13 +24,13 @@ const { values: args } = parseArgs({
 });
 if (args.help) {
   console.log(`usage: npm start -- [--duration s] [--producers n] [--payload bytes] [--peak events/s] [--max-shards n] [--routing mode]
-  --duration    seconds to run (default 30)
-  --producers   producer threads (default 2)
-  --payload     bytes per event, at least 8 (default 64); a range such as 64-16384 sends
-                mixed sizes into rings sized in bytes (ringBufferBytes)
-  --peak        total events/s at the top of the ramp (default 150000); the live view's
-                "target" is the ramp's rate at that moment, "pushed" what was accepted
-  --max-shards  upper bound for autoscaling (default 4)
+  --duration    seconds to run, 5 to 3600 (default 30)
+  --producers   producer threads, 1 to 16 (default 2)
+  --payload     bytes per event, 8 to 4096 (default 64); a range MIN-MAX within 8-65536,
+                such as 64-16384, sends mixed sizes into rings sized in bytes (ringBufferBytes)
+  --peak        total events/s at the top of the ramp, 1000 to 10000000 (default 150000); the
+                live view's "target" is the ramp's rate at that moment, "pushed" what was accepted
+  --max-shards  upper bound for autoscaling, 1 to 64 (default 4)
   --routing     leastLoaded, balanced or affinity (default: ShardManager's, balanced);
                 affinity keeps each key's order when keys move between shards`);
   process.exit(0);
