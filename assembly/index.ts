@@ -4,6 +4,7 @@
 import { LAYOUT_BASE, H_LANE_FLAGS, L_RESULT, L_SCRATCH, L_DOORBELL, L_OWNER, L_HEARTBEAT, L_PARKS } from "./layout";
 import {
   slotStrideFor, slotsOffset, slotAddr, laneAddr, laneCount, payloadOffset, ringCapacity, ringLimit, ringBytes,
+  slotCount, maxPayload,
 } from "./config";
 
 export { configure, attach } from "./config";
@@ -36,6 +37,8 @@ export function ringPayloadOffset(): u32 { return payloadOffset; }
 export function ringBytesEach(): u32 { return ringBytes; }
 export function ringCapacityRecords(): u32 { return ringCapacity; }
 export function ringLimitRecords(): u32 { return ringLimit; }
+export function slotCountConfigured(): u32 { return slotCount; }
+export function maxPayloadBytesConfigured(): u32 { return maxPayload; }
 
 // ---- lanes: one per attached thread, claimed with a CAS ---------------------------------
 export function laneClaim(): i32 {

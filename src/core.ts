@@ -79,6 +79,10 @@ export class SharedCore {
   readonly ringLimit: number;
   /** Bytes of each ring's payload area. */
   readonly ringBytes: number;
+  /** Slots the memory was configured for (shards that may exist at once). */
+  readonly slotCount: number;
+  /** The largest payload a push may write, as configured (options.maxPayloadBytes). */
+  readonly maxPayloadBytes: number;
   /** From a slot's base to its payload area. */
   readonly payloadOffset: number;
   u8: Uint8Array;
@@ -121,6 +125,8 @@ export class SharedCore {
     this.ringCapacity = abi.ringCapacityRecords();
     this.ringLimit = abi.ringLimitRecords();
     this.ringBytes = abi.ringBytesEach();
+    this.slotCount = abi.slotCountConfigured();
+    this.maxPayloadBytes = abi.maxPayloadBytesConfigured();
     this.payloadOffset = abi.ringPayloadOffset();
     this.scratchBytes = address(abi.laneScratchAddress(1)) - address(abi.laneScratchAddress(0)) - L_SCRATCH;
     this.u8 = new Uint8Array(memory.buffer);

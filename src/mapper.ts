@@ -4,6 +4,7 @@
 import { SharedCore } from './core.js';
 import { ScalingError, checkFinite, checkFunction, checkInteger, describe, given, invalid } from './errors.js';
 import { hashKey, hashKeys } from './hash.js';
+import { checkKnownKeys } from './validate.js';
 import { ShardMetricsCollector, type ShardMetrics } from './metrics.js';
 import { resolvePolicy, type ScalingPolicy } from './policy.js';
 import { checkMemoryKind, compileAsync, sharedMemorySupported, type MemoryKind } from './wasm.js';
@@ -56,9 +57,13 @@ export interface ShardMapperOptions {
 }
 
 /** @internal How ShardManager builds a mapper over its own memory and follows its lifecycle. */
+/** Every option the constructor reads (the Record type keeps the list complete). */
+const MAPPER_OPTIONS: Record<keyof ShardMapperOptions, true> = { clock: true, drainGraceMs: true, memory: true, routing: true, loadBound: true };
+
 export interface MapperWiring {
   core: SharedCore;
-  /** Throws if shards may no longer be added (the manager is closed); called before any change. */
+  /** Throws if the table may no longer change (the manager is closed): called first by the
+   *  calls that add, activate or drain shards. */
   assertOpen?(method: string): void;
   /** A shard got a slot (any state): give it a consumer before anything can route to it. */
   onAllocated(id: number, slot: number): void;
@@ -159,6 +164,7 @@ export class ShardMapper {
     checkInteger('initialShards', initialShards, 0, MAX_SHARD_ID + 1);
     checkInteger('ringBufferCapacity', ringBufferCapacity, 0, 0xffffffff);
     if (typeof options !== 'object' || options === null) throw invalid(`options must be an object, got ${describe(options)}`);
+    checkKnownKeys('options', options, MAPPER_OPTIONS);
     const clock = checkFunction(
       'options.clock',
       given(options.clock, () => performance.now()),
@@ -652,6 +658,7 @@ export class ShardMapper {
 
   /** Provisioning → Active. `false` if it was already Active. */
   activate(id: number): boolean {
+    this.#wiring?.assertOpen?.('activate');
     const shard = this.#shardForCall('activate', id);
     if (shard.state === ShardState.Active) return false;
     if (shard.state !== ShardState.Provisioning) {
@@ -682,6 +689,7 @@ export class ShardMapper {
   // ---- scaling down ---------------------------------------------------------------------
 
   drainSpecific(id: number): void {
+    this.#wiring?.assertOpen?.('drainSpecific');
     if (this.#activeCount <= this.#policy.minShards) {
       throw new ScalingError(
         'AtMinShards',
@@ -710,6 +718,7 @@ export class ShardMapper {
 
   /** Drain up to `count` of the least-loaded Active shards, keeping minShards. */
   scaleDown(count: number): number[] {
+    this.#wiring?.assertOpen?.('scaleDown');
     checkInteger('count', count, 0, MAX_SHARD_ID + 1);
     if (count === 0) return [];
     const p = this.#policy;

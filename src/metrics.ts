@@ -10,7 +10,9 @@ import {
   COLLECT_LATENCY_SUM,
   COLLECT_FLUSH_COUNT,
   COLLECT_FLUSH_SUM,
+  NO_SHARD,
 } from './layout.generated.js';
+import { checkInteger, describe, invalid } from './errors.js';
 
 export interface ShardMetrics {
   shardId: number;
@@ -74,7 +76,25 @@ export class ShardMetricsCollector {
 
   /** Attach to a collector from another thread (worker_threads, Web Workers). */
   static async attach(handle: CollectorHandle, clock: () => number = () => performance.now()): Promise<ShardMetricsCollector> {
+    const where = 'ShardMetricsCollector.attach';
+    if (
+      typeof handle !== 'object' ||
+      handle === null ||
+      typeof handle.core !== 'object' ||
+      handle.core === null ||
+      !(handle.core.memory instanceof WebAssembly.Memory)
+    ) {
+      throw new TypeError(`${where}: handle must be what collector.handle() returns, got ${describe(handle)}`);
+    }
+    if (typeof clock !== 'function') throw new TypeError(`${where}: clock must be a function, got ${describe(clock)}`);
+    checkInteger(`${where}: handle.shardId`, handle.shardId, 0, NO_SHARD - 1);
     const core = await Core.attach(handle.core);
+    // A slot past the configured ones would address memory of another kind (a lane, the
+    // header): checked once the memory's configuration can be read, and the lane given back.
+    if (typeof handle.slot !== 'number' || !Number.isInteger(handle.slot) || handle.slot < 0 || handle.slot >= core.slotCount) {
+      core.detach();
+      throw invalid(`${where}: handle.slot must be an integer in [0, ${core.slotCount - 1}], got ${describe(handle.slot)}`);
+    }
     const collector = new ShardMetricsCollector(core, handle.slot, handle.shardId, clock);
     collector.#attached = true;
     return collector;

@@ -1,5 +1,5 @@
 // ScalingPolicy: a plain object type plus a namespace of presets and checks.
-import { ScalingError, describe } from './errors.js';
+import { MAX_TIMER_MS, ScalingError, describe } from './errors.js';
 import { cpuCount } from '#platform';
 
 export interface ScalingPolicy {
@@ -62,12 +62,14 @@ const FIELD_CHECKS: Record<keyof ScalingPolicy, Check> = {
   fillRatioThreshold: finiteIn(0, true, 1),
   pushLatencyThresholdNs: intMin(0),
   flushLatencyThresholdUs: intMin(0),
-  minShards: intMin(1),
+  // (checked before maxShards, which normalize() may have raised to this value)
+  minShards: (v) => intMin(1)(v) ?? ((v as number) > MAX_SHARDS_LIMIT ? `must be <= ${MAX_SHARDS_LIMIT}` : undefined),
   maxShards: (v) => intMin(1)(v) ?? ((v as number) > MAX_SHARDS_LIMIT ? `must be <= ${MAX_SHARDS_LIMIT}` : undefined),
   cooldownMs: positive,
   scaleDownDelayMs: positive,
   underutilizedThreshold: finiteIn(0, false, 1),
-  metricsWindowMs: positive,
+  // the manager's scaling loop runs on a timer of this period
+  metricsWindowMs: (v) => positive(v) ?? ((v as number) > MAX_TIMER_MS ? `must be <= ${MAX_TIMER_MS} (a timer's limit)` : undefined),
   autoScale: (v) => (typeof v !== 'boolean' ? 'must be a boolean' : undefined),
 };
 

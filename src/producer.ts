@@ -112,7 +112,16 @@ export class ShardProducer {
     ) {
       throw new TypeError(`ShardProducer.attach: handle must be what manager.producerHandle() returns, got ${describe(handle)}`);
     }
-    return new ShardProducer(await SharedCore.attach(handle.core), handle.maxPayloadBytes, true);
+    const core = await SharedCore.attach(handle.core);
+    // The limit the memory was configured with is the one pushes are checked against: a
+    // handle that says otherwise was not made by producerHandle() (or was changed since).
+    if (handle.maxPayloadBytes !== core.maxPayloadBytes) {
+      core.detach();
+      throw new TypeError(
+        `ShardProducer.attach: handle.maxPayloadBytes is ${describe(handle.maxPayloadBytes)}, but its shared memory was configured for ${core.maxPayloadBytes}; pass what manager.producerHandle() returns, unchanged`,
+      );
+    }
+    return new ShardProducer(core, handle.maxPayloadBytes, true);
   }
 
   /** Give the lane back (its number goes to the next thread that attaches). Every push

@@ -9,7 +9,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import {
-  ManagerClosedError, ProducerDetachedError, ScalingError, ScalingPolicy, ShardManager, ShardMapper, ShardProducer, hashKey,
+  ManagerClosedError, ProducerDetachedError, ScalingError, ScalingPolicy, ShardManager, ShardMapper, ShardMetricsCollector, ShardProducer, hashKey,
 } from 'shard-mapper';
 import { badInputDoc } from './helpers/bad-input-doc.js';
 
@@ -164,6 +164,8 @@ add({ call: 'ShardMapper.create(…, options.routing)', inputs: [['"random"', 'r
   expect: S('InvalidPolicy', /options.routing must be 'leastLoaded', 'balanced' or 'affinity', got /), excerpt: "options.routing must be 'leastLoaded', 'balanced' or 'affinity', got \"random\"" });
 add({ call: 'ShardMapper.create(…, options.loadBound)', inputs: [['0', 0], ['-0.5', -0.5], ['NaN', NaN], ['Infinity', Infinity], ['"0.25"', '0.25'], ['null', null]], fixture: 'none', run: (_, v) => ShardMapper.create(1, 16, {}, { routing: 'affinity', loadBound: v }),
   expect: S('InvalidPolicy', /options.loadBound must be a finite number > 0, got /), excerpt: 'options.loadBound must be a finite number > 0, got 0' });
+add({ call: 'ShardMapper.create(…, options)', inputs: [["{ rooting: 'affinity' }", { rooting: 'affinity' }], ['{ drainGrace: 5 }', { drainGrace: 5 }]], fixture: 'none', run: (_, v) => ShardMapper.create(1, 16, {}, v),
+  expect: S('InvalidPolicy', /options\.(rooting|drainGrace) is not an option \(known: clock, drainGraceMs, memory, routing, loadBound\)/), excerpt: 'options.rooting is not an option (known: clock, drainGraceMs, memory, routing, loadBound)' });
 add({ call: 'ShardMapper.create(…, options.clock)', inputs: [['5', 5], ['"now"', 'now']], fixture: 'none', run: (_, v) => ShardMapper.create(1, 16, {}, { clock: v }),
   expect: S('InvalidPolicy', /options.clock must be a function, got /), excerpt: 'options.clock must be a function, got 5' });
 
@@ -172,19 +174,19 @@ const POLICY_BAD: Record<keyof ScalingPolicy, [string, unknown][]> = {
   fillRatioThreshold: [['NaN', NaN], ['Infinity', Infinity], ['-Infinity', -Infinity], ['0', 0], ['-0.5', -0.5], ['1.5', 1.5], ['"0.7"', '0.7'], ['null', null]],
   pushLatencyThresholdNs: [['NaN', NaN], ['Infinity', Infinity], ['-1', -1], ['1.5', 1.5], ['"5"', '5'], ['null', null]],
   flushLatencyThresholdUs: [['NaN', NaN], ['Infinity', Infinity], ['-1', -1], ['0.5', 0.5], ['"1000"', '1000'], ['null', null]],
-  minShards: [['NaN', NaN], ['Infinity', Infinity], ['0', 0], ['-1', -1], ['1.5', 1.5], ['"1"', '1'], ['null', null]],
+  minShards: [['NaN', NaN], ['Infinity', Infinity], ['0', 0], ['-1', -1], ['1.5', 1.5], ['70000', 70000], ['"1"', '1'], ['null', null]],
   maxShards: [['NaN', NaN], ['Infinity', Infinity], ['2.5', 2.5], ['65536', 65536], ['"4"', '4'], ['null', null]],
   cooldownMs: [['NaN', NaN], ['Infinity', Infinity], ['0', 0], ['-1', -1], ['"1000"', '1000'], ['null', null]],
   scaleDownDelayMs: [['NaN', NaN], ['-Infinity', -Infinity], ['0', 0], ['-5', -5], ['"1"', '1'], ['null', null]],
   underutilizedThreshold: [['NaN', NaN], ['Infinity', Infinity], ['-0.1', -0.1], ['1.5', 1.5], ['"0.1"', '0.1'], ['null', null]],
-  metricsWindowMs: [['NaN', NaN], ['Infinity', Infinity], ['0', 0], ['-1', -1], ['"100"', '100'], ['null', null]],
+  metricsWindowMs: [['NaN', NaN], ['Infinity', Infinity], ['0', 0], ['-1', -1], ['2^31', 2 ** 31], ['"100"', '100'], ['null', null]],
   autoScale: [['1', 1], ['"true"', 'true'], ['null', null]],
 };
 const POLICY_RULE: Record<keyof ScalingPolicy, string[]> = {
   fillRatioThreshold: ['must be a finite number in (0, 1]'], pushLatencyThresholdNs: ['must be an integer >= 0'],
-  flushLatencyThresholdUs: ['must be an integer >= 0'], minShards: ['must be an integer >= 1'], maxShards: ['must be an integer >= 1', 'must be <= 65535'],
+  flushLatencyThresholdUs: ['must be an integer >= 0'], minShards: ['must be an integer >= 1', 'must be <= 65535'], maxShards: ['must be an integer >= 1', 'must be <= 65535'],
   cooldownMs: ['must be a finite number > 0'], scaleDownDelayMs: ['must be a finite number > 0'], underutilizedThreshold: ['must be a finite number in [0, 1]'],
-  metricsWindowMs: ['must be a finite number > 0'], autoScale: ['must be a boolean'],
+  metricsWindowMs: ['must be a finite number > 0', "must be <= 2147483647 (a timer's limit)"], autoScale: ['must be a boolean'],
 };
 const literal = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 for (const field of Object.keys(POLICY_BAD) as (keyof ScalingPolicy)[]) {
@@ -262,6 +264,23 @@ add({ call: 'ShardManager.create(options)', inputs: [['undefined', undefined], [
   expect: S('InvalidPolicy', /options must be an object, got /), excerpt: 'options must be an object, got undefined' });
 add({ call: 'ShardProducer.attach(handle)', inputs: [['{}', {}], ['null', null], ['{ core: {} }', { core: {}, maxPayloadBytes: 8 }]], fixture: 'none', run: (_, v) => ShardProducer.attach(v),
   expect: T(/ShardProducer\.attach: handle must be what manager\.producerHandle\(\) returns, got /), excerpt: 'ShardProducer.attach: handle must be what manager.producerHandle() returns, got null' });
+add({ call: 'ShardProducer.attach(handle)', inputs: [['maxPayloadBytes 1e9', 1e9], ['maxPayloadBytes NaN', NaN], ['maxPayloadBytes -1', -1]], fixture: 'manager',
+  run: ({ manager }, v) => ShardProducer.attach({ ...manager.producerHandle(), maxPayloadBytes: v }),
+  expect: T(/ShardProducer\.attach: handle\.maxPayloadBytes is .+, but its shared memory was configured for 16/), excerpt: 'ShardProducer.attach: handle.maxPayloadBytes is 1000000000, but its shared memory was configured for 16; pass what manager.producerHandle() returns, unchanged' });
+const collectorAttach = (manager: ShardManager, change: Record<string, unknown>, clock?: unknown) =>
+  ShardMetricsCollector.attach({ ...manager.mapper.metricsCollector(0)!.handle(), ...change }, clock as never);
+add({ call: 'ShardMetricsCollector.attach(handle)', inputs: [['slot -1', -1], ['slot 1.5', 1.5], ['slot NaN', NaN], ['slot 99999', 99999], ['slot 27718444', 27718444], ['slot "0"', '0']], fixture: 'manager',
+  run: ({ manager }, v) => collectorAttach(manager, { slot: v }),
+  expect: S('InvalidPolicy', /ShardMetricsCollector\.attach: handle\.slot must be an integer in \[0, \d+\], got /), excerpt: 'ShardMetricsCollector.attach: handle.slot must be an integer in [0, 4], got 99999' });
+add({ call: 'ShardMetricsCollector.attach(handle)', inputs: [['shardId -1', -1], ['shardId 65535', 65535], ['shardId "0"', '0']], fixture: 'manager',
+  run: ({ manager }, v) => collectorAttach(manager, { shardId: v }),
+  expect: S('InvalidPolicy', /ShardMetricsCollector\.attach: handle\.shardId must be an integer in \[0, 65534\], got /), excerpt: 'ShardMetricsCollector.attach: handle.shardId must be an integer in [0, 65534], got -1' });
+add({ call: 'ShardMetricsCollector.attach(handle, clock)', inputs: [['"not a clock"', 'not a clock'], ['5', 5], ['null', null]], fixture: 'manager',
+  run: ({ manager }, v) => collectorAttach(manager, {}, v),
+  expect: T(/ShardMetricsCollector\.attach: clock must be a function, got /), excerpt: 'ShardMetricsCollector.attach: clock must be a function, got "not a clock"' });
+add({ call: 'ShardMetricsCollector.attach(handle)', inputs: [['null', null], ['{}', {}], ['{ core: {} }', { core: {}, slot: 0, shardId: 0 }]], fixture: 'none',
+  run: (_, v) => ShardMetricsCollector.attach(v),
+  expect: T(/ShardMetricsCollector\.attach: handle must be what collector\.handle\(\) returns, got /), excerpt: 'ShardMetricsCollector.attach: handle must be what collector.handle() returns, got null' });
 
 // ShardManager: counts and ids
 for (const method of ['manualScaleUp', 'manualScaleDown'] as const) {
@@ -313,6 +332,11 @@ add({ call: 'manager.pushBatch(events)', inputs: [['[{ key, hash, payload }]', [
 // close's options: refused before anything closes (see also 'a refused close leaves the manager open' below)
 add({ call: 'manager.close({ timeoutMs })', inputs: [['-1', { timeoutMs: -1 }], ['NaN', { timeoutMs: NaN }], ['Infinity', { timeoutMs: Infinity }], ['"5"', { timeoutMs: '5' }], ['null', { timeoutMs: null }]], fixture: 'manager',
   run: ({ manager }, v) => manager.close(v), expect: S('InvalidPolicy', /close: options\.timeoutMs must be a finite number >= 0, got /), excerpt: 'close: options.timeoutMs must be a finite number >= 0, got -1' });
+add({ call: 'manager.close({ timeoutMs })', inputs: [['2^31', { timeoutMs: 2 ** 31 }], ['1e12', { timeoutMs: 1e12 }]], fixture: 'manager',
+  run: ({ manager }, v) => manager.close(v), expect: S('InvalidPolicy', /close: options\.timeoutMs must be at most 2147483647 ms \(about 24\.8 days: a timer's limit; leave it out for no deadline\), got /),
+  excerpt: "close: options.timeoutMs must be at most 2147483647 ms (about 24.8 days: a timer's limit; leave it out for no deadline), got 2147483648" });
+add({ call: 'manager.close(options)', inputs: [['{ timeout: 100 }', { timeout: 100 }]], fixture: 'manager',
+  run: ({ manager }, v) => manager.close(v), expect: S('InvalidPolicy', /close: options\.timeout is not an option \(known: timeoutMs\)/), excerpt: 'close: options.timeout is not an option (known: timeoutMs)' });
 add({ call: 'manager.close(options)', inputs: [['5', 5], ['"soon"', 'soon'], ['null', null]], fixture: 'manager',
   run: ({ manager }, v) => manager.close(v), expect: T(/close: options must be an object, got /), excerpt: 'close: options must be an object, got 5' });
 
@@ -330,6 +354,9 @@ for (const [method, run, name] of [
   ['mapper.scaleUp', (m: ShardManager) => m.mapper.scaleUp(1), 'scaleUp'],
   ['mapper.scaleUpProvisioning', (m: ShardManager) => m.mapper.scaleUpProvisioning(1), 'scaleUpProvisioning'],
   ['mapper.scaleUpProvisioningForce', (m: ShardManager) => m.mapper.scaleUpProvisioningForce(1), 'scaleUpProvisioningForce'],
+  ['mapper.activate', (m: ShardManager) => m.mapper.activate(0), 'activate'],
+  ['mapper.drainSpecific', (m: ShardManager) => m.mapper.drainSpecific(0), 'drainSpecific'],
+  ['mapper.scaleDown', (m: ShardManager) => m.mapper.scaleDown(1), 'scaleDown'],
 ] as const) {
   add({ call: `manager.${method}(…) after close()`, inputs: [['', undefined]], fixture: 'closed', run: ({ manager }) => run(manager),
     expect: CLOSED(name), excerpt: `shard-mapper: ${name}: the manager is closed` });
@@ -460,6 +487,22 @@ describe('lookups of unknown ids answer, they do not throw (documented)', () => 
     expect(m.push(1, 'still open')).toBe(true);
     await expect(m.close({ timeoutMs: 0 })).resolves.toBeUndefined(); // no consumer threads: nothing to wait for
     expect(() => m.push(1, 'x')).toThrow(/the manager is closed/);
+  });
+  it('a refused ShardProducer / ShardMetricsCollector attach gives its lane back: with one lane free, attaching still works after many refusals', async () => {
+    const m = await ShardManager.create({ initialShards: 2, ringBufferCapacity: 8, maxPayloadBytes: 16, maxThreads: 2 });
+    const handle = m.mapper.metricsCollector(0)!.handle();
+    for (let i = 0; i < 5; i++) {
+      await expect(ShardMetricsCollector.attach({ ...handle, slot: 99999 })).rejects.toThrow(/handle\.slot/);
+      await expect(ShardProducer.attach({ ...m.producerHandle(), maxPayloadBytes: 1e9 })).rejects.toThrow(/handle\.maxPayloadBytes/);
+    }
+    const producer = await ShardProducer.attach(m.producerHandle());
+    expect(producer.push(1, 'x')).toBe(true);
+    // and the one lane is really the only one: a second attach now finds none
+    await expect(ShardMetricsCollector.attach(handle)).rejects.toThrow(/every lane of the shared memory is taken/);
+    producer.detach();
+    const collector = await ShardMetricsCollector.attach(handle);
+    collector.detach();
+    await m.close();
   });
   it('consumer.threads up to 254 (the documented range) gets a maxThreads default that fits the 256 lanes', async () => {
     const { checkManagerOptions } = await import('../dist/manager-options.js');

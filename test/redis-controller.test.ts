@@ -252,6 +252,10 @@ describe.skipIf(!available)('the Redis controller', () => {
     await drive(a, clock, () => b.removeShard(1));
     expect(b.table().shards.some((s) => s.id === 1)).toBe(false);
     await expect(b.removeShard(b.table().shards[0]!.id, { timeoutMs: -1 })).rejects.toThrow(/removeShard: options\.timeoutMs must be a number > 0, got -1/);
+    await expect(b.removeShard(b.table().shards[0]!.id, { timeoutMs: null } as never)).rejects.toThrow(/removeShard: options\.timeoutMs must be a number > 0, got null/);
+    const shardsBefore = b.table().shards.length;
+    await expect(b.addShard({ timeout: 5 } as never)).rejects.toThrow(/addShard: options\.timeout is not an option \(known: timeoutMs, signal\)/);
+    expect(b.table().shards.length, 'a refused call adds nothing').toBe(shardsBefore);
     await consumers.close();
     await Promise.all([a.close(), b.close()]);
   });

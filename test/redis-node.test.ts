@@ -435,6 +435,9 @@ describe.skipIf(!available)('RedisShardManager: close({ timeoutMs })', () => {
       await expect(node.close({ timeoutMs: -1 })).rejects.toThrow(/close: options\.timeoutMs must be a finite number >= 0, got -1/);
       await expect(node.close({ timeoutMs: -1 })).rejects.toBeInstanceOf(redis.ScalingError);
       await expect(node.close(5 as never)).rejects.toThrow(/close: options must be an object, got 5/);
+      // past a timer's limit Node would fire at once, and the close would give every buffered event up
+      await expect(node.close({ timeoutMs: 2 ** 31 })).rejects.toThrow(/close: options\.timeoutMs must be at most 2147483647 ms/);
+      await expect(node.close({ timeout: 100 } as never)).rejects.toThrow(/close: options\.timeout is not an option \(known: timeoutMs\)/);
       await restartable.stop(); // a real outage
       for (let i = 0; i < 5; i++) expect(node.push(1, `c:${i}`)).toBe(true);
       await until(() => node.stats().retries > 0, 'a failed send');

@@ -8,6 +8,7 @@ import { ScalingError, describe, invalid, type ScalingErrorKind } from '../error
 import type { Keys } from './keys.js';
 import { sendAll, type ScriptedClient } from './connection.js';
 import { sleep } from '../sleep.js';
+import { checkKnownKeys } from '../validate.js';
 
 /** An operator call a node queues for the controller ({ns}:ops). */
 export type OperatorRequest = { reqId: string } & ({ op: 'scaleUp' | 'scaleDown'; n: number } | { op: 'drain' | 'remove'; id: number });
@@ -15,6 +16,9 @@ export type OperatorRequest = { reqId: string } & ({ op: 'scaleUp' | 'scaleDown'
 export type OperatorAnswer = { ok: true; ids: number[] } | { ok: false; kind: string; message: string };
 
 /** Options of an operator call (addShard, manualScaleUp, drainShard, removeShard, manualScaleDown). */
+/** Every option an operator call reads (the Record type keeps the list complete). */
+const CALL_OPTIONS: Record<keyof OperatorCallOptions, true> = { timeoutMs: true, signal: true };
+
 export interface OperatorCallOptions {
   /** How long the call waits (ms): for the controller's answer (default max(30 s, 20 ×
    *  metricsWindowMs)), and for removeShard / manualScaleDown also for the removal (default
@@ -53,7 +57,9 @@ export interface CallLimits {
 export function callLimits(method: string, options: OperatorCallOptions | undefined, defaultMs: number): CallLimits {
   if (options !== undefined && (typeof options !== 'object' || options === null))
     throw invalid(`${method}: options must be an object, got ${describe(options)}`);
-  const timeoutMs = options?.timeoutMs ?? defaultMs;
+  if (options !== undefined) checkKnownKeys(`${method}: options`, options, CALL_OPTIONS);
+  // (null is a value, refused like any other wrong type; left out or undefined: the default)
+  const timeoutMs = options?.timeoutMs === undefined ? defaultMs : options.timeoutMs;
   if (typeof timeoutMs !== 'number' || !(timeoutMs > 0))
     throw invalid(`${method}: options.timeoutMs must be a number > 0, got ${describe(options?.timeoutMs)}`);
   const signal = options?.signal;

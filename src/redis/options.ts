@@ -2,7 +2,7 @@
 // before anything is connected or written (the ones that need the namespace's stored table
 // are here too, as plain functions of it). The checks shared with ShardManager are in
 // src/validate.ts, so both refuse a bad value with the same words.
-import { checkFinite, checkFunction, checkInteger, describe, given, invalid } from '../errors.js';
+import { MAX_TIMER_MS, checkFinite, checkFunction, checkInteger, describe, given, invalid } from '../errors.js';
 import { POLICY_FIELDS, resolvePolicy, type ScalingPolicy } from '../policy.js';
 import type { BackpressureMode, ManagerEvent } from '../types.js';
 import { checkBackpressure, checkKnownKeys, checkMaxPayloadBytes, checkOptionalBoolean } from '../validate.js';
@@ -94,9 +94,6 @@ export interface NodeSettings {
 /** How long create() and serveShardConsumers() wait for Redis's first answer, and how long
  *  a command may go unanswered before that is reported (ms; options.connectTimeoutMs). */
 export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
-
-/** Longest delay setTimeout / setInterval keep (a longer one fires at once). */
-const MAX_TIMER_MS = 0x7fffffff;
 
 /** Every option RedisShardManager.create reads (the Record type keeps the list complete). */
 const NODE_OPTIONS: Record<keyof RedisShardManagerOptions, true> = {
