@@ -82,6 +82,16 @@ export function checkFunction<F>(name: string, value: F): F {
   return value;
 }
 
+/** options.clock: a function that answers a finite number of ms. Asked once here: a clock
+ *  that answers anything else would silently turn cooldowns and windows off. */
+export function checkClock(name: string, value: unknown): () => number {
+  const clock = checkFunction(name, value) as () => number;
+  const now = clock();
+  if (typeof now !== 'number' || !Number.isFinite(now))
+    throw invalid(`${name} must return a finite number of ms, returned ${describe(now)}`);
+  return clock;
+}
+
 /** A push or an operator call on a ShardManager (or Redis node) after close(). */
 export class ManagerClosedError extends Error {
   constructor(method = 'push') {

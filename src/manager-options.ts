@@ -3,7 +3,7 @@
 // src/validate.ts, so both refuse a bad value with the same words.
 import { payloadExtent } from './core.js';
 import type { ConsumerOptions } from './consumer-pool.js';
-import { checkFinite, checkFunction, checkInteger, describe, given, invalid } from './errors.js';
+import { checkClock, checkFinite, checkFunction, checkInteger, describe, given, invalid } from './errors.js';
 import { resolvePolicy, type ScalingPolicy } from './policy.js';
 import { RUNTIME_DEFAULT_ROUTING, checkLoadBound, checkRouting, type RoutingMode } from './routing.js';
 import { BackpressureMode, type ManagerEvent } from './types.js';
@@ -208,7 +208,7 @@ export function checkManagerOptions(options: ShardManagerOptions): ManagerSettin
   const defaultSlots = Math.min(0xffff, Math.max(2 * policy.maxShards, policy.maxShards + 16, initialShards));
   const maxSlots = checkInteger('options.maxSlots', given(options.maxSlots, defaultSlots), Math.max(1, initialShards), 0xffff);
   const kind = checkMemoryKind(options.memory);
-  if (options.clock !== undefined) checkFunction('options.clock', options.clock);
+  if (options.clock !== undefined) checkClock('options.clock', options.clock);
   if (options.drainGraceMs !== undefined) checkFinite('options.drainGraceMs', options.drainGraceMs, 0);
   const producerStallMs = checkFinite('options.producerStallMs', given(options.producerStallMs, DEFAULT_PRODUCER_STALL_MS), 0);
   for (const name of ['onEvent', 'onConsumerError'] as const) {
@@ -220,10 +220,13 @@ export function checkManagerOptions(options: ShardManagerOptions): ManagerSettin
   let consumerSpinUs = 0;
   if (options.consumer !== undefined) {
     const c = options.consumer;
-    if (typeof c !== 'object' || c === null || (c.worker === undefined && typeof c.module !== 'string' && !(c.module instanceof URL))) {
-      throw invalid(`options.consumer.module must be a path or URL, got ${describe((c as { module?: unknown } | null)?.module)}`);
+    if (typeof c !== 'object' || c === null) {
+      throw invalid(`options.consumer must be an object ({ module } or { worker }), got ${describe(c)}`);
     }
-    checkKnownKeys('options.consumer', c, CONSUMER_OPTIONS);
+    checkKnownKeys('options.consumer', c, CONSUMER_OPTIONS); // first: a misspelled module is named as such
+    if (c.worker === undefined && !((typeof c.module === 'string' && c.module !== '') || c.module instanceof URL)) {
+      throw invalid(`options.consumer.module must be a path or URL, got ${describe(c.module)}`);
+    }
     if (c.worker !== undefined && c.module !== undefined) {
       throw invalid('options.consumer: give module or worker, not both (worker starts a thread that brings its own function)');
     }

@@ -2,7 +2,7 @@
 // Runs on one thread (the owner); the selection table and collectors it maintains live in
 // shared memory, so producers on other threads route through the same table.
 import { SharedCore } from './core.js';
-import { ScalingError, checkFinite, checkFunction, checkInteger, describe, given, invalid } from './errors.js';
+import { ScalingError, checkClock, checkFinite, checkInteger, describe, given, invalid } from './errors.js';
 import { hashKey, hashKeys } from './hash.js';
 import { checkKnownKeys } from './validate.js';
 import { ShardMetricsCollector, type ShardMetrics } from './metrics.js';
@@ -56,10 +56,16 @@ export interface ShardMapperOptions {
   loadBound?: number;
 }
 
-/** @internal How ShardManager builds a mapper over its own memory and follows its lifecycle. */
 /** Every option the constructor reads (the Record type keeps the list complete). */
-const MAPPER_OPTIONS: Record<keyof ShardMapperOptions, true> = { clock: true, drainGraceMs: true, memory: true, routing: true, loadBound: true };
+const MAPPER_OPTIONS: Record<keyof ShardMapperOptions, true> = {
+  clock: true,
+  drainGraceMs: true,
+  memory: true,
+  routing: true,
+  loadBound: true,
+};
 
+/** @internal How ShardManager builds a mapper over its own memory and follows its lifecycle. */
 export interface MapperWiring {
   core: SharedCore;
   /** Throws if the table may no longer change (the manager is closed): called first by the
@@ -165,10 +171,7 @@ export class ShardMapper {
     checkInteger('ringBufferCapacity', ringBufferCapacity, 0, 0xffffffff);
     if (typeof options !== 'object' || options === null) throw invalid(`options must be an object, got ${describe(options)}`);
     checkKnownKeys('options', options, MAPPER_OPTIONS);
-    const clock = checkFunction(
-      'options.clock',
-      given(options.clock, () => performance.now()),
-    );
+    const clock = options.clock === undefined ? () => performance.now() : checkClock('options.clock', options.clock);
     const grace = checkFinite('options.drainGraceMs', given(options.drainGraceMs, DEFAULT_DRAIN_GRACE_MS), 0);
     const routing = checkRouting('options.routing', options.routing);
     const loadBound = checkLoadBound('options.loadBound', options.loadBound);
@@ -363,6 +366,9 @@ export class ShardMapper {
   selectShardsForKeys(keys: ArrayLike<string | Uint8Array>, out?: Uint16Array): Uint16Array {
     if (keys === null || typeof keys !== 'object' || typeof keys.length !== 'number')
       throw new TypeError(`selectShardsForKeys: keys must be an array of strings or Uint8Arrays, got ${describe(keys)}`);
+    // (an array-like's length: a typed array could not be made for another one)
+    if (!Number.isSafeInteger(keys.length) || keys.length < 0 || keys.length > 0xffffffff)
+      throw new RangeError(`selectShardsForKeys: keys.length must be an integer in [0, 4294967295], got ${describe(keys.length)}`);
     if (out !== undefined && !(out instanceof Uint16Array))
       throw new TypeError(`selectShardsForKeys: out must be a Uint16Array, got ${describe(out)}`);
     if (out !== undefined && out.length < keys.length)

@@ -77,7 +77,7 @@ const FIELD_CHECKS: Record<keyof ScalingPolicy, Check> = {
 export const POLICY_FIELDS = Object.keys(FIELD_CHECKS) as (keyof ScalingPolicy)[];
 
 function validate(p: ScalingPolicy): void {
-  if (typeof p !== 'object' || p === null) throw new ScalingError('InvalidPolicy', `policy must be an object, got ${describe(p)}`);
+  checkPolicyObject(p);
   for (const field of POLICY_FIELDS) {
     const value = (p as unknown as Record<string, unknown>)[field];
     const problem = value === undefined ? 'is missing' : FIELD_CHECKS[field](value);
@@ -88,7 +88,15 @@ function validate(p: ScalingPolicy): void {
   }
 }
 
+/** A policy is a plain object of fields: an array, a Date, a string... would read as "all defaults". */
+function checkPolicyObject(p: unknown): void {
+  if (typeof p !== 'object' || p === null || Object.prototype.toString.call(p) !== '[object Object]') {
+    throw new ScalingError('InvalidPolicy', `policy must be an object, got ${describe(p)}`);
+  }
+}
+
 function normalize(p: ScalingPolicy): ScalingPolicy {
+  checkPolicyObject(p);
   const copy = { ...p };
   // Only numbers are raised: anything else is left for validate() to name.
   if (isNum(copy.maxShards) && isNum(copy.minShards) && copy.maxShards < copy.minShards) copy.maxShards = copy.minShards;
@@ -98,9 +106,7 @@ function normalize(p: ScalingPolicy): ScalingPolicy {
 /** Defaults filled in under a partial policy (unknown keys are refused). */
 export function completePolicy(partial: Partial<ScalingPolicy> | undefined, cpus = machineCpus()): ScalingPolicy {
   if (partial === undefined) return defaultForCpus(cpus);
-  if (typeof partial !== 'object' || partial === null) {
-    throw new ScalingError('InvalidPolicy', `policy must be an object, got ${describe(partial)}`);
-  }
+  checkPolicyObject(partial);
   for (const key of Object.keys(partial)) {
     // own keys only: 'constructor', 'toString'... are found by `in` on the prototype
     if (!Object.hasOwn(FIELD_CHECKS, key))

@@ -21,6 +21,8 @@ import {
   STOP_CLOSED,
   STOP_MOVING,
   STOP_NOT_VISIBLE,
+  LAYOUT_BASE,
+  H_STOPPED,
 } from './layout.generated.js';
 
 /** A batch call's stop word (BATCH_STOP) as the single-push code #fail reports. */
@@ -232,6 +234,12 @@ export class ShardProducer {
     return accepted;
   }
 
+  /** An empty batch call after close() is refused like any other (the WebAssembly side,
+   *  which refuses the others, is not called for it). */
+  #refuseIfClosed(method: string): void {
+    if (Atomics.load(this.#core.i32, (LAYOUT_BASE + H_STOPPED) >>> 2) !== 0) throw new ManagerClosedError(method);
+  }
+
   #fail(code: number, accepted: number, method = 'push'): never {
     if (code === PUSH_STOPPED) throw new ManagerClosedError(method);
     // the shard the refused event was bound for, left by the WebAssembly side
@@ -269,6 +277,7 @@ export class ShardProducer {
     if (this.#detached) throw new ProducerDetachedError('pushBatch'); // an empty batch too
     const [keys, payloads] = batchArguments(keysOrEvents, maybePayloads);
     const n = keys.length;
+    if (n === 0) this.#refuseIfClosed('pushBatch'); // (a call with events learns it from the WebAssembly side)
     // Nothing may be written if any event is bad. A batch sure to fit one staging chunk is
     // checked by the staging itself before the one WebAssembly call; a longer one is checked
     // here first, as its first chunks are pushed before its last ones are staged.
@@ -338,6 +347,7 @@ export class ShardProducer {
         `pushFixed: records has ${records.length} bytes, ${n} hashes × recordSize ${recordSize} needs ${n * recordSize}`,
       );
     }
+    if (n === 0) this.#refuseIfClosed('pushFixed');
     const core = this.#core;
     // per event: a 4-byte hash and the record; the records start 8-aligned after the hashes
     const chunk = Math.max(1, Math.floor((core.scratchBytes - 8) / (4 + recordSize)));

@@ -8,6 +8,8 @@
 import { Counter, Gauge, register as defaultRegistry, type Registry } from 'prom-client';
 import type { ManagerEvent, ObservedManager } from './types.js';
 import type { ScalingDecision } from './mapper.js';
+import { describe } from './errors.js';
+import { checkKnownKeys } from './validate.js';
 
 export type { ObservedManager };
 
@@ -46,6 +48,43 @@ const TRANSITIONS: Record<string, string> = {
   shardRemoved: 'removed',
 };
 
+/** Every option registerShardManagerMetrics reads (the Record type keeps the list complete). */
+const OPTIONS: Record<keyof PrometheusOptions, true> = { registry: true, prefix: true, labels: true, manager: true };
+/** Label names the series use themselves: a constant label of the same name would be overwritten. */
+const SERIES_LABELS = new Set(['shard', 'state', 'reason', 'direction', 'decision', 'transition']);
+const WHERE = 'registerShardManagerMetrics';
+
+/** Checked when registering, not at the first scrape (where an error is far from its cause). */
+function checkOptions(options: PrometheusOptions): void {
+  if (typeof options !== 'object' || options === null) throw new TypeError(`${WHERE}: options must be an object, got ${describe(options)}`);
+  checkKnownKeys(`${WHERE}: options`, options, OPTIONS);
+  const { registry, prefix, labels, manager } = options;
+  if (registry !== undefined && (typeof registry !== 'object' || registry === null || typeof registry.registerMetric !== 'function'))
+    throw new TypeError(`${WHERE}: options.registry must be a prom-client Registry, got ${describe(registry)}`);
+  if (prefix !== undefined && (typeof prefix !== 'string' || !/^[a-zA-Z_:][a-zA-Z0-9_:]*$|^$/.test(prefix)))
+    throw new TypeError(
+      `${WHERE}: options.prefix must be a string of metric-name characters ([a-zA-Z_:][a-zA-Z0-9_:]*), got ${describe(prefix)}`,
+    );
+  if (labels !== undefined) {
+    if (typeof labels !== 'object' || labels === null)
+      throw new TypeError(`${WHERE}: options.labels must be an object of strings, got ${describe(labels)}`);
+    for (const [name, value] of Object.entries(labels)) {
+      if (SERIES_LABELS.has(name))
+        throw new TypeError(
+          `${WHERE}: options.labels.${name} is a label the series use themselves (${[...SERIES_LABELS].join(', ')}): pick another name`,
+        );
+      if (typeof value !== 'string') throw new TypeError(`${WHERE}: options.labels.${name} must be a string, got ${describe(value)}`);
+    }
+  }
+  if (manager !== undefined) checkObserved('options.manager', manager);
+}
+
+function checkObserved(name: string, m: unknown): void {
+  const o = m as Partial<ObservedManager> | null;
+  if (typeof o !== 'object' || o === null || typeof o.stats !== 'function' || typeof o.mapper?.lastMetrics !== 'function')
+    throw new TypeError(`${WHERE}: ${name} must be a ShardManager (or a Redis node's metricsView()), got ${describe(m)}`);
+}
+
 /**
  * Register gauges and counters for a ShardManager on a prom-client registry.
  *
@@ -70,6 +109,7 @@ const TRANSITIONS: Record<string, string> = {
  * on separate registries merged with `Registry.merge`).
  */
 export function registerShardManagerMetrics(options: PrometheusOptions = {}): ShardManagerMetrics {
+  checkOptions(options);
   const registry = options.registry ?? defaultRegistry;
   const prefix = options.prefix ?? 'shard_mapper_';
   const constant = { ...(options.labels ?? {}) };
@@ -292,6 +332,7 @@ export function registerShardManagerMetrics(options: PrometheusOptions = {}): Sh
     onEvent,
     names,
     observe(m: ObservedManager): void {
+      checkObserved('observe: manager', m);
       manager = m;
     },
     unregister(): void {

@@ -152,7 +152,10 @@ export class RecordBatch implements Iterable<Uint8Array> {
     let total = 0;
     for (let i = 0; i < this.length; i++) total += this.lengths[i]!;
     if (!(target instanceof Uint8Array)) throw new TypeError('RecordBatch.copyTo: target must be a Uint8Array');
-    if (at < 0 || at + total > target.length) {
+    if (typeof at !== 'number' || !Number.isInteger(at) || at < 0) {
+      throw new RangeError(`RecordBatch.copyTo: at must be an integer >= 0, got ${typeof at === 'number' ? at : typeof at}`);
+    }
+    if (at + total > target.length) {
       throw new RangeError(`RecordBatch.copyTo: the batch has ${total} bytes, target has room for ${Math.max(0, target.length - at)}`);
     }
     let p = at;

@@ -124,7 +124,9 @@ export function closeTimeout(options: unknown): number | undefined {
   checkFinite('close: options.timeoutMs', timeoutMs, 0);
   // A longer timer would fire at once: the close would give up, and its events, at once.
   if ((timeoutMs as number) > MAX_TIMER_MS) {
-    throw invalid(`close: options.timeoutMs must be at most ${MAX_TIMER_MS} ms (about 24.8 days: a timer's limit; leave it out for no deadline), got ${describe(timeoutMs)}`);
+    throw invalid(
+      `close: options.timeoutMs must be at most ${MAX_TIMER_MS} ms (about 24.8 days: a timer's limit; leave it out for no deadline), got ${describe(timeoutMs)}`,
+    );
   }
   return timeoutMs as number;
 }

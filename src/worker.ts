@@ -29,10 +29,9 @@ export function serveConsumer(consume: ConsumerFunction | BatchConsumerFunction,
 export function serveConsumer(consume: ConsumerFunction | BatchConsumerFunction, options: ServeConsumerOptions = {}): Promise<void> {
   if (typeof consume !== 'function')
     throw new TypeError('serveConsumer: consume must be a function (records, shardId) => void | Promise<void>');
-  if (typeof options !== 'object' || options === null || (options.batch !== undefined && typeof options.batch !== 'boolean')) {
-    throw new TypeError(
-      `serveConsumer: options.batch must be a boolean, got ${typeof options === 'object' && options !== null ? typeof options.batch : String(options)}`,
-    );
-  }
+  if (typeof options !== 'object' || options === null)
+    throw new TypeError(`serveConsumer: options must be an object, got ${String(options)}`);
+  if (options.batch !== undefined && typeof options.batch !== 'boolean')
+    throw new TypeError(`serveConsumer: options.batch must be a boolean, got ${typeof options.batch}`);
   return runConsumer(() => consume, { batch: options.batch });
 }

@@ -166,6 +166,10 @@ add({ call: 'ShardMapper.create(…, options.loadBound)', inputs: [['0', 0], ['-
   expect: S('InvalidPolicy', /options.loadBound must be a finite number > 0, got /), excerpt: 'options.loadBound must be a finite number > 0, got 0' });
 add({ call: 'ShardMapper.create(…, options)', inputs: [["{ rooting: 'affinity' }", { rooting: 'affinity' }], ['{ drainGrace: 5 }', { drainGrace: 5 }]], fixture: 'none', run: (_, v) => ShardMapper.create(1, 16, {}, v),
   expect: S('InvalidPolicy', /options\.(rooting|drainGrace) is not an option \(known: clock, drainGraceMs, memory, routing, loadBound\)/), excerpt: 'options.rooting is not an option (known: clock, drainGraceMs, memory, routing, loadBound)' });
+add({ call: 'ShardMapper.create(…, options.clock)', inputs: [['() => NaN', () => NaN], ['() => undefined', () => undefined], ["() => 'now'", () => 'now']], fixture: 'none', run: (_, v) => ShardMapper.create(1, 16, {}, { clock: v }),
+  expect: S('InvalidPolicy', /options\.clock must return a finite number of ms, returned /), excerpt: 'options.clock must return a finite number of ms, returned NaN' });
+add({ call: 'mapper.selectShardsForKeys(keys)', inputs: [['{ length: NaN }', { length: NaN }], ['{ length: -1 }', { length: -1 }], ['{ length: 1e10 }', { length: 1e10 }], ['{ length: 1.5 }', { length: 1.5 }]], fixture: 'mapper', run: ({ mapper }, v) => mapper.selectShardsForKeys(v),
+  expect: R(/selectShardsForKeys: keys\.length must be an integer in \[0, 4294967295\], got /), excerpt: 'selectShardsForKeys: keys.length must be an integer in [0, 4294967295], got NaN' });
 add({ call: 'ShardMapper.create(…, options.clock)', inputs: [['5', 5], ['"now"', 'now']], fixture: 'none', run: (_, v) => ShardMapper.create(1, 16, {}, { clock: v }),
   expect: S('InvalidPolicy', /options.clock must be a function, got /), excerpt: 'options.clock must be a function, got 5' });
 
@@ -206,7 +210,10 @@ for (const field of Object.keys(POLICY_BAD) as (keyof ScalingPolicy)[]) {
 add({ call: 'ShardManager.create({ policy })', inputs: [['{ bogus: 1 }', { bogus: 1 }], ['{ constructor: 1 }', { constructor: 1 }]], fixture: 'none',
   run: (_, v) => ShardManager.create({ initialShards: 1, ringBufferCapacity: 8, policy: v }),
   expect: S('InvalidPolicy', /policy\.(bogus|constructor) is not a policy field/), excerpt: 'policy.bogus is not a policy field (known: …)' });
-add({ call: 'ShardManager.create({ policy })', inputs: [['null', null], ['5', 5], ['"fast"', 'fast']], fixture: 'none',
+add({ call: 'ScalingPolicy.normalize(policy) / validate(policy)', inputs: [['null', null], ['5', 5], ['"x"', 'x'], ['[]', []]], fixture: 'none',
+  run: (_, v) => { let validateMessage = ''; try { ScalingPolicy.validate(v); } catch (e) { validateMessage = (e as Error).message; } expect(validateMessage).toMatch(/policy must be an object/); return ScalingPolicy.normalize(v); },
+  expect: S('InvalidPolicy', /policy must be an object, got /), excerpt: 'policy must be an object, got null' });
+add({ call: 'ShardManager.create({ policy })', inputs: [['null', null], ['5', 5], ['"fast"', 'fast'], ['[]', []], ['a Date', new Date(0)]], fixture: 'none',
   run: (_, v) => ShardManager.create({ initialShards: 1, ringBufferCapacity: 8, policy: v }),
   expect: S('InvalidPolicy', /policy must be an object, got /), excerpt: 'policy must be an object, got null' });
 
@@ -221,6 +228,7 @@ const OPTION_CASES: [option: string, inputs: [string, unknown][], message: RegEx
   ['drainGraceMs', [['-1', -1], ['NaN', NaN], ['Infinity', Infinity], ['"5"', '5'], ['null', null]], /options\.drainGraceMs must be a finite number >= 0, got /, 'options.drainGraceMs must be a finite number >= 0, got -1'],
   ['producerStallMs', [['-1', -1], ['NaN', NaN], ['Infinity', Infinity], ['"5"', '5'], ['null', null]], /options\.producerStallMs must be a finite number >= 0, got /, 'options.producerStallMs must be a finite number >= 0, got -1'],
   ['clock', [['5', 5], ['"now"', 'now'], ['null', null]], /options\.clock must be a function, got /, 'options.clock must be a function, got 5'],
+  ['clock', [['() => undefined', () => undefined], ["() => 'now'", () => 'now'], ['() => NaN', () => NaN], ['() => Infinity', () => Infinity]], /options\.clock must return a finite number of ms, returned /, 'options.clock must return a finite number of ms, returned undefined'],
   ['routing', [['"random"', 'random'], ['5', 5], ['null', null]], /options\.routing must be 'leastLoaded', 'balanced' or 'affinity', got /, "options.routing must be 'leastLoaded', 'balanced' or 'affinity', got \"random\""],
   ['loadBound', [['0', 0], ['-1', -1], ['NaN', NaN], ['"0.25"', '0.25'], ['null', null]], /options\.loadBound must be a finite number > 0, got /, 'options.loadBound must be a finite number > 0, got 0'],
   ['keyOrder', [['"yes"', 'yes'], ['1', 1], ['null', null]], /options\.keyOrder must be a boolean, got /, 'options.keyOrder must be a boolean, got "yes"'],
@@ -231,12 +239,13 @@ const OPTION_CASES: [option: string, inputs: [string, unknown][], message: RegEx
   ['backpressure', [["{ kind: 'nope' }", { kind: 'nope' }], ['{}', {}]], /options\.backpressure\.kind must be dropNewest, dropOldest, failProducer or sample, got /, 'options.backpressure.kind must be dropNewest, dropOldest, failProducer or sample, got "nope"'],
   ['backpressure', [["{ kind: 'sample' }", { kind: 'sample' }], ['rate 0', { kind: 'sample', rate: 0 }], ['rate 1.5', { kind: 'sample', rate: 1.5 }], ['rate NaN', { kind: 'sample', rate: NaN }]], /options\.backpressure\.rate must be an integer in \[1, 4294967295\], got /, 'options.backpressure.rate must be an integer in [1, 4294967295], got 0'],
   ['backpressure', [["{ kind: 'dropNewest', rate: 3 }", { kind: 'dropNewest', rate: 3 }], ["{ kind: 'failProducer', retries: 1 }", { kind: 'failProducer', retries: 1 }], ["{ kind: 'sample', rate: 2, every: 2 }", { kind: 'sample', rate: 2, every: 2 }]], /options\.backpressure \((dropNewest|failProducer|sample)\)\.(rate|retries|every) is not an option \(known: kind/, 'options.backpressure (dropNewest).rate is not an option (known: kind)'],
-  ['consumer', [['null', null], ['{}', {}], ['{ module: 5 }', { module: 5 }]], /options\.consumer\.module must be a path or URL, got /, 'options.consumer.module must be a path or URL, got 5'],
+  ['consumer', [['null', null], ['"x.mjs"', 'x.mjs'], ['5', 5]], /options\.consumer must be an object \(\{ module \} or \{ worker \}\), got /, 'options.consumer must be an object ({ module } or { worker }), got "x.mjs"'],
+  ['consumer', [['{}', {}], ['{ module: 5 }', { module: 5 }], ["{ module: '' }", { module: '' }]], /options\.consumer\.module must be a path or URL, got /, 'options.consumer.module must be a path or URL, got 5'],
   ['consumer', [['module and worker', { module: 'x.mjs', worker: () => null }]], /options\.consumer: give module or worker, not both/, 'options.consumer: give module or worker, not both (worker starts a thread that brings its own function)'],
   ['consumer', [['stallMs 0', { module: 'x.mjs', stallMs: 0 }], ['stallMs NaN', { module: 'x.mjs', stallMs: NaN }], ['stallMs "5"', { module: 'x.mjs', stallMs: '5' }]], /options\.consumer\.stallMs must be a finite number > 0, got /, 'options.consumer.stallMs must be a finite number > 0, got 0'],
   ['consumer', [['threads 0', { module: 'x.mjs', threads: 0 }], ['threads 1.5', { module: 'x.mjs', threads: 1.5 }], ['threads null', { module: 'x.mjs', threads: null }]], /options\.consumer\.threads must be an integer in \[1, 254\], got /, 'options.consumer.threads must be an integer in [1, 254], got 0'],
   ['consumer', [['batchSize 0', { module: 'x.mjs', batchSize: 0 }], ['batchSize NaN', { module: 'x.mjs', batchSize: NaN }]], /options\.consumer\.batchSize must be an integer in \[1, 16777216\], got /, 'options.consumer.batchSize must be an integer in [1, 16777216], got 0'],
-  ['consumer', [['thread: 2', { module: 'x.mjs', thread: 2 }], ['modul: "x.mjs"', { modul: 'y.mjs', module: 'x.mjs' }]], /options\.consumer\.(thread|modul) is not an option \(known: module, worker, /, 'options.consumer.thread is not an option (known: module, worker, threads, …)'],
+  ['consumer', [['thread: 2', { module: 'x.mjs', thread: 2 }], ['modul: "x.mjs"', { modul: 'x.mjs' }]], /options\.consumer\.(thread|modul) is not an option \(known: module, worker, /, 'options.consumer.thread is not an option (known: module, worker, threads, …)'],
   ['consumer', [['spinUs -1', { module: 'x.mjs', spinUs: -1 }], ['spinUs 1.5', { module: 'x.mjs', spinUs: 1.5 }], ['spinUs NaN', { module: 'x.mjs', spinUs: NaN }], ['spinUs 2000000', { module: 'x.mjs', spinUs: 2_000_000 }], ['spinUs "5"', { module: 'x.mjs', spinUs: '5' }]], /options\.consumer\.spinUs must be an integer in \[0, 1000000\], got /, 'options.consumer.spinUs must be an integer in [0, 1000000], got -1'],
 ];
 for (const [option, inputs, message, excerpt] of OPTION_CASES) {
@@ -361,6 +370,12 @@ for (const [method, run, name] of [
   add({ call: `manager.${method}(…) after close()`, inputs: [['', undefined]], fixture: 'closed', run: ({ manager }) => run(manager),
     expect: CLOSED(name), excerpt: `shard-mapper: ${name}: the manager is closed` });
 }
+add({ call: 'manager.pushBatch([]) after close() (an empty batch)', inputs: [['[]', []], ['[], []', 'pair']], fixture: 'closed', run: ({ manager }, v) => (v === 'pair' ? manager.pushBatch([], []) : manager.pushBatch(v)),
+  expect: CLOSED('pushBatch'), excerpt: 'shard-mapper: pushBatch: the manager is closed' });
+add({ call: 'manager.pushFixed(…) after close() (no records)', inputs: [['', undefined]], fixture: 'closed', run: ({ manager }) => manager.pushFixed(new Uint32Array(0), new Uint8Array(0), 4),
+  expect: CLOSED('pushFixed'), excerpt: 'shard-mapper: pushFixed: the manager is closed' });
+add({ call: 'producer.pushBatch([]) after close() (a ShardProducer attached before)', inputs: [['', undefined]], fixture: 'closed', run: ({ producer }) => producer.pushBatch([]),
+  expect: CLOSED('pushBatch'), excerpt: 'shard-mapper: pushBatch: the manager is closed' });
 add({ call: 'producer.push(…) after close() (a ShardProducer attached before)', inputs: [['', undefined]], fixture: 'closed', run: ({ producer }) => producer.push(1, 'x'),
   expect: CLOSED('push'), excerpt: 'shard-mapper: push: the manager is closed' });
 const detached = async (manager: ShardManager) => {
@@ -377,6 +392,25 @@ for (const [method, run] of [
   add({ call: `producer.${method}(…) after producer.detach()`, inputs: [['', undefined]], fixture: 'manager', run: async ({ manager }) => run(await detached(manager)),
     expect: DETACHED(method), excerpt: `shard-mapper: ShardProducer.${method}: this producer was detached (its lane was given back); attach again with ShardProducer.attach(handle)` });
 }
+add({ call: 'batch.copyTo(target, at) (a RecordBatch from pollBatch)', inputs: [['NaN', NaN], ['null', null], ['1.5', 1.5], ['-1', -1], ['"2"', '2']], fixture: 'none',
+  run: async (_, v) => {
+    const m = await ShardManager.create({ initialShards: 1, ringBufferCapacity: 8 });
+    m.push(1, 'abc');
+    const target = new Uint8Array(8);
+    try {
+      m.pollBatch(0, (batch) => batch.copyTo(target, v));
+    } finally {
+      expect(target).toEqual(new Uint8Array(8)); // nothing copied
+      expect(m.ringLength(0), 'a batch whose consume threw stays in the ring').toBe(1);
+    }
+  },
+  expect: R(/RecordBatch\.copyTo: at must be an integer >= 0, got /), excerpt: 'RecordBatch.copyTo: at must be an integer >= 0, got NaN' });
+add({ call: "serveConsumer(consume, options) ('shard-mapper/worker')", inputs: [['null', null], ['5', 5]], fixture: 'none',
+  run: async (_, v) => (await import('shard-mapper/worker')).serveConsumer(() => {}, v),
+  expect: T(/serveConsumer: options must be an object, got /), excerpt: 'serveConsumer: options must be an object, got null' });
+add({ call: "serveConsumer(consume, options) ('shard-mapper/worker')", inputs: [['{ batch: 1 }', { batch: 1 }], ["{ batch: 'yes' }", { batch: 'yes' }]], fixture: 'none',
+  run: async (_, v) => (await import('shard-mapper/worker')).serveConsumer(() => {}, v),
+  expect: T(/serveConsumer: options\.batch must be a boolean, got /), excerpt: 'serveConsumer: options.batch must be a boolean, got number' });
 
 // ---- the tests -----------------------------------------------------------------------------
 

@@ -215,6 +215,27 @@ describe('shard-mapper/prometheus', () => {
     expect(parse(await registry.metrics()).get('ingest_events_pushed_total')).toBe(1);
   });
 
+  it('refuses bad options when registering (not at the first scrape), registering nothing', async () => {
+    const registry = new Registry();
+    const bad: [unknown, RegExp][] = [
+      [{ manager: 5 }, /options\.manager must be a ShardManager \(or a Redis node's metricsView\(\)\), got 5/],
+      [{ prefx: 'x_' }, /registerShardManagerMetrics: options\.prefx is not an option \(known: registry, prefix, labels, manager\)/],
+      [{ prefix: null }, /options\.prefix must be a string of metric-name characters/],
+      [{ prefix: 'my-app ' }, /options\.prefix must be a string of metric-name characters/],
+      [{ labels: { shard: 'x' } }, /options\.labels\.shard is a label the series use themselves/],
+      [{ labels: { app: 5 } }, /options\.labels\.app must be a string, got 5/],
+      [{ registry: {} }, /options\.registry must be a prom-client Registry/],
+    ];
+    for (const [options, message] of bad) {
+      expect(() => registerShardManagerMetrics({ registry, ...(options as object) } as never), JSON.stringify(options)).toThrow(message);
+    }
+    expect(() => registerShardManagerMetrics(null as never)).toThrow(/options must be an object, got null/);
+    expect(await registry.getMetricsAsJSON()).toEqual([]);
+    const metrics = registerShardManagerMetrics({ registry });
+    expect(() => metrics.observe(5 as never)).toThrow(/observe: manager must be a ShardManager/);
+    metrics.unregister();
+  });
+
   it('scraping never resets the scaling windows', async () => {
     const { manager, scrape } = await setup();
     for (let i = 0; i < 3; i++) manager.push(`k${i}`, 'x');

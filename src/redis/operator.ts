@@ -15,10 +15,10 @@ export type OperatorRequest = { reqId: string } & ({ op: 'scaleUp' | 'scaleDown'
 /** The controller's answer ({ns}:answers, written with the table write that acted). */
 export type OperatorAnswer = { ok: true; ids: number[] } | { ok: false; kind: string; message: string };
 
-/** Options of an operator call (addShard, manualScaleUp, drainShard, removeShard, manualScaleDown). */
 /** Every option an operator call reads (the Record type keeps the list complete). */
 const CALL_OPTIONS: Record<keyof OperatorCallOptions, true> = { timeoutMs: true, signal: true };
 
+/** Options of an operator call (addShard, manualScaleUp, drainShard, removeShard, manualScaleDown). */
 export interface OperatorCallOptions {
   /** How long the call waits (ms): for the controller's answer (default max(30 s, 20 ×
    *  metricsWindowMs)), and for removeShard / manualScaleDown also for the removal (default

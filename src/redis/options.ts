@@ -2,7 +2,7 @@
 // before anything is connected or written (the ones that need the namespace's stored table
 // are here too, as plain functions of it). The checks shared with ShardManager are in
 // src/validate.ts, so both refuse a bad value with the same words.
-import { MAX_TIMER_MS, checkFinite, checkFunction, checkInteger, describe, given, invalid } from '../errors.js';
+import { MAX_TIMER_MS, checkClock, checkFinite, checkFunction, checkInteger, describe, given, invalid } from '../errors.js';
 import { POLICY_FIELDS, resolvePolicy, type ScalingPolicy } from '../policy.js';
 import type { BackpressureMode, ManagerEvent } from '../types.js';
 import { checkBackpressure, checkKnownKeys, checkMaxPayloadBytes, checkOptionalBoolean } from '../validate.js';
@@ -152,10 +152,7 @@ export function checkNodeOptions(options: RedisShardManagerOptions): NodeSetting
   if (leaseGiven !== undefined && options.policy?.metricsWindowMs !== undefined) checkLease(leaseGiven, policy.metricsWindowMs);
   const drainGraceMs = checkFinite('options.drainGraceMs', given(options.drainGraceMs, 1000), 0);
   const controller = checkOptionalBoolean('options.controller', options.controller) ?? true;
-  const clock = checkFunction(
-    'options.clock',
-    given(options.clock, () => performance.now()),
-  );
+  const clock = options.clock === undefined ? () => performance.now() : checkClock('options.clock', options.clock);
   for (const name of ['onEvent', 'onRedisEvent'] as const) {
     if (options[name] !== undefined) checkFunction(`options.${name}`, options[name]);
   }
