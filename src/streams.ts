@@ -3,7 +3,7 @@
 // stream's own buffer fills and its writer is told to stop), and an async iterator over one
 // shard's records for applications that consume with poll().
 import type { Writable } from 'node:stream';
-import { BackpressureError, checkInteger, describe } from './errors.js';
+import { BackpressureError, checkInteger, describe, given } from './errors.js';
 import type { EventKey, EventPayload } from './producer.js';
 import type { ShardManager } from './manager.js';
 import { ShardState } from './mapper.js';
@@ -52,8 +52,8 @@ function checkOptions(method: string, options: WritableOptions | undefined): { h
     throw new TypeError(`${method}: options must be an object, got ${describe(options)}`);
   checkKnownKeys(`${method}: options`, options, WRITABLE_OPTIONS);
   return {
-    highWaterMark: checkInteger(`${method}: options.highWaterMark`, options.highWaterMark ?? DEFAULT_HIGH_WATER_MARK, 1, 0x3fffffff),
-    retryMs: checkInteger(`${method}: options.retryMs`, options.retryMs ?? DEFAULT_RETRY_MS, 1, MAX_WAIT_MS),
+    highWaterMark: checkInteger(`${method}: options.highWaterMark`, given(options.highWaterMark, DEFAULT_HIGH_WATER_MARK), 1, 0x3fffffff),
+    retryMs: checkInteger(`${method}: options.retryMs`, given(options.retryMs, DEFAULT_RETRY_MS), 1, MAX_WAIT_MS),
   };
 }
 
@@ -232,8 +232,8 @@ export function shardBatches(
     throw new TypeError(`batches: options must be an object, got ${describe(options)}`);
   }
   if (options !== undefined) checkKnownKeys('batches: options', options, BATCHES_OPTIONS);
-  const max = checkInteger('batches: options.max', options?.max ?? manager.ringCapacity, 1, Number.MAX_SAFE_INTEGER);
-  const idleMs = checkInteger('batches: options.idleMs', options?.idleMs ?? DEFAULT_RETRY_MS, 1, MAX_WAIT_MS);
+  const max = checkInteger('batches: options.max', given(options?.max, manager.ringCapacity), 1, Number.MAX_SAFE_INTEGER);
+  const idleMs = checkInteger('batches: options.idleMs', given(options?.idleMs, DEFAULT_RETRY_MS), 1, MAX_WAIT_MS);
   const gone = () => manager.mapper.shardState(shardId) === undefined;
 
   return (async function* records() {

@@ -307,6 +307,15 @@ add({ call: 'manager.poll(id, max)', inputs: [['0', 0], ['-1', -1], ['1.5', 1.5]
 
 add({ call: 'manager.batches(id, options)', inputs: [['{ signal }', { signal: new AbortController().signal }], ['{ maxBatch: 4 }', { maxBatch: 4 }]], fixture: 'manager', run: ({ manager }, v) => manager.batches(0, v),
   expect: S('InvalidPolicy', /batches: options\.(signal|maxBatch) is not an option \(known: max, idleMs\)/), excerpt: 'batches: options.signal is not an option (known: max, idleMs)' });
+add({ call: 'manager.batches(id, options)', inputs: [['{ max: null }', { max: null }], ['{ idleMs: null }', { idleMs: null }]], fixture: 'manager', run: ({ manager }, v) => manager.batches(0, v),
+  expect: S('InvalidPolicy', /batches: options\.(max|idleMs) must be an integer in \[1, \d+\], got null/), excerpt: 'batches: options.max must be an integer in [1, 9007199254740991], got null' });
+for (const method of ['writable', 'writableStream'] as const) {
+  add({ call: `manager.${method}(options)`, inputs: [['{ highWaterMark: null }', { highWaterMark: null }], ['{ retryMs: null }', { retryMs: null }]], fixture: 'manager', run: ({ manager }, v) => manager[method](v),
+    expect: S('InvalidPolicy', new RegExp(`${method}: options\\.(highWaterMark|retryMs) must be an integer in \\[1, \\d+\\], got null`)), excerpt: `${method}: options.highWaterMark must be an integer in [1, 1073741823], got null` });
+}
+add({ call: "serveShardConsumers(options) ('shard-mapper/redis'; refused before it connects)", inputs: [['batchSize: null', 'batchSize'], ['leaseMs: null', 'leaseMs'], ['idleMs: null', 'idleMs'], ['name: null', 'name'], ['dedup: null', 'dedup']], fixture: 'none',
+  run: async (_, field) => (await import('shard-mapper/redis')).serveShardConsumers({ redis: 'redis://127.0.0.1:9', namespace: 'bad-input', consume: () => {}, [field]: null }),
+  expect: S('InvalidPolicy', /options\.(batchSize|leaseMs|idleMs|name|dedup) must be (an integer in \[\d+, \d+\]|a non-empty string|a boolean), got null/), excerpt: 'options.batchSize must be an integer in [1, 1048576], got null' });
 for (const method of ['writable', 'writableStream'] as const) {
   add({ call: `manager.${method}(options)`, inputs: [['{ highWatermark: 4 }', { highWatermark: 4 }]], fixture: 'manager', run: ({ manager }, v) => manager[method](v),
     expect: S('InvalidPolicy', new RegExp(`${method}: options\\.highWatermark is not an option \\(known: highWaterMark, retryMs\\)`)), excerpt: `${method}: options.highWatermark is not an option (known: highWaterMark, retryMs)` });

@@ -14,7 +14,7 @@
 // others go on.
 import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
-import { checkInteger, describe, invalid } from '../errors.js';
+import { checkInteger, describe, given, invalid } from '../errors.js';
 import { GROUP, checkNamespace, keysFor, type Keys } from './keys.js';
 import { closeConnection, connect, reportedError, sendAll, watchAnswers, type Connection, type RedisOption } from './connection.js';
 import { checkConnectTimeout } from './options.js';
@@ -190,14 +190,14 @@ export async function serveShardConsumers(options: ServeShardConsumersOptions): 
   checkKnownKeys('options', options, CONSUMER_OPTIONS);
   const ns = checkNamespace(options.namespace);
   if (typeof options.consume !== 'function') throw invalid(`options.consume must be a function, got ${describe(options.consume)}`);
-  const batchSize = checkInteger('options.batchSize', options.batchSize ?? 16, 1, 1 << 20);
-  const leaseMs = checkInteger('options.leaseMs', options.leaseMs ?? 3000, 10, 3_600_000);
-  const idleMs = checkInteger('options.idleMs', options.idleMs ?? 20, 1, 60_000);
-  const name = options.name ?? `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
+  const batchSize = checkInteger('options.batchSize', given(options.batchSize, 16), 1, 1 << 20);
+  const leaseMs = checkInteger('options.leaseMs', given(options.leaseMs, 3000), 10, 3_600_000);
+  const idleMs = checkInteger('options.idleMs', given(options.idleMs, 20), 1, 60_000);
+  const name = given(options.name, `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`);
   if (typeof name !== 'string' || name.length === 0) throw invalid(`options.name must be a non-empty string, got ${describe(name)}`);
   if (options.onError !== undefined && typeof options.onError !== 'function')
     throw invalid(`options.onError must be a function, got ${describe(options.onError)}`);
-  const dedup = options.dedup ?? true;
+  const dedup = given(options.dedup, true); // (null is a value: refused below)
   if (typeof dedup !== 'boolean') throw invalid(`options.dedup must be a boolean, got ${describe(dedup)}`);
   const maxDeliveries =
     options.maxDeliveries === undefined || options.maxDeliveries === Infinity

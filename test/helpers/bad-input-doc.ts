@@ -49,8 +49,10 @@ Not errors, by design:
 - **Policy**: a field given as \`undefined\` takes its default; \`maxShards\` below \`minShards\`
   (0, negative, −Infinity included) is raised to it by \`normalize\`
   ([contract §5](CONTRACT.md#5-shardmapper-the-shard-table-and-routing)); \`null\` is a value
-  and is refused like any other wrong type (also for \`maxPayloadBytes\`, \`ringBufferBytes\`,
-  \`maxSlots\`, \`backpressure\`, \`maxThreads\`, \`consumer.threads\`/\`batchSize\`).
+  and is refused like any other wrong type, in policies and in every options object (\`maxPayloadBytes\`,
+  \`ringBufferBytes\`, \`maxSlots\`, \`backpressure\`, \`maxThreads\`, \`consumer.threads\`/\`batchSize\`,
+  the options of \`writable\`, \`writableStream\`, \`batches\`, the Redis operator calls and
+  \`serveShardConsumers\`): only \`undefined\`, or leaving a field out, takes the default.
 - \`drainSpecific\`/\`drainShard\` check \`minShards\` first (the contract's order): at
   \`minShards\`, even a bad id gets \`AtMinShards\`.
 - **After \`close()\`**: \`tick()\` answers \`{ kind: 'none' }\`, \`stop()\` and \`close()\` are
