@@ -278,12 +278,12 @@ export class SharedCore {
     return this.u32[(rec + REC_LEN) >>> 2]!;
   }
 
-  /** The end of the slot's ring (descriptors and payloads): views must reach this far before records are read. */
   /** The byte address of `slot` (the WebAssembly side's slotAddr, computed here). */
   slotBase(slot: number): number {
     return this.#slotsBase + slot * this.slotStride;
   }
 
+  /** The end of the slot's ring (descriptors and payloads): views must reach this far before records are read. */
   recordsEnd(slotBase: number): number {
     return slotBase + this.payloadOffset + this.ringBytes;
   }

@@ -30,10 +30,10 @@ export class BackpressureError extends Error {
   }
 }
 
-/** Shorthand for an argument error (kind InvalidPolicy), which always names the argument. */
 /** Longest delay setTimeout / setInterval keep (a longer one is cut to 1 ms and fires at once). */
 export const MAX_TIMER_MS = 0x7fffffff;
 
+/** Shorthand for an argument error (kind InvalidPolicy), which always names the argument. */
 export function invalid(message: string): ScalingError {
   return new ScalingError('InvalidPolicy', message);
 }

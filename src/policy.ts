@@ -88,9 +88,19 @@ function validate(p: ScalingPolicy): void {
   }
 }
 
-/** A policy is a plain object of fields: an array, a Date, a string... would read as "all defaults". */
+/** A policy is an object of fields: an array, a Date, a string... would read as "all defaults".
+ *  (Any other object may be one: a class instance, a module namespace, a frozen preset.) */
 function checkPolicyObject(p: unknown): void {
-  if (typeof p !== 'object' || p === null || Object.prototype.toString.call(p) !== '[object Object]') {
+  if (
+    typeof p !== 'object' ||
+    p === null ||
+    Array.isArray(p) ||
+    ArrayBuffer.isView(p) ||
+    p instanceof Date ||
+    p instanceof Map ||
+    p instanceof Set ||
+    p instanceof RegExp
+  ) {
     throw new ScalingError('InvalidPolicy', `policy must be an object, got ${describe(p)}`);
   }
 }

@@ -115,12 +115,14 @@ export class ShardProducer {
       throw new TypeError(`ShardProducer.attach: handle must be what manager.producerHandle() returns, got ${describe(handle)}`);
     }
     const core = await SharedCore.attach(handle.core);
-    // The limit the memory was configured with is the one pushes are checked against: a
-    // handle that says otherwise was not made by producerHandle() (or was changed since).
-    if (handle.maxPayloadBytes !== core.maxPayloadBytes) {
+    // Pushes are checked against the handle's limit before the WebAssembly side checks the
+    // memory's: a larger one would let an oversized payload through to a false "ring is full"
+    // (a smaller one is a tighter limit for this thread, and fine).
+    const limit = handle.maxPayloadBytes;
+    if (!Number.isInteger(limit) || limit < 1 || limit > core.maxPayloadBytes) {
       core.detach();
       throw new TypeError(
-        `ShardProducer.attach: handle.maxPayloadBytes is ${describe(handle.maxPayloadBytes)}, but its shared memory was configured for ${core.maxPayloadBytes}; pass what manager.producerHandle() returns, unchanged`,
+        `ShardProducer.attach: handle.maxPayloadBytes must be an integer in [1, ${core.maxPayloadBytes}] (its shared memory's maxPayloadBytes), got ${describe(limit)}; pass what manager.producerHandle() returns`,
       );
     }
     return new ShardProducer(core, handle.maxPayloadBytes, true);

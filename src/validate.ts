@@ -2,7 +2,7 @@
 // the Redis node take the same options and the same events, so they refuse bad ones with the
 // same words (docs/bad-input.md lists them). The generic argument checks these build on
 // (checkInteger, checkFinite, given, describe) are in errors.ts, beside the error they throw.
-import { MAX_TIMER_MS, checkFinite, checkInteger, describe, given, invalid } from './errors.js';
+import { checkFinite, checkInteger, describe, given, invalid } from './errors.js';
 import { hashKey } from './hash.js';
 import type { BackpressureMode } from './types.js';
 import type { EventKey } from './producer.js';
@@ -122,11 +122,5 @@ export function closeTimeout(options: unknown): number | undefined {
   const timeoutMs = (options as { timeoutMs?: unknown } | undefined)?.timeoutMs;
   if (timeoutMs === undefined) return undefined;
   checkFinite('close: options.timeoutMs', timeoutMs, 0);
-  // A longer timer would fire at once: the close would give up, and its events, at once.
-  if ((timeoutMs as number) > MAX_TIMER_MS) {
-    throw invalid(
-      `close: options.timeoutMs must be at most ${MAX_TIMER_MS} ms (about 24.8 days: a timer's limit; leave it out for no deadline), got ${describe(timeoutMs)}`,
-    );
-  }
   return timeoutMs as number;
 }

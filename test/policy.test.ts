@@ -298,3 +298,19 @@ describe('ScalingError', () => {
     expect(e.message).toBe('wait');
   });
 });
+
+describe('what a policy object may be', () => {
+  it('any object of fields: a class instance, a null-prototype object (a module namespace is one), a frozen preset', async () => {
+    class Tuned {
+      maxShards = 6;
+      get [Symbol.toStringTag]() { return 'Tuned'; }
+    }
+    const bare = Object.assign(Object.create(null), { maxShards: 5 });
+    Object.defineProperty(bare, Symbol.toStringTag, { value: 'Module' });
+    const frozen = Object.freeze({ ...ScalingPolicy.conservative(2), maxShards: 7 });
+    expect((await ShardMapper.create(1, 8, new Tuned())).policy().maxShards).toBe(6);
+    expect(new ShardMapper(1, 8, bare).policy().maxShards).toBe(5);
+    expect(new ShardMapper(1, 8, frozen).policy().maxShards).toBe(7);
+    expect(ScalingPolicy.normalize(frozen)).toMatchObject({ maxShards: 7 });
+  });
+});

@@ -4,7 +4,7 @@
 // flight), retrying on errors, so nothing accepted is lost while Redis is away.
 import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
-import { BackpressureError, CloseTimeoutError, ManagerClosedError, checkInteger, describe, invalid } from '../errors.js';
+import { BackpressureError, CloseTimeoutError, MAX_TIMER_MS, ManagerClosedError, checkInteger, describe, invalid } from '../errors.js';
 import { NO_SHARD, shardIdsLeftFrom } from '../mapper.js';
 import type { ScalingPolicy } from '../policy.js';
 import { batchArguments, type BatchEvent, type EventKey, type EventPayload } from '../producer.js';
@@ -1067,7 +1067,9 @@ export class RedisShardManager {
         );
       });
     }
-    if (timeoutMs !== undefined && this.#giveUp) {
+    // A timer past MAX_TIMER_MS would fire at once (Node cuts it to 1 ms) and give every buffered
+    // event up: a deadline that far off (about 24.8 days) is no deadline.
+    if (timeoutMs !== undefined && timeoutMs <= MAX_TIMER_MS && this.#giveUp) {
       const deadline = performance.now() + timeoutMs;
       if (deadline < this.#closeDeadline) {
         this.#closeDeadline = deadline;
