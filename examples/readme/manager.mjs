@@ -8,7 +8,7 @@ const manager = await ShardManager.create({
   initialShards: 2,
   ringBufferCapacity: 4096,          // records each shard's ring holds
   maxPayloadBytes: 256,              // the largest event; ringBufferBytes sizes a ring in bytes
-  policy: { maxShards: 8 },          // any subset of ScalingPolicy; the rest are defaults
+  policy: { maxShards: 8 },          // any subset of ScalingPolicy; the rest are defaults (maxShards: the CPU count)
   consumer: { module: new URL('./consumer.mjs', import.meta.url), threads: 4 },
 });
 manager.start();                     // tick() every policy.metricsWindowMs
