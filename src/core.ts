@@ -52,6 +52,15 @@ export interface CoreHandle {
   kind: MemoryKind;
 }
 
+/** An object whose `core` is a CoreHandle (a producer's or a collector's handle, as structured
+ *  clone hands it to another thread). */
+export function hasCoreHandle(handle: unknown): handle is { core: CoreHandle } {
+  const core = (handle as { core?: unknown } | null)?.core as { memory?: unknown } | null | undefined;
+  return (
+    typeof handle === 'object' && handle !== null && typeof core === 'object' && core !== null && core.memory instanceof WebAssembly.Memory
+  );
+}
+
 /** A byte address from a WebAssembly export: its u32 reaches JavaScript as a signed i32, so an
  *  address past 2 GiB (a memory that large: big rings or a large maxPayloadBytes) reads negative. */
 function address(fromWasm: number): number {

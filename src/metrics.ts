@@ -1,7 +1,7 @@
 // ShardMetricsCollector: a thin handle on one shard's counters in the shared memory. All
 // counting happens inside WebAssembly with atomics, so any attached thread may call it.
 import type { SharedCore, CoreHandle } from './core.js';
-import { SharedCore as Core } from './core.js';
+import { SharedCore as Core, hasCoreHandle } from './core.js';
 import {
   COLLECT_BUFFER_LEN,
   COLLECT_BYTES_USED,
@@ -77,13 +77,7 @@ export class ShardMetricsCollector {
   /** Attach to a collector from another thread (worker_threads, Web Workers). */
   static async attach(handle: CollectorHandle, clock: () => number = () => performance.now()): Promise<ShardMetricsCollector> {
     const where = 'ShardMetricsCollector.attach';
-    if (
-      typeof handle !== 'object' ||
-      handle === null ||
-      typeof handle.core !== 'object' ||
-      handle.core === null ||
-      !(handle.core.memory instanceof WebAssembly.Memory)
-    ) {
+    if (!hasCoreHandle(handle)) {
       throw new TypeError(`${where}: handle must be what collector.handle() returns, got ${describe(handle)}`);
     }
     if (typeof clock !== 'function') throw new TypeError(`${where}: clock must be a function, got ${describe(clock)}`);

@@ -58,13 +58,15 @@ const intMin =
     !isNum(v) || !Number.isInteger(v) || v < lo ? `must be an integer >= ${lo}` : undefined;
 const positive: Check = (v) => (!isNum(v) || !Number.isFinite(v) || v <= 0 ? 'must be a finite number > 0' : undefined);
 
+const shardCount: Check = (v) => intMin(1)(v) ?? ((v as number) > MAX_SHARDS_LIMIT ? `must be <= ${MAX_SHARDS_LIMIT}` : undefined);
+
 const FIELD_CHECKS: Record<keyof ScalingPolicy, Check> = {
   fillRatioThreshold: finiteIn(0, true, 1),
   pushLatencyThresholdNs: intMin(0),
   flushLatencyThresholdUs: intMin(0),
-  // (checked before maxShards, which normalize() may have raised to this value)
-  minShards: (v) => intMin(1)(v) ?? ((v as number) > MAX_SHARDS_LIMIT ? `must be <= ${MAX_SHARDS_LIMIT}` : undefined),
-  maxShards: (v) => intMin(1)(v) ?? ((v as number) > MAX_SHARDS_LIMIT ? `must be <= ${MAX_SHARDS_LIMIT}` : undefined),
+  // (minShards is checked first: normalize() may have raised maxShards to its value)
+  minShards: shardCount,
+  maxShards: shardCount,
   cooldownMs: positive,
   scaleDownDelayMs: positive,
   underutilizedThreshold: finiteIn(0, false, 1),

@@ -3,7 +3,7 @@
 // on its own thread; worker threads get theirs with `ShardProducer.attach(handle)`.
 import { BackpressureError, ManagerClosedError, ProducerDetachedError, describe } from './errors.js';
 import { checkPayload, keyHash, largePayloadError, payloadTypeError } from './validate.js';
-import { SharedCore, type CoreHandle } from './core.js';
+import { SharedCore, hasCoreHandle, type CoreHandle } from './core.js';
 import {
   PUSH_UNROUTED,
   PUSH_FULL,
@@ -104,14 +104,7 @@ export class ShardProducer {
 
   /** Attach from a worker thread; call `detach()` when done to free the lane. */
   static async attach(handle: ProducerHandle): Promise<ShardProducer> {
-    if (
-      typeof handle !== 'object' ||
-      handle === null ||
-      typeof handle.core !== 'object' ||
-      handle.core === null ||
-      !(handle.core.memory instanceof WebAssembly.Memory) ||
-      typeof handle.maxPayloadBytes !== 'number'
-    ) {
+    if (!hasCoreHandle(handle) || typeof handle.maxPayloadBytes !== 'number') {
       throw new TypeError(`ShardProducer.attach: handle must be what manager.producerHandle() returns, got ${describe(handle)}`);
     }
     const core = await SharedCore.attach(handle.core);

@@ -9,6 +9,7 @@ import { Counter, Gauge, register as defaultRegistry, type Registry } from 'prom
 import type { ManagerEvent, ObservedManager } from './types.js';
 import type { ScalingDecision } from './mapper.js';
 import { describe } from './errors.js';
+import { checkKnownKeys } from './validate.js';
 
 export type { ObservedManager };
 
@@ -56,9 +57,7 @@ const WHERE = 'registerShardManagerMetrics';
 /** Checked when registering, not at the first scrape (where an error is far from its cause). */
 function checkOptions(options: PrometheusOptions): void {
   if (typeof options !== 'object' || options === null) throw new TypeError(`${WHERE}: options must be an object, got ${describe(options)}`);
-  for (const key of Object.keys(options))
-    if (!Object.hasOwn(OPTIONS, key))
-      throw new TypeError(`${WHERE}: options.${key} is not an option (known: ${Object.keys(OPTIONS).join(', ')})`);
+  checkKnownKeys(`${WHERE}: options`, options, OPTIONS, (message) => new TypeError(message)); // as its other option errors
   const { registry, prefix, labels, manager } = options;
   if (registry !== undefined && (typeof registry !== 'object' || registry === null || typeof registry.registerMetric !== 'function'))
     throw new TypeError(`${WHERE}: options.registry must be a prom-client Registry, got ${describe(registry)}`);

@@ -104,9 +104,14 @@ export function checkPayload(payload: unknown, max: number, index: number): void
 
 /** Refuse a key of `given` that is not in `known` (the options a call reads): a misspelled
  *  option would otherwise be ignored without a word. */
-export function checkKnownKeys(where: string, given: object, known: Record<string, true>): void {
+export function checkKnownKeys(
+  where: string,
+  given: object,
+  known: Record<string, true>,
+  error: (message: string) => Error = invalid,
+): void {
   for (const key of Object.keys(given)) {
-    if (!Object.hasOwn(known, key)) throw invalid(`${where}.${key} is not an option (known: ${Object.keys(known).join(', ')})`);
+    if (!Object.hasOwn(known, key)) throw error(`${where}.${key} is not an option (known: ${Object.keys(known).join(', ')})`);
   }
 }
 

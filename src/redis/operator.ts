@@ -4,7 +4,7 @@
 // that writes what it did and the answer; a caller that gives up withdraws the request in one
 // script too. So a call acts once or not at all, whatever times out or dies.
 import { randomUUID } from 'node:crypto';
-import { ScalingError, describe, invalid, type ScalingErrorKind } from '../errors.js';
+import { ScalingError, describe, given, invalid, type ScalingErrorKind } from '../errors.js';
 import type { Keys } from './keys.js';
 import { sendAll, type ScriptedClient } from './connection.js';
 import { sleep } from '../sleep.js';
@@ -58,8 +58,7 @@ export function callLimits(method: string, options: OperatorCallOptions | undefi
   if (options !== undefined && (typeof options !== 'object' || options === null))
     throw invalid(`${method}: options must be an object, got ${describe(options)}`);
   if (options !== undefined) checkKnownKeys(`${method}: options`, options, CALL_OPTIONS);
-  // (null is a value, refused like any other wrong type; left out or undefined: the default)
-  const timeoutMs = options?.timeoutMs === undefined ? defaultMs : options.timeoutMs;
+  const timeoutMs = given(options?.timeoutMs, defaultMs); // (null is a value: refused below)
   if (typeof timeoutMs !== 'number' || !(timeoutMs > 0))
     throw invalid(`${method}: options.timeoutMs must be a number > 0, got ${describe(options?.timeoutMs)}`);
   const signal = options?.signal;
